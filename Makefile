@@ -1,0 +1,59 @@
+# The one way to do anything here. Every target works on a fresh machine with Python 3.11+ and
+# make: uv is bootstrapped with pip into .tools/ when it is not on PATH, and .venv is built from
+# uv.lock.
+
+PYTHON ?= python3
+UV := $(shell command -v uv 2>/dev/null)
+ifeq ($(UV),)
+UV := .tools/bin/uv
+endif
+VENV := .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: install run test test-postgres test-sqlite check format migrate openapi bench clean
+
+.tools/bin/uv:
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet uv
+
+$(VENV)/.synced: uv.lock pyproject.toml | $(UV)
+	$(UV) sync --frozen --quiet
+	@touch $@
+
+install: $(VENV)/.synced
+
+run: install
+	$(BIN)/python -m app.local
+
+test: install
+	$(MAKE) --no-print-directory check
+	$(MAKE) --no-print-directory test-postgres
+	$(MAKE) --no-print-directory test-sqlite
+
+test-postgres: install
+	BILLING_TEST_BACKEND=postgres $(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test-sqlite: install
+	BILLING_TEST_BACKEND=sqlite $(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+check: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+migrate: install
+	$(BIN)/torouter-billing migrate
+
+openapi: install
+	$(BIN)/torouter-billing openapi
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf .venv .tools .mypy_cache .ruff_cache .pytest_cache billing.db billing.db-*

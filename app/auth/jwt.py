@@ -1,0 +1,157 @@
+"""Verification of the portal's JWTs: HS256 with a shared secret, or RS256/ES256 from a JWKS."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import jwt
+import structlog
+
+from app.config import Settings
+from app.errors import Unauthorized
+
+log = structlog.get_logger(__name__)
+
+ASYMMETRIC_ALGORITHMS = ["RS256", "ES256"]
+_JWKS_MIN_REFRESH_SECONDS = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """A verified portal user."""
+
+    user_id: str
+    email: str | None
+    is_admin: bool
+
+
+class JwksCache:
+    """Keys from `BILLING_JWT_JWKS_URL`, fetched once and refreshed when a token names a `kid`
+    we do not have (at most every 30 s, so unknown kids cannot hammer the identity provider)."""
+
+    def __init__(self, url: str, http: httpx.AsyncClient | None = None) -> None:
+        self.url = url
+        self._http = http
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._fetched_at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def _fetch(self) -> None:
+        client = self._http or httpx.AsyncClient(timeout=5.0)
+        try:
+            response = await client.get(self.url)
+            response.raise_for_status()
+            jwk_set = jwt.PyJWKSet.from_dict(response.json())
+        finally:
+            if self._http is None:
+                await client.aclose()
+        self._keys = {key.key_id: key for key in jwk_set.keys if key.key_id}
+        self._fetched_at = time.monotonic()
+
+    async def get(self, kid: str) -> jwt.PyJWK:
+        key = self._keys.get(kid)
+        if key is not None:
+            return key
+        async with self._lock:
+            if kid not in self._keys and (
+                time.monotonic() - self._fetched_at >= _JWKS_MIN_REFRESH_SECONDS or not self._keys
+            ):
+                try:
+                    await self._fetch()
+                except (httpx.HTTPError, jwt.PyJWTError, ValueError) as exc:
+                    log.warning("jwks_fetch_failed", error=str(exc))
+                    raise Unauthorized("The token's signing keys cannot be fetched.") from exc
+        key = self._keys.get(kid)
+        if key is None:
+            raise Unauthorized("The token is signed with an unknown key.")
+        return key
+
+
+class JwtVerifier:
+    """Checks signature, `exp` (required), `iss` and `aud` when configured, with a small leeway."""
+
+    def __init__(self, settings: Settings, http: httpx.AsyncClient | None = None) -> None:
+        self.settings = settings
+        self.jwks = JwksCache(settings.jwt_jwks_url, http) if settings.jwt_jwks_url else None
+
+    async def verify(self, token: str) -> Principal:
+        s = self.settings
+        try:
+            if self.jwks is not None:
+                header = jwt.get_unverified_header(token)
+                kid = header.get("kid")
+                if not kid or header.get("alg") not in ASYMMETRIC_ALGORITHMS:
+                    raise Unauthorized("The token must be RS256 or ES256 with a key id.")
+                key: Any = (await self.jwks.get(kid)).key
+                algorithms = ASYMMETRIC_ALGORITHMS
+            else:
+                if s.jwt_secret is None:
+                    raise Unauthorized("No JWT verification is configured.")
+                key = s.jwt_secret.get_secret_value()
+                algorithms = ["HS256"]
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=algorithms,
+                audience=s.jwt_audience,
+                issuer=s.jwt_issuer,
+                leeway=s.jwt_leeway_seconds,
+                options={"require": ["exp", "sub"], "verify_aud": s.jwt_audience is not None},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthorized("The token has expired.") from exc
+        except jwt.InvalidAudienceError as exc:
+            raise Unauthorized("The token is not meant for this service.") from exc
+        except jwt.InvalidIssuerError as exc:
+            raise Unauthorized("The token was issued by someone else.") from exc
+        except jwt.PyJWTError as exc:
+            raise Unauthorized("The token is invalid.") from exc
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub or len(sub) > 255:
+            raise Unauthorized("The token has no usable subject.")
+        email = claims.get("email")
+        return Principal(
+            user_id=sub,
+            email=email if isinstance(email, str) and email else None,
+            is_admin=_has_admin_role(claims.get(s.jwt_admin_claim), s.jwt_admin_value),
+        )
+
+
+def _has_admin_role(claim: Any, admin_value: str) -> bool:
+    if isinstance(claim, str):
+        return claim == admin_value or admin_value in claim.split()
+    if isinstance(claim, list):
+        return admin_value in claim
+    if isinstance(claim, bool):
+        return claim
+    return False
+
+
+def mint_token(
+    settings: Settings,
+    user_id: str,
+    *,
+    email: str | None = None,
+    admin: bool = False,
+    ttl: timedelta = timedelta(hours=12),
+) -> str:
+    """An HS256 token for local use and tests (the portal's identity provider does this in
+    production)."""
+    if settings.jwt_secret is None:
+        raise ValueError("BILLING_JWT_SECRET is not set")
+    now = datetime.now(UTC)
+    claims: dict[str, Any] = {"sub": user_id, "iat": now, "exp": now + ttl}
+    if email:
+        claims["email"] = email
+    if admin:
+        claims[settings.jwt_admin_claim] = settings.jwt_admin_value
+    if settings.jwt_issuer:
+        claims["iss"] = settings.jwt_issuer
+    if settings.jwt_audience:
+        claims["aud"] = settings.jwt_audience
+    return jwt.encode(claims, settings.jwt_secret.get_secret_value(), algorithm="HS256")

@@ -1,0 +1,100 @@
+"""Gateway service tokens: `svc_` + 32 random bytes, stored only as SHA-256 hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.ids import new_id
+from app.models.base import utcnow
+from app.models.service_tokens import ServiceToken
+
+TOKEN_PREFIX = "svc_"
+
+
+def hash_token(token: str) -> str:
+    """The stored form of a token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def generate_token() -> str:
+    """A new opaque token."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceCaller:
+    """A verified gateway."""
+
+    token_id: str
+    name: str
+
+
+async def create_service_token(session: AsyncSession, name: str) -> tuple[ServiceToken, str]:
+    """Store a new token's hash; returns the row and the token, which is shown only now."""
+    token = generate_token()
+    row = ServiceToken(id=new_id("svt"), name=name, token_hash=hash_token(token))
+    session.add(row)
+    await session.flush()
+    return row, token
+
+
+async def list_service_tokens(session: AsyncSession) -> list[ServiceToken]:
+    """All tokens, newest first."""
+    result = await session.scalars(select(ServiceToken).order_by(ServiceToken.id.desc()))
+    return list(result)
+
+
+async def revoke_service_token(session: AsyncSession, token_id: str) -> bool:
+    """Revoke by id; False when there is no such active token."""
+    result = await session.execute(
+        update(ServiceToken)
+        .where(ServiceToken.id == token_id, ServiceToken.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+        .returning(ServiceToken.id)
+    )
+    return result.first() is not None
+
+
+class ServiceTokenVerifier:
+    """Looks tokens up by hash, caching answers for a few seconds: the gateway calls at a high
+    rate, and a revocation takes effect within `BILLING_SERVICE_TOKEN_CACHE_SECONDS`."""
+
+    def __init__(self, maker: async_sessionmaker[AsyncSession], cache_seconds: float) -> None:
+        self._maker = maker
+        self._cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[float, ServiceCaller | None]] = {}
+
+    async def verify(self, token: str) -> ServiceCaller | None:
+        digest = hash_token(token)
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        async with self._maker() as session:
+            row = (
+                await session.execute(
+                    select(ServiceToken.id, ServiceToken.name, ServiceToken.revoked_at).where(
+                        ServiceToken.token_hash == digest
+                    )
+                )
+            ).first()
+        caller = (
+            None if row is None or row.revoked_at is not None else ServiceCaller(row.id, row.name)
+        )
+        if self._cache_seconds > 0:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[digest] = (now + self._cache_seconds, caller)
+        return caller
+
+
+def token_created_at(row: ServiceToken) -> datetime:
+    """When the token was created (for listings)."""
+    return row.created_at

@@ -1,0 +1,188 @@
+"""`torouter-billing`: serve, migrate, tokens, openapi, and operator commands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from app.config import Settings, get_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+OPENAPI_PATH = ROOT / "openapi.json"
+
+Command = Callable[[argparse.Namespace, Settings], int]
+
+
+def _run(coro: Awaitable[int]) -> int:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+async def _migrate(settings: Settings) -> int:
+    from app.db import create_engine
+    from app.migrate import upgrade_head
+
+    engine = create_engine(settings)
+    try:
+        await upgrade_head(engine)
+    finally:
+        await engine.dispose()
+    print("database is at the latest migration", file=sys.stderr)
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    """Apply every pending migration."""
+    return _run(_migrate(settings))
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """Migrate (unless --no-migrate), then serve with uvicorn."""
+    import uvicorn
+
+    if not args.no_migrate:
+        cmd_migrate(args, settings)
+    uvicorn.run(
+        "app.main:app_factory",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        proxy_headers=True,
+        forwarded_allow_ips=args.forwarded_allow_ips,
+        log_config=None,
+    )
+    return 0
+
+
+def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
+    """Mint a portal JWT for local use."""
+    from app.auth.jwt import mint_token
+
+    token = mint_token(
+        settings,
+        args.user_id,
+        email=args.email,
+        admin=args.admin,
+        ttl=timedelta(seconds=args.ttl),
+    )
+    print(token)
+    return 0
+
+
+async def _service_token(args: argparse.Namespace, settings: Settings) -> int:
+    from app.auth import service_tokens
+    from app.db import create_engine, create_session_maker, session_scope
+
+    engine = create_engine(settings)
+    try:
+        async with session_scope(create_session_maker(engine)) as session:
+            if args.action == "create":
+                row, token = await service_tokens.create_service_token(session, args.name)
+                print(
+                    f"created {row.id} ({row.name}); the token is shown only now:", file=sys.stderr
+                )
+                print(token)
+            elif args.action == "list":
+                for row in await service_tokens.list_service_tokens(session):
+                    state = f"revoked {row.revoked_at.isoformat()}" if row.revoked_at else "active"
+                    print(f"{row.id}\t{row.name}\t{row.created_at.isoformat()}\t{state}")
+            else:
+                if not await service_tokens.revoke_service_token(session, args.token_id):
+                    print(f"no active service token {args.token_id}", file=sys.stderr)
+                    return 1
+                print(f"revoked {args.token_id}", file=sys.stderr)
+    finally:
+        await engine.dispose()
+    return 0
+
+
+def cmd_service_token(args: argparse.Namespace, settings: Settings) -> int:
+    """Create, list or revoke gateway service tokens."""
+    return _run(_service_token(args, settings))
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI document the app serves."""
+    from app.main import create_app
+
+    return create_app(get_settings()).openapi()
+
+
+def render_openapi() -> str:
+    """`openapi.json` as committed: sorted keys, two-space indent, trailing newline."""
+    return json.dumps(openapi_document(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def cmd_openapi(args: argparse.Namespace, settings: Settings) -> int:
+    """Write openapi.json, or with --check fail when it is stale."""
+    rendered = render_openapi()
+    if args.check:
+        current = OPENAPI_PATH.read_text() if OPENAPI_PATH.exists() else ""
+        if current != rendered:
+            print("openapi.json is stale: run `make openapi`", file=sys.stderr)
+            return 1
+        print("openapi.json is up to date", file=sys.stderr)
+        return 0
+    OPENAPI_PATH.write_text(rendered)
+    print(f"wrote {OPENAPI_PATH}", file=sys.stderr)
+    return 0
+
+
+COMMANDS: dict[str, Command] = {
+    "serve": cmd_serve,
+    "migrate": cmd_migrate,
+    "token": cmd_token,
+    "service-token": cmd_service_token,
+    "openapi": cmd_openapi,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="torouter-billing", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help=cmd_serve.__doc__)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--forwarded-allow-ips", default="127.0.0.1")
+    serve.add_argument("--no-migrate", action="store_true")
+
+    sub.add_parser("migrate", help=cmd_migrate.__doc__)
+
+    token = sub.add_parser("token", help=cmd_token.__doc__)
+    token.add_argument("user_id")
+    token.add_argument("--email")
+    token.add_argument("--admin", action="store_true")
+    token.add_argument("--ttl", type=int, default=12 * 3600, help="lifetime in seconds")
+
+    svc = sub.add_parser("service-token", help=cmd_service_token.__doc__)
+    svc_sub = svc.add_subparsers(dest="action", required=True)
+    create = svc_sub.add_parser("create")
+    create.add_argument("name")
+    svc_sub.add_parser("list")
+    revoke = svc_sub.add_parser("revoke")
+    revoke.add_argument("token_id")
+
+    openapi = sub.add_parser("openapi", help=cmd_openapi.__doc__)
+    openapi.add_argument("--check", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = get_settings()
+    from app.logs import configure_logging
+
+    configure_logging(settings.log_level, json=settings.log_json)
+    return COMMANDS[args.command](args, settings)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,117 @@
+"""Settings, read from `BILLING_*` environment variables (and a `.env` file)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "changethis", "dev-secret"}
+
+Environment = Literal["local", "test", "production"]
+
+LOCAL_JWT_SECRET = "local-development-only-jwt-secret-never-in-production"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; the README's configuration table lists them."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BILLING_", env_file=".env", extra="ignore", validate_default=True
+    )
+
+    environment: Environment = "local"
+    database_url: str = "sqlite+aiosqlite:///./billing.db"
+    database_pool_size: int = Field(default=10, ge=1, le=200)
+    database_echo: bool = False
+
+    # Portal users' JWTs: HS256 with a shared secret, or RS256/ES256 from a JWKS URL.
+    jwt_secret: SecretStr | None = None
+    jwt_jwks_url: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_leeway_seconds: int = Field(default=30, ge=0, le=300)
+    jwt_admin_claim: str = "role"
+    jwt_admin_value: str = "admin"
+    service_token_cache_seconds: float = Field(default=5.0, ge=0, le=300)
+
+    # Stripe.
+    stripe_secret_key: SecretStr | None = None
+    stripe_publishable_key: str | None = None
+    stripe_webhook_secret: SecretStr | None = None
+    stripe_api_base: str | None = None
+    stripe_timeout_seconds: float = Field(default=10.0, gt=0, le=10.0)
+    stripe_max_network_retries: int = Field(default=2, ge=0, le=5)
+    stripe_webhook_tolerance_seconds: int = Field(default=300, ge=1, le=600)
+
+    # Portal and purchase rules.
+    portal_url: str = "http://localhost:5173"
+    cors_origins: list[str] = Field(default_factory=lambda: ["http://localhost:5173"])
+    topup_min: Decimal = Decimal("1.00")
+    topup_max: Decimal = Decimal("10000.00")
+    max_pending_orders: int = Field(default=5, ge=1, le=100)
+    checkout_ttl_minutes: int = Field(default=30, ge=30, le=1440)
+    refund_window_days: int = Field(default=30, ge=0, le=365)
+    refund_auto_approve_max: Decimal = Decimal("0")
+
+    # Gateway.
+    hold_max_ttl_seconds: int = Field(default=3600, ge=1, le=3600)
+    hold_default_ttl_seconds: int = Field(default=600, ge=1, le=3600)
+    max_amount_micros: int = Field(default=1_000_000_000_000, ge=1)
+
+    # HTTP.
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+
+    # Periodic jobs.
+    jobs_enabled: bool = True
+    reconcile_interval_seconds: float = Field(default=60.0, gt=0)
+    reconcile_min_age_seconds: float = Field(default=180.0, ge=0)
+    hold_expiry_interval_seconds: float = Field(default=15.0, gt=0)
+
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @field_validator("topup_min", "topup_max", "refund_auto_approve_max")
+    @classmethod
+    def _two_decimals(cls, value: Decimal) -> Decimal:
+        if value < 0 or value.as_tuple().exponent < -2:  # type: ignore[operator]
+            raise ValueError("must be a non-negative amount with at most 2 decimals")
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secrets(self) -> Settings:
+        if self.topup_min > self.topup_max:
+            raise ValueError("BILLING_TOPUP_MIN must not exceed BILLING_TOPUP_MAX")
+        if self.environment == "local":
+            if self.jwt_secret is None and self.jwt_jwks_url is None:
+                # Lets `make run` and `torouter-billing token` work out of the box; refused
+                # anywhere but the local environment.
+                self.jwt_secret = SecretStr(LOCAL_JWT_SECRET)
+            return self
+        if self.jwt_jwks_url is None:
+            secret = self.jwt_secret.get_secret_value() if self.jwt_secret else ""
+            if secret.lower() in _PLACEHOLDER_SECRETS or len(secret) < 32:
+                raise ValueError(
+                    "BILLING_JWT_SECRET must be a real secret of at least 32 characters "
+                    "(or set BILLING_JWT_JWKS_URL) outside the local environment"
+                )
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def stripe_configured(self) -> bool:
+        return self.stripe_secret_key is not None and bool(
+            self.stripe_secret_key.get_secret_value()
+        )
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

@@ -1,0 +1,332 @@
+"""The service's errors and their RFC 9457 `application/problem+json` rendering.
+
+Every error a client can see is a `BillingError` carrying its HTTP status and a stable `code`::
+
+    BillingError
+    ├── BadRequest (400) .................... bad_request
+    │   └── InvalidSignature ................ invalid_signature
+    ├── Unauthorized (401) .................. unauthorized
+    ├── Forbidden (403) ..................... forbidden
+    ├── NotFound (404) ...................... not_found
+    ├── Conflict (409) ...................... conflict
+    │   ├── IdempotencyConflict ............. idempotency_conflict
+    │   ├── OrderNotResumable ............... order_not_resumable
+    │   ├── OrderNotCancelable .............. order_not_cancelable
+    │   ├── RefundNotEligible ............... refund_not_eligible
+    │   └── InvalidStateTransition .......... invalid_state
+    ├── PaymentRequired (402)
+    │   ├── InsufficientBalance ............. insufficient_balance
+    │   └── PaymentDeclined ................. payment_declined
+    ├── PayloadTooLarge (413) ............... payload_too_large
+    ├── ValidationFailed (422) .............. validation_error
+    ├── TooManyPendingOrders (429) .......... too_many_pending_orders
+    ├── RateLimited (429) ................... rate_limited
+    ├── ServiceUnavailable (503) ............ service_unavailable
+    │   ├── PaymentProviderUnavailable ...... payment_provider_unavailable
+    │   └── PaymentsNotConfigured ........... payments_not_configured
+    └── InternalError (500) ................. internal_error
+
+Request validation, unknown routes and methods, over-limit bodies and unhandled exceptions are
+rendered in the same shape; no stack trace leaves the process.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.request_context import current_request_id
+
+log = structlog.get_logger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+PROBLEM_TYPE_BASE = "https://docs.torouter.dev/billing/problems/"
+
+
+class BillingError(Exception):
+    """An error with an HTTP status and a stable machine-readable code."""
+
+    status: int = 400
+    code: str = "bad_request"
+    title: str = "Bad request"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.headers = headers or {}
+        self.extra = extra
+
+
+class BadRequest(BillingError):
+    """The request cannot be processed as sent."""
+
+
+class InvalidSignature(BadRequest):
+    """A webhook's signature does not verify."""
+
+    code = "invalid_signature"
+    title = "Invalid signature"
+
+
+class Unauthorized(BillingError):
+    """No valid credentials."""
+
+    status = 401
+    code = "unauthorized"
+    title = "Unauthorized"
+
+    def __init__(self, detail: str | None = None, **extra: Any) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"}, **extra)
+
+
+class Forbidden(BillingError):
+    """Valid credentials that do not allow this."""
+
+    status = 403
+    code = "forbidden"
+    title = "Forbidden"
+
+
+class NotFound(BillingError):
+    """No such object (or not the caller's)."""
+
+    status = 404
+    code = "not_found"
+    title = "Not found"
+
+
+class Conflict(BillingError):
+    """The request conflicts with the object's current state."""
+
+    status = 409
+    code = "conflict"
+    title = "Conflict"
+
+
+class IdempotencyConflict(Conflict):
+    """The idempotency key was used before with a different request."""
+
+    code = "idempotency_conflict"
+    title = "Idempotency key reused with a different request"
+
+
+class OrderNotResumable(Conflict):
+    """The order can no longer be paid."""
+
+    code = "order_not_resumable"
+    title = "Order cannot be resumed"
+
+
+class OrderNotCancelable(Conflict):
+    """The order is past the point where it can be canceled."""
+
+    code = "order_not_cancelable"
+    title = "Order cannot be canceled"
+
+
+class RefundNotEligible(Conflict):
+    """A refund cannot be requested or approved now."""
+
+    code = "refund_not_eligible"
+    title = "Refund not eligible"
+
+
+class InvalidStateTransition(Conflict):
+    """The object is not in a state that allows this."""
+
+    code = "invalid_state"
+    title = "Invalid state"
+
+
+class PaymentRequired(BillingError):
+    """Money is missing."""
+
+    status = 402
+    code = "payment_required"
+    title = "Payment required"
+
+
+class InsufficientBalance(PaymentRequired):
+    """The wallet's available balance does not cover the amount."""
+
+    code = "insufficient_balance"
+    title = "Insufficient balance"
+
+
+class PaymentDeclined(PaymentRequired):
+    """The payment method was declined."""
+
+    code = "payment_declined"
+    title = "Payment declined"
+
+
+class PayloadTooLarge(BillingError):
+    """The request body exceeds the limit."""
+
+    status = 413
+    code = "payload_too_large"
+    title = "Payload too large"
+
+
+class ValidationFailed(BillingError):
+    """The request does not satisfy the schema or a business rule on its fields."""
+
+    status = 422
+    code = "validation_error"
+    title = "Validation error"
+
+
+class TooManyPendingOrders(BillingError):
+    """The user has too many unpaid orders."""
+
+    status = 429
+    code = "too_many_pending_orders"
+    title = "Too many pending orders"
+
+
+class RateLimited(BillingError):
+    """Too many requests."""
+
+    status = 429
+    code = "rate_limited"
+    title = "Rate limited"
+
+
+class ServiceUnavailable(BillingError):
+    """A dependency is down; retry later."""
+
+    status = 503
+    code = "service_unavailable"
+    title = "Service unavailable"
+
+
+class PaymentProviderUnavailable(ServiceUnavailable):
+    """Stripe did not answer, or answered with an error that is worth retrying."""
+
+    code = "payment_provider_unavailable"
+    title = "Payment provider unavailable"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int = 5, **extra: Any) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)}, **extra)
+
+
+class PaymentsNotConfigured(ServiceUnavailable):
+    """No Stripe keys are configured."""
+
+    code = "payments_not_configured"
+    title = "Payments not configured"
+
+
+class InternalError(BillingError):
+    """Something went wrong on our side."""
+
+    status = 500
+    code = "internal_error"
+    title = "Internal server error"
+
+
+def problem_response(
+    status: int,
+    code: str,
+    title: str,
+    detail: str | None = None,
+    *,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    """An `application/problem+json` response."""
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + code,
+        "title": title,
+        "status": status,
+        "code": code,
+    }
+    if detail:
+        body["detail"] = detail
+    request_id = current_request_id()
+    if request_id:
+        body["request_id"] = request_id
+    body.update(extra)
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+def _field_name(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or ".".join(str(p) for p in loc)
+
+
+def _validation_message(error: dict[str, Any]) -> str:
+    if error.get("type") == "extra_forbidden":
+        return "unknown field"
+    message = str(error.get("msg", "invalid"))
+    return message.removeprefix("Value error, ")
+
+
+async def _billing_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, BillingError)
+    if exc.status >= 500:
+        log.warning("request_failed", code=exc.code, detail=exc.detail)
+    return problem_response(
+        exc.status, exc.code, exc.title, exc.detail, headers=exc.headers, **exc.extra
+    )
+
+
+async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"field": _field_name(tuple(e.get("loc", ()))), "message": _validation_message(e)}
+        for e in exc.errors()
+    ]
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    return problem_response(
+        422, ValidationFailed.code, ValidationFailed.title, detail, errors=errors
+    )
+
+
+_HTTP_CODES = {
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+}
+
+
+async def _http_exception_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    status = exc.status_code
+    code = _HTTP_CODES.get(status, "http_error")
+    title = HTTPStatus(status).phrase
+    detail = exc.detail if isinstance(exc.detail, str) and exc.detail != title else None
+    return problem_response(status, code, title, detail, headers=dict(exc.headers or {}))
+
+
+def internal_error_response() -> JSONResponse:
+    """The 500 problem for an unhandled exception (logged by the caller)."""
+    return problem_response(
+        500,
+        InternalError.code,
+        InternalError.title,
+        "An unexpected error occurred; quote the request id when reporting it.",
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Render every error as problem+json."""
+    app.add_exception_handler(BillingError, _billing_error_handler)
+    app.add_exception_handler(RequestValidationError, _validation_handler)
+    app.add_exception_handler(StarletteHTTPException, _http_exception_handler)
+    # Unhandled exceptions are caught by `RequestContextMiddleware`, inside the request scope,
+    # so the 500 still carries the request id.

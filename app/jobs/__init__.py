@@ -1,0 +1,1 @@
+"""Periodic jobs that run in every instance; each takes its rows with FOR UPDATE SKIP LOCKED."""

@@ -1,0 +1,106 @@
+"""`create_app()` and the lifespan that owns the engine, clients and periodic jobs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
+
+from app.auth.jwt import JwtVerifier
+from app.auth.service_tokens import ServiceTokenVerifier
+from app.config import Settings, get_settings
+from app.db import create_engine, create_session_maker
+from app.errors import install_error_handlers
+from app.jobs.runner import Job, JobRunner
+from app.logs import configure_logging
+from app.middleware import RequestContextMiddleware
+from app.ops.router import router as ops_router
+
+API_PREFIX = "/v1"
+
+DESCRIPTION = """
+Billing backend of ToRouter: prepaid USD balances topped up with Stripe, a double-entry ledger,
+and the gateway's per-token usage API.
+
+Money: top-up amounts are decimal strings with 2 decimals (`"20.00"`), balances with 6, always
+with `"currency": "usd"`; the gateway API speaks integer `*_micros` (1 USD = 1,000,000).
+Errors are RFC 9457 `application/problem+json` with a stable `code`.
+"""
+
+TAGS = [
+    {"name": "purchase", "description": "Top up the balance with Stripe."},
+    {"name": "orders", "description": "Order history, receipts, resume, cancel, sync."},
+    {"name": "refunds", "description": "Refund requests for paid orders."},
+    {"name": "balance", "description": "The user's balance and its transactions."},
+    {"name": "gateway", "description": "Usage debits and holds, for the gateway (service token)."},
+    {"name": "webhooks", "description": "Stripe event deliveries."},
+    {"name": "admin", "description": "Operator endpoints (admin role)."},
+    {"name": "operations", "description": "Health, readiness and metrics."},
+]
+
+
+def _operation_id(route: APIRoute) -> str:
+    return route.name
+
+
+def _jobs(app: FastAPI, settings: Settings) -> list[Job]:
+    """The periodic jobs of this instance."""
+    jobs: list[Job] = []
+    return jobs
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the application; nothing connects until the lifespan starts."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings)
+        maker = create_session_maker(engine)
+        app.state.engine = engine
+        app.state.session_maker = maker
+        app.state.jwt_verifier = JwtVerifier(settings)
+        app.state.service_token_verifier = ServiceTokenVerifier(
+            maker, settings.service_token_cache_seconds
+        )
+        runner = JobRunner(_jobs(app, settings) if settings.jobs_enabled else [])
+        runner.start()
+        try:
+            yield
+        finally:
+            await runner.stop()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="ToRouter Billing",
+        version="0.1.0",
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        lifespan=lifespan,
+        generate_unique_id_function=_operation_id,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET", "POST"],
+        allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
+        expose_headers=["X-Request-ID", "Retry-After"],
+        max_age=600,
+    )
+    # Outermost: every response, including CORS preflights and 500s, carries the request id.
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+
+    app.include_router(ops_router)
+    return app
+
+
+def app_factory() -> FastAPI:
+    """Entry point for `uvicorn --factory app.main:app_factory`."""
+    settings = get_settings()
+    configure_logging(settings.log_level, json=settings.log_json)
+    return create_app(settings)

@@ -1,0 +1,104 @@
+"""Top-up orders, Stripe customers and received Stripe events."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, CheckConstraint, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.models.base import Base, utcnow
+
+ORDER_STATUSES = (
+    "pending",
+    "processing",
+    "paid",
+    "partially_refunded",
+    "refunded",
+    "disputed",
+    "canceled",
+    "expired",
+    "failed",
+)
+
+
+class StripeCustomer(Base):
+    """The Stripe Customer of a user, created once and reused for every payment."""
+
+    __tablename__ = "stripe_customers"
+
+    user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(String(255), unique=True)
+    email: Mapped[str | None] = mapped_column(String(320))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Order(Base):
+    """A top-up: written before anything is created at Stripe, fulfilled at most once."""
+
+    __tablename__ = "orders"
+    __table_args__ = (
+        CheckConstraint("amount_micros > 0", name="amount_positive"),
+        CheckConstraint(
+            "refunded_micros >= 0 AND refunded_micros <= amount_micros",
+            name="refunded_within_amount",
+        ),
+        CheckConstraint("mode IN ('elements', 'checkout')", name="mode_known"),
+        CheckConstraint(
+            "status IN ('pending', 'processing', 'paid', 'partially_refunded', 'refunded',"
+            " 'disputed', 'canceled', 'expired', 'failed')",
+            name="status_known",
+        ),
+        UniqueConstraint("user_id", "idempotency_key", name="uq_orders_user_id_idempotency_key"),
+        Index("ix_orders_user_id_id", "user_id", "id"),
+        Index("ix_orders_status_created_at", "status", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(255))
+    email: Mapped[str | None] = mapped_column(String(320))
+    status: Mapped[str] = mapped_column(String(24), default="pending")
+    mode: Mapped[str] = mapped_column(String(16))
+    """`elements` (PaymentIntent + Stripe Elements) or `checkout` (hosted Checkout Session)."""
+    amount_micros: Mapped[int]
+    """The top-up amount in micro-USD; always a whole number of cents."""
+    currency: Mapped[str] = mapped_column(String(3), default="usd")
+    refunded_micros: Mapped[int] = mapped_column(default=0)
+    """Sum of Stripe refunds that succeeded (or are pending at Stripe) for this order."""
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    """The client's `Idempotency-Key` header on purchase, if any."""
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    stripe_customer_id: Mapped[str | None] = mapped_column(String(255))
+    stripe_payment_intent_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    stripe_checkout_session_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    stripe_charge_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    checkout_url: Mapped[str | None] = mapped_column(Text)
+    checkout_expires_at: Mapped[datetime | None]
+    receipt_url: Mapped[str | None] = mapped_column(Text)
+    livemode: Mapped[bool | None]
+    failure_code: Mapped[str | None] = mapped_column(String(100))
+    failure_message: Mapped[str | None] = mapped_column(String(500))
+    flagged_reason: Mapped[str | None] = mapped_column(String(500))
+    """Set when Stripe's answer did not match the order (amount, currency, livemode); such an
+    order is never credited automatically."""
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    paid_at: Mapped[datetime | None]
+    closed_at: Mapped[datetime | None]
+    """When the order reached canceled, expired or failed."""
+
+
+class StripeEvent(Base):
+    """A received Stripe event. The unique id makes a repeated delivery a no-op."""
+
+    __tablename__ = "stripe_events"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    type: Mapped[str] = mapped_column(String(100), index=True)
+    livemode: Mapped[bool] = mapped_column(default=False)
+    object_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    outcome: Mapped[str | None] = mapped_column(String(500))
+    """What applying it did (`credited`, `ignored: unhandled type`, `ignored: backwards`, …)."""
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,37 @@
+"""Opaque keyset cursors: base64url of the last row's sort key, so pages stay stable while new
+rows arrive."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from app.errors import ValidationFailed
+
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 100
+
+
+def encode_cursor(*key: Any) -> str:
+    """A cursor that resumes after the row with this sort key."""
+    raw = json.dumps(list(key), separators=(",", ":"), default=str).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, arity: int) -> list[Any]:
+    """The sort key inside a cursor; 422 when it was not made by `encode_cursor`."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        key = json.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValidationFailed(
+            "The cursor is not valid.",
+            errors=[{"field": "cursor", "message": "not a cursor returned by this API"}],
+        ) from exc
+    if not isinstance(key, list) or len(key) != arity:
+        raise ValidationFailed(
+            "The cursor is not valid.",
+            errors=[{"field": "cursor", "message": "not a cursor returned by this API"}],
+        )
+    return key

@@ -1,0 +1,38 @@
+"""Liveness, readiness and metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from sqlalchemy.ext.asyncio import create_async_engine
+
+
+async def test_healthz_and_readyz_answer(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    assert (await client.get("/readyz")).json() == {"status": "ready"}
+
+
+async def test_readyz_is_503_when_the_database_is_unreachable(
+    client: httpx.AsyncClient, app: Any
+) -> None:
+    real = app.state.engine
+    # Port 9 on loopback: nothing listens, so connecting fails at once.
+    app.state.engine = create_async_engine("postgresql+asyncpg://postgres@127.0.0.1:9/none")
+    try:
+        response = await client.get("/readyz")
+        assert (await client.get("/healthz")).status_code == 200
+    finally:
+        await app.state.engine.dispose()
+        app.state.engine = real
+    assert response.status_code == 503
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "service_unavailable"
+
+
+async def test_metrics_are_in_prometheus_format(client: httpx.AsyncClient) -> None:
+    await client.get("/healthz")
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    assert "billing_http_requests_total" in response.text
