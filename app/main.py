@@ -17,6 +17,7 @@ from app.errors import install_error_handlers
 from app.jobs.runner import Job, JobRunner
 from app.logs import configure_logging
 from app.middleware import RequestContextMiddleware
+from app.admin.audit import router as audit_router
 from app.ops.router import router as ops_router
 
 API_PREFIX = "/v1"
@@ -96,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
 
     app.include_router(ops_router)
+    app.include_router(audit_router, prefix=API_PREFIX)
     return app
 
 

@@ -1,18 +1,24 @@
 """All tables; importing this package registers them on `Base.metadata`."""
 
+from app.models.audit import AuditEntry
 from app.models.base import Base
 from app.models.ledger import Account, Hold, LedgerEntry, LedgerTransaction
 from app.models.orders import Order, StripeCustomer, StripeEvent
+from app.models.refunds import Dispute, RefundRequest, StripeRefund
 from app.models.service_tokens import ServiceToken
 
 __all__ = [
     "Account",
+    "AuditEntry",
     "Base",
+    "Dispute",
     "Hold",
     "LedgerEntry",
     "LedgerTransaction",
     "Order",
+    "RefundRequest",
     "ServiceToken",
     "StripeCustomer",
     "StripeEvent",
+    "StripeRefund",
 ]

@@ -1,0 +1,1 @@
+"""Operator endpoints (JWT with the admin role)."""

@@ -1,0 +1,1 @@
+"""Top-up orders: history, detail, resume, cancel, sync."""

@@ -1,0 +1,63 @@
+"""Orders as the portal sees them, with refund eligibility: one query for open refund requests
+and one per distinct user for the wallet."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.config import Settings
+from app.ledger.repository import get_wallet
+from app.models.base import utcnow
+from app.models.orders import Order
+from app.models.refunds import OPEN_REFUND_REQUEST_STATUSES, RefundRequest
+from app.orders.schemas import OrderOut, order_out
+from app.orders.state import is_paid
+from app.refunds.eligibility import refund_eligibility
+
+
+async def _orders_with_open_requests(session: AsyncSession, order_ids: list[str]) -> set[str]:
+    if not order_ids:
+        return set()
+    rows = await session.scalars(
+        select(RefundRequest.order_id).where(
+            RefundRequest.order_id.in_(order_ids),
+            RefundRequest.status.in_(OPEN_REFUND_REQUEST_STATUSES),
+        )
+    )
+    return set(rows)
+
+
+async def present_orders(
+    session: AsyncSession, orders: Sequence[Order], settings: Settings
+) -> list[OrderOut]:
+    """Render orders with their refund eligibility."""
+    now = utcnow()
+    paid = [o for o in orders if is_paid(o.status)]
+    open_ids = await _orders_with_open_requests(session, [o.id for o in paid])
+    available: dict[str, int] = {}
+    for user_id in sorted({o.user_id for o in paid}):
+        wallet = await get_wallet(session, user_id)
+        available[user_id] = wallet.available_micros if wallet else 0
+    return [
+        order_out(
+            order,
+            refund_eligibility(
+                order,
+                available_micros=available.get(order.user_id, 0),
+                has_open_request=order.id in open_ids,
+                window_days=settings.refund_window_days,
+                now=now,
+            ),
+            now,
+        )
+        for order in orders
+    ]
+
+
+async def present_order(session: AsyncSession, order: Order, settings: Settings) -> OrderOut:
+    """Render one order with its refund eligibility."""
+    (out,) = await present_orders(session, [order], settings)
+    return out

@@ -1,0 +1,76 @@
+"""The Order as the portal sees it (DESIGN.md, Core shapes)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+from app.models.orders import Order
+from app.money import CURRENCY, format_amount
+from app.orders.state import is_pending
+from app.refunds.eligibility import Eligibility
+
+
+class RefundEligibilityOut(BaseModel):
+    """Whether a refund can be requested now; if not, why."""
+
+    eligible: bool
+    reason: str | None = Field(description="Machine-readable reason when not eligible.")
+    message: str | None = Field(default=None, description="The reason as a sentence.")
+    max_amount: str = Field(description="The most that can be requested now, 2 decimals.")
+
+
+class OrderOut(BaseModel):
+    """A top-up order."""
+
+    id: str
+    status: str
+    mode: str
+    amount: str = Field(examples=["20.00"])
+    currency: str = CURRENCY
+    created_at: datetime
+    paid_at: datetime | None
+    receipt_url: str | None
+    refunded_amount: str = Field(examples=["0.00"])
+    refund_eligibility: RefundEligibilityOut
+    resumable: bool = Field(description="A pending order whose Stripe payment can still be made.")
+    resume_expires_at: datetime | None = Field(
+        default=None, description="Until when a Checkout order can be resumed."
+    )
+    failure_message: str | None = None
+
+
+def is_resumable(order: Order, now: datetime) -> bool:
+    """A pending order whose Stripe object still accepts payment (as far as we know)."""
+    if order.status != "pending" or order.flagged_reason:
+        return False
+    if order.mode == "checkout":
+        return order.checkout_expires_at is not None and order.checkout_expires_at > now
+    return order.stripe_payment_intent_id is not None
+
+
+def order_out(order: Order, eligibility: Eligibility, now: datetime) -> OrderOut:
+    """Render an order with its refund eligibility."""
+    return OrderOut(
+        id=order.id,
+        status=order.status,
+        mode=order.mode,
+        amount=format_amount(order.amount_micros),
+        currency=order.currency,
+        created_at=order.created_at,
+        paid_at=order.paid_at,
+        receipt_url=order.receipt_url,
+        refunded_amount=format_amount(order.refunded_micros),
+        refund_eligibility=RefundEligibilityOut(
+            eligible=eligibility.eligible,
+            reason=eligibility.reason,
+            message=eligibility.message,
+            max_amount=format_amount(eligibility.max_amount_micros),
+        ),
+        resumable=is_resumable(order, now),
+        resume_expires_at=order.checkout_expires_at
+        if order.mode == "checkout" and is_pending(order.status)
+        else None,
+        failure_message=order.failure_message,
+    )

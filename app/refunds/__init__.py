@@ -1,0 +1,1 @@
+"""Refund requests, their review, Stripe refunds and disputes."""

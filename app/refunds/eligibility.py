@@ -1,0 +1,67 @@
+"""Whether a refund of an order can be requested now, and how much.
+
+The rules (DESIGN.md, Refunds): a paid order, within `BILLING_REFUND_WINDOW_DAYS` of payment,
+up to its unrefunded amount and no more than the wallet's available balance (spent credit is not
+refundable), one open request per order, none while disputed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from app.models.orders import Order
+
+REASONS = {
+    "not_paid": "The order was never paid.",
+    "disputed": "The payment is disputed; it cannot be refunded while the dispute is open.",
+    "fully_refunded": "The order has been refunded in full.",
+    "refund_window_closed": "The refund window for this order has closed.",
+    "refund_request_open": "A refund request for this order is already open.",
+    "balance_spent": "The credit from this order has been spent; spent credit is not refundable.",
+    "flagged": "The payment is under review.",
+}
+"""Each reason a refund is refused, with the sentence shown to the user."""
+
+
+@dataclass(frozen=True, slots=True)
+class Eligibility:
+    """The answer: eligible or not, why not, and the most that can be requested."""
+
+    eligible: bool
+    reason: str | None
+    max_amount_micros: int
+
+    @property
+    def message(self) -> str | None:
+        return REASONS.get(self.reason) if self.reason else None
+
+
+def refund_eligibility(
+    order: Order,
+    *,
+    available_micros: int,
+    has_open_request: bool,
+    window_days: int,
+    now: datetime,
+) -> Eligibility:
+    """Evaluate the rules in the order a user would want them explained."""
+    if order.status not in ("paid", "partially_refunded", "disputed", "refunded"):
+        return Eligibility(False, "not_paid", 0)
+    if order.status == "disputed":
+        return Eligibility(False, "disputed", 0)
+    unrefunded = order.amount_micros - order.refunded_micros
+    if unrefunded <= 0 or order.status == "refunded":
+        return Eligibility(False, "fully_refunded", 0)
+    if order.flagged_reason:
+        return Eligibility(False, "flagged", 0)
+    paid_at = order.paid_at or order.created_at
+    if now > paid_at + timedelta(days=window_days):
+        return Eligibility(False, "refund_window_closed", 0)
+    if has_open_request:
+        return Eligibility(False, "refund_request_open", 0)
+    # Stripe refunds whole cents: round the available balance down to a cent.
+    refundable = min(unrefunded, max(available_micros, 0) // 10_000 * 10_000)
+    if refundable <= 0:
+        return Eligibility(False, "balance_spent", 0)
+    return Eligibility(True, None, refundable)

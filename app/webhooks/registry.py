@@ -1,0 +1,71 @@
+"""Which function applies which Stripe event type.
+
+Capabilities register their handlers with `@handles("type", ...)` in their own module
+(`app/purchase/webhooks.py`, `app/refunds/webhooks.py`, …), imported by `load_handlers()`. A
+handler runs inside the webhook's database transaction, after the event id was stored, and
+returns a short outcome string that is stored with the event (`credited`, `ignored: backwards`,
+…). Types with no handler are acknowledged (200) and recorded as `ignored: unhandled type`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.config import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookContext:
+    """What a handler gets besides the event."""
+
+    session: AsyncSession
+    settings: Settings
+    stripe: Any
+    """The app's `StripeGateway` (handlers may ask Stripe for the authoritative object)."""
+
+
+Handler = Callable[[WebhookContext, dict[str, Any]], Awaitable[str]]
+"""`await handler(ctx, event)` where `event` is the verified event as a plain dict."""
+
+_HANDLERS: dict[str, Handler] = {}
+
+HANDLER_MODULES = (
+    "app.purchase.webhooks",
+    "app.refunds.webhooks",
+)
+"""Modules that register handlers; a missing one is skipped (a capability not built yet)."""
+
+
+def handles(*event_types: str) -> Callable[[Handler], Handler]:
+    """Register the decorated coroutine as the handler of these event types."""
+
+    def register(func: Handler) -> Handler:
+        for event_type in event_types:
+            existing = _HANDLERS.get(event_type)
+            if existing is not None and existing is not func:
+                raise RuntimeError(f"two handlers for {event_type}: {existing} and {func}")
+            _HANDLERS[event_type] = func
+        return func
+
+    return register
+
+
+def load_handlers() -> dict[str, Handler]:
+    """Import every handler module once and return the registry."""
+    for name in HANDLER_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+    return dict(_HANDLERS)
+
+
+def handler_for(event_type: str) -> Handler | None:
+    """The handler of an event type, if any."""
+    return load_handlers().get(event_type)
