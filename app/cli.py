@@ -107,6 +107,36 @@ def cmd_service_token(args: argparse.Namespace, settings: Settings) -> int:
     return _run(_service_token(args, settings))
 
 
+async def _ledger_verify(settings: Settings) -> int:
+    from app.db import create_engine, create_session_maker, session_scope
+    from app.ledger.verify import ledger_totals, verify_ledger
+
+    engine = create_engine(settings)
+    try:
+        async with session_scope(create_session_maker(engine)) as session:
+            totals = await ledger_totals(session)
+            print(
+                f"verifying {totals.transactions} transactions, {totals.entries} entries, "
+                f"{totals.wallets} wallets, {totals.active_holds} active holds ...",
+                file=sys.stderr,
+            )
+            violations = await verify_ledger(session)
+    finally:
+        await engine.dispose()
+    for violation in violations:
+        print(violation)
+    if violations:
+        print(f"ledger verify FAILED: {len(violations)} violation(s)", file=sys.stderr)
+        return 1
+    print("ledger verify ok: every invariant holds", file=sys.stderr)
+    return 0
+
+
+def cmd_ledger_verify(args: argparse.Namespace, settings: Settings) -> int:
+    """Check every ledger invariant; print each violation and exit 1 on any."""
+    return _run(_ledger_verify(settings))
+
+
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI document the app serves."""
     from app.main import create_app
@@ -140,6 +170,7 @@ COMMANDS: dict[str, Command] = {
     "token": cmd_token,
     "service-token": cmd_service_token,
     "openapi": cmd_openapi,
+    "ledger-verify": cmd_ledger_verify,
 }
 
 
@@ -169,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     svc_sub.add_parser("list")
     revoke = svc_sub.add_parser("revoke")
     revoke.add_argument("token_id")
+
+    sub.add_parser("ledger-verify", help=cmd_ledger_verify.__doc__)
 
     openapi = sub.add_parser("openapi", help=cmd_openapi.__doc__)
     openapi.add_argument("--check", action="store_true")

@@ -9,16 +9,21 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 
+from app.admin.adjustments import router as admin_adjustments_router
+from app.admin.audit import router as audit_router
+from app.admin.ledger import router as admin_ledger_router
 from app.auth.jwt import JwtVerifier
 from app.auth.service_tokens import ServiceTokenVerifier
 from app.config import Settings, get_settings
 from app.db import create_engine, create_session_maker
 from app.errors import install_error_handlers
+from app.jobs.holds import expire_holds
 from app.jobs.runner import Job, JobRunner
+from app.ledger.router import router as balance_router
 from app.logs import configure_logging
 from app.middleware import RequestContextMiddleware
-from app.admin.audit import router as audit_router
 from app.ops.router import router as ops_router
+from app.usage.router import router as usage_router
 
 API_PREFIX = "/v1"
 
@@ -50,6 +55,13 @@ def _operation_id(route: APIRoute) -> str:
 def _jobs(app: FastAPI, settings: Settings) -> list[Job]:
     """The periodic jobs of this instance."""
     jobs: list[Job] = []
+    jobs.append(
+        Job(
+            "expire_holds",
+            settings.hold_expiry_interval_seconds,
+            lambda: expire_holds(app.state.session_maker),
+        )
+    )
     return jobs
 
 
@@ -98,6 +110,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(ops_router)
     app.include_router(audit_router, prefix=API_PREFIX)
+    app.include_router(balance_router, prefix=API_PREFIX)
+    app.include_router(usage_router, prefix=API_PREFIX)
+    app.include_router(admin_adjustments_router, prefix=API_PREFIX)
+    app.include_router(admin_ledger_router, prefix=API_PREFIX)
     return app
 
 

@@ -5,22 +5,32 @@ zero. A repeated reference is a no-op that returns the original transaction (`re
 retries of any caller can never move money twice. Wallet legs update the wallet in the same
 database transaction with a single conditional `UPDATE … RETURNING` (no read-then-write); system
 legs only add an entry, since a hot system row would serialize every posting.
+
+On PostgreSQL, the commonest posting — one wallet debited only if covered, against system
+accounts (every usage debit) — runs as one statement of data-modifying CTEs: one round trip
+between BEGIN and COMMIT instead of three, and the wallet row stays locked for less time.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import InsufficientBalance
+from app.db import is_postgres
+from app.errors import InsufficientBalance, ValidationFailed
 from app.ledger import repository
-from app.ledger.repository import WalletRow
+from app.ledger.repository import StatementLine, WalletRow
+from app.ledger.schemas import BalanceOut, TransactionOut
 from app.metrics import LEDGER_TRANSACTIONS
 from app.models.base import utcnow
 from app.models.ledger import LedgerTransaction, system_account_id
 from app.money import format_balance
+from app.pagination import decode_cursor, encode_cursor
+from app.schemas import Page
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +87,24 @@ class UnbalancedTransaction(ValueError):
     """A posting whose legs do not sum to zero (a programming error, never a client's)."""
 
 
+def insufficient_balance(available_micros: int, required_micros: int) -> InsufficientBalance:
+    """The 402 for a debit or hold the available balance (which may be negative) does not
+    cover; it carries `available_micros` so the caller can tell the user."""
+    return InsufficientBalance(
+        f"Available balance {format_balance(available_micros)} USD does not cover "
+        f"{format_balance(required_micros)} USD.",
+        available_micros=available_micros,
+        required_micros=required_micros,
+    )
+
+
+def hash_request(body: dict[str, Any]) -> str:
+    """SHA-256 of a request body's canonical JSON (sorted keys, no whitespace): tells a replay
+    of an idempotency key from its reuse with a different request."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def _validate(legs: list[Leg]) -> None:
     if len(legs) < 2:
         raise UnbalancedTransaction("a posting needs at least two legs")
@@ -107,6 +135,47 @@ async def post(
     _validate(legs)
     wallet_users = [leg.user_id for leg in legs if leg.user_id is not None]
     owner = user_id or (wallet_users[0] if wallet_users else None)
+    now = utcnow()
+
+    def posted(txn_id: str, wallets: dict[str, WalletRow]) -> PostResult:
+        LEDGER_TRANSACTIONS.labels(kind, "posted").inc()
+        transaction = LedgerTransaction(
+            id=txn_id,
+            reference=reference,
+            kind=kind,
+            user_id=owner,
+            description=description,
+            request_hash=request_hash,
+            details=details,
+            created_at=now,
+        )
+        return PostResult(transaction=transaction, replayed=False, wallets=wallets)
+
+    debit = _single_covered_debit(legs)
+    if debit is not None and is_postgres(session):
+        # The gateway's hot path: one round trip instead of three, same rules.
+        done = await repository.debit_in_one_statement(
+            session,
+            reference=reference,
+            kind=kind,
+            user_id=debit.user_id,
+            description=description,
+            request_hash=request_hash,
+            details=details,
+            debit_micros=-debit.amount_micros,
+            held_delta_micros=debit.held_delta_micros,
+            system_legs=[
+                (system_account_id(leg.system), leg.amount_micros)
+                for leg in legs
+                if leg.system is not None
+            ],
+            now=now,
+        )
+        if done.transaction_id is None:
+            return await _replay(session, reference, kind, wallet_users)
+        if done.wallet is None:
+            raise await _not_covered(session, debit)
+        return posted(done.transaction_id, {debit.user_id: done.wallet})
 
     txn_id = await repository.insert_transaction(
         session,
@@ -116,11 +185,11 @@ async def post(
         description=description,
         request_hash=request_hash,
         details=details,
+        created_at=now,
     )
     if txn_id is None:
         return await _replay(session, reference, kind, wallet_users)
 
-    now = utcnow()
     wallets: dict[str, WalletRow] = {}
     entries: list[dict[str, Any]] = []
     # Wallets are touched in user-id order so two postings over the same wallets cannot deadlock.
@@ -149,18 +218,32 @@ async def post(
                 }
             )
     await repository.insert_entries(session, entries)
-    LEDGER_TRANSACTIONS.labels(kind, "posted").inc()
-    transaction = LedgerTransaction(
-        id=txn_id,
-        reference=reference,
-        kind=kind,
-        user_id=owner,
-        description=description,
-        request_hash=request_hash,
-        details=details,
-        created_at=now,
-    )
-    return PostResult(transaction=transaction, replayed=False, wallets=wallets)
+    return posted(txn_id, wallets)
+
+
+def _single_covered_debit(legs: list[Leg]) -> _WalletLeg | None:
+    """The wallet leg of a posting that debits exactly one wallet, only if covered (a usage
+    debit, a refund, a negative adjustment), against system accounts only."""
+    wallet_legs = [leg for leg in legs if leg.user_id is not None]
+    if len(wallet_legs) != 1:
+        return None
+    leg = wallet_legs[0]
+    if leg.amount_micros >= 0 or not leg.require_available:
+        return None
+    assert leg.user_id is not None
+    return _WalletLeg(leg.user_id, leg.amount_micros, leg.held_delta_micros)
+
+
+@dataclass(frozen=True, slots=True)
+class _WalletLeg:
+    user_id: str
+    amount_micros: int
+    held_delta_micros: int
+
+
+async def _not_covered(session: AsyncSession, leg: _WalletLeg) -> InsufficientBalance:
+    current = await repository.get_wallet(session, leg.user_id)
+    return insufficient_balance(current.available_micros if current else 0, -leg.amount_micros)
 
 
 async def _apply_wallet_leg(session: AsyncSession, leg: Leg) -> WalletRow:
@@ -170,13 +253,8 @@ async def _apply_wallet_leg(session: AsyncSession, leg: Leg) -> WalletRow:
             session, leg.user_id, -leg.amount_micros, leg.held_delta_micros
         )
         if wallet is None:
-            current = await repository.get_wallet(session, leg.user_id)
-            available = current.available_micros if current else 0
-            raise InsufficientBalance(
-                f"Available balance {format_balance(max(available, 0))} USD does not cover "
-                f"{format_balance(-leg.amount_micros)} USD.",
-                available_micros=available,
-                required_micros=-leg.amount_micros,
+            raise await _not_covered(
+                session, _WalletLeg(leg.user_id, leg.amount_micros, leg.held_delta_micros)
             )
         return wallet
     return await repository.apply_to_wallet(
@@ -197,3 +275,71 @@ async def _replay(
             wallets[user] = wallet
     LEDGER_TRANSACTIONS.labels(kind, "replayed").inc()
     return PostResult(transaction=original, replayed=True, wallets=wallets)
+
+
+# Reads for the portal.
+
+
+async def get_balance(session: AsyncSession, user_id: str) -> BalanceOut:
+    """The user's balance (zero before their wallet exists)."""
+    wallet = await repository.get_wallet(session, user_id)
+    balance, held = (wallet.balance_micros, wallet.held_micros) if wallet else (0, 0)
+    return BalanceOut(
+        balance=format_balance(balance),
+        held=format_balance(held),
+        available=format_balance(balance - held),
+    )
+
+
+async def list_transactions(
+    session: AsyncSession,
+    user_id: str,
+    *,
+    kinds: list[str] | None,
+    cursor: str | None,
+    limit: int,
+) -> Page[TransactionOut]:
+    """A page of the movements of the user's balance, newest first."""
+    before = decode_cursor(cursor, 1)[0] if cursor else None
+    if before is not None and (not isinstance(before, int) or isinstance(before, bool)):
+        raise ValidationFailed(
+            "The cursor is not valid.",
+            errors=[{"field": "cursor", "message": "not a cursor returned by this API"}],
+        )
+    lines = await repository.list_wallet_entries(
+        session, user_id, kinds=kinds, before_entry_id=before, limit=limit + 1
+    )
+    page = lines[:limit]
+    return Page[TransactionOut](
+        data=[_present(line) for line in page],
+        next_cursor=encode_cursor(page[-1].entry_id) if len(lines) > limit else None,
+    )
+
+
+def _present(line: StatementLine) -> TransactionOut:
+    details = line.details or {}
+
+    def _int(key: str) -> int | None:
+        value = details.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    def _str(key: str) -> str | None:
+        value = details.get(key)
+        return value if isinstance(value, str) else None
+
+    return TransactionOut(
+        id=line.transaction_id,
+        kind=line.kind,
+        amount=format_balance(line.amount_micros),
+        balance_after=(
+            format_balance(line.balance_after_micros)
+            if line.balance_after_micros is not None
+            else None
+        ),
+        description=line.description,
+        created_at=line.created_at,
+        model=_str("model"),
+        input_tokens=_int("input_tokens"),
+        output_tokens=_int("output_tokens"),
+        order_id=_str("order_id"),
+    )

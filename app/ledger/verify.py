@@ -1,9 +1,12 @@
 """The ledger's invariants, checked by `torouter-billing ledger-verify`, the admin endpoint and
-after every test. Each query returns only offending rows, so a healthy ledger costs a few scans."""
+after every test. Each check selects only offending rows, and all of them run as one statement
+(one round trip, and on PostgreSQL one snapshot, so the checks agree with each other even while
+postings commit), so a healthy ledger costs a few scans."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from string import Formatter
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -12,6 +15,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 # its hold, a dispute, a refund made in Stripe's dashboard): only these may leave a balance below
 # the held amount.
 FORCED_DEBIT_KINDS = ("hold_capture", "dispute", "external_refund")
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerTotals:
+    """How much there is to verify."""
+
+    transactions: int
+    entries: int
+    wallets: int
+    active_holds: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +60,22 @@ _CHECKS: list[tuple[str, str, str]] = [
         WHERE a.kind = 'wallet' AND a.balance_micros <> coalesce(s.total, 0)
         """,
         "stored balance {stored} but entries sum to {summed}",
+    ),
+    (
+        # Entry ids are drawn after the wallet row is locked, so in id order each wallet entry's
+        # balance_after is the running sum of the wallet's entries.
+        "wallet_running_balance",
+        """
+        SELECT r.account_id AS subject, r.id AS entry, r.balance_after_micros AS stored,
+               r.running AS summed
+        FROM (SELECT e.account_id, e.id, e.balance_after_micros,
+                     sum(e.amount_micros) OVER (PARTITION BY e.account_id ORDER BY e.id
+                                                ROWS UNBOUNDED PRECEDING) AS running
+              FROM ledger_entries e JOIN accounts a ON a.id = e.account_id
+              WHERE a.kind = 'wallet') r
+        WHERE r.balance_after_micros IS NULL OR r.balance_after_micros <> r.running
+        """,
+        "entry {entry} records balance_after {stored} but the running sum is {summed}",
     ),
     (
         "held_matches_active_holds",
@@ -92,12 +121,55 @@ _CHECKS: list[tuple[str, str, str]] = [
 ]
 
 
+def _fields(template: str) -> list[str]:
+    return [name for _, name, _, _ in Formatter().parse(template) if name]
+
+
+_WIDTH = max(len(_fields(template)) for _, _, template in _CHECKS)
+
+
+def _all_checks_sql() -> str:
+    """The checks as one UNION ALL: rule number, subject, then the template's values."""
+    parts = []
+    for number, (_, sql, template) in enumerate(_CHECKS):
+        names = _fields(template)
+        values = [f"CAST(q.{name} AS NUMERIC)" for name in names]
+        values += ["CAST(NULL AS NUMERIC)"] * (_WIDTH - len(names))
+        columns = ", ".join(f"{value} AS v{i}" for i, value in enumerate(values))
+        parts.append(
+            f"SELECT {number} AS rule, CAST(q.subject AS TEXT) AS subject, {columns} FROM ({sql}) q"
+        )
+    return "\nUNION ALL\n".join(parts) + "\nORDER BY rule, subject"
+
+
+_ALL_CHECKS = text(_all_checks_sql())
+
+
 async def verify_ledger(session: AsyncSession) -> list[Violation]:
     """Every violation of the ledger's invariants; empty when the ledger is sound."""
     violations: list[Violation] = []
-    for rule, sql, template in _CHECKS:
-        result = await session.execute(text(sql))
-        for row in result.mappings():
-            values = dict(row)
-            violations.append(Violation(rule, str(values["subject"]), template.format(**values)))
+    for row in (await session.execute(_ALL_CHECKS)).all():
+        rule, _, template = _CHECKS[row[0]]
+        values = {
+            name: int(value) if value is not None else None
+            for name, value in zip(_fields(template), row[2:], strict=False)
+        }
+        violations.append(Violation(rule, str(row[1]), template.format(**values)))
     return violations
+
+
+async def ledger_totals(session: AsyncSession) -> LedgerTotals:
+    """Row counts of the ledger's tables, for progress output."""
+    row = (
+        await session.execute(
+            text(
+                """
+                SELECT (SELECT count(*) FROM ledger_transactions),
+                       (SELECT count(*) FROM ledger_entries),
+                       (SELECT count(*) FROM accounts WHERE kind = 'wallet'),
+                       (SELECT count(*) FROM holds WHERE status = 'active')
+                """
+            )
+        )
+    ).one()
+    return LedgerTotals(*(int(v) for v in row))

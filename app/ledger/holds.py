@@ -1,0 +1,182 @@
+"""Two-phase holds, after TigerBeetle's pending transfers: reserve, then capture, release or
+expire, exactly once.
+
+A reserve adds to the wallet's `held_micros` with one conditional UPDATE (`balance - held >= x`),
+so the sum of active holds can never exceed the balance. A capture posts the actual amount (which
+may be more or less than reserved: the usage has already happened, so it always succeeds and may
+take the balance negative) and drops the reservation in the same wallet UPDATE. A hold is
+resolved at most once: the resolving UPDATE only matches an `active` hold, and a repeat of the
+same capture or release (same body) answers the original result marked as a replay.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.errors import IdempotencyConflict, InvalidStateTransition, NotFound
+from app.ledger import repository
+from app.ledger.repository import HoldRow, WalletRow
+from app.ledger.service import Leg, insufficient_balance, post
+from app.models.base import utcnow
+
+
+@dataclass(frozen=True, slots=True)
+class HoldResult:
+    """A hold and its wallet after an operation (for a replay: as they stand now)."""
+
+    hold: HoldRow
+    wallet: WalletRow
+    replayed: bool
+
+
+async def reserve(
+    session: AsyncSession,
+    *,
+    user_id: str,
+    hold_id: str,
+    amount_micros: int,
+    ttl_seconds: int,
+    request_hash: str,
+    details: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> HoldResult:
+    """Reserve `amount_micros` of the wallet's available balance until capture, release or
+    `ttl_seconds` from now. 402 when the available balance does not cover it."""
+    now = now or utcnow()
+    hold = await repository.insert_hold(
+        session,
+        hold_id=hold_id,
+        user_id=user_id,
+        amount_micros=amount_micros,
+        request_hash=request_hash,
+        details=details,
+        expires_at=now + timedelta(seconds=ttl_seconds),
+        now=now,
+    )
+    if hold is None:
+        existing = await repository.get_hold(session, hold_id)
+        if existing is None:
+            # Nothing was inserted and nothing conflicted: the user has no wallet yet.
+            raise insufficient_balance(0, amount_micros)
+        if existing.request_hash != request_hash:
+            raise IdempotencyConflict(
+                f"Hold {hold_id!r} was reserved before with a different request."
+            )
+        return HoldResult(existing, await _wallet(session, existing.user_id), replayed=True)
+    wallet = await repository.hold_on_wallet(session, user_id, amount_micros)
+    if wallet is None:
+        # The hold row goes with the rollback of the request's transaction (or savepoint).
+        current = await repository.get_wallet(session, user_id)
+        raise insufficient_balance(current.available_micros if current else 0, amount_micros)
+    return HoldResult(hold, wallet, replayed=False)
+
+
+async def capture(
+    session: AsyncSession,
+    *,
+    hold_id: str,
+    amount_micros: int,
+    resolution_hash: str,
+    details: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> HoldResult:
+    """Charge the actual amount of an active hold and release the reservation. The amount may
+    exceed the reservation (the balance may go negative); 0 just releases it."""
+    now = now or utcnow()
+    hold = await repository.resolve_hold(
+        session,
+        hold_id,
+        status="captured",
+        captured_micros=amount_micros,
+        resolution_hash=resolution_hash,
+        now=now,
+    )
+    if hold is None:
+        return await _resolved_before(session, hold_id, "captured", resolution_hash)
+    if amount_micros == 0:
+        wallet = await repository.release_held(session, hold.user_id, hold.amount_micros)
+        return HoldResult(hold, wallet, replayed=False)
+    posted = await post(
+        session,
+        reference=f"hold:{hold_id}",
+        kind="hold_capture",
+        legs=[
+            Leg.wallet(
+                hold.user_id,
+                -amount_micros,
+                held_delta_micros=-hold.amount_micros,
+                require_available=False,
+            ),
+            Leg.account("usage", amount_micros),
+        ],
+        user_id=hold.user_id,
+        description="Usage",
+        request_hash=resolution_hash,
+        details={"hold_id": hold_id, "reserved_micros": hold.amount_micros, **(details or {})},
+    )
+    if posted.replayed:  # pragma: no cover - the hold row admits one capture only
+        raise RuntimeError(f"hold {hold_id!r} was captured twice")
+    wallet = posted.wallets[hold.user_id]
+    return HoldResult(hold, wallet, replayed=False)
+
+
+async def release(
+    session: AsyncSession,
+    *,
+    hold_id: str,
+    resolution_hash: str,
+    now: datetime | None = None,
+) -> HoldResult:
+    """Give an active hold's reservation back to the available balance."""
+    hold = await repository.resolve_hold(
+        session,
+        hold_id,
+        status="released",
+        captured_micros=None,
+        resolution_hash=resolution_hash,
+        now=now or utcnow(),
+    )
+    if hold is None:
+        return await _resolved_before(session, hold_id, "released", resolution_hash)
+    wallet = await repository.release_held(session, hold.user_id, hold.amount_micros)
+    return HoldResult(hold, wallet, replayed=False)
+
+
+async def expire_due(session: AsyncSession, *, now: datetime, limit: int) -> list[HoldRow]:
+    """Expire up to `limit` holds whose TTL has passed, releasing their reservations."""
+    expired = await repository.expire_due_holds(session, now, limit)
+    per_user: dict[str, int] = defaultdict(int)
+    for hold in expired:
+        per_user[hold.user_id] += hold.amount_micros
+    # Wallets in user-id order, as every multi-wallet writer takes them.
+    for user_id in sorted(per_user):
+        await repository.release_held(session, user_id, per_user[user_id])
+    return expired
+
+
+async def _resolved_before(
+    session: AsyncSession, hold_id: str, status: str, resolution_hash: str
+) -> HoldResult:
+    hold = await repository.get_hold(session, hold_id)
+    if hold is None:
+        raise NotFound(f"No hold {hold_id!r}.")
+    if hold.status != status:
+        raise InvalidStateTransition(
+            f"Hold {hold_id!r} is {hold.status} and cannot be {status}.",
+            hold_status=hold.status,
+        )
+    if hold.resolution_hash != resolution_hash:
+        raise IdempotencyConflict(f"Hold {hold_id!r} was {status} before with a different request.")
+    return HoldResult(hold, await _wallet(session, hold.user_id), replayed=True)
+
+
+async def _wallet(session: AsyncSession, user_id: str) -> WalletRow:
+    wallet = await repository.get_wallet(session, user_id)
+    if wallet is None:  # pragma: no cover - a hold's wallet is never deleted
+        raise RuntimeError(f"wallet of {user_id!r} is missing")
+    return wallet

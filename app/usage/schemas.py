@@ -1,0 +1,174 @@
+"""The gateway's requests and answers: integer `*_micros`, the caller's ids as idempotency keys."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints
+
+from app.schemas import StrictModel
+
+MAX_METADATA_BYTES = 4096
+MAX_BATCH_EVENTS = 1000
+
+
+def _small_json(value: dict[str, Any]) -> dict[str, Any]:
+    if len(json.dumps(value, separators=(",", ":"), default=str)) > MAX_METADATA_BYTES:
+        raise ValueError(f"must be at most {MAX_METADATA_BYTES} bytes of JSON")
+    return value
+
+
+UserId = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=255, pattern=r"^\S+$"),
+    Field(description="The user's id (the portal JWT's `sub`).", examples=["user_2abc"]),
+]
+CallerId = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=200, pattern=r"^\S+$"),
+]
+Metadata = Annotated[
+    dict[str, Any] | None,
+    AfterValidator(lambda v: _small_json(v) if v is not None else None),
+    Field(description=f"Free-form JSON kept with the record (at most {MAX_METADATA_BYTES} bytes)."),
+]
+PositiveMicros = Annotated[int, Field(strict=True, gt=0, description="Micro-USD, > 0.")]
+TokenCount = Annotated[int | None, Field(strict=True, ge=0, le=10**12)]
+ModelName = Annotated[str | None, Field(max_length=200, examples=["gpt-4o-mini"])]
+
+
+class UsageIn(StrictModel):
+    """One request's cost, to debit from the user's available balance once."""
+
+    user_id: UserId
+    request_id: Annotated[
+        CallerId, Field(description="The gateway's request id: the debit's idempotency key.")
+    ]
+    amount_micros: PositiveMicros
+    model: ModelName = None
+    input_tokens: TokenCount = None
+    output_tokens: TokenCount = None
+    metadata: Metadata = None
+
+
+class WalletState(BaseModel):
+    """The wallet right after the operation (for a replay: as it stands now)."""
+
+    balance_micros: int
+    held_micros: int
+    available_micros: int = Field(description="`balance_micros - held_micros`; may be negative.")
+
+
+class UsageOut(WalletState):
+    """A debit: applied now (201) or earlier (200, `replayed: true`)."""
+
+    request_id: str
+    user_id: str
+    amount_micros: int
+    transaction_id: str
+    replayed: bool
+
+
+class UsageBatchIn(StrictModel):
+    """Up to 1000 usage events, each applied on its own (one failing does not undo others)."""
+
+    events: list[
+        Annotated[
+            UsageIn | dict[str, Any],
+            Field(
+                union_mode="left_to_right",
+                description="A usage event; one that does not validate is reported `invalid`.",
+            ),
+        ]
+    ] = Field(min_length=1, max_length=MAX_BATCH_EVENTS)
+
+
+BatchStatus = Literal["applied", "replayed", "insufficient_balance", "conflict", "invalid"]
+
+
+class FieldError(BaseModel):
+    """Why a field is invalid."""
+
+    field: str
+    message: str
+
+
+class UsageBatchResult(BaseModel):
+    """What happened to one event of a batch, in the order they were sent."""
+
+    index: int
+    request_id: str | None
+    status: BatchStatus
+    transaction_id: str | None = None
+    balance_micros: int | None = None
+    held_micros: int | None = None
+    available_micros: int | None = None
+    detail: str | None = None
+    errors: list[FieldError] | None = None
+
+
+class UsageBatchOut(BaseModel):
+    """One result per event, and how many were applied, replayed and refused."""
+
+    results: list[UsageBatchResult]
+    applied: int
+    replayed: int
+    failed: int
+
+
+class HoldIn(StrictModel):
+    """Reserve part of the available balance for a request in flight."""
+
+    user_id: UserId
+    hold_id: Annotated[
+        CallerId, Field(description="The gateway's hold id: the hold's idempotency key.")
+    ]
+    amount_micros: PositiveMicros
+    ttl_seconds: Annotated[
+        int | None,
+        Field(
+            strict=True,
+            ge=1,
+            le=3600,
+            description="Expire after this many seconds unless captured or released (default "
+            "`BILLING_HOLD_DEFAULT_TTL_SECONDS`, at most `BILLING_HOLD_MAX_TTL_SECONDS`).",
+        ),
+    ] = None
+    metadata: Metadata = None
+
+
+class CaptureIn(StrictModel):
+    """The actual cost of the request the hold was for: may be 0, less or more than reserved."""
+
+    amount_micros: Annotated[int, Field(strict=True, ge=0, description="Micro-USD, >= 0.")]
+    model: ModelName = None
+    input_tokens: TokenCount = None
+    output_tokens: TokenCount = None
+    metadata: Metadata = None
+
+
+class ReleaseIn(StrictModel):
+    """Give the reservation back (the request was not served)."""
+
+    reason: Annotated[str | None, Field(max_length=200)] = None
+
+
+class HoldOut(WalletState):
+    """A hold and its wallet."""
+
+    hold_id: str
+    user_id: str
+    status: Literal["active", "captured", "released", "expired"]
+    amount_micros: int = Field(description="The reserved amount.")
+    captured_micros: int | None = Field(description="The actual amount charged at capture.")
+    expires_at: datetime
+    resolved_at: datetime | None
+    replayed: bool
+
+
+class AccountBalanceOut(WalletState):
+    """A user's wallet (zero before their first top-up)."""
+
+    user_id: str

@@ -1,0 +1,1 @@
+"""Local measurements: `make bench` (or `python -m bench`)."""

@@ -1,0 +1,92 @@
+"""Small async factories for rows the tests need; keyword defaults, real ledger postings."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.db import session_scope
+from app.ids import new_id
+from app.ledger.service import Leg, post
+from app.models.base import utcnow
+from app.models.orders import Order
+
+
+async def paid_order(
+    maker: async_sessionmaker[AsyncSession],
+    *,
+    user_id: str = "user-1",
+    amount_micros: int = 20_000_000,
+    paid_at: datetime | None = None,
+    created_at: datetime | None = None,
+    status: str = "paid",
+    mode: str = "elements",
+    **fields: Any,
+) -> Order:
+    """A paid top-up as fulfillment leaves it: the order row and its `topup:` credit."""
+    order_id = new_id("ord")
+    payment_intent = fields.pop("stripe_payment_intent_id", f"pi_{order_id[-12:]}")
+    paid = paid_at or utcnow()
+    async with session_scope(maker) as session:
+        order = Order(
+            id=order_id,
+            user_id=user_id,
+            status=status,
+            mode=mode,
+            amount_micros=amount_micros,
+            currency="usd",
+            stripe_payment_intent_id=payment_intent,
+            stripe_charge_id=fields.pop("stripe_charge_id", f"ch_{order_id[-12:]}"),
+            receipt_url=f"https://pay.stripe.test/receipts/{order_id}",
+            livemode=False,
+            created_at=created_at or paid - timedelta(minutes=1),
+            paid_at=paid,
+            **fields,
+        )
+        session.add(order)
+        await session.flush()
+        await post(
+            session,
+            reference=f"topup:{payment_intent}",
+            kind="topup",
+            legs=[Leg.wallet(user_id, amount_micros), Leg.account("stripe", -amount_micros)],
+            details={"order_id": order_id},
+        )
+    return order
+
+
+async def pending_order(
+    maker: async_sessionmaker[AsyncSession],
+    *,
+    user_id: str = "user-1",
+    amount_micros: int = 10_000_000,
+    status: str = "pending",
+    mode: str = "checkout",
+    **fields: Any,
+) -> Order:
+    """An order that was never paid."""
+    async with session_scope(maker) as session:
+        order = Order(
+            id=new_id("ord"),
+            user_id=user_id,
+            status=status,
+            mode=mode,
+            amount_micros=amount_micros,
+            currency="usd",
+            **fields,
+        )
+        session.add(order)
+    return order
+
+
+async def spend(maker: async_sessionmaker[AsyncSession], user_id: str, amount_micros: int) -> None:
+    """Usage the gateway reported."""
+    async with session_scope(maker) as session:
+        await post(
+            session,
+            reference=f"usage:{new_id('req')}",
+            kind="usage",
+            legs=[Leg.wallet(user_id, -amount_micros), Leg.account("usage", amount_micros)],
+        )

@@ -1,0 +1,167 @@
+"""The ledger's invariants: `verify_ledger`, the admin endpoint and `torouter-billing
+ledger-verify` find a broken wallet; the database refuses to rewrite history."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from app.config import Settings
+from app.db import session_scope
+from app.ledger.service import Leg, UnbalancedTransaction, post
+from app.ledger.verify import verify_ledger
+from tests.conftest import JWT_SECRET
+from tests.ledger.helpers import debit, deposit
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = os.environ | {
+        "BILLING_ENVIRONMENT": "test",
+        "BILLING_DATABASE_URL": settings.database_url,
+        "BILLING_JWT_SECRET": JWT_SECRET,
+        "BILLING_LOG_JSON": "false",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def break_wallet(session_maker: Any, user_id: str, delta: int) -> None:
+    async with session_scope(session_maker) as session:
+        await session.execute(
+            text("UPDATE accounts SET balance_micros = balance_micros + :d WHERE user_id = :u"),
+            {"d": delta, "u": user_id},
+        )
+
+
+@pytest.fixture
+async def spent_wallet(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], gateway_headers: dict[str, str]
+) -> None:
+    await deposit(client, admin_headers, "alice", 1_000_000)
+    assert (await debit(client, gateway_headers, "alice", 7_000)).status_code == 201
+
+
+@pytest.mark.usefixtures("spent_wallet")
+async def test_the_cli_passes_a_sound_ledger_and_fails_a_broken_wallet(
+    settings: Settings, session_maker: Any
+) -> None:
+    sound = run_cli(settings, "ledger-verify")
+    assert sound.returncode == 0, sound.stderr
+    assert sound.stdout == ""
+    assert "verifying 2 transactions, 4 entries, 1 wallets" in sound.stderr
+    assert "ledger verify ok" in sound.stderr
+
+    await break_wallet(session_maker, "alice", 1)
+    try:
+        broken = run_cli(settings, "ledger-verify")
+    finally:
+        await break_wallet(session_maker, "alice", -1)
+    assert broken.returncode == 1
+    assert "wallet_balance_matches_entries" in broken.stdout
+    assert "stored balance 993001 but entries sum to 993000" in broken.stdout
+    assert "1 violation(s)" in broken.stderr
+
+
+@pytest.mark.usefixtures("spent_wallet")
+async def test_the_admin_endpoint_reports_each_violation(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], session_maker: Any
+) -> None:
+    sound = await client.get("/v1/admin/ledger/verify", headers=admin_headers)
+    assert sound.json() == {"ok": True, "violations": []}
+    async with session_scope(session_maker) as session:
+        await session.execute(text("UPDATE accounts SET held_micros = 5 WHERE user_id = 'alice'"))
+    try:
+        broken = (await client.get("/v1/admin/ledger/verify", headers=admin_headers)).json()
+    finally:
+        async with session_scope(session_maker) as session:
+            await session.execute(
+                text("UPDATE accounts SET held_micros = 0 WHERE user_id = 'alice'")
+            )
+    assert broken["ok"] is False
+    assert [v["rule"] for v in broken["violations"]] == ["held_matches_active_holds"]
+    assert broken["violations"][0]["detail"] == "held 5 but active holds sum to 0"
+
+
+async def test_an_unbalanced_posting_is_refused_before_it_reaches_the_database(
+    session_maker: Any,
+) -> None:
+    for legs in (
+        [Leg.wallet("alice", 5), Leg.account("stripe", -4)],
+        [Leg.wallet("alice", 5)],
+        [Leg.wallet("alice", 0), Leg.account("stripe", 0)],
+    ):
+        async with session_maker() as session:
+            with pytest.raises(UnbalancedTransaction):
+                await post(session, reference="x", kind="topup", legs=legs)
+    with pytest.raises(ValueError, match="unknown system account"):
+        Leg.account("bank", 5)
+
+
+async def test_a_repeated_reference_moves_money_once(session_maker: Any) -> None:
+    legs = [Leg.wallet("alice", 5_000), Leg.account("stripe", -5_000)]
+    async with session_scope(session_maker) as session:
+        first = await post(session, reference="topup:pi_1", kind="topup", legs=legs)
+    async with session_scope(session_maker) as session:
+        second = await post(session, reference="topup:pi_1", kind="topup", legs=legs)
+    assert not first.replayed
+    assert second.replayed
+    assert second.transaction.id == first.transaction.id
+    assert second.wallets["alice"].balance_micros == 5_000
+
+
+@pytest.mark.usefixtures("spent_wallet")
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE ledger_entries SET amount_micros = amount_micros * 2",
+        "DELETE FROM ledger_entries",
+        "UPDATE ledger_transactions SET kind = 'topup'",
+        "DELETE FROM ledger_transactions",
+    ],
+)
+async def test_the_database_refuses_to_rewrite_history(session_maker: Any, statement: str) -> None:
+    with pytest.raises(DBAPIError, match="append-only"):
+        async with session_scope(session_maker) as session:
+            await session.execute(text(statement))
+
+
+async def post_one_legged_transaction(session_maker: Any) -> None:
+    async with session_scope(session_maker) as session:
+        await session.execute(
+            text(
+                "INSERT INTO ledger_transactions (id, reference, kind, created_at) "
+                "VALUES ('txn_x', 'manual:1', 'adjustment', now())"
+            )
+        )
+        await session.execute(
+            text(
+                "INSERT INTO ledger_entries (transaction_id, account_id, amount_micros, "
+                "created_at) VALUES ('txn_x', 'sys_adjustments', 5, now())"
+            )
+        )
+
+
+@pytest.mark.postgres_only
+@pytest.mark.usefixtures("spent_wallet")
+async def test_postgres_refuses_an_unbalanced_transaction_at_commit(session_maker: Any) -> None:
+    with pytest.raises(DBAPIError, match="unbalanced"):
+        await post_one_legged_transaction(session_maker)
+    async with session_scope(session_maker) as session:
+        assert await verify_ledger(session) == []

@@ -1,0 +1,236 @@
+"""Real concurrency on PostgreSQL, through the HTTP API: 64 requests in flight at once on 64
+database connections, released together by one event. The app runs in-process (httpx's ASGI
+transport on this event loop), so every request holds its own pooled asyncpg connection and the
+races happen where they matter, in PostgreSQL's row locks and unique indexes."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from sqlalchemy import event
+
+from app.jobs.holds import expire_holds
+from app.models.base import utcnow
+from tests.ledger.helpers import debit, deposit, gateway_balance
+
+pytestmark = pytest.mark.postgres_only
+
+T = TypeVar("T")
+CONNECTIONS = 64
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    return {"database_pool_size": 70, "service_token_cache_seconds": 60}
+
+
+class PeakConnections:
+    """The most pooled connections checked out at once."""
+
+    def __init__(self, app: Any) -> None:
+        self.current = 0
+        self.peak = 0
+        pool = app.state.engine.sync_engine.pool
+        event.listen(pool, "checkout", self._out)
+        event.listen(pool, "checkin", self._in)
+
+    def _out(self, *_: Any) -> None:
+        self.current += 1
+        self.peak = max(self.peak, self.current)
+
+    def _in(self, *_: Any) -> None:
+        self.current -= 1
+
+
+async def together(jobs: list[Callable[[], Awaitable[T]]], workers: int = CONNECTIONS) -> list[T]:
+    """Run `jobs` on `workers` concurrent workers, all released at the same moment."""
+    gate = asyncio.Event()
+    pending = iter(enumerate(jobs))
+    results: dict[int, T] = {}
+
+    async def worker() -> None:
+        await gate.wait()
+        for index, job in pending:
+            results[index] = await job()
+
+    tasks = [asyncio.create_task(worker()) for _ in range(workers)]
+    await asyncio.sleep(0.05)  # every worker is now parked on the gate
+    gate.set()
+    await asyncio.gather(*tasks)
+    return [results[i] for i in range(len(jobs))]
+
+
+async def test_400_debits_over_64_connections_take_exactly_what_the_wallet_holds(
+    app: Any,
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    gateway_headers: dict[str, str],
+) -> None:
+    await deposit(client, admin_headers, "alice", 1_000_000)
+    peak = PeakConnections(app)
+    responses = await together(
+        [lambda: debit(client, gateway_headers, "alice", 7_000) for _ in range(400)]
+    )
+    statuses = Counter(r.status_code for r in responses)
+    assert statuses == {201: 142, 402: 258}
+    # The balance only falls, so every refusal saw the last 0.006000.
+    assert {r.json()["available_micros"] for r in responses if r.status_code == 402} == {6_000}
+    balances = sorted(r.json()["balance_micros"] for r in responses if r.status_code == 201)
+    assert balances == [6_000 + 7_000 * i for i in range(142)]
+    wallet = await gateway_balance(client, gateway_headers, "alice")
+    assert wallet["balance_micros"] == 6_000
+    portal = await client.get("/v1/balance", headers=admin_headers)
+    assert portal.status_code == 200
+    assert peak.peak >= CONNECTIONS // 2, f"only {peak.peak} connections were ever in use"
+
+
+async def test_50_identical_usage_requests_at_once_debit_once(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], gateway_headers: dict[str, str]
+) -> None:
+    await deposit(client, admin_headers, "alice", 1_000_000)
+    responses = await together(
+        [
+            lambda: debit(client, gateway_headers, "alice", 7_000, request_id="req-1", model="m")
+            for _ in range(50)
+        ],
+        workers=50,
+    )
+    assert Counter(r.status_code for r in responses) == {201: 1, 200: 49}
+    assert sum(r.json()["replayed"] for r in responses) == 49
+    assert len({r.json()["transaction_id"] for r in responses}) == 1
+    assert (await gateway_balance(client, gateway_headers, "alice"))["balance_micros"] == 993_000
+
+
+async def test_64_holds_racing_one_wallet_never_hold_more_than_the_balance(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], gateway_headers: dict[str, str]
+) -> None:
+    await deposit(client, admin_headers, "alice", 1_000_000)
+    observed: list[dict[str, Any]] = []
+    racing = True
+
+    async def observe() -> None:
+        while racing:
+            observed.append(await gateway_balance(client, gateway_headers, "alice"))
+
+    def reserve(i: int) -> Callable[[], Awaitable[httpx.Response]]:
+        return lambda: client.post(
+            "/v1/internal/holds",
+            json={"user_id": "alice", "hold_id": f"h-{i}", "amount_micros": 30_000},
+            headers=gateway_headers,
+        )
+
+    observer = asyncio.create_task(observe())
+    responses = await together([reserve(i) for i in range(64)])
+    racing = False
+    await observer
+    assert Counter(r.status_code for r in responses) == {201: 33, 402: 31}
+    assert {r.json()["available_micros"] for r in responses if r.status_code == 402} == {10_000}
+    wallet = await gateway_balance(client, gateway_headers, "alice")
+    assert (wallet["balance_micros"], wallet["held_micros"]) == (1_000_000, 990_000)
+    assert observed
+    assert all(0 <= w["held_micros"] <= w["balance_micros"] for w in observed)
+
+
+async def test_concurrent_captures_above_the_hold_charge_once_and_block_the_next_debit(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], gateway_headers: dict[str, str]
+) -> None:
+    await deposit(client, admin_headers, "alice", 1_000_000)
+    hold = await client.post(
+        "/v1/internal/holds",
+        json={"user_id": "alice", "hold_id": "h-1", "amount_micros": 800_000},
+        headers=gateway_headers,
+    )
+    assert hold.status_code == 201
+    responses = await together(
+        [
+            lambda: client.post(
+                "/v1/internal/holds/h-1/capture",
+                json={"amount_micros": 1_250_000, "model": "m"},
+                headers=gateway_headers,
+            )
+            for _ in range(20)
+        ],
+        workers=20,
+    )
+    assert Counter(r.status_code for r in responses) == {200: 20}
+    assert sum(r.json()["replayed"] for r in responses) == 19
+    wallet = await gateway_balance(client, gateway_headers, "alice")
+    assert (wallet["balance_micros"], wallet["held_micros"]) == (-250_000, 0)
+    refused = await debit(client, gateway_headers, "alice", 1)
+    assert refused.status_code == 402
+    assert refused.json()["available_micros"] == -250_000
+
+
+async def test_two_expiry_jobs_at_once_release_each_expired_hold_once(
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    gateway_headers: dict[str, str],
+    session_maker: Any,
+) -> None:
+    users = [f"user-{i}" for i in range(8)]
+    for user in users:
+        await deposit(client, admin_headers, user, 1_000_000)
+    for i in range(160):
+        response = await client.post(
+            "/v1/internal/holds",
+            json={
+                "user_id": users[i % 8],
+                "hold_id": f"h-{i}",
+                "amount_micros": 5_000,
+                "ttl_seconds": 1,
+            },
+            headers=gateway_headers,
+        )
+        assert response.status_code == 201
+    later = utcnow() + timedelta(seconds=5)
+    counts = await together(
+        [lambda: expire_holds(session_maker, now=later, batch_size=7) for _ in range(2)],
+        workers=2,
+    )
+    assert sum(counts) == 160
+    for user in users:
+        wallet = await gateway_balance(client, gateway_headers, user)
+        assert (wallet["balance_micros"], wallet["held_micros"]) == (1_000_000, 0)
+
+
+async def test_captures_racing_the_expiry_job_resolve_each_hold_one_way(
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    gateway_headers: dict[str, str],
+    session_maker: Any,
+) -> None:
+    await deposit(client, admin_headers, "alice", 10_000_000)
+    hold_ids = [uuid.uuid4().hex for _ in range(60)]
+    for hold_id in hold_ids:
+        response = await client.post(
+            "/v1/internal/holds",
+            json={"user_id": "alice", "hold_id": hold_id, "amount_micros": 10_000},
+            headers=gateway_headers,
+        )
+        assert response.status_code == 201
+    later = utcnow() + timedelta(hours=1)
+
+    def capture(hold_id: str) -> Callable[[], Awaitable[Any]]:
+        return lambda: client.post(
+            f"/v1/internal/holds/{hold_id}/capture",
+            json={"amount_micros": 7_000},
+            headers=gateway_headers,
+        )
+
+    jobs: list[Callable[[], Awaitable[Any]]] = [capture(h) for h in hold_ids]
+    jobs[30:30] = [lambda: expire_holds(session_maker, now=later, batch_size=5)] * 2
+    results = await together(jobs)
+    captures = [r for r in results if isinstance(r, httpx.Response)]
+    expired = sum(r for r in results if isinstance(r, int))
+    captured = sum(r.status_code == 200 for r in captures)
+    assert all(r.status_code in (200, 409) for r in captures)
+    assert captured + expired == 60
+    wallet = await gateway_balance(client, gateway_headers, "alice")
+    assert (wallet["balance_micros"], wallet["held_micros"]) == (10_000_000 - 7_000 * captured, 0)
