@@ -23,6 +23,7 @@ from app.ledger.router import router as balance_router
 from app.logs import configure_logging
 from app.middleware import RequestContextMiddleware
 from app.ops.router import router as ops_router
+from app.stripe_gateway import StripeGateway
 from app.usage.router import router as usage_router
 
 API_PREFIX = "/v1"
@@ -79,12 +80,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.service_token_verifier = ServiceTokenVerifier(
             maker, settings.service_token_cache_seconds
         )
+        app.state.stripe = StripeGateway(settings)
         runner = JobRunner(_jobs(app, settings) if settings.jobs_enabled else [])
         runner.start()
         try:
             yield
         finally:
             await runner.stop()
+            await app.state.stripe.close()
             await engine.dispose()
 
     app = FastAPI(

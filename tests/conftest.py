@@ -26,6 +26,11 @@ from app.ledger.verify import verify_ledger
 from app.main import create_app
 from app.migrate import upgrade_head
 from app.models import Base
+from tests.stripe_peer.fixtures import (  # noqa: F401 - fixtures
+    stripe_peer,
+    stripe_peer_server,
+    stripe_peer_settings,
+)
 
 BACKEND = os.environ.get("BILLING_TEST_BACKEND", "postgres")
 PG_ADMIN_URL = os.environ.get(
@@ -137,7 +142,9 @@ def settings_overrides() -> dict[str, Any]:
 
 
 @pytest.fixture
-def settings(database: Database, settings_overrides: dict[str, Any]) -> Settings:
+def settings(
+    database: Database, settings_overrides: dict[str, Any], request: pytest.FixtureRequest
+) -> Settings:
     values: dict[str, Any] = {
         "environment": "test",
         "database_url": database.url_for_test(),
@@ -148,6 +155,9 @@ def settings(database: Database, settings_overrides: dict[str, Any]) -> Settings
         "log_json": True,
         "portal_url": "http://portal.test",
     }
+    if "stripe_peer" in request.fixturenames:
+        # Point the app at the loopback Stripe peer (tests/stripe_peer/fixtures.py).
+        values.update(request.getfixturevalue("stripe_peer_settings"))
     values.update(settings_overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 

@@ -1,0 +1,431 @@
+"""`StripeGateway`: every call this service makes to Stripe, and webhook verification.
+
+One instance per process, built in the lifespan (`app.state.stripe`) over a `stripe.StripeClient`
+with the async HTTPX transport; no global `stripe.api_key`. Each method takes our ids, derives the
+idempotency key from them, calls the `*_async` SDK method, and either returns the Stripe object
+as plain JSON (`StripeJSON`: the API's documented shape, the same shape a webhook event carries in
+`data.object`) or raises one of the errors in `app.stripe_gateway.errors`.
+
+The SDK retries connection errors, timeouts, 409 and 5xx answers `max_network_retries` times
+(with the same idempotency key, with backoff 0.5 s then 1 s); each attempt is bounded by
+`stripe_timeout_seconds`. So one call takes at most about
+`(retries + 1) * timeout + 1.5 s` before it raises `StripeOutcomeUnknown`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+import stripe
+import structlog
+from stripe._base_address import BaseAddresses
+
+from app.config import Settings
+from app.errors import InvalidSignature, PaymentsNotConfigured
+from app.stripe_gateway.errors import (
+    StripeObjectNotFound,
+    StripeRequestFailed,
+    map_stripe_error,
+)
+
+log = structlog.get_logger(__name__)
+
+StripeJSON = dict[str, Any]
+"""A Stripe object as plain JSON (dicts, lists, str, int, bool, None), e.g. a PaymentIntent:
+`{"id": "pi_…", "object": "payment_intent", "amount": 2000, "status": "succeeded", …}`. Fields
+that Stripe can expand (`latest_charge`, `payment_intent`, `customer`, …) are an id string unless
+the method says it expands them; `expandable_id()` reads either form."""
+
+DEFAULT_PRODUCT_NAME = "ToRouter balance top-up"
+
+T = TypeVar("T")
+
+
+def expandable_id(value: Any) -> str | None:
+    """The id of an expandable field, whether Stripe sent the id or the expanded object."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping):
+        found = value.get("id")
+        return found if isinstance(found, str) else None
+    return None
+
+
+def expanded(value: Any) -> StripeJSON | None:
+    """The object of an expanded field, or None when Stripe sent only its id (or nothing)."""
+    return dict(value) if isinstance(value, Mapping) else None
+
+
+def _plain(obj: stripe.StripeObject) -> StripeJSON:
+    return obj.to_dict(recursive=True, for_json=True)
+
+
+class StripeGateway:
+    """The one door to Stripe. See the module docstring for what it returns and raises."""
+
+    def __init__(self, settings: Settings, *, http_client: stripe.HTTPClient | None = None) -> None:
+        self._settings = settings
+        self._webhook_secret = (
+            settings.stripe_webhook_secret.get_secret_value()
+            if settings.stripe_webhook_secret
+            else None
+        )
+        self._tolerance = settings.stripe_webhook_tolerance_seconds
+        self._http: stripe.HTTPClient | None = None
+        self._client: stripe.StripeClient | None = None
+        if settings.stripe_secret_key is not None and settings.stripe_secret_key.get_secret_value():
+            self._http = http_client or stripe.HTTPXClient(timeout=settings.stripe_timeout_seconds)
+            base: BaseAddresses = {}
+            if settings.stripe_api_base:
+                base["api"] = settings.stripe_api_base.rstrip("/")
+            self._client = stripe.StripeClient(
+                settings.stripe_secret_key.get_secret_value(),
+                http_client=self._http,
+                max_network_retries=settings.stripe_max_network_retries,
+                base_addresses=base,
+            )
+
+    @property
+    def configured(self) -> bool:
+        """Whether a secret key is set (otherwise every API method raises
+        PaymentsNotConfigured)."""
+        return self._client is not None
+
+    @property
+    def publishable_key(self) -> str | None:
+        return self._settings.stripe_publishable_key
+
+    async def close(self) -> None:
+        """Close the HTTP connection pool (lifespan shutdown)."""
+        if self._http is not None:
+            await self._http.close_async()  # type: ignore[no-untyped-call]
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    @property
+    def _v1(self) -> Any:
+        if self._client is None:
+            raise PaymentsNotConfigured("Stripe is not configured (BILLING_STRIPE_SECRET_KEY).")
+        return self._client.v1
+
+    async def _call(
+        self,
+        operation: str,
+        make: Callable[[], Awaitable[stripe.StripeObject]],
+        *,
+        idempotency_key: str | None = None,
+    ) -> StripeJSON:
+        started = time.monotonic()
+        try:
+            result = await make()
+        except stripe.StripeError as exc:
+            raise map_stripe_error(
+                exc, operation=operation, idempotency_key=idempotency_key
+            ) from exc
+        log.debug(
+            "stripe_call",
+            operation=operation,
+            idempotency_key=idempotency_key,
+            ms=round((time.monotonic() - started) * 1000, 1),
+        )
+        return _plain(result)
+
+    # -- customers -----------------------------------------------------------------------------
+
+    async def get_or_create_customer(self, user_id: str, email: str | None) -> StripeJSON:
+        """The user's Stripe Customer (`metadata.user_id`), created with idempotency key
+        `customer:<user_id>`: repeated or concurrent calls within Stripe's 24 h key window get
+        the same customer. Callers store its id (`stripe_customers`) and call this only when
+        they have none."""
+        key = f"customer:{user_id}"
+        params: dict[str, Any] = {"metadata": {"user_id": user_id}}
+        if email:
+            params["email"] = email
+        return await self._call(
+            "customers.create",
+            lambda: self._v1.customers.create_async(params, {"idempotency_key": key}),
+            idempotency_key=key,
+        )
+
+    # -- payment intents (Elements mode) ---------------------------------------------------------
+
+    async def create_payment_intent(
+        self,
+        *,
+        order_id: str,
+        user_id: str,
+        amount_cents: int,
+        customer_id: str | None,
+        receipt_email: str | None = None,
+        currency: str = "usd",
+        description: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> StripeJSON:
+        """A PaymentIntent for an order (status `requires_payment_method`; the portal confirms
+        it with Stripe.js using its `client_secret`). Idempotency key `order:<order_id>`:
+        repeating the call with the same arguments returns the same PaymentIntent, so every
+        argument must come from the order row. `metadata` gets `order_id` and `user_id`."""
+        key = f"order:{order_id}"
+        params: dict[str, Any] = {
+            "amount": amount_cents,
+            "currency": currency,
+            "automatic_payment_methods": {"enabled": True},
+            "metadata": {**(metadata or {}), "order_id": order_id, "user_id": user_id},
+            "description": description or f"{DEFAULT_PRODUCT_NAME} ({order_id})",
+        }
+        if customer_id:
+            params["customer"] = customer_id
+        if receipt_email:
+            params["receipt_email"] = receipt_email
+        return await self._call(
+            "payment_intents.create",
+            lambda: self._v1.payment_intents.create_async(params, {"idempotency_key": key}),
+            idempotency_key=key,
+        )
+
+    async def retrieve_payment_intent(self, payment_intent_id: str) -> StripeJSON:
+        """The PaymentIntent with `latest_charge` expanded (the charge object, with
+        `receipt_url`, or None before any attempt)."""
+        return await self._call(
+            "payment_intents.retrieve",
+            lambda: self._v1.payment_intents.retrieve_async(
+                payment_intent_id, {"expand": ["latest_charge"]}
+            ),
+        )
+
+    async def cancel_payment_intent(self, payment_intent_id: str) -> StripeJSON:
+        """Cancel the PaymentIntent and return it. Harmless to repeat: when Stripe refuses
+        because the PaymentIntent is already past cancelling (canceled, succeeded, processing),
+        the PaymentIntent is returned as it is — check its `status`. `latest_charge` expanded."""
+        try:
+            return await self._call(
+                "payment_intents.cancel",
+                lambda: self._v1.payment_intents.cancel_async(
+                    payment_intent_id, {"expand": ["latest_charge"]}
+                ),
+            )
+        except StripeObjectNotFound:
+            raise
+        except StripeRequestFailed as exc:
+            if exc.stripe_code != "payment_intent_unexpected_state":
+                raise
+            return await self.retrieve_payment_intent(payment_intent_id)
+
+    async def confirm_payment_intent(
+        self, payment_intent_id: str, *, payment_method: str
+    ) -> StripeJSON:
+        """Confirm with a payment method server-side — what Stripe.js does in the browser. For
+        the local sandbox and tests only (e.g. `pm_card_visa`); a decline raises
+        StripeCardDeclined."""
+        return await self._call(
+            "payment_intents.confirm",
+            lambda: self._v1.payment_intents.confirm_async(
+                payment_intent_id,
+                {"payment_method": payment_method, "expand": ["latest_charge"]},
+            ),
+        )
+
+    # -- checkout sessions (Checkout mode) -------------------------------------------------------
+
+    async def create_checkout_session(
+        self,
+        *,
+        order_id: str,
+        user_id: str,
+        amount_cents: int,
+        customer_id: str | None,
+        success_url: str,
+        cancel_url: str,
+        expires_at: int,
+        currency: str = "usd",
+        product_name: str = DEFAULT_PRODUCT_NAME,
+        customer_email: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> StripeJSON:
+        """A hosted Checkout Session (mode `payment`, one line item) for an order; its `url`
+        is where the portal sends the user; `payment_intent` is None until the user pays.
+        Idempotency key `order:<order_id>`: every argument must come from the order row —
+        `expires_at` (unix seconds, 30 min to 24 h ahead) included, e.g. order.created_at + TTL
+        — or a retry is refused (StripeIdempotencyKeyReused). `success_url` may contain
+        `{CHECKOUT_SESSION_ID}`. The session and its PaymentIntent both carry `order_id` and
+        `user_id` in `metadata`; `client_reference_id` is the order id. `customer_email` is
+        used only without a customer (Stripe refuses both)."""
+        key = f"order:{order_id}"
+        tags = {**(metadata or {}), "order_id": order_id, "user_id": user_id}
+        params: dict[str, Any] = {
+            "mode": "payment",
+            "line_items": [
+                {
+                    "price_data": {
+                        "currency": currency,
+                        "unit_amount": amount_cents,
+                        "product_data": {"name": product_name},
+                    },
+                    "quantity": 1,
+                }
+            ],
+            "success_url": success_url,
+            "cancel_url": cancel_url,
+            "expires_at": expires_at,
+            "client_reference_id": order_id,
+            "metadata": tags,
+            "payment_intent_data": {
+                "metadata": tags,
+                "description": f"{product_name} ({order_id})",
+            },
+        }
+        if customer_id:
+            params["customer"] = customer_id
+        elif customer_email:
+            params["customer_email"] = customer_email
+        return await self._call(
+            "checkout.sessions.create",
+            lambda: self._v1.checkout.sessions.create_async(params, {"idempotency_key": key}),
+            idempotency_key=key,
+        )
+
+    async def retrieve_checkout_session(self, session_id: str) -> StripeJSON:
+        """The Checkout Session with `payment_intent` and its `latest_charge` expanded
+        (`payment_intent` is None until the user paid or tried to)."""
+        return await self._call(
+            "checkout.sessions.retrieve",
+            lambda: self._v1.checkout.sessions.retrieve_async(
+                session_id, {"expand": ["payment_intent.latest_charge"]}
+            ),
+        )
+
+    async def expire_checkout_session(self, session_id: str) -> StripeJSON:
+        """Expire an open Checkout Session so it can no longer be paid. Harmless to repeat:
+        when Stripe refuses because the session is not open any more (expired, or complete =
+        paid), the session is returned as it is — check its `status`. Returned like
+        `retrieve_checkout_session` (expanded)."""
+        try:
+            await self._call(
+                "checkout.sessions.expire",
+                lambda: self._v1.checkout.sessions.expire_async(session_id),
+            )
+        except StripeObjectNotFound:
+            raise
+        except StripeRequestFailed as exc:
+            if exc.stripe_type != "invalid_request_error":
+                raise
+        return await self.retrieve_checkout_session(session_id)
+
+    # -- charges and refunds ---------------------------------------------------------------------
+
+    async def retrieve_charge(self, charge_id: str) -> StripeJSON:
+        """A Charge (`receipt_url`, `amount_refunded`, `refunded`, `disputed`, …)."""
+        return await self._call(
+            "charges.retrieve", lambda: self._v1.charges.retrieve_async(charge_id)
+        )
+
+    async def create_refund(
+        self,
+        *,
+        refund_request_id: str,
+        payment_intent_id: str,
+        amount_cents: int,
+        metadata: Mapping[str, str] | None = None,
+        reason: str | None = "requested_by_customer",
+    ) -> StripeJSON:
+        """Refund part or all of a payment; idempotency key `refund:<refund_request_id>`, so a
+        retry after StripeOutcomeUnknown returns the refund the first call created (every
+        argument must be the same). `metadata` gets `refund_request_id`. The refund's `status`
+        is `succeeded`, `pending` (the `refund.*` webhooks tell the end) or, rarely, `failed`.
+        A refusal (already refunded, amount too large, disputed) is StripeRequestFailed with
+        `stripe_code` `charge_already_refunded`, `amount_too_large`, `charge_disputed`, …"""
+        key = f"refund:{refund_request_id}"
+        params: dict[str, Any] = {
+            "payment_intent": payment_intent_id,
+            "amount": amount_cents,
+            "metadata": {**(metadata or {}), "refund_request_id": refund_request_id},
+        }
+        if reason:
+            params["reason"] = reason
+        return await self._call(
+            "refunds.create",
+            lambda: self._v1.refunds.create_async(params, {"idempotency_key": key}),
+            idempotency_key=key,
+        )
+
+    async def retrieve_refund(self, refund_id: str) -> StripeJSON:
+        """A Refund (`status`, `amount`, `charge`, `payment_intent`, `metadata`,
+        `failure_reason`)."""
+        return await self._call(
+            "refunds.retrieve", lambda: self._v1.refunds.retrieve_async(refund_id)
+        )
+
+    # -- webhooks --------------------------------------------------------------------------------
+
+    def construct_event(self, payload: bytes, sig_header: str | None) -> StripeJSON:
+        """Verify a webhook delivery on its raw body and return the event as plain JSON
+        (`{"id": "evt_…", "type": …, "created": …, "livemode": …, "data": {"object": {…}}}`).
+
+        Refused with InvalidSignature (400): no or malformed `Stripe-Signature`, no `v1`
+        signature matching the body under our secret, a timestamp older than the tolerance
+        (300 s) or further than the tolerance in the future (the SDK only checks age), or a
+        body that is not a Stripe event. PaymentsNotConfigured (503) when no webhook secret is
+        set, so Stripe retries later."""
+        if not self._webhook_secret:
+            raise PaymentsNotConfigured(
+                "Stripe webhooks are not configured (BILLING_STRIPE_WEBHOOK_SECRET)."
+            )
+        return verify_webhook(payload, sig_header, self._webhook_secret, tolerance=self._tolerance)
+
+
+def verify_webhook(
+    payload: bytes,
+    sig_header: str | None,
+    secret: str,
+    *,
+    tolerance: int,
+    now: float | None = None,
+) -> StripeJSON:
+    """`StripeGateway.construct_event` without the settings (see there). Stripe's scheme: the
+    header is `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<raw body>">` (several `v1` while a
+    secret is being rolled)."""
+    if not sig_header:
+        raise InvalidSignature("Missing Stripe-Signature header.")
+    timestamp: int | None = None
+    signatures: list[str] = []
+    for item in sig_header.split(","):
+        name, _, value = item.strip().partition("=")
+        if name == "t":
+            try:
+                timestamp = int(value)
+            except ValueError:
+                timestamp = None
+        elif name == "v1":
+            signatures.append(value)
+    if timestamp is None:
+        raise InvalidSignature("Unable to extract timestamp from the Stripe-Signature header.")
+    if not signatures:
+        raise InvalidSignature("No v1 signature in the Stripe-Signature header.")
+    expected = hmac.new(
+        secret.encode(), str(timestamp).encode() + b"." + payload, hashlib.sha256
+    ).hexdigest()
+    if not any(hmac.compare_digest(expected, candidate) for candidate in signatures):
+        raise InvalidSignature("No signature matches the expected signature for the payload.")
+    current = time.time() if now is None else now
+    if timestamp < current - tolerance:
+        raise InvalidSignature("Timestamp outside the tolerance zone (too old).")
+    if timestamp > current + tolerance:
+        raise InvalidSignature("Timestamp outside the tolerance zone (in the future).")
+    try:
+        event = json.loads(payload)
+    except ValueError as exc:
+        raise InvalidSignature("The body is not JSON.") from exc
+    if (
+        not isinstance(event, dict)
+        or event.get("object") != "event"
+        or not isinstance(event.get("id"), str)
+        or not isinstance(event.get("type"), str)
+        or not isinstance(event.get("data"), dict)
+    ):
+        raise InvalidSignature("The body is not a Stripe event.")
+    return event
