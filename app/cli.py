@@ -137,6 +137,44 @@ def cmd_ledger_verify(args: argparse.Namespace, settings: Settings) -> int:
     return _run(_ledger_verify(settings))
 
 
+async def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    from app.db import create_engine, create_session_maker
+    from app.jobs.reconcile import run_reconciler
+    from app.stripe_gateway import StripeGateway
+
+    min_age = settings.reconcile_min_age_seconds if args.min_age is None else args.min_age
+    engine = create_engine(settings)
+    stripe = StripeGateway(settings)
+    try:
+        if not stripe.configured:
+            print("Stripe is not configured: nothing to reconcile", file=sys.stderr)
+        print(f"reconciling orders pending longer than {min_age:g} s ...", file=sys.stderr)
+        summary = await run_reconciler(
+            create_session_maker(engine),
+            stripe,
+            settings,
+            min_age_seconds=min_age,
+            progress=(lambda line: print(f"  {line}", file=sys.stderr)) if args.verbose else None,
+        )
+    finally:
+        await stripe.close()
+        await engine.dispose()
+    print(f"reconcile done: {summary.line()}")
+    return 1 if summary.errors else 0
+
+
+def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    """Ask Stripe about pending orders and apply what it says; retry unknown refund outcomes."""
+    return _run(_reconcile(args, settings))
+
+
+def cmd_sandbox(args: argparse.Namespace, settings: Settings) -> int:
+    """Play the customer at the local Stripe sandbox started by `make run`."""
+    from app.local import cmd_sandbox_pay
+
+    return cmd_sandbox_pay(args.order_id, decline=args.decline)
+
+
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI document the app serves."""
     from app.main import create_app
@@ -171,6 +209,8 @@ COMMANDS: dict[str, Command] = {
     "service-token": cmd_service_token,
     "openapi": cmd_openapi,
     "ledger-verify": cmd_ledger_verify,
+    "reconcile": cmd_reconcile,
+    "sandbox": cmd_sandbox,
 }
 
 
@@ -202,6 +242,18 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("token_id")
 
     sub.add_parser("ledger-verify", help=cmd_ledger_verify.__doc__)
+
+    reconcile = sub.add_parser("reconcile", help=cmd_reconcile.__doc__)
+    reconcile.add_argument(
+        "--min-age", type=float, help="seconds an order must be pending (default: the setting)"
+    )
+    reconcile.add_argument("-v", "--verbose", action="store_true", help="a line per order")
+
+    sandbox = sub.add_parser("sandbox", help=cmd_sandbox.__doc__)
+    sandbox_sub = sandbox.add_subparsers(dest="action", required=True)
+    pay = sandbox_sub.add_parser("pay", help="pay an order's PaymentIntent or Checkout Session")
+    pay.add_argument("order_id")
+    pay.add_argument("--decline", action="store_true", help="with a card that is declined")
 
     openapi = sub.add_parser("openapi", help=cmd_openapi.__doc__)
     openapi.add_argument("--check", action="store_true")

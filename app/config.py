@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=lambda: ["http://localhost:5173"])
     topup_min: Decimal = Decimal("1.00")
     topup_max: Decimal = Decimal("10000.00")
+    topup_presets: list[Decimal] = Field(
+        default_factory=lambda: [
+            Decimal(v) for v in ("10", "20", "50", "100", "200", "500", "1000", "2000", "5000")
+        ]
+    )
     max_pending_orders: int = Field(default=5, ge=1, le=100)
     checkout_ttl_minutes: int = Field(default=30, ge=30, le=1440)
     refund_window_days: int = Field(default=30, ge=0, le=365)

@@ -12,19 +12,27 @@ from fastapi.routing import APIRoute
 from app.admin.adjustments import router as admin_adjustments_router
 from app.admin.audit import router as audit_router
 from app.admin.ledger import router as admin_ledger_router
+from app.admin.orders import router as admin_orders_router
+from app.admin.refunds import router as admin_refunds_router
+from app.admin.webhooks import router as admin_webhooks_router
 from app.auth.jwt import JwtVerifier
 from app.auth.service_tokens import ServiceTokenVerifier
 from app.config import Settings, get_settings
 from app.db import create_engine, create_session_maker
 from app.errors import install_error_handlers
 from app.jobs.holds import expire_holds
+from app.jobs.reconcile import run_reconciler
 from app.jobs.runner import Job, JobRunner
 from app.ledger.router import router as balance_router
 from app.logs import configure_logging
 from app.middleware import RequestContextMiddleware
 from app.ops.router import router as ops_router
+from app.orders.router import router as orders_router
+from app.purchase.router import router as purchase_router
+from app.refunds.router import router as refunds_router
 from app.stripe_gateway import StripeGateway
 from app.usage.router import router as usage_router
+from app.webhooks.router import router as webhooks_router
 
 API_PREFIX = "/v1"
 
@@ -61,6 +69,13 @@ def _jobs(app: FastAPI, settings: Settings) -> list[Job]:
             "expire_holds",
             settings.hold_expiry_interval_seconds,
             lambda: expire_holds(app.state.session_maker),
+        )
+    )
+    jobs.append(
+        Job(
+            "reconcile",
+            settings.reconcile_interval_seconds,
+            lambda: run_reconciler(app.state.session_maker, app.state.stripe, settings),
         )
     )
     return jobs
@@ -113,10 +128,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(ops_router)
     app.include_router(audit_router, prefix=API_PREFIX)
+    app.include_router(orders_router, prefix=API_PREFIX)
+    app.include_router(refunds_router, prefix=API_PREFIX)
+    app.include_router(admin_refunds_router, prefix=API_PREFIX)
+    app.include_router(admin_orders_router, prefix=API_PREFIX)
     app.include_router(balance_router, prefix=API_PREFIX)
     app.include_router(usage_router, prefix=API_PREFIX)
     app.include_router(admin_adjustments_router, prefix=API_PREFIX)
     app.include_router(admin_ledger_router, prefix=API_PREFIX)
+    app.include_router(purchase_router, prefix=API_PREFIX)
+    app.include_router(webhooks_router, prefix=API_PREFIX)
+    app.include_router(admin_webhooks_router, prefix=API_PREFIX)
     return app
 
 

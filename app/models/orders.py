@@ -87,6 +87,9 @@ class Order(Base):
     paid_at: Mapped[datetime | None]
     closed_at: Mapped[datetime | None]
     """When the order reached canceled, expired or failed."""
+    next_check_at: Mapped[datetime | None]
+    """While pending: when the reconciler may next ask Stripe about it (a claim and a backoff,
+    so instances share the work and an abandoned order is not asked about every minute)."""
 
 
 class StripeEvent(Base):

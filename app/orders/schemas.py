@@ -25,6 +25,7 @@ class OrderOut(BaseModel):
     """A top-up order."""
 
     id: str
+    user_id: str
     status: str
     mode: str
     amount: str = Field(examples=["20.00"])
@@ -54,6 +55,7 @@ def order_out(order: Order, eligibility: Eligibility, now: datetime) -> OrderOut
     """Render an order with its refund eligibility."""
     return OrderOut(
         id=order.id,
+        user_id=order.user_id,
         status=order.status,
         mode=order.mode,
         amount=format_amount(order.amount_micros),

@@ -20,6 +20,9 @@ REASONS = {
     "refund_request_open": "A refund request for this order is already open.",
     "balance_spent": "The credit from this order has been spent; spent credit is not refundable.",
     "flagged": "The payment is under review.",
+    "exceeds_unrefunded": "The amount is more than the part of the order not yet refunded.",
+    "exceeds_available_balance": "The amount is more than the available balance; spent credit is"
+    " not refundable.",
 }
 """Each reason a refund is refused, with the sentence shown to the user."""
 
@@ -65,3 +68,12 @@ def refund_eligibility(
     if refundable <= 0:
         return Eligibility(False, "balance_spent", 0)
     return Eligibility(True, None, refundable)
+
+
+def check_amount(order: Order, eligibility: Eligibility, amount_micros: int) -> str | None:
+    """Why `amount_micros` cannot be refunded from an eligible order, or None when it can."""
+    if amount_micros > order.amount_micros - order.refunded_micros:
+        return "exceeds_unrefunded"
+    if amount_micros > eligibility.max_amount_micros:
+        return "exceeds_available_balance"
+    return None

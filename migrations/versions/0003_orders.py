@@ -52,6 +52,7 @@ def upgrade() -> None:
     sa.Column('updated_at', app.models.base.UTCDateTime(timezone=True), nullable=False),
     sa.Column('paid_at', app.models.base.UTCDateTime(timezone=True), nullable=True),
     sa.Column('closed_at', app.models.base.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('next_check_at', app.models.base.UTCDateTime(timezone=True), nullable=True),
     sa.CheckConstraint("mode IN ('elements', 'checkout')", name=op.f('ck_orders_mode_known')),
     sa.CheckConstraint("status IN ('pending', 'processing', 'paid', 'partially_refunded', 'refunded', 'disputed', 'canceled', 'expired', 'failed')", name=op.f('ck_orders_status_known')),
     sa.CheckConstraint('amount_micros > 0', name=op.f('ck_orders_amount_positive')),

@@ -1,0 +1,64 @@
+"""Operators look at any user's orders."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+
+from app.auth import AdminUser
+from app.db import SessionDep
+from app.orders import service
+from app.orders.schemas import OrderOut
+from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from app.purchase import service as purchase_service
+from app.schemas import Page
+
+router = APIRouter(prefix="/admin/orders", tags=["admin"])
+
+
+@router.get("", summary="List orders of any user")
+async def admin_list_orders(
+    request: Request,
+    admin: AdminUser,
+    session: SessionDep,
+    user_id: Annotated[str | None, Query(max_length=255)] = None,
+    status: Annotated[list[str] | None, Query()] = None,
+    created_from: Annotated[datetime | None, Query()] = None,
+    created_to: Annotated[datetime | None, Query()] = None,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+) -> Page[OrderOut]:
+    """Orders newest first, of one user (`user_id`) or of everyone."""
+    return await service.list_orders(
+        session,
+        request.app.state.settings,
+        user_id=user_id,
+        statuses=status,
+        created_from=created_from,
+        created_to=created_to,
+        cursor=cursor,
+        limit=limit,
+    )
+
+
+@router.get("/{order_id}", summary="Get any order")
+async def admin_get_order(
+    request: Request, order_id: str, admin: AdminUser, session: SessionDep
+) -> OrderOut:
+    """One order of any user."""
+    return await service.show_order(session, request.app.state.settings, None, order_id)
+
+
+@router.post("/{order_id}/sync", summary="Sync any order")
+async def admin_sync_order(request: Request, order_id: str, admin: AdminUser) -> OrderOut:
+    """Ask Stripe about any user's order and apply what it says; audited."""
+    return await purchase_service.sync_order(
+        request.app.state.session_maker,
+        request.app.state.stripe,
+        request.app.state.settings,
+        order_id,
+        user_id=None,
+        admin=admin.user_id,
+    )

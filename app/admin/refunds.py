@@ -1,0 +1,69 @@
+"""Operators review refund requests."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+
+from app.auth import AdminUser
+from app.db import SessionDep
+from app.pagination import DEFAULT_LIMIT, MAX_LIMIT, encode_cursor
+from app.refunds import service
+from app.refunds.schemas import (
+    AdminRefundRequestOut,
+    DenyIn,
+    ReviewIn,
+    admin_refund_request_out,
+)
+from app.schemas import Page
+
+router = APIRouter(prefix="/admin/refund-requests", tags=["admin"])
+
+
+@router.get("", summary="List refund requests")
+async def admin_list_refund_requests(
+    admin: AdminUser,
+    session: SessionDep,
+    status: Annotated[list[str] | None, Query(description="Filter by status (repeatable).")] = None,
+    user_id: Annotated[str | None, Query(max_length=255)] = None,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+) -> Page[AdminRefundRequestOut]:
+    """Every user's refund requests, newest first."""
+    rows, last = await service.list_requests(
+        session, user_id=user_id, statuses=status, order_id=None, cursor=cursor, limit=limit
+    )
+    return Page[AdminRefundRequestOut](
+        data=[admin_refund_request_out(r) for r in rows],
+        next_cursor=encode_cursor(last) if last else None,
+    )
+
+
+@router.post(
+    "/{request_id}/approve",
+    summary="Approve a refund request",
+    responses={409: {"description": "Not pending any more, or no longer eligible"}},
+)
+async def admin_approve_refund_request(
+    request: Request, request_id: str, admin: AdminUser, body: ReviewIn | None = None
+) -> AdminRefundRequestOut:
+    """Debit the wallet and refund at Stripe (idempotency key `refund:<request_id>`)."""
+    row = await service.approve_request(
+        request.app.state.session_maker,
+        request.app.state.stripe,
+        request.app.state.settings,
+        request_id,
+        actor=admin.user_id,
+        note=body.note if body else None,
+    )
+    return admin_refund_request_out(row)
+
+
+@router.post("/{request_id}/deny", summary="Deny a refund request")
+async def admin_deny_refund_request(
+    request_id: str, body: DenyIn, admin: AdminUser, session: SessionDep
+) -> AdminRefundRequestOut:
+    """Deny a pending request with a note the user sees."""
+    row = await service.deny_request(session, request_id, actor=admin.user_id, note=body.note)
+    return admin_refund_request_out(row)

@@ -1,0 +1,49 @@
+"""Operators replay a stored Stripe event."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel
+
+from app.admin.audit import record_admin_action
+from app.auth import AdminUser
+from app.db import SessionDep
+from app.webhooks import service
+
+router = APIRouter(prefix="/admin/webhook-events", tags=["admin"])
+
+
+class WebhookEventOut(BaseModel):
+    """A received Stripe event and what applying it did."""
+
+    id: str
+    type: str
+    livemode: bool
+    object_id: str | None
+    outcome: str | None
+    received_at: datetime
+
+
+@router.post(
+    "/{event_id}/replay",
+    summary="Replay a Stripe event",
+    responses={404: {"description": "No such event was received."}},
+)
+async def admin_replay_webhook_event(
+    request: Request, event_id: str, admin: AdminUser, session: SessionDep
+) -> WebhookEventOut:
+    """Apply a stored event again through the same idempotent handlers; audited."""
+    row = await service.replay_event(
+        session, request.app.state.settings, request.app.state.stripe, event_id
+    )
+    await record_admin_action(
+        session,
+        actor=admin.user_id,
+        action="webhook.replay",
+        subject_type="stripe_event",
+        subject_id=event_id,
+        details={"type": row.type, "outcome": row.outcome},
+    )
+    return WebhookEventOut.model_validate(row, from_attributes=True)

@@ -1,0 +1,85 @@
+"""All SQL about orders."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Select, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db import is_postgres
+from app.models.orders import Order
+
+
+async def get_order(
+    session: AsyncSession, order_id: str, *, for_update: bool = False
+) -> Order | None:
+    """An order by id; `for_update` locks the row on PostgreSQL (SQLite serializes writers)."""
+    stmt = select(Order).where(Order.id == order_id)
+    if for_update and is_postgres(session):
+        stmt = stmt.with_for_update()
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def get_user_order(
+    session: AsyncSession, user_id: str, order_id: str, *, for_update: bool = False
+) -> Order | None:
+    """An order only if it belongs to the user (another user's order does not exist for them)."""
+    order = await get_order(session, order_id, for_update=for_update)
+    return order if order is not None and order.user_id == user_id else None
+
+
+def _filtered(
+    stmt: Select[Order],
+    *,
+    statuses: list[str] | None,
+    created_from: datetime | None,
+    created_to: datetime | None,
+) -> Select[Order]:
+    if statuses:
+        stmt = stmt.where(Order.status.in_(statuses))
+    if created_from is not None:
+        stmt = stmt.where(Order.created_at >= created_from)
+    if created_to is not None:
+        stmt = stmt.where(Order.created_at < created_to)
+    return stmt
+
+
+async def list_orders(
+    session: AsyncSession,
+    *,
+    user_id: str | None,
+    statuses: list[str] | None = None,
+    created_from: datetime | None = None,
+    created_to: datetime | None = None,
+    before_id: str | None = None,
+    limit: int,
+) -> list[Order]:
+    """Orders newest first (ids are time-ordered), `limit + 1` rows so the caller can tell
+    whether there is a next page; `user_id=None` lists every user's (admin)."""
+    stmt = select(Order).order_by(Order.id.desc()).limit(limit + 1)
+    if user_id is not None:
+        stmt = stmt.where(Order.user_id == user_id)
+    if before_id is not None:
+        stmt = stmt.where(Order.id < before_id)
+    stmt = _filtered(stmt, statuses=statuses, created_from=created_from, created_to=created_to)
+    return list((await session.scalars(stmt)).all())
+
+
+async def find_order_by_stripe_ids(
+    session: AsyncSession,
+    *,
+    payment_intent_id: str | None = None,
+    charge_id: str | None = None,
+    for_update: bool = False,
+) -> Order | None:
+    """The order paid by this PaymentIntent or charge."""
+    if payment_intent_id:
+        stmt = select(Order).where(Order.stripe_payment_intent_id == payment_intent_id)
+    elif charge_id:
+        stmt = select(Order).where(Order.stripe_charge_id == charge_id)
+    else:
+        return None
+    if for_update and is_postgres(session):
+        stmt = stmt.with_for_update()
+    return (await session.execute(stmt)).scalars().first()

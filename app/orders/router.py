@@ -1,0 +1,57 @@
+"""Order history for the portal."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+
+from app.auth import CurrentUser
+from app.db import SessionDep
+from app.orders import service
+from app.orders.schemas import OrderOut
+from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from app.schemas import Page
+
+router = APIRouter(tags=["orders"])
+
+StatusFilter = Annotated[
+    list[str] | None, Query(description="Only orders in these statuses (repeatable).")
+]
+Cursor = Annotated[str | None, Query(max_length=200, description="`next_cursor` of a page.")]
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
+CreatedFrom = Annotated[datetime | None, Query(description="Created at or after (ISO 8601).")]
+CreatedTo = Annotated[datetime | None, Query(description="Created before (ISO 8601).")]
+
+
+@router.get("/orders", summary="List my orders", response_model=Page[OrderOut])
+async def list_my_orders(
+    request: Request,
+    user: CurrentUser,
+    session: SessionDep,
+    status: StatusFilter = None,
+    created_from: CreatedFrom = None,
+    created_to: CreatedTo = None,
+    cursor: Cursor = None,
+    limit: Limit = DEFAULT_LIMIT,
+) -> Page[OrderOut]:
+    """Every top-up of the caller, newest first, with receipts and refund eligibility."""
+    return await service.list_orders(
+        session,
+        request.app.state.settings,
+        user_id=user.user_id,
+        statuses=status,
+        created_from=created_from,
+        created_to=created_to,
+        cursor=cursor,
+        limit=limit,
+    )
+
+
+@router.get("/orders/{order_id}", summary="Get one of my orders")
+async def get_my_order(
+    request: Request, order_id: str, user: CurrentUser, session: SessionDep
+) -> OrderOut:
+    """One order of the caller; another user's order is a 404."""
+    return await service.show_order(session, request.app.state.settings, user.user_id, order_id)

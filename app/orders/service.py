@@ -1,0 +1,89 @@
+"""Reading orders: history and detail, the user's own or (admin) anyone's."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.config import Settings
+from app.errors import NotFound, ValidationFailed
+from app.models.orders import ORDER_STATUSES, Order
+from app.orders import repository
+from app.orders.presenter import present_order, present_orders
+from app.orders.schemas import OrderOut
+from app.pagination import decode_cursor, encode_cursor
+from app.schemas import Page
+
+
+async def get_user_order(session: AsyncSession, user_id: str, order_id: str) -> Order:
+    """The user's order, or 404 (also for another user's order)."""
+    order = await repository.get_user_order(session, user_id, order_id)
+    if order is None:
+        raise NotFound(f"No order {order_id}.")
+    return order
+
+
+async def show_order(
+    session: AsyncSession, settings: Settings, user_id: str | None, order_id: str
+) -> OrderOut:
+    """One order; `user_id=None` for an admin, who sees every user's."""
+    if user_id is None:
+        order = await repository.get_order(session, order_id)
+        if order is None:
+            raise NotFound(f"No order {order_id}.")
+    else:
+        order = await get_user_order(session, user_id, order_id)
+    return await present_order(session, order, settings)
+
+
+def _check_statuses(statuses: list[str] | None) -> list[str] | None:
+    if not statuses:
+        return None
+    unknown = [s for s in statuses if s not in ORDER_STATUSES]
+    if unknown:
+        raise ValidationFailed(
+            f"Unknown status {unknown[0]!r}.",
+            errors=[{"field": "status", "message": f"must be one of {', '.join(ORDER_STATUSES)}"}],
+        )
+    return statuses
+
+
+def _as_utc(value: datetime | None) -> datetime | None:
+    # A timestamp without an offset is taken as UTC.
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
+async def list_orders(
+    session: AsyncSession,
+    settings: Settings,
+    *,
+    user_id: str | None,
+    statuses: list[str] | None,
+    created_from: datetime | None,
+    created_to: datetime | None,
+    cursor: str | None,
+    limit: int,
+) -> Page[OrderOut]:
+    """A page of orders, newest first."""
+    if created_from and created_to and created_from >= created_to:
+        raise ValidationFailed(
+            "created_from must be before created_to.",
+            errors=[{"field": "created_to", "message": "must be after created_from"}],
+        )
+    created_from, created_to = _as_utc(created_from), _as_utc(created_to)
+    before_id = str(decode_cursor(cursor, 1)[0]) if cursor else None
+    rows = await repository.list_orders(
+        session,
+        user_id=user_id,
+        statuses=_check_statuses(statuses),
+        created_from=created_from,
+        created_to=created_to,
+        before_id=before_id,
+        limit=limit,
+    )
+    page = rows[:limit]
+    return Page[OrderOut](
+        data=await present_orders(session, page, settings),
+        next_cursor=encode_cursor(page[-1].id) if len(rows) > limit and page else None,
+    )

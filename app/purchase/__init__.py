@@ -1,0 +1,1 @@
+"""Top-ups with Stripe: purchase, resume, cancel, sync, the result page, fulfillment."""

@@ -1,0 +1,128 @@
+"""All SQL of starting, fulfilling and reconciling top-ups."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import or_, select, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db import is_postgres
+from app.models.base import utcnow
+from app.models.orders import Order, StripeCustomer
+from app.orders.state import PENDING_STATUSES
+
+
+async def lock_user_purchases(session: AsyncSession, user_id: str) -> None:
+    """Serialize the purchases of one user until the transaction ends, so that the pending-order
+    cap and the Idempotency-Key lookup hold under concurrent requests. PostgreSQL: a
+    transaction-scoped advisory lock; SQLite already serializes writers (BEGIN IMMEDIATE)."""
+    if is_postgres(session):
+        await session.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+            {"key": f"purchase:{user_id}"},
+        )
+
+
+async def get_order_by_idempotency_key(
+    session: AsyncSession, user_id: str, idempotency_key: str
+) -> Order | None:
+    """The user's order created under this Idempotency-Key."""
+    stmt = select(Order).where(Order.user_id == user_id, Order.idempotency_key == idempotency_key)
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def list_pending_orders(session: AsyncSession, user_id: str, *, limit: int) -> list[Order]:
+    """The user's pending and processing orders, newest first."""
+    stmt = (
+        select(Order)
+        .where(Order.user_id == user_id, Order.status.in_(PENDING_STATUSES))
+        .order_by(Order.id.desc())
+        .limit(limit)
+    )
+    return list((await session.scalars(stmt)).all())
+
+
+async def lock_order(session: AsyncSession, order_id: str) -> Order | None:
+    """An order, locked on PostgreSQL, re-read from the database (not the identity map)."""
+    stmt = select(Order).where(Order.id == order_id).execution_options(populate_existing=True)
+    if is_postgres(session):
+        stmt = stmt.with_for_update()
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def find_order(
+    session: AsyncSession,
+    *,
+    order_id: str | None = None,
+    payment_intent_id: str | None = None,
+    checkout_session_id: str | None = None,
+    for_update: bool = False,
+) -> Order | None:
+    """The order with this id, PaymentIntent or Checkout Session (the first one given)."""
+    if order_id:
+        stmt = select(Order).where(Order.id == order_id)
+    elif payment_intent_id:
+        stmt = select(Order).where(Order.stripe_payment_intent_id == payment_intent_id)
+    elif checkout_session_id:
+        stmt = select(Order).where(Order.stripe_checkout_session_id == checkout_session_id)
+    else:
+        return None
+    stmt = stmt.execution_options(populate_existing=True)
+    if for_update and is_postgres(session):
+        stmt = stmt.with_for_update()
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def get_stripe_customer_id(session: AsyncSession, user_id: str) -> str | None:
+    """The user's Stripe Customer id, if one was created."""
+    stmt = select(StripeCustomer.customer_id).where(StripeCustomer.user_id == user_id)
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def save_stripe_customer(
+    session: AsyncSession, user_id: str, customer_id: str, email: str | None
+) -> str:
+    """Remember the user's Stripe Customer (the first one stored wins) and return its id."""
+    insert = postgresql.insert if is_postgres(session) else sqlite.insert
+    stmt = (
+        insert(StripeCustomer)
+        .values(user_id=user_id, customer_id=customer_id, email=email, created_at=utcnow())
+        .on_conflict_do_nothing()
+    )
+    await session.execute(stmt)
+    stored = await get_stripe_customer_id(session, user_id)
+    assert stored is not None
+    return stored
+
+
+async def claim_orders_to_reconcile(
+    session: AsyncSession,
+    *,
+    created_before: datetime,
+    now: datetime,
+    lease_until: datetime,
+    limit: int,
+) -> list[Order]:
+    """Pending orders old enough and due for a check, taken with FOR UPDATE SKIP LOCKED and
+    claimed by pushing `next_check_at` to `lease_until`: other instances skip them while this
+    one asks Stripe (outside any transaction), and pick them up again if it dies."""
+    stmt = (
+        select(Order)
+        .where(
+            Order.status.in_(PENDING_STATUSES),
+            Order.created_at <= created_before,
+            Order.flagged_reason.is_(None),
+            or_(Order.next_check_at.is_(None), Order.next_check_at <= now),
+        )
+        .order_by(Order.created_at)
+        .limit(limit)
+    )
+    if is_postgres(session):
+        stmt = stmt.with_for_update(skip_locked=True)
+    rows = list((await session.scalars(stmt)).all())
+    for order in rows:
+        order.next_check_at = lease_until
+    await session.flush()
+    return rows

@@ -1,0 +1,165 @@
+"""Top up: start, resume, cancel and sync a payment, and the result page."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, Response, status
+
+from app.auth import CurrentUser
+from app.db import SessionDep
+from app.orders.schemas import OrderOut
+from app.purchase import service
+from app.purchase.schemas import (
+    PaymentOut,
+    PaymentResultOut,
+    PurchaseIn,
+    PurchaseOptionsOut,
+)
+from app.schemas import Page
+
+router = APIRouter()
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Retries with the same key and body answer the same order; the same key "
+        "with another body is a 409.",
+    ),
+]
+
+_NOT_PAYABLE: dict[int | str, dict[str, Any]] = {
+    409: {"description": "The order can no longer be paid (`order_not_resumable`)."}
+}
+_STRIPE_DOWN: dict[int | str, dict[str, Any]] = {
+    503: {"description": "Stripe did not answer; retry after `Retry-After` seconds."}
+}
+
+
+@router.get("/purchase/options", tags=["purchase"], summary="Get top-up options")
+async def get_purchase_options(request: Request, user: CurrentUser) -> PurchaseOptionsOut:
+    """Preset amounts, the custom amount bounds, payment modes and the publishable key."""
+    return service.purchase_options(request.app.state.settings, request.app.state.stripe)
+
+
+@router.post(
+    "/purchase",
+    tags=["purchase"],
+    summary="Start a top-up",
+    status_code=status.HTTP_201_CREATED,
+    response_model=PaymentOut,
+    responses={
+        409: {"description": "The Idempotency-Key was used for another purchase."},
+        429: {"description": "Too many unpaid orders (`too_many_pending_orders`)."},
+        **_STRIPE_DOWN,
+    },
+)
+async def create_purchase(
+    request: Request,
+    response: Response,
+    body: PurchaseIn,
+    user: CurrentUser,
+    idempotency_key: IdempotencyKey = None,
+) -> PaymentOut:
+    """Create an order and its Stripe payment: a `client_secret` for Elements or a
+    `checkout_url` for hosted Checkout."""
+    result = await service.start_purchase(
+        request.app.state.session_maker,
+        request.app.state.stripe,
+        request.app.state.settings,
+        user,
+        body,
+        idempotency_key,
+    )
+    if result.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return result.payment
+
+
+@router.get("/purchase/pending", tags=["purchase"], summary="List my unpaid orders")
+async def list_pending_orders(
+    request: Request, user: CurrentUser, session: SessionDep
+) -> Page[OrderOut]:
+    """Pending and processing orders, newest first, to resume or cancel."""
+    return await service.list_pending(session, request.app.state.settings, user.user_id)
+
+
+@router.post(
+    "/orders/{order_id}/resume",
+    tags=["orders"],
+    summary="Resume paying an order",
+    response_model=PaymentOut,
+    responses={**_NOT_PAYABLE, **_STRIPE_DOWN},
+)
+async def resume_order(request: Request, order_id: str, user: CurrentUser) -> PaymentOut:
+    """The current `client_secret` or `checkout_url` while Stripe still accepts payment."""
+    return await service.resume_order(
+        request.app.state.session_maker,
+        request.app.state.stripe,
+        request.app.state.settings,
+        user,
+        order_id,
+    )
+
+
+@router.post(
+    "/orders/{order_id}/cancel",
+    tags=["orders"],
+    summary="Cancel an unpaid order",
+    responses={
+        409: {"description": "Paid or being processed (`order_not_cancelable`)."},
+        **_STRIPE_DOWN,
+    },
+)
+async def cancel_order(request: Request, order_id: str, user: CurrentUser) -> OrderOut:
+    """Cancel the PaymentIntent or expire the Checkout Session; repeating it is harmless."""
+    return await service.cancel_order(
+        request.app.state.session_maker,
+        request.app.state.stripe,
+        request.app.state.settings,
+        user,
+        order_id,
+    )
+
+
+@router.post(
+    "/orders/{order_id}/sync", tags=["orders"], summary="Sync an order", responses=_STRIPE_DOWN
+)
+async def sync_order(request: Request, order_id: str, user: CurrentUser) -> OrderOut:
+    """Ask Stripe about a stuck order and apply what it says (a late webhook's work)."""
+    return await service.sync_order(
+        request.app.state.session_maker,
+        request.app.state.stripe,
+        request.app.state.settings,
+        order_id,
+        user_id=user.user_id,
+    )
+
+
+@router.get("/payments/result", tags=["purchase"], summary="Get a payment's result")
+async def get_payment_result(
+    request: Request,
+    user: CurrentUser,
+    order_id: Annotated[str | None, Query(max_length=64)] = None,
+    session_id: Annotated[
+        str | None, Query(max_length=255, description="Checkout's `{CHECKOUT_SESSION_ID}`.")
+    ] = None,
+    payment_intent: Annotated[
+        str | None, Query(max_length=255, description="Stripe.js's `payment_intent`.")
+    ] = None,
+) -> PaymentResultOut:
+    """The order behind a Stripe redirect and the balance; a pending order is checked at
+    Stripe first, so the credit shows before the webhook arrives."""
+    return await service.payment_result(
+        request.app.state.session_maker,
+        request.app.state.stripe,
+        request.app.state.settings,
+        user,
+        order_id=order_id,
+        session_id=session_id,
+        payment_intent=payment_intent,
+    )

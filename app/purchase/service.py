@@ -1,0 +1,560 @@
+"""Starting, resuming, canceling and syncing top-ups.
+
+A purchase writes and commits the order first, then creates its Stripe object with idempotency
+key `order:<order_id>` and every parameter taken from the order row, then stores the Stripe ids.
+Each step is its own short transaction and no transaction is open during a Stripe call.
+
+When Stripe does not answer (StripeOutcomeUnknown, a 503 with Retry-After), the order stays
+`pending` with no Stripe object: nothing can be paid, because nobody holds a client secret or a
+Checkout URL. Repeating the purchase with the same Idempotency-Key (or resuming the order) finds
+that order and repeats the same Stripe call under the same key, so Stripe returns the object a
+lost answer had created instead of making a second one. Left alone, the reconciler closes such an
+order as `failed` once no call for it can still be in flight.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.admin.audit import record_admin_action
+from app.auth import Principal
+from app.config import Settings
+from app.db import session_scope
+from app.errors import (
+    IdempotencyConflict,
+    NotFound,
+    OrderNotCancelable,
+    OrderNotResumable,
+    PaymentProviderUnavailable,
+    PaymentsNotConfigured,
+    TooManyPendingOrders,
+    ValidationFailed,
+)
+from app.ids import new_id
+from app.ledger import service as ledger_service
+from app.ledger.service import hash_request
+from app.models.base import utcnow
+from app.models.orders import Order
+from app.money import format_amount, micros_to_cents, parse_amount, usd_to_micros
+from app.orders.presenter import present_order, present_orders
+from app.orders.schemas import OrderOut
+from app.orders.state import CLOSED_UNPAID_STATUSES, PAID_STATUSES, is_pending
+from app.purchase import repository
+from app.purchase.fulfillment import (
+    StripePayment,
+    apply_payment,
+    expected_livemode,
+    move_forward,
+    payment_from_checkout_session,
+    payment_from_payment_intent,
+    refresh_order,
+)
+from app.purchase.schemas import (
+    PAYMENT_MODES,
+    CheckoutPaymentOut,
+    ElementsPaymentOut,
+    PaymentResultOut,
+    PurchaseIn,
+    PurchaseOptionsOut,
+)
+from app.schemas import Page
+from app.stripe_gateway import (
+    StripeGateway,
+    StripeJSON,
+    StripeOutcomeUnknown,
+    StripeRequestFailed,
+)
+
+log = structlog.get_logger(__name__)
+
+AMOUNT_FORMAT = re.compile(r"\d+(\.\d{1,2})?")
+"""A top-up amount as the portal sends it: digits, optionally 1 or 2 decimals."""
+
+CHECKOUT_EXPIRY_MARGIN = timedelta(minutes=2)
+"""Stripe wants `expires_at` 30 minutes to 24 hours after it creates the session; the margin
+keeps a retry of the same request (same `expires_at`) inside that range for a while."""
+
+
+def purchase_options(settings: Settings, stripe: StripeGateway) -> PurchaseOptionsOut:
+    """Presets within the bounds, the bounds, and how the portal may pay."""
+    low, high = usd_to_micros(settings.topup_min), usd_to_micros(settings.topup_max)
+    presets = sorted({usd_to_micros(p) for p in settings.topup_presets})
+    return PurchaseOptionsOut(
+        presets=[format_amount(p) for p in presets if low <= p <= high and p % 10_000 == 0],
+        min=format_amount(low),
+        max=format_amount(high),
+        modes=list(PAYMENT_MODES) if stripe.configured else [],
+        publishable_key=settings.stripe_publishable_key,
+        max_pending_orders=settings.max_pending_orders,
+        checkout_ttl_minutes=settings.checkout_ttl_minutes,
+    )
+
+
+def parse_topup_amount(text: str, settings: Settings) -> int:
+    """The amount in micros; 422 unless it has at most 2 decimals and is within the bounds."""
+    low, high = usd_to_micros(settings.topup_min), usd_to_micros(settings.topup_max)
+    try:
+        micros = parse_amount(text)
+    except ValueError as exc:
+        raise _invalid_amount(str(exc)) from exc
+    if not AMOUNT_FORMAT.fullmatch(text.strip()):
+        raise _invalid_amount("must be a decimal amount such as 20.00")
+    if not low <= micros <= high:
+        raise _invalid_amount(f"must be between {format_amount(low)} and {format_amount(high)}")
+    return micros
+
+
+def _invalid_amount(message: str) -> ValidationFailed:
+    return ValidationFailed(f"amount: {message}", errors=[{"field": "amount", "message": message}])
+
+
+def checkout_expires_at(order: Order, settings: Settings) -> datetime:
+    """The session's expiry, derived from the order row so every retry sends the same value."""
+    created = order.created_at.replace(microsecond=0)
+    ttl = timedelta(minutes=settings.checkout_ttl_minutes)
+    ttl = max(ttl, timedelta(minutes=30) + CHECKOUT_EXPIRY_MARGIN)
+    ttl = min(ttl, timedelta(hours=24) - CHECKOUT_EXPIRY_MARGIN)
+    return created + ttl
+
+
+@dataclass(frozen=True, slots=True)
+class PurchaseResult:
+    """What `start_purchase` answers, and whether it is the replay of an earlier request."""
+
+    payment: ElementsPaymentOut | CheckoutPaymentOut
+    replayed: bool
+
+
+async def start_purchase(
+    maker: async_sessionmaker[AsyncSession],
+    stripe: StripeGateway,
+    settings: Settings,
+    user: Principal,
+    body: PurchaseIn,
+    idempotency_key: str | None,
+) -> PurchaseResult:
+    """Write the order (or find the one this Idempotency-Key made), then make sure its Stripe
+    object exists and answer how to pay it."""
+    if not stripe.configured:
+        raise PaymentsNotConfigured("Payments are not configured on this server.")
+    amount_micros = parse_topup_amount(body.amount, settings)
+    request_hash = hash_request({"amount_micros": amount_micros, "mode": body.mode})
+    async with session_scope(maker) as session:
+        await repository.lock_user_purchases(session, user.user_id)
+        order = (
+            await repository.get_order_by_idempotency_key(session, user.user_id, idempotency_key)
+            if idempotency_key
+            else None
+        )
+        replayed = order is not None
+        if order is not None:
+            if order.request_hash != request_hash:
+                raise IdempotencyConflict(
+                    "This Idempotency-Key was used for a different purchase.",
+                    order_id=order.id,
+                )
+        else:
+            pending = await repository.list_pending_orders(
+                session, user.user_id, limit=settings.max_pending_orders
+            )
+            if len(pending) >= settings.max_pending_orders:
+                raise TooManyPendingOrders(
+                    f"You have {len(pending)} unpaid orders; pay, resume or cancel one first.",
+                    max_pending_orders=settings.max_pending_orders,
+                    pending_order_ids=[o.id for o in pending],
+                )
+            order = Order(
+                id=new_id("ord"),
+                user_id=user.user_id,
+                email=user.email,
+                status="pending",
+                mode=body.mode,
+                amount_micros=amount_micros,
+                currency="usd",
+                idempotency_key=idempotency_key,
+                request_hash=request_hash,
+                stripe_customer_id=await repository.get_stripe_customer_id(session, user.user_id),
+                livemode=expected_livemode(settings),
+                created_at=utcnow(),
+            )
+            session.add(order)
+            await session.flush()
+            log.info(
+                "order_created", order_id=order.id, mode=order.mode, amount_micros=amount_micros
+            )
+    payment = await _payable(maker, stripe, settings, order.id, source="purchase")
+    return PurchaseResult(payment=payment, replayed=replayed)
+
+
+async def _load_user_order(
+    maker: async_sessionmaker[AsyncSession], user_id: str | None, order_id: str
+) -> Order:
+    async with session_scope(maker) as session:
+        order = await repository.find_order(session, order_id=order_id)
+    if order is None or (user_id is not None and order.user_id != user_id):
+        raise NotFound(f"No order {order_id}.")
+    return order
+
+
+def _not_resumable(order: Order) -> OrderNotResumable:
+    if order.flagged_reason:
+        detail = "The payment of this order is under review."
+    elif order.status in PAID_STATUSES:
+        detail = "The order is paid already."
+    elif order.status == "processing":
+        detail = "The payment is being processed; it cannot be changed now."
+    else:
+        detail = f"The order is {order.status}; start a new top-up."
+    return OrderNotResumable(detail, order_id=order.id, order_status=order.status)
+
+
+async def _payable(
+    maker: async_sessionmaker[AsyncSession],
+    stripe: StripeGateway,
+    settings: Settings,
+    order_id: str,
+    *,
+    source: str,
+) -> ElementsPaymentOut | CheckoutPaymentOut:
+    """How to pay the order now: its current client secret or Checkout URL, creating the Stripe
+    object first if it does not exist yet. 409 `order_not_resumable` (after applying what
+    Stripe said) when it can no longer be paid."""
+    order = await _load_user_order(maker, None, order_id)
+    if order.status != "pending" or order.flagged_reason:
+        raise _not_resumable(order)
+    if _has_object(order):
+        obj = await _read_object(stripe, order)
+    else:
+        obj = await _create_object(maker, stripe, settings, order)
+    payment = (
+        payment_from_checkout_session(obj)
+        if order.mode == "checkout"
+        else payment_from_payment_intent(obj)
+    )
+    async with session_scope(maker) as session:
+        locked = await repository.lock_order(session, order_id)
+        assert locked is not None
+        _store_object(locked, obj)
+        outcome = await apply_payment(session, settings, locked, payment, source=source)
+        payable = _still_payable(locked, obj, payment)
+        presented = await present_order(session, locked, settings)
+    if not payable:
+        log.info("order_not_payable", order_id=order_id, outcome=outcome, status=locked.status)
+        await _close_at_stripe_quietly(stripe, locked)
+        raise _not_resumable(locked)
+    if order.mode == "checkout":
+        return CheckoutPaymentOut(order=presented, checkout_url=str(obj["url"]))
+    return ElementsPaymentOut(
+        order=presented,
+        client_secret=str(obj["client_secret"]),
+        publishable_key=settings.stripe_publishable_key,
+    )
+
+
+def _still_payable(order: Order, obj: StripeJSON, payment: StripePayment) -> bool:
+    if order.status != "pending" or order.flagged_reason or payment.state != "open":
+        return False
+    if order.mode == "checkout":
+        return obj.get("status") == "open" and bool(obj.get("url"))
+    return bool(obj.get("client_secret"))
+
+
+async def _read_object(stripe: StripeGateway, order: Order) -> StripeJSON:
+    if order.mode == "checkout":
+        assert order.stripe_checkout_session_id is not None
+        return await stripe.retrieve_checkout_session(order.stripe_checkout_session_id)
+    assert order.stripe_payment_intent_id is not None
+    return await stripe.retrieve_payment_intent(order.stripe_payment_intent_id)
+
+
+async def _create_object(
+    maker: async_sessionmaker[AsyncSession],
+    stripe: StripeGateway,
+    settings: Settings,
+    order: Order,
+) -> StripeJSON:
+    """Create the order's PaymentIntent or Checkout Session (idempotency key `order:<id>`, every
+    argument from the row). A definite refusal closes the order as failed; an unknown outcome
+    leaves it as it is, for a retry under the same key."""
+    try:
+        customer_id = order.stripe_customer_id or await _customer_for(maker, stripe, order)
+        amount_cents = micros_to_cents(order.amount_micros)
+        if order.mode == "checkout":
+            portal = settings.portal_url.rstrip("/")
+            return await stripe.create_checkout_session(
+                order_id=order.id,
+                user_id=order.user_id,
+                amount_cents=amount_cents,
+                customer_id=customer_id,
+                customer_email=order.email,
+                currency=order.currency,
+                success_url=(
+                    f"{portal}/payment/result?order_id={order.id}"
+                    "&session_id={CHECKOUT_SESSION_ID}"
+                ),
+                cancel_url=f"{portal}/purchase?order_id={order.id}",
+                expires_at=int(checkout_expires_at(order, settings).timestamp()),
+            )
+        return await stripe.create_payment_intent(
+            order_id=order.id,
+            user_id=order.user_id,
+            amount_cents=amount_cents,
+            customer_id=customer_id,
+            receipt_email=order.email,
+            currency=order.currency,
+        )
+    except StripeOutcomeUnknown:
+        log.warning("order_stripe_object_unknown", order_id=order.id)
+        raise
+    except StripeRequestFailed as exc:
+        async with session_scope(maker) as session:
+            locked = await repository.lock_order(session, order.id)
+            assert locked is not None
+            if locked.status == "pending" and not _has_object(locked):
+                locked.status = "failed"
+                locked.closed_at = utcnow()
+                locked.failure_code = (exc.stripe_code or exc.code)[:100]
+                locked.failure_message = "The payment provider refused to start this payment."
+        log.error("order_stripe_object_refused", order_id=order.id, stripe_code=exc.stripe_code)
+        raise
+
+
+def _has_object(order: Order) -> bool:
+    if order.mode == "checkout":
+        return order.stripe_checkout_session_id is not None
+    return order.stripe_payment_intent_id is not None
+
+
+async def _customer_for(
+    maker: async_sessionmaker[AsyncSession], stripe: StripeGateway, order: Order
+) -> str:
+    """The user's Stripe Customer, created once (key `customer:<user_id>`), pinned on the
+    order so that every retry of its Stripe call sends the same customer."""
+    async with session_scope(maker) as session:
+        customer_id = await repository.get_stripe_customer_id(session, order.user_id)
+    if customer_id is None:
+        customer = await stripe.get_or_create_customer(order.user_id, order.email)
+        async with session_scope(maker) as session:
+            customer_id = await repository.save_stripe_customer(
+                session, order.user_id, str(customer["id"]), order.email
+            )
+    async with session_scope(maker) as session:
+        locked = await repository.lock_order(session, order.id)
+        assert locked is not None
+        if locked.stripe_customer_id is None:
+            locked.stripe_customer_id = customer_id
+        customer_id = locked.stripe_customer_id
+    order.stripe_customer_id = customer_id
+    return customer_id
+
+
+def _store_object(order: Order, obj: StripeJSON) -> None:
+    """Remember the Stripe object's ids (the first one stored stays)."""
+    if obj.get("object") == "checkout.session":
+        if order.stripe_checkout_session_id is None:
+            order.stripe_checkout_session_id = str(obj["id"])
+        if obj.get("url"):
+            order.checkout_url = str(obj["url"])
+        expires = obj.get("expires_at")
+        if isinstance(expires, int):
+            order.checkout_expires_at = datetime.fromtimestamp(expires, UTC)
+    elif order.stripe_payment_intent_id is None:
+        order.stripe_payment_intent_id = str(obj["id"])
+
+
+async def _close_at_stripe_quietly(stripe: StripeGateway, order: Order) -> None:
+    """An order we will not let be paid: make sure Stripe agrees (best effort)."""
+    if order.status not in CLOSED_UNPAID_STATUSES:
+        return
+    try:
+        if order.stripe_checkout_session_id:
+            await stripe.expire_checkout_session(order.stripe_checkout_session_id)
+        elif order.stripe_payment_intent_id:
+            await stripe.cancel_payment_intent(order.stripe_payment_intent_id)
+    except (PaymentProviderUnavailable, StripeRequestFailed):
+        log.warning("close_at_stripe_failed", order_id=order.id)
+
+
+# -- the order routes ----------------------------------------------------------------------------
+
+
+async def resume_order(
+    maker: async_sessionmaker[AsyncSession],
+    stripe: StripeGateway,
+    settings: Settings,
+    user: Principal,
+    order_id: str,
+) -> ElementsPaymentOut | CheckoutPaymentOut:
+    """The current way to pay a pending order; 409 `order_not_resumable` once Stripe no longer
+    accepts payment (the order then takes Stripe's final state)."""
+    await _load_user_order(maker, user.user_id, order_id)
+    return await _payable(maker, stripe, settings, order_id, source="resume")
+
+
+async def cancel_order(
+    maker: async_sessionmaker[AsyncSession],
+    stripe: StripeGateway,
+    settings: Settings,
+    user: Principal,
+    order_id: str,
+) -> OrderOut:
+    """Cancel the PaymentIntent or expire the Checkout Session, then the order. Repeating it is
+    harmless; a paid (or processing) order cannot be canceled."""
+    order = await _load_user_order(maker, user.user_id, order_id)
+    if order.status in CLOSED_UNPAID_STATUSES:
+        return await _present(maker, settings, order_id)
+    if order.status != "pending":
+        raise _not_cancelable(order)
+    obj: StripeJSON | None = None
+    if order.mode == "checkout" and order.stripe_checkout_session_id:
+        obj = await stripe.expire_checkout_session(order.stripe_checkout_session_id)
+    elif order.mode == "elements" and order.stripe_payment_intent_id:
+        obj = await stripe.cancel_payment_intent(order.stripe_payment_intent_id)
+    async with session_scope(maker) as session:
+        locked = await repository.lock_order(session, order_id)
+        assert locked is not None
+        if obj is None:
+            # No Stripe object: nobody can pay it (a lost creation is never handed out).
+            if locked.status == "pending" and not _has_object(locked):
+                locked.status = "canceled"
+                locked.closed_at = utcnow()
+        else:
+            payment = (
+                payment_from_checkout_session(obj)
+                if obj.get("object") == "checkout.session"
+                else payment_from_payment_intent(obj)
+            )
+            if payment.state in ("canceled", "expired"):
+                # We asked for it: the order ends canceled, whatever Stripe calls it (a flagged
+                # order too: closing it credits nothing).
+                move_forward(locked, "canceled")
+            else:
+                await apply_payment(session, settings, locked, payment, source="cancel")
+        status = locked.status
+        presented = await present_order(session, locked, settings)
+    if status != "canceled" and status not in CLOSED_UNPAID_STATUSES:
+        raise _not_cancelable(locked)
+    log.info("order_canceled", order_id=order_id, status=status)
+    return presented
+
+
+def _not_cancelable(order: Order) -> OrderNotCancelable:
+    if order.status in PAID_STATUSES:
+        detail = "A paid order cannot be canceled; request a refund instead."
+    elif order.status == "processing":
+        detail = "The payment is being processed; it cannot be canceled now."
+    else:
+        detail = f"The order is {order.status}."
+    return OrderNotCancelable(detail, order_id=order.id, order_status=order.status)
+
+
+def _worth_asking(order: Order) -> bool:
+    """Whether Stripe may know more than we do about the order: it is unpaid, or paid
+    without its receipt yet."""
+    if not _has_object(order) or order.flagged_reason:
+        return False
+    return is_pending(order.status) or (order.status in PAID_STATUSES and order.receipt_url is None)
+
+
+async def sync_order(
+    maker: async_sessionmaker[AsyncSession],
+    stripe: StripeGateway,
+    settings: Settings,
+    order_id: str,
+    *,
+    user_id: str | None,
+    admin: str | None = None,
+) -> OrderOut:
+    """Ask Stripe about a stuck order and apply the answer (a late webhook's work). `user_id`
+    None with `admin` set: an operator's sync of any order, audited."""
+    order = await _load_user_order(maker, user_id, order_id)
+    outcome = "nothing to ask"
+    if _worth_asking(order):
+        _, outcome = await refresh_order(
+            maker, stripe, settings, order_id, source="admin_sync" if admin else "sync"
+        )
+    async with session_scope(maker) as session:
+        locked = await repository.find_order(session, order_id=order_id)
+        assert locked is not None
+        if admin is not None:
+            await record_admin_action(
+                session,
+                actor=admin,
+                action="order.sync",
+                subject_type="order",
+                subject_id=order_id,
+                details={"outcome": outcome, "status": locked.status},
+            )
+        return await present_order(session, locked, settings)
+
+
+async def payment_result(
+    maker: async_sessionmaker[AsyncSession],
+    stripe: StripeGateway,
+    settings: Settings,
+    user: Principal,
+    *,
+    order_id: str | None,
+    session_id: str | None,
+    payment_intent: str | None,
+) -> PaymentResultOut:
+    """The result page: the order (asked at Stripe when it is still pending, so the credit
+    shows before the webhook arrives) and the balance."""
+    if not (order_id or session_id or payment_intent):
+        raise ValidationFailed(
+            "Give order_id, session_id or payment_intent.",
+            errors=[
+                {"field": "order_id", "message": "one of order_id, session_id, payment_intent"}
+            ],
+        )
+    async with session_scope(maker) as session:
+        found = [
+            await repository.find_order(session, order_id=order_id) if order_id else None,
+            await repository.find_order(session, checkout_session_id=session_id)
+            if session_id
+            else None,
+            await repository.find_order(session, payment_intent_id=payment_intent)
+            if payment_intent
+            else None,
+        ]
+    given = [f for f, key in zip(found, (order_id, session_id, payment_intent), strict=True) if key]
+    order = given[0]
+    if (
+        order is None
+        or order.user_id != user.user_id
+        or any(other is None or other.id != order.id for other in given)
+    ):
+        raise NotFound("No such order.")
+    if is_pending(order.status) and _has_object(order) and not order.flagged_reason:
+        try:
+            await refresh_order(maker, stripe, settings, order.id, source="result_page")
+        except (PaymentProviderUnavailable, StripeRequestFailed):
+            # The page shows what we know; the webhook or the reconciler will catch up.
+            log.warning("result_page_stripe_unavailable", order_id=order.id)
+    async with session_scope(maker) as session:
+        fresh = await repository.find_order(session, order_id=order.id)
+        assert fresh is not None
+        return PaymentResultOut(
+            order=await present_order(session, fresh, settings),
+            balance=await ledger_service.get_balance(session, user.user_id),
+        )
+
+
+async def list_pending(session: AsyncSession, settings: Settings, user_id: str) -> Page[OrderOut]:
+    """The user's unpaid orders (pending or processing), newest first."""
+    orders = await repository.list_pending_orders(session, user_id, limit=100)
+    return Page[OrderOut](data=await present_orders(session, orders, settings), next_cursor=None)
+
+
+async def _present(
+    maker: async_sessionmaker[AsyncSession], settings: Settings, order_id: str
+) -> OrderOut:
+    async with session_scope(maker) as session:
+        order = await repository.find_order(session, order_id=order_id)
+        assert order is not None
+        return await present_order(session, order, settings)

@@ -1,0 +1,240 @@
+"""What Stripe refunds and disputes do to orders, requests and the ledger. Every function here
+is idempotent: Stripe's events arrive twice, late and out of order, and our own calls are
+repeated by the reconciler."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.ledger.service import Leg, post
+from app.models.base import utcnow
+from app.models.orders import Order
+from app.models.refunds import Dispute, RefundRequest, StripeRefund
+from app.money import cents_to_micros
+from app.orders import repository as orders_repository
+from app.refunds import repository
+
+log = structlog.get_logger(__name__)
+
+FAILED_REFUND_STATUSES = ("failed", "canceled")
+
+
+def _order_status_after_refunds(order: Order) -> str:
+    """The status an order's refunded amount implies (a disputed order stays disputed)."""
+    if order.status == "disputed":
+        return "disputed"
+    if order.refunded_micros >= order.amount_micros:
+        return "refunded"
+    if order.refunded_micros > 0:
+        return "partially_refunded"
+    return "paid"
+
+
+async def reverse_request_debit(
+    session: AsyncSession, request: RefundRequest, order: Order, *, reason: str
+) -> None:
+    """A refund that Stripe refused or failed: give the debited amount back, once."""
+    await post(
+        session,
+        reference=f"refund_reversal:{request.id}",
+        kind="refund_reversal",
+        legs=[
+            Leg.wallet(order.user_id, request.amount_micros),
+            Leg.account("stripe", -request.amount_micros),
+        ],
+        description=f"Refund of order {order.id} failed",
+        details={"order_id": order.id, "refund_request_id": request.id},
+    )
+    request.status = "failed"
+    request.failure_reason = reason[:500]
+    request.next_attempt_at = None
+    request.completed_at = utcnow()
+
+
+async def _order_for(session: AsyncSession, obj: dict[str, Any]) -> Order | None:
+    payment_intent = obj.get("payment_intent")
+    if isinstance(payment_intent, dict):
+        payment_intent = payment_intent.get("id")
+    charge = obj.get("charge")
+    if isinstance(charge, dict):
+        charge = charge.get("id")
+    order = await orders_repository.find_order_by_stripe_ids(
+        session, payment_intent_id=payment_intent, for_update=True
+    )
+    if order is None and charge:
+        order = await orders_repository.find_order_by_stripe_ids(
+            session, charge_id=charge, for_update=True
+        )
+    return order
+
+
+async def record_refund(session: AsyncSession, refund: dict[str, Any]) -> str:
+    """Apply a Stripe refund object (from our own call or any `refund.*` / `charge.refunded`
+    event); returns what it did."""
+    refund_id = str(refund["id"])
+    status = str(refund.get("status") or "pending")
+    amount = cents_to_micros(int(refund["amount"]))
+    metadata = refund.get("metadata") or {}
+    request_id = metadata.get("refund_request_id")
+
+    # Lock order: request, then order, then the refund row (as the approval path does).
+    request = (
+        await repository.get_request(session, str(request_id), for_update=True)
+        if request_id
+        else None
+    )
+    order = await _order_for(session, refund)
+    if order is None:
+        log.warning("refund_for_unknown_order", refund_id=refund_id)
+        return "ignored: unknown order"
+    if request is not None and request.order_id != order.id:
+        log.error("refund_request_order_mismatch", refund_id=refund_id, request_id=request.id)
+        request = None
+    existing = await repository.get_stripe_refund(session, refund_id, for_update=True)
+
+    if existing is None:
+        row = StripeRefund(
+            id=refund_id,
+            order_id=order.id,
+            refund_request_id=request.id if request else None,
+            amount_micros=amount,
+            status=status,
+        )
+        session.add(row)
+        if status in FAILED_REFUND_STATUSES:
+            if request is not None and request.status == "processing":
+                await reverse_request_debit(session, request, order, reason=f"refund {status}")
+            await session.flush()
+            return f"refund {status}"
+        if request is None:
+            # Made outside the service (Stripe's dashboard): the money has left already, so the
+            # wallet is debited even below zero — once, by refund id.
+            await post(
+                session,
+                reference=f"external_refund:{refund_id}",
+                kind="external_refund",
+                legs=[
+                    Leg.wallet(order.user_id, -amount, require_available=False),
+                    Leg.account("stripe", amount),
+                ],
+                description=f"Refund of order {order.id} made at Stripe",
+                details={"order_id": order.id, "stripe_refund_id": refund_id},
+            )
+        order.refunded_micros = min(order.amount_micros, order.refunded_micros + amount)
+        order.status = _order_status_after_refunds(order)
+        if request is not None:
+            request.stripe_refund_id = refund_id
+            request.stripe_status = status
+            request.next_attempt_at = None
+            if status == "succeeded":
+                request.status = "succeeded"
+                request.completed_at = utcnow()
+        await session.flush()
+        return "refund recorded" if request else "external refund debited"
+
+    if existing.status == status:
+        return "refund unchanged"
+    previous, existing.status = existing.status, status
+    if request is not None:
+        request.stripe_status = status
+    if status in FAILED_REFUND_STATUSES and previous not in FAILED_REFUND_STATUSES:
+        # A refund that failed after it was reported: the money did not leave after all.
+        order.refunded_micros = max(0, order.refunded_micros - existing.amount_micros)
+        order.status = _order_status_after_refunds(order)
+        if request is not None and request.status in ("processing", "succeeded"):
+            await reverse_request_debit(session, request, order, reason=f"refund {status}")
+        elif request is None:
+            await post(
+                session,
+                reference=f"external_refund_reversal:{refund_id}",
+                kind="refund_reversal",
+                legs=[
+                    Leg.wallet(order.user_id, existing.amount_micros),
+                    Leg.account("stripe", -existing.amount_micros),
+                ],
+                description=f"Refund of order {order.id} failed at Stripe",
+                details={"order_id": order.id, "stripe_refund_id": refund_id},
+            )
+    elif status == "succeeded" and request is not None and request.status == "processing":
+        request.status = "succeeded"
+        request.completed_at = utcnow()
+    await session.flush()
+    return f"refund {previous} -> {status}"
+
+
+async def record_dispute_opened(session: AsyncSession, dispute: dict[str, Any]) -> str:
+    """`charge.dispute.created`: debit the disputed amount (the wallet may go negative, which
+    blocks usage) and mark the order disputed."""
+    dispute_id = str(dispute["id"])
+    if await repository.get_dispute(session, dispute_id, for_update=True) is not None:
+        return "dispute known"
+    order = await _order_for(session, dispute)
+    if order is None:
+        log.warning("dispute_for_unknown_order", dispute_id=dispute_id)
+        return "ignored: unknown order"
+    amount = cents_to_micros(int(dispute["amount"]))
+    session.add(
+        Dispute(
+            id=dispute_id,
+            order_id=order.id,
+            amount_micros=amount,
+            status=str(dispute.get("status") or "needs_response"),
+            reason=dispute.get("reason"),
+            status_before=order.status,
+        )
+    )
+    await post(
+        session,
+        reference=f"dispute:{dispute_id}",
+        kind="dispute",
+        legs=[
+            Leg.wallet(order.user_id, -amount, require_available=False),
+            Leg.account("disputes", amount),
+        ],
+        description=f"Dispute on order {order.id}",
+        details={"order_id": order.id, "dispute_id": dispute_id},
+    )
+    order.status = "disputed"
+    await session.flush()
+    return "dispute debited"
+
+
+async def record_dispute_closed(session: AsyncSession, dispute: dict[str, Any]) -> str:
+    """`charge.dispute.closed`: a won dispute credits the amount back and restores the order;
+    a lost one leaves the debit in place."""
+    dispute_id = str(dispute["id"])
+    row = await repository.get_dispute(session, dispute_id, for_update=True)
+    if row is None:
+        # Created and closed before we saw the opening (or it was lost): apply the opening first.
+        await record_dispute_opened(session, {**dispute, "status": "needs_response"})
+        row = await repository.get_dispute(session, dispute_id, for_update=True)
+        if row is None:
+            return "ignored: unknown order"
+    status = str(dispute.get("status") or "")
+    if row.closed_at is not None:
+        return "dispute closed already"
+    row.status = status
+    row.closed_at = utcnow()
+    order = await orders_repository.get_order(session, row.order_id, for_update=True)
+    assert order is not None
+    if status == "won":
+        await post(
+            session,
+            reference=f"dispute_reversal:{dispute_id}",
+            kind="dispute_reversal",
+            legs=[
+                Leg.wallet(order.user_id, row.amount_micros),
+                Leg.account("disputes", -row.amount_micros),
+            ],
+            description=f"Dispute on order {order.id} won",
+            details={"order_id": order.id, "dispute_id": dispute_id},
+        )
+        order.status = row.status_before if row.status_before != "disputed" else "paid"
+        order.status = _order_status_after_refunds(order)
+        await session.flush()
+        return "dispute won: credited back"
+    await session.flush()
+    return f"dispute closed: {status}"

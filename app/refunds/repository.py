@@ -1,0 +1,97 @@
+"""All SQL about refund requests, Stripe refunds and disputes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db import is_postgres
+from app.models.refunds import OPEN_REFUND_REQUEST_STATUSES, Dispute, RefundRequest, StripeRefund
+
+
+async def get_request(
+    session: AsyncSession, request_id: str, *, for_update: bool = False
+) -> RefundRequest | None:
+    """A refund request by id, locked on PostgreSQL when asked."""
+    stmt = select(RefundRequest).where(RefundRequest.id == request_id)
+    if for_update and is_postgres(session):
+        stmt = stmt.with_for_update()
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def has_open_request(
+    session: AsyncSession, order_id: str, *, excluding: str | None = None
+) -> bool:
+    """Whether the order has a pending or processing request (other than `excluding`)."""
+    stmt = select(RefundRequest.id).where(
+        RefundRequest.order_id == order_id,
+        RefundRequest.status.in_(OPEN_REFUND_REQUEST_STATUSES),
+    )
+    if excluding is not None:
+        stmt = stmt.where(RefundRequest.id != excluding)
+    return (await session.execute(stmt.limit(1))).first() is not None
+
+
+async def list_requests(
+    session: AsyncSession,
+    *,
+    user_id: str | None,
+    statuses: list[str] | None,
+    order_id: str | None,
+    before_id: str | None,
+    limit: int,
+) -> list[RefundRequest]:
+    """Requests newest first, `limit + 1` rows."""
+    stmt = select(RefundRequest).order_by(RefundRequest.id.desc()).limit(limit + 1)
+    if user_id is not None:
+        stmt = stmt.where(RefundRequest.user_id == user_id)
+    if statuses:
+        stmt = stmt.where(RefundRequest.status.in_(statuses))
+    if order_id is not None:
+        stmt = stmt.where(RefundRequest.order_id == order_id)
+    if before_id is not None:
+        stmt = stmt.where(RefundRequest.id < before_id)
+    return list((await session.scalars(stmt)).all())
+
+
+async def due_for_retry(
+    session: AsyncSession, now: datetime, *, limit: int = 50
+) -> list[RefundRequest]:
+    """Approved requests whose Stripe outcome is unknown and whose retry time has come, taken
+    with SKIP LOCKED so that instances share the work without doing it twice."""
+    stmt = (
+        select(RefundRequest)
+        .where(
+            RefundRequest.status == "processing",
+            RefundRequest.stripe_refund_id.is_(None),
+            RefundRequest.next_attempt_at.is_not(None),
+            RefundRequest.next_attempt_at <= now,
+        )
+        .order_by(RefundRequest.next_attempt_at)
+        .limit(limit)
+    )
+    if is_postgres(session):
+        stmt = stmt.with_for_update(skip_locked=True)
+    return list((await session.scalars(stmt)).all())
+
+
+async def get_stripe_refund(
+    session: AsyncSession, refund_id: str, *, for_update: bool = False
+) -> StripeRefund | None:
+    """A Stripe refund we have recorded."""
+    stmt = select(StripeRefund).where(StripeRefund.id == refund_id)
+    if for_update and is_postgres(session):
+        stmt = stmt.with_for_update()
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def get_dispute(
+    session: AsyncSession, dispute_id: str, *, for_update: bool = False
+) -> Dispute | None:
+    """A dispute we have recorded."""
+    stmt = select(Dispute).where(Dispute.id == dispute_id)
+    if for_update and is_postgres(session):
+        stmt = stmt.with_for_update()
+    return (await session.execute(stmt)).scalar_one_or_none()

@@ -1,0 +1,56 @@
+"""Refund requests for the portal."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, status
+
+from app.auth import CurrentUser
+from app.db import SessionDep
+from app.pagination import DEFAULT_LIMIT, MAX_LIMIT, encode_cursor
+from app.refunds import service
+from app.refunds.schemas import RefundRequestIn, RefundRequestOut, refund_request_out
+from app.schemas import Page
+
+router = APIRouter(tags=["refunds"])
+
+
+@router.post(
+    "/orders/{order_id}/refund-requests",
+    summary="Request a refund of an order",
+    status_code=status.HTTP_201_CREATED,
+    responses={409: {"description": "Not eligible (`refund_not_eligible`, with the reason)"}},
+)
+async def create_refund_request(
+    request: Request, order_id: str, body: RefundRequestIn, user: CurrentUser
+) -> RefundRequestOut:
+    """File a refund request for a paid order (default: the whole refundable amount)."""
+    row = await service.create_request(
+        request.app.state.session_maker,
+        request.app.state.stripe,
+        request.app.state.settings,
+        user,
+        order_id,
+        amount_micros=body.amount_micros,
+        reason=body.reason,
+    )
+    return refund_request_out(row)
+
+
+@router.get("/refund-requests", summary="List my refund requests")
+async def list_my_refund_requests(
+    user: CurrentUser,
+    session: SessionDep,
+    order_id: Annotated[str | None, Query(max_length=40)] = None,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+) -> Page[RefundRequestOut]:
+    """The caller's refund requests, newest first."""
+    rows, last = await service.list_requests(
+        session, user_id=user.user_id, statuses=None, order_id=order_id, cursor=cursor, limit=limit
+    )
+    return Page[RefundRequestOut](
+        data=[refund_request_out(r) for r in rows],
+        next_cursor=encode_cursor(last) if last else None,
+    )

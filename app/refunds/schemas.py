@@ -1,0 +1,104 @@
+"""Refund requests as the portal and operators see them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field, field_validator
+
+from app.models.refunds import RefundRequest
+from app.money import CURRENCY, format_amount, parse_amount
+from app.schemas import StrictModel
+
+
+class RefundRequestIn(StrictModel):
+    """Ask for a refund of (part of) a paid order."""
+
+    amount: str | None = Field(
+        default=None,
+        description="USD with at most 2 decimals; default the whole refundable amount.",
+        examples=["5.00"],
+        max_length=20,
+    )
+    reason: str = Field(min_length=1, max_length=1000, examples=["Paid the wrong amount"])
+
+    @field_validator("amount")
+    @classmethod
+    def _amount(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if parse_amount(value) <= 0:
+            raise ValueError("must be more than 0")
+        return value
+
+    @property
+    def amount_micros(self) -> int | None:
+        return parse_amount(self.amount) if self.amount is not None else None
+
+
+class ReviewIn(StrictModel):
+    """An operator's decision note."""
+
+    note: str | None = Field(default=None, max_length=1000)
+
+
+class DenyIn(StrictModel):
+    """Deny a refund request; the note is shown to the user."""
+
+    note: str = Field(min_length=1, max_length=1000)
+
+
+class RefundRequestOut(BaseModel):
+    """A refund request and where it stands."""
+
+    id: str
+    order_id: str
+    status: str = Field(description="pending, denied, processing, succeeded or failed")
+    amount: str = Field(examples=["5.00"])
+    currency: str = CURRENCY
+    reason: str | None
+    review_note: str | None
+    auto_approved: bool
+    failure_reason: str | None
+    created_at: datetime
+    reviewed_at: datetime | None
+    completed_at: datetime | None
+
+
+class AdminRefundRequestOut(RefundRequestOut):
+    """A refund request with what operators need."""
+
+    user_id: str
+    reviewed_by: str | None
+    stripe_refund_id: str | None
+    stripe_status: str | None
+    attempts: int
+
+
+def refund_request_out(row: RefundRequest) -> RefundRequestOut:
+    """Render a request for its owner."""
+    return RefundRequestOut(
+        id=row.id,
+        order_id=row.order_id,
+        status=row.status,
+        amount=format_amount(row.amount_micros),
+        reason=row.reason,
+        review_note=row.review_note,
+        auto_approved=row.auto_approved,
+        failure_reason=row.failure_reason,
+        created_at=row.created_at,
+        reviewed_at=row.reviewed_at,
+        completed_at=row.completed_at,
+    )
+
+
+def admin_refund_request_out(row: RefundRequest) -> AdminRefundRequestOut:
+    """Render a request for operators."""
+    return AdminRefundRequestOut(
+        **refund_request_out(row).model_dump(),
+        user_id=row.user_id,
+        reviewed_by=row.reviewed_by,
+        stripe_refund_id=row.stripe_refund_id,
+        stripe_status=row.stripe_status,
+        attempts=row.attempts,
+    )

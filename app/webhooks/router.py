@@ -1,0 +1,60 @@
+"""Stripe's webhook endpoint."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request
+from pydantic import BaseModel
+
+from app.db import SessionDep
+from app.webhooks import service
+
+router = APIRouter(tags=["webhooks"])
+
+
+class WebhookAckOut(BaseModel):
+    """The event was stored and applied (or was a repeat)."""
+
+    received: bool = True
+    event_id: str
+    type: str
+    duplicate: bool
+    outcome: str | None
+
+
+@router.post(
+    "/webhooks/stripe",
+    summary="Receive a Stripe event",
+    responses={
+        400: {"description": "The signature does not verify (`invalid_signature`)."},
+        503: {"description": "Not stored; Stripe delivers it again later."},
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"type": "object"}}},
+            "description": "A Stripe event, signed in the `Stripe-Signature` header.",
+        }
+    },
+)
+async def receive_stripe_event(
+    request: Request,
+    session: SessionDep,
+    stripe_signature: Annotated[str | None, Header(alias="Stripe-Signature")] = None,
+) -> WebhookAckOut:
+    """Verify the signature on the raw body, store the event once and apply it; 200 only after
+    the commit."""
+    receipt = await service.receive_event(
+        session,
+        request.app.state.settings,
+        request.app.state.stripe,
+        await request.body(),
+        stripe_signature,
+    )
+    return WebhookAckOut(
+        event_id=receipt.event_id,
+        type=receipt.type,
+        duplicate=receipt.duplicate,
+        outcome=receipt.outcome,
+    )

@@ -1,0 +1,281 @@
+"""`POST /v1/webhooks/stripe`: only Stripe's signature on the exact body gets in; each event id
+is applied once, whether it arrives twice, fifty times at once, or after a database failure."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
+
+from app.db import session_scope
+from app.models.audit import AuditEntry
+from app.models.orders import StripeEvent
+from app.webhooks import repository as webhooks_repository
+from tests.purchase.helpers import Maker, balance, bought, deliver_all, ledger_size, pay, topups
+from tests.stripe_peer import PeerEvent, StripePeer
+
+Headers = Callable[..., dict[str, str]]
+
+pytestmark = pytest.mark.usefixtures("stripe_peer")
+
+
+async def _paid_event(
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    maker: Maker,
+    peer: StripePeer,
+    *,
+    mode: str = "elements",
+) -> tuple[str, PeerEvent]:
+    order_id = (await bought(client, headers, mode=mode))["order"]["id"]
+    await pay(peer, maker, order_id)
+    return order_id, await peer.event("payment_intent.succeeded")
+
+
+async def _stored_events(maker: Maker) -> int:
+    async with session_scope(maker) as session:
+        return int((await session.execute(select(func.count(StripeEvent.id)))).scalar_one())
+
+
+@pytest.mark.parametrize(
+    "forgery",
+    [
+        "tampered body",
+        "wrong secret",
+        "301 seconds old",
+        "301 seconds in the future",
+        "no signature",
+        "garbage signature",
+    ],
+)
+async def test_a_delivery_stripe_did_not_sign_is_refused_and_changes_nothing(
+    client: httpx.AsyncClient,
+    user_headers: Headers,
+    session_maker: Maker,
+    stripe_peer: StripePeer,
+    forgery: str,
+) -> None:
+    headers = user_headers("alice")
+    _, event = await _paid_event(client, headers, session_maker, stripe_peer)
+    now = int(time.time())
+    payload, signature = event.payload, event.signature
+    if forgery == "tampered body":
+        tampered = json.loads(event.payload)
+        tampered["data"]["object"]["amount"] = 999_999
+        payload = json.dumps(tampered).encode()
+    elif forgery == "wrong secret":
+        signature = stripe_peer.sign(payload, secret="whsec_not_ours")
+    elif forgery == "301 seconds old":
+        signature = stripe_peer.sign(payload, timestamp=now - 301)
+    elif forgery == "301 seconds in the future":
+        signature = stripe_peer.sign(payload, timestamp=now + 301)
+    elif forgery == "garbage signature":
+        signature = "t=abc,v1=zzz"
+    if forgery == "no signature":
+        response = await client.post(
+            "/v1/webhooks/stripe", content=payload, headers={"Content-Type": "application/json"}
+        )
+    else:
+        response = await stripe_peer.deliver(event, client, payload=payload, signature=signature)
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "invalid_signature"
+    assert await ledger_size(session_maker) == 0
+    assert await _stored_events(session_maker) == 0
+    assert await balance(client, headers) == "0.000000"
+
+
+async def test_a_signature_within_the_tolerance_is_accepted(
+    client: httpx.AsyncClient, user_headers: Headers, session_maker: Maker, stripe_peer: StripePeer
+) -> None:
+    _, event = await _paid_event(client, user_headers("alice"), session_maker, stripe_peer)
+    signature = stripe_peer.sign(event.payload, timestamp=int(time.time()) - 290)
+    response = await stripe_peer.deliver(event, client, signature=signature)
+    assert response.status_code == 200, response.text
+    assert response.json()["outcome"] == "credited"
+
+
+async def test_a_repeated_delivery_is_acknowledged_and_does_nothing(
+    client: httpx.AsyncClient, user_headers: Headers, session_maker: Maker, stripe_peer: StripePeer
+) -> None:
+    headers = user_headers("alice")
+    _, event = await _paid_event(client, headers, session_maker, stripe_peer)
+    first = await stripe_peer.deliver(event, client)
+    assert first.json() == {
+        "received": True,
+        "event_id": event.id,
+        "type": "payment_intent.succeeded",
+        "duplicate": False,
+        "outcome": "credited",
+    }
+    again = await stripe_peer.deliver(event, client, resign=True)
+    assert again.status_code == 200
+    assert again.json()["duplicate"] is True
+    assert await balance(client, headers) == "20.000000"
+    assert await topups(session_maker) == 1
+    metrics = (await client.get("/metrics")).text
+    duplicates = 'billing_stripe_events_total{outcome="duplicate",type="payment_intent.succeeded"}'
+    assert duplicates in metrics
+
+
+async def test_an_unhandled_type_is_acknowledged_and_recorded(
+    client: httpx.AsyncClient, user_headers: Headers, session_maker: Maker, stripe_peer: StripePeer
+) -> None:
+    await _paid_event(client, user_headers("alice"), session_maker, stripe_peer)
+    event = await stripe_peer.event("charge.succeeded")
+    response = await stripe_peer.deliver(event, client)
+    assert response.status_code == 200, response.text
+    assert response.json()["outcome"] == "ignored: unhandled type"
+    async with session_scope(session_maker) as session:
+        stored = await session.get(StripeEvent, event.id)
+    assert stored is not None
+    assert (stored.type, stored.outcome) == ("charge.succeeded", "ignored: unhandled type")
+    assert stored.object_id == event.object["id"]
+    assert stored.payload == event.event
+    assert await ledger_size(session_maker) == 0
+
+
+async def test_an_event_for_an_order_we_do_not_know_is_acknowledged(
+    client: httpx.AsyncClient, session_maker: Maker, stripe_peer: StripePeer
+) -> None:
+    event = {
+        "id": "evt_stranger",
+        "object": "event",
+        "type": "payment_intent.succeeded",
+        "created": int(time.time()),
+        "livemode": False,
+        "data": {"object": {"id": "pi_elsewhere", "object": "payment_intent", "metadata": {}}},
+    }
+    payload = json.dumps(event).encode()
+    response = await client.post(
+        "/v1/webhooks/stripe",
+        content=payload,
+        headers={"Stripe-Signature": stripe_peer.sign(payload)},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["outcome"] == "ignored: no matching order"
+    assert await ledger_size(session_maker) == 0
+
+
+async def test_a_database_failure_answers_5xx_and_stripes_redelivery_credits_once(
+    client: httpx.AsyncClient,
+    user_headers: Headers,
+    session_maker: Maker,
+    stripe_peer: StripePeer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    headers = user_headers("alice")
+    _, event = await _paid_event(client, headers, session_maker, stripe_peer)
+
+    async def database_gone(*args: Any, **kwargs: Any) -> None:
+        raise OperationalError("UPDATE stripe_events", {}, ConnectionResetError("gone"))
+
+    # The credit is applied, then the database fails before the commit.
+    monkeypatch.setattr(webhooks_repository, "set_outcome", database_gone)
+    failed = await stripe_peer.deliver(event, client)
+    assert failed.status_code == 500, failed.text
+    assert await ledger_size(session_maker) == 0
+    assert await _stored_events(session_maker) == 0
+    monkeypatch.undo()
+
+    redelivered = await stripe_peer.deliver(event, client, resign=True)
+    assert redelivered.status_code == 200, redelivered.text
+    assert redelivered.json()["outcome"] == "credited"
+    assert await balance(client, headers) == "20.000000"
+    assert await topups(session_maker) == 1
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    # 52 deliveries at once, each holding a connection while it waits for the first one's
+    # commit; pool_size plus as many overflow connections.
+    return {"database_pool_size": 30}
+
+
+@pytest.mark.postgres_only
+async def test_fifty_concurrent_deliveries_and_both_payment_events_credit_once_per_round(
+    client: httpx.AsyncClient, user_headers: Headers, session_maker: Maker, stripe_peer: StripePeer
+) -> None:
+    headers = user_headers("alice")
+    rounds, copies = 20, 50
+    for round_no in range(1, rounds + 1):
+        order_id = (await bought(client, headers, mode="checkout", amount="10.00"))["order"]["id"]
+        mark = await stripe_peer.last_event_seq()
+        await pay(stripe_peer, session_maker, order_id)
+        succeeded = await stripe_peer.event("payment_intent.succeeded")
+        completed = await stripe_peer.event("checkout.session.completed")
+        assert min(succeeded.seq, completed.seq) > mark
+        repeated, other = (completed, succeeded) if round_no % 2 else (succeeded, completed)
+        deliveries = [stripe_peer.deliver(repeated, client) for _ in range(copies)]
+        deliveries.insert(copies // 2, stripe_peer.deliver(other, client))
+        responses = await asyncio.gather(*deliveries)
+        assert [r.status_code for r in responses] == [200] * (copies + 1)
+        outcomes = [r.json()["outcome"] for r in responses if not r.json()["duplicate"]]
+        assert sorted(outcomes) == ["already paid", "credited"], outcomes
+        assert await topups(session_maker, "alice") == round_no
+    assert await balance(client, headers) == f"{10 * rounds}.000000"
+
+
+async def test_an_admin_replays_a_stored_event_through_the_same_idempotent_handlers(
+    client: httpx.AsyncClient,
+    user_headers: Headers,
+    admin_headers: dict[str, str],
+    session_maker: Maker,
+    stripe_peer: StripePeer,
+) -> None:
+    headers = user_headers("alice")
+    order_id, event = await _paid_event(client, headers, session_maker, stripe_peer)
+    await deliver_all(stripe_peer, client)
+    forbidden = await client.post(f"/v1/admin/webhook-events/{event.id}/replay", headers=headers)
+    assert forbidden.status_code == 403
+    replayed = await client.post(
+        f"/v1/admin/webhook-events/{event.id}/replay", headers=admin_headers
+    )
+    assert replayed.status_code == 200, replayed.text
+    assert replayed.json()["outcome"] == "replayed: already paid"
+    assert replayed.json()["type"] == "payment_intent.succeeded"
+    assert await topups(session_maker) == 1
+    async with session_scope(session_maker) as session:
+        audit = list((await session.scalars(select(AuditEntry))).all())
+    assert [(a.action, a.subject_type, a.subject_id) for a in audit] == [
+        ("webhook.replay", "stripe_event", event.id)
+    ]
+    missing = await client.post(
+        "/v1/admin/webhook-events/evt_missing/replay", headers=admin_headers
+    )
+    assert missing.status_code == 404
+    assert order_id
+
+
+async def test_a_replay_applies_an_event_whose_order_is_known_only_now(
+    client: httpx.AsyncClient,
+    user_headers: Headers,
+    admin_headers: dict[str, str],
+    session_maker: Maker,
+    stripe_peer: StripePeer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    headers = user_headers("alice")
+    _, event = await _paid_event(client, headers, session_maker, stripe_peer)
+
+    async def not_ours(*args: Any, **kwargs: Any) -> str:
+        return "ignored: no matching order"
+
+    # A handler bug made the first delivery a no-op; the fix is deployed, then replayed.
+    from app.purchase import webhooks as purchase_webhooks
+
+    monkeypatch.setattr(purchase_webhooks, "apply_event", not_ours)
+    first = await stripe_peer.deliver(event, client)
+    assert first.json()["outcome"] == "ignored: no matching order"
+    monkeypatch.undo()
+    replayed = await client.post(
+        f"/v1/admin/webhook-events/{event.id}/replay", headers=admin_headers
+    )
+    assert replayed.json()["outcome"] == "replayed: credited"
+    assert await balance(client, headers) == "20.000000"
