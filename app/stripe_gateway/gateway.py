@@ -201,13 +201,16 @@ class StripeGateway:
     async def cancel_payment_intent(self, payment_intent_id: str) -> StripeJSON:
         """Cancel the PaymentIntent and return it. Harmless to repeat: when Stripe refuses
         because the PaymentIntent is already past cancelling (canceled, succeeded, processing),
-        the PaymentIntent is returned as it is — check its `status`. `latest_charge` expanded."""
+        the PaymentIntent is returned as it is — check its `status`. `latest_charge` expanded.
+        Idempotency key `cancel:<payment_intent_id>` (the id stored on our order row)."""
+        key = f"cancel:{payment_intent_id}"
         try:
             return await self._call(
                 "payment_intents.cancel",
                 lambda: self._v1.payment_intents.cancel_async(
-                    payment_intent_id, {"expand": ["latest_charge"]}
+                    payment_intent_id, {"expand": ["latest_charge"]}, {"idempotency_key": key}
                 ),
+                idempotency_key=key,
             )
         except StripeObjectNotFound:
             raise
@@ -303,11 +306,15 @@ class StripeGateway:
         """Expire an open Checkout Session so it can no longer be paid. Harmless to repeat:
         when Stripe refuses because the session is not open any more (expired, or complete =
         paid), the session is returned as it is — check its `status`. Returned like
-        `retrieve_checkout_session` (expanded)."""
+        `retrieve_checkout_session` (expanded). Idempotency key `expire:<session_id>`."""
+        key = f"expire:{session_id}"
         try:
             await self._call(
                 "checkout.sessions.expire",
-                lambda: self._v1.checkout.sessions.expire_async(session_id),
+                lambda: self._v1.checkout.sessions.expire_async(
+                    session_id, None, {"idempotency_key": key}
+                ),
+                idempotency_key=key,
             )
         except StripeObjectNotFound:
             raise

@@ -144,6 +144,8 @@ async def test_canceling_a_payment_intent_is_harmless_to_repeat(
 
     assert canceled["status"] == again["status"] == "canceled"
     assert len(await stripe_peer.events("payment_intent.canceled")) == 1
+    cancels = await stripe_peer.requests(f"/v1/payment_intents/{pi['id']}/cancel", method="POST")
+    assert {r["idempotency_key"] for r in cancels} == {f"cancel:{pi['id']}"}
 
 
 async def test_canceling_a_paid_payment_intent_returns_it_paid(
@@ -275,6 +277,10 @@ async def test_expiring_a_checkout_session_is_harmless_to_repeat(
 
     assert expired["status"] == again["status"] == "expired"
     assert len(await stripe_peer.events("checkout.session.expired")) == 1
+    expires = await stripe_peer.requests(
+        f"/v1/checkout/sessions/{session['id']}/expire", method="POST"
+    )
+    assert {r["idempotency_key"] for r in expires} == {f"expire:{session['id']}"}
 
 
 async def test_expiring_a_paid_checkout_session_returns_it_complete(
