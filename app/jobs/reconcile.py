@@ -23,6 +23,7 @@ from app.config import Settings
 from app.db import session_scope
 from app.errors import PaymentProviderUnavailable
 from app.models.base import utcnow
+from app.orders import repository as orders_repository
 from app.orders.state import PENDING_STATUSES
 from app.purchase import repository
 from app.purchase.fulfillment import next_check_delay, refresh_order
@@ -118,7 +119,7 @@ async def _check(
         log.warning("reconcile_stripe_failed", order_id=order_id)
         outcome = "error"
     async with session_scope(maker) as session:
-        locked = await repository.lock_order(session, order_id)
+        locked = await orders_repository.find_order(session, order_id=order_id, for_update=True)
         assert locked is not None
         now = utcnow()
         if outcome == "no Stripe object yet" and locked.status == "pending":

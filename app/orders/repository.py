@@ -11,14 +11,39 @@ from app.db import is_postgres
 from app.models.orders import Order
 
 
+async def find_order(
+    session: AsyncSession,
+    *,
+    order_id: str | None = None,
+    payment_intent_id: str | None = None,
+    checkout_session_id: str | None = None,
+    charge_id: str | None = None,
+    for_update: bool = False,
+) -> Order | None:
+    """The order with this id, PaymentIntent, Checkout Session or charge (the first one given),
+    re-read from the database (not the identity map); `for_update` locks the row on PostgreSQL
+    (SQLite serializes writers)."""
+    if order_id:
+        stmt = select(Order).where(Order.id == order_id)
+    elif payment_intent_id:
+        stmt = select(Order).where(Order.stripe_payment_intent_id == payment_intent_id)
+    elif checkout_session_id:
+        stmt = select(Order).where(Order.stripe_checkout_session_id == checkout_session_id)
+    elif charge_id:
+        stmt = select(Order).where(Order.stripe_charge_id == charge_id)
+    else:
+        return None
+    stmt = stmt.execution_options(populate_existing=True)
+    if for_update and is_postgres(session):
+        stmt = stmt.with_for_update()
+    return (await session.execute(stmt)).scalars().first()
+
+
 async def get_order(
     session: AsyncSession, order_id: str, *, for_update: bool = False
 ) -> Order | None:
-    """An order by id; `for_update` locks the row on PostgreSQL (SQLite serializes writers)."""
-    stmt = select(Order).where(Order.id == order_id)
-    if for_update and is_postgres(session):
-        stmt = stmt.with_for_update()
-    return (await session.execute(stmt)).scalar_one_or_none()
+    """An order by id."""
+    return await find_order(session, order_id=order_id, for_update=for_update)
 
 
 async def get_user_order(
@@ -64,22 +89,3 @@ async def list_orders(
         stmt = stmt.where(Order.id < before_id)
     stmt = _filtered(stmt, statuses=statuses, created_from=created_from, created_to=created_to)
     return list((await session.scalars(stmt)).all())
-
-
-async def find_order_by_stripe_ids(
-    session: AsyncSession,
-    *,
-    payment_intent_id: str | None = None,
-    charge_id: str | None = None,
-    for_update: bool = False,
-) -> Order | None:
-    """The order paid by this PaymentIntent or charge."""
-    if payment_intent_id:
-        stmt = select(Order).where(Order.stripe_payment_intent_id == payment_intent_id)
-    elif charge_id:
-        stmt = select(Order).where(Order.stripe_charge_id == charge_id)
-    else:
-        return None
-    if for_update and is_postgres(session):
-        stmt = stmt.with_for_update()
-    return (await session.execute(stmt)).scalars().first()

@@ -31,8 +31,8 @@ from app.ledger.service import Leg, post
 from app.models.base import utcnow
 from app.models.orders import Order
 from app.money import micros_to_cents
+from app.orders import repository as orders_repository
 from app.orders.state import CLOSED_UNPAID_STATUSES, PAID_STATUSES, can_transition
-from app.purchase import repository
 from app.stripe_gateway import (
     StripeGateway,
     StripeJSON,
@@ -361,21 +361,21 @@ async def refresh_order(
     Stripe is called outside any transaction; the answer is applied under the order's lock.
     Raises StripeOutcomeUnknown when Stripe does not answer."""
     async with session_scope(maker) as session:
-        order = await repository.find_order(session, order_id=order_id)
+        order = await orders_repository.find_order(session, order_id=order_id)
     if order is None:
         return None, "no order"
     try:
         payment = await read_payment(stripe, order)
     except StripeObjectNotFound:
         async with session_scope(maker) as session:
-            locked = await repository.lock_order(session, order_id)
+            locked = await orders_repository.find_order(session, order_id=order_id, for_update=True)
             assert locked is not None
             if not locked.flagged_reason:
                 locked.flagged_reason = "the Stripe object does not exist"
                 log.error("order_flagged", order_id=order_id, reason=locked.flagged_reason)
         return locked, "flagged: the Stripe object does not exist"
     async with session_scope(maker) as session:
-        locked = await repository.lock_order(session, order_id)
+        locked = await orders_repository.find_order(session, order_id=order_id, for_update=True)
         assert locked is not None
         if payment is None:
             return locked, "no Stripe object yet"
@@ -388,16 +388,20 @@ async def _order_for_event(session: AsyncSession, obj: StripeJSON) -> Order | No
     Stripe carries for us (a Checkout payment's PaymentIntent before the session completed)."""
     obj_id = _str(obj.get("id"))
     if obj.get("object") == "checkout.session":
-        order = await repository.find_order(session, checkout_session_id=obj_id, for_update=True)
+        order = await orders_repository.find_order(
+            session, checkout_session_id=obj_id, for_update=True
+        )
         hint = _str(obj.get("client_reference_id")) or _metadata_order_id(obj)
         stored = "stripe_checkout_session_id"
     else:
-        order = await repository.find_order(session, payment_intent_id=obj_id, for_update=True)
+        order = await orders_repository.find_order(
+            session, payment_intent_id=obj_id, for_update=True
+        )
         hint = _metadata_order_id(obj)
         stored = "stripe_payment_intent_id"
     if order is not None or hint is None:
         return order
-    order = await repository.find_order(session, order_id=hint, for_update=True)
+    order = await orders_repository.find_order(session, order_id=hint, for_update=True)
     if order is not None and getattr(order, stored) not in (None, obj_id):
         return None
     return order

@@ -44,37 +44,6 @@ async def list_pending_orders(session: AsyncSession, user_id: str, *, limit: int
     return list((await session.scalars(stmt)).all())
 
 
-async def lock_order(session: AsyncSession, order_id: str) -> Order | None:
-    """An order, locked on PostgreSQL, re-read from the database (not the identity map)."""
-    stmt = select(Order).where(Order.id == order_id).execution_options(populate_existing=True)
-    if is_postgres(session):
-        stmt = stmt.with_for_update()
-    return (await session.execute(stmt)).scalar_one_or_none()
-
-
-async def find_order(
-    session: AsyncSession,
-    *,
-    order_id: str | None = None,
-    payment_intent_id: str | None = None,
-    checkout_session_id: str | None = None,
-    for_update: bool = False,
-) -> Order | None:
-    """The order with this id, PaymentIntent or Checkout Session (the first one given)."""
-    if order_id:
-        stmt = select(Order).where(Order.id == order_id)
-    elif payment_intent_id:
-        stmt = select(Order).where(Order.stripe_payment_intent_id == payment_intent_id)
-    elif checkout_session_id:
-        stmt = select(Order).where(Order.stripe_checkout_session_id == checkout_session_id)
-    else:
-        return None
-    stmt = stmt.execution_options(populate_existing=True)
-    if for_update and is_postgres(session):
-        stmt = stmt.with_for_update()
-    return (await session.execute(stmt)).scalar_one_or_none()
-
-
 async def get_stripe_customer_id(session: AsyncSession, user_id: str) -> str | None:
     """The user's Stripe Customer id, if one was created."""
     stmt = select(StripeCustomer.customer_id).where(StripeCustomer.user_id == user_id)

@@ -41,6 +41,7 @@ from app.ledger.service import hash_request
 from app.models.base import utcnow
 from app.models.orders import Order
 from app.money import format_amount, micros_to_cents, parse_amount, usd_to_micros
+from app.orders import repository as orders_repository
 from app.orders.presenter import present_order, present_orders
 from app.orders.schemas import OrderOut
 from app.orders.state import CLOSED_UNPAID_STATUSES, PAID_STATUSES, is_pending
@@ -195,7 +196,7 @@ async def _load_user_order(
     maker: async_sessionmaker[AsyncSession], user_id: str | None, order_id: str
 ) -> Order:
     async with session_scope(maker) as session:
-        order = await repository.find_order(session, order_id=order_id)
+        order = await orders_repository.find_order(session, order_id=order_id)
     if order is None or (user_id is not None and order.user_id != user_id):
         raise NotFound(f"No order {order_id}.")
     return order
@@ -237,7 +238,7 @@ async def _payable(
         else payment_from_payment_intent(obj)
     )
     async with session_scope(maker) as session:
-        locked = await repository.lock_order(session, order_id)
+        locked = await orders_repository.find_order(session, order_id=order_id, for_update=True)
         assert locked is not None
         _store_object(locked, obj)
         outcome = await apply_payment(session, settings, locked, payment, source=source)
@@ -313,7 +314,7 @@ async def _create_object(
         raise
     except StripeRequestFailed as exc:
         async with session_scope(maker) as session:
-            locked = await repository.lock_order(session, order.id)
+            locked = await orders_repository.find_order(session, order_id=order.id, for_update=True)
             assert locked is not None
             if locked.status == "pending" and not _has_object(locked):
                 locked.status = "failed"
@@ -344,7 +345,7 @@ async def _customer_for(
                 session, order.user_id, str(customer["id"]), order.email
             )
     async with session_scope(maker) as session:
-        locked = await repository.lock_order(session, order.id)
+        locked = await orders_repository.find_order(session, order_id=order.id, for_update=True)
         assert locked is not None
         if locked.stripe_customer_id is None:
             locked.stripe_customer_id = customer_id
@@ -416,7 +417,7 @@ async def cancel_order(
     elif order.mode == "elements" and order.stripe_payment_intent_id:
         obj = await stripe.cancel_payment_intent(order.stripe_payment_intent_id)
     async with session_scope(maker) as session:
-        locked = await repository.lock_order(session, order_id)
+        locked = await orders_repository.find_order(session, order_id=order_id, for_update=True)
         assert locked is not None
         if obj is None:
             # No Stripe object: nobody can pay it (a lost creation is never handed out).
@@ -479,7 +480,7 @@ async def sync_order(
             maker, stripe, settings, order_id, source="admin_sync" if admin else "sync"
         )
     async with session_scope(maker) as session:
-        locked = await repository.find_order(session, order_id=order_id)
+        locked = await orders_repository.find_order(session, order_id=order_id)
         assert locked is not None
         if admin is not None:
             await record_admin_action(
@@ -514,11 +515,11 @@ async def payment_result(
         )
     async with session_scope(maker) as session:
         found = [
-            await repository.find_order(session, order_id=order_id) if order_id else None,
-            await repository.find_order(session, checkout_session_id=session_id)
+            await orders_repository.find_order(session, order_id=order_id) if order_id else None,
+            await orders_repository.find_order(session, checkout_session_id=session_id)
             if session_id
             else None,
-            await repository.find_order(session, payment_intent_id=payment_intent)
+            await orders_repository.find_order(session, payment_intent_id=payment_intent)
             if payment_intent
             else None,
         ]
@@ -537,7 +538,7 @@ async def payment_result(
             # The page shows what we know; the webhook or the reconciler will catch up.
             log.warning("result_page_stripe_unavailable", order_id=order.id)
     async with session_scope(maker) as session:
-        fresh = await repository.find_order(session, order_id=order.id)
+        fresh = await orders_repository.find_order(session, order_id=order.id)
         assert fresh is not None
         return PaymentResultOut(
             order=await present_order(session, fresh, settings),
@@ -555,6 +556,6 @@ async def _present(
     maker: async_sessionmaker[AsyncSession], settings: Settings, order_id: str
 ) -> OrderOut:
     async with session_scope(maker) as session:
-        order = await repository.find_order(session, order_id=order_id)
+        order = await orders_repository.find_order(session, order_id=order_id)
         assert order is not None
         return await present_order(session, order, settings)

@@ -61,13 +61,11 @@ async def _order_for(session: AsyncSession, obj: dict[str, Any]) -> Order | None
     charge = obj.get("charge")
     if isinstance(charge, dict):
         charge = charge.get("id")
-    order = await orders_repository.find_order_by_stripe_ids(
+    order = await orders_repository.find_order(
         session, payment_intent_id=payment_intent, for_update=True
     )
     if order is None and charge:
-        order = await orders_repository.find_order_by_stripe_ids(
-            session, charge_id=charge, for_update=True
-        )
+        order = await orders_repository.find_order(session, charge_id=charge, for_update=True)
     return order
 
 

@@ -23,9 +23,9 @@ async def on_charge_refunded(ctx: WebhookContext, event: dict[str, Any]) -> str:
     refunds = (charge.get("refunds") or {}).get("data") or []
     for refund in refunds:
         outcomes.append(await record_refund(ctx.session, {"charge": charge.get("id"), **refund}))
-    order = await orders_repository.find_order_by_stripe_ids(
+    order = await orders_repository.find_order(
         ctx.session, charge_id=charge.get("id"), for_update=True
-    ) or await orders_repository.find_order_by_stripe_ids(
+    ) or await orders_repository.find_order(
         ctx.session, payment_intent_id=charge.get("payment_intent"), for_update=True
     )
     if order is not None and charge.get("receipt_url"):
