@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 FROM python:3.11-slim AS build
-COPY --from=ghcr.io/astral-sh/uv:0.13 /uv /usr/local/bin/uv
+RUN pip install --no-cache-dir "uv==0.13.9"
 ENV UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy UV_PROJECT_ENVIRONMENT=/opt/venv
 WORKDIR /src
 COPY pyproject.toml uv.lock README.md ./

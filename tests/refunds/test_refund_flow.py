@@ -363,3 +363,37 @@ async def test_a_dispute_lost_then_won_leaves_wallet_and_ledger_right(
     assert (await _order(client, alice, won_order.id))["status"] == "paid"
     assert await _count(session_maker, "dispute") == 2
     assert await _count(session_maker, "dispute_reversal") == 1
+
+
+@pytest.mark.parametrize("settings_overrides", [{"stripe_timeout_seconds": 0.5}])
+async def test_the_reconciler_job_completes_a_refund_whose_outcome_was_unknown(
+    app: Any,
+    client: httpx.AsyncClient,
+    stripe_peer: StripePeer,
+    session_maker: Any,
+    user_headers: Headers,
+    admin_headers: dict[str, str],
+) -> None:
+    from app.jobs.reconcile import run_reconciler
+
+    order = await paid_order_at_stripe(app, stripe_peer, session_maker, amount_cents=2000)
+    alice = user_headers("alice")
+    request = await _request_refund(client, alice, order.id)
+    # Stripe is down for the approval and its retries: nothing is made there.
+    await stripe_peer.inject_fault("POST", "/v1/refunds", status=500, times=3)
+    approved = await client.post(
+        f"/v1/admin/refund-requests/{request['id']}/approve", headers=admin_headers
+    )
+    assert approved.json()["status"] == "processing"
+    assert await stripe_peer.objects("refund") == []
+    async with session_scope(session_maker) as session:
+        row = await session.get(RefundRequest, request["id"])
+        assert row is not None
+        row.next_attempt_at = row.created_at
+    summary = await run_reconciler(session_maker, app.state.stripe, app.state.settings)
+    assert summary.refunds_retried == 1
+    done = (await client.get("/v1/refund-requests", headers=alice)).json()["data"][0]
+    assert done["status"] == "succeeded"
+    assert [r["amount"] for r in await stripe_peer.objects("refund")] == [2000]
+    assert (await _order(client, alice, order.id))["status"] == "refunded"
+    assert await _balance(client, alice) == "0.000000"
