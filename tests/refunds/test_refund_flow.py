@@ -43,6 +43,15 @@ async def _request_refund(
     return response.json()
 
 
+async def _deliver(
+    peer: StripePeer, client: httpx.AsyncClient, since: int, *, times: int = 1
+) -> None:
+    """Deliver every event since `since` to the webhook, `times` over; each must be a 200."""
+    for _ in range(times):
+        for response in await peer.deliver_all(client, since=since):
+            assert response.status_code == 200, response.text
+
+
 async def _count(maker: Any, kind: str) -> int:
     async with session_scope(maker) as session:
         stmt = (
@@ -76,9 +85,7 @@ async def test_a_full_refund_ends_refunded_and_debits_the_wallet_once(
     assert approved.json()["stripe_refund_id"].startswith("re_")
     assert await _balance(client, alice) == "0.000000"
     # Stripe confirms it (twice, as it may): nothing moves again.
-    for _ in range(2):
-        for response in await stripe_peer.deliver_all(client, since=since):
-            assert response.status_code == 200, response.text
+    await _deliver(stripe_peer, client, since, times=2)
     detail = await _order(client, alice, order.id)
     assert detail["status"] == "refunded"
     assert detail["refunded_amount"] == "20.00"
@@ -111,8 +118,7 @@ async def test_a_partial_refund_ends_partially_refunded(
     assert await _balance(client, alice) == "37.660000"
     refund_id = approved.json()["stripe_refund_id"]
     await stripe_peer.settle_refund(refund_id)
-    for response in await stripe_peer.deliver_all(client, since=since):
-        assert response.status_code == 200
+    await _deliver(stripe_peer, client, since)
     detail = await _order(client, alice, order.id)
     assert detail["status"] == "partially_refunded"
     assert detail["refunded_amount"] == "12.34"
@@ -168,8 +174,7 @@ async def test_a_refund_that_fails_later_at_stripe_reverses_the_debit(
     request = await _request_refund(client, alice, order.id)
     since = await stripe_peer.last_event_seq()
     await client.post(f"/v1/admin/refund-requests/{request['id']}/approve", headers=admin_headers)
-    for response in await stripe_peer.deliver_all(client, since=since):
-        assert response.status_code == 200
+    await _deliver(stripe_peer, client, since)
     mine = (await client.get("/v1/refund-requests", headers=alice)).json()["data"]
     assert mine[0]["status"] == "failed"
     detail = await _order(client, alice, order.id)
@@ -291,15 +296,14 @@ async def test_a_dashboard_refund_is_debited_once_by_refund_id(
     stripe_peer: StripePeer,
     session_maker: Any,
     user_headers: Headers,
+    gateway_headers: dict[str, str],
 ) -> None:
     order = await paid_order_at_stripe(app, stripe_peer, session_maker, amount_cents=3000)
     alice = user_headers("alice")
     await spend(session_maker, "alice", 25_000_000)
     since = await stripe_peer.last_event_seq()
     await stripe_peer.dashboard_refund(payment_intent=order.stripe_payment_intent_id, amount=1000)
-    for _ in range(2):
-        for response in await stripe_peer.deliver_all(client, since=since):
-            assert response.status_code == 200
+    await _deliver(stripe_peer, client, since, times=2)
     # The money left at Stripe: the wallet pays, even below zero.
     assert await _balance(client, alice) == "-5.000000"
     detail = await _order(client, alice, order.id)
@@ -309,17 +313,9 @@ async def test_a_dashboard_refund_is_debited_once_by_refund_id(
     usage = await client.post(
         "/v1/internal/usage",
         json={"user_id": "alice", "request_id": "after-refund", "amount_micros": 1},
-        headers=await _gateway(app, session_maker),
+        headers=gateway_headers,
     )
     assert usage.status_code == 402
-
-
-async def _gateway(app: Any, session_maker: Any) -> dict[str, str]:
-    from app.auth.service_tokens import create_service_token
-
-    async with session_scope(session_maker) as session:
-        _, token = await create_service_token(session, "gw")
-    return {"Authorization": f"Bearer {token}"}
 
 
 async def test_a_dispute_lost_then_won_leaves_wallet_and_ledger_right(
@@ -337,8 +333,7 @@ async def test_a_dispute_lost_then_won_leaves_wallet_and_ledger_right(
     since = await stripe_peer.last_event_seq()
     lost = await stripe_peer.create_dispute(payment_intent=lost_order.stripe_payment_intent_id)
     won = await stripe_peer.create_dispute(payment_intent=won_order.stripe_payment_intent_id)
-    for response in await stripe_peer.deliver_all(client, since=since):
-        assert response.status_code == 200
+    await _deliver(stripe_peer, client, since)
     assert await _balance(client, alice) == "-25.000000"
     assert (await _order(client, alice, lost_order.id))["status"] == "disputed"
     refused = await client.post(
@@ -355,9 +350,7 @@ async def test_a_dispute_lost_then_won_leaves_wallet_and_ledger_right(
     since = await stripe_peer.last_event_seq()
     await stripe_peer.close_dispute(lost["id"], won=False)
     await stripe_peer.close_dispute(won["id"], won=True)
-    for _ in range(2):
-        for response in await stripe_peer.deliver_all(client, since=since):
-            assert response.status_code == 200
+    await _deliver(stripe_peer, client, since, times=2)
     assert await _balance(client, alice) == "-15.000000"
     assert (await _order(client, alice, lost_order.id))["status"] == "disputed"
     assert (await _order(client, alice, won_order.id))["status"] == "paid"
