@@ -162,8 +162,9 @@ async def get_wallet(session: AsyncSession, user_id: str) -> WalletRow | None:
 
 
 async def insert_entries(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
-    """Insert a transaction's entries in one executemany (one round trip)."""
-    await session.execute(insert(_ENTRIES), rows)
+    """Insert a transaction's entries in ONE statement (a multi-row VALUES): on PostgreSQL the
+    zero-sum trigger requires all of a transaction's entries to arrive together."""
+    await session.execute(insert(_ENTRIES).values(rows))
 
 
 # Holds. Lock order everywhere: the hold row first, then the wallet row, so reserve, capture,

@@ -155,12 +155,15 @@ class ReleaseIn(StrictModel):
     reason: Annotated[str | None, Field(max_length=200)] = None
 
 
+HoldStatus = Literal["active", "captured", "released", "expired"]
+
+
 class HoldOut(WalletState):
     """A hold and its wallet."""
 
     hold_id: str
     user_id: str
-    status: Literal["active", "captured", "released", "expired"]
+    status: HoldStatus
     amount_micros: int = Field(description="The reserved amount.")
     captured_micros: int | None = Field(description="The actual amount charged at capture.")
     expires_at: datetime
