@@ -9,7 +9,7 @@ batch) answering a replay of the original. The store then writes the plan in bul
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from app.ledger.repository import WalletRow
 from app.ledger.service import insufficient_balance
@@ -55,24 +55,26 @@ def plan_batch(
     plan = BatchPlan()
     running = dict(wallets)
     written: dict[str, ExistingDebit] = dict(existing)
+    outcomes, writes, totals = plan.outcomes, plan.writes, plan.totals
     for debit in debits:
         reference = usage_reference(debit.request_id)
         wallet = running.get(debit.user_id)
         original = written.get(reference)
         if original is not None:
-            plan.outcomes.append(
-                Debited(original.transaction_id, original.request_hash, True, wallet)
-            )
+            outcomes.append(Debited(original.transaction_id, original.request_hash, True, wallet))
             continue
-        if wallet is None or wallet.available_micros < debit.amount_micros:
+        amount = debit.amount_micros
+        if wallet is None or wallet.balance_micros - wallet.held_micros < amount:
             available = wallet.available_micros if wallet is not None else 0
-            plan.outcomes.append(insufficient_balance(available, debit.amount_micros))
+            outcomes.append(insufficient_balance(available, amount))
             continue
-        wallet = replace(wallet, balance_micros=wallet.balance_micros - debit.amount_micros)
+        wallet = WalletRow(
+            wallet.id, wallet.user_id, wallet.balance_micros - amount, wallet.held_micros
+        )
         running[debit.user_id] = wallet
         transaction_id = new_transaction_id()
         written[reference] = ExistingDebit(transaction_id, debit.request_hash)
-        plan.writes.append(PlannedDebit(debit, transaction_id, wallet.id, wallet.balance_micros))
-        plan.totals[wallet.id] = plan.totals.get(wallet.id, 0) + debit.amount_micros
-        plan.outcomes.append(Debited(transaction_id, debit.request_hash, False, wallet))
+        writes.append(PlannedDebit(debit, transaction_id, wallet.id, wallet.balance_micros))
+        totals[wallet.id] = totals.get(wallet.id, 0) + amount
+        outcomes.append(Debited(transaction_id, debit.request_hash, False, wallet))
     return plan
