@@ -9,11 +9,24 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.money import MAX_AMOUNT_DIGITS, parse_amount
+
 _PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "changethis", "dev-secret"}
 
 Environment = Literal["local", "test", "production"]
 
 LOCAL_JWT_SECRET = "local-development-only-jwt-secret-never-in-production"
+
+
+def _two_decimal_amount(value: Decimal) -> Decimal:
+    if (
+        not value.is_finite()
+        or value < 0
+        or value.as_tuple().exponent < -2  # type: ignore[operator]
+        or value.adjusted() >= MAX_AMOUNT_DIGITS
+    ):
+        raise ValueError("must be a non-negative amount with at most 2 decimals")
+    return value
 
 
 class Settings(BaseSettings):
@@ -79,12 +92,32 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
 
+    @field_validator("topup_min", "topup_max", "refund_auto_approve_max", mode="before")
+    @classmethod
+    def _amount_grammar(cls, value: object) -> object:
+        # The same grammar as a user's amount, before `Decimal` sees the text.
+        if isinstance(value, str):
+            parse_amount(value)
+        return value
+
+    @field_validator("topup_presets", mode="before")
+    @classmethod
+    def _amounts_grammar(cls, value: object) -> object:
+        if isinstance(value, list):
+            for item in value:
+                if isinstance(item, str):
+                    parse_amount(item)
+        return value
+
     @field_validator("topup_min", "topup_max", "refund_auto_approve_max")
     @classmethod
     def _two_decimals(cls, value: Decimal) -> Decimal:
-        if value < 0 or value.as_tuple().exponent < -2:  # type: ignore[operator]
-            raise ValueError("must be a non-negative amount with at most 2 decimals")
-        return value
+        return _two_decimal_amount(value)
+
+    @field_validator("topup_presets")
+    @classmethod
+    def _two_decimal_presets(cls, value: list[Decimal]) -> list[Decimal]:
+        return [_two_decimal_amount(item) for item in value]
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:

@@ -14,10 +14,13 @@ import structlog
 
 from app.config import Settings
 from app.errors import Unauthorized
+from app.schemas import CONTROL_CHARACTERS
 
 log = structlog.get_logger(__name__)
 
 ASYMMETRIC_ALGORITHMS = ["RS256", "ES256"]
+MAX_EMAIL_CHARS = 320
+"""RFC 5321: 64 for the local part, 1 for the @, 255 for the domain."""
 _JWKS_MIN_REFRESH_SECONDS = 30.0
 
 
@@ -112,14 +115,25 @@ class JwtVerifier:
         except jwt.PyJWTError as exc:
             raise Unauthorized("The token is invalid.") from exc
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not sub or len(sub) > 255:
+        if not isinstance(sub, str) or not sub or len(sub) > 255 or CONTROL_CHARACTERS.search(sub):
             raise Unauthorized("The token has no usable subject.")
-        email = claims.get("email")
         return Principal(
             user_id=sub,
-            email=email if isinstance(email, str) and email else None,
+            email=_usable_email(claims.get("email")),
             is_admin=_has_admin_role(claims.get(s.jwt_admin_claim), s.jwt_admin_value),
         )
+
+
+def _usable_email(claim: Any) -> str | None:
+    # The email only addresses Stripe receipts: one Stripe would refuse is dropped, not fatal.
+    if (
+        not isinstance(claim, str)
+        or not 3 <= len(claim) <= MAX_EMAIL_CHARS
+        or "@" not in claim
+        or CONTROL_CHARACTERS.search(claim)
+    ):
+        return None
+    return claim
 
 
 def _has_admin_role(claim: Any, admin_value: str) -> bool:
