@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 from decimal import Decimal
 from functools import lru_cache
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,6 +31,21 @@ def _two_decimal_amount(value: Decimal) -> Decimal:
     return value
 
 
+def _https_or_loopback(url: str) -> bool:
+    """An https URL, or any URL to this host (a local proxy or the development sandbox)."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return True
+    if parts.scheme != "http" or not parts.hostname:
+        return False
+    if parts.hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(parts.hostname).is_loopback
+    except ValueError:
+        return False
+
+
 class Settings(BaseSettings):
     """Every knob of the service; the README's configuration table lists them."""
 
@@ -36,7 +53,8 @@ class Settings(BaseSettings):
         env_prefix="BILLING_", env_file=".env", extra="ignore", validate_default=True
     )
 
-    environment: Environment = "local"
+    # Production unless said otherwise: a deploy that forgets this variable gets every check.
+    environment: Environment = "production"
     database_url: str = "sqlite+aiosqlite:///./billing.db"
     database_pool_size: int = Field(default=10, ge=1, le=200)
     database_echo: bool = False
@@ -48,8 +66,10 @@ class Settings(BaseSettings):
     jwt_audience: str | None = None
     jwt_leeway_seconds: int = Field(default=30, ge=0, le=300)
     jwt_admin_claim: str = "role"
-    jwt_admin_value: str = "admin"
+    jwt_admin_value: str = Field(default="admin", min_length=1)
+    jwt_jwks_ttl_seconds: float = Field(default=300.0, ge=30, le=86_400)
     service_token_cache_seconds: float = Field(default=5.0, ge=0, le=300)
+    service_token_cache_size: int = Field(default=10_000, ge=1, le=1_000_000)
 
     # Stripe.
     stripe_secret_key: SecretStr | None = None
@@ -81,7 +101,9 @@ class Settings(BaseSettings):
     max_amount_micros: int = Field(default=1_000_000_000_000, ge=1)
 
     # HTTP.
-    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
+    forwarded_allow_ips: str = "127.0.0.1"
+    metrics_token: SecretStr | None = None
 
     # Periodic jobs.
     jobs_enabled: bool = True
@@ -131,12 +153,33 @@ class Settings(BaseSettings):
             return self
         if self.jwt_jwks_url is None:
             secret = self.jwt_secret.get_secret_value() if self.jwt_secret else ""
-            if secret.lower() in _PLACEHOLDER_SECRETS or len(secret) < 32:
+            if (
+                secret.lower() in _PLACEHOLDER_SECRETS
+                or secret == LOCAL_JWT_SECRET
+                or len(secret) < 32
+            ):
                 raise ValueError(
                     "BILLING_JWT_SECRET must be a real secret of at least 32 characters "
-                    "(or set BILLING_JWT_JWKS_URL) outside the local environment"
+                    "(or set BILLING_JWT_JWKS_URL) outside the local environment "
+                    "(BILLING_ENVIRONMENT=local for development)"
                 )
+        if self.environment == "production":
+            self._refuse_unsafe_production()
         return self
+
+    def _refuse_unsafe_production(self) -> None:
+        if "*" in self.cors_origins:
+            raise ValueError("BILLING_CORS_ORIGINS must list the portal's origins, not '*'")
+        if self.stripe_configured:
+            webhook = self.stripe_webhook_secret
+            if webhook is None or not webhook.get_secret_value().strip():
+                raise ValueError(
+                    "BILLING_STRIPE_WEBHOOK_SECRET is required when Stripe is configured"
+                )
+        if self.stripe_api_base is not None and not _https_or_loopback(self.stripe_api_base):
+            raise ValueError("BILLING_STRIPE_API_BASE must be https (or a loopback address)")
+        if self.jwt_jwks_url is not None and not _https_or_loopback(self.jwt_jwks_url):
+            raise ValueError("BILLING_JWT_JWKS_URL must be https (or a loopback address)")
 
     @property
     def is_sqlite(self) -> bool:
