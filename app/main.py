@@ -93,7 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.session_maker = maker
         app.state.jwt_verifier = JwtVerifier(settings)
         app.state.service_token_verifier = ServiceTokenVerifier(
-            maker, settings.service_token_cache_seconds
+            maker, settings.service_token_cache_seconds, settings.service_token_cache_size
         )
         app.state.stripe = StripeGateway(settings)
         runner = JobRunner(_jobs(app, settings) if settings.jobs_enabled else [])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -13,7 +14,7 @@ import jwt
 import structlog
 
 from app.config import Settings
-from app.errors import Unauthorized
+from app.errors import ServiceUnavailable, Unauthorized
 from app.schemas import CONTROL_CHARACTERS
 
 log = structlog.get_logger(__name__)
@@ -34,14 +35,20 @@ class Principal:
 
 
 class JwksCache:
-    """Keys from `BILLING_JWT_JWKS_URL`, fetched once and refreshed when a token names a `kid`
-    we do not have (at most every 30 s, so unknown kids cannot hammer the identity provider)."""
+    """Keys from `BILLING_JWT_JWKS_URL`, refreshed every `ttl` seconds (so a key the identity
+    provider removed stops being trusted) and when a token names a `kid` we do not have. Fetches
+    happen at most every 30 s, so unknown kids cannot hammer the identity provider. When the
+    provider cannot be reached, keys we have keep working; a token we cannot check is a 503."""
 
-    def __init__(self, url: str, http: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self, url: str, http: httpx.AsyncClient | None = None, *, ttl: float = 300.0
+    ) -> None:
         self.url = url
+        self.ttl = ttl
         self._http = http
         self._keys: dict[str, jwt.PyJWK] = {}
-        self._fetched_at = 0.0
+        self._fetched_at = -math.inf
+        self._failed_at = -math.inf
         self._lock = asyncio.Lock()
 
     async def _fetch(self) -> None:
@@ -49,30 +56,44 @@ class JwksCache:
         try:
             response = await client.get(self.url)
             response.raise_for_status()
-            jwk_set = jwt.PyJWKSet.from_dict(response.json())
+            document = response.json()
         finally:
             if self._http is None:
                 await client.aclose()
-        self._keys = {key.key_id: key for key in jwk_set.keys if key.key_id}
+        if isinstance(document, dict) and document.get("keys") == []:
+            self._keys = {}  # every key withdrawn: nothing verifies until new ones appear
+        else:
+            jwk_set = jwt.PyJWKSet.from_dict(document)
+            self._keys = {key.key_id: key for key in jwk_set.keys if key.key_id}
         self._fetched_at = time.monotonic()
+
+    def _fresh(self, now: float) -> bool:
+        return now - self._fetched_at < self.ttl
 
     async def get(self, kid: str) -> jwt.PyJWK:
         key = self._keys.get(kid)
-        if key is not None:
+        if key is not None and self._fresh(time.monotonic()):
             return key
         async with self._lock:
-            if kid not in self._keys and (
-                time.monotonic() - self._fetched_at >= _JWKS_MIN_REFRESH_SECONDS or not self._keys
+            now = time.monotonic()
+            last_attempt = max(self._fetched_at, self._failed_at)
+            if (not self._fresh(now) or kid not in self._keys) and (
+                now - last_attempt >= _JWKS_MIN_REFRESH_SECONDS
             ):
                 try:
                     await self._fetch()
                 except (httpx.HTTPError, jwt.PyJWTError, ValueError) as exc:
-                    log.warning("jwks_fetch_failed", error=str(exc))
-                    raise Unauthorized("The token's signing keys cannot be fetched.") from exc
+                    log.warning("jwks_fetch_failed", url=self.url, error=str(exc))
+                    self._failed_at = now
         key = self._keys.get(kid)
-        if key is None:
-            raise Unauthorized("The token is signed with an unknown key.")
-        return key
+        if key is not None:
+            return key
+        if self._failed_at > self._fetched_at:
+            raise ServiceUnavailable(
+                "The identity provider's signing keys cannot be fetched; retry shortly.",
+                headers={"Retry-After": str(int(_JWKS_MIN_REFRESH_SECONDS))},
+            )
+        raise Unauthorized("The token is signed with an unknown key.")
 
 
 class JwtVerifier:
@@ -80,7 +101,11 @@ class JwtVerifier:
 
     def __init__(self, settings: Settings, http: httpx.AsyncClient | None = None) -> None:
         self.settings = settings
-        self.jwks = JwksCache(settings.jwt_jwks_url, http) if settings.jwt_jwks_url else None
+        self.jwks = (
+            JwksCache(settings.jwt_jwks_url, http, ttl=settings.jwt_jwks_ttl_seconds)
+            if settings.jwt_jwks_url
+            else None
+        )
 
     async def verify(self, token: str) -> Principal:
         s = self.settings
@@ -137,12 +162,12 @@ def _usable_email(claim: Any) -> str | None:
 
 
 def _has_admin_role(claim: Any, admin_value: str) -> bool:
+    """The claim equals the configured value, or is a list of roles with an element equal to
+    it. Nothing else is admin: not `true`, not `1`, not a string that merely contains it."""
     if isinstance(claim, str):
-        return claim == admin_value or admin_value in claim.split()
+        return claim == admin_value
     if isinstance(claim, list):
-        return admin_value in claim
-    if isinstance(claim, bool):
-        return claim
+        return any(isinstance(role, str) and role == admin_value for role in claim)
     return False
 
 
