@@ -21,15 +21,27 @@ Headers = Callable[..., dict[str, str]]
 HUGE_EXPONENTS = ["9e999990", "1e999999", "1e299999"]
 
 
-def _no_decimal(*args: object) -> None:
-    raise AssertionError("a hostile amount reached Decimal")
+class DecimalReached(RuntimeError):
+    """Not a ValueError or AssertionError, which pydantic would turn into a 422 itself."""
+
+
+@pytest.fixture
+def decimal_calls(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """`Decimal(...)` in app.money records its argument and fails the request."""
+    calls: list[object] = []
+
+    def spy(*args: object) -> None:
+        calls.append(args)
+        raise DecimalReached(args)
+
+    monkeypatch.setattr(money, "Decimal", spy)
+    return calls
 
 
 @pytest.mark.parametrize("amount", [*HUGE_EXPONENTS, "NaN", "+1", " 1", "\uff11\uff10"])
 async def test_huge_exponent_amount_is_refused_instantly(
-    client: httpx.AsyncClient, user_headers: Headers, monkeypatch: pytest.MonkeyPatch, amount: str
+    client: httpx.AsyncClient, user_headers: Headers, decimal_calls: list[object], amount: str
 ) -> None:
-    monkeypatch.setattr(money, "Decimal", _no_decimal)
     response = await client.post(
         "/v1/purchase", json={"amount": amount, "mode": "checkout"}, headers=user_headers("alice")
     )
@@ -37,6 +49,7 @@ async def test_huge_exponent_amount_is_refused_instantly(
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["code"] == "validation_error"
     assert [e["field"] for e in response.json()["errors"]] == ["amount"]
+    assert decimal_calls == []
 
 
 @pytest.mark.parametrize("amount", [*HUGE_EXPONENTS, "NaN", "-0", "0x1"])
@@ -44,11 +57,10 @@ async def test_huge_exponent_refund_amount_is_refused_before_any_decimal(
     client: httpx.AsyncClient,
     session_maker: Any,
     user_headers: Headers,
-    monkeypatch: pytest.MonkeyPatch,
+    decimal_calls: list[object],
     amount: str,
 ) -> None:
     order = await paid_order(session_maker, user_id="alice")
-    monkeypatch.setattr(money, "Decimal", _no_decimal)
     response = await client.post(
         f"/v1/orders/{order.id}/refund-requests",
         json={"amount": amount, "reason": "hostile"},
@@ -56,6 +68,7 @@ async def test_huge_exponent_refund_amount_is_refused_before_any_decimal(
     )
     assert response.status_code == 422, response.text
     assert response.json()["code"] == "validation_error"
+    assert decimal_calls == []
 
 
 # -- defect 2: control characters never reach the database or Stripe --------------------------
