@@ -136,7 +136,7 @@ def create_app(settings: Settings | None = None) -> BillingApp:
         app.state.session_maker = maker
         app.state.jwt_verifier = JwtVerifier(settings)
         app.state.service_token_verifier = ServiceTokenVerifier(
-            maker, settings.service_token_cache_seconds
+            maker, settings.service_token_cache_seconds, settings.service_token_cache_size
         )
         app.state.stripe = StripeGateway(settings)
         store = await _usage_store(settings, maker)

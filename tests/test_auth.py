@@ -12,7 +12,11 @@ import pytest
 from fastapi import APIRouter
 
 from app.auth import AdminUser, CurrentUser
-from app.auth.service_tokens import revoke_service_token
+from app.auth.service_tokens import (
+    ServiceTokenVerifier,
+    list_service_tokens,
+    revoke_service_token,
+)
 from app.db import session_scope
 from tests.conftest import JWT_SECRET
 
@@ -140,9 +144,34 @@ async def test_a_revoked_service_token_gets_401(
     assert ok.status_code == 200
     assert ok.json()["user_id"] == "someone"
     async with session_scope(session_maker) as session:
-        from app.auth.service_tokens import list_service_tokens
-
         (row,) = await list_service_tokens(session)
         assert row.token_hash != gateway_token  # only the hash is stored
         assert await revoke_service_token(session, row.id)
     _assert_problem(await _get(client, GATEWAY, gateway_token), 401, "unauthorized")
+
+
+@pytest.mark.parametrize(
+    "claim", [True, 1, "admin user", "administrator", ["admins"], {"admin": 1}]
+)
+async def test_a_boolean_true_admin_claim_is_not_admin(
+    client: httpx.AsyncClient, claim: object
+) -> None:
+    token = _encode(_claims(role=claim))
+    _assert_problem(await _get(client, "/probe/admin", token), 403, "forbidden")
+
+
+async def test_the_service_token_cache_evicts_the_least_recently_used_entry(
+    session_maker: Any, gateway_token: str
+) -> None:
+    verifier = ServiceTokenVerifier(session_maker, cache_seconds=60, cache_size=3)
+    assert await verifier.verify(gateway_token) is not None
+    # A flood of made-up tokens while the gateway keeps calling.
+    for n in range(50):
+        assert await verifier.verify(f"svc_made_up_{n}") is None
+        assert await verifier.verify(gateway_token) is not None
+    assert len(verifier._cache) == 3
+    async with session_scope(session_maker) as session:
+        (row,) = await list_service_tokens(session)
+        assert await revoke_service_token(session, row.id)
+    # Still cached (so it was never evicted): the revocation shows once the entry expires.
+    assert await verifier.verify(gateway_token) is not None

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel
 
 from app.admin.audit import record_admin_action
 from app.auth import AdminUser
 from app.db import SessionDep
+from app.schemas import CleanStr
 from app.webhooks import service
 
 router = APIRouter(prefix="/admin/webhook-events", tags=["admin"])
@@ -32,7 +34,10 @@ class WebhookEventOut(BaseModel):
     responses={404: {"description": "No such event was received."}},
 )
 async def admin_replay_webhook_event(
-    request: Request, event_id: str, admin: AdminUser, session: SessionDep
+    request: Request,
+    event_id: Annotated[CleanStr, Path(min_length=1, max_length=255)],
+    admin: AdminUser,
+    session: SessionDep,
 ) -> WebhookEventOut:
     """Apply a stored event again through the same idempotent handlers; audited."""
     row = await service.replay_event(

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Header, Query, Request, Response, status
 
 from app.auth import CurrentUser
 from app.db import SessionDep
+from app.orders.router import OrderId
 from app.orders.schemas import OrderOut
 from app.purchase import service
 from app.purchase.schemas import (
@@ -16,12 +17,12 @@ from app.purchase.schemas import (
     PurchaseIn,
     PurchaseOptionsOut,
 )
-from app.schemas import Page
+from app.schemas import CleanStr, Page
 
 router = APIRouter()
 
 IdempotencyKey = Annotated[
-    str | None,
+    CleanStr | None,
     Header(
         alias="Idempotency-Key",
         min_length=1,
@@ -95,7 +96,7 @@ async def list_pending_orders(
     response_model=PaymentOut,
     responses={**_NOT_PAYABLE, **_STRIPE_DOWN},
 )
-async def resume_order(request: Request, order_id: str, user: CurrentUser) -> PaymentOut:
+async def resume_order(request: Request, order_id: OrderId, user: CurrentUser) -> PaymentOut:
     """The current `client_secret` or `checkout_url` while Stripe still accepts payment."""
     return await service.resume_order(
         request.app.state.session_maker,
@@ -115,7 +116,7 @@ async def resume_order(request: Request, order_id: str, user: CurrentUser) -> Pa
         **_STRIPE_DOWN,
     },
 )
-async def cancel_order(request: Request, order_id: str, user: CurrentUser) -> OrderOut:
+async def cancel_order(request: Request, order_id: OrderId, user: CurrentUser) -> OrderOut:
     """Cancel the PaymentIntent or expire the Checkout Session; repeating it is harmless."""
     return await service.cancel_order(
         request.app.state.session_maker,
@@ -129,7 +130,7 @@ async def cancel_order(request: Request, order_id: str, user: CurrentUser) -> Or
 @router.post(
     "/orders/{order_id}/sync", tags=["orders"], summary="Sync an order", responses=_STRIPE_DOWN
 )
-async def sync_order(request: Request, order_id: str, user: CurrentUser) -> OrderOut:
+async def sync_order(request: Request, order_id: OrderId, user: CurrentUser) -> OrderOut:
     """Ask Stripe about a stuck order and apply what it says (a late webhook's work)."""
     return await service.sync_order(
         request.app.state.session_maker,
@@ -144,12 +145,13 @@ async def sync_order(request: Request, order_id: str, user: CurrentUser) -> Orde
 async def get_payment_result(
     request: Request,
     user: CurrentUser,
-    order_id: Annotated[str | None, Query(max_length=64)] = None,
+    order_id: Annotated[CleanStr | None, Query(max_length=64)] = None,
     session_id: Annotated[
-        str | None, Query(max_length=255, description="Checkout's `{CHECKOUT_SESSION_ID}`.")
+        CleanStr | None,
+        Query(max_length=255, description="Checkout's `{CHECKOUT_SESSION_ID}`."),
     ] = None,
     payment_intent: Annotated[
-        str | None, Query(max_length=255, description="Stripe.js's `payment_intent`.")
+        CleanStr | None, Query(max_length=255, description="Stripe.js's `payment_intent`.")
     ] = None,
 ) -> PaymentResultOut:
     """The order behind a Stripe redirect and the balance; a pending order is checked at

@@ -39,6 +39,7 @@ from app.errors import (
 from app.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from app.middleware import clean_request_id
 from app.request_context import reset_request_id, set_request_id
+from app.schemas import CleanStr
 from app.usage import service
 from app.usage.schemas import (
     AccountBalanceOut,
@@ -57,8 +58,8 @@ log = structlog.get_logger("app.access")
 
 PREFIX = "/v1/internal/"
 
-HoldId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^\S+$")]
-UserIdPath = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^\S+$")]
+HoldId = Annotated[CleanStr, StringConstraints(min_length=1, max_length=200, pattern=r"^\S+$")]
+UserIdPath = Annotated[CleanStr, StringConstraints(min_length=1, max_length=255, pattern=r"^\S+$")]
 
 
 class Problem(BaseModel):
