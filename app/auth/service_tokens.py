@@ -95,9 +95,7 @@ class ServiceTokenVerifier:
             self._cache.move_to_end(digest)
             return cached[1]
         async with self._maker() as session:
-            row = (
-                await session.execute(_BY_HASH, {"digest": digest})
-            ).first()
+            row = (await session.execute(_BY_HASH, {"digest": digest})).first()
         caller = (
             None if row is None or row.revoked_at is not None else ServiceCaller(row.id, row.name)
         )
