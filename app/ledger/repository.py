@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import (
     JSON,
@@ -28,9 +28,8 @@ from app.models.base import UTCDateTime, utcnow
 from app.models.ledger import Account, Hold, LedgerEntry, LedgerTransaction
 
 
-@dataclass(frozen=True, slots=True)
-class WalletRow:
-    """A wallet's state as a statement returned it."""
+class WalletRow(NamedTuple):
+    """A wallet's state as a statement returned it (a tuple: the gateway builds thousands)."""
 
     id: str
     user_id: str

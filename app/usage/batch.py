@@ -10,22 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from app.ledger.repository import WalletRow
 from app.ledger.service import insufficient_balance
 from app.usage.store import BatchOutcome, Debited, UsageDebit, usage_reference
 
 
-@dataclass(frozen=True, slots=True)
-class ExistingDebit:
+class ExistingDebit(NamedTuple):
     """A usage transaction found under a batch's reference."""
 
     transaction_id: str
     request_hash: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class PlannedDebit:
+class PlannedDebit(NamedTuple):
     """A debit to write: its new transaction and the wallet's balance right after it."""
 
     debit: UsageDebit

@@ -9,8 +9,7 @@ rules; a store only moves rows, raising the same errors for the same outcomes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -30,8 +29,7 @@ def usage_reference(request_id: str) -> str:
     return f"usage:{request_id}"
 
 
-@dataclass(frozen=True, slots=True)
-class UsageDebit:
+class UsageDebit(NamedTuple):
     """One usage debit to apply once per `request_id`."""
 
     user_id: str
@@ -41,8 +39,7 @@ class UsageDebit:
     details: dict[str, Any] | None
 
 
-@dataclass(frozen=True, slots=True)
-class Debited:
+class Debited(NamedTuple):
     """A debit applied now, or found applied before (`replayed`, with the original's hash so
     the service can tell a replay from a reused id). `wallet` is the wallet right after the
     debit (for a replay, as it stands now; None when the user has no wallet)."""
