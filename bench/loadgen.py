@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 
 import uvloop
 
+GRACE = 2.0
+
 
 class Connection:
     """A minimal HTTP/1.1 keep-alive client: as little client CPU per request as possible, since
@@ -83,6 +85,7 @@ class Tally:
     socket_errors: Counter[str] = field(default_factory=Counter)
     started: float = 0.0
     finished: float = 0.0
+    unsent: int = 0
 
     async def send(self, conn: Connection, head: bytes, body: bytes, since: float) -> None:
         try:
@@ -114,31 +117,35 @@ class Tally:
             "p99_us": pct(0.99),
             "max_us": int(lat[-1] * 1e6) if lat else 0,
             "statuses": {str(s): n for s, n in sorted(self.statuses.items())},
+            "unsent": self.unsent,
             **extra,
         }
 
 
 async def fixed_rate(args: argparse.Namespace) -> dict[str, object]:
     """Open loop: request i is due at start + i/rate whatever happened before; it waits for a free
-    connection if every one is busy, and its latency counts from when it was due."""
+    connection if every one is busy, and its latency counts from when it was due. Requests still
+    unanswered `GRACE` seconds after the last one was due are abandoned and reported as
+    `unsent` (a service slower than the rate would otherwise stretch the run without end)."""
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
-    connections = [Connection(args.port) for _ in range(args.connections)]
-    idle: asyncio.Queue[Connection] = asyncio.Queue()
-    for conn in connections:
-        idle.put_nowait(conn)
     rng = random.Random(1)
-
-    async def one(tally: Tally, due: float) -> None:
-        conn = await idle.get()
-        try:
-            path = args.path_template.format(user=rng.randrange(args.wallets))
-            await tally.send(conn, head("GET", path, args.port, headers), b"", due)
-        finally:
-            idle.put_nowait(conn)
 
     async def phase(seconds: float) -> Tally:
         tally = Tally()
-        tasks: set[asyncio.Task[None]] = set()
+        connections = [Connection(args.port) for _ in range(args.connections)]
+        idle: asyncio.Queue[Connection] = asyncio.Queue()
+        for conn in connections:
+            idle.put_nowait(conn)
+
+        async def one(due: float) -> None:
+            conn = await idle.get()
+            try:
+                path = args.path_template.format(user=rng.randrange(args.wallets))
+                await tally.send(conn, head("GET", path, args.port, headers), b"", due)
+            finally:
+                idle.put_nowait(conn)
+
+        tasks: list[asyncio.Task[None]] = []
         total = int(seconds * args.rate)
         tally.started = start = time.perf_counter()
         for i in range(total):
@@ -146,18 +153,20 @@ async def fixed_rate(args: argparse.Namespace) -> dict[str, object]:
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            task = asyncio.create_task(one(tally, due))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        await asyncio.gather(*tasks)
+            tasks.append(asyncio.create_task(one(due)))
+        _, late = await asyncio.wait(tasks, timeout=GRACE)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
         tally.finished = time.perf_counter()
+        tally.unsent = len(late)
+        for conn in connections:
+            await conn.close()
         return tally
 
     if args.warmup > 0:
         await phase(args.warmup)
     tally = await phase(args.seconds)
-    for conn in connections:
-        await conn.close()
     return tally.report(target_rate=args.rate)
 
 
@@ -176,11 +185,16 @@ async def replay(args: argparse.Namespace) -> dict[str, object]:
     tally = Tally()
     deadline = time.perf_counter() + args.seconds
 
+    taken = 0
+
     async def worker() -> None:
+        nonlocal taken
         conn = Connection(args.port)
-        for headers, body in pending:
-            if time.perf_counter() > deadline:
+        while time.perf_counter() < deadline:
+            headers, body = next(pending, (None, b""))
+            if headers is None:
                 break
+            taken += 1
             t0 = time.perf_counter()
             await tally.send(conn, head("POST", args.path, args.port, headers), body, t0)
         await conn.close()
@@ -188,7 +202,7 @@ async def replay(args: argparse.Namespace) -> dict[str, object]:
     tally.started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(args.connections)))
     tally.finished = time.perf_counter()
-    return tally.report(units=sum(tally.statuses.values()), offered=len(todo))
+    return tally.report(units=sum(tally.statuses.values()), offered=len(todo), taken=taken)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,6 +34,10 @@ class Load:
     """Scenario units completed (batch events, hold pairs, webhook events), when they differ
     from requests."""
     statuses: dict[str, int] = field(default_factory=dict)
+    unsent: int = 0
+    """Fixed-rate requests abandoned because the service fell too far behind."""
+    taken: int = 0
+    """Replayed requests sent (answered or not), from the start of the file."""
 
     @property
     def rate(self) -> float:
@@ -65,6 +69,8 @@ class Load:
             bad=int(raw.get("bad", 0)),
             units=int(raw.get("units", 0)),
             statuses=raw.get("statuses", {}),
+            unsent=int(raw.get("unsent", 0)),
+            taken=int(raw.get("taken", 0)),
         )
 
 
