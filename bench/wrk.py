@@ -28,6 +28,7 @@ class Load:
     non2xx: int
     p50_ms: float
     p99_ms: float
+    mean_ms: float = 0.0
     bad: int = 0
     """Answers with a 2xx status whose body was not what the scenario expects."""
     units: int = 0
@@ -66,6 +67,7 @@ class Load:
             non2xx=int(raw["non2xx"]),
             p50_ms=raw["p50_us"] / 1000,
             p99_ms=raw["p99_us"] / 1000,
+            mean_ms=raw.get("mean_us", 0) / 1000,
             bad=int(raw.get("bad", 0)),
             units=int(raw.get("units", 0)),
             statuses=raw.get("statuses", {}),

@@ -52,7 +52,9 @@ function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
     'BENCH_JSON {"requests":%d,"duration_us":%d,"connect":%d,"read":%d,"write":%d,' ..
-    '"timeout":%d,"non2xx":%d,"p50_us":%d,"p99_us":%d,"max_us":%d,"bad":%d,"units":%d}\n',
+    '"timeout":%d,"non2xx":%d,"p50_us":%d,"p99_us":%d,"max_us":%d,"mean_us":%d,"bad":%d,' ..
+    '"units":%d}\n',
     summary.requests, summary.duration, e.connect, e.read, e.write, e.timeout, e.status,
-    latency:percentile(50), latency:percentile(99), latency.max, thread_bad, thread_units))
+    latency:percentile(50), latency:percentile(99), latency.max, latency.mean, thread_bad,
+    thread_units))
 end
