@@ -7,7 +7,8 @@ What it does, on a fresh clone:
 1. creates two PostgreSQL databases (the service's, migrated with 1,000 funded wallets
    `user-0..user-999` and a service token; the yardstick's) and drops them at the end;
 2. starts the test Stripe peer, then the service as production starts it (uvicorn,
-   `--factory app.main:app_factory`, `--no-access-log`, `BILLING_ENVIRONMENT=production`, jobs off)
+   `--factory app.main:app_factory` with the Dockerfile's flags, `BILLING_ENVIRONMENT=production`,
+   jobs off)
    with 1 worker and then with one worker per core, and the yardstick (bench/yardstick.py) on the
    same uvicorn;
 3. drives them from separate load-generator processes on 127.0.0.1: wrk 4.1 (Debian's package;
@@ -46,7 +47,7 @@ from typing import Any
 import asyncpg
 import httpx
 
-from bench.server import ROOT, RssSampler, StartFailed, Uvicorn
+from bench.server import ROOT, RssSampler, StartFailed, Uvicorn, production_flags
 from bench.wrk import Load, LoadGeneratorError, ensure_wrk, run_wrk
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -320,7 +321,9 @@ class Bench:
             return Uvicorn("service", "app.main:app_factory", self.service_env(), workers).start()
 
     def ledger_verify(self) -> str:
-        command = [str(Path(sys.executable).parent / "torouter-billing"), "ledger-verify"]
+        # `torouter-billing ledger-verify`, as `python -m app.cli` so that it is this checkout's
+        # code even when the virtualenv's editable install points at another worktree.
+        command = [sys.executable, "-m", "app.cli", "ledger-verify"]
         done = subprocess.run(
             command,
             cwd=ROOT,
@@ -466,7 +469,7 @@ class Bench:
             rss,
             "events/s",
         )
-        if load.requests < 10 * connections and load.mean_ms > 0:
+        if load.requests < 3 * connections and load.mean_ms > 0:
             # Too few batches finished for completed/window to be more than a round-off:
             # Little's law, `connections` batches always in flight for their mean latency.
             row.throughput = connections * size / (load.mean_ms / 1000)
@@ -774,7 +777,8 @@ def report(args: argparse.Namespace, bench: Bench, elapsed: float) -> str:
         f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; code: `{git_head()}`",
         f"- machine: {machine()}; shared with whatever else ran, so read the ratios, not the "
         "absolute figures",
-        f"- service: uvicorn `app.main:app_factory`, `--no-access-log`, "
+        f"- service: uvicorn `--factory app.main:app_factory {' '.join(production_flags())}` "
+        "(the Dockerfile's flags), "
         f"BILLING_ENVIRONMENT={bench.environment}, jobs off, Stripe = the test peer; "
         "PostgreSQL on 127.0.0.1",
         f"- load: wrk 4.1 `-t{args.threads} -c{args.connections}` (bench/lua/), "

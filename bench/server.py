@@ -3,6 +3,7 @@ port, its output in a log file, and the peak RSS of its process tree sampled fro
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -99,14 +100,43 @@ class RssSampler:
         self._sample()
 
 
+FALLBACK_FLAGS = ["--proxy-headers", "--forwarded-allow-ips", "*", "--no-access-log"]
+
+
+def production_flags(dockerfile: Path = ROOT / "Dockerfile") -> list[str]:
+    """uvicorn's flags from the image's `CMD [...]`, without the app, host, port and workers
+    (so the bench follows production when the Dockerfile changes); a fixed list if the CMD
+    cannot be read."""
+    try:
+        text = dockerfile.read_text().replace("\\\n", " ")
+        line = next(x for x in text.splitlines() if x.startswith("CMD ["))
+        command: list[str] = json.loads(line.removeprefix("CMD "))
+    except (OSError, StopIteration, ValueError):
+        return FALLBACK_FLAGS
+    if not command or command[0] != "uvicorn":
+        return FALLBACK_FLAGS
+    flags: list[str] = []
+    words = iter(command[1:])
+    for word in words:
+        if word in ("--host", "--port", "--workers"):
+            next(words, None)
+        elif not word.startswith(("--host=", "--port=", "--workers=")) and ":" not in word:
+            flags.append(word)
+    return [flag for flag in flags if flag != "--factory"]
+
+
 class Uvicorn:
-    """`python -m uvicorn --factory <factory> --workers N --no-access-log` on 127.0.0.1."""
+    """`python -m uvicorn --factory <factory> --workers N` on 127.0.0.1 with production's flags
+    (`production_flags()`; `--no-access-log` at least)."""
 
     def __init__(self, name: str, factory: str, env: dict[str, str], workers: int = 1) -> None:
         self.name = name
         self.factory = factory
         self.env = env
         self.workers = workers
+        self.flags = production_flags()
+        if "--no-access-log" not in self.flags:
+            self.flags.append("--no-access-log")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         fd, log_name = tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")
@@ -127,7 +157,7 @@ class Uvicorn:
             str(self.port),
             "--workers",
             str(self.workers),
-            "--no-access-log",
+            *self.flags,
         ]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(

@@ -23,9 +23,12 @@ function request()
 end
 
 function response(status, headers, body)
-  if status == 201 and body:find('"status"%s*:%s*"active"') then
-    table.insert(ready, body:match('"hold_id"%s*:%s*"([^"]+)"'))
-  elseif status == 200 and body:find('"status"%s*:%s*"captured"') then
+  local ok = status >= 200 and status < 300
+  local hold_id = ok and body:find('"status"%s*:%s*"active"') and
+    body:match('"hold_id"%s*:%s*"([^"]+)"')
+  if hold_id then
+    table.insert(ready, hold_id)
+  elseif ok and body:find('"status"%s*:%s*"captured"') then
     units = units + 1
   else
     bad = bad + 1
