@@ -283,6 +283,7 @@ class Bench:
     usage: dict[int, float] = field(default_factory=dict)
     """Usage debits/s (1,000 wallets) by worker count."""
     step: int = 0
+    invariants_broken: bool = False
 
     @property
     def url(self) -> str:
@@ -334,6 +335,7 @@ class Bench:
         )
         if done.returncode != 0:
             self.failures.append(f"ledger-verify failed:\n{done.stdout}{done.stderr}")
+            self.invariants_broken = True
             return "FAILED"
         return "ok"
 
@@ -350,8 +352,8 @@ class Bench:
         if unexpected and not row.errors_expected:
             self.failures.append(
                 f"{row.scenario} ({row.workers} worker(s)): {row.errors}; statuses "
-                f"{row.load.statuses or 'see wrk'}; the server's log ends with:\n"
-                + server.log_tail()
+                f"{row.load.statuses or '(wrk does not break them down)'}; the server's log "
+                "ends with:\n" + server.log_tail()
             )
         self.rows.append(row)
         self.step += 1
@@ -424,6 +426,7 @@ class Bench:
             def verify() -> str:
                 problems = asyncio.run(yardstick_consistent(yardstick_dsn))
                 self.failures.extend(problems)
+                self.invariants_broken |= bool(problems)
                 return "FAILED" if problems else "ok"
 
             self.record(row, server, verify)
@@ -587,6 +590,7 @@ class Bench:
             delivered = orders[: warm + load.taken]
             problems = asyncio.run(orders_paid_once(self.url, delivered))
             self.failures.extend(problems)
+            self.invariants_broken |= bool(problems)
             state = self.ledger_verify()
             return "FAILED" if problems else state
 
@@ -795,7 +799,8 @@ def report(args: argparse.Namespace, bench: Bench, elapsed: float) -> str:
         "",
         f"RSS < {RSS_TARGET_MB} MB per worker: peak {rss_worker:.0f} MB, "
         f"{met(0 < rss_worker < RSS_TARGET_MB)}. "
-        f"Ledger verify after every scenario: {'FAILED' if bench.failures else 'ok'}.",
+        "Ledger verify after every scenario (and every webhook order paid exactly once): "
+        f"{'**FAILED**' if bench.invariants_broken else 'ok'}.",
     ]
     notes = bench.notes + [
         f"{row.scenario} ({row.workers} worker{'s' if row.workers > 1 else ''}): {note}"
