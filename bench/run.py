@@ -43,10 +43,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
 
+from bench.roundtrips import WireCounter
 from bench.server import ROOT, RssSampler, StartFailed, Uvicorn, production_flags
 from bench.wrk import Load, LoadGeneratorError, ensure_wrk, run_wrk
 
@@ -284,6 +286,7 @@ class Bench:
     """Usage debits/s (1,000 wallets) by worker count."""
     step: int = 0
     invariants_broken: bool = False
+    round_trips: str = ""
 
     @property
     def url(self) -> str:
@@ -303,9 +306,10 @@ class Bench:
             "BILLING_STRIPE_API_BASE": self.peer_url,
         }
 
-    def service(self, workers: int) -> Uvicorn:
-        """The service, in production mode if it starts so, else in `test` (said in the notes)."""
-        server = Uvicorn("service", "app.main:app_factory", self.service_env(), workers)
+    def service(self, workers: int, **env: str) -> Uvicorn:
+        """The service, in production mode if it starts so, else in `test` (said in the notes);
+        `env` overrides the environment."""
+        server = Uvicorn("service", "app.main:app_factory", self.service_env() | env, workers)
         try:
             return server.start()
         except StartFailed as exc:
@@ -319,7 +323,9 @@ class Bench:
                 "this run used `test`."
             )
             log(f"production refused to start, falling back to test: {reason}")
-            return Uvicorn("service", "app.main:app_factory", self.service_env(), workers).start()
+            return Uvicorn(
+                "service", "app.main:app_factory", self.service_env() | env, workers
+            ).start()
 
     def ledger_verify(self) -> str:
         # `torouter-billing ledger-verify`, as `python -m app.cli` so that it is this checkout's
@@ -363,6 +369,57 @@ class Bench:
             f"{row.errors}, peak RSS {row.rss_total_mb:.0f} MB; verify {state} "
             f"({time.monotonic() - started:.1f} s)"
         )
+
+    # -- round trips (bench/roundtrips.py) -----------------------------------------------------
+
+    def count_round_trips(self) -> None:
+        """Round trips to PostgreSQL per operation, one request at a time after a warm-up, from
+        a 1-worker service whose database connections go through the counting proxy."""
+        upstream = urlsplit(ADMIN_DSN)
+        with WireCounter(upstream.port or 5432, upstream.hostname or "127.0.0.1") as wire:
+            proxied = sqlalchemy_url(dsn(self.database)).replace(
+                upstream.netloc.rsplit("@", 1)[-1], f"127.0.0.1:{wire.port}", 1
+            )
+            with (
+                self.service(1, BILLING_DATABASE_URL=proxied) as server,
+                httpx.Client(
+                    base_url=server.url, headers={"Authorization": f"Bearer {self.token}"}
+                ) as http,
+            ):
+                prefix = secrets.token_hex(4)
+
+                def debit(i: int) -> None:
+                    body = {"user_id": f"user-{i % WALLETS}", "request_id": f"rt-{prefix}-{i}"}
+                    answer = http.post("/v1/internal/usage", json=body | {"amount_micros": 7000})
+                    answer.raise_for_status()
+
+                def pair(i: int) -> None:
+                    hold_id = f"rt-{prefix}-{i}"
+                    body = {"user_id": f"user-{i % WALLETS}", "hold_id": hold_id}
+                    answer = http.post("/v1/internal/holds", json=body | {"amount_micros": 10_000})
+                    answer.raise_for_status()
+                    answer = http.post(
+                        f"/v1/internal/holds/{hold_id}/capture", json={"amount_micros": 7000}
+                    )
+                    answer.raise_for_status()
+
+                def balance(i: int) -> None:
+                    http.get(f"/v1/internal/accounts/user-{i % WALLETS}/balance").raise_for_status()
+
+                found = []
+                for name, operation in (
+                    ("debit", debit),
+                    ("reserve + capture", pair),
+                    ("balance read", balance),
+                ):
+                    for i in range(20):
+                        operation(i)
+                    before, n = wire.round_trips, 100
+                    for i in range(n):
+                        operation(1000 + i)
+                    found.append(f"{name} {(wire.round_trips - before) / n:.2f}")
+        self.round_trips = ", ".join(found)
+        log(f"round trips to PostgreSQL per operation: {self.round_trips}")
 
     # -- closed loop (wrk) ---------------------------------------------------------------------
 
@@ -747,6 +804,8 @@ def stripe_peer() -> Iterator[str]:
 def run(args: argparse.Namespace, bench: Bench) -> None:
     only = set(args.only)
     cores = os.cpu_count() or 1
+    if "usage" in only:
+        bench.count_round_trips()
     bench.run_yardstick(1)
     if only - {"workers"}:
         with bench.service(1) as server:
@@ -802,6 +861,13 @@ def report(args: argparse.Namespace, bench: Bench, elapsed: float) -> str:
         "Ledger verify after every scenario (and every webhook order paid exactly once): "
         f"{'**FAILED**' if bench.invariants_broken else 'ok'}.",
     ]
+    if bench.round_trips:
+        lines += [
+            "",
+            "Round trips to PostgreSQL per operation (counted on the wire by bench/roundtrips.py: "
+            "`Sync` and simple `Query` messages; 1 worker, one request at a time, after a "
+            f"warm-up): {bench.round_trips}.",
+        ]
     notes = bench.notes + [
         f"{row.scenario} ({row.workers} worker{'s' if row.workers > 1 else ''}): {note}"
         for row in bench.rows
