@@ -605,10 +605,14 @@ class Bench:
             f"{met(kept_up and load.p99_ms < BALANCE_P99_MS)}"
         )
         if not kept_up or load.unsent:
+            abandoned = (
+                f"; {load.unsent:,} requests were abandoned unsent as the service fell behind"
+                if load.unsent
+                else ""
+            )
             row.notes.append(
-                f"achieved {load.rate:,.0f} of {rate:,} req/s; {load.unsent:,} requests were "
-                "abandoned unsent as the service fell behind (latency counts from each "
-                "request's scheduled time)"
+                f"achieved {load.rate:,.0f} of {rate:,} req/s{abandoned} (latency counts from "
+                "each request's scheduled time)"
             )
         self.record(row, server, self.ledger_verify)
 
