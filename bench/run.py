@@ -235,8 +235,11 @@ def table(rows: list[Row]) -> str:
         if row.workers > 1:
             rss += f" (≤ {row.rss_worker_mb:.0f}/worker)"
         ratio = f"{row.ratio:.2f}{X}" if row.ratio is not None else "—"
+        throughput = f"{row.throughput:,.0f} {row.unit}"
+        if row.unit != "req/s":
+            throughput += f" ({row.load.rate:,.1f} req/s)"
         lines.append(
-            f"| {row.scenario} | {row.workers} | {row.throughput:,.0f} {row.unit} "
+            f"| {row.scenario} | {row.workers} | {throughput} "
             f"| {row.load.p50_ms:.1f} ms | {row.load.p99_ms:.1f} ms | {row.errors} | {rss} "
             f"| {ratio} | {row.target} |"
         )
