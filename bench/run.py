@@ -206,6 +206,8 @@ class Row:
     target: str = ""
     errors_expected: bool = False
     notes: list[str] = field(default_factory=list)
+    per_request: float = 1.0
+    """Scenario units per request: events per batch, 0.5 pair per hold request."""
 
     @property
     def errors(self) -> str:
@@ -236,8 +238,8 @@ def table(rows: list[Row]) -> str:
             rss += f" (≤ {row.rss_worker_mb:.0f}/worker)"
         ratio = f"{row.ratio:.2f}{X}" if row.ratio is not None else "—"
         throughput = f"{row.throughput:,.0f} {row.unit}"
-        if row.unit != "req/s":
-            throughput += f" ({row.load.rate:,.1f} req/s)"
+        if row.per_request != 1:
+            throughput += f" ({row.throughput / row.per_request:,.1f} req/s)"
         lines.append(
             f"| {row.scenario} | {row.workers} | {throughput} "
             f"| {row.load.p50_ms:.1f} ms | {row.load.p99_ms:.1f} ms | {row.errors} | {rss} "
@@ -532,6 +534,7 @@ class Bench:
             rss,
             "events/s",
         )
+        row.per_request = size
         if load.requests < 3 * connections and load.mean_ms > 0:
             # Too few batches finished for completed/window to be more than a round-off:
             # Little's law, `connections` batches always in flight for their mean latency.
@@ -555,6 +558,7 @@ class Bench:
     def run_holds(self, server: Uvicorn, workers: int) -> None:
         load, rss = self.wrk(server, "holds")
         row = self.row("holds: reserve + capture pairs", workers, load, rss, "pairs/s")
+        row.per_request = 0.5
         row.ratio = self.ratio(row.throughput, workers)
         debit = self.usage.get(workers)
         if debit:

@@ -169,15 +169,18 @@ class Uvicorn:
                 stdin=subprocess.DEVNULL,
             )
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self.proc = None
-                raise StartFailed(f"{self.name} exited at start-up:\n{self.log_tail()}")
-            if self._ready():
-                return self
-            time.sleep(0.2)
-        self.stop()
-        raise StartFailed(f"{self.name} was not ready after {timeout:g} s:\n{self.log_tail()}")
+        try:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    self.proc = None
+                    raise StartFailed(f"{self.name} exited at start-up:\n{self.log_tail()}")
+                if self._ready():
+                    return self
+                time.sleep(0.2)
+            raise StartFailed(f"{self.name} was not ready after {timeout:g} s:\n{self.log_tail()}")
+        except BaseException:
+            self.stop()  # never leave a server behind, even on Ctrl-C
+            raise
 
     def _ready(self) -> bool:
         # With several workers, every one must have started before the load begins: probe a
