@@ -10,6 +10,7 @@ endif
 VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: install run test test-postgres test-sqlite check format migrate openapi bench clean
 
@@ -53,8 +54,11 @@ migrate: install
 openapi: install
 	$(BIN)/torouter-billing openapi
 
+# The gateway's hot path and the webhooks under load, as ratios against a yardstick measured in
+# the same run (bench/RESULTS.md). Needs PostgreSQL on 127.0.0.1:5432 and wrk (installed with
+# apt-get when missing and root). BENCH_ARGS="--only usage --seconds 5" runs a part.
 bench: install
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf .venv .tools .mypy_cache .ruff_cache .pytest_cache billing.db billing.db-*

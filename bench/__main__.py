@@ -1,5 +1,5 @@
-"""`python -m bench`: the usage endpoint's requests per second and round trips per debit."""
+"""`python -m bench`: see bench/run.py."""
 
-from bench.usage_rps import main
+from bench.run import main
 
 raise SystemExit(main())

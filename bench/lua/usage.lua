@@ -1,0 +1,15 @@
+-- POST one usage debit per request (the service's /v1/internal/usage or the yardstick's /debit).
+-- Extra argument: the path.
+dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "common.lua")
+
+function init(args)
+  bench_init(args)
+  path = args[4] or "/v1/internal/usage"
+end
+
+function request()
+  local body = string.format(
+    '{"user_id":"%s","request_id":"%s","amount_micros":7000,"model":"gpt-4o-mini",' ..
+    '"input_tokens":1200,"output_tokens":300}', next_user(), next_id())
+  return wrk.format("POST", path, headers, body)
+end
