@@ -7,10 +7,9 @@ What it does, on a fresh clone:
 1. creates two PostgreSQL databases on `BILLING_BENCH_DATABASE_URL`'s server (default
    postgresql://postgres@127.0.0.1:5432/postgres): the service's, migrated, with 1,000 funded
    wallets `user-0..user-999` and a service token, and the yardstick's; drops them at the end;
-2. starts the test Stripe peer, then the service as production starts it (uvicorn
-   `--factory app.main:app_factory` with the Dockerfile's flags, `BILLING_ENVIRONMENT=production`,
-   jobs off) with 1 worker and then one worker per core, and the yardstick (bench/yardstick.py)
-   on the same uvicorn;
+2. starts the test Stripe peer, then the service as production starts it (the Dockerfile's
+   `torouter-billing serve …`, `BILLING_ENVIRONMENT=production`, jobs off) with 1 worker and then
+   one worker per core, and the yardstick (bench/yardstick.py) on the same uvicorn;
 3. drives them from separate load-generator processes on 127.0.0.1: wrk 4.1 (Debian's package,
    installed with apt-get when missing and root; scripts in bench/lua/) for the closed-loop
    scenarios, bench/loadgen.py for the fixed rate and the webhook deliveries;
@@ -49,7 +48,14 @@ import asyncpg
 import httpx
 
 from bench.roundtrips import WireCounter
-from bench.server import ROOT, RssSampler, StartFailed, Uvicorn, production_flags
+from bench.server import (
+    ROOT,
+    RssSampler,
+    StartFailed,
+    Uvicorn,
+    production_command,
+    yardstick_command,
+)
 from bench.wrk import Load, LoadGeneratorError, ensure_wrk, run_wrk
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -314,7 +320,7 @@ class Bench:
     def service(self, workers: int, **env: str) -> Uvicorn:
         """The service, in production mode if it starts so, else in `test` (said in the notes);
         `env` overrides the environment."""
-        server = Uvicorn("service", "app.main:app_factory", self.service_env() | env, workers)
+        server = Uvicorn("service", production_command(), self.service_env() | env, workers)
         try:
             return server.start()
         except StartFailed as exc:
@@ -329,7 +335,7 @@ class Bench:
             )
             log(f"production refused to start, falling back to test: {reason}")
             return Uvicorn(
-                "service", "app.main:app_factory", self.service_env() | env, workers
+                "service", production_command(), self.service_env() | env, workers
             ).start()
 
     def ledger_verify(self) -> str:
@@ -477,7 +483,9 @@ class Bench:
     def run_yardstick(self, workers: int) -> None:
         yardstick_dsn = dsn(f"{self.database}_yardstick")
         env = {"BENCH_YARDSTICK_DSN": yardstick_dsn}
-        with Uvicorn("yardstick", "bench.yardstick:app_factory", env, workers) as server:
+        with Uvicorn(
+            "yardstick", yardstick_command("bench.yardstick:app_factory"), env, workers
+        ) as server:
             load, rss = self.wrk(server, "usage", extra=("/debit",), token="-")
             row = self.row(
                 "yardstick: raw asyncpg debit, 1,000 accounts", workers, load, rss, "req/s"
@@ -852,8 +860,8 @@ def report(args: argparse.Namespace, bench: Bench, elapsed: float) -> str:
         f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; code: `{git_head()}`",
         f"- machine: {machine()}; shared with whatever else ran, so read the ratios, not the "
         "absolute figures",
-        f"- service: uvicorn `--factory app.main:app_factory {' '.join(production_flags())}` "
-        "(the Dockerfile's flags), "
+        "- service: the Dockerfile's `torouter-billing serve` on uvicorn "
+        f"(`{' '.join(production_command()[3:])}`), "
         f"BILLING_ENVIRONMENT={bench.environment}, jobs off, Stripe = the test peer; "
         "PostgreSQL on 127.0.0.1",
         f"- load: wrk 4.1 `-t{args.threads} -c{args.connections}` (bench/lua/; batches "

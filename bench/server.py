@@ -100,43 +100,53 @@ class RssSampler:
         self._sample()
 
 
-FALLBACK_FLAGS = ["--proxy-headers", "--forwarded-allow-ips", "*", "--no-access-log"]
-
-
-def production_flags(dockerfile: Path = ROOT / "Dockerfile") -> list[str]:
-    """uvicorn's flags from the image's `CMD [...]`, without the app, host, port and workers
-    (so the bench follows production when the Dockerfile changes); a fixed list if the CMD
-    cannot be read."""
-    try:
-        text = dockerfile.read_text().replace("\\\n", " ")
-        line = next(x for x in text.splitlines() if x.startswith("CMD ["))
-        command: list[str] = json.loads(line.removeprefix("CMD "))
-    except (OSError, StopIteration, ValueError):
-        return FALLBACK_FLAGS
-    if not command or command[0] != "uvicorn":
-        return FALLBACK_FLAGS
-    flags: list[str] = []
-    words = iter(command[1:])
+def production_command(dockerfile: Path = ROOT / "Dockerfile") -> list[str]:
+    """The image's `CMD [...]` (`torouter-billing serve …`) without host, port and workers, as
+    `python -m app.cli …` so it runs this checkout's code: the bench starts the service exactly
+    as production does, and follows the Dockerfile when it changes."""
+    text = dockerfile.read_text().replace("\\\n", " ")
+    line = next(x for x in text.splitlines() if x.startswith("CMD ["))
+    command: list[str] = json.loads(line.removeprefix("CMD "))
+    if command[:2] != ["torouter-billing", "serve"]:
+        raise ValueError(f"the Dockerfile's CMD is not `torouter-billing serve`: {command}")
+    args: list[str] = []
+    words = iter(command[2:])
     for word in words:
         if word in ("--host", "--port", "--workers"):
             next(words, None)
-        elif not word.startswith(("--host=", "--port=", "--workers=")) and ":" not in word:
-            flags.append(word)
-    return [flag for flag in flags if flag != "--factory"]
+        elif not word.startswith(("--host=", "--port=", "--workers=")):
+            args.append(word)
+    return [sys.executable, "-m", "app.cli", "serve", *args]
+
+
+def yardstick_command(factory: str) -> list[str]:
+    """The yardstick on the same uvicorn, with what `serve` sets that bears on speed: no
+    access log, the same keep-alive timeout."""
+    from app.config import Settings
+
+    keep_alive = Settings.model_fields["keep_alive_seconds"].default
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        factory,
+        "--no-access-log",
+        "--timeout-keep-alive",
+        str(keep_alive),
+    ]
 
 
 class Uvicorn:
-    """`python -m uvicorn --factory <factory> --workers N` on 127.0.0.1 with production's flags
-    (`production_flags()`; `--no-access-log` at least)."""
+    """A server process on 127.0.0.1: `command` plus `--host`, `--port` and `--workers`."""
 
-    def __init__(self, name: str, factory: str, env: dict[str, str], workers: int = 1) -> None:
+    def __init__(
+        self, name: str, command: list[str], env: dict[str, str], workers: int = 1
+    ) -> None:
         self.name = name
-        self.factory = factory
+        self.command = command
         self.env = env
         self.workers = workers
-        self.flags = production_flags()
-        if "--no-access-log" not in self.flags:
-            self.flags.append("--no-access-log")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         fd, log_name = tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")
@@ -146,18 +156,13 @@ class Uvicorn:
 
     def start(self, timeout: float = 60) -> Uvicorn:
         command = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            self.factory,
+            *self.command,
             "--host",
             "127.0.0.1",
             "--port",
             str(self.port),
             "--workers",
             str(self.workers),
-            *self.flags,
         ]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(

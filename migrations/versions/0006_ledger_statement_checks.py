@@ -42,25 +42,34 @@ UPGRADE = [
     DECLARE
         bad record;
     BEGIN
-        SELECT n.transaction_id, n.total, n.legs INTO bad
+        -- Every probe is a scalar subquery: an EXISTS under OR may be planned as a hashed
+        -- subplan, which reads the whole probed table on every statement.
+        SELECT n.transaction_id, n.total, n.legs,
+               (SELECT t.id FROM ledger_transactions t WHERE t.id = n.transaction_id) IS NULL
+                   AS dangling
+        INTO bad
         FROM (SELECT transaction_id, sum(amount_micros) AS total, count(*) AS legs
               FROM new_entries GROUP BY transaction_id) n
         WHERE n.total <> 0 OR n.legs < 2
+           OR (SELECT t.id FROM ledger_transactions t WHERE t.id = n.transaction_id) IS NULL
            OR n.legs <> (SELECT count(*) FROM ledger_entries e
                          WHERE e.transaction_id = n.transaction_id)
         LIMIT 1;
-        IF FOUND THEN
+        IF FOUND AND bad.dangling THEN
+            RAISE EXCEPTION 'ledger entry references a missing transaction %',
+                bad.transaction_id USING ERRCODE = 'foreign_key_violation';
+        ELSIF FOUND THEN
             RAISE EXCEPTION 'ledger transaction % is unbalanced or split across statements '
                 '(this statement: sum %, % entries)', bad.transaction_id, bad.total, bad.legs
                 USING ERRCODE = 'check_violation';
         END IF;
-        SELECT n.transaction_id, n.account_id INTO bad FROM new_entries n
-        WHERE NOT EXISTS (SELECT 1 FROM ledger_transactions t WHERE t.id = n.transaction_id)
-           OR NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = n.account_id)
+        SELECT d.account_id INTO bad
+        FROM (SELECT DISTINCT account_id FROM new_entries) d
+        WHERE (SELECT a.id FROM accounts a WHERE a.id = d.account_id) IS NULL
         LIMIT 1;
         IF FOUND THEN
-            RAISE EXCEPTION 'ledger entry references a missing transaction % or account %',
-                bad.transaction_id, bad.account_id USING ERRCODE = 'foreign_key_violation';
+            RAISE EXCEPTION 'ledger entry references a missing account %', bad.account_id
+                USING ERRCODE = 'foreign_key_violation';
         END IF;
         RETURN NULL;
     END $$
@@ -83,7 +92,7 @@ UPGRADE = [
     BEGIN
         SELECT n.id INTO bad FROM new_transactions n
         WHERE n.kind = 'usage'
-          AND NOT EXISTS (SELECT 1 FROM ledger_entries e WHERE e.transaction_id = n.id)
+          AND (SELECT e.id FROM ledger_entries e WHERE e.transaction_id = n.id LIMIT 1) IS NULL
         LIMIT 1;
         IF FOUND THEN
             RAISE EXCEPTION 'usage transaction % has no entries', bad

@@ -217,7 +217,7 @@ async def post_entries_for_a_missing_account(session_maker: Any) -> None:
 @pytest.mark.usefixtures("spent_wallet")
 async def test_an_entry_for_a_missing_account_is_refused(session_maker: Any) -> None:
     """Entries carry no foreign keys (triggers check references, set-based on PostgreSQL)."""
-    with pytest.raises(DBAPIError, match="missing transaction"):
+    with pytest.raises(DBAPIError, match="references a missing"):
         await post_entries_for_a_missing_account(session_maker)
 
 
