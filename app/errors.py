@@ -197,11 +197,17 @@ class TooManyPendingOrders(BillingError):
 
 
 class RateLimited(BillingError):
-    """Too many requests."""
+    """Too many requests; `Retry-After` says when the next one is allowed."""
 
     status = 429
     code = "rate_limited"
     title = "Rate limited"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int = 1, **extra: Any) -> None:
+        retry_after = max(1, retry_after)
+        super().__init__(
+            detail, headers={"Retry-After": str(retry_after)}, retry_after=retry_after, **extra
+        )
 
 
 class ServiceUnavailable(BillingError):

@@ -26,9 +26,11 @@ from app.jobs.runner import Job, JobRunner
 from app.ledger.router import router as balance_router
 from app.logs import configure_logging
 from app.middleware import RequestContextMiddleware
+from app.openapi import install_openapi
 from app.ops.router import router as ops_router
 from app.orders.router import router as orders_router
 from app.purchase.router import router as purchase_router
+from app.rate_limits import RateLimiter
 from app.refunds.router import router as refunds_router
 from app.stripe_gateway import StripeGateway
 from app.usage.router import router as usage_router
@@ -96,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             maker, settings.service_token_cache_seconds
         )
         app.state.stripe = StripeGateway(settings)
+        app.state.rate_limiter = RateLimiter(settings)
         runner = JobRunner(_jobs(app, settings) if settings.jobs_enabled else [])
         runner.start()
         try:
@@ -139,6 +142,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(purchase_router, prefix=API_PREFIX)
     app.include_router(webhooks_router, prefix=API_PREFIX)
     app.include_router(admin_webhooks_router, prefix=API_PREFIX)
+    install_openapi(app)
     return app
 
 

@@ -9,11 +9,14 @@ from fastapi import APIRouter, Query, Request
 
 from app.auth import AdminUser
 from app.db import SessionDep
+from app.errors import NotFound, PaymentProviderUnavailable, PaymentsNotConfigured
+from app.openapi import problem_responses
 from app.orders import service
 from app.orders.schemas import OrderOut
 from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from app.purchase import service as purchase_service
 from app.schemas import Page
+from app.stripe_gateway import StripeRequestFailed
 
 router = APIRouter(prefix="/admin/orders", tags=["admin"])
 
@@ -43,7 +46,7 @@ async def admin_list_orders(
     )
 
 
-@router.get("/{order_id}", summary="Get any order")
+@router.get("/{order_id}", summary="Get any order", responses=problem_responses(NotFound))
 async def admin_get_order(
     request: Request, order_id: str, admin: AdminUser, session: SessionDep
 ) -> OrderOut:
@@ -51,7 +54,13 @@ async def admin_get_order(
     return await service.show_order(session, request.app.state.settings, None, order_id)
 
 
-@router.post("/{order_id}/sync", summary="Sync any order")
+@router.post(
+    "/{order_id}/sync",
+    summary="Sync any order",
+    responses=problem_responses(
+        NotFound, StripeRequestFailed, PaymentProviderUnavailable, PaymentsNotConfigured
+    ),
+)
 async def admin_sync_order(request: Request, order_id: str, admin: AdminUser) -> OrderOut:
     """Ask Stripe about any user's order and apply what it says; audited."""
     return await purchase_service.sync_order(

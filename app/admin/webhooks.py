@@ -10,6 +10,8 @@ from pydantic import BaseModel
 from app.admin.audit import record_admin_action
 from app.auth import AdminUser
 from app.db import SessionDep
+from app.errors import NotFound, PaymentProviderUnavailable, PaymentsNotConfigured
+from app.openapi import problem_responses
 from app.webhooks import service
 
 router = APIRouter(prefix="/admin/webhook-events", tags=["admin"])
@@ -29,7 +31,7 @@ class WebhookEventOut(BaseModel):
 @router.post(
     "/{event_id}/replay",
     summary="Replay a Stripe event",
-    responses={404: {"description": "No such event was received."}},
+    responses=problem_responses(NotFound, PaymentProviderUnavailable, PaymentsNotConfigured),
 )
 async def admin_replay_webhook_event(
     request: Request, event_id: str, admin: AdminUser, session: SessionDep

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from sqlalchemy import text
 
 from app.errors import ServiceUnavailable
+from app.openapi import problem_responses
 
 router = APIRouter(tags=["operations"])
 
@@ -30,7 +31,7 @@ async def healthz() -> Health:
     "/readyz",
     operation_id="readyz",
     summary="Ready to serve",
-    responses={503: {"description": "The database does not answer"}},
+    responses=problem_responses(ServiceUnavailable),
 )
 async def readyz(request: Request) -> Health:
     """503 when the database does not answer within 2 seconds."""
@@ -43,7 +44,16 @@ async def readyz(request: Request) -> Health:
 
 
 @router.get(
-    "/metrics", operation_id="metrics", summary="Prometheus metrics", include_in_schema=True
+    "/metrics",
+    operation_id="metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Metrics in the Prometheus text format.",
+            "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
+        }
+    },
 )
 async def metrics() -> Response:
     """Metrics in the Prometheus text format."""

@@ -8,6 +8,9 @@ from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel
 
 from app.db import SessionDep
+from app.errors import InvalidSignature, PaymentProviderUnavailable, PaymentsNotConfigured
+from app.openapi import problem_responses
+from app.stripe_gateway import StripeRequestFailed
 from app.webhooks import service
 
 router = APIRouter(tags=["webhooks"])
@@ -26,10 +29,10 @@ class WebhookAckOut(BaseModel):
 @router.post(
     "/webhooks/stripe",
     summary="Receive a Stripe event",
-    responses={
-        400: {"description": "The signature does not verify (`invalid_signature`)."},
-        503: {"description": "Not stored; Stripe delivers it again later."},
-    },
+    # A 5xx means not stored: Stripe delivers the event again later.
+    responses=problem_responses(
+        InvalidSignature, StripeRequestFailed, PaymentProviderUnavailable, PaymentsNotConfigured
+    ),
     openapi_extra={
         "requestBody": {
             "required": True,
