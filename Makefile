@@ -11,7 +11,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-postgres test-sqlite check format migrate openapi bench clean
+.PHONY: install run test test-postgres test-sqlite check format migrate openapi fuzz bench clean
 
 .tools/bin/uv:
 	$(PYTHON) -m venv .tools
@@ -52,8 +52,15 @@ migrate: install
 openapi: install
 	$(BIN)/torouter-billing openapi
 
+# schemathesis against the served app (PostgreSQL unless BILLING_TEST_BACKEND=sqlite, the Stripe
+# peer on loopback) as two users, an admin, the gateway and anonymous: --checks all, 100 examples
+# per operation. FUZZ_ARGS passes more (e.g. --max-examples 300 --seed 1).
+FUZZ_ARGS ?=
+fuzz: install
+	$(BIN)/python -m tests.fuzz $(FUZZ_ARGS)
+
 bench: install
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf .venv .tools .mypy_cache .ruff_cache .pytest_cache billing.db billing.db-*
+	rm -rf .venv .tools .mypy_cache .ruff_cache .pytest_cache .fuzz billing.db billing.db-*

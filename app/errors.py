@@ -302,6 +302,7 @@ async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
 
 
 _HTTP_CODES = {
+    400: "bad_request",
     401: "unauthorized",
     403: "forbidden",
     404: "not_found",

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.errors import (
     PROBLEM_JSON,
+    BadRequest,
     BillingError,
     Forbidden,
     InternalError,
@@ -235,7 +236,8 @@ def _generic_errors(route: Any) -> list[type[BillingError]]:
     if any(getattr(c, _RATE_LIMIT_MARK, False) for c in calls):
         errors.append(RateLimited)
     if route.body_field is not None:
-        errors += [PayloadTooLarge, ValidationFailed]
+        # 400: a body that is not even text (not UTF-8); 422: one that is not the schema.
+        errors += [BadRequest, PayloadTooLarge, ValidationFailed]
     if route.dependant.query_params or route.dependant.path_params:
         errors.append(ValidationFailed)
     if route.dependant.header_params or route.dependant.cookie_params:

@@ -62,7 +62,9 @@ async def get_purchase_options(request: Request, user: CurrentUser) -> PurchaseO
     status_code=status.HTTP_201_CREATED,
     response_model=PaymentOut,
     dependencies=[rate_limited("purchase")],
-    responses=problem_responses(IdempotencyConflict, TooManyPendingOrders, RateLimited, *_STRIPE),
+    responses=problem_responses(
+        IdempotencyConflict, OrderNotResumable, TooManyPendingOrders, RateLimited, *_STRIPE
+    ),
 )
 async def create_purchase(
     request: Request,
