@@ -112,6 +112,12 @@ class Problem(BaseModel):
     retry_after: int | None = Field(
         default=None, description="`rate_limited`: seconds to wait, as in `Retry-After`."
     )
+    limit: str | None = Field(
+        default=None,
+        description="`rate_limited`: the limit reached (`purchase`, `resume`, `cancel`, `sync`, "
+        "`payment_result`, `refund_request`, `stripe_objects_per_day`, "
+        "`failed_payments_per_day`).",
+    )
 
 
 def problem_schema() -> dict[str, Any]:
@@ -226,7 +232,7 @@ def api_routes(app: FastAPI) -> Iterator[Any]:
             yield context
 
 
-def _generic_errors(route: Any) -> list[type[BillingError]]:
+def generic_errors(route: Any) -> list[type[BillingError]]:
     from app.auth.dependencies import get_admin_user, get_current_user, get_gateway_caller
 
     calls = list(_dependency_calls(route.dependant))
@@ -298,7 +304,7 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     for route in api_routes(app):
         if not route.include_in_schema:
             continue
-        errors = _generic_errors(route)
+        errors = generic_errors(route)
         if not errors:
             continue
         item = doc["paths"].get(route.path_format, {})
