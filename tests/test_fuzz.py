@@ -11,7 +11,13 @@ from tests.fuzz.harness import ROLES, fuzz
 
 def test_every_role_gets_only_documented_answers_and_no_server_error(tmp_path: Path) -> None:
     results = fuzz(
-        max_examples=2, roles=ROLES, report_dir=tmp_path, backend=BACKEND, phases="fuzzing"
+        max_examples=2,
+        roles=ROLES,
+        report_dir=tmp_path,
+        backend=BACKEND,
+        phases="fuzzing",
+        # Fixed, so that make test is repeatable; make fuzz explores with fresh seeds.
+        seed=20261127,
     )
     assert [r.role for r in results] == list(ROLES)
     for result in results:

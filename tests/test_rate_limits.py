@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from app.config import Settings
 from tests.factories import paid_order
-from tests.purchase.helpers import Maker, bought, buy, deliver_all, pay
+from tests.purchase.helpers import Maker, bought, buy, deliver_all, order_row, pay
 from tests.stripe_peer import StripePeer
 
 Headers = Callable[..., dict[str, str]]
@@ -138,8 +138,32 @@ async def test_declined_payments_past_the_daily_cap_stop_new_and_resumed_payment
     response = await client.post(f"/v1/orders/{order_id}/resume", headers=user_headers("alice"))
     _rate_limited(response, "failed_payments_per_day")
     _rate_limited(await buy(client, user_headers("alice")), "failed_payments_per_day")
+    # The client secret already in the browser is dead too: the PaymentIntent was canceled.
+    order = await order_row(session_maker, order_id)
+    assert order.status == "canceled"
+    assert order.stripe_payment_intent_id is not None
+    intent = await stripe_peer.retrieve(order.stripe_payment_intent_id)
+    assert intent["status"] == "canceled"
     # Bob's cards were never declined.
     await bought(client, user_headers("bob"))
+
+
+@pytest.mark.usefixtures("stripe_peer")
+@pytest.mark.parametrize("settings_overrides", [{"rate_limit_failed_payments_per_day": 3}])
+async def test_a_declined_payment_under_the_cap_leaves_the_order_payable(
+    client: httpx.AsyncClient,
+    user_headers: Headers,
+    stripe_peer: StripePeer,
+    session_maker: Maker,
+) -> None:
+    order_id = (await bought(client, user_headers("alice")))["order"]["id"]
+    for card in ("declined", "insufficient_funds"):
+        since = await stripe_peer.last_event_seq()
+        await pay(stripe_peer, session_maker, order_id, card=card)
+        await deliver_all(stripe_peer, client, since=since)
+    assert (await order_row(session_maker, order_id)).status == "pending"
+    result = await pay(stripe_peer, session_maker, order_id)
+    assert result["outcome"] == "succeeded"
 
 
 @pytest.mark.usefixtures("stripe_peer")

@@ -451,6 +451,16 @@ async def cancel_order(
     """Cancel the PaymentIntent or expire the Checkout Session, then the order. Repeating it is
     harmless; a paid (or processing) order cannot be canceled."""
     order = await _load_user_order(maker, user.user_id, order_id)
+    return await _cancel(maker, stripe, settings, order)
+
+
+async def _cancel(
+    maker: async_sessionmaker[AsyncSession],
+    stripe: StripeGateway,
+    settings: Settings,
+    order: Order,
+) -> OrderOut:
+    order_id = order.id
     if order.status in CLOSED_UNPAID_STATUSES:
         return await _present(maker, settings, order_id)
     if order.status != "pending":
@@ -486,6 +496,32 @@ async def cancel_order(
         raise _not_cancelable(locked)
     log.info("order_canceled", order_id=order_id, status=status)
     return presented
+
+
+async def stop_card_testing(
+    maker: async_sessionmaker[AsyncSession],
+    stripe: StripeGateway,
+    settings: Settings,
+    payment_intent_id: str | None,
+) -> None:
+    """After a declined payment attempt: once the user reached
+    `BILLING_RATE_LIMIT_FAILED_PAYMENTS_PER_DAY`, cancel the order at Stripe, so the client
+    secret already in the browser cannot try card after card either (purchase and resume refuse
+    new ones). Best effort: the daily cap holds anyway."""
+    if payment_intent_id is None:
+        return
+    async with session_scope(maker) as session:
+        order = await orders_repository.find_order(session, payment_intent_id=payment_intent_id)
+        if order is None or order.status != "pending":
+            return
+        failed, _ = await repository.failed_payments_since(session, order.user_id, utcnow() - DAY)
+    if failed < settings.rate_limit_failed_payments_per_day:
+        return
+    log.warning("card_testing_stopped", order_id=order.id, failed_payments=failed)
+    try:
+        await _cancel(maker, stripe, settings, order)
+    except (PaymentProviderUnavailable, StripeRequestFailed, OrderNotCancelable):
+        log.warning("card_testing_cancel_failed", order_id=order.id, exc_info=True)
 
 
 def _not_cancelable(order: Order) -> OrderNotCancelable:
