@@ -71,6 +71,10 @@ _HEADERS: dict[int, dict[str, Any]] = {
 }
 
 
+_FASTAPI_DESCRIPTIONS = {"Successful Response", "Validation Error"}
+"""Descriptions FastAPI writes by itself, which a problem's description replaces."""
+
+
 class ProblemFieldError(BaseModel):
     """One field a request got wrong."""
 
@@ -173,16 +177,9 @@ def add_problem(
             merged = new_codes
         entry = existing
         entry["content"] = _content(merged or [])
-        if (
-            new_codes is not None
-            and description
-            and existing.get("description")
-            in (
-                None,
-                "",
-                "Successful Response",
-            )
-        ):
+        if new_codes is not None and description and not existing.get("description"):
+            entry["description"] = description
+        elif description and existing.get("description") in _FASTAPI_DESCRIPTIONS:
             entry["description"] = description
     else:
         entry = {"description": description or key, "content": _content(new_codes or [])}

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import BACKEND
 from tests.fuzz.harness import ROLES, fuzz
 
 
+# Once per `make test` (on PostgreSQL) keeps the suite short; `BILLING_TEST_BACKEND=sqlite make
+# fuzz` fuzzes the SQLite build.
+@pytest.mark.postgres_only
 def test_every_role_gets_only_documented_answers_and_no_server_error(tmp_path: Path) -> None:
     results = fuzz(
         max_examples=2,

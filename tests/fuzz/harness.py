@@ -274,7 +274,7 @@ def run_role(
     extra_args: tuple[str, ...] = (),
 ) -> RoleResult:
     """`schemathesis run --checks all` as `role`; the figures come from its JSON report."""
-    report = report_dir / f"{role}.json"
+    report = (report_dir / f"{role}.json").resolve()
     args = [
         str(Path(sys.executable).with_name("schemathesis")),
         "--config-file",
@@ -301,7 +301,10 @@ def run_role(
         args += ["--phases", phases]
     for name, value in service.headers[role].items():
         args += ["--header", f"{name}: {value}"]
-    done = subprocess.run(args, capture_output=True, text=True, check=False)
+    # In the report dir, so that schemathesis keeps its crash cache there and not in the repo.
+    done = subprocess.run(
+        args, capture_output=True, text=True, check=False, cwd=report_dir.resolve()
+    )
     result = RoleResult(role=role, exit_code=done.returncode, output=done.stdout + done.stderr)
     (report_dir / f"{role}.txt").write_text(result.output)
     if report.exists():
