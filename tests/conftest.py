@@ -27,6 +27,7 @@ from app.main import create_app
 from app.migrate import upgrade_head
 from app.models import Base
 from app.rate_limits import SCOPES
+from tests.contract import ContractCheck
 from tests.stripe_peer.fixtures import (  # noqa: F401 - fixtures
     stripe_peer,
     stripe_peer_server,
@@ -187,8 +188,14 @@ def session_maker(app: Any) -> async_sessionmaker[AsyncSession]:
 
 @pytest.fixture
 async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """The app over ASGI; every answer must be declared by its OpenAPI operation
+    (tests/contract.py), so each test is also a contract test of what it calls."""
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://billing.test") as c:
+    async with httpx.AsyncClient(
+        transport=transport,
+        base_url="http://billing.test",
+        event_hooks={"response": [ContractCheck(app.openapi())]},
+    ) as c:
         yield c
 
 
