@@ -15,7 +15,11 @@ Two halves:
   500, and the problem form of the 422 (FastAPI declares its own `HTTPValidationError`, with
   `detail` a list, which is not what the service sends). An error status declared by a plain
   `{"description": ...}` gets the problem schema too, so no operation is left with an error
-  answered in a content type its document does not name.
+  answered in a content type its document does not name. Operations that are not FastAPI
+  routes join through `install_openapi(app, extend=[hook])`, where `hook(doc)` adds them to
+  `doc["paths"]` (its errors from `problem_responses`, `AUTH_ERRORS` for its credential).
+
+`api_routes(app)` lists the app's routes as mounted (the authorization matrix test walks it).
 """
 
 from __future__ import annotations
@@ -286,8 +290,14 @@ def document_problems(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
-def build_openapi(app: FastAPI) -> dict[str, Any]:
-    """The app's OpenAPI document with every error documented."""
+DocumentHook = Callable[[dict[str, Any]], None]
+
+
+def build_openapi(app: FastAPI, extend: Iterable[DocumentHook] = ()) -> dict[str, Any]:
+    """The app's OpenAPI document with every error documented. Each `extend` hook may add
+    operations FastAPI does not know of (a lean ASGI route documenting itself from a table, with
+    `problem_responses(*AUTH_ERRORS, ...)` for its errors) before the whole document's errors
+    become problems."""
     doc = get_openapi(
         title=app.title,
         version=app.version,
@@ -312,15 +322,18 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
             responses = operation.setdefault("responses", {})
             for status, entry in problem_responses(*errors).items():
                 add_problem(responses, int(status), _codes_of(entry), entry.get("description"))
+    for hook in extend:
+        hook(doc)
     return document_problems(doc)
 
 
-def install_openapi(app: FastAPI) -> None:
-    """Serve `build_openapi(app)` (built once) as the app's OpenAPI document."""
+def install_openapi(app: FastAPI, *, extend: Iterable[DocumentHook] = ()) -> None:
+    """Serve `build_openapi(app, extend)` (built once) as the app's OpenAPI document."""
+    hooks = tuple(extend)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = build_openapi(app)
+            app.openapi_schema = build_openapi(app, hooks)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -13,7 +13,14 @@ from app import cli
 from app.config import get_settings
 from app.errors import IdempotencyConflict, NotFound, OrderNotResumable, RateLimited, Unauthorized
 from app.main import create_app
-from app.openapi import api_routes, document_problems, generic_errors, problem_responses
+from app.openapi import (
+    AUTH_ERRORS,
+    api_routes,
+    build_openapi,
+    document_problems,
+    generic_errors,
+    problem_responses,
+)
 
 
 def test_committed_openapi_json_is_current() -> None:
@@ -157,3 +164,23 @@ def test_a_bare_error_status_of_a_hand_written_operation_becomes_a_problem() -> 
     ] == ["not_found"]
     assert "500" in responses
     assert "Problem" in doc["components"]["schemas"]
+
+
+def test_an_operation_added_by_a_hook_is_documented_like_the_others() -> None:
+    def lean_route(doc: dict[str, Any]) -> None:
+        doc["paths"]["/v1/internal/lean"] = {
+            "post": {
+                "summary": "A lean route",
+                "responses": {
+                    "201": {"description": "Applied"},
+                    **{str(k): v for k, v in problem_responses(*AUTH_ERRORS, NotFound).items()},
+                },
+            }
+        }
+
+    app = create_app(get_settings())
+    doc = build_openapi(app, [lean_route])
+    responses = doc["paths"]["/v1/internal/lean"]["post"]["responses"]
+    assert {"201", "401", "403", "404", "500"} == set(responses)
+    assert "WWW-Authenticate" in responses["401"]["headers"]
+    assert list(responses["404"]["content"]) == ["application/problem+json"]
