@@ -19,6 +19,7 @@ WORKDIR /srv
 USER billing
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 BILLING_ENVIRONMENT=production
 EXPOSE 8000
-# Migrations run as a separate step (`torouter-billing migrate`) before a rollout.
-CMD ["uvicorn", "app.main:app_factory", "--factory", "--host", "0.0.0.0", "--port", "8000", \
-     "--proxy-headers", "--forwarded-allow-ips", "*", "--no-access-log"]
+# Migrations run as a separate step (`torouter-billing migrate`, under a PostgreSQL advisory
+# lock, so replicas may also run it at once) before a rollout. Forwarded headers are believed
+# only from BILLING_FORWARDED_ALLOW_IPS (the load balancer's addresses; default 127.0.0.1).
+CMD ["torouter-billing", "serve", "--host", "0.0.0.0", "--port", "8000", "--no-migrate"]

@@ -46,8 +46,9 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# Development targets: the service defaults to production, these say `local` unless told otherwise.
 migrate: install
-	$(BIN)/torouter-billing migrate
+	BILLING_ENVIRONMENT=$${BILLING_ENVIRONMENT:-local} $(BIN)/torouter-billing migrate
 
 openapi: install
 	$(BIN)/torouter-billing openapi

@@ -11,6 +11,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from app.config import Settings, get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,8 +56,13 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         port=args.port,
         workers=args.workers,
         proxy_headers=True,
-        forwarded_allow_ips=args.forwarded_allow_ips,
+        # Only these peers' X-Forwarded-For/-Proto are believed (the load balancer's).
+        forwarded_allow_ips=args.forwarded_allow_ips or settings.forwarded_allow_ips,
         log_config=None,
+        # `RequestContextMiddleware` logs every portal request with its id; the gateway's app
+        # logs its failures (its successes are counted in /metrics).
+        access_log=False,
+        timeout_keep_alive=settings.keep_alive_seconds,
     )
     return 0
 
@@ -176,10 +183,12 @@ def cmd_sandbox(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def openapi_document() -> dict[str, Any]:
-    """The OpenAPI document the app serves."""
+    """The OpenAPI document the app serves (which no setting changes, so it is built with
+    development settings and needs no environment)."""
     from app.main import create_app
 
-    return create_app(get_settings()).openapi()
+    settings = Settings(_env_file=None, environment="local")
+    return create_app(settings).openapi()
 
 
 def render_openapi() -> str:
@@ -222,7 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
-    serve.add_argument("--forwarded-allow-ips", default="127.0.0.1")
+    serve.add_argument(
+        "--forwarded-allow-ips", help="default: BILLING_FORWARDED_ALLOW_IPS (127.0.0.1)"
+    )
     serve.add_argument("--no-migrate", action="store_true")
 
     sub.add_parser("migrate", help=cmd_migrate.__doc__)
@@ -260,9 +271,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SETTINGS_FREE = {"openapi", "sandbox"}
+"""Commands that work without the environment's settings (and so without production secrets)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = get_settings()
+    if args.command in SETTINGS_FREE:
+        settings = Settings(_env_file=None, environment="local")
+    else:
+        try:
+            settings = get_settings()
+        except ValidationError as exc:
+            print(f"torouter-billing: the settings are not usable:\n{exc}", file=sys.stderr)
+            print(
+                "BILLING_ENVIRONMENT defaults to production; "
+                "set BILLING_ENVIRONMENT=local for development.",
+                file=sys.stderr,
+            )
+            return 2
     from app.logs import configure_logging
 
     configure_logging(settings.log_level, json=settings.log_json)

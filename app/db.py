@@ -66,6 +66,11 @@ def create_session_maker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
+def is_postgres_url(database_url: str) -> bool:
+    """Whether a database URL names PostgreSQL (as opposed to the embedded SQLite)."""
+    return make_url(database_url).get_backend_name() == "postgresql"
+
+
 def is_postgres(session: AsyncSession) -> bool:
     """Whether the session talks to PostgreSQL (as opposed to the embedded SQLite)."""
     return session.get_bind().dialect.name == "postgresql"

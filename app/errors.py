@@ -32,6 +32,7 @@ rendered in the same shape; no stack trace leaves the process.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -289,16 +290,22 @@ async def _billing_error_handler(request: Request, exc: Exception) -> JSONRespon
     )
 
 
-async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
+def validation_problem(pydantic_errors: Sequence[Any]) -> JSONResponse:
+    """The 422 problem for request validation errors (pydantic's, located like FastAPI's:
+    `("body", field…)`, `("path", name)`, `("query", name)`)."""
     errors = [
         {"field": _field_name(tuple(e.get("loc", ()))), "message": _validation_message(e)}
-        for e in exc.errors()
+        for e in pydantic_errors
     ]
     detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
     return problem_response(
         422, ValidationFailed.code, ValidationFailed.title, detail, errors=errors
     )
+
+
+async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return validation_problem(exc.errors())
 
 
 _HTTP_CODES = {

@@ -192,7 +192,7 @@ async def sandbox_pay(order_id: str, *, decline: bool) -> int:
     if state is None:
         _say("no sandbox is running: start one with `make run` (without Stripe keys)")
         return 2
-    settings = Settings(database_url=state["database_url"])
+    settings = Settings(environment="local", database_url=state["database_url"])
     engine = create_engine(settings)
     try:
         async with session_scope(create_session_maker(engine)) as session:

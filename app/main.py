@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -18,7 +19,7 @@ from app.admin.webhooks import router as admin_webhooks_router
 from app.auth.jwt import JwtVerifier
 from app.auth.service_tokens import ServiceTokenVerifier
 from app.config import Settings, get_settings
-from app.db import create_engine, create_session_maker
+from app.db import create_engine, create_session_maker, is_postgres_url
 from app.errors import install_error_handlers
 from app.jobs.holds import expire_holds
 from app.jobs.reconcile import run_reconciler
@@ -33,7 +34,10 @@ from app.purchase.router import router as purchase_router
 from app.rate_limits import RateLimiter
 from app.refunds.router import router as refunds_router
 from app.stripe_gateway import StripeGateway
-from app.usage.router import router as usage_router
+from app.usage.repository import PostgresUsageStore
+from app.usage.router import PREFIX as GATEWAY_PREFIX
+from app.usage.router import GatewayApp, openapi_paths
+from app.usage.store import SessionUsageStore, UsageStore
 from app.webhooks.router import router as webhooks_router
 
 API_PREFIX = "/v1"
@@ -83,7 +87,45 @@ def _jobs(app: FastAPI, settings: Settings) -> list[Job]:
     return jobs
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+class BillingApp(FastAPI):
+    """FastAPI for the portal, Stripe, operators and integrators, with the gateway's hot path
+    (`/v1/internal/…`) handed to the lean `GatewayApp` before FastAPI's middleware and routing,
+    and documented in the same OpenAPI document (`_document_gateway`)."""
+
+    gateway: GatewayApp
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(GATEWAY_PREFIX):
+            await self.gateway(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+def _document_gateway(doc: dict[str, Any]) -> None:
+    """Add the lean gateway app's operations (documented from its `OPERATIONS` table) to the
+    document; `app.openapi` then makes their errors problems like every other operation's."""
+    paths, schemas = openapi_paths()
+    doc["paths"].update(paths)
+    components = doc.setdefault("components", {})
+    components.setdefault("schemas", {}).update(schemas)
+    components["schemas"] = dict(sorted(components["schemas"].items()))
+    components.setdefault("securitySchemes", {})["ServiceToken"] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "A gateway service token (`svc_…`).",
+    }
+
+
+async def _usage_store(settings: Settings, maker: Any) -> UsageStore:
+    """PostgreSQL: driver-level statements on a pool of their own; SQLite: the ORM."""
+    if is_postgres_url(settings.database_url):
+        return await PostgresUsageStore.open(
+            settings.database_url, max_size=settings.database_pool_size
+        )
+    return SessionUsageStore(maker)
+
+
+def create_app(settings: Settings | None = None) -> BillingApp:
     """Build the application; nothing connects until the lifespan starts."""
     settings = settings or get_settings()
 
@@ -95,10 +137,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.session_maker = maker
         app.state.jwt_verifier = JwtVerifier(settings)
         app.state.service_token_verifier = ServiceTokenVerifier(
-            maker, settings.service_token_cache_seconds
+            maker, settings.service_token_cache_seconds, settings.service_token_cache_size
         )
         app.state.stripe = StripeGateway(settings)
         app.state.rate_limiter = RateLimiter(settings)
+        store = await _usage_store(settings, maker)
+        app.state.usage_store = store
+        gateway.start(store, app.state.service_token_verifier, app.state.jwt_verifier)
         runner = JobRunner(_jobs(app, settings) if settings.jobs_enabled else [])
         runner.start()
         try:
@@ -106,9 +151,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await runner.stop()
             await app.state.stripe.close()
+            await store.close()
             await engine.dispose()
 
-    app = FastAPI(
+    gateway = GatewayApp(settings)
+    app = BillingApp(
         title="ToRouter Billing",
         version="0.1.0",
         description=DESCRIPTION,
@@ -117,6 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generate_unique_id_function=_operation_id,
     )
     app.state.settings = settings
+    app.gateway = gateway
     install_error_handlers(app)
     app.add_middleware(
         CORSMiddleware,
@@ -136,17 +184,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin_refunds_router, prefix=API_PREFIX)
     app.include_router(admin_orders_router, prefix=API_PREFIX)
     app.include_router(balance_router, prefix=API_PREFIX)
-    app.include_router(usage_router, prefix=API_PREFIX)
     app.include_router(admin_adjustments_router, prefix=API_PREFIX)
     app.include_router(admin_ledger_router, prefix=API_PREFIX)
     app.include_router(purchase_router, prefix=API_PREFIX)
     app.include_router(webhooks_router, prefix=API_PREFIX)
     app.include_router(admin_webhooks_router, prefix=API_PREFIX)
-    install_openapi(app)
+    install_openapi(app, extend=[_document_gateway])
     return app
 
 
-def app_factory() -> FastAPI:
+def app_factory() -> BillingApp:
     """Entry point for `uvicorn --factory app.main:app_factory`."""
     settings = get_settings()
     configure_logging(settings.log_level, json=settings.log_json)

@@ -19,7 +19,8 @@ log = structlog.get_logger("app.access")
 _MAX_REQUEST_ID = 128
 
 
-def _clean_request_id(raw: str | None) -> str:
+def clean_request_id(raw: str | None) -> str:
+    """The caller's `X-Request-ID` when it is short and printable, else a new one."""
     if raw and len(raw) <= _MAX_REQUEST_ID and raw.isprintable() and " " not in raw:
         return raw
     return uuid.uuid4().hex
@@ -43,7 +44,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
-        request_id = _clean_request_id(headers.get(b"x-request-id", b"").decode("latin-1") or None)
+        request_id = clean_request_id(headers.get(b"x-request-id", b"").decode("latin-1") or None)
         token = set_request_id(request_id)
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()

@@ -9,6 +9,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.models import Base
@@ -23,8 +24,14 @@ def alembic_config() -> Config:
     return config
 
 
+MIGRATION_LOCK_KEY = 0x746F726F75746572
+"""The PostgreSQL advisory lock that serialises migrations (`b"torouter"` as an integer)."""
+
+
 async def upgrade_head(engine: AsyncEngine) -> None:
-    """Apply every migration not yet applied."""
+    """Apply every migration not yet applied. On PostgreSQL, under a transaction-scoped advisory
+    lock: replicas starting together queue up, and each one after the first finds the database
+    at head and does nothing."""
 
     def _upgrade(connection: Any) -> None:
         config = alembic_config()
@@ -32,6 +39,10 @@ async def upgrade_head(engine: AsyncEngine) -> None:
         command.upgrade(config, "head")
 
     async with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            await connection.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+            )
         await connection.run_sync(_upgrade)
 
 

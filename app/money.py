@@ -1,24 +1,34 @@
 """Money conversions. Amounts are `int` micro-USD everywhere; this module is the only place that
-turns them into cents, decimal strings or `Decimal` and back."""
+turns them into cents, decimal strings or `Decimal` and back.
+
+Amounts that arrive as text (from a user, an operator or the environment) are matched against a
+strict ASCII grammar first (`AMOUNT_GRAMMAR`) and converted with integer arithmetic only: a
+`Decimal` would accept `"9e999990"` and spend half a minute turning it into an `int`.
+"""
 
 from __future__ import annotations
 
-from decimal import ROUND_DOWN, Decimal, InvalidOperation
+import re
+from decimal import ROUND_DOWN, Decimal
 
 MICROS_PER_USD = 1_000_000
 MICROS_PER_CENT = 10_000
 CURRENCY = "usd"
 
+MAX_AMOUNT_DIGITS = 12
+"""Digits before the dot: up to 999,999,999,999.99 USD, still far inside a BIGINT of micros."""
+MAX_AMOUNT_CHARS = MAX_AMOUNT_DIGITS + 1 + 6
 
-def usd_to_micros(amount: Decimal | str) -> int:
+AMOUNT_GRAMMAR = re.compile(rf"([0-9]{{1,{MAX_AMOUNT_DIGITS}}})(?:\.([0-9]{{1,6}}))?")
+"""ASCII digits, at most one dot, at most 6 decimals: no sign, exponent, space or other digits."""
+
+
+def usd_to_micros(amount: Decimal) -> int:
     """Exact conversion of a USD amount (at most 6 decimals) to micros."""
-    try:
-        value = Decimal(amount)
-    except InvalidOperation as exc:
-        raise ValueError(f"not a decimal amount: {amount!r}") from exc
-    if not value.is_finite():
-        raise ValueError("amount must be finite")
-    micros = value * MICROS_PER_USD
+    # `adjusted()` reads the exponent without arithmetic, so an absurd exponent costs nothing.
+    if not amount.is_finite() or amount.adjusted() >= MAX_AMOUNT_DIGITS:
+        raise ValueError(f"amount must be finite and below 10^{MAX_AMOUNT_DIGITS}")
+    micros = amount * MICROS_PER_USD
     if micros != micros.to_integral_value():
         raise ValueError("amount has more than 6 decimals")
     return int(micros)
@@ -54,15 +64,15 @@ def format_balance(micros: int) -> str:
     return format_usd(micros, 6)
 
 
-def parse_amount(text: str | Decimal, *, max_places: int = 2) -> int:
-    """Parse a user-entered amount with at most `max_places` decimals into micros."""
-    try:
-        value = Decimal(str(text).strip())
-    except InvalidOperation as exc:
-        raise ValueError("must be a decimal amount such as 20.00") from exc
-    if not value.is_finite():
+def parse_amount(text: str, *, max_places: int = 2) -> int:
+    """Parse an amount sent as text (`"20"`, `"20.5"`, `"20.00"`) into micros; `ValueError`
+    unless it matches `AMOUNT_GRAMMAR` with at most `max_places` decimals."""
+    if not isinstance(text, str) or len(text) > MAX_AMOUNT_CHARS:
         raise ValueError("must be a decimal amount such as 20.00")
-    exponent = value.as_tuple().exponent
-    if isinstance(exponent, int) and exponent < -max_places:
+    match = AMOUNT_GRAMMAR.fullmatch(text)
+    if match is None:
+        raise ValueError("must be a decimal amount such as 20.00")
+    whole, fraction = match.group(1), match.group(2) or ""
+    if len(fraction) > max_places:
         raise ValueError(f"must have at most {max_places} decimals")
-    return usd_to_micros(value)
+    return int(whole) * MICROS_PER_USD + int(fraction.ljust(6, "0"))

@@ -10,10 +10,10 @@ Two halves:
       @router.post("/orders/{order_id}/cancel", responses=problem_responses(NotFound, ...))
 
 - `install_openapi(app)` makes `app.openapi()` add, to every operation, what every operation of
-  its kind can answer: 401/403 by the credential it takes (`CurrentUser`, `AdminUser`,
-  `GatewayCaller`), 429 `rate_limited` when it is behind a rate limit, 413 when it takes a body,
-  500, and the problem form of the 422 (FastAPI declares its own `HTTPValidationError`, with
-  `detail` a list, which is not what the service sends). An error status declared by a plain
+  its kind can answer: 401/403 by the credential it takes (`CurrentUser`, `AdminUser`), 429
+  `rate_limited` when it is behind a rate limit, 400/413 when it takes a body, 500, and the
+  problem form of the 422 (FastAPI declares its own `HTTPValidationError`, with `detail` a
+  list, which is not what the service sends). An error status declared by a plain
   `{"description": ...}` gets the problem schema too, so no operation is left with an error
   answered in a content type its document does not name. Operations that are not FastAPI
   routes join through `install_openapi(app, extend=[hook])`, where `hook(doc)` adds them to
@@ -25,6 +25,7 @@ Two halves:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -42,6 +43,7 @@ from app.errors import (
     InternalError,
     PayloadTooLarge,
     RateLimited,
+    ServiceUnavailable,
     Unauthorized,
     ValidationFailed,
 )
@@ -49,9 +51,9 @@ from app.errors import (
 PROBLEM_SCHEMA = "Problem"
 PROBLEM_REF = f"#/components/schemas/{PROBLEM_SCHEMA}"
 
-AUTH_ERRORS: tuple[type[BillingError], ...] = (Unauthorized, Forbidden)
+AUTH_ERRORS: tuple[type[BillingError], ...] = (Unauthorized, Forbidden, ServiceUnavailable)
 """What a route taking any credential can answer: none or a bad one (401), the wrong kind or
-role (403)."""
+role (403), the identity provider's keys (JWKS) out of reach (503)."""
 
 _HEADERS: dict[int, dict[str, Any]] = {
     401: {
@@ -105,6 +107,12 @@ class Problem(BaseModel):
     )
     available_micros: int | None = Field(
         default=None, description="`insufficient_balance`: the available balance in micro-USD."
+    )
+    required_micros: int | None = Field(
+        default=None, description="`insufficient_balance`: the amount asked for, in micro-USD."
+    )
+    hold_status: str | None = Field(
+        default=None, description="`invalid_state` of a hold: its status now."
     )
     order_id: str | None = Field(default=None, description="The order the problem is about.")
     order_status: str | None = Field(default=None, description="That order's status now.")
@@ -234,11 +242,11 @@ def api_routes(app: FastAPI) -> Iterator[Any]:
 
 
 def generic_errors(route: Any) -> list[type[BillingError]]:
-    from app.auth.dependencies import get_admin_user, get_current_user, get_gateway_caller
+    from app.auth.dependencies import get_admin_user, get_current_user
 
     calls = list(_dependency_calls(route.dependant))
     errors: list[type[BillingError]] = []
-    if any(c in (get_current_user, get_admin_user, get_gateway_caller) for c in calls):
+    if any(c in (get_current_user, get_admin_user) for c in calls):
         errors += AUTH_ERRORS
     if any(getattr(c, _RATE_LIMIT_MARK, False) for c in calls):
         errors.append(RateLimited)
@@ -259,6 +267,19 @@ def _operations(doc: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]
                 yield path, method, operation
 
 
+def _error_classes(root: type[BillingError] = BillingError) -> Iterator[type[BillingError]]:
+    yield root
+    for sub in root.__subclasses__():
+        yield from _error_classes(sub)
+
+
+def _named_codes(status: int, response: dict[str, Any]) -> list[str]:
+    """The codes of errors with this status that a response's description names in backticks."""
+    known = {e.code for e in _error_classes() if e.status == status}
+    named = re.findall(r"`([a-z_]+)`", response.get("description", ""))
+    return sorted({code for code in named if code in known})
+
+
 def document_problems(doc: dict[str, Any]) -> dict[str, Any]:
     """Make every error response of the document a problem: FastAPI's `HTTPValidationError`
     422 becomes `validation_error`, a bare error status gets the `Problem` schema, every
@@ -271,6 +292,10 @@ def document_problems(doc: dict[str, Any]) -> dict[str, Any]:
             entry = responses[key]
             content = entry.get("content", {})
             if PROBLEM_JSON in content:
+                if _codes_of(entry) is None:
+                    # Written by hand (a table's description such as "`insufficient_balance`:
+                    # …"): the codes it names, when they are errors of this status.
+                    entry["content"] = _content(_named_codes(int(key), entry))
                 continue
             schema_ref = content.get("application/json", {}).get("schema", {}).get("$ref", "")
             entry.pop("content", None)
@@ -278,7 +303,7 @@ def document_problems(doc: dict[str, Any]) -> dict[str, Any]:
                 entry["description"] = _describe([ValidationFailed])
                 add_problem(responses, 422, [ValidationFailed.code])
             else:
-                add_problem(responses, int(key), None)
+                add_problem(responses, int(key), _named_codes(int(key), entry) or None)
         add_problem(responses, 500, [InternalError.code], _describe([InternalError]))
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     schemas.update(problem_components())

@@ -8,9 +8,24 @@ import json
 from typing import Any
 
 from app.errors import ValidationFailed
+from app.schemas import CONTROL_CHARACTERS as _CONTROL
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
+_BIGINT = range(-(2**63), 2**63)
+"""What a sort key's integer may be: it is compared with a BIGINT column."""
+_MAX_KEY_CHARS = 255
+
+
+def _is_sort_key_part(value: Any) -> bool:
+    """An integer that fits a BIGINT, or a short string without control characters."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value in _BIGINT
+    if isinstance(value, str):
+        return len(value) <= _MAX_KEY_CHARS and not _CONTROL.search(value)
+    return False
 
 
 def encode_cursor(*key: Any) -> str:
@@ -29,7 +44,7 @@ def decode_cursor(cursor: str, arity: int) -> list[Any]:
             "The cursor is not valid.",
             errors=[{"field": "cursor", "message": "not a cursor returned by this API"}],
         ) from exc
-    if not isinstance(key, list) or len(key) != arity:
+    if not isinstance(key, list) or len(key) != arity or not all(map(_is_sort_key_part, key)):
         raise ValidationFailed(
             "The cursor is not valid.",
             errors=[{"field": "cursor", "message": "not a cursor returned by this API"}],

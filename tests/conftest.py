@@ -40,6 +40,11 @@ PG_ADMIN_URL = os.environ.get(
 )
 JWT_SECRET = "test-secret-" + "x" * 40
 
+# The service defaults to production; the tests say what they are. Fixtures pass their settings
+# explicitly; this covers code that reads the environment (the CLI, alembic's env.py).
+os.environ["BILLING_ENVIRONMENT"] = "test"
+os.environ.setdefault("BILLING_JWT_SECRET", JWT_SECRET)
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if BACKEND != "sqlite":

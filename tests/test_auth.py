@@ -11,12 +11,18 @@ import jwt
 import pytest
 from fastapi import APIRouter
 
-from app.auth import AdminUser, CurrentUser, GatewayCaller
-from app.auth.service_tokens import revoke_service_token
+from app.auth import AdminUser, CurrentUser
+from app.auth.service_tokens import (
+    ServiceTokenVerifier,
+    list_service_tokens,
+    revoke_service_token,
+)
 from app.db import session_scope
 from tests.conftest import JWT_SECRET
 
 probe = APIRouter()
+# A real gateway route (served by the lean gateway app, not FastAPI).
+GATEWAY = "/v1/internal/accounts/someone/balance"
 
 
 @probe.get("/probe/user")
@@ -27,11 +33,6 @@ async def probe_user(user: CurrentUser) -> dict[str, Any]:
 @probe.get("/probe/admin")
 async def probe_admin(user: AdminUser) -> dict[str, Any]:
     return {"user_id": user.user_id}
-
-
-@probe.get("/probe/gateway")
-async def probe_gateway(caller: GatewayCaller) -> dict[str, Any]:
-    return {"name": caller.name}
 
 
 @pytest.fixture
@@ -121,13 +122,13 @@ async def test_admin_role_comes_from_the_configured_claim(client: httpx.AsyncCli
 
 
 async def test_a_user_jwt_on_a_gateway_route_gets_403(client: httpx.AsyncClient) -> None:
-    _assert_problem(await _get(client, "/probe/gateway", _encode(_claims())), 403, "forbidden")
+    _assert_problem(await _get(client, GATEWAY, _encode(_claims())), 403, "forbidden")
 
 
 async def test_garbage_on_a_gateway_route_gets_401(client: httpx.AsyncClient) -> None:
-    _assert_problem(await _get(client, "/probe/gateway", "svc_unknown"), 401, "unauthorized")
-    _assert_problem(await _get(client, "/probe/gateway", "nonsense"), 401, "unauthorized")
-    _assert_problem(await _get(client, "/probe/gateway", None), 401, "unauthorized")
+    _assert_problem(await _get(client, GATEWAY, "svc_unknown"), 401, "unauthorized")
+    _assert_problem(await _get(client, GATEWAY, "nonsense"), 401, "unauthorized")
+    _assert_problem(await _get(client, GATEWAY, None), 401, "unauthorized")
 
 
 async def test_a_service_token_on_a_portal_route_gets_403(
@@ -139,13 +140,38 @@ async def test_a_service_token_on_a_portal_route_gets_403(
 async def test_a_revoked_service_token_gets_401(
     client: httpx.AsyncClient, gateway_token: str, session_maker: Any
 ) -> None:
-    ok = await _get(client, "/probe/gateway", gateway_token)
+    ok = await _get(client, GATEWAY, gateway_token)
     assert ok.status_code == 200
-    assert ok.json() == {"name": "test-gateway"}
+    assert ok.json()["user_id"] == "someone"
     async with session_scope(session_maker) as session:
-        from app.auth.service_tokens import list_service_tokens
-
         (row,) = await list_service_tokens(session)
         assert row.token_hash != gateway_token  # only the hash is stored
         assert await revoke_service_token(session, row.id)
-    _assert_problem(await _get(client, "/probe/gateway", gateway_token), 401, "unauthorized")
+    _assert_problem(await _get(client, GATEWAY, gateway_token), 401, "unauthorized")
+
+
+@pytest.mark.parametrize(
+    "claim", [True, 1, "admin user", "administrator", ["admins"], {"admin": 1}]
+)
+async def test_a_boolean_true_admin_claim_is_not_admin(
+    client: httpx.AsyncClient, claim: object
+) -> None:
+    token = _encode(_claims(role=claim))
+    _assert_problem(await _get(client, "/probe/admin", token), 403, "forbidden")
+
+
+async def test_the_service_token_cache_evicts_the_least_recently_used_entry(
+    session_maker: Any, gateway_token: str
+) -> None:
+    verifier = ServiceTokenVerifier(session_maker, cache_seconds=60, cache_size=3)
+    assert await verifier.verify(gateway_token) is not None
+    # A flood of made-up tokens while the gateway keeps calling.
+    for n in range(50):
+        assert await verifier.verify(f"svc_made_up_{n}") is None
+        assert await verifier.verify(gateway_token) is not None
+    assert len(verifier._cache) == 3
+    async with session_scope(session_maker) as session:
+        (row,) = await list_service_tokens(session)
+        assert await revoke_service_token(session, row.id)
+    # Still cached (so it was never evicted): the revocation shows once the entry expires.
+    assert await verifier.verify(gateway_token) is not None

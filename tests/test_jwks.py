@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from app.auth.jwt import JwtVerifier
 from app.config import Settings
-from app.errors import Unauthorized
+from app.errors import ServiceUnavailable, Unauthorized
 
 
 def _jwk(private_key: Any, kid: str, alg: str) -> dict[str, Any]:
@@ -33,9 +33,12 @@ class Jwks:
     def __init__(self) -> None:
         self.keys: list[dict[str, Any]] = []
         self.fetches = 0
+        self.failing = False
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         self.fetches += 1
+        if self.failing:
+            return httpx.Response(502, text="bad gateway")
         return httpx.Response(200, json={"keys": self.keys})
 
 
@@ -104,3 +107,56 @@ async def test_a_token_signed_by_another_key_with_a_known_kid_is_refused(
     jwks.keys = [_jwk(real, "r1", "RS256")]
     with pytest.raises(Unauthorized):
         await verifier.verify(_token(forged, "r1", "RS256"))
+
+
+async def test_jwks_keys_are_refreshed_after_their_ttl(jwks: Jwks, verifier: JwtVerifier) -> None:
+    removed = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwks.keys = [_jwk(removed, "old", "RS256")]
+    token = _token(removed, "old", "RS256")
+    assert (await verifier.verify(token)).user_id == "user-9"
+    # The identity provider rotates the key out; once the TTL has passed it is not trusted.
+    jwks.keys = [
+        _jwk(rsa.generate_private_key(public_exponent=65537, key_size=2048), "new", "RS256")
+    ]
+    assert verifier.jwks is not None
+    verifier.jwks._fetched_at -= verifier.jwks.ttl + 1
+    with pytest.raises(Unauthorized):
+        await verifier.verify(token)
+    assert jwks.fetches == 2
+
+
+async def test_a_jwks_fetch_failure_is_503_not_401(jwks: Jwks, verifier: JwtVerifier) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwks.keys = [_jwk(key, "k1", "RS256")]
+    jwks.failing = True
+    with pytest.raises(ServiceUnavailable) as raised:
+        await verifier.verify(_token(key, "k1", "RS256"))
+    assert raised.value.status == 503
+    assert raised.value.headers["Retry-After"]
+    # Within the minimum interval the provider is not asked again, and the answer stays 503.
+    with pytest.raises(ServiceUnavailable):
+        await verifier.verify(_token(key, "k1", "RS256"))
+    assert jwks.fetches == 1
+
+
+async def test_known_keys_keep_working_while_the_identity_provider_is_down(
+    jwks: Jwks, verifier: JwtVerifier
+) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwks.keys = [_jwk(key, "k1", "RS256")]
+    assert (await verifier.verify(_token(key, "k1", "RS256"))).user_id == "user-9"
+    jwks.failing = True
+    assert verifier.jwks is not None
+    verifier.jwks._fetched_at -= verifier.jwks.ttl + 1
+    assert (await verifier.verify(_token(key, "k1", "RS256"))).user_id == "user-9"
+    assert jwks.fetches == 2
+
+
+@pytest.mark.parametrize("settings_overrides", [{"jwt_jwks_url": "http://127.0.0.1:9/jwks"}])
+async def test_an_unreachable_jwks_answers_a_503_problem(client: httpx.AsyncClient) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    token = _token(key, "k1", "RS256")
+    response = await client.get("/v1/balance", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["retry-after"]

@@ -17,10 +17,63 @@ def test_amounts_convert_exactly_between_usd_cents_and_micros() -> None:
     assert money.format_balance(-6_000) == "-0.006000"
 
 
-@pytest.mark.parametrize("text", ["1.001", "abc", "NaN", "Infinity", ""])
+HOSTILE_AMOUNTS = [
+    "9e999990",
+    "1e999999",
+    "1e299999",
+    "1E2",
+    "NaN",
+    "sNaN",
+    "Infinity",
+    "-Infinity",
+    "+1",
+    "-1",
+    " 1",
+    "1 ",
+    "1_000",
+    "\uff11\uff10",  # fullwidth digits
+    "\u0661",  # Arabic-Indic one
+    "1.",
+    ".5",
+    "1..0",
+    "1.0.0",
+    "0x10",
+    "1" * 13,
+    "1" * 10_000,
+    "",
+]
+
+
+@pytest.mark.parametrize("text", ["1.001", "abc", *HOSTILE_AMOUNTS])
 def test_parse_amount_refuses_what_is_not_a_two_decimal_amount(text: str) -> None:
     with pytest.raises(ValueError, match=r"."):
         money.parse_amount(text)
+
+
+@pytest.mark.parametrize("text", HOSTILE_AMOUNTS)
+def test_a_hostile_amount_is_refused_by_the_grammar_before_any_decimal_arithmetic(
+    text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    constructed: list[object] = []
+
+    def spy(*args: object) -> None:
+        constructed.append(args)
+        raise RuntimeError("a hostile amount reached Decimal")
+
+    monkeypatch.setattr(money, "Decimal", spy)
+    with pytest.raises(ValueError, match=r"."):
+        money.parse_amount(text)
+    assert constructed == []
+
+
+@pytest.mark.parametrize(
+    ("text", "micros"),
+    [("20", 20_000_000), ("20.5", 20_500_000), ("0.07", 70_000), ("000.10", 100_000)],
+)
+def test_parse_amount_converts_with_integer_arithmetic(text: str, micros: int) -> None:
+    assert money.parse_amount(text) == micros
+    assert money.parse_amount("999999999999.99") == 999_999_999_999_990_000
+    assert money.parse_amount("1.234567", max_places=6) == 1_234_567
 
 
 def test_micros_to_cents_refuses_fractions_of_a_cent() -> None:

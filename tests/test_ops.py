@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
 
@@ -36,3 +37,21 @@ async def test_metrics_are_in_prometheus_format(client: httpx.AsyncClient) -> No
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     assert "billing_http_requests_total" in response.text
+
+
+@pytest.mark.parametrize("settings_overrides", [{"metrics_token": "m" * 32}])
+async def test_metrics_need_the_configured_bearer_token(client: httpx.AsyncClient) -> None:
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "m" * 32}):
+        response = await client.get("/metrics", headers=headers)
+        assert response.status_code == 401, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+    response = await client.get("/metrics", headers={"Authorization": "Bearer " + "m" * 32})
+    assert response.status_code == 200
+    assert "billing_http_requests_total" in response.text
+
+
+@pytest.mark.parametrize("settings_overrides", [{"environment": "production"}])
+async def test_metrics_are_off_in_production_without_a_token(client: httpx.AsyncClient) -> None:
+    response = await client.get("/metrics")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"

@@ -16,7 +16,7 @@ from app.db import SessionDep
 from app.errors import IdempotencyConflict, InsufficientBalance, ValidationFailed
 from app.ledger.service import Leg, hash_request, post
 from app.openapi import problem_responses
-from app.schemas import StrictModel
+from app.schemas import CleanStr, CleanText, StrictModel
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -28,9 +28,9 @@ class AdjustmentIn(StrictModel):
     amount_micros: Annotated[
         int, Field(strict=True, description="Signed micro-USD, not 0.", examples=[5_000_000])
     ]
-    reason: Annotated[str, StringConstraints(min_length=3, max_length=500)]
+    reason: Annotated[CleanText, StringConstraints(min_length=3, max_length=500)]
     idempotency_key: Annotated[
-        str, StringConstraints(min_length=1, max_length=200, pattern=r"^\S+$")
+        CleanStr, StringConstraints(min_length=1, max_length=200, pattern=r"^\S+$")
     ] = Field(description="Retries with the same key and body answer the original adjustment.")
 
 
@@ -129,7 +129,7 @@ async def adjust_wallet(
 async def create_adjustment(
     request: Request,
     response: Response,
-    user_id: Annotated[str, Path(min_length=1, max_length=255, pattern=r"^\S+$")],
+    user_id: Annotated[CleanStr, Path(min_length=1, max_length=255, pattern=r"^\S+$")],
     body: AdjustmentIn,
     admin: AdminUser,
     session: SessionDep,

@@ -16,7 +16,7 @@ from app.ids import new_id
 from app.models.audit import AuditEntry
 from app.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, encode_cursor
 from app.request_context import current_request_id
-from app.schemas import Page
+from app.schemas import CleanStr, Page
 
 
 async def record_admin_action(
@@ -66,11 +66,11 @@ router = APIRouter(prefix="/admin", tags=["admin"])
 async def list_audit_log(
     admin: AdminUser,
     session: SessionDep,
-    subject_type: Annotated[str | None, Query(max_length=32)] = None,
-    subject_id: Annotated[str | None, Query(max_length=255)] = None,
-    actor_user_id: Annotated[str | None, Query(max_length=255)] = None,
+    subject_type: Annotated[CleanStr | None, Query(max_length=32)] = None,
+    subject_id: Annotated[CleanStr | None, Query(max_length=255)] = None,
+    actor_user_id: Annotated[CleanStr | None, Query(max_length=255)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[CleanStr | None, Query(max_length=200)] = None,
 ) -> Page[AuditEntryOut]:
     """Admin actions, newest first."""
     stmt = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit + 1)

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
+from pydantic import StringConstraints
 
 from app.auth import AdminUser
 from app.db import SessionDep
 from app.errors import NotFound, PaymentProviderUnavailable, PaymentsNotConfigured
 from app.openapi import problem_responses
 from app.orders import service
+from app.orders.router import OrderId
 from app.orders.schemas import OrderOut
 from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from app.purchase import service as purchase_service
-from app.schemas import Page
+from app.schemas import CleanStr, Page, UtcDatetime
 from app.stripe_gateway import StripeRequestFailed
 
 router = APIRouter(prefix="/admin/orders", tags=["admin"])
@@ -26,11 +27,13 @@ async def admin_list_orders(
     request: Request,
     admin: AdminUser,
     session: SessionDep,
-    user_id: Annotated[str | None, Query(max_length=255)] = None,
-    status: Annotated[list[str] | None, Query()] = None,
-    created_from: Annotated[datetime | None, Query()] = None,
-    created_to: Annotated[datetime | None, Query()] = None,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    user_id: Annotated[CleanStr | None, Query(max_length=255)] = None,
+    status: Annotated[
+        list[Annotated[CleanStr, StringConstraints(max_length=32)]] | None, Query()
+    ] = None,
+    created_from: Annotated[UtcDatetime | None, Query()] = None,
+    created_to: Annotated[UtcDatetime | None, Query()] = None,
+    cursor: Annotated[CleanStr | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
 ) -> Page[OrderOut]:
     """Orders newest first, of one user (`user_id`) or of everyone."""
@@ -48,7 +51,7 @@ async def admin_list_orders(
 
 @router.get("/{order_id}", summary="Get any order", responses=problem_responses(NotFound))
 async def admin_get_order(
-    request: Request, order_id: str, admin: AdminUser, session: SessionDep
+    request: Request, order_id: OrderId, admin: AdminUser, session: SessionDep
 ) -> OrderOut:
     """One order of any user."""
     return await service.show_order(session, request.app.state.settings, None, order_id)
@@ -61,7 +64,7 @@ async def admin_get_order(
         NotFound, StripeRequestFailed, PaymentProviderUnavailable, PaymentsNotConfigured
     ),
 )
-async def admin_sync_order(request: Request, order_id: str, admin: AdminUser) -> OrderOut:
+async def admin_sync_order(request: Request, order_id: OrderId, admin: AdminUser) -> OrderOut:
     """Ask Stripe about any user's order and apply what it says; audited."""
     return await purchase_service.sync_order(
         request.app.state.session_maker,

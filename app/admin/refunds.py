@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
+from pydantic import StringConstraints
 
 from app.auth import AdminUser
 from app.db import SessionDep
@@ -18,18 +19,23 @@ from app.refunds.schemas import (
     ReviewIn,
     admin_refund_request_out,
 )
-from app.schemas import Page
+from app.schemas import CleanStr, Page
 
 router = APIRouter(prefix="/admin/refund-requests", tags=["admin"])
+
+RefundRequestId = Annotated[CleanStr, Path(min_length=1, max_length=64)]
 
 
 @router.get("", summary="List refund requests")
 async def admin_list_refund_requests(
     admin: AdminUser,
     session: SessionDep,
-    status: Annotated[list[str] | None, Query(description="Filter by status (repeatable).")] = None,
-    user_id: Annotated[str | None, Query(max_length=255)] = None,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    status: Annotated[
+        list[Annotated[CleanStr, StringConstraints(max_length=32)]] | None,
+        Query(description="Filter by status (repeatable)."),
+    ] = None,
+    user_id: Annotated[CleanStr | None, Query(max_length=255)] = None,
+    cursor: Annotated[CleanStr | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
 ) -> Page[AdminRefundRequestOut]:
     """Every user's refund requests, newest first."""
@@ -50,7 +56,7 @@ async def admin_list_refund_requests(
     ),
 )
 async def admin_approve_refund_request(
-    request: Request, request_id: str, admin: AdminUser, body: ReviewIn | None = None
+    request: Request, request_id: RefundRequestId, admin: AdminUser, body: ReviewIn | None = None
 ) -> AdminRefundRequestOut:
     """Debit the wallet and refund at Stripe (idempotency key `refund:<request_id>`)."""
     row = await service.approve_request(
@@ -70,7 +76,7 @@ async def admin_approve_refund_request(
     responses=problem_responses(NotFound, InvalidStateTransition),
 )
 async def admin_deny_refund_request(
-    request_id: str, body: DenyIn, admin: AdminUser, session: SessionDep
+    request_id: RefundRequestId, body: DenyIn, admin: AdminUser, session: SessionDep
 ) -> AdminRefundRequestOut:
     """Deny a pending request with a note the user sees."""
     row = await service.deny_request(session, request_id, actor=admin.user_id, note=body.note)

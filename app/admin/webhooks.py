@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel
 
 from app.admin.audit import record_admin_action
@@ -12,6 +13,7 @@ from app.auth import AdminUser
 from app.db import SessionDep
 from app.errors import NotFound, PaymentProviderUnavailable, PaymentsNotConfigured
 from app.openapi import problem_responses
+from app.schemas import CleanStr
 from app.webhooks import service
 
 router = APIRouter(prefix="/admin/webhook-events", tags=["admin"])
@@ -34,7 +36,10 @@ class WebhookEventOut(BaseModel):
     responses=problem_responses(NotFound, PaymentProviderUnavailable, PaymentsNotConfigured),
 )
 async def admin_replay_webhook_event(
-    request: Request, event_id: str, admin: AdminUser, session: SessionDep
+    request: Request,
+    event_id: Annotated[CleanStr, Path(min_length=1, max_length=255)],
+    admin: AdminUser,
+    session: SessionDep,
 ) -> WebhookEventOut:
     """Apply a stored event again through the same idempotent handlers; audited."""
     row = await service.replay_event(

@@ -1,4 +1,5 @@
-"""`CurrentUser`, `AdminUser` and `GatewayCaller`: declared once, used as annotations."""
+"""`CurrentUser` and `AdminUser`, declared once and used as annotations; `authenticate_gateway`
+for the gateway's lean ASGI routes."""
 
 from __future__ import annotations
 
@@ -15,9 +16,6 @@ _portal_bearer = HTTPBearer(
     auto_error=False,
     scheme_name="PortalJWT",
     description="A JWT from the portal's identity provider.",
-)
-_gateway_bearer = HTTPBearer(
-    auto_error=False, scheme_name="ServiceToken", description="A gateway service token (`svc_…`)."
 )
 
 
@@ -46,20 +44,20 @@ async def get_admin_user(user: Annotated[Principal, Depends(get_current_user)]) 
     return user
 
 
-async def get_gateway_caller(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_gateway_bearer)],
+async def authenticate_gateway(
+    authorization: str | None, tokens: ServiceTokenVerifier, jwts: JwtVerifier
 ) -> ServiceCaller:
-    """The gateway behind the request's service token."""
-    token = _bearer(credentials)
+    """The gateway behind an `Authorization: Bearer svc_…` header (the gateway routes are served
+    by `app.usage.router.GatewayApp`, outside FastAPI's dependency injection)."""
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("A bearer token is required.")
     if not token.startswith(TOKEN_PREFIX):
         # A valid portal JWT is a credential of the wrong kind (403); anything else is no
         # credential at all (401, raised by the verifier).
-        jwt_verifier: JwtVerifier = request.app.state.jwt_verifier
-        await jwt_verifier.verify(token)
+        await jwts.verify(token)
         raise Forbidden("Gateway endpoints need a service token.")
-    verifier: ServiceTokenVerifier = request.app.state.service_token_verifier
-    caller = await verifier.verify(token)
+    caller = await tokens.verify(token)
     if caller is None:
         raise Unauthorized("The service token is unknown or revoked.")
     return caller
@@ -67,4 +65,3 @@ async def get_gateway_caller(
 
 CurrentUser = Annotated[Principal, Depends(get_current_user)]
 AdminUser = Annotated[Principal, Depends(get_admin_user)]
-GatewayCaller = Annotated[ServiceCaller, Depends(get_gateway_caller)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -13,11 +14,14 @@ import jwt
 import structlog
 
 from app.config import Settings
-from app.errors import Unauthorized
+from app.errors import ServiceUnavailable, Unauthorized
+from app.schemas import CONTROL_CHARACTERS
 
 log = structlog.get_logger(__name__)
 
 ASYMMETRIC_ALGORITHMS = ["RS256", "ES256"]
+MAX_EMAIL_CHARS = 320
+"""RFC 5321: 64 for the local part, 1 for the @, 255 for the domain."""
 _JWKS_MIN_REFRESH_SECONDS = 30.0
 
 
@@ -31,14 +35,20 @@ class Principal:
 
 
 class JwksCache:
-    """Keys from `BILLING_JWT_JWKS_URL`, fetched once and refreshed when a token names a `kid`
-    we do not have (at most every 30 s, so unknown kids cannot hammer the identity provider)."""
+    """Keys from `BILLING_JWT_JWKS_URL`, refreshed every `ttl` seconds (so a key the identity
+    provider removed stops being trusted) and when a token names a `kid` we do not have. Fetches
+    happen at most every 30 s, so unknown kids cannot hammer the identity provider. When the
+    provider cannot be reached, keys we have keep working; a token we cannot check is a 503."""
 
-    def __init__(self, url: str, http: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self, url: str, http: httpx.AsyncClient | None = None, *, ttl: float = 300.0
+    ) -> None:
         self.url = url
+        self.ttl = ttl
         self._http = http
         self._keys: dict[str, jwt.PyJWK] = {}
-        self._fetched_at = 0.0
+        self._fetched_at = -math.inf
+        self._failed_at = -math.inf
         self._lock = asyncio.Lock()
 
     async def _fetch(self) -> None:
@@ -46,30 +56,44 @@ class JwksCache:
         try:
             response = await client.get(self.url)
             response.raise_for_status()
-            jwk_set = jwt.PyJWKSet.from_dict(response.json())
+            document = response.json()
         finally:
             if self._http is None:
                 await client.aclose()
-        self._keys = {key.key_id: key for key in jwk_set.keys if key.key_id}
+        if isinstance(document, dict) and document.get("keys") == []:
+            self._keys = {}  # every key withdrawn: nothing verifies until new ones appear
+        else:
+            jwk_set = jwt.PyJWKSet.from_dict(document)
+            self._keys = {key.key_id: key for key in jwk_set.keys if key.key_id}
         self._fetched_at = time.monotonic()
+
+    def _fresh(self, now: float) -> bool:
+        return now - self._fetched_at < self.ttl
 
     async def get(self, kid: str) -> jwt.PyJWK:
         key = self._keys.get(kid)
-        if key is not None:
+        if key is not None and self._fresh(time.monotonic()):
             return key
         async with self._lock:
-            if kid not in self._keys and (
-                time.monotonic() - self._fetched_at >= _JWKS_MIN_REFRESH_SECONDS or not self._keys
+            now = time.monotonic()
+            last_attempt = max(self._fetched_at, self._failed_at)
+            if (not self._fresh(now) or kid not in self._keys) and (
+                now - last_attempt >= _JWKS_MIN_REFRESH_SECONDS
             ):
                 try:
                     await self._fetch()
                 except (httpx.HTTPError, jwt.PyJWTError, ValueError) as exc:
-                    log.warning("jwks_fetch_failed", error=str(exc))
-                    raise Unauthorized("The token's signing keys cannot be fetched.") from exc
+                    log.warning("jwks_fetch_failed", url=self.url, error=str(exc))
+                    self._failed_at = now
         key = self._keys.get(kid)
-        if key is None:
-            raise Unauthorized("The token is signed with an unknown key.")
-        return key
+        if key is not None:
+            return key
+        if self._failed_at > self._fetched_at:
+            raise ServiceUnavailable(
+                "The identity provider's signing keys cannot be fetched; retry shortly.",
+                headers={"Retry-After": str(int(_JWKS_MIN_REFRESH_SECONDS))},
+            )
+        raise Unauthorized("The token is signed with an unknown key.")
 
 
 class JwtVerifier:
@@ -77,7 +101,11 @@ class JwtVerifier:
 
     def __init__(self, settings: Settings, http: httpx.AsyncClient | None = None) -> None:
         self.settings = settings
-        self.jwks = JwksCache(settings.jwt_jwks_url, http) if settings.jwt_jwks_url else None
+        self.jwks = (
+            JwksCache(settings.jwt_jwks_url, http, ttl=settings.jwt_jwks_ttl_seconds)
+            if settings.jwt_jwks_url
+            else None
+        )
 
     async def verify(self, token: str) -> Principal:
         s = self.settings
@@ -112,23 +140,34 @@ class JwtVerifier:
         except jwt.PyJWTError as exc:
             raise Unauthorized("The token is invalid.") from exc
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not sub or len(sub) > 255:
+        if not isinstance(sub, str) or not sub or len(sub) > 255 or CONTROL_CHARACTERS.search(sub):
             raise Unauthorized("The token has no usable subject.")
-        email = claims.get("email")
         return Principal(
             user_id=sub,
-            email=email if isinstance(email, str) and email else None,
+            email=_usable_email(claims.get("email")),
             is_admin=_has_admin_role(claims.get(s.jwt_admin_claim), s.jwt_admin_value),
         )
 
 
+def _usable_email(claim: Any) -> str | None:
+    # The email only addresses Stripe receipts: one Stripe would refuse is dropped, not fatal.
+    if (
+        not isinstance(claim, str)
+        or not 3 <= len(claim) <= MAX_EMAIL_CHARS
+        or "@" not in claim
+        or CONTROL_CHARACTERS.search(claim)
+    ):
+        return None
+    return claim
+
+
 def _has_admin_role(claim: Any, admin_value: str) -> bool:
+    """The claim equals the configured value, or is a list of roles with an element equal to
+    it. Nothing else is admin: not `true`, not `1`, not a string that merely contains it."""
     if isinstance(claim, str):
-        return claim == admin_value or admin_value in claim.split()
+        return claim == admin_value
     if isinstance(claim, list):
-        return admin_value in claim
-    if isinstance(claim, bool):
-        return claim
+        return any(isinstance(role, str) and role == admin_value for role in claim)
     return False
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.ids import new_id
@@ -62,36 +63,47 @@ async def revoke_service_token(session: AsyncSession, token_id: str) -> bool:
     return result.first() is not None
 
 
+# Built once: every cache miss of the gateway's hot path runs it.
+_BY_HASH = select(ServiceToken.id, ServiceToken.name, ServiceToken.revoked_at).where(
+    ServiceToken.token_hash == bindparam("digest")
+)
+
+
 class ServiceTokenVerifier:
     """Looks tokens up by hash, caching answers for a few seconds: the gateway calls at a high
-    rate, and a revocation takes effect within `BILLING_SERVICE_TOKEN_CACHE_SECONDS`."""
+    rate, and a revocation takes effect within `BILLING_SERVICE_TOKEN_CACHE_SECONDS`.
 
-    def __init__(self, maker: async_sessionmaker[AsyncSession], cache_seconds: float) -> None:
+    The cache is least-recently-used and bounded (`BILLING_SERVICE_TOKEN_CACHE_SIZE`): a flood of
+    made-up tokens evicts other made-up tokens, not the gateway's, which is used all the time."""
+
+    def __init__(
+        self,
+        maker: async_sessionmaker[AsyncSession],
+        cache_seconds: float,
+        cache_size: int = 10_000,
+    ) -> None:
         self._maker = maker
         self._cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[float, ServiceCaller | None]] = {}
+        self._cache_size = cache_size
+        self._cache: OrderedDict[str, tuple[float, ServiceCaller | None]] = OrderedDict()
 
     async def verify(self, token: str) -> ServiceCaller | None:
         digest = hash_token(token)
         now = time.monotonic()
         cached = self._cache.get(digest)
         if cached is not None and cached[0] > now:
+            self._cache.move_to_end(digest)
             return cached[1]
         async with self._maker() as session:
-            row = (
-                await session.execute(
-                    select(ServiceToken.id, ServiceToken.name, ServiceToken.revoked_at).where(
-                        ServiceToken.token_hash == digest
-                    )
-                )
-            ).first()
+            row = (await session.execute(_BY_HASH, {"digest": digest})).first()
         caller = (
             None if row is None or row.revoked_at is not None else ServiceCaller(row.id, row.name)
         )
         if self._cache_seconds > 0:
-            if len(self._cache) > 10_000:
-                self._cache.clear()
             self._cache[digest] = (now + self._cache_seconds, caller)
+            self._cache.move_to_end(digest)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
         return caller
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import (
     JSON,
@@ -28,9 +28,8 @@ from app.models.base import UTCDateTime, utcnow
 from app.models.ledger import Account, Hold, LedgerEntry, LedgerTransaction
 
 
-@dataclass(frozen=True, slots=True)
-class WalletRow:
-    """A wallet's state as a statement returned it."""
+class WalletRow(NamedTuple):
+    """A wallet's state as a statement returned it (a tuple: the gateway builds thousands)."""
 
     id: str
     user_id: str
@@ -162,8 +161,9 @@ async def get_wallet(session: AsyncSession, user_id: str) -> WalletRow | None:
 
 
 async def insert_entries(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
-    """Insert a transaction's entries in one executemany (one round trip)."""
-    await session.execute(insert(_ENTRIES), rows)
+    """Insert a transaction's entries in ONE statement (a multi-row VALUES): on PostgreSQL the
+    zero-sum trigger requires all of a transaction's entries to arrive together."""
+    await session.execute(insert(_ENTRIES).values(rows))
 
 
 # Holds. Lock order everywhere: the hold row first, then the wallet row, so reserve, capture,

@@ -11,14 +11,14 @@ from app.db import SessionDep
 from app.ledger import service
 from app.ledger.schemas import BalanceOut, TransactionKind, TransactionOut
 from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
-from app.schemas import Page
+from app.schemas import CleanStr, Page
 
 router = APIRouter(tags=["balance"])
 
 KindFilter = Annotated[
     list[TransactionKind] | None, Query(description="Only these kinds (repeatable).")
 ]
-Cursor = Annotated[str | None, Query(max_length=200, description="`next_cursor` of a page.")]
+Cursor = Annotated[CleanStr | None, Query(max_length=200, description="`next_cursor` of a page.")]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 
 

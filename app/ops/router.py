@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from sqlalchemy import text
 
-from app.errors import ServiceUnavailable
+from app.config import Settings
+from app.errors import NotFound, ServiceUnavailable, Unauthorized
 from app.openapi import problem_responses
 
 router = APIRouter(tags=["operations"])
@@ -43,6 +45,20 @@ async def readyz(request: Request) -> Health:
     return Health(status="ready")
 
 
+def _check_metrics_access(request: Request) -> None:
+    """`BILLING_METRICS_TOKEN` set: that bearer token is required. Unset: open in development
+    and tests, off (404) in production, where metrics would tell anyone about the traffic."""
+    settings: Settings = request.app.state.settings
+    if settings.metrics_token is None:
+        if settings.environment == "production":
+            raise NotFound("Metrics are off; set BILLING_METRICS_TOKEN to serve them.")
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    expected = settings.metrics_token.get_secret_value().encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+        raise Unauthorized("Metrics need the bearer token in BILLING_METRICS_TOKEN.")
+
+
 @router.get(
     "/metrics",
     operation_id="metrics",
@@ -52,9 +68,13 @@ async def readyz(request: Request) -> Health:
         200: {
             "description": "Metrics in the Prometheus text format.",
             "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
-        }
+        },
+        # 401: BILLING_METRICS_TOKEN is set and not sent; 404: off in production without one.
+        **problem_responses(Unauthorized, NotFound),
     },
 )
-async def metrics() -> Response:
-    """Metrics in the Prometheus text format."""
+async def metrics(request: Request) -> Response:
+    """Metrics in the Prometheus text format; `Authorization: Bearer <BILLING_METRICS_TOKEN>`
+    when that is set."""
+    _check_metrics_access(request)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
+from pydantic import StringConstraints
 
 from app.auth import CurrentUser
 from app.db import SessionDep
@@ -14,17 +14,23 @@ from app.openapi import problem_responses
 from app.orders import service
 from app.orders.schemas import OrderOut
 from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
-from app.schemas import Page
+from app.schemas import CleanStr, Page, UtcDatetime
 
 router = APIRouter(tags=["orders"])
 
 StatusFilter = Annotated[
-    list[str] | None, Query(description="Only orders in these statuses (repeatable).")
+    list[Annotated[CleanStr, StringConstraints(max_length=32)]] | None,
+    Query(description="Only orders in these statuses (repeatable)."),
 ]
-Cursor = Annotated[str | None, Query(max_length=200, description="`next_cursor` of a page.")]
+Cursor = Annotated[CleanStr | None, Query(max_length=200, description="`next_cursor` of a page.")]
+OrderId = Annotated[CleanStr, Path(min_length=1, max_length=64)]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
-CreatedFrom = Annotated[datetime | None, Query(description="Created at or after (ISO 8601).")]
-CreatedTo = Annotated[datetime | None, Query(description="Created before (ISO 8601).")]
+CreatedFrom = Annotated[
+    UtcDatetime | None, Query(description="Created at or after (ISO 8601; UTC without an offset).")
+]
+CreatedTo = Annotated[
+    UtcDatetime | None, Query(description="Created before (ISO 8601; UTC without an offset).")
+]
 
 
 @router.get("/orders", summary="List my orders", response_model=Page[OrderOut])
@@ -55,7 +61,7 @@ async def list_my_orders(
     "/orders/{order_id}", summary="Get one of my orders", responses=problem_responses(NotFound)
 )
 async def get_my_order(
-    request: Request, order_id: str, user: CurrentUser, session: SessionDep
+    request: Request, order_id: OrderId, user: CurrentUser, session: SessionDep
 ) -> OrderOut:
     """One order of the caller; another user's order is a 404."""
     return await service.show_order(session, request.app.state.settings, user.user_id, order_id)

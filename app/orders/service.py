@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -13,7 +13,7 @@ from app.orders import repository
 from app.orders.presenter import present_order, present_orders
 from app.orders.schemas import OrderOut
 from app.pagination import decode_cursor, encode_cursor
-from app.schemas import Page
+from app.schemas import Page, as_utc
 
 
 async def get_user_order(session: AsyncSession, user_id: str, order_id: str) -> Order:
@@ -50,8 +50,7 @@ def _check_statuses(statuses: list[str] | None) -> list[str] | None:
 
 
 def _as_utc(value: datetime | None) -> datetime | None:
-    # A timestamp without an offset is taken as UTC.
-    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+    return as_utc(value) if value is not None else None
 
 
 async def list_orders(
@@ -66,12 +65,13 @@ async def list_orders(
     limit: int,
 ) -> Page[OrderOut]:
     """A page of orders, newest first."""
+    # Normalised before comparing: a naive and an aware datetime cannot be compared.
+    created_from, created_to = _as_utc(created_from), _as_utc(created_to)
     if created_from and created_to and created_from >= created_to:
         raise ValidationFailed(
             "created_from must be before created_to.",
             errors=[{"field": "created_to", "message": "must be after created_from"}],
         )
-    created_from, created_to = _as_utc(created_from), _as_utc(created_to)
     before_id = str(decode_cursor(cursor, 1)[0]) if cursor else None
     rows = await repository.list_orders(
         session,

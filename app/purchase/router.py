@@ -19,6 +19,7 @@ from app.errors import (
     TooManyPendingOrders,
 )
 from app.openapi import problem_responses
+from app.orders.router import OrderId
 from app.orders.schemas import OrderOut
 from app.purchase import service
 from app.purchase.schemas import (
@@ -28,13 +29,13 @@ from app.purchase.schemas import (
     PurchaseOptionsOut,
 )
 from app.rate_limits import rate_limited
-from app.schemas import Page
+from app.schemas import CleanStr, Page
 from app.stripe_gateway import StripeRequestFailed
 
 router = APIRouter()
 
 IdempotencyKey = Annotated[
-    str | None,
+    CleanStr | None,
     Header(
         alias="Idempotency-Key",
         min_length=1,
@@ -104,7 +105,7 @@ async def list_pending_orders(
     dependencies=[rate_limited("resume")],
     responses=problem_responses(NotFound, OrderNotResumable, RateLimited, *_STRIPE),
 )
-async def resume_order(request: Request, order_id: str, user: CurrentUser) -> PaymentOut:
+async def resume_order(request: Request, order_id: OrderId, user: CurrentUser) -> PaymentOut:
     """The current `client_secret` or `checkout_url` while Stripe still accepts payment."""
     return await service.resume_order(
         request.app.state.session_maker,
@@ -122,7 +123,7 @@ async def resume_order(request: Request, order_id: str, user: CurrentUser) -> Pa
     dependencies=[rate_limited("cancel")],
     responses=problem_responses(NotFound, OrderNotCancelable, *_STRIPE),
 )
-async def cancel_order(request: Request, order_id: str, user: CurrentUser) -> OrderOut:
+async def cancel_order(request: Request, order_id: OrderId, user: CurrentUser) -> OrderOut:
     """Cancel the PaymentIntent or expire the Checkout Session; repeating it is harmless."""
     return await service.cancel_order(
         request.app.state.session_maker,
@@ -140,7 +141,7 @@ async def cancel_order(request: Request, order_id: str, user: CurrentUser) -> Or
     dependencies=[rate_limited("sync")],
     responses=problem_responses(NotFound, *_STRIPE),
 )
-async def sync_order(request: Request, order_id: str, user: CurrentUser) -> OrderOut:
+async def sync_order(request: Request, order_id: OrderId, user: CurrentUser) -> OrderOut:
     """Ask Stripe about a stuck order and apply what it says (a late webhook's work)."""
     return await service.sync_order(
         request.app.state.session_maker,
@@ -160,12 +161,13 @@ async def sync_order(request: Request, order_id: str, user: CurrentUser) -> Orde
 async def get_payment_result(
     request: Request,
     user: CurrentUser,
-    order_id: Annotated[str | None, Query(max_length=64)] = None,
+    order_id: Annotated[CleanStr | None, Query(max_length=64)] = None,
     session_id: Annotated[
-        str | None, Query(max_length=255, description="Checkout's `{CHECKOUT_SESSION_ID}`.")
+        CleanStr | None,
+        Query(max_length=255, description="Checkout's `{CHECKOUT_SESSION_ID}`."),
     ] = None,
     payment_intent: Annotated[
-        str | None, Query(max_length=255, description="Stripe.js's `payment_intent`.")
+        CleanStr | None, Query(max_length=255, description="Stripe.js's `payment_intent`.")
     ] = None,
 ) -> PaymentResultOut:
     """The order behind a Stripe redirect and the balance; a pending order is checked at

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 from app.ledger.schemas import BalanceOut
 from app.money import CURRENCY
 from app.orders.schemas import OrderOut
-from app.schemas import StrictModel
+from app.schemas import AmountText, StrictModel
 
 PaymentMode = Literal["elements", "checkout"]
 """`elements`: a PaymentIntent paid in a Stripe Elements popup; `checkout`: a hosted Stripe
@@ -34,7 +34,7 @@ class PurchaseOptionsOut(BaseModel):
 class PurchaseIn(StrictModel):
     """A top-up to start."""
 
-    amount: Annotated[str, Field(max_length=20, examples=["20.00"])]
+    amount: AmountText
     """USD with at most 2 decimals, a preset or between `min` and `max`."""
     mode: PaymentMode
 

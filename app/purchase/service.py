@@ -14,7 +14,6 @@ order as `failed` once no call for it can still be in flight.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -75,9 +74,6 @@ from app.stripe_gateway import (
 
 log = structlog.get_logger(__name__)
 
-AMOUNT_FORMAT = re.compile(r"\d+(\.\d{1,2})?")
-"""A top-up amount as the portal sends it: digits, optionally 1 or 2 decimals."""
-
 CHECKOUT_EXPIRY_MARGIN = timedelta(minutes=2)
 """Stripe wants `expires_at` 30 minutes to 24 hours after it creates the session; the margin
 keeps a retry of the same request (same `expires_at`) inside that range for a while."""
@@ -105,8 +101,6 @@ def parse_topup_amount(text: str, settings: Settings) -> int:
         micros = parse_amount(text)
     except ValueError as exc:
         raise _invalid_amount(str(exc)) from exc
-    if not AMOUNT_FORMAT.fullmatch(text.strip()):
-        raise _invalid_amount("must be a decimal amount such as 20.00")
     if not low <= micros <= high:
         raise _invalid_amount(f"must be between {format_amount(low)} and {format_amount(high)}")
     return micros

@@ -10,11 +10,12 @@ from app.auth import CurrentUser
 from app.db import SessionDep
 from app.errors import NotFound, PaymentsNotConfigured, RateLimited, RefundNotEligible
 from app.openapi import problem_responses
+from app.orders.router import OrderId
 from app.pagination import DEFAULT_LIMIT, MAX_LIMIT, encode_cursor
 from app.rate_limits import rate_limited
 from app.refunds import service
 from app.refunds.schemas import RefundRequestIn, RefundRequestOut, refund_request_out
-from app.schemas import Page
+from app.schemas import CleanStr, Page
 
 router = APIRouter(tags=["refunds"])
 
@@ -27,7 +28,7 @@ router = APIRouter(tags=["refunds"])
     responses=problem_responses(NotFound, RefundNotEligible, RateLimited, PaymentsNotConfigured),
 )
 async def create_refund_request(
-    request: Request, order_id: str, body: RefundRequestIn, user: CurrentUser
+    request: Request, order_id: OrderId, body: RefundRequestIn, user: CurrentUser
 ) -> RefundRequestOut:
     """File a refund request for a paid order (default: the whole refundable amount)."""
     row = await service.create_request(
@@ -46,8 +47,8 @@ async def create_refund_request(
 async def list_my_refund_requests(
     user: CurrentUser,
     session: SessionDep,
-    order_id: Annotated[str | None, Query(max_length=40)] = None,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    order_id: Annotated[CleanStr | None, Query(max_length=64)] = None,
+    cursor: Annotated[CleanStr | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
 ) -> Page[RefundRequestOut]:
     """The caller's refund requests, newest first."""

@@ -8,19 +8,18 @@ from pydantic import BaseModel, Field, field_validator
 
 from app.models.refunds import RefundRequest
 from app.money import CURRENCY, format_amount, parse_amount
-from app.schemas import StrictModel
+from app.schemas import AmountText, CleanText, StrictModel
 
 
 class RefundRequestIn(StrictModel):
     """Ask for a refund of (part of) a paid order."""
 
-    amount: str | None = Field(
+    amount: AmountText | None = Field(
         default=None,
         description="USD with at most 2 decimals; default the whole refundable amount.",
         examples=["5.00"],
-        max_length=20,
     )
-    reason: str = Field(min_length=1, max_length=1000, examples=["Paid the wrong amount"])
+    reason: CleanText = Field(min_length=1, max_length=1000, examples=["Paid the wrong amount"])
 
     @field_validator("amount")
     @classmethod
@@ -39,13 +38,13 @@ class RefundRequestIn(StrictModel):
 class ReviewIn(StrictModel):
     """An operator's decision note."""
 
-    note: str | None = Field(default=None, max_length=1000)
+    note: CleanText | None = Field(default=None, max_length=1000)
 
 
 class DenyIn(StrictModel):
     """Deny a refund request; the note is shown to the user."""
 
-    note: str = Field(min_length=1, max_length=1000)
+    note: CleanText = Field(min_length=1, max_length=1000)
 
 
 class RefundRequestOut(BaseModel):

@@ -61,6 +61,19 @@ def expanded(value: Any) -> StripeJSON | None:
     return dict(value) if isinstance(value, Mapping) else None
 
 
+MAX_IDEMPOTENCY_KEY_CHARS = 255
+"""Stripe refuses longer idempotency keys."""
+
+
+def customer_idempotency_key(user_id: str) -> str:
+    """`customer:<user_id>`, or `customer-sha256:<hex>` when that would be longer than Stripe
+    accepts (a user id may be up to 255 characters): the same user always gets the same key."""
+    key = f"customer:{user_id}"
+    if len(key) <= MAX_IDEMPOTENCY_KEY_CHARS:
+        return key
+    return "customer-sha256:" + hashlib.sha256(user_id.encode()).hexdigest()
+
+
 def _plain(obj: stripe.StripeObject) -> StripeJSON:
     return obj.to_dict(recursive=True, for_json=True)
 
@@ -139,10 +152,10 @@ class StripeGateway:
 
     async def get_or_create_customer(self, user_id: str, email: str | None) -> StripeJSON:
         """The user's Stripe Customer (`metadata.user_id`), created with idempotency key
-        `customer:<user_id>`: repeated or concurrent calls within Stripe's 24 h key window get
-        the same customer. Callers store its id (`stripe_customers`) and call this only when
-        they have none."""
-        key = f"customer:{user_id}"
+        `customer_idempotency_key(user_id)`: repeated or concurrent calls within Stripe's 24 h
+        key window get the same customer. Callers store its id (`stripe_customers`) and call
+        this only when they have none."""
+        key = customer_idempotency_key(user_id)
         params: dict[str, Any] = {"metadata": {"user_id": user_id}}
         if email:
             params["email"] = email

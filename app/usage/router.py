@@ -1,13 +1,45 @@
-"""The gateway's internal API (service token): usage debits, holds, balances."""
+"""The gateway's internal API (service token): usage debits, holds, balances.
+
+This is the product's hot path: the gateway calls it for every LLM request it routes. It is
+served by `GatewayApp`, a lean ASGI application that `app.main` puts in front of FastAPI for the
+`/v1/internal/` prefix: no middleware stack, no dependency solving, no per-request routing across
+every router, no response-model re-validation. Each operation is a row of `OPERATIONS`, which
+drives both the routing and the operation's OpenAPI entry (see `openapi_paths`), so what is
+served and what is documented cannot drift apart. What it keeps of the FastAPI stack: the same
+request models (pydantic, strict), the same problem+json errors with the request id, the same
+`X-Request-ID` echo, body limit, metrics and error logging.
+"""
 
 from __future__ import annotations
 
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path, Request, Response, status
+import structlog
+from pydantic import BaseModel, Field, StringConstraints, TypeAdapter, ValidationError
+from pydantic.json_schema import models_json_schema
+from starlette.types import Receive, Scope, Send
 
-from app.auth import GatewayCaller
-from app.db import SessionDep
+from app.auth.dependencies import authenticate_gateway
+from app.auth.jwt import JwtVerifier
+from app.auth.service_tokens import ServiceTokenVerifier
+from app.config import Settings
+from app.errors import (
+    PROBLEM_JSON,
+    BillingError,
+    PayloadTooLarge,
+    internal_error_response,
+    problem_response,
+    validation_problem,
+)
+from app.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from app.middleware import clean_request_id
+from app.request_context import reset_request_id, set_request_id
+from app.schemas import CleanStr
 from app.usage import service
 from app.usage.schemas import (
     AccountBalanceOut,
@@ -20,101 +52,443 @@ from app.usage.schemas import (
     UsageIn,
     UsageOut,
 )
+from app.usage.store import UsageStore
 
-router = APIRouter(prefix="/internal", tags=["gateway"])
+log = structlog.get_logger("app.access")
 
-HoldId = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^\S+$")]
-UserIdPath = Annotated[str, Path(min_length=1, max_length=255, pattern=r"^\S+$")]
+PREFIX = "/v1/internal/"
 
-
-def _replay(model: type[Any]) -> dict[int | str, dict[str, Any]]:
-    return {
-        200: {
-            "model": model,
-            "description": "A replay: the same id with the same body was applied before.",
-        }
-    }
+HoldId = Annotated[CleanStr, StringConstraints(min_length=1, max_length=200, pattern=r"^\S+$")]
+UserIdPath = Annotated[CleanStr, StringConstraints(min_length=1, max_length=255, pattern=r"^\S+$")]
 
 
-_INSUFFICIENT: dict[int | str, dict[str, Any]] = {
-    402: {"description": "`insufficient_balance`: the problem carries `available_micros`."}
-}
-_CONFLICT: dict[int | str, dict[str, Any]] = {
-    409: {"description": "`idempotency_conflict`: the id was used with another body."}
-}
-_HOLD_CONFLICT: dict[int | str, dict[str, Any]] = {
-    409: {
-        "description": "`idempotency_conflict` (resolved before with another body) or "
-        "`invalid_state` (already resolved otherwise: captured, released or expired)."
-    },
-    404: {"description": "No such hold."},
-}
+class Problem(BaseModel):
+    """An RFC 9457 problem: every error this API answers, as `application/problem+json`."""
+
+    type: str
+    title: str
+    status: int
+    code: str = Field(description="Stable machine-readable code, e.g. `insufficient_balance`.")
+    detail: str | None = None
+    request_id: str | None = None
+    errors: list[dict[str, str]] | None = Field(
+        default=None, description="For `validation_error`: `{field, message}` per problem."
+    )
+    available_micros: int | None = Field(
+        default=None, description="For `insufficient_balance`: what the user can spend now."
+    )
+    required_micros: int | None = None
+    hold_status: str | None = Field(default=None, description="For `invalid_state`.")
 
 
-@router.post(
-    "/usage",
-    summary="Debit a request's usage",
-    status_code=status.HTTP_201_CREATED,
-    responses={**_replay(UsageOut), **_INSUFFICIENT, **_CONFLICT},
-)
-async def record_usage(
-    request: Request, response: Response, body: UsageIn, caller: GatewayCaller, session: SessionDep
-) -> UsageOut:
+@dataclass(slots=True)
+class Call:
+    """One request, parsed: its validated body and path parameters."""
+
+    body: Any
+    params: dict[str, str]
+
+
+Handler = Callable[["GatewayApp", Call], Awaitable[tuple[int, BaseModel]]]
+
+
+@dataclass
+class Operation:
+    """One endpoint: how it is routed, parsed, run and documented."""
+
+    method: str
+    path: str
+    name: str
+    summary: str
+    handler: Handler
+    ok: dict[int, tuple[type[BaseModel], str]]
+    errors: dict[int, str]
+    body: type[BaseModel] | None = None
+    body_required: bool = True
+    params: dict[str, Any] = field(default_factory=dict)
+    pattern: re.Pattern[str] = field(init=False)
+    adapters: dict[str, TypeAdapter[str]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", self.path)
+        self.pattern = re.compile(f"^{regex}$")
+        self.adapters = {name: TypeAdapter(kind) for name, kind in self.params.items()}
+
+    @property
+    def description(self) -> str:
+        return (self.handler.__doc__ or "").strip()
+
+
+async def _record_usage(app: GatewayApp, call: Call) -> tuple[int, BaseModel]:
     """Debit `amount_micros` from the user's available balance, once per `request_id`."""
-    out = await service.record_usage(session, request.app.state.settings, body)
-    if out.replayed:
-        response.status_code = status.HTTP_200_OK
-    return out
+    out = await service.record_usage(app.store, app.settings, call.body)
+    return (200 if out.replayed else 201), out
 
 
-@router.post("/usage/batch", summary="Debit a batch of usage events")
-async def record_usage_batch(
-    request: Request, body: UsageBatchIn, caller: GatewayCaller, session: SessionDep
-) -> UsageBatchOut:
+async def _record_usage_batch(app: GatewayApp, call: Call) -> tuple[int, BaseModel]:
     """Up to 1000 debits, each applied on its own: `applied`, `replayed`,
     `insufficient_balance`, `conflict` or `invalid` per event, in the order sent."""
-    return await service.record_batch(session, request.app.state.settings, body.events)
+    return 200, await service.record_batch(app.store, app.settings, call.body.events)
 
 
-@router.post(
-    "/holds",
-    summary="Reserve part of a balance",
-    status_code=status.HTTP_201_CREATED,
-    responses={**_replay(HoldOut), **_INSUFFICIENT, **_CONFLICT},
-)
-async def reserve_hold(
-    request: Request, response: Response, body: HoldIn, caller: GatewayCaller, session: SessionDep
-) -> HoldOut:
+async def _reserve_hold(app: GatewayApp, call: Call) -> tuple[int, BaseModel]:
     """Hold `amount_micros` of the available balance until capture, release or the TTL."""
-    out = await service.reserve_hold(session, request.app.state.settings, body)
-    if out.replayed:
-        response.status_code = status.HTTP_200_OK
-    return out
+    out = await service.reserve_hold(app.store, app.settings, call.body)
+    return (200 if out.replayed else 201), out
 
 
-@router.post("/holds/{hold_id}/capture", summary="Capture a hold", responses=_HOLD_CONFLICT)
-async def capture_hold(
-    request: Request, hold_id: HoldId, body: CaptureIn, caller: GatewayCaller, session: SessionDep
-) -> HoldOut:
+async def _capture_hold(app: GatewayApp, call: Call) -> tuple[int, BaseModel]:
     """Charge the actual amount (0, less or more than held: the balance may go negative) and
     release the reservation; a repeat with the same body answers the original, `replayed`."""
-    return await service.capture_hold(session, request.app.state.settings, hold_id, body)
+    hold_id = call.params["hold_id"]
+    return 200, await service.capture_hold(app.store, app.settings, hold_id, call.body)
 
 
-@router.post("/holds/{hold_id}/release", summary="Release a hold", responses=_HOLD_CONFLICT)
-async def release_hold(
-    hold_id: HoldId,
-    caller: GatewayCaller,
-    session: SessionDep,
-    body: Annotated[ReleaseIn | None, Body()] = None,
-) -> HoldOut:
+async def _release_hold(app: GatewayApp, call: Call) -> tuple[int, BaseModel]:
     """Give the reservation back without charging; a repeat answers the original, `replayed`."""
-    return await service.release_hold(session, hold_id, body)
+    return 200, await service.release_hold(app.store, call.params["hold_id"], call.body)
 
 
-@router.get("/accounts/{user_id}/balance", summary="Get a user's balance")
-async def get_account_balance(
-    user_id: UserIdPath, caller: GatewayCaller, session: SessionDep
-) -> AccountBalanceOut:
+async def _get_account_balance(app: GatewayApp, call: Call) -> tuple[int, BaseModel]:
     """The user's balance, held and available amounts in micros (zero without a wallet)."""
-    return await service.account_balance(session, user_id)
+    return 200, await service.account_balance(app.store, call.params["user_id"])
+
+
+_REPLAY = "A replay: the same id with the same body was applied before."
+_INSUFFICIENT = "`insufficient_balance`: the problem carries `available_micros`."
+_CONFLICT = "`idempotency_conflict`: the id was used with another body."
+_HOLD_CONFLICT = (
+    "`idempotency_conflict` (resolved before with another body) or `invalid_state` (already "
+    "resolved otherwise: captured, released or expired)."
+)
+_NO_HOLD = "`not_found`: no such hold."
+
+OPERATIONS = [
+    Operation(
+        "POST",
+        "/v1/internal/usage",
+        "record_usage",
+        "Debit a request's usage",
+        _record_usage,
+        ok={201: (UsageOut, "Debited now."), 200: (UsageOut, _REPLAY)},
+        errors={402: _INSUFFICIENT, 409: _CONFLICT},
+        body=UsageIn,
+    ),
+    Operation(
+        "POST",
+        "/v1/internal/usage/batch",
+        "record_usage_batch",
+        "Debit a batch of usage events",
+        _record_usage_batch,
+        ok={200: (UsageBatchOut, "One result per event, in the order sent.")},
+        errors={},
+        body=UsageBatchIn,
+    ),
+    Operation(
+        "POST",
+        "/v1/internal/holds",
+        "reserve_hold",
+        "Reserve part of a balance",
+        _reserve_hold,
+        ok={201: (HoldOut, "Reserved now."), 200: (HoldOut, _REPLAY)},
+        errors={402: _INSUFFICIENT, 409: _CONFLICT},
+        body=HoldIn,
+    ),
+    Operation(
+        "POST",
+        "/v1/internal/holds/{hold_id}/capture",
+        "capture_hold",
+        "Capture a hold",
+        _capture_hold,
+        ok={200: (HoldOut, "Captured (now, or `replayed`).")},
+        errors={404: _NO_HOLD, 409: _HOLD_CONFLICT},
+        body=CaptureIn,
+        params={"hold_id": HoldId},
+    ),
+    Operation(
+        "POST",
+        "/v1/internal/holds/{hold_id}/release",
+        "release_hold",
+        "Release a hold",
+        _release_hold,
+        ok={200: (HoldOut, "Released (now, or `replayed`).")},
+        errors={404: _NO_HOLD, 409: _HOLD_CONFLICT},
+        body=ReleaseIn,
+        body_required=False,
+        params={"hold_id": HoldId},
+    ),
+    Operation(
+        "GET",
+        "/v1/internal/accounts/{user_id}/balance",
+        "get_account_balance",
+        "Get a user's balance",
+        _get_account_balance,
+        ok={200: (AccountBalanceOut, "The wallet as it stands.")},
+        errors={},
+        params={"user_id": UserIdPath},
+    ),
+]
+
+# What every operation may answer besides its own outcomes.
+_COMMON_ERRORS = {
+    401: "`unauthorized`: no bearer token, or an unknown or revoked service token.",
+    403: "`forbidden`: a portal JWT on a gateway endpoint.",
+    413: "`payload_too_large`: the body exceeds `BILLING_MAX_BODY_BYTES`.",
+    422: "`validation_error`: the problem lists `errors` as `{field, message}`.",
+    500: "`internal_error`: quote the request id when reporting it.",
+    503: "`service_unavailable`: the database is unreachable; retry.",
+}
+
+
+class _ClientGone(Exception):
+    pass
+
+
+class GatewayApp:
+    """The ASGI application serving `OPERATIONS`. `start()` gives it its store and verifiers
+    (from the lifespan); until then nothing is served."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.max_body_bytes = settings.max_body_bytes
+        self._store: UsageStore | None = None
+        self._tokens: ServiceTokenVerifier | None = None
+        self._jwt: JwtVerifier | None = None
+        self._static = {(op.method, op.path): op for op in OPERATIONS if not op.params}
+        self._dynamic = [op for op in OPERATIONS if op.params]
+        self._counters: dict[tuple[str, str, int], Any] = {}
+        self._histograms: dict[tuple[str, str], Any] = {}
+
+    def start(self, store: UsageStore, tokens: ServiceTokenVerifier, jwt: JwtVerifier) -> None:
+        self._store, self._tokens, self._jwt = store, tokens, jwt
+
+    @property
+    def store(self) -> UsageStore:
+        assert self._store is not None, "the gateway app is served only inside the lifespan"
+        return self._store
+
+    def _route(self, method: str, path: str) -> tuple[Operation, dict[str, str]] | int:
+        """The operation and its raw path parameters, or 404 / 405."""
+        op = self._static.get((method, path))
+        if op is not None:
+            return op, {}
+        allowed = False
+        for candidate in (*self._static.values(), *self._dynamic):
+            match = candidate.pattern.match(path)
+            if match is None:
+                continue
+            if candidate.method == method:
+                return candidate, match.groupdict()
+            allowed = True
+        return 405 if allowed else 404
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        headers: dict[bytes, bytes] = dict(scope["headers"])
+        request_id = clean_request_id(headers.get(b"x-request-id", b"").decode("latin-1") or None)
+        token = set_request_id(request_id)
+        method: str = scope["method"]
+        route = self._route(method, scope["path"])
+        template = route[0].path if isinstance(route, tuple) else "unmatched"
+        status = 500
+        try:
+            try:
+                if isinstance(route, int):
+                    status = route
+                    await self._send_http_error(route, request_id, scope, receive, send)
+                    return
+                status, payload = await self._serve(route[0], route[1], headers, receive)
+                body = payload.__pydantic_serializer__.to_json(payload)
+                await _send_json(send, status, body, request_id)
+            except BillingError as exc:
+                status = exc.status
+                if status >= 500:
+                    log.warning("request_failed", code=exc.code, detail=exc.detail)
+                response = problem_response(
+                    status, exc.code, exc.title, exc.detail, headers=exc.headers, **exc.extra
+                )
+                response.headers["X-Request-ID"] = request_id
+                await response(scope, receive, send)
+            except _Invalid as exc:
+                status = 422
+                response = validation_problem(exc.errors)
+                response.headers["X-Request-ID"] = request_id
+                await response(scope, receive, send)
+        except _ClientGone:
+            status = 499
+        except Exception:
+            log.exception("unhandled_exception", path=scope.get("path"), method=method)
+            status = 500
+            response = internal_error_response()
+            response.headers["X-Request-ID"] = request_id
+            await response(scope, receive, send)
+        finally:
+            elapsed = time.perf_counter() - started
+            self._observe(method, template, status, elapsed)
+            # A 402 is the gateway's routine refusal, counted in the metrics; the rest is logged.
+            if status >= 400 and status != 402:
+                log.info(
+                    "request",
+                    method=method,
+                    path=scope.get("path"),
+                    status=status,
+                    duration_ms=round(elapsed * 1000, 2),
+                    request_id=request_id,
+                )
+            reset_request_id(token)
+
+    def _observe(self, method: str, template: str, status: int, elapsed: float) -> None:
+        # The labelled children are looked up once: `labels()` takes a lock and builds a key.
+        counter = self._counters.get((method, template, status))
+        if counter is None:
+            counter = HTTP_REQUESTS.labels(method, template, str(status))
+            self._counters[(method, template, status)] = counter
+        histogram = self._histograms.get((method, template))
+        if histogram is None:
+            histogram = HTTP_LATENCY.labels(method, template)
+            self._histograms[(method, template)] = histogram
+        counter.inc()
+        histogram.observe(elapsed)
+
+    async def _serve(
+        self,
+        op: Operation,
+        raw_params: dict[str, str],
+        headers: dict[bytes, bytes],
+        receive: Receive,
+    ) -> tuple[int, BaseModel]:
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise self._too_large()
+        assert self._tokens is not None, "served only inside the lifespan"
+        assert self._jwt is not None, "served only inside the lifespan"
+        authorization = headers.get(b"authorization")
+        await authenticate_gateway(
+            authorization.decode("latin-1") if authorization else None, self._tokens, self._jwt
+        )
+        errors: list[dict[str, Any]] = []
+        params: dict[str, str] = {}
+        for name, raw in raw_params.items():
+            try:
+                params[name] = op.adapters[name].validate_python(raw)
+            except ValidationError as exc:
+                errors += [{**e, "loc": ("path", name, *e["loc"])} for e in exc.errors()]
+        body: Any = None
+        if op.method == "POST":
+            raw_body = await self._read_body(receive)
+            assert op.body is not None
+            if not raw_body.strip():
+                if op.body_required:
+                    errors.append({"type": "missing", "loc": ("body",), "msg": "Field required"})
+            else:
+                try:
+                    body = op.body.model_validate_json(raw_body)
+                except ValidationError as exc:
+                    errors += [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
+        if errors:
+            raise _Invalid(errors)
+        return await op.handler(self, Call(body, params))
+
+    async def _read_body(self, receive: Receive) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            chunk: bytes = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise self._too_large()
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"The request body exceeds {self.max_body_bytes} bytes.")
+
+    async def _send_http_error(
+        self, status: int, request_id: str, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        code = "not_found" if status == 404 else "method_not_allowed"
+        headers = {"X-Request-ID": request_id}
+        if status == 405:
+            methods = sorted({op.method for op in OPERATIONS if op.pattern.match(scope["path"])})
+            headers["Allow"] = ", ".join(methods)
+        response = problem_response(status, code, HTTPStatus(status).phrase, headers=headers)
+        await response(scope, receive, send)
+
+
+class _Invalid(Exception):
+    """Request validation failed: pydantic's errors, located as FastAPI locates them."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__("invalid request")
+        self.errors = errors
+
+
+async def _send_json(send: Send, status: int, body: bytes, request_id: str) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-request-id", request_id.encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def openapi_paths() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The OpenAPI path items of `OPERATIONS` and the component schemas they reference."""
+    models: set[type[BaseModel]] = {Problem}
+    for op in OPERATIONS:
+        models.update(model for model, _ in op.ok.values())
+        if op.body is not None:
+            models.add(op.body)
+    _, top = models_json_schema(
+        [(model, "validation") for model in sorted(models, key=lambda m: m.__name__)],
+        ref_template="#/components/schemas/{model}",
+    )
+    schemas: dict[str, Any] = top.get("$defs", {})
+
+    def ref(model: type[BaseModel]) -> dict[str, str]:
+        return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+    problem = {PROBLEM_JSON: {"schema": ref(Problem)}}
+    paths: dict[str, Any] = {}
+    for op in OPERATIONS:
+        responses: dict[str, Any] = {
+            str(status): {"description": text, "content": {"application/json": {"schema": ref(m)}}}
+            for status, (m, text) in sorted(op.ok.items())
+        }
+        for status, text in sorted({**_COMMON_ERRORS, **op.errors}.items()):
+            responses[str(status)] = {"description": text, "content": problem}
+        item: dict[str, Any] = {
+            "tags": ["gateway"],
+            "summary": op.summary,
+            "description": op.description,
+            "operationId": op.name,
+            "security": [{"ServiceToken": []}],
+            "responses": responses,
+        }
+        if op.params:
+            item["parameters"] = [
+                {
+                    "in": "path",
+                    "name": name,
+                    "required": True,
+                    "schema": adapter.json_schema(),
+                }
+                for name, adapter in op.adapters.items()
+            ]
+        if op.body is not None:
+            item["requestBody"] = {
+                "required": op.body_required,
+                "content": {"application/json": {"schema": ref(op.body)}},
+            }
+        paths.setdefault(op.path, {})[op.method.lower()] = item
+    return paths, schemas

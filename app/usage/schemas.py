@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
-from app.schemas import StrictModel
+from app.schemas import CleanStr, CleanText, StrictModel, refuse_unclean_json
 
 MAX_METADATA_BYTES = 4096
 MAX_BATCH_EVENTS = 1000
@@ -21,22 +21,23 @@ def _small_json(value: dict[str, Any]) -> dict[str, Any]:
 
 
 UserId = Annotated[
-    str,
+    CleanStr,
     StringConstraints(min_length=1, max_length=255, pattern=r"^\S+$"),
     Field(description="The user's id (the portal JWT's `sub`).", examples=["user_2abc"]),
 ]
 CallerId = Annotated[
-    str,
+    CleanStr,
     StringConstraints(min_length=1, max_length=200, pattern=r"^\S+$"),
 ]
 Metadata = Annotated[
     dict[str, Any] | None,
     AfterValidator(lambda v: _small_json(v) if v is not None else None),
+    AfterValidator(refuse_unclean_json),
     Field(description=f"Free-form JSON kept with the record (at most {MAX_METADATA_BYTES} bytes)."),
 ]
 PositiveMicros = Annotated[int, Field(strict=True, gt=0, description="Micro-USD, > 0.")]
 TokenCount = Annotated[int | None, Field(strict=True, ge=0, le=10**12)]
-ModelName = Annotated[str | None, Field(max_length=200, examples=["gpt-4o-mini"])]
+ModelName = Annotated[CleanStr | None, Field(max_length=200, examples=["gpt-4o-mini"])]
 
 
 class UsageIn(StrictModel):
@@ -152,7 +153,10 @@ class CaptureIn(StrictModel):
 class ReleaseIn(StrictModel):
     """Give the reservation back (the request was not served)."""
 
-    reason: Annotated[str | None, Field(max_length=200)] = None
+    reason: Annotated[CleanText | None, Field(max_length=200)] = None
+
+
+HoldStatus = Literal["active", "captured", "released", "expired"]
 
 
 class HoldOut(WalletState):
@@ -160,7 +164,7 @@ class HoldOut(WalletState):
 
     hold_id: str
     user_id: str
-    status: Literal["active", "captured", "released", "expired"]
+    status: HoldStatus
     amount_micros: int = Field(description="The reserved amount.")
     captured_micros: int | None = Field(description="The actual amount charged at capture.")
     expires_at: datetime

@@ -1,32 +1,32 @@
-"""The gateway's debits and holds. The caller's id is the idempotency key: the same id with the
+"""The gateway's debits and holds: the rules, over a `UsageStore` (PostgreSQL's driver-level
+statements, or the ORM on SQLite). The caller's id is the idempotency key: the same id with the
 same body answers the original result marked `replayed`, with a different body 409."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from pydantic import ValidationError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.errors import IdempotencyConflict, InsufficientBalance, ValidationFailed
-from app.ledger import holds, repository
 from app.ledger.holds import HoldResult
 from app.ledger.repository import WalletRow
-from app.ledger.service import Leg, hash_request, post
-from app.models.ledger import LedgerTransaction
+from app.ledger.service import hash_request
 from app.usage.schemas import (
     AccountBalanceOut,
     CaptureIn,
     FieldError,
     HoldIn,
     HoldOut,
+    HoldStatus,
     ReleaseIn,
     UsageBatchOut,
     UsageBatchResult,
     UsageIn,
     UsageOut,
 )
+from app.usage.store import BatchOutcome, UsageDebit, UsageStore
 
 
 def _check_amount(settings: Settings, amount_micros: int, field: str = "amount_micros") -> None:
@@ -52,55 +52,69 @@ def _usage_details(
     return {k: v for k, v in details.items() if v is not None} or None
 
 
-def _check_replay(original: LedgerTransaction, request_hash: str, what: str) -> None:
-    if original.request_hash != request_hash:
-        raise IdempotencyConflict(f"{what} was used before with a different request.")
+_NO_WALLET = WalletRow("", "", 0, 0)
+"""Before a user's first top-up: zero balance, zero held."""
 
 
-async def record_usage(session: AsyncSession, settings: Settings, event: UsageIn) -> UsageOut:
-    """Debit one request's cost from the available balance, once per `request_id`."""
+def _conflict(request_id: str) -> IdempotencyConflict:
+    return IdempotencyConflict(
+        f"request_id {request_id!r} was used before with a different request."
+    )
+
+
+def _usage_debit(settings: Settings, event: UsageIn) -> UsageDebit:
     _check_amount(settings, event.amount_micros)
-    request_hash = hash_request(event.model_dump(mode="json", exclude_none=True))
-    result = await post(
-        session,
-        reference=f"usage:{event.request_id}",
-        kind="usage",
-        legs=[
-            Leg.wallet(event.user_id, -event.amount_micros),
-            Leg.account("usage", event.amount_micros),
-        ],
+    return UsageDebit(
         user_id=event.user_id,
-        description="Usage",
-        request_hash=request_hash,
+        request_id=event.request_id,
+        amount_micros=event.amount_micros,
+        request_hash=hash_request(event.model_dump(mode="json", exclude_none=True)),
         details=_usage_details(
             event.model, event.input_tokens, event.output_tokens, event.metadata
         ),
     )
-    if result.replayed:
-        _check_replay(result.transaction, request_hash, f"request_id {event.request_id!r}")
-    wallet = result.wallets[event.user_id]
-    return UsageOut(
+
+
+async def record_usage(store: UsageStore, settings: Settings, event: UsageIn) -> UsageOut:
+    """Debit one request's cost from the available balance, once per `request_id`."""
+    debit = _usage_debit(settings, event)
+    done = await store.debit(debit)
+    if done.replayed and done.request_hash != debit.request_hash:
+        raise _conflict(event.request_id)
+    wallet = done.wallet or _NO_WALLET
+    return UsageOut.model_construct(
         request_id=event.request_id,
         user_id=event.user_id,
         amount_micros=event.amount_micros,
-        transaction_id=result.transaction.id,
-        replayed=result.replayed,
-        **_wallet_fields(wallet),
+        transaction_id=done.transaction_id,
+        replayed=done.replayed,
+        balance_micros=wallet.balance_micros,
+        held_micros=wallet.held_micros,
+        available_micros=wallet.available_micros,
     )
 
 
 async def record_batch(
-    session: AsyncSession, settings: Settings, events: list[UsageIn | dict[str, Any]]
+    store: UsageStore, settings: Settings, events: list[UsageIn | dict[str, Any]]
 ) -> UsageBatchOut:
-    """Apply each event in its own savepoint, so a refused one leaves the others applied."""
+    """Apply each event on its own, as if one by one in user-id order (stable, so each user's
+    events keep theirs): a refused event leaves the others applied. Results in input order."""
     results: list[UsageBatchResult | None] = [None] * len(events)
-    # Wallets are locked until the batch commits; taking them in user-id order (stable, so each
-    # user's events keep their order) means two concurrent batches cannot deadlock.
-    order = sorted(range(len(events)), key=lambda i: _user_of(events[i]))
-    for index in order:
-        results[index] = await _apply_event(session, settings, index, events[index])
+    valid: list[tuple[int, UsageIn, UsageDebit]] = []
+    for index, raw in enumerate(events):
+        checked = _checked_event(settings, index, raw)
+        if isinstance(checked, UsageBatchResult):
+            results[index] = checked
+        else:
+            valid.append((index, *checked))
+    # Wallets are locked until the batch commits; taking them in user-id order means two
+    # concurrent batches cannot deadlock.
+    valid.sort(key=lambda item: item[1].user_id)
+    outcomes = await store.debit_batch([debit for _, _, debit in valid]) if valid else []
+    for (index, event, debit), outcome in zip(valid, outcomes, strict=True):
+        results[index] = _batch_result(index, event, debit, outcome)
     done = [r for r in results if r is not None]
-    return UsageBatchOut(
+    return UsageBatchOut.model_construct(
         results=done,
         applied=sum(r.status == "applied" for r in done),
         replayed=sum(r.status == "replayed" for r in done),
@@ -108,18 +122,14 @@ async def record_batch(
     )
 
 
-def _user_of(event: UsageIn | dict[str, Any]) -> str:
-    return event.user_id if isinstance(event, UsageIn) else str(event.get("user_id", ""))
-
-
-async def _apply_event(
-    session: AsyncSession, settings: Settings, index: int, raw: UsageIn | dict[str, Any]
-) -> UsageBatchResult:
+def _checked_event(
+    settings: Settings, index: int, raw: UsageIn | dict[str, Any]
+) -> tuple[UsageIn, UsageDebit] | UsageBatchResult:
     raw_id = raw.request_id if isinstance(raw, UsageIn) else raw.get("request_id")
     request_id = raw_id if isinstance(raw_id, str) else None
     try:
         event = raw if isinstance(raw, UsageIn) else UsageIn.model_validate(raw)
-        _check_amount(settings, event.amount_micros)
+        debit = _usage_debit(settings, event)
     except ValidationError as exc:
         errors = [
             FieldError(
@@ -141,34 +151,51 @@ async def _apply_event(
             detail=exc.detail,
             errors=exc.extra.get("errors"),
         )
-    try:
-        async with session.begin_nested():
-            out = await record_usage(session, settings, event)
-    except InsufficientBalance as exc:
-        available = exc.extra["available_micros"]
-        return UsageBatchResult(
+    return event, debit
+
+
+def _batch_result(
+    index: int, event: UsageIn, debit: UsageDebit, outcome: BatchOutcome
+) -> UsageBatchResult:
+    if isinstance(outcome, InsufficientBalance):
+        return UsageBatchResult.model_construct(
             index=index,
             request_id=event.request_id,
             status="insufficient_balance",
-            available_micros=available,
-            detail=exc.detail,
+            transaction_id=None,
+            balance_micros=None,
+            held_micros=None,
+            available_micros=outcome.extra["available_micros"],
+            detail=outcome.detail,
+            errors=None,
         )
-    except IdempotencyConflict as exc:
-        return UsageBatchResult(
-            index=index, request_id=event.request_id, status="conflict", detail=exc.detail
+    if outcome.replayed and outcome.request_hash != debit.request_hash:
+        return UsageBatchResult.model_construct(
+            index=index,
+            request_id=event.request_id,
+            status="conflict",
+            transaction_id=None,
+            balance_micros=None,
+            held_micros=None,
+            available_micros=None,
+            detail=_conflict(event.request_id).detail,
+            errors=None,
         )
-    return UsageBatchResult(
+    wallet = outcome.wallet or _NO_WALLET
+    return UsageBatchResult.model_construct(
         index=index,
         request_id=event.request_id,
-        status="replayed" if out.replayed else "applied",
-        transaction_id=out.transaction_id,
-        balance_micros=out.balance_micros,
-        held_micros=out.held_micros,
-        available_micros=out.available_micros,
+        status="replayed" if outcome.replayed else "applied",
+        transaction_id=outcome.transaction_id,
+        balance_micros=wallet.balance_micros,
+        held_micros=wallet.held_micros,
+        available_micros=wallet.available_micros,
+        detail=None,
+        errors=None,
     )
 
 
-async def reserve_hold(session: AsyncSession, settings: Settings, body: HoldIn) -> HoldOut:
+async def reserve_hold(store: UsageStore, settings: Settings, body: HoldIn) -> HoldOut:
     """Reserve part of the available balance, once per `hold_id`."""
     _check_amount(settings, body.amount_micros)
     ttl = body.ttl_seconds or settings.hold_default_ttl_seconds
@@ -184,8 +211,7 @@ async def reserve_hold(session: AsyncSession, settings: Settings, body: HoldIn) 
         )
     # The effective TTL is part of the request, so a retry that omits the default still matches.
     canonical = body.model_dump(mode="json", exclude_none=True) | {"ttl_seconds": ttl}
-    result = await holds.reserve(
-        session,
+    result = await store.reserve(
         user_id=body.user_id,
         hold_id=body.hold_id,
         amount_micros=body.amount_micros,
@@ -197,12 +223,11 @@ async def reserve_hold(session: AsyncSession, settings: Settings, body: HoldIn) 
 
 
 async def capture_hold(
-    session: AsyncSession, settings: Settings, hold_id: str, body: CaptureIn
+    store: UsageStore, settings: Settings, hold_id: str, body: CaptureIn
 ) -> HoldOut:
     """Charge the actual cost of a held request and release the rest of the reservation."""
     _check_amount(settings, body.amount_micros)
-    result = await holds.capture(
-        session,
+    result = await store.capture(
         hold_id=hold_id,
         amount_micros=body.amount_micros,
         resolution_hash=hash_request({"capture": body.model_dump(mode="json", exclude_none=True)}),
@@ -211,43 +236,39 @@ async def capture_hold(
     return _hold_out(result)
 
 
-async def release_hold(session: AsyncSession, hold_id: str, body: ReleaseIn | None) -> HoldOut:
+async def release_hold(store: UsageStore, hold_id: str, body: ReleaseIn | None) -> HoldOut:
     """Give a hold's reservation back."""
     canonical = body.model_dump(mode="json", exclude_none=True) if body else {}
-    result = await holds.release(
-        session, hold_id=hold_id, resolution_hash=hash_request({"release": canonical})
+    result = await store.release(
+        hold_id=hold_id, resolution_hash=hash_request({"release": canonical})
     )
     return _hold_out(result)
 
 
-async def account_balance(session: AsyncSession, user_id: str) -> AccountBalanceOut:
-    """A user's wallet as it stands."""
-    wallet = await repository.get_wallet(session, user_id)
-    if wallet is None:
-        return AccountBalanceOut(
-            user_id=user_id, balance_micros=0, held_micros=0, available_micros=0
-        )
-    return AccountBalanceOut(user_id=user_id, **_wallet_fields(wallet))
-
-
-def _wallet_fields(wallet: WalletRow) -> dict[str, int]:
-    return {
-        "balance_micros": wallet.balance_micros,
-        "held_micros": wallet.held_micros,
-        "available_micros": wallet.available_micros,
-    }
+async def account_balance(store: UsageStore, user_id: str) -> AccountBalanceOut:
+    """A user's wallet as it stands (zero before their first top-up)."""
+    wallet = await store.wallet(user_id)
+    wallet = wallet or _NO_WALLET
+    return AccountBalanceOut.model_construct(
+        user_id=user_id,
+        balance_micros=wallet.balance_micros,
+        held_micros=wallet.held_micros,
+        available_micros=wallet.available_micros,
+    )
 
 
 def _hold_out(result: HoldResult) -> HoldOut:
     hold = result.hold
-    return HoldOut(
+    return HoldOut.model_construct(
         hold_id=hold.id,
         user_id=hold.user_id,
-        status=hold.status,
+        status=cast(HoldStatus, hold.status),
         amount_micros=hold.amount_micros,
         captured_micros=hold.captured_micros,
         expires_at=hold.expires_at,
         resolved_at=hold.resolved_at,
         replayed=result.replayed,
-        **_wallet_fields(result.wallet),
+        balance_micros=result.wallet.balance_micros,
+        held_micros=result.wallet.held_micros,
+        available_micros=result.wallet.available_micros,
     )

@@ -1,7 +1,8 @@
 """A hypothesis state machine drives deposits (adjustments), debits, replays, holds, captures,
-releases and expiries through the service layer against a plain Python model of the wallets,
-and after every step checks the stored wallets against the model and `verify_ledger` against
-the whole database. Derandomized (a fixed seed), so CI runs the same few hundred examples."""
+releases and expiries through the service layer (the gateway's on the store the app uses)
+against a plain Python model of the wallets, and after every step checks the stored wallets
+against the model and `verify_ledger` against the whole database. Derandomized (a fixed seed),
+so CI runs the same few hundred examples."""
 
 from __future__ import annotations
 
@@ -39,7 +40,9 @@ from app.ledger.verify import verify_ledger
 from app.models.base import utcnow
 from app.models.ledger import Account
 from app.usage import service
+from app.usage.repository import PostgresUsageStore
 from app.usage.schemas import CaptureIn, HoldIn, UsageIn
+from app.usage.store import SessionUsageStore, UsageStore
 from tests.conftest import Database
 
 T = TypeVar("T")
@@ -88,6 +91,7 @@ class Backend:
     settings: Settings
     engine: AsyncEngine | None = None
     maker: async_sessionmaker[AsyncSession] | None = None
+    store: UsageStore | None = None
     examples: int = field(default=0)
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -100,6 +104,10 @@ class Backend:
             if self.engine is None:
                 self.engine = create_engine(self.settings)
                 self.maker = create_session_maker(self.engine)
+                # The gateway's store, as the app opens it: driver-level statements.
+                self.store = self.run(
+                    PostgresUsageStore.open(self.settings.database_url, max_size=2)
+                )
             self.run(self._clear_postgres())
         else:
             if self.engine is not None:
@@ -107,6 +115,7 @@ class Backend:
             url = self.database.url_for_test()
             self.engine = create_engine(self.settings.model_copy(update={"database_url": url}))
             self.maker = create_session_maker(self.engine)
+            self.store = SessionUsageStore(self.maker)
         assert self.maker is not None
         return self.maker
 
@@ -121,6 +130,8 @@ class Backend:
             await conn.execute(text("DELETE FROM accounts WHERE kind = 'wallet'"))
 
     def close(self) -> None:
+        if self.store is not None:
+            self.run(self.store.close())
         if self.engine is not None:
             if self.database.is_postgres:
                 self.run(self.database.reset(self.engine))
@@ -150,6 +161,11 @@ class LedgerMachine(RuleBasedStateMachine):
 
     def call(self, func: Any, *args: Any, **kwargs: Any) -> Any:
         return self.run(self._in_transaction(func, *args, **kwargs))
+
+    def use(self, func: Any, *args: Any) -> Any:
+        """Call a gateway service function on the backend's usage store."""
+        assert self.backend.store is not None
+        return self.run(func(self.backend.store, *args))
 
     def available(self, user: str) -> int:
         wallet = self.wallets.get(user)
@@ -197,13 +213,13 @@ class LedgerMachine(RuleBasedStateMachine):
     def debit(self, user: str, amount: int, model: str | None) -> Any:
         event = UsageIn(user_id=user, request_id=_id(), amount_micros=amount, model=model)
         if self.available(user) >= amount:
-            out = self.call(service.record_usage, self.settings, event)
+            out = self.use(service.record_usage, self.settings, event)
             assert not out.replayed
             self.wallets[user].balance -= amount
             assert out.balance_micros == self.wallets[user].balance
             return Applied(event.request_id, user, amount, model)
         with pytest.raises(InsufficientBalance) as refused:
-            self.call(service.record_usage, self.settings, event)
+            self.use(service.record_usage, self.settings, event)
         assert refused.value.extra["available_micros"] == self.available(user)
         return multiple()
 
@@ -218,9 +234,9 @@ class LedgerMachine(RuleBasedStateMachine):
         )
         if not same_body:
             with pytest.raises(IdempotencyConflict):
-                self.call(service.record_usage, self.settings, event)
+                self.use(service.record_usage, self.settings, event)
             return
-        out = self.call(service.record_usage, self.settings, event)
+        out = self.use(service.record_usage, self.settings, event)
         assert out.replayed
         assert out.balance_micros == self.wallets[debit.user].balance
 
@@ -230,14 +246,14 @@ class LedgerMachine(RuleBasedStateMachine):
     def reserve(self, user: str, amount: int, ttl: int) -> Any:
         body = HoldIn(user_id=user, hold_id=_id(), amount_micros=amount, ttl_seconds=ttl)
         if self.available(user) >= amount:
-            out = self.call(service.reserve_hold, self.settings, body)
+            out = self.use(service.reserve_hold, self.settings, body)
             assert (out.status, out.replayed) == ("active", False)
             self.wallets[user].held += amount
             hold = HoldModel(body.hold_id, user, amount, ttl)
             self.hold_models[hold.hold_id] = hold
             return hold
         with pytest.raises(InsufficientBalance) as refused:
-            self.call(service.reserve_hold, self.settings, body)
+            self.use(service.reserve_hold, self.settings, body)
         assert refused.value.extra["available_micros"] == self.available(user)
         return multiple()
 
@@ -247,9 +263,9 @@ class LedgerMachine(RuleBasedStateMachine):
         body = CaptureIn(amount_micros=actual, model="m")
         if hold.status != "active":  # expired meanwhile
             with pytest.raises(InvalidStateTransition):
-                self.call(service.capture_hold, self.settings, hold.hold_id, body)
+                self.use(service.capture_hold, self.settings, hold.hold_id, body)
             return hold
-        out = self.call(service.capture_hold, self.settings, hold.hold_id, body)
+        out = self.use(service.capture_hold, self.settings, hold.hold_id, body)
         assert (out.status, out.captured_micros, out.replayed) == ("captured", actual, False)
         wallet = self.wallets[hold.user]
         wallet.balance -= actual
@@ -261,9 +277,9 @@ class LedgerMachine(RuleBasedStateMachine):
     def release(self, hold: HoldModel) -> HoldModel:
         if hold.status != "active":  # expired meanwhile
             with pytest.raises(InvalidStateTransition):
-                self.call(service.release_hold, hold.hold_id, None)
+                self.use(service.release_hold, hold.hold_id, None)
             return hold
-        out = self.call(service.release_hold, hold.hold_id, None)
+        out = self.use(service.release_hold, hold.hold_id, None)
         assert (out.status, out.replayed) == ("released", False)
         self.wallets[hold.user].held -= hold.amount
         hold.status = "released"
@@ -274,22 +290,22 @@ class LedgerMachine(RuleBasedStateMachine):
         """A hold is resolved once: a repeat answers the original, anything else is a 409."""
         if again == "release":
             if hold.status == "released":
-                assert self.call(service.release_hold, hold.hold_id, None).replayed
+                assert self.use(service.release_hold, hold.hold_id, None).replayed
                 return
             with pytest.raises(InvalidStateTransition):
-                self.call(service.release_hold, hold.hold_id, None)
+                self.use(service.release_hold, hold.hold_id, None)
             return
         actual = hold.captured or 0
         body = CaptureIn(amount_micros=actual if again == "same capture" else actual + 1, model="m")
         if hold.status == "captured" and again == "same capture":
-            out = self.call(service.capture_hold, self.settings, hold.hold_id, body)
+            out = self.use(service.capture_hold, self.settings, hold.hold_id, body)
             assert (out.replayed, out.captured_micros) == (True, actual)
         elif hold.status == "captured":
             with pytest.raises(IdempotencyConflict):
-                self.call(service.capture_hold, self.settings, hold.hold_id, body)
+                self.use(service.capture_hold, self.settings, hold.hold_id, body)
         else:
             with pytest.raises(InvalidStateTransition):
-                self.call(service.capture_hold, self.settings, hold.hold_id, body)
+                self.use(service.capture_hold, self.settings, hold.hold_id, body)
 
     @precondition(lambda self: any(h.status == "active" for h in self.hold_models.values()))
     @rule(horizon=HORIZONS)

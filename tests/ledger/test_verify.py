@@ -165,3 +165,64 @@ async def test_postgres_refuses_an_unbalanced_transaction_at_commit(session_make
         await post_one_legged_transaction(session_maker)
     async with session_scope(session_maker) as session:
         assert await verify_ledger(session) == []
+
+
+@pytest.mark.postgres_only
+@pytest.mark.usefixtures("spent_wallet")
+async def test_postgres_refuses_a_leg_added_to_an_existing_transaction(session_maker: Any) -> None:
+    """Even a balanced pair: a transaction's entries all arrive in the statement that writes
+    them (the statement-level zero-sum trigger), so history cannot grow new legs."""
+    with pytest.raises(DBAPIError, match="unbalanced or split"):
+        async with session_scope(session_maker) as session:
+            await session.execute(
+                text(
+                    "INSERT INTO ledger_entries (transaction_id, account_id, amount_micros, "
+                    "created_at) SELECT id, 'sys_adjustments', v, now() FROM ledger_transactions, "
+                    "(VALUES (5), (-5)) AS legs(v) WHERE kind = 'usage'"
+                )
+            )
+    async with session_scope(session_maker) as session:
+        assert await verify_ledger(session) == []
+
+
+@pytest.mark.postgres_only
+async def test_postgres_refuses_a_usage_transaction_without_entries(session_maker: Any) -> None:
+    with pytest.raises(DBAPIError, match="has no entries"):
+        async with session_scope(session_maker) as session:
+            await session.execute(
+                text(
+                    "INSERT INTO ledger_transactions (id, reference, kind, created_at) "
+                    "VALUES ('txn_y', 'usage:lonely', 'usage', now())"
+                )
+            )
+
+
+async def post_entries_for_a_missing_account(session_maker: Any) -> None:
+    async with session_scope(session_maker) as session:
+        await session.execute(
+            text(
+                "INSERT INTO ledger_transactions (id, reference, kind, created_at) "
+                "VALUES ('txn_z', 'manual:z', 'adjustment', CURRENT_TIMESTAMP)"
+            )
+        )
+        await session.execute(
+            text(
+                "INSERT INTO ledger_entries (transaction_id, account_id, amount_micros, "
+                "created_at) VALUES ('txn_z', 'acc_nobody', 5, CURRENT_TIMESTAMP), "
+                "('txn_z', 'sys_adjustments', -5, CURRENT_TIMESTAMP)"
+            )
+        )
+
+
+@pytest.mark.usefixtures("spent_wallet")
+async def test_an_entry_for_a_missing_account_is_refused(session_maker: Any) -> None:
+    """Entries carry no foreign keys (triggers check references, set-based on PostgreSQL)."""
+    with pytest.raises(DBAPIError, match="missing transaction"):
+        await post_entries_for_a_missing_account(session_maker)
+
+
+@pytest.mark.usefixtures("spent_wallet")
+async def test_a_wallet_with_entries_cannot_be_deleted(session_maker: Any) -> None:
+    with pytest.raises(DBAPIError, match="cannot be deleted"):
+        async with session_scope(session_maker) as session:
+            await session.execute(text("DELETE FROM accounts WHERE user_id = 'alice'"))

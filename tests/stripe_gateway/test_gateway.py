@@ -67,6 +67,22 @@ async def test_a_user_gets_one_customer_however_often_it_is_asked_for(
     assert [r["replayed"] for r in creations] == [False, True, False]
 
 
+async def test_a_long_user_id_gets_a_bounded_customer_idempotency_key(
+    gateway: StripeGateway, stripe_peer: StripePeer
+) -> None:
+    user_id = "u" * 255  # the longest JWT subject we accept
+    first = await gateway.get_or_create_customer(user_id, None)
+    second = await gateway.get_or_create_customer(user_id, None)
+    other = await gateway.get_or_create_customer("u" * 254 + "v", None)
+
+    assert first["id"] == second["id"] != other["id"]
+    assert first["metadata"] == {"user_id": user_id}
+    creations = await stripe_peer.requests("/v1/customers", method="POST")
+    keys = [r["idempotency_key"] for r in creations]
+    assert all(len(key) <= 255 for key in keys), keys
+    assert keys[0] == keys[1] != keys[2]
+
+
 async def test_a_payment_intent_carries_the_order_and_reads_back_with_its_receipt(
     gateway: StripeGateway, stripe_peer: StripePeer
 ) -> None:

@@ -1,0 +1,79 @@
+"""Deciding a batch of usage debits at once, exactly as if they were applied one by one.
+
+A set-based store locks the batch's wallets, reads which references exist, and asks `plan_batch`
+what applying the debits one by one, in the order given, would do: each debit against its
+wallet's running available balance, a reference already written (before, or earlier in the
+batch) answering a replay of the original. The store then writes the plan in bulk. No I/O here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from app.ledger.repository import WalletRow
+from app.ledger.service import insufficient_balance
+from app.usage.store import BatchOutcome, Debited, UsageDebit, usage_reference
+
+
+class ExistingDebit(NamedTuple):
+    """A usage transaction found under a batch's reference."""
+
+    transaction_id: str
+    request_hash: str | None
+
+
+class PlannedDebit(NamedTuple):
+    """A debit to write: its new transaction and the wallet's balance right after it."""
+
+    debit: UsageDebit
+    transaction_id: str
+    account_id: str
+    balance_after_micros: int
+
+
+@dataclass(slots=True)
+class BatchPlan:
+    """What to write, and the outcome of every debit in the order given."""
+
+    outcomes: list[BatchOutcome] = field(default_factory=list)
+    writes: list[PlannedDebit] = field(default_factory=list)
+    totals: dict[str, int] = field(default_factory=dict)
+    """The amount to take from each wallet, by account id."""
+
+
+def plan_batch(
+    debits: Sequence[UsageDebit],
+    wallets: Mapping[str, WalletRow],
+    existing: Mapping[str, ExistingDebit],
+    new_transaction_id: Callable[[], str],
+) -> BatchPlan:
+    """Decide `debits` in order against `wallets` (by user id, locked by the caller) and the
+    references that `existing` holds (by reference)."""
+    plan = BatchPlan()
+    running = dict(wallets)
+    written: dict[str, ExistingDebit] = dict(existing)
+    outcomes, writes, totals = plan.outcomes, plan.writes, plan.totals
+    for debit in debits:
+        reference = usage_reference(debit.request_id)
+        wallet = running.get(debit.user_id)
+        original = written.get(reference)
+        if original is not None:
+            outcomes.append(Debited(original.transaction_id, original.request_hash, True, wallet))
+            continue
+        amount = debit.amount_micros
+        if wallet is None or wallet.balance_micros - wallet.held_micros < amount:
+            available = wallet.available_micros if wallet is not None else 0
+            outcomes.append(insufficient_balance(available, amount))
+            continue
+        wallet = WalletRow(
+            wallet.id, wallet.user_id, wallet.balance_micros - amount, wallet.held_micros
+        )
+        running[debit.user_id] = wallet
+        transaction_id = new_transaction_id()
+        written[reference] = ExistingDebit(transaction_id, debit.request_hash)
+        writes.append(PlannedDebit(debit, transaction_id, wallet.id, wallet.balance_micros))
+        totals[wallet.id] = totals.get(wallet.id, 0) + amount
+        outcomes.append(Debited(transaction_id, debit.request_hash, False, wallet))
+    return plan

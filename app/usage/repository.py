@@ -1,0 +1,474 @@
+"""All SQL of the gateway's hot path on PostgreSQL, at the driver level.
+
+The gateway calls these thousands of times a second, so each is a fixed SQL string that asyncpg
+prepares once per connection (its statement cache), never a statement built per request. Each
+single operation is ONE statement of data-modifying CTEs run in autocommit: one round trip, one
+implicit transaction, the wallet row locked only for the statement. The rules are those of the
+ORM's `ledger.post()` and `ledger.holds`, which serve the embedded SQLite default:
+
+- a usage debit writes its header, the wallet UPDATE and both entries only when the reference is
+  new and the available balance covers it; a concurrent twin fails on the unique reference and is
+  answered from the committed original;
+- holds lock the hold row first, then the wallet, as everywhere;
+- a batch locks its wallets once, in user-id order, and writes every header, entry and wallet
+  update in one statement (see `app.usage.batch`). Concurrent batches cannot deadlock (wallets in
+  one order, headers inserted in reference order); a race on a reference is retried.
+
+Room for what comes next (spend limits, auto top-up triggers): each is one more CTE of the debit's
+statement, reading the wallet CTE's result, not another round trip.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+from app.errors import (
+    IdempotencyConflict,
+    InsufficientBalance,
+    InvalidStateTransition,
+    NotFound,
+)
+from app.ids import new_id
+from app.ledger.holds import HoldResult
+from app.ledger.repository import HoldRow, WalletRow
+from app.ledger.service import insufficient_balance
+from app.metrics import LEDGER_TRANSACTIONS
+from app.models.base import utcnow
+from app.models.ledger import system_account_id
+from app.usage.batch import ExistingDebit, plan_batch
+from app.usage.store import (
+    USAGE_DESCRIPTION,
+    USAGE_KIND,
+    BatchOutcome,
+    Debited,
+    UsageDebit,
+    usage_reference,
+)
+
+USAGE_ACCOUNT = system_account_id("usage")
+_BATCH_ATTEMPTS = 5
+
+_WALLET_BY_USER = """
+SELECT id, user_id, balance_micros, held_micros FROM accounts WHERE user_id = $1
+"""
+
+_DEBIT = f"""
+WITH existing AS (
+    SELECT id, request_hash FROM ledger_transactions WHERE reference = $1
+), wallet AS (
+    UPDATE accounts SET balance_micros = balance_micros - $4
+    WHERE user_id = $3 AND balance_micros - held_micros >= $4
+      AND NOT EXISTS (SELECT 1 FROM existing)
+    RETURNING id, user_id, balance_micros, held_micros
+), txn AS (
+    INSERT INTO ledger_transactions
+        (id, reference, kind, user_id, description, request_hash, details, created_at)
+    SELECT $2, $1, '{USAGE_KIND}', $3, '{USAGE_DESCRIPTION}', $5, $6::json, $7 FROM wallet
+    RETURNING id
+), entries AS (
+    INSERT INTO ledger_entries
+        (transaction_id, account_id, amount_micros, balance_after_micros, created_at)
+    SELECT txn.id, wallet.id, -$4::bigint, wallet.balance_micros, $7 FROM txn, wallet
+    UNION ALL
+    SELECT txn.id, '{USAGE_ACCOUNT}', $4, NULL, $7 FROM txn
+)
+SELECT 'applied' AS outcome, id, user_id, balance_micros, held_micros,
+       NULL::text AS txn_id, NULL::text AS request_hash
+FROM wallet
+UNION ALL
+SELECT 'replayed', a.id, a.user_id, a.balance_micros, a.held_micros, e.id, e.request_hash
+FROM existing e LEFT JOIN accounts a ON a.user_id = $3
+UNION ALL
+SELECT 'insufficient', a.id, a.user_id, a.balance_micros, a.held_micros, NULL, NULL
+FROM accounts a
+WHERE a.user_id = $3 AND NOT EXISTS (SELECT 1 FROM existing)
+  AND NOT EXISTS (SELECT 1 FROM wallet)
+"""
+
+_TRANSACTION_BY_REFERENCE = """
+SELECT id, request_hash FROM ledger_transactions WHERE reference = $1
+"""
+
+_HOLD_COLUMNS = (
+    "id, user_id, amount_micros, status, captured_micros, request_hash, resolution_hash, "
+    "expires_at, created_at, resolved_at"
+)
+
+
+def _h(prefix: str) -> str:
+    return ", ".join(f"{prefix}.{c.strip()}" for c in _HOLD_COLUMNS.split(","))
+
+
+_RESERVE = f"""
+WITH existing AS (
+    SELECT {_HOLD_COLUMNS} FROM holds WHERE id = $1
+), wallet AS (
+    UPDATE accounts SET held_micros = held_micros + $3
+    WHERE user_id = $2 AND balance_micros - held_micros >= $3
+      AND NOT EXISTS (SELECT 1 FROM existing)
+    RETURNING id, user_id, balance_micros, held_micros
+), hold AS (
+    INSERT INTO holds (id, account_id, user_id, amount_micros, status, request_hash, details,
+                       expires_at, created_at)
+    SELECT $1, wallet.id, $2, $3, 'active', $4, $5::json, $6, $7 FROM wallet
+    RETURNING {_HOLD_COLUMNS}
+)
+SELECT 'reserved' AS outcome, {_h("h")}, w.id AS wallet_id, w.user_id AS wallet_user,
+       w.balance_micros, w.held_micros
+FROM hold h, wallet w
+UNION ALL
+SELECT 'existing', {_h("e")}, a.id, a.user_id, a.balance_micros, a.held_micros
+FROM existing e LEFT JOIN accounts a ON a.user_id = e.user_id
+UNION ALL
+SELECT 'insufficient', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL::timestamptz,
+       NULL::timestamptz, NULL::timestamptz, a.id, a.user_id, a.balance_micros, a.held_micros
+FROM accounts a
+WHERE a.user_id = $2 AND NOT EXISTS (SELECT 1 FROM existing)
+  AND NOT EXISTS (SELECT 1 FROM wallet)
+"""
+
+# A capture posts the actual amount (any size: the usage was served, so the balance may go
+# negative) and drops the reservation in the same wallet UPDATE; a capture of 0 only releases.
+_CAPTURE = f"""
+WITH hold AS (
+    UPDATE holds SET status = 'captured', captured_micros = $2, resolution_hash = $3,
+                     resolved_at = $4
+    WHERE id = $1 AND status = 'active'
+    RETURNING account_id, {_HOLD_COLUMNS}
+), wallet AS (
+    UPDATE accounts a SET balance_micros = a.balance_micros - $2,
+                          held_micros = a.held_micros - hold.amount_micros
+    FROM hold WHERE a.id = hold.account_id
+    RETURNING a.id, a.user_id, a.balance_micros, a.held_micros
+), txn AS (
+    INSERT INTO ledger_transactions
+        (id, reference, kind, user_id, description, request_hash, details, created_at)
+    SELECT $5, 'hold:' || hold.id, 'hold_capture', hold.user_id, '{USAGE_DESCRIPTION}', $3,
+           (jsonb_build_object('hold_id', hold.id, 'reserved_micros', hold.amount_micros)
+            || coalesce($6::jsonb, '{{}}'::jsonb))::json,
+           $4
+    FROM hold WHERE $2 > 0
+    RETURNING id
+), entries AS (
+    INSERT INTO ledger_entries
+        (transaction_id, account_id, amount_micros, balance_after_micros, created_at)
+    SELECT txn.id, wallet.id, -$2::bigint, wallet.balance_micros, $4 FROM txn, wallet
+    UNION ALL
+    SELECT txn.id, '{USAGE_ACCOUNT}', $2, NULL, $4 FROM txn
+)
+SELECT {_h("h")}, w.id, w.user_id, w.balance_micros, w.held_micros FROM hold h, wallet w
+"""
+
+_RELEASE = f"""
+WITH hold AS (
+    UPDATE holds SET status = 'released', resolution_hash = $2, resolved_at = $3
+    WHERE id = $1 AND status = 'active'
+    RETURNING account_id, {_HOLD_COLUMNS}
+), wallet AS (
+    UPDATE accounts a SET held_micros = a.held_micros - hold.amount_micros
+    FROM hold WHERE a.id = hold.account_id
+    RETURNING a.id, a.user_id, a.balance_micros, a.held_micros
+)
+SELECT {_h("h")}, w.id, w.user_id, w.balance_micros, w.held_micros FROM hold h, wallet w
+"""
+
+_HOLD_WITH_WALLET = f"""
+SELECT {_h("h")}, a.id, a.user_id, a.balance_micros, a.held_micros
+FROM holds h LEFT JOIN accounts a ON a.user_id = h.user_id WHERE h.id = $1
+"""
+
+# Wallets in user-id order (LockRows sits above the Sort), as every multi-wallet writer takes
+# them, so two batches cannot deadlock on wallet rows.
+_LOCK_WALLETS = """
+SELECT id, user_id, balance_micros, held_micros FROM accounts
+WHERE user_id = ANY($1::text[]) ORDER BY user_id FOR UPDATE
+"""
+
+_EXISTING_REFERENCES = """
+SELECT reference, id, request_hash FROM ledger_transactions WHERE reference = ANY($1::text[])
+"""
+
+# Headers in reference order, so two batches sharing references wait on each other instead of
+# deadlocking; entries in the plan's order, so each wallet's entry ids follow its running
+# balance. Headers and entries go in one statement: the zero-sum trigger checks them together.
+_WRITE_BATCH = f"""
+WITH txn AS (
+    INSERT INTO ledger_transactions
+        (id, reference, kind, user_id, description, request_hash, details, created_at)
+    SELECT t.id, t.reference, '{USAGE_KIND}', t.user_id, '{USAGE_DESCRIPTION}', t.request_hash,
+           t.details::json, $8
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+         AS t(id, reference, user_id, request_hash, details)
+    ORDER BY t.reference
+), entries AS (
+    INSERT INTO ledger_entries
+        (transaction_id, account_id, amount_micros, balance_after_micros, created_at)
+    SELECT legs.transaction_id, legs.account_id, legs.amount_micros, legs.balance_after, $8
+    FROM (
+        SELECT d.ord * 2 AS position, d.id AS transaction_id, d.account_id,
+               -d.amount AS amount_micros, d.balance_after
+        FROM unnest($1::text[], $6::text[], $7::bigint[], $9::bigint[])
+             WITH ORDINALITY AS d(id, account_id, amount, balance_after, ord)
+        UNION ALL
+        SELECT d.ord * 2 + 1, d.id, '{USAGE_ACCOUNT}', d.amount, NULL
+        FROM unnest($1::text[], $7::bigint[]) WITH ORDINALITY AS d(id, amount, ord)
+    ) legs
+    ORDER BY legs.position
+), wallets AS (
+    UPDATE accounts a SET balance_micros = a.balance_micros - w.total
+    FROM unnest($10::text[], $11::bigint[]) AS w(account_id, total)
+    WHERE a.id = w.account_id
+)
+SELECT 1
+"""
+
+
+def _wallet(row: Any, offset: int = 0) -> WalletRow | None:
+    if row[offset] is None:
+        return None
+    return WalletRow(row[offset], row[offset + 1], row[offset + 2], row[offset + 3])
+
+
+def _hold(row: Any, offset: int = 0) -> HoldRow:
+    return HoldRow(*row[offset : offset + 10])
+
+
+def _json(value: dict[str, Any] | None) -> str | None:
+    return json.dumps(value, separators=(",", ":")) if value is not None else None
+
+
+async def _reset(conn: asyncpg.Connection) -> None:
+    """What a released connection needs: these statements take no advisory locks, open no
+    cursors, LISTEN to nothing and SET nothing, so asyncpg's default reset query (a round trip
+    on every release) has nothing to undo. A transaction left open by a cancelled request is."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
+def asyncpg_dsn(database_url: str) -> str:
+    """The libpq-style DSN asyncpg takes, from the service's SQLAlchemy URL."""
+    return make_url(database_url).set(drivername="postgresql").render_as_string(False)
+
+
+class PostgresUsageStore:
+    """The gateway's operations on PostgreSQL through an asyncpg pool."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def open(cls, database_url: str, *, max_size: int) -> PostgresUsageStore:
+        pool = await asyncpg.create_pool(
+            asyncpg_dsn(database_url),
+            min_size=1,
+            max_size=max_size,
+            command_timeout=60,
+            reset=_reset,
+        )
+        return cls(pool)
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self._pool
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def wallet(self, user_id: str) -> WalletRow | None:
+        row = await self._pool.fetchrow(_WALLET_BY_USER, user_id)
+        return _wallet(row) if row is not None else None
+
+    async def debit(self, debit: UsageDebit) -> Debited:
+        reference = usage_reference(debit.request_id)
+        txn_id = new_id("txn")
+        try:
+            row = await self._pool.fetchrow(
+                _DEBIT,
+                reference,
+                txn_id,
+                debit.user_id,
+                debit.amount_micros,
+                debit.request_hash,
+                _json(debit.details),
+                utcnow(),
+            )
+        except asyncpg.UniqueViolationError:
+            # A twin with the same request id committed first: answer from the original.
+            return await self._replay(reference, debit.user_id)
+        if row is None:
+            raise insufficient_balance(0, debit.amount_micros)
+        wallet = _wallet(row, 1)
+        outcome = row[0]
+        if outcome == "applied":
+            LEDGER_TRANSACTIONS.labels(USAGE_KIND, "posted").inc()
+            return Debited(txn_id, debit.request_hash, False, wallet)
+        if outcome == "replayed":
+            LEDGER_TRANSACTIONS.labels(USAGE_KIND, "replayed").inc()
+            return Debited(row[5], row[6], True, wallet)
+        raise await self._not_covered(debit.user_id, debit.amount_micros)
+
+    async def _not_covered(self, user_id: str, amount_micros: int) -> InsufficientBalance:
+        # The statement's own read of the wallet is as of its start, before it waited for the
+        # row lock; the refusal tells the balance the UPDATE actually saw, so read it again.
+        current = await self.wallet(user_id)
+        return insufficient_balance(current.available_micros if current else 0, amount_micros)
+
+    async def _replay(self, reference: str, user_id: str) -> Debited:
+        async with self._pool.acquire() as conn:
+            original = await conn.fetchrow(_TRANSACTION_BY_REFERENCE, reference)
+            wallet_row = await conn.fetchrow(_WALLET_BY_USER, user_id)
+        if original is None:  # pragma: no cover - the conflicting row is committed
+            raise RuntimeError(f"reference {reference!r} conflicted but cannot be read")
+        LEDGER_TRANSACTIONS.labels(USAGE_KIND, "replayed").inc()
+        wallet = _wallet(wallet_row) if wallet_row is not None else None
+        return Debited(original[0], original[1], True, wallet)
+
+    async def debit_batch(self, debits: Sequence[UsageDebit]) -> list[BatchOutcome]:
+        for attempt in range(_BATCH_ATTEMPTS):
+            try:
+                return await self._debit_batch_once(debits)
+            except (
+                asyncpg.DeadlockDetectedError,
+                asyncpg.SerializationError,
+                asyncpg.UniqueViolationError,
+            ):
+                # A concurrent writer took one of our references first (or, in theory, a
+                # deadlock): the transaction rolled back whole; decide again on what is there.
+                if attempt == _BATCH_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _debit_batch_once(self, debits: Sequence[UsageDebit]) -> list[BatchOutcome]:
+        users = sorted({d.user_id for d in debits})
+        references = [usage_reference(d.request_id) for d in debits]
+        now = utcnow()
+        async with self._pool.acquire() as conn, conn.transaction():
+            wallets = {
+                row[1]: WalletRow(row[0], row[1], row[2], row[3])
+                for row in await conn.fetch(_LOCK_WALLETS, users)
+            }
+            existing = {
+                row[0]: ExistingDebit(row[1], row[2])
+                for row in await conn.fetch(_EXISTING_REFERENCES, references)
+            }
+            plan = plan_batch(debits, wallets, existing, lambda: new_id("txn"))
+            if plan.writes:
+                writes = plan.writes
+                await conn.execute(
+                    _WRITE_BATCH,
+                    [w.transaction_id for w in writes],
+                    [usage_reference(w.debit.request_id) for w in writes],
+                    [w.debit.user_id for w in writes],
+                    [w.debit.request_hash for w in writes],
+                    [_json(w.debit.details) for w in writes],
+                    [w.account_id for w in writes],
+                    [w.debit.amount_micros for w in writes],
+                    now,
+                    [w.balance_after_micros for w in writes],
+                    list(plan.totals),
+                    list(plan.totals.values()),
+                )
+        applied = len(plan.writes)
+        if applied:
+            LEDGER_TRANSACTIONS.labels(USAGE_KIND, "posted").inc(applied)
+        replayed = sum(isinstance(o, Debited) and o.replayed for o in plan.outcomes)
+        if replayed:
+            LEDGER_TRANSACTIONS.labels(USAGE_KIND, "replayed").inc(replayed)
+        return plan.outcomes
+
+    async def reserve(
+        self,
+        *,
+        user_id: str,
+        hold_id: str,
+        amount_micros: int,
+        ttl_seconds: int,
+        request_hash: str,
+        details: dict[str, Any] | None,
+    ) -> HoldResult:
+        now = utcnow()
+        try:
+            row = await self._pool.fetchrow(
+                _RESERVE,
+                hold_id,
+                user_id,
+                amount_micros,
+                request_hash,
+                _json(details),
+                now + timedelta(seconds=ttl_seconds),
+                now,
+            )
+        except asyncpg.UniqueViolationError:
+            row = await self._pool.fetchrow(_HOLD_WITH_WALLET, hold_id)
+            if row is None:  # pragma: no cover - the conflicting hold is committed
+                raise
+            row = ("existing", *row)
+        if row is None:
+            # No wallet, so nothing to hold (and no hold by that id).
+            raise insufficient_balance(0, amount_micros)
+        outcome = row[0]
+        wallet = _wallet(row, 11)
+        if outcome == "insufficient":
+            raise await self._not_covered(user_id, amount_micros)
+        hold = _hold(row, 1)
+        assert wallet is not None
+        if outcome == "reserved":
+            return HoldResult(hold, wallet, replayed=False)
+        if hold.request_hash != request_hash:
+            raise IdempotencyConflict(
+                f"Hold {hold_id!r} was reserved before with a different request."
+            )
+        return HoldResult(hold, wallet, replayed=True)
+
+    async def capture(
+        self,
+        *,
+        hold_id: str,
+        amount_micros: int,
+        resolution_hash: str,
+        details: dict[str, Any] | None,
+    ) -> HoldResult:
+        now = utcnow()
+        row = await self._pool.fetchrow(
+            _CAPTURE, hold_id, amount_micros, resolution_hash, now, new_id("txn"), _json(details)
+        )
+        if row is None:
+            return await self._resolved_before(hold_id, "captured", resolution_hash)
+        if amount_micros > 0:
+            LEDGER_TRANSACTIONS.labels("hold_capture", "posted").inc()
+        wallet = _wallet(row, 10)
+        assert wallet is not None
+        return HoldResult(_hold(row), wallet, replayed=False)
+
+    async def release(self, *, hold_id: str, resolution_hash: str) -> HoldResult:
+        row = await self._pool.fetchrow(_RELEASE, hold_id, resolution_hash, utcnow())
+        if row is None:
+            return await self._resolved_before(hold_id, "released", resolution_hash)
+        wallet = _wallet(row, 10)
+        assert wallet is not None
+        return HoldResult(_hold(row), wallet, replayed=False)
+
+    async def _resolved_before(self, hold_id: str, status: str, resolution_hash: str) -> HoldResult:
+        row = await self._pool.fetchrow(_HOLD_WITH_WALLET, hold_id)
+        if row is None:
+            raise NotFound(f"No hold {hold_id!r}.")
+        hold = _hold(row)
+        if hold.status != status:
+            raise InvalidStateTransition(
+                f"Hold {hold_id!r} is {hold.status} and cannot be {status}.",
+                hold_status=hold.status,
+            )
+        if hold.resolution_hash != resolution_hash:
+            raise IdempotencyConflict(
+                f"Hold {hold_id!r} was {status} before with a different request."
+            )
+        wallet = _wallet(row, 10)
+        if wallet is None:  # pragma: no cover - a hold's wallet is never deleted
+            raise RuntimeError(f"wallet of {hold.user_id!r} is missing")
+        return HoldResult(hold, wallet, replayed=True)

@@ -1,0 +1,124 @@
+"""Settings: production unless told otherwise, and production refuses what is unsafe."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from app import cli
+from app.config import LOCAL_JWT_SECRET, Settings
+
+REAL_SECRET = "r" * 48
+
+
+@pytest.fixture(autouse=True)
+def bare_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No `BILLING_*` variable: what a fresh deploy sees."""
+    for name in ("BILLING_ENVIRONMENT", "BILLING_JWT_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def _settings(**values: Any) -> Settings:
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def test_billing_environment_defaults_to_production() -> None:
+    assert _settings(jwt_secret=REAL_SECRET).environment == "production"
+
+
+@pytest.mark.parametrize("secret", [None, "", "changeme", "short", LOCAL_JWT_SECRET])
+def test_production_refuses_a_placeholder_or_missing_jwt_secret(secret: str | None) -> None:
+    with pytest.raises(ValidationError, match="BILLING_JWT_SECRET"):
+        _settings(jwt_secret=secret)
+
+
+def test_production_accepts_a_jwks_instead_of_a_secret() -> None:
+    settings = _settings(jwt_jwks_url="https://id.example/.well-known/jwks.json")
+    assert settings.jwt_secret is None
+
+
+def test_only_the_local_environment_installs_the_development_secret() -> None:
+    local = _settings(environment="local")
+    assert local.jwt_secret is not None
+    assert local.jwt_secret.get_secret_value() == LOCAL_JWT_SECRET
+
+
+def test_production_refuses_a_wildcard_cors_origin() -> None:
+    with pytest.raises(ValidationError, match="CORS"):
+        _settings(jwt_secret=REAL_SECRET, cors_origins=["https://portal.example", "*"])
+
+
+def test_production_refuses_stripe_without_a_webhook_secret() -> None:
+    with pytest.raises(ValidationError, match="WEBHOOK_SECRET"):
+        _settings(jwt_secret=REAL_SECRET, stripe_secret_key="sk_live_x")
+    assert _settings(
+        jwt_secret=REAL_SECRET, stripe_secret_key="sk_live_x", stripe_webhook_secret="whsec_x"
+    ).stripe_configured
+
+
+@pytest.mark.parametrize(
+    ("api_base", "accepted"),
+    [
+        ("https://api.stripe.com", True),
+        ("http://127.0.0.1:12111", True),
+        ("http://[::1]:12111", True),
+        ("http://localhost:12111", True),
+        ("http://stripe-mock.internal:12111", False),
+        ("http://10.0.0.5", False),
+        ("ftp://127.0.0.1", False),
+    ],
+)
+def test_production_refuses_a_non_https_stripe_api_base_that_is_not_loopback(
+    api_base: str, accepted: bool
+) -> None:
+    values = {"jwt_secret": REAL_SECRET, "stripe_api_base": api_base}
+    if accepted:
+        assert _settings(**values).stripe_api_base == api_base
+    else:
+        with pytest.raises(ValidationError, match="STRIPE_API_BASE"):
+            _settings(**values)
+
+
+@pytest.mark.parametrize("value", ["9e999990", "1e299999", "NaN", "-1", "10.001"])
+def test_a_hostile_top_up_bound_is_refused(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BILLING_TOPUP_MAX", value)
+    with pytest.raises(ValidationError, match="topup_max"):
+        _settings(environment="local")
+
+
+def test_the_openapi_command_needs_no_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli, "OPENAPI_PATH", tmp_path / "openapi.json")
+    assert cli.main(["openapi"]) == 0
+    assert cli.main(["openapi", "--check"]) == 0
+
+
+def test_a_production_command_without_settings_explains_itself(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cli.get_settings.cache_clear()
+    monkeypatch.setenv("BILLING_DATABASE_URL", "sqlite+aiosqlite:///:memory:")
+    try:
+        assert cli.main(["ledger-verify"]) == 2
+    finally:
+        cli.get_settings.cache_clear()
+    assert "BILLING_ENVIRONMENT=local" in capsys.readouterr().err
+
+
+def test_forwarded_ips_come_from_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: calls.append(kwargs))
+    settings = _settings(jwt_secret=REAL_SECRET, forwarded_allow_ips="10.0.0.1,10.0.0.2")
+    args = cli.build_parser().parse_args(["serve", "--no-migrate"])
+    assert isinstance(args, argparse.Namespace)
+    cli.cmd_serve(args, settings)
+    assert calls[0]["forwarded_allow_ips"] == "10.0.0.1,10.0.0.2"
+    dockerfile = (cli.ROOT / "Dockerfile").read_text()
+    assert "forwarded-allow-ips" not in dockerfile
