@@ -199,7 +199,7 @@ async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(
         transport=transport,
         base_url="http://billing.test",
-        event_hooks={"response": [ContractCheck(app.openapi())]},
+        event_hooks={"response": [ContractCheck.for_app(app)]},
     ) as c:
         yield c
 

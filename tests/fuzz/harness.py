@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -335,19 +336,22 @@ def fuzz(
     seed: int | None = None,
     phases: str | None = None,
     extra_args: tuple[str, ...] = (),
+    parallel: int = 1,
 ) -> list[RoleResult]:
-    """Serve the app and fuzz it as every role in turn."""
+    """Serve the app and fuzz it as every role (`parallel` roles at a time), in role order."""
     report_dir.mkdir(parents=True, exist_ok=True)
-    with serve(backend) as service:
-        return [
-            run_role(
-                service,
-                role,
-                max_examples=max_examples,
-                report_dir=report_dir,
-                seed=seed,
-                phases=phases,
-                extra_args=extra_args,
+    with serve(backend) as service, ThreadPoolExecutor(max_workers=parallel) as pool:
+        return list(
+            pool.map(
+                lambda role: run_role(
+                    service,
+                    role,
+                    max_examples=max_examples,
+                    report_dir=report_dir,
+                    seed=seed,
+                    phases=phases,
+                    extra_args=extra_args,
+                ),
+                roles,
             )
-            for role in roles
-        ]
+        )
