@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install run test test-postgres test-sqlite check format migrate openapi bench clean
+.PHONY: install run test test-postgres test-sqlite check format migrate openapi fuzz bench clean
 
 .tools/bin/uv:
 	$(PYTHON) -m venv .tools
@@ -54,6 +54,13 @@ migrate: install
 openapi: install
 	$(BIN)/torouter-billing openapi
 
+# schemathesis against the served app (PostgreSQL unless BILLING_TEST_BACKEND=sqlite, the Stripe
+# peer on loopback) as two users, an admin, the gateway and anonymous: --checks all, 100 examples
+# per operation. FUZZ_ARGS passes more (e.g. --max-examples 300 --seed 1).
+FUZZ_ARGS ?=
+fuzz: install
+	$(BIN)/python -m tests.fuzz $(FUZZ_ARGS)
+
 # The gateway's hot path and the webhooks under load, as ratios against a yardstick measured in
 # the same run (bench/RESULTS.md). Needs PostgreSQL on 127.0.0.1:5432 and wrk (installed with
 # apt-get when missing and root). BENCH_ARGS="--only usage --seconds 5" runs a part.
@@ -61,4 +68,4 @@ bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
-	rm -rf .venv .tools .mypy_cache .ruff_cache .pytest_cache billing.db billing.db-*
+	rm -rf .venv .tools .mypy_cache .ruff_cache .pytest_cache .fuzz billing.db billing.db-*

@@ -100,6 +100,23 @@ class Settings(BaseSettings):
     hold_default_ttl_seconds: int = Field(default=600, ge=1, le=3600)
     max_amount_micros: int = Field(default=1_000_000_000_000, ge=1)
 
+    # Per-user rate limits on the portal's routes (`limits` notation: "10/minute;60/hour"),
+    # kept in process memory or, for several instances, in a shared storage such as
+    # "redis://host:6379" (see the README). The gateway's routes have none.
+    rate_limit_enabled: bool = True
+    rate_limit_storage_uri: str = "memory://"
+    rate_limit_purchase: str = "10/minute;60/hour"
+    rate_limit_resume: str = "30/minute"
+    rate_limit_cancel: str = "30/minute"
+    rate_limit_sync: str = "20/minute;200/hour"
+    rate_limit_payment_result: str = "60/minute"
+    rate_limit_refund_request: str = "5/minute;20/day"
+    # Daily caps per user, counted in the database over the last 24 hours: orders (each makes
+    # one Stripe object, whether it is later paid, canceled or not), and declined payment
+    # attempts (card testing).
+    rate_limit_stripe_objects_per_day: int = Field(default=50, ge=1)
+    rate_limit_failed_payments_per_day: int = Field(default=10, ge=1)
+
     # HTTP.
     max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
     forwarded_allow_ips: str = "127.0.0.1"
@@ -144,6 +161,24 @@ class Settings(BaseSettings):
     @classmethod
     def _two_decimal_presets(cls, value: list[Decimal]) -> list[Decimal]:
         return [_two_decimal_amount(item) for item in value]
+
+    @field_validator(
+        "rate_limit_purchase",
+        "rate_limit_resume",
+        "rate_limit_cancel",
+        "rate_limit_sync",
+        "rate_limit_payment_result",
+        "rate_limit_refund_request",
+    )
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        from limits import parse_many
+
+        try:
+            parse_many(value)
+        except ValueError as exc:
+            raise ValueError(f"not a rate limit such as '10/minute;60/hour': {exc}") from exc
+        return value
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:

@@ -198,11 +198,17 @@ class TooManyPendingOrders(BillingError):
 
 
 class RateLimited(BillingError):
-    """Too many requests."""
+    """Too many requests; `Retry-After` says when the next one is allowed."""
 
     status = 429
     code = "rate_limited"
     title = "Rate limited"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int = 1, **extra: Any) -> None:
+        retry_after = max(1, retry_after)
+        super().__init__(
+            detail, headers={"Retry-After": str(retry_after)}, retry_after=retry_after, **extra
+        )
 
 
 class ServiceUnavailable(BillingError):
@@ -303,6 +309,7 @@ async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
 
 
 _HTTP_CODES = {
+    400: "bad_request",
     401: "unauthorized",
     403: "forbidden",
     404: "not_found",

@@ -27,9 +27,11 @@ from app.jobs.runner import Job, JobRunner
 from app.ledger.router import router as balance_router
 from app.logs import configure_logging
 from app.middleware import RequestContextMiddleware
+from app.openapi import install_openapi
 from app.ops.router import router as ops_router
 from app.orders.router import router as orders_router
 from app.purchase.router import router as purchase_router
+from app.rate_limits import RateLimiter
 from app.refunds.router import router as refunds_router
 from app.stripe_gateway import StripeGateway
 from app.usage.repository import PostgresUsageStore
@@ -88,7 +90,7 @@ def _jobs(app: FastAPI, settings: Settings) -> list[Job]:
 class BillingApp(FastAPI):
     """FastAPI for the portal, Stripe, operators and integrators, with the gateway's hot path
     (`/v1/internal/…`) handed to the lean `GatewayApp` before FastAPI's middleware and routing,
-    and documented in the same OpenAPI document."""
+    and documented in the same OpenAPI document (`_document_gateway`)."""
 
     gateway: GatewayApp
 
@@ -98,21 +100,20 @@ class BillingApp(FastAPI):
             return
         await super().__call__(scope, receive, send)
 
-    def openapi(self) -> dict[str, Any]:
-        if self.openapi_schema is None:
-            schema = super().openapi()
-            paths, schemas = openapi_paths()
-            schema["paths"].update(paths)
-            components = schema.setdefault("components", {})
-            components.setdefault("schemas", {}).update(schemas)
-            components["schemas"] = dict(sorted(components["schemas"].items()))
-            components.setdefault("securitySchemes", {})["ServiceToken"] = {
-                "type": "http",
-                "scheme": "bearer",
-                "description": "A gateway service token (`svc_…`).",
-            }
-        assert self.openapi_schema is not None
-        return self.openapi_schema
+
+def _document_gateway(doc: dict[str, Any]) -> None:
+    """Add the lean gateway app's operations (documented from its `OPERATIONS` table) to the
+    document; `app.openapi` then makes their errors problems like every other operation's."""
+    paths, schemas = openapi_paths()
+    doc["paths"].update(paths)
+    components = doc.setdefault("components", {})
+    components.setdefault("schemas", {}).update(schemas)
+    components["schemas"] = dict(sorted(components["schemas"].items()))
+    components.setdefault("securitySchemes", {})["ServiceToken"] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "A gateway service token (`svc_…`).",
+    }
 
 
 async def _usage_store(settings: Settings, maker: Any) -> UsageStore:
@@ -139,6 +140,7 @@ def create_app(settings: Settings | None = None) -> BillingApp:
             maker, settings.service_token_cache_seconds, settings.service_token_cache_size
         )
         app.state.stripe = StripeGateway(settings)
+        app.state.rate_limiter = RateLimiter(settings)
         store = await _usage_store(settings, maker)
         app.state.usage_store = store
         gateway.start(store, app.state.service_token_verifier, app.state.jwt_verifier)
@@ -187,6 +189,7 @@ def create_app(settings: Settings | None = None) -> BillingApp:
     app.include_router(purchase_router, prefix=API_PREFIX)
     app.include_router(webhooks_router, prefix=API_PREFIX)
     app.include_router(admin_webhooks_router, prefix=API_PREFIX)
+    install_openapi(app, extend=[_document_gateway])
     return app
 
 

@@ -26,6 +26,8 @@ from app.ledger.verify import verify_ledger
 from app.main import create_app
 from app.migrate import upgrade_head
 from app.models import Base
+from app.rate_limits import SCOPES
+from tests.contract import ContractCheck
 from tests.stripe_peer.fixtures import (  # noqa: F401 - fixtures
     stripe_peer,
     stripe_peer_server,
@@ -159,6 +161,10 @@ def settings(
         "service_token_cache_seconds": 0,
         "log_json": True,
         "portal_url": "http://portal.test",
+        # Rate limits stay on, wide enough for tests that buy many times; the tests of the
+        # limits themselves narrow them (tests/test_rate_limits.py).
+        **{f"rate_limit_{scope}": "1000/minute" for scope in SCOPES},
+        "rate_limit_stripe_objects_per_day": 1000,
     }
     if "stripe_peer" in request.fixturenames:
         # Point the app at the loopback Stripe peer (tests/stripe_peer/fixtures.py).
@@ -187,8 +193,14 @@ def session_maker(app: Any) -> async_sessionmaker[AsyncSession]:
 
 @pytest.fixture
 async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """The app over ASGI; every answer must be declared by its OpenAPI operation
+    (tests/contract.py), so each test is also a contract test of what it calls."""
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://billing.test") as c:
+    async with httpx.AsyncClient(
+        transport=transport,
+        base_url="http://billing.test",
+        event_hooks={"response": [ContractCheck.for_app(app)]},
+    ) as c:
         yield c
 
 

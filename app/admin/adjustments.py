@@ -13,8 +13,9 @@ from app.admin.audit import record_admin_action
 from app.auth import AdminUser
 from app.config import Settings
 from app.db import SessionDep
-from app.errors import IdempotencyConflict, ValidationFailed
+from app.errors import IdempotencyConflict, InsufficientBalance, ValidationFailed
 from app.ledger.service import Leg, hash_request, post
+from app.openapi import problem_responses
 from app.schemas import CleanStr, CleanText, StrictModel
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -122,8 +123,7 @@ async def adjust_wallet(
             "model": AdjustmentOut,
             "description": "A replay of an earlier adjustment with the same key and body.",
         },
-        402: {"description": "A debit the available balance does not cover."},
-        409: {"description": "The idempotency key was used with a different request."},
+        **problem_responses(InsufficientBalance, IdempotencyConflict),
     },
 )
 async def create_adjustment(

@@ -9,12 +9,15 @@ from pydantic import StringConstraints
 
 from app.auth import AdminUser
 from app.db import SessionDep
+from app.errors import NotFound, PaymentProviderUnavailable, PaymentsNotConfigured
+from app.openapi import problem_responses
 from app.orders import service
 from app.orders.router import OrderId
 from app.orders.schemas import OrderOut
 from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from app.purchase import service as purchase_service
 from app.schemas import CleanStr, Page, UtcDatetime
+from app.stripe_gateway import StripeRequestFailed
 
 router = APIRouter(prefix="/admin/orders", tags=["admin"])
 
@@ -46,7 +49,7 @@ async def admin_list_orders(
     )
 
 
-@router.get("/{order_id}", summary="Get any order")
+@router.get("/{order_id}", summary="Get any order", responses=problem_responses(NotFound))
 async def admin_get_order(
     request: Request, order_id: OrderId, admin: AdminUser, session: SessionDep
 ) -> OrderOut:
@@ -54,7 +57,13 @@ async def admin_get_order(
     return await service.show_order(session, request.app.state.settings, None, order_id)
 
 
-@router.post("/{order_id}/sync", summary="Sync any order")
+@router.post(
+    "/{order_id}/sync",
+    summary="Sync any order",
+    responses=problem_responses(
+        NotFound, StripeRequestFailed, PaymentProviderUnavailable, PaymentsNotConfigured
+    ),
+)
 async def admin_sync_order(request: Request, order_id: OrderId, admin: AdminUser) -> OrderOut:
     """Ask Stripe about any user's order and apply what it says; audited."""
     return await purchase_service.sync_order(

@@ -9,6 +9,8 @@ from pydantic import StringConstraints
 
 from app.auth import AdminUser
 from app.db import SessionDep
+from app.errors import InvalidStateTransition, NotFound, PaymentsNotConfigured, RefundNotEligible
+from app.openapi import problem_responses
 from app.pagination import DEFAULT_LIMIT, MAX_LIMIT, encode_cursor
 from app.refunds import service
 from app.refunds.schemas import (
@@ -49,7 +51,9 @@ async def admin_list_refund_requests(
 @router.post(
     "/{request_id}/approve",
     summary="Approve a refund request",
-    responses={409: {"description": "Not pending any more, or no longer eligible"}},
+    responses=problem_responses(
+        NotFound, InvalidStateTransition, RefundNotEligible, PaymentsNotConfigured
+    ),
 )
 async def admin_approve_refund_request(
     request: Request, request_id: RefundRequestId, admin: AdminUser, body: ReviewIn | None = None
@@ -66,7 +70,11 @@ async def admin_approve_refund_request(
     return admin_refund_request_out(row)
 
 
-@router.post("/{request_id}/deny", summary="Deny a refund request")
+@router.post(
+    "/{request_id}/deny",
+    summary="Deny a refund request",
+    responses=problem_responses(NotFound, InvalidStateTransition),
+)
 async def admin_deny_refund_request(
     request_id: RefundRequestId, body: DenyIn, admin: AdminUser, session: SessionDep
 ) -> AdminRefundRequestOut:

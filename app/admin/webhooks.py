@@ -11,6 +11,8 @@ from pydantic import BaseModel
 from app.admin.audit import record_admin_action
 from app.auth import AdminUser
 from app.db import SessionDep
+from app.errors import NotFound, PaymentProviderUnavailable, PaymentsNotConfigured
+from app.openapi import problem_responses
 from app.schemas import CleanStr
 from app.webhooks import service
 
@@ -31,7 +33,7 @@ class WebhookEventOut(BaseModel):
 @router.post(
     "/{event_id}/replay",
     summary="Replay a Stripe event",
-    responses={404: {"description": "No such event was received."}},
+    responses=problem_responses(NotFound, PaymentProviderUnavailable, PaymentsNotConfigured),
 )
 async def admin_replay_webhook_event(
     request: Request,

@@ -12,6 +12,7 @@ from sqlalchemy import text
 
 from app.config import Settings
 from app.errors import NotFound, ServiceUnavailable, Unauthorized
+from app.openapi import problem_responses
 
 router = APIRouter(tags=["operations"])
 
@@ -32,7 +33,7 @@ async def healthz() -> Health:
     "/readyz",
     operation_id="readyz",
     summary="Ready to serve",
-    responses={503: {"description": "The database does not answer"}},
+    responses=problem_responses(ServiceUnavailable),
 )
 async def readyz(request: Request) -> Health:
     """503 when the database does not answer within 2 seconds."""
@@ -59,7 +60,18 @@ def _check_metrics_access(request: Request) -> None:
 
 
 @router.get(
-    "/metrics", operation_id="metrics", summary="Prometheus metrics", include_in_schema=True
+    "/metrics",
+    operation_id="metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Metrics in the Prometheus text format.",
+            "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
+        },
+        # 401: BILLING_METRICS_TOKEN is set and not sent; 404: off in production without one.
+        **problem_responses(Unauthorized, NotFound),
+    },
 )
 async def metrics(request: Request) -> Response:
     """Metrics in the Prometheus text format; `Authorization: Bearer <BILLING_METRICS_TOKEN>`

@@ -9,6 +9,8 @@ from pydantic import StringConstraints
 
 from app.auth import CurrentUser
 from app.db import SessionDep
+from app.errors import NotFound
+from app.openapi import problem_responses
 from app.orders import service
 from app.orders.schemas import OrderOut
 from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
@@ -55,7 +57,9 @@ async def list_my_orders(
     )
 
 
-@router.get("/orders/{order_id}", summary="Get one of my orders")
+@router.get(
+    "/orders/{order_id}", summary="Get one of my orders", responses=problem_responses(NotFound)
+)
 async def get_my_order(
     request: Request, order_id: OrderId, user: CurrentUser, session: SessionDep
 ) -> OrderOut:

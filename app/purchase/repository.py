@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import or_, select, text
+from sqlalchemy import func, or_, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import is_postgres
 from app.models.base import utcnow
-from app.models.orders import Order, StripeCustomer
+from app.models.orders import Order, StripeCustomer, StripeEvent
 from app.orders.state import PENDING_STATUSES
 
 
@@ -42,6 +42,36 @@ async def list_pending_orders(session: AsyncSession, user_id: str, *, limit: int
         .limit(limit)
     )
     return list((await session.scalars(stmt)).all())
+
+
+async def orders_created_since(
+    session: AsyncSession, user_id: str, since: datetime
+) -> tuple[int, datetime | None]:
+    """How many orders (each one Stripe object) the user created since `since`, and when the
+    oldest of them was created."""
+    stmt = select(func.count(Order.id), func.min(Order.created_at)).where(
+        Order.user_id == user_id, Order.created_at >= since
+    )
+    count, oldest = (await session.execute(stmt)).one()
+    return int(count), oldest
+
+
+async def failed_payments_since(
+    session: AsyncSession, user_id: str, since: datetime
+) -> tuple[int, datetime | None]:
+    """How many declined payment attempts on the user's orders Stripe reported since `since`
+    (`payment_intent.payment_failed` events, each stored once), and when the oldest arrived."""
+    stmt = (
+        select(func.count(StripeEvent.id), func.min(StripeEvent.received_at))
+        .join(Order, Order.stripe_payment_intent_id == StripeEvent.object_id)
+        .where(
+            Order.user_id == user_id,
+            StripeEvent.type == "payment_intent.payment_failed",
+            StripeEvent.received_at >= since,
+        )
+    )
+    count, oldest = (await session.execute(stmt)).one()
+    return int(count), oldest
 
 
 async def get_stripe_customer_id(session: AsyncSession, user_id: str) -> str | None:

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 
 from app.auth import CurrentUser
 from app.db import SessionDep
+from app.errors import (
+    IdempotencyConflict,
+    NotFound,
+    OrderNotCancelable,
+    OrderNotResumable,
+    PaymentProviderUnavailable,
+    PaymentsNotConfigured,
+    RateLimited,
+    TooManyPendingOrders,
+)
+from app.openapi import problem_responses
 from app.orders.router import OrderId
 from app.orders.schemas import OrderOut
 from app.purchase import service
@@ -17,7 +28,9 @@ from app.purchase.schemas import (
     PurchaseIn,
     PurchaseOptionsOut,
 )
+from app.rate_limits import rate_limited
 from app.schemas import CleanStr, Page
+from app.stripe_gateway import StripeRequestFailed
 
 router = APIRouter()
 
@@ -33,12 +46,8 @@ IdempotencyKey = Annotated[
     ),
 ]
 
-_NOT_PAYABLE: dict[int | str, dict[str, Any]] = {
-    409: {"description": "The order can no longer be paid (`order_not_resumable`)."}
-}
-_STRIPE_DOWN: dict[int | str, dict[str, Any]] = {
-    503: {"description": "Stripe did not answer; retry after `Retry-After` seconds."}
-}
+_STRIPE = (StripeRequestFailed, PaymentProviderUnavailable, PaymentsNotConfigured)
+"""What a call to Stripe can end in: refused (502), no answer or not configured (503)."""
 
 
 @router.get("/purchase/options", tags=["purchase"], summary="Get top-up options")
@@ -53,11 +62,10 @@ async def get_purchase_options(request: Request, user: CurrentUser) -> PurchaseO
     summary="Start a top-up",
     status_code=status.HTTP_201_CREATED,
     response_model=PaymentOut,
-    responses={
-        409: {"description": "The Idempotency-Key was used for another purchase."},
-        429: {"description": "Too many unpaid orders (`too_many_pending_orders`)."},
-        **_STRIPE_DOWN,
-    },
+    dependencies=[rate_limited("purchase")],
+    responses=problem_responses(
+        IdempotencyConflict, OrderNotResumable, TooManyPendingOrders, RateLimited, *_STRIPE
+    ),
 )
 async def create_purchase(
     request: Request,
@@ -94,7 +102,8 @@ async def list_pending_orders(
     tags=["orders"],
     summary="Resume paying an order",
     response_model=PaymentOut,
-    responses={**_NOT_PAYABLE, **_STRIPE_DOWN},
+    dependencies=[rate_limited("resume")],
+    responses=problem_responses(NotFound, OrderNotResumable, RateLimited, *_STRIPE),
 )
 async def resume_order(request: Request, order_id: OrderId, user: CurrentUser) -> PaymentOut:
     """The current `client_secret` or `checkout_url` while Stripe still accepts payment."""
@@ -111,10 +120,8 @@ async def resume_order(request: Request, order_id: OrderId, user: CurrentUser) -
     "/orders/{order_id}/cancel",
     tags=["orders"],
     summary="Cancel an unpaid order",
-    responses={
-        409: {"description": "Paid or being processed (`order_not_cancelable`)."},
-        **_STRIPE_DOWN,
-    },
+    dependencies=[rate_limited("cancel")],
+    responses=problem_responses(NotFound, OrderNotCancelable, *_STRIPE),
 )
 async def cancel_order(request: Request, order_id: OrderId, user: CurrentUser) -> OrderOut:
     """Cancel the PaymentIntent or expire the Checkout Session; repeating it is harmless."""
@@ -128,7 +135,11 @@ async def cancel_order(request: Request, order_id: OrderId, user: CurrentUser) -
 
 
 @router.post(
-    "/orders/{order_id}/sync", tags=["orders"], summary="Sync an order", responses=_STRIPE_DOWN
+    "/orders/{order_id}/sync",
+    tags=["orders"],
+    summary="Sync an order",
+    dependencies=[rate_limited("sync")],
+    responses=problem_responses(NotFound, *_STRIPE),
 )
 async def sync_order(request: Request, order_id: OrderId, user: CurrentUser) -> OrderOut:
     """Ask Stripe about a stuck order and apply what it says (a late webhook's work)."""
@@ -141,7 +152,12 @@ async def sync_order(request: Request, order_id: OrderId, user: CurrentUser) -> 
     )
 
 
-@router.get("/payments/result", tags=["purchase"], summary="Get a payment's result")
+@router.get(
+    "/payments/result",
+    tags=["purchase"],
+    summary="Get a payment's result",
+    responses=problem_responses(NotFound, RateLimited, PaymentsNotConfigured),
+)
 async def get_payment_result(
     request: Request,
     user: CurrentUser,
@@ -160,6 +176,7 @@ async def get_payment_result(
         request.app.state.session_maker,
         request.app.state.stripe,
         request.app.state.settings,
+        request.app.state.rate_limiter,
         user,
         order_id=order_id,
         session_id=session_id,

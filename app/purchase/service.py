@@ -31,6 +31,7 @@ from app.errors import (
     OrderNotResumable,
     PaymentProviderUnavailable,
     PaymentsNotConfigured,
+    RateLimited,
     TooManyPendingOrders,
     ValidationFailed,
 )
@@ -62,6 +63,7 @@ from app.purchase.schemas import (
     PurchaseIn,
     PurchaseOptionsOut,
 )
+from app.rate_limits import RateLimiter
 from app.schemas import Page
 from app.stripe_gateway import (
     StripeGateway,
@@ -154,6 +156,7 @@ async def start_purchase(
                     order_id=order.id,
                 )
         else:
+            await _check_daily_caps(session, settings, user.user_id)
             pending = await repository.list_pending_orders(
                 session, user.user_id, limit=settings.max_pending_orders
             )
@@ -184,6 +187,44 @@ async def start_purchase(
             )
     payment = await _payable(maker, stripe, settings, order.id, source="purchase")
     return PurchaseResult(payment=payment, replayed=replayed)
+
+
+DAY = timedelta(days=1)
+
+
+async def _check_daily_caps(session: AsyncSession, settings: Settings, user_id: str) -> None:
+    """429 `rate_limited` when the user created `BILLING_RATE_LIMIT_STRIPE_OBJECTS_PER_DAY`
+    orders in the last 24 hours (canceling does not give one back, so create-then-cancel cannot
+    get around the pending-order cap), or had `BILLING_RATE_LIMIT_FAILED_PAYMENTS_PER_DAY`
+    payment attempts declined (card testing)."""
+    now = utcnow()
+    created, oldest = await repository.orders_created_since(session, user_id, now - DAY)
+    if created >= settings.rate_limit_stripe_objects_per_day:
+        raise _daily_cap(
+            f"At most {settings.rate_limit_stripe_objects_per_day} top-ups can be started a day.",
+            "stripe_objects_per_day",
+            oldest,
+            now,
+        )
+    await _check_failed_payments(session, settings, user_id, now)
+
+
+async def _check_failed_payments(
+    session: AsyncSession, settings: Settings, user_id: str, now: datetime
+) -> None:
+    failed, oldest = await repository.failed_payments_since(session, user_id, now - DAY)
+    if failed >= settings.rate_limit_failed_payments_per_day:
+        raise _daily_cap(
+            "Too many declined payment attempts today; try again later.",
+            "failed_payments_per_day",
+            oldest,
+            now,
+        )
+
+
+def _daily_cap(detail: str, limit: str, oldest: datetime | None, now: datetime) -> RateLimited:
+    retry_after = int(((oldest or now) + DAY - now).total_seconds()) + 1
+    return RateLimited(detail, retry_after=retry_after, limit=limit)
 
 
 async def _load_user_order(
@@ -386,8 +427,11 @@ async def resume_order(
     order_id: str,
 ) -> ElementsPaymentOut | CheckoutPaymentOut:
     """The current way to pay a pending order; 409 `order_not_resumable` once Stripe no longer
-    accepts payment (the order then takes Stripe's final state)."""
+    accepts payment (the order then takes Stripe's final state). 429 once the user had too
+    many declined attempts today: a new client secret would let card testing go on."""
     await _load_user_order(maker, user.user_id, order_id)
+    async with session_scope(maker) as session:
+        await _check_failed_payments(session, settings, user.user_id, utcnow())
     return await _payable(maker, stripe, settings, order_id, source="resume")
 
 
@@ -401,6 +445,16 @@ async def cancel_order(
     """Cancel the PaymentIntent or expire the Checkout Session, then the order. Repeating it is
     harmless; a paid (or processing) order cannot be canceled."""
     order = await _load_user_order(maker, user.user_id, order_id)
+    return await _cancel(maker, stripe, settings, order)
+
+
+async def _cancel(
+    maker: async_sessionmaker[AsyncSession],
+    stripe: StripeGateway,
+    settings: Settings,
+    order: Order,
+) -> OrderOut:
+    order_id = order.id
     if order.status in CLOSED_UNPAID_STATUSES:
         return await _present(maker, settings, order_id)
     if order.status != "pending":
@@ -436,6 +490,32 @@ async def cancel_order(
         raise _not_cancelable(locked)
     log.info("order_canceled", order_id=order_id, status=status)
     return presented
+
+
+async def stop_card_testing(
+    maker: async_sessionmaker[AsyncSession],
+    stripe: StripeGateway,
+    settings: Settings,
+    payment_intent_id: str | None,
+) -> None:
+    """After a declined payment attempt: once the user reached
+    `BILLING_RATE_LIMIT_FAILED_PAYMENTS_PER_DAY`, cancel the order at Stripe, so the client
+    secret already in the browser cannot try card after card either (purchase and resume refuse
+    new ones). Best effort: the daily cap holds anyway."""
+    if payment_intent_id is None:
+        return
+    async with session_scope(maker) as session:
+        order = await orders_repository.find_order(session, payment_intent_id=payment_intent_id)
+        if order is None or order.status != "pending":
+            return
+        failed, _ = await repository.failed_payments_since(session, order.user_id, utcnow() - DAY)
+    if failed < settings.rate_limit_failed_payments_per_day:
+        return
+    log.warning("card_testing_stopped", order_id=order.id, failed_payments=failed)
+    try:
+        await _cancel(maker, stripe, settings, order)
+    except (PaymentProviderUnavailable, StripeRequestFailed, OrderNotCancelable):
+        log.warning("card_testing_cancel_failed", order_id=order.id, exc_info=True)
 
 
 def _not_cancelable(order: Order) -> OrderNotCancelable:
@@ -492,6 +572,7 @@ async def payment_result(
     maker: async_sessionmaker[AsyncSession],
     stripe: StripeGateway,
     settings: Settings,
+    limiter: RateLimiter,
     user: Principal,
     *,
     order_id: str | None,
@@ -499,7 +580,8 @@ async def payment_result(
     payment_intent: str | None,
 ) -> PaymentResultOut:
     """The result page: the order (asked at Stripe when it is still pending, so the credit
-    shows before the webhook arrives) and the balance."""
+    shows before the webhook arrives) and the balance. Asking Stripe spends one request of the
+    user's `payment_result` rate limit; reading what we know spends none."""
     if not (order_id or session_id or payment_intent):
         raise ValidationFailed(
             "Give order_id, session_id or payment_intent.",
@@ -526,6 +608,7 @@ async def payment_result(
     ):
         raise NotFound("No such order.")
     if is_pending(order.status) and _has_object(order) and not order.flagged_reason:
+        await limiter.hit("payment_result", user.user_id)
         try:
             await refresh_order(maker, stripe, settings, order.id, source="result_page")
         except (PaymentProviderUnavailable, StripeRequestFailed):

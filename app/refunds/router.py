@@ -8,8 +8,11 @@ from fastapi import APIRouter, Query, Request, status
 
 from app.auth import CurrentUser
 from app.db import SessionDep
+from app.errors import NotFound, PaymentsNotConfigured, RateLimited, RefundNotEligible
+from app.openapi import problem_responses
 from app.orders.router import OrderId
 from app.pagination import DEFAULT_LIMIT, MAX_LIMIT, encode_cursor
+from app.rate_limits import rate_limited
 from app.refunds import service
 from app.refunds.schemas import RefundRequestIn, RefundRequestOut, refund_request_out
 from app.schemas import CleanStr, Page
@@ -21,7 +24,8 @@ router = APIRouter(tags=["refunds"])
     "/orders/{order_id}/refund-requests",
     summary="Request a refund of an order",
     status_code=status.HTTP_201_CREATED,
-    responses={409: {"description": "Not eligible (`refund_not_eligible`, with the reason)"}},
+    dependencies=[rate_limited("refund_request")],
+    responses=problem_responses(NotFound, RefundNotEligible, RateLimited, PaymentsNotConfigured),
 )
 async def create_refund_request(
     request: Request, order_id: OrderId, body: RefundRequestIn, user: CurrentUser

@@ -20,7 +20,7 @@ from http import HTTPStatus
 from typing import Annotated, Any
 
 import structlog
-from pydantic import BaseModel, Field, StringConstraints, TypeAdapter, ValidationError
+from pydantic import BaseModel, StringConstraints, TypeAdapter, ValidationError
 from pydantic.json_schema import models_json_schema
 from starlette.types import Receive, Scope, Send
 
@@ -29,15 +29,21 @@ from app.auth.jwt import JwtVerifier
 from app.auth.service_tokens import ServiceTokenVerifier
 from app.config import Settings
 from app.errors import (
-    PROBLEM_JSON,
     BillingError,
+    IdempotencyConflict,
+    InsufficientBalance,
+    InternalError,
+    InvalidStateTransition,
+    NotFound,
     PayloadTooLarge,
+    ValidationFailed,
     internal_error_response,
     problem_response,
     validation_problem,
 )
 from app.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from app.middleware import clean_request_id
+from app.openapi import AUTH_ERRORS, problem_responses
 from app.request_context import reset_request_id, set_request_id
 from app.schemas import CleanStr
 from app.usage import service
@@ -62,25 +68,6 @@ HoldId = Annotated[CleanStr, StringConstraints(min_length=1, max_length=200, pat
 UserIdPath = Annotated[CleanStr, StringConstraints(min_length=1, max_length=255, pattern=r"^\S+$")]
 
 
-class Problem(BaseModel):
-    """An RFC 9457 problem: every error this API answers, as `application/problem+json`."""
-
-    type: str
-    title: str
-    status: int
-    code: str = Field(description="Stable machine-readable code, e.g. `insufficient_balance`.")
-    detail: str | None = None
-    request_id: str | None = None
-    errors: list[dict[str, str]] | None = Field(
-        default=None, description="For `validation_error`: `{field, message}` per problem."
-    )
-    available_micros: int | None = Field(
-        default=None, description="For `insufficient_balance`: what the user can spend now."
-    )
-    required_micros: int | None = None
-    hold_status: str | None = Field(default=None, description="For `invalid_state`.")
-
-
 @dataclass(slots=True)
 class Call:
     """One request, parsed: its validated body and path parameters."""
@@ -102,7 +89,9 @@ class Operation:
     summary: str
     handler: Handler
     ok: dict[int, tuple[type[BaseModel], str]]
-    errors: dict[int, str]
+    errors: tuple[type[BillingError], ...]
+    notes: dict[int, str] = field(default_factory=dict)
+    """Descriptions of error statuses worth more than the errors' titles."""
     body: type[BaseModel] | None = None
     body_required: bool = True
     params: dict[str, Any] = field(default_factory=dict)
@@ -155,13 +144,15 @@ async def _get_account_balance(app: GatewayApp, call: Call) -> tuple[int, BaseMo
 
 
 _REPLAY = "A replay: the same id with the same body was applied before."
-_INSUFFICIENT = "`insufficient_balance`: the problem carries `available_micros`."
-_CONFLICT = "`idempotency_conflict`: the id was used with another body."
-_HOLD_CONFLICT = (
-    "`idempotency_conflict` (resolved before with another body) or `invalid_state` (already "
-    "resolved otherwise: captured, released or expired)."
-)
-_NO_HOLD = "`not_found`: no such hold."
+_DEBIT_NOTES = {
+    402: "`insufficient_balance`: the problem carries `available_micros`.",
+    409: "`idempotency_conflict`: the id was used with another body.",
+}
+_HOLD_NOTES = {
+    404: "`not_found`: no such hold.",
+    409: "`idempotency_conflict` (resolved before with another body) or `invalid_state` "
+    "(already resolved otherwise: captured, released or expired).",
+}
 
 OPERATIONS = [
     Operation(
@@ -171,7 +162,8 @@ OPERATIONS = [
         "Debit a request's usage",
         _record_usage,
         ok={201: (UsageOut, "Debited now."), 200: (UsageOut, _REPLAY)},
-        errors={402: _INSUFFICIENT, 409: _CONFLICT},
+        errors=(InsufficientBalance, IdempotencyConflict),
+        notes=_DEBIT_NOTES,
         body=UsageIn,
     ),
     Operation(
@@ -181,7 +173,7 @@ OPERATIONS = [
         "Debit a batch of usage events",
         _record_usage_batch,
         ok={200: (UsageBatchOut, "One result per event, in the order sent.")},
-        errors={},
+        errors=(),
         body=UsageBatchIn,
     ),
     Operation(
@@ -191,7 +183,8 @@ OPERATIONS = [
         "Reserve part of a balance",
         _reserve_hold,
         ok={201: (HoldOut, "Reserved now."), 200: (HoldOut, _REPLAY)},
-        errors={402: _INSUFFICIENT, 409: _CONFLICT},
+        errors=(InsufficientBalance, IdempotencyConflict),
+        notes=_DEBIT_NOTES,
         body=HoldIn,
     ),
     Operation(
@@ -201,7 +194,8 @@ OPERATIONS = [
         "Capture a hold",
         _capture_hold,
         ok={200: (HoldOut, "Captured (now, or `replayed`).")},
-        errors={404: _NO_HOLD, 409: _HOLD_CONFLICT},
+        errors=(NotFound, IdempotencyConflict, InvalidStateTransition),
+        notes=_HOLD_NOTES,
         body=CaptureIn,
         params={"hold_id": HoldId},
     ),
@@ -212,7 +206,8 @@ OPERATIONS = [
         "Release a hold",
         _release_hold,
         ok={200: (HoldOut, "Released (now, or `replayed`).")},
-        errors={404: _NO_HOLD, 409: _HOLD_CONFLICT},
+        errors=(NotFound, IdempotencyConflict, InvalidStateTransition),
+        notes=_HOLD_NOTES,
         body=ReleaseIn,
         body_required=False,
         params={"hold_id": HoldId},
@@ -224,20 +219,19 @@ OPERATIONS = [
         "Get a user's balance",
         _get_account_balance,
         ok={200: (AccountBalanceOut, "The wallet as it stands.")},
-        errors={},
+        errors=(),
         params={"user_id": UserIdPath},
     ),
 ]
 
-# What every operation may answer besides its own outcomes.
-_COMMON_ERRORS = {
-    401: "`unauthorized`: no bearer token, or an unknown or revoked service token.",
-    403: "`forbidden`: a portal JWT on a gateway endpoint.",
-    413: "`payload_too_large`: the body exceeds `BILLING_MAX_BODY_BYTES`.",
-    422: "`validation_error`: the problem lists `errors` as `{field, message}`.",
-    500: "`internal_error`: quote the request id when reporting it.",
-    503: "`service_unavailable`: the database is unreachable; retry.",
-}
+# What every operation may answer besides its own outcomes: the credential's errors (a portal
+# JWT is checked, so its keys being out of reach is a 503), a body too large or invalid, a bug.
+_COMMON_ERRORS: tuple[type[BillingError], ...] = (
+    *AUTH_ERRORS,
+    PayloadTooLarge,
+    ValidationFailed,
+    InternalError,
+)
 
 
 class _ClientGone(Exception):
@@ -443,8 +437,9 @@ async def _send_json(send: Send, status: int, body: bytes, request_id: str) -> N
 
 
 def openapi_paths() -> tuple[dict[str, Any], dict[str, Any]]:
-    """The OpenAPI path items of `OPERATIONS` and the component schemas they reference."""
-    models: set[type[BaseModel]] = {Problem}
+    """The OpenAPI path items of `OPERATIONS` and the component schemas they reference (the
+    `Problem` schema comes with `app.openapi`'s document)."""
+    models: set[type[BaseModel]] = set()
     for op in OPERATIONS:
         models.update(model for model, _ in op.ok.values())
         if op.body is not None:
@@ -458,15 +453,16 @@ def openapi_paths() -> tuple[dict[str, Any], dict[str, Any]]:
     def ref(model: type[BaseModel]) -> dict[str, str]:
         return {"$ref": f"#/components/schemas/{model.__name__}"}
 
-    problem = {PROBLEM_JSON: {"schema": ref(Problem)}}
     paths: dict[str, Any] = {}
     for op in OPERATIONS:
         responses: dict[str, Any] = {
             str(status): {"description": text, "content": {"application/json": {"schema": ref(m)}}}
             for status, (m, text) in sorted(op.ok.items())
         }
-        for status, text in sorted({**_COMMON_ERRORS, **op.errors}.items()):
-            responses[str(status)] = {"description": text, "content": problem}
+        for status, problem in problem_responses(*_COMMON_ERRORS, *op.errors).items():
+            if int(status) in op.notes:
+                problem["description"] = op.notes[int(status)]
+            responses[str(status)] = problem
         item: dict[str, Any] = {
             "tags": ["gateway"],
             "summary": op.summary,

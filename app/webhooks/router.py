@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, BackgroundTasks, Header, Request
 from pydantic import BaseModel
 
 from app.db import SessionDep
+from app.errors import InvalidSignature, PaymentProviderUnavailable, PaymentsNotConfigured
+from app.openapi import problem_responses
+from app.purchase import service as purchase_service
+from app.stripe_gateway import StripeRequestFailed
 from app.webhooks import service
 
 router = APIRouter(tags=["webhooks"])
@@ -26,10 +30,10 @@ class WebhookAckOut(BaseModel):
 @router.post(
     "/webhooks/stripe",
     summary="Receive a Stripe event",
-    responses={
-        400: {"description": "The signature does not verify (`invalid_signature`)."},
-        503: {"description": "Not stored; Stripe delivers it again later."},
-    },
+    # A 5xx means not stored: Stripe delivers the event again later.
+    responses=problem_responses(
+        InvalidSignature, StripeRequestFailed, PaymentProviderUnavailable, PaymentsNotConfigured
+    ),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -41,6 +45,7 @@ class WebhookAckOut(BaseModel):
 async def receive_stripe_event(
     request: Request,
     session: SessionDep,
+    background: BackgroundTasks,
     stripe_signature: Annotated[str | None, Header(alias="Stripe-Signature")] = None,
 ) -> WebhookAckOut:
     """Verify the signature on the raw body, store the event once and apply it; 200 only after
@@ -52,6 +57,15 @@ async def receive_stripe_event(
         await request.body(),
         stripe_signature,
     )
+    if receipt.type == "payment_intent.payment_failed" and not receipt.duplicate:
+        # After the response and the commit, so that no Stripe call runs inside the transaction.
+        background.add_task(
+            purchase_service.stop_card_testing,
+            request.app.state.session_maker,
+            request.app.state.stripe,
+            request.app.state.settings,
+            receipt.object_id,
+        )
     return WebhookAckOut(
         event_id=receipt.event_id,
         type=receipt.type,

@@ -36,6 +36,8 @@ class Receipt:
     type: str
     duplicate: bool
     outcome: str | None
+    object_id: str | None = None
+    """The id of the Stripe object the event is about."""
 
 
 async def _apply(
@@ -75,7 +77,9 @@ async def receive_event(
     await repository.set_outcome(session, event_id, outcome)
     STRIPE_EVENTS.labels(event_type, "unhandled" if outcome == UNHANDLED else "applied").inc()
     log.info("stripe_event_applied", event_id=event_id, type=event_type, outcome=outcome)
-    return Receipt(event_id, event_type, duplicate=False, outcome=outcome)
+    obj = event["data"].get("object") or {}
+    object_id = obj.get("id") if isinstance(obj.get("id"), str) else None
+    return Receipt(event_id, event_type, duplicate=False, outcome=outcome, object_id=object_id)
 
 
 async def replay_event(

@@ -7,8 +7,9 @@ a thousand. Now:
 - entries: one AFTER INSERT trigger per *statement*, over its transition table: every ledger
   transaction the statement gives entries to must receive all of them in that statement (so no
   leg is ever added to an existing transaction), with at least two legs summing to zero;
-- headers of the gateway's `usage` kind, which are always written in the same statement as their
-  entries: one statement-level check that each has entries;
+- headers of the gateway's kinds (`usage`, `hold_capture`), which on PostgreSQL are always
+  written in the same statement as their entries (app/usage/repository.py): one statement-level
+  check that each has entries;
 - headers of every other kind (written by the ORM in separate statements): the deferred
   per-transaction check at commit, as before;
 - an entry's references (its transaction and its account): checked by the same statement-level
@@ -82,29 +83,30 @@ UPGRADE = [
     "DROP TRIGGER ledger_transactions_balanced ON ledger_transactions",
     """
     CREATE CONSTRAINT TRIGGER ledger_transactions_balanced AFTER INSERT ON ledger_transactions
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.kind <> 'usage')
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+    WHEN (NEW.kind NOT IN ('usage', 'hold_capture'))
     EXECUTE FUNCTION ledger_transaction_check_balanced()
     """,
     """
-    CREATE FUNCTION ledger_usage_headers_check_statement() RETURNS trigger LANGUAGE plpgsql AS $$
+    CREATE FUNCTION ledger_gateway_headers_check_statement() RETURNS trigger LANGUAGE plpgsql AS $$
     DECLARE
         bad text;
     BEGIN
         SELECT n.id INTO bad FROM new_transactions n
-        WHERE n.kind = 'usage'
+        WHERE n.kind IN ('usage', 'hold_capture')
           AND (SELECT e.id FROM ledger_entries e WHERE e.transaction_id = n.id LIMIT 1) IS NULL
         LIMIT 1;
         IF FOUND THEN
-            RAISE EXCEPTION 'usage transaction % has no entries', bad
+            RAISE EXCEPTION 'gateway transaction % has no entries', bad
                 USING ERRCODE = 'check_violation';
         END IF;
         RETURN NULL;
     END $$
     """,
     """
-    CREATE TRIGGER ledger_usage_headers_have_entries AFTER INSERT ON ledger_transactions
+    CREATE TRIGGER ledger_gateway_headers_have_entries AFTER INSERT ON ledger_transactions
     REFERENCING NEW TABLE AS new_transactions
-    FOR EACH STATEMENT EXECUTE FUNCTION ledger_usage_headers_check_statement()
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger_gateway_headers_check_statement()
     """,
     """
     CREATE FUNCTION accounts_refuse_delete_with_entries() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -153,8 +155,8 @@ FOREIGN_KEYS = [
 DOWNGRADE = [
     "DROP TRIGGER accounts_keep_entries ON accounts",
     "DROP FUNCTION accounts_refuse_delete_with_entries()",
-    "DROP TRIGGER ledger_usage_headers_have_entries ON ledger_transactions",
-    "DROP FUNCTION ledger_usage_headers_check_statement()",
+    "DROP TRIGGER ledger_gateway_headers_have_entries ON ledger_transactions",
+    "DROP FUNCTION ledger_gateway_headers_check_statement()",
     "DROP TRIGGER ledger_transactions_balanced ON ledger_transactions",
     """
     CREATE CONSTRAINT TRIGGER ledger_transactions_balanced AFTER INSERT ON ledger_transactions

@@ -186,14 +186,19 @@ async def test_postgres_refuses_a_leg_added_to_an_existing_transaction(session_m
 
 
 @pytest.mark.postgres_only
-async def test_postgres_refuses_a_usage_transaction_without_entries(session_maker: Any) -> None:
+@pytest.mark.parametrize("kind", ["usage", "hold_capture"])
+async def test_postgres_refuses_a_gateway_transaction_without_entries(
+    session_maker: Any, kind: str
+) -> None:
+    """The gateway's kinds are checked per statement (header and entries arrive together)."""
     with pytest.raises(DBAPIError, match="has no entries"):
         async with session_scope(session_maker) as session:
             await session.execute(
                 text(
                     "INSERT INTO ledger_transactions (id, reference, kind, created_at) "
-                    "VALUES ('txn_y', 'usage:lonely', 'usage', now())"
-                )
+                    "VALUES ('txn_y', 'lonely', :kind, now())"
+                ),
+                {"kind": kind},
             )
 
 

@@ -1,0 +1,32 @@
+"""A quick schemathesis run against the served app as every role (`make fuzz` is the long one):
+no server error, no status or content type the document does not declare, no ignored auth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BACKEND
+from tests.fuzz.harness import ROLES, fuzz
+
+
+# Once per `make test` (on PostgreSQL) keeps the suite short; `BILLING_TEST_BACKEND=sqlite make
+# fuzz` fuzzes the SQLite build.
+@pytest.mark.postgres_only
+def test_every_role_gets_only_documented_answers_and_no_server_error(tmp_path: Path) -> None:
+    results = fuzz(
+        max_examples=2,
+        roles=ROLES,
+        report_dir=tmp_path,
+        backend=BACKEND,
+        phases="fuzzing",
+        # Fixed, so that make test is repeatable; make fuzz explores with fresh seeds.
+        seed=20261127,
+        parallel=2,
+    )
+    assert [r.role for r in results] == list(ROLES)
+    for result in results:
+        assert result.operations >= 30, result.output[-3000:]
+        assert result.test_cases > 0, result.output[-3000:]
+        assert not result.unexpected, f"{result.line()}\n{result.output[-6000:]}"
