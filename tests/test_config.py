@@ -122,3 +122,19 @@ def test_forwarded_ips_come_from_a_setting(monkeypatch: pytest.MonkeyPatch) -> N
     assert calls[0]["forwarded_allow_ips"] == "10.0.0.1,10.0.0.2"
     dockerfile = (cli.ROOT / "Dockerfile").read_text()
     assert "forwarded-allow-ips" not in dockerfile
+
+
+def test_serve_keeps_idle_connections_longer_than_clients_do(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """uvicorn's default (5 s) equals httpx's idle expiry: the server closing an idle
+    connection just as the gateway reuses it dropped ~1 request in 600 under load."""
+    import uvicorn
+
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: calls.append(kwargs))
+    args = cli.build_parser().parse_args(["serve", "--no-migrate"])
+    cli.cmd_serve(args, _settings(jwt_secret=REAL_SECRET))
+    assert calls[0]["timeout_keep_alive"] == 75
+    cli.cmd_serve(args, _settings(jwt_secret=REAL_SECRET, keep_alive_seconds=30))
+    assert calls[1]["timeout_keep_alive"] == 30

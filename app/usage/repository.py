@@ -347,6 +347,8 @@ class PostgresUsageStore:
     async def _debit_batch_once(self, debits: Sequence[UsageDebit]) -> list[BatchOutcome]:
         users = sorted({d.user_id for d in debits})
         references = [usage_reference(d.request_id) for d in debits]
+        # Drawn before the wallets are locked: the locked stretch is only what needs the locks.
+        transaction_ids = iter([new_id("txn") for _ in debits])
         now = utcnow()
         async with self._pool.acquire() as conn, conn.transaction():
             wallets = {
@@ -357,7 +359,7 @@ class PostgresUsageStore:
                 row[0]: ExistingDebit(row[1], row[2])
                 for row in await conn.fetch(_EXISTING_REFERENCES, references)
             }
-            plan = plan_batch(debits, wallets, existing, lambda: new_id("txn"))
+            plan = plan_batch(debits, wallets, existing, transaction_ids.__next__)
             if plan.writes:
                 writes = plan.writes
                 await conn.execute(

@@ -312,6 +312,8 @@ class GatewayApp:
             status = 499
         except Exception:
             log.exception("unhandled_exception", path=scope.get("path"), method=method)
+            if status < 500 and status != 499:
+                return  # the answer was on its way when sending it failed (the client left)
             status = 500
             response = internal_error_response()
             response.headers["X-Request-ID"] = request_id
