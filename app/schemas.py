@@ -79,9 +79,20 @@ def as_utc(value: datetime) -> datetime:
         raise ValueError("is out of range") from exc
 
 
-UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]
-"""A timestamp filter: naive means UTC, any offset is converted to UTC, so two of them always
-compare."""
+_NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
+
+
+def refuse_numbers(value: object) -> object:
+    """`value` unchanged unless it is a number (or a string of one): the document promises an
+    ISO 8601 `date-time`, and pydantic would otherwise read `0.5` as a Unix timestamp."""
+    if isinstance(value, int | float) or (isinstance(value, str) and _NUMBER.fullmatch(value)):
+        raise ValueError("must be an ISO 8601 date-time, e.g. 2026-11-01T00:00:00Z")
+    return value
+
+
+UtcDatetime = Annotated[datetime, BeforeValidator(refuse_numbers), AfterValidator(as_utc)]
+"""A timestamp filter (ISO 8601): naive means UTC, any offset is converted to UTC, so two of them
+always compare."""
 
 
 def check_amount_grammar(value: object) -> object:

@@ -60,15 +60,7 @@ FAILURE_KINDS = {
 }
 
 
-KNOWN_FINDINGS: dict[tuple[str, str], str] = {
-    # Left to the other half of issue 9 (defect 4, datetime filters): a number such as `0.5`
-    # is taken as a Unix timestamp where the document says `date-time`. Reported, not gating.
-    ("ST201", "GET /v1/orders"): "created_from/created_to accept a number (issue 9, defect 4)",
-    (
-        "ST201",
-        "GET /v1/admin/orders",
-    ): "created_from/created_to accept a number (issue 9, defect 4)",
-}
+KNOWN_FINDINGS: dict[tuple[str, str], str] = {}
 """Failures (schemathesis code, operation) that are known and owned elsewhere: still printed
 with every run, not counted against it. Keep each entry narrow and say whose it is."""
 

@@ -100,6 +100,9 @@ async def test_bad_filters_and_cursors_are_422(
         {"limit": 101},
         {"limit": 0},
         {"created_from": "yesterday"},
+        # A number is not an ISO 8601 date-time (pydantic alone would read a Unix timestamp).
+        {"created_from": "0.5"},
+        {"created_to": "1700000000"},
     ):
         response = await client.get("/v1/orders", params=params, headers=headers)
         assert response.status_code == 422, params
