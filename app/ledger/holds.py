@@ -86,7 +86,10 @@ async def capture(
     now: datetime | None = None,
 ) -> HoldResult:
     """Charge the actual amount of an active hold and release the reservation. The amount may
-    exceed the reservation (the balance may go negative); 0 just releases it."""
+    exceed the reservation (the balance may go negative); 0 just releases it.
+
+    The ORM path, for SQLite. On PostgreSQL a `hold_capture` header must arrive in the same
+    statement as its entries (migration 0006), as `app.usage.repository` writes it."""
     now = now or utcnow()
     hold = await repository.resolve_hold(
         session,
