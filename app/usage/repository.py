@@ -20,12 +20,14 @@ statement, reading the wallet CTE's result, not another round trip.
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import asyncpg
+import structlog
 from sqlalchemy.engine import make_url
 
 from app.errors import (
@@ -33,6 +35,7 @@ from app.errors import (
     InsufficientBalance,
     InvalidStateTransition,
     NotFound,
+    ServiceUnavailable,
 )
 from app.ids import new_id
 from app.ledger.holds import HoldResult
@@ -53,6 +56,45 @@ from app.usage.store import (
 
 USAGE_ACCOUNT = system_account_id("usage")
 _BATCH_ATTEMPTS = 5
+APPLICATION_NAME = "billing-gateway"
+"""The pool's `application_name`, so operators (and tests) can tell its connections apart."""
+
+log = structlog.get_logger(__name__)
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+# The database is gone, restarting, out of connections or not answering: nothing was applied
+# (each operation is one statement or one transaction), so the gateway may retry the same id.
+_OUTAGES = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # a connection broken in the middle of a statement
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+
+
+def _outage_is_503(
+    method: Callable[_P, Coroutine[Any, Any, _R]],
+) -> Callable[_P, Coroutine[Any, Any, _R]]:
+    """Answer a database outage as 503 + `Retry-After` instead of a 500."""
+
+    @functools.wraps(method)
+    async def guarded(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return await method(*args, **kwargs)
+        except _OUTAGES as exc:
+            log.warning("database_unavailable", operation=method.__name__, error=repr(exc))
+            raise ServiceUnavailable(
+                "The database did not answer; nothing was applied. Retry with the same id.",
+                headers={"Retry-After": "1"},
+            ) from exc
+
+    return guarded
+
 
 _WALLET_BY_USER = """
 SELECT id, user_id, balance_micros, held_micros FROM accounts WHERE user_id = $1
@@ -270,6 +312,7 @@ class PostgresUsageStore:
             max_size=max_size,
             command_timeout=60,
             reset=_reset,
+            server_settings={"application_name": APPLICATION_NAME},
         )
         return cls(pool)
 
@@ -280,10 +323,12 @@ class PostgresUsageStore:
     async def close(self) -> None:
         await self._pool.close()
 
+    @_outage_is_503
     async def wallet(self, user_id: str) -> WalletRow | None:
         row = await self._pool.fetchrow(_WALLET_BY_USER, user_id)
         return _wallet(row) if row is not None else None
 
+    @_outage_is_503
     async def debit(self, debit: UsageDebit) -> Debited:
         reference = usage_reference(debit.request_id)
         txn_id = new_id("txn")
@@ -329,6 +374,7 @@ class PostgresUsageStore:
         wallet = _wallet(wallet_row) if wallet_row is not None else None
         return Debited(original[0], original[1], True, wallet)
 
+    @_outage_is_503
     async def debit_batch(self, debits: Sequence[UsageDebit]) -> list[BatchOutcome]:
         for attempt in range(_BATCH_ATTEMPTS):
             try:
@@ -384,6 +430,7 @@ class PostgresUsageStore:
             LEDGER_TRANSACTIONS.labels(USAGE_KIND, "replayed").inc(replayed)
         return plan.outcomes
 
+    @_outage_is_503
     async def reserve(
         self,
         *,
@@ -428,6 +475,7 @@ class PostgresUsageStore:
             )
         return HoldResult(hold, wallet, replayed=True)
 
+    @_outage_is_503
     async def capture(
         self,
         *,
@@ -448,6 +496,7 @@ class PostgresUsageStore:
         assert wallet is not None
         return HoldResult(_hold(row), wallet, replayed=False)
 
+    @_outage_is_503
     async def release(self, *, hold_id: str, resolution_hash: str) -> HoldResult:
         row = await self._pool.fetchrow(_RELEASE, hold_id, resolution_hash, utcnow())
         if row is None:
