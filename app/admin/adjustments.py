@@ -14,7 +14,8 @@ from app.auth import AdminUser
 from app.config import Settings
 from app.db import SessionDep
 from app.errors import IdempotencyConflict, InsufficientBalance, ValidationFailed
-from app.ledger.service import Leg, hash_request, post
+from app.idempotency import hash_request
+from app.ledger.service import Leg, post
 from app.openapi import problem_responses
 from app.schemas import CleanStr, CleanText, StrictModel
 

@@ -11,11 +11,10 @@ from app.auth import AdminUser
 from app.db import SessionDep
 from app.errors import NotFound, PaymentProviderUnavailable, PaymentsNotConfigured
 from app.openapi import problem_responses
-from app.orders import service
+from app.orders import lifecycle, service
 from app.orders.router import OrderId
 from app.orders.schemas import OrderOut
 from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
-from app.purchase import service as purchase_service
 from app.schemas import CleanStr, Page, UtcDatetime
 from app.stripe_gateway import StripeRequestFailed
 
@@ -66,7 +65,7 @@ async def admin_get_order(
 )
 async def admin_sync_order(request: Request, order_id: OrderId, admin: AdminUser) -> OrderOut:
     """Ask Stripe about any user's order and apply what it says; audited."""
-    return await purchase_service.sync_order(
+    return await lifecycle.sync_order(
         request.app.state.session_maker,
         request.app.state.stripe,
         request.app.state.settings,

@@ -24,9 +24,9 @@ from app.db import session_scope
 from app.errors import PaymentProviderUnavailable
 from app.models.base import utcnow
 from app.orders import repository as orders_repository
-from app.orders.state import PENDING_STATUSES
+from app.orders.fulfillment import RefreshOutcome, refresh_order
+from app.orders.state import PENDING_STATUSES, OrderStatus, transition
 from app.purchase import repository
-from app.purchase.fulfillment import next_check_delay, refresh_order
 from app.refunds.service import retry_unknown_refunds
 from app.stripe_gateway import StripeGateway, StripeRequestFailed
 
@@ -53,6 +53,17 @@ class ReconcileSummary:
         parts.append(f"{self.errors} Stripe errors")
         parts.append(f"{self.refunds_retried} refunds retried")
         return ", ".join(parts)
+
+
+ERROR = "error"
+"""The outcome of a check Stripe did not answer (asked again later)."""
+
+
+def next_check_delay(age: timedelta, min_age_seconds: float) -> timedelta:
+    """How long to wait before asking about a still-pending order again: half its age, at least
+    a minute (and the minimum age), at most six hours."""
+    floor = max(60.0, min_age_seconds)
+    return timedelta(seconds=min(max(age.total_seconds() / 2, floor), 6 * 3600))
 
 
 def stripe_call_bound(settings: Settings) -> timedelta:
@@ -92,13 +103,13 @@ async def reconcile_orders(
             summary.checked += 1
             what = await _check(maker, stripe, settings, order_id, created_at, min_age)
             summary.outcomes[what] += 1
-            if what == "error":
+            if what == ERROR:
                 summary.errors += 1
             if progress is not None:
                 progress(f"{order_id} ({status}): {what}")
         if len(claimed) < batch_size:
             break
-    summary.outcomes.pop("error", None)
+    summary.outcomes.pop(ERROR, None)
     if summary.checked:
         log.info("reconciled_orders", checked=summary.checked, **dict(summary.outcomes))
     return summary
@@ -117,25 +128,23 @@ async def _check(
         _, outcome = await refresh_order(maker, stripe, settings, order_id, source="reconciler")
     except (PaymentProviderUnavailable, StripeRequestFailed):
         log.warning("reconcile_stripe_failed", order_id=order_id)
-        outcome = "error"
+        outcome = ERROR
     async with session_scope(maker) as session:
         locked = await orders_repository.find_order(session, order_id=order_id, for_update=True)
         assert locked is not None
         now = utcnow()
-        if outcome == "no Stripe object yet" and locked.status == "pending":
+        if outcome == RefreshOutcome.NO_STRIPE_OBJECT and locked.status == OrderStatus.PENDING:
             if now - locked.created_at > stripe_call_bound(settings):
                 # Its creation call got no answer and was never retried: nobody holds a client
                 # secret or a Checkout URL for it, so nothing can be paid. Close it.
-                locked.status = "failed"
-                locked.closed_at = now
-                locked.next_check_at = None
+                transition(locked, OrderStatus.FAILED, reason="reconciler: never started")
                 locked.failure_code = "provider_unavailable"
                 locked.failure_message = "The payment could not be started; nothing was charged."
                 log.info("order_closed_unstarted", order_id=order_id)
-                return "failed"
+                return OrderStatus.FAILED
         if locked.status in PENDING_STATUSES:
             locked.next_check_at = now + next_check_delay(now - created_at, min_age)
-            return "error" if outcome == "error" else f"{locked.status} (unchanged)"
+            return ERROR if outcome == ERROR else f"{locked.status} (unchanged)"
         return locked.status
 
 

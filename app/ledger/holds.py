@@ -19,8 +19,10 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import IdempotencyConflict, InvalidStateTransition, NotFound
-from app.ledger import repository
-from app.ledger.repository import HoldRow, WalletRow
+from app.ledger import holds_repository as repository
+from app.ledger import repository as ledger_repository
+from app.ledger.holds_repository import HoldRow
+from app.ledger.repository import WalletRow
 from app.ledger.service import Leg, insufficient_balance, post
 from app.models.base import utcnow
 
@@ -71,7 +73,7 @@ async def reserve(
     wallet = await repository.hold_on_wallet(session, user_id, amount_micros)
     if wallet is None:
         # The hold row goes with the rollback of the request's transaction (or savepoint).
-        current = await repository.get_wallet(session, user_id)
+        current = await ledger_repository.get_wallet(session, user_id)
         raise insufficient_balance(current.available_micros if current else 0, amount_micros)
     return HoldResult(hold, wallet, replayed=False)
 
@@ -179,7 +181,7 @@ async def _resolved_before(
 
 
 async def _wallet(session: AsyncSession, user_id: str) -> WalletRow:
-    wallet = await repository.get_wallet(session, user_id)
+    wallet = await ledger_repository.get_wallet(session, user_id)
     if wallet is None:  # pragma: no cover - a hold's wallet is never deleted
         raise RuntimeError(f"wallet of {user_id!r} is missing")
     return wallet

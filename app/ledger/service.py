@@ -13,8 +13,6 @@ between BEGIN and COMMIT instead of three, and the wallet row stays locked for l
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,9 +20,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import is_postgres
 from app.errors import InsufficientBalance, ValidationFailed
-from app.ledger import repository
-from app.ledger.repository import StatementLine, WalletRow
+from app.ledger import repository, statement_repository
+from app.ledger.repository import WalletRow
 from app.ledger.schemas import BalanceOut, TransactionOut
+from app.ledger.statement_repository import StatementLine
 from app.metrics import LEDGER_TRANSACTIONS
 from app.models.base import utcnow
 from app.models.ledger import LedgerTransaction, system_account_id
@@ -96,17 +95,6 @@ def insufficient_balance(available_micros: int, required_micros: int) -> Insuffi
         available_micros=available_micros,
         required_micros=required_micros,
     )
-
-
-# One encoder, not one per call: `json.dumps` with non-default options builds a new encoder each
-# time, which is most of its cost for a small body (a batch hashes a thousand).
-_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def hash_request(body: dict[str, Any]) -> str:
-    """SHA-256 of a request body's canonical JSON (sorted keys, no whitespace): tells a replay
-    of an idempotency key from its reuse with a different request."""
-    return hashlib.sha256(_CANONICAL_JSON.encode(body).encode()).hexdigest()
 
 
 def _validate(legs: list[Leg]) -> None:
@@ -225,6 +213,37 @@ async def post(
     return posted(txn_id, wallets)
 
 
+async def transfer(
+    session: AsyncSession,
+    *,
+    reference: str,
+    kind: str,
+    user_id: str,
+    amount_micros: int,
+    account: str,
+    require_available: bool = True,
+    description: str | None = None,
+    request_hash: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> PostResult:
+    """The two-leg posting almost every caller wants: `amount_micros` into the user's wallet
+    from system `account` (negative: out of the wallet into it), once per `reference`.
+    `require_available=False` lets a debit that must happen take the balance negative."""
+    return await post(
+        session,
+        reference=reference,
+        kind=kind,
+        legs=[
+            Leg.wallet(user_id, amount_micros, require_available=require_available),
+            Leg.account(account, -amount_micros),
+        ],
+        user_id=user_id,
+        description=description,
+        request_hash=request_hash,
+        details=details,
+    )
+
+
 def _single_covered_debit(legs: list[Leg]) -> _WalletLeg | None:
     """The wallet leg of a posting that debits exactly one wallet, only if covered (a usage
     debit, a refund, a negative adjustment), against system accounts only."""
@@ -310,7 +329,7 @@ async def list_transactions(
             "The cursor is not valid.",
             errors=[{"field": "cursor", "message": "not a cursor returned by this API"}],
         )
-    lines = await repository.list_wallet_entries(
+    lines = await statement_repository.list_wallet_entries(
         session, user_id, kinds=kinds, before_entry_id=before, limit=limit + 1
     )
     page = lines[:limit]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, CheckConstraint, Index, String, Text, UniqueConstraint
@@ -10,17 +12,28 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, utcnow
 
-ORDER_STATUSES = (
-    "pending",
-    "processing",
-    "paid",
-    "partially_refunded",
-    "refunded",
-    "disputed",
-    "canceled",
-    "expired",
-    "failed",
-)
+
+class OrderStatus(StrEnum):
+    """Where an order is; the moves between them are `app/orders/state.py`'s alone."""
+
+    PENDING = "pending"
+    PROCESSING = "processing"
+    PAID = "paid"
+    PARTIALLY_REFUNDED = "partially_refunded"
+    REFUNDED = "refunded"
+    DISPUTED = "disputed"
+    CANCELED = "canceled"
+    EXPIRED = "expired"
+    FAILED = "failed"
+
+
+ORDER_STATUSES = tuple(OrderStatus)
+
+
+def one_of(column: str, values: Iterable[str]) -> str:
+    """A CHECK expression allowing exactly `values` (generated from an enum, so the database
+    and the code cannot disagree)."""
+    return f"{column} IN ({', '.join(repr(str(v)) for v in values)})"
 
 
 class StripeCustomer(Base):
@@ -45,11 +58,7 @@ class Order(Base):
             name="refunded_within_amount",
         ),
         CheckConstraint("mode IN ('elements', 'checkout')", name="mode_known"),
-        CheckConstraint(
-            "status IN ('pending', 'processing', 'paid', 'partially_refunded', 'refunded',"
-            " 'disputed', 'canceled', 'expired', 'failed')",
-            name="status_known",
-        ),
+        CheckConstraint(one_of("status", OrderStatus), name="status_known"),
         UniqueConstraint("user_id", "idempotency_key", name="uq_orders_user_id_idempotency_key"),
         Index("ix_orders_user_id_id", "user_id", "id"),
         Index("ix_orders_status_created_at", "status", "created_at"),
@@ -58,7 +67,7 @@ class Order(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     user_id: Mapped[str] = mapped_column(String(255))
     email: Mapped[str | None] = mapped_column(String(320))
-    status: Mapped[str] = mapped_column(String(24), default="pending")
+    status: Mapped[str] = mapped_column(String(24), default=OrderStatus.PENDING)
     mode: Mapped[str] = mapped_column(String(16))
     """`elements` (PaymentIntent + Stripe Elements) or `checkout` (hosted Checkout Session)."""
     amount_micros: Mapped[int]

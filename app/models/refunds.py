@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, utcnow
+from app.models.orders import one_of
 
-REFUND_REQUEST_STATUSES = ("pending", "denied", "processing", "succeeded", "failed")
-OPEN_REFUND_REQUEST_STATUSES = ("pending", "processing")
+
+class RefundRequestStatus(StrEnum):
+    """Where a refund request is; the moves are `app/refunds/state.py`'s alone."""
+
+    PENDING = "pending"
+    DENIED = "denied"
+    PROCESSING = "processing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+REFUND_REQUEST_STATUSES = tuple(RefundRequestStatus)
+OPEN_REFUND_REQUEST_STATUSES = (RefundRequestStatus.PENDING, RefundRequestStatus.PROCESSING)
 
 
 class RefundRequest(Base):
@@ -24,10 +37,7 @@ class RefundRequest(Base):
     __tablename__ = "refund_requests"
     __table_args__ = (
         CheckConstraint("amount_micros > 0", name="amount_positive"),
-        CheckConstraint(
-            "status IN ('pending', 'denied', 'processing', 'succeeded', 'failed')",
-            name="status_known",
-        ),
+        CheckConstraint(one_of("status", RefundRequestStatus), name="status_known"),
         Index("ix_refund_requests_user_id_id", "user_id", "id"),
         Index("ix_refund_requests_status_id", "status", "id"),
     )
@@ -38,7 +48,7 @@ class RefundRequest(Base):
     amount_micros: Mapped[int]
     """Requested amount, a whole number of cents."""
     reason: Mapped[str | None] = mapped_column(String(1000))
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status: Mapped[str] = mapped_column(String(16), default=RefundRequestStatus.PENDING)
     auto_approved: Mapped[bool] = mapped_column(default=False)
     reviewed_by: Mapped[str | None] = mapped_column(String(255))
     review_note: Mapped[str | None] = mapped_column(String(1000))

@@ -5,29 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.ledger.repository import get_wallet
 from app.models.base import utcnow
 from app.models.orders import Order
-from app.models.refunds import OPEN_REFUND_REQUEST_STATUSES, RefundRequest
+from app.orders import repository
 from app.orders.schemas import OrderOut, order_out
 from app.orders.state import is_paid
 from app.refunds.eligibility import refund_eligibility
-
-
-async def _orders_with_open_requests(session: AsyncSession, order_ids: list[str]) -> set[str]:
-    if not order_ids:
-        return set()
-    rows = await session.scalars(
-        select(RefundRequest.order_id).where(
-            RefundRequest.order_id.in_(order_ids),
-            RefundRequest.status.in_(OPEN_REFUND_REQUEST_STATUSES),
-        )
-    )
-    return set(rows)
 
 
 async def present_orders(
@@ -36,7 +23,7 @@ async def present_orders(
     """Render orders with their refund eligibility."""
     now = utcnow()
     paid = [o for o in orders if is_paid(o.status)]
-    open_ids = await _orders_with_open_requests(session, [o.id for o in paid])
+    open_ids = await repository.orders_with_open_requests(session, [o.id for o in paid])
     available: dict[str, int] = {}
     for user_id in sorted({o.user_id for o in paid}):
         wallet = await get_wallet(session, user_id)

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import is_postgres
 from app.models.orders import Order
+from app.models.refunds import OPEN_REFUND_REQUEST_STATUSES, RefundRequest
 
 
 async def find_order(
@@ -89,3 +90,16 @@ async def list_orders(
         stmt = stmt.where(Order.id < before_id)
     stmt = _filtered(stmt, statuses=statuses, created_from=created_from, created_to=created_to)
     return list((await session.scalars(stmt)).all())
+
+
+async def orders_with_open_requests(session: AsyncSession, order_ids: list[str]) -> set[str]:
+    """Which of these orders have a refund request still open."""
+    if not order_ids:
+        return set()
+    rows = await session.scalars(
+        select(RefundRequest.order_id).where(
+            RefundRequest.order_id.in_(order_ids),
+            RefundRequest.status.in_(OPEN_REFUND_REQUEST_STATUSES),
+        )
+    )
+    return set(rows)

@@ -19,6 +19,7 @@ from app.errors import (
     TooManyPendingOrders,
 )
 from app.openapi import problem_responses
+from app.orders import lifecycle
 from app.orders.router import OrderId
 from app.orders.schemas import OrderOut
 from app.purchase import service
@@ -94,7 +95,7 @@ async def list_pending_orders(
     request: Request, user: CurrentUser, session: SessionDep
 ) -> Page[OrderOut]:
     """Pending and processing orders, newest first, to resume or cancel."""
-    return await service.list_pending(session, request.app.state.settings, user.user_id)
+    return await lifecycle.list_pending(session, request.app.state.settings, user.user_id)
 
 
 @router.post(
@@ -107,7 +108,7 @@ async def list_pending_orders(
 )
 async def resume_order(request: Request, order_id: OrderId, user: CurrentUser) -> PaymentOut:
     """The current `client_secret` or `checkout_url` while Stripe still accepts payment."""
-    return await service.resume_order(
+    return await lifecycle.resume_order(
         request.app.state.session_maker,
         request.app.state.stripe,
         request.app.state.settings,
@@ -125,7 +126,7 @@ async def resume_order(request: Request, order_id: OrderId, user: CurrentUser) -
 )
 async def cancel_order(request: Request, order_id: OrderId, user: CurrentUser) -> OrderOut:
     """Cancel the PaymentIntent or expire the Checkout Session; repeating it is harmless."""
-    return await service.cancel_order(
+    return await lifecycle.cancel_order(
         request.app.state.session_maker,
         request.app.state.stripe,
         request.app.state.settings,
@@ -143,7 +144,7 @@ async def cancel_order(request: Request, order_id: OrderId, user: CurrentUser) -
 )
 async def sync_order(request: Request, order_id: OrderId, user: CurrentUser) -> OrderOut:
     """Ask Stripe about a stuck order and apply what it says (a late webhook's work)."""
-    return await service.sync_order(
+    return await lifecycle.sync_order(
         request.app.state.session_maker,
         request.app.state.stripe,
         request.app.state.settings,
@@ -172,7 +173,7 @@ async def get_payment_result(
 ) -> PaymentResultOut:
     """The order behind a Stripe redirect and the balance; a pending order is checked at
     Stripe first, so the credit shows before the webhook arrives."""
-    return await service.payment_result(
+    return await lifecycle.payment_result(
         request.app.state.session_maker,
         request.app.state.stripe,
         request.app.state.settings,

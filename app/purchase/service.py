@@ -20,14 +20,12 @@ from datetime import UTC, datetime, timedelta
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.admin.audit import record_admin_action
 from app.auth import Principal
 from app.config import Settings
 from app.db import session_scope
 from app.errors import (
     IdempotencyConflict,
     NotFound,
-    OrderNotCancelable,
     OrderNotResumable,
     PaymentProviderUnavailable,
     PaymentsNotConfigured,
@@ -35,41 +33,33 @@ from app.errors import (
     TooManyPendingOrders,
     ValidationFailed,
 )
+from app.idempotency import hash_request
 from app.ids import new_id
-from app.ledger import service as ledger_service
-from app.ledger.service import hash_request
 from app.models.base import utcnow
 from app.models.orders import Order
 from app.money import format_amount, micros_to_cents, parse_amount, usd_to_micros
 from app.orders import repository as orders_repository
-from app.orders.presenter import present_order, present_orders
-from app.orders.schemas import OrderOut
-from app.orders.state import CLOSED_UNPAID_STATUSES, PAID_STATUSES, is_pending
+from app.orders.fulfillment import apply_payment, expected_livemode
+from app.orders.presenter import present_order
+from app.orders.state import CLOSED_UNPAID_STATUSES, PAID_STATUSES, OrderStatus, transition
 from app.purchase import repository
-from app.purchase.fulfillment import (
-    StripePayment,
-    apply_payment,
-    expected_livemode,
-    move_forward,
-    payment_from_checkout_session,
-    payment_from_payment_intent,
-    refresh_order,
-)
 from app.purchase.schemas import (
     PAYMENT_MODES,
     CheckoutPaymentOut,
     ElementsPaymentOut,
-    PaymentResultOut,
     PurchaseIn,
     PurchaseOptionsOut,
 )
-from app.rate_limits import RateLimiter
-from app.schemas import Page
 from app.stripe_gateway import (
     StripeGateway,
     StripeJSON,
     StripeOutcomeUnknown,
     StripeRequestFailed,
+)
+from app.stripe_gateway.payments import (
+    StripePayment,
+    payment_from_checkout_session,
+    payment_from_payment_intent,
 )
 
 log = structlog.get_logger(__name__)
@@ -170,7 +160,7 @@ async def start_purchase(
                 id=new_id("ord"),
                 user_id=user.user_id,
                 email=user.email,
-                status="pending",
+                status=OrderStatus.PENDING,
                 mode=body.mode,
                 amount_micros=amount_micros,
                 currency="usd",
@@ -185,7 +175,7 @@ async def start_purchase(
             log.info(
                 "order_created", order_id=order.id, mode=order.mode, amount_micros=amount_micros
             )
-    payment = await _payable(maker, stripe, settings, order.id, source="purchase")
+    payment = await payable(maker, stripe, settings, order.id, source="purchase")
     return PurchaseResult(payment=payment, replayed=replayed)
 
 
@@ -206,10 +196,10 @@ async def _check_daily_caps(session: AsyncSession, settings: Settings, user_id: 
             oldest,
             now,
         )
-    await _check_failed_payments(session, settings, user_id, now)
+    await check_failed_payments(session, settings, user_id, now)
 
 
-async def _check_failed_payments(
+async def check_failed_payments(
     session: AsyncSession, settings: Settings, user_id: str, now: datetime
 ) -> None:
     failed, oldest = await repository.failed_payments_since(session, user_id, now - DAY)
@@ -227,7 +217,7 @@ def _daily_cap(detail: str, limit: str, oldest: datetime | None, now: datetime) 
     return RateLimited(detail, retry_after=retry_after, limit=limit)
 
 
-async def _load_user_order(
+async def load_order(
     maker: async_sessionmaker[AsyncSession], user_id: str | None, order_id: str
 ) -> Order:
     async with session_scope(maker) as session:
@@ -237,19 +227,19 @@ async def _load_user_order(
     return order
 
 
-def _not_resumable(order: Order) -> OrderNotResumable:
+def not_resumable(order: Order) -> OrderNotResumable:
     if order.flagged_reason:
         detail = "The payment of this order is under review."
     elif order.status in PAID_STATUSES:
         detail = "The order is paid already."
-    elif order.status == "processing":
+    elif order.status == OrderStatus.PROCESSING:
         detail = "The payment is being processed; it cannot be changed now."
     else:
         detail = f"The order is {order.status}; start a new top-up."
     return OrderNotResumable(detail, order_id=order.id, order_status=order.status)
 
 
-async def _payable(
+async def payable(
     maker: async_sessionmaker[AsyncSession],
     stripe: StripeGateway,
     settings: Settings,
@@ -258,12 +248,12 @@ async def _payable(
     source: str,
 ) -> ElementsPaymentOut | CheckoutPaymentOut:
     """How to pay the order now: its current client secret or Checkout URL, creating the Stripe
-    object first if it does not exist yet. 409 `order_not_resumable` (after applying what
+    object first if it does not exist yet. 409 `ordernot_resumable` (after applying what
     Stripe said) when it can no longer be paid."""
-    order = await _load_user_order(maker, None, order_id)
-    if order.status != "pending" or order.flagged_reason:
-        raise _not_resumable(order)
-    if _has_object(order):
+    order = await load_order(maker, None, order_id)
+    if order.status != OrderStatus.PENDING or order.flagged_reason:
+        raise not_resumable(order)
+    if has_stripe_object(order):
         obj = await _read_object(stripe, order)
     else:
         obj = await _create_object(maker, stripe, settings, order)
@@ -277,12 +267,12 @@ async def _payable(
         assert locked is not None
         _store_object(locked, obj)
         outcome = await apply_payment(session, settings, locked, payment, source=source)
-        payable = _still_payable(locked, obj, payment)
+        payable = _stillpayable(locked, obj, payment)
         presented = await present_order(session, locked, settings)
     if not payable:
         log.info("order_not_payable", order_id=order_id, outcome=outcome, status=locked.status)
-        await _close_at_stripe_quietly(stripe, locked)
-        raise _not_resumable(locked)
+        await close_at_stripe_quietly(stripe, locked)
+        raise not_resumable(locked)
     if order.mode == "checkout":
         return CheckoutPaymentOut(order=presented, checkout_url=str(obj["url"]))
     return ElementsPaymentOut(
@@ -292,8 +282,8 @@ async def _payable(
     )
 
 
-def _still_payable(order: Order, obj: StripeJSON, payment: StripePayment) -> bool:
-    if order.status != "pending" or order.flagged_reason or payment.state != "open":
+def _stillpayable(order: Order, obj: StripeJSON, payment: StripePayment) -> bool:
+    if order.status != OrderStatus.PENDING or order.flagged_reason or payment.state != "open":
         return False
     if order.mode == "checkout":
         return obj.get("status") == "open" and bool(obj.get("url"))
@@ -351,16 +341,15 @@ async def _create_object(
         async with session_scope(maker) as session:
             locked = await orders_repository.find_order(session, order_id=order.id, for_update=True)
             assert locked is not None
-            if locked.status == "pending" and not _has_object(locked):
-                locked.status = "failed"
-                locked.closed_at = utcnow()
+            if locked.status == OrderStatus.PENDING and not has_stripe_object(locked):
+                transition(locked, OrderStatus.FAILED, reason="stripe refused to create it")
                 locked.failure_code = (exc.stripe_code or exc.code)[:100]
                 locked.failure_message = "The payment provider refused to start this payment."
         log.error("order_stripe_object_refused", order_id=order.id, stripe_code=exc.stripe_code)
         raise
 
 
-def _has_object(order: Order) -> bool:
+def has_stripe_object(order: Order) -> bool:
     if order.mode == "checkout":
         return order.stripe_checkout_session_id is not None
     return order.stripe_payment_intent_id is not None
@@ -403,7 +392,7 @@ def _store_object(order: Order, obj: StripeJSON) -> None:
         order.stripe_payment_intent_id = str(obj["id"])
 
 
-async def _close_at_stripe_quietly(stripe: StripeGateway, order: Order) -> None:
+async def close_at_stripe_quietly(stripe: StripeGateway, order: Order) -> None:
     """An order we will not let be paid: make sure Stripe agrees (best effort)."""
     if order.status not in CLOSED_UNPAID_STATUSES:
         return
@@ -414,225 +403,3 @@ async def _close_at_stripe_quietly(stripe: StripeGateway, order: Order) -> None:
             await stripe.cancel_payment_intent(order.stripe_payment_intent_id)
     except (PaymentProviderUnavailable, StripeRequestFailed):
         log.warning("close_at_stripe_failed", order_id=order.id)
-
-
-# -- the order routes ----------------------------------------------------------------------------
-
-
-async def resume_order(
-    maker: async_sessionmaker[AsyncSession],
-    stripe: StripeGateway,
-    settings: Settings,
-    user: Principal,
-    order_id: str,
-) -> ElementsPaymentOut | CheckoutPaymentOut:
-    """The current way to pay a pending order; 409 `order_not_resumable` once Stripe no longer
-    accepts payment (the order then takes Stripe's final state). 429 once the user had too
-    many declined attempts today: a new client secret would let card testing go on."""
-    await _load_user_order(maker, user.user_id, order_id)
-    async with session_scope(maker) as session:
-        await _check_failed_payments(session, settings, user.user_id, utcnow())
-    return await _payable(maker, stripe, settings, order_id, source="resume")
-
-
-async def cancel_order(
-    maker: async_sessionmaker[AsyncSession],
-    stripe: StripeGateway,
-    settings: Settings,
-    user: Principal,
-    order_id: str,
-) -> OrderOut:
-    """Cancel the PaymentIntent or expire the Checkout Session, then the order. Repeating it is
-    harmless; a paid (or processing) order cannot be canceled."""
-    order = await _load_user_order(maker, user.user_id, order_id)
-    return await _cancel(maker, stripe, settings, order)
-
-
-async def _cancel(
-    maker: async_sessionmaker[AsyncSession],
-    stripe: StripeGateway,
-    settings: Settings,
-    order: Order,
-) -> OrderOut:
-    order_id = order.id
-    if order.status in CLOSED_UNPAID_STATUSES:
-        return await _present(maker, settings, order_id)
-    if order.status != "pending":
-        raise _not_cancelable(order)
-    obj: StripeJSON | None = None
-    if order.mode == "checkout" and order.stripe_checkout_session_id:
-        obj = await stripe.expire_checkout_session(order.stripe_checkout_session_id)
-    elif order.mode == "elements" and order.stripe_payment_intent_id:
-        obj = await stripe.cancel_payment_intent(order.stripe_payment_intent_id)
-    async with session_scope(maker) as session:
-        locked = await orders_repository.find_order(session, order_id=order_id, for_update=True)
-        assert locked is not None
-        if obj is None:
-            # No Stripe object: nobody can pay it (a lost creation is never handed out).
-            if locked.status == "pending" and not _has_object(locked):
-                locked.status = "canceled"
-                locked.closed_at = utcnow()
-        else:
-            payment = (
-                payment_from_checkout_session(obj)
-                if obj.get("object") == "checkout.session"
-                else payment_from_payment_intent(obj)
-            )
-            if payment.state in ("canceled", "expired"):
-                # We asked for it: the order ends canceled, whatever Stripe calls it (a flagged
-                # order too: closing it credits nothing).
-                move_forward(locked, "canceled")
-            else:
-                await apply_payment(session, settings, locked, payment, source="cancel")
-        status = locked.status
-        presented = await present_order(session, locked, settings)
-    if status != "canceled" and status not in CLOSED_UNPAID_STATUSES:
-        raise _not_cancelable(locked)
-    log.info("order_canceled", order_id=order_id, status=status)
-    return presented
-
-
-async def stop_card_testing(
-    maker: async_sessionmaker[AsyncSession],
-    stripe: StripeGateway,
-    settings: Settings,
-    payment_intent_id: str | None,
-) -> None:
-    """After a declined payment attempt: once the user reached
-    `BILLING_RATE_LIMIT_FAILED_PAYMENTS_PER_DAY`, cancel the order at Stripe, so the client
-    secret already in the browser cannot try card after card either (purchase and resume refuse
-    new ones). Best effort: the daily cap holds anyway."""
-    if payment_intent_id is None:
-        return
-    async with session_scope(maker) as session:
-        order = await orders_repository.find_order(session, payment_intent_id=payment_intent_id)
-        if order is None or order.status != "pending":
-            return
-        failed, _ = await repository.failed_payments_since(session, order.user_id, utcnow() - DAY)
-    if failed < settings.rate_limit_failed_payments_per_day:
-        return
-    log.warning("card_testing_stopped", order_id=order.id, failed_payments=failed)
-    try:
-        await _cancel(maker, stripe, settings, order)
-    except (PaymentProviderUnavailable, StripeRequestFailed, OrderNotCancelable):
-        log.warning("card_testing_cancel_failed", order_id=order.id, exc_info=True)
-
-
-def _not_cancelable(order: Order) -> OrderNotCancelable:
-    if order.status in PAID_STATUSES:
-        detail = "A paid order cannot be canceled; request a refund instead."
-    elif order.status == "processing":
-        detail = "The payment is being processed; it cannot be canceled now."
-    else:
-        detail = f"The order is {order.status}."
-    return OrderNotCancelable(detail, order_id=order.id, order_status=order.status)
-
-
-def _worth_asking(order: Order) -> bool:
-    """Whether Stripe may know more than we do about the order: it is unpaid, or paid
-    without its receipt yet."""
-    if not _has_object(order) or order.flagged_reason:
-        return False
-    return is_pending(order.status) or (order.status in PAID_STATUSES and order.receipt_url is None)
-
-
-async def sync_order(
-    maker: async_sessionmaker[AsyncSession],
-    stripe: StripeGateway,
-    settings: Settings,
-    order_id: str,
-    *,
-    user_id: str | None,
-    admin: str | None = None,
-) -> OrderOut:
-    """Ask Stripe about a stuck order and apply the answer (a late webhook's work). `user_id`
-    None with `admin` set: an operator's sync of any order, audited."""
-    order = await _load_user_order(maker, user_id, order_id)
-    outcome = "nothing to ask"
-    if _worth_asking(order):
-        _, outcome = await refresh_order(
-            maker, stripe, settings, order_id, source="admin_sync" if admin else "sync"
-        )
-    async with session_scope(maker) as session:
-        locked = await orders_repository.find_order(session, order_id=order_id)
-        assert locked is not None
-        if admin is not None:
-            await record_admin_action(
-                session,
-                actor=admin,
-                action="order.sync",
-                subject_type="order",
-                subject_id=order_id,
-                details={"outcome": outcome, "status": locked.status},
-            )
-        return await present_order(session, locked, settings)
-
-
-async def payment_result(
-    maker: async_sessionmaker[AsyncSession],
-    stripe: StripeGateway,
-    settings: Settings,
-    limiter: RateLimiter,
-    user: Principal,
-    *,
-    order_id: str | None,
-    session_id: str | None,
-    payment_intent: str | None,
-) -> PaymentResultOut:
-    """The result page: the order (asked at Stripe when it is still pending, so the credit
-    shows before the webhook arrives) and the balance. Asking Stripe spends one request of the
-    user's `payment_result` rate limit; reading what we know spends none."""
-    if not (order_id or session_id or payment_intent):
-        raise ValidationFailed(
-            "Give order_id, session_id or payment_intent.",
-            errors=[
-                {"field": "order_id", "message": "one of order_id, session_id, payment_intent"}
-            ],
-        )
-    async with session_scope(maker) as session:
-        found = [
-            await orders_repository.find_order(session, order_id=order_id) if order_id else None,
-            await orders_repository.find_order(session, checkout_session_id=session_id)
-            if session_id
-            else None,
-            await orders_repository.find_order(session, payment_intent_id=payment_intent)
-            if payment_intent
-            else None,
-        ]
-    given = [f for f, key in zip(found, (order_id, session_id, payment_intent), strict=True) if key]
-    order = given[0]
-    if (
-        order is None
-        or order.user_id != user.user_id
-        or any(other is None or other.id != order.id for other in given)
-    ):
-        raise NotFound("No such order.")
-    if is_pending(order.status) and _has_object(order) and not order.flagged_reason:
-        await limiter.hit("payment_result", user.user_id)
-        try:
-            await refresh_order(maker, stripe, settings, order.id, source="result_page")
-        except (PaymentProviderUnavailable, StripeRequestFailed):
-            # The page shows what we know; the webhook or the reconciler will catch up.
-            log.warning("result_page_stripe_unavailable", order_id=order.id)
-    async with session_scope(maker) as session:
-        fresh = await orders_repository.find_order(session, order_id=order.id)
-        assert fresh is not None
-        return PaymentResultOut(
-            order=await present_order(session, fresh, settings),
-            balance=await ledger_service.get_balance(session, user.user_id),
-        )
-
-
-async def list_pending(session: AsyncSession, settings: Settings, user_id: str) -> Page[OrderOut]:
-    """The user's unpaid orders (pending or processing), newest first."""
-    orders = await repository.list_pending_orders(session, user_id, limit=100)
-    return Page[OrderOut](data=await present_orders(session, orders, settings), next_cursor=None)
-
-
-async def _present(
-    maker: async_sessionmaker[AsyncSession], settings: Settings, order_id: str
-) -> OrderOut:
-    async with session_scope(maker) as session:
-        order = await orders_repository.find_order(session, order_id=order_id)
-        assert order is not None
-        return await present_order(session, order, settings)

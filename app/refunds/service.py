@@ -33,16 +33,17 @@ from app.errors import (
 )
 from app.ids import new_id
 from app.ledger.repository import get_wallet
-from app.ledger.service import Leg, post
+from app.ledger.service import transfer
 from app.models.base import utcnow
-from app.models.orders import Order
-from app.models.refunds import REFUND_REQUEST_STATUSES, RefundRequest
+from app.models.orders import Order, OrderStatus
+from app.models.refunds import REFUND_REQUEST_STATUSES, RefundRequest, RefundRequestStatus
 from app.money import micros_to_cents, usd_to_micros
 from app.orders import repository as orders_repository
 from app.pagination import decode_cursor
 from app.refunds import repository
 from app.refunds.eligibility import REASONS, Eligibility, check_amount, refund_eligibility
-from app.refunds.ledger import record_refund, reverse_request_debit
+from app.refunds.events import record_refund, reverse_request_debit
+from app.refunds.state import transition
 from app.stripe_gateway import StripeGateway, StripeOutcomeUnknown, StripeRequestFailed
 
 log = structlog.get_logger(__name__)
@@ -106,7 +107,7 @@ async def create_request(
             user_id=order.user_id,
             amount_micros=amount,
             reason=reason,
-            status="pending",
+            status=RefundRequestStatus.PENDING,
         )
         session.add(request)
         await session.flush()
@@ -133,35 +134,34 @@ async def approve_request(
         request = await repository.get_request(session, request_id, for_update=True)
         if request is None:
             raise NotFound(f"No refund request {request_id}.")
-        if request.status != "pending":
+        if request.status != RefundRequestStatus.PENDING:
             raise InvalidStateTransition(
                 f"The refund request is {request.status}; only a pending request can be approved.",
                 status_now=request.status,
             )
         order = await orders_repository.get_order(session, request.order_id, for_update=True)
         assert order is not None
-        if order.status == "disputed":
+        if order.status == OrderStatus.DISPUTED:
             raise _refuse("disputed")
         if request.amount_micros > order.amount_micros - order.refunded_micros:
             raise _refuse("exceeds_unrefunded")
         if not order.stripe_payment_intent_id:
             raise _refuse("not_paid")
         try:
-            await post(
+            await transfer(
                 session,
                 reference=f"refund:{request.id}",
                 kind="refund",
-                legs=[
-                    Leg.wallet(order.user_id, -request.amount_micros),
-                    Leg.account("stripe", request.amount_micros),
-                ],
+                user_id=order.user_id,
+                amount_micros=-request.amount_micros,
+                account="stripe",
                 description=f"Refund of order {order.id}",
                 details={"order_id": order.id, "refund_request_id": request.id},
             )
         except InsufficientBalance as exc:
             raise _refuse("exceeds_available_balance") from exc
         now = utcnow()
-        request.status = "processing"
+        transition(request, RefundRequestStatus.PROCESSING, reason=f"approved by {actor}")
         request.auto_approved = auto
         request.reviewed_by = actor
         request.reviewed_at = now
@@ -188,7 +188,7 @@ async def attempt_stripe_refund(
     async with session_scope(maker) as session:
         request = await repository.get_request(session, request_id, for_update=True)
         assert request is not None
-        if request.status != "processing" or request.stripe_refund_id is not None:
+        if request.status != RefundRequestStatus.PROCESSING or request.stripe_refund_id is not None:
             return request
         order = await orders_repository.get_order(session, request.order_id, for_update=True)
         assert order is not None
@@ -248,17 +248,14 @@ async def deny_request(
     request = await repository.get_request(session, request_id, for_update=True)
     if request is None:
         raise NotFound(f"No refund request {request_id}.")
-    if request.status != "pending":
+    if not transition(request, RefundRequestStatus.DENIED, reason=f"denied by {actor}"):
         raise InvalidStateTransition(
             f"The refund request is {request.status}; only a pending request can be denied.",
             status_now=request.status,
         )
-    now = utcnow()
-    request.status = "denied"
     request.reviewed_by = actor
-    request.reviewed_at = now
+    request.reviewed_at = utcnow()
     request.review_note = note
-    request.completed_at = now
     await record_admin_action(
         session,
         actor=actor,

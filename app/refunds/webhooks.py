@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.orders import repository as orders_repository
-from app.refunds.ledger import record_dispute_closed, record_dispute_opened, record_refund
+from app.refunds.events import record_dispute_closed, record_dispute_opened, record_refund
 from app.webhooks.registry import WebhookContext, handles
 
 

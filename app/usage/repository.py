@@ -39,7 +39,8 @@ from app.errors import (
 )
 from app.ids import new_id
 from app.ledger.holds import HoldResult
-from app.ledger.repository import HoldRow, WalletRow
+from app.ledger.holds_repository import HoldRow
+from app.ledger.repository import WalletRow
 from app.ledger.service import insufficient_balance
 from app.metrics import LEDGER_TRANSACTIONS
 from app.models.base import utcnow

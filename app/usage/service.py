@@ -10,9 +10,9 @@ from pydantic import ValidationError
 
 from app.config import Settings
 from app.errors import IdempotencyConflict, InsufficientBalance, ValidationFailed
+from app.idempotency import hash_request
 from app.ledger.holds import HoldResult
 from app.ledger.repository import WalletRow
-from app.ledger.service import hash_request
 from app.usage.schemas import (
     AccountBalanceOut,
     CaptureIn,

@@ -18,7 +18,7 @@ from app.errors import InsufficientBalance
 from app.ledger import holds, repository
 from app.ledger.holds import HoldResult
 from app.ledger.repository import WalletRow
-from app.ledger.service import Leg, post
+from app.ledger.service import transfer
 
 USAGE_KIND = "usage"
 USAGE_DESCRIPTION = "Usage"
@@ -125,15 +125,13 @@ class SessionUsageStore:
 
     @staticmethod
     async def _debit(session: AsyncSession, debit: UsageDebit) -> Debited:
-        result = await post(
+        result = await transfer(
             session,
             reference=usage_reference(debit.request_id),
             kind=USAGE_KIND,
-            legs=[
-                Leg.wallet(debit.user_id, -debit.amount_micros),
-                Leg.account("usage", debit.amount_micros),
-            ],
             user_id=debit.user_id,
+            amount_micros=-debit.amount_micros,
+            account="usage",
             description=USAGE_DESCRIPTION,
             request_hash=debit.request_hash,
             details=debit.details,

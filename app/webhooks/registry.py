@@ -1,7 +1,7 @@
 """Which function applies which Stripe event type.
 
 Capabilities register their handlers with `@handles("type", ...)` in their own module
-(`app/purchase/webhooks.py`, `app/refunds/webhooks.py`, …), imported by `load_handlers()`. A
+(`app/orders/webhooks.py`, `app/refunds/webhooks.py`, …), imported by `load_handlers()`. A
 handler runs inside the webhook's database transaction, after the event id was stored, and
 returns a short outcome string that is stored with the event (`credited`, `ignored: backwards`,
 …). Types with no handler are acknowledged (200) and recorded as `ignored: unhandled type`.
@@ -35,7 +35,7 @@ Handler = Callable[[WebhookContext, dict[str, Any]], Awaitable[str]]
 _HANDLERS: dict[str, Handler] = {}
 
 HANDLER_MODULES = (
-    "app.purchase.webhooks",
+    "app.orders.webhooks",
     "app.refunds.webhooks",
 )
 """Modules that register handlers; a missing one is skipped (a capability not built yet)."""

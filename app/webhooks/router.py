@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from app.db import SessionDep
 from app.errors import InvalidSignature, PaymentProviderUnavailable, PaymentsNotConfigured
 from app.openapi import problem_responses
-from app.purchase import service as purchase_service
+from app.orders import lifecycle
 from app.stripe_gateway import StripeRequestFailed
 from app.webhooks import service
 
@@ -60,7 +60,7 @@ async def receive_stripe_event(
     if receipt.type == "payment_intent.payment_failed" and not receipt.duplicate:
         # After the response and the commit, so that no Stripe call runs inside the transaction.
         background.add_task(
-            purchase_service.stop_card_testing,
+            lifecycle.stop_card_testing,
             request.app.state.session_maker,
             request.app.state.stripe,
             request.app.state.settings,

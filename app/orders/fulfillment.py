@@ -17,159 +17,50 @@ always credits, even an order we had closed, because the money is the user's eit
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.db import session_scope
-from app.ledger.service import Leg, post
-from app.models.base import utcnow
+from app.ledger.service import transfer
 from app.models.orders import Order
 from app.money import micros_to_cents
 from app.orders import repository as orders_repository
-from app.orders.state import CLOSED_UNPAID_STATUSES, PAID_STATUSES, can_transition
+from app.orders.state import (
+    CLOSED_UNPAID_STATUSES,
+    PAID_AFTER_CLOSE,
+    PAID_STATUSES,
+    OrderStatus,
+    transition,
+)
 from app.stripe_gateway import (
     StripeGateway,
     StripeJSON,
     StripeObjectNotFound,
     StripeOutcomeUnknown,
-    expandable_id,
-    expanded,
+)
+from app.stripe_gateway.payments import (
+    StripePayment,
+    metadata_order_id,
+    payment_from_checkout_session,
+    payment_from_event,
+    payment_from_payment_intent,
+    string_or_none,
 )
 
 log = structlog.get_logger(__name__)
 
-PaymentState = Literal["open", "processing", "paid", "canceled", "expired", "failed"]
-"""Where Stripe says the payment is: `open` (can still be paid, maybe after a declined
-attempt), `processing` (an asynchronous method in flight), `paid`, or closed unpaid."""
 
-TERMINAL_STATES = frozenset({"paid", "canceled", "expired", "failed"})
+class RefreshOutcome(StrEnum):
+    """What `refresh_order` found before anything could be applied (callers branch on these;
+    everything else it returns is `apply_payment`'s description of what it did)."""
 
-
-@dataclass(frozen=True, slots=True)
-class StripePayment:
-    """Stripe's answer about an order's payment, read from a PaymentIntent or a Checkout
-    Session (with its PaymentIntent and charge when they were expanded)."""
-
-    object_type: str
-    """`payment_intent` or `checkout.session`: which object the answer was read from."""
-    object_id: str
-    state: PaymentState
-    amount_cents: int | None
-    currency: str | None
-    livemode: bool | None
-    order_id: str | None
-    """Our order id as Stripe carries it (`metadata.order_id` / `client_reference_id`)."""
-    payment_intent_id: str | None = None
-    checkout_session_id: str | None = None
-    charge_id: str | None = None
-    receipt_url: str | None = None
-    failure_code: str | None = None
-    failure_message: str | None = None
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-def _charge_fields(latest_charge: Any) -> dict[str, str | None]:
-    charge = expanded(latest_charge)
-    receipt = None
-    if charge is not None and charge.get("status") == "succeeded":
-        receipt = _str(charge.get("receipt_url"))
-    return {"charge_id": expandable_id(latest_charge), "receipt_url": receipt}
-
-
-def _failure(payment_intent: StripeJSON | None) -> dict[str, str | None]:
-    error = (payment_intent or {}).get("last_payment_error") or {}
-    return {
-        "failure_code": _str(error.get("decline_code")) or _str(error.get("code")),
-        "failure_message": _str(error.get("message")),
-    }
-
-
-def _metadata_order_id(obj: StripeJSON) -> str | None:
-    return _str((obj.get("metadata") or {}).get("order_id"))
-
-
-def payment_from_payment_intent(pi: StripeJSON) -> StripePayment:
-    """Read a PaymentIntent (`latest_charge` expanded or not)."""
-    status = pi.get("status")
-    state: PaymentState
-    if status == "succeeded":
-        state = "paid"
-    elif status == "processing":
-        state = "processing"
-    elif status == "canceled":
-        state = "canceled"
-    else:  # requires_payment_method / _confirmation / _action: the customer can still pay
-        state = "open"
-    failure = _failure(pi) if state == "open" else {}
-    return StripePayment(
-        object_type="payment_intent",
-        object_id=str(pi["id"]),
-        state=state,
-        amount_cents=_int(pi.get("amount")),
-        currency=_str(pi.get("currency")),
-        livemode=pi.get("livemode") if isinstance(pi.get("livemode"), bool) else None,
-        order_id=_metadata_order_id(pi),
-        payment_intent_id=str(pi["id"]),
-        **_charge_fields(pi.get("latest_charge")),
-        **failure,
-    )
-
-
-def payment_from_checkout_session(cs: StripeJSON) -> StripePayment:
-    """Read a Checkout Session (`payment_intent.latest_charge` expanded or not)."""
-    pi = expanded(cs.get("payment_intent"))
-    pi_status = pi.get("status") if pi else None
-    status, payment_status = cs.get("status"), cs.get("payment_status")
-    state: PaymentState
-    if status == "expired":
-        state = "expired"
-    elif status == "complete" and payment_status == "paid":
-        state = "paid"
-    elif status == "complete":
-        # Paid with an asynchronous method: in flight, or failed when its PaymentIntent went
-        # back to needing a payment method (the session itself cannot be paid again).
-        state = "failed" if pi_status in ("requires_payment_method", "canceled") else "processing"
-    else:
-        state = "open"
-    failure = _failure(pi) if state in ("open", "failed") else {}
-    charge = _charge_fields(pi.get("latest_charge")) if pi else {}
-    return StripePayment(
-        object_type="checkout.session",
-        object_id=str(cs["id"]),
-        state=state,
-        amount_cents=_int(cs.get("amount_total")),
-        currency=_str(cs.get("currency")),
-        livemode=cs.get("livemode") if isinstance(cs.get("livemode"), bool) else None,
-        order_id=_str(cs.get("client_reference_id")) or _metadata_order_id(cs),
-        payment_intent_id=expandable_id(cs.get("payment_intent")),
-        checkout_session_id=str(cs["id"]),
-        **charge,
-        **failure,
-    )
-
-
-def payment_from_event(event: StripeJSON) -> StripePayment:
-    """Read the object an event carries (as it was when the event happened)."""
-    obj = event["data"]["object"]
-    if obj.get("object") == "checkout.session":
-        payment = payment_from_checkout_session(obj)
-        if event.get("type") == "checkout.session.async_payment_failed":
-            payment = dataclasses.replace(payment, state="failed")
-        return payment
-    return payment_from_payment_intent(obj)
+    NO_ORDER = "no order"
+    NO_STRIPE_OBJECT = "no Stripe object yet"
+    STRIPE_OBJECT_MISSING = "flagged: the Stripe object does not exist"
 
 
 def expected_livemode(settings: Settings) -> bool:
@@ -233,19 +124,6 @@ def _mismatch(order: Order, payment: StripePayment, livemode: bool) -> str | Non
     return None
 
 
-def move_forward(order: Order, status: str) -> bool:
-    """Move the order forward to `status`; False (and no change) when that is not forward."""
-    if not can_transition(order.status, status):
-        return False
-    now = utcnow()
-    order.status = status
-    if status in CLOSED_UNPAID_STATUSES:
-        order.closed_at = now
-    if status not in ("pending", "processing"):
-        order.next_check_at = None
-    return True
-
-
 async def apply_payment(
     session: AsyncSession,
     settings: Settings,
@@ -271,36 +149,36 @@ async def apply_payment(
         order.stripe_checkout_session_id = payment.checkout_session_id
 
     if payment.state == "paid":
-        return await _credit(session, order, payment, bound)
+        return await _credit(session, order, payment, bound, source)
     if payment.state == "processing":
-        if order.status == "processing":
+        if order.status == OrderStatus.PROCESSING:
             return "processing"
-        if move_forward(order, "processing"):
-            bound.info("order_processing")
+        if transition(order, OrderStatus.PROCESSING, reason=source):
             return "processing"
         return f"ignored: {order.status} -> processing is backwards"
     if payment.state == "open":
         if payment.failure_message is None:
             return f"no change ({order.status})"
-        if order.status == "pending":
+        if order.status == OrderStatus.PENDING:
             # A declined card: the customer may try again with the same payment.
             order.failure_code = (payment.failure_code or "")[:100] or None
             order.failure_message = payment.failure_message[:500]
             bound.info("payment_attempt_failed", failure_code=payment.failure_code)
             return f"payment failed, order stays pending: {payment.failure_message}"
-        if order.status == "processing" and move_forward(order, "failed"):
+        if order.status == OrderStatus.PROCESSING and transition(
+            order, OrderStatus.FAILED, reason=source
+        ):
             _record_failure(order, payment)
-            bound.info("order_failed", failure_code=payment.failure_code)
             return "failed"
         return f"ignored: {order.status} after a failed attempt"
     # canceled / expired / failed
-    if order.status == payment.state:
-        return f"already {payment.state}"
-    if move_forward(order, payment.state):
-        if payment.state == "failed":
+    closed = OrderStatus(payment.state)
+    if order.status == closed:
+        return f"already {closed}"
+    if transition(order, closed, reason=source):
+        if closed == OrderStatus.FAILED:
             _record_failure(order, payment)
-        bound.info("order_closed", status=payment.state)
-        return payment.state
+        return closed
     return f"ignored: {order.status} -> {payment.state} is backwards"
 
 
@@ -309,7 +187,9 @@ def _record_failure(order: Order, payment: StripePayment) -> None:
     order.failure_message = (payment.failure_message or "The payment failed.")[:500]
 
 
-async def _credit(session: AsyncSession, order: Order, payment: StripePayment, bound: Any) -> str:
+async def _credit(
+    session: AsyncSession, order: Order, payment: StripePayment, bound: Any, source: str
+) -> str:
     if payment.charge_id and order.stripe_charge_id is None:
         order.stripe_charge_id = payment.charge_id
     if payment.receipt_url and order.receipt_url is None:
@@ -321,27 +201,20 @@ async def _credit(session: AsyncSession, order: Order, payment: StripePayment, b
         order.flagged_reason = "paid at Stripe without a PaymentIntent"
         bound.error("order_flagged", reason=order.flagged_reason)
         return f"flagged: {order.flagged_reason}"
-    result = await post(
+    result = await transfer(
         session,
         reference=f"topup:{pi_id}",
         kind="topup",
-        legs=[
-            Leg.wallet(order.user_id, order.amount_micros),
-            Leg.account("stripe", -order.amount_micros),
-        ],
         user_id=order.user_id,
+        amount_micros=order.amount_micros,
+        account="stripe",
         description="Top-up",
         details={"order_id": order.id},
     )
-    if order.status in CLOSED_UNPAID_STATUSES:
-        # Stripe took the money after we had closed the order: credit it anyway.
-        bound.warning("order_paid_after_close", previous_status=order.status)
-    order.status = "paid"
-    order.paid_at = utcnow()
-    order.closed_at = None
-    order.next_check_at = None
-    order.failure_code = None
-    order.failure_message = None
+    # Stripe took the money after we had closed the order: credit it anyway (logged).
+    closed = order.status in CLOSED_UNPAID_STATUSES
+    moved = transition(order, OrderStatus.PAID, reason=PAID_AFTER_CLOSE if closed else source)
+    assert moved, f"{order.status} -> paid"
     bound.info("order_paid", replayed=result.replayed, amount_micros=order.amount_micros)
     return "credited"
 
@@ -363,7 +236,7 @@ async def refresh_order(
     async with session_scope(maker) as session:
         order = await orders_repository.find_order(session, order_id=order_id)
     if order is None:
-        return None, "no order"
+        return None, RefreshOutcome.NO_ORDER
     try:
         payment = await read_payment(stripe, order)
     except StripeObjectNotFound:
@@ -373,12 +246,12 @@ async def refresh_order(
             if not locked.flagged_reason:
                 locked.flagged_reason = "the Stripe object does not exist"
                 log.error("order_flagged", order_id=order_id, reason=locked.flagged_reason)
-        return locked, "flagged: the Stripe object does not exist"
+        return locked, RefreshOutcome.STRIPE_OBJECT_MISSING
     async with session_scope(maker) as session:
         locked = await orders_repository.find_order(session, order_id=order_id, for_update=True)
         assert locked is not None
         if payment is None:
-            return locked, "no Stripe object yet"
+            return locked, RefreshOutcome.NO_STRIPE_OBJECT
         outcome = await apply_payment(session, settings, locked, payment, source=source)
     return locked, outcome
 
@@ -386,18 +259,18 @@ async def refresh_order(
 async def _order_for_event(session: AsyncSession, obj: StripeJSON) -> Order | None:
     """The order an event is about, locked: by the Stripe id we stored, else by the order id
     Stripe carries for us (a Checkout payment's PaymentIntent before the session completed)."""
-    obj_id = _str(obj.get("id"))
+    obj_id = string_or_none(obj.get("id"))
     if obj.get("object") == "checkout.session":
         order = await orders_repository.find_order(
             session, checkout_session_id=obj_id, for_update=True
         )
-        hint = _str(obj.get("client_reference_id")) or _metadata_order_id(obj)
+        hint = string_or_none(obj.get("client_reference_id")) or metadata_order_id(obj)
         stored = "stripe_checkout_session_id"
     else:
         order = await orders_repository.find_order(
             session, payment_intent_id=obj_id, for_update=True
         )
-        hint = _metadata_order_id(obj)
+        hint = metadata_order_id(obj)
         stored = "stripe_payment_intent_id"
     if order is not None or hint is None:
         return order
@@ -424,8 +297,8 @@ async def apply_event(
         payment = await read_payment(
             stripe,
             order,
-            payment_intent_id=None if is_session else _str(obj.get("id")),
-            checkout_session_id=_str(obj.get("id")) if is_session else None,
+            payment_intent_id=None if is_session else string_or_none(obj.get("id")),
+            checkout_session_id=string_or_none(obj.get("id")) if is_session else None,
         )
     except StripeOutcomeUnknown:
         payment = payment_from_event(event)
@@ -437,10 +310,3 @@ async def apply_event(
     if payment is None:
         return "ignored: the Stripe object is unknown"
     return await apply_payment(session, settings, order, payment, source=f"webhook:{event['id']}")
-
-
-def next_check_delay(age: timedelta, min_age_seconds: float) -> timedelta:
-    """How long the reconciler waits before asking about a still-pending order again: half its
-    age, at least a minute (and the minimum age), at most six hours."""
-    floor = max(60.0, min_age_seconds)
-    return timedelta(seconds=min(max(age.total_seconds() / 2, floor), 6 * 3600))

@@ -1,6 +1,7 @@
-"""What Stripe refunds and disputes do to orders, requests and the ledger. Every function here
-is idempotent: Stripe's events arrive twice, late and out of order, and our own calls are
-repeated by the reconciler."""
+"""Stripe's refund and dispute events applied: what a refund or dispute object Stripe sends does
+to the order, the refund request and the ledger. Every function here is idempotent: Stripe's
+events arrive twice, late and out of order, and our own calls are repeated by the reconciler.
+Statuses move only through `app/orders/state.py` and `app/refunds/state.py`."""
 
 from __future__ import annotations
 
@@ -9,49 +10,48 @@ from typing import Any
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.ledger.service import Leg, post
+from app.ledger.service import transfer
 from app.models.base import utcnow
 from app.models.orders import Order
-from app.models.refunds import Dispute, RefundRequest, StripeRefund
+from app.models.refunds import Dispute, RefundRequest, RefundRequestStatus, StripeRefund
 from app.money import cents_to_micros
 from app.orders import repository as orders_repository
+from app.orders import state as order_state
+from app.orders.state import OrderStatus
 from app.refunds import repository
+from app.refunds.state import mirror_dispute_status, mirror_refund_status, transition
 
 log = structlog.get_logger(__name__)
 
 FAILED_REFUND_STATUSES = ("failed", "canceled")
 
 
-def _order_status_after_refunds(order: Order) -> str:
-    """The status an order's refunded amount implies (a disputed order stays disputed)."""
-    if order.status == "disputed":
-        return "disputed"
-    if order.refunded_micros >= order.amount_micros:
-        return "refunded"
-    if order.refunded_micros > 0:
-        return "partially_refunded"
-    return "paid"
+def _settle(order: Order, *, reason: str) -> None:
+    """Move the order to the status its refunded amount implies (a disputed order stays
+    disputed until the dispute closes)."""
+    if order.status == OrderStatus.DISPUTED:
+        return
+    settled = order_state.settled_status(order)
+    if order.status != settled:
+        order_state.transition(order, settled, reason=reason)
 
 
 async def reverse_request_debit(
     session: AsyncSession, request: RefundRequest, order: Order, *, reason: str
 ) -> None:
     """A refund that Stripe refused or failed: give the debited amount back, once."""
-    await post(
+    await transfer(
         session,
         reference=f"refund_reversal:{request.id}",
         kind="refund_reversal",
-        legs=[
-            Leg.wallet(order.user_id, request.amount_micros),
-            Leg.account("stripe", -request.amount_micros),
-        ],
+        user_id=order.user_id,
+        amount_micros=request.amount_micros,
+        account="stripe",
         description=f"Refund of order {order.id} failed",
         details={"order_id": order.id, "refund_request_id": request.id},
     )
-    request.status = "failed"
+    transition(request, RefundRequestStatus.FAILED, reason=reason)
     request.failure_reason = reason[:500]
-    request.next_attempt_at = None
-    request.completed_at = utcnow()
 
 
 async def _order_for(session: AsyncSession, obj: dict[str, Any]) -> Order | None:
@@ -103,62 +103,62 @@ async def record_refund(session: AsyncSession, refund: dict[str, Any]) -> str:
         )
         session.add(row)
         if status in FAILED_REFUND_STATUSES:
-            if request is not None and request.status == "processing":
+            if request is not None and request.status == RefundRequestStatus.PROCESSING:
                 await reverse_request_debit(session, request, order, reason=f"refund {status}")
             await session.flush()
             return f"refund {status}"
         if request is None:
             # Made outside the service (Stripe's dashboard): the money has left already, so the
             # wallet is debited even below zero — once, by refund id.
-            await post(
+            await transfer(
                 session,
                 reference=f"external_refund:{refund_id}",
                 kind="external_refund",
-                legs=[
-                    Leg.wallet(order.user_id, -amount, require_available=False),
-                    Leg.account("stripe", amount),
-                ],
+                user_id=order.user_id,
+                amount_micros=-amount,
+                account="stripe",
+                require_available=False,
                 description=f"Refund of order {order.id} made at Stripe",
                 details={"order_id": order.id, "stripe_refund_id": refund_id},
             )
         order.refunded_micros = min(order.amount_micros, order.refunded_micros + amount)
-        order.status = _order_status_after_refunds(order)
+        _settle(order, reason=f"refund {refund_id}")
         if request is not None:
             request.stripe_refund_id = refund_id
             request.stripe_status = status
             request.next_attempt_at = None
             if status == "succeeded":
-                request.status = "succeeded"
-                request.completed_at = utcnow()
+                transition(request, RefundRequestStatus.SUCCEEDED, reason=f"refund {refund_id}")
         await session.flush()
         return "refund recorded" if request else "external refund debited"
 
     if existing.status == status:
         return "refund unchanged"
-    previous, existing.status = existing.status, status
+    previous = mirror_refund_status(existing, status)
     if request is not None:
         request.stripe_status = status
     if status in FAILED_REFUND_STATUSES and previous not in FAILED_REFUND_STATUSES:
         # A refund that failed after it was reported: the money did not leave after all.
         order.refunded_micros = max(0, order.refunded_micros - existing.amount_micros)
-        order.status = _order_status_after_refunds(order)
-        if request is not None and request.status in ("processing", "succeeded"):
+        _settle(order, reason=f"refund {refund_id} {status}")
+        if request is not None and request.status in (
+            RefundRequestStatus.PROCESSING,
+            RefundRequestStatus.SUCCEEDED,
+        ):
             await reverse_request_debit(session, request, order, reason=f"refund {status}")
         elif request is None:
-            await post(
+            await transfer(
                 session,
                 reference=f"external_refund_reversal:{refund_id}",
                 kind="refund_reversal",
-                legs=[
-                    Leg.wallet(order.user_id, existing.amount_micros),
-                    Leg.account("stripe", -existing.amount_micros),
-                ],
+                user_id=order.user_id,
+                amount_micros=existing.amount_micros,
+                account="stripe",
                 description=f"Refund of order {order.id} failed at Stripe",
                 details={"order_id": order.id, "stripe_refund_id": refund_id},
             )
-    elif status == "succeeded" and request is not None and request.status == "processing":
-        request.status = "succeeded"
-        request.completed_at = utcnow()
+    elif status == "succeeded" and request is not None:
+        transition(request, RefundRequestStatus.SUCCEEDED, reason=f"refund {refund_id}")
     await session.flush()
     return f"refund {previous} -> {status}"
 
@@ -184,18 +184,18 @@ async def record_dispute_opened(session: AsyncSession, dispute: dict[str, Any]) 
             status_before=order.status,
         )
     )
-    await post(
+    await transfer(
         session,
         reference=f"dispute:{dispute_id}",
         kind="dispute",
-        legs=[
-            Leg.wallet(order.user_id, -amount, require_available=False),
-            Leg.account("disputes", amount),
-        ],
+        user_id=order.user_id,
+        amount_micros=-amount,
+        account="disputes",
+        require_available=False,
         description=f"Dispute on order {order.id}",
         details={"order_id": order.id, "dispute_id": dispute_id},
     )
-    order.status = "disputed"
+    order_state.transition(order, OrderStatus.DISPUTED, reason=f"dispute {dispute_id}")
     await session.flush()
     return "dispute debited"
 
@@ -214,24 +214,25 @@ async def record_dispute_closed(session: AsyncSession, dispute: dict[str, Any]) 
     status = str(dispute.get("status") or "")
     if row.closed_at is not None:
         return "dispute closed already"
-    row.status = status
+    mirror_dispute_status(row, status)
     row.closed_at = utcnow()
     order = await orders_repository.get_order(session, row.order_id, for_update=True)
     assert order is not None
     if status == "won":
-        await post(
+        await transfer(
             session,
             reference=f"dispute_reversal:{dispute_id}",
             kind="dispute_reversal",
-            legs=[
-                Leg.wallet(order.user_id, row.amount_micros),
-                Leg.account("disputes", -row.amount_micros),
-            ],
+            user_id=order.user_id,
+            amount_micros=row.amount_micros,
+            account="disputes",
             description=f"Dispute on order {order.id} won",
             details={"order_id": order.id, "dispute_id": dispute_id},
         )
-        order.status = row.status_before if row.status_before != "disputed" else "paid"
-        order.status = _order_status_after_refunds(order)
+        # Back to where the refunds left it.
+        order_state.transition(
+            order, order_state.settled_status(order), reason=f"dispute {dispute_id} won"
+        )
         await session.flush()
         return "dispute won: credited back"
     await session.flush()

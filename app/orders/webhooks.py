@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.purchase.fulfillment import apply_event
+from app.orders.fulfillment import apply_event
 from app.webhooks.registry import WebhookContext, handles
 
 
