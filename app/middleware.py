@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: request ids, access logs, body size limit and the last-resort 500."""
+"""Pure ASGI middleware: request ids, access logs, body size limit, the request's Stripe budget
+(`app.stripe_gateway.deadline`) and the last-resort 500."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.errors import PayloadTooLarge, internal_error_response, problem_response
 from app.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from app.request_context import reset_request_id, set_request_id
+from app.stripe_gateway.deadline import DEFAULT_DEADLINE_SECONDS, stripe_budget
 
 log = structlog.get_logger("app.access")
 
@@ -32,12 +34,20 @@ class _BodyTooLarge(Exception):
 
 class RequestContextMiddleware:
     """Binds `X-Request-ID` (kept from the caller or generated) to the response and the logs,
-    refuses bodies over `max_body_bytes` with 413, and turns any unhandled exception into a 500
-    problem without a trace."""
+    refuses bodies over `max_body_bytes` with 413, opens the request's Stripe budget
+    (`stripe_deadline_seconds` for all its Stripe calls together), and turns any unhandled
+    exception into a 500 problem without a trace."""
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        stripe_deadline_seconds: float = DEFAULT_DEADLINE_SECONDS,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.stripe_deadline_seconds = stripe_deadline_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -89,7 +99,8 @@ class RequestContextMiddleware:
                 return message
 
             try:
-                await self.app(scope, limited_receive, send_with_id)
+                with stripe_budget(self.stripe_deadline_seconds):
+                    await self.app(scope, limited_receive, send_with_id)
             except _BodyTooLarge:
                 pass
             if too_large and status_holder["status"] is None:
