@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     environment: Environment = "production"
     database_url: str = "sqlite+aiosqlite:///./billing.db"
     database_pool_size: int = Field(default=10, ge=1, le=200)
+    database_pool_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
+    """How long a portal request waits for a pooled connection before it is answered 503
+    `service_unavailable` with `Retry-After`."""
     database_echo: bool = False
 
     # Portal users' JWTs: HS256 with a shared secret, or RS256/ES256 from a JWKS URL.
