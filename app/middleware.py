@@ -28,6 +28,22 @@ def clean_request_id(raw: str | None) -> str:
     return uuid.uuid4().hex
 
 
+def route_template(scope: Scope) -> str:
+    """The matched route's full template (`/v1/orders/{order_id}`), never the path: a bounded
+    metrics label. FastAPI 0.16x mounts included routers lazily, so `scope["route"]` holds the
+    router's own path (`/orders/{order_id}`); the effective route context (what FastAPI's own
+    telemetry reads) has the prefixed one."""
+    fastapi_scope = scope.get("fastapi")
+    context = (
+        fastapi_scope.get("effective_route_context") if isinstance(fastapi_scope, dict) else None
+    )
+    template = getattr(context, "path_format", None)
+    if not isinstance(template, str) or not template:
+        route = scope.get("route")
+        template = getattr(route, "path_format", None) or getattr(route, "path", None)
+    return template if isinstance(template, str) and template else "unmatched"
+
+
 class _BodyTooLarge(Exception):
     pass
 
@@ -111,8 +127,7 @@ class RequestContextMiddleware:
                 await internal_error_response()(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = route_template(scope)
             method = scope.get("method", "")
             HTTP_REQUESTS.labels(method, template, str(status_holder["status"] or 500)).inc()
             HTTP_LATENCY.labels(method, template).observe(elapsed)

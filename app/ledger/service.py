@@ -25,7 +25,7 @@ from app.errors import InsufficientBalance, ValidationFailed
 from app.ledger import repository
 from app.ledger.repository import StatementLine, WalletRow
 from app.ledger.schemas import BalanceOut, TransactionOut
-from app.metrics import LEDGER_TRANSACTIONS
+from app.metrics import LEDGER_TRANSACTIONS, observe_posting
 from app.models.base import utcnow
 from app.models.ledger import LedgerTransaction, system_account_id
 from app.money import format_balance
@@ -142,7 +142,7 @@ async def post(
     now = utcnow()
 
     def posted(txn_id: str, wallets: dict[str, WalletRow]) -> PostResult:
-        LEDGER_TRANSACTIONS.labels(kind, "posted").inc()
+        observe_posting(kind, (leg.amount_micros for leg in legs))
         transaction = LedgerTransaction(
             id=txn_id,
             reference=reference,
