@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     environment: Environment = "production"
     database_url: str = "sqlite+aiosqlite:///./billing.db"
     database_pool_size: int = Field(default=10, ge=1, le=200)
+    database_pool_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
+    """How long a portal request waits for a pooled connection before it is answered 503
+    `service_unavailable` with `Retry-After`."""
     database_echo: bool = False
 
     # Portal users' JWTs: HS256 with a shared secret, or RS256/ES256 from a JWKS URL.
@@ -79,6 +82,10 @@ class Settings(BaseSettings):
     stripe_timeout_seconds: float = Field(default=10.0, gt=0, le=10.0)
     stripe_max_network_retries: int = Field(default=2, ge=0, le=5)
     stripe_webhook_tolerance_seconds: int = Field(default=300, ge=1, le=600)
+    stripe_deadline_seconds: float = Field(default=12.0, gt=0, le=120.0)
+    """All of one request's (or one job run's) Stripe work must end within this many seconds;
+    past it the answer is 503 `payment_provider_unavailable` with `Retry-After`
+    (`app.stripe_gateway.deadline`)."""
 
     # Portal and purchase rules.
     portal_url: str = "http://localhost:5173"
@@ -125,6 +132,10 @@ class Settings(BaseSettings):
     """How long an idle keep-alive connection stays open. Longer than clients' own idle timeout
     (httpx: 5 s), so the client always closes first: a server closing an idle connection just as
     the client reuses it drops that request (the gateway saw ~1 in 600 under load at 5 s)."""
+
+    shutdown_grace_seconds: float = Field(default=20.0, ge=0, le=600)
+    """On SIGTERM `torouter-billing serve` stops accepting at once, then gives in-flight
+    requests and running jobs this long to finish before it exits (`app/serve.py`)."""
 
     # Periodic jobs.
     jobs_enabled: bool = True

@@ -1,4 +1,11 @@
-"""Engine, one transaction per request, and `session_scope()` for jobs and the CLI."""
+"""Engine, one transaction per request, and `session_scope()` for jobs and the CLI.
+
+A database outage (the server restarting, our connections terminated, the pool exhausted past
+`database_pool_timeout_seconds`) is `is_database_outage()`; `app.errors` answers it 503
+`service_unavailable` with `Retry-After`, never a 500. Nothing partial is written: the request's
+one transaction dies with its connection, and the pool pings a connection before handing it out,
+so the next request gets a live one.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -37,9 +45,58 @@ def create_engine(settings: Settings) -> AsyncEngine:
         echo=settings.database_echo,
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_pool_size,
-        pool_pre_ping=False,
-        pool_timeout=30,
+        # A connection the server dropped while it sat in the pool (a restart, a terminated
+        # backend) is replaced at checkout instead of failing the next request.
+        pool_pre_ping=True,
+        pool_timeout=settings.database_pool_timeout_seconds,
+        connect_args={"server_settings": {"application_name": APPLICATION_NAME}},
     )
+
+
+APPLICATION_NAME = "billing-portal"
+"""The ORM pool's `application_name` (the gateway's asyncpg pool is `billing-gateway`), so
+operators (and tests) can tell its connections apart in `pg_stat_activity`."""
+
+_OUTAGE_ERRORS = (OSError, TimeoutError, ConnectionError)
+
+
+def is_database_outage(exc: BaseException) -> bool:
+    """Whether an exception means the database is unreachable or out of connections (retry
+    later) rather than a bug or a constraint: a connection lost or refused, a terminated
+    backend, a pool timeout."""
+    if isinstance(exc, sa_exc.TimeoutError):  # no pooled connection within pool_timeout
+        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        return _driver_outage(exc.orig)
+    return isinstance(exc, _OUTAGE_ERRORS) or _driver_outage(exc)
+
+
+def _driver_outage(exc: BaseException | None) -> bool:
+    if exc is None:
+        return False
+    if isinstance(exc, _OUTAGE_ERRORS):
+        return True
+    # asyncpg's own classes (checked by name: this module does not import the driver, and
+    # SQLAlchemy wraps them in its adapter's exception with the original as `__cause__`).
+    for cls in type(exc).__mro__:
+        if cls.__name__ in _ASYNCPG_OUTAGES:
+            return True
+    return _driver_outage(exc.__cause__) if exc.__cause__ is not exc else False
+
+
+_ASYNCPG_OUTAGES = frozenset(
+    {
+        "PostgresConnectionError",  # connection failures, 08xxx
+        "ConnectionDoesNotExistError",  # the connection was closed under us
+        "InterfaceError",  # "connection is closed", "another operation is in progress"
+        "InternalClientError",
+        "OperatorInterventionError",  # 57xxx: admin shutdown, pg_terminate_backend, crash
+        "TooManyConnectionsError",
+        "CannotConnectNowError",
+    }
+)
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

@@ -27,7 +27,10 @@ Every error a client can see is a `BillingError` carrying its HTTP status and a 
     └── InternalError (500) ................. internal_error
 
 Request validation, unknown routes and methods, over-limit bodies and unhandled exceptions are
-rendered in the same shape; no stack trace leaves the process.
+rendered in the same shape; no stack trace leaves the process. A database outage (connection
+lost, server restarting, pool exhausted: `app.db.is_database_outage`) is a 503
+`service_unavailable` with `Retry-After`: the request's transaction died with it, nothing was
+written, and the same request can be repeated.
 """
 
 from __future__ import annotations
@@ -40,8 +43,10 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.db import is_database_outage
 from app.request_context import current_request_id
 
 log = structlog.get_logger(__name__)
@@ -327,6 +332,27 @@ async def _http_exception_handler(request: Request, exc: Exception) -> JSONRespo
     return problem_response(status, code, title, detail, headers=dict(exc.headers or {}))
 
 
+DATABASE_RETRY_AFTER_SECONDS = 1
+
+
+def database_unavailable_response() -> JSONResponse:
+    """The 503 problem for a database outage (see the module docstring)."""
+    return problem_response(
+        503,
+        ServiceUnavailable.code,
+        ServiceUnavailable.title,
+        "The database did not answer; nothing was changed. Retry shortly.",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+    )
+
+
+async def _database_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    if not is_database_outage(exc):
+        raise exc  # a bug or a constraint: the middleware's 500, logged with its trace
+    log.warning("database_unavailable", path=request.url.path, error=repr(exc))
+    return database_unavailable_response()
+
+
 def internal_error_response() -> JSONResponse:
     """The 500 problem for an unhandled exception (logged by the caller)."""
     return problem_response(
@@ -342,5 +368,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(BillingError, _billing_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_exception_handler)
+    app.add_exception_handler(sa_exc.DBAPIError, _database_error_handler)
+    app.add_exception_handler(sa_exc.TimeoutError, _database_error_handler)
     # Unhandled exceptions are caught by `RequestContextMiddleware`, inside the request scope,
     # so the 500 still carries the request id.

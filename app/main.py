@@ -145,6 +145,7 @@ def create_app(settings: Settings | None = None) -> BillingApp:
         app.state.usage_store = store
         gateway.start(store, app.state.service_token_verifier, app.state.jwt_verifier)
         runner = JobRunner(_jobs(app, settings) if settings.jobs_enabled else [])
+        app.state.job_runner = runner  # `app.serve` stops it while requests drain
         runner.start()
         try:
             yield
@@ -175,7 +176,11 @@ def create_app(settings: Settings | None = None) -> BillingApp:
         max_age=600,
     )
     # Outermost: every response, including CORS preflights and 500s, carries the request id.
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        stripe_deadline_seconds=settings.stripe_deadline_seconds,
+    )
 
     app.include_router(ops_router)
     app.include_router(audit_router, prefix=API_PREFIX)

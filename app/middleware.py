@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: request ids, access logs, body size limit and the last-resort 500."""
+"""Pure ASGI middleware: request ids, access logs, body size limit, the request's Stripe budget
+(`app.stripe_gateway.deadline`) and the last-resort 500."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.errors import PayloadTooLarge, internal_error_response, problem_response
 from app.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from app.request_context import reset_request_id, set_request_id
+from app.stripe_gateway.deadline import DEFAULT_DEADLINE_SECONDS, stripe_budget
 
 log = structlog.get_logger("app.access")
 
@@ -26,18 +28,42 @@ def clean_request_id(raw: str | None) -> str:
     return uuid.uuid4().hex
 
 
+def route_template(scope: Scope) -> str:
+    """The matched route's full template (`/v1/orders/{order_id}`), never the path: a bounded
+    metrics label. FastAPI 0.16x mounts included routers lazily, so `scope["route"]` holds the
+    router's own path (`/orders/{order_id}`); the effective route context (what FastAPI's own
+    telemetry reads) has the prefixed one."""
+    fastapi_scope = scope.get("fastapi")
+    context = (
+        fastapi_scope.get("effective_route_context") if isinstance(fastapi_scope, dict) else None
+    )
+    template = getattr(context, "path_format", None)
+    if not isinstance(template, str) or not template:
+        route = scope.get("route")
+        template = getattr(route, "path_format", None) or getattr(route, "path", None)
+    return template if isinstance(template, str) and template else "unmatched"
+
+
 class _BodyTooLarge(Exception):
     pass
 
 
 class RequestContextMiddleware:
     """Binds `X-Request-ID` (kept from the caller or generated) to the response and the logs,
-    refuses bodies over `max_body_bytes` with 413, and turns any unhandled exception into a 500
-    problem without a trace."""
+    refuses bodies over `max_body_bytes` with 413, opens the request's Stripe budget
+    (`stripe_deadline_seconds` for all its Stripe calls together), and turns any unhandled
+    exception into a 500 problem without a trace."""
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        stripe_deadline_seconds: float = DEFAULT_DEADLINE_SECONDS,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.stripe_deadline_seconds = stripe_deadline_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -89,7 +115,8 @@ class RequestContextMiddleware:
                 return message
 
             try:
-                await self.app(scope, limited_receive, send_with_id)
+                with stripe_budget(self.stripe_deadline_seconds):
+                    await self.app(scope, limited_receive, send_with_id)
             except _BodyTooLarge:
                 pass
             if too_large and status_holder["status"] is None:
@@ -100,8 +127,7 @@ class RequestContextMiddleware:
                 await internal_error_response()(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = route_template(scope)
             method = scope.get("method", "")
             HTTP_REQUESTS.labels(method, template, str(status_holder["status"] or 500)).inc()
             HTTP_LATENCY.labels(method, template).observe(elapsed)

@@ -27,6 +27,7 @@ from app.auth.dependencies import get_current_user
 from app.auth.jwt import Principal
 from app.config import Settings
 from app.errors import RateLimited
+from app.metrics import observe_rate_limited
 from app.openapi import mark_rate_limited
 
 Scope = Literal["purchase", "resume", "cancel", "sync", "payment_result", "refund_request"]
@@ -75,6 +76,7 @@ class RateLimiter:
             if not await self._strategy.test(item, scope, user_id):
                 stats = await self._strategy.get_window_stats(item, scope, user_id)
                 retry_after = math.ceil(stats.reset_time - time.time())
+                observe_rate_limited(scope)
                 raise RateLimited(
                     f"Too many {_WHAT[scope]}: at most {item}; try again in "
                     f"{max(1, retry_after)} s.",

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.config import Settings
 from app.db import session_scope
 from app.errors import PaymentProviderUnavailable
+from app.metrics import observe_reconcile
 from app.models.base import utcnow
 from app.orders import repository as orders_repository
 from app.orders.fulfillment import RefreshOutcome, refresh_order
@@ -162,4 +163,5 @@ async def run_reconciler(
     )
     if stripe.configured:
         summary.refunds_retried = await retry_unknown_refunds(maker, stripe)
+    observe_reconcile({**summary.outcomes, "error": summary.errors}, summary.refunds_retried)
     return summary

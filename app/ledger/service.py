@@ -24,7 +24,7 @@ from app.ledger import repository, statement_repository
 from app.ledger.repository import WalletRow
 from app.ledger.schemas import BalanceOut, TransactionOut
 from app.ledger.statement_repository import StatementLine
-from app.metrics import LEDGER_TRANSACTIONS
+from app.metrics import LEDGER_TRANSACTIONS, observe_posting
 from app.models.base import utcnow
 from app.models.ledger import LedgerTransaction, system_account_id
 from app.money import format_balance
@@ -130,7 +130,7 @@ async def post(
     now = utcnow()
 
     def posted(txn_id: str, wallets: dict[str, WalletRow]) -> PostResult:
-        LEDGER_TRANSACTIONS.labels(kind, "posted").inc()
+        observe_posting(kind, (leg.amount_micros for leg in legs))
         transaction = LedgerTransaction(
             id=txn_id,
             reference=reference,

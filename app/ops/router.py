@@ -12,6 +12,7 @@ from sqlalchemy import text
 
 from app.config import Settings
 from app.errors import NotFound, ServiceUnavailable, Unauthorized
+from app.metrics import observe_pools
 from app.openapi import problem_responses
 
 router = APIRouter(tags=["operations"])
@@ -77,4 +78,5 @@ async def metrics(request: Request) -> Response:
     """Metrics in the Prometheus text format; `Authorization: Bearer <BILLING_METRICS_TOKEN>`
     when that is set."""
     _check_metrics_access(request)
+    observe_pools(request.app.state.engine, getattr(request.app.state, "usage_store", None))
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

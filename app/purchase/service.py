@@ -35,6 +35,7 @@ from app.errors import (
 )
 from app.idempotency import hash_request
 from app.ids import new_id
+from app.metrics import observe_rate_limited
 from app.models.base import utcnow
 from app.models.orders import Order
 from app.money import format_amount, micros_to_cents, parse_amount, usd_to_micros
@@ -214,6 +215,7 @@ async def check_failed_payments(
 
 def _daily_cap(detail: str, limit: str, oldest: datetime | None, now: datetime) -> RateLimited:
     retry_after = int(((oldest or now) + DAY - now).total_seconds()) + 1
+    observe_rate_limited(limit)
     return RateLimited(detail, retry_after=retry_after, limit=limit)
 
 

@@ -6,8 +6,11 @@ derived from our ids, Stripe errors mapped to ours) and webhook verification.
 The app builds one in the lifespan as `app.state.stripe`.
 """
 
+from app.stripe_gateway.deadline import StripeBudget, current_budget, stripe_budget
 from app.stripe_gateway.errors import (
     StripeCardDeclined,
+    StripeCustomerMissing,
+    StripeDeadlineExceeded,
     StripeIdempotencyKeyReused,
     StripeObjectNotFound,
     StripeOutcomeUnknown,
@@ -22,14 +25,19 @@ from app.stripe_gateway.gateway import (
 )
 
 __all__ = [
+    "StripeBudget",
     "StripeCardDeclined",
+    "StripeCustomerMissing",
+    "StripeDeadlineExceeded",
     "StripeGateway",
     "StripeIdempotencyKeyReused",
     "StripeJSON",
     "StripeObjectNotFound",
     "StripeOutcomeUnknown",
     "StripeRequestFailed",
+    "current_budget",
     "expandable_id",
     "expanded",
+    "stripe_budget",
     "verify_webhook",
 ]

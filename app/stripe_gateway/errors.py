@@ -8,11 +8,15 @@ Two questions matter to a caller, and the classes answer them::
     ├── StripeRequestFailed (502, payment_provider_error)
     │   │                                  Stripe answered and refused: the call DID NOT happen
     │   ├── StripeObjectNotFound .......... the object does not exist at Stripe (404)
+    │   │   └── StripeCustomerMissing ..... the Customer we passed is gone (deleted at Stripe):
+    │   │                                  forget the stored id, create a new one, retry
     │   └── StripeCardDeclined
     ├── PaymentProviderUnavailable (503, payment_provider_unavailable, Retry-After)
     │   └── StripeOutcomeUnknown .......... no answer (timeout, connection), a 5xx, a 409 lock
     │                                      or a 429 after the SDK's retries: the call MAY have
     │                                      happened; repeat it later with the same idempotency key
+    │       └── StripeDeadlineExceeded .... the request's Stripe budget ran out
+    │                                      (`app.stripe_gateway.deadline`); same handling
     └── InternalError (500)
         └── StripeIdempotencyKeyReused .... we sent another request under an idempotency key
                                            already used with different parameters (our bug); an
@@ -80,6 +84,14 @@ class StripeObjectNotFound(StripeRequestFailed):
     title = "Payment provider object not found"
 
 
+class StripeCustomerMissing(StripeObjectNotFound):
+    """The Customer passed in the request does not exist at Stripe (deleted in the dashboard or
+    through the API): `resource_missing` on param `customer`. The request did not happen; the
+    caller forgets its stored customer id, creates a new Customer and repeats the request."""
+
+    title = "Payment provider customer not found"
+
+
 class StripeCardDeclined(PaymentDeclined, StripeRequestFailed):
     """The card was declined; `detail` is Stripe's message meant for the customer."""
 
@@ -111,8 +123,23 @@ class StripeOutcomeUnknown(PaymentProviderUnavailable):
     ) -> None:
         super().__init__(detail, retry_after=retry_after)
         self.reason = reason
-        """`timeout`, `connection`, `server_error`, `conflict` or `rate_limited`."""
+        """`timeout`, `connection`, `server_error`, `conflict`, `rate_limited` or `deadline`."""
         self.http_status = http_status
+
+
+class StripeDeadlineExceeded(StripeOutcomeUnknown):
+    """The request's (or job run's) time for Stripe work ran out: the call was cut off or never
+    started (`sent`). Handled like any unknown outcome: repeat later with the same key."""
+
+    def __init__(self, *, operation: str, sent: bool, retry_after: int = RETRY_AFTER_SECONDS):
+        super().__init__(
+            "The payment provider is slow to answer; nothing was completed. Try again shortly.",
+            reason="deadline",
+            retry_after=retry_after,
+        )
+        self.operation = operation
+        self.sent = sent
+        """Whether a request reached the wire (False: refused before it started)."""
 
 
 class StripeIdempotencyKeyReused(InternalError):
@@ -196,6 +223,8 @@ def map_stripe_error(
         exc.http_status == 404 or stripe_code == "resource_missing"
     ):
         log.info("stripe_object_not_found", message=exc.user_message, **log_fields)
+        if fields["param"] == "customer":
+            return StripeCustomerMissing(**fields)
         return StripeObjectNotFound(**fields)
     if isinstance(
         exc, stripe.InvalidRequestError | stripe.AuthenticationError | stripe.PermissionError

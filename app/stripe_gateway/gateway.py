@@ -8,17 +8,24 @@ as plain JSON (`StripeJSON`: the API's documented shape, the same shape a webhoo
 
 The SDK retries connection errors, timeouts, 409 and 5xx answers `max_network_retries` times
 (with the same idempotency key, with backoff 0.5 s then 1 s); each attempt is bounded by
-`stripe_timeout_seconds`. So one call takes at most about
-`(retries + 1) * timeout + 1.5 s` before it raises `StripeOutcomeUnknown`.
+`stripe_timeout_seconds`. On top of that every call runs inside the current Stripe budget
+(`app.stripe_gateway.deadline`: one per request or job run, `stripe_deadline_seconds`): attempts
+are cut to what remains, retries stop when it runs out, and the call raises
+`StripeDeadlineExceeded` (an `StripeOutcomeUnknown`, 503 with `Retry-After`). So all the Stripe
+work of one request ends within `stripe_deadline_seconds` (plus a few milliseconds).
+
+Each call is counted in `/metrics` (`billing_stripe_requests_total{operation, outcome}` and
+`billing_stripe_request_duration_seconds{operation}`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import stripe
@@ -26,9 +33,13 @@ import structlog
 from stripe._base_address import BaseAddresses
 
 from app.config import Settings
-from app.errors import InvalidSignature, PaymentsNotConfigured
+from app.errors import BillingError, InvalidSignature, PaymentsNotConfigured
+from app.metrics import STRIPE_CALLS, STRIPE_LATENCY
+from app.stripe_gateway.deadline import DeadlineHTTPXClient, stripe_budget
 from app.stripe_gateway.errors import (
+    StripeDeadlineExceeded,
     StripeObjectNotFound,
+    StripeOutcomeUnknown,
     StripeRequestFailed,
     map_stripe_error,
 )
@@ -65,13 +76,37 @@ MAX_IDEMPOTENCY_KEY_CHARS = 255
 """Stripe refuses longer idempotency keys."""
 
 
-def customer_idempotency_key(user_id: str) -> str:
+def customer_idempotency_key(user_id: str, *, replaces: str | None = None) -> str:
     """`customer:<user_id>`, or `customer-sha256:<hex>` when that would be longer than Stripe
-    accepts (a user id may be up to 255 characters): the same user always gets the same key."""
-    key = f"customer:{user_id}"
+    accepts (a user id may be up to 255 characters): the same user always gets the same key.
+    A Customer replacing a deleted one: `customer-replacing:<cus_id>:<user_id>` (hashed the
+    same way when too long)."""
+    prefix = f"customer-replacing:{replaces}" if replaces else "customer"
+    key = f"{prefix}:{user_id}"
     if len(key) <= MAX_IDEMPOTENCY_KEY_CHARS:
         return key
-    return "customer-sha256:" + hashlib.sha256(user_id.encode()).hexdigest()
+    return f"{prefix}-sha256:" + hashlib.sha256(user_id.encode()).hexdigest()
+
+
+def _bind(
+    method: Callable[[dict[str, Any]], Awaitable[stripe.StripeObject]], params: dict[str, Any]
+) -> Callable[[], Awaitable[stripe.StripeObject]]:
+    """`make` for `_call` with a copy of `params` taken now (not when it runs)."""
+    frozen = dict(params)
+    return lambda: method(frozen)
+
+
+def _outcome(exc: BillingError) -> str:
+    """A bounded label for how a Stripe call failed."""
+    if isinstance(exc, StripeDeadlineExceeded):
+        return "deadline"
+    if isinstance(exc, StripeOutcomeUnknown):
+        return exc.reason  # timeout, connection, server_error, conflict, rate_limited
+    if isinstance(exc, StripeObjectNotFound):
+        return "not_found"
+    if isinstance(exc, StripeRequestFailed):
+        return "declined" if exc.code == "payment_declined" else "refused"
+    return exc.code
 
 
 def _plain(obj: stripe.StripeObject) -> StripeJSON:
@@ -92,7 +127,7 @@ class StripeGateway:
         self._http: stripe.HTTPClient | None = None
         self._client: stripe.StripeClient | None = None
         if settings.stripe_secret_key is not None and settings.stripe_secret_key.get_secret_value():
-            self._http = http_client or stripe.HTTPXClient(timeout=settings.stripe_timeout_seconds)
+            self._http = http_client or DeadlineHTTPXClient(timeout=settings.stripe_timeout_seconds)
             base: BaseAddresses = {}
             if settings.stripe_api_base:
                 base["api"] = settings.stripe_api_base.rstrip("/")
@@ -134,28 +169,63 @@ class StripeGateway:
         idempotency_key: str | None = None,
     ) -> StripeJSON:
         started = time.monotonic()
-        try:
-            result = await make()
-        except stripe.StripeError as exc:
-            raise map_stripe_error(
-                exc, operation=operation, idempotency_key=idempotency_key
-            ) from exc
+        outcome = "ok"
+        # A budget of its own, inside the request's or job run's (it can only be shorter).
+        with stripe_budget(self._settings.stripe_deadline_seconds) as budget:
+            try:
+                left = budget.remaining()
+                if left <= 0:
+                    raise StripeDeadlineExceeded(operation=operation, sent=False)
+                try:
+                    # The transport cuts each attempt to the budget; this is the backstop for
+                    # an injected HTTP client that does not.
+                    async with asyncio.timeout(left + 0.25):
+                        result = await make()
+                except TimeoutError:
+                    raise StripeDeadlineExceeded(operation=operation, sent=True) from None
+                except stripe.StripeError as exc:
+                    mapped = map_stripe_error(
+                        exc, operation=operation, idempotency_key=idempotency_key
+                    )
+                    if isinstance(mapped, StripeOutcomeUnknown) and budget.remaining() <= 0.05:
+                        raise StripeDeadlineExceeded(operation=operation, sent=True) from exc
+                    raise mapped from exc
+            except BillingError as exc:
+                outcome = _outcome(exc)
+                if isinstance(exc, StripeDeadlineExceeded):
+                    log.warning(
+                        "stripe_deadline_exceeded",
+                        operation=operation,
+                        sent=exc.sent,
+                        idempotency_key=idempotency_key,
+                    )
+                raise
+            finally:
+                elapsed = time.monotonic() - started
+                STRIPE_CALLS.labels(operation, outcome).inc()
+                STRIPE_LATENCY.labels(operation).observe(elapsed)
         log.debug(
             "stripe_call",
             operation=operation,
             idempotency_key=idempotency_key,
-            ms=round((time.monotonic() - started) * 1000, 1),
+            ms=round(elapsed * 1000, 1),
         )
         return _plain(result)
 
     # -- customers -----------------------------------------------------------------------------
 
-    async def get_or_create_customer(self, user_id: str, email: str | None) -> StripeJSON:
+    async def get_or_create_customer(
+        self, user_id: str, email: str | None, *, replaces: str | None = None
+    ) -> StripeJSON:
         """The user's Stripe Customer (`metadata.user_id`), created with idempotency key
         `customer_idempotency_key(user_id)`: repeated or concurrent calls within Stripe's 24 h
         key window get the same customer. Callers store its id (`stripe_customers`) and call
-        this only when they have none."""
-        key = customer_idempotency_key(user_id)
+        this only when they have none.
+
+        `replaces`: the id of the user's Customer that Stripe no longer has
+        (`StripeCustomerMissing`). The new one is created under a key derived from it, because
+        the user's usual key would replay the deleted Customer for up to 24 h."""
+        key = customer_idempotency_key(user_id, replaces=replaces)
         params: dict[str, Any] = {"metadata": {"user_id": user_id}}
         if email:
             params["email"] = email
@@ -371,6 +441,37 @@ class StripeGateway:
             "refunds.create",
             lambda: self._v1.refunds.create_async(params, {"idempotency_key": key}),
             idempotency_key=key,
+        )
+
+    async def list_refunds(self, *, payment_intent: str, page_size: int = 100) -> list[StripeJSON]:
+        """Every refund of a PaymentIntent (our API's and the dashboard's), newest first, all
+        pages read (`starting_after`). Stripe cannot search refunds by metadata: match
+        `metadata.refund_request_id` in code to find the one a lost answer created."""
+        return [refund async for refund in self.iter_refunds(payment_intent, page_size)]
+
+    async def iter_refunds(
+        self, payment_intent: str, page_size: int = 100
+    ) -> AsyncIterator[StripeJSON]:
+        """`list_refunds` one refund at a time, fetching a page (one Stripe call, counted as
+        `refunds.list`) when the previous one is used up."""
+        params: dict[str, Any] = {"payment_intent": payment_intent, "limit": page_size}
+        while True:
+            page = await self._call("refunds.list", _bind(self._v1.refunds.list_async, params))
+            data = page.get("data") or []
+            for refund in data:
+                yield refund
+            if not page.get("has_more") or not data:
+                return
+            params["starting_after"] = data[-1]["id"]
+
+    async def retrieve_dispute(self, dispute_id: str) -> StripeJSON:
+        """A Dispute (`status`: `warning_needs_response`, `warning_under_review`,
+        `warning_closed` for an inquiry, which moves no money; `needs_response`,
+        `under_review`, `won`, `lost` for a chargeback). `balance_transactions` lists what
+        Stripe withdrew (negative `amount`) and reinstated (positive), empty for an
+        inquiry; `is_charge_refundable` says whether the charge can still be refunded."""
+        return await self._call(
+            "disputes.retrieve", lambda: self._v1.disputes.retrieve_async(dispute_id)
         )
 
     async def retrieve_refund(self, refund_id: str) -> StripeJSON:

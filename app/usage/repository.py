@@ -42,7 +42,7 @@ from app.ledger.holds import HoldResult
 from app.ledger.holds_repository import HoldRow
 from app.ledger.repository import WalletRow
 from app.ledger.service import insufficient_balance
-from app.metrics import LEDGER_TRANSACTIONS
+from app.metrics import LEDGER_MICROS, LEDGER_TRANSACTIONS
 from app.models.base import utcnow
 from app.models.ledger import system_account_id
 from app.usage.batch import ExistingDebit, plan_batch
@@ -61,6 +61,10 @@ APPLICATION_NAME = "billing-gateway"
 """The pool's `application_name`, so operators (and tests) can tell its connections apart."""
 
 log = structlog.get_logger(__name__)
+
+# Bound once: `labels()` takes a lock and builds a key, too dear per debit on the hot path.
+_USAGE_POSTED = LEDGER_TRANSACTIONS.labels(USAGE_KIND, "posted")
+_USAGE_MICROS = LEDGER_MICROS.labels(USAGE_KIND)
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -352,7 +356,8 @@ class PostgresUsageStore:
         wallet = _wallet(row, 1)
         outcome = row[0]
         if outcome == "applied":
-            LEDGER_TRANSACTIONS.labels(USAGE_KIND, "posted").inc()
+            _USAGE_POSTED.inc()
+            _USAGE_MICROS.inc(debit.amount_micros)
             return Debited(txn_id, debit.request_hash, False, wallet)
         if outcome == "replayed":
             LEDGER_TRANSACTIONS.labels(USAGE_KIND, "replayed").inc()
@@ -425,7 +430,8 @@ class PostgresUsageStore:
                 )
         applied = len(plan.writes)
         if applied:
-            LEDGER_TRANSACTIONS.labels(USAGE_KIND, "posted").inc(applied)
+            _USAGE_POSTED.inc(applied)
+            _USAGE_MICROS.inc(sum(w.debit.amount_micros for w in plan.writes))
         replayed = sum(isinstance(o, Debited) and o.replayed for o in plan.outcomes)
         if replayed:
             LEDGER_TRANSACTIONS.labels(USAGE_KIND, "replayed").inc(replayed)
@@ -493,6 +499,7 @@ class PostgresUsageStore:
             return await self._resolved_before(hold_id, "captured", resolution_hash)
         if amount_micros > 0:
             LEDGER_TRANSACTIONS.labels("hold_capture", "posted").inc()
+            LEDGER_MICROS.labels("hold_capture").inc(amount_micros)
         wallet = _wallet(row, 10)
         assert wallet is not None
         return HoldResult(_hold(row), wallet, replayed=False)

@@ -251,30 +251,98 @@ class StripePeer:
         payment_intent: str | None = None,
         charge: str | None = None,
         amount: int | None = None,
-        reason: str = "fraudulent",
+        reason: str | None = None,
+        inquiry: bool = False,
     ) -> dict[str, Any]:
         """The cardholder disputes the charge (`amount` in cents, default the unrefunded
-        rest): dispute `needs_response`, charge `disputed=true` (refunds now refused with
-        `charge_disputed`); events `charge.dispute.created`, `charge.dispute.funds_withdrawn`.
-        Returns the dispute (`id` dp_…, `charge`, `payment_intent`, `amount`, `status`)."""
-        body: dict[str, Any] = {"reason": reason}
+        rest); charge `disputed=true`. Returns the dispute (`id` dp_…, `charge`,
+        `payment_intent`, `amount`, `status`, `balance_transactions`, `is_charge_refundable`).
+
+        - A chargeback (default): `needs_response`, the amount withdrawn at once (one balance
+          transaction, `amount` negative), refunds refused with `charge_disputed`; events
+          `charge.dispute.created`, `charge.dispute.funds_withdrawn`.
+        - `inquiry=True` (a pre-dispute inquiry, e.g. Amex): `warning_needs_response`, no money
+          moved (`balance_transactions: []`), `is_charge_refundable: true` (refunds allowed);
+          event `charge.dispute.created` only."""
+        body: dict[str, Any] = {"inquiry": inquiry}
         for key, value in (
             ("payment_intent", payment_intent),
             ("charge", charge),
             ("amount", amount),
+            ("reason", reason),
         ):
             if value is not None:
                 body[key] = value
         result: dict[str, Any] = await self._call("POST", "/_test/disputes", body)
         return result
 
-    async def close_dispute(self, dispute_id: str, *, won: bool) -> dict[str, Any]:
-        """The bank decides: `won` or `lost`; events `charge.dispute.closed` (and
-        `charge.dispute.funds_reinstated` when won). Returns the dispute."""
+    async def update_dispute(self, dispute_id: str, *, status: str) -> dict[str, Any]:
+        """Evidence submitted: `warning_under_review` (inquiry) or `under_review`
+        (chargeback), event `charge.dispute.updated`; or an inquiry escalated to a chargeback:
+        `needs_response`, events `charge.dispute.updated`, `charge.dispute.funds_withdrawn`.
+        Returns the dispute."""
         result: dict[str, Any] = await self._call(
-            "POST", f"/_test/disputes/{dispute_id}/close", {"status": "won" if won else "lost"}
+            "POST", f"/_test/disputes/{dispute_id}/update", {"status": status}
         )
         return result
+
+    async def close_dispute(
+        self, dispute_id: str, *, won: bool | None = None, status: str | None = None
+    ) -> dict[str, Any]:
+        """The bank decides a chargeback: `won` (events `charge.dispute.closed`,
+        `charge.dispute.funds_reinstated`; a second balance transaction, `amount` positive) or
+        lost (`charge.dispute.closed`). An inquiry closes as `warning_closed` whatever `won`
+        says (`charge.dispute.closed`, no money). `status` names the end state directly.
+        Returns the dispute."""
+        if status is None:
+            status = "won" if won else "lost"
+        result: dict[str, Any] = await self._call(
+            "POST", f"/_test/disputes/{dispute_id}/close", {"status": status}
+        )
+        return result
+
+    # -- customers --------------------------------------------------------------------------------
+
+    async def delete_customer(self, customer_id: str) -> dict[str, Any]:
+        """The customer is deleted at Stripe (dashboard or API): later requests passing it get
+        `resource_missing` with `param: customer`; retrieving it answers
+        `{"id", "object": "customer", "deleted": true}`. Event `customer.deleted`."""
+        response = await self._http.delete(
+            f"/v1/customers/{customer_id}", headers={"Authorization": f"Bearer {self.api_key}"}
+        )
+        payload: dict[str, Any] = response.json()
+        if response.status_code >= 400:
+            raise PeerError(response.status_code, payload)
+        return payload
+
+    # -- webhooks delivered by the peer ----------------------------------------------------------
+
+    async def hold_webhooks(self, *, types: list[str] | None = None) -> None:
+        """Queue the URL deliveries of new events (of `types`; `refund.*` matches a prefix)
+        until `release_webhooks()`."""
+        await self._call("POST", "/_test/webhooks/mode", {"mode": "hold", "types": types})
+
+    async def drop_webhooks(
+        self, *, types: list[str] | None = None, times: int | None = None
+    ) -> None:
+        """Never deliver new events (of `types`, the next `times` of them) to URL endpoints:
+        Stripe's deliveries lost. They stay in `events()` for a test to deliver by hand."""
+        await self._call(
+            "POST", "/_test/webhooks/mode", {"mode": "drop", "types": types, "times": times}
+        )
+
+    async def deliver_webhooks(self) -> None:
+        """Back to delivering new events at once (held ones stay held until released)."""
+        await self._call("POST", "/_test/webhooks/mode", {"mode": "deliver"})
+
+    async def release_webhooks(
+        self, order: str = "forward", *, seed: int | None = None
+    ) -> list[str]:
+        """Deliver the held events one after the other: `forward`, `reverse` or `shuffle`
+        (with `seed`). Returns the event ids in the order they are delivered."""
+        result = await self._call("POST", "/_test/webhooks/release", {"order": order, "seed": seed})
+        released: list[str] = result["released"]
+        return released
 
     # -- faults ---------------------------------------------------------------------------------
 
@@ -286,7 +354,7 @@ class StripePeer:
         kind: str = "status",
         status: int = 500,
         seconds: float = 30.0,
-        times: int = 1,
+        times: int | None = 1,
         apply: bool = False,
         error: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
@@ -300,6 +368,10 @@ class StripePeer:
         - `kind="hang"`: hold the request `seconds` before answering 504 (the client times
           out first).
         - `kind="drop"`: close the connection without an answer.
+        - `kind="delay"`: wait `seconds`, then carry the request out and answer it as usual
+          (see `slow_down()`).
+
+        `times=None`: every matching request until `clear_faults()`.
 
         `apply=True` carries the request out first (the object is created, the idempotency key
         stored) and only then fails the answer: "Stripe did it but we never heard". Faulted
@@ -320,6 +392,31 @@ class StripePeer:
             },
         )
         return result
+
+    async def slow_down(
+        self, seconds: float, *, path: str = "/v1/", method: str = "*", times: int | None = None
+    ) -> dict[str, Any]:
+        """Stripe slows down: every API request (or those matching `method` and the `path`
+        prefix; the next `times`, default all until `clear_faults()`) waits `seconds`, then is
+        carried out and answered as usual."""
+        result: dict[str, Any] = await self._call(
+            "POST",
+            "/_test/faults",
+            {"method": method, "path": path, "kind": "delay", "seconds": seconds, "times": times},
+        )
+        return result
+
+    async def lose_answer(
+        self, method: str, path: str, *, how: str = "drop", times: int = 1
+    ) -> dict[str, Any]:
+        """Carry out the next matching request, then lose its answer: `drop` the connection or
+        answer `500`. "Stripe did it but we never heard" (its idempotency key is stored, so a
+        retry under the same key gets the original answer)."""
+        if how == "drop":
+            return await self.inject_fault(method, path, kind="drop", apply=True, times=times)
+        return await self.inject_fault(
+            method, path, kind="status", status=int(how), apply=True, times=times
+        )
 
     async def clear_faults(self) -> None:
         await self._call("DELETE", "/_test/faults")

@@ -192,6 +192,10 @@ async def fault_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     request["log_entry"]["fault"] = fault.kind
     log.info("fault %s on %s %s", fault.kind, request.method, request.path)
+    if fault.kind == "delay":
+        # Stripe is slow: the request waits, then is carried out and answered as usual.
+        await asyncio.sleep(fault.seconds)
+        return await handler(request)
     if fault.kind == "status":
         if fault.apply:
             await handler(request)
@@ -374,6 +378,18 @@ def _line_items(world: World, request: web.Request, q: dict[str, Any]) -> Any:
     return world.export(session, ["line_items"])["line_items"]
 
 
+async def _customer_get(request: web.Request) -> web.StreamResponse:
+    """A deleted customer answers Stripe's deleted stub; the rest is localstripe's."""
+    world = request.app[WORLD]
+    stub = world.retrieve_customer(_id(request))
+    if stub is not None:
+        return json_response(stub)
+    response: web.StreamResponse = ls_server.api_retrieve(ls_resources.Customer, "/v1/customers")(
+        request
+    )
+    return response
+
+
 def _get(kind: str, object_name: str) -> Callable[[World, web.Request, dict[str, Any]], Any]:
     def get(world: World, request: web.Request, q: dict[str, Any]) -> Any:
         if object_name == "checkout.session":
@@ -410,6 +426,7 @@ API_ROUTES: list[tuple[str, str, Callable[[World, web.Request, dict[str, Any]], 
     ),
     ("GET", "/v1/disputes", _dispute_list),
     ("GET", "/v1/disputes/{id}", _get("dispute", "dispute")),
+    ("DELETE", "/v1/customers/{id}", lambda w, r, p: w.delete_customer(_id(r))),
     ("GET", "/v1/events", _event_list),
     ("GET", "/v1/events/{id}", _get("event", "event")),
 ]
@@ -553,6 +570,23 @@ CONTROL_ROUTES: list[tuple[str, str, Callable[[World, web.Request, dict[str, Any
     ("POST", "/_test/disputes", lambda w, r, p: w.create_dispute(p)),
     (
         "POST",
+        "/_test/disputes/{id}/update",
+        lambda w, r, p: w.update_dispute(_id(r), status=str(p.get("status", ""))),
+    ),
+    (
+        "POST",
+        "/_test/webhooks/mode",
+        lambda w, r, p: w.set_webhook_mode(
+            str(p.get("mode", "deliver")), types=p.get("types"), times=p.get("times")
+        ),
+    ),
+    (
+        "POST",
+        "/_test/webhooks/release",
+        lambda w, r, p: w.release_webhooks(str(p.get("order", "forward")), seed=p.get("seed")),
+    ),
+    (
+        "POST",
         "/_test/disputes/{id}/close",
         lambda w, r, p: w.close_dispute(_id(r), status=str(p.get("status", ""))),
     ),
@@ -641,6 +675,8 @@ def create_app(world: World | None = None) -> web.Application:
     app[WORLD] = world or World()
     for method, path, func in API_ROUTES:
         app.router.add_route(method, path, api(func))
+    app.router.add_route("GET", "/v1/customers/{id}", _customer_get)
+    own = {(method, path) for method, path, _ in API_ROUTES} | {("GET", "/v1/customers/{id}")}
     for method, path, func in CONTROL_ROUTES:
         app.router.add_route(method, path, control(func))
     app.router.add_route("GET", "/checkout/pay/{id}", checkout_page)
@@ -649,7 +685,7 @@ def create_app(world: World | None = None) -> web.Application:
     # Everything else (customers, payment methods, …) is localstripe's.
     for route in ls_server.app.router.routes():
         path = route.resource.canonical if route.resource is not None else ""
-        if path and not path.startswith(_OWN_PREFIXES):
+        if path and not path.startswith(_OWN_PREFIXES) and (route.method, path) not in own:
             app.router.add_route(route.method, path, route.handler)
 
     async def sweeper(app: web.Application) -> Any:

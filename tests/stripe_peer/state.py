@@ -75,6 +75,12 @@ CARD_ALIASES = {
 }
 """Friendly names the control endpoints accept for `payment_method`."""
 
+DISPUTE_CLOSED = ("warning_closed", "won", "lost")
+"""Dispute statuses after which nothing more happens to it."""
+
+DISPUTE_FEE_CENTS = 1500
+"""Stripe's dispute fee, shown on the withdrawal's balance transaction (not moved by us)."""
+
 _CANCELABLE_PI = (
     "requires_payment_method",
     "requires_capture",
@@ -237,13 +243,14 @@ class EventRecord:
 
 @dataclass
 class Fault:
-    """Answer the next `times` requests matching method + path prefix with a fault."""
+    """Answer the next `times` requests matching method + path prefix with a fault (`times`
+    None: every one, until the faults are cleared)."""
 
     id: str
     method: str
     path: str
-    kind: str  # status | hang | drop
-    times: int
+    kind: str  # status | hang | drop | delay
+    times: int | None
     status: int = 500
     seconds: float = 0.0
     apply: bool = False
@@ -304,6 +311,11 @@ class World:
         self.faults: list[Fault] = []
         self.refund_behavior: dict[str, Any] = {"status": "succeeded", "times": None}
         self.clock_offset = 0.0
+        self.webhook_mode: dict[str, Any] = {"mode": "deliver", "types": None, "times": None}
+        """How new events reach URL endpoints: `deliver` (at once), `hold` (queued until
+        `release_webhooks()`), `drop` (never; Stripe's deliveries lost)."""
+        self.held: list[tuple[EventRecord, Delivery]] = []
+        self.deleted_customers: set[str] = set()
         for task in list(self._tasks):
             task.cancel()
         self._tasks.clear()
@@ -440,20 +452,77 @@ class World:
             deliveries=[Delivery(e.id, e.url, sign(payload, e.secret, now)) for e in targets],
         )
         self.events.append(record)
+        mode = self._webhook_mode_for(event_type)
         for delivery in record.deliveries:
-            if delivery.url:
+            if not delivery.url:
+                continue
+            if mode == "drop":
+                delivery.attempts.append({"attempt": 0, "at": time.time(), "dropped": True})
+            elif mode == "hold":
+                self.held.append((record, delivery))
+            else:
                 self._spawn(self._deliver(record, delivery))
         return record
+
+    def _webhook_mode_for(self, event_type: str) -> str:
+        mode = self.webhook_mode
+        if mode["mode"] == "deliver":
+            return "deliver"
+        types = mode["types"]
+        if types and not any(
+            event_type == t or (t.endswith(".*") and event_type.startswith(t[:-1])) for t in types
+        ):
+            return "deliver"
+        if mode["times"] is not None:
+            mode["times"] -= 1
+            if mode["times"] <= 0:
+                self.webhook_mode = {"mode": "deliver", "types": None, "times": None}
+        return str(mode["mode"])
+
+    def set_webhook_mode(
+        self, mode: str, *, types: list[str] | None = None, times: int | None = None
+    ) -> dict[str, Any]:
+        """Control: `deliver`, `hold` or `drop` the URL deliveries of new events (of `types`,
+        `a.*` matching a prefix; for the next `times` events, or until changed)."""
+        if mode not in ("deliver", "hold", "drop"):
+            raise ApiError(400, "mode must be deliver, hold or drop")
+        self.webhook_mode = {"mode": mode, "types": types or None, "times": times}
+        return {**self.webhook_mode, "held": len(self.held)}
+
+    def release_webhooks(
+        self, order: str = "forward", *, seed: int | None = None
+    ) -> dict[str, Any]:
+        """Control: deliver the held events, one after the other, `forward` (as they
+        happened), `reverse`, or `shuffle`d. Returns the event ids in delivery order."""
+        import random
+
+        held, self.held = self.held, []
+        if order == "reverse":
+            held.reverse()
+        elif order == "shuffle":
+            random.Random(seed).shuffle(held)
+        elif order != "forward":
+            raise ApiError(400, "order must be forward, reverse or shuffle")
+
+        async def in_sequence() -> None:
+            for record, delivery in held:
+                await self._deliver(record, delivery, delay=0.0)
+
+        if held:
+            self._spawn(in_sequence())
+        return {"released": [record.event["id"] for record, _ in held]}
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _deliver(self, record: EventRecord, delivery: Delivery) -> None:
+    async def _deliver(
+        self, record: EventRecord, delivery: Delivery, *, delay: float = DELIVERY_DELAY_SECONDS
+    ) -> None:
         import aiohttp
 
-        await asyncio.sleep(DELIVERY_DELAY_SECONDS)
+        await asyncio.sleep(delay)
         endpoint = self.endpoints.get(delivery.endpoint_id)
         if endpoint is None or not delivery.url:
             return
@@ -509,6 +578,25 @@ class World:
     def require_customer(self, customer_id: str, param: str = "customer") -> None:
         if store.get("customer:" + customer_id) is None:
             raise not_found("customer", customer_id, param)
+
+    def delete_customer(self, customer_id: str) -> dict[str, Any]:
+        """`DELETE /v1/customers/{id}`: the customer is gone for good; passing it later is
+        `resource_missing` on param `customer`; retrieving it answers the deleted stub.
+        Event `customer.deleted` (the customer as it was)."""
+        customer = store.get("customer:" + customer_id)
+        if customer is None:
+            raise not_found("customer", customer_id)
+        snapshot = customer._export()
+        del store["customer:" + customer_id]
+        self.deleted_customers.add(customer_id)
+        self.emit("customer.deleted", snapshot)
+        return {"id": customer_id, "object": "customer", "deleted": True}
+
+    def retrieve_customer(self, customer_id: str) -> dict[str, Any] | None:
+        """The deleted stub Stripe answers for a deleted customer, or None (not ours)."""
+        if customer_id in self.deleted_customers:
+            return {"id": customer_id, "object": "customer", "deleted": True}
+        return None
 
     def customer_email(self, customer_id: str | None) -> str | None:
         if not customer_id:
@@ -1290,7 +1378,7 @@ class World:
                 f"Charge {charge['id']} has not succeeded; it cannot be refunded.",
                 param="charge",
             )
-        if charge["disputed"]:
+        if self._refund_blocked_by_dispute(charge):
             raise ApiError(
                 400,
                 f"Charge {charge['id']} has been charged back; cannot issue a refund.",
@@ -1398,13 +1486,86 @@ class World:
             return self.objects[pi["latest_charge"]]
         raise ApiError(400, "charge or payment_intent is required")
 
+    def _open_dispute(self, charge_id: str) -> dict[str, Any] | None:
+        """The charge's dispute that is not closed yet (an inquiry or a chargeback), if any."""
+        for obj in self.objects.values():
+            if (
+                obj.get("object") == "dispute"
+                and obj["charge"] == charge_id
+                and obj["status"] not in DISPUTE_CLOSED
+            ):
+                return obj
+        return None
+
+    def _refund_blocked_by_dispute(self, charge: dict[str, Any]) -> bool:
+        """Stripe refuses refunds of a charged-back payment (open or lost); an open inquiry
+        (`is_charge_refundable`) and a won chargeback do not block them."""
+        for obj in self.objects.values():
+            if obj.get("object") == "dispute" and obj["charge"] == charge["id"]:
+                if obj["status"] == "lost":
+                    return True
+                if obj["status"] not in DISPUTE_CLOSED and not obj["is_charge_refundable"]:
+                    return True
+        return False
+
+    def _balance_transaction(
+        self, dispute: dict[str, Any], amount: int, description: str, category: str
+    ) -> dict[str, Any]:
+        """A dispute's balance transaction as Stripe embeds it in `balance_transactions`:
+        negative `amount` for the withdrawal, positive for the reinstatement."""
+        now = int(time.time())
+        fee = DISPUTE_FEE_CENTS if amount < 0 else 0
+        return {
+            "id": random_id("txn_"),
+            "object": "balance_transaction",
+            "amount": amount,
+            "available_on": now + 2 * 86400,
+            "created": now,
+            "currency": dispute["currency"],
+            "description": description,
+            "exchange_rate": None,
+            "fee": fee,
+            "fee_details": (
+                [
+                    {
+                        "amount": fee,
+                        "application": None,
+                        "currency": dispute["currency"],
+                        "description": "Dispute fee",
+                        "type": "stripe_fee",
+                    }
+                ]
+                if fee
+                else []
+            ),
+            "net": amount - fee,
+            "reporting_category": category,
+            "source": dispute["id"],
+            "status": "pending",
+            "type": "adjustment",
+        }
+
+    def _withdraw(self, dispute: dict[str, Any]) -> None:
+        dispute["balance_transactions"].append(
+            self._balance_transaction(
+                dispute,
+                -dispute["amount"],
+                f"Chargeback withdrawal for {dispute['charge']}",
+                "dispute",
+            )
+        )
+        self.emit("charge.dispute.funds_withdrawn", dispute)
+
     def create_dispute(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Control: the cardholder disputes a charge."""
+        """Control: the cardholder disputes a charge. A chargeback (`needs_response`) withdraws
+        the amount at once; an inquiry (`inquiry=true`, `warning_needs_response`) moves no money
+        and leaves the charge refundable."""
         charge = self._charge_for(params)
         if charge["status"] != "succeeded":
             raise ApiError(400, f"Charge {charge['id']} has not succeeded.")
-        if charge["disputed"]:
+        if self._open_dispute(charge["id"]) is not None:
             raise ApiError(400, f"Charge {charge['id']} is already disputed.")
+        inquiry = _bool(params.get("inquiry", False))
         amount = int(params.get("amount") or charge["amount"] - charge["amount_refunded"])
         now = int(time.time())
         dispute = self._put(
@@ -1423,28 +1584,72 @@ class World:
                     "past_due": False,
                     "submission_count": 0,
                 },
-                "is_charge_refundable": False,
+                "is_charge_refundable": inquiry,
                 "livemode": False,
                 "metadata": {},
                 "payment_intent": charge["payment_intent"],
-                "reason": params.get("reason") or "fraudulent",
-                "status": "needs_response",
+                "reason": params.get("reason") or ("general" if inquiry else "fraudulent"),
+                "status": "warning_needs_response" if inquiry else "needs_response",
             }
         )
         charge["disputed"] = True
         self.emit("charge.dispute.created", dispute)
-        self.emit("charge.dispute.funds_withdrawn", dispute)
+        if not inquiry:
+            self._withdraw(dispute)
+        return self.export(dispute)
+
+    def update_dispute(self, dispute_id: str, *, status: str) -> dict[str, Any]:
+        """Control: evidence submitted (`warning_under_review` for an inquiry, `under_review`
+        for a chargeback: `charge.dispute.updated`), or an inquiry escalated to a chargeback
+        (`needs_response`: `charge.dispute.updated` then `charge.dispute.funds_withdrawn`)."""
+        dispute = self.get(dispute_id, "dispute", "dispute")
+        current = dispute["status"]
+        allowed = {
+            "warning_needs_response": ("warning_under_review", "needs_response"),
+            "warning_under_review": ("needs_response",),
+            "needs_response": ("under_review",),
+        }
+        if status not in allowed.get(current, ()):
+            raise ApiError(400, f"Dispute {dispute_id} is {current}; it cannot become {status}.")
+        previous: dict[str, Any] = {"status": current}
+        dispute["status"] = status
+        if status == "needs_response":
+            previous["is_charge_refundable"] = dispute["is_charge_refundable"]
+            dispute["is_charge_refundable"] = False
+        else:
+            dispute["evidence_details"]["has_evidence"] = True
+            dispute["evidence_details"]["submission_count"] += 1
+        self.emit("charge.dispute.updated", dispute, previous)
+        if status == "needs_response":
+            self._withdraw(dispute)
         return self.export(dispute)
 
     def close_dispute(self, dispute_id: str, *, status: str) -> dict[str, Any]:
-        """Control: the bank decides the dispute (`won` or `lost`)."""
+        """Control: the bank decides a chargeback (`won`: `charge.dispute.closed` then
+        `charge.dispute.funds_reinstated`, with the reinstatement in `balance_transactions`;
+        `lost`: `charge.dispute.closed`), or an inquiry closes (`warning_closed`:
+        `charge.dispute.closed`, no money either way)."""
         dispute = self.get(dispute_id, "dispute", "dispute")
-        if status not in ("won", "lost"):
-            raise ApiError(400, "status must be won or lost")
-        if dispute["status"] in ("won", "lost"):
+        inquiry = dispute["status"].startswith("warning_")
+        if dispute["status"] in DISPUTE_CLOSED:
             raise ApiError(400, f"Dispute {dispute_id} is already closed ({dispute['status']}).")
+        if inquiry and status not in ("warning_closed", "won"):
+            raise ApiError(400, "an inquiry closes as warning_closed")
+        if not inquiry and status not in ("won", "lost"):
+            raise ApiError(400, "status must be won or lost")
+        if inquiry:
+            status = "warning_closed"
         previous = {"status": dispute["status"]}
         dispute["status"] = status
+        if status == "won":
+            dispute["balance_transactions"].append(
+                self._balance_transaction(
+                    dispute,
+                    dispute["amount"],
+                    f"Chargeback reversal for {dispute['charge']}",
+                    "dispute_reversal",
+                )
+            )
         self.emit("charge.dispute.closed", dispute, previous)
         if status == "won":
             self.emit("charge.dispute.funds_reinstated", dispute)
@@ -1457,14 +1662,14 @@ class World:
 
     def add_fault(self, spec: dict[str, Any]) -> Fault:
         kind = spec.get("kind", "status")
-        if kind not in ("status", "hang", "drop"):
-            raise ApiError(400, "kind must be status, hang or drop")
+        if kind not in ("status", "hang", "drop", "delay"):
+            raise ApiError(400, "kind must be status, hang, drop or delay")
         fault = Fault(
             id=random_id("fault_", 8),
             method=str(spec.get("method", "*")).upper(),
             path=str(spec.get("path", "/v1/")),
             kind=kind,
-            times=int(spec.get("times", 1)),
+            times=None if spec.get("times", 1) is None else int(spec.get("times", 1)),
             status=int(spec.get("status", 500)),
             seconds=float(spec.get("seconds", 30.0)),
             apply=bool(spec.get("apply", False)),
@@ -1477,9 +1682,10 @@ class World:
     def take_fault(self, method: str, path: str) -> Fault | None:
         for fault in self.faults:
             if fault.matches(method, path):
-                fault.times -= 1
-                if fault.times <= 0:
-                    self.faults.remove(fault)
+                if fault.times is not None:
+                    fault.times -= 1
+                    if fault.times <= 0:
+                        self.faults.remove(fault)
                 return fault
         return None
 
