@@ -13,7 +13,8 @@ Every error a client can see is a `BillingError` carrying its HTTP status and a 
     │   ├── OrderNotResumable ............... order_not_resumable
     │   ├── OrderNotCancelable .............. order_not_cancelable
     │   ├── RefundNotEligible ............... refund_not_eligible
-    │   └── InvalidStateTransition .......... invalid_state
+    │   ├── InvalidStateTransition .......... invalid_state
+    │   └── EventInProgress ................. event_in_progress
     ├── PaymentRequired (402)
     │   ├── InsufficientBalance ............. insufficient_balance
     │   └── PaymentDeclined ................. payment_declined
@@ -154,6 +155,17 @@ class InvalidStateTransition(Conflict):
 
     code = "invalid_state"
     title = "Invalid state"
+
+
+class EventInProgress(Conflict):
+    """Another delivery of this Stripe event is being applied right now; Stripe delivers it
+    again later (it retries every non-2xx answer)."""
+
+    code = "event_in_progress"
+    title = "Event being applied"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int = 30, **extra: Any) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)}, **extra)
 
 
 class PaymentRequired(BillingError):

@@ -35,12 +35,22 @@ async def admin_list_refund_requests(
         Query(description="Filter by status (repeatable)."),
     ] = None,
     user_id: Annotated[CleanStr | None, Query(max_length=255)] = None,
+    attention: Annotated[
+        bool | None,
+        Query(description="true: only requests flagged for an operator; false: the others."),
+    ] = None,
     cursor: Annotated[CleanStr | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
 ) -> Page[AdminRefundRequestOut]:
     """Every user's refund requests, newest first."""
     rows, last = await service.list_requests(
-        session, user_id=user_id, statuses=status, order_id=None, cursor=cursor, limit=limit
+        session,
+        user_id=user_id,
+        statuses=status,
+        order_id=None,
+        cursor=cursor,
+        limit=limit,
+        attention=attention,
     )
     return Page[AdminRefundRequestOut](
         data=[admin_refund_request_out(r) for r in rows],

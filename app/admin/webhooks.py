@@ -43,7 +43,10 @@ async def admin_replay_webhook_event(
 ) -> WebhookEventOut:
     """Apply a stored event again through the same idempotent handlers; audited."""
     row = await service.replay_event(
-        session, request.app.state.settings, request.app.state.stripe, event_id
+        request.app.state.session_maker,
+        request.app.state.settings,
+        request.app.state.stripe,
+        event_id,
     )
     await record_admin_action(
         session,

@@ -162,6 +162,6 @@ async def run_reconciler(
         maker, stripe, settings, min_age_seconds=min_age_seconds, progress=progress
     )
     if stripe.configured:
-        summary.refunds_retried = await retry_unknown_refunds(maker, stripe)
+        summary.refunds_retried = await retry_unknown_refunds(maker, stripe, settings)
     observe_reconcile({**summary.outcomes, "error": summary.errors}, summary.refunds_retried)
     return summary

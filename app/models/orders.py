@@ -79,6 +79,9 @@ class Order(Base):
     """The client's `Idempotency-Key` header on purchase, if any."""
     request_hash: Mapped[str | None] = mapped_column(String(64))
     stripe_customer_id: Mapped[str | None] = mapped_column(String(255))
+    stripe_idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    """The key its Stripe object is created under when it is not `order:<id>` (the user's
+    Customer was deleted at Stripe and replaced: the first key would replay the refusal)."""
     stripe_payment_intent_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     stripe_checkout_session_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     stripe_charge_id: Mapped[str | None] = mapped_column(String(255), index=True)
@@ -112,5 +115,8 @@ class StripeEvent(Base):
     object_id: Mapped[str | None] = mapped_column(String(255), index=True)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     outcome: Mapped[str | None] = mapped_column(String(500))
+    lease_until: Mapped[datetime | None]
+    """While a delivery applies it (outside any transaction: Stripe is asked first): a second
+    delivery of the same id meanwhile is answered 409, and Stripe delivers it again later."""
     """What applying it did (`credited`, `ignored: unhandled type`, `ignored: backwards`, …)."""
     received_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, String
+from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, utcnow
@@ -40,6 +40,12 @@ class RefundRequest(Base):
         CheckConstraint(one_of("status", RefundRequestStatus), name="status_known"),
         Index("ix_refund_requests_user_id_id", "user_id", "id"),
         Index("ix_refund_requests_status_id", "status", "id"),
+        Index(
+            "ix_refund_requests_attention",
+            "id",
+            postgresql_where=text("attention_reason IS NOT NULL"),
+            sqlite_where=text("attention_reason IS NOT NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -59,7 +65,13 @@ class RefundRequest(Base):
     attempts: Mapped[int] = mapped_column(default=0)
     """Calls made to Stripe to create the refund (retried with the same idempotency key)."""
     next_attempt_at: Mapped[datetime | None]
-    """Set while the Stripe outcome is unknown: when the reconciler should try again."""
+    """Set while the Stripe outcome is unknown: when the reconciler should try again. Also the
+    lease of whoever is calling Stripe for it (moved forward before the call)."""
+    first_attempt_at: Mapped[datetime | None]
+    """When the Stripe refund was first asked for: its idempotency key lives ~24 h from then."""
+    attention_reason: Mapped[str | None] = mapped_column(String(500))
+    """Why an operator must look at it (set when its refund cannot be proven either way before
+    the idempotency window ends; retries stop)."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     completed_at: Mapped[datetime | None]

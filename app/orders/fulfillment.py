@@ -256,40 +256,46 @@ async def refresh_order(
     return locked, outcome
 
 
-async def _order_for_event(session: AsyncSession, obj: StripeJSON) -> Order | None:
-    """The order an event is about, locked: by the Stripe id we stored, else by the order id
-    Stripe carries for us (a Checkout payment's PaymentIntent before the session completed)."""
+async def _order_for_event(
+    session: AsyncSession, obj: StripeJSON, *, for_update: bool = False
+) -> Order | None:
+    """The order an event is about: by the Stripe id we stored, else by the order id Stripe
+    carries for us (a Checkout payment's PaymentIntent before the session completed)."""
     obj_id = string_or_none(obj.get("id"))
     if obj.get("object") == "checkout.session":
         order = await orders_repository.find_order(
-            session, checkout_session_id=obj_id, for_update=True
+            session, checkout_session_id=obj_id, for_update=for_update
         )
         hint = string_or_none(obj.get("client_reference_id")) or metadata_order_id(obj)
         stored = "stripe_checkout_session_id"
     else:
         order = await orders_repository.find_order(
-            session, payment_intent_id=obj_id, for_update=True
+            session, payment_intent_id=obj_id, for_update=for_update
         )
         hint = metadata_order_id(obj)
         stored = "stripe_payment_intent_id"
     if order is not None or hint is None:
         return order
-    order = await orders_repository.find_order(session, order_id=hint, for_update=True)
+    order = await orders_repository.find_order(session, order_id=hint, for_update=for_update)
     if order is not None and getattr(order, stored) not in (None, obj_id):
         return None
     return order
 
 
 async def apply_event(
-    session: AsyncSession, settings: Settings, stripe: StripeGateway, event: StripeJSON
+    maker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    stripe: StripeGateway,
+    event: StripeJSON,
 ) -> str:
     """A verified payment event (webhook or replay): the event says *that* something happened;
-    what happened is read from Stripe now, so events arriving late, twice or out of order all
-    apply the current truth. When Stripe's API does not answer, a `paid` event is applied from
-    its own (signed) payload so the balance is not held back; any other event is refused (5xx)
-    so that Stripe delivers it again later."""
+    what happened is read from Stripe now — outside any transaction — so events arriving late,
+    twice or out of order all apply the current truth, under the order's row lock. When Stripe's
+    API does not answer, a `paid` event is applied from its own (signed) payload so the balance
+    is not held back; any other event is refused (5xx) so that Stripe delivers it again later."""
     obj = event["data"]["object"]
-    order = await _order_for_event(session, obj)
+    async with session_scope(maker) as session:
+        order = await _order_for_event(session, obj)
     if order is None:
         return "ignored: no matching order"
     is_session = obj.get("object") == "checkout.session"
@@ -309,4 +315,9 @@ async def apply_event(
         payment = None
     if payment is None:
         return "ignored: the Stripe object is unknown"
-    return await apply_payment(session, settings, order, payment, source=f"webhook:{event['id']}")
+    async with session_scope(maker) as session:
+        locked = await orders_repository.find_order(session, order_id=order.id, for_update=True)
+        assert locked is not None
+        return await apply_payment(
+            session, settings, locked, payment, source=f"webhook:{event['id']}"
+        )

@@ -23,7 +23,9 @@ async def present_orders(
     """Render orders with their refund eligibility."""
     now = utcnow()
     paid = [o for o in orders if is_paid(o.status)]
-    open_ids = await repository.orders_with_open_requests(session, [o.id for o in paid])
+    paid_ids = [o.id for o in paid]
+    open_ids = await repository.orders_with_open_requests(session, paid_ids)
+    disputed_ids = await repository.orders_with_open_disputes(session, paid_ids)
     available: dict[str, int] = {}
     for user_id in sorted({o.user_id for o in paid}):
         wallet = await get_wallet(session, user_id)
@@ -35,6 +37,7 @@ async def present_orders(
                 order,
                 available_micros=available.get(order.user_id, 0),
                 has_open_request=order.id in open_ids,
+                has_open_dispute=order.id in disputed_ids,
                 window_days=settings.refund_window_days,
                 now=now,
             ),

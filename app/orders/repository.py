@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import is_postgres
 from app.models.orders import Order
-from app.models.refunds import OPEN_REFUND_REQUEST_STATUSES, RefundRequest
+from app.models.refunds import OPEN_REFUND_REQUEST_STATUSES, Dispute, RefundRequest
 
 
 async def find_order(
@@ -101,5 +101,15 @@ async def orders_with_open_requests(session: AsyncSession, order_ids: list[str])
             RefundRequest.order_id.in_(order_ids),
             RefundRequest.status.in_(OPEN_REFUND_REQUEST_STATUSES),
         )
+    )
+    return set(rows)
+
+
+async def orders_with_open_disputes(session: AsyncSession, order_ids: list[str]) -> set[str]:
+    """Which of these orders have a dispute (an inquiry or a chargeback) still open."""
+    if not order_ids:
+        return set()
+    rows = await session.scalars(
+        select(Dispute.order_id).where(Dispute.order_id.in_(order_ids), Dispute.closed_at.is_(None))
     )
     return set(rows)

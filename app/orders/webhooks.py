@@ -16,7 +16,7 @@ from app.webhooks.registry import WebhookContext, handles
 )
 async def on_checkout_session(ctx: WebhookContext, event: dict[str, Any]) -> str:
     """A Checkout Session was paid (now or later), failed to be paid, or expired."""
-    return await apply_event(ctx.session, ctx.settings, ctx.stripe, event)
+    return await apply_event(ctx.maker, ctx.settings, ctx.stripe, event)
 
 
 @handles(
@@ -27,4 +27,4 @@ async def on_checkout_session(ctx: WebhookContext, event: dict[str, Any]) -> str
 )
 async def on_payment_intent(ctx: WebhookContext, event: dict[str, Any]) -> str:
     """A PaymentIntent succeeded, started processing, had an attempt fail, or was canceled."""
-    return await apply_event(ctx.session, ctx.settings, ctx.stripe, event)
+    return await apply_event(ctx.maker, ctx.settings, ctx.stripe, event)

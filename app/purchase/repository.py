@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, or_, select, text
+from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -94,6 +94,18 @@ async def save_stripe_customer(
     stored = await get_stripe_customer_id(session, user_id)
     assert stored is not None
     return stored
+
+
+async def replace_stripe_customer(
+    session: AsyncSession, user_id: str, missing: str, replacement: str, email: str | None
+) -> None:
+    """Point the user at a new Customer in place of one Stripe no longer has (only if the
+    stored one is still the missing one: a concurrent replacement wins once)."""
+    await session.execute(
+        update(StripeCustomer)
+        .where(StripeCustomer.user_id == user_id, StripeCustomer.customer_id == missing)
+        .values(customer_id=replacement, email=email)
+    )
 
 
 async def claim_orders_to_reconcile(

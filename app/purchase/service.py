@@ -52,6 +52,7 @@ from app.purchase.schemas import (
     PurchaseOptionsOut,
 )
 from app.stripe_gateway import (
+    StripeCustomerMissing,
     StripeGateway,
     StripeJSON,
     StripeOutcomeUnknown,
@@ -308,34 +309,15 @@ async def _create_object(
 ) -> StripeJSON:
     """Create the order's PaymentIntent or Checkout Session (idempotency key `order:<id>`, every
     argument from the row). A definite refusal closes the order as failed; an unknown outcome
-    leaves it as it is, for a retry under the same key."""
+    leaves it as it is, for a retry under the same key. A Customer deleted at Stripe is replaced
+    once, and the object created for the new one (under a key of its own)."""
     try:
         customer_id = order.stripe_customer_id or await _customer_for(maker, stripe, order)
-        amount_cents = micros_to_cents(order.amount_micros)
-        if order.mode == "checkout":
-            portal = settings.portal_url.rstrip("/")
-            return await stripe.create_checkout_session(
-                order_id=order.id,
-                user_id=order.user_id,
-                amount_cents=amount_cents,
-                customer_id=customer_id,
-                customer_email=order.email,
-                currency=order.currency,
-                success_url=(
-                    f"{portal}/payment/result?order_id={order.id}"
-                    "&session_id={CHECKOUT_SESSION_ID}"
-                ),
-                cancel_url=f"{portal}/purchase?order_id={order.id}",
-                expires_at=int(checkout_expires_at(order, settings).timestamp()),
-            )
-        return await stripe.create_payment_intent(
-            order_id=order.id,
-            user_id=order.user_id,
-            amount_cents=amount_cents,
-            customer_id=customer_id,
-            receipt_email=order.email,
-            currency=order.currency,
-        )
+        try:
+            return await _create_call(stripe, settings, order, customer_id)
+        except StripeCustomerMissing:
+            customer_id = await _replace_customer(maker, stripe, order, customer_id)
+            return await _create_call(stripe, settings, order, customer_id)
     except StripeOutcomeUnknown:
         log.warning("order_stripe_object_unknown", order_id=order.id)
         raise
@@ -349,6 +331,61 @@ async def _create_object(
                 locked.failure_message = "The payment provider refused to start this payment."
         log.error("order_stripe_object_refused", order_id=order.id, stripe_code=exc.stripe_code)
         raise
+
+
+async def _create_call(
+    stripe: StripeGateway, settings: Settings, order: Order, customer_id: str
+) -> StripeJSON:
+    amount_cents = micros_to_cents(order.amount_micros)
+    if order.mode == "checkout":
+        portal = settings.portal_url.rstrip("/")
+        return await stripe.create_checkout_session(
+            order_id=order.id,
+            user_id=order.user_id,
+            amount_cents=amount_cents,
+            customer_id=customer_id,
+            customer_email=order.email,
+            currency=order.currency,
+            success_url=(
+                f"{portal}/payment/result?order_id={order.id}&session_id={{CHECKOUT_SESSION_ID}}"
+            ),
+            cancel_url=f"{portal}/purchase?order_id={order.id}",
+            expires_at=int(checkout_expires_at(order, settings).timestamp()),
+            idempotency_key=order.stripe_idempotency_key,
+        )
+    return await stripe.create_payment_intent(
+        order_id=order.id,
+        user_id=order.user_id,
+        amount_cents=amount_cents,
+        customer_id=customer_id,
+        receipt_email=order.email,
+        currency=order.currency,
+        idempotency_key=order.stripe_idempotency_key,
+    )
+
+
+async def _replace_customer(
+    maker: async_sessionmaker[AsyncSession], stripe: StripeGateway, order: Order, missing: str
+) -> str:
+    """The user's Customer was deleted at Stripe: create a new one (under a key derived from
+    the missing one), store it for the user's next purchases, and pin it on this order with a
+    key of its own (`order:<id>:<customer>`), since `order:<id>` would replay the refusal."""
+    log.warning("stripe_customer_missing", user_id=order.user_id, customer_id=missing)
+    customer = await stripe.get_or_create_customer(order.user_id, order.email, replaces=missing)
+    replacement = str(customer["id"])
+    async with session_scope(maker) as session:
+        await repository.replace_stripe_customer(
+            session, order.user_id, missing, replacement, order.email
+        )
+        locked = await orders_repository.find_order(session, order_id=order.id, for_update=True)
+        assert locked is not None
+        if locked.stripe_customer_id == missing:
+            locked.stripe_customer_id = replacement
+            locked.stripe_idempotency_key = f"order:{order.id}:{replacement}"
+        order.stripe_customer_id = locked.stripe_customer_id
+        order.stripe_idempotency_key = locked.stripe_idempotency_key
+    assert order.stripe_customer_id is not None
+    return order.stripe_customer_id
 
 
 def has_stripe_object(order: Order) -> bool:

@@ -2,7 +2,7 @@
 
 The rules (DESIGN.md, Refunds): a paid order, within `BILLING_REFUND_WINDOW_DAYS` of payment,
 up to its unrefunded amount and no more than the wallet's available balance (spent credit is not
-refundable), one open request per order, none while disputed.
+refundable), one open request per order, none while disputed or while an inquiry is open.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from app.models.orders import Order
 REASONS = {
     "not_paid": "The order was never paid.",
     "disputed": "The payment is disputed; it cannot be refunded while the dispute is open.",
+    "dispute_open": "The card issuer asked about this payment; it can be refunded once the"
+    " inquiry is closed.",
     "fully_refunded": "The order has been refunded in full.",
     "refund_window_closed": "The refund window for this order has closed.",
     "refund_request_open": "A refund request for this order is already open.",
@@ -47,12 +49,16 @@ def refund_eligibility(
     has_open_request: bool,
     window_days: int,
     now: datetime,
+    has_open_dispute: bool = False,
 ) -> Eligibility:
     """Evaluate the rules in the order a user would want them explained."""
     if order.status not in ("paid", "partially_refunded", "disputed", "refunded"):
         return Eligibility(False, "not_paid", 0)
     if order.status == "disputed":
         return Eligibility(False, "disputed", 0)
+    if has_open_dispute:
+        # An inquiry: it moved no money and left the order's status alone.
+        return Eligibility(False, "dispute_open", 0)
     unrefunded = order.amount_micros - order.refunded_micros
     if unrefunded <= 0 or order.status == "refunded":
         return Eligibility(False, "fully_refunded", 0)

@@ -163,77 +163,94 @@ async def record_refund(session: AsyncSession, refund: dict[str, Any]) -> str:
     return f"refund {previous} -> {status}"
 
 
-async def record_dispute_opened(session: AsyncSession, dispute: dict[str, Any]) -> str:
-    """`charge.dispute.created`: debit the disputed amount (the wallet may go negative, which
-    blocks usage) and mark the order disputed."""
+DISPUTE_CLOSED_STATUSES = frozenset({"won", "lost", "warning_closed"})
+
+
+def is_inquiry(status: str) -> bool:
+    """An inquiry (`warning_*`) asks questions and moves no money; a chargeback does."""
+    return status.startswith("warning_")
+
+
+def _money_moved(dispute: dict[str, Any]) -> tuple[bool, bool]:
+    """Whether Stripe withdrew the disputed funds, and whether it reinstated them, as the
+    dispute's balance transactions say (negative: withdrawn, positive: reinstated)."""
+    amounts: list[int] = [
+        bt["amount"]
+        for bt in dispute.get("balance_transactions") or []
+        if isinstance(bt, dict) and isinstance(bt.get("amount"), int)
+    ]
+    return any(a < 0 for a in amounts), any(a > 0 for a in amounts)
+
+
+async def record_dispute(session: AsyncSession, dispute: dict[str, Any]) -> str:
+    """Apply a Dispute as Stripe has it now (read from the API after any `charge.dispute.*`
+    event, so lost, late or reordered events all end in Stripe's state). Money follows what
+    Stripe actually withdrew and reinstated (its balance transactions), each once by reference
+    (`dispute:<dp>`, `dispute_reversal:<dp>`): an inquiry moves none and leaves the order's
+    status alone (refunds answer `dispute_open` while it is open); a chargeback marks the order
+    `disputed`; a won one returns it to where its refunds left it."""
     dispute_id = str(dispute["id"])
-    if await repository.get_dispute(session, dispute_id, for_update=True) is not None:
-        return "dispute known"
+    status = str(dispute.get("status") or "needs_response")
+    # Lock order: the order, then the dispute row.
     order = await _order_for(session, dispute)
     if order is None:
         log.warning("dispute_for_unknown_order", dispute_id=dispute_id)
         return "ignored: unknown order"
     amount = cents_to_micros(int(dispute["amount"]))
-    session.add(
-        Dispute(
+    row = await repository.get_dispute(session, dispute_id, for_update=True)
+    if row is None:
+        row = Dispute(
             id=dispute_id,
             order_id=order.id,
             amount_micros=amount,
-            status=str(dispute.get("status") or "needs_response"),
+            status=status,
             reason=dispute.get("reason"),
             status_before=order.status,
         )
-    )
-    await transfer(
-        session,
-        reference=f"dispute:{dispute_id}",
-        kind="dispute",
-        user_id=order.user_id,
-        amount_micros=-amount,
-        account="disputes",
-        require_available=False,
-        description=f"Dispute on order {order.id}",
-        details={"order_id": order.id, "dispute_id": dispute_id},
-    )
-    order_state.transition(order, OrderStatus.DISPUTED, reason=f"dispute {dispute_id}")
-    await session.flush()
-    return "dispute debited"
-
-
-async def record_dispute_closed(session: AsyncSession, dispute: dict[str, Any]) -> str:
-    """`charge.dispute.closed`: a won dispute credits the amount back and restores the order;
-    a lost one leaves the debit in place."""
-    dispute_id = str(dispute["id"])
-    row = await repository.get_dispute(session, dispute_id, for_update=True)
-    if row is None:
-        # Created and closed before we saw the opening (or it was lost): apply the opening first.
-        await record_dispute_opened(session, {**dispute, "status": "needs_response"})
-        row = await repository.get_dispute(session, dispute_id, for_update=True)
-        if row is None:
-            return "ignored: unknown order"
-    status = str(dispute.get("status") or "")
-    if row.closed_at is not None:
-        return "dispute closed already"
-    mirror_dispute_status(row, status)
-    row.closed_at = utcnow()
-    order = await orders_repository.get_order(session, row.order_id, for_update=True)
-    assert order is not None
-    if status == "won":
-        await transfer(
+        session.add(row)
+    else:
+        mirror_dispute_status(row, status)
+    if status in DISPUTE_CLOSED_STATUSES and row.closed_at is None:
+        row.closed_at = utcnow()
+    withdrawn, reinstated = _money_moved(dispute)
+    done = []
+    if withdrawn:
+        debit = await transfer(
+            session,
+            reference=f"dispute:{dispute_id}",
+            kind="dispute",
+            user_id=order.user_id,
+            amount_micros=-amount,
+            account="disputes",
+            require_available=False,
+            description=f"Dispute on order {order.id}",
+            details={"order_id": order.id, "dispute_id": dispute_id},
+        )
+        if not debit.replayed:
+            done.append("debited")
+    if reinstated:
+        credit = await transfer(
             session,
             reference=f"dispute_reversal:{dispute_id}",
             kind="dispute_reversal",
             user_id=order.user_id,
-            amount_micros=row.amount_micros,
+            amount_micros=amount,
             account="disputes",
             description=f"Dispute on order {order.id} won",
             details={"order_id": order.id, "dispute_id": dispute_id},
         )
-        # Back to where the refunds left it.
-        order_state.transition(
-            order, order_state.settled_status(order), reason=f"dispute {dispute_id} won"
-        )
-        await session.flush()
-        return "dispute won: credited back"
+        if not credit.replayed:
+            done.append("credited back")
+    if is_inquiry(status):
+        pass  # the order's status is left alone; eligibility sees the open inquiry
+    elif status == "won":
+        if order.status == OrderStatus.DISPUTED:
+            order_state.transition(
+                order, order_state.settled_status(order), reason=f"dispute {dispute_id} won"
+            )
+    elif order.status != OrderStatus.DISPUTED:
+        # A chargeback open or lost: no refund of this order any more.
+        order_state.transition(order, OrderStatus.DISPUTED, reason=f"dispute {dispute_id}")
     await session.flush()
-    return f"dispute closed: {status}"
+    kind = "inquiry" if is_inquiry(status) else "dispute"
+    return f"{kind} {status}" + (f": {', '.join(done)}" if done else "")

@@ -42,8 +42,10 @@ async def list_requests(
     order_id: str | None,
     before_id: str | None,
     limit: int,
+    attention: bool | None = None,
 ) -> list[RefundRequest]:
-    """Requests newest first, `limit + 1` rows."""
+    """Requests newest first, `limit + 1` rows; `attention` keeps only those flagged for an
+    operator (True) or only the others (False)."""
     stmt = select(RefundRequest).order_by(RefundRequest.id.desc()).limit(limit + 1)
     if user_id is not None:
         stmt = stmt.where(RefundRequest.user_id == user_id)
@@ -51,6 +53,9 @@ async def list_requests(
         stmt = stmt.where(RefundRequest.status.in_(statuses))
     if order_id is not None:
         stmt = stmt.where(RefundRequest.order_id == order_id)
+    if attention is not None:
+        flagged = RefundRequest.attention_reason.is_not(None)
+        stmt = stmt.where(flagged if attention else ~flagged)
     if before_id is not None:
         stmt = stmt.where(RefundRequest.id < before_id)
     return list((await session.scalars(stmt)).all())
@@ -66,6 +71,7 @@ async def due_for_retry(
         .where(
             RefundRequest.status == "processing",
             RefundRequest.stripe_refund_id.is_(None),
+            RefundRequest.attention_reason.is_(None),
             RefundRequest.next_attempt_at.is_not(None),
             RefundRequest.next_attempt_at <= now,
         )

@@ -72,6 +72,10 @@ class AdminRefundRequestOut(RefundRequestOut):
     stripe_refund_id: str | None
     stripe_status: str | None
     attempts: int
+    attention_reason: str | None = Field(
+        description="Set when an operator must look at it: its Stripe refund could not be"
+        " proven before the idempotency window closed (it stays processing, retries stopped)."
+    )
 
 
 def refund_request_out(row: RefundRequest) -> RefundRequestOut:
@@ -100,4 +104,5 @@ def admin_refund_request_out(row: RefundRequest) -> AdminRefundRequestOut:
         stripe_refund_id=row.stripe_refund_id,
         stripe_status=row.stripe_status,
         attempts=row.attempts,
+        attention_reason=row.attention_reason,
     )

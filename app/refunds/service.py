@@ -1,21 +1,28 @@
 """Refund rules: requesting, reviewing, and carrying out a refund at Stripe.
 
-Approval runs in three steps, each its own database transaction, because a Stripe call must
-never sit between a debit and its commit:
+Approval follows the transaction policy (`app/db.py`): no transaction or row lock is open while
+Stripe is called.
 
-1. lock the request, re-check it, debit the wallet (`refund:<request_id>`, so the money cannot be
-   spent meanwhile) and mark the request `processing` with a retry time;
-2. create the Stripe refund with idempotency key `refund:<request_id>` (inside a transaction that
-   holds the request's row, so two instances never call Stripe for it at once) and record what
-   Stripe said: a refund (done), a definite failure (the debit is reversed), or no answer (left
-   for the reconciler, which repeats the call with the same key);
-3. `refund.*` / `charge.refunded` webhooks confirm or fail it later (`app/refunds/webhooks.py`).
+1. A short transaction locks the request, re-checks it, debits the wallet (`refund:<request_id>`,
+   so the money cannot be spent meanwhile), marks it `processing` and claims it: `attempts` + 1
+   and a lease in `next_attempt_at` (so no other instance calls Stripe for it meanwhile, and the
+   reconciler takes it over when the lease lapses because this process died).
+2. With no transaction open, Stripe is called: on a retry the PaymentIntent's refunds are listed
+   first and matched on `metadata.refund_request_id` (a lost answer may have made one); if none,
+   the refund is created with idempotency key `refund:<request_id>`.
+3. A short transaction applies the answer under the locks: a refund (recorded), a definite
+   failure (the debit is reversed), or no answer (a retry time, with backoff).
+
+Stripe keeps an idempotency key ~24 h. Retries that could create stop at `RETRY_WINDOW` after
+the first call; after it, only lookups run, and a request whose refund Stripe does not list is
+flagged for an operator (`attention_reason`; it stays `processing`, the money stays debited).
+`refund.*` / `charge.refunded` webhooks confirm or fail it later (`app/refunds/webhooks.py`).
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -44,7 +51,12 @@ from app.refunds import repository
 from app.refunds.eligibility import REASONS, Eligibility, check_amount, refund_eligibility
 from app.refunds.events import record_refund, reverse_request_debit
 from app.refunds.state import transition
-from app.stripe_gateway import StripeGateway, StripeOutcomeUnknown, StripeRequestFailed
+from app.stripe_gateway import (
+    StripeGateway,
+    StripeJSON,
+    StripeOutcomeUnknown,
+    StripeRequestFailed,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -69,6 +81,9 @@ async def _eligibility(
         order,
         available_micros=wallet.available_micros if wallet else 0,
         has_open_request=await repository.has_open_request(session, order.id, excluding=excluding),
+        has_open_dispute=bool(
+            await orders_repository.orders_with_open_disputes(session, [order.id])
+        ),
         window_days=settings.refund_window_days,
         now=utcnow(),
     )
@@ -143,6 +158,8 @@ async def approve_request(
         assert order is not None
         if order.status == OrderStatus.DISPUTED:
             raise _refuse("disputed")
+        if await orders_repository.orders_with_open_disputes(session, [order.id]):
+            raise _refuse("dispute_open")
         if request.amount_micros > order.amount_micros - order.refunded_micros:
             raise _refuse("exceeds_unrefunded")
         if not order.stripe_payment_intent_id:
@@ -166,8 +183,9 @@ async def approve_request(
         request.reviewed_by = actor
         request.reviewed_at = now
         request.review_note = note
-        # Should this process die before Stripe answers, the reconciler picks it up from here.
-        request.next_attempt_at = now + RETRY_DELAYS[0]
+        # Should this process die before Stripe answers, the reconciler picks it up when the
+        # claim's lease lapses.
+        claim = _claim(request, order, now, settings)
         await record_admin_action(
             session,
             actor=actor,
@@ -177,68 +195,137 @@ async def approve_request(
             reason=note,
             details={"order_id": order.id, "amount_micros": request.amount_micros, "auto": auto},
         )
-    return await attempt_stripe_refund(maker, stripe, request_id)
+    return await _carry_out(maker, stripe, claim, now=now)
 
 
-async def attempt_stripe_refund(
-    maker: async_sessionmaker[AsyncSession], stripe: StripeGateway, request_id: str
+RETRY_WINDOW = timedelta(hours=22)
+"""After this long from the first call, a retry no longer creates (Stripe's idempotency key
+lives ~24 h; the margin covers clocks and calls in flight): it only looks the refund up."""
+
+NOT_FOUND_AFTER_WINDOW = (
+    "No Stripe refund for this request was found and its idempotency window is closing: it may"
+    " not have been made. Check the PaymentIntent's refunds at Stripe before refunding by hand."
+)
+
+
+def _lease(settings: Settings) -> timedelta:
+    return timedelta(seconds=settings.stripe_deadline_seconds + 30)
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    """What the Stripe call of one attempt needs, read under the lock that claimed it."""
+
+    request_id: str
+    order_id: str
+    user_id: str
+    payment_intent_id: str
+    amount_micros: int
+    attempts: int
+    first_attempt_at: datetime
+
+
+def _claim(request: RefundRequest, order: Order, now: datetime, settings: Settings) -> _Claim:
+    """Take the request for one attempt (the caller holds its row lock)."""
+    assert order.stripe_payment_intent_id is not None
+    request.attempts += 1
+    request.first_attempt_at = request.first_attempt_at or now
+    request.next_attempt_at = now + _lease(settings)
+    return _Claim(
+        request.id,
+        order.id,
+        order.user_id,
+        order.stripe_payment_intent_id,
+        request.amount_micros,
+        request.attempts,
+        request.first_attempt_at,
+    )
+
+
+async def _find_refund(stripe: StripeGateway, claim: _Claim) -> StripeJSON | None:
+    """The Stripe refund an earlier attempt of this request made, if Stripe lists one."""
+    async for refund in stripe.iter_refunds(claim.payment_intent_id):
+        if (refund.get("metadata") or {}).get("refund_request_id") == claim.request_id:
+            return refund
+    return None
+
+
+async def _carry_out(
+    maker: async_sessionmaker[AsyncSession],
+    stripe: StripeGateway,
+    claim: _Claim,
+    *,
+    now: datetime,
 ) -> RefundRequest:
-    """Create (or, on a retry, find again through the idempotency key) the Stripe refund of an
-    approved request and record the outcome."""
-    async with session_scope(maker) as session:
-        request = await repository.get_request(session, request_id, for_update=True)
-        assert request is not None
-        if request.status != RefundRequestStatus.PROCESSING or request.stripe_refund_id is not None:
-            return request
-        order = await orders_repository.get_order(session, request.order_id, for_update=True)
-        assert order is not None
-        assert order.stripe_payment_intent_id is not None
-        request.attempts += 1
-        try:
+    """Steps 2 and 3 for a claimed request (see the module docstring)."""
+    refund: StripeJSON | None = None
+    failure: StripeRequestFailed | None = None
+    unknown: StripeOutcomeUnknown | None = None
+    flag = False
+    try:
+        if claim.attempts > 1:
+            refund = await _find_refund(stripe, claim)
+        if refund is None and now - claim.first_attempt_at >= RETRY_WINDOW:
+            flag = True
+        elif refund is None:
             refund = await stripe.create_refund(
-                refund_request_id=request.id,
-                payment_intent_id=order.stripe_payment_intent_id,
-                amount_cents=micros_to_cents(request.amount_micros),
+                refund_request_id=claim.request_id,
+                payment_intent_id=claim.payment_intent_id,
+                amount_cents=micros_to_cents(claim.amount_micros),
                 metadata={
-                    "refund_request_id": request.id,
-                    "order_id": order.id,
-                    "user_id": order.user_id,
+                    "refund_request_id": claim.request_id,
+                    "order_id": claim.order_id,
+                    "user_id": claim.user_id,
                 },
             )
-        except StripeOutcomeUnknown as exc:
+    except StripeOutcomeUnknown as exc:
+        unknown = exc
+    except StripeRequestFailed as exc:
+        failure = exc
+    async with session_scope(maker) as session:
+        request = await repository.get_request(session, claim.request_id, for_update=True)
+        assert request is not None
+        if refund is not None:
+            await record_refund(session, refund)
+            await session.refresh(request)
+            return request
+        if request.status != RefundRequestStatus.PROCESSING or request.stripe_refund_id:
+            return request  # a webhook got there first
+        if flag:
+            request.attention_reason = NOT_FOUND_AFTER_WINDOW
+            request.next_attempt_at = None
+            log.error("refund_needs_attention", refund_request_id=request.id)
+        elif failure is not None:
+            order = await orders_repository.get_order(session, request.order_id, for_update=True)
+            assert order is not None
+            await reverse_request_debit(session, request, order, reason=str(failure))
+            log.warning("refund_failed_at_stripe", refund_request_id=request.id, error=str(failure))
+        else:
             delay = RETRY_DELAYS[min(request.attempts - 1, len(RETRY_DELAYS) - 1)]
             request.next_attempt_at = utcnow() + delay
-            log.warning("refund_outcome_unknown", refund_request_id=request.id, error=str(exc))
-            return request
-        except StripeRequestFailed as exc:
-            await reverse_request_debit(session, request, order, reason=str(exc))
-            log.warning("refund_failed_at_stripe", refund_request_id=request.id, error=str(exc))
-            return request
-        await record_refund(session, _as_dict(refund))
-        await session.refresh(request)
+            log.warning("refund_outcome_unknown", refund_request_id=request.id, error=str(unknown))
         return request
 
 
-def _as_dict(obj: Any) -> dict[str, Any]:
-    if isinstance(obj, dict):
-        return obj
-    to_dict = getattr(obj, "to_dict", None)
-    if callable(to_dict):
-        result: dict[str, Any] = to_dict()
-        return result
-    return dict(obj)
-
-
 async def retry_unknown_refunds(
-    maker: async_sessionmaker[AsyncSession], stripe: StripeGateway
+    maker: async_sessionmaker[AsyncSession],
+    stripe: StripeGateway,
+    settings: Settings,
+    *,
+    now: datetime | None = None,
 ) -> int:
-    """Repeat the Stripe call for approved requests whose outcome was unknown; returns how many
-    were attempted."""
+    """Look up, and within the window repeat, the Stripe call of approved requests whose
+    outcome was unknown (or whose caller died); returns how many were attempted."""
+    now = now or utcnow()
     async with session_scope(maker) as session:
-        due = [r.id for r in await repository.due_for_retry(session, utcnow())]
-    for request_id in due:
-        await attempt_stripe_refund(maker, stripe, request_id)
-    return len(due)
+        claims = []
+        for request in await repository.due_for_retry(session, now):
+            order = await orders_repository.get_order(session, request.order_id)
+            assert order is not None
+            claims.append(_claim(request, order, now, settings))
+    for claim in claims:
+        await _carry_out(maker, stripe, claim, now=now)
+    return len(claims)
 
 
 async def deny_request(
@@ -294,6 +381,7 @@ async def list_requests(
     order_id: str | None,
     cursor: str | None,
     limit: int,
+    attention: bool | None = None,
 ) -> tuple[list[RefundRequest], str | None]:
     """A page of requests, newest first, and the id to continue after."""
     before_id = str(decode_cursor(cursor, 1)[0]) if cursor else None
@@ -304,6 +392,7 @@ async def list_requests(
         order_id=order_id,
         before_id=before_id,
         limit=limit,
+        attention=attention,
     )
     page = rows[:limit]
     return page, (page[-1].id if len(rows) > limit and page else None)

@@ -1,45 +1,71 @@
-"""Stripe events about refunds and disputes."""
+"""Stripe events about refunds and disputes. Each event is a trigger: the refund or dispute is
+read from Stripe now (outside any transaction) and applied under the order's lock in a short
+transaction, so stale, repeated and reordered events all end in Stripe's current state."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from app.db import session_scope
 from app.orders import repository as orders_repository
-from app.refunds.events import record_dispute_closed, record_dispute_opened, record_refund
+from app.refunds.events import record_dispute, record_refund
+from app.stripe_gateway import StripeObjectNotFound
 from app.webhooks.registry import WebhookContext, handles
 
 
 @handles("refund.created", "refund.updated", "refund.failed")
 async def on_refund(ctx: WebhookContext, event: dict[str, Any]) -> str:
-    """A refund was created, changed status, or failed."""
-    return await record_refund(ctx.session, event["data"]["object"])
+    """A refund was created, changed status, or failed: apply the refund as Stripe has it."""
+    sent = event["data"]["object"]
+    try:
+        refund = await ctx.stripe.retrieve_refund(str(sent["id"]))
+    except StripeObjectNotFound:
+        return "ignored: the refund is unknown at Stripe"
+    async with session_scope(ctx.maker) as session:
+        return await record_refund(session, refund)
 
 
 @handles("charge.refunded")
 async def on_charge_refunded(ctx: WebhookContext, event: dict[str, Any]) -> str:
-    """A charge was (partly) refunded: apply the refunds it lists and keep the receipt current."""
+    """A charge was (partly) refunded: apply every refund of its PaymentIntent as Stripe lists
+    them now, and keep the receipt current."""
     charge = event["data"]["object"]
-    outcomes = []
-    refunds = (charge.get("refunds") or {}).get("data") or []
-    for refund in refunds:
-        outcomes.append(await record_refund(ctx.session, {"charge": charge.get("id"), **refund}))
-    order = await orders_repository.find_order(
-        ctx.session, charge_id=charge.get("id"), for_update=True
-    ) or await orders_repository.find_order(
-        ctx.session, payment_intent_id=charge.get("payment_intent"), for_update=True
+    payment_intent = charge.get("payment_intent")
+    if isinstance(payment_intent, dict):
+        payment_intent = payment_intent.get("id")
+    refunds = (
+        await ctx.stripe.list_refunds(payment_intent=str(payment_intent))
+        if isinstance(payment_intent, str)
+        else []
     )
-    if order is not None and charge.get("receipt_url"):
-        order.receipt_url = charge["receipt_url"]
+    outcomes = []
+    async with session_scope(ctx.maker) as session:
+        for refund in sorted(refunds, key=lambda r: str(r["id"])):
+            outcomes.append(await record_refund(session, {"charge": charge.get("id"), **refund}))
+        order = await orders_repository.find_order(
+            session, charge_id=charge.get("id"), for_update=True
+        ) or await orders_repository.find_order(
+            session, payment_intent_id=payment_intent, for_update=True
+        )
+        if order is not None and charge.get("receipt_url"):
+            order.receipt_url = charge["receipt_url"]
     return "; ".join(outcomes) or "receipt updated"
 
 
-@handles("charge.dispute.created")
-async def on_dispute_created(ctx: WebhookContext, event: dict[str, Any]) -> str:
-    """A chargeback was opened."""
-    return await record_dispute_opened(ctx.session, event["data"]["object"])
-
-
-@handles("charge.dispute.closed")
-async def on_dispute_closed(ctx: WebhookContext, event: dict[str, Any]) -> str:
-    """A chargeback was decided."""
-    return await record_dispute_closed(ctx.session, event["data"]["object"])
+@handles(
+    "charge.dispute.created",
+    "charge.dispute.updated",
+    "charge.dispute.closed",
+    "charge.dispute.funds_withdrawn",
+    "charge.dispute.funds_reinstated",
+)
+async def on_dispute(ctx: WebhookContext, event: dict[str, Any]) -> str:
+    """An inquiry or a chargeback opened, changed, was decided, or moved money: apply the
+    dispute as Stripe has it now."""
+    sent = event["data"]["object"]
+    try:
+        dispute = await ctx.stripe.retrieve_dispute(str(sent["id"]))
+    except StripeObjectNotFound:
+        return "ignored: the dispute is unknown at Stripe"
+    async with session_scope(ctx.maker) as session:
+        return await record_dispute(session, dispute)

@@ -248,12 +248,14 @@ class StripeGateway:
         currency: str = "usd",
         description: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
     ) -> StripeJSON:
         """A PaymentIntent for an order (status `requires_payment_method`; the portal confirms
         it with Stripe.js using its `client_secret`). Idempotency key `order:<order_id>`:
         repeating the call with the same arguments returns the same PaymentIntent, so every
-        argument must come from the order row. `metadata` gets `order_id` and `user_id`."""
-        key = f"order:{order_id}"
+        argument must come from the order row. `metadata` gets `order_id` and `user_id`.
+        `idempotency_key` overrides the key (an order whose Customer was replaced)."""
+        key = idempotency_key or f"order:{order_id}"
         params: dict[str, Any] = {
             "amount": amount_cents,
             "currency": currency,
@@ -332,6 +334,7 @@ class StripeGateway:
         product_name: str = DEFAULT_PRODUCT_NAME,
         customer_email: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
     ) -> StripeJSON:
         """A hosted Checkout Session (mode `payment`, one line item) for an order; its `url`
         is where the portal sends the user; `payment_intent` is None until the user pays.
@@ -340,8 +343,9 @@ class StripeGateway:
         — or a retry is refused (StripeIdempotencyKeyReused). `success_url` may contain
         `{CHECKOUT_SESSION_ID}`. The session and its PaymentIntent both carry `order_id` and
         `user_id` in `metadata`; `client_reference_id` is the order id. `customer_email` is
-        used only without a customer (Stripe refuses both)."""
-        key = f"order:{order_id}"
+        used only without a customer (Stripe refuses both). `idempotency_key` overrides the
+        key (an order whose Customer was replaced)."""
+        key = idempotency_key or f"order:{order_id}"
         tags = {**(metadata or {}), "order_id": order_id, "user_id": user_id}
         params: dict[str, Any] = {
             "mode": "payment",

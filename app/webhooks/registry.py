@@ -2,8 +2,10 @@
 
 Capabilities register their handlers with `@handles("type", ...)` in their own module
 (`app/orders/webhooks.py`, `app/refunds/webhooks.py`, …), imported by `load_handlers()`. A
-handler runs inside the webhook's database transaction, after the event id was stored, and
-returns a short outcome string that is stored with the event (`credited`, `ignored: backwards`,
+handler runs with no transaction open, after the event id was claimed: it asks Stripe for the
+object (outside any transaction) and applies the answer in a short transaction of its own under
+the row lock of what it changes (`app/db.py`'s transaction policy); it returns a short outcome
+string that is stored with the event (`credited`, `ignored: backwards`,
 …). Types with no handler are acknowledged (200) and recorded as `ignored: unhandled type`.
 """
 
@@ -14,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 
@@ -23,10 +25,12 @@ from app.config import Settings
 class WebhookContext:
     """What a handler gets besides the event."""
 
-    session: AsyncSession
+    maker: async_sessionmaker[AsyncSession]
+    """For the handler's own short transactions."""
     settings: Settings
     stripe: Any
     """The app's `StripeGateway` (handlers may ask Stripe for the authoritative object)."""
+    event_id: str
 
 
 Handler = Callable[[WebhookContext, dict[str, Any]], Awaitable[str]]

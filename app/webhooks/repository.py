@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from enum import Enum
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import is_postgres
-from app.models.base import utcnow
 from app.models.orders import StripeEvent
 
 
-async def insert_event(session: AsyncSession, event: dict[str, Any]) -> bool:
-    """Store a verified event; False when its id is stored already (a repeated delivery). A
-    concurrent delivery of the same id waits here until the first one commits or rolls back."""
+class Claim(Enum):
+    """What claiming a delivered event found."""
+
+    NEW = "new"
+    """Stored now, and ours to apply."""
+    RETRY = "retry"
+    """Stored before but never applied (a delivery failed or died); ours to apply now."""
+    APPLIED = "applied"
+    """Applied already: a repeated delivery."""
+    BUSY = "busy"
+    """Another delivery holds its lease right now."""
+
+
+async def claim_event(
+    session: AsyncSession, event: dict[str, Any], now: datetime, lease_until: datetime
+) -> Claim:
+    """Store a verified event and take its lease, in the caller's short transaction."""
     insert = postgresql.insert if is_postgres(session) else sqlite.insert
     obj = event["data"].get("object") or {}
     stmt = (
@@ -27,18 +42,45 @@ async def insert_event(session: AsyncSession, event: dict[str, Any]) -> bool:
             object_id=obj.get("id") if isinstance(obj.get("id"), str) else None,
             payload=event,
             outcome=None,
-            received_at=utcnow(),
+            lease_until=lease_until,
+            received_at=now,
         )
         .on_conflict_do_nothing(index_elements=["id"])
         .returning(StripeEvent.id)
     )
-    return (await session.execute(stmt)).scalar_one_or_none() is not None
+    if (await session.execute(stmt)).scalar_one_or_none() is not None:
+        return Claim.NEW
+    taken = await session.execute(
+        update(StripeEvent)
+        .where(
+            StripeEvent.id == event["id"],
+            StripeEvent.outcome.is_(None),
+            or_(StripeEvent.lease_until.is_(None), StripeEvent.lease_until < now),
+        )
+        .values(lease_until=lease_until)
+        .returning(StripeEvent.id)
+    )
+    if taken.scalar_one_or_none() is not None:
+        return Claim.RETRY
+    row = await get_event(session, event["id"])
+    return Claim.APPLIED if row is not None and row.outcome is not None else Claim.BUSY
+
+
+async def release_event(session: AsyncSession, event_id: str) -> None:
+    """Give up the lease of an event that could not be applied (the next delivery retries)."""
+    await session.execute(
+        update(StripeEvent)
+        .where(StripeEvent.id == event_id, StripeEvent.outcome.is_(None))
+        .values(lease_until=None)
+    )
 
 
 async def set_outcome(session: AsyncSession, event_id: str, outcome: str) -> None:
-    """Record what applying the event did."""
+    """Record what applying the event did, and end its lease."""
     await session.execute(
-        update(StripeEvent).where(StripeEvent.id == event_id).values(outcome=outcome[:500])
+        update(StripeEvent)
+        .where(StripeEvent.id == event_id)
+        .values(outcome=outcome[:500], lease_until=None)
     )
 
 

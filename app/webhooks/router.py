@@ -7,8 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, BackgroundTasks, Header, Request
 from pydantic import BaseModel
 
-from app.db import SessionDep
-from app.errors import InvalidSignature, PaymentProviderUnavailable, PaymentsNotConfigured
+from app.errors import (
+    EventInProgress,
+    InvalidSignature,
+    PaymentProviderUnavailable,
+    PaymentsNotConfigured,
+)
 from app.openapi import problem_responses
 from app.orders import lifecycle
 from app.stripe_gateway import StripeRequestFailed
@@ -32,7 +36,11 @@ class WebhookAckOut(BaseModel):
     summary="Receive a Stripe event",
     # A 5xx means not stored: Stripe delivers the event again later.
     responses=problem_responses(
-        InvalidSignature, StripeRequestFailed, PaymentProviderUnavailable, PaymentsNotConfigured
+        InvalidSignature,
+        EventInProgress,
+        StripeRequestFailed,
+        PaymentProviderUnavailable,
+        PaymentsNotConfigured,
     ),
     openapi_extra={
         "requestBody": {
@@ -44,14 +52,13 @@ class WebhookAckOut(BaseModel):
 )
 async def receive_stripe_event(
     request: Request,
-    session: SessionDep,
     background: BackgroundTasks,
     stripe_signature: Annotated[str | None, Header(alias="Stripe-Signature")] = None,
 ) -> WebhookAckOut:
-    """Verify the signature on the raw body, store the event once and apply it; 200 only after
-    the commit."""
+    """Verify the signature on the raw body, claim the event id, apply it (Stripe is asked
+    outside any transaction) and record the outcome; 200 only after that commit."""
     receipt = await service.receive_event(
-        session,
+        request.app.state.session_maker,
         request.app.state.settings,
         request.app.state.stripe,
         await request.body(),

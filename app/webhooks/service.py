@@ -1,31 +1,54 @@
-"""Receiving Stripe events: verify, store once, apply, all in the request's transaction.
+"""Receiving Stripe events: verify, claim the event id, apply, record — no transaction open
+while Stripe is asked.
 
 Stripe delivers every event at least once, sometimes twice at the same moment, and out of order.
-The event id is inserted with ON CONFLICT DO NOTHING before anything is applied, in the same
-transaction as the effect: a repeated id is a no-op, a concurrent duplicate waits for the first
-delivery to commit and then finds the id, and a failure rolls back both, so Stripe's retry
-applies the event afresh. The endpoint answers 200 only after the commit (SessionDep).
+Following the transaction policy (`app/db.py`):
+
+1. a short transaction stores the event id (ON CONFLICT DO NOTHING) and claims it with a lease
+   (`lease_until`); an id already applied is a duplicate (200), an id another delivery holds
+   right now is a 409 `event_in_progress` (Stripe delivers it again later);
+2. the handler runs with no transaction open: it re-reads the object from Stripe (the event is
+   only a trigger), then applies what Stripe says under the row lock of what it changes, in a
+   short transaction of its own — every handler is idempotent (unique ledger references, moves
+   that only go forward), so a delivery that dies half-way is simply applied again;
+3. a short transaction records the outcome and ends the lease. 200 only after it.
+
+A handler that fails (Stripe unreachable past the deadline, the database down) leaves the event
+unapplied and its lease released: the answer is a 5xx and Stripe's retry applies it afresh.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
-from app.errors import InvalidSignature, NotFound
+from app.db import session_scope
+from app.errors import EventInProgress, InvalidSignature, NotFound
 from app.metrics import STRIPE_EVENTS
+from app.models.base import utcnow
 from app.models.orders import StripeEvent
 from app.stripe_gateway import StripeGateway
 from app.webhooks import repository
 from app.webhooks.registry import WebhookContext, handler_for
+from app.webhooks.repository import Claim
 
 log = structlog.get_logger(__name__)
 
 UNHANDLED = "ignored: unhandled type"
+
+
+def lease_length(settings: Settings) -> timedelta:
+    """How long a delivery may hold an event: its Stripe work is bounded by the deadline, the
+    two short transactions by the pool timeout."""
+    return timedelta(
+        seconds=settings.stripe_deadline_seconds + settings.database_pool_timeout_seconds + 5
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,13 +64,16 @@ class Receipt:
 
 
 async def _apply(
-    session: AsyncSession, settings: Settings, stripe: StripeGateway, event: dict[str, Any]
+    maker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    stripe: StripeGateway,
+    event: dict[str, Any],
 ) -> str:
     handler = handler_for(event["type"])
     if handler is None:
         return UNHANDLED
     try:
-        return await handler(WebhookContext(session, settings, stripe), event)
+        return await handler(WebhookContext(maker, settings, stripe, str(event["id"])), event)
     except Exception:
         STRIPE_EVENTS.labels(event["type"], "failed").inc()
         log.warning("stripe_event_failed", event_id=event["id"], type=event["type"], exc_info=True)
@@ -55,13 +81,13 @@ async def _apply(
 
 
 async def receive_event(
-    session: AsyncSession,
+    maker: async_sessionmaker[AsyncSession],
     settings: Settings,
     stripe: StripeGateway,
     payload: bytes,
     signature: str | None,
 ) -> Receipt:
-    """Verify the delivery on its raw body, store the event id once and apply the event."""
+    """Verify the delivery on its raw body, claim the event id and apply the event."""
     try:
         event = stripe.construct_event(payload, signature)
     except InvalidSignature as exc:
@@ -69,12 +95,27 @@ async def receive_event(
         log.warning("stripe_event_invalid_signature", reason=exc.detail)
         raise
     event_id, event_type = str(event["id"]), str(event["type"])
-    if not await repository.insert_event(session, event):
+    async with session_scope(maker) as session:
+        now = utcnow()
+        claim = await repository.claim_event(session, event, now, now + lease_length(settings))
+    if claim is Claim.APPLIED:
         STRIPE_EVENTS.labels(event_type, "duplicate").inc()
         log.info("stripe_event_duplicate", event_id=event_id, type=event_type)
         return Receipt(event_id, event_type, duplicate=True, outcome=None)
-    outcome = await _apply(session, settings, stripe, event)
-    await repository.set_outcome(session, event_id, outcome)
+    if claim is Claim.BUSY:
+        STRIPE_EVENTS.labels(event_type, "in_progress").inc()
+        raise EventInProgress(f"Event {event_id} is being applied by another delivery.")
+    try:
+        outcome = await _apply(maker, settings, stripe, event)
+        async with session_scope(maker) as session:
+            await repository.set_outcome(session, event_id, outcome)
+    except BaseException:
+        # Give the lease back so Stripe's next delivery applies it at once (best effort: with
+        # the database gone it lapses by itself).
+        with contextlib.suppress(Exception):
+            async with session_scope(maker) as session:
+                await repository.release_event(session, event_id)
+        raise
     STRIPE_EVENTS.labels(event_type, "unhandled" if outcome == UNHANDLED else "applied").inc()
     log.info("stripe_event_applied", event_id=event_id, type=event_type, outcome=outcome)
     obj = event["data"].get("object") or {}
@@ -83,15 +124,23 @@ async def receive_event(
 
 
 async def replay_event(
-    session: AsyncSession, settings: Settings, stripe: StripeGateway, event_id: str
+    maker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    stripe: StripeGateway,
+    event_id: str,
 ) -> StripeEvent:
     """Apply a stored event again through the same idempotent handlers (an operator's repair
     after a fix); its recorded outcome is replaced by the replay's."""
-    row = await repository.get_event(session, event_id, for_update=True)
-    if row is None:
-        raise NotFound(f"No Stripe event {event_id}.")
-    outcome = await _apply(session, settings, stripe, dict(row.payload))
-    row.outcome = f"replayed: {outcome}"[:500]
-    STRIPE_EVENTS.labels(row.type, "replayed").inc()
-    log.info("stripe_event_replayed", event_id=event_id, type=row.type, outcome=outcome)
+    async with session_scope(maker) as session:
+        row = await repository.get_event(session, event_id)
+        if row is None:
+            raise NotFound(f"No Stripe event {event_id}.")
+        payload, event_type = dict(row.payload), row.type
+    outcome = await _apply(maker, settings, stripe, payload)
+    async with session_scope(maker) as session:
+        await repository.set_outcome(session, event_id, f"replayed: {outcome}")
+        row = await repository.get_event(session, event_id)
+        assert row is not None
+    STRIPE_EVENTS.labels(event_type, "replayed").inc()
+    log.info("stripe_event_replayed", event_id=event_id, type=event_type, outcome=outcome)
     return row

@@ -251,7 +251,11 @@ async def test_an_event_that_cannot_be_checked_while_stripe_is_down_is_refused_f
     refused = await stripe_peer.deliver(event, client)
     assert refused.status_code == 503, refused.text
     async with session_scope(session_maker) as session:
-        assert await session.get(StripeEvent, event.id) is None
+        stored = await session.get(StripeEvent, event.id)
+        # Claimed, not applied, its lease given back for Stripe's next delivery.
+        assert stored is not None
+        assert stored.outcome is None
+        assert stored.lease_until is None
     # Stripe delivers it again later, and now it applies.
     retried = await stripe_peer.deliver(event, client, resign=True)
     assert retried.status_code == 200, retried.text

@@ -209,12 +209,12 @@ async def test_a_timeout_is_retried_with_the_same_key_and_completes(
     assert approved.json()["stripe_refund_id"] is None
     assert await _balance(client, alice) == "12.000000"
     # Not due yet: nothing happens.
-    assert await retry_unknown_refunds(session_maker, app.state.stripe) == 0
+    assert await retry_unknown_refunds(session_maker, app.state.stripe, app.state.settings) == 0
     async with session_scope(session_maker) as session:
         row = await session.get(RefundRequest, request["id"])
         assert row is not None
         row.next_attempt_at = row.created_at
-    assert await retry_unknown_refunds(session_maker, app.state.stripe) == 1
+    assert await retry_unknown_refunds(session_maker, app.state.stripe, app.state.settings) == 1
     done = (await client.get("/v1/refund-requests", headers=alice)).json()["data"][0]
     assert done["status"] == "succeeded"
     # One refund at Stripe, however many calls carried the key.
