@@ -1,4 +1,32 @@
-"""Engine, one transaction per request, and `session_scope()` for jobs and the CLI.
+"""Engine, one transaction per request, and `session_scope()` for jobs and the CLI — and the
+transaction policy every module follows.
+
+Transaction policy
+------------------
+1. **No Stripe call while a transaction or a row lock is open.** A Stripe call may take up to
+   `stripe_deadline_seconds` (12 s by default); a connection held that long, by many requests at
+   once, empties the pool for everyone (the gateway's debits, `/readyz`, every replica).
+2. **Exclusivity comes from a claim, not a held lock.** Work that must not run twice at once
+   takes a lease in a short transaction, then calls Stripe with nothing open, then applies the
+   answer in a short transaction under the row lock of what it changes:
+   - a webhook delivery claims its event id (`stripe_events.lease_until`; a second delivery
+     meanwhile is a 409 and Stripe retries it);
+   - a refund attempt claims its request (`attempts` + 1 and `next_attempt_at` moved past the
+     call's deadline; the reconciler takes over when the lease lapses);
+   - the reconciler claims pending orders (`next_check_at`, FOR UPDATE SKIP LOCKED);
+   - a purchase writes and commits its order first; the Stripe object is created under the
+     idempotency key `order:<id>`, then its ids are stored.
+3. **What is applied is idempotent.** Every ledger posting has a unique reference, statuses
+   move only forward (`app/orders/state.py`, `app/refunds/state.py`), so an answer applied
+   twice, late or after a crash changes nothing more.
+4. **One deadline per request or job run** for all its Stripe work
+   (`app.stripe_gateway.deadline`); past it the answer is 503 `payment_provider_unavailable`
+   with `Retry-After`, and the claim (lease) makes the retry safe.
+5. Portal requests that only touch the database run in one request transaction (`SessionDep`);
+   the gateway's hot path on PostgreSQL is single autocommit statements (`app/usage/`).
+
+`tests/test_transaction_policy.py` walks the source for Stripe calls inside `session_scope()`
+blocks and in functions that hold a session.
 
 A database outage (the server restarting, our connections terminated, the pool exhausted past
 `database_pool_timeout_seconds`) is `is_database_outage()`; `app.errors` answers it 503
