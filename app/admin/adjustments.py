@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request, Response, status
+from fastapi import APIRouter, Path, Response, status
 from pydantic import BaseModel, Field, StringConstraints
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -13,6 +13,7 @@ from app.admin.audit import record_admin_action
 from app.auth import AdminUser
 from app.config import Settings
 from app.db import SessionDep
+from app.deps import SettingsDep
 from app.errors import IdempotencyConflict, InsufficientBalance, ValidationFailed
 from app.ledger.service import Leg, hash_request, post
 from app.openapi import problem_responses
@@ -127,17 +128,15 @@ async def adjust_wallet(
     },
 )
 async def create_adjustment(
-    request: Request,
     response: Response,
     user_id: Annotated[CleanStr, Path(min_length=1, max_length=255, pattern=r"^\S+$")],
     body: AdjustmentIn,
     admin: AdminUser,
     session: SessionDep,
+    settings: SettingsDep,
 ) -> AdjustmentOut:
     """Credit (positive) or debit (negative) a wallet with a reason; audited."""
-    out = await adjust_wallet(
-        session, request.app.state.settings, actor=admin.user_id, user_id=user_id, body=body
-    )
+    out = await adjust_wallet(session, settings, actor=admin.user_id, user_id=user_id, body=body)
     if out.replayed:
         response.status_code = status.HTTP_200_OK
     return out

@@ -8,6 +8,7 @@ from fastapi import APIRouter, BackgroundTasks, Header, Request
 from pydantic import BaseModel
 
 from app.db import SessionDep
+from app.deps import SessionMakerDep, SettingsDep, StripeDep
 from app.errors import InvalidSignature, PaymentProviderUnavailable, PaymentsNotConfigured
 from app.openapi import problem_responses
 from app.purchase import service as purchase_service
@@ -45,6 +46,9 @@ class WebhookAckOut(BaseModel):
 async def receive_stripe_event(
     request: Request,
     session: SessionDep,
+    maker: SessionMakerDep,
+    stripe: StripeDep,
+    settings: SettingsDep,
     background: BackgroundTasks,
     stripe_signature: Annotated[str | None, Header(alias="Stripe-Signature")] = None,
 ) -> WebhookAckOut:
@@ -52,8 +56,8 @@ async def receive_stripe_event(
     the commit."""
     receipt = await service.receive_event(
         session,
-        request.app.state.settings,
-        request.app.state.stripe,
+        settings,
+        stripe,
         await request.body(),
         stripe_signature,
     )
@@ -61,9 +65,9 @@ async def receive_stripe_event(
         # After the response and the commit, so that no Stripe call runs inside the transaction.
         background.add_task(
             purchase_service.stop_card_testing,
-            request.app.state.session_maker,
-            request.app.state.stripe,
-            request.app.state.settings,
+            maker,
+            stripe,
+            settings,
             receipt.object_id,
         )
     return WebhookAckOut(
