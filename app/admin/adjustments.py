@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Response, status
 from pydantic import BaseModel, Field, StringConstraints
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.admin.audit import record_admin_action
+from app.audit.service import record_admin_action
 from app.auth import AdminUser
 from app.config import Settings
 from app.db import SessionDep

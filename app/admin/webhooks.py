@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 from pydantic import BaseModel
 
-from app.admin.audit import record_admin_action
+from app.audit.service import record_admin_action
 from app.auth import AdminUser
 from app.db import SessionDep
 from app.deps import SettingsDep, StripeDep
