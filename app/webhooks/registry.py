@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
+from app.stripe_gateway import StripeGateway
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,8 +26,8 @@ class WebhookContext:
 
     session: AsyncSession
     settings: Settings
-    stripe: Any
-    """The app's `StripeGateway` (handlers may ask Stripe for the authoritative object)."""
+    stripe: StripeGateway
+    """Handlers may ask Stripe for the authoritative object."""
 
 
 Handler = Callable[[WebhookContext, dict[str, Any]], Awaitable[str]]
@@ -38,7 +39,7 @@ HANDLER_MODULES = (
     "app.purchase.webhooks",
     "app.refunds.webhooks",
 )
-"""Modules that register handlers; a missing one is skipped (a capability not built yet)."""
+"""Modules that register handlers."""
 
 
 def handles(*event_types: str) -> Callable[[Handler], Handler]:
@@ -58,11 +59,7 @@ def handles(*event_types: str) -> Callable[[Handler], Handler]:
 def load_handlers() -> dict[str, Handler]:
     """Import every handler module once and return the registry."""
     for name in HANDLER_MODULES:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
+        importlib.import_module(name)
     return dict(_HANDLERS)
 
 
