@@ -31,10 +31,10 @@ async def _migrate(settings: Settings) -> int:
 
     engine = create_engine(settings)
     try:
-        await upgrade_head(engine)
+        upgrade = await upgrade_head(engine)
     finally:
         await engine.dispose()
-    print("database is at the latest migration", file=sys.stderr)
+    print(upgrade.line(), file=sys.stderr)
     return 0
 
 
