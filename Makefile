@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install run test test-postgres test-sqlite check format migrate openapi fuzz bench clean
+.PHONY: install run sandbox-pay test test-postgres test-sqlite check format migrate openapi fuzz bench clean
 
 .tools/bin/uv:
 	$(PYTHON) -m venv .tools
@@ -24,8 +24,14 @@ $(VENV)/.synced: uv.lock pyproject.toml | $(UV)
 
 install: $(VENV)/.synced
 
+# The service on 127.0.0.1:$${PORT:-8000} with SQLite and, without Stripe keys, the Stripe sandbox
+# (dev/, never shipped). `make sandbox-pay ORDER=ord_… [DECLINE=1]` pays an order there.
 run: install
-	$(BIN)/python -m app.local
+	$(BIN)/python -m dev.run
+
+ORDER ?=
+sandbox-pay: install
+	$(BIN)/python -m dev.sandbox pay $(ORDER) $(if $(DECLINE),--decline)
 
 test: install
 	$(MAKE) --no-print-directory check

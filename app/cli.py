@@ -31,10 +31,10 @@ async def _migrate(settings: Settings) -> int:
 
     engine = create_engine(settings)
     try:
-        await upgrade_head(engine)
+        upgrade = await upgrade_head(engine)
     finally:
         await engine.dispose()
-    print("database is at the latest migration", file=sys.stderr)
+    print(upgrade.line(), file=sys.stderr)
     return 0
 
 
@@ -175,13 +175,6 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     return _run(_reconcile(args, settings))
 
 
-def cmd_sandbox(args: argparse.Namespace, settings: Settings) -> int:
-    """Play the customer at the local Stripe sandbox started by `make run`."""
-    from app.local import cmd_sandbox_pay
-
-    return cmd_sandbox_pay(args.order_id, decline=args.decline)
-
-
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI document the app serves (which no setting changes, so it is built with
     development settings and needs no environment)."""
@@ -219,7 +212,6 @@ COMMANDS: dict[str, Command] = {
     "openapi": cmd_openapi,
     "ledger-verify": cmd_ledger_verify,
     "reconcile": cmd_reconcile,
-    "sandbox": cmd_sandbox,
 }
 
 
@@ -260,18 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reconcile.add_argument("-v", "--verbose", action="store_true", help="a line per order")
 
-    sandbox = sub.add_parser("sandbox", help=cmd_sandbox.__doc__)
-    sandbox_sub = sandbox.add_subparsers(dest="action", required=True)
-    pay = sandbox_sub.add_parser("pay", help="pay an order's PaymentIntent or Checkout Session")
-    pay.add_argument("order_id")
-    pay.add_argument("--decline", action="store_true", help="with a card that is declined")
-
     openapi = sub.add_parser("openapi", help=cmd_openapi.__doc__)
     openapi.add_argument("--check", action="store_true")
     return parser
 
 
-SETTINGS_FREE = {"openapi", "sandbox"}
+SETTINGS_FREE = {"openapi"}
 """Commands that work without the environment's settings (and so without production secrets)."""
 
 

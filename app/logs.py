@@ -47,3 +47,5 @@ def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
         logging.getLogger(name).handlers = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+    # Alembic says every plugin it loads and every step at INFO; `migrate` prints one line.
+    logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,22 +29,39 @@ MIGRATION_LOCK_KEY = 0x746F726F75746572
 """The PostgreSQL advisory lock that serialises migrations (`b"torouter"` as an integer)."""
 
 
-async def upgrade_head(engine: AsyncEngine) -> None:
+@dataclass(frozen=True, slots=True)
+class Upgrade:
+    """What `upgrade_head` did: the revision before and after (None: an empty database)."""
+
+    before: str | None
+    after: str | None
+
+    def line(self) -> str:
+        if self.before == self.after:
+            return f"database is at the latest migration ({self.after})"
+        return f"database migrated from {self.before or 'empty'} to {self.after}"
+
+
+async def upgrade_head(engine: AsyncEngine) -> Upgrade:
     """Apply every migration not yet applied. On PostgreSQL, under a transaction-scoped advisory
     lock: replicas starting together queue up, and each one after the first finds the database
-    at head and does nothing."""
+    at head and does nothing. Returns what it did, for the one line `torouter-billing migrate`
+    prints (alembic's own step-by-step lines are below the log level, `app.logs`)."""
 
-    def _upgrade(connection: Any) -> None:
+    def _upgrade(connection: Any) -> Upgrade:
+        before = MigrationContext.configure(connection).get_current_revision()
         config = alembic_config()
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+        return Upgrade(before, MigrationContext.configure(connection).get_current_revision())
 
     async with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             await connection.execute(
                 text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
             )
-        await connection.run_sync(_upgrade)
+        upgrade = await connection.run_sync(_upgrade)
+    return upgrade
 
 
 async def schema_differences(engine: AsyncEngine) -> list[Any]:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from pydantic import StringConstraints
 
 from app.auth import AdminUser
 from app.db import SessionDep
+from app.deps import SessionMakerDep, SettingsDep, StripeDep
 from app.errors import NotFound, PaymentProviderUnavailable, PaymentsNotConfigured
 from app.openapi import problem_responses
 from app.orders import lifecycle, service
@@ -23,9 +24,9 @@ router = APIRouter(prefix="/admin/orders", tags=["admin"])
 
 @router.get("", summary="List orders of any user")
 async def admin_list_orders(
-    request: Request,
     admin: AdminUser,
     session: SessionDep,
+    settings: SettingsDep,
     user_id: Annotated[CleanStr | None, Query(max_length=255)] = None,
     status: Annotated[
         list[Annotated[CleanStr, StringConstraints(max_length=32)]] | None, Query()
@@ -38,7 +39,7 @@ async def admin_list_orders(
     """Orders newest first, of one user (`user_id`) or of everyone."""
     return await service.list_orders(
         session,
-        request.app.state.settings,
+        settings,
         user_id=user_id,
         statuses=status,
         created_from=created_from,
@@ -50,10 +51,10 @@ async def admin_list_orders(
 
 @router.get("/{order_id}", summary="Get any order", responses=problem_responses(NotFound))
 async def admin_get_order(
-    request: Request, order_id: OrderId, admin: AdminUser, session: SessionDep
+    order_id: OrderId, admin: AdminUser, session: SessionDep, settings: SettingsDep
 ) -> OrderOut:
     """One order of any user."""
-    return await service.show_order(session, request.app.state.settings, None, order_id)
+    return await service.show_order(session, settings, None, order_id)
 
 
 @router.post(
@@ -63,12 +64,18 @@ async def admin_get_order(
         NotFound, StripeRequestFailed, PaymentProviderUnavailable, PaymentsNotConfigured
     ),
 )
-async def admin_sync_order(request: Request, order_id: OrderId, admin: AdminUser) -> OrderOut:
+async def admin_sync_order(
+    order_id: OrderId,
+    admin: AdminUser,
+    maker: SessionMakerDep,
+    stripe: StripeDep,
+    settings: SettingsDep,
+) -> OrderOut:
     """Ask Stripe about any user's order and apply what it says; audited."""
     return await lifecycle.sync_order(
-        request.app.state.session_maker,
-        request.app.state.stripe,
-        request.app.state.settings,
+        maker,
+        stripe,
+        settings,
         order_id,
         user_id=None,
         admin=admin.user_id,

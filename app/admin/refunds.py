@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query
 from pydantic import StringConstraints
 
 from app.auth import AdminUser
 from app.db import SessionDep
+from app.deps import SessionMakerDep, SettingsDep, StripeDep
 from app.errors import InvalidStateTransition, NotFound, PaymentsNotConfigured, RefundNotEligible
 from app.openapi import problem_responses
 from app.pagination import DEFAULT_LIMIT, MAX_LIMIT, encode_cursor
@@ -66,13 +67,18 @@ async def admin_list_refund_requests(
     ),
 )
 async def admin_approve_refund_request(
-    request: Request, request_id: RefundRequestId, admin: AdminUser, body: ReviewIn | None = None
+    request_id: RefundRequestId,
+    admin: AdminUser,
+    maker: SessionMakerDep,
+    stripe: StripeDep,
+    settings: SettingsDep,
+    body: ReviewIn | None = None,
 ) -> AdminRefundRequestOut:
     """Debit the wallet and refund at Stripe (idempotency key `refund:<request_id>`)."""
     row = await service.approve_request(
-        request.app.state.session_maker,
-        request.app.state.stripe,
-        request.app.state.settings,
+        maker,
+        stripe,
+        settings,
         request_id,
         actor=admin.user_id,
         note=body.note if body else None,

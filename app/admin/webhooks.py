@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path
 from pydantic import BaseModel
 
-from app.admin.audit import record_admin_action
+from app.audit.service import record_admin_action
 from app.auth import AdminUser
 from app.db import SessionDep
+from app.deps import SessionMakerDep, SettingsDep, StripeDep
 from app.errors import NotFound, PaymentProviderUnavailable, PaymentsNotConfigured
 from app.openapi import problem_responses
 from app.schemas import CleanStr
@@ -36,18 +37,15 @@ class WebhookEventOut(BaseModel):
     responses=problem_responses(NotFound, PaymentProviderUnavailable, PaymentsNotConfigured),
 )
 async def admin_replay_webhook_event(
-    request: Request,
     event_id: Annotated[CleanStr, Path(min_length=1, max_length=255)],
     admin: AdminUser,
     session: SessionDep,
+    maker: SessionMakerDep,
+    settings: SettingsDep,
+    stripe: StripeDep,
 ) -> WebhookEventOut:
     """Apply a stored event again through the same idempotent handlers; audited."""
-    row = await service.replay_event(
-        request.app.state.session_maker,
-        request.app.state.settings,
-        request.app.state.stripe,
-        event_id,
-    )
+    row = await service.replay_event(maker, settings, stripe, event_id)
     await record_admin_action(
         session,
         actor=admin.user_id,

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from sqlalchemy import text
 
 from app.config import Settings
+from app.deps import EngineDep, SettingsDep
 from app.errors import NotFound, ServiceUnavailable, Unauthorized
 from app.metrics import observe_pools
 from app.openapi import problem_responses
@@ -36,20 +37,19 @@ async def healthz() -> Health:
     summary="Ready to serve",
     responses=problem_responses(ServiceUnavailable),
 )
-async def readyz(request: Request) -> Health:
+async def readyz(engine: EngineDep) -> Health:
     """503 when the database does not answer within 2 seconds."""
     try:
-        async with asyncio.timeout(2.0), request.app.state.engine.connect() as conn:
+        async with asyncio.timeout(2.0), engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
     except Exception as exc:
         raise ServiceUnavailable("The database does not answer.") from exc
     return Health(status="ready")
 
 
-def _check_metrics_access(request: Request) -> None:
+def _check_metrics_access(request: Request, settings: Settings) -> None:
     """`BILLING_METRICS_TOKEN` set: that bearer token is required. Unset: open in development
     and tests, off (404) in production, where metrics would tell anyone about the traffic."""
-    settings: Settings = request.app.state.settings
     if settings.metrics_token is None:
         if settings.environment == "production":
             raise NotFound("Metrics are off; set BILLING_METRICS_TOKEN to serve them.")
@@ -74,9 +74,9 @@ def _check_metrics_access(request: Request) -> None:
         **problem_responses(Unauthorized, NotFound),
     },
 )
-async def metrics(request: Request) -> Response:
+async def metrics(request: Request, settings: SettingsDep) -> Response:
     """Metrics in the Prometheus text format; `Authorization: Bearer <BILLING_METRICS_TOKEN>`
     when that is set."""
-    _check_metrics_access(request)
+    _check_metrics_access(request, settings)
     observe_pools(request.app.state.engine, getattr(request.app.state, "usage_store", None))
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

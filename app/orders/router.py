@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query
 from pydantic import StringConstraints
 
 from app.auth import CurrentUser
 from app.db import SessionDep
+from app.deps import SettingsDep
 from app.errors import NotFound
 from app.openapi import problem_responses
 from app.orders import service
@@ -35,9 +36,9 @@ CreatedTo = Annotated[
 
 @router.get("/orders", summary="List my orders", response_model=Page[OrderOut])
 async def list_my_orders(
-    request: Request,
     user: CurrentUser,
     session: SessionDep,
+    settings: SettingsDep,
     status: StatusFilter = None,
     created_from: CreatedFrom = None,
     created_to: CreatedTo = None,
@@ -47,7 +48,7 @@ async def list_my_orders(
     """Every top-up of the caller, newest first, with receipts and refund eligibility."""
     return await service.list_orders(
         session,
-        request.app.state.settings,
+        settings,
         user_id=user.user_id,
         statuses=status,
         created_from=created_from,
@@ -61,7 +62,7 @@ async def list_my_orders(
     "/orders/{order_id}", summary="Get one of my orders", responses=problem_responses(NotFound)
 )
 async def get_my_order(
-    request: Request, order_id: OrderId, user: CurrentUser, session: SessionDep
+    order_id: OrderId, user: CurrentUser, session: SessionDep, settings: SettingsDep
 ) -> OrderOut:
     """One order of the caller; another user's order is a 404."""
-    return await service.show_order(session, request.app.state.settings, user.user_id, order_id)
+    return await service.show_order(session, settings, user.user_id, order_id)

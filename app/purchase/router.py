@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi import APIRouter, Header, Query, Response, status
 
 from app.auth import CurrentUser
 from app.db import SessionDep
+from app.deps import RateLimiterDep, SessionMakerDep, SettingsDep, StripeDep
 from app.errors import (
     IdempotencyConflict,
     NotFound,
@@ -52,9 +53,11 @@ _STRIPE = (StripeRequestFailed, PaymentProviderUnavailable, PaymentsNotConfigure
 
 
 @router.get("/purchase/options", tags=["purchase"], summary="Get top-up options")
-async def get_purchase_options(request: Request, user: CurrentUser) -> PurchaseOptionsOut:
+async def get_purchase_options(
+    user: CurrentUser, settings: SettingsDep, stripe: StripeDep
+) -> PurchaseOptionsOut:
     """Preset amounts, the custom amount bounds, payment modes and the publishable key."""
-    return service.purchase_options(request.app.state.settings, request.app.state.stripe)
+    return service.purchase_options(settings, stripe)
 
 
 @router.post(
@@ -69,18 +72,20 @@ async def get_purchase_options(request: Request, user: CurrentUser) -> PurchaseO
     ),
 )
 async def create_purchase(
-    request: Request,
     response: Response,
     body: PurchaseIn,
     user: CurrentUser,
+    maker: SessionMakerDep,
+    stripe: StripeDep,
+    settings: SettingsDep,
     idempotency_key: IdempotencyKey = None,
 ) -> PaymentOut:
     """Create an order and its Stripe payment: a `client_secret` for Elements or a
     `checkout_url` for hosted Checkout."""
     result = await service.start_purchase(
-        request.app.state.session_maker,
-        request.app.state.stripe,
-        request.app.state.settings,
+        maker,
+        stripe,
+        settings,
         user,
         body,
         idempotency_key,
@@ -92,10 +97,10 @@ async def create_purchase(
 
 @router.get("/purchase/pending", tags=["purchase"], summary="List my unpaid orders")
 async def list_pending_orders(
-    request: Request, user: CurrentUser, session: SessionDep
+    user: CurrentUser, session: SessionDep, settings: SettingsDep
 ) -> Page[OrderOut]:
     """Pending and processing orders, newest first, to resume or cancel."""
-    return await lifecycle.list_pending(session, request.app.state.settings, user.user_id)
+    return await lifecycle.list_pending(session, settings, user.user_id)
 
 
 @router.post(
@@ -106,12 +111,18 @@ async def list_pending_orders(
     dependencies=[rate_limited("resume")],
     responses=problem_responses(NotFound, OrderNotResumable, RateLimited, *_STRIPE),
 )
-async def resume_order(request: Request, order_id: OrderId, user: CurrentUser) -> PaymentOut:
+async def resume_order(
+    order_id: OrderId,
+    user: CurrentUser,
+    maker: SessionMakerDep,
+    stripe: StripeDep,
+    settings: SettingsDep,
+) -> PaymentOut:
     """The current `client_secret` or `checkout_url` while Stripe still accepts payment."""
     return await lifecycle.resume_order(
-        request.app.state.session_maker,
-        request.app.state.stripe,
-        request.app.state.settings,
+        maker,
+        stripe,
+        settings,
         user,
         order_id,
     )
@@ -124,12 +135,18 @@ async def resume_order(request: Request, order_id: OrderId, user: CurrentUser) -
     dependencies=[rate_limited("cancel")],
     responses=problem_responses(NotFound, OrderNotCancelable, *_STRIPE),
 )
-async def cancel_order(request: Request, order_id: OrderId, user: CurrentUser) -> OrderOut:
+async def cancel_order(
+    order_id: OrderId,
+    user: CurrentUser,
+    maker: SessionMakerDep,
+    stripe: StripeDep,
+    settings: SettingsDep,
+) -> OrderOut:
     """Cancel the PaymentIntent or expire the Checkout Session; repeating it is harmless."""
     return await lifecycle.cancel_order(
-        request.app.state.session_maker,
-        request.app.state.stripe,
-        request.app.state.settings,
+        maker,
+        stripe,
+        settings,
         user,
         order_id,
     )
@@ -142,12 +159,18 @@ async def cancel_order(request: Request, order_id: OrderId, user: CurrentUser) -
     dependencies=[rate_limited("sync")],
     responses=problem_responses(NotFound, *_STRIPE),
 )
-async def sync_order(request: Request, order_id: OrderId, user: CurrentUser) -> OrderOut:
+async def sync_order(
+    order_id: OrderId,
+    user: CurrentUser,
+    maker: SessionMakerDep,
+    stripe: StripeDep,
+    settings: SettingsDep,
+) -> OrderOut:
     """Ask Stripe about a stuck order and apply what it says (a late webhook's work)."""
     return await lifecycle.sync_order(
-        request.app.state.session_maker,
-        request.app.state.stripe,
-        request.app.state.settings,
+        maker,
+        stripe,
+        settings,
         order_id,
         user_id=user.user_id,
     )
@@ -160,8 +183,11 @@ async def sync_order(request: Request, order_id: OrderId, user: CurrentUser) -> 
     responses=problem_responses(NotFound, RateLimited, PaymentsNotConfigured),
 )
 async def get_payment_result(
-    request: Request,
     user: CurrentUser,
+    maker: SessionMakerDep,
+    stripe: StripeDep,
+    settings: SettingsDep,
+    limiter: RateLimiterDep,
     order_id: Annotated[CleanStr | None, Query(max_length=64)] = None,
     session_id: Annotated[
         CleanStr | None,
@@ -174,10 +200,10 @@ async def get_payment_result(
     """The order behind a Stripe redirect and the balance; a pending order is checked at
     Stripe first, so the credit shows before the webhook arrives."""
     return await lifecycle.payment_result(
-        request.app.state.session_maker,
-        request.app.state.stripe,
-        request.app.state.settings,
-        request.app.state.rate_limiter,
+        maker,
+        stripe,
+        settings,
+        limiter,
         user,
         order_id=order_id,
         session_id=session_id,

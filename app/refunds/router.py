@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Query, status
 
 from app.auth import CurrentUser
 from app.db import SessionDep
+from app.deps import SessionMakerDep, SettingsDep, StripeDep
 from app.errors import NotFound, PaymentsNotConfigured, RateLimited, RefundNotEligible
 from app.openapi import problem_responses
 from app.orders.router import OrderId
@@ -28,13 +29,18 @@ router = APIRouter(tags=["refunds"])
     responses=problem_responses(NotFound, RefundNotEligible, RateLimited, PaymentsNotConfigured),
 )
 async def create_refund_request(
-    request: Request, order_id: OrderId, body: RefundRequestIn, user: CurrentUser
+    order_id: OrderId,
+    body: RefundRequestIn,
+    user: CurrentUser,
+    maker: SessionMakerDep,
+    stripe: StripeDep,
+    settings: SettingsDep,
 ) -> RefundRequestOut:
     """File a refund request for a paid order (default: the whole refundable amount)."""
     row = await service.create_request(
-        request.app.state.session_maker,
-        request.app.state.stripe,
-        request.app.state.settings,
+        maker,
+        stripe,
+        settings,
         user,
         order_id,
         amount_micros=body.amount_micros,

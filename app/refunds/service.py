@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.admin.audit import record_admin_action
+from app.audit.service import record_admin_action
 from app.auth import Principal
 from app.config import Settings
 from app.db import session_scope

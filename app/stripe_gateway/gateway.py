@@ -26,7 +26,7 @@ import hmac
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 import stripe
 import structlog
@@ -53,8 +53,6 @@ that Stripe can expand (`latest_charge`, `payment_intent`, `customer`, …) are 
 the method says it expands them; `expandable_id()` reads either form."""
 
 DEFAULT_PRODUCT_NAME = "ToRouter balance top-up"
-
-T = TypeVar("T")
 
 
 def expandable_id(value: Any) -> str | None:
@@ -304,20 +302,6 @@ class StripeGateway:
                 raise
             return await self.retrieve_payment_intent(payment_intent_id)
 
-    async def confirm_payment_intent(
-        self, payment_intent_id: str, *, payment_method: str
-    ) -> StripeJSON:
-        """Confirm with a payment method server-side — what Stripe.js does in the browser. For
-        the local sandbox and tests only (e.g. `pm_card_visa`); a decline raises
-        StripeCardDeclined."""
-        return await self._call(
-            "payment_intents.confirm",
-            lambda: self._v1.payment_intents.confirm_async(
-                payment_intent_id,
-                {"payment_method": payment_method, "expand": ["latest_charge"]},
-            ),
-        )
-
     # -- checkout sessions (Checkout mode) -------------------------------------------------------
 
     async def create_checkout_session(
@@ -410,13 +394,7 @@ class StripeGateway:
                 raise
         return await self.retrieve_checkout_session(session_id)
 
-    # -- charges and refunds ---------------------------------------------------------------------
-
-    async def retrieve_charge(self, charge_id: str) -> StripeJSON:
-        """A Charge (`receipt_url`, `amount_refunded`, `refunded`, `disputed`, …)."""
-        return await self._call(
-            "charges.retrieve", lambda: self._v1.charges.retrieve_async(charge_id)
-        )
+    # -- refunds -------------------------------------------------------------------------------
 
     async def create_refund(
         self,

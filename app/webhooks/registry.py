@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
+from app.stripe_gateway import StripeGateway
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,8 +29,8 @@ class WebhookContext:
     maker: async_sessionmaker[AsyncSession]
     """For the handler's own short transactions."""
     settings: Settings
-    stripe: Any
-    """The app's `StripeGateway` (handlers may ask Stripe for the authoritative object)."""
+    stripe: StripeGateway
+    """Handlers may ask Stripe for the authoritative object."""
     event_id: str
 
 
@@ -42,7 +43,7 @@ HANDLER_MODULES = (
     "app.orders.webhooks",
     "app.refunds.webhooks",
 )
-"""Modules that register handlers; a missing one is skipped (a capability not built yet)."""
+"""Modules that register handlers."""
 
 
 def handles(*event_types: str) -> Callable[[Handler], Handler]:
@@ -62,11 +63,7 @@ def handles(*event_types: str) -> Callable[[Handler], Handler]:
 def load_handlers() -> dict[str, Handler]:
     """Import every handler module once and return the registry."""
     for name in HANDLER_MODULES:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
+        importlib.import_module(name)
     return dict(_HANDLERS)
 
 

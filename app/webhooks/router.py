@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, BackgroundTasks, Header, Request
 from pydantic import BaseModel
 
+from app.deps import SessionMakerDep, SettingsDep, StripeDep
 from app.errors import (
     EventInProgress,
     InvalidSignature,
@@ -52,15 +53,18 @@ class WebhookAckOut(BaseModel):
 )
 async def receive_stripe_event(
     request: Request,
+    maker: SessionMakerDep,
+    stripe: StripeDep,
+    settings: SettingsDep,
     background: BackgroundTasks,
     stripe_signature: Annotated[str | None, Header(alias="Stripe-Signature")] = None,
 ) -> WebhookAckOut:
     """Verify the signature on the raw body, claim the event id, apply it (Stripe is asked
     outside any transaction) and record the outcome; 200 only after that commit."""
     receipt = await service.receive_event(
-        request.app.state.session_maker,
-        request.app.state.settings,
-        request.app.state.stripe,
+        maker,
+        settings,
+        stripe,
         await request.body(),
         stripe_signature,
     )
@@ -68,9 +72,9 @@ async def receive_stripe_event(
         # After the response and the commit, so that no Stripe call runs inside the transaction.
         background.add_task(
             lifecycle.stop_card_testing,
-            request.app.state.session_maker,
-            request.app.state.stripe,
-            request.app.state.settings,
+            maker,
+            stripe,
+            settings,
             receipt.object_id,
         )
     return WebhookAckOut(

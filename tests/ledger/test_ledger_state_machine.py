@@ -31,7 +31,8 @@ from hypothesis.stateful import (
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.admin.adjustments import AdjustmentIn, adjust_wallet
+from app.adjustments.schemas import AdjustmentIn
+from app.adjustments.service import adjust_wallet
 from app.config import Settings
 from app.db import create_engine, create_session_maker, session_scope
 from app.errors import IdempotencyConflict, InsufficientBalance, InvalidStateTransition

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
+import stripe
 
 from app.config import Settings
 from app.errors import PaymentDeclined, PaymentsNotConfigured
@@ -17,6 +19,7 @@ from app.stripe_gateway import (
     expandable_id,
     expanded,
 )
+from app.stripe_gateway.errors import map_stripe_error
 from tests.stripe_peer import StripePeer
 
 SUCCESS_URL = "http://portal.test/payment/result?order_id=ord_1&session_id={CHECKOUT_SESSION_ID}"
@@ -33,6 +36,21 @@ async def _paid_payment_intent(
     result = await peer.pay_payment_intent(pi["id"])
     assert result["outcome"] == "succeeded"
     return pi
+
+
+async def _confirm_declined(peer: StripePeer, payment_intent_id: str, payment_method: str) -> Any:
+    """Confirm server-side with the SDK (what Stripe.js does in the browser; the service never
+    confirms) and return our error for the SDK's CardError."""
+    http = stripe.HTTPXClient()
+    client = stripe.StripeClient(peer.api_key, http_client=http, base_addresses={"api": peer.url})
+    try:
+        with pytest.raises(stripe.CardError) as caught:
+            await client.v1.payment_intents.confirm_async(
+                payment_intent_id, {"payment_method": payment_method}
+            )
+    finally:
+        await http.close_async()
+    return map_stripe_error(caught.value, operation="payment_intents.confirm")
 
 
 def _session_args(order_id: str = "ord_1", customer_id: str | None = None) -> dict[str, object]:
@@ -115,7 +133,7 @@ async def test_a_payment_intent_carries_the_order_and_reads_back_with_its_receip
     assert charge["payment_intent"] == pi["id"]
     assert charge["receipt_email"] == "user-1@example.com"
     assert expandable_id(paid["latest_charge"]) == charge["id"]
-    assert (await gateway.retrieve_charge(charge["id"]))["receipt_url"] == charge["receipt_url"]
+    assert (await stripe_peer.retrieve(charge["id"]))["receipt_url"] == charge["receipt_url"]
 
 
 async def test_creating_the_same_order_twice_makes_one_payment_intent(
@@ -182,10 +200,9 @@ async def test_a_declined_card_is_payment_declined_with_stripes_message(
     pi = await gateway.create_payment_intent(
         order_id="ord_1", user_id="user-1", amount_cents=1000, customer_id=None
     )
-    with pytest.raises(PaymentDeclined) as caught:
-        await gateway.confirm_payment_intent(pi["id"], payment_method="pm_card_chargeCustomerFail")
+    declined = await _confirm_declined(stripe_peer, pi["id"], "pm_card_chargeCustomerFail")
 
-    declined = caught.value
+    assert isinstance(declined, PaymentDeclined)
     assert isinstance(declined, StripeCardDeclined)
     assert isinstance(declined, StripeRequestFailed)  # a definite failure
     assert declined.status == 402
@@ -205,12 +222,12 @@ async def test_insufficient_funds_keeps_its_decline_code(
     pi = await gateway.create_payment_intent(
         order_id="ord_1", user_id="user-1", amount_cents=1000, customer_id=None
     )
-    with pytest.raises(StripeCardDeclined) as caught:
-        await gateway.confirm_payment_intent(
-            pi["id"], payment_method="pm_card_visa_chargeDeclinedInsufficientFunds"
-        )
-    assert caught.value.decline_code == "insufficient_funds"
-    assert caught.value.detail == "Your card has insufficient funds."
+    declined = await _confirm_declined(
+        stripe_peer, pi["id"], "pm_card_visa_chargeDeclinedInsufficientFunds"
+    )
+    assert isinstance(declined, StripeCardDeclined)
+    assert declined.decline_code == "insufficient_funds"
+    assert declined.detail == "Your card has insufficient funds."
 
 
 async def test_a_missing_object_is_its_own_error(gateway: StripeGateway) -> None:
@@ -341,7 +358,7 @@ async def test_a_refund_is_created_once_per_request_and_announced(
         "refund.created",
         "charge.refunded",
     ]
-    charge = await gateway.retrieve_charge(refund["charge"])
+    charge = await stripe_peer.retrieve(refund["charge"])
     assert charge["amount_refunded"] == 500
     assert charge["refunded"] is False
     assert (await gateway.retrieve_refund(refund["id"]))["status"] == "succeeded"
@@ -367,7 +384,7 @@ async def test_a_pending_refund_settles_later_through_events(
         "refund.updated",
         "refund.failed",
     ]
-    assert (await gateway.retrieve_charge(refund["charge"]))["amount_refunded"] == 0
+    assert (await stripe_peer.retrieve(refund["charge"]))["amount_refunded"] == 0
 
 
 async def test_refusals_of_a_refund_are_definite_failures(
@@ -407,7 +424,6 @@ async def test_without_a_secret_key_every_call_says_payments_are_not_configured(
         gateway.create_checkout_session(**_session_args()),  # type: ignore[arg-type]
         gateway.retrieve_checkout_session("cs_1"),
         gateway.expire_checkout_session("cs_1"),
-        gateway.retrieve_charge("ch_1"),
         gateway.create_refund(refund_request_id="r", payment_intent_id="pi_1", amount_cents=1),
         gateway.retrieve_refund("re_1"),
     ]

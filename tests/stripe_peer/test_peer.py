@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from app.config import Settings
-from app.stripe_gateway import StripeGateway, verify_webhook
+from app.stripe_gateway import StripeGateway, expanded, verify_webhook
 from tests.stripe_peer import PeerError, StripePeer
 
 SUCCESS_URL = "http://portal.test/payment/result?order_id=ord_1&session_id={CHECKOUT_SESSION_ID}"
@@ -218,7 +218,9 @@ async def test_a_dispute_is_opened_and_closed_with_its_events(
         "charge.dispute.closed",
         "charge.dispute.funds_reinstated",
     ]
-    charge = await gateway.retrieve_charge(dispute["charge"])
+    charge = expanded((await gateway.retrieve_payment_intent(pi["id"]))["latest_charge"])
+    assert charge is not None
+    assert charge["id"] == dispute["charge"]
     assert charge["disputed"] is True
     with pytest.raises(PeerError):
         await stripe_peer.close_dispute(dispute["id"], won=False)

@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from app.admin.adjustments import AdjustmentIn, adjust_wallet
+from app.adjustments.schemas import AdjustmentIn
+from app.adjustments.service import adjust_wallet
 from app.config import Settings
 from app.db import create_engine, create_session_maker, session_scope
 from app.errors import IdempotencyConflict, InsufficientBalance

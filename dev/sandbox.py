@@ -1,16 +1,16 @@
-"""`make run`: the service on 127.0.0.1:8000 with the embedded SQLite database, migrated first,
-and a demo user's and admin's token printed so `/docs` can be tried at once.
+"""The local Stripe sandbox of `make run`, and `python -m dev.sandbox pay <order_id>`.
 
-Without `BILLING_STRIPE_SECRET_KEY`, a Stripe sandbox is started first: the test suite's Stripe
-peer (`python -m tests.stripe_peer`, a development-only process that never ships in the image)
-on a free loopback port, with the service's webhook endpoint registered under a generated
-`whsec_` secret. The service is pointed at it, so a whole top-up works offline:
-`POST /v1/purchase` from `/docs`, then `torouter-billing sandbox pay <order_id>` stands in for
-Stripe.js or the hosted Checkout page, and the peer delivers the signed webhooks.
+The sandbox is the test suite's Stripe peer (`python -m tests.stripe_peer`, a development-only
+process that never ships in the image) on a free loopback port, with the service's webhook
+endpoint registered under a generated `whsec_` secret. `make run` describes the running one in
+`.sandbox/state.json`; `pay` reads it and stands in for Stripe.js or the hosted Checkout page:
+
+    .venv/bin/python -m dev.sandbox pay ord_… [--decline]      (or: make sandbox-pay ORDER=ord_…)
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import importlib.util
 import json
@@ -24,18 +24,25 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.config import get_settings
+import httpx
+
+from app.config import Settings
+from app.db import create_engine, create_session_maker, session_scope
+from app.logs import configure_logging
+from app.money import format_amount
+from app.orders.repository import get_order
 
 ROOT = Path(__file__).resolve().parent.parent
 SANDBOX_DIR = ROOT / ".sandbox"
 SANDBOX_STATE = SANDBOX_DIR / "state.json"
-"""Where the running sandbox is described, for `torouter-billing sandbox pay`."""
+"""Where the running sandbox is described, for `pay`."""
 SANDBOX_SECRET_KEY = "sk_test_sandbox"
 SANDBOX_PUBLISHABLE_KEY = "pk_test_sandbox"
 READY_PREFIX = "STRIPE_PEER_READY "
+PAY_COMMAND = "make sandbox-pay ORDER=<order_id> [DECLINE=1]"
 
 
-def _say(text: str) -> None:
+def say(text: str) -> None:
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
 
@@ -99,7 +106,14 @@ class Sandbox:
             "BILLING_STRIPE_API_BASE": self.url,
         }
 
+    def write_state(self, database_url: str) -> None:
+        """Describe this sandbox for `pay`."""
+        SANDBOX_STATE.write_text(
+            json.dumps({"api_base": self.url, "database_url": database_url}) + "\n"
+        )
+
     def stop(self) -> None:
+        SANDBOX_STATE.unlink(missing_ok=True)
         if self._proc.poll() is None:
             self._proc.terminate()
             try:
@@ -112,61 +126,14 @@ class Sandbox:
 
 
 def sandbox_available() -> bool:
-    """Whether the Stripe peer can run here (a development checkout with dev dependencies)."""
+    """Whether the Stripe peer can run here (a checkout with the dev dependencies)."""
     return (
         importlib.util.find_spec("localstripe") is not None
         and (ROOT / "tests" / "stripe_peer" / "__main__.py").exists()
     )
 
 
-def main() -> int:
-    os.environ.setdefault("BILLING_ENVIRONMENT", "local")
-    os.environ.setdefault("BILLING_LOG_JSON", "false")
-    port = os.environ.get("PORT", "8000")
-    settings = get_settings()
-    sandbox: Sandbox | None = None
-    if not settings.stripe_configured and sandbox_available():
-        sandbox = Sandbox(webhook_url=f"http://127.0.0.1:{port}/v1/webhooks/stripe")
-        os.environ.update(sandbox.environment())
-        get_settings.cache_clear()
-        settings = get_settings()
-        SANDBOX_STATE.write_text(
-            json.dumps({"api_base": sandbox.url, "database_url": settings.database_url}) + "\n"
-        )
-    from app.auth.jwt import mint_token
-    from app.cli import main as cli_main
-
-    user = mint_token(settings, "demo-user", email="demo@example.com")
-    admin = mint_token(settings, "demo-admin", email="admin@example.com", admin=True)
-    if sandbox is not None:
-        stripe_line = (
-            f"sandbox at {sandbox.url} (no real money; its log: {sandbox.log_path})\n"
-            "              pay an order: .venv/bin/torouter-billing sandbox pay <order_id>"
-            " [--decline]"
-        )
-    elif settings.stripe_configured:
-        stripe_line = "configured (BILLING_STRIPE_SECRET_KEY)"
-    else:
-        stripe_line = "not configured, and no sandbox here: purchases answer 503"
-    banner = (
-        f"\nToRouter Billing (local)\n"
-        f"  API docs:   http://127.0.0.1:{port}/docs\n"
-        f"  Stripe:     {stripe_line}\n"
-        f"  demo user:  Authorization: Bearer {user}\n"
-        f"  demo admin: Authorization: Bearer {admin}\n"
-    )
-    try:
-        if cli_main(["migrate"]) != 0:
-            return 1
-        _say(banner)
-        return cli_main(["serve", "--host", "127.0.0.1", "--port", port, "--no-migrate"])
-    finally:
-        if sandbox is not None:
-            sandbox.stop()
-            SANDBOX_STATE.unlink(missing_ok=True)
-
-
-# -- `torouter-billing sandbox pay` ----------------------------------------------------------------
+# -- `pay` --------------------------------------------------------------------------------------
 
 
 def _sandbox_state() -> dict[str, Any] | None:
@@ -177,20 +144,13 @@ def _sandbox_state() -> dict[str, Any] | None:
     return state
 
 
-async def sandbox_pay(order_id: str, *, decline: bool) -> int:
+async def pay(order_id: str, *, decline: bool) -> int:
     """Pay an order at the running sandbox as the customer would: its PaymentIntent (what
     Stripe.js does in the Elements popup) or its Checkout Session (the hosted page)."""
-    import httpx
-
-    from app.config import Settings
-    from app.db import create_engine, create_session_maker, session_scope
-    from app.money import format_amount
-    from app.orders.repository import get_order
-
     logging.getLogger("httpx").setLevel(logging.WARNING)
     state = _sandbox_state()
     if state is None:
-        _say("no sandbox is running: start one with `make run` (without Stripe keys)")
+        say("no sandbox is running: start one with `make run` (without Stripe keys)")
         return 2
     settings = Settings(environment="local", database_url=state["database_url"])
     engine = create_engine(settings)
@@ -200,7 +160,7 @@ async def sandbox_pay(order_id: str, *, decline: bool) -> int:
     finally:
         await engine.dispose()
     if order is None:
-        _say(f"no order {order_id}")
+        say(f"no order {order_id}")
         return 1
     card = "pm_card_chargeDeclined" if decline else "pm_card_visa"
     if order.mode == "checkout" and order.stripe_checkout_session_id:
@@ -208,35 +168,44 @@ async def sandbox_pay(order_id: str, *, decline: bool) -> int:
     elif order.mode == "elements" and order.stripe_payment_intent_id:
         path = f"/_test/payment_intents/{order.stripe_payment_intent_id}/pay"
     else:
-        _say(f"order {order_id} has no Stripe payment yet (status {order.status})")
+        say(f"order {order_id} has no Stripe payment yet (status {order.status})")
         return 1
     try:
         async with httpx.AsyncClient(base_url=state["api_base"], timeout=10) as http:
             response = await http.post(path, json={"payment_method": card})
     except httpx.HTTPError:
-        _say(f"the sandbox at {state['api_base']} does not answer; is `make run` still running?")
+        say(f"the sandbox at {state['api_base']} does not answer; is `make run` still running?")
         return 2
     body = response.json()
     if response.status_code >= 400:
-        _say(f"the sandbox refused: {body.get('error', {}).get('message', body)}")
+        say(f"the sandbox refused: {body.get('error', {}).get('message', body)}")
         return 1
     amount = f"{format_amount(order.amount_micros)} {order.currency.upper()}"
     if body["outcome"] == "declined":
-        _say(
+        say(
             f"declined: {body['error']['message']} The order stays pending; pay it again or "
             "cancel it."
         )
         return 1
-    _say(
+    say(
         f"paid {amount} for order {order_id} ({body['outcome']}); the sandbox delivers the "
         "webhook in a moment. Check GET /v1/balance or GET /v1/payments/result?order_id=…"
     )
     return 0
 
 
-def cmd_sandbox_pay(order_id: str, *, decline: bool) -> int:
-    """Entry point for the CLI."""
-    return asyncio.run(sandbox_pay(order_id, decline=decline))
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m dev.sandbox",
+        description="Play the customer at the local Stripe sandbox started by `make run`.",
+    )
+    sub = parser.add_subparsers(dest="action", required=True)
+    pay_parser = sub.add_parser("pay", help="pay an order's PaymentIntent or Checkout Session")
+    pay_parser.add_argument("order_id")
+    pay_parser.add_argument("--decline", action="store_true", help="with a card that is declined")
+    args = parser.parse_args(argv)
+    configure_logging(json=False)
+    return asyncio.run(pay(args.order_id, decline=args.decline))
 
 
 if __name__ == "__main__":

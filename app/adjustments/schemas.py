@@ -1,0 +1,38 @@
+"""Request and response shapes of an adjustment."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import BaseModel, Field, StringConstraints
+
+from app.schemas import CleanStr, CleanText, StrictModel
+
+
+class AdjustmentIn(StrictModel):
+    """A signed correction of a wallet: positive credits it, negative debits it (a debit needs
+    the available balance)."""
+
+    amount_micros: Annotated[
+        int, Field(strict=True, description="Signed micro-USD, not 0.", examples=[5_000_000])
+    ]
+    reason: Annotated[CleanText, StringConstraints(min_length=3, max_length=500)]
+    idempotency_key: Annotated[
+        CleanStr, StringConstraints(min_length=1, max_length=200, pattern=r"^\S+$")
+    ] = Field(description="Retries with the same key and body answer the original adjustment.")
+
+
+class AdjustmentOut(BaseModel):
+    """An adjustment and the wallet right after it (for a replay: as it stands now)."""
+
+    transaction_id: str
+    user_id: str
+    amount_micros: int
+    reason: str
+    idempotency_key: str
+    created_at: datetime
+    balance_micros: int
+    held_micros: int
+    available_micros: int
+    replayed: bool

@@ -1,0 +1,76 @@
+"""The rules of an adjustment: bounded, posted against the `adjustments` account once per
+idempotency key, and audited the first time."""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.adjustments.schemas import AdjustmentIn, AdjustmentOut
+from app.audit.service import record_admin_action
+from app.config import Settings
+from app.errors import IdempotencyConflict, ValidationFailed
+from app.idempotency import hash_request
+from app.ledger.service import transfer
+
+
+async def adjust_wallet(
+    session: AsyncSession,
+    settings: Settings,
+    *,
+    actor: str,
+    user_id: str,
+    body: AdjustmentIn,
+) -> AdjustmentOut:
+    """Post the adjustment against the `adjustments` account and audit it (first time only)."""
+    if body.amount_micros == 0 or abs(body.amount_micros) > settings.max_amount_micros:
+        raise ValidationFailed(
+            "amount_micros must be non-zero and at most the maximum amount.",
+            errors=[
+                {
+                    "field": "amount_micros",
+                    "message": f"must be non-zero, at most {settings.max_amount_micros} in size",
+                }
+            ],
+        )
+    request_hash = hash_request(
+        {"user_id": user_id, "amount_micros": body.amount_micros, "reason": body.reason}
+    )
+    result = await transfer(
+        session,
+        reference=f"adjustment:{body.idempotency_key}",
+        kind="adjustment",
+        user_id=user_id,
+        amount_micros=body.amount_micros,
+        account="adjustments",
+        description="Balance adjustment",
+        request_hash=request_hash,
+        details={"reason": body.reason, "actor": actor},
+    )
+    if result.replayed:
+        if result.transaction.request_hash != request_hash:
+            raise IdempotencyConflict(
+                f"idempotency_key {body.idempotency_key!r} was used with a different request."
+            )
+    else:
+        await record_admin_action(
+            session,
+            actor=actor,
+            action="wallet_adjusted",
+            subject_type="wallet",
+            subject_id=user_id,
+            reason=body.reason,
+            details={"amount_micros": body.amount_micros, "transaction_id": result.transaction.id},
+        )
+    wallet = result.wallets[user_id]
+    return AdjustmentOut(
+        transaction_id=result.transaction.id,
+        user_id=user_id,
+        amount_micros=body.amount_micros,
+        reason=body.reason,
+        idempotency_key=body.idempotency_key,
+        created_at=result.transaction.created_at,
+        balance_micros=wallet.balance_micros,
+        held_micros=wallet.held_micros,
+        available_micros=wallet.available_micros,
+        replayed=result.replayed,
+    )

@@ -1,0 +1,62 @@
+"""Recording and listing admin actions. Any capability that acts for an operator records it here,
+in its own transaction, so the entry exists if and only if the action does."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.audit import repository
+from app.ids import new_id
+from app.models.audit import AuditEntry
+from app.pagination import decode_cursor
+from app.request_context import current_request_id
+
+
+async def record_admin_action(
+    session: AsyncSession,
+    *,
+    actor: str,
+    action: str,
+    subject_type: str,
+    subject_id: str,
+    reason: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> AuditEntry:
+    """Append an audit entry in the caller's transaction (so it exists iff the action does)."""
+    entry = AuditEntry(
+        id=new_id("aud"),
+        actor_user_id=actor,
+        action=action,
+        subject_type=subject_type,
+        subject_id=subject_id,
+        reason=reason,
+        details=details,
+        request_id=current_request_id(),
+    )
+    await repository.add_entry(session, entry)
+    return entry
+
+
+async def list_entries(
+    session: AsyncSession,
+    *,
+    subject_type: str | None,
+    subject_id: str | None,
+    actor_user_id: str | None,
+    cursor: str | None,
+    limit: int,
+) -> tuple[list[AuditEntry], str | None]:
+    """A page of entries, newest first, and the id to continue after."""
+    before_id = str(decode_cursor(cursor, 1)[0]) if cursor else None
+    rows = await repository.list_entries(
+        session,
+        subject_type=subject_type,
+        subject_id=subject_id,
+        actor_user_id=actor_user_id,
+        before_id=before_id,
+        limit=limit,
+    )
+    page = rows[:limit]
+    return page, (page[-1].id if len(rows) > limit and page else None)
