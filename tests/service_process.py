@@ -64,7 +64,13 @@ class ServiceProcess:
         os.close(fd)
         self.log_path = Path(log_name)
 
-    def start(self, timeout: float = 30.0) -> ServiceProcess:
+    def start(self, timeout: float = 120.0) -> ServiceProcess:
+        """Spawn the process and wait until it answers (imports alone take seconds on a busy
+        machine)."""
+        self.spawn()
+        return self.wait_ready(timeout)
+
+    def spawn(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")} | self.env
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -83,6 +89,10 @@ class ServiceProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
+
+    def wait_ready(self, timeout: float = 120.0) -> ServiceProcess:
+        """Return once `/healthz` answers; RuntimeError when the process exits or times out."""
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
