@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install run sandbox-pay test test-postgres test-sqlite check format migrate openapi fuzz bench clean
+.PHONY: install run sandbox-pay test test-postgres test-sqlite check format migrate openapi fuzz bench verify clean
 
 .tools/bin/uv:
 	$(PYTHON) -m venv .tools
@@ -72,6 +72,14 @@ fuzz: install
 # apt-get when missing and root). BENCH_ARGS="--only usage --seconds 5" runs a part.
 bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# The crash test: two `torouter-billing serve` processes on a fresh PostgreSQL database and the
+# Stripe peer, paying, debiting, holding and refunding while a random instance is SIGKILLed and
+# restarted (20 kills or 3 minutes), then the reconciler and the money invariants
+# (tests/verify/crash.py). VERIFY_ARGS passes more (e.g. --kills 40 --seconds 300 --seed 7).
+VERIFY_ARGS ?=
+verify: install
+	$(BIN)/python -m tests.verify.crash $(VERIFY_ARGS)
 
 clean:
 	rm -rf .venv .tools .mypy_cache .ruff_cache .pytest_cache .fuzz billing.db billing.db-*

@@ -44,27 +44,18 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    """Migrate (unless --no-migrate), then serve with uvicorn."""
-    import uvicorn
+    """Migrate (unless --no-migrate), then serve with uvicorn; SIGTERM drains (app/serve.py)."""
+    from app.serve import serve
 
     if not args.no_migrate:
         cmd_migrate(args, settings)
-    uvicorn.run(
-        "app.main:app_factory",
-        factory=True,
+    return serve(
+        settings,
         host=args.host,
         port=args.port,
         workers=args.workers,
-        proxy_headers=True,
-        # Only these peers' X-Forwarded-For/-Proto are believed (the load balancer's).
-        forwarded_allow_ips=args.forwarded_allow_ips or settings.forwarded_allow_ips,
-        log_config=None,
-        # `RequestContextMiddleware` logs every portal request with its id; the gateway's app
-        # logs its failures (its successes are counted in /metrics).
-        access_log=False,
-        timeout_keep_alive=settings.keep_alive_seconds,
+        forwarded_allow_ips=args.forwarded_allow_ips,
     )
-    return 0
 
 
 def cmd_token(args: argparse.Namespace, settings: Settings) -> int:

@@ -110,11 +110,21 @@ def test_a_production_command_without_settings_explains_itself(
     assert "BILLING_ENVIRONMENT=local" in capsys.readouterr().err
 
 
-def test_forwarded_ips_come_from_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
-    import uvicorn
+def _record_serve(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Make `serve` record its uvicorn config instead of serving."""
+    from app import serve
 
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: calls.append(kwargs))
+
+    def run(self: serve.GracefulServer, sockets: Any = None) -> None:
+        calls.append(vars(self.config))
+
+    monkeypatch.setattr(serve.GracefulServer, "run", run)
+    return calls
+
+
+def test_forwarded_ips_come_from_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _record_serve(monkeypatch)
     settings = _settings(jwt_secret=REAL_SECRET, forwarded_allow_ips="10.0.0.1,10.0.0.2")
     args = cli.build_parser().parse_args(["serve", "--no-migrate"])
     assert isinstance(args, argparse.Namespace)
@@ -129,10 +139,7 @@ def test_serve_keeps_idle_connections_longer_than_clients_do(
 ) -> None:
     """uvicorn's default (5 s) equals httpx's idle expiry: the server closing an idle
     connection just as the gateway reuses it dropped ~1 request in 600 under load."""
-    import uvicorn
-
-    calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: calls.append(kwargs))
+    calls = _record_serve(monkeypatch)
     args = cli.build_parser().parse_args(["serve", "--no-migrate"])
     cli.cmd_serve(args, _settings(jwt_secret=REAL_SECRET))
     assert calls[0]["timeout_keep_alive"] == 75
