@@ -27,6 +27,7 @@ from app.jobs.runner import Job, JobRunner
 from app.ledger.router import router as balance_router
 from app.logs import configure_logging
 from app.middleware import RequestContextMiddleware
+from app.notifications.delivery import Notifier, deliver_notifications
 from app.openapi import install_openapi
 from app.ops.router import router as ops_router
 from app.orders.router import router as orders_router
@@ -82,6 +83,13 @@ def _jobs(app: FastAPI, settings: Settings) -> list[Job]:
             "reconcile",
             settings.reconcile_interval_seconds,
             lambda: run_reconciler(app.state.session_maker, app.state.stripe, settings),
+        )
+    )
+    jobs.append(
+        Job(
+            "notifications",
+            settings.notify_interval_seconds,
+            lambda: deliver_notifications(app.state.session_maker, app.state.notifier),
         )
     )
     return jobs
@@ -141,6 +149,7 @@ def create_app(settings: Settings | None = None) -> BillingApp:
         )
         app.state.stripe = StripeGateway(settings)
         app.state.rate_limiter = RateLimiter(settings)
+        app.state.notifier = Notifier(settings)
         store = await _usage_store(settings, maker)
         app.state.usage_store = store
         gateway.start(store, app.state.service_token_verifier, app.state.jwt_verifier)
@@ -151,6 +160,7 @@ def create_app(settings: Settings | None = None) -> BillingApp:
         finally:
             await runner.stop()
             await app.state.stripe.close()
+            await app.state.notifier.close()
             await store.close()
             await engine.dispose()
 
@@ -169,7 +179,7 @@ def create_app(settings: Settings | None = None) -> BillingApp:
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
-        allow_methods=["GET", "POST"],
+        allow_methods=["GET", "POST", "PUT", "DELETE"],
         allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
         expose_headers=["X-Request-ID", "Retry-After"],
         max_age=600,
