@@ -7,6 +7,7 @@ The app builds one in the lifespan as `app.state.stripe`.
 """
 
 from app.stripe_gateway.errors import (
+    StripeAuthenticationRequired,
     StripeCardDeclined,
     StripeIdempotencyKeyReused,
     StripeObjectNotFound,
@@ -22,6 +23,7 @@ from app.stripe_gateway.gateway import (
 )
 
 __all__ = [
+    "StripeAuthenticationRequired",
     "StripeCardDeclined",
     "StripeGateway",
     "StripeIdempotencyKeyReused",
