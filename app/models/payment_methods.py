@@ -63,7 +63,8 @@ class AutoTopupSettings(Base):
     amount_micros: Mapped[int]
     """What one auto top-up charges, a whole number of cents."""
     monthly_limit_micros: Mapped[int]
-    payment_method_id: Mapped[str] = mapped_column(String(255))
+    payment_method_id: Mapped[str | None] = mapped_column(String(255))
+    """The saved card charged (`payment_methods.id`); None only while disabled."""
     soft_declines: Mapped[int] = mapped_column(default=0, server_default="0")
     """Soft declines in a row since the last success or the last PUT that enabled it."""
     last_attempt_at: Mapped[datetime | None]

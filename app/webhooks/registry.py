@@ -37,6 +37,7 @@ _HANDLERS: dict[str, Handler] = {}
 HANDLER_MODULES = (
     "app.purchase.webhooks",
     "app.refunds.webhooks",
+    "app.payment_methods.webhooks",
 )
 """Modules that register handlers; a missing one is skipped (a capability not built yet)."""
 

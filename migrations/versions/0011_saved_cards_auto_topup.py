@@ -39,7 +39,7 @@ def upgrade() -> None:
     sa.Column('threshold_micros', sa.BigInteger(), nullable=False),
     sa.Column('amount_micros', sa.BigInteger(), nullable=False),
     sa.Column('monthly_limit_micros', sa.BigInteger(), nullable=False),
-    sa.Column('payment_method_id', sa.String(length=255), nullable=False),
+    sa.Column('payment_method_id', sa.String(length=255), nullable=True),
     sa.Column('soft_declines', sa.BigInteger(), server_default='0', nullable=False),
     sa.Column('last_attempt_at', app.models.base.UTCDateTime(timezone=True), nullable=True),
     sa.Column('next_attempt_at', app.models.base.UTCDateTime(timezone=True), nullable=True),

@@ -1,0 +1,32 @@
+"""All SQL of auto top-up."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.models.payment_methods import IN_FLIGHT_ATTEMPT_STATUSES, AutoTopup, AutoTopupSettings
+
+
+async def get_settings(session: AsyncSession, user_id: str) -> AutoTopupSettings | None:
+    return await session.get(AutoTopupSettings, user_id)
+
+
+async def get_settings_for_update(session: AsyncSession, user_id: str) -> AutoTopupSettings | None:
+    stmt = select(AutoTopupSettings).where(AutoTopupSettings.user_id == user_id).with_for_update()
+    return (await session.scalars(stmt)).first()
+
+
+async def spent_since(
+    session: AsyncSession, user_id: str, since: datetime, *, include_in_flight: bool
+) -> int:
+    """Micros of the user's auto top-ups since `since`: succeeded, and in flight if asked."""
+    statuses = ("succeeded", *IN_FLIGHT_ATTEMPT_STATUSES) if include_in_flight else ("succeeded",)
+    stmt = select(func.coalesce(func.sum(AutoTopup.amount_micros), 0)).where(
+        AutoTopup.user_id == user_id,
+        AutoTopup.created_at >= since,
+        AutoTopup.status.in_(statuses),
+    )
+    return int((await session.execute(stmt)).scalar_one())
