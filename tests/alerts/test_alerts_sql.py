@@ -147,9 +147,12 @@ async def test_embedded_in_a_debit_statement_concurrent_debits_fire_each_crossin
         await pool.close()
     assert sum(d for d, _ in results) == 66  # 66 x 0.15 = 9.90; the rest are not covered
     assert sum(f for _, f in results) == 2
+    # Each statement's timestamp was taken before it ran, so order by what they say.
     notified = await _notified(conn, "user-1")
-    assert [n["threshold"] for n in notified] == ["5.00", "1.00"]
-    assert [n["available"] for n in notified] == ["4.900000", "0.850000"]
+    assert sorted((n["threshold"], n["available"]) for n in notified) == [
+        ("1.00", "0.850000"),
+        ("5.00", "4.900000"),
+    ]
     armed = await conn.fetch(
         "SELECT threshold_micros, armed FROM balance_alerts WHERE user_id = 'user-1'"
     )
