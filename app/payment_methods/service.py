@@ -43,6 +43,28 @@ def card_fields(payment_method: StripeJSON) -> dict[str, Any] | None:
     }
 
 
+def saved_card_of_payment_intent(payment_intent: StripeJSON) -> StripeJSON | None:
+    """The card a succeeded PaymentIntent saved (`setup_future_usage` set, a customer, a card
+    charge), shaped as the PaymentMethod `record_saved_card` takes, built from the PaymentIntent
+    with `latest_charge` expanded (what fulfillment already has): no extra Stripe call inside
+    the fulfillment transaction. None when it saved nothing."""
+    charge = payment_intent.get("latest_charge")
+    customer = expandable_id(payment_intent.get("customer"))
+    pm_id = expandable_id(payment_intent.get("payment_method"))
+    if (
+        payment_intent.get("status") != "succeeded"
+        or payment_intent.get("setup_future_usage") not in ("off_session", "on_session")
+        or customer is None
+        or pm_id is None
+        or not isinstance(charge, dict)
+    ):
+        return None
+    details = charge.get("payment_method_details") or {}
+    if details.get("type") != "card" or not isinstance(details.get("card"), dict):
+        return None
+    return {"id": pm_id, "type": "card", "customer": customer, "card": details["card"]}
+
+
 async def record_saved_card(
     session: AsyncSession, user_id: str, payment_method: StripeJSON
 ) -> PaymentMethod | None:

@@ -222,3 +222,54 @@ async def test_stripe_down_while_removing_is_a_503_and_the_card_stays(
     assert "Retry-After" in response.headers
     listed = await client.get("/v1/payment-methods", headers=user_headers("user-1"))
     assert [c["id"] for c in listed.json()["data"]] == [pm["id"]]
+
+
+@pytest.mark.parametrize("mode", ["elements", "checkout"])
+async def test_fulfillment_can_record_the_saved_card_from_the_payment_intent_alone(
+    app: Any,
+    client: httpx.AsyncClient,
+    user_headers: Headers,
+    stripe_peer: StripePeer,
+    mode: str,
+) -> None:
+    import time
+
+    from app.payment_methods.service import saved_card_of_payment_intent
+
+    gateway = app.state.stripe
+    customer = await gateway.get_or_create_customer("user-1", "user-1@example.com")
+    order_id = f"ord_{time.monotonic_ns()}"
+    if mode == "elements":
+        pi = await gateway.create_payment_intent(
+            order_id=order_id,
+            user_id="user-1",
+            amount_cents=2000,
+            customer_id=customer["id"],
+            setup_future_usage="off_session",
+        )
+        await stripe_peer.pay_payment_intent(pi["id"], card="pm_card_amex")
+        paid = await gateway.retrieve_payment_intent(pi["id"])
+    else:
+        session = await gateway.create_checkout_session(
+            order_id=order_id,
+            user_id="user-1",
+            amount_cents=2000,
+            customer_id=customer["id"],
+            success_url="http://portal.test/ok",
+            cancel_url="http://portal.test/no",
+            expires_at=int(time.time()) + 1900,
+            setup_future_usage="off_session",
+        )
+        await stripe_peer.pay_checkout(session["id"], card="pm_card_amex")
+        paid = (await gateway.retrieve_checkout_session(session["id"]))["payment_intent"]
+    saved = saved_card_of_payment_intent(paid)
+    assert saved is not None
+    async with session_scope(app.state.session_maker) as session:
+        assert await record_saved_card(session, "user-1", saved) is not None
+    [card] = (await client.get("/v1/payment-methods", headers=user_headers("user-1"))).json()[
+        "data"
+    ]
+    assert (card["id"], card["brand"], card["last4"]) == (paid["payment_method"], "amex", "0005")
+
+    unsaved = dict(paid, setup_future_usage=None)
+    assert saved_card_of_payment_intent(unsaved) is None
