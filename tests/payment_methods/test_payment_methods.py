@@ -273,3 +273,21 @@ async def test_fulfillment_can_record_the_saved_card_from_the_payment_intent_alo
 
     unsaved = dict(paid, setup_future_usage=None)
     assert saved_card_of_payment_intent(unsaved) is None
+
+
+@pytest.mark.parametrize(
+    ("method", "path"), [("DELETE", "/v1/payment-methods/pm_1"), ("PUT", "/v1/auto-topup")]
+)
+async def test_the_portal_origin_may_send_the_new_methods(
+    client: httpx.AsyncClient, method: str, path: str
+) -> None:
+    response = await client.options(
+        path,
+        headers={
+            "Origin": "http://localhost:5173",
+            "Access-Control-Request-Method": method,
+            "Access-Control-Request-Headers": "authorization,content-type",
+        },
+    )
+    assert response.status_code == 200
+    assert method in response.headers["access-control-allow-methods"]
