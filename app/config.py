@@ -143,6 +143,21 @@ class Settings(BaseSettings):
     reconcile_min_age_seconds: float = Field(default=180.0, ge=0)
     hold_expiry_interval_seconds: float = Field(default=15.0, gt=0)
 
+    # Notifications (issue 12): email over SMTP and signed webhooks, sent by the
+    # `notifications` job from the outbox; a channel without its setting is skipped.
+    smtp_url: str | None = None
+    """`smtp://[user:password@]host:port` (STARTTLS when offered) or `smtps://…` (TLS)."""
+    smtp_from: str = "ToRouter Billing <billing@localhost>"
+    smtp_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    notify_webhook_url: str | None = None
+    notify_webhook_secret: SecretStr | None = None
+    notify_webhook_timeout_seconds: float = Field(default=5.0, gt=0, le=30)
+    notify_interval_seconds: float = Field(default=5.0, gt=0)
+    notify_batch_size: int = Field(default=50, ge=1, le=1000)
+    notify_max_attempts: int = Field(default=12, ge=1, le=100)
+    """Attempts per channel before it is marked `failed` (backoff 30 s doubling, capped at
+    1 h: about 5 hours in all at the default)."""
+
     log_level: str = "INFO"
     log_json: bool = True
 
@@ -191,10 +206,27 @@ class Settings(BaseSettings):
             raise ValueError(f"not a rate limit such as '10/minute;60/hour': {exc}") from exc
         return value
 
+    @field_validator("smtp_url")
+    @classmethod
+    def _smtp_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+            raise ValueError("must be smtp://host:port or smtps://host:port")
+        return value
+
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:
         if self.topup_min > self.topup_max:
             raise ValueError("BILLING_TOPUP_MIN must not exceed BILLING_TOPUP_MAX")
+        if self.notify_webhook_url is not None:
+            notify_secret = self.notify_webhook_secret
+            if notify_secret is None or len(notify_secret.get_secret_value()) < 16:
+                raise ValueError(
+                    "BILLING_NOTIFY_WEBHOOK_SECRET (at least 16 characters) is required "
+                    "with BILLING_NOTIFY_WEBHOOK_URL"
+                )
         if self.environment == "local":
             if self.jwt_secret is None and self.jwt_jwks_url is None:
                 # Lets `make run` and `torouter-billing token` work out of the box; refused
@@ -230,6 +262,8 @@ class Settings(BaseSettings):
             raise ValueError("BILLING_STRIPE_API_BASE must be https (or a loopback address)")
         if self.jwt_jwks_url is not None and not _https_or_loopback(self.jwt_jwks_url):
             raise ValueError("BILLING_JWT_JWKS_URL must be https (or a loopback address)")
+        if self.notify_webhook_url is not None and not _https_or_loopback(self.notify_webhook_url):
+            raise ValueError("BILLING_NOTIFY_WEBHOOK_URL must be https (or a loopback address)")
 
     @property
     def is_sqlite(self) -> bool:

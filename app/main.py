@@ -16,8 +16,10 @@ from app.admin.ledger import router as admin_ledger_router
 from app.admin.orders import router as admin_orders_router
 from app.admin.refunds import router as admin_refunds_router
 from app.admin.webhooks import router as admin_webhooks_router
+from app.alerts.router import router as alerts_router
 from app.auth.jwt import JwtVerifier
 from app.auth.service_tokens import ServiceTokenVerifier
+from app.auto_topup.router import router as auto_topup_router
 from app.config import Settings, get_settings
 from app.db import create_engine, create_session_maker, is_postgres_url
 from app.errors import install_error_handlers
@@ -27,9 +29,11 @@ from app.jobs.runner import Job, JobRunner
 from app.ledger.router import router as balance_router
 from app.logs import configure_logging
 from app.middleware import RequestContextMiddleware
+from app.notifications.delivery import Notifier, deliver_notifications
 from app.openapi import install_openapi
 from app.ops.router import router as ops_router
 from app.orders.router import router as orders_router
+from app.payment_methods.router import router as payment_methods_router
 from app.purchase.router import router as purchase_router
 from app.rate_limits import RateLimiter
 from app.refunds.router import router as refunds_router
@@ -56,6 +60,9 @@ TAGS = [
     {"name": "orders", "description": "Order history, receipts, resume, cancel, sync."},
     {"name": "refunds", "description": "Refund requests for paid orders."},
     {"name": "balance", "description": "The user's balance and its transactions."},
+    {"name": "payment methods", "description": "Cards saved while paying."},
+    {"name": "auto top-up", "description": "Charge a saved card when the balance runs low."},
+    {"name": "alerts", "description": "Low-balance alerts and email notifications."},
     {"name": "gateway", "description": "Usage debits and holds, for the gateway (service token)."},
     {"name": "webhooks", "description": "Stripe event deliveries."},
     {"name": "admin", "description": "Operator endpoints (admin role)."},
@@ -82,6 +89,13 @@ def _jobs(app: FastAPI, settings: Settings) -> list[Job]:
             "reconcile",
             settings.reconcile_interval_seconds,
             lambda: run_reconciler(app.state.session_maker, app.state.stripe, settings),
+        )
+    )
+    jobs.append(
+        Job(
+            "notifications",
+            settings.notify_interval_seconds,
+            lambda: deliver_notifications(app.state.session_maker, app.state.notifier),
         )
     )
     return jobs
@@ -141,6 +155,7 @@ def create_app(settings: Settings | None = None) -> BillingApp:
         )
         app.state.stripe = StripeGateway(settings)
         app.state.rate_limiter = RateLimiter(settings)
+        app.state.notifier = Notifier(settings)
         store = await _usage_store(settings, maker)
         app.state.usage_store = store
         gateway.start(store, app.state.service_token_verifier, app.state.jwt_verifier)
@@ -152,6 +167,7 @@ def create_app(settings: Settings | None = None) -> BillingApp:
         finally:
             await runner.stop()
             await app.state.stripe.close()
+            await app.state.notifier.close()
             await store.close()
             await engine.dispose()
 
@@ -170,7 +186,7 @@ def create_app(settings: Settings | None = None) -> BillingApp:
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
-        allow_methods=["GET", "POST"],
+        allow_methods=["GET", "POST", "PUT", "DELETE"],
         allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
         expose_headers=["X-Request-ID", "Retry-After"],
         max_age=600,
@@ -192,6 +208,9 @@ def create_app(settings: Settings | None = None) -> BillingApp:
     app.include_router(admin_adjustments_router, prefix=API_PREFIX)
     app.include_router(admin_ledger_router, prefix=API_PREFIX)
     app.include_router(purchase_router, prefix=API_PREFIX)
+    app.include_router(payment_methods_router, prefix=API_PREFIX)
+    app.include_router(auto_topup_router, prefix=API_PREFIX)
+    app.include_router(alerts_router, prefix=API_PREFIX)
     app.include_router(webhooks_router, prefix=API_PREFIX)
     app.include_router(admin_webhooks_router, prefix=API_PREFIX)
     install_openapi(app, extend=[_document_gateway])

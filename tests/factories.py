@@ -12,6 +12,7 @@ from app.ids import new_id
 from app.ledger.service import Leg, post
 from app.models.base import utcnow
 from app.models.orders import Order
+from app.models.payment_methods import PaymentMethod
 
 
 async def paid_order(
@@ -90,3 +91,28 @@ async def spend(maker: async_sessionmaker[AsyncSession], user_id: str, amount_mi
             kind="usage",
             legs=[Leg.wallet(user_id, -amount_micros), Leg.account("usage", amount_micros)],
         )
+
+
+async def saved_card(
+    maker: async_sessionmaker[AsyncSession],
+    *,
+    user_id: str = "user-1",
+    payment_method_id: str | None = None,
+    brand: str = "visa",
+    last4: str = "4242",
+    created_at: datetime | None = None,
+) -> PaymentMethod:
+    """A card recorded as saved by `record_saved_card` (not attached at any Stripe)."""
+    async with session_scope(maker) as session:
+        row = PaymentMethod(
+            id=payment_method_id or f"pm_{new_id('t')[-20:]}",
+            user_id=user_id,
+            customer_id=f"cus_{user_id}",
+            brand=brand,
+            last4=last4,
+            exp_month=12,
+            exp_year=2034,
+            created_at=created_at or utcnow(),
+        )
+        session.add(row)
+    return row

@@ -23,7 +23,7 @@ from app.ids import new_id
 from app.models.orders import StripeEvent
 from app.openapi import api_routes
 from app.usage.router import OPERATIONS as GATEWAY_OPERATIONS
-from tests.factories import paid_order
+from tests.factories import paid_order, saved_card
 from tests.purchase.helpers import Maker
 
 pytestmark = pytest.mark.usefixtures("stripe_peer")
@@ -144,6 +144,9 @@ class World:
         await self.order_id()
         return OWNER
 
+    async def payment_method_id(self) -> str:
+        return (await saved_card(self.maker, user_id=OWNER)).id
+
 
 MAKERS: dict[str, Callable[[World], Awaitable[str]]] = {
     "order_id": World.order_id,
@@ -151,6 +154,7 @@ MAKERS: dict[str, Callable[[World], Awaitable[str]]] = {
     "event_id": World.event_id,
     "hold_id": World.hold_id,
     "user_id": World.user_id,
+    "payment_method_id": World.payment_method_id,
 }
 """How to make the owner's object for each kind of id a path takes. A route with a new kind of
 id fails the matrix until it is added here."""

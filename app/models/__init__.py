@@ -3,19 +3,27 @@
 from app.models.audit import AuditEntry
 from app.models.base import Base
 from app.models.ledger import Account, Hold, LedgerEntry, LedgerTransaction
+from app.models.notifications import BalanceAlert, Notification, NotificationSettings
 from app.models.orders import Order, StripeCustomer, StripeEvent
+from app.models.payment_methods import AutoTopup, AutoTopupSettings, PaymentMethod
 from app.models.refunds import Dispute, RefundRequest, StripeRefund
 from app.models.service_tokens import ServiceToken
 
 __all__ = [
     "Account",
     "AuditEntry",
+    "AutoTopup",
+    "AutoTopupSettings",
+    "BalanceAlert",
     "Base",
     "Dispute",
     "Hold",
     "LedgerEntry",
     "LedgerTransaction",
+    "Notification",
+    "NotificationSettings",
     "Order",
+    "PaymentMethod",
     "RefundRequest",
     "ServiceToken",
     "StripeCustomer",

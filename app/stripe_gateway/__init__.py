@@ -8,6 +8,7 @@ The app builds one in the lifespan as `app.state.stripe`.
 
 from app.stripe_gateway.deadline import StripeBudget, current_budget, stripe_budget
 from app.stripe_gateway.errors import (
+    StripeAuthenticationRequired,
     StripeCardDeclined,
     StripeCustomerMissing,
     StripeDeadlineExceeded,
@@ -25,6 +26,7 @@ from app.stripe_gateway.gateway import (
 )
 
 __all__ = [
+    "StripeAuthenticationRequired",
     "StripeBudget",
     "StripeCardDeclined",
     "StripeCustomerMissing",

@@ -5,6 +5,7 @@ Two questions matter to a caller, and the classes answer them::
     BillingError
     ├── PaymentDeclined (402, payment_declined)
     │   └── StripeCardDeclined ............ also a StripeRequestFailed: the card was refused
+    │       └── StripeAuthenticationRequired  off-session: the bank wants the customer present
     ├── StripeRequestFailed (502, payment_provider_error)
     │   │                                  Stripe answered and refused: the call DID NOT happen
     │   ├── StripeObjectNotFound .......... the object does not exist at Stripe (404)
@@ -101,11 +102,21 @@ class StripeCardDeclined(PaymentDeclined, StripeRequestFailed):
         *,
         decline_code: str | None = None,
         payment_intent_id: str | None = None,
+        payment_intent_status: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(detail, decline_code=decline_code, **kwargs)
         self.decline_code = decline_code
+        """The issuer's reason (`insufficient_funds`, `expired_card`, …), when Stripe gives one."""
         self.payment_intent_id = payment_intent_id
+        self.payment_intent_status = payment_intent_status
+        """The PaymentIntent's status after the decline (`requires_payment_method`, or
+        `requires_action` when the customer can still authenticate it on-session)."""
+
+
+class StripeAuthenticationRequired(StripeCardDeclined):
+    """An off-session payment the issuer wants authenticated (`authentication_required`): the
+    customer must pay on-session (Stripe.js with the PaymentIntent's `client_secret`)."""
 
 
 class StripeOutcomeUnknown(PaymentProviderUnavailable):
@@ -196,10 +207,16 @@ def map_stripe_error(
         decline_code = error.decline_code if error is not None else None
         payment_intent = error.payment_intent if error is not None else None
         log.info("stripe_card_declined", decline_code=decline_code, **log_fields)
-        return StripeCardDeclined(
+        declined = (
+            StripeAuthenticationRequired
+            if stripe_code == "authentication_required"
+            else StripeCardDeclined
+        )
+        return declined(
             exc.user_message or "Your card was declined.",
             decline_code=decline_code,
             payment_intent_id=getattr(payment_intent, "id", None),
+            payment_intent_status=getattr(payment_intent, "status", None),
             **fields,
         )
     if isinstance(exc, stripe.IdempotencyError):

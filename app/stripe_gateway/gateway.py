@@ -247,12 +247,15 @@ class StripeGateway:
         description: str | None = None,
         metadata: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
+        setup_future_usage: str | None = None,
     ) -> StripeJSON:
         """A PaymentIntent for an order (status `requires_payment_method`; the portal confirms
         it with Stripe.js using its `client_secret`). Idempotency key `order:<order_id>`:
         repeating the call with the same arguments returns the same PaymentIntent, so every
         argument must come from the order row. `metadata` gets `order_id` and `user_id`.
-        `idempotency_key` overrides the key (an order whose Customer was replaced)."""
+        `idempotency_key` overrides the key (an order whose Customer was replaced).
+        `setup_future_usage="off_session"` (needs `customer_id`) saves the card on the
+        customer when the payment succeeds (`payment_method` of the succeeded PaymentIntent)."""
         key = idempotency_key or f"order:{order_id}"
         params: dict[str, Any] = {
             "amount": amount_cents,
@@ -265,6 +268,8 @@ class StripeGateway:
             params["customer"] = customer_id
         if receipt_email:
             params["receipt_email"] = receipt_email
+        if setup_future_usage:
+            params["setup_future_usage"] = setup_future_usage
         return await self._call(
             "payment_intents.create",
             lambda: self._v1.payment_intents.create_async(params, {"idempotency_key": key}),
@@ -319,6 +324,7 @@ class StripeGateway:
         customer_email: str | None = None,
         metadata: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
+        setup_future_usage: str | None = None,
     ) -> StripeJSON:
         """A hosted Checkout Session (mode `payment`, one line item) for an order; its `url`
         is where the portal sends the user; `payment_intent` is None until the user pays.
@@ -353,6 +359,8 @@ class StripeGateway:
                 "description": f"{product_name} ({order_id})",
             },
         }
+        if setup_future_usage:
+            params["payment_intent_data"]["setup_future_usage"] = setup_future_usage
         if customer_id:
             params["customer"] = customer_id
         elif customer_email:
@@ -393,6 +401,76 @@ class StripeGateway:
             if exc.stripe_type != "invalid_request_error":
                 raise
         return await self.retrieve_checkout_session(session_id)
+
+    # -- saved cards and off-session payments -------------------------------------------------
+
+    async def create_off_session_payment_intent(
+        self,
+        *,
+        order_id: str,
+        user_id: str,
+        amount_cents: int,
+        customer_id: str,
+        payment_method_id: str,
+        currency: str = "usd",
+        description: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> StripeJSON:
+        """Charge a saved card with the customer away: a PaymentIntent created with
+        `customer`, `payment_method`, `off_session=true`, `confirm=true`, `latest_charge`
+        expanded; `succeeded` (or `processing`) when it went through. Idempotency key
+        `autotopup:<order_id>` unless given: each attempt is its own order, so a retry after
+        StripeOutcomeUnknown repeats the same attempt, and a new attempt never reuses a key
+        Stripe answered.
+
+        A decline raises StripeCardDeclined (`stripe_code` `card_declined`, `expired_card`, …
+        and `decline_code`), or its subclass StripeAuthenticationRequired (the customer must
+        pay on-session; `payment_intent_id` says which PaymentIntent)."""
+        key = idempotency_key or f"autotopup:{order_id}"
+        params: dict[str, Any] = {
+            "amount": amount_cents,
+            "currency": currency,
+            "customer": customer_id,
+            "payment_method": payment_method_id,
+            "off_session": True,
+            "confirm": True,
+            "metadata": {**(metadata or {}), "order_id": order_id, "user_id": user_id},
+            "description": description or f"{DEFAULT_PRODUCT_NAME}, automatic ({order_id})",
+            "expand": ["latest_charge"],
+        }
+        return await self._call(
+            "payment_intents.create",
+            lambda: self._v1.payment_intents.create_async(params, {"idempotency_key": key}),
+            idempotency_key=key,
+        )
+
+    async def retrieve_payment_method(self, payment_method_id: str) -> StripeJSON:
+        """A PaymentMethod (`customer`: the id it is attached to, or None; `card`: `brand`,
+        `last4`, `exp_month`, `exp_year`, …)."""
+        return await self._call(
+            "payment_methods.retrieve",
+            lambda: self._v1.payment_methods.retrieve_async(payment_method_id),
+        )
+
+    async def detach_payment_method(self, payment_method_id: str) -> StripeJSON:
+        """Detach a saved card from its customer, so it can never be charged again. Harmless
+        to repeat: when Stripe refuses because it is not attached any more, the PaymentMethod
+        is returned as it is (`customer` None). Stripe sends `payment_method.detached`."""
+        try:
+            return await self._call(
+                "payment_methods.detach",
+                lambda: self._v1.payment_methods.detach_async(payment_method_id),
+            )
+        except StripeObjectNotFound:
+            raise
+        except StripeRequestFailed as exc:
+            if exc.stripe_type != "invalid_request_error":
+                raise
+            current = await self.retrieve_payment_method(payment_method_id)
+            if current.get("customer") is not None:
+                raise
+            return current
 
     # -- refunds -------------------------------------------------------------------------------
 

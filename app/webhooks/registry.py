@@ -42,6 +42,7 @@ _HANDLERS: dict[str, Handler] = {}
 HANDLER_MODULES = (
     "app.orders.webhooks",
     "app.refunds.webhooks",
+    "app.payment_methods.webhooks",
 )
 """Modules that register handlers."""
 

@@ -182,6 +182,35 @@ class StripePeer:
         )
         return result
 
+    async def set_card_behavior(
+        self,
+        payment_method_id: str,
+        behavior: str,
+        *,
+        decline_code: str | None = None,
+        pi_status: str | None = None,
+    ) -> dict[str, Any]:
+        """From now on charging this saved card `succeeds`, needs `authentication` (an
+        off-session payment answers 402 `authentication_required`; the PaymentIntent is left
+        `requires_payment_method`, or `requires_action` with `pi_status`), or is `declined`
+        with `decline_code` (`generic_decline`, `insufficient_funds`, `expired_card`, …)."""
+        result: dict[str, Any] = await self._call(
+            "POST",
+            f"/_test/payment_methods/{payment_method_id}/behavior",
+            {"behavior": behavior, "decline_code": decline_code, "pi_status": pi_status},
+        )
+        return result
+
+    async def update_card_automatically(
+        self, payment_method_id: str, **card: Any
+    ) -> dict[str, Any]:
+        """The card network reissued the card (`exp_month`, `exp_year`, `last4`): the
+        PaymentMethod changes and `payment_method.automatically_updated` is emitted."""
+        result: dict[str, Any] = await self._call(
+            "POST", f"/_test/payment_methods/{payment_method_id}/automatically_update", card
+        )
+        return result
+
     async def advance_clock(self, seconds: float) -> None:
         """Move the peer's clock for deadlines forward: open Checkout Sessions whose
         `expires_at` has passed expire at once (`checkout.session.expired`). Reset by

@@ -429,6 +429,13 @@ API_ROUTES: list[tuple[str, str, Callable[[World, web.Request, dict[str, Any]], 
     ("DELETE", "/v1/customers/{id}", lambda w, r, p: w.delete_customer(_id(r))),
     ("GET", "/v1/events", _event_list),
     ("GET", "/v1/events/{id}", _get("event", "event")),
+    ("GET", "/v1/payment_methods/{id}", lambda w, r, p: w.retrieve_payment_method(_id(r))),
+    (
+        "POST",
+        "/v1/payment_methods/{id}/attach",
+        lambda w, r, p: w.attach_payment_method(_id(r), str(p.get("customer") or "")),
+    ),
+    ("POST", "/v1/payment_methods/{id}/detach", lambda w, r, p: w.detach_payment_method(_id(r))),
 ]
 
 
@@ -590,6 +597,16 @@ CONTROL_ROUTES: list[tuple[str, str, Callable[[World, web.Request, dict[str, Any
         "/_test/disputes/{id}/close",
         lambda w, r, p: w.close_dispute(_id(r), status=str(p.get("status", ""))),
     ),
+    (
+        "POST",
+        "/_test/payment_methods/{id}/behavior",
+        lambda w, r, p: w.set_payment_method_behavior(_id(r), p),
+    ),
+    (
+        "POST",
+        "/_test/payment_methods/{id}/automatically_update",
+        lambda w, r, p: w.update_card_automatically(_id(r), p),
+    ),
     ("POST", "/_test/clock", lambda w, r, p: w.advance_clock(float(p.get("advance", 0)))),
     ("POST", "/_test/faults", lambda w, r, p: w.add_fault(p).to_json()),
     ("GET", "/_test/faults", lambda w, r, p: {"data": [f.to_json() for f in w.faults]}),
@@ -683,6 +700,7 @@ def create_app(world: World | None = None) -> web.Application:
     app.router.add_route("POST", "/checkout/pay/{id}", checkout_page)
     app.router.add_route("GET", "/receipts/{id}", receipt_page)
     # Everything else (customers, payment methods, …) is localstripe's.
+    own = {(method, path) for method, path, _ in API_ROUTES}
     for route in ls_server.app.router.routes():
         path = route.resource.canonical if route.resource is not None else ""
         if path and not path.startswith(_OWN_PREFIXES) and (route.method, path) not in own:

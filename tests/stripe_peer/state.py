@@ -63,7 +63,23 @@ TEST_PAYMENT_METHODS = {
     "pm_card_visa_chargeDeclinedInsufficientFunds": "4000000000009995",
     "pm_card_chargeDeclinedExpiredCard": "4000000000000069",
     "pm_card_chargeDeclinedIncorrectCvc": "4000000000000127",
+    "pm_card_authenticationRequired": "4000002760003184",
+    "pm_card_amex": "378282246310005",
 }
+
+_BRANDS = (("34", "amex"), ("37", "amex"), ("5", "mastercard"), ("4", "visa"))
+
+HARD_DECLINE_MESSAGES = {
+    "expired_card": "Your card has expired.",
+    "incorrect_number": "Your card number is incorrect.",
+    "authentication_required": "Your card was declined. This transaction requires authentication.",
+}
+"""Stripe's `code` is the decline code itself for these; every other decline is `card_declined`."""
+
+
+def card_brand(number: str) -> str:
+    return next((brand for prefix, brand in _BRANDS if number.startswith(prefix)), "visa")
+
 
 CARD_ALIASES = {
     "visa": "pm_card_visa",
@@ -72,6 +88,8 @@ CARD_ALIASES = {
     "insufficient_funds": "pm_card_chargeDeclinedInsufficientFunds",
     "expired": "pm_card_chargeDeclinedExpiredCard",
     "incorrect_cvc": "pm_card_chargeDeclinedIncorrectCvc",
+    "authentication_required": "pm_card_authenticationRequired",
+    "amex": "pm_card_amex",
 }
 """Friendly names the control endpoints accept for `payment_method`."""
 
@@ -310,6 +328,7 @@ class World:
         self.in_flight: set[str] = set()
         self.faults: list[Fault] = []
         self.refund_behavior: dict[str, Any] = {"status": "succeeded", "times": None}
+        self.pm_behavior: dict[str, dict[str, Any]] = {}
         self.clock_offset = 0.0
         self.webhook_mode: dict[str, Any] = {"mode": "deliver", "types": None, "times": None}
         """How new events reach URL endpoints: `deliver` (at once), `hold` (queued until
@@ -614,13 +633,132 @@ class World:
         if number is not None:
             pm = PaymentMethod(
                 type="card",
-                card={"number": number, "exp_month": "12", "exp_year": "2034", "cvc": "123"},
+                card={
+                    "number": number.ljust(16, "0") if len(number) < 16 else number,
+                    "exp_month": "12",
+                    "exp_year": "2034",
+                    "cvc": "123",
+                },
             )
+            pm._card_number = number
+            self._pm_object(pm, number)
             return pm, number
         pm = store.get("payment_method:" + pm_id)
         if pm is None or getattr(pm, "type", None) != "card":
             raise not_found("PaymentMethod", pm_id, "payment_method")
+        self._pm_object(pm, pm._card_number)
         return pm, pm._card_number
+
+    def _pm_object(self, pm: Any, number: str) -> dict[str, Any]:
+        """Our Stripe-shaped copy of a localstripe PaymentMethod (brand from the number,
+        `customer` kept here: attach, detach and off-session checks read it)."""
+        existing = self.objects.get(pm.id)
+        if existing is not None:
+            return existing
+        return self._put(
+            {
+                "id": pm.id,
+                "object": "payment_method",
+                "allow_redisplay": "unspecified",
+                "billing_details": {"address": None, "email": None, "name": None, "phone": None},
+                "card": {
+                    "brand": card_brand(number),
+                    "checks": {"cvc_check": "pass"},
+                    "country": "US",
+                    "display_brand": card_brand(number),
+                    "exp_month": pm.card["exp_month"],
+                    "exp_year": pm.card["exp_year"],
+                    "fingerprint": pm.card.get("fingerprint"),
+                    "funding": "credit",
+                    "last4": number[-4:],
+                    "networks": {"available": [card_brand(number)], "preferred": None},
+                    "three_d_secure_usage": {"supported": True},
+                    "wallet": None,
+                },
+                "created": int(time.time()),
+                "customer": None,
+                "livemode": False,
+                "metadata": {},
+                "type": "card",
+            }
+        )
+
+    def retrieve_payment_method(self, pm_id: str) -> dict[str, Any]:
+        """`GET /v1/payment_methods/{id}` (Stripe's test ids make a new one, as at Stripe)."""
+        pm, _ = self.payment_method(pm_id)
+        return self.objects[pm.id]
+
+    def attach_payment_method(self, pm_id: str, customer: str) -> dict[str, Any]:
+        """`POST /v1/payment_methods/{id}/attach`, and what a payment with
+        `setup_future_usage` does when it succeeds."""
+        pm, _ = self.payment_method(pm_id)
+        obj = self.objects[pm.id]
+        self.require_customer(customer)
+        if obj["customer"] == customer:
+            return obj
+        if obj["customer"] is not None:
+            raise ApiError(
+                400,
+                "The payment method you provided has already been attached to a customer.",
+                param="payment_method",
+            )
+        obj["customer"] = customer
+        pm.customer = customer
+        self.emit("payment_method.attached", obj)
+        return obj
+
+    def detach_payment_method(self, pm_id: str) -> dict[str, Any]:
+        """`POST /v1/payment_methods/{id}/detach`; refused (400) when not attached, as at
+        Stripe. Emits `payment_method.detached` with the former customer."""
+        obj = self.objects.get(pm_id)
+        if obj is None or obj.get("object") != "payment_method":
+            raise not_found("PaymentMethod", pm_id, "payment_method")
+        if obj["customer"] is None:
+            raise ApiError(
+                400,
+                "The payment method you provided is not attached to a customer so detachment "
+                "is impossible.",
+            )
+        previous = {"customer": obj["customer"]}
+        obj["customer"] = None
+        stored = store.get("payment_method:" + pm_id)
+        if stored is not None:
+            stored.customer = None
+        self.emit("payment_method.detached", obj, previous)
+        return obj
+
+    def set_payment_method_behavior(self, pm_id: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Control: from now on, charging this saved card `succeeds`, needs `authentication`
+        (off-session: 402 `authentication_required`, the PaymentIntent left in `pi_status`,
+        `requires_payment_method` by default as Stripe does), or is `declined` with
+        `decline_code` (default `generic_decline`)."""
+        self.retrieve_payment_method(pm_id)
+        behavior = str(params.get("behavior") or "succeeds")
+        if behavior not in ("succeeds", "authentication", "declined"):
+            raise ApiError(400, f"Unknown behavior {behavior!r}.", param="behavior")
+        pi_status = str(params.get("pi_status") or "requires_payment_method")
+        if pi_status not in ("requires_payment_method", "requires_action"):
+            raise ApiError(400, f"Unknown pi_status {pi_status!r}.", param="pi_status")
+        self.pm_behavior[pm_id] = {
+            "behavior": behavior,
+            "decline_code": str(params.get("decline_code") or "generic_decline"),
+            "pi_status": pi_status,
+        }
+        return {"payment_method": pm_id, **self.pm_behavior[pm_id]}
+
+    def update_card_automatically(self, pm_id: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Control: the card network sent new details (a reissued card): the PaymentMethod
+        changes and `payment_method.automatically_updated` is emitted."""
+        obj = self.retrieve_payment_method(pm_id)
+        card = obj["card"]
+        previous = {"card": {k: card[k] for k in ("exp_month", "exp_year", "last4") if k in params}}
+        for key in ("exp_month", "exp_year"):
+            if key in params:
+                card[key] = _int(params[key], key)
+        if "last4" in params:
+            card["last4"] = str(params["last4"])
+        self.emit("payment_method.automatically_updated", obj, previous)
+        return obj
 
     # -- payment intents -------------------------------------------------------------------------
 
@@ -716,7 +854,7 @@ class World:
                 "processing": None,
                 "receipt_email": params.get("receipt_email") or None,
                 "review": None,
-                "setup_future_usage": None,
+                "setup_future_usage": self._setup_future_usage(params.get("setup_future_usage")),
                 "shipping": None,
                 "statement_descriptor": params.get("statement_descriptor"),
                 "statement_descriptor_suffix": None,
@@ -728,11 +866,44 @@ class World:
         if checkout_session:
             self.pi_session[pi_id] = checkout_session
         self.emit("payment_intent.created", pi)
+        off_session = _bool(params.get("off_session", False))
+        if off_session and not _bool(params.get("confirm", False)):
+            raise ApiError(
+                400,
+                "off_session can only be used with confirm=true.",
+                param="off_session",
+            )
         if params.get("payment_method"):
             self._attach_payment_method(pi, str(params["payment_method"]))
             if _bool(params.get("confirm", False)):
-                self.confirm_payment_intent(pi_id, {})
+                self.confirm_payment_intent(pi_id, {"off_session": off_session})
         return pi
+
+    @staticmethod
+    def _setup_future_usage(value: Any) -> str | None:
+        if value in (None, ""):
+            return None
+        if value not in ("off_session", "on_session"):
+            raise ApiError(
+                400,
+                "Invalid setup_future_usage: must be one of on_session or off_session",
+                code="parameter_invalid_empty",
+                param="setup_future_usage",
+            )
+        return str(value)
+
+    def _check_off_session(self, pi: dict[str, Any], pm_id: str) -> None:
+        """Stripe charges a saved card off-session only when it is attached to the
+        PaymentIntent's customer."""
+        obj = self.objects.get(pm_id)
+        if not pi["customer"] or obj is None or obj.get("customer") != pi["customer"]:
+            raise ApiError(
+                400,
+                "The provided PaymentMethod was previously used with a PaymentIntent without "
+                "Customer attachment, shared with a connected account without Customer "
+                "attachment, or was detached from a Customer. It may not be used again.",
+                param="payment_method",
+            )
 
     def _attach_payment_method(self, pi: dict[str, Any], pm_id: str) -> None:
         pm, _ = self.payment_method(pm_id)
@@ -789,7 +960,10 @@ class World:
             self._attach_payment_method(pi, str(params["payment_method"]))
         if pi["status"] != "requires_confirmation":
             raise self._unexpected_state(pi, "confirm")
-        error = self._attempt(pi, pi["payment_method"], processing=False)
+        off_session = _bool(params.get("off_session", False))
+        if off_session:
+            self._check_off_session(pi, pi["payment_method"])
+        error = self._attempt(pi, pi["payment_method"], processing=False, off_session=off_session)
         if error is not None:
             raise error
         return pi
@@ -873,12 +1047,12 @@ class World:
                 "payment_method": pm.id,
                 "payment_method_details": {
                     "card": {
-                        "brand": "mastercard" if number.startswith("5") else "visa",
+                        "brand": card_brand(number),
                         "country": "US",
-                        "exp_month": 12,
-                        "exp_year": 2034,
+                        "exp_month": self._pm_object(pm, number)["card"]["exp_month"],
+                        "exp_year": self._pm_object(pm, number)["card"]["exp_year"],
                         "funding": "credit",
-                        "last4": number[-4:],
+                        "last4": self._pm_object(pm, number)["card"]["last4"],
                     },
                     "type": "card",
                 },
@@ -894,16 +1068,37 @@ class World:
             }
         )
 
-    def _attempt(self, pi: dict[str, Any], pm_id: str, *, processing: bool) -> ApiError | None:
+    def _decline_for(
+        self, pm: Any, number: str, *, off_session: bool
+    ) -> tuple[str, str, str] | None:
+        behavior = self.pm_behavior.get(pm.id, {})
+        kind = behavior.get("behavior")
+        if kind == "declined":
+            code = behavior["decline_code"]
+            message = HARD_DECLINE_MESSAGES.get(code, "Your card was declined.")
+            return (code if code in HARD_DECLINE_MESSAGES else "card_declined", code, message)
+        needs_auth = kind == "authentication" or (kind is None and pm._requires_authentication())
+        if needs_auth and off_session:
+            code = "authentication_required"
+            return (code, code, HARD_DECLINE_MESSAGES[code])
+        if kind == "succeeds":
+            return None
+        decline = _DECLINED_CARDS.get(number)
+        if decline is None and (pm._charging_is_declined() or pm._attaching_is_declined()):
+            decline = ("card_declined", "generic_decline", "Your card was declined.")
+        return decline
+
+    def _attempt(
+        self, pi: dict[str, Any], pm_id: str, *, processing: bool, off_session: bool = False
+    ) -> ApiError | None:
         """Charge the PaymentIntent with a card: succeeded, processing, or declined (the
-        returned 402 error; the PI goes back to `requires_payment_method`)."""
+        returned 402 error; the PI goes back to `requires_payment_method`, or stays
+        `requires_action` for a card the test set to need authentication that way)."""
         pm, number = self.payment_method(pm_id)
         pi["payment_method"] = pm.id
         charge = self._new_charge(pi, pm, number)
         pi["latest_charge"] = charge["id"]
-        decline = _DECLINED_CARDS.get(number)
-        if decline is None and (pm._charging_is_declined() or pm._attaching_is_declined()):
-            decline = ("card_declined", "generic_decline", "Your card was declined.")
+        decline = self._decline_for(pm, number, off_session=off_session)
         if decline is not None:
             code, decline_code, message = decline
             charge.update(
@@ -921,12 +1116,21 @@ class World:
             previous = {"status": pi["status"]}
             pi["status"] = "requires_payment_method"
             pi["payment_method"] = None
+            if code == "authentication_required":
+                charge["outcome"]["type"] = "blocked"
+                if self.pm_behavior.get(pm.id, {}).get("pi_status") == "requires_action":
+                    pi["status"] = "requires_action"
+                    pi["payment_method"] = pm.id
+                    pi["next_action"] = {
+                        "type": "use_stripe_sdk",
+                        "use_stripe_sdk": {"type": "three_d_secure_redirect"},
+                    }
             pi["last_payment_error"] = {
                 "charge": charge["id"],
                 "code": code,
                 "decline_code": decline_code,
                 "message": message,
-                "payment_method": pm._export(),
+                "payment_method": self.export(self._pm_object(pm, number)),
                 "type": "card_error",
             }
             self.emit("charge.failed", charge)
@@ -967,6 +1171,9 @@ class World:
         previous = {"status": pi["status"]}
         pi["status"] = "succeeded"
         pi["amount_received"] = pi["amount"]
+        if pi["setup_future_usage"] and pi["customer"] and pi["payment_method"]:
+            # Stripe attaches the payment method to the customer when the payment succeeds.
+            self.attach_payment_method(pi["payment_method"], pi["customer"])
         self.emit("charge.succeeded", charge)
         self.emit("payment_intent.succeeded", pi, previous)
 
@@ -1282,6 +1489,7 @@ class World:
                     "description": pi_data.get("description"),
                     "receipt_email": pi_data.get("receipt_email") or session["customer_email"],
                     "automatic_payment_methods": {"enabled": "true"},
+                    "setup_future_usage": pi_data.get("setup_future_usage"),
                 },
                 checkout_session=session_id,
             )

@@ -1,0 +1,26 @@
+"""The portal's low-balance alerts."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.alerts import service
+from app.alerts.schemas import AlertsIn, AlertsOut
+from app.auth import CurrentUser
+from app.db import SessionDep
+from app.notifications.service import remember_email
+
+router = APIRouter(tags=["alerts"])
+
+
+@router.get("/alerts", summary="Get my alerts")
+async def get_my_alerts(user: CurrentUser, session: SessionDep) -> AlertsOut:
+    """The caller's low-balance thresholds and whether notifications are emailed."""
+    return await service.get_alerts(session, user.user_id)
+
+
+@router.put("/alerts", summary="Set my alerts")
+async def put_my_alerts(body: AlertsIn, user: CurrentUser, session: SessionDep) -> AlertsOut:
+    """Replace the caller's low-balance thresholds (at most 5) and the email choice."""
+    await remember_email(session, user.user_id, user.email)
+    return await service.put_alerts(session, user.user_id, body)

@@ -1,0 +1,88 @@
+"""Low-balance alerts: the settings, and the crossing rule.
+
+Each threshold is a row with an `armed` flag. A balance change that leaves the available
+balance below an armed threshold disarms it and writes one `balance.low` notification; a change
+that leaves it at or above a disarmed one re-arms it. Both are conditional UPDATEs in the
+transaction of the balance change, so of any number of concurrent debits exactly one fires each
+crossing (PostgreSQL re-checks `armed` after waiting for the row lock; SQLite serializes
+writers). A threshold set while the balance is already below it starts disarmed: it fires after
+the balance has recovered and falls again.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.alerts import repository
+from app.alerts.schemas import AlertsIn, AlertsOut
+from app.ledger.repository import get_wallet
+from app.models.base import utcnow
+from app.models.notifications import BalanceAlert
+from app.money import format_amount, parse_amount
+from app.notifications import events
+from app.notifications import repository as notification_settings
+from app.notifications.service import enqueue
+
+
+async def apply_balance_change(
+    session: AsyncSession,
+    user_id: str,
+    available_before_micros: int,
+    available_after_micros: int,
+) -> list[int]:
+    """Apply the crossing rule for one balance change, in its open transaction: a fall disarms
+    the thresholds it crossed and enqueues `balance.low` for each (returned, highest first); a
+    rise re-arms the thresholds it recovered. Call it from every path that changes a wallet's
+    available balance, after the change."""
+    if available_after_micros == available_before_micros:
+        return []
+    now = utcnow()
+    if available_after_micros > available_before_micros:
+        await repository.rearm_recovered(session, user_id, available_after_micros, now)
+        return []
+    fired = await repository.disarm_crossed(session, user_id, available_after_micros, now)
+    for threshold in fired:
+        await enqueue(
+            session,
+            user_id=user_id,
+            type="balance.low",
+            data=events.balance_low(
+                threshold_micros=threshold, available_micros=available_after_micros
+            ),
+        )
+    return fired
+
+
+async def get_alerts(session: AsyncSession, user_id: str) -> AlertsOut:
+    """The caller's thresholds and email choice (none and email on by default)."""
+    rows = await repository.list_thresholds(session, user_id)
+    prefs = await notification_settings.get_settings(session, user_id)
+    return AlertsOut(
+        low_balance_thresholds=[format_amount(r.threshold_micros) for r in rows],
+        email=prefs.email_enabled if prefs is not None else True,
+    )
+
+
+async def put_alerts(session: AsyncSession, user_id: str, body: AlertsIn) -> AlertsOut:
+    """Replace the caller's thresholds: kept ones keep their state, new ones start armed if the
+    available balance is at or above them (otherwise they wait for it to recover)."""
+    wanted = {parse_amount(t) for t in body.low_balance_thresholds}
+    existing = {r.threshold_micros for r in await repository.list_thresholds(session, user_id)}
+    await repository.delete_thresholds(session, user_id, existing - wanted)
+    new = wanted - existing
+    if new:
+        wallet = await get_wallet(session, user_id)
+        available = wallet.balance_micros - wallet.held_micros if wallet is not None else 0
+        now = utcnow()
+        for threshold in sorted(new):
+            session.add(
+                BalanceAlert(
+                    user_id=user_id,
+                    threshold_micros=threshold,
+                    armed=available >= threshold,
+                    created_at=now,
+                )
+            )
+    await notification_settings.set_email_enabled(session, user_id, body.email)
+    await session.flush()
+    return await get_alerts(session, user_id)

@@ -1,0 +1,68 @@
+"""All SQL of auto top-up."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db import is_postgres
+from app.models.payment_methods import IN_FLIGHT_ATTEMPT_STATUSES, AutoTopup, AutoTopupSettings
+
+
+async def get_settings(session: AsyncSession, user_id: str) -> AutoTopupSettings | None:
+    return await session.get(AutoTopupSettings, user_id)
+
+
+async def get_settings_for_update(session: AsyncSession, user_id: str) -> AutoTopupSettings | None:
+    stmt = select(AutoTopupSettings).where(AutoTopupSettings.user_id == user_id).with_for_update()
+    return (await session.scalars(stmt)).first()
+
+
+async def spent_since(
+    session: AsyncSession, user_id: str, since: datetime, *, include_in_flight: bool
+) -> int:
+    """Micros of the user's auto top-ups since `since`: succeeded, and in flight if asked."""
+    statuses = ("succeeded", *IN_FLIGHT_ATTEMPT_STATUSES) if include_in_flight else ("succeeded",)
+    stmt = select(func.coalesce(func.sum(AutoTopup.amount_micros), 0)).where(
+        AutoTopup.user_id == user_id,
+        AutoTopup.created_at >= since,
+        AutoTopup.status.in_(statuses),
+    )
+    return int((await session.execute(stmt)).scalar_one())
+
+
+async def insert_pending_attempt(
+    session: AsyncSession,
+    *,
+    attempt_id: str,
+    user_id: str,
+    amount_micros: int,
+    payment_method_id: str,
+    trigger_reference: str | None,
+    now: datetime,
+) -> bool:
+    """Record a pending attempt unless one is in flight for the user (the partial unique index
+    decides, whatever the concurrency); True when this call recorded it."""
+    insert = postgresql.insert if is_postgres(session) else sqlite.insert
+    stmt = (
+        insert(AutoTopup)
+        .values(
+            id=attempt_id,
+            user_id=user_id,
+            status="pending",
+            amount_micros=amount_micros,
+            payment_method_id=payment_method_id,
+            trigger_reference=trigger_reference,
+            created_at=now,
+            updated_at=now,
+        )
+        .on_conflict_do_nothing(
+            index_elements=["user_id"],
+            index_where=AutoTopup.status.in_(IN_FLIGHT_ATTEMPT_STATUSES),
+        )
+        .returning(AutoTopup.id)
+    )
+    return (await session.execute(stmt)).first() is not None

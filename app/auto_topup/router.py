@@ -1,0 +1,34 @@
+"""The portal's auto top-up setting."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from app.auth import CurrentUser
+from app.auto_topup import service
+from app.auto_topup.schemas import AutoTopupIn, AutoTopupOut
+from app.db import SessionDep
+from app.errors import ValidationFailed
+from app.notifications.service import remember_email
+from app.openapi import problem_responses
+
+router = APIRouter(tags=["auto top-up"])
+
+
+@router.get("/auto-topup", summary="Get my auto top-up")
+async def get_my_auto_topup(user: CurrentUser, session: SessionDep) -> AutoTopupOut:
+    """The caller's auto top-up setting and its state."""
+    return await service.get_auto_topup(session, user.user_id)
+
+
+@router.put(
+    "/auto-topup",
+    summary="Set my auto top-up",
+    responses=problem_responses(ValidationFailed),
+)
+async def put_my_auto_topup(
+    request: Request, body: AutoTopupIn, user: CurrentUser, session: SessionDep
+) -> AutoTopupOut:
+    """Replace the caller's auto top-up. Only `enabled: true` enables it or lifts a pause."""
+    await remember_email(session, user.user_id, user.email)
+    return await service.put_auto_topup(session, request.app.state.settings, user.user_id, body)

@@ -1,0 +1,154 @@
+"""Auto top-up settings: reading them, replacing them (the only way to enable it or lift a
+pause), and pausing them when their card goes away. The decision rules are in `rules.py`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auto_topup import repository, rules
+from app.auto_topup.schemas import AutoTopupIn, AutoTopupOut
+from app.config import Settings
+from app.errors import ValidationFailed
+from app.models.base import utcnow
+from app.models.payment_methods import AutoTopupSettings
+from app.money import format_amount, parse_amount
+from app.notifications import events
+from app.notifications.service import enqueue
+from app.payment_methods import repository as cards
+
+
+def _out(row: AutoTopupSettings | None, spent_micros: int) -> AutoTopupOut:
+    if row is None:
+        return AutoTopupOut(
+            enabled=False,
+            threshold=None,
+            amount=None,
+            payment_method_id=None,
+            monthly_limit=None,
+            status="disabled",
+            paused_reason=None,
+            last_attempt_at=None,
+            next_attempt_at=None,
+            spent_this_month=format_amount(spent_micros),
+        )
+    return AutoTopupOut(
+        enabled=row.status != "disabled",
+        threshold=format_amount(row.threshold_micros),
+        amount=format_amount(row.amount_micros),
+        payment_method_id=row.payment_method_id,
+        monthly_limit=format_amount(row.monthly_limit_micros),
+        status=row.status,
+        paused_reason=row.paused_reason,
+        last_attempt_at=row.last_attempt_at,
+        next_attempt_at=(
+            rules.next_allowed_attempt(
+                last_attempt_at=row.last_attempt_at, next_attempt_at=row.next_attempt_at
+            )
+            if row.status == "active"
+            else None
+        ),
+        spent_this_month=format_amount(spent_micros),
+    )
+
+
+async def get_auto_topup(
+    session: AsyncSession, user_id: str, *, now: datetime | None = None
+) -> AutoTopupOut:
+    """The caller's setting and state (disabled, with nulls, when never set)."""
+    now = now or utcnow()
+    row = await repository.get_settings(session, user_id)
+    spent = await repository.spent_since(
+        session, user_id, rules.month_start(now), include_in_flight=False
+    )
+    return _out(row, spent)
+
+
+def _invalid(field: str, message: str) -> ValidationFailed:
+    return ValidationFailed(f"{field}: {message}", errors=[{"field": field, "message": message}])
+
+
+async def put_auto_topup(
+    session: AsyncSession, settings: Settings, user_id: str, body: AutoTopupIn
+) -> AutoTopupOut:
+    """Replace the caller's setting. `enabled: true` makes it active (lifting a pause and
+    forgetting earlier soft declines); `enabled: false` disables it. Nothing else ever
+    enables it."""
+    threshold = parse_amount(body.threshold)
+    amount = parse_amount(body.amount)
+    monthly_limit = parse_amount(body.monthly_limit)
+    low, high = parse_amount(str(settings.topup_min)), parse_amount(str(settings.topup_max))
+    if not low <= amount <= high:
+        raise _invalid("amount", f"must be between {format_amount(low)} and {format_amount(high)}")
+    if monthly_limit < amount:
+        raise _invalid("monthly_limit", "must be at least the amount")
+    if body.payment_method_id is None:
+        if body.enabled:
+            raise _invalid("payment_method_id", "a saved card is required to enable it")
+    elif await cards.get_active_of_user(session, user_id, body.payment_method_id) is None:
+        raise _invalid("payment_method_id", "not one of your saved cards")
+
+    now = utcnow()
+    row = await repository.get_settings_for_update(session, user_id)
+    if row is None:
+        row = AutoTopupSettings(user_id=user_id, created_at=now, soft_declines=0)
+        session.add(row)
+    row.threshold_micros = threshold
+    row.amount_micros = amount
+    row.monthly_limit_micros = monthly_limit
+    row.payment_method_id = body.payment_method_id
+    row.updated_at = now
+    if body.enabled:
+        row.status = "active"
+        row.paused_reason = None
+        row.soft_declines = 0
+        row.next_attempt_at = None
+        row.action_payment_intent_id = None
+    else:
+        row.status = "disabled"
+        row.paused_reason = None
+    await session.flush()
+    spent = await repository.spent_since(
+        session, user_id, rules.month_start(now), include_in_flight=False
+    )
+    return _out(row, spent)
+
+
+async def pause(
+    session: AsyncSession,
+    user_id: str,
+    reason: rules.PausedReason,
+    *,
+    pay_url: str | None = None,
+    action_payment_intent_id: str | None = None,
+) -> bool:
+    """Pause an active auto top-up (in the caller's transaction) and notify the user
+    (`auto_topup.paused`). False when it was not active (nothing changes)."""
+    row = await repository.get_settings_for_update(session, user_id)
+    if row is None or row.status != "active":
+        return False
+    row.status = "paused"
+    row.paused_reason = reason
+    row.next_attempt_at = None
+    row.action_payment_intent_id = action_payment_intent_id
+    row.updated_at = utcnow()
+    await enqueue(
+        session,
+        user_id=user_id,
+        type="auto_topup.paused",
+        data=events.auto_topup_paused(
+            reason=reason, payment_method_id=row.payment_method_id, pay_url=pay_url
+        ),
+    )
+    return True
+
+
+async def pause_for_removed_card(
+    session: AsyncSession, user_id: str, payment_method_id: str
+) -> bool:
+    """The card was removed: pause the auto top-up that charges it."""
+    row = await repository.get_settings(session, user_id)
+    if row is None or row.payment_method_id != payment_method_id:
+        return False
+    return await pause(session, user_id, "payment_method_removed")

@@ -1,0 +1,74 @@
+"""The auto top-up trigger: a balance change that takes the available balance from at or above
+an active auto top-up's threshold to below it records ONE pending attempt, in the same
+transaction (the partial unique index `uq_auto_topups_user_in_flight` allows one in flight per
+user, so concurrent crossings record one between them). Charging it is the job's, off the
+request path.
+
+`record_if_crossed()` is the ORM form; `auto_topup_ctes()` the PostgreSQL form for the gateway's
+CTE chains (same `source` relation as `app.alerts.sql.balance_alert_ctes`)."""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auto_topup import repository, rules
+from app.ids import new_id
+from app.models.base import utcnow
+
+
+async def record_if_crossed(
+    session: AsyncSession,
+    user_id: str,
+    available_before_micros: int,
+    available_after_micros: int,
+    *,
+    trigger_reference: str | None = None,
+) -> str | None:
+    """Record a pending attempt when this change crossed an active auto top-up's threshold
+    and none is in flight; returns the attempt id it recorded (None otherwise)."""
+    if available_after_micros >= available_before_micros:
+        return None
+    settings = await repository.get_settings(session, user_id)
+    if settings is None or settings.status != "active" or settings.payment_method_id is None:
+        return None
+    if not rules.crosses_threshold(
+        available_before_micros=available_before_micros,
+        available_after_micros=available_after_micros,
+        threshold_micros=settings.threshold_micros,
+    ):
+        return None
+    attempt_id = new_id("atu")
+    recorded = await repository.insert_pending_attempt(
+        session,
+        attempt_id=attempt_id,
+        user_id=user_id,
+        amount_micros=settings.amount_micros,
+        payment_method_id=settings.payment_method_id,
+        trigger_reference=trigger_reference,
+        now=utcnow(),
+    )
+    return attempt_id if recorded else None
+
+
+def auto_topup_ctes(source: str, *, reference: str = "NULL", now: str = "now()") -> str:
+    """Two CTEs (no leading `WITH`) for a relation `source` with `user_id`,
+    `available_before`, `available_after`: `autotopup_due` (the active settings whose threshold
+    this change crossed) and `autotopup_recorded` (`RETURNING id, user_id` of the attempt
+    recorded; empty when one was already in flight). `reference` is a SQL expression for the
+    debit's ledger reference (e.g. `$1`)."""
+    return f"""autotopup_due AS (
+    SELECT s.user_id, s.amount_micros, s.payment_method_id
+    FROM auto_topup_settings s JOIN {source} c ON c.user_id = s.user_id
+    WHERE s.status = 'active' AND s.payment_method_id IS NOT NULL
+      AND c.available_before >= s.threshold_micros
+      AND c.available_after < s.threshold_micros
+), autotopup_recorded AS (
+    INSERT INTO auto_topups
+        (id, user_id, status, amount_micros, payment_method_id, trigger_reference,
+         created_at, updated_at)
+    SELECT 'atu_' || replace(gen_random_uuid()::text, '-', ''), user_id, 'pending',
+           amount_micros, payment_method_id, {reference}, {now}, {now}
+    FROM autotopup_due
+    ON CONFLICT (user_id) WHERE status IN ('pending', 'processing') DO NOTHING
+    RETURNING id, user_id
+)"""

@@ -1,0 +1,126 @@
+"""The event types and what each one's `data` holds.
+
+Money appears twice: decimal strings for people and the portal (`"amount": "20.00"`,
+`"available": "3.120000"`, like the portal API) and integer `*_micros` for programs::
+
+    balance.low            {threshold, threshold_micros, available, available_micros, currency}
+    topup.succeeded        {order_id, amount, amount_micros, receipt_url, currency}
+    auto_topup.succeeded   {auto_topup_id, order_id, amount, amount_micros, receipt_url, currency}
+    auto_topup.failed      {auto_topup_id, order_id, amount, amount_micros, code, decline_code,
+                            next_attempt_at, currency}
+    auto_topup.paused      {reason, payment_method_id, pay_url, currency}
+    auto_topup.skipped     {reason: "monthly_limit", amount, monthly_limit, spent_this_month,
+                            currency}
+    refund.succeeded       {refund_request_id, order_id, amount, amount_micros, currency}
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from app.money import CURRENCY, format_amount, format_balance
+
+NotificationType = Literal[
+    "balance.low",
+    "topup.succeeded",
+    "auto_topup.succeeded",
+    "auto_topup.failed",
+    "auto_topup.paused",
+    "auto_topup.skipped",
+    "refund.succeeded",
+]
+
+
+def balance_low(*, threshold_micros: int, available_micros: int) -> dict[str, Any]:
+    """`balance.low`: the available balance fell below one of the user's thresholds."""
+    return {
+        "threshold": format_amount(threshold_micros),
+        "threshold_micros": threshold_micros,
+        "available": format_balance(available_micros),
+        "available_micros": available_micros,
+        "currency": CURRENCY,
+    }
+
+
+def topup_succeeded(
+    *, order_id: str, amount_micros: int, receipt_url: str | None
+) -> dict[str, Any]:
+    """`topup.succeeded`: a portal top-up was credited."""
+    return {
+        "order_id": order_id,
+        "amount": format_amount(amount_micros),
+        "amount_micros": amount_micros,
+        "receipt_url": receipt_url,
+        "currency": CURRENCY,
+    }
+
+
+def auto_topup_succeeded(
+    *, auto_topup_id: str, order_id: str, amount_micros: int, receipt_url: str | None
+) -> dict[str, Any]:
+    """`auto_topup.succeeded`: the saved card was charged and the balance credited."""
+    return {"auto_topup_id": auto_topup_id} | topup_succeeded(
+        order_id=order_id, amount_micros=amount_micros, receipt_url=receipt_url
+    )
+
+
+def auto_topup_failed(
+    *,
+    auto_topup_id: str,
+    order_id: str | None,
+    amount_micros: int,
+    code: str | None,
+    decline_code: str | None,
+    next_attempt_at: datetime | None,
+) -> dict[str, Any]:
+    """`auto_topup.failed`: a charge was declined; `next_attempt_at` is null when paused."""
+    return {
+        "auto_topup_id": auto_topup_id,
+        "order_id": order_id,
+        "amount": format_amount(amount_micros),
+        "amount_micros": amount_micros,
+        "code": code,
+        "decline_code": decline_code,
+        "next_attempt_at": next_attempt_at.isoformat() if next_attempt_at else None,
+        "currency": CURRENCY,
+    }
+
+
+def auto_topup_paused(
+    *, reason: str, payment_method_id: str | None, pay_url: str | None
+) -> dict[str, Any]:
+    """`auto_topup.paused`: no more attempts until the user enables it again; `pay_url` (a hard
+    decline) is where the user can complete the payment on-session."""
+    return {
+        "reason": reason,
+        "payment_method_id": payment_method_id,
+        "pay_url": pay_url,
+        "currency": CURRENCY,
+    }
+
+
+def auto_topup_skipped(
+    *, amount_micros: int, monthly_limit_micros: int, spent_this_month_micros: int
+) -> dict[str, Any]:
+    """`auto_topup.skipped`: an attempt would have exceeded the monthly limit."""
+    return {
+        "reason": "monthly_limit",
+        "amount": format_amount(amount_micros),
+        "monthly_limit": format_amount(monthly_limit_micros),
+        "spent_this_month": format_amount(spent_this_month_micros),
+        "currency": CURRENCY,
+    }
+
+
+def refund_succeeded(
+    *, refund_request_id: str, order_id: str, amount_micros: int
+) -> dict[str, Any]:
+    """`refund.succeeded`: Stripe confirmed a refund."""
+    return {
+        "refund_request_id": refund_request_id,
+        "order_id": order_id,
+        "amount": format_amount(amount_micros),
+        "amount_micros": amount_micros,
+        "currency": CURRENCY,
+    }

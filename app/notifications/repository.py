@@ -1,0 +1,181 @@
+"""All SQL of the notifications outbox and the users' notification settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db import is_postgres
+from app.models.base import utcnow
+from app.models.notifications import Notification, NotificationSettings
+
+Channel = Literal["email", "webhook"]
+CHANNELS: tuple[Channel, ...] = ("email", "webhook")
+
+
+def _insert_for(session: AsyncSession) -> Any:
+    return postgresql.insert if is_postgres(session) else sqlite.insert
+
+
+def _columns(channel: Channel) -> tuple[Any, Any, Any, Any, Any]:
+    table = Notification.__table__.c
+    return (
+        table[f"{channel}_status"],
+        table[f"{channel}_attempts"],
+        table[f"{channel}_next_attempt_at"],
+        table[f"{channel}_sent_at"],
+        table[f"{channel}_last_error"],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A notification taken for one delivery attempt on one channel."""
+
+    id: str
+    user_id: str
+    type: str
+    data: dict[str, Any]
+    created_at: datetime
+    attempt: int
+    """1 for the first attempt on this channel."""
+    email: str | None
+    """The user's latest known address (email channel only)."""
+    email_enabled: bool
+
+
+async def upsert_email(session: AsyncSession, user_id: str, email: str) -> None:
+    """Record the user's latest address; a write only when it changed."""
+    insert = _insert_for(session)
+    now = utcnow()
+    stmt = insert(NotificationSettings).values(user_id=user_id, email=email, updated_at=now)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[NotificationSettings.user_id],
+        set_={"email": stmt.excluded.email, "updated_at": now},
+        where=NotificationSettings.email.is_distinct_from(stmt.excluded.email),
+    )
+    await session.execute(stmt)
+
+
+async def get_settings(session: AsyncSession, user_id: str) -> NotificationSettings | None:
+    return await session.get(NotificationSettings, user_id)
+
+
+async def set_email_enabled(session: AsyncSession, user_id: str, enabled: bool) -> None:
+    insert = _insert_for(session)
+    now = utcnow()
+    stmt = insert(NotificationSettings).values(
+        user_id=user_id, email_enabled=enabled, updated_at=now
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[NotificationSettings.user_id],
+        set_={"email_enabled": enabled, "updated_at": now},
+    )
+    await session.execute(stmt)
+
+
+async def skip_channel(session: AsyncSession, channel: Channel, reason: str) -> int:
+    """Mark every pending notification `skipped` on a channel that is not configured."""
+    status, _, _, _, last_error = _columns(channel)
+    result = await session.execute(
+        update(Notification)
+        .where(status == "pending")
+        .values({status: "skipped", last_error: reason})
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def claim_due(
+    session: AsyncSession,
+    channels: tuple[Channel, ...],
+    *,
+    now: datetime,
+    lease_until: dict[Channel, datetime],
+    limit: int,
+) -> list[tuple[Channel, Claimed]]:
+    """Notifications due on any of `channels`, taken with FOR UPDATE SKIP LOCKED and leased by
+    pushing each due channel's `next_attempt_at` to its `lease_until` (and counting the
+    attempt): other instances skip them while this one sends (outside any transaction), and
+    retry them if it dies (at least once). Both channels are claimed together because they
+    share the row (and its lock)."""
+    due = []
+    for channel in channels:
+        status, _, next_at, _, _ = _columns(channel)
+        due.append(and_(status == "pending", next_at <= now))
+    if not due:
+        return []
+    stmt = select(Notification).where(or_(*due)).order_by(Notification.created_at).limit(limit)
+    if is_postgres(session):
+        stmt = stmt.with_for_update(skip_locked=True, of=Notification)
+    rows = list((await session.scalars(stmt)).all())
+    if not rows:
+        return []
+    settings: dict[str, NotificationSettings] = {}
+    if "email" in channels:
+        found = await session.scalars(
+            select(NotificationSettings).where(
+                NotificationSettings.user_id.in_({r.user_id for r in rows})
+            )
+        )
+        settings = {s.user_id: s for s in found}
+    claimed: list[tuple[Channel, Claimed]] = []
+    for row in rows:
+        for channel in channels:
+            if (
+                getattr(row, f"{channel}_status") != "pending"
+                or getattr(row, f"{channel}_next_attempt_at") > now
+            ):
+                continue
+            attempt = getattr(row, f"{channel}_attempts") + 1
+            setattr(row, f"{channel}_attempts", attempt)
+            setattr(row, f"{channel}_next_attempt_at", lease_until[channel])
+            user = settings.get(row.user_id)
+            claimed.append(
+                (
+                    channel,
+                    Claimed(
+                        id=row.id,
+                        user_id=row.user_id,
+                        type=row.type,
+                        data=dict(row.data),
+                        created_at=row.created_at,
+                        attempt=attempt,
+                        email=(user.email if user and user.email else row.email),
+                        email_enabled=user.email_enabled if user else True,
+                    ),
+                )
+            )
+    await session.flush()
+    return claimed
+
+
+async def record_outcome(
+    session: AsyncSession,
+    channel: Channel,
+    notification_id: str,
+    *,
+    status: str,
+    now: datetime,
+    next_attempt_at: datetime | None = None,
+    error: str | None = None,
+) -> None:
+    """Store one attempt's outcome: `sent`, `skipped`, `failed` (final) or `pending` again at
+    `next_attempt_at`."""
+    status_col, _, next_col, sent_col, error_col = _columns(channel)
+    values: dict[Any, Any] = {status_col: status, error_col: error[:500] if error else None}
+    if status == "sent":
+        values[sent_col] = now
+    if next_attempt_at is not None:
+        values[next_col] = next_attempt_at
+    await session.execute(
+        update(Notification)
+        .where(Notification.id == notification_id)
+        .values(values)
+        .execution_options(synchronize_session=False)
+    )

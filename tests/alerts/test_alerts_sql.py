@@ -1,0 +1,159 @@
+"""The crossing rule as PostgreSQL CTEs (`app.alerts.sql`), on its own and embedded in a
+data-modifying CTE chain like the gateway's, under concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from app.alerts.sql import BALANCE_CROSSING, balance_alert_ctes
+from app.config import Settings
+from app.notifications import events
+
+pytestmark = pytest.mark.postgres_only
+
+USD = 1_000_000
+
+
+def _dsn(settings: Settings) -> str:
+    return settings.database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+@pytest.fixture
+async def conn(app: Any, settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(_dsn(settings))
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+async def _thresholds(
+    conn: asyncpg.Connection, user_id: str, *usd: int, armed: bool = True
+) -> None:
+    for amount in usd:
+        await conn.execute(
+            "INSERT INTO balance_alerts (user_id, threshold_micros, armed, created_at)"
+            " VALUES ($1, $2, $3, now())",
+            user_id,
+            amount * USD,
+            armed,
+        )
+
+
+async def _notified(conn: asyncpg.Connection, user_id: str) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        "SELECT id, type, data::text AS data FROM notifications WHERE user_id = $1"
+        " ORDER BY created_at, (data::json->>'threshold_micros')::bigint DESC",
+        user_id,
+    )
+    assert all(r["id"].startswith("ntf_") and r["type"] == "balance.low" for r in rows)
+    return [json.loads(r["data"]) for r in rows]
+
+
+async def test_the_rule_fires_once_per_crossing_and_re_arms(conn: asyncpg.Connection) -> None:
+    await _thresholds(conn, "user-1", 5, 1)
+
+    async def change(before: int, after: int) -> list[int]:
+        return [r[0] for r in await conn.fetch(BALANCE_CROSSING, "user-1", before, after)]
+
+    assert await change(10 * USD, 6 * USD) == []
+    assert await change(6 * USD, 4 * USD) == [5 * USD]
+    assert await change(4 * USD, 3 * USD) == []
+    assert await change(3 * USD, 7 * USD) == []  # re-arms 5.00 (1.00 never fired)
+    assert await change(7 * USD, 500_000) == [5 * USD, 1 * USD]
+    assert await change(500_000, -1_500_000) == []
+    assert await _notified(conn, "user-1") == [
+        events.balance_low(threshold_micros=5 * USD, available_micros=4 * USD),
+        events.balance_low(threshold_micros=5 * USD, available_micros=500_000),
+        events.balance_low(threshold_micros=1 * USD, available_micros=500_000),
+    ]
+    assert (
+        await conn.fetchval(
+            "SELECT count(*) FROM notifications WHERE email_status = 'pending'"
+            " AND webhook_status = 'pending' AND email_next_attempt_at <= now()"
+        )
+        == 3
+    )
+
+
+@pytest.mark.parametrize("available", [0, 1, 999_999, -1, -1_500_001, 123_456_789_012])
+async def test_the_sql_payload_is_the_python_one(conn: asyncpg.Connection, available: int) -> None:
+    await _thresholds(conn, "user-x", 0, 5_000_000_000)
+    await conn.fetch(BALANCE_CROSSING, "user-x", 10_000_000 * USD, available)
+    expected = [
+        events.balance_low(threshold_micros=5_000_000_000 * USD, available_micros=available)
+    ]
+    if available < 0:
+        expected.append(events.balance_low(threshold_micros=0, available_micros=available))
+    assert await _notified(conn, "user-x") == expected
+
+
+_WALLETS = "alert_sql_test_wallets"
+
+_DEBIT_WITH_ALERTS = f"""
+WITH wallet AS (
+    UPDATE {_WALLETS} SET balance_micros = balance_micros - $2
+    WHERE user_id = $1 AND balance_micros - held_micros >= $2
+    RETURNING user_id, balance_micros, held_micros
+), crossing AS (
+    SELECT user_id,
+           balance_micros - held_micros + $2 AS available_before,
+           balance_micros - held_micros AS available_after
+    FROM wallet
+), {balance_alert_ctes("crossing", now="$3")}
+SELECT (SELECT count(*) FROM wallet) AS debited,
+       (SELECT count(*) FROM alert_fired) AS fired
+"""
+
+
+@pytest.fixture
+async def wallets(conn: asyncpg.Connection) -> AsyncIterator[None]:
+    # A stand-in for `accounts` without the ledger's triggers: the point is the composition
+    # and the concurrency of the alert CTEs, not the ledger (the gateway's own test covers it).
+    await conn.execute(
+        f"CREATE TABLE {_WALLETS} (user_id text PRIMARY KEY, balance_micros bigint NOT NULL,"
+        " held_micros bigint NOT NULL)"
+    )
+    try:
+        yield
+    finally:
+        await conn.execute(f"DROP TABLE {_WALLETS}")
+
+
+@pytest.mark.usefixtures("wallets")
+async def test_embedded_in_a_debit_statement_concurrent_debits_fire_each_crossing_once(
+    conn: asyncpg.Connection, settings: Settings
+) -> None:
+    await conn.execute(f"INSERT INTO {_WALLETS} VALUES ('user-1', $1, 0)", 10 * USD)
+    await _thresholds(conn, "user-1", 5, 1)
+    pool = await asyncpg.create_pool(_dsn(settings), min_size=20, max_size=20)
+    try:
+
+        async def debit() -> tuple[int, int]:
+            from app.models.base import utcnow
+
+            row = await pool.fetchrow(_DEBIT_WITH_ALERTS, "user-1", 150_000, utcnow())
+            assert row is not None
+            return int(row["debited"]), int(row["fired"])
+
+        results = await asyncio.gather(*(debit() for _ in range(100)))
+    finally:
+        await pool.close()
+    assert sum(d for d, _ in results) == 66  # 66 x 0.15 = 9.90; the rest are not covered
+    assert sum(f for _, f in results) == 2
+    # Each statement's timestamp was taken before it ran, so order by what they say.
+    notified = await _notified(conn, "user-1")
+    assert sorted((n["threshold"], n["available"]) for n in notified) == [
+        ("1.00", "0.850000"),
+        ("5.00", "4.900000"),
+    ]
+    armed = await conn.fetch(
+        "SELECT threshold_micros, armed FROM balance_alerts WHERE user_id = 'user-1'"
+    )
+    assert {r["armed"] for r in armed} == {False}

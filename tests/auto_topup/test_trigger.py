@@ -1,0 +1,330 @@
+"""The trigger (one pending attempt per crossing, whatever the concurrency) and what an
+attempt's end does (`outcomes`)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.auto_topup import outcomes
+from app.auto_topup.rules import MIN_ATTEMPT_SPACING
+from app.auto_topup.trigger import auto_topup_ctes, record_if_crossed
+from app.config import Settings
+from app.db import session_scope
+from app.ids import new_id
+from app.ledger.service import Leg, post
+from app.models.base import utcnow
+from app.models.notifications import Notification
+from app.models.payment_methods import AutoTopup, AutoTopupSettings
+from tests.factories import paid_order
+
+USD = 1_000_000
+
+
+async def _enable(
+    maker: async_sessionmaker[AsyncSession],
+    user_id: str = "user-1",
+    *,
+    threshold: int = 5 * USD,
+    amount: int = 20 * USD,
+    monthly_limit: int = 100 * USD,
+    status: str = "active",
+) -> None:
+    async with session_scope(maker) as session:
+        session.add(
+            AutoTopupSettings(
+                user_id=user_id,
+                status=status,
+                paused_reason="card_declined" if status == "paused" else None,
+                threshold_micros=threshold,
+                amount_micros=amount,
+                monthly_limit_micros=monthly_limit,
+                payment_method_id="pm_saved",
+            )
+        )
+
+
+async def _debit(
+    maker: async_sessionmaker[AsyncSession], user_id: str, amount_micros: int
+) -> str | None:
+    async with session_scope(maker) as session:
+        reference = f"usage:{new_id('req')}"
+        result = await post(
+            session,
+            reference=reference,
+            kind="usage",
+            legs=[Leg.wallet(user_id, -amount_micros), Leg.account("usage", amount_micros)],
+        )
+        wallet = result.wallet(user_id)
+        assert wallet is not None
+        after = wallet.balance_micros - wallet.held_micros
+        return await record_if_crossed(
+            session, user_id, after + amount_micros, after, trigger_reference=reference
+        )
+
+
+async def _attempts(maker: async_sessionmaker[AsyncSession], user_id: str = "user-1") -> list[Any]:
+    async with session_scope(maker) as session:
+        rows = await session.scalars(
+            select(AutoTopup).where(AutoTopup.user_id == user_id).order_by(AutoTopup.created_at)
+        )
+        return list(rows)
+
+
+async def _types(maker: async_sessionmaker[AsyncSession], user_id: str = "user-1") -> list[str]:
+    async with session_scope(maker) as session:
+        rows = await session.scalars(
+            select(Notification.type)
+            .where(Notification.user_id == user_id)
+            .order_by(Notification.created_at, Notification.id)
+        )
+        return list(rows)
+
+
+async def _settings(maker: async_sessionmaker[AsyncSession]) -> AutoTopupSettings:
+    async with session_scope(maker) as session:
+        row = await session.get(AutoTopupSettings, "user-1")
+        assert row is not None
+        return row
+
+
+async def test_a_crossing_records_one_pending_attempt_and_nothing_more_while_in_flight(
+    app: Any, session_maker: async_sessionmaker[AsyncSession]
+) -> None:
+    await paid_order(session_maker, amount_micros=10 * USD)
+    await _enable(session_maker)
+    assert await _debit(session_maker, "user-1", 4 * USD) is None  # 6.00
+    recorded = await _debit(session_maker, "user-1", 2 * USD)  # 4.00: crossed
+    assert recorded is not None
+    assert await _debit(session_maker, "user-1", 1 * USD) is None  # already below
+    [attempt] = await _attempts(session_maker)
+    assert (attempt.id, attempt.status, attempt.amount_micros) == (recorded, "pending", 20 * USD)
+    assert attempt.payment_method_id == "pm_saved"
+    assert attempt.trigger_reference.startswith("usage:")
+
+
+async def test_a_paused_or_disabled_auto_topup_records_nothing(
+    app: Any, session_maker: async_sessionmaker[AsyncSession]
+) -> None:
+    await paid_order(session_maker, amount_micros=10 * USD)
+    await _enable(session_maker, status="paused")
+    assert await _debit(session_maker, "user-1", 6 * USD) is None
+    assert await _attempts(session_maker) == []
+
+
+@pytest.mark.postgres_only
+async def test_a_hundred_concurrent_debits_across_the_threshold_record_one_attempt(
+    app: Any, session_maker: async_sessionmaker[AsyncSession]
+) -> None:
+    await paid_order(session_maker, amount_micros=10 * USD)
+    await _enable(session_maker)
+    results = await asyncio.gather(*(_debit(session_maker, "user-1", 60_000) for _ in range(100)))
+    assert len([r for r in results if r is not None]) == 1
+    assert len(await _attempts(session_maker)) == 1
+
+
+_WALLETS = "autotopup_sql_test_wallets"
+_DEBIT_WITH_TRIGGER = f"""
+WITH wallet AS (
+    UPDATE {_WALLETS} SET balance_micros = balance_micros - $2
+    WHERE user_id = $1 AND balance_micros - held_micros >= $2
+    RETURNING user_id, balance_micros, held_micros
+), crossing AS (
+    SELECT user_id,
+           balance_micros - held_micros + $2 AS available_before,
+           balance_micros - held_micros AS available_after
+    FROM wallet
+), {auto_topup_ctes("crossing", reference="$3")}
+SELECT (SELECT count(*) FROM autotopup_recorded) AS recorded
+"""
+
+
+@pytest.fixture
+async def pg(app: Any, settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    dsn = settings.database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    pool = await asyncpg.create_pool(dsn, min_size=20, max_size=20)
+    # A stand-in for `accounts` without the ledger's triggers (see tests/alerts).
+    await pool.execute(
+        f"CREATE TABLE {_WALLETS} (user_id text PRIMARY KEY, balance_micros bigint NOT NULL,"
+        " held_micros bigint NOT NULL)"
+    )
+    try:
+        yield pool
+    finally:
+        await pool.execute(f"DROP TABLE {_WALLETS}")
+        await pool.close()
+
+
+@pytest.mark.postgres_only
+async def test_the_sql_trigger_in_a_debit_statement_records_one_attempt_under_concurrency(
+    pg: asyncpg.Pool, session_maker: async_sessionmaker[AsyncSession]
+) -> None:
+    await pg.execute(f"INSERT INTO {_WALLETS} VALUES ('user-1', $1, 0)", 10 * USD)
+    await _enable(session_maker)
+    results = await asyncio.gather(
+        *(pg.fetchval(_DEBIT_WITH_TRIGGER, "user-1", 60_000, f"usage:r{i}") for i in range(100))
+    )
+    assert sum(results) == 1
+    [attempt] = await _attempts(session_maker)
+    assert attempt.status == "pending"
+    assert attempt.id.startswith("atu_")
+    assert attempt.amount_micros == 20 * USD
+    # One in flight: a second crossing (after a credit) records nothing until it ends.
+    await pg.execute(f"UPDATE {_WALLETS} SET balance_micros = $1", 10 * USD)
+    assert await pg.fetchval(_DEBIT_WITH_TRIGGER, "user-1", 6 * USD, "usage:again") == 0
+
+
+async def _pending_attempt(maker: async_sessionmaker[AsyncSession]) -> str:
+    await paid_order(maker, amount_micros=10 * USD)
+    await _enable(maker)
+    attempt_id = await _debit(maker, "user-1", 6 * USD)
+    assert attempt_id is not None
+    return attempt_id
+
+
+async def test_soft_declines_retry_after_the_backoff_then_pause_at_the_third(
+    app: Any, session_maker: async_sessionmaker[AsyncSession]
+) -> None:
+    attempt_id = await _pending_attempt(session_maker)
+    now = utcnow()
+    for n, wait in ((1, timedelta(hours=1)), (2, timedelta(hours=6))):
+        async with session_scope(session_maker) as session:
+            decision = await outcomes.apply_decline(
+                session,
+                attempt_id,
+                stripe_code="card_declined",
+                decline_code="insufficient_funds",
+                payment_intent_id=f"pi_{n}",
+                pay_url=None,
+                now=now,
+            )
+        assert decision.next_attempt_at == now + wait
+        settings = await _settings(session_maker)
+        assert (settings.status, settings.soft_declines) == ("active", n)
+        assert settings.next_attempt_at == now + wait
+        attempts = await _attempts(session_maker)
+        assert [a.status for a in attempts] == ["failed"] * n + ["pending"]
+        attempt_id = attempts[-1].id
+        # The retry holds the slot: a debit meanwhile records nothing.
+        assert await _debit(session_maker, "user-1", 10_000) is None
+
+    async with session_scope(session_maker) as session:
+        third = await outcomes.apply_decline(
+            session,
+            attempt_id,
+            stripe_code="card_declined",
+            decline_code="insufficient_funds",
+            payment_intent_id="pi_3",
+            pay_url=None,
+            now=now,
+        )
+    assert third.paused_reason == "card_declined"
+    settings = await _settings(session_maker)
+    assert (settings.status, settings.paused_reason) == ("paused", "card_declined")
+    assert [a.status for a in await _attempts(session_maker)] == ["failed"] * 3
+    assert await _types(session_maker) == ["auto_topup.failed"] * 3 + ["auto_topup.paused"]
+    assert await _debit(session_maker, "user-1", 10_000) is None  # paused: no attempt
+
+
+async def test_authentication_required_pauses_at_once_with_the_link_to_pay(
+    app: Any, session_maker: async_sessionmaker[AsyncSession]
+) -> None:
+    attempt_id = await _pending_attempt(session_maker)
+    async with session_scope(session_maker) as session:
+        await outcomes.apply_decline(
+            session,
+            attempt_id,
+            stripe_code="authentication_required",
+            decline_code="authentication_required",
+            payment_intent_id="pi_auth",
+            pay_url="http://portal.test/orders/ord_1/resume",
+            now=utcnow(),
+        )
+    settings = await _settings(session_maker)
+    assert (settings.status, settings.paused_reason) == ("paused", "authentication_required")
+    assert settings.action_payment_intent_id == "pi_auth"
+    async with session_scope(session_maker) as session:
+        paused = (
+            await session.scalars(
+                select(Notification).where(Notification.type == "auto_topup.paused")
+            )
+        ).one()
+    assert paused.data["pay_url"] == "http://portal.test/orders/ord_1/resume"
+    assert [a.status for a in await _attempts(session_maker)] == ["failed"]
+
+
+async def test_a_success_clears_the_soft_declines_and_notifies(
+    app: Any, session_maker: async_sessionmaker[AsyncSession]
+) -> None:
+    attempt_id = await _pending_attempt(session_maker)
+    now = utcnow()
+    async with session_scope(session_maker) as session:
+        await outcomes.apply_decline(
+            session,
+            attempt_id,
+            stripe_code="card_declined",
+            decline_code="generic_decline",
+            payment_intent_id=None,
+            pay_url=None,
+            now=now,
+        )
+    retry = (await _attempts(session_maker))[-1]
+    async with session_scope(session_maker) as session:
+        await outcomes.apply_success(
+            session,
+            retry.id,
+            order_id="ord_auto",
+            receipt_url="https://r.test/x",
+            now=now + timedelta(hours=1),
+        )
+    settings = await _settings(session_maker)
+    assert (settings.soft_declines, settings.next_attempt_at) == (0, None)
+    assert settings.last_attempt_at is not None
+    assert settings.last_attempt_at + MIN_ATTEMPT_SPACING > now
+    assert [a.status for a in await _attempts(session_maker)] == ["failed", "succeeded"]
+    assert (await _types(session_maker))[-1] == "auto_topup.succeeded"
+
+
+async def test_an_attempt_over_the_monthly_limit_is_skipped_and_notified(
+    app: Any, session_maker: async_sessionmaker[AsyncSession]
+) -> None:
+    await paid_order(session_maker, amount_micros=10 * USD)
+    await _enable(session_maker, amount=20 * USD, monthly_limit=30 * USD)
+    async with session_scope(session_maker) as session:
+        session.add(
+            AutoTopup(
+                id="atu_done",
+                user_id="user-1",
+                status="succeeded",
+                amount_micros=20 * USD,
+                payment_method_id="pm_saved",
+                created_at=utcnow(),
+            )
+        )
+    attempt_id = await _debit(session_maker, "user-1", 6 * USD)
+    assert attempt_id is not None
+    async with session_scope(session_maker) as session:
+        assert await outcomes.skip_over_monthly_limit(session, attempt_id, now=utcnow())
+    async with session_scope(session_maker) as session:
+        skipped = (
+            await session.scalars(
+                select(Notification).where(Notification.type == "auto_topup.skipped")
+            )
+        ).one()
+        attempt = await session.get(AutoTopup, attempt_id)
+        assert attempt is not None
+        assert attempt.status == "skipped"
+    assert skipped.data == {
+        "reason": "monthly_limit",
+        "amount": "20.00",
+        "monthly_limit": "30.00",
+        "spent_this_month": "20.00",
+        "currency": "usd",
+    }

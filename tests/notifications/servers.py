@@ -1,0 +1,119 @@
+"""Real local servers for the notification tests: an SMTP server (aiosmtpd) that keeps what it
+received, and an HTTP receiver (aiohttp) that records each delivery and verifies its signature
+the way the README tells receivers to."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import socket
+from dataclasses import dataclass, field
+from email.message import Message
+from typing import Any
+
+from aiohttp import web
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from app.notifications import signing
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class _Keep:
+    def __init__(self) -> None:
+        self.messages: list[tuple[Envelope, Message]] = []
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw = envelope.content if isinstance(envelope.content, bytes) else b""
+        self.messages.append((envelope, email.message_from_bytes(raw)))
+        return "250 Message accepted for delivery"
+
+
+class SmtpSink:
+    """aiosmtpd on loopback, in its own thread, as a real mail server would be."""
+
+    def __init__(self) -> None:
+        self._handler = _Keep()
+        self.port = free_port()
+        self._controller = Controller(self._handler, hostname="127.0.0.1", port=self.port)
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.port}"
+
+    @property
+    def messages(self) -> list[Message]:
+        return [m for _, m in self._handler.messages]
+
+    @property
+    def recipients(self) -> list[list[str]]:
+        return [list(e.rcpt_tos) for e, _ in self._handler.messages]
+
+    def start(self) -> None:
+        self._controller.start()
+
+    def stop(self) -> None:
+        self._controller.stop()
+
+    def clear(self) -> None:
+        self._handler.messages.clear()
+
+
+@dataclass
+class Delivery:
+    body: bytes
+    headers: dict[str, str]
+    verified: bool
+
+    def json(self) -> Any:
+        import json
+
+        return json.loads(self.body)
+
+
+@dataclass
+class WebhookReceiver:
+    """An HTTP endpoint on loopback that verifies `Billing-Signature` and answers with the
+    statuses queued in `answers` (then 200); `hang` makes it never answer."""
+
+    secret: str
+    deliveries: list[Delivery] = field(default_factory=list)
+    answers: list[int] = field(default_factory=list)
+    hang: bool = False
+    port: int = 0
+    _runner: web.AppRunner | None = None
+    _release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/billing-events"
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        header = request.headers.get(signing.HEADER)
+        self.deliveries.append(
+            Delivery(body, dict(request.headers), signing.verify(body, header, self.secret))
+        )
+        if self.hang:
+            await self._release.wait()
+        status = self.answers.pop(0) if self.answers else 200
+        return web.Response(status=status, text="ok")
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/billing-events", self._handle)
+        self._runner = web.AppRunner(app, handle_signals=False)
+        await self._runner.setup()
+        self.port = free_port()
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        await site.start()
+
+    async def stop(self) -> None:
+        self._release.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
