@@ -25,8 +25,11 @@ from app.jobs.holds import expire_holds
 from app.jobs.reconcile import run_reconciler
 from app.jobs.runner import Job, JobRunner
 from app.ledger.router import router as balance_router
+from app.limits.router import admin_router as admin_limits_router
+from app.limits.router import router as limits_router
 from app.logs import configure_logging
 from app.middleware import RequestContextMiddleware
+from app.models.base import utcnow
 from app.openapi import install_openapi
 from app.ops.router import router as ops_router
 from app.orders.router import router as orders_router
@@ -57,6 +60,8 @@ TAGS = [
     {"name": "refunds", "description": "Refund requests for paid orders."},
     {"name": "balance", "description": "The user's balance and its transactions."},
     {"name": "gateway", "description": "Usage debits and holds, for the gateway (service token)."},
+    {"name": "spend-limits", "description": "Caps on what the account or an API key spends."},
+    {"name": "usage", "description": "Usage reports and the CSV export."},
     {"name": "webhooks", "description": "Stripe event deliveries."},
     {"name": "admin", "description": "Operator endpoints (admin role)."},
     {"name": "operations", "description": "Health, readiness and metrics."},
@@ -142,6 +147,8 @@ def create_app(settings: Settings | None = None) -> BillingApp:
         app.state.stripe = StripeGateway(settings)
         app.state.rate_limiter = RateLimiter(settings)
         store = await _usage_store(settings, maker)
+        # One clock for the gateway's spend-limit windows and the portal's (tests move it).
+        store.clock = lambda: app.state.clock()
         app.state.usage_store = store
         gateway.start(store, app.state.service_token_verifier, app.state.jwt_verifier)
         runner = JobRunner(_jobs(app, settings) if settings.jobs_enabled else [])
@@ -164,12 +171,13 @@ def create_app(settings: Settings | None = None) -> BillingApp:
         generate_unique_id_function=_operation_id,
     )
     app.state.settings = settings
+    app.state.clock = utcnow
     app.gateway = gateway
     install_error_handlers(app)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
-        allow_methods=["GET", "POST"],
+        allow_methods=["GET", "POST", "PUT", "DELETE"],
         allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
         expose_headers=["X-Request-ID", "Retry-After"],
         max_age=600,
@@ -189,6 +197,8 @@ def create_app(settings: Settings | None = None) -> BillingApp:
     app.include_router(purchase_router, prefix=API_PREFIX)
     app.include_router(webhooks_router, prefix=API_PREFIX)
     app.include_router(admin_webhooks_router, prefix=API_PREFIX)
+    app.include_router(limits_router, prefix=API_PREFIX)
+    app.include_router(admin_limits_router, prefix=API_PREFIX)
     install_openapi(app, extend=[_document_gateway])
     return app
 

@@ -3,9 +3,11 @@
 from app.models.audit import AuditEntry
 from app.models.base import Base
 from app.models.ledger import Account, Hold, LedgerEntry, LedgerTransaction
+from app.models.limits import SpendLimit
 from app.models.orders import Order, StripeCustomer, StripeEvent
 from app.models.refunds import Dispute, RefundRequest, StripeRefund
 from app.models.service_tokens import ServiceToken
+from app.models.usage import UsageRecord
 
 __all__ = [
     "Account",
@@ -18,7 +20,9 @@ __all__ = [
     "Order",
     "RefundRequest",
     "ServiceToken",
+    "SpendLimit",
     "StripeCustomer",
     "StripeEvent",
     "StripeRefund",
+    "UsageRecord",
 ]

@@ -9,7 +9,12 @@ from typing import Any, cast
 from pydantic import ValidationError
 
 from app.config import Settings
-from app.errors import IdempotencyConflict, InsufficientBalance, ValidationFailed
+from app.errors import (
+    IdempotencyConflict,
+    InsufficientBalance,
+    SpendLimitExceeded,
+    ValidationFailed,
+)
 from app.ledger.holds import HoldResult
 from app.ledger.repository import WalletRow
 from app.ledger.service import hash_request
@@ -72,6 +77,7 @@ def _usage_debit(settings: Settings, event: UsageIn) -> UsageDebit:
         details=_usage_details(
             event.model, event.input_tokens, event.output_tokens, event.metadata
         ),
+        api_key_id=event.api_key_id,
     )
 
 
@@ -91,6 +97,7 @@ async def record_usage(store: UsageStore, settings: Settings, event: UsageIn) ->
         balance_micros=wallet.balance_micros,
         held_micros=wallet.held_micros,
         available_micros=wallet.available_micros,
+        limit_remaining_micros=done.limit_remaining_micros,
     )
 
 
@@ -166,6 +173,24 @@ def _batch_result(
             balance_micros=None,
             held_micros=None,
             available_micros=outcome.extra["available_micros"],
+            limit_remaining_micros=None,
+            scope=None,
+            detail=outcome.detail,
+            errors=None,
+        )
+    if isinstance(outcome, SpendLimitExceeded):
+        return UsageBatchResult.model_construct(
+            index=index,
+            request_id=event.request_id,
+            status="spend_limit_exceeded",
+            transaction_id=None,
+            balance_micros=None,
+            held_micros=None,
+            available_micros=None,
+            limit_remaining_micros=max(
+                0, outcome.extra["limit_micros"] - outcome.extra["spent_micros"]
+            ),
+            scope=outcome.extra["scope"],
             detail=outcome.detail,
             errors=None,
         )
@@ -178,6 +203,8 @@ def _batch_result(
             balance_micros=None,
             held_micros=None,
             available_micros=None,
+            limit_remaining_micros=None,
+            scope=None,
             detail=_conflict(event.request_id).detail,
             errors=None,
         )
@@ -190,6 +217,8 @@ def _batch_result(
         balance_micros=wallet.balance_micros,
         held_micros=wallet.held_micros,
         available_micros=wallet.available_micros,
+        limit_remaining_micros=outcome.limit_remaining_micros,
+        scope=None,
         detail=None,
         errors=None,
     )
@@ -218,6 +247,7 @@ async def reserve_hold(store: UsageStore, settings: Settings, body: HoldIn) -> H
         ttl_seconds=ttl,
         request_hash=hash_request(canonical),
         details={"metadata": body.metadata} if body.metadata is not None else None,
+        api_key_id=body.api_key_id,
     )
     return _hold_out(result)
 
@@ -271,4 +301,5 @@ def _hold_out(result: HoldResult) -> HoldOut:
         balance_micros=result.wallet.balance_micros,
         held_micros=result.wallet.held_micros,
         available_micros=result.wallet.available_micros,
+        limit_remaining_micros=result.limit_remaining_micros,
     )
