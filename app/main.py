@@ -36,6 +36,8 @@ from app.orders.router import router as orders_router
 from app.purchase.router import router as purchase_router
 from app.rate_limits import RateLimiter
 from app.refunds.router import router as refunds_router
+from app.reports.router import admin_router as admin_reports_router
+from app.reports.router import router as reports_router
 from app.stripe_gateway import StripeGateway
 from app.usage.repository import PostgresUsageStore
 from app.usage.router import PREFIX as GATEWAY_PREFIX
@@ -199,6 +201,8 @@ def create_app(settings: Settings | None = None) -> BillingApp:
     app.include_router(admin_webhooks_router, prefix=API_PREFIX)
     app.include_router(limits_router, prefix=API_PREFIX)
     app.include_router(admin_limits_router, prefix=API_PREFIX)
+    app.include_router(reports_router, prefix=API_PREFIX)
+    app.include_router(admin_reports_router, prefix=API_PREFIX)
     install_openapi(app, extend=[_document_gateway])
     return app
 

@@ -47,8 +47,10 @@ def _usage_details(
     input_tokens: int | None,
     output_tokens: int | None,
     metadata: dict[str, Any] | None,
+    api_key_id: str | None = None,
 ) -> dict[str, Any] | None:
     details = {
+        "api_key_id": api_key_id,
         "model": model,
         "input_tokens": input_tokens,
         "output_tokens": output_tokens,
@@ -75,7 +77,7 @@ def _usage_debit(settings: Settings, event: UsageIn) -> UsageDebit:
         amount_micros=event.amount_micros,
         request_hash=hash_request(event.model_dump(mode="json", exclude_none=True)),
         details=_usage_details(
-            event.model, event.input_tokens, event.output_tokens, event.metadata
+            event.model, event.input_tokens, event.output_tokens, event.metadata, event.api_key_id
         ),
         api_key_id=event.api_key_id,
     )
