@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from sqlalchemy import delete, func, insert, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.ids import new_id
@@ -206,22 +207,27 @@ async def add_limit(
     limit_micros: int,
     period: str,
     now: datetime,
-) -> SpendLimit:
-    """A new limit with an empty counter (the caller fills it from what was spent)."""
-    row = SpendLimit(
-        id=new_id("lim"),
-        user_id=user_id,
-        scope=scope,
-        limit_micros=limit_micros,
-        period=period,
-        window_start=window_start(period, now),
-        spent_micros=0,
-        created_at=now,
-        updated_at=now,
+) -> bool:
+    """Insert a limit with an empty counter (the caller fills it from what was spent); False
+    when a concurrent request inserted it first (the caller then changes that one)."""
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    stmt = (
+        dialect.insert(SpendLimit)
+        .values(
+            id=new_id("lim"),
+            user_id=user_id,
+            scope=scope,
+            limit_micros=limit_micros,
+            period=period,
+            window_start=window_start(period, now),
+            spent_micros=0,
+            created_at=now,
+            updated_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["user_id", "scope"])
+        .returning(SpendLimit.id)
     )
-    session.add(row)
-    await session.flush()
-    return row
+    return (await session.execute(stmt)).first() is not None
 
 
 async def lock_wallet(session: AsyncSession, user_id: str) -> None:

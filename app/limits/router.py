@@ -107,7 +107,7 @@ async def admin_set_account_limit(
     user_id: UserId, body: SpendLimitIn, admin: AdminUser, session: SessionDep, now: Now
 ) -> SpendLimitOut:
     """Cap what any user's whole account may spend per window."""
-    return await service.set_limit(session, user_id, ACCOUNT_SCOPE, body, now)
+    return await service.admin_set_limit(session, admin.user_id, user_id, ACCOUNT_SCOPE, body, now)
 
 
 @admin_router.delete(
@@ -117,7 +117,7 @@ async def admin_remove_account_limit(
     user_id: UserId, admin: AdminUser, session: SessionDep
 ) -> Response:
     """Remove any user's account limit."""
-    await service.remove_limit(session, user_id, ACCOUNT_SCOPE)
+    await service.admin_remove_limit(session, admin.user_id, user_id, ACCOUNT_SCOPE)
     return Response(status_code=204)
 
 
@@ -131,7 +131,9 @@ async def admin_set_key_limit(
     now: Now,
 ) -> SpendLimitOut:
     """Cap what one of any user's API keys may spend per window."""
-    return await service.set_limit(session, user_id, key_scope(api_key_id), body, now)
+    return await service.admin_set_limit(
+        session, admin.user_id, user_id, key_scope(api_key_id), body, now
+    )
 
 
 @admin_router.delete(
@@ -144,5 +146,5 @@ async def admin_remove_key_limit(
     user_id: UserId, api_key_id: KeyId, admin: AdminUser, session: SessionDep
 ) -> Response:
     """Remove one of any user's API key limits."""
-    await service.remove_limit(session, user_id, key_scope(api_key_id))
+    await service.admin_remove_limit(session, admin.user_id, user_id, key_scope(api_key_id))
     return Response(status_code=204)

@@ -9,6 +9,7 @@ from typing import cast
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.admin.audit import record_admin_action
 from app.errors import NotFound, ValidationFailed
 from app.limits import repository
 from app.limits.periods import window_end, window_start
@@ -48,8 +49,9 @@ async def set_limit(
     """Create or change the user's limit on `scope`."""
     limit_micros = _limit_micros(body)
     row = await repository.lock_limit(session, user_id, scope)
+    created = False
     if row is None:
-        row = await repository.add_limit(
+        created = await repository.add_limit(
             session,
             user_id=user_id,
             scope=scope,
@@ -57,12 +59,12 @@ async def set_limit(
             period=body.period,
             now=now,
         )
-        recount = True
-    else:
-        recount = row.period != body.period
-        row.limit_micros = limit_micros
-        row.period = body.period
-        row.updated_at = now
+        row = await repository.lock_limit(session, user_id, scope)
+        assert row is not None, "inserted now, or by the request that won the race"
+    recount = created or row.period != body.period
+    row.limit_micros = limit_micros
+    row.period = body.period
+    row.updated_at = now
     if recount:
         # The limit row first, then the wallet: the order the gateway's statements lock in.
         await repository.lock_wallet(session, user_id)
@@ -77,6 +79,34 @@ async def remove_limit(session: AsyncSession, user_id: str, scope: str) -> None:
     """Remove the user's limit on `scope`; 404 when there is none."""
     if not await repository.delete_limit(session, user_id, scope):
         raise NotFound(f"No spend limit on {scope!r}.")
+
+
+async def admin_set_limit(
+    session: AsyncSession, actor: str, user_id: str, scope: str, body: SpendLimitIn, now: datetime
+) -> SpendLimitOut:
+    """An operator sets a user's limit; audited."""
+    out = await set_limit(session, user_id, scope, body, now)
+    await record_admin_action(
+        session,
+        actor=actor,
+        action="spend_limit_set",
+        subject_type="spend_limit",
+        subject_id=f"{user_id}:{scope}",
+        details={"limit": out.limit, "period": out.period},
+    )
+    return out
+
+
+async def admin_remove_limit(session: AsyncSession, actor: str, user_id: str, scope: str) -> None:
+    """An operator removes a user's limit; audited."""
+    await remove_limit(session, user_id, scope)
+    await record_admin_action(
+        session,
+        actor=actor,
+        action="spend_limit_removed",
+        subject_type="spend_limit",
+        subject_id=f"{user_id}:{scope}",
+    )
 
 
 async def list_limits(

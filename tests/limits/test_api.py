@@ -118,3 +118,15 @@ async def test_an_operator_sets_and_reads_any_users_limits(
     # A user is not an operator.
     forbidden = await client.get(base, headers=user_headers("ann"))
     assert forbidden.status_code == 403
+
+
+async def test_an_operators_change_is_audited(
+    client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    body = {"limit": "4.00", "period": "week"}
+    await client.put("/v1/admin/users/ann/spend-limits/keys/k1", json=body, headers=admin_headers)
+    await client.delete("/v1/admin/users/ann/spend-limits/keys/k1", headers=admin_headers)
+    log = (await client.get("/v1/admin/audit-log", headers=admin_headers)).json()["data"]
+    entries = [(e["action"], e["subject_id"], e["details"]) for e in log]
+    assert ("spend_limit_removed", "ann:key:k1", None) in entries
+    assert ("spend_limit_set", "ann:key:k1", {"limit": "4.00", "period": "week"}) in entries

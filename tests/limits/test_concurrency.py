@@ -161,3 +161,23 @@ async def test_a_window_boundary_crossed_during_the_race(
     assert Counter(r.status_code for r in responses)[402] == 64 - applied
     app.state.clock = Clock(at(2026, 11, 28) + timedelta(hours=1))
     assert (await debit(client, gateway_headers, USER, 1, api_key_id="k1")).status_code == 402
+
+
+async def test_concurrent_first_puts_of_a_limit_all_succeed_with_one_row(
+    client: httpx.AsyncClient, me: dict[str, str], session_maker: Any
+) -> None:
+    responses = await together(
+        [
+            lambda i=i: client.put(
+                "/v1/spend-limits/keys/fresh",
+                json={"limit": f"{i + 1}.00", "period": "day"},
+                headers=me,
+            )
+            for i in range(8)
+        ],
+        workers=8,
+    )
+    assert [r.status_code for r in responses] == [200] * 8
+    listed = (await client.get("/v1/spend-limits", headers=me)).json()["data"]
+    assert len(listed) == 1
+    assert listed[0]["limit"] in {f"{i + 1}.00" for i in range(8)}
