@@ -17,6 +17,7 @@ Every error a client can see is a `BillingError` carrying its HTTP status and a 
     │   └── EventInProgress ................. event_in_progress
     ├── PaymentRequired (402)
     │   ├── InsufficientBalance ............. insufficient_balance
+    │   ├── SpendLimitExceeded .............. spend_limit_exceeded
     │   └── PaymentDeclined ................. payment_declined
     ├── PayloadTooLarge (413) ............... payload_too_large
     ├── ValidationFailed (422) .............. validation_error
@@ -181,6 +182,14 @@ class InsufficientBalance(PaymentRequired):
 
     code = "insufficient_balance"
     title = "Insufficient balance"
+
+
+class SpendLimitExceeded(PaymentRequired):
+    """A spend limit (the account's or the API key's) does not leave room for the amount; the
+    problem carries `scope`, `limit`, `spent` and `resets_at` (null for a `total` limit)."""
+
+    code = "spend_limit_exceeded"
+    title = "Spend limit exceeded"
 
 
 class PaymentDeclined(PaymentRequired):

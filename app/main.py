@@ -27,8 +27,11 @@ from app.jobs.holds import expire_holds
 from app.jobs.reconcile import run_reconciler
 from app.jobs.runner import Job, JobRunner
 from app.ledger.router import router as balance_router
+from app.limits.router import admin_router as admin_limits_router
+from app.limits.router import router as limits_router
 from app.logs import configure_logging
 from app.middleware import RequestContextMiddleware
+from app.models.base import utcnow
 from app.notifications.delivery import Notifier, deliver_notifications
 from app.openapi import install_openapi
 from app.ops.router import router as ops_router
@@ -37,6 +40,8 @@ from app.payment_methods.router import router as payment_methods_router
 from app.purchase.router import router as purchase_router
 from app.rate_limits import RateLimiter
 from app.refunds.router import router as refunds_router
+from app.reports.router import admin_router as admin_reports_router
+from app.reports.router import router as reports_router
 from app.stripe_gateway import StripeGateway
 from app.usage.repository import PostgresUsageStore
 from app.usage.router import PREFIX as GATEWAY_PREFIX
@@ -64,6 +69,8 @@ TAGS = [
     {"name": "auto top-up", "description": "Charge a saved card when the balance runs low."},
     {"name": "alerts", "description": "Low-balance alerts and email notifications."},
     {"name": "gateway", "description": "Usage debits and holds, for the gateway (service token)."},
+    {"name": "spend-limits", "description": "Caps on what the account or an API key spends."},
+    {"name": "usage", "description": "Usage reports and the CSV export."},
     {"name": "webhooks", "description": "Stripe event deliveries."},
     {"name": "admin", "description": "Operator endpoints (admin role)."},
     {"name": "operations", "description": "Health, readiness and metrics."},
@@ -157,6 +164,8 @@ def create_app(settings: Settings | None = None) -> BillingApp:
         app.state.rate_limiter = RateLimiter(settings)
         app.state.notifier = Notifier(settings)
         store = await _usage_store(settings, maker)
+        # One clock for the gateway's spend-limit windows and the portal's (tests move it).
+        store.clock = lambda: app.state.clock()
         app.state.usage_store = store
         gateway.start(store, app.state.service_token_verifier, app.state.jwt_verifier)
         runner = JobRunner(_jobs(app, settings) if settings.jobs_enabled else [])
@@ -181,6 +190,7 @@ def create_app(settings: Settings | None = None) -> BillingApp:
         generate_unique_id_function=_operation_id,
     )
     app.state.settings = settings
+    app.state.clock = utcnow
     app.gateway = gateway
     install_error_handlers(app)
     app.add_middleware(
@@ -213,6 +223,10 @@ def create_app(settings: Settings | None = None) -> BillingApp:
     app.include_router(alerts_router, prefix=API_PREFIX)
     app.include_router(webhooks_router, prefix=API_PREFIX)
     app.include_router(admin_webhooks_router, prefix=API_PREFIX)
+    app.include_router(limits_router, prefix=API_PREFIX)
+    app.include_router(admin_limits_router, prefix=API_PREFIX)
+    app.include_router(reports_router, prefix=API_PREFIX)
+    app.include_router(admin_reports_router, prefix=API_PREFIX)
     install_openapi(app, extend=[_document_gateway])
     return app
 

@@ -72,6 +72,8 @@ GROUPS = ("usage", "batch", "holds", "webhooks", "balance", "workers")
 USAGE_TARGET = 1.0  # x yardstick
 BATCH_TARGET = 50_000  # events/s, batches of 1,000
 HOLDS_TARGET = 0.8  # x the usage debit rate
+LIMIT_COST_TARGET = 0.9  # x the usage debit rate: a key limit may cost at most 10%
+LIMITED_KEY = "bench-key"
 WEBHOOKS_TARGET = 500  # events/s
 BALANCE_RATE = 1000  # req/s
 BALANCE_P99_MS = 10.0
@@ -128,6 +130,8 @@ def app_settings(url: str) -> Any:
 async def prepare_service_database(url: str) -> str:
     """Migrate, fund `user-0..user-999` through the ledger's own `post()`, and return a new
     service token."""
+    from sqlalchemy import text
+
     from app.auth.service_tokens import create_service_token
     from app.db import create_engine, create_session_maker, session_scope
     from app.ledger.service import Leg, post
@@ -150,6 +154,18 @@ async def prepare_service_database(url: str) -> str:
                         ],
                     )
         async with session_scope(maker) as session:
+            # Every wallet's key `bench-key` has a monthly limit (never reached), for the
+            # scenario "usage with a key limit"; requests without the key meet no limit.
+            await session.execute(
+                text(
+                    "INSERT INTO spend_limits (id, user_id, scope, limit_micros, period, "
+                    "window_start, spent_micros, created_at, updated_at) "
+                    "SELECT 'lim_bench_' || i, 'user-' || i, :scope, :limit, 'month', "
+                    "date_trunc('month', now(), 'UTC'), 0, now(), now() "
+                    "FROM generate_series(0, :last) AS i"
+                ),
+                {"scope": f"key:{LIMITED_KEY}", "limit": FUNDS_MICROS, "last": WALLETS - 1},
+            )
             _, token = await create_service_token(session, "bench")
     finally:
         await engine.dispose()
@@ -295,6 +311,8 @@ class Bench:
     """Yardstick requests/s by worker count."""
     usage: dict[int, float] = field(default_factory=dict)
     """Usage debits/s (1,000 wallets) by worker count."""
+    limit_cost: dict[int, float] = field(default_factory=dict)
+    """Throughput with a key limit ÷ without, by worker count (ABBA, see run_key_limit_cost)."""
     step: int = 0
     invariants_broken: bool = False
     round_trips: str = ""
@@ -404,6 +422,11 @@ class Bench:
                     answer = http.post("/v1/internal/usage", json=body | {"amount_micros": 7000})
                     answer.raise_for_status()
 
+                def limited_debit(i: int) -> None:
+                    body = {"user_id": f"user-{i % WALLETS}", "request_id": f"rtk-{prefix}-{i}"}
+                    body |= {"amount_micros": 7000, "api_key_id": LIMITED_KEY}
+                    http.post("/v1/internal/usage", json=body).raise_for_status()
+
                 def pair(i: int) -> None:
                     hold_id = f"rt-{prefix}-{i}"
                     body = {"user_id": f"user-{i % WALLETS}", "hold_id": hold_id}
@@ -420,6 +443,7 @@ class Bench:
                 found = []
                 for name, operation in (
                     ("debit", debit),
+                    ("debit with a key limit", limited_debit),
                     ("reserve + capture", pair),
                     ("balance read", balance),
                 ):
@@ -515,6 +539,41 @@ class Bench:
             if workers == 1 and row.ratio is not None:
                 row.target = f"≥ {USAGE_TARGET:.1f}{X} yardstick: {met(row.ratio >= USAGE_TARGET)}"
         self.record(row, server, self.ledger_verify)
+
+    def run_key_limit_cost(self, server: Uvicorn, workers: int) -> None:
+        """What a key limit costs the debit: after the plain usage run (A), two runs whose debits
+        carry `bench-key` and its limit (B, B), then plain again (A): ABBA, so what drifts over
+        the run (tables growing, autovacuum, the neighbours' load) weighs on both alike. The
+        target compares the sums of the B and A runs."""
+        plain = [self.usage[workers]] if workers in self.usage else []
+        limited: list[Row] = []
+        for attempt in (1, 2):
+            load, rss = self.wrk(server, "usage", extra=("/v1/internal/usage", LIMITED_KEY))
+            name = f"usage with a key limit ({attempt}/2): `POST /v1/internal/usage`, 1,000 wallets"
+            row = self.row(name, workers, load, rss, "req/s")
+            row.ratio = self.ratio(row.throughput, workers)
+            limited.append(row)
+            if attempt == 2:
+                load, rss = self.wrk(server, "usage")
+                again = self.row(
+                    "usage again (ABBA's second A): `POST /v1/internal/usage`, 1,000 wallets",
+                    workers,
+                    load,
+                    rss,
+                    "req/s",
+                )
+                again.ratio = self.ratio(again.throughput, workers)
+                plain.append(again.throughput)
+                share = sum(r.throughput for r in limited) / sum(plain) if len(plain) == 2 else 0
+                self.limit_cost[workers] = share
+                row.target = (
+                    f"ABBA: Σ with ÷ Σ without = {share:.2f}{X} (≥ {LIMIT_COST_TARGET}{X}: "
+                    f"{met(share >= LIMIT_COST_TARGET)})"
+                )
+                self.record(row, server, self.ledger_verify)
+                self.record(again, server, self.ledger_verify)
+            else:
+                self.record(row, server, self.ledger_verify)
 
     def run_batch(self, server: Uvicorn, workers: int, size: int) -> None:
         # A batch that takes seconds (today's code: ~7 s for 1,000 events) would finish none in
@@ -831,6 +890,7 @@ def run(args: argparse.Namespace, bench: Bench) -> None:
             if only & {"usage", "holds"}:
                 bench.run_usage(server, 1)
             if "usage" in only:
+                bench.run_key_limit_cost(server, 1)
                 bench.run_usage(server, 1, hot=True)
             if "batch" in only:
                 bench.run_batch(server, 1, 100)

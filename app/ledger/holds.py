@@ -24,6 +24,7 @@ from app.ledger import repository as ledger_repository
 from app.ledger.holds_repository import HoldRow
 from app.ledger.repository import WalletRow
 from app.ledger.service import Leg, insufficient_balance, post
+from app.limits import repository as limits
 from app.models.base import utcnow
 
 
@@ -34,6 +35,9 @@ class HoldResult:
     hold: HoldRow
     wallet: WalletRow
     replayed: bool
+    limit_remaining_micros: int | None = None
+    """What the tightest spend limit leaves after a reserve or capture; None when none applies
+    (or for a replay)."""
 
 
 async def reserve(
@@ -155,6 +159,10 @@ async def release(
 async def expire_due(session: AsyncSession, *, now: datetime, limit: int) -> list[HoldRow]:
     """Expire up to `limit` holds whose TTL has passed, releasing their reservations."""
     expired = await repository.expire_due_holds(session, now, limit)
+    # Their spend-limit windows get the amounts back, the limit rows locked before the wallets.
+    await limits.give_back_expired(
+        session, [(h.id, h.user_id, h.amount_micros, h.created_at) for h in expired]
+    )
     per_user: dict[str, int] = defaultdict(int)
     for hold in expired:
         per_user[hold.user_id] += hold.amount_micros

@@ -3,11 +3,13 @@
 from app.models.audit import AuditEntry
 from app.models.base import Base
 from app.models.ledger import Account, Hold, LedgerEntry, LedgerTransaction
+from app.models.limits import SpendLimit
 from app.models.notifications import BalanceAlert, Notification, NotificationSettings
 from app.models.orders import Order, StripeCustomer, StripeEvent
 from app.models.payment_methods import AutoTopup, AutoTopupSettings, PaymentMethod
 from app.models.refunds import Dispute, RefundRequest, StripeRefund
 from app.models.service_tokens import ServiceToken
+from app.models.usage import UsageRecord
 
 __all__ = [
     "Account",
@@ -26,7 +28,9 @@ __all__ = [
     "PaymentMethod",
     "RefundRequest",
     "ServiceToken",
+    "SpendLimit",
     "StripeCustomer",
     "StripeEvent",
     "StripeRefund",
+    "UsageRecord",
 ]

@@ -119,6 +119,8 @@ class Hold(Base):
     user_id: Mapped[str] = mapped_column(String(255), index=True)
     amount_micros: Mapped[int]
     """Reserved amount, positive."""
+    api_key_id: Mapped[str | None] = mapped_column(String(200))
+    """The gateway's id of the API key the hold is for; its key's spend limit counts it."""
     status: Mapped[str] = mapped_column(String(16), default="active")
     captured_micros: Mapped[int | None]
     """The actual amount charged at capture (may exceed the reservation)."""

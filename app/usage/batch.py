@@ -1,9 +1,10 @@
 """Deciding a batch of usage debits at once, exactly as if they were applied one by one.
 
-A set-based store locks the batch's wallets, reads which references exist, and asks `plan_batch`
-what applying the debits one by one, in the order given, would do: each debit against its
-wallet's running available balance, a reference already written (before, or earlier in the
-batch) answering a replay of the original. The store then writes the plan in bulk. No I/O here.
+A set-based store locks the batch's spend limits and wallets, reads which references exist, and
+asks `plan_batch` what applying the debits one by one, in the order given, would do: each debit
+against its limits' running counters and its wallet's running available balance, a reference
+already written (before, or earlier in the batch) answering a replay of the original. The store
+then writes the plan in bulk. No I/O here.
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from app.errors import SpendLimitExceeded
 from app.ledger.repository import WalletRow
 from app.ledger.service import insufficient_balance
+from app.limits.periods import Windows
+from app.limits.rules import Counter, check, scopes, tightest_remaining
 from app.usage.store import BatchOutcome, Debited, UsageDebit, usage_reference
 
 
@@ -41,6 +45,8 @@ class BatchPlan:
     writes: list[PlannedDebit] = field(default_factory=list)
     totals: dict[str, int] = field(default_factory=dict)
     """The amount to take from each wallet, by account id."""
+    counters: dict[str, Counter] = field(default_factory=dict)
+    """The spend-limit counters the batch moved, as they end up, by limit id."""
 
 
 def plan_batch(
@@ -48,10 +54,14 @@ def plan_batch(
     wallets: Mapping[str, WalletRow],
     existing: Mapping[str, ExistingDebit],
     new_transaction_id: Callable[[], str],
+    counters: Mapping[tuple[str, str], Counter] | None = None,
+    windows: Windows | None = None,
 ) -> BatchPlan:
-    """Decide `debits` in order against `wallets` (by user id, locked by the caller) and the
-    references that `existing` holds (by reference)."""
+    """Decide `debits` in order against `wallets` (by user id, locked by the caller), the
+    spend-limit `counters` (by user id and scope, locked by the caller, current as of
+    `windows`) and the references that `existing` holds (by reference)."""
     plan = BatchPlan()
+    limits: dict[tuple[str, str], Counter] = dict(counters or {})
     running = dict(wallets)
     written: dict[str, ExistingDebit] = dict(existing)
     outcomes, writes, totals = plan.outcomes, plan.writes, plan.totals
@@ -63,10 +73,29 @@ def plan_batch(
             outcomes.append(Debited(original.transaction_id, original.request_hash, True, wallet))
             continue
         amount = debit.amount_micros
+        applicable = [
+            limits[(debit.user_id, scope)]
+            for scope in scopes(debit.api_key_id)
+            if (debit.user_id, scope) in limits
+        ]
+        if applicable:
+            assert windows is not None, "limits are decided against the current windows"
+            try:
+                check(applicable, amount, windows)
+            except SpendLimitExceeded as refused:
+                outcomes.append(refused)
+                continue
         if wallet is None or wallet.balance_micros - wallet.held_micros < amount:
             available = wallet.available_micros if wallet is not None else 0
             outcomes.append(insufficient_balance(available, amount))
             continue
+        remaining: list[int] = []
+        for counter in applicable:
+            assert windows is not None
+            start, spent = counter.current(windows)
+            moved = counter._replace(window_start=start, spent_micros=spent + amount)
+            limits[(debit.user_id, counter.scope)] = plan.counters[counter.id] = moved
+            remaining.append(moved.limit_micros - moved.spent_micros)
         wallet = WalletRow(
             wallet.id, wallet.user_id, wallet.balance_micros - amount, wallet.held_micros
         )
@@ -75,5 +104,9 @@ def plan_batch(
         written[reference] = ExistingDebit(transaction_id, debit.request_hash)
         writes.append(PlannedDebit(debit, transaction_id, wallet.id, wallet.balance_micros))
         totals[wallet.id] = totals.get(wallet.id, 0) + amount
-        outcomes.append(Debited(transaction_id, debit.request_hash, False, wallet))
+        outcomes.append(
+            Debited(
+                transaction_id, debit.request_hash, False, wallet, tightest_remaining(remaining)
+            )
+        )
     return plan

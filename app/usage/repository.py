@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable, Coroutine, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
 import asyncpg
@@ -42,6 +42,9 @@ from app.ledger.holds import HoldResult
 from app.ledger.holds_repository import HoldRow
 from app.ledger.repository import WalletRow
 from app.ledger.service import insufficient_balance
+from app.limits.periods import Windows
+from app.limits.rules import Counter, spend_limit_exceeded
+from app.limits.rules import tightest_remaining as _tightest
 from app.metrics import LEDGER_MICROS, LEDGER_TRANSACTIONS
 from app.models.base import utcnow
 from app.models.ledger import system_account_id
@@ -105,14 +108,56 @@ _WALLET_BY_USER = """
 SELECT id, user_id, balance_micros, held_micros FROM accounts WHERE user_id = $1
 """
 
+# SQL pieces of the spend limits, shared by the statements below. A limit's counter row is locked
+# (FOR UPDATE: its latest committed version) BEFORE the wallet row, in every statement and
+# transaction that takes both, so limits and wallets are always locked in the same order.
+_EPOCH = "'1970-01-01T00:00:00Z'::timestamptz"
+
+
+def _current_window(period: str, day: str, week: str, month: str) -> str:
+    """The start of the window a limit of `period` counts now; the starts come from Python's
+    clock (`app.limits.periods.Windows`), so tests can move it."""
+    return (
+        f"CASE {period} WHEN 'day' THEN {day}::timestamptz WHEN 'week' THEN {week}::timestamptz "
+        f"WHEN 'month' THEN {month}::timestamptz ELSE {_EPOCH} END"
+    )
+
+
+def _window_of(period: str, moment: str) -> str:
+    """The start of the window of `period` that `moment` (a hold's reservation) fell in."""
+    truncated = f"date_trunc({period}, {moment}, 'UTC')"
+    return f"CASE {period} WHEN 'total' THEN {_EPOCH} ELSE {truncated} END"
+
+
 _DEBIT = f"""
 WITH existing AS (
     SELECT id, request_hash FROM ledger_transactions WHERE reference = $1
+), limits AS (
+    -- The limits the debit is subject to (its account's, its key's); none for most users.
+    SELECT id, scope, period, limit_micros, window_start, spent_micros FROM spend_limits
+    WHERE user_id = $3 AND scope IN ('account', 'key:' || $8)
+      AND NOT EXISTS (SELECT 1 FROM existing)
+    ORDER BY scope FOR UPDATE
+), counters AS (
+    -- Each limit's current window and what it has spent: zero when the counter counts an
+    -- earlier window; a counter already in a later one (a slower clock) is never moved back.
+    SELECT l.id, l.scope, l.period, l.limit_micros,
+           greatest(l.window_start, w.current_window) AS current_window,
+           CASE WHEN l.window_start >= w.current_window THEN l.spent_micros ELSE 0 END AS spent
+    FROM limits l,
+         LATERAL (SELECT {_current_window("l.period", "$9", "$10", "$11")} AS current_window) w
+), refused AS (
+    -- The first limit the debit would take past its limit: the debit is refused, untouched.
+    SELECT * FROM counters WHERE spent + $4 > limit_micros ORDER BY scope LIMIT 1
 ), wallet AS (
     UPDATE accounts SET balance_micros = balance_micros - $4
     WHERE user_id = $3 AND balance_micros - held_micros >= $4
-      AND NOT EXISTS (SELECT 1 FROM existing)
+      AND NOT EXISTS (SELECT 1 FROM existing) AND NOT EXISTS (SELECT 1 FROM refused)
     RETURNING id, user_id, balance_micros, held_micros
+), spend AS (
+    UPDATE spend_limits s SET window_start = c.current_window, spent_micros = c.spent + $4
+    FROM counters c, wallet WHERE s.id = c.id
+    RETURNING s.limit_micros - s.spent_micros AS remaining
 ), txn AS (
     INSERT INTO ledger_transactions
         (id, reference, kind, user_id, description, request_hash, details, created_at)
@@ -124,18 +169,32 @@ WITH existing AS (
     SELECT txn.id, wallet.id, -$4::bigint, wallet.balance_micros, $7 FROM txn, wallet
     UNION ALL
     SELECT txn.id, '{USAGE_ACCOUNT}', $4, NULL, $7 FROM txn
+), record AS (
+    INSERT INTO usage_records
+        (user_id, transaction_id, request_id, api_key_id, model, input_tokens, output_tokens,
+         amount_micros, balance_after_micros, created_at)
+    SELECT $3, txn.id, $12, $8, $13, $14, $15, $4, wallet.balance_micros, $7 FROM txn, wallet
 )
 SELECT 'applied' AS outcome, id, user_id, balance_micros, held_micros,
-       NULL::text AS txn_id, NULL::text AS request_hash
+       NULL::text AS txn_id, NULL::text AS request_hash,
+       (SELECT min(remaining) FROM spend) AS remaining,
+       NULL::text AS scope, NULL::text AS period, NULL::bigint AS limit_micros,
+       NULL::bigint AS spent, NULL::timestamptz AS window_start
 FROM wallet
 UNION ALL
-SELECT 'replayed', a.id, a.user_id, a.balance_micros, a.held_micros, e.id, e.request_hash
+SELECT 'replayed', a.id, a.user_id, a.balance_micros, a.held_micros, e.id, e.request_hash,
+       NULL, NULL, NULL, NULL, NULL, NULL
 FROM existing e LEFT JOIN accounts a ON a.user_id = $3
 UNION ALL
-SELECT 'insufficient', a.id, a.user_id, a.balance_micros, a.held_micros, NULL, NULL
+SELECT 'limited', NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       r.scope, r.period, r.limit_micros, r.spent, r.current_window
+FROM refused r
+UNION ALL
+SELECT 'insufficient', a.id, a.user_id, a.balance_micros, a.held_micros, NULL, NULL,
+       NULL, NULL, NULL, NULL, NULL, NULL
 FROM accounts a
 WHERE a.user_id = $3 AND NOT EXISTS (SELECT 1 FROM existing)
-  AND NOT EXISTS (SELECT 1 FROM wallet)
+  AND NOT EXISTS (SELECT 1 FROM wallet) AND NOT EXISTS (SELECT 1 FROM refused)
 """
 
 _TRANSACTION_BY_REFERENCE = """
@@ -155,30 +214,89 @@ def _h(prefix: str) -> str:
 _RESERVE = f"""
 WITH existing AS (
     SELECT {_HOLD_COLUMNS} FROM holds WHERE id = $1
+), limits AS (
+    SELECT id, scope, period, limit_micros, window_start, spent_micros FROM spend_limits
+    WHERE user_id = $2 AND scope IN ('account', 'key:' || $8)
+      AND NOT EXISTS (SELECT 1 FROM existing)
+    ORDER BY scope FOR UPDATE
+), counters AS (
+    SELECT l.id, l.scope, l.period, l.limit_micros,
+           greatest(l.window_start, w.current_window) AS current_window,
+           CASE WHEN l.window_start >= w.current_window THEN l.spent_micros ELSE 0 END AS spent
+    FROM limits l,
+         LATERAL (SELECT {_current_window("l.period", "$9", "$10", "$11")} AS current_window) w
+), refused AS (
+    SELECT * FROM counters WHERE spent + $3 > limit_micros ORDER BY scope LIMIT 1
 ), wallet AS (
     UPDATE accounts SET held_micros = held_micros + $3
     WHERE user_id = $2 AND balance_micros - held_micros >= $3
-      AND NOT EXISTS (SELECT 1 FROM existing)
+      AND NOT EXISTS (SELECT 1 FROM existing) AND NOT EXISTS (SELECT 1 FROM refused)
     RETURNING id, user_id, balance_micros, held_micros
+), spend AS (
+    -- An active hold counts in the window it is reserved in, until it is resolved.
+    UPDATE spend_limits s SET window_start = c.current_window, spent_micros = c.spent + $3
+    FROM counters c, wallet WHERE s.id = c.id
+    RETURNING s.limit_micros - s.spent_micros AS remaining
 ), hold AS (
     INSERT INTO holds (id, account_id, user_id, amount_micros, status, request_hash, details,
-                       expires_at, created_at)
-    SELECT $1, wallet.id, $2, $3, 'active', $4, $5::json, $6, $7 FROM wallet
+                       expires_at, created_at, api_key_id)
+    SELECT $1, wallet.id, $2, $3, 'active', $4, $5::json, $6, $7, $8 FROM wallet
     RETURNING {_HOLD_COLUMNS}
 )
 SELECT 'reserved' AS outcome, {_h("h")}, w.id AS wallet_id, w.user_id AS wallet_user,
-       w.balance_micros, w.held_micros
+       w.balance_micros, w.held_micros, (SELECT min(remaining) FROM spend) AS remaining,
+       NULL::text AS scope, NULL::text AS period, NULL::bigint AS limit_micros,
+       NULL::bigint AS spent, NULL::timestamptz AS window_start
 FROM hold h, wallet w
 UNION ALL
-SELECT 'existing', {_h("e")}, a.id, a.user_id, a.balance_micros, a.held_micros
+SELECT 'existing', {_h("e")}, a.id, a.user_id, a.balance_micros, a.held_micros,
+       NULL, NULL, NULL, NULL, NULL, NULL
 FROM existing e LEFT JOIN accounts a ON a.user_id = e.user_id
 UNION ALL
+SELECT 'limited', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL::timestamptz,
+       NULL::timestamptz, NULL::timestamptz, NULL, NULL, NULL, NULL, NULL,
+       r.scope, r.period, r.limit_micros, r.spent, r.current_window
+FROM refused r
+UNION ALL
 SELECT 'insufficient', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL::timestamptz,
-       NULL::timestamptz, NULL::timestamptz, a.id, a.user_id, a.balance_micros, a.held_micros
+       NULL::timestamptz, NULL::timestamptz, a.id, a.user_id, a.balance_micros, a.held_micros,
+       NULL, NULL, NULL, NULL, NULL, NULL
 FROM accounts a
 WHERE a.user_id = $2 AND NOT EXISTS (SELECT 1 FROM existing)
-  AND NOT EXISTS (SELECT 1 FROM wallet)
+  AND NOT EXISTS (SELECT 1 FROM wallet) AND NOT EXISTS (SELECT 1 FROM refused)
 """
+
+# What a hold's resolution does to its limits: it counted in the window it was reserved in, so
+# a capture settles the difference there and a release (or expiry) gives the amount back there;
+# a counter that has moved on to a later window is left alone. `$delta` is that difference. The
+# limits are locked before the wallet, as everywhere, and the answer's `remaining` is what the
+# tightest limit leaves in the current window (windows `$day`, `$week`, `$month`).
+_HOLD_LIMITS = """
+limits AS (
+    SELECT s.id, s.period, s.limit_micros, s.window_start, s.spent_micros
+    FROM spend_limits s, hold h
+    WHERE s.user_id = h.user_id AND s.scope IN ('account', 'key:' || h.api_key_id)
+    ORDER BY s.scope FOR UPDATE OF s
+), settled AS (
+    UPDATE spend_limits s SET spent_micros = s.spent_micros + {delta}
+    FROM limits l, hold h
+    WHERE s.id = l.id AND s.window_start = {hold_window}
+    RETURNING s.id, s.spent_micros
+), remaining AS (
+    SELECT min(l.limit_micros - CASE WHEN l.window_start >= {current}
+                                     THEN coalesce(st.spent_micros, l.spent_micros) ELSE 0 END)
+           AS remaining
+    FROM limits l LEFT JOIN settled st ON st.id = l.id
+)"""
+
+
+def _hold_limits(delta: str, day: str, week: str, month: str) -> str:
+    return _HOLD_LIMITS.format(
+        delta=delta,
+        hold_window=_window_of("s.period", "h.created_at"),
+        current=_current_window("l.period", day, week, month),
+    )
+
 
 # A capture posts the actual amount (any size: the usage was served, so the balance may go
 # negative) and drops the reservation in the same wallet UPDATE; a capture of 0 only releases.
@@ -187,11 +305,12 @@ WITH hold AS (
     UPDATE holds SET status = 'captured', captured_micros = $2, resolution_hash = $3,
                      resolved_at = $4
     WHERE id = $1 AND status = 'active'
-    RETURNING account_id, {_HOLD_COLUMNS}
-), wallet AS (
+    RETURNING account_id, api_key_id, {_HOLD_COLUMNS}
+), {_hold_limits("$2 - h.amount_micros", "$7", "$8", "$9")}, wallet AS (
     UPDATE accounts a SET balance_micros = a.balance_micros - $2,
                           held_micros = a.held_micros - hold.amount_micros
     FROM hold WHERE a.id = hold.account_id
+      AND (SELECT count(*) FROM limits) >= 0  -- the limits are locked first
     RETURNING a.id, a.user_id, a.balance_micros, a.held_micros
 ), txn AS (
     INSERT INTO ledger_transactions
@@ -208,21 +327,33 @@ WITH hold AS (
     SELECT txn.id, wallet.id, -$2::bigint, wallet.balance_micros, $4 FROM txn, wallet
     UNION ALL
     SELECT txn.id, '{USAGE_ACCOUNT}', $2, NULL, $4 FROM txn
+), record AS (
+    INSERT INTO usage_records
+        (user_id, transaction_id, request_id, api_key_id, model, input_tokens, output_tokens,
+         amount_micros, balance_after_micros, created_at)
+    SELECT hold.user_id, txn.id, hold.id, hold.api_key_id, $10, $11, $12, $2,
+           wallet.balance_micros, $4
+    FROM txn, hold, wallet
 )
-SELECT {_h("h")}, w.id, w.user_id, w.balance_micros, w.held_micros FROM hold h, wallet w
+SELECT {_h("h")}, w.id, w.user_id, w.balance_micros, w.held_micros,
+       (SELECT remaining FROM remaining)
+FROM hold h, wallet w
 """
 
 _RELEASE = f"""
 WITH hold AS (
     UPDATE holds SET status = 'released', resolution_hash = $2, resolved_at = $3
     WHERE id = $1 AND status = 'active'
-    RETURNING account_id, {_HOLD_COLUMNS}
-), wallet AS (
+    RETURNING account_id, api_key_id, {_HOLD_COLUMNS}
+), {_hold_limits("-h.amount_micros", "$4", "$5", "$6")}, wallet AS (
     UPDATE accounts a SET held_micros = a.held_micros - hold.amount_micros
     FROM hold WHERE a.id = hold.account_id
+      AND (SELECT count(*) FROM limits) >= 0  -- the limits are locked first
     RETURNING a.id, a.user_id, a.balance_micros, a.held_micros
 )
-SELECT {_h("h")}, w.id, w.user_id, w.balance_micros, w.held_micros FROM hold h, wallet w
+SELECT {_h("h")}, w.id, w.user_id, w.balance_micros, w.held_micros,
+       (SELECT remaining FROM remaining)
+FROM hold h, wallet w
 """
 
 _HOLD_WITH_WALLET = f"""
@@ -235,6 +366,13 @@ FROM holds h LEFT JOIN accounts a ON a.user_id = h.user_id WHERE h.id = $1
 _LOCK_WALLETS = """
 SELECT id, user_id, balance_micros, held_micros FROM accounts
 WHERE user_id = ANY($1::text[]) ORDER BY user_id FOR UPDATE
+"""
+
+# The batch's spend limits, locked before its wallets (as every writer takes them), in
+# (user, scope) order.
+_LOCK_LIMITS = """
+SELECT id, user_id, scope, period, limit_micros, window_start, spent_micros FROM spend_limits
+WHERE user_id = ANY($1::text[]) ORDER BY user_id, scope FOR UPDATE
 """
 
 _EXISTING_REFERENCES = """
@@ -271,6 +409,20 @@ WITH txn AS (
     UPDATE accounts a SET balance_micros = a.balance_micros - w.total
     FROM unnest($10::text[], $11::bigint[]) AS w(account_id, total)
     WHERE a.id = w.account_id
+), spend AS (
+    UPDATE spend_limits s SET window_start = c.window_start, spent_micros = c.spent
+    FROM unnest($12::text[], $13::timestamptz[], $14::bigint[]) AS c(id, window_start, spent)
+    WHERE s.id = c.id
+), records AS (
+    INSERT INTO usage_records
+        (user_id, transaction_id, request_id, api_key_id, model, input_tokens, output_tokens,
+         amount_micros, balance_after_micros, created_at)
+    SELECT r.user_id, r.id, r.request_id, r.api_key_id, r.model, r.input_tokens,
+           r.output_tokens, r.amount, r.balance_after, $8
+    FROM unnest($1::text[], $3::text[], $15::text[], $16::text[], $17::text[], $18::bigint[],
+                $19::bigint[], $7::bigint[], $9::bigint[])
+         AS r(id, user_id, request_id, api_key_id, model, input_tokens, output_tokens, amount,
+              balance_after)
 )
 SELECT 1
 """
@@ -284,6 +436,11 @@ def _wallet(row: Any, offset: int = 0) -> WalletRow | None:
 
 def _hold(row: Any, offset: int = 0) -> HoldRow:
     return HoldRow(*row[offset : offset + 10])
+
+
+def tightest(remaining: int | None) -> int | None:
+    """The statement's `min(limit - spent)` over the limits it updated, as the gateway sees it."""
+    return _tightest([remaining]) if remaining is not None else None
 
 
 def _json(value: dict[str, Any] | None) -> str | None:
@@ -306,8 +463,10 @@ def asyncpg_dsn(database_url: str) -> str:
 class PostgresUsageStore:
     """The gateway's operations on PostgreSQL through an asyncpg pool."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, clock: Callable[[], datetime] = utcnow) -> None:
         self._pool = pool
+        self.clock = clock
+        """Now: what `created_at` and the spend limits' windows are read from (tests move it)."""
 
     @classmethod
     async def open(cls, database_url: str, *, max_size: int) -> PostgresUsageStore:
@@ -337,6 +496,8 @@ class PostgresUsageStore:
     async def debit(self, debit: UsageDebit) -> Debited:
         reference = usage_reference(debit.request_id)
         txn_id = new_id("txn")
+        now = self.clock()
+        windows = Windows.at(now)
         try:
             row = await self._pool.fetchrow(
                 _DEBIT,
@@ -346,7 +507,13 @@ class PostgresUsageStore:
                 debit.amount_micros,
                 debit.request_hash,
                 _json(debit.details),
-                utcnow(),
+                now,
+                debit.api_key_id,
+                *windows,
+                debit.request_id,
+                debit.detail("model"),
+                debit.detail("input_tokens"),
+                debit.detail("output_tokens"),
             )
         except asyncpg.UniqueViolationError:
             # A twin with the same request id committed first: answer from the original.
@@ -358,10 +525,12 @@ class PostgresUsageStore:
         if outcome == "applied":
             _USAGE_POSTED.inc()
             _USAGE_MICROS.inc(debit.amount_micros)
-            return Debited(txn_id, debit.request_hash, False, wallet)
+            return Debited(txn_id, debit.request_hash, False, wallet, tightest(row[7]))
         if outcome == "replayed":
             LEDGER_TRANSACTIONS.labels(USAGE_KIND, "replayed").inc()
             return Debited(row[5], row[6], True, wallet)
+        if outcome == "limited":
+            raise spend_limit_exceeded(*row[8:13])
         raise await self._not_covered(debit.user_id, debit.amount_micros)
 
     async def _not_covered(self, user_id: str, amount_micros: int) -> InsufficientBalance:
@@ -401,8 +570,12 @@ class PostgresUsageStore:
         references = [usage_reference(d.request_id) for d in debits]
         # Drawn before the wallets are locked: the locked stretch is only what needs the locks.
         transaction_ids = iter([new_id("txn") for _ in debits])
-        now = utcnow()
+        now = self.clock()
         async with self._pool.acquire() as conn, conn.transaction():
+            counters = {
+                (row[1], row[2]): Counter(row[0], *row[2:])
+                for row in await conn.fetch(_LOCK_LIMITS, users)
+            }
             wallets = {
                 row[1]: WalletRow(row[0], row[1], row[2], row[3])
                 for row in await conn.fetch(_LOCK_WALLETS, users)
@@ -411,9 +584,12 @@ class PostgresUsageStore:
                 row[0]: ExistingDebit(row[1], row[2])
                 for row in await conn.fetch(_EXISTING_REFERENCES, references)
             }
-            plan = plan_batch(debits, wallets, existing, transaction_ids.__next__)
+            plan = plan_batch(
+                debits, wallets, existing, transaction_ids.__next__, counters, Windows.at(now)
+            )
             if plan.writes:
                 writes = plan.writes
+                spent = plan.counters.values()
                 await conn.execute(
                     _WRITE_BATCH,
                     [w.transaction_id for w in writes],
@@ -427,6 +603,14 @@ class PostgresUsageStore:
                     [w.balance_after_micros for w in writes],
                     list(plan.totals),
                     list(plan.totals.values()),
+                    [c.id for c in spent],
+                    [c.window_start for c in spent],
+                    [c.spent_micros for c in spent],
+                    [w.debit.request_id for w in writes],
+                    [w.debit.api_key_id for w in writes],
+                    [w.debit.detail("model") for w in writes],
+                    [w.debit.detail("input_tokens") for w in writes],
+                    [w.debit.detail("output_tokens") for w in writes],
                 )
         applied = len(plan.writes)
         if applied:
@@ -447,8 +631,9 @@ class PostgresUsageStore:
         ttl_seconds: int,
         request_hash: str,
         details: dict[str, Any] | None,
+        api_key_id: str | None = None,
     ) -> HoldResult:
-        now = utcnow()
+        now = self.clock()
         try:
             row = await self._pool.fetchrow(
                 _RESERVE,
@@ -459,6 +644,8 @@ class PostgresUsageStore:
                 _json(details),
                 now + timedelta(seconds=ttl_seconds),
                 now,
+                api_key_id,
+                *Windows.at(now),
             )
         except asyncpg.UniqueViolationError:
             row = await self._pool.fetchrow(_HOLD_WITH_WALLET, hold_id)
@@ -472,10 +659,12 @@ class PostgresUsageStore:
         wallet = _wallet(row, 11)
         if outcome == "insufficient":
             raise await self._not_covered(user_id, amount_micros)
+        if outcome == "limited":
+            raise spend_limit_exceeded(*row[16:21])
         hold = _hold(row, 1)
         assert wallet is not None
         if outcome == "reserved":
-            return HoldResult(hold, wallet, replayed=False)
+            return HoldResult(hold, wallet, False, tightest(row[15]))
         if hold.request_hash != request_hash:
             raise IdempotencyConflict(
                 f"Hold {hold_id!r} was reserved before with a different request."
@@ -491,9 +680,20 @@ class PostgresUsageStore:
         resolution_hash: str,
         details: dict[str, Any] | None,
     ) -> HoldResult:
-        now = utcnow()
+        now = self.clock()
+        usage = details or {}
         row = await self._pool.fetchrow(
-            _CAPTURE, hold_id, amount_micros, resolution_hash, now, new_id("txn"), _json(details)
+            _CAPTURE,
+            hold_id,
+            amount_micros,
+            resolution_hash,
+            now,
+            new_id("txn"),
+            _json(details),
+            *Windows.at(now),
+            usage.get("model"),
+            usage.get("input_tokens"),
+            usage.get("output_tokens"),
         )
         if row is None:
             return await self._resolved_before(hold_id, "captured", resolution_hash)
@@ -502,16 +702,17 @@ class PostgresUsageStore:
             LEDGER_MICROS.labels("hold_capture").inc(amount_micros)
         wallet = _wallet(row, 10)
         assert wallet is not None
-        return HoldResult(_hold(row), wallet, replayed=False)
+        return HoldResult(_hold(row), wallet, False, tightest(row[14]))
 
     @_outage_is_503
     async def release(self, *, hold_id: str, resolution_hash: str) -> HoldResult:
-        row = await self._pool.fetchrow(_RELEASE, hold_id, resolution_hash, utcnow())
+        now = self.clock()
+        row = await self._pool.fetchrow(_RELEASE, hold_id, resolution_hash, now, *Windows.at(now))
         if row is None:
             return await self._resolved_before(hold_id, "released", resolution_hash)
         wallet = _wallet(row, 10)
         assert wallet is not None
-        return HoldResult(_hold(row), wallet, replayed=False)
+        return HoldResult(_hold(row), wallet, False, tightest(row[14]))
 
     async def _resolved_before(self, hold_id: str, status: str, resolution_hash: str) -> HoldResult:
         row = await self._pool.fetchrow(_HOLD_WITH_WALLET, hold_id)

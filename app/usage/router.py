@@ -36,6 +36,7 @@ from app.errors import (
     InvalidStateTransition,
     NotFound,
     PayloadTooLarge,
+    SpendLimitExceeded,
     ValidationFailed,
     internal_error_response,
     problem_response,
@@ -116,7 +117,8 @@ async def _record_usage(app: GatewayApp, call: Call) -> tuple[int, BaseModel]:
 
 async def _record_usage_batch(app: GatewayApp, call: Call) -> tuple[int, BaseModel]:
     """Up to 1000 debits, each applied on its own: `applied`, `replayed`,
-    `insufficient_balance`, `conflict` or `invalid` per event, in the order sent."""
+    `insufficient_balance`, `spend_limit_exceeded`, `conflict` or `invalid` per event, in the
+    order sent."""
     return 200, await service.record_batch(app.store, app.settings, call.body.events)
 
 
@@ -145,7 +147,10 @@ async def _get_account_balance(app: GatewayApp, call: Call) -> tuple[int, BaseMo
 
 _REPLAY = "A replay: the same id with the same body was applied before."
 _DEBIT_NOTES = {
-    402: "`insufficient_balance`: the problem carries `available_micros`.",
+    402: "`insufficient_balance`: the problem carries `available_micros`. "
+    "`spend_limit_exceeded`: a spend limit of the account or of `api_key_id` leaves no room; "
+    "the problem carries `scope`, `limit`, `spent`, `resets_at` (and `limit_micros`, "
+    "`spent_micros`). Nothing was written.",
     409: "`idempotency_conflict`: the id was used with another body.",
 }
 _HOLD_NOTES = {
@@ -162,7 +167,7 @@ OPERATIONS = [
         "Debit a request's usage",
         _record_usage,
         ok={201: (UsageOut, "Debited now."), 200: (UsageOut, _REPLAY)},
-        errors=(InsufficientBalance, IdempotencyConflict),
+        errors=(InsufficientBalance, SpendLimitExceeded, IdempotencyConflict),
         notes=_DEBIT_NOTES,
         body=UsageIn,
     ),
@@ -183,7 +188,7 @@ OPERATIONS = [
         "Reserve part of a balance",
         _reserve_hold,
         ok={201: (HoldOut, "Reserved now."), 200: (HoldOut, _REPLAY)},
-        errors=(InsufficientBalance, IdempotencyConflict),
+        errors=(InsufficientBalance, SpendLimitExceeded, IdempotencyConflict),
         notes=_DEBIT_NOTES,
         body=HoldIn,
     ),

@@ -38,6 +38,22 @@ Metadata = Annotated[
 PositiveMicros = Annotated[int, Field(strict=True, gt=0, description="Micro-USD, > 0.")]
 TokenCount = Annotated[int | None, Field(strict=True, ge=0, le=10**12)]
 ModelName = Annotated[CleanStr | None, Field(max_length=200, examples=["gpt-4o-mini"])]
+ApiKeyId = Annotated[
+    CleanStr | None,
+    StringConstraints(min_length=1, max_length=200, pattern=r"^\S+$"),
+    Field(
+        description="The gateway's id of the user's API key that spent: its spend limit "
+        "applies besides the account's.",
+        examples=["key_7Hq2"],
+    ),
+]
+LimitRemaining = Annotated[
+    int | None,
+    Field(
+        description="What the tightest applicable spend limit leaves in its current window, "
+        "micro-USD (never below 0); null when no limit applies, and on a replay."
+    ),
+]
 
 
 class UsageIn(StrictModel):
@@ -48,6 +64,7 @@ class UsageIn(StrictModel):
         CallerId, Field(description="The gateway's request id: the debit's idempotency key.")
     ]
     amount_micros: PositiveMicros
+    api_key_id: ApiKeyId = None
     model: ModelName = None
     input_tokens: TokenCount = None
     output_tokens: TokenCount = None
@@ -70,6 +87,7 @@ class UsageOut(WalletState):
     amount_micros: int
     transaction_id: str
     replayed: bool
+    limit_remaining_micros: LimitRemaining = None
 
 
 class UsageBatchIn(StrictModel):
@@ -86,7 +104,9 @@ class UsageBatchIn(StrictModel):
     ] = Field(min_length=1, max_length=MAX_BATCH_EVENTS)
 
 
-BatchStatus = Literal["applied", "replayed", "insufficient_balance", "conflict", "invalid"]
+BatchStatus = Literal[
+    "applied", "replayed", "insufficient_balance", "spend_limit_exceeded", "conflict", "invalid"
+]
 
 
 class FieldError(BaseModel):
@@ -106,6 +126,10 @@ class UsageBatchResult(BaseModel):
     balance_micros: int | None = None
     held_micros: int | None = None
     available_micros: int | None = None
+    limit_remaining_micros: LimitRemaining = None
+    scope: str | None = Field(
+        default=None, description="`spend_limit_exceeded`: the limit that refused the event."
+    )
     detail: str | None = None
     errors: list[FieldError] | None = None
 
@@ -127,6 +151,7 @@ class HoldIn(StrictModel):
         CallerId, Field(description="The gateway's hold id: the hold's idempotency key.")
     ]
     amount_micros: PositiveMicros
+    api_key_id: ApiKeyId = None
     ttl_seconds: Annotated[
         int | None,
         Field(
@@ -170,6 +195,7 @@ class HoldOut(WalletState):
     expires_at: datetime
     resolved_at: datetime | None
     replayed: bool
+    limit_remaining_micros: LimitRemaining = None
 
 
 class AccountBalanceOut(WalletState):

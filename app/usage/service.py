@@ -9,7 +9,12 @@ from typing import Any, cast
 from pydantic import ValidationError
 
 from app.config import Settings
-from app.errors import IdempotencyConflict, InsufficientBalance, ValidationFailed
+from app.errors import (
+    IdempotencyConflict,
+    InsufficientBalance,
+    SpendLimitExceeded,
+    ValidationFailed,
+)
 from app.idempotency import hash_request
 from app.ledger.holds import HoldResult
 from app.ledger.repository import WalletRow
@@ -42,8 +47,10 @@ def _usage_details(
     input_tokens: int | None,
     output_tokens: int | None,
     metadata: dict[str, Any] | None,
+    api_key_id: str | None = None,
 ) -> dict[str, Any] | None:
     details = {
+        "api_key_id": api_key_id,
         "model": model,
         "input_tokens": input_tokens,
         "output_tokens": output_tokens,
@@ -70,8 +77,9 @@ def _usage_debit(settings: Settings, event: UsageIn) -> UsageDebit:
         amount_micros=event.amount_micros,
         request_hash=hash_request(event.model_dump(mode="json", exclude_none=True)),
         details=_usage_details(
-            event.model, event.input_tokens, event.output_tokens, event.metadata
+            event.model, event.input_tokens, event.output_tokens, event.metadata, event.api_key_id
         ),
+        api_key_id=event.api_key_id,
     )
 
 
@@ -91,6 +99,7 @@ async def record_usage(store: UsageStore, settings: Settings, event: UsageIn) ->
         balance_micros=wallet.balance_micros,
         held_micros=wallet.held_micros,
         available_micros=wallet.available_micros,
+        limit_remaining_micros=done.limit_remaining_micros,
     )
 
 
@@ -166,6 +175,24 @@ def _batch_result(
             balance_micros=None,
             held_micros=None,
             available_micros=outcome.extra["available_micros"],
+            limit_remaining_micros=None,
+            scope=None,
+            detail=outcome.detail,
+            errors=None,
+        )
+    if isinstance(outcome, SpendLimitExceeded):
+        return UsageBatchResult.model_construct(
+            index=index,
+            request_id=event.request_id,
+            status="spend_limit_exceeded",
+            transaction_id=None,
+            balance_micros=None,
+            held_micros=None,
+            available_micros=None,
+            limit_remaining_micros=max(
+                0, outcome.extra["limit_micros"] - outcome.extra["spent_micros"]
+            ),
+            scope=outcome.extra["scope"],
             detail=outcome.detail,
             errors=None,
         )
@@ -178,6 +205,8 @@ def _batch_result(
             balance_micros=None,
             held_micros=None,
             available_micros=None,
+            limit_remaining_micros=None,
+            scope=None,
             detail=_conflict(event.request_id).detail,
             errors=None,
         )
@@ -190,6 +219,8 @@ def _batch_result(
         balance_micros=wallet.balance_micros,
         held_micros=wallet.held_micros,
         available_micros=wallet.available_micros,
+        limit_remaining_micros=outcome.limit_remaining_micros,
+        scope=None,
         detail=None,
         errors=None,
     )
@@ -218,6 +249,7 @@ async def reserve_hold(store: UsageStore, settings: Settings, body: HoldIn) -> H
         ttl_seconds=ttl,
         request_hash=hash_request(canonical),
         details={"metadata": body.metadata} if body.metadata is not None else None,
+        api_key_id=body.api_key_id,
     )
     return _hold_out(result)
 
@@ -271,4 +303,5 @@ def _hold_out(result: HoldResult) -> HoldOut:
         balance_micros=result.wallet.balance_micros,
         held_micros=result.wallet.held_micros,
         available_micros=result.wallet.available_micros,
+        limit_remaining_micros=result.limit_remaining_micros,
     )

@@ -8,17 +8,24 @@ rules; a store only moves rows, raising the same errors for the same outcomes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db import session_scope
-from app.errors import InsufficientBalance
-from app.ledger import holds, repository
+from app.errors import InsufficientBalance, SpendLimitExceeded
+from app.ledger import holds, holds_repository, repository
 from app.ledger.holds import HoldResult
+from app.ledger.holds_repository import HoldRow
 from app.ledger.repository import WalletRow
 from app.ledger.service import transfer
+from app.limits import repository as limits
+from app.limits.periods import Windows
+from app.limits.rules import check, tightest_remaining
+from app.models.base import utcnow
 
 USAGE_KIND = "usage"
 USAGE_DESCRIPTION = "Usage"
@@ -37,6 +44,12 @@ class UsageDebit(NamedTuple):
     amount_micros: int
     request_hash: str
     details: dict[str, Any] | None
+    api_key_id: str | None = None
+    """The gateway's id of the API key that spent: its key's spend limit applies too."""
+
+    def detail(self, name: str) -> Any:
+        """A usage detail (`model`, `input_tokens`, `output_tokens`), None when not reported."""
+        return self.details.get(name) if self.details is not None else None
 
 
 class Debited(NamedTuple):
@@ -48,16 +61,23 @@ class Debited(NamedTuple):
     request_hash: str | None
     replayed: bool
     wallet: WalletRow | None
+    limit_remaining_micros: int | None = None
+    """What the tightest spend limit leaves after the debit; None when none applies (or for a
+    replay)."""
 
 
-BatchOutcome = Debited | InsufficientBalance
+BatchOutcome = Debited | InsufficientBalance | SpendLimitExceeded
 
 
 class UsageStore(Protocol):
     """The database side of the gateway's operations."""
 
+    clock: Callable[[], datetime]
+    """Now, for `created_at` and the spend limits' windows."""
+
     async def debit(self, debit: UsageDebit) -> Debited:
-        """Apply a covered debit once; raises `InsufficientBalance` when it is not covered."""
+        """Apply a covered debit once; raises `InsufficientBalance` when it is not covered, and
+        `SpendLimitExceeded` when a spend limit does not leave room for it."""
         ...
 
     async def debit_batch(self, debits: Sequence[UsageDebit]) -> list[BatchOutcome]:
@@ -74,8 +94,10 @@ class UsageStore(Protocol):
         ttl_seconds: int,
         request_hash: str,
         details: dict[str, Any] | None,
+        api_key_id: str | None = None,
     ) -> HoldResult:
-        """See `app.ledger.holds.reserve`."""
+        """See `app.ledger.holds.reserve`; also subject to the spend limits of the user and
+        `api_key_id`."""
         ...
 
     async def capture(
@@ -103,10 +125,16 @@ class UsageStore(Protocol):
 
 
 class SessionUsageStore:
-    """The gateway's operations through the ORM, one session transaction per call."""
+    """The gateway's operations through the ORM, one session transaction per call. SQLite runs
+    one writer at a time (`BEGIN IMMEDIATE`), so a spend limit is checked and moved with plain
+    reads and writes inside the wallet's transaction."""
 
-    def __init__(self, maker: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self, maker: async_sessionmaker[AsyncSession], clock: Callable[[], datetime] = utcnow
+    ) -> None:
         self._maker = maker
+        self.clock = clock
+        """Now: what the spend limits' windows are read from (tests move it)."""
 
     async def debit(self, debit: UsageDebit) -> Debited:
         async with session_scope(self._maker) as session:
@@ -119,15 +147,21 @@ class SessionUsageStore:
                 try:
                     async with session.begin_nested():
                         outcomes.append(await self._debit(session, debit))
-                except InsufficientBalance as refused:
+                except (InsufficientBalance, SpendLimitExceeded) as refused:
                     outcomes.append(refused)
         return outcomes
 
-    @staticmethod
-    async def _debit(session: AsyncSession, debit: UsageDebit) -> Debited:
+    async def _debit(self, session: AsyncSession, debit: UsageDebit) -> Debited:
+        reference = usage_reference(debit.request_id)
+        now = self.clock()
+        windows = Windows.at(now)
+        counters = await limits.locked_counters(session, debit.user_id, debit.api_key_id)
+        # A replay answers the original whatever the limits say now, as on PostgreSQL.
+        if counters and await repository.get_transaction(session, reference) is None:
+            check(counters, debit.amount_micros, windows)
         result = await transfer(
             session,
-            reference=usage_reference(debit.request_id),
+            reference=reference,
             kind=USAGE_KIND,
             user_id=debit.user_id,
             amount_micros=-debit.amount_micros,
@@ -136,11 +170,32 @@ class SessionUsageStore:
             request_hash=debit.request_hash,
             details=debit.details,
         )
+        wallet = result.wallet(debit.user_id)
+        remaining = None
+        if not result.replayed:
+            remaining = tightest_remaining(
+                await limits.charge(session, counters, debit.amount_micros, windows)
+            )
+            assert wallet is not None
+            await limits.insert_usage_record(
+                session,
+                user_id=debit.user_id,
+                transaction_id=result.transaction.id,
+                request_id=debit.request_id,
+                api_key_id=debit.api_key_id,
+                model=debit.detail("model"),
+                input_tokens=debit.detail("input_tokens"),
+                output_tokens=debit.detail("output_tokens"),
+                amount_micros=debit.amount_micros,
+                balance_after_micros=wallet.balance_micros,
+                now=now,
+            )
         return Debited(
             transaction_id=result.transaction.id,
             request_hash=result.transaction.request_hash,
             replayed=result.replayed,
-            wallet=result.wallet(debit.user_id),
+            wallet=wallet,
+            limit_remaining_micros=remaining,
         )
 
     async def reserve(
@@ -152,9 +207,15 @@ class SessionUsageStore:
         ttl_seconds: int,
         request_hash: str,
         details: dict[str, Any] | None,
+        api_key_id: str | None = None,
     ) -> HoldResult:
+        now = self.clock()
+        windows = Windows.at(now)
         async with session_scope(self._maker) as session:
-            return await holds.reserve(
+            counters = await limits.locked_counters(session, user_id, api_key_id)
+            if counters and await holds_repository.get_hold(session, hold_id) is None:
+                check(counters, amount_micros, windows)
+            result = await holds.reserve(
                 session,
                 user_id=user_id,
                 hold_id=hold_id,
@@ -162,7 +223,14 @@ class SessionUsageStore:
                 ttl_seconds=ttl_seconds,
                 request_hash=request_hash,
                 details=details,
+                now=now,
             )
+            if result.replayed:
+                return result
+            if api_key_id is not None:
+                await limits.set_hold_key(session, hold_id, api_key_id)
+            remaining = await limits.charge(session, counters, amount_micros, windows)
+            return replace(result, limit_remaining_micros=tightest_remaining(remaining))
 
     async def capture(
         self,
@@ -172,18 +240,68 @@ class SessionUsageStore:
         resolution_hash: str,
         details: dict[str, Any] | None,
     ) -> HoldResult:
+        now = self.clock()
         async with session_scope(self._maker) as session:
-            return await holds.capture(
+            result = await holds.capture(
                 session,
                 hold_id=hold_id,
                 amount_micros=amount_micros,
                 resolution_hash=resolution_hash,
                 details=details,
+                now=now,
             )
+            if result.replayed:
+                return result
+            hold = result.hold
+            api_key_id = await limits.hold_key(session, hold_id)
+            remaining = await self._settle(
+                session, hold, api_key_id, amount_micros - hold.amount_micros, now
+            )
+            if amount_micros > 0:
+                posted = await repository.get_transaction(session, f"hold:{hold_id}")
+                assert posted is not None
+                usage = details or {}
+                await limits.insert_usage_record(
+                    session,
+                    user_id=hold.user_id,
+                    transaction_id=posted.id,
+                    request_id=hold_id,
+                    api_key_id=api_key_id,
+                    model=usage.get("model"),
+                    input_tokens=usage.get("input_tokens"),
+                    output_tokens=usage.get("output_tokens"),
+                    amount_micros=amount_micros,
+                    balance_after_micros=result.wallet.balance_micros,
+                    now=now,
+                )
+            return replace(result, limit_remaining_micros=remaining)
 
     async def release(self, *, hold_id: str, resolution_hash: str) -> HoldResult:
+        now = self.clock()
         async with session_scope(self._maker) as session:
-            return await holds.release(session, hold_id=hold_id, resolution_hash=resolution_hash)
+            result = await holds.release(
+                session, hold_id=hold_id, resolution_hash=resolution_hash, now=now
+            )
+            if result.replayed:
+                return result
+            hold = result.hold
+            api_key_id = await limits.hold_key(session, hold_id)
+            remaining = await self._settle(session, hold, api_key_id, -hold.amount_micros, now)
+            return replace(result, limit_remaining_micros=remaining)
+
+    @staticmethod
+    async def _settle(
+        session: AsyncSession,
+        hold: HoldRow,
+        api_key_id: str | None,
+        delta_micros: int,
+        now: datetime,
+    ) -> int | None:
+        counters = await limits.locked_counters(session, hold.user_id, api_key_id)
+        remaining = await limits.settle_hold(
+            session, counters, hold.created_at, delta_micros, Windows.at(now)
+        )
+        return tightest_remaining(remaining)
 
     async def wallet(self, user_id: str) -> WalletRow | None:
         async with self._maker() as session:

@@ -14,7 +14,7 @@ from tests.ledger.helpers import debit, deposit
 
 
 @pytest.mark.parametrize("settings_overrides", [{"service_token_cache_seconds": 60}])
-async def test_a_debit_is_one_statement_on_postgres_and_three_on_sqlite(
+async def test_a_debit_is_one_statement_on_postgres_and_one_transaction_on_sqlite(
     app: Any,
     client: httpx.AsyncClient,
     admin_headers: dict[str, str],
@@ -56,6 +56,7 @@ async def test_a_debit_is_one_statement_on_postgres_and_three_on_sqlite(
     finally:
         event.remove(engine, "before_cursor_execute", on_statement)
     assert response.status_code == 201
-    # SQLite: header, wallet, entries in one transaction.
-    assert statements == ["INSERT", "UPDATE", "INSERT"]
+    # SQLite: the spend limits (none here), header, wallet, entries and the usage record, in
+    # one transaction.
+    assert statements == ["SELECT", "INSERT", "UPDATE", "INSERT", "INSERT"]
     assert transactions[:2] == ["begin", "commit"]

@@ -1,0 +1,150 @@
+"""Spend limits from the portal (the caller's own) and for operators (any user's)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+
+from app.auth import AdminUser, CurrentUser
+from app.db import SessionDep
+from app.errors import NotFound
+from app.limits import service
+from app.limits.schemas import ApiKeyIdPath, SpendLimitIn, SpendLimitOut
+from app.models.limits import ACCOUNT_SCOPE, key_scope
+from app.openapi import problem_responses
+from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from app.schemas import CleanStr, Page
+
+router = APIRouter(prefix="/spend-limits", tags=["spend-limits"])
+admin_router = APIRouter(prefix="/admin/users/{user_id}/spend-limits", tags=["admin"])
+
+
+def _now(request: Request) -> datetime:
+    clock: Callable[[], datetime] = request.app.state.clock
+    return clock()
+
+
+Now = Annotated[datetime, Depends(_now)]
+"""The app's clock (`app.state.clock`), which the gateway's windows read too."""
+KeyId = Annotated[ApiKeyIdPath, Path(description="The gateway's id of the API key.")]
+UserId = Annotated[CleanStr, Path(min_length=1, max_length=255, pattern=r"^\S+$")]
+Cursor = Annotated[CleanStr | None, Query(max_length=200, description="`next_cursor` of a page.")]
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
+_GONE = problem_responses(NotFound)
+
+
+@router.get("", summary="List my spend limits")
+async def list_my_spend_limits(
+    user: CurrentUser,
+    session: SessionDep,
+    now: Now,
+    cursor: Cursor = None,
+    limit: Limit = DEFAULT_LIMIT,
+) -> Page[SpendLimitOut]:
+    """The caller's limits (the account's first), each with what its current window spent."""
+    return await service.list_limits(session, user.user_id, cursor=cursor, limit=limit, now=now)
+
+
+@router.put("/account", summary="Set my account's spend limit")
+async def set_my_account_limit(
+    body: SpendLimitIn, user: CurrentUser, session: SessionDep, now: Now
+) -> SpendLimitOut:
+    """Cap what the whole account may spend per window; usage and holds beyond it get 402
+    `spend_limit_exceeded`."""
+    return await service.set_limit(session, user.user_id, ACCOUNT_SCOPE, body, now)
+
+
+@router.delete(
+    "/account", status_code=204, summary="Remove my account's spend limit", responses=_GONE
+)
+async def remove_my_account_limit(user: CurrentUser, session: SessionDep) -> Response:
+    """Remove the account's limit."""
+    await service.remove_limit(session, user.user_id, ACCOUNT_SCOPE)
+    return Response(status_code=204)
+
+
+@router.put("/keys/{api_key_id}", summary="Set an API key's spend limit")
+async def set_my_key_limit(
+    api_key_id: KeyId, body: SpendLimitIn, user: CurrentUser, session: SessionDep, now: Now
+) -> SpendLimitOut:
+    """Cap what one of the caller's API keys may spend per window (the account's limit still
+    applies)."""
+    return await service.set_limit(session, user.user_id, key_scope(api_key_id), body, now)
+
+
+@router.delete(
+    "/keys/{api_key_id}",
+    status_code=204,
+    summary="Remove an API key's spend limit",
+    responses=_GONE,
+)
+async def remove_my_key_limit(
+    api_key_id: KeyId, user: CurrentUser, session: SessionDep
+) -> Response:
+    """Remove one API key's limit."""
+    await service.remove_limit(session, user.user_id, key_scope(api_key_id))
+    return Response(status_code=204)
+
+
+@admin_router.get("", summary="List a user's spend limits")
+async def admin_list_spend_limits(
+    user_id: UserId,
+    admin: AdminUser,
+    session: SessionDep,
+    now: Now,
+    cursor: Cursor = None,
+    limit: Limit = DEFAULT_LIMIT,
+) -> Page[SpendLimitOut]:
+    """Any user's limits, each with what its current window spent."""
+    return await service.list_limits(session, user_id, cursor=cursor, limit=limit, now=now)
+
+
+@admin_router.put("/account", summary="Set a user's account spend limit")
+async def admin_set_account_limit(
+    user_id: UserId, body: SpendLimitIn, admin: AdminUser, session: SessionDep, now: Now
+) -> SpendLimitOut:
+    """Cap what any user's whole account may spend per window."""
+    return await service.admin_set_limit(session, admin.user_id, user_id, ACCOUNT_SCOPE, body, now)
+
+
+@admin_router.delete(
+    "/account", status_code=204, summary="Remove a user's account spend limit", responses=_GONE
+)
+async def admin_remove_account_limit(
+    user_id: UserId, admin: AdminUser, session: SessionDep
+) -> Response:
+    """Remove any user's account limit."""
+    await service.admin_remove_limit(session, admin.user_id, user_id, ACCOUNT_SCOPE)
+    return Response(status_code=204)
+
+
+@admin_router.put("/keys/{api_key_id}", summary="Set a user's API key spend limit")
+async def admin_set_key_limit(
+    user_id: UserId,
+    api_key_id: KeyId,
+    body: SpendLimitIn,
+    admin: AdminUser,
+    session: SessionDep,
+    now: Now,
+) -> SpendLimitOut:
+    """Cap what one of any user's API keys may spend per window."""
+    return await service.admin_set_limit(
+        session, admin.user_id, user_id, key_scope(api_key_id), body, now
+    )
+
+
+@admin_router.delete(
+    "/keys/{api_key_id}",
+    status_code=204,
+    summary="Remove a user's API key spend limit",
+    responses=_GONE,
+)
+async def admin_remove_key_limit(
+    user_id: UserId, api_key_id: KeyId, admin: AdminUser, session: SessionDep
+) -> Response:
+    """Remove one of any user's API key limits."""
+    await service.admin_remove_limit(session, admin.user_id, user_id, key_scope(api_key_id))
+    return Response(status_code=204)

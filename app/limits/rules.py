@@ -1,0 +1,77 @@
+"""The rules of a spend limit, shared by both gateway stores and the portal: which limits a
+request is subject to, what a window's counter says now, and the refusal.
+
+A request with an `api_key_id` is subject to its account's limit and its key's limit; without
+one, to the account's only. It is refused when, for any of them, what the current window has
+spent plus the amount would exceed the limit (holds count while active). The tightest limit's
+remaining amount goes back to the gateway, so it can warn before a refusal.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import NamedTuple
+
+from app.errors import SpendLimitExceeded
+from app.limits.periods import Windows, window_end
+from app.models.limits import ACCOUNT_SCOPE, key_scope
+from app.money import format_balance
+
+
+def scopes(api_key_id: str | None) -> tuple[str, ...]:
+    """The scopes a request of this key is subject to."""
+    return (ACCOUNT_SCOPE,) if api_key_id is None else (ACCOUNT_SCOPE, key_scope(api_key_id))
+
+
+class Counter(NamedTuple):
+    """A limit and its counter as a statement read (and locked) it."""
+
+    id: str
+    scope: str
+    period: str
+    limit_micros: int
+    window_start: datetime
+    spent_micros: int
+
+    def current(self, windows: Windows) -> tuple[datetime, int]:
+        """The window `windows` says is current for this limit, and what it has spent: the
+        counter's own figure if it counts that window, zero if it counts an earlier one. A
+        counter already in a later window (another instance's clock ran ahead) stays there:
+        windows only move forward."""
+        start = windows.start(self.period)
+        if self.window_start >= start:
+            return self.window_start, self.spent_micros
+        return start, 0
+
+
+def spend_limit_exceeded(
+    scope: str, period: str, limit_micros: int, spent_micros: int, window: datetime
+) -> SpendLimitExceeded:
+    """The 402 for an amount the limit of `scope` does not leave room for."""
+    resets_at = window_end(period, window)
+    remaining = max(0, limit_micros - spent_micros)
+    return SpendLimitExceeded(
+        f"The {scope} spend limit of {format_balance(limit_micros)} USD per {period} leaves "
+        f"{format_balance(remaining)} USD.",
+        scope=scope,
+        limit=format_balance(limit_micros),
+        spent=format_balance(spent_micros),
+        resets_at=resets_at.isoformat().replace("+00:00", "Z") if resets_at else None,
+        limit_micros=limit_micros,
+        spent_micros=spent_micros,
+    )
+
+
+def check(counters: list[Counter], amount_micros: int, windows: Windows) -> None:
+    """Raise the refusal of the first limit that `amount_micros` would take past its limit."""
+    for counter in counters:
+        start, spent = counter.current(windows)
+        if spent + amount_micros > counter.limit_micros:
+            raise spend_limit_exceeded(
+                counter.scope, counter.period, counter.limit_micros, spent, start
+            )
+
+
+def tightest_remaining(remaining: list[int]) -> int | None:
+    """What the tightest limit leaves (never below zero), None when no limit applies."""
+    return max(0, min(remaining)) if remaining else None

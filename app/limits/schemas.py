@@ -1,0 +1,44 @@
+"""The portal's spend limits: amounts as decimal strings (the limit with 2 places as entered,
+what was spent and what remains with 6), always in USD."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, StringConstraints
+
+from app.schemas import AmountText, CleanStr, StrictModel
+
+Period = Literal["day", "week", "month", "total"]
+
+ApiKeyIdPath = Annotated[
+    CleanStr, StringConstraints(min_length=1, max_length=200, pattern=r"^\S+$")
+]
+"""The gateway's id of one of the user's API keys, as the gateway reports it."""
+
+
+class SpendLimitIn(StrictModel):
+    """A limit on what the account or one API key may spend per window (UTC calendar)."""
+
+    limit: Annotated[AmountText, Field(description="USD, more than 0, at most 2 decimals.")]
+    period: Period = Field(
+        description="`day` (from 00:00 UTC), `week` (from Monday 00:00 UTC), `month` (from "
+        "the 1st, 00:00 UTC) or `total` (never resets)."
+    )
+
+
+class SpendLimitOut(BaseModel):
+    """A limit and its current window."""
+
+    scope: str = Field(examples=["account", "key:key_7Hq2"])
+    limit: str = Field(examples=["50.00"])
+    period: Period
+    spent: str = Field(
+        examples=["12.345678"],
+        description="Spent in the current window, active holds included; may exceed `limit` "
+        "after usage captured above its hold.",
+    )
+    remaining: str = Field(examples=["37.654322"], description="Never below 0.")
+    resets_at: datetime | None = Field(description="When the window ends; null for `total`.")
+    currency: Literal["usd"] = "usd"

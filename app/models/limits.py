@@ -1,0 +1,55 @@
+"""Spend limits: a cap on what a user's whole account, or one of their API keys, may spend in a
+calendar window (UTC), with the window's running spend kept on the same row.
+
+The row is also the window counter the gateway's debits and holds update in the same statement
+(PostgreSQL) or transaction (SQLite) as the wallet, so a limit cannot be overshot by concurrent
+debits or reserves. `spent_micros` counts the usage debited in `window_start`'s window plus the
+holds reserved in it while they are active; when a debit arrives in a later window, the counter
+starts again from zero.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import CheckConstraint, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.models.base import Base, utcnow
+
+PERIODS = ("day", "week", "month", "total")
+"""Windows: a UTC calendar day, an ISO week (Monday 00:00 UTC), a calendar month, or forever."""
+
+ACCOUNT_SCOPE = "account"
+
+
+def key_scope(api_key_id: str) -> str:
+    """The scope of a limit on one API key."""
+    return f"key:{api_key_id}"
+
+
+class SpendLimit(Base):
+    """A user's limit on one scope (`account` or `key:<api_key_id>`) and its window counter."""
+
+    __tablename__ = "spend_limits"
+    __table_args__ = (
+        UniqueConstraint("user_id", "scope"),
+        CheckConstraint("limit_micros > 0", name="limit_positive"),
+        CheckConstraint("period IN ('day', 'week', 'month', 'total')", name="period_known"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(255))
+    scope: Mapped[str] = mapped_column(String(210))
+    """`account`, or `key:<api_key_id>` (the gateway's id of the user's API key)."""
+    limit_micros: Mapped[int]
+    """The most the scope may spend per window, micro-USD, > 0."""
+    period: Mapped[str] = mapped_column(String(8))
+    """`day`, `week`, `month` or `total` (one window that never resets)."""
+    window_start: Mapped[datetime]
+    """The start of the window `spent_micros` counts (1970-01-01 for `total`)."""
+    spent_micros: Mapped[int] = mapped_column(default=0)
+    """Usage debited in the window plus active holds reserved in it, micro-USD. May exceed the
+    limit after a capture above its hold (the usage was served); then new spending is refused."""
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,38 @@
+"""Usage records: one row per usage debit or hold capture, written with its ledger transaction,
+for the usage reports (sliced by day, model and API key) and the CSV export.
+
+The ledger stays the book of record; a record carries what the reports group by as plain columns
+(the ledger keeps them in its `details` JSON), so a month of a million rows is one index range.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Index, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.models.base import Base, BigIntPK, utcnow
+
+
+class UsageRecord(Base):
+    """A debited request: who, which key and model, tokens, the amount and the balance after."""
+
+    __tablename__ = "usage_records"
+    __table_args__ = (Index("ix_usage_records_user_id_created_at", "user_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(String(255))
+    transaction_id: Mapped[str] = mapped_column(String(40))
+    """The ledger transaction that moved the money."""
+    request_id: Mapped[str] = mapped_column(String(255))
+    """The gateway's `request_id` (a debit) or `hold_id` (a capture)."""
+    api_key_id: Mapped[str | None] = mapped_column(String(200))
+    model: Mapped[str | None] = mapped_column(String(200))
+    input_tokens: Mapped[int | None]
+    output_tokens: Mapped[int | None]
+    amount_micros: Mapped[int]
+    """What the request cost, micro-USD, > 0 (the wallet leg's amount, negated)."""
+    balance_after_micros: Mapped[int]
+    """The wallet's balance right after the debit."""
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
