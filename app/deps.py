@@ -9,7 +9,8 @@ limit `app.rate_limits.rate_limited(scope)`: those providers read their own piec
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -19,34 +20,27 @@ from app.rate_limits import RateLimiter
 from app.stripe_gateway import StripeGateway
 
 
-def get_app_settings(request: Request) -> Settings:
-    """The settings the app was built with."""
-    settings: Settings = request.app.state.settings
-    return settings
+def _from_state(name: str, doc: str) -> Callable[[Request], Any]:
+    """A dependency that hands out `app.state.<name>` (set once in the lifespan)."""
+
+    def get(request: Request) -> Any:
+        return getattr(request.app.state, name)
+
+    get.__name__ = f"get_{name}"
+    get.__doc__ = doc
+    return get
 
 
-def get_stripe(request: Request) -> StripeGateway:
-    """The process's one `StripeGateway`."""
-    stripe: StripeGateway = request.app.state.stripe
-    return stripe
-
-
-def get_session_maker(request: Request) -> async_sessionmaker[AsyncSession]:
-    """Sessions of the app's engine, for services that commit before calling Stripe."""
-    maker: async_sessionmaker[AsyncSession] = request.app.state.session_maker
-    return maker
-
-
-def get_engine(request: Request) -> AsyncEngine:
-    """The app's database engine."""
-    engine: AsyncEngine = request.app.state.engine
-    return engine
-
-
-def get_rate_limiter(request: Request) -> RateLimiter:
-    """The per-user rate limits (for services that count a request only on some paths)."""
-    limiter: RateLimiter = request.app.state.rate_limiter
-    return limiter
+get_app_settings = _from_state("settings", "The settings the app was built with.")
+get_stripe = _from_state("stripe", "The process's one `StripeGateway`.")
+get_session_maker = _from_state(
+    "session_maker", "Sessions of the app's engine, for services that commit before calling Stripe."
+)
+get_engine = _from_state("engine", "The app's database engine.")
+get_rate_limiter = _from_state(
+    "rate_limiter",
+    "The per-user rate limits (for services that count a request only on some paths).",
+)
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar, cast
 
 from app.errors import ValidationFailed
 from app.schemas import CONTROL_CHARACTERS as _CONTROL
@@ -50,3 +52,33 @@ def decode_cursor(cursor: str, arity: int) -> list[Any]:
             errors=[{"field": "cursor", "message": "not a cursor returned by this API"}],
         )
     return key
+
+
+T = TypeVar("T")
+Out = TypeVar("Out")
+
+
+@dataclass(frozen=True, slots=True)
+class Slice(Generic[T]):
+    """What a service answers for a list: one page of domain objects (newest first) and the
+    cursor to the next page, None at the end. Routers render it as a `Page` of their model."""
+
+    items: list[T]
+    next_cursor: str | None
+
+    def render(self, out: Callable[[T], Out]) -> tuple[list[Out], str | None]:
+        """The items as response models, with the cursor (for `Page[Model](data=…, …)`)."""
+        return [out(item) for item in self.items], self.next_cursor
+
+
+def before_id(cursor: str | None) -> str | None:
+    """The id a page resumes before (lists keyed by their ULID ids)."""
+    return str(decode_cursor(cursor, 1)[0]) if cursor else None
+
+
+def slice_by_id(rows: Sequence[T], limit: int) -> Slice[T]:
+    """A `Slice` from `limit + 1` rows (each with an `id`) fetched newest first: the extra row
+    only says that another page follows."""
+    page = list(rows[:limit])
+    more = len(rows) > limit and bool(page)
+    return Slice(page, encode_cursor(cast(Any, page[-1]).id) if more else None)

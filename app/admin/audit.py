@@ -10,7 +10,7 @@ from app.audit import service
 from app.audit.schemas import AuditEntryOut
 from app.auth import AdminUser
 from app.db import SessionDep
-from app.pagination import DEFAULT_LIMIT, MAX_LIMIT, encode_cursor
+from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from app.schemas import CleanStr, Page
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -27,7 +27,7 @@ async def list_audit_log(
     cursor: Annotated[CleanStr | None, Query(max_length=200)] = None,
 ) -> Page[AuditEntryOut]:
     """Admin actions, newest first."""
-    rows, last = await service.list_entries(
+    entries = await service.list_entries(
         session,
         subject_type=subject_type,
         subject_id=subject_id,
@@ -35,7 +35,7 @@ async def list_audit_log(
         cursor=cursor,
         limit=limit,
     )
-    return Page[AuditEntryOut](
-        data=[AuditEntryOut.model_validate(row, from_attributes=True) for row in rows],
-        next_cursor=encode_cursor(last) if last else None,
+    data, next_cursor = entries.render(
+        lambda row: AuditEntryOut.model_validate(row, from_attributes=True)
     )
+    return Page[AuditEntryOut](data=data, next_cursor=next_cursor)

@@ -13,6 +13,7 @@ from app.deps import SessionMakerDep, SettingsDep, StripeDep
 from app.errors import NotFound, PaymentProviderUnavailable, PaymentsNotConfigured
 from app.openapi import problem_responses
 from app.orders import lifecycle, service
+from app.orders.presenter import present_order, present_page
 from app.orders.router import OrderId
 from app.orders.schemas import OrderOut
 from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
@@ -37,9 +38,8 @@ async def admin_list_orders(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
 ) -> Page[OrderOut]:
     """Orders newest first, of one user (`user_id`) or of everyone."""
-    return await service.list_orders(
+    orders = await service.list_orders(
         session,
-        settings,
         user_id=user_id,
         statuses=status,
         created_from=created_from,
@@ -47,6 +47,7 @@ async def admin_list_orders(
         cursor=cursor,
         limit=limit,
     )
+    return await present_page(session, orders, settings)
 
 
 @router.get("/{order_id}", summary="Get any order", responses=problem_responses(NotFound))
@@ -54,7 +55,8 @@ async def admin_get_order(
     order_id: OrderId, admin: AdminUser, session: SessionDep, settings: SettingsDep
 ) -> OrderOut:
     """One order of any user."""
-    return await service.show_order(session, settings, None, order_id)
+    order = await service.show_order(session, None, order_id)
+    return await present_order(session, order, settings)
 
 
 @router.post(

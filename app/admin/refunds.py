@@ -12,7 +12,7 @@ from app.db import SessionDep
 from app.deps import SessionMakerDep, SettingsDep, StripeDep
 from app.errors import InvalidStateTransition, NotFound, PaymentsNotConfigured, RefundNotEligible
 from app.openapi import problem_responses
-from app.pagination import DEFAULT_LIMIT, MAX_LIMIT, encode_cursor
+from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from app.refunds import service
 from app.refunds.schemas import (
     AdminRefundRequestOut,
@@ -44,7 +44,7 @@ async def admin_list_refund_requests(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
 ) -> Page[AdminRefundRequestOut]:
     """Every user's refund requests, newest first."""
-    rows, last = await service.list_requests(
+    requests = await service.list_requests(
         session,
         user_id=user_id,
         statuses=status,
@@ -53,10 +53,8 @@ async def admin_list_refund_requests(
         limit=limit,
         attention=attention,
     )
-    return Page[AdminRefundRequestOut](
-        data=[admin_refund_request_out(r) for r in rows],
-        next_cursor=encode_cursor(last) if last else None,
-    )
+    data, next_cursor = requests.render(admin_refund_request_out)
+    return Page[AdminRefundRequestOut](data=data, next_cursor=next_cursor)
 
 
 @router.post(

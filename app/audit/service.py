@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.audit import repository
 from app.ids import new_id
 from app.models.audit import AuditEntry
-from app.pagination import decode_cursor
+from app.pagination import Slice, before_id, slice_by_id
 from app.request_context import current_request_id
 
 
@@ -47,16 +47,14 @@ async def list_entries(
     actor_user_id: str | None,
     cursor: str | None,
     limit: int,
-) -> tuple[list[AuditEntry], str | None]:
-    """A page of entries, newest first, and the id to continue after."""
-    before_id = str(decode_cursor(cursor, 1)[0]) if cursor else None
+) -> Slice[AuditEntry]:
+    """A page of entries, newest first."""
     rows = await repository.list_entries(
         session,
         subject_type=subject_type,
         subject_id=subject_id,
         actor_user_id=actor_user_id,
-        before_id=before_id,
+        before_id=before_id(cursor),
         limit=limit,
     )
-    page = rows[:limit]
-    return page, (page[-1].id if len(rows) > limit and page else None)
+    return slice_by_id(rows, limit)

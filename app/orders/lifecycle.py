@@ -40,6 +40,7 @@ from app.purchase.service import (
     has_stripe_object,
     load_order,
     payable,
+    status_refusal,
 )
 from app.rate_limits import RateLimiter
 from app.schemas import Page
@@ -148,13 +149,13 @@ async def stop_card_testing(
 
 
 def _not_cancelable(order: Order) -> OrderNotCancelable:
-    if order.status in PAID_STATUSES:
-        detail = "A paid order cannot be canceled; request a refund instead."
-    elif order.status == OrderStatus.PROCESSING:
-        detail = "The payment is being processed; it cannot be canceled now."
-    else:
-        detail = f"The order is {order.status}."
-    return OrderNotCancelable(detail, order_id=order.id, order_status=order.status)
+    return status_refusal(
+        order,
+        OrderNotCancelable,
+        paid="A paid order cannot be canceled; request a refund instead.",
+        processing="The payment is being processed; it cannot be canceled now.",
+        other="The order is {status}.",
+    )
 
 
 def _worth_asking(order: Order) -> bool:

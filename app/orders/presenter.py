@@ -14,7 +14,9 @@ from app.models.orders import Order
 from app.orders import repository
 from app.orders.schemas import OrderOut, order_out
 from app.orders.state import is_paid
+from app.pagination import Slice
 from app.refunds.eligibility import refund_eligibility
+from app.schemas import Page
 
 
 async def present_orders(
@@ -51,3 +53,12 @@ async def present_order(session: AsyncSession, order: Order, settings: Settings)
     """Render one order with its refund eligibility."""
     (out,) = await present_orders(session, [order], settings)
     return out
+
+
+async def present_page(
+    session: AsyncSession, orders: Slice[Order], settings: Settings
+) -> Page[OrderOut]:
+    """A service's page of orders as the portal sees them."""
+    return Page[OrderOut](
+        data=await present_orders(session, orders.items, settings), next_cursor=orders.next_cursor
+    )

@@ -13,6 +13,7 @@ from app.deps import SettingsDep
 from app.errors import NotFound
 from app.openapi import problem_responses
 from app.orders import service
+from app.orders.presenter import present_order, present_page
 from app.orders.schemas import OrderOut
 from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from app.schemas import CleanStr, Page, UtcDatetime
@@ -46,9 +47,8 @@ async def list_my_orders(
     limit: Limit = DEFAULT_LIMIT,
 ) -> Page[OrderOut]:
     """Every top-up of the caller, newest first, with receipts and refund eligibility."""
-    return await service.list_orders(
+    orders = await service.list_orders(
         session,
-        settings,
         user_id=user.user_id,
         statuses=status,
         created_from=created_from,
@@ -56,6 +56,7 @@ async def list_my_orders(
         cursor=cursor,
         limit=limit,
     )
+    return await present_page(session, orders, settings)
 
 
 @router.get(
@@ -65,4 +66,5 @@ async def get_my_order(
     order_id: OrderId, user: CurrentUser, session: SessionDep, settings: SettingsDep
 ) -> OrderOut:
     """One order of the caller; another user's order is a 404."""
-    return await service.show_order(session, settings, user.user_id, order_id)
+    order = await service.show_order(session, user.user_id, order_id)
+    return await present_order(session, order, settings)

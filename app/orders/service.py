@@ -6,14 +6,11 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.config import Settings
 from app.errors import NotFound, ValidationFailed
 from app.models.orders import ORDER_STATUSES, Order
 from app.orders import repository
-from app.orders.presenter import present_order, present_orders
-from app.orders.schemas import OrderOut
-from app.pagination import decode_cursor, encode_cursor
-from app.schemas import Page, as_utc
+from app.pagination import Slice, before_id, slice_by_id
+from app.schemas import as_utc
 
 
 async def get_user_order(session: AsyncSession, user_id: str, order_id: str) -> Order:
@@ -24,17 +21,14 @@ async def get_user_order(session: AsyncSession, user_id: str, order_id: str) -> 
     return order
 
 
-async def show_order(
-    session: AsyncSession, settings: Settings, user_id: str | None, order_id: str
-) -> OrderOut:
-    """One order; `user_id=None` for an admin, who sees every user's."""
-    if user_id is None:
-        order = await repository.get_order(session, order_id)
-        if order is None:
-            raise NotFound(f"No order {order_id}.")
-    else:
-        order = await get_user_order(session, user_id, order_id)
-    return await present_order(session, order, settings)
+async def show_order(session: AsyncSession, user_id: str | None, order_id: str) -> Order:
+    """One order, or 404; `user_id=None` for an admin, who sees every user's."""
+    if user_id is not None:
+        return await get_user_order(session, user_id, order_id)
+    order = await repository.get_order(session, order_id)
+    if order is None:
+        raise NotFound(f"No order {order_id}.")
+    return order
 
 
 def _check_statuses(statuses: list[str] | None) -> list[str] | None:
@@ -55,7 +49,6 @@ def _as_utc(value: datetime | None) -> datetime | None:
 
 async def list_orders(
     session: AsyncSession,
-    settings: Settings,
     *,
     user_id: str | None,
     statuses: list[str] | None,
@@ -63,7 +56,7 @@ async def list_orders(
     created_to: datetime | None,
     cursor: str | None,
     limit: int,
-) -> Page[OrderOut]:
+) -> Slice[Order]:
     """A page of orders, newest first."""
     # Normalised before comparing: a naive and an aware datetime cannot be compared.
     created_from, created_to = _as_utc(created_from), _as_utc(created_to)
@@ -72,18 +65,13 @@ async def list_orders(
             "created_from must be before created_to.",
             errors=[{"field": "created_to", "message": "must be after created_from"}],
         )
-    before_id = str(decode_cursor(cursor, 1)[0]) if cursor else None
     rows = await repository.list_orders(
         session,
         user_id=user_id,
         statuses=_check_statuses(statuses),
         created_from=created_from,
         created_to=created_to,
-        before_id=before_id,
+        before_id=before_id(cursor),
         limit=limit,
     )
-    page = rows[:limit]
-    return Page[OrderOut](
-        data=await present_orders(session, page, settings),
-        next_cursor=encode_cursor(page[-1].id) if len(rows) > limit and page else None,
-    )
+    return slice_by_id(rows, limit)

@@ -13,18 +13,12 @@ from app.webhooks.registry import WebhookContext, handles
     "checkout.session.async_payment_succeeded",
     "checkout.session.async_payment_failed",
     "checkout.session.expired",
-)
-async def on_checkout_session(ctx: WebhookContext, event: dict[str, Any]) -> str:
-    """A Checkout Session was paid (now or later), failed to be paid, or expired."""
-    return await apply_event(ctx.maker, ctx.settings, ctx.stripe, event)
-
-
-@handles(
     "payment_intent.succeeded",
     "payment_intent.processing",
     "payment_intent.payment_failed",
     "payment_intent.canceled",
 )
-async def on_payment_intent(ctx: WebhookContext, event: dict[str, Any]) -> str:
-    """A PaymentIntent succeeded, started processing, had an attempt fail, or was canceled."""
+async def on_payment(ctx: WebhookContext, event: dict[str, Any]) -> str:
+    """A Checkout Session was paid (now or later), failed to be paid, or expired; a
+    PaymentIntent succeeded, started processing, had an attempt fail, or was canceled."""
     return await apply_event(ctx.maker, ctx.settings, ctx.stripe, event)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -24,6 +25,7 @@ from app.auth import Principal
 from app.config import Settings
 from app.db import session_scope
 from app.errors import (
+    Conflict,
     IdempotencyConflict,
     NotFound,
     OrderNotResumable,
@@ -65,6 +67,8 @@ from app.stripe_gateway.payments import (
 )
 
 log = structlog.get_logger(__name__)
+
+ConflictT = TypeVar("ConflictT", bound=Conflict)
 
 CHECKOUT_EXPIRY_MARGIN = timedelta(minutes=2)
 """Stripe wants `expires_at` 30 minutes to 24 hours after it creates the session; the margin
@@ -230,16 +234,30 @@ async def load_order(
     return order
 
 
-def not_resumable(order: Order) -> OrderNotResumable:
+def status_refusal(
+    order: Order, error: type[ConflictT], *, paid: str, processing: str, other: str
+) -> ConflictT:
+    """The 409 for an order whose status refuses what was asked (`other` may name the status
+    as `{status}`)."""
     if order.flagged_reason:
         detail = "The payment of this order is under review."
     elif order.status in PAID_STATUSES:
-        detail = "The order is paid already."
+        detail = paid
     elif order.status == OrderStatus.PROCESSING:
-        detail = "The payment is being processed; it cannot be changed now."
+        detail = processing
     else:
-        detail = f"The order is {order.status}; start a new top-up."
-    return OrderNotResumable(detail, order_id=order.id, order_status=order.status)
+        detail = other.format(status=order.status)
+    return error(detail, order_id=order.id, order_status=order.status)
+
+
+def not_resumable(order: Order) -> OrderNotResumable:
+    return status_refusal(
+        order,
+        OrderNotResumable,
+        paid="The order is paid already.",
+        processing="The payment is being processed; it cannot be changed now.",
+        other="The order is {status}; start a new top-up.",
+    )
 
 
 async def payable(

@@ -12,7 +12,7 @@ from app.deps import SessionMakerDep, SettingsDep, StripeDep
 from app.errors import NotFound, PaymentsNotConfigured, RateLimited, RefundNotEligible
 from app.openapi import problem_responses
 from app.orders.router import OrderId
-from app.pagination import DEFAULT_LIMIT, MAX_LIMIT, encode_cursor
+from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from app.rate_limits import rate_limited
 from app.refunds import service
 from app.refunds.schemas import RefundRequestIn, RefundRequestOut, refund_request_out
@@ -58,10 +58,8 @@ async def list_my_refund_requests(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
 ) -> Page[RefundRequestOut]:
     """The caller's refund requests, newest first."""
-    rows, last = await service.list_requests(
+    requests = await service.list_requests(
         session, user_id=user.user_id, statuses=None, order_id=order_id, cursor=cursor, limit=limit
     )
-    return Page[RefundRequestOut](
-        data=[refund_request_out(r) for r in rows],
-        next_cursor=encode_cursor(last) if last else None,
-    )
+    data, next_cursor = requests.render(refund_request_out)
+    return Page[RefundRequestOut](data=data, next_cursor=next_cursor)

@@ -46,7 +46,7 @@ from app.models.orders import Order, OrderStatus
 from app.models.refunds import REFUND_REQUEST_STATUSES, RefundRequest, RefundRequestStatus
 from app.money import micros_to_cents, usd_to_micros
 from app.orders import repository as orders_repository
-from app.pagination import decode_cursor
+from app.pagination import Slice, before_id, slice_by_id
 from app.refunds import repository
 from app.refunds.eligibility import REASONS, Eligibility, check_amount, refund_eligibility
 from app.refunds.events import record_refund, reverse_request_debit
@@ -382,17 +382,15 @@ async def list_requests(
     cursor: str | None,
     limit: int,
     attention: bool | None = None,
-) -> tuple[list[RefundRequest], str | None]:
-    """A page of requests, newest first, and the id to continue after."""
-    before_id = str(decode_cursor(cursor, 1)[0]) if cursor else None
+) -> Slice[RefundRequest]:
+    """A page of requests, newest first."""
     rows = await repository.list_requests(
         session,
         user_id=user_id,
         statuses=check_statuses(statuses),
         order_id=order_id,
-        before_id=before_id,
+        before_id=before_id(cursor),
         limit=limit,
         attention=attention,
     )
-    page = rows[:limit]
-    return page, (page[-1].id if len(rows) > limit and page else None)
+    return slice_by_id(rows, limit)

@@ -4,25 +4,39 @@ transaction, so stale, repeated and reordered events all end in Stripe's current
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import session_scope
 from app.orders import repository as orders_repository
 from app.refunds.events import record_dispute, record_refund
-from app.stripe_gateway import StripeObjectNotFound
+from app.stripe_gateway import StripeJSON, StripeObjectNotFound
 from app.webhooks.registry import WebhookContext, handles
+
+
+async def _reread_and_apply(
+    ctx: WebhookContext,
+    event: dict[str, Any],
+    retrieve: Callable[[str], Awaitable[StripeJSON]],
+    apply: Callable[[AsyncSession, StripeJSON], Awaitable[str]],
+) -> str:
+    """Read the event's object from Stripe (no transaction open), then apply it in a short
+    transaction."""
+    sent = event["data"]["object"]
+    try:
+        current = await retrieve(str(sent["id"]))
+    except StripeObjectNotFound:
+        return f"ignored: the {sent.get('object', 'object')} is unknown at Stripe"
+    async with session_scope(ctx.maker) as session:
+        return await apply(session, current)
 
 
 @handles("refund.created", "refund.updated", "refund.failed")
 async def on_refund(ctx: WebhookContext, event: dict[str, Any]) -> str:
     """A refund was created, changed status, or failed: apply the refund as Stripe has it."""
-    sent = event["data"]["object"]
-    try:
-        refund = await ctx.stripe.retrieve_refund(str(sent["id"]))
-    except StripeObjectNotFound:
-        return "ignored: the refund is unknown at Stripe"
-    async with session_scope(ctx.maker) as session:
-        return await record_refund(session, refund)
+    return await _reread_and_apply(ctx, event, ctx.stripe.retrieve_refund, record_refund)
 
 
 @handles("charge.refunded")
@@ -62,10 +76,4 @@ async def on_charge_refunded(ctx: WebhookContext, event: dict[str, Any]) -> str:
 async def on_dispute(ctx: WebhookContext, event: dict[str, Any]) -> str:
     """An inquiry or a chargeback opened, changed, was decided, or moved money: apply the
     dispute as Stripe has it now."""
-    sent = event["data"]["object"]
-    try:
-        dispute = await ctx.stripe.retrieve_dispute(str(sent["id"]))
-    except StripeObjectNotFound:
-        return "ignored: the dispute is unknown at Stripe"
-    async with session_scope(ctx.maker) as session:
-        return await record_dispute(session, dispute)
+    return await _reread_and_apply(ctx, event, ctx.stripe.retrieve_dispute, record_dispute)
