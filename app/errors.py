@@ -42,7 +42,7 @@ from http import HTTPStatus
 from typing import Any
 
 import structlog
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, routing
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
@@ -350,7 +350,21 @@ async def _http_exception_handler(request: Request, exc: Exception) -> JSONRespo
     code = _HTTP_CODES.get(status, "http_error")
     title = HTTPStatus(status).phrase
     detail = exc.detail if isinstance(exc.detail, str) and exc.detail != title else None
-    return problem_response(status, code, title, detail, headers=dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if status == 405:
+        headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
+    return problem_response(status, code, title, detail, headers=headers)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the path answers: Starlette names only the first route that matched it, and
+    a path can have several (`PUT` and `DELETE` of one resource are two routes)."""
+    methods: set[str] = set()
+    for context in routing.iter_route_contexts(request.app.routes):
+        regex = getattr(context, "path_regex", None)
+        if regex is not None and regex.match(request.url.path):
+            methods |= set(getattr(context, "methods", None) or ())
+    return ", ".join(sorted(methods))
 
 
 DATABASE_RETRY_AFTER_SECONDS = 1

@@ -105,3 +105,20 @@ async def test_unknown_route_and_method_are_problems(client: httpx.AsyncClient) 
 async def test_the_request_id_is_generated_when_absent(client: httpx.AsyncClient) -> None:
     response = await client.get("/healthz")
     assert len(response.headers["x-request-id"]) == 32
+
+
+@pytest.mark.parametrize(
+    ("path", "allowed"),
+    [
+        ("/v1/spend-limits/account", "DELETE, PUT"),
+        ("/v1/alerts", "GET, PUT"),
+        ("/v1/orders/ord_x", "GET"),
+    ],
+)
+async def test_a_405_names_every_method_of_the_path(
+    client: httpx.AsyncClient, path: str, allowed: str
+) -> None:
+    # make fuzz found it: a path served by two routes (PUT and DELETE) named only the first.
+    response = await client.request("OPTIONS", path)
+    assert response.status_code == 405
+    assert response.headers["Allow"] == allowed

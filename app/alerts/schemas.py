@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, StrictBool, field_validator
 
 from app.money import parse_amount
 from app.schemas import AmountText, StrictModel
@@ -21,7 +21,7 @@ class AlertsIn(StrictModel):
         ),
         examples=[["5.00", "1.00"]],
     )
-    email: bool = Field(description="Send notifications by email too (to the JWT's address).")
+    email: StrictBool = Field(description="Send notifications by email too (to the JWT's address).")
 
     @field_validator("low_balance_thresholds")
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 
 from app.schemas import AmountText, CleanStr, StrictModel
 
@@ -13,7 +13,7 @@ from app.schemas import AmountText, CleanStr, StrictModel
 class AutoTopupIn(StrictModel):
     """The whole auto top-up setting (a PUT replaces it)."""
 
-    enabled: bool = Field(
+    enabled: StrictBool = Field(
         description="`true` enables it, and is the only way to lift a pause; `false` disables it."
     )
     threshold: AmountText = Field(

@@ -91,8 +91,9 @@ async def admin_set_limit(
         actor=actor,
         action="spend_limit_set",
         subject_type="spend_limit",
-        subject_id=f"{user_id}:{scope}",
-        details={"limit": out.limit, "period": out.period},
+        # The user id alone fills the column (255); the scope goes in the details.
+        subject_id=user_id,
+        details={"scope": scope, "limit": out.limit, "period": out.period},
     )
     return out
 
@@ -105,7 +106,8 @@ async def admin_remove_limit(session: AsyncSession, actor: str, user_id: str, sc
         actor=actor,
         action="spend_limit_removed",
         subject_type="spend_limit",
-        subject_id=f"{user_id}:{scope}",
+        subject_id=user_id,
+        details={"scope": scope},
     )
 
 

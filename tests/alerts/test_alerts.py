@@ -99,6 +99,18 @@ async def test_invalid_thresholds_are_a_422(
     assert response.json()["code"] == "validation_error"
 
 
+@pytest.mark.parametrize(
+    ("path", "field"), [("/v1/alerts", "email"), ("/v1/auto-topup", "enabled")]
+)
+async def test_a_number_is_not_a_boolean(
+    client: httpx.AsyncClient, user_headers: Headers, path: str, field: str
+) -> None:
+    # make fuzz found it: `"email": 0` was taken as false.
+    response = await client.put(path, json={field: 0}, headers=user_headers("user-1"))
+    assert response.status_code == 422, response.text
+    assert any(e["field"].endswith(field) for e in response.json()["errors"]), response.text
+
+
 async def test_each_threshold_fires_once_per_crossing_and_re_arms_on_recovery(
     client: httpx.AsyncClient,
     user_headers: Headers,
