@@ -87,7 +87,8 @@ async def _cancel(
     order_id = order.id
     if order.status in CLOSED_UNPAID_STATUSES:
         return await _present(maker, settings, order_id)
-    if order.status != OrderStatus.PENDING:
+    if order.status != OrderStatus.PENDING or order.kind == "auto":
+        # An auto top-up's order is the charging job's: it is paid or closed by it.
         raise _not_cancelable(order)
     obj: StripeJSON | None = None
     if order.mode == "checkout" and order.stripe_checkout_session_id:

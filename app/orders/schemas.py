@@ -27,7 +27,10 @@ class OrderOut(BaseModel):
     id: str
     user_id: str
     status: str
-    mode: str
+    kind: str = Field(
+        description="`manual` (a top-up started in the portal) or `auto` (an auto top-up)."
+    )
+    mode: str = Field(description="`elements`, `checkout`, or `off_session` (auto top-ups).")
     amount: str = Field(examples=["20.00"])
     currency: str = CURRENCY
     created_at: datetime
@@ -44,7 +47,7 @@ class OrderOut(BaseModel):
 
 def is_resumable(order: Order, now: datetime) -> bool:
     """A pending order whose Stripe object still accepts payment (as far as we know)."""
-    if order.status != "pending" or order.flagged_reason:
+    if order.status != "pending" or order.flagged_reason or order.kind == "auto":
         return False
     if order.mode == "checkout":
         return order.checkout_expires_at is not None and order.checkout_expires_at > now
@@ -57,6 +60,7 @@ def order_out(order: Order, eligibility: Eligibility, now: datetime) -> OrderOut
         id=order.id,
         user_id=order.user_id,
         status=order.status,
+        kind=order.kind,
         mode=order.mode,
         amount=format_amount(order.amount_micros),
         currency=order.currency,
