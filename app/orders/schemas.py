@@ -47,7 +47,7 @@ class OrderOut(BaseModel):
 
 def is_resumable(order: Order, now: datetime) -> bool:
     """A pending order whose Stripe object still accepts payment (as far as we know)."""
-    if order.status != "pending" or order.flagged_reason or order.kind == "auto":
+    if order.status != "pending" or order.flagged_reason:
         return False
     if order.mode == "checkout":
         return order.checkout_expires_at is not None and order.checkout_expires_at > now

@@ -274,7 +274,13 @@ async def payable(
     object first if it does not exist yet. 409 `ordernot_resumable` (after applying what
     Stripe said) when it can no longer be paid."""
     order = await load_order(maker, None, order_id)
-    if order.status != OrderStatus.PENDING or order.flagged_reason or order.kind == OrderKind.AUTO:
+    if (
+        order.status != OrderStatus.PENDING
+        or order.flagged_reason
+        or (order.kind == OrderKind.AUTO and order.stripe_payment_intent_id is None)
+    ):
+        # (An auto order is payable on-session only once its off-session charge asked for the
+        # customer: `authentication_required` leaves its PaymentIntent to be paid here.)
         raise not_resumable(order)
     if has_stripe_object(order):
         obj = await _read_object(stripe, order)

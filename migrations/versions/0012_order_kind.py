@@ -1,4 +1,5 @@
-"""Orders gain `kind` (`manual` | `auto`), `save_card`, and the `off_session` mode (issue 12).
+"""Orders gain `kind` (`manual` | `auto`), `save_card`, and the `off_session` mode; auto top-up
+attempts gain the charging job's lease (issue 12).
 
 Revision ID: 0012
 Revises: 0011
@@ -9,6 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+import app.models.base
+
 revision: str = "0012"
 down_revision: str | None = "0011"
 branch_labels: str | Sequence[str] | None = None
@@ -16,6 +19,12 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("auto_topups") as batch:
+        batch.add_column(
+            sa.Column(
+                "lease_until", app.models.base.UTCDateTime(timezone=True), nullable=True
+            )
+        )
     with op.batch_alter_table("orders") as batch:
         batch.add_column(
             sa.Column("kind", sa.String(length=8), server_default="manual", nullable=False)
@@ -44,3 +53,5 @@ def downgrade() -> None:
         )
         batch.drop_column("save_card")
         batch.drop_column("kind")
+    with op.batch_alter_table("auto_topups") as batch:
+        batch.drop_column("lease_until")

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auto_topup import outcomes
 from app.auto_topup.rules import MIN_ATTEMPT_SPACING
-from app.auto_topup.trigger import auto_topup_ctes, record_if_crossed
+from app.auto_topup.trigger import auto_topup_ctes
 from app.config import Settings
 from app.db import session_scope
 from app.ids import new_id
@@ -56,18 +56,17 @@ async def _debit(
 ) -> str | None:
     async with session_scope(maker) as session:
         reference = f"usage:{new_id('req')}"
-        result = await post(
+        # `post()` runs the trigger in its transaction.
+        await post(
             session,
             reference=reference,
             kind="usage",
             legs=[Leg.wallet(user_id, -amount_micros), Leg.account("usage", amount_micros)],
         )
-        wallet = result.wallet(user_id)
-        assert wallet is not None
-        after = wallet.balance_micros - wallet.held_micros
-        return await record_if_crossed(
-            session, user_id, after + amount_micros, after, trigger_reference=reference
+        recorded = await session.scalar(
+            select(AutoTopup.id).where(AutoTopup.trigger_reference == reference)
         )
+        return recorded
 
 
 async def _attempts(maker: async_sessionmaker[AsyncSession], user_id: str = "user-1") -> list[Any]:
