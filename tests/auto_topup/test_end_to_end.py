@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.db import session_scope
+from app.db import AUTO_TOPUP_KICK, session_scope
 from app.jobs.auto_topup import charge_auto_topups
 from app.models.base import utcnow
 from app.models.ledger import LedgerTransaction
@@ -22,6 +22,7 @@ from app.models.notifications import Notification
 from app.models.orders import Order
 from app.models.payment_methods import AutoTopup, AutoTopupSettings
 from app.notifications.delivery import deliver_notifications
+from app.usage.repository import PostgresUsageStore
 from tests.ledger.helpers import debit, deposit
 from tests.notifications.servers import SmtpSink, WebhookReceiver
 from tests.purchase.helpers import pay
@@ -424,3 +425,28 @@ async def test_a_hundred_concurrent_gateway_debits_record_one_auto_topup(
     [order] = await auto_orders(session_maker)
     assert order.status == "paid"
     assert await available(client, headers) == "35.000000"
+
+
+async def test_a_committed_crossing_starts_its_charge_at_once(
+    app: Any,
+    client: httpx.AsyncClient,
+    user_headers: Headers,
+    gateway_headers: dict[str, str],
+    session_maker: Maker,
+    stripe_peer: StripePeer,
+) -> None:
+    # What `create_app` wires when jobs run in the instance (they are off in tests).
+    kicked: list[set[str]] = []
+    session_maker.kw["info"] = {AUTO_TOPUP_KICK: kicked.append}
+    store = app.state.usage_store
+    if isinstance(store, PostgresUsageStore):
+        store.on_auto_topup = kicked.append
+    headers = user_headers(USER)
+    card_id = await save_card(client, headers, session_maker, stripe_peer)
+    await enable(client, headers, card_id)
+    await spend(client, gateway_headers, 5_000_000)
+    assert kicked == []
+    await spend(client, gateway_headers, 6_000_000)  # crosses: after its commit, one kick
+    assert kicked == [{USER}]
+    await spend(client, gateway_headers, 1_000_000)  # in flight already: nothing recorded
+    assert kicked == [{USER}]
