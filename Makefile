@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install run sandbox-pay test test-postgres test-sqlite check format migrate openapi fuzz bench verify clean
+.PHONY: install run sandbox-pay sandbox-card test test-postgres test-sqlite check format migrate openapi fuzz bench verify clean
 
 .tools/bin/uv:
 	$(PYTHON) -m venv .tools
@@ -32,6 +32,11 @@ run: install
 ORDER ?=
 sandbox-pay: install
 	$(BIN)/python -m dev.sandbox pay $(ORDER) $(if $(DECLINE),--decline)
+
+# `make sandbox-card USER_ID=<user_id> BEHAVIOR=declined [CODE=insufficient_funds]`: the user's saved
+# card declines (or needs `authentication`, or `succeeds` again) the next time it is charged.
+sandbox-card: install
+	$(BIN)/python -m dev.sandbox card $(USER_ID) $(BEHAVIOR) $(if $(CODE),--decline-code $(CODE))
 
 test: install
 	$(MAKE) --no-print-directory check

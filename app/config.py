@@ -142,6 +142,9 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: float = Field(default=60.0, gt=0)
     reconcile_min_age_seconds: float = Field(default=180.0, ge=0)
     hold_expiry_interval_seconds: float = Field(default=15.0, gt=0)
+    auto_topup_interval_seconds: float = Field(default=30.0, gt=0)
+    """How often the auto top-up job charges recorded attempts (a debit that records one also
+    starts a charge at once in the background; the job is the safety net)."""
 
     # Notifications (issue 12): email over SMTP and signed webhooks, sent by the
     # `notifications` job from the outbox; a channel without its setting is skipped.

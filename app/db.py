@@ -166,8 +166,10 @@ async def session_scope(
     maker: async_sessionmaker[AsyncSession],
 ) -> AsyncIterator[AsyncSession]:
     """One transaction: commit on success, roll back on any exception."""
-    async with maker() as session, session.begin():
-        yield session
+    async with maker() as session:
+        async with session.begin():
+            yield session
+        after_commit(session)
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -182,6 +184,23 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
             raise
         else:
             await session.commit()
+            after_commit(session)
+
+
+AUTO_TOPUPS_RECORDED = "auto_topups_recorded"
+"""`session.info` key: users for whom this transaction recorded an auto top-up attempt."""
+AUTO_TOPUP_KICK = "auto_topup_kick"
+"""`session.info` key (given to every session through the maker, when jobs run in this
+instance): starts charging the auto top-ups a committed transaction recorded."""
+
+
+def after_commit(session: AsyncSession) -> None:
+    """After a commit: start charging the auto top-ups it recorded (an accelerator; the
+    periodic job is the safety net)."""
+    users = session.info.pop(AUTO_TOPUPS_RECORDED, None)
+    kick = session.info.get(AUTO_TOPUP_KICK)
+    if users and kick is not None:
+        kick(users)
 
 
 # scope="function" runs the dependency's exit (the commit) right after the endpoint returns,

@@ -21,8 +21,10 @@ from app.auth.jwt import JwtVerifier
 from app.auth.service_tokens import ServiceTokenVerifier
 from app.auto_topup.router import router as auto_topup_router
 from app.config import Settings, get_settings
-from app.db import create_engine, create_session_maker, is_postgres_url
+from app.db import AUTO_TOPUP_KICK, create_engine, create_session_maker, is_postgres_url
 from app.errors import install_error_handlers
+from app.jobs.auto_topup import charge_auto_topups
+from app.jobs.auto_topup import kick as kick_auto_topups
 from app.jobs.holds import expire_holds
 from app.jobs.reconcile import run_reconciler
 from app.jobs.runner import Job, JobRunner
@@ -100,6 +102,13 @@ def _jobs(app: FastAPI, settings: Settings) -> list[Job]:
     )
     jobs.append(
         Job(
+            "auto_topup",
+            settings.auto_topup_interval_seconds,
+            lambda: charge_auto_topups(app.state.session_maker, app.state.stripe, settings),
+        )
+    )
+    jobs.append(
+        Job(
             "notifications",
             settings.notify_interval_seconds,
             lambda: deliver_notifications(app.state.session_maker, app.state.notifier),
@@ -169,6 +178,15 @@ def create_app(settings: Settings | None = None) -> BillingApp:
         app.state.usage_store = store
         gateway.start(store, app.state.service_token_verifier, app.state.jwt_verifier)
         runner = JobRunner(_jobs(app, settings) if settings.jobs_enabled else [])
+        if settings.jobs_enabled:
+            # A debit that recorded an auto top-up starts its charge at once, after its commit
+            # (`app.db.after_commit`; the gateway's PostgreSQL store calls it itself).
+            def kick(users: set[str]) -> None:
+                kick_auto_topups(maker, app.state.stripe, settings, users)
+
+            maker.kw["info"] = {AUTO_TOPUP_KICK: kick}
+            if isinstance(store, PostgresUsageStore):
+                store.on_auto_topup = kick
         app.state.job_runner = runner  # `app.serve` stops it while requests drain
         runner.start()
         try:

@@ -31,6 +31,7 @@ from app.db import create_engine, create_session_maker, session_scope
 from app.logs import configure_logging
 from app.money import format_amount
 from app.orders.repository import get_order
+from app.payment_methods.repository import list_active
 
 ROOT = Path(__file__).resolve().parent.parent
 SANDBOX_DIR = ROOT / ".sandbox"
@@ -165,7 +166,7 @@ async def pay(order_id: str, *, decline: bool) -> int:
     card = "pm_card_chargeDeclined" if decline else "pm_card_visa"
     if order.mode == "checkout" and order.stripe_checkout_session_id:
         path = f"/_test/checkout/sessions/{order.stripe_checkout_session_id}/pay"
-    elif order.mode == "elements" and order.stripe_payment_intent_id:
+    elif order.mode != "checkout" and order.stripe_payment_intent_id:
         path = f"/_test/payment_intents/{order.stripe_payment_intent_id}/pay"
     else:
         say(f"order {order_id} has no Stripe payment yet (status {order.status})")
@@ -194,6 +195,54 @@ async def pay(order_id: str, *, decline: bool) -> int:
     return 0
 
 
+CARD_BEHAVIORS = ("declined", "authentication", "succeeds")
+
+
+async def card_behavior(
+    user_id: str, *, behavior: str, decline_code: str | None, payment_method_id: str | None
+) -> int:
+    """Make the user's saved card (the newest, or `payment_method_id`) behave so the next
+    charge of it — an auto top-up — is declined (`decline_code`, e.g. `insufficient_funds`:
+    soft; `expired_card`: hard), needs `authentication` (off-session: `authentication_required`),
+    or `succeeds` again. The sandbox's `/_test/payment_methods/{id}/behavior`."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    state = _sandbox_state()
+    if state is None:
+        say("no sandbox is running: start one with `make run` (without Stripe keys)")
+        return 2
+    if payment_method_id is None:
+        settings = Settings(environment="local", database_url=state["database_url"])
+        engine = create_engine(settings)
+        try:
+            async with session_scope(create_session_maker(engine)) as session:
+                cards = await list_active(session, user_id, after=None, limit=1)
+        finally:
+            await engine.dispose()
+        if not cards:
+            say(f'{user_id} has no saved card: buy with "save_card": true first')
+            return 1
+        payment_method_id = cards[0].id
+    try:
+        async with httpx.AsyncClient(base_url=state["api_base"], timeout=10) as http:
+            response = await http.post(
+                f"/_test/payment_methods/{payment_method_id}/behavior",
+                json={"behavior": behavior, "decline_code": decline_code},
+            )
+    except httpx.HTTPError:
+        say(f"the sandbox at {state['api_base']} does not answer; is `make run` still running?")
+        return 2
+    if response.status_code >= 400:
+        say(f"the sandbox refused: {response.text}")
+        return 1
+    what = {
+        "declined": f"is declined ({decline_code or 'generic_decline'})",
+        "authentication": "needs authentication (off-session: authentication_required)",
+        "succeeds": "succeeds",
+    }[behavior]
+    say(f"from now on charging {payment_method_id} {what}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m dev.sandbox",
@@ -203,8 +252,28 @@ def main(argv: list[str] | None = None) -> int:
     pay_parser = sub.add_parser("pay", help="pay an order's PaymentIntent or Checkout Session")
     pay_parser.add_argument("order_id")
     pay_parser.add_argument("--decline", action="store_true", help="with a card that is declined")
+    card_parser = sub.add_parser(
+        "card", help="make a saved card decline (or need authentication) the next time"
+    )
+    card_parser.add_argument("user_id", help="whose newest saved card (e.g. the demo user)")
+    card_parser.add_argument("behavior", choices=CARD_BEHAVIORS)
+    card_parser.add_argument(
+        "--decline-code",
+        default=None,
+        help="with `declined`: insufficient_funds (soft, retried) or expired_card (hard, pauses)",
+    )
+    card_parser.add_argument("--payment-method", default=None, help="a pm_… id instead")
     args = parser.parse_args(argv)
     configure_logging(json=False)
+    if args.action == "card":
+        return asyncio.run(
+            card_behavior(
+                args.user_id,
+                behavior=args.behavior,
+                decline_code=args.decline_code,
+                payment_method_id=args.payment_method,
+            )
+        )
     return asyncio.run(pay(args.order_id, decline=args.decline))
 
 

@@ -31,8 +31,20 @@ from __future__ import annotations
 from app.notifications.sql import NEW_NOTIFICATION_ID
 
 
-def balance_alert_ctes(source: str, *, now: str = "now()") -> str:
-    """The three CTEs (no leading `WITH`, no trailing comma) for the relation `source`."""
+def balance_alert_ctes(source: str, *, now: str = "now()", rises: bool = True) -> str:
+    """The three CTEs (no leading `WITH`, no trailing comma) for the relation `source`.
+    `rises=False` for a statement that can only lower the balance (a debit, a reserve): its
+    `alert_rearmed` is empty without touching the table (less work while the wallet is locked)."""
+    rearm = (
+        f"""UPDATE balance_alerts a SET armed = true, rearmed_at = {now}
+    FROM {source} s
+    WHERE a.user_id = s.user_id AND NOT a.armed
+      AND s.available_after > s.available_before
+      AND a.threshold_micros <= s.available_after
+    RETURNING a.user_id, a.threshold_micros"""
+        if rises
+        else "SELECT NULL::text AS user_id, NULL::bigint AS threshold_micros WHERE false"
+    )
     return f"""alert_fired AS (
     UPDATE balance_alerts a SET armed = false, fired_at = {now}
     FROM {source} s
@@ -41,12 +53,7 @@ def balance_alert_ctes(source: str, *, now: str = "now()") -> str:
       AND a.threshold_micros > s.available_after
     RETURNING a.user_id, a.threshold_micros, s.available_after
 ), alert_rearmed AS (
-    UPDATE balance_alerts a SET armed = true, rearmed_at = {now}
-    FROM {source} s
-    WHERE a.user_id = s.user_id AND NOT a.armed
-      AND s.available_after > s.available_before
-      AND a.threshold_micros <= s.available_after
-    RETURNING a.user_id, a.threshold_micros
+    {rearm}
 ), alert_notified AS (
     INSERT INTO notifications (id, user_id, type, data, created_at)
     SELECT {NEW_NOTIFICATION_ID}, f.user_id, 'balance.low',

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auto_topup import repository, rules, service
 from app.ids import new_id
-from app.models.payment_methods import AutoTopup
+from app.models.payment_methods import AutoTopup, AutoTopupSettings
 from app.notifications import events
 from app.notifications.service import enqueue
 
@@ -37,6 +37,7 @@ async def apply_success(
     attempt.status = "succeeded"
     attempt.order_id = order_id
     attempt.completed_at = now
+    attempt.lease_until = None
     settings = await repository.get_settings_for_update(session, attempt.user_id)
     if settings is not None:
         settings.soft_declines = 0
@@ -71,6 +72,7 @@ async def apply_decline(
     attempt.status = "failed"
     attempt.failure_code = stripe_code
     attempt.decline_code = decline_code
+    attempt.lease_until = None
     attempt.payment_intent_id = payment_intent_id or attempt.payment_intent_id
     attempt.completed_at = now
     settings = await repository.get_settings_for_update(session, attempt.user_id)
@@ -139,6 +141,7 @@ async def skip_over_monthly_limit(session: AsyncSession, attempt_id: str, *, now
     attempt.status = "skipped"
     attempt.failure_code = "monthly_limit"
     attempt.completed_at = now
+    attempt.lease_until = None
     await enqueue(
         session,
         user_id=attempt.user_id,
@@ -150,3 +153,65 @@ async def skip_over_monthly_limit(session: AsyncSession, attempt_id: str, *, now
         ),
     )
     return True
+
+
+async def cancel(session: AsyncSession, attempt: AutoTopup, *, reason: str, now: datetime) -> None:
+    """The attempt will not be charged (auto top-up no longer active, the balance recovered,
+    the card is gone): it leaves the in-flight slot."""
+    attempt.status = "canceled"
+    attempt.failure_code = reason[:64]
+    attempt.completed_at = now
+    attempt.lease_until = None
+
+
+async def start_charge(
+    session: AsyncSession,
+    attempt: AutoTopup,
+    settings: AutoTopupSettings,
+    *,
+    order_id: str,
+    lease_until: datetime,
+    now: datetime,
+) -> None:
+    """The attempt is being charged as `order_id` (committed before the Stripe call): it counts
+    as the user's last attempt for the 10-minute spacing from now on."""
+    attempt.status = "processing"
+    attempt.order_id = order_id
+    attempt.lease_until = lease_until
+    settings.last_attempt_at = now
+
+
+def extend_lease(attempt: AutoTopup, lease_until: datetime) -> None:
+    """A run repeats a processing attempt's call: its claim moves on."""
+    attempt.lease_until = lease_until
+
+
+async def fail_refused(
+    session: AsyncSession,
+    attempt_id: str,
+    *,
+    stripe_code: str | None,
+    paused_reason: rules.PausedReason,
+    now: datetime,
+) -> None:
+    """Stripe refused the charge without declining the card (a card detached at Stripe, a
+    request it will never accept): the attempt fails and auto top-up pauses, so it cannot loop."""
+    attempt = await _attempt(session, attempt_id)
+    attempt.status = "failed"
+    attempt.failure_code = (stripe_code or "refused")[:64]
+    attempt.completed_at = now
+    attempt.lease_until = None
+    await enqueue(
+        session,
+        user_id=attempt.user_id,
+        type="auto_topup.failed",
+        data=events.auto_topup_failed(
+            auto_topup_id=attempt.id,
+            order_id=attempt.order_id,
+            amount_micros=attempt.amount_micros,
+            code=stripe_code,
+            decline_code=None,
+            next_attempt_at=None,
+        ),
+    )
+    await service.pause(session, attempt.user_id, paused_reason)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -66,3 +66,47 @@ async def insert_pending_attempt(
         .returning(AutoTopup.id)
     )
     return (await session.execute(stmt)).first() is not None
+
+
+async def attempt_id_of_order(session: AsyncSession, order_id: str) -> str | None:
+    """The attempt an auto order belongs to."""
+    stmt = select(AutoTopup.id).where(AutoTopup.order_id == order_id)
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def claim_due_attempts(
+    session: AsyncSession,
+    *,
+    now: datetime,
+    limit: int,
+    user_id: str | None = None,
+    exclude: set[str] | None = None,
+) -> list[AutoTopup]:
+    """Attempts the charging job may take now, locked (FOR UPDATE SKIP LOCKED, so concurrent
+    runs take disjoint rows): pending ones, and processing ones whose lease lapsed (an answer
+    never applied: the same call is repeated under the same key)."""
+    stmt = (
+        select(AutoTopup)
+        .where(
+            or_(
+                AutoTopup.status == "pending",
+                and_(
+                    AutoTopup.status == "processing",
+                    or_(AutoTopup.lease_until.is_(None), AutoTopup.lease_until <= now),
+                ),
+            )
+        )
+        .order_by(AutoTopup.created_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    if user_id is not None:
+        stmt = stmt.where(AutoTopup.user_id == user_id)
+    if exclude:
+        stmt = stmt.where(AutoTopup.id.not_in(sorted(exclude)))
+    return list((await session.scalars(stmt)).all())
+
+
+async def get_attempt_for_update(session: AsyncSession, attempt_id: str) -> AutoTopup | None:
+    stmt = select(AutoTopup).where(AutoTopup.id == attempt_id).with_for_update()
+    return (await session.scalars(stmt)).first()

@@ -33,7 +33,8 @@ HARD_DECLINE_CODES = frozenset(
     }
 )
 SOFT_DECLINE_BACKOFF = (timedelta(hours=1), timedelta(hours=6), timedelta(hours=24))
-PAUSE_AFTER_SOFT_DECLINES = 3
+PAUSE_AFTER_SOFT_DECLINES = 4
+"""The first decline and three retries: every delay of `SOFT_DECLINE_BACKOFF` is used once."""
 MIN_ATTEMPT_SPACING = timedelta(minutes=10)
 
 DeclineKind = Literal["hard", "soft"]

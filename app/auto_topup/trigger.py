@@ -12,6 +12,7 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auto_topup import repository, rules
+from app.db import AUTO_TOPUPS_RECORDED
 from app.ids import new_id
 from app.models.base import utcnow
 
@@ -47,7 +48,10 @@ async def record_if_crossed(
         trigger_reference=trigger_reference,
         now=utcnow(),
     )
-    return attempt_id if recorded else None
+    if not recorded:
+        return None
+    session.info.setdefault(AUTO_TOPUPS_RECORDED, set()).add(user_id)
+    return attempt_id
 
 
 def auto_topup_ctes(source: str, *, reference: str = "NULL", now: str = "now()") -> str:

@@ -24,6 +24,7 @@ from app.db import session_scope
 from app.errors import PaymentProviderUnavailable
 from app.metrics import observe_reconcile
 from app.models.base import utcnow
+from app.models.orders import OrderKind
 from app.orders import repository as orders_repository
 from app.orders.fulfillment import RefreshOutcome, refresh_order
 from app.orders.state import PENDING_STATUSES, OrderStatus, transition
@@ -134,7 +135,13 @@ async def _check(
         locked = await orders_repository.find_order(session, order_id=order_id, for_update=True)
         assert locked is not None
         now = utcnow()
-        if outcome == RefreshOutcome.NO_STRIPE_OBJECT and locked.status == OrderStatus.PENDING:
+        if (
+            outcome == RefreshOutcome.NO_STRIPE_OBJECT
+            and locked.status == OrderStatus.PENDING
+            and locked.kind != OrderKind.AUTO
+        ):
+            # (An auto top-up's order without a PaymentIntent is the charging job's: it makes the
+            # charge, or retries it under the same key, and closes the order itself.)
             if now - locked.created_at > stripe_call_bound(settings):
                 # Its creation call got no answer and was never retried: nobody holds a client
                 # secret or a Checkout URL for it, so nothing can be paid. Close it.

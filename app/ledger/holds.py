@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.errors import IdempotencyConflict, InvalidStateTransition, NotFound
 from app.ledger import holds_repository as repository
 from app.ledger import repository as ledger_repository
+from app.ledger.balance_events import balance_changed
 from app.ledger.holds_repository import HoldRow
 from app.ledger.repository import WalletRow
 from app.ledger.service import Leg, insufficient_balance, post
@@ -79,6 +80,13 @@ async def reserve(
         # The hold row goes with the rollback of the request's transaction (or savepoint).
         current = await ledger_repository.get_wallet(session, user_id)
         raise insufficient_balance(current.available_micros if current else 0, amount_micros)
+    await balance_changed(
+        session,
+        user_id,
+        wallet.available_micros + amount_micros,
+        wallet.available_micros,
+        reference=f"hold:{hold_id}",
+    )
     return HoldResult(hold, wallet, replayed=False)
 
 
@@ -109,6 +117,7 @@ async def capture(
         return await _resolved_before(session, hold_id, "captured", resolution_hash)
     if amount_micros == 0:
         wallet = await repository.release_held(session, hold.user_id, hold.amount_micros)
+        await _released(session, hold_id, hold.user_id, hold.amount_micros, wallet)
         return HoldResult(hold, wallet, replayed=False)
     posted = await post(
         session,
@@ -153,7 +162,22 @@ async def release(
     if hold is None:
         return await _resolved_before(session, hold_id, "released", resolution_hash)
     wallet = await repository.release_held(session, hold.user_id, hold.amount_micros)
+    await _released(session, hold_id, hold.user_id, hold.amount_micros, wallet)
     return HoldResult(hold, wallet, replayed=False)
+
+
+async def _released(
+    session: AsyncSession, hold_id: str, user_id: str, amount_micros: int, wallet: WalletRow | None
+) -> None:
+    """A reservation given back: the available balance rose (alerts re-arm)."""
+    if wallet is not None:
+        await balance_changed(
+            session,
+            user_id,
+            wallet.available_micros - amount_micros,
+            wallet.available_micros,
+            reference=f"hold:{hold_id}",
+        )
 
 
 async def expire_due(session: AsyncSession, *, now: datetime, limit: int) -> list[HoldRow]:
@@ -168,7 +192,8 @@ async def expire_due(session: AsyncSession, *, now: datetime, limit: int) -> lis
         per_user[hold.user_id] += hold.amount_micros
     # Wallets in user-id order, as every multi-wallet writer takes them.
     for user_id in sorted(per_user):
-        await repository.release_held(session, user_id, per_user[user_id])
+        wallet = await repository.release_held(session, user_id, per_user[user_id])
+        await _released(session, "expired", user_id, per_user[user_id], wallet)
     return expired
 
 

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.db import is_postgres
 from app.errors import InsufficientBalance, ValidationFailed
 from app.ledger import repository, statement_repository
+from app.ledger.balance_events import balance_changed
 from app.ledger.repository import WalletRow
 from app.ledger.schemas import BalanceOut, TransactionOut
 from app.ledger.statement_repository import StatementLine
@@ -129,8 +130,13 @@ async def post(
     owner = user_id or (wallet_users[0] if wallet_users else None)
     now = utcnow()
 
-    def posted(txn_id: str, wallets: dict[str, WalletRow]) -> PostResult:
+    async def posted(txn_id: str, wallets: dict[str, WalletRow]) -> PostResult:
         observe_posting(kind, (leg.amount_micros for leg in legs))
+        for leg in legs:
+            if leg.user_id is not None and leg.user_id in wallets:
+                after = wallets[leg.user_id].available_micros
+                before = after - leg.amount_micros + leg.held_delta_micros
+                await balance_changed(session, leg.user_id, before, after, reference=reference)
         transaction = LedgerTransaction(
             id=txn_id,
             reference=reference,
@@ -167,7 +173,7 @@ async def post(
             return await _replay(session, reference, kind, wallet_users)
         if done.wallet is None:
             raise await _not_covered(session, debit)
-        return posted(done.transaction_id, {debit.user_id: done.wallet})
+        return await posted(done.transaction_id, {debit.user_id: done.wallet})
 
     txn_id = await repository.insert_transaction(
         session,
@@ -210,7 +216,7 @@ async def post(
                 }
             )
     await repository.insert_entries(session, entries)
-    return posted(txn_id, wallets)
+    return await posted(txn_id, wallets)
 
 
 async def transfer(

@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, CheckConstraint, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, utcnow
@@ -28,6 +28,24 @@ class OrderStatus(StrEnum):
 
 
 ORDER_STATUSES = tuple(OrderStatus)
+
+
+class OrderKind(StrEnum):
+    """Who started the order: the user in the portal, or auto top-up (issue 12)."""
+
+    MANUAL = "manual"
+    AUTO = "auto"
+
+
+class OrderMode(StrEnum):
+    """How the order is paid."""
+
+    ELEMENTS = "elements"
+    """A PaymentIntent paid in a Stripe Elements popup."""
+    CHECKOUT = "checkout"
+    """A hosted Stripe Checkout page."""
+    OFF_SESSION = "off_session"
+    """A saved card charged with the customer away (auto top-up orders only)."""
 
 
 def one_of(column: str, values: Iterable[str]) -> str:
@@ -57,8 +75,10 @@ class Order(Base):
             "refunded_micros >= 0 AND refunded_micros <= amount_micros",
             name="refunded_within_amount",
         ),
-        CheckConstraint("mode IN ('elements', 'checkout')", name="mode_known"),
+        CheckConstraint(one_of("mode", OrderMode), name="mode_known"),
         CheckConstraint(one_of("status", OrderStatus), name="status_known"),
+        CheckConstraint(one_of("kind", OrderKind), name="kind_known"),
+        CheckConstraint("kind = 'auto' OR mode != 'off_session'", name="off_session_is_auto"),
         UniqueConstraint("user_id", "idempotency_key", name="uq_orders_user_id_idempotency_key"),
         Index("ix_orders_user_id_id", "user_id", "id"),
         Index("ix_orders_status_created_at", "status", "created_at"),
@@ -69,7 +89,15 @@ class Order(Base):
     email: Mapped[str | None] = mapped_column(String(320))
     status: Mapped[str] = mapped_column(String(24), default=OrderStatus.PENDING)
     mode: Mapped[str] = mapped_column(String(16))
-    """`elements` (PaymentIntent + Stripe Elements) or `checkout` (hosted Checkout Session)."""
+    """`elements` (PaymentIntent + Stripe Elements), `checkout` (hosted Checkout Session) or
+    `off_session` (a saved card charged by auto top-up)."""
+    kind: Mapped[str] = mapped_column(
+        String(8), default=OrderKind.MANUAL, server_default=OrderKind.MANUAL.value
+    )
+    """`manual` (the user's top-up in the portal) or `auto` (an auto top-up attempt's)."""
+    save_card: Mapped[bool] = mapped_column(default=False, server_default=text("false"))
+    """The user asked to save the card (`setup_future_usage=off_session`); a Stripe argument,
+    so it lives on the row and every retry sends the same."""
     amount_micros: Mapped[int]
     """The top-up amount in micro-USD; always a whole number of cents."""
     currency: Mapped[str] = mapped_column(String(3), default="usd")

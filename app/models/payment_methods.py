@@ -121,3 +121,6 @@ class AutoTopup(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     completed_at: Mapped[datetime | None]
+    lease_until: Mapped[datetime | None]
+    """While `processing`: the charging job's claim; once it lapses with no answer applied (an
+    outage, a crash), the next run repeats the same call under the same idempotency key."""

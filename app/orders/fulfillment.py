@@ -23,11 +23,16 @@ from typing import Any
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.auto_topup import outcomes as auto_topup_outcomes
+from app.auto_topup import repository as auto_topup_repository
 from app.config import Settings
 from app.db import session_scope
 from app.ledger.service import transfer
-from app.models.orders import Order
+from app.models.base import utcnow
+from app.models.orders import Order, OrderKind
 from app.money import micros_to_cents
+from app.notifications import events
+from app.notifications.service import enqueue
 from app.orders import repository as orders_repository
 from app.orders.state import (
     CLOSED_UNPAID_STATUSES,
@@ -36,6 +41,7 @@ from app.orders.state import (
     OrderStatus,
     transition,
 )
+from app.payment_methods.service import record_saved_card, saved_card_of_payment_intent
 from app.stripe_gateway import (
     StripeGateway,
     StripeJSON,
@@ -216,7 +222,38 @@ async def _credit(
     moved = transition(order, OrderStatus.PAID, reason=PAID_AFTER_CLOSE if closed else source)
     assert moved, f"{order.status} -> paid"
     bound.info("order_paid", replayed=result.replayed, amount_micros=order.amount_micros)
+    await _after_credit(session, order, payment)
     return "credited"
+
+
+async def _after_credit(session: AsyncSession, order: Order, payment: StripePayment) -> None:
+    """In the crediting transaction (once: the order just became paid): record the card the
+    payment saved (read from the PaymentIntent already at hand, no Stripe call), and tell the
+    user — `topup.succeeded`, or for an auto top-up's order the attempt's success
+    (`auto_topup.succeeded`, which also ends its backoff)."""
+    saved = saved_card_of_payment_intent(payment.payment_intent) if payment.payment_intent else None
+    if saved is not None:
+        await record_saved_card(session, order.user_id, saved)
+    if order.kind == OrderKind.AUTO:
+        attempt_id = await auto_topup_repository.attempt_id_of_order(session, order.id)
+        if attempt_id is not None:
+            await auto_topup_outcomes.apply_success(
+                session,
+                attempt_id,
+                order_id=order.id,
+                receipt_url=order.receipt_url,
+                now=utcnow(),
+            )
+            return
+    await enqueue(
+        session,
+        user_id=order.user_id,
+        type="topup.succeeded",
+        data=events.topup_succeeded(
+            order_id=order.id, amount_micros=order.amount_micros, receipt_url=order.receipt_url
+        ),
+        email=order.email,
+    )
 
 
 # -- the four doors ------------------------------------------------------------------------------

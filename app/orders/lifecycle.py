@@ -88,12 +88,15 @@ async def _cancel(
     order_id = order.id
     if order.status in CLOSED_UNPAID_STATUSES:
         return await _present(maker, settings, order_id)
-    if order.status != OrderStatus.PENDING:
+    if order.status != OrderStatus.PENDING or (
+        order.kind == "auto" and order.stripe_payment_intent_id is None
+    ):
+        # An auto top-up's order is the charging job's: it is paid or closed by it.
         raise _not_cancelable(order)
     obj: StripeJSON | None = None
     if order.mode == "checkout" and order.stripe_checkout_session_id:
         obj = await stripe.expire_checkout_session(order.stripe_checkout_session_id)
-    elif order.mode == "elements" and order.stripe_payment_intent_id:
+    elif order.mode != "checkout" and order.stripe_payment_intent_id:
         obj = await stripe.cancel_payment_intent(order.stripe_payment_intent_id)
     async with session_scope(maker) as session:
         locked = await orders_repository.find_order(session, order_id=order_id, for_update=True)

@@ -27,7 +27,10 @@ class OrderOut(BaseModel):
     id: str
     user_id: str
     status: str
-    mode: str
+    kind: str = Field(
+        description="`manual` (a top-up started in the portal) or `auto` (an auto top-up)."
+    )
+    mode: str = Field(description="`elements`, `checkout`, or `off_session` (auto top-ups).")
     amount: str = Field(examples=["20.00"])
     currency: str = CURRENCY
     created_at: datetime
@@ -57,6 +60,7 @@ def order_out(order: Order, eligibility: Eligibility, now: datetime) -> OrderOut
         id=order.id,
         user_id=order.user_id,
         status=order.status,
+        kind=order.kind,
         mode=order.mode,
         amount=format_amount(order.amount_micros),
         currency=order.currency,

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import is_postgres
 from app.models.base import utcnow
-from app.models.orders import Order, StripeCustomer, StripeEvent
+from app.models.orders import Order, OrderKind, StripeCustomer, StripeEvent
 from app.orders.state import PENDING_STATUSES
 
 
@@ -34,10 +34,15 @@ async def get_order_by_idempotency_key(
 
 
 async def list_pending_orders(session: AsyncSession, user_id: str, *, limit: int) -> list[Order]:
-    """The user's pending and processing orders, newest first."""
+    """The user's pending and processing portal orders, newest first (auto top-up orders do not
+    count toward the pending-order cap)."""
     stmt = (
         select(Order)
-        .where(Order.user_id == user_id, Order.status.in_(PENDING_STATUSES))
+        .where(
+            Order.user_id == user_id,
+            Order.status.in_(PENDING_STATUSES),
+            Order.kind == OrderKind.MANUAL,
+        )
         .order_by(Order.id.desc())
         .limit(limit)
     )

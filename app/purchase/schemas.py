@@ -29,6 +29,11 @@ class PurchaseOptionsOut(BaseModel):
     publishable_key: str | None = Field(description="For Stripe Elements (`pk_…`).")
     max_pending_orders: int = Field(description="Unpaid orders a user may have at once.")
     checkout_ttl_minutes: int = Field(description="How long a Checkout page stays payable.")
+    save_card_consent: str = Field(
+        description="What the portal must show next to the `save_card` box: the card may be "
+        "charged later without the user present (auto top-up), for what amount, and how to "
+        "cancel."
+    )
 
 
 class PurchaseIn(StrictModel):
@@ -37,6 +42,11 @@ class PurchaseIn(StrictModel):
     amount: AmountText
     """USD with at most 2 decimals, a preset or between `min` and `max`."""
     mode: PaymentMode
+    save_card: bool = Field(
+        default=False,
+        description="Save the card for auto top-up (`setup_future_usage=off_session`); show "
+        "`save_card_consent` from `GET /v1/purchase/options` first.",
+    )
 
 
 class ElementsPaymentOut(BaseModel):

@@ -39,8 +39,9 @@ from app.idempotency import hash_request
 from app.ids import new_id
 from app.metrics import observe_rate_limited
 from app.models.base import utcnow
-from app.models.orders import Order
+from app.models.orders import Order, OrderKind
 from app.money import format_amount, micros_to_cents, parse_amount, usd_to_micros
+from app.notifications.service import remember_email
 from app.orders import repository as orders_repository
 from app.orders.fulfillment import apply_payment, expected_livemode
 from app.orders.presenter import present_order
@@ -75,6 +76,18 @@ CHECKOUT_EXPIRY_MARGIN = timedelta(minutes=2)
 keeps a retry of the same request (same `expires_at`) inside that range for a while."""
 
 
+SAVE_CARD_CONSENT = (
+    "Save this card for automatic top-ups. If you turn on auto top-up, we will charge this card "
+    "without asking you each time (unscheduled charges) whenever your available balance falls "
+    "below the threshold you choose: each charge is the top-up amount you set (between {min} "
+    "and {max} USD), and never more than your monthly limit in a calendar month (UTC). You can "
+    "turn auto top-up off or remove this card at any time under Billing > Payment methods; "
+    "removing it stops all future charges."
+)
+"""The consent the portal shows next to `save_card` (unscheduled charges, the amount rule and how
+to cancel); `GET /v1/purchase/options` returns it with the bounds filled in."""
+
+
 def purchase_options(settings: Settings, stripe: StripeGateway) -> PurchaseOptionsOut:
     """Presets within the bounds, the bounds, and how the portal may pay."""
     low, high = usd_to_micros(settings.topup_min), usd_to_micros(settings.topup_max)
@@ -87,6 +100,7 @@ def purchase_options(settings: Settings, stripe: StripeGateway) -> PurchaseOptio
         publishable_key=settings.stripe_publishable_key,
         max_pending_orders=settings.max_pending_orders,
         checkout_ttl_minutes=settings.checkout_ttl_minutes,
+        save_card_consent=SAVE_CARD_CONSENT.format(min=format_amount(low), max=format_amount(high)),
     )
 
 
@@ -136,9 +150,13 @@ async def start_purchase(
     if not stripe.configured:
         raise PaymentsNotConfigured("Payments are not configured on this server.")
     amount_micros = parse_topup_amount(body.amount, settings)
-    request_hash = hash_request({"amount_micros": amount_micros, "mode": body.mode})
+    request_hash = hash_request(
+        {"amount_micros": amount_micros, "mode": body.mode}
+        | ({"save_card": True} if body.save_card else {})
+    )
     async with session_scope(maker) as session:
         await repository.lock_user_purchases(session, user.user_id)
+        await remember_email(session, user.user_id, user.email)
         order = (
             await repository.get_order_by_idempotency_key(session, user.user_id, idempotency_key)
             if idempotency_key
@@ -167,7 +185,9 @@ async def start_purchase(
                 user_id=user.user_id,
                 email=user.email,
                 status=OrderStatus.PENDING,
+                kind=OrderKind.MANUAL,
                 mode=body.mode,
+                save_card=body.save_card,
                 amount_micros=amount_micros,
                 currency="usd",
                 idempotency_key=idempotency_key,
@@ -272,7 +292,13 @@ async def payable(
     object first if it does not exist yet. 409 `ordernot_resumable` (after applying what
     Stripe said) when it can no longer be paid."""
     order = await load_order(maker, None, order_id)
-    if order.status != OrderStatus.PENDING or order.flagged_reason:
+    if (
+        order.status != OrderStatus.PENDING
+        or order.flagged_reason
+        or (order.kind == OrderKind.AUTO and order.stripe_payment_intent_id is None)
+    ):
+        # (An auto order is payable on-session only once its off-session charge asked for the
+        # customer: `authentication_required` leaves its PaymentIntent to be paid here.)
         raise not_resumable(order)
     if has_stripe_object(order):
         obj = await _read_object(stripe, order)
@@ -370,6 +396,7 @@ async def _create_call(
             cancel_url=f"{portal}/purchase?order_id={order.id}",
             expires_at=int(checkout_expires_at(order, settings).timestamp()),
             idempotency_key=order.stripe_idempotency_key,
+            setup_future_usage="off_session" if order.save_card else None,
         )
     return await stripe.create_payment_intent(
         order_id=order.id,
@@ -379,6 +406,7 @@ async def _create_call(
         receipt_email=order.email,
         currency=order.currency,
         idempotency_key=order.stripe_idempotency_key,
+        setup_future_usage="off_session" if order.save_card else None,
     )
 
 

@@ -15,6 +15,8 @@ from app.models.base import utcnow
 from app.models.orders import Order
 from app.models.refunds import Dispute, RefundRequest, RefundRequestStatus, StripeRefund
 from app.money import cents_to_micros
+from app.notifications import events
+from app.notifications.service import enqueue
 from app.orders import repository as orders_repository
 from app.orders import state as order_state
 from app.orders.state import OrderStatus
@@ -52,6 +54,24 @@ async def reverse_request_debit(
     )
     transition(request, RefundRequestStatus.FAILED, reason=reason)
     request.failure_reason = reason[:500]
+
+
+async def _succeeded(
+    session: AsyncSession, request: RefundRequest, order: Order, refund_id: str
+) -> None:
+    """The request's refund succeeded at Stripe: mark it, and tell the user once
+    (`refund.succeeded`, in this transaction)."""
+    if transition(request, RefundRequestStatus.SUCCEEDED, reason=f"refund {refund_id}"):
+        await enqueue(
+            session,
+            user_id=order.user_id,
+            type="refund.succeeded",
+            data=events.refund_succeeded(
+                refund_request_id=request.id,
+                order_id=order.id,
+                amount_micros=request.amount_micros,
+            ),
+        )
 
 
 async def _order_for(session: AsyncSession, obj: dict[str, Any]) -> Order | None:
@@ -128,7 +148,7 @@ async def record_refund(session: AsyncSession, refund: dict[str, Any]) -> str:
             request.stripe_status = status
             request.next_attempt_at = None
             if status == "succeeded":
-                transition(request, RefundRequestStatus.SUCCEEDED, reason=f"refund {refund_id}")
+                await _succeeded(session, request, order, refund_id)
         await session.flush()
         return "refund recorded" if request else "external refund debited"
 
@@ -158,7 +178,7 @@ async def record_refund(session: AsyncSession, refund: dict[str, Any]) -> str:
                 details={"order_id": order.id, "stripe_refund_id": refund_id},
             )
     elif status == "succeeded" and request is not None:
-        transition(request, RefundRequestStatus.SUCCEEDED, reason=f"refund {refund_id}")
+        await _succeeded(session, request, order, refund_id)
     await session.flush()
     return f"refund {previous} -> {status}"
 

@@ -38,6 +38,9 @@ class StripePayment:
     receipt_url: str | None = None
     failure_code: str | None = None
     failure_message: str | None = None
+    payment_intent: StripeJSON | None = dataclasses.field(default=None, compare=False, repr=False)
+    """The PaymentIntent as read (`latest_charge` expanded when it was), for what else it says
+    (e.g. the card it saved); None when only its id was known."""
 
 
 def _int(value: Any) -> int | None:
@@ -93,6 +96,7 @@ def payment_from_payment_intent(pi: StripeJSON) -> StripePayment:
         payment_intent_id=str(pi["id"]),
         **_charge_fields(pi.get("latest_charge")),
         **failure,
+        payment_intent=pi,
     )
 
 
@@ -126,6 +130,7 @@ def payment_from_checkout_session(cs: StripeJSON) -> StripePayment:
         checkout_session_id=str(cs["id"]),
         **charge,
         **failure,
+        payment_intent=pi,
     )
 
 

@@ -14,8 +14,9 @@ ORM's `ledger.post()` and `ledger.holds`, which serve the embedded SQLite defaul
   update in one statement (see `app.usage.batch`). Concurrent batches cannot deadlock (wallets in
   one order, headers inserted in reference order); a race on a reference is retried.
 
-Room for what comes next (spend limits, auto top-up triggers): each is one more CTE of the debit's
-statement, reading the wallet CTE's result, not another round trip.
+Spend limits, low-balance alerts and the auto top-up trigger are more CTEs of the same statement,
+reading the wallet CTE's result (`crossing`: the available balance before and after), not
+another round trip.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ import asyncpg
 import structlog
 from sqlalchemy.engine import make_url
 
+from app.alerts.sql import balance_alert_ctes
+from app.auto_topup.trigger import auto_topup_ctes
 from app.errors import (
     IdempotencyConflict,
     InsufficientBalance,
@@ -129,6 +132,16 @@ def _window_of(period: str, moment: str) -> str:
     return f"CASE {period} WHEN 'total' THEN {_EPOCH} ELSE {truncated} END"
 
 
+def _crossing_ctes(now: str, reference: str, *, rises: bool = False) -> str:
+    """The alerts' crossing rule and the auto top-up trigger, reading a `crossing` CTE
+    (`user_id`, `available_before`, `available_after`) of the same statement: for a user with
+    neither, index probes that find nothing (`app/alerts/sql.py`, `app/auto_topup/trigger.py`)."""
+    return (
+        f"{balance_alert_ctes('crossing', now=now, rises=rises)}, "
+        f"{auto_topup_ctes('crossing', reference=reference, now=now)}"
+    )
+
+
 _DEBIT = f"""
 WITH existing AS (
     SELECT id, request_hash FROM ledger_transactions WHERE reference = $1
@@ -174,24 +187,29 @@ WITH existing AS (
         (user_id, transaction_id, request_id, api_key_id, model, input_tokens, output_tokens,
          amount_micros, balance_after_micros, created_at)
     SELECT $3, txn.id, $12, $8, $13, $14, $15, $4, wallet.balance_micros, $7 FROM txn, wallet
-)
+), crossing AS (
+    SELECT user_id, balance_micros - held_micros + $4::bigint AS available_before,
+           balance_micros - held_micros AS available_after
+    FROM wallet
+), {_crossing_ctes("$7", "$1")}
 SELECT 'applied' AS outcome, id, user_id, balance_micros, held_micros,
        NULL::text AS txn_id, NULL::text AS request_hash,
        (SELECT min(remaining) FROM spend) AS remaining,
        NULL::text AS scope, NULL::text AS period, NULL::bigint AS limit_micros,
-       NULL::bigint AS spent, NULL::timestamptz AS window_start
+       NULL::bigint AS spent, NULL::timestamptz AS window_start,
+       EXISTS (SELECT 1 FROM autotopup_recorded) AS auto_topup
 FROM wallet
 UNION ALL
 SELECT 'replayed', a.id, a.user_id, a.balance_micros, a.held_micros, e.id, e.request_hash,
-       NULL, NULL, NULL, NULL, NULL, NULL
+       NULL, NULL, NULL, NULL, NULL, NULL, false
 FROM existing e LEFT JOIN accounts a ON a.user_id = $3
 UNION ALL
 SELECT 'limited', NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-       r.scope, r.period, r.limit_micros, r.spent, r.current_window
+       r.scope, r.period, r.limit_micros, r.spent, r.current_window, false
 FROM refused r
 UNION ALL
 SELECT 'insufficient', a.id, a.user_id, a.balance_micros, a.held_micros, NULL, NULL,
-       NULL, NULL, NULL, NULL, NULL, NULL
+       NULL, NULL, NULL, NULL, NULL, NULL, false
 FROM accounts a
 WHERE a.user_id = $3 AND NOT EXISTS (SELECT 1 FROM existing)
   AND NOT EXISTS (SELECT 1 FROM wallet) AND NOT EXISTS (SELECT 1 FROM refused)
@@ -242,7 +260,11 @@ WITH existing AS (
                        expires_at, created_at, api_key_id)
     SELECT $1, wallet.id, $2, $3, 'active', $4, $5::json, $6, $7, $8 FROM wallet
     RETURNING {_HOLD_COLUMNS}
-)
+), crossing AS (
+    SELECT user_id, balance_micros - held_micros + $3::bigint AS available_before,
+           balance_micros - held_micros AS available_after
+    FROM wallet
+), {_crossing_ctes("$7", "'hold:' || $1")}
 SELECT 'reserved' AS outcome, {_h("h")}, w.id AS wallet_id, w.user_id AS wallet_user,
        w.balance_micros, w.held_micros, (SELECT min(remaining) FROM spend) AS remaining,
        NULL::text AS scope, NULL::text AS period, NULL::bigint AS limit_micros,
@@ -334,7 +356,13 @@ WITH hold AS (
     SELECT hold.user_id, txn.id, hold.id, hold.api_key_id, $10, $11, $12, $2,
            wallet.balance_micros, $4
     FROM txn, hold, wallet
-)
+), crossing AS (
+    SELECT wallet.user_id,
+           wallet.balance_micros - wallet.held_micros + $2::bigint - hold.amount_micros
+               AS available_before,
+           wallet.balance_micros - wallet.held_micros AS available_after
+    FROM wallet, hold
+), {_crossing_ctes("$4", "'hold:' || $1", rises=True)}
 SELECT {_h("h")}, w.id, w.user_id, w.balance_micros, w.held_micros,
        (SELECT remaining FROM remaining)
 FROM hold h, wallet w
@@ -350,7 +378,12 @@ WITH hold AS (
     FROM hold WHERE a.id = hold.account_id
       AND (SELECT count(*) FROM limits) >= 0  -- the limits are locked first
     RETURNING a.id, a.user_id, a.balance_micros, a.held_micros
-)
+), crossing AS (
+    SELECT wallet.user_id,
+           wallet.balance_micros - wallet.held_micros - hold.amount_micros AS available_before,
+           wallet.balance_micros - wallet.held_micros AS available_after
+    FROM wallet, hold
+), {balance_alert_ctes("crossing", now="$3")}
 SELECT {_h("h")}, w.id, w.user_id, w.balance_micros, w.held_micros,
        (SELECT remaining FROM remaining)
 FROM hold h, wallet w
@@ -409,7 +442,14 @@ WITH txn AS (
     UPDATE accounts a SET balance_micros = a.balance_micros - w.total
     FROM unnest($10::text[], $11::bigint[]) AS w(account_id, total)
     WHERE a.id = w.account_id
-), spend AS (
+    RETURNING a.user_id, a.balance_micros, a.held_micros, w.total
+), crossing AS (
+    -- Per user: the available balance before the batch's first debit and after its last
+    -- (debits only go down, so that is the crossing of each threshold, once).
+    SELECT user_id, balance_micros - held_micros + total AS available_before,
+           balance_micros - held_micros AS available_after
+    FROM wallets
+), {_crossing_ctes("$8", "NULL")}, spend AS (
     UPDATE spend_limits s SET window_start = c.window_start, spent_micros = c.spent
     FROM unnest($12::text[], $13::timestamptz[], $14::bigint[]) AS c(id, window_start, spent)
     WHERE s.id = c.id
@@ -467,6 +507,9 @@ class PostgresUsageStore:
         self._pool = pool
         self.clock = clock
         """Now: what `created_at` and the spend limits' windows are read from (tests move it)."""
+        self.on_auto_topup: Callable[[set[str]], None] | None = None
+        """Called after a debit recorded an auto top-up attempt (its statement committed): the
+        charging job's accelerator. Other statements leave theirs to the periodic job."""
 
     @classmethod
     async def open(cls, database_url: str, *, max_size: int) -> PostgresUsageStore:
@@ -525,6 +568,8 @@ class PostgresUsageStore:
         if outcome == "applied":
             _USAGE_POSTED.inc()
             _USAGE_MICROS.inc(debit.amount_micros)
+            if row[13] and self.on_auto_topup is not None:
+                self.on_auto_topup({debit.user_id})
             return Debited(txn_id, debit.request_hash, False, wallet, tightest(row[7]))
         if outcome == "replayed":
             LEDGER_TRANSACTIONS.labels(USAGE_KIND, "replayed").inc()

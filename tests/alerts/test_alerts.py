@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.alerts.service import apply_balance_change
@@ -37,20 +37,25 @@ async def _balance_low(
 async def _move(
     maker: async_sessionmaker[AsyncSession], user_id: str, amount_micros: int
 ) -> list[int]:
-    """A usage debit (negative) or an adjustment credit (positive), with the crossing rule
-    applied in its transaction, as every balance-changing path will."""
+    """A usage debit (negative) or an adjustment credit (positive); `post()` applies the
+    crossing rule in its transaction. Returns the thresholds it fired, highest first."""
     async with session_scope(maker) as session:
+        added: list[Any] = []
+        event.listen(session.sync_session, "after_attach", lambda _s, obj: added.append(obj))
         kind, account = ("usage", "usage") if amount_micros < 0 else ("adjustment", "adjustments")
-        result = await post(
+        await post(
             session,
             reference=f"{kind}:{new_id('req')}",
             kind=kind,
             legs=[Leg.wallet(user_id, amount_micros), Leg.account(account, -amount_micros)],
         )
-        wallet = result.wallet(user_id)
-        assert wallet is not None
-        after = wallet.balance_micros - wallet.held_micros
-        return await apply_balance_change(session, user_id, after - amount_micros, after)
+        # What this transaction enqueued (the session's own objects, not other debits').
+        fired = [
+            n.data["threshold_micros"]
+            for n in added
+            if isinstance(n, Notification) and n.type == "balance.low"
+        ]
+        return sorted(fired, reverse=True)
 
 
 async def _set(

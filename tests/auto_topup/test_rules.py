@@ -78,7 +78,7 @@ def test_a_hard_decline_pauses_at_once_as_card_declined() -> None:
     assert (decision.paused_reason, decision.next_attempt_at) == ("card_declined", None)
 
 
-def test_soft_declines_back_off_one_then_six_hours_and_pause_at_the_third() -> None:
+def test_soft_declines_back_off_one_six_then_24_hours_and_pause_at_the_fourth() -> None:
     first = after_decline(
         stripe_code="card_declined", decline_code="insufficient_funds", soft_declines=0, now=NOW
     )
@@ -92,9 +92,14 @@ def test_soft_declines_back_off_one_then_six_hours_and_pause_at_the_third() -> N
     third = after_decline(
         stripe_code="card_declined", decline_code="insufficient_funds", soft_declines=2, now=NOW
     )
-    assert (third.paused_reason, third.soft_declines, third.next_attempt_at) == (
+    assert (third.paused_reason, third.soft_declines) == (None, 3)
+    assert third.next_attempt_at == NOW + timedelta(hours=24)
+    fourth = after_decline(
+        stripe_code="card_declined", decline_code="insufficient_funds", soft_declines=3, now=NOW
+    )
+    assert (fourth.paused_reason, fourth.soft_declines, fourth.next_attempt_at) == (
         "card_declined",
-        3,
+        4,
         None,
     )
 

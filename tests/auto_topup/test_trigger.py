@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auto_topup import outcomes
 from app.auto_topup.rules import MIN_ATTEMPT_SPACING
-from app.auto_topup.trigger import auto_topup_ctes, record_if_crossed
+from app.auto_topup.trigger import auto_topup_ctes
 from app.config import Settings
 from app.db import session_scope
 from app.ids import new_id
@@ -56,18 +56,17 @@ async def _debit(
 ) -> str | None:
     async with session_scope(maker) as session:
         reference = f"usage:{new_id('req')}"
-        result = await post(
+        # `post()` runs the trigger in its transaction.
+        await post(
             session,
             reference=reference,
             kind="usage",
             legs=[Leg.wallet(user_id, -amount_micros), Leg.account("usage", amount_micros)],
         )
-        wallet = result.wallet(user_id)
-        assert wallet is not None
-        after = wallet.balance_micros - wallet.held_micros
-        return await record_if_crossed(
-            session, user_id, after + amount_micros, after, trigger_reference=reference
+        recorded = await session.scalar(
+            select(AutoTopup.id).where(AutoTopup.trigger_reference == reference)
         )
+        return recorded
 
 
 async def _attempts(maker: async_sessionmaker[AsyncSession], user_id: str = "user-1") -> list[Any]:
@@ -189,12 +188,12 @@ async def _pending_attempt(maker: async_sessionmaker[AsyncSession]) -> str:
     return attempt_id
 
 
-async def test_soft_declines_retry_after_the_backoff_then_pause_at_the_third(
+async def test_soft_declines_retry_after_the_backoff_then_pause_at_the_fourth(
     app: Any, session_maker: async_sessionmaker[AsyncSession]
 ) -> None:
     attempt_id = await _pending_attempt(session_maker)
     now = utcnow()
-    for n, wait in ((1, timedelta(hours=1)), (2, timedelta(hours=6))):
+    for n, wait in ((1, timedelta(hours=1)), (2, timedelta(hours=6)), (3, timedelta(hours=24))):
         async with session_scope(session_maker) as session:
             decision = await outcomes.apply_decline(
                 session,
@@ -216,20 +215,20 @@ async def test_soft_declines_retry_after_the_backoff_then_pause_at_the_third(
         assert await _debit(session_maker, "user-1", 10_000) is None
 
     async with session_scope(session_maker) as session:
-        third = await outcomes.apply_decline(
+        last = await outcomes.apply_decline(
             session,
             attempt_id,
             stripe_code="card_declined",
             decline_code="insufficient_funds",
-            payment_intent_id="pi_3",
+            payment_intent_id="pi_4",
             pay_url=None,
             now=now,
         )
-    assert third.paused_reason == "card_declined"
+    assert last.paused_reason == "card_declined"
     settings = await _settings(session_maker)
     assert (settings.status, settings.paused_reason) == ("paused", "card_declined")
-    assert [a.status for a in await _attempts(session_maker)] == ["failed"] * 3
-    assert await _types(session_maker) == ["auto_topup.failed"] * 3 + ["auto_topup.paused"]
+    assert [a.status for a in await _attempts(session_maker)] == ["failed"] * 4
+    assert await _types(session_maker) == ["auto_topup.failed"] * 4 + ["auto_topup.paused"]
     assert await _debit(session_maker, "user-1", 10_000) is None  # paused: no attempt
 
 

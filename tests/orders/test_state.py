@@ -17,7 +17,14 @@ from app.orders import state
 from app.refunds import state as refund_state
 
 APP = Path(__file__).resolve().parents[2] / "app"
-STATE_MODULES = {APP / "orders" / "state.py", APP / "refunds" / "state.py"}
+STATE_MODULES = {
+    APP / "orders" / "state.py",
+    APP / "refunds" / "state.py",
+    # Auto top-up's own state machines (an attempt's and the settings' statuses, never an
+    # order's): their owners. An auto order moves through `transition()` like any other.
+    APP / "auto_topup" / "outcomes.py",
+    APP / "auto_topup" / "service.py",
+}
 
 
 def _status_writes(tree: ast.AST) -> list[int]:

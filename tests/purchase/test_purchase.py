@@ -39,7 +39,13 @@ async def test_options_offer_presets_bounds_modes_and_the_publishable_key(
 ) -> None:
     response = await client.get("/v1/purchase/options", headers=user_headers("alice"))
     assert response.status_code == 200, response.text
-    assert response.json() == {
+    body = response.json()
+    consent = body.pop("save_card_consent")
+    for words in ("without asking you each time", "unscheduled", "1.00", "10000.00"):
+        assert words in consent
+    assert "monthly limit" in consent
+    assert "remove this card at any time" in consent
+    assert body == {
         "presets": [
             "10.00",
             "20.00",
