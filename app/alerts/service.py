@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.alerts import repository
 from app.alerts.schemas import AlertsIn, AlertsOut
-from app.ledger.repository import get_wallet
+from app.ledger.repository import get_wallet, refresh_watch
 from app.models.base import utcnow
 from app.models.notifications import BalanceAlert
 from app.money import format_amount, parse_amount
@@ -85,4 +85,5 @@ async def put_alerts(session: AsyncSession, user_id: str, body: AlertsIn) -> Ale
             )
     await notification_settings.set_email_enabled(session, user_id, body.email)
     await session.flush()
+    await refresh_watch(session, user_id)
     return await get_alerts(session, user_id)

@@ -11,6 +11,7 @@ from app.auto_topup import repository, rules
 from app.auto_topup.schemas import AutoTopupIn, AutoTopupOut
 from app.config import Settings
 from app.errors import ValidationFailed
+from app.ledger.repository import refresh_watch
 from app.models.base import utcnow
 from app.models.payment_methods import AutoTopupSettings
 from app.money import format_amount, parse_amount
@@ -109,6 +110,7 @@ async def put_auto_topup(
         row.status = "disabled"
         row.paused_reason = None
     await session.flush()
+    await refresh_watch(session, user_id)
     spent = await repository.spent_since(
         session, user_id, rules.month_start(now), include_in_flight=False
     )

@@ -12,6 +12,7 @@ from sqlalchemy import (
     String,
     Table,
     exists,
+    func,
     insert,
     literal,
     null,
@@ -263,3 +264,34 @@ async def debit_in_one_statement(
         return OneStatementDebit(None, None)
     covered = wallet_row(row[1:]) if row[1] is not None else None
     return OneStatementDebit(row[0], covered)
+
+
+async def refresh_watch(session: AsyncSession, user_id: str) -> None:
+    """Recompute the wallet's `watch_micros` from its alerts and auto top-up (creating the
+    wallet, empty, if the user has none yet: its first debit must see the watch). Called
+    whenever those settings change; a pause leaves it as it is (a watch too high only costs
+    the lookup)."""
+    from app.models.notifications import BalanceAlert
+    from app.models.payment_methods import AutoTopupSettings
+
+    thresholds = union_all(
+        select(BalanceAlert.threshold_micros.label("t")).where(BalanceAlert.user_id == user_id),
+        select(AutoTopupSettings.threshold_micros.label("t")).where(
+            AutoTopupSettings.user_id == user_id, AutoTopupSettings.status == "active"
+        ),
+    ).subquery()
+    watch = select(func.max(thresholds.c.t)).scalar_subquery()
+    ins = insert_for(session)(Account).values(
+        id=new_id("acc"),
+        kind="wallet",
+        user_id=user_id,
+        balance_micros=0,
+        held_micros=0,
+        watch_micros=watch,
+        created_at=utcnow(),
+    )
+    await session.execute(
+        ins.on_conflict_do_update(
+            index_elements=["user_id"], set_={"watch_micros": ins.excluded.watch_micros}
+        )
+    )

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, String
+from sqlalchemy import JSON, BigInteger, CheckConstraint, ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, BigIntPK, utcnow
@@ -53,6 +53,10 @@ class Account(Base):
     System accounts keep 0 here; their balance is the sum of their entries."""
     held_micros: Mapped[int] = mapped_column(default=0)
     """Wallets only: the sum of active holds. `available = balance - held`."""
+    watch_micros: Mapped[int | None] = mapped_column(BigInteger)
+    """Wallets only: the highest threshold a change of the available balance could cross (its
+    low-balance alerts and an active auto top-up), NULL when there is none. The gateway's
+    statements look the alerts and the auto top-up up only below it (`refresh_watch`)."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

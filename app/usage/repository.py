@@ -166,7 +166,7 @@ WITH existing AS (
     UPDATE accounts SET balance_micros = balance_micros - $4
     WHERE user_id = $3 AND balance_micros - held_micros >= $4
       AND NOT EXISTS (SELECT 1 FROM existing) AND NOT EXISTS (SELECT 1 FROM refused)
-    RETURNING id, user_id, balance_micros, held_micros
+    RETURNING id, user_id, balance_micros, held_micros, watch_micros
 ), spend AS (
     UPDATE spend_limits s SET window_start = c.current_window, spent_micros = c.spent + $4
     FROM counters c, wallet WHERE s.id = c.id
@@ -191,6 +191,9 @@ WITH existing AS (
     SELECT user_id, balance_micros - held_micros + $4::bigint AS available_before,
            balance_micros - held_micros AS available_after
     FROM wallet
+    -- Only a wallet with an alert or an auto top-up (`watch_micros`, their highest threshold)
+    -- can cross one: every other debit skips the lookups below.
+    WHERE watch_micros IS NOT NULL AND balance_micros - held_micros < watch_micros
 ), {_crossing_ctes("$7", "$1")}
 SELECT 'applied' AS outcome, id, user_id, balance_micros, held_micros,
        NULL::text AS txn_id, NULL::text AS request_hash,
@@ -249,7 +252,7 @@ WITH existing AS (
     UPDATE accounts SET held_micros = held_micros + $3
     WHERE user_id = $2 AND balance_micros - held_micros >= $3
       AND NOT EXISTS (SELECT 1 FROM existing) AND NOT EXISTS (SELECT 1 FROM refused)
-    RETURNING id, user_id, balance_micros, held_micros
+    RETURNING id, user_id, balance_micros, held_micros, watch_micros
 ), spend AS (
     -- An active hold counts in the window it is reserved in, until it is resolved.
     UPDATE spend_limits s SET window_start = c.current_window, spent_micros = c.spent + $3
@@ -264,6 +267,7 @@ WITH existing AS (
     SELECT user_id, balance_micros - held_micros + $3::bigint AS available_before,
            balance_micros - held_micros AS available_after
     FROM wallet
+    WHERE watch_micros IS NOT NULL AND balance_micros - held_micros < watch_micros
 ), {_crossing_ctes("$7", "'hold:' || $1")}
 SELECT 'reserved' AS outcome, {_h("h")}, w.id AS wallet_id, w.user_id AS wallet_user,
        w.balance_micros, w.held_micros, (SELECT min(remaining) FROM spend) AS remaining,
@@ -333,7 +337,7 @@ WITH hold AS (
                           held_micros = a.held_micros - hold.amount_micros
     FROM hold WHERE a.id = hold.account_id
       AND (SELECT count(*) FROM limits) >= 0  -- the limits are locked first
-    RETURNING a.id, a.user_id, a.balance_micros, a.held_micros
+    RETURNING a.id, a.user_id, a.balance_micros, a.held_micros, a.watch_micros
 ), txn AS (
     INSERT INTO ledger_transactions
         (id, reference, kind, user_id, description, request_hash, details, created_at)
@@ -362,6 +366,10 @@ WITH hold AS (
                AS available_before,
            wallet.balance_micros - wallet.held_micros AS available_after
     FROM wallet, hold
+    WHERE wallet.watch_micros IS NOT NULL AND least(
+        wallet.balance_micros - wallet.held_micros + $2::bigint - hold.amount_micros,
+        wallet.balance_micros - wallet.held_micros
+    ) < wallet.watch_micros
 ), {_crossing_ctes("$4", "'hold:' || $1", rises=True)}
 SELECT {_h("h")}, w.id, w.user_id, w.balance_micros, w.held_micros,
        (SELECT remaining FROM remaining)
@@ -377,12 +385,14 @@ WITH hold AS (
     UPDATE accounts a SET held_micros = a.held_micros - hold.amount_micros
     FROM hold WHERE a.id = hold.account_id
       AND (SELECT count(*) FROM limits) >= 0  -- the limits are locked first
-    RETURNING a.id, a.user_id, a.balance_micros, a.held_micros
+    RETURNING a.id, a.user_id, a.balance_micros, a.held_micros, a.watch_micros
 ), crossing AS (
     SELECT wallet.user_id,
            wallet.balance_micros - wallet.held_micros - hold.amount_micros AS available_before,
            wallet.balance_micros - wallet.held_micros AS available_after
     FROM wallet, hold
+    WHERE wallet.watch_micros IS NOT NULL
+      AND wallet.balance_micros - wallet.held_micros - hold.amount_micros < wallet.watch_micros
 ), {balance_alert_ctes("crossing", now="$3")}
 SELECT {_h("h")}, w.id, w.user_id, w.balance_micros, w.held_micros,
        (SELECT remaining FROM remaining)
@@ -442,13 +452,14 @@ WITH txn AS (
     UPDATE accounts a SET balance_micros = a.balance_micros - w.total
     FROM unnest($10::text[], $11::bigint[]) AS w(account_id, total)
     WHERE a.id = w.account_id
-    RETURNING a.user_id, a.balance_micros, a.held_micros, w.total
+    RETURNING a.user_id, a.balance_micros, a.held_micros, a.watch_micros, w.total
 ), crossing AS (
     -- Per user: the available balance before the batch's first debit and after its last
     -- (debits only go down, so that is the crossing of each threshold, once).
     SELECT user_id, balance_micros - held_micros + total AS available_before,
            balance_micros - held_micros AS available_after
     FROM wallets
+    WHERE watch_micros IS NOT NULL AND balance_micros - held_micros < watch_micros
 ), {_crossing_ctes("$8", "NULL")}, spend AS (
     UPDATE spend_limits s SET window_start = c.window_start, spent_micros = c.spent
     FROM unnest($12::text[], $13::timestamptz[], $14::bigint[]) AS c(id, window_start, spent)

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auto_topup import service
@@ -228,3 +229,35 @@ async def test_one_attempt_in_flight_per_user(
         session.add(
             AutoTopup(id="atu_d", user_id="user-1", amount_micros=1, payment_method_id="pm_1")
         )
+
+
+async def _watch(maker: async_sessionmaker[AsyncSession], user_id: str) -> int | None:
+    from app.models.ledger import Account
+
+    async with session_scope(maker) as session:
+        wallet = await session.scalar(select(Account).where(Account.user_id == user_id))
+        assert wallet is not None
+        return wallet.watch_micros
+
+
+async def test_the_wallets_watch_follows_its_alerts_and_auto_topup(
+    client: httpx.AsyncClient,
+    user_headers: Headers,
+    session_maker: async_sessionmaker[AsyncSession],
+) -> None:
+    """The gateway's statements look alerts and auto top-up up only below the wallet's watch:
+    it must be the highest threshold that could fire, or NULL when nothing can."""
+    headers = user_headers("user-1")
+    card = await saved_card(session_maker, user_id="user-1")
+    alerts = {"low_balance_thresholds": ["3.00", "1.00"], "email": False}
+    assert (await client.put("/v1/alerts", json=alerts, headers=headers)).status_code == 200
+    assert await _watch(session_maker, "user-1") == 3_000_000  # the wallet exists already
+    put = await client.put("/v1/auto-topup", json=_body(card.id), headers=headers)
+    assert put.status_code == 200, put.text
+    assert await _watch(session_maker, "user-1") == 5_000_000
+    off = await client.put("/v1/auto-topup", json=_body(card.id, enabled=False), headers=headers)
+    assert off.status_code == 200, off.text
+    assert await _watch(session_maker, "user-1") == 3_000_000
+    none = {"low_balance_thresholds": [], "email": False}
+    assert (await client.put("/v1/alerts", json=none, headers=headers)).status_code == 200
+    assert await _watch(session_maker, "user-1") is None
