@@ -456,11 +456,16 @@ class StripeGateway:
     async def detach_payment_method(self, payment_method_id: str) -> StripeJSON:
         """Detach a saved card from its customer, so it can never be charged again. Harmless
         to repeat: when Stripe refuses because it is not attached any more, the PaymentMethod
-        is returned as it is (`customer` None). Stripe sends `payment_method.detached`."""
+        is returned as it is (`customer` None). Stripe sends `payment_method.detached`.
+        Idempotency key `detach:<payment_method_id>`, like every write."""
+        key = f"detach:{payment_method_id}"
         try:
             return await self._call(
                 "payment_methods.detach",
-                lambda: self._v1.payment_methods.detach_async(payment_method_id),
+                lambda: self._v1.payment_methods.detach_async(
+                    payment_method_id, options={"idempotency_key": key}
+                ),
+                idempotency_key=key,
             )
         except StripeObjectNotFound:
             raise

@@ -18,17 +18,11 @@ from app.models.ledger import LedgerTransaction
 from app.models.orders import StripeCustomer
 from app.models.refunds import RefundRequest
 from app.refunds.service import RETRY_WINDOW, retry_unknown_refunds
-from tests.purchase.helpers import bought, order_row
+from tests.purchase.helpers import balance, bought, order_row
 from tests.refunds.conftest import paid_order_at_stripe
 from tests.stripe_peer.client import StripePeer
 
 Headers = Callable[..., dict[str, str]]
-
-
-async def _balance(client: httpx.AsyncClient, headers: dict[str, str]) -> str:
-    response = await client.get("/v1/balance", headers=headers)
-    assert response.status_code == 200, response.text
-    return str(response.json()["balance"])
 
 
 async def _order(client: httpx.AsyncClient, headers: dict[str, str], order_id: str) -> Any:
@@ -63,7 +57,7 @@ async def test_an_inquiry_opened_and_closed_moves_no_money_and_the_order_is_refu
     )
     assert inquiry["status"] == "warning_needs_response"
     await _deliver(stripe_peer, client, since)
-    assert await _balance(client, alice) == "20.000000"
+    assert await balance(client, alice) == "20.000000"
     shown = await _order(client, alice, order.id)
     assert shown["status"] == "paid"
     assert shown["refund_eligibility"]["eligible"] is False
@@ -79,7 +73,7 @@ async def test_an_inquiry_opened_and_closed_moves_no_money_and_the_order_is_refu
     await stripe_peer.close_dispute(inquiry["id"], status="warning_closed")
     await _deliver(stripe_peer, client, since)
     await _deliver(stripe_peer, client, since)  # Stripe's repeats change nothing
-    assert await _balance(client, alice) == "20.000000"
+    assert await balance(client, alice) == "20.000000"
     shown = await _order(client, alice, order.id)
     assert shown["status"] == "paid"
     assert shown["refund_eligibility"]["eligible"] is True
@@ -114,7 +108,7 @@ async def test_an_inquiry_escalated_and_lost_is_debited_once_and_one_won_is_cred
     for event in [*reversed(events), *events]:
         response = await stripe_peer.deliver(event, client)
         assert response.status_code == 200, response.text
-    assert await _balance(client, alice) == "10.000000"
+    assert await balance(client, alice) == "10.000000"
     assert (await _order(client, alice, lost_order.id))["status"] == "disputed"
     assert (await _order(client, alice, won_order.id))["status"] == "paid"
     kinds = await _kinds(session_maker)
@@ -174,7 +168,7 @@ async def test_a_refund_whose_answer_and_webhooks_were_lost_is_found_after_the_w
     assert [r["amount"] for r in await stripe_peer.objects("refund")] == [2000]
     creates = await stripe_peer.requests("/v1/refunds", method="POST")
     assert {r["idempotency_key"] for r in creates} == {f"refund:{approved['id']}"}
-    assert await _balance(client, alice) == "0.000000"
+    assert await balance(client, alice) == "0.000000"
     assert (await _order(client, alice, order.id))["status"] == "refunded"
 
 
@@ -206,7 +200,7 @@ async def test_a_refund_that_cannot_be_proven_before_the_window_closes_is_flagge
     assert row.next_attempt_at is None
     assert len(await stripe_peer.requests("/v1/refunds", method="POST")) == posts_before
     assert await stripe_peer.objects("refund") == []
-    assert await _balance(client, alice) == "0.000000"  # debited, for an operator to decide
+    assert await balance(client, alice) == "0.000000"  # debited, for an operator to decide
     # Retries have stopped; operators find it with the filter.
     assert (
         await retry_unknown_refunds(
@@ -257,11 +251,11 @@ async def test_refund_events_delivered_in_reverse_end_in_stripes_state(
     if outcome == "succeeded":
         assert shown["status"] == "refunded"
         assert shown["refunded_amount"] == "20.00"
-        assert await _balance(client, alice) == "0.000000"
+        assert await balance(client, alice) == "0.000000"
     else:
         assert shown["status"] == "paid"
         assert shown["refunded_amount"] == "0.00"
-        assert await _balance(client, alice) == "20.000000"
+        assert await balance(client, alice) == "20.000000"
         assert (await _kinds(session_maker))["refund_reversal"] == 1
 
 
