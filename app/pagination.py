@@ -7,10 +7,13 @@ import base64
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar, cast
+from typing import Annotated, Any, Generic, TypeVar, cast
+
+from fastapi import Depends, Query
 
 from app.errors import ValidationFailed
 from app.schemas import CONTROL_CHARACTERS as _CONTROL
+from app.schemas import CleanStr
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
@@ -82,3 +85,35 @@ def slice_by_id(rows: Sequence[T], limit: int) -> Slice[T]:
     page = list(rows[:limit])
     more = len(rows) > limit and bool(page)
     return Slice(page, encode_cursor(cast(Any, page[-1]).id) if more else None)
+
+
+@dataclass(frozen=True, slots=True)
+class PageRequest:
+    """Which page of a list a caller asks for: the one after `cursor` (a page's `next_cursor`;
+    None: the first), of at most `limit` items."""
+
+    cursor: str | None = None
+    limit: int = DEFAULT_LIMIT
+
+
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
+Cursor = Annotated[CleanStr | None, Query(max_length=200)]
+DescribedCursor = Annotated[
+    CleanStr | None, Query(max_length=200, description="`next_cursor` of a page.")
+]
+
+
+def _page_query(cursor: Cursor = None, limit: Limit = DEFAULT_LIMIT) -> PageRequest:
+    return PageRequest(cursor, limit)
+
+
+def _described_page_query(
+    cursor: DescribedCursor = None, limit: Limit = DEFAULT_LIMIT
+) -> PageRequest:
+    return PageRequest(cursor, limit)
+
+
+PageQuery = Annotated[PageRequest, Depends(_page_query)]
+"""A list route's `cursor` and `limit` query parameters (after the route's own ones)."""
+DescribedPageQuery = Annotated[PageRequest, Depends(_described_page_query)]
+"""`PageQuery` whose `cursor` is described in the OpenAPI document."""

@@ -7,10 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from app.audit import service
-from app.audit.schemas import AuditEntryOut
+from app.audit.schemas import AuditEntryOut, AuditFilter
 from app.auth import AdminUser
 from app.db import SessionDep
-from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from app.pagination import DEFAULT_LIMIT, Cursor, Limit, PageRequest
 from app.schemas import CleanStr, Page
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -23,18 +23,12 @@ async def list_audit_log(
     subject_type: Annotated[CleanStr | None, Query(max_length=32)] = None,
     subject_id: Annotated[CleanStr | None, Query(max_length=255)] = None,
     actor_user_id: Annotated[CleanStr | None, Query(max_length=255)] = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    cursor: Annotated[CleanStr | None, Query(max_length=200)] = None,
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: Cursor = None,
 ) -> Page[AuditEntryOut]:
     """Admin actions, newest first."""
-    entries = await service.list_entries(
-        session,
-        subject_type=subject_type,
-        subject_id=subject_id,
-        actor_user_id=actor_user_id,
-        cursor=cursor,
-        limit=limit,
-    )
+    filters = AuditFilter(subject_type, subject_id, actor_user_id)
+    entries = await service.list_entries(session, filters, PageRequest(cursor, limit))
     data, next_cursor = entries.render(
         lambda row: AuditEntryOut.model_validate(row, from_attributes=True)
     )

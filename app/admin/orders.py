@@ -15,8 +15,8 @@ from app.openapi import problem_responses
 from app.orders import lifecycle, service
 from app.orders.presenter import present_order, present_page
 from app.orders.router import OrderId
-from app.orders.schemas import OrderOut
-from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from app.orders.schemas import OrderFilter, OrderOut
+from app.pagination import PageQuery
 from app.schemas import CleanStr, Page, UtcDatetime
 from app.stripe_gateway import StripeRequestFailed
 
@@ -28,25 +28,17 @@ async def admin_list_orders(
     admin: AdminUser,
     session: SessionDep,
     settings: SettingsDep,
+    page: PageQuery,
     user_id: Annotated[CleanStr | None, Query(max_length=255)] = None,
     status: Annotated[
         list[Annotated[CleanStr, StringConstraints(max_length=32)]] | None, Query()
     ] = None,
     created_from: Annotated[UtcDatetime | None, Query()] = None,
     created_to: Annotated[UtcDatetime | None, Query()] = None,
-    cursor: Annotated[CleanStr | None, Query(max_length=200)] = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
 ) -> Page[OrderOut]:
     """Orders newest first, of one user (`user_id`) or of everyone."""
-    orders = await service.list_orders(
-        session,
-        user_id=user_id,
-        statuses=status,
-        created_from=created_from,
-        created_to=created_to,
-        cursor=cursor,
-        limit=limit,
-    )
+    filters = OrderFilter(user_id, status, created_from, created_to)
+    orders = await service.list_orders(session, filters, page)
     return await present_page(session, orders, settings)
 
 

@@ -12,11 +12,12 @@ from app.db import SessionDep
 from app.deps import SessionMakerDep, SettingsDep, StripeDep
 from app.errors import InvalidStateTransition, NotFound, PaymentsNotConfigured, RefundNotEligible
 from app.openapi import problem_responses
-from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from app.pagination import PageQuery
 from app.refunds import service
 from app.refunds.schemas import (
     AdminRefundRequestOut,
     DenyIn,
+    RefundRequestFilter,
     ReviewIn,
     admin_refund_request_out,
 )
@@ -31,6 +32,7 @@ RefundRequestId = Annotated[CleanStr, Path(min_length=1, max_length=64)]
 async def admin_list_refund_requests(
     admin: AdminUser,
     session: SessionDep,
+    page: PageQuery,
     status: Annotated[
         list[Annotated[CleanStr, StringConstraints(max_length=32)]] | None,
         Query(description="Filter by status (repeatable)."),
@@ -40,19 +42,10 @@ async def admin_list_refund_requests(
         bool | None,
         Query(description="true: only requests flagged for an operator; false: the others."),
     ] = None,
-    cursor: Annotated[CleanStr | None, Query(max_length=200)] = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
 ) -> Page[AdminRefundRequestOut]:
     """Every user's refund requests, newest first."""
-    requests = await service.list_requests(
-        session,
-        user_id=user_id,
-        statuses=status,
-        order_id=None,
-        cursor=cursor,
-        limit=limit,
-        attention=attention,
-    )
+    filters = RefundRequestFilter(user_id, status, attention=attention)
+    requests = await service.list_requests(session, filters, page)
     data, next_cursor = requests.render(admin_refund_request_out)
     return Page[AdminRefundRequestOut](data=data, next_cursor=next_cursor)
 

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    """Which entries a list of the audit log holds (None: any)."""
+
+    subject_type: str | None = None
+    subject_id: str | None = None
+    actor_user_id: str | None = None
 
 
 class AuditEntryOut(BaseModel):

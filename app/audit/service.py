@@ -8,9 +8,10 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import repository
+from app.audit.schemas import AuditFilter
 from app.ids import new_id
 from app.models.audit import AuditEntry
-from app.pagination import Slice, before_id, slice_by_id
+from app.pagination import PageRequest, Slice, before_id, slice_by_id
 from app.request_context import current_request_id
 
 
@@ -40,21 +41,10 @@ async def record_admin_action(
 
 
 async def list_entries(
-    session: AsyncSession,
-    *,
-    subject_type: str | None,
-    subject_id: str | None,
-    actor_user_id: str | None,
-    cursor: str | None,
-    limit: int,
+    session: AsyncSession, filters: AuditFilter, page: PageRequest
 ) -> Slice[AuditEntry]:
     """A page of entries, newest first."""
     rows = await repository.list_entries(
-        session,
-        subject_type=subject_type,
-        subject_id=subject_id,
-        actor_user_id=actor_user_id,
-        before_id=before_id(cursor),
-        limit=limit,
+        session, filters, before_id=before_id(page.cursor), limit=page.limit
     )
-    return slice_by_id(rows, limit)
+    return slice_by_id(rows, page.limit)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import is_postgres
 from app.models.orders import Order
 from app.models.refunds import OPEN_REFUND_REQUEST_STATUSES, Dispute, RefundRequest
+from app.orders.schemas import OrderFilter
 
 
 async def find_order(
@@ -55,40 +54,27 @@ async def get_user_order(
     return order if order is not None and order.user_id == user_id else None
 
 
-def _filtered(
-    stmt: Select[Order],
-    *,
-    statuses: list[str] | None,
-    created_from: datetime | None,
-    created_to: datetime | None,
-) -> Select[Order]:
-    if statuses:
-        stmt = stmt.where(Order.status.in_(statuses))
-    if created_from is not None:
-        stmt = stmt.where(Order.created_at >= created_from)
-    if created_to is not None:
-        stmt = stmt.where(Order.created_at < created_to)
+def _filtered(stmt: Select[Order], filters: OrderFilter) -> Select[Order]:
+    if filters.user_id is not None:
+        stmt = stmt.where(Order.user_id == filters.user_id)
+    if filters.statuses:
+        stmt = stmt.where(Order.status.in_(filters.statuses))
+    if filters.created_from is not None:
+        stmt = stmt.where(Order.created_at >= filters.created_from)
+    if filters.created_to is not None:
+        stmt = stmt.where(Order.created_at < filters.created_to)
     return stmt
 
 
 async def list_orders(
-    session: AsyncSession,
-    *,
-    user_id: str | None,
-    statuses: list[str] | None = None,
-    created_from: datetime | None = None,
-    created_to: datetime | None = None,
-    before_id: str | None = None,
-    limit: int,
+    session: AsyncSession, filters: OrderFilter, *, before_id: str | None = None, limit: int
 ) -> list[Order]:
     """Orders newest first (ids are time-ordered), `limit + 1` rows so the caller can tell
-    whether there is a next page; `user_id=None` lists every user's (admin)."""
+    whether there is a next page."""
     stmt = select(Order).order_by(Order.id.desc()).limit(limit + 1)
-    if user_id is not None:
-        stmt = stmt.where(Order.user_id == user_id)
     if before_id is not None:
         stmt = stmt.where(Order.id < before_id)
-    stmt = _filtered(stmt, statuses=statuses, created_from=created_from, created_to=created_to)
+    stmt = _filtered(stmt, filters)
     return list((await session.scalars(stmt)).all())
 
 

@@ -14,8 +14,8 @@ from app.errors import NotFound
 from app.openapi import problem_responses
 from app.orders import service
 from app.orders.presenter import present_order, present_page
-from app.orders.schemas import OrderOut
-from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from app.orders.schemas import OrderFilter, OrderOut
+from app.pagination import DescribedPageQuery
 from app.schemas import CleanStr, Page, UtcDatetime
 
 router = APIRouter(tags=["orders"])
@@ -24,9 +24,7 @@ StatusFilter = Annotated[
     list[Annotated[CleanStr, StringConstraints(max_length=32)]] | None,
     Query(description="Only orders in these statuses (repeatable)."),
 ]
-Cursor = Annotated[CleanStr | None, Query(max_length=200, description="`next_cursor` of a page.")]
 OrderId = Annotated[CleanStr, Path(min_length=1, max_length=64)]
-Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 CreatedFrom = Annotated[
     UtcDatetime | None, Query(description="Created at or after (ISO 8601; UTC without an offset).")
 ]
@@ -40,22 +38,14 @@ async def list_my_orders(
     user: CurrentUser,
     session: SessionDep,
     settings: SettingsDep,
+    page: DescribedPageQuery,
     status: StatusFilter = None,
     created_from: CreatedFrom = None,
     created_to: CreatedTo = None,
-    cursor: Cursor = None,
-    limit: Limit = DEFAULT_LIMIT,
 ) -> Page[OrderOut]:
     """Every top-up of the caller, newest first, with receipts and refund eligibility."""
-    orders = await service.list_orders(
-        session,
-        user_id=user.user_id,
-        statuses=status,
-        created_from=created_from,
-        created_to=created_to,
-        cursor=cursor,
-        limit=limit,
-    )
+    filters = OrderFilter(user.user_id, status, created_from, created_to)
+    orders = await service.list_orders(session, filters, page)
     return await present_page(session, orders, settings)
 
 

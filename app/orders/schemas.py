@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from pydantic import BaseModel, Field
@@ -10,6 +11,17 @@ from app.models.orders import Order
 from app.money import CURRENCY, format_amount
 from app.orders.state import is_pending
 from app.refunds.eligibility import Eligibility
+
+
+@dataclass(frozen=True, slots=True)
+class OrderFilter:
+    """Which orders a list holds: one user's (None: every user's, for operators), only in these
+    statuses (None: any), created in `[created_from, created_to)` (None: unbounded)."""
+
+    user_id: str | None
+    statuses: list[str] | None = None
+    created_from: datetime | None = None
+    created_to: datetime | None = None
 
 
 class RefundEligibilityOut(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -9,7 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.errors import NotFound, ValidationFailed
 from app.models.orders import ORDER_STATUSES, Order
 from app.orders import repository
-from app.pagination import Slice, before_id, slice_by_id
+from app.orders.schemas import OrderFilter
+from app.pagination import PageRequest, Slice, before_id, slice_by_id
 from app.schemas import as_utc
 
 
@@ -48,30 +50,23 @@ def _as_utc(value: datetime | None) -> datetime | None:
 
 
 async def list_orders(
-    session: AsyncSession,
-    *,
-    user_id: str | None,
-    statuses: list[str] | None,
-    created_from: datetime | None,
-    created_to: datetime | None,
-    cursor: str | None,
-    limit: int,
+    session: AsyncSession, filters: OrderFilter, page: PageRequest
 ) -> Slice[Order]:
     """A page of orders, newest first."""
     # Normalised before comparing: a naive and an aware datetime cannot be compared.
-    created_from, created_to = _as_utc(created_from), _as_utc(created_to)
+    created_from, created_to = _as_utc(filters.created_from), _as_utc(filters.created_to)
     if created_from and created_to and created_from >= created_to:
         raise ValidationFailed(
             "created_from must be before created_to.",
             errors=[{"field": "created_to", "message": "must be after created_from"}],
         )
-    rows = await repository.list_orders(
-        session,
-        user_id=user_id,
-        statuses=_check_statuses(statuses),
+    filters = replace(
+        filters,
+        statuses=_check_statuses(filters.statuses),
         created_from=created_from,
         created_to=created_to,
-        before_id=before_id(cursor),
-        limit=limit,
     )
-    return slice_by_id(rows, limit)
+    rows = await repository.list_orders(
+        session, filters, before_id=before_id(page.cursor), limit=page.limit
+    )
+    return slice_by_id(rows, page.limit)

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import is_postgres
 from app.models.refunds import OPEN_REFUND_REQUEST_STATUSES, Dispute, RefundRequest, StripeRefund
+from app.refunds.schemas import RefundRequestFilter
 
 
 async def get_request(
@@ -35,27 +36,19 @@ async def has_open_request(
 
 
 async def list_requests(
-    session: AsyncSession,
-    *,
-    user_id: str | None,
-    statuses: list[str] | None,
-    order_id: str | None,
-    before_id: str | None,
-    limit: int,
-    attention: bool | None = None,
+    session: AsyncSession, filters: RefundRequestFilter, *, before_id: str | None, limit: int
 ) -> list[RefundRequest]:
-    """Requests newest first, `limit + 1` rows; `attention` keeps only those flagged for an
-    operator (True) or only the others (False)."""
+    """Requests newest first, `limit + 1` rows."""
     stmt = select(RefundRequest).order_by(RefundRequest.id.desc()).limit(limit + 1)
-    if user_id is not None:
-        stmt = stmt.where(RefundRequest.user_id == user_id)
-    if statuses:
-        stmt = stmt.where(RefundRequest.status.in_(statuses))
-    if order_id is not None:
-        stmt = stmt.where(RefundRequest.order_id == order_id)
-    if attention is not None:
+    if filters.user_id is not None:
+        stmt = stmt.where(RefundRequest.user_id == filters.user_id)
+    if filters.statuses:
+        stmt = stmt.where(RefundRequest.status.in_(filters.statuses))
+    if filters.order_id is not None:
+        stmt = stmt.where(RefundRequest.order_id == filters.order_id)
+    if filters.attention is not None:
         flagged = RefundRequest.attention_reason.is_not(None)
-        stmt = stmt.where(flagged if attention else ~flagged)
+        stmt = stmt.where(flagged if filters.attention else ~flagged)
     if before_id is not None:
         stmt = stmt.where(RefundRequest.id < before_id)
     return list((await session.scalars(stmt)).all())

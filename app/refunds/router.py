@@ -12,10 +12,15 @@ from app.deps import SessionMakerDep, SettingsDep, StripeDep
 from app.errors import NotFound, PaymentsNotConfigured, RateLimited, RefundNotEligible
 from app.openapi import problem_responses
 from app.orders.router import OrderId
-from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from app.pagination import PageQuery
 from app.rate_limits import rate_limited
 from app.refunds import service
-from app.refunds.schemas import RefundRequestIn, RefundRequestOut, refund_request_out
+from app.refunds.schemas import (
+    RefundRequestFilter,
+    RefundRequestIn,
+    RefundRequestOut,
+    refund_request_out,
+)
 from app.schemas import CleanStr, Page
 
 router = APIRouter(tags=["refunds"])
@@ -53,13 +58,11 @@ async def create_refund_request(
 async def list_my_refund_requests(
     user: CurrentUser,
     session: SessionDep,
+    page: PageQuery,
     order_id: Annotated[CleanStr | None, Query(max_length=64)] = None,
-    cursor: Annotated[CleanStr | None, Query(max_length=200)] = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
 ) -> Page[RefundRequestOut]:
     """The caller's refund requests, newest first."""
-    requests = await service.list_requests(
-        session, user_id=user.user_id, statuses=None, order_id=order_id, cursor=cursor, limit=limit
-    )
+    filters = RefundRequestFilter(user.user_id, order_id=order_id)
+    requests = await service.list_requests(session, filters, page)
     data, next_cursor = requests.render(refund_request_out)
     return Page[RefundRequestOut](data=data, next_cursor=next_cursor)

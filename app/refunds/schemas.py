@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from pydantic import BaseModel, Field, field_validator
@@ -9,6 +10,18 @@ from pydantic import BaseModel, Field, field_validator
 from app.models.refunds import RefundRequest
 from app.money import CURRENCY, format_amount, parse_amount
 from app.schemas import AmountText, CleanText, StrictModel
+
+
+@dataclass(frozen=True, slots=True)
+class RefundRequestFilter:
+    """Which refund requests a list holds: one user's (None: every user's, for operators), only
+    in these statuses and of this order (None: any), and with `attention` True only those flagged
+    for an operator, False only the others (None: both)."""
+
+    user_id: str | None
+    statuses: list[str] | None = None
+    order_id: str | None = None
+    attention: bool | None = None
 
 
 class RefundRequestIn(StrictModel):

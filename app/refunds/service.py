@@ -46,10 +46,11 @@ from app.models.orders import Order, OrderStatus
 from app.models.refunds import REFUND_REQUEST_STATUSES, RefundRequest, RefundRequestStatus
 from app.money import micros_to_cents, usd_to_micros
 from app.orders import repository as orders_repository
-from app.pagination import Slice, before_id, slice_by_id
+from app.pagination import PageRequest, Slice, before_id, slice_by_id
 from app.refunds import repository
 from app.refunds.eligibility import REASONS, Eligibility, check_amount, refund_eligibility
 from app.refunds.events import record_refund, reverse_request_debit
+from app.refunds.schemas import RefundRequestFilter
 from app.refunds.state import transition
 from app.stripe_gateway import (
     StripeGateway,
@@ -374,23 +375,11 @@ def check_statuses(statuses: list[str] | None) -> list[str] | None:
 
 
 async def list_requests(
-    session: AsyncSession,
-    *,
-    user_id: str | None,
-    statuses: list[str] | None,
-    order_id: str | None,
-    cursor: str | None,
-    limit: int,
-    attention: bool | None = None,
+    session: AsyncSession, filters: RefundRequestFilter, page: PageRequest
 ) -> Slice[RefundRequest]:
     """A page of requests, newest first."""
+    check_statuses(filters.statuses)
     rows = await repository.list_requests(
-        session,
-        user_id=user_id,
-        statuses=check_statuses(statuses),
-        order_id=order_id,
-        before_id=before_id(cursor),
-        limit=limit,
-        attention=attention,
+        session, filters, before_id=before_id(page.cursor), limit=page.limit
     )
-    return slice_by_id(rows, limit)
+    return slice_by_id(rows, page.limit)
