@@ -10,7 +10,7 @@ limit `app.rate_limits.rate_limited(scope)`: those providers read their own piec
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -48,3 +48,19 @@ StripeDep = Annotated[StripeGateway, Depends(get_stripe)]
 SessionMakerDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_session_maker)]
 EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
 RateLimiterDep = Annotated[RateLimiter, Depends(get_rate_limiter)]
+
+
+class StripeWork(NamedTuple):
+    """What a service that calls Stripe takes first, in this order (`service.f(*work, …)`)."""
+
+    maker: async_sessionmaker[AsyncSession]
+    """Sessions to commit in before calling Stripe (no transaction stays open across a call)."""
+    stripe: StripeGateway
+    settings: Settings
+
+
+def _stripe_work(maker: SessionMakerDep, stripe: StripeDep, settings: SettingsDep) -> StripeWork:
+    return StripeWork(maker, stripe, settings)
+
+
+StripeWorkDep = Annotated[StripeWork, Depends(_stripe_work)]

@@ -9,7 +9,7 @@ from pydantic import StringConstraints
 
 from app.auth import AdminUser
 from app.db import SessionDep
-from app.deps import SessionMakerDep, SettingsDep, StripeDep
+from app.deps import SettingsDep, StripeWorkDep
 from app.errors import NotFound, PaymentProviderUnavailable, PaymentsNotConfigured
 from app.openapi import problem_responses
 from app.orders import lifecycle, service
@@ -28,13 +28,14 @@ async def admin_list_orders(
     admin: AdminUser,
     session: SessionDep,
     settings: SettingsDep,
-    page: PageQuery,
     user_id: Annotated[CleanStr | None, Query(max_length=255)] = None,
     status: Annotated[
         list[Annotated[CleanStr, StringConstraints(max_length=32)]] | None, Query()
     ] = None,
     created_from: Annotated[UtcDatetime | None, Query()] = None,
     created_to: Annotated[UtcDatetime | None, Query()] = None,
+    *,
+    page: PageQuery,
 ) -> Page[OrderOut]:
     """Orders newest first, of one user (`user_id`) or of everyone."""
     filters = OrderFilter(user_id, status, created_from, created_to)
@@ -58,19 +59,6 @@ async def admin_get_order(
         NotFound, StripeRequestFailed, PaymentProviderUnavailable, PaymentsNotConfigured
     ),
 )
-async def admin_sync_order(
-    order_id: OrderId,
-    admin: AdminUser,
-    maker: SessionMakerDep,
-    stripe: StripeDep,
-    settings: SettingsDep,
-) -> OrderOut:
+async def admin_sync_order(order_id: OrderId, admin: AdminUser, work: StripeWorkDep) -> OrderOut:
     """Ask Stripe about any user's order and apply what it says; audited."""
-    return await lifecycle.sync_order(
-        maker,
-        stripe,
-        settings,
-        order_id,
-        user_id=None,
-        admin=admin.user_id,
-    )
+    return await lifecycle.sync_order(*work, order_id, user_id=None, admin=admin.user_id)

@@ -9,7 +9,7 @@ from pydantic import StringConstraints
 
 from app.auth import AdminUser
 from app.db import SessionDep
-from app.deps import SessionMakerDep, SettingsDep, StripeDep
+from app.deps import StripeWorkDep
 from app.errors import InvalidStateTransition, NotFound, PaymentsNotConfigured, RefundNotEligible
 from app.openapi import problem_responses
 from app.pagination import PageQuery
@@ -32,7 +32,6 @@ RefundRequestId = Annotated[CleanStr, Path(min_length=1, max_length=64)]
 async def admin_list_refund_requests(
     admin: AdminUser,
     session: SessionDep,
-    page: PageQuery,
     status: Annotated[
         list[Annotated[CleanStr, StringConstraints(max_length=32)]] | None,
         Query(description="Filter by status (repeatable)."),
@@ -42,6 +41,8 @@ async def admin_list_refund_requests(
         bool | None,
         Query(description="true: only requests flagged for an operator; false: the others."),
     ] = None,
+    *,
+    page: PageQuery,
 ) -> Page[AdminRefundRequestOut]:
     """Every user's refund requests, newest first."""
     filters = RefundRequestFilter(user_id, status, attention=attention)
@@ -58,22 +59,11 @@ async def admin_list_refund_requests(
     ),
 )
 async def admin_approve_refund_request(
-    request_id: RefundRequestId,
-    admin: AdminUser,
-    maker: SessionMakerDep,
-    stripe: StripeDep,
-    settings: SettingsDep,
-    body: ReviewIn | None = None,
+    request_id: RefundRequestId, admin: AdminUser, work: StripeWorkDep, body: ReviewIn | None = None
 ) -> AdminRefundRequestOut:
     """Debit the wallet and refund at Stripe (idempotency key `refund:<request_id>`)."""
-    row = await service.approve_request(
-        maker,
-        stripe,
-        settings,
-        request_id,
-        actor=admin.user_id,
-        note=body.note if body else None,
-    )
+    note = body.note if body else None
+    row = await service.approve_request(*work, request_id, actor=admin.user_id, note=note)
     return admin_refund_request_out(row)
 
 

@@ -6,7 +6,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth import AdminUser, CurrentUser
 from app.db import SessionDep
@@ -15,7 +16,7 @@ from app.limits import service
 from app.limits.schemas import ApiKeyIdPath, SpendLimitIn, SpendLimitOut
 from app.models.limits import ACCOUNT_SCOPE, key_scope
 from app.openapi import problem_responses
-from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from app.pagination import DescribedPageQuery, PageRequest
 from app.schemas import CleanStr, Page
 
 router = APIRouter(prefix="/spend-limits", tags=["spend-limits"])
@@ -31,21 +32,23 @@ Now = Annotated[datetime, Depends(_now)]
 """The app's clock (`app.state.clock`), which the gateway's windows read too."""
 KeyId = Annotated[ApiKeyIdPath, Path(description="The gateway's id of the API key.")]
 UserId = Annotated[CleanStr, Path(min_length=1, max_length=255, pattern=r"^\S+$")]
-Cursor = Annotated[CleanStr | None, Query(max_length=200, description="`next_cursor` of a page.")]
-Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 _GONE = problem_responses(NotFound)
+
+
+async def _list_limits(
+    session: AsyncSession, user_id: str, page: PageRequest, now: datetime
+) -> Page[SpendLimitOut]:
+    return await service.list_limits(
+        session, user_id, cursor=page.cursor, limit=page.limit, now=now
+    )
 
 
 @router.get("", summary="List my spend limits")
 async def list_my_spend_limits(
-    user: CurrentUser,
-    session: SessionDep,
-    now: Now,
-    cursor: Cursor = None,
-    limit: Limit = DEFAULT_LIMIT,
+    user: CurrentUser, session: SessionDep, now: Now, page: DescribedPageQuery
 ) -> Page[SpendLimitOut]:
     """The caller's limits (the account's first), each with what its current window spent."""
-    return await service.list_limits(session, user.user_id, cursor=cursor, limit=limit, now=now)
+    return await _list_limits(session, user.user_id, page, now)
 
 
 @router.put("/account", summary="Set my account's spend limit")
@@ -91,15 +94,10 @@ async def remove_my_key_limit(
 
 @admin_router.get("", summary="List a user's spend limits")
 async def admin_list_spend_limits(
-    user_id: UserId,
-    admin: AdminUser,
-    session: SessionDep,
-    now: Now,
-    cursor: Cursor = None,
-    limit: Limit = DEFAULT_LIMIT,
+    user_id: UserId, admin: AdminUser, session: SessionDep, now: Now, page: DescribedPageQuery
 ) -> Page[SpendLimitOut]:
     """Any user's limits, each with what its current window spent."""
-    return await service.list_limits(session, user_id, cursor=cursor, limit=limit, now=now)
+    return await _list_limits(session, user_id, page, now)
 
 
 @admin_router.put("/account", summary="Set a user's account spend limit")

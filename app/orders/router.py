@@ -38,10 +38,11 @@ async def list_my_orders(
     user: CurrentUser,
     session: SessionDep,
     settings: SettingsDep,
-    page: DescribedPageQuery,
     status: StatusFilter = None,
     created_from: CreatedFrom = None,
     created_to: CreatedTo = None,
+    *,
+    page: DescribedPageQuery,
 ) -> Page[OrderOut]:
     """Every top-up of the caller, newest first, with receipts and refund eligibility."""
     filters = OrderFilter(user.user_id, status, created_from, created_to)

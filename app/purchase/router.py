@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response, status
+from fastapi.types import DecoratedCallable
 
 from app.auth import CurrentUser
 from app.db import SessionDep
-from app.deps import RateLimiterDep, SessionMakerDep, SettingsDep, StripeDep
+from app.deps import RateLimiterDep, SettingsDep, StripeDep, StripeWorkDep
 from app.errors import (
+    BillingError,
     IdempotencyConflict,
     NotFound,
     OrderNotCancelable,
@@ -30,7 +33,7 @@ from app.purchase.schemas import (
     PurchaseIn,
     PurchaseOptionsOut,
 )
-from app.rate_limits import rate_limited
+from app.rate_limits import Scope, rate_limited
 from app.schemas import CleanStr, Page
 from app.stripe_gateway import StripeRequestFailed
 
@@ -75,21 +78,12 @@ async def create_purchase(
     response: Response,
     body: PurchaseIn,
     user: CurrentUser,
-    maker: SessionMakerDep,
-    stripe: StripeDep,
-    settings: SettingsDep,
+    work: StripeWorkDep,
     idempotency_key: IdempotencyKey = None,
 ) -> PaymentOut:
     """Create an order and its Stripe payment: a `client_secret` for Elements or a
     `checkout_url` for hosted Checkout."""
-    result = await service.start_purchase(
-        maker,
-        stripe,
-        settings,
-        user,
-        body,
-        idempotency_key,
-    )
+    result = await service.start_purchase(*work, user, body, idempotency_key)
     if result.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return result.payment
@@ -103,77 +97,39 @@ async def list_pending_orders(
     return await lifecycle.list_pending(session, settings, user.user_id)
 
 
-@router.post(
-    "/orders/{order_id}/resume",
-    tags=["orders"],
-    summary="Resume paying an order",
-    response_model=PaymentOut,
-    dependencies=[rate_limited("resume")],
-    responses=problem_responses(NotFound, OrderNotResumable, RateLimited, *_STRIPE),
+def _order_action(
+    action: Scope, summary: str, *problems: type[BillingError], **route: Any
+) -> Callable[[DecoratedCallable], DecoratedCallable]:
+    """`POST /orders/{order_id}/<action>`, rate-limited in its own scope: a 404, `problems`, or
+    what a call to Stripe can end in."""
+    return router.post(
+        f"/orders/{{order_id}}/{action}",
+        tags=["orders"],
+        summary=summary,
+        dependencies=[rate_limited(action)],
+        responses=problem_responses(NotFound, *problems, *_STRIPE),
+        **route,
+    )
+
+
+@_order_action(
+    "resume", "Resume paying an order", OrderNotResumable, RateLimited, response_model=PaymentOut
 )
-async def resume_order(
-    order_id: OrderId,
-    user: CurrentUser,
-    maker: SessionMakerDep,
-    stripe: StripeDep,
-    settings: SettingsDep,
-) -> PaymentOut:
+async def resume_order(order_id: OrderId, user: CurrentUser, work: StripeWorkDep) -> PaymentOut:
     """The current `client_secret` or `checkout_url` while Stripe still accepts payment."""
-    return await lifecycle.resume_order(
-        maker,
-        stripe,
-        settings,
-        user,
-        order_id,
-    )
+    return await lifecycle.resume_order(*work, user, order_id)
 
 
-@router.post(
-    "/orders/{order_id}/cancel",
-    tags=["orders"],
-    summary="Cancel an unpaid order",
-    dependencies=[rate_limited("cancel")],
-    responses=problem_responses(NotFound, OrderNotCancelable, *_STRIPE),
-)
-async def cancel_order(
-    order_id: OrderId,
-    user: CurrentUser,
-    maker: SessionMakerDep,
-    stripe: StripeDep,
-    settings: SettingsDep,
-) -> OrderOut:
+@_order_action("cancel", "Cancel an unpaid order", OrderNotCancelable)
+async def cancel_order(order_id: OrderId, user: CurrentUser, work: StripeWorkDep) -> OrderOut:
     """Cancel the PaymentIntent or expire the Checkout Session; repeating it is harmless."""
-    return await lifecycle.cancel_order(
-        maker,
-        stripe,
-        settings,
-        user,
-        order_id,
-    )
+    return await lifecycle.cancel_order(*work, user, order_id)
 
 
-@router.post(
-    "/orders/{order_id}/sync",
-    tags=["orders"],
-    summary="Sync an order",
-    dependencies=[rate_limited("sync")],
-    responses=problem_responses(NotFound, *_STRIPE),
-)
-async def sync_order(
-    order_id: OrderId,
-    user: CurrentUser,
-    maker: SessionMakerDep,
-    stripe: StripeDep,
-    settings: SettingsDep,
-) -> OrderOut:
+@_order_action("sync", "Sync an order")
+async def sync_order(order_id: OrderId, user: CurrentUser, work: StripeWorkDep) -> OrderOut:
     """Ask Stripe about a stuck order and apply what it says (a late webhook's work)."""
-    return await lifecycle.sync_order(
-        maker,
-        stripe,
-        settings,
-        order_id,
-        user_id=user.user_id,
-    )
+    return await lifecycle.sync_order(*work, order_id, user_id=user.user_id)
 
 
 @router.get(
@@ -184,9 +140,7 @@ async def sync_order(
 )
 async def get_payment_result(
     user: CurrentUser,
-    maker: SessionMakerDep,
-    stripe: StripeDep,
-    settings: SettingsDep,
+    work: StripeWorkDep,
     limiter: RateLimiterDep,
     order_id: Annotated[CleanStr | None, Query(max_length=64)] = None,
     session_id: Annotated[
@@ -200,9 +154,7 @@ async def get_payment_result(
     """The order behind a Stripe redirect and the balance; a pending order is checked at
     Stripe first, so the credit shows before the webhook arrives."""
     return await lifecycle.payment_result(
-        maker,
-        stripe,
-        settings,
+        *work,
         limiter,
         user,
         order_id=order_id,

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, status
 
 from app.auth import CurrentUser
 from app.db import SessionDep
-from app.deps import SessionMakerDep, SettingsDep, StripeDep
+from app.deps import StripeWorkDep
 from app.errors import NotFound, PaymentsNotConfigured, RateLimited, RefundNotEligible
 from app.openapi import problem_responses
 from app.orders.router import OrderId
@@ -37,15 +37,11 @@ async def create_refund_request(
     order_id: OrderId,
     body: RefundRequestIn,
     user: CurrentUser,
-    maker: SessionMakerDep,
-    stripe: StripeDep,
-    settings: SettingsDep,
+    work: StripeWorkDep,
 ) -> RefundRequestOut:
     """File a refund request for a paid order (default: the whole refundable amount)."""
     row = await service.create_request(
-        maker,
-        stripe,
-        settings,
+        *work,
         user,
         order_id,
         amount_micros=body.amount_micros,
@@ -58,8 +54,9 @@ async def create_refund_request(
 async def list_my_refund_requests(
     user: CurrentUser,
     session: SessionDep,
-    page: PageQuery,
     order_id: Annotated[CleanStr | None, Query(max_length=64)] = None,
+    *,
+    page: PageQuery,
 ) -> Page[RefundRequestOut]:
     """The caller's refund requests, newest first."""
     filters = RefundRequestFilter(user.user_id, order_id=order_id)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import StreamingResponse
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth import AdminUser, CurrentUser
 from app.db import SessionDep
@@ -36,10 +37,29 @@ _CSV: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _export(
-    request: Request, user_id: str, start: datetime | None, end: datetime | None, now: datetime
-) -> StreamingResponse:
-    start, end = service.resolve_range(start, end, now)
+@dataclass(frozen=True, slots=True)
+class UsageWindow:
+    """A report's `[from, to)` query parameters (after the route's own ones) and the app's clock,
+    which fills in what they leave out."""
+
+    now: Now
+    start: From = None
+    to: To = None
+
+
+Window = Annotated[UsageWindow, Depends()]
+
+
+async def _summary(
+    session: AsyncSession, user_id: str, window: UsageWindow, group_by: GroupBy
+) -> UsageSummaryOut:
+    return await service.summary(
+        session, user_id, start=window.start, end=window.to, group_by=group_by, now=window.now
+    )
+
+
+def _export(request: Request, user_id: str, window: UsageWindow) -> StreamingResponse:
+    start, end = service.resolve_range(window.start, window.to, window.now)
     body = service.export_csv(request.app.state.session_maker, user_id, start, end)
     name = f"usage-{start:%Y%m%d}-{end:%Y%m%d}.csv"
     return StreamingResponse(
@@ -51,57 +71,33 @@ def _export(
 
 @router.get("/summary", summary="Summarize my usage")
 async def summarize_my_usage(
-    user: CurrentUser,
-    session: SessionDep,
-    now: Now,
-    group_by: Group = "day",
-    start: From = None,
-    to: To = None,
+    user: CurrentUser, session: SessionDep, window: Window, group_by: Group = "day"
 ) -> UsageSummaryOut:
     """The caller's usage in `[from, to)`: requests, tokens and amount per day, model or key."""
-    return await service.summary(
-        session, user.user_id, start=start, end=to, group_by=group_by, now=now
-    )
+    return await _summary(session, user.user_id, window, group_by)
 
 
 @router.get("/export", summary="Export my usage", response_class=StreamingResponse, responses=_CSV)
 async def export_my_usage(
-    request: Request,
-    user: CurrentUser,
-    now: Now,
-    format: Format = "csv",
-    start: From = None,
-    to: To = None,
+    request: Request, user: CurrentUser, window: Window, format: Format = "csv"
 ) -> StreamingResponse:
     """Every usage record of the caller in `[from, to)` as CSV, streamed."""
-    return _export(request, user.user_id, start, to, now)
+    return _export(request, user.user_id, window)
 
 
 @admin_router.get("/summary", summary="Summarize a user's usage")
 async def admin_summarize_usage(
-    user_id: UserId,
-    admin: AdminUser,
-    session: SessionDep,
-    now: Now,
-    group_by: Group = "day",
-    start: From = None,
-    to: To = None,
+    user_id: UserId, admin: AdminUser, session: SessionDep, window: Window, group_by: Group = "day"
 ) -> UsageSummaryOut:
     """Any user's usage in `[from, to)`, per day, model or key."""
-    return await service.summary(session, user_id, start=start, end=to, group_by=group_by, now=now)
+    return await _summary(session, user_id, window, group_by)
 
 
 @admin_router.get(
     "/export", summary="Export a user's usage", response_class=StreamingResponse, responses=_CSV
 )
 async def admin_export_usage(
-    request: Request,
-    user_id: UserId,
-    admin: AdminUser,
-    now: Now,
-    format: Format = "csv",
-    start: From = None,
-    to: To = None,
+    request: Request, user_id: UserId, admin: AdminUser, window: Window, format: Format = "csv"
 ) -> StreamingResponse:
     """Every usage record of any user in `[from, to)` as CSV, streamed."""
-    return _export(request, user_id, start, to, now)
+    return _export(request, user_id, window)
