@@ -39,10 +39,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Depends, Request
-from sqlalchemy import event
+from sqlalchemy import event, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
@@ -51,6 +51,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.pool import NullPool
 
 from app.config import Settings
@@ -159,6 +160,25 @@ def is_postgres_url(database_url: str) -> bool:
 def is_postgres(session: AsyncSession) -> bool:
     """Whether the session talks to PostgreSQL (as opposed to the embedded SQLite)."""
     return session.get_bind().dialect.name == "postgresql"
+
+
+Row = TypeVar("Row", bound=DeclarativeBase)
+
+
+class RowById(Generic[Row]):
+    """A repository's `get_x(session, x_id, *, for_update=False)` of one model: the row with this
+    id, re-selected, locked on PostgreSQL when asked (SQLite serializes writers)."""
+
+    def __init__(self, model: type[Row]) -> None:
+        self.model = model
+
+    async def __call__(
+        self, session: AsyncSession, row_id: str, *, for_update: bool = False
+    ) -> Row | None:
+        stmt = select(self.model).where(self.model.__table__.c.id == row_id)
+        if for_update and is_postgres(session):
+            stmt = stmt.with_for_update()
+        return (await session.execute(stmt)).scalar_one_or_none()
 
 
 @asynccontextmanager

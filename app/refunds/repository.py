@@ -7,19 +7,16 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import is_postgres
+from app.db import RowById, is_postgres
 from app.models.refunds import OPEN_REFUND_REQUEST_STATUSES, Dispute, RefundRequest, StripeRefund
 from app.refunds.schemas import RefundRequestFilter
 
-
-async def get_request(
-    session: AsyncSession, request_id: str, *, for_update: bool = False
-) -> RefundRequest | None:
-    """A refund request by id, locked on PostgreSQL when asked."""
-    stmt = select(RefundRequest).where(RefundRequest.id == request_id)
-    if for_update and is_postgres(session):
-        stmt = stmt.with_for_update()
-    return (await session.execute(stmt)).scalar_one_or_none()
+get_request = RowById(RefundRequest)
+"""A refund request by id, locked on PostgreSQL when asked."""
+get_stripe_refund = RowById(StripeRefund)
+"""A Stripe refund we have recorded."""
+get_dispute = RowById(Dispute)
+"""A dispute we have recorded."""
 
 
 async def has_open_request(
@@ -74,23 +71,3 @@ async def due_for_retry(
     if is_postgres(session):
         stmt = stmt.with_for_update(skip_locked=True)
     return list((await session.scalars(stmt)).all())
-
-
-async def get_stripe_refund(
-    session: AsyncSession, refund_id: str, *, for_update: bool = False
-) -> StripeRefund | None:
-    """A Stripe refund we have recorded."""
-    stmt = select(StripeRefund).where(StripeRefund.id == refund_id)
-    if for_update and is_postgres(session):
-        stmt = stmt.with_for_update()
-    return (await session.execute(stmt)).scalar_one_or_none()
-
-
-async def get_dispute(
-    session: AsyncSession, dispute_id: str, *, for_update: bool = False
-) -> Dispute | None:
-    """A dispute we have recorded."""
-    stmt = select(Dispute).where(Dispute.id == dispute_id)
-    if for_update and is_postgres(session):
-        stmt = stmt.with_for_update()
-    return (await session.execute(stmt)).scalar_one_or_none()

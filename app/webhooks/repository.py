@@ -6,11 +6,11 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import is_postgres
+from app.db import RowById, is_postgres
 from app.models.orders import StripeEvent
 
 
@@ -84,11 +84,5 @@ async def set_outcome(session: AsyncSession, event_id: str, outcome: str) -> Non
     )
 
 
-async def get_event(
-    session: AsyncSession, event_id: str, *, for_update: bool = False
-) -> StripeEvent | None:
-    """A stored event, locked on PostgreSQL when asked."""
-    stmt = select(StripeEvent).where(StripeEvent.id == event_id)
-    if for_update and is_postgres(session):
-        stmt = stmt.with_for_update()
-    return (await session.execute(stmt)).scalar_one_or_none()
+get_event = RowById(StripeEvent)
+"""A stored event, locked on PostgreSQL when asked."""
