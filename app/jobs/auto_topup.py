@@ -132,7 +132,7 @@ async def _decide(
     if attempt.status == "processing":
         outcomes.extend_lease(attempt, _lease(settings, now))
         return "charge"  # a lapsed lease: repeat the same call under the same key
-    config = await auto_topup_repository.get_settings_for_update(session, attempt.user_id)
+    config = await auto_topup_repository.get_settings(session, attempt.user_id, for_update=True)
     if config is None or config.status != "active":
         await outcomes.cancel(session, attempt, reason="not_active", now=now)
         return "canceled"
@@ -184,7 +184,7 @@ async def _charge(
 ) -> str:
     """Steps 2 and 3 for one claimed attempt (no transaction open during the Stripe call)."""
     async with session_scope(maker) as session:
-        attempt = await session.get(AutoTopup, attempt_id)
+        attempt = await auto_topup_repository.get_attempt(session, attempt_id)
         assert attempt is not None
         assert attempt.order_id is not None
         order = await orders_repository.find_order(session, order_id=attempt.order_id)
@@ -230,7 +230,7 @@ async def _apply_intent(
         assert order is not None
         if order.stripe_payment_intent_id is None:
             order.stripe_payment_intent_id = str(pi["id"])
-        attempt = await auto_topup_repository.get_attempt_for_update(session, attempt_id)
+        attempt = await auto_topup_repository.get_attempt(session, attempt_id, for_update=True)
         assert attempt is not None
         attempt.payment_intent_id = attempt.payment_intent_id or str(pi["id"])
         payment = payment_from_payment_intent(pi)
@@ -247,7 +247,7 @@ async def _settle_after_refresh(
     maker: async_sessionmaker[AsyncSession], attempt_id: str, outcome: str
 ) -> str:
     async with session_scope(maker) as session:
-        attempt = await session.get(AutoTopup, attempt_id)
+        attempt = await auto_topup_repository.get_attempt(session, attempt_id)
         assert attempt is not None
         return "succeeded" if attempt.status == "succeeded" else f"refreshed: {outcome}"
 
