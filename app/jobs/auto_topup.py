@@ -44,12 +44,12 @@ from app.ledger.repository import get_wallet
 from app.models.base import utcnow
 from app.models.orders import Order, OrderKind, OrderMode
 from app.models.payment_methods import AutoTopup
-from app.money import micros_to_cents
 from app.notifications import repository as notification_repository
 from app.orders import repository as orders_repository
 from app.orders.fulfillment import apply_payment, expected_livemode, refresh_order
 from app.orders.state import OrderStatus, transition
 from app.payment_methods import repository as cards
+from app.purchase.service import order_args
 from app.stripe_gateway import (
     StripeCardDeclined,
     StripeGateway,
@@ -199,13 +199,8 @@ async def _charge(
     assert order.stripe_customer_id is not None
     try:
         pi = await stripe.create_off_session_payment_intent(
-            order_id=order.id,
-            user_id=order.user_id,
-            amount_cents=micros_to_cents(order.amount_micros),
-            customer_id=order.stripe_customer_id,
+            **order_args(order, order.stripe_customer_id),
             payment_method_id=attempt.payment_method_id,
-            currency=order.currency,
-            idempotency_key=order.stripe_idempotency_key,
         )
     except StripeCardDeclined as exc:
         return await _declined(maker, settings, attempt_id, order.id, exc, now)

@@ -27,7 +27,7 @@ import hmac
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, TypedDict
 
 import stripe
 import structlog
@@ -54,6 +54,19 @@ that Stripe can expand (`latest_charge`, `payment_intent`, `customer`, …) are 
 the method says it expands them; `expandable_id()` reads either form."""
 
 DEFAULT_PRODUCT_NAME = "ToRouter balance top-up"
+
+
+class OrderArgs(TypedDict):
+    """The arguments every payment object for one of our orders is created with (a
+    PaymentIntent, a Checkout Session, an off-session charge), all from the order row, so that
+    a retry under the same idempotency key sends the same request."""
+
+    order_id: str
+    user_id: str
+    amount_cents: int
+    currency: str
+    customer_id: str
+    idempotency_key: str | None
 
 
 def expandable_id(value: Any) -> str | None:
