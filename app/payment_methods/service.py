@@ -103,14 +103,7 @@ async def record_saved_card(
 
 
 def _out(row: PaymentMethod) -> PaymentMethodOut:
-    return PaymentMethodOut(
-        id=row.id,
-        brand=row.brand,
-        last4=row.last4,
-        exp_month=row.exp_month,
-        exp_year=row.exp_year,
-        created_at=row.created_at,
-    )
+    return PaymentMethodOut.model_validate(row, from_attributes=True)
 
 
 async def list_payment_methods(
