@@ -18,10 +18,42 @@ from app.notifications.service import enqueue
 
 
 async def _attempt(session: AsyncSession, attempt_id: str) -> AutoTopup:
-    row = await session.get(AutoTopup, attempt_id, with_for_update=True)
+    row = await repository.get_attempt(session, attempt_id, for_update=True)
     if row is None:
         raise LookupError(f"no auto top-up attempt {attempt_id}")
     return row
+
+
+def _end(
+    attempt: AutoTopup, status: str, *, now: datetime, failure_code: str | None = None
+) -> None:
+    """The attempt is over (`failure_code`, when given, cut to its column): it leaves the
+    in-flight slot."""
+    attempt.status = status
+    if failure_code is not None:
+        attempt.failure_code = failure_code[:64]
+    attempt.completed_at = now
+    attempt.lease_until = None
+
+
+async def _notify_failed(
+    session: AsyncSession,
+    attempt: AutoTopup,
+    *,
+    code: str | None,
+    decline_code: str | None,
+    next_attempt_at: datetime | None,
+) -> None:
+    """Tell the user the attempt failed (`auto_topup.failed`)."""
+    failed = events.auto_topup_failed(
+        auto_topup_id=attempt.id,
+        order_id=attempt.order_id,
+        amount_micros=attempt.amount_micros,
+        code=code,
+        decline_code=decline_code,
+        next_attempt_at=next_attempt_at,
+    )
+    await enqueue(session, user_id=attempt.user_id, type="auto_topup.failed", data=failed)
 
 
 async def apply_success(
@@ -34,25 +66,19 @@ async def apply_success(
 ) -> None:
     """The charge succeeded (and its order was credited in this transaction)."""
     attempt = await _attempt(session, attempt_id)
-    attempt.status = "succeeded"
     attempt.order_id = order_id
-    attempt.completed_at = now
-    attempt.lease_until = None
-    settings = await repository.get_settings_for_update(session, attempt.user_id)
+    _end(attempt, "succeeded", now=now)
+    settings = await repository.get_settings(session, attempt.user_id, for_update=True)
     if settings is not None:
         settings.soft_declines = 0
         settings.next_attempt_at = None
-    await enqueue(
-        session,
-        user_id=attempt.user_id,
-        type="auto_topup.succeeded",
-        data=events.auto_topup_succeeded(
-            auto_topup_id=attempt.id,
-            order_id=order_id,
-            amount_micros=attempt.amount_micros,
-            receipt_url=receipt_url,
-        ),
+    succeeded = events.auto_topup_succeeded(
+        auto_topup_id=attempt.id,
+        order_id=order_id,
+        amount_micros=attempt.amount_micros,
+        receipt_url=receipt_url,
     )
+    await enqueue(session, user_id=attempt.user_id, type="auto_topup.succeeded", data=succeeded)
 
 
 async def apply_decline(
@@ -69,31 +95,23 @@ async def apply_decline(
     auto top-up with a link to pay on-session; an earlier soft decline schedules ONE retry
     attempt after the backoff (it holds the in-flight slot, so debits meanwhile record none)."""
     attempt = await _attempt(session, attempt_id)
-    attempt.status = "failed"
+    _end(attempt, "failed", now=now)
     attempt.failure_code = stripe_code
     attempt.decline_code = decline_code
-    attempt.lease_until = None
     attempt.payment_intent_id = payment_intent_id or attempt.payment_intent_id
-    attempt.completed_at = now
-    settings = await repository.get_settings_for_update(session, attempt.user_id)
+    settings = await repository.get_settings(session, attempt.user_id, for_update=True)
     decision = rules.after_decline(
         stripe_code=stripe_code,
         decline_code=decline_code,
         soft_declines=settings.soft_declines if settings is not None else 0,
         now=now,
     )
-    await enqueue(
+    await _notify_failed(
         session,
-        user_id=attempt.user_id,
-        type="auto_topup.failed",
-        data=events.auto_topup_failed(
-            auto_topup_id=attempt.id,
-            order_id=attempt.order_id,
-            amount_micros=attempt.amount_micros,
-            code=stripe_code,
-            decline_code=decline_code,
-            next_attempt_at=decision.next_attempt_at,
-        ),
+        attempt,
+        code=stripe_code,
+        decline_code=decline_code,
+        next_attempt_at=decision.next_attempt_at,
     )
     if settings is None or settings.status != "active":
         return decision
@@ -138,30 +156,20 @@ async def skip_over_monthly_limit(session: AsyncSession, attempt_id: str, *, now
         monthly_limit_micros=settings.monthly_limit_micros,
     ):
         return False
-    attempt.status = "skipped"
-    attempt.failure_code = "monthly_limit"
-    attempt.completed_at = now
-    attempt.lease_until = None
-    await enqueue(
-        session,
-        user_id=attempt.user_id,
-        type="auto_topup.skipped",
-        data=events.auto_topup_skipped(
-            amount_micros=attempt.amount_micros,
-            monthly_limit_micros=settings.monthly_limit_micros,
-            spent_this_month_micros=spent,
-        ),
+    _end(attempt, "skipped", now=now, failure_code="monthly_limit")
+    skipped = events.auto_topup_skipped(
+        amount_micros=attempt.amount_micros,
+        monthly_limit_micros=settings.monthly_limit_micros,
+        spent_this_month_micros=spent,
     )
+    await enqueue(session, user_id=attempt.user_id, type="auto_topup.skipped", data=skipped)
     return True
 
 
 async def cancel(session: AsyncSession, attempt: AutoTopup, *, reason: str, now: datetime) -> None:
     """The attempt will not be charged (auto top-up no longer active, the balance recovered,
     the card is gone): it leaves the in-flight slot."""
-    attempt.status = "canceled"
-    attempt.failure_code = reason[:64]
-    attempt.completed_at = now
-    attempt.lease_until = None
+    _end(attempt, "canceled", now=now, failure_code=reason)
 
 
 async def start_charge(
@@ -197,21 +205,8 @@ async def fail_refused(
     """Stripe refused the charge without declining the card (a card detached at Stripe, a
     request it will never accept): the attempt fails and auto top-up pauses, so it cannot loop."""
     attempt = await _attempt(session, attempt_id)
-    attempt.status = "failed"
-    attempt.failure_code = (stripe_code or "refused")[:64]
-    attempt.completed_at = now
-    attempt.lease_until = None
-    await enqueue(
-        session,
-        user_id=attempt.user_id,
-        type="auto_topup.failed",
-        data=events.auto_topup_failed(
-            auto_topup_id=attempt.id,
-            order_id=attempt.order_id,
-            amount_micros=attempt.amount_micros,
-            code=stripe_code,
-            decline_code=None,
-            next_attempt_at=None,
-        ),
+    _end(attempt, "failed", now=now, failure_code=stripe_code or "refused")
+    await _notify_failed(
+        session, attempt, code=stripe_code, decline_code=None, next_attempt_at=None
     )
     await service.pause(session, attempt.user_id, paused_reason)

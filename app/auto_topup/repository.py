@@ -12,13 +12,11 @@ from app.db import is_postgres
 from app.models.payment_methods import IN_FLIGHT_ATTEMPT_STATUSES, AutoTopup, AutoTopupSettings
 
 
-async def get_settings(session: AsyncSession, user_id: str) -> AutoTopupSettings | None:
-    return await session.get(AutoTopupSettings, user_id)
-
-
-async def get_settings_for_update(session: AsyncSession, user_id: str) -> AutoTopupSettings | None:
-    stmt = select(AutoTopupSettings).where(AutoTopupSettings.user_id == user_id).with_for_update()
-    return (await session.scalars(stmt)).first()
+async def get_settings(
+    session: AsyncSession, user_id: str, *, for_update: bool = False
+) -> AutoTopupSettings | None:
+    """The user's settings; `for_update` reads them again, locked (not from the identity map)."""
+    return await session.get(AutoTopupSettings, user_id, with_for_update=for_update)
 
 
 async def spent_since(
@@ -107,6 +105,8 @@ async def claim_due_attempts(
     return list((await session.scalars(stmt)).all())
 
 
-async def get_attempt_for_update(session: AsyncSession, attempt_id: str) -> AutoTopup | None:
-    stmt = select(AutoTopup).where(AutoTopup.id == attempt_id).with_for_update()
-    return (await session.scalars(stmt)).first()
+async def get_attempt(
+    session: AsyncSession, attempt_id: str, *, for_update: bool = False
+) -> AutoTopup | None:
+    """An attempt; `for_update` reads it again, locked (not from the identity map)."""
+    return await session.get(AutoTopup, attempt_id, with_for_update=for_update)

@@ -91,7 +91,7 @@ async def put_auto_topup(
         raise _invalid("payment_method_id", "not one of your saved cards")
 
     now = utcnow()
-    row = await repository.get_settings_for_update(session, user_id)
+    row = await repository.get_settings(session, user_id, for_update=True)
     if row is None:
         row = AutoTopupSettings(user_id=user_id, created_at=now, soft_declines=0)
         session.add(row)
@@ -127,7 +127,7 @@ async def pause(
 ) -> bool:
     """Pause an active auto top-up (in the caller's transaction) and notify the user
     (`auto_topup.paused`). False when it was not active (nothing changes)."""
-    row = await repository.get_settings_for_update(session, user_id)
+    row = await repository.get_settings(session, user_id, for_update=True)
     if row is None or row.status != "active":
         return False
     row.status = "paused"

@@ -44,12 +44,12 @@ from app.ledger.repository import get_wallet
 from app.models.base import utcnow
 from app.models.orders import Order, OrderKind, OrderMode
 from app.models.payment_methods import AutoTopup
-from app.money import micros_to_cents
 from app.notifications import repository as notification_repository
 from app.orders import repository as orders_repository
 from app.orders.fulfillment import apply_payment, expected_livemode, refresh_order
 from app.orders.state import OrderStatus, transition
 from app.payment_methods import repository as cards
+from app.purchase.service import order_args
 from app.stripe_gateway import (
     StripeCardDeclined,
     StripeGateway,
@@ -132,7 +132,7 @@ async def _decide(
     if attempt.status == "processing":
         outcomes.extend_lease(attempt, _lease(settings, now))
         return "charge"  # a lapsed lease: repeat the same call under the same key
-    config = await auto_topup_repository.get_settings_for_update(session, attempt.user_id)
+    config = await auto_topup_repository.get_settings(session, attempt.user_id, for_update=True)
     if config is None or config.status != "active":
         await outcomes.cancel(session, attempt, reason="not_active", now=now)
         return "canceled"
@@ -184,7 +184,7 @@ async def _charge(
 ) -> str:
     """Steps 2 and 3 for one claimed attempt (no transaction open during the Stripe call)."""
     async with session_scope(maker) as session:
-        attempt = await session.get(AutoTopup, attempt_id)
+        attempt = await auto_topup_repository.get_attempt(session, attempt_id)
         assert attempt is not None
         assert attempt.order_id is not None
         order = await orders_repository.find_order(session, order_id=attempt.order_id)
@@ -199,13 +199,8 @@ async def _charge(
     assert order.stripe_customer_id is not None
     try:
         pi = await stripe.create_off_session_payment_intent(
-            order_id=order.id,
-            user_id=order.user_id,
-            amount_cents=micros_to_cents(order.amount_micros),
-            customer_id=order.stripe_customer_id,
+            **order_args(order, order.stripe_customer_id),
             payment_method_id=attempt.payment_method_id,
-            currency=order.currency,
-            idempotency_key=order.stripe_idempotency_key,
         )
     except StripeCardDeclined as exc:
         return await _declined(maker, settings, attempt_id, order.id, exc, now)
@@ -230,7 +225,7 @@ async def _apply_intent(
         assert order is not None
         if order.stripe_payment_intent_id is None:
             order.stripe_payment_intent_id = str(pi["id"])
-        attempt = await auto_topup_repository.get_attempt_for_update(session, attempt_id)
+        attempt = await auto_topup_repository.get_attempt(session, attempt_id, for_update=True)
         assert attempt is not None
         attempt.payment_intent_id = attempt.payment_intent_id or str(pi["id"])
         payment = payment_from_payment_intent(pi)
@@ -247,7 +242,7 @@ async def _settle_after_refresh(
     maker: async_sessionmaker[AsyncSession], attempt_id: str, outcome: str
 ) -> str:
     async with session_scope(maker) as session:
-        attempt = await session.get(AutoTopup, attempt_id)
+        attempt = await auto_topup_repository.get_attempt(session, attempt_id)
         assert attempt is not None
         return "succeeded" if attempt.status == "succeeded" else f"refreshed: {outcome}"
 

@@ -11,13 +11,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.models.payment_methods import PaymentMethod
 
 
-async def get(session: AsyncSession, payment_method_id: str) -> PaymentMethod | None:
-    return await session.get(PaymentMethod, payment_method_id)
-
-
-async def get_for_update(session: AsyncSession, payment_method_id: str) -> PaymentMethod | None:
-    stmt = select(PaymentMethod).where(PaymentMethod.id == payment_method_id).with_for_update()
-    return (await session.scalars(stmt)).first()
+async def get(
+    session: AsyncSession, payment_method_id: str, *, for_update: bool = False
+) -> PaymentMethod | None:
+    """A saved card; `for_update` reads it again, locked (not from the identity map)."""
+    return await session.get(PaymentMethod, payment_method_id, with_for_update=for_update)
 
 
 async def get_active_of_user(

@@ -76,7 +76,7 @@ async def record_saved_card(
     customer = expandable_id(payment_method.get("customer"))
     if fields is None or customer is None:
         return None
-    existing = await repository.get_for_update(session, str(payment_method["id"]))
+    existing = await repository.get(session, str(payment_method["id"]), for_update=True)
     if existing is not None:
         if existing.user_id != user_id:
             log.error(
@@ -103,14 +103,7 @@ async def record_saved_card(
 
 
 def _out(row: PaymentMethod) -> PaymentMethodOut:
-    return PaymentMethodOut(
-        id=row.id,
-        brand=row.brand,
-        last4=row.last4,
-        exp_month=row.exp_month,
-        exp_year=row.exp_year,
-        created_at=row.created_at,
-    )
+    return PaymentMethodOut.model_validate(row, from_attributes=True)
 
 
 async def list_payment_methods(
@@ -141,7 +134,7 @@ async def mark_detached(
 ) -> str:
     """The card is detached at Stripe: mark it removed and pause the auto top-up that charges
     it. Idempotent; returns an outcome for the webhook log."""
-    row = await repository.get_for_update(session, payment_method_id)
+    row = await repository.get(session, payment_method_id, for_update=True)
     if row is None:
         return "ignored: unknown payment method"
     if row.detached_at is not None:
@@ -173,7 +166,7 @@ async def remove_payment_method(
 
 async def apply_card_update(session: AsyncSession, payment_method: StripeJSON) -> str:
     """The card network updated a saved card (`payment_method.automatically_updated`)."""
-    row = await repository.get_for_update(session, str(payment_method.get("id")))
+    row = await repository.get(session, str(payment_method.get("id")), for_update=True)
     if row is None:
         return "ignored: unknown payment method"
     fields = card_fields(payment_method)

@@ -61,6 +61,7 @@ from app.stripe_gateway import (
     StripeOutcomeUnknown,
     StripeRequestFailed,
 )
+from app.stripe_gateway.gateway import OrderArgs
 from app.stripe_gateway.payments import (
     StripePayment,
     payment_from_checkout_session,
@@ -377,36 +378,37 @@ async def _create_object(
         raise
 
 
+def order_args(order: Order, customer_id: str) -> OrderArgs:
+    """What the order's Stripe payment object is created with (the Customer pinned on it)."""
+    return {
+        "order_id": order.id,
+        "user_id": order.user_id,
+        "amount_cents": micros_to_cents(order.amount_micros),
+        "currency": order.currency,
+        "customer_id": customer_id,
+        "idempotency_key": order.stripe_idempotency_key,
+    }
+
+
 async def _create_call(
     stripe: StripeGateway, settings: Settings, order: Order, customer_id: str
 ) -> StripeJSON:
-    amount_cents = micros_to_cents(order.amount_micros)
+    args = order_args(order, customer_id)
+    setup_future_usage = "off_session" if order.save_card else None
     if order.mode == "checkout":
         portal = settings.portal_url.rstrip("/")
         return await stripe.create_checkout_session(
-            order_id=order.id,
-            user_id=order.user_id,
-            amount_cents=amount_cents,
-            customer_id=customer_id,
+            **args,
             customer_email=order.email,
-            currency=order.currency,
             success_url=(
                 f"{portal}/payment/result?order_id={order.id}&session_id={{CHECKOUT_SESSION_ID}}"
             ),
             cancel_url=f"{portal}/purchase?order_id={order.id}",
             expires_at=int(checkout_expires_at(order, settings).timestamp()),
-            idempotency_key=order.stripe_idempotency_key,
-            setup_future_usage="off_session" if order.save_card else None,
+            setup_future_usage=setup_future_usage,
         )
     return await stripe.create_payment_intent(
-        order_id=order.id,
-        user_id=order.user_id,
-        amount_cents=amount_cents,
-        customer_id=customer_id,
-        receipt_email=order.email,
-        currency=order.currency,
-        idempotency_key=order.stripe_idempotency_key,
-        setup_future_usage="off_session" if order.save_card else None,
+        **args, receipt_email=order.email, setup_future_usage=setup_future_usage
     )
 
 

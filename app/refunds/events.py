@@ -5,12 +5,13 @@ Statuses move only through `app/orders/state.py` and `app/refunds/state.py`."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.ledger.service import transfer
+from app.ledger.service import PostResult, transfer
 from app.models.base import utcnow
 from app.models.orders import Order
 from app.models.refunds import Dispute, RefundRequest, RefundRequestStatus, StripeRefund
@@ -28,6 +29,58 @@ log = structlog.get_logger(__name__)
 FAILED_REFUND_STATUSES = ("failed", "canceled")
 
 
+@dataclass(frozen=True, slots=True)
+class OrderTransfer:
+    """One kind of ledger transfer a refund or a dispute makes for an order: into the wallet
+    from `account` (out of it for a negative amount), once per refund request, Stripe refund or
+    dispute: `reference` `<kind>:<its id>` (or `<prefix>:<its id>`), `details` the order's id
+    and its id (under `id_key`), `description` naming the order as `{order}`."""
+
+    kind: str
+    account: str
+    id_key: str
+    description: str
+    require_available: bool = True
+    """False for a debit Stripe has made already: it may take the balance negative."""
+    prefix: str | None = None
+
+    async def post(
+        self, session: AsyncSession, order: Order, object_id: str, amount_micros: int
+    ) -> PostResult:
+        return await transfer(
+            session,
+            reference=f"{self.prefix or self.kind}:{object_id}",
+            kind=self.kind,
+            user_id=order.user_id,
+            amount_micros=amount_micros,
+            account=self.account,
+            require_available=self.require_available,
+            description=self.description.format(order=order.id),
+            details={"order_id": order.id, self.id_key: object_id},
+        )
+
+
+REQUEST_ID, REFUND_ID, DISPUTE_ID = "refund_request_id", "stripe_refund_id", "dispute_id"
+REFUND = OrderTransfer("refund", "stripe", REQUEST_ID, "Refund of order {order}")
+REFUND_REVERSAL = OrderTransfer(
+    "refund_reversal", "stripe", REQUEST_ID, "Refund of order {order} failed"
+)
+EXTERNAL_REFUND = OrderTransfer(
+    "external_refund", "stripe", REFUND_ID, "Refund of order {order} made at Stripe", False
+)
+EXTERNAL_REFUND_REVERSAL = OrderTransfer(
+    "refund_reversal",
+    "stripe",
+    REFUND_ID,
+    "Refund of order {order} failed at Stripe",
+    prefix="external_refund_reversal",
+)
+DISPUTE = OrderTransfer("dispute", "disputes", DISPUTE_ID, "Dispute on order {order}", False)
+DISPUTE_REVERSAL = OrderTransfer(
+    "dispute_reversal", "disputes", DISPUTE_ID, "Dispute on order {order} won"
+)
+
+
 def _settle(order: Order, *, reason: str) -> None:
     """Move the order to the status its refunded amount implies (a disputed order stays
     disputed until the dispute closes)."""
@@ -42,16 +95,7 @@ async def reverse_request_debit(
     session: AsyncSession, request: RefundRequest, order: Order, *, reason: str
 ) -> None:
     """A refund that Stripe refused or failed: give the debited amount back, once."""
-    await transfer(
-        session,
-        reference=f"refund_reversal:{request.id}",
-        kind="refund_reversal",
-        user_id=order.user_id,
-        amount_micros=request.amount_micros,
-        account="stripe",
-        description=f"Refund of order {order.id} failed",
-        details={"order_id": order.id, "refund_request_id": request.id},
-    )
+    await REFUND_REVERSAL.post(session, order, request.id, request.amount_micros)
     transition(request, RefundRequestStatus.FAILED, reason=reason)
     request.failure_reason = reason[:500]
 
@@ -61,17 +105,12 @@ async def _succeeded(
 ) -> None:
     """The request's refund succeeded at Stripe: mark it, and tell the user once
     (`refund.succeeded`, in this transaction)."""
-    if transition(request, RefundRequestStatus.SUCCEEDED, reason=f"refund {refund_id}"):
-        await enqueue(
-            session,
-            user_id=order.user_id,
-            type="refund.succeeded",
-            data=events.refund_succeeded(
-                refund_request_id=request.id,
-                order_id=order.id,
-                amount_micros=request.amount_micros,
-            ),
-        )
+    if not transition(request, RefundRequestStatus.SUCCEEDED, reason=f"refund {refund_id}"):
+        return
+    succeeded = events.refund_succeeded(
+        refund_request_id=request.id, order_id=order.id, amount_micros=request.amount_micros
+    )
+    await enqueue(session, user_id=order.user_id, type="refund.succeeded", data=succeeded)
 
 
 async def _order_for(session: AsyncSession, obj: dict[str, Any]) -> Order | None:
@@ -130,17 +169,7 @@ async def record_refund(session: AsyncSession, refund: dict[str, Any]) -> str:
         if request is None:
             # Made outside the service (Stripe's dashboard): the money has left already, so the
             # wallet is debited even below zero — once, by refund id.
-            await transfer(
-                session,
-                reference=f"external_refund:{refund_id}",
-                kind="external_refund",
-                user_id=order.user_id,
-                amount_micros=-amount,
-                account="stripe",
-                require_available=False,
-                description=f"Refund of order {order.id} made at Stripe",
-                details={"order_id": order.id, "stripe_refund_id": refund_id},
-            )
+            await EXTERNAL_REFUND.post(session, order, refund_id, -amount)
         order.refunded_micros = min(order.amount_micros, order.refunded_micros + amount)
         _settle(order, reason=f"refund {refund_id}")
         if request is not None:
@@ -167,16 +196,7 @@ async def record_refund(session: AsyncSession, refund: dict[str, Any]) -> str:
         ):
             await reverse_request_debit(session, request, order, reason=f"refund {status}")
         elif request is None:
-            await transfer(
-                session,
-                reference=f"external_refund_reversal:{refund_id}",
-                kind="refund_reversal",
-                user_id=order.user_id,
-                amount_micros=existing.amount_micros,
-                account="stripe",
-                description=f"Refund of order {order.id} failed at Stripe",
-                details={"order_id": order.id, "stripe_refund_id": refund_id},
-            )
+            await EXTERNAL_REFUND_REVERSAL.post(session, order, refund_id, existing.amount_micros)
     elif status == "succeeded" and request is not None:
         await _succeeded(session, request, order, refund_id)
     await session.flush()
@@ -235,31 +255,10 @@ async def record_dispute(session: AsyncSession, dispute: dict[str, Any]) -> str:
     withdrawn, reinstated = _money_moved(dispute)
     done = []
     if withdrawn:
-        debit = await transfer(
-            session,
-            reference=f"dispute:{dispute_id}",
-            kind="dispute",
-            user_id=order.user_id,
-            amount_micros=-amount,
-            account="disputes",
-            require_available=False,
-            description=f"Dispute on order {order.id}",
-            details={"order_id": order.id, "dispute_id": dispute_id},
-        )
-        if not debit.replayed:
+        if not (await DISPUTE.post(session, order, dispute_id, -amount)).replayed:
             done.append("debited")
     if reinstated:
-        credit = await transfer(
-            session,
-            reference=f"dispute_reversal:{dispute_id}",
-            kind="dispute_reversal",
-            user_id=order.user_id,
-            amount_micros=amount,
-            account="disputes",
-            description=f"Dispute on order {order.id} won",
-            details={"order_id": order.id, "dispute_id": dispute_id},
-        )
-        if not credit.replayed:
+        if not (await DISPUTE_REVERSAL.post(session, order, dispute_id, amount)).replayed:
             done.append("credited back")
     if is_inquiry(status):
         pass  # the order's status is left alone; eligibility sees the open inquiry

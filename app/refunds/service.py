@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -40,7 +41,6 @@ from app.errors import (
 )
 from app.ids import new_id
 from app.ledger.repository import get_wallet
-from app.ledger.service import transfer
 from app.models.base import utcnow
 from app.models.orders import Order, OrderStatus
 from app.models.refunds import REFUND_REQUEST_STATUSES, RefundRequest, RefundRequestStatus
@@ -49,7 +49,7 @@ from app.orders import repository as orders_repository
 from app.pagination import PageRequest, Slice, before_id, slice_by_id
 from app.refunds import repository
 from app.refunds.eligibility import REASONS, Eligibility, check_amount, refund_eligibility
-from app.refunds.events import record_refund, reverse_request_debit
+from app.refunds.events import REFUND, record_refund, reverse_request_debit
 from app.refunds.schemas import RefundRequestFilter
 from app.refunds.state import transition
 from app.stripe_gateway import (
@@ -166,36 +166,16 @@ async def approve_request(
         if not order.stripe_payment_intent_id:
             raise _refuse("not_paid")
         try:
-            await transfer(
-                session,
-                reference=f"refund:{request.id}",
-                kind="refund",
-                user_id=order.user_id,
-                amount_micros=-request.amount_micros,
-                account="stripe",
-                description=f"Refund of order {order.id}",
-                details={"order_id": order.id, "refund_request_id": request.id},
-            )
+            await REFUND.post(session, order, request.id, -request.amount_micros)
         except InsufficientBalance as exc:
             raise _refuse("exceeds_available_balance") from exc
         now = utcnow()
         transition(request, RefundRequestStatus.PROCESSING, reason=f"approved by {actor}")
         request.auto_approved = auto
-        request.reviewed_by = actor
-        request.reviewed_at = now
-        request.review_note = note
+        await _reviewed(session, request, "refund.approve", actor, note, now, {"auto": auto})
         # Should this process die before Stripe answers, the reconciler picks it up when the
         # claim's lease lapses.
         claim = _claim(request, order, now, settings)
-        await record_admin_action(
-            session,
-            actor=actor,
-            action="refund.approve",
-            subject_type="refund_request",
-            subject_id=request.id,
-            reason=note,
-            details={"order_id": order.id, "amount_micros": request.amount_micros, "auto": auto},
-        )
     return await _carry_out(maker, stripe, claim, now=now)
 
 
@@ -341,19 +321,34 @@ async def deny_request(
             f"The refund request is {request.status}; only a pending request can be denied.",
             status_now=request.status,
         )
+    await _reviewed(session, request, "refund.deny", actor, note, utcnow())
+    return request
+
+
+async def _reviewed(
+    session: AsyncSession,
+    request: RefundRequest,
+    action: str,
+    actor: str,
+    note: str | None,
+    now: datetime,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Record who reviewed the request, when and why, on it and in the audit log (`action`,
+    with the order, the amount and any other `details`)."""
     request.reviewed_by = actor
-    request.reviewed_at = utcnow()
+    request.reviewed_at = now
     request.review_note = note
     await record_admin_action(
         session,
         actor=actor,
-        action="refund.deny",
+        action=action,
         subject_type="refund_request",
         subject_id=request.id,
         reason=note,
-        details={"order_id": request.order_id, "amount_micros": request.amount_micros},
+        details={"order_id": request.order_id, "amount_micros": request.amount_micros}
+        | (details or {}),
     )
-    return request
 
 
 def check_statuses(statuses: list[str] | None) -> list[str] | None:

@@ -21,12 +21,13 @@ Each call is counted in `/metrics` (`billing_stripe_requests_total{operation, ou
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, TypedDict
 
 import stripe
 import structlog
@@ -53,6 +54,19 @@ that Stripe can expand (`latest_charge`, `payment_intent`, `customer`, …) are 
 the method says it expands them; `expandable_id()` reads either form."""
 
 DEFAULT_PRODUCT_NAME = "ToRouter balance top-up"
+
+
+class OrderArgs(TypedDict):
+    """The arguments every payment object for one of our orders is created with (a
+    PaymentIntent, a Checkout Session, an off-session charge), all from the order row, so that
+    a retry under the same idempotency key sends the same request."""
+
+    order_id: str
+    user_id: str
+    amount_cents: int
+    currency: str
+    customer_id: str
+    idempotency_key: str | None
 
 
 def expandable_id(value: Any) -> str | None:
@@ -105,6 +119,16 @@ def _outcome(exc: BillingError) -> str:
     if isinstance(exc, StripeRequestFailed):
         return "declined" if exc.code == "payment_declined" else "refused"
     return exc.code
+
+
+def _given(**params: Any) -> dict[str, Any]:
+    """The optional parameters that are set (Stripe wants the others left out, not null)."""
+    return {name: value for name, value in params.items() if value}
+
+
+def _invalid_request(exc: StripeRequestFailed) -> bool:
+    """Stripe's refusal of a write on an object past the state it would move it to."""
+    return exc.stripe_type == "invalid_request_error"
 
 
 def _plain(obj: stripe.StripeObject) -> StripeJSON:
@@ -210,6 +234,41 @@ class StripeGateway:
         )
         return _plain(result)
 
+    async def _request(self, operation: str, *args: Any, key: str | None = None) -> StripeJSON:
+        """`_call` the SDK method `operation` names (`"checkout.sessions.expire"`:
+        `v1.checkout.sessions.expire_async`) with `args`, and a write's idempotency `key` in the
+        request options (every write has one)."""
+        *path, verb = operation.split(".")
+
+        def make() -> Awaitable[stripe.StripeObject]:
+            method: Callable[..., Awaitable[stripe.StripeObject]] = getattr(
+                functools.reduce(getattr, path, self._v1), f"{verb}_async"
+            )
+            return method(*args, {"idempotency_key": key}) if key else method(*args)
+
+        return await self._call(operation, make, idempotency_key=key)
+
+    async def _end(
+        self,
+        operation: str,
+        object_id: str,
+        params: dict[str, Any] | None,
+        *,
+        key: str,
+        already: Callable[[StripeRequestFailed], bool],
+    ) -> StripeJSON | None:
+        """A write that ends an object (cancel, expire, detach), harmless to repeat: None when
+        Stripe refuses it because the object is past that point already (`already`); a missing
+        object still raises StripeObjectNotFound."""
+        try:
+            return await self._request(operation, object_id, params, key=key)
+        except StripeObjectNotFound:
+            raise
+        except StripeRequestFailed as exc:
+            if not already(exc):
+                raise
+            return None
+
     # -- customers -----------------------------------------------------------------------------
 
     async def get_or_create_customer(
@@ -224,14 +283,8 @@ class StripeGateway:
         (`StripeCustomerMissing`). The new one is created under a key derived from it, because
         the user's usual key would replay the deleted Customer for up to 24 h."""
         key = customer_idempotency_key(user_id, replaces=replaces)
-        params: dict[str, Any] = {"metadata": {"user_id": user_id}}
-        if email:
-            params["email"] = email
-        return await self._call(
-            "customers.create",
-            lambda: self._v1.customers.create_async(params, {"idempotency_key": key}),
-            idempotency_key=key,
-        )
+        params = {"metadata": {"user_id": user_id}} | _given(email=email)
+        return await self._request("customers.create", params, key=key)
 
     # -- payment intents (Elements mode) ---------------------------------------------------------
 
@@ -264,26 +317,18 @@ class StripeGateway:
             "metadata": {**(metadata or {}), "order_id": order_id, "user_id": user_id},
             "description": description or f"{DEFAULT_PRODUCT_NAME} ({order_id})",
         }
-        if customer_id:
-            params["customer"] = customer_id
-        if receipt_email:
-            params["receipt_email"] = receipt_email
-        if setup_future_usage:
-            params["setup_future_usage"] = setup_future_usage
-        return await self._call(
-            "payment_intents.create",
-            lambda: self._v1.payment_intents.create_async(params, {"idempotency_key": key}),
-            idempotency_key=key,
+        params |= _given(
+            customer=customer_id,
+            receipt_email=receipt_email,
+            setup_future_usage=setup_future_usage,
         )
+        return await self._request("payment_intents.create", params, key=key)
 
     async def retrieve_payment_intent(self, payment_intent_id: str) -> StripeJSON:
         """The PaymentIntent with `latest_charge` expanded (the charge object, with
         `receipt_url`, or None before any attempt)."""
-        return await self._call(
-            "payment_intents.retrieve",
-            lambda: self._v1.payment_intents.retrieve_async(
-                payment_intent_id, {"expand": ["latest_charge"]}
-            ),
+        return await self._request(
+            "payment_intents.retrieve", payment_intent_id, {"expand": ["latest_charge"]}
         )
 
     async def cancel_payment_intent(self, payment_intent_id: str) -> StripeJSON:
@@ -291,21 +336,14 @@ class StripeGateway:
         because the PaymentIntent is already past cancelling (canceled, succeeded, processing),
         the PaymentIntent is returned as it is — check its `status`. `latest_charge` expanded.
         Idempotency key `cancel:<payment_intent_id>` (the id stored on our order row)."""
-        key = f"cancel:{payment_intent_id}"
-        try:
-            return await self._call(
-                "payment_intents.cancel",
-                lambda: self._v1.payment_intents.cancel_async(
-                    payment_intent_id, {"expand": ["latest_charge"]}, {"idempotency_key": key}
-                ),
-                idempotency_key=key,
-            )
-        except StripeObjectNotFound:
-            raise
-        except StripeRequestFailed as exc:
-            if exc.stripe_code != "payment_intent_unexpected_state":
-                raise
-            return await self.retrieve_payment_intent(payment_intent_id)
+        canceled = await self._end(
+            "payment_intents.cancel",
+            payment_intent_id,
+            {"expand": ["latest_charge"]},
+            key=f"cancel:{payment_intent_id}",
+            already=lambda exc: exc.stripe_code == "payment_intent_unexpected_state",
+        )
+        return canceled or await self.retrieve_payment_intent(payment_intent_id)
 
     # -- checkout sessions (Checkout mode) -------------------------------------------------------
 
@@ -359,26 +397,18 @@ class StripeGateway:
                 "description": f"{product_name} ({order_id})",
             },
         }
-        if setup_future_usage:
-            params["payment_intent_data"]["setup_future_usage"] = setup_future_usage
+        params["payment_intent_data"] |= _given(setup_future_usage=setup_future_usage)
         if customer_id:
             params["customer"] = customer_id
         elif customer_email:
             params["customer_email"] = customer_email
-        return await self._call(
-            "checkout.sessions.create",
-            lambda: self._v1.checkout.sessions.create_async(params, {"idempotency_key": key}),
-            idempotency_key=key,
-        )
+        return await self._request("checkout.sessions.create", params, key=key)
 
     async def retrieve_checkout_session(self, session_id: str) -> StripeJSON:
         """The Checkout Session with `payment_intent` and its `latest_charge` expanded
         (`payment_intent` is None until the user paid or tried to)."""
-        return await self._call(
-            "checkout.sessions.retrieve",
-            lambda: self._v1.checkout.sessions.retrieve_async(
-                session_id, {"expand": ["payment_intent.latest_charge"]}
-            ),
+        return await self._request(
+            "checkout.sessions.retrieve", session_id, {"expand": ["payment_intent.latest_charge"]}
         )
 
     async def expire_checkout_session(self, session_id: str) -> StripeJSON:
@@ -386,20 +416,13 @@ class StripeGateway:
         when Stripe refuses because the session is not open any more (expired, or complete =
         paid), the session is returned as it is — check its `status`. Returned like
         `retrieve_checkout_session` (expanded). Idempotency key `expire:<session_id>`."""
-        key = f"expire:{session_id}"
-        try:
-            await self._call(
-                "checkout.sessions.expire",
-                lambda: self._v1.checkout.sessions.expire_async(
-                    session_id, None, {"idempotency_key": key}
-                ),
-                idempotency_key=key,
-            )
-        except StripeObjectNotFound:
-            raise
-        except StripeRequestFailed as exc:
-            if exc.stripe_type != "invalid_request_error":
-                raise
+        await self._end(
+            "checkout.sessions.expire",
+            session_id,
+            None,
+            key=f"expire:{session_id}",
+            already=_invalid_request,
+        )
         return await self.retrieve_checkout_session(session_id)
 
     # -- saved cards and off-session payments -------------------------------------------------
@@ -439,19 +462,12 @@ class StripeGateway:
             "description": description or f"{DEFAULT_PRODUCT_NAME}, automatic ({order_id})",
             "expand": ["latest_charge"],
         }
-        return await self._call(
-            "payment_intents.create",
-            lambda: self._v1.payment_intents.create_async(params, {"idempotency_key": key}),
-            idempotency_key=key,
-        )
+        return await self._request("payment_intents.create", params, key=key)
 
     async def retrieve_payment_method(self, payment_method_id: str) -> StripeJSON:
         """A PaymentMethod (`customer`: the id it is attached to, or None; `card`: `brand`,
         `last4`, `exp_month`, `exp_year`, …)."""
-        return await self._call(
-            "payment_methods.retrieve",
-            lambda: self._v1.payment_methods.retrieve_async(payment_method_id),
-        )
+        return await self._request("payment_methods.retrieve", payment_method_id)
 
     async def detach_payment_method(self, payment_method_id: str) -> StripeJSON:
         """Detach a saved card from its customer, so it can never be charged again. Harmless
@@ -460,17 +476,9 @@ class StripeGateway:
         Idempotency key `detach:<payment_method_id>`, like every write."""
         key = f"detach:{payment_method_id}"
         try:
-            return await self._call(
-                "payment_methods.detach",
-                lambda: self._v1.payment_methods.detach_async(
-                    payment_method_id, options={"idempotency_key": key}
-                ),
-                idempotency_key=key,
-            )
-        except StripeObjectNotFound:
-            raise
+            return await self._request("payment_methods.detach", payment_method_id, None, key=key)
         except StripeRequestFailed as exc:
-            if exc.stripe_type != "invalid_request_error":
+            if isinstance(exc, StripeObjectNotFound) or not _invalid_request(exc):
                 raise
             current = await self.retrieve_payment_method(payment_method_id)
             if current.get("customer") is not None:
@@ -502,11 +510,7 @@ class StripeGateway:
         }
         if reason:
             params["reason"] = reason
-        return await self._call(
-            "refunds.create",
-            lambda: self._v1.refunds.create_async(params, {"idempotency_key": key}),
-            idempotency_key=key,
-        )
+        return await self._request("refunds.create", params, key=key)
 
     async def list_refunds(self, *, payment_intent: str, page_size: int = 100) -> list[StripeJSON]:
         """Every refund of a PaymentIntent (our API's and the dashboard's), newest first, all
@@ -535,16 +539,12 @@ class StripeGateway:
         `under_review`, `won`, `lost` for a chargeback). `balance_transactions` lists what
         Stripe withdrew (negative `amount`) and reinstated (positive), empty for an
         inquiry; `is_charge_refundable` says whether the charge can still be refunded."""
-        return await self._call(
-            "disputes.retrieve", lambda: self._v1.disputes.retrieve_async(dispute_id)
-        )
+        return await self._request("disputes.retrieve", dispute_id)
 
     async def retrieve_refund(self, refund_id: str) -> StripeJSON:
         """A Refund (`status`, `amount`, `charge`, `payment_intent`, `metadata`,
         `failure_reason`)."""
-        return await self._call(
-            "refunds.retrieve", lambda: self._v1.refunds.retrieve_async(refund_id)
-        )
+        return await self._request("refunds.retrieve", refund_id)
 
     # -- webhooks --------------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from app.stripe_gateway.gateway import StripeJSON, expandable_id, expanded
 
@@ -51,6 +51,24 @@ def string_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+class _ObjectFields(TypedDict):
+    object_type: str
+    object_id: str
+    currency: str | None
+    livemode: bool | None
+
+
+def _object_fields(object_type: str, obj: StripeJSON) -> _ObjectFields:
+    """What a PaymentIntent and a Checkout Session say alike: id, currency and livemode."""
+    livemode = obj.get("livemode")
+    return {
+        "object_type": object_type,
+        "object_id": str(obj["id"]),
+        "currency": string_or_none(obj.get("currency")),
+        "livemode": livemode if isinstance(livemode, bool) else None,
+    }
+
+
 def _charge_fields(latest_charge: Any) -> dict[str, str | None]:
     charge = expanded(latest_charge)
     receipt = None
@@ -86,12 +104,9 @@ def payment_from_payment_intent(pi: StripeJSON) -> StripePayment:
         state = "open"
     failure = _failure(pi) if state == "open" else {}
     return StripePayment(
-        object_type="payment_intent",
-        object_id=str(pi["id"]),
+        **_object_fields("payment_intent", pi),
         state=state,
         amount_cents=_int(pi.get("amount")),
-        currency=string_or_none(pi.get("currency")),
-        livemode=pi.get("livemode") if isinstance(pi.get("livemode"), bool) else None,
         order_id=metadata_order_id(pi),
         payment_intent_id=str(pi["id"]),
         **_charge_fields(pi.get("latest_charge")),
@@ -119,12 +134,9 @@ def payment_from_checkout_session(cs: StripeJSON) -> StripePayment:
     failure = _failure(pi) if state in ("open", "failed") else {}
     charge = _charge_fields(pi.get("latest_charge")) if pi else {}
     return StripePayment(
-        object_type="checkout.session",
-        object_id=str(cs["id"]),
+        **_object_fields("checkout.session", cs),
         state=state,
         amount_cents=_int(cs.get("amount_total")),
-        currency=string_or_none(cs.get("currency")),
-        livemode=cs.get("livemode") if isinstance(cs.get("livemode"), bool) else None,
         order_id=string_or_none(cs.get("client_reference_id")) or metadata_order_id(cs),
         payment_intent_id=expandable_id(cs.get("payment_intent")),
         checkout_session_id=str(cs["id"]),
