@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable, Coroutine, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
 import asyncpg
@@ -42,7 +42,7 @@ from app.errors import (
 )
 from app.ids import new_id
 from app.ledger.holds import HoldResult
-from app.ledger.holds_repository import HoldRow
+from app.ledger.holds_repository import HoldCapture, HoldRequest, HoldRow
 from app.ledger.repository import WalletRow
 from app.ledger.service import insufficient_balance
 from app.limits.periods import Windows
@@ -678,64 +678,48 @@ class PostgresUsageStore:
         return plan.outcomes
 
     @_outage_is_503
-    async def reserve(
-        self,
-        *,
-        user_id: str,
-        hold_id: str,
-        amount_micros: int,
-        ttl_seconds: int,
-        request_hash: str,
-        details: dict[str, Any] | None,
-        api_key_id: str | None = None,
-    ) -> HoldResult:
+    async def reserve(self, request: HoldRequest) -> HoldResult:
         now = self.clock()
         try:
             row = await self._pool.fetchrow(
                 _RESERVE,
-                hold_id,
-                user_id,
-                amount_micros,
-                request_hash,
-                _json(details),
-                now + timedelta(seconds=ttl_seconds),
+                request.hold_id,
+                request.user_id,
+                request.amount_micros,
+                request.request_hash,
+                _json(request.details),
+                request.expires_at(now),
                 now,
-                api_key_id,
+                request.api_key_id,
                 *Windows.at(now),
             )
         except asyncpg.UniqueViolationError:
-            row = await self._pool.fetchrow(_HOLD_WITH_WALLET, hold_id)
+            row = await self._pool.fetchrow(_HOLD_WITH_WALLET, request.hold_id)
             if row is None:  # pragma: no cover - the conflicting hold is committed
                 raise
             row = ("existing", *row)
         if row is None:
             # No wallet, so nothing to hold (and no hold by that id).
-            raise insufficient_balance(0, amount_micros)
+            raise insufficient_balance(0, request.amount_micros)
         outcome = row[0]
         wallet = _wallet(row, 11)
         if outcome == "insufficient":
-            raise await self._not_covered(user_id, amount_micros)
+            raise await self._not_covered(request.user_id, request.amount_micros)
         if outcome == "limited":
             raise spend_limit_exceeded(*row[16:21])
         hold = _hold(row, 1)
         assert wallet is not None
         if outcome == "reserved":
             return HoldResult(hold, wallet, False, tightest(row[15]))
-        if hold.request_hash != request_hash:
+        if hold.request_hash != request.request_hash:
             raise IdempotencyConflict(
-                f"Hold {hold_id!r} was reserved before with a different request."
+                f"Hold {request.hold_id!r} was reserved before with a different request."
             )
         return HoldResult(hold, wallet, replayed=True)
 
     @_outage_is_503
-    async def capture(
-        self,
-        *,
-        hold_id: str,
-        amount_micros: int,
-        resolution_hash: str,
-        details: dict[str, Any] | None,
-    ) -> HoldResult:
+    async def capture(self, capture: HoldCapture) -> HoldResult:
+        hold_id, amount_micros, resolution_hash, details = capture
         now = self.clock()
         usage = details or {}
         row = await self._pool.fetchrow(

@@ -17,6 +17,7 @@ from app.errors import (
 )
 from app.idempotency import hash_request
 from app.ledger.holds import HoldResult
+from app.ledger.holds_repository import HoldCapture, HoldRequest
 from app.ledger.repository import WalletRow
 from app.usage.schemas import (
     AccountBalanceOut,
@@ -242,7 +243,7 @@ async def reserve_hold(store: UsageStore, settings: Settings, body: HoldIn) -> H
         )
     # The effective TTL is part of the request, so a retry that omits the default still matches.
     canonical = body.model_dump(mode="json", exclude_none=True) | {"ttl_seconds": ttl}
-    result = await store.reserve(
+    request = HoldRequest(
         user_id=body.user_id,
         hold_id=body.hold_id,
         amount_micros=body.amount_micros,
@@ -251,7 +252,7 @@ async def reserve_hold(store: UsageStore, settings: Settings, body: HoldIn) -> H
         details={"metadata": body.metadata} if body.metadata is not None else None,
         api_key_id=body.api_key_id,
     )
-    return _hold_out(result)
+    return _hold_out(await store.reserve(request))
 
 
 async def capture_hold(
@@ -259,13 +260,13 @@ async def capture_hold(
 ) -> HoldOut:
     """Charge the actual cost of a held request and release the rest of the reservation."""
     _check_amount(settings, body.amount_micros)
-    result = await store.capture(
+    capture = HoldCapture(
         hold_id=hold_id,
         amount_micros=body.amount_micros,
         resolution_hash=hash_request({"capture": body.model_dump(mode="json", exclude_none=True)}),
         details=_usage_details(body.model, body.input_tokens, body.output_tokens, body.metadata),
     )
-    return _hold_out(result)
+    return _hold_out(await store.capture(capture))
 
 
 async def release_hold(store: UsageStore, hold_id: str, body: ReleaseIn | None) -> HoldOut:
