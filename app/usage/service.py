@@ -21,6 +21,7 @@ from app.ledger.holds_repository import HoldCapture, HoldRequest
 from app.ledger.repository import WalletRow
 from app.usage.schemas import (
     AccountBalanceOut,
+    BatchStatus,
     CaptureIn,
     FieldError,
     HoldIn,
@@ -168,49 +169,22 @@ def _batch_result(
     index: int, event: UsageIn, debit: UsageDebit, outcome: BatchOutcome
 ) -> UsageBatchResult:
     if isinstance(outcome, InsufficientBalance):
-        return UsageBatchResult.model_construct(
-            index=index,
-            request_id=event.request_id,
-            status="insufficient_balance",
-            transaction_id=None,
-            balance_micros=None,
-            held_micros=None,
-            available_micros=outcome.extra["available_micros"],
-            limit_remaining_micros=None,
-            scope=None,
-            detail=outcome.detail,
-            errors=None,
+        available = outcome.extra["available_micros"]
+        return _refused(
+            index, event, "insufficient_balance", outcome.detail, available_micros=available
         )
     if isinstance(outcome, SpendLimitExceeded):
-        return UsageBatchResult.model_construct(
-            index=index,
-            request_id=event.request_id,
-            status="spend_limit_exceeded",
-            transaction_id=None,
-            balance_micros=None,
-            held_micros=None,
-            available_micros=None,
-            limit_remaining_micros=max(
-                0, outcome.extra["limit_micros"] - outcome.extra["spent_micros"]
-            ),
-            scope=outcome.extra["scope"],
-            detail=outcome.detail,
-            errors=None,
+        extra = outcome.extra
+        return _refused(
+            index,
+            event,
+            "spend_limit_exceeded",
+            outcome.detail,
+            limit_remaining_micros=max(0, extra["limit_micros"] - extra["spent_micros"]),
+            scope=extra["scope"],
         )
     if outcome.replayed and outcome.request_hash != debit.request_hash:
-        return UsageBatchResult.model_construct(
-            index=index,
-            request_id=event.request_id,
-            status="conflict",
-            transaction_id=None,
-            balance_micros=None,
-            held_micros=None,
-            available_micros=None,
-            limit_remaining_micros=None,
-            scope=None,
-            detail=_conflict(event.request_id).detail,
-            errors=None,
-        )
+        return _refused(index, event, "conflict", _conflict(event.request_id).detail)
     wallet = outcome.wallet or _NO_WALLET
     return UsageBatchResult.model_construct(
         index=index,
@@ -224,6 +198,29 @@ def _batch_result(
         scope=None,
         detail=None,
         errors=None,
+    )
+
+
+_NOTHING_APPLIED = dict.fromkeys(
+    (
+        "transaction_id",
+        "balance_micros",
+        "held_micros",
+        "available_micros",
+        "limit_remaining_micros",
+        "scope",
+        "errors",
+    )
+)
+"""A refused event's result: no transaction and no wallet state, but what the refusal tells."""
+
+
+def _refused(
+    index: int, event: UsageIn, status: BatchStatus, detail: str, **refusal: int | str
+) -> UsageBatchResult:
+    fields: dict[str, Any] = _NOTHING_APPLIED | refusal
+    return UsageBatchResult.model_construct(
+        index=index, request_id=event.request_id, status=status, detail=detail, **fields
     )
 
 
