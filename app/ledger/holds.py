@@ -12,8 +12,8 @@ same capture or release (same body) answers the original result marked as a repl
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -28,9 +28,9 @@ from app.limits import repository as limits
 from app.models.base import utcnow
 
 
-@dataclass(frozen=True, slots=True)
-class HoldResult:
-    """A hold and its wallet after an operation (for a replay: as they stand now)."""
+class HoldResult(NamedTuple):
+    """A hold and its wallet after an operation (for a replay: as they stand now). A tuple, like
+    `WalletRow` and the debits' `Debited`: the gateway builds one per hold operation."""
 
     hold: HoldRow
     wallet: WalletRow

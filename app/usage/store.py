@@ -9,7 +9,6 @@ rules; a store only moves rows, raising the same errors for the same outcomes.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
@@ -195,7 +194,7 @@ class SessionUsageStore:
             if api_key_id is not None:
                 await limits.set_hold_key(session, hold_id, api_key_id)
             remaining = await limits.charge(session, counters, request.amount_micros, windows)
-            return replace(result, limit_remaining_micros=tightest_remaining(remaining))
+            return result._replace(limit_remaining_micros=tightest_remaining(remaining))
 
     async def capture(self, capture: HoldCapture) -> HoldResult:
         hold_id, amount_micros, _, details = capture
@@ -226,7 +225,7 @@ class SessionUsageStore:
                     balance_after_micros=result.wallet.balance_micros,
                     now=now,
                 )
-            return replace(result, limit_remaining_micros=remaining)
+            return result._replace(limit_remaining_micros=remaining)
 
     async def release(self, *, hold_id: str, resolution_hash: str) -> HoldResult:
         now = self.clock()
@@ -239,7 +238,7 @@ class SessionUsageStore:
             hold = result.hold
             api_key_id = await limits.hold_key(session, hold_id)
             remaining = await self._settle(session, hold, api_key_id, -hold.amount_micros, now)
-            return replace(result, limit_remaining_micros=remaining)
+            return result._replace(limit_remaining_micros=remaining)
 
     @staticmethod
     async def _settle(
