@@ -12,9 +12,8 @@ same capture or release (same body) answers the original result marked as a repl
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import datetime
+from typing import NamedTuple
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -22,16 +21,16 @@ from app.errors import IdempotencyConflict, InvalidStateTransition, NotFound
 from app.ledger import holds_repository as repository
 from app.ledger import repository as ledger_repository
 from app.ledger.balance_events import balance_changed
-from app.ledger.holds_repository import HoldRow
+from app.ledger.holds_repository import HoldCapture, HoldRequest, HoldRow
 from app.ledger.repository import WalletRow
 from app.ledger.service import Leg, insufficient_balance, post
 from app.limits import repository as limits
 from app.models.base import utcnow
 
 
-@dataclass(frozen=True, slots=True)
-class HoldResult:
-    """A hold and its wallet after an operation (for a replay: as they stand now)."""
+class HoldResult(NamedTuple):
+    """A hold and its wallet after an operation (for a replay: as they stand now). A tuple, like
+    `WalletRow` and the debits' `Debited`: the gateway builds one per hold operation."""
 
     hold: HoldRow
     wallet: WalletRow
@@ -42,35 +41,18 @@ class HoldResult:
 
 
 async def reserve(
-    session: AsyncSession,
-    *,
-    user_id: str,
-    hold_id: str,
-    amount_micros: int,
-    ttl_seconds: int,
-    request_hash: str,
-    details: dict[str, Any] | None = None,
-    now: datetime | None = None,
+    session: AsyncSession, request: HoldRequest, now: datetime | None = None
 ) -> HoldResult:
     """Reserve `amount_micros` of the wallet's available balance until capture, release or
     `ttl_seconds` from now. 402 when the available balance does not cover it."""
-    now = now or utcnow()
-    hold = await repository.insert_hold(
-        session,
-        hold_id=hold_id,
-        user_id=user_id,
-        amount_micros=amount_micros,
-        request_hash=request_hash,
-        details=details,
-        expires_at=now + timedelta(seconds=ttl_seconds),
-        now=now,
-    )
+    user_id, hold_id, amount_micros = request.user_id, request.hold_id, request.amount_micros
+    hold = await repository.insert_hold(session, request, now or utcnow())
     if hold is None:
         existing = await repository.get_hold(session, hold_id)
         if existing is None:
             # Nothing was inserted and nothing conflicted: the user has no wallet yet.
             raise insufficient_balance(0, amount_micros)
-        if existing.request_hash != request_hash:
+        if existing.request_hash != request.request_hash:
             raise IdempotencyConflict(
                 f"Hold {hold_id!r} was reserved before with a different request."
             )
@@ -91,19 +73,14 @@ async def reserve(
 
 
 async def capture(
-    session: AsyncSession,
-    *,
-    hold_id: str,
-    amount_micros: int,
-    resolution_hash: str,
-    details: dict[str, Any] | None = None,
-    now: datetime | None = None,
+    session: AsyncSession, capture: HoldCapture, now: datetime | None = None
 ) -> HoldResult:
     """Charge the actual amount of an active hold and release the reservation. The amount may
     exceed the reservation (the balance may go negative); 0 just releases it.
 
     The ORM path, for SQLite. On PostgreSQL a `hold_capture` header must arrive in the same
     statement as its entries (migration 0006), as `app.usage.repository` writes it."""
+    hold_id, amount_micros, resolution_hash, details = capture
     now = now or utcnow()
     hold = await repository.resolve_hold(
         session,

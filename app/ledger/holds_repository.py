@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     JSON,
@@ -41,6 +41,32 @@ class HoldRow:
     resolved_at: datetime | None
 
 
+class HoldRequest(NamedTuple):
+    """A reserve as the gateway asked for it, built once by the service and passed down to the
+    store and its statement (a tuple, like `UsageDebit`: the gateway builds thousands)."""
+
+    user_id: str
+    hold_id: str
+    amount_micros: int
+    ttl_seconds: int
+    request_hash: str
+    details: dict[str, Any] | None = None
+    api_key_id: str | None = None
+    """The gateway's id of the API key that reserves: its key's spend limit applies too."""
+
+    def expires_at(self, now: datetime) -> datetime:
+        return now + timedelta(seconds=self.ttl_seconds)
+
+
+class HoldCapture(NamedTuple):
+    """A capture as the gateway asked for it: the actual amount and the usage it paid for."""
+
+    hold_id: str
+    amount_micros: int
+    resolution_hash: str
+    details: dict[str, Any] | None = None
+
+
 _HOLD_COLUMNS = (
     Hold.id,
     Hold.user_id,
@@ -59,30 +85,20 @@ def _hold(row: Any) -> HoldRow:
     return HoldRow(*row)
 
 
-async def insert_hold(
-    session: AsyncSession,
-    *,
-    hold_id: str,
-    user_id: str,
-    amount_micros: int,
-    request_hash: str,
-    details: dict[str, Any] | None,
-    expires_at: datetime,
-    now: datetime,
-) -> HoldRow | None:
+async def insert_hold(session: AsyncSession, request: HoldRequest, now: datetime) -> HoldRow | None:
     """Insert an active hold on the user's wallet; None when the hold id exists already or the
     user has no wallet (the caller tells the two apart)."""
     wallet = select(
-        literal(hold_id, String),
+        literal(request.hold_id, String),
         Account.id,
-        literal(user_id, String),
-        literal(amount_micros, BigInteger),
+        literal(request.user_id, String),
+        literal(request.amount_micros, BigInteger),
         literal("active", String),
-        literal(request_hash, String),
-        literal(details, JSON) if details is not None else null(),
-        literal(expires_at, UTCDateTime()),
+        literal(request.request_hash, String),
+        literal(request.details, JSON) if request.details is not None else null(),
+        literal(request.expires_at(now), UTCDateTime()),
         literal(now, UTCDateTime()),
-    ).where(Account.user_id == user_id)
+    ).where(Account.user_id == request.user_id)
     stmt = (
         insert_for(session)(Hold)
         .from_select(

@@ -57,34 +57,50 @@ def insert_for(session: AsyncSession) -> Any:
     return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
-async def insert_transaction(
-    session: AsyncSession,
-    *,
-    reference: str,
-    kind: str,
-    user_id: str | None,
-    description: str | None,
-    request_hash: str | None,
-    details: dict[str, Any] | None,
-    created_at: datetime | None = None,
-) -> str | None:
-    """Insert the transaction header; None when the reference exists already (a replay)."""
-    txn_id = new_id("txn")
-    stmt = (
-        insert_for(session)(LedgerTransaction)
-        .values(
-            id=txn_id,
-            reference=reference,
-            kind=kind,
-            user_id=user_id,
-            description=description,
-            request_hash=request_hash,
-            details=details if details is not None else null(),
-            created_at=created_at or utcnow(),
-        )
+@dataclass(frozen=True, slots=True)
+class Header:
+    """A posting's transaction header, built once by `ledger.post()` and written by whichever
+    path it takes (the row's id and time are the insert's)."""
+
+    reference: str
+    kind: str
+    user_id: str | None
+    description: str | None
+    request_hash: str | None
+    details: dict[str, Any] | None
+
+    def columns(self, txn_id: str, created_at: datetime) -> dict[str, Any]:
+        """The header's row, by column name."""
+        return {
+            "id": txn_id,
+            "reference": self.reference,
+            "kind": self.kind,
+            "user_id": self.user_id,
+            "description": self.description,
+            "request_hash": self.request_hash,
+            "details": self.details,
+            "created_at": created_at,
+        }
+
+
+def _insert_header(insert: Any, header: Header, created_at: datetime) -> Any:
+    """INSERT the header under a new id unless its reference exists (then no row comes back)."""
+    values = header.columns(new_id("txn"), created_at)
+    if header.details is None:
+        values["details"] = null()  # SQL NULL, not a JSON null
+    return (
+        insert(LedgerTransaction)
+        .values(values)
         .on_conflict_do_nothing(index_elements=["reference"])
         .returning(LedgerTransaction.id)
     )
+
+
+async def insert_transaction(
+    session: AsyncSession, header: Header, created_at: datetime | None = None
+) -> str | None:
+    """Insert the transaction header; None when the reference exists already (a replay)."""
+    stmt = _insert_header(insert_for(session), header, created_at or utcnow())
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
@@ -177,13 +193,9 @@ class OneStatementDebit:
 
 async def debit_in_one_statement(
     session: AsyncSession,
+    header: Header,
     *,
-    reference: str,
-    kind: str,
     user_id: str,
-    description: str | None,
-    request_hash: str | None,
-    details: dict[str, Any] | None,
     debit_micros: int,
     held_delta_micros: int,
     system_legs: list[tuple[str, int]],
@@ -194,22 +206,7 @@ async def debit_in_one_statement(
     if the header went in and the available balance covers it, and insert the entries only if
     both happened. The semantics are those of the three-statement path; only the round trips
     differ."""
-    txn = (
-        postgresql.insert(LedgerTransaction)
-        .values(
-            id=new_id("txn"),
-            reference=reference,
-            kind=kind,
-            user_id=user_id,
-            description=description,
-            request_hash=request_hash,
-            details=details if details is not None else null(),
-            created_at=now,
-        )
-        .on_conflict_do_nothing(index_elements=["reference"])
-        .returning(LedgerTransaction.id)
-        .cte("txn")
-    )
+    txn = _insert_header(postgresql.insert, header, now).cte("txn")
     wallet = (
         update(Account)
         .where(

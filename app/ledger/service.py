@@ -128,6 +128,7 @@ async def post(
     _validate(legs)
     wallet_users = [leg.user_id for leg in legs if leg.user_id is not None]
     owner = user_id or (wallet_users[0] if wallet_users else None)
+    header = repository.Header(reference, kind, owner, description, request_hash, details)
     now = utcnow()
 
     async def posted(txn_id: str, wallets: dict[str, WalletRow]) -> PostResult:
@@ -137,16 +138,7 @@ async def post(
                 after = wallets[leg.user_id].available_micros
                 before = after - leg.amount_micros + leg.held_delta_micros
                 await balance_changed(session, leg.user_id, before, after, reference=reference)
-        transaction = LedgerTransaction(
-            id=txn_id,
-            reference=reference,
-            kind=kind,
-            user_id=owner,
-            description=description,
-            request_hash=request_hash,
-            details=details,
-            created_at=now,
-        )
+        transaction = LedgerTransaction(**header.columns(txn_id, now))
         return PostResult(transaction=transaction, replayed=False, wallets=wallets)
 
     debit = _single_covered_debit(legs)
@@ -154,12 +146,8 @@ async def post(
         # The gateway's hot path: one round trip instead of three, same rules.
         done = await repository.debit_in_one_statement(
             session,
-            reference=reference,
-            kind=kind,
+            header,
             user_id=debit.user_id,
-            description=description,
-            request_hash=request_hash,
-            details=details,
             debit_micros=-debit.amount_micros,
             held_delta_micros=debit.held_delta_micros,
             system_legs=[
@@ -175,16 +163,7 @@ async def post(
             raise await _not_covered(session, debit)
         return await posted(done.transaction_id, {debit.user_id: done.wallet})
 
-    txn_id = await repository.insert_transaction(
-        session,
-        reference=reference,
-        kind=kind,
-        user_id=owner,
-        description=description,
-        request_hash=request_hash,
-        details=details,
-        created_at=now,
-    )
+    txn_id = await repository.insert_transaction(session, header, now)
     if txn_id is None:
         return await _replay(session, reference, kind, wallet_users)
 

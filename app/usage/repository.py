@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable, Coroutine, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
 import asyncpg
@@ -42,7 +42,7 @@ from app.errors import (
 )
 from app.ids import new_id
 from app.ledger.holds import HoldResult
-from app.ledger.holds_repository import HoldRow
+from app.ledger.holds_repository import HoldCapture, HoldRequest, HoldRow
 from app.ledger.repository import WalletRow
 from app.ledger.service import insufficient_balance
 from app.limits.periods import Windows
@@ -142,13 +142,15 @@ def _crossing_ctes(now: str, reference: str, *, rises: bool = False) -> str:
     )
 
 
-_DEBIT = f"""
-WITH existing AS (
-    SELECT id, request_hash FROM ledger_transactions WHERE reference = $1
-), limits AS (
-    -- The limits the debit is subject to (its account's, its key's); none for most users.
+def _limit_ctes(user: str, key: str, amount: str) -> str:
+    """The spend limits of a debit or reserve of `amount` by `user` through API key `key`, for a
+    statement whose `existing` CTE finds a replay (which locks and checks nothing): `limits`
+    (locked), `counters` (each one's current window, from the windows `$9`-`$11`) and
+    `refused` (the first limit `amount` would take past it)."""
+    return f"""limits AS (
+    -- The limits the amount is subject to (its account's, its key's); none for most users.
     SELECT id, scope, period, limit_micros, window_start, spent_micros FROM spend_limits
-    WHERE user_id = $3 AND scope IN ('account', 'key:' || $8)
+    WHERE user_id = {user} AND scope IN ('account', 'key:' || {key})
       AND NOT EXISTS (SELECT 1 FROM existing)
     ORDER BY scope FOR UPDATE
 ), counters AS (
@@ -160,9 +162,32 @@ WITH existing AS (
     FROM limits l,
          LATERAL (SELECT {_current_window("l.period", "$9", "$10", "$11")} AS current_window) w
 ), refused AS (
-    -- The first limit the debit would take past its limit: the debit is refused, untouched.
-    SELECT * FROM counters WHERE spent + $4 > limit_micros ORDER BY scope LIMIT 1
-), wallet AS (
+    -- The first limit the amount would take past its limit: it is refused, nothing is written.
+    SELECT * FROM counters WHERE spent + {amount} > limit_micros ORDER BY scope LIMIT 1
+)"""
+
+
+_USAGE_RECORD_COLUMNS = """
+        (user_id, transaction_id, request_id, api_key_id, model, input_tokens, output_tokens,
+         amount_micros, balance_after_micros, created_at)"""
+
+
+def _usage_entries(amount: str, now: str) -> str:
+    """The `entries` of a usage header `txn`: `amount` out of the debited `wallet`, into the
+    usage account."""
+    return f"""entries AS (
+    INSERT INTO ledger_entries
+        (transaction_id, account_id, amount_micros, balance_after_micros, created_at)
+    SELECT txn.id, wallet.id, -{amount}::bigint, wallet.balance_micros, {now} FROM txn, wallet
+    UNION ALL
+    SELECT txn.id, '{USAGE_ACCOUNT}', {amount}, NULL, {now} FROM txn
+)"""
+
+
+_DEBIT = f"""
+WITH existing AS (
+    SELECT id, request_hash FROM ledger_transactions WHERE reference = $1
+), {_limit_ctes("$3", "$8", "$4")}, wallet AS (
     UPDATE accounts SET balance_micros = balance_micros - $4
     WHERE user_id = $3 AND balance_micros - held_micros >= $4
       AND NOT EXISTS (SELECT 1 FROM existing) AND NOT EXISTS (SELECT 1 FROM refused)
@@ -176,16 +201,8 @@ WITH existing AS (
         (id, reference, kind, user_id, description, request_hash, details, created_at)
     SELECT $2, $1, '{USAGE_KIND}', $3, '{USAGE_DESCRIPTION}', $5, $6::json, $7 FROM wallet
     RETURNING id
-), entries AS (
-    INSERT INTO ledger_entries
-        (transaction_id, account_id, amount_micros, balance_after_micros, created_at)
-    SELECT txn.id, wallet.id, -$4::bigint, wallet.balance_micros, $7 FROM txn, wallet
-    UNION ALL
-    SELECT txn.id, '{USAGE_ACCOUNT}', $4, NULL, $7 FROM txn
-), record AS (
-    INSERT INTO usage_records
-        (user_id, transaction_id, request_id, api_key_id, model, input_tokens, output_tokens,
-         amount_micros, balance_after_micros, created_at)
+), {_usage_entries("$4", "$7")}, record AS (
+    INSERT INTO usage_records{_USAGE_RECORD_COLUMNS}
     SELECT $3, txn.id, $12, $8, $13, $14, $15, $4, wallet.balance_micros, $7 FROM txn, wallet
 ), crossing AS (
     SELECT user_id, balance_micros - held_micros + $4::bigint AS available_before,
@@ -235,20 +252,7 @@ def _h(prefix: str) -> str:
 _RESERVE = f"""
 WITH existing AS (
     SELECT {_HOLD_COLUMNS} FROM holds WHERE id = $1
-), limits AS (
-    SELECT id, scope, period, limit_micros, window_start, spent_micros FROM spend_limits
-    WHERE user_id = $2 AND scope IN ('account', 'key:' || $8)
-      AND NOT EXISTS (SELECT 1 FROM existing)
-    ORDER BY scope FOR UPDATE
-), counters AS (
-    SELECT l.id, l.scope, l.period, l.limit_micros,
-           greatest(l.window_start, w.current_window) AS current_window,
-           CASE WHEN l.window_start >= w.current_window THEN l.spent_micros ELSE 0 END AS spent
-    FROM limits l,
-         LATERAL (SELECT {_current_window("l.period", "$9", "$10", "$11")} AS current_window) w
-), refused AS (
-    SELECT * FROM counters WHERE spent + $3 > limit_micros ORDER BY scope LIMIT 1
-), wallet AS (
+), {_limit_ctes("$2", "$8", "$3")}, wallet AS (
     UPDATE accounts SET held_micros = held_micros + $3
     WHERE user_id = $2 AND balance_micros - held_micros >= $3
       AND NOT EXISTS (SELECT 1 FROM existing) AND NOT EXISTS (SELECT 1 FROM refused)
@@ -347,16 +351,8 @@ WITH hold AS (
            $4
     FROM hold WHERE $2 > 0
     RETURNING id
-), entries AS (
-    INSERT INTO ledger_entries
-        (transaction_id, account_id, amount_micros, balance_after_micros, created_at)
-    SELECT txn.id, wallet.id, -$2::bigint, wallet.balance_micros, $4 FROM txn, wallet
-    UNION ALL
-    SELECT txn.id, '{USAGE_ACCOUNT}', $2, NULL, $4 FROM txn
-), record AS (
-    INSERT INTO usage_records
-        (user_id, transaction_id, request_id, api_key_id, model, input_tokens, output_tokens,
-         amount_micros, balance_after_micros, created_at)
+), {_usage_entries("$2", "$4")}, record AS (
+    INSERT INTO usage_records{_USAGE_RECORD_COLUMNS}
     SELECT hold.user_id, txn.id, hold.id, hold.api_key_id, $10, $11, $12, $2,
            wallet.balance_micros, $4
     FROM txn, hold, wallet
@@ -465,9 +461,7 @@ WITH txn AS (
     FROM unnest($12::text[], $13::timestamptz[], $14::bigint[]) AS c(id, window_start, spent)
     WHERE s.id = c.id
 ), records AS (
-    INSERT INTO usage_records
-        (user_id, transaction_id, request_id, api_key_id, model, input_tokens, output_tokens,
-         amount_micros, balance_after_micros, created_at)
+    INSERT INTO usage_records{_USAGE_RECORD_COLUMNS}
     SELECT r.user_id, r.id, r.request_id, r.api_key_id, r.model, r.input_tokens,
            r.output_tokens, r.amount, r.balance_after, $8
     FROM unnest($1::text[], $3::text[], $15::text[], $16::text[], $17::text[], $18::bigint[],
@@ -678,64 +672,48 @@ class PostgresUsageStore:
         return plan.outcomes
 
     @_outage_is_503
-    async def reserve(
-        self,
-        *,
-        user_id: str,
-        hold_id: str,
-        amount_micros: int,
-        ttl_seconds: int,
-        request_hash: str,
-        details: dict[str, Any] | None,
-        api_key_id: str | None = None,
-    ) -> HoldResult:
+    async def reserve(self, request: HoldRequest) -> HoldResult:
         now = self.clock()
         try:
             row = await self._pool.fetchrow(
                 _RESERVE,
-                hold_id,
-                user_id,
-                amount_micros,
-                request_hash,
-                _json(details),
-                now + timedelta(seconds=ttl_seconds),
+                request.hold_id,
+                request.user_id,
+                request.amount_micros,
+                request.request_hash,
+                _json(request.details),
+                request.expires_at(now),
                 now,
-                api_key_id,
+                request.api_key_id,
                 *Windows.at(now),
             )
         except asyncpg.UniqueViolationError:
-            row = await self._pool.fetchrow(_HOLD_WITH_WALLET, hold_id)
+            row = await self._pool.fetchrow(_HOLD_WITH_WALLET, request.hold_id)
             if row is None:  # pragma: no cover - the conflicting hold is committed
                 raise
             row = ("existing", *row)
         if row is None:
             # No wallet, so nothing to hold (and no hold by that id).
-            raise insufficient_balance(0, amount_micros)
+            raise insufficient_balance(0, request.amount_micros)
         outcome = row[0]
         wallet = _wallet(row, 11)
         if outcome == "insufficient":
-            raise await self._not_covered(user_id, amount_micros)
+            raise await self._not_covered(request.user_id, request.amount_micros)
         if outcome == "limited":
             raise spend_limit_exceeded(*row[16:21])
         hold = _hold(row, 1)
         assert wallet is not None
         if outcome == "reserved":
             return HoldResult(hold, wallet, False, tightest(row[15]))
-        if hold.request_hash != request_hash:
+        if hold.request_hash != request.request_hash:
             raise IdempotencyConflict(
-                f"Hold {hold_id!r} was reserved before with a different request."
+                f"Hold {request.hold_id!r} was reserved before with a different request."
             )
         return HoldResult(hold, wallet, replayed=True)
 
     @_outage_is_503
-    async def capture(
-        self,
-        *,
-        hold_id: str,
-        amount_micros: int,
-        resolution_hash: str,
-        details: dict[str, Any] | None,
-    ) -> HoldResult:
+    async def capture(self, capture: HoldCapture) -> HoldResult:
+        hold_id, amount_micros, resolution_hash, details = capture
         now = self.clock()
         usage = details or {}
         row = await self._pool.fetchrow(

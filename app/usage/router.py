@@ -86,20 +86,23 @@ class Operation:
 
     method: str
     path: str
-    name: str
     summary: str
     handler: Handler
     ok: dict[int, tuple[type[BaseModel], str]]
-    errors: tuple[type[BillingError], ...]
+    errors: tuple[type[BillingError], ...] = ()
+    """What it may answer of its own besides `_COMMON_ERRORS`."""
     notes: dict[int, str] = field(default_factory=dict)
     """Descriptions of error statuses worth more than the errors' titles."""
     body: type[BaseModel] | None = None
     body_required: bool = True
     params: dict[str, Any] = field(default_factory=dict)
+    name: str = field(init=False)
+    """The operationId: the handler's name."""
     pattern: re.Pattern[str] = field(init=False)
     adapters: dict[str, TypeAdapter[str]] = field(init=False)
 
     def __post_init__(self) -> None:
+        self.name = self.handler.__name__.removeprefix("_")
         regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", self.path)
         self.pattern = re.compile(f"^{regex}$")
         self.adapters = {name: TypeAdapter(kind) for name, kind in self.params.items()}
@@ -159,72 +162,89 @@ _HOLD_NOTES = {
     "(already resolved otherwise: captured, released or expired).",
 }
 
-OPERATIONS = [
-    Operation(
+_DEBIT_ERRORS = (InsufficientBalance, SpendLimitExceeded, IdempotencyConflict)
+_HOLD_ERRORS = (NotFound, IdempotencyConflict, InvalidStateTransition)
+
+
+def _once_per_id(
+    path: str,
+    summary: str,
+    handler: Handler,
+    body: type[BaseModel],
+    out: type[BaseModel],
+    applied: str,
+) -> Operation:
+    """A debit or a reserve under the caller's id: 201 applied now, 200 a replay."""
+    ok = {201: (out, applied), 200: (out, _REPLAY)}
+    return Operation("POST", path, summary, handler, ok, _DEBIT_ERRORS, _DEBIT_NOTES, body)
+
+
+def _hold_resolution(
+    action: str,
+    summary: str,
+    handler: Handler,
+    body: type[BaseModel],
+    done: str,
+    *,
+    body_required: bool = True,
+) -> Operation:
+    """A capture or a release of the hold in the path; a repeat answers the original."""
+    return Operation(
         "POST",
+        f"/v1/internal/holds/{{hold_id}}/{action}",
+        summary,
+        handler,
+        ok={200: (HoldOut, done)},
+        errors=_HOLD_ERRORS,
+        notes=_HOLD_NOTES,
+        body=body,
+        body_required=body_required,
+        params={"hold_id": HoldId},
+    )
+
+
+OPERATIONS = [
+    _once_per_id(
         "/v1/internal/usage",
-        "record_usage",
         "Debit a request's usage",
         _record_usage,
-        ok={201: (UsageOut, "Debited now."), 200: (UsageOut, _REPLAY)},
-        errors=(InsufficientBalance, SpendLimitExceeded, IdempotencyConflict),
-        notes=_DEBIT_NOTES,
-        body=UsageIn,
+        UsageIn,
+        UsageOut,
+        "Debited now.",
     ),
     Operation(
         "POST",
         "/v1/internal/usage/batch",
-        "record_usage_batch",
         "Debit a batch of usage events",
         _record_usage_batch,
         ok={200: (UsageBatchOut, "One result per event, in the order sent.")},
-        errors=(),
         body=UsageBatchIn,
     ),
-    Operation(
-        "POST",
+    _once_per_id(
         "/v1/internal/holds",
-        "reserve_hold",
         "Reserve part of a balance",
         _reserve_hold,
-        ok={201: (HoldOut, "Reserved now."), 200: (HoldOut, _REPLAY)},
-        errors=(InsufficientBalance, SpendLimitExceeded, IdempotencyConflict),
-        notes=_DEBIT_NOTES,
-        body=HoldIn,
+        HoldIn,
+        HoldOut,
+        "Reserved now.",
     ),
-    Operation(
-        "POST",
-        "/v1/internal/holds/{hold_id}/capture",
-        "capture_hold",
-        "Capture a hold",
-        _capture_hold,
-        ok={200: (HoldOut, "Captured (now, or `replayed`).")},
-        errors=(NotFound, IdempotencyConflict, InvalidStateTransition),
-        notes=_HOLD_NOTES,
-        body=CaptureIn,
-        params={"hold_id": HoldId},
+    _hold_resolution(
+        "capture", "Capture a hold", _capture_hold, CaptureIn, "Captured (now, or `replayed`)."
     ),
-    Operation(
-        "POST",
-        "/v1/internal/holds/{hold_id}/release",
-        "release_hold",
+    _hold_resolution(
+        "release",
         "Release a hold",
         _release_hold,
-        ok={200: (HoldOut, "Released (now, or `replayed`).")},
-        errors=(NotFound, IdempotencyConflict, InvalidStateTransition),
-        notes=_HOLD_NOTES,
-        body=ReleaseIn,
+        ReleaseIn,
+        "Released (now, or `replayed`).",
         body_required=False,
-        params={"hold_id": HoldId},
     ),
     Operation(
         "GET",
         "/v1/internal/accounts/{user_id}/balance",
-        "get_account_balance",
         "Get a user's balance",
         _get_account_balance,
         ok={200: (AccountBalanceOut, "The wallet as it stands.")},
-        errors=(),
         params={"user_id": UserIdPath},
     ),
 ]

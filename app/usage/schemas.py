@@ -29,6 +29,12 @@ CallerId = Annotated[
     CleanStr,
     StringConstraints(min_length=1, max_length=200, pattern=r"^\S+$"),
 ]
+RequestId = Annotated[
+    CallerId, Field(description="The gateway's request id: the debit's idempotency key.")
+]
+HoldKey = Annotated[
+    CallerId, Field(description="The gateway's hold id: the hold's idempotency key.")
+]
 Metadata = Annotated[
     dict[str, Any] | None,
     AfterValidator(lambda v: _small_json(v) if v is not None else None),
@@ -60,9 +66,7 @@ class UsageIn(StrictModel):
     """One request's cost, to debit from the user's available balance once."""
 
     user_id: UserId
-    request_id: Annotated[
-        CallerId, Field(description="The gateway's request id: the debit's idempotency key.")
-    ]
+    request_id: RequestId
     amount_micros: PositiveMicros
     api_key_id: ApiKeyId = None
     model: ModelName = None
@@ -147,9 +151,7 @@ class HoldIn(StrictModel):
     """Reserve part of the available balance for a request in flight."""
 
     user_id: UserId
-    hold_id: Annotated[
-        CallerId, Field(description="The gateway's hold id: the hold's idempotency key.")
-    ]
+    hold_id: HoldKey
     amount_micros: PositiveMicros
     api_key_id: ApiKeyId = None
     ttl_seconds: Annotated[

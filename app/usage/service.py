@@ -17,9 +17,11 @@ from app.errors import (
 )
 from app.idempotency import hash_request
 from app.ledger.holds import HoldResult
+from app.ledger.holds_repository import HoldCapture, HoldRequest
 from app.ledger.repository import WalletRow
 from app.usage.schemas import (
     AccountBalanceOut,
+    BatchStatus,
     CaptureIn,
     FieldError,
     HoldIn,
@@ -167,49 +169,22 @@ def _batch_result(
     index: int, event: UsageIn, debit: UsageDebit, outcome: BatchOutcome
 ) -> UsageBatchResult:
     if isinstance(outcome, InsufficientBalance):
-        return UsageBatchResult.model_construct(
-            index=index,
-            request_id=event.request_id,
-            status="insufficient_balance",
-            transaction_id=None,
-            balance_micros=None,
-            held_micros=None,
-            available_micros=outcome.extra["available_micros"],
-            limit_remaining_micros=None,
-            scope=None,
-            detail=outcome.detail,
-            errors=None,
+        available = outcome.extra["available_micros"]
+        return _refused(
+            index, event, "insufficient_balance", outcome.detail, available_micros=available
         )
     if isinstance(outcome, SpendLimitExceeded):
-        return UsageBatchResult.model_construct(
-            index=index,
-            request_id=event.request_id,
-            status="spend_limit_exceeded",
-            transaction_id=None,
-            balance_micros=None,
-            held_micros=None,
-            available_micros=None,
-            limit_remaining_micros=max(
-                0, outcome.extra["limit_micros"] - outcome.extra["spent_micros"]
-            ),
-            scope=outcome.extra["scope"],
-            detail=outcome.detail,
-            errors=None,
+        extra = outcome.extra
+        return _refused(
+            index,
+            event,
+            "spend_limit_exceeded",
+            outcome.detail,
+            limit_remaining_micros=max(0, extra["limit_micros"] - extra["spent_micros"]),
+            scope=extra["scope"],
         )
     if outcome.replayed and outcome.request_hash != debit.request_hash:
-        return UsageBatchResult.model_construct(
-            index=index,
-            request_id=event.request_id,
-            status="conflict",
-            transaction_id=None,
-            balance_micros=None,
-            held_micros=None,
-            available_micros=None,
-            limit_remaining_micros=None,
-            scope=None,
-            detail=_conflict(event.request_id).detail,
-            errors=None,
-        )
+        return _refused(index, event, "conflict", _conflict(event.request_id).detail)
     wallet = outcome.wallet or _NO_WALLET
     return UsageBatchResult.model_construct(
         index=index,
@@ -223,6 +198,29 @@ def _batch_result(
         scope=None,
         detail=None,
         errors=None,
+    )
+
+
+_NOTHING_APPLIED = dict.fromkeys(
+    (
+        "transaction_id",
+        "balance_micros",
+        "held_micros",
+        "available_micros",
+        "limit_remaining_micros",
+        "scope",
+        "errors",
+    )
+)
+"""A refused event's result: no transaction and no wallet state, but what the refusal tells."""
+
+
+def _refused(
+    index: int, event: UsageIn, status: BatchStatus, detail: str, **refusal: int | str
+) -> UsageBatchResult:
+    fields: dict[str, Any] = _NOTHING_APPLIED | refusal
+    return UsageBatchResult.model_construct(
+        index=index, request_id=event.request_id, status=status, detail=detail, **fields
     )
 
 
@@ -242,7 +240,7 @@ async def reserve_hold(store: UsageStore, settings: Settings, body: HoldIn) -> H
         )
     # The effective TTL is part of the request, so a retry that omits the default still matches.
     canonical = body.model_dump(mode="json", exclude_none=True) | {"ttl_seconds": ttl}
-    result = await store.reserve(
+    request = HoldRequest(
         user_id=body.user_id,
         hold_id=body.hold_id,
         amount_micros=body.amount_micros,
@@ -251,7 +249,7 @@ async def reserve_hold(store: UsageStore, settings: Settings, body: HoldIn) -> H
         details={"metadata": body.metadata} if body.metadata is not None else None,
         api_key_id=body.api_key_id,
     )
-    return _hold_out(result)
+    return _hold_out(await store.reserve(request))
 
 
 async def capture_hold(
@@ -259,13 +257,13 @@ async def capture_hold(
 ) -> HoldOut:
     """Charge the actual cost of a held request and release the rest of the reservation."""
     _check_amount(settings, body.amount_micros)
-    result = await store.capture(
+    capture = HoldCapture(
         hold_id=hold_id,
         amount_micros=body.amount_micros,
         resolution_hash=hash_request({"capture": body.model_dump(mode="json", exclude_none=True)}),
         details=_usage_details(body.model, body.input_tokens, body.output_tokens, body.metadata),
     )
-    return _hold_out(result)
+    return _hold_out(await store.capture(capture))
 
 
 async def release_hold(store: UsageStore, hold_id: str, body: ReleaseIn | None) -> HoldOut:

@@ -9,7 +9,6 @@ rules; a store only moves rows, raising the same errors for the same outcomes.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
@@ -19,7 +18,7 @@ from app.db import session_scope
 from app.errors import InsufficientBalance, SpendLimitExceeded
 from app.ledger import holds, holds_repository, repository
 from app.ledger.holds import HoldResult
-from app.ledger.holds_repository import HoldRow
+from app.ledger.holds_repository import HoldCapture, HoldRequest, HoldRow
 from app.ledger.repository import WalletRow
 from app.ledger.service import transfer
 from app.limits import repository as limits
@@ -85,29 +84,12 @@ class UsageStore(Protocol):
         database transaction; one outcome per debit, in the same order."""
         ...
 
-    async def reserve(
-        self,
-        *,
-        user_id: str,
-        hold_id: str,
-        amount_micros: int,
-        ttl_seconds: int,
-        request_hash: str,
-        details: dict[str, Any] | None,
-        api_key_id: str | None = None,
-    ) -> HoldResult:
+    async def reserve(self, request: HoldRequest) -> HoldResult:
         """See `app.ledger.holds.reserve`; also subject to the spend limits of the user and
         `api_key_id`."""
         ...
 
-    async def capture(
-        self,
-        *,
-        hold_id: str,
-        amount_micros: int,
-        resolution_hash: str,
-        details: dict[str, Any] | None,
-    ) -> HoldResult:
+    async def capture(self, capture: HoldCapture) -> HoldResult:
         """See `app.ledger.holds.capture`."""
         ...
 
@@ -198,58 +180,27 @@ class SessionUsageStore:
             limit_remaining_micros=remaining,
         )
 
-    async def reserve(
-        self,
-        *,
-        user_id: str,
-        hold_id: str,
-        amount_micros: int,
-        ttl_seconds: int,
-        request_hash: str,
-        details: dict[str, Any] | None,
-        api_key_id: str | None = None,
-    ) -> HoldResult:
+    async def reserve(self, request: HoldRequest) -> HoldResult:
+        hold_id, api_key_id = request.hold_id, request.api_key_id
         now = self.clock()
         windows = Windows.at(now)
         async with session_scope(self._maker) as session:
-            counters = await limits.locked_counters(session, user_id, api_key_id)
+            counters = await limits.locked_counters(session, request.user_id, api_key_id)
             if counters and await holds_repository.get_hold(session, hold_id) is None:
-                check(counters, amount_micros, windows)
-            result = await holds.reserve(
-                session,
-                user_id=user_id,
-                hold_id=hold_id,
-                amount_micros=amount_micros,
-                ttl_seconds=ttl_seconds,
-                request_hash=request_hash,
-                details=details,
-                now=now,
-            )
+                check(counters, request.amount_micros, windows)
+            result = await holds.reserve(session, request, now)
             if result.replayed:
                 return result
             if api_key_id is not None:
                 await limits.set_hold_key(session, hold_id, api_key_id)
-            remaining = await limits.charge(session, counters, amount_micros, windows)
-            return replace(result, limit_remaining_micros=tightest_remaining(remaining))
+            remaining = await limits.charge(session, counters, request.amount_micros, windows)
+            return result._replace(limit_remaining_micros=tightest_remaining(remaining))
 
-    async def capture(
-        self,
-        *,
-        hold_id: str,
-        amount_micros: int,
-        resolution_hash: str,
-        details: dict[str, Any] | None,
-    ) -> HoldResult:
+    async def capture(self, capture: HoldCapture) -> HoldResult:
+        hold_id, amount_micros, _, details = capture
         now = self.clock()
         async with session_scope(self._maker) as session:
-            result = await holds.capture(
-                session,
-                hold_id=hold_id,
-                amount_micros=amount_micros,
-                resolution_hash=resolution_hash,
-                details=details,
-                now=now,
-            )
+            result = await holds.capture(session, capture, now)
             if result.replayed:
                 return result
             hold = result.hold
@@ -274,7 +225,7 @@ class SessionUsageStore:
                     balance_after_micros=result.wallet.balance_micros,
                     now=now,
                 )
-            return replace(result, limit_remaining_micros=remaining)
+            return result._replace(limit_remaining_micros=remaining)
 
     async def release(self, *, hold_id: str, resolution_hash: str) -> HoldResult:
         now = self.clock()
@@ -287,7 +238,7 @@ class SessionUsageStore:
             hold = result.hold
             api_key_id = await limits.hold_key(session, hold_id)
             remaining = await self._settle(session, hold, api_key_id, -hold.amount_micros, now)
-            return replace(result, limit_remaining_micros=remaining)
+            return result._replace(limit_remaining_micros=remaining)
 
     @staticmethod
     async def _settle(
