@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import structlog
 from fastapi import FastAPI, Request, routing
@@ -57,12 +57,32 @@ PROBLEM_JSON = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://docs.torouter.dev/billing/problems/"
 
 
+class _Declared(TypedDict, total=False):
+    """What a `BillingError` subclass may declare in its class line."""
+
+    status: int
+    code: str
+    title: str
+    retry_after: int
+
+
 class BillingError(Exception):
-    """An error with an HTTP status and a stable machine-readable code."""
+    """An error with an HTTP status and a stable machine-readable code.
+
+    A subclass declares what differs from its parent in its class line (the catalogue above):
+    `class NotFound(BillingError, status=404, code="not_found", title="Not found")`; and
+    `retry_after=` for an error worth retrying, which then answers with `Retry-After` (that many
+    seconds, unless the raiser passes its own `retry_after`)."""
 
     status: int = 400
     code: str = "bad_request"
     title: str = "Bad request"
+    retry_after: int | None = None
+
+    def __init_subclass__(cls, **declared: Unpack[_Declared]) -> None:
+        super().__init_subclass__()
+        for name, value in declared.items():
+            setattr(cls, name, value)
 
     def __init__(
         self,
@@ -74,6 +94,9 @@ class BillingError(Exception):
         super().__init__(detail or self.title)
         self.detail = detail or self.title
         self.headers = headers or {}
+        if self.retry_after is not None:
+            seconds = extra.pop("retry_after", self.retry_after)
+            self.headers = {**self.headers, "Retry-After": str(seconds)}
         self.extra = extra
 
 
@@ -81,154 +104,97 @@ class BadRequest(BillingError):
     """The request cannot be processed as sent."""
 
 
-class InvalidSignature(BadRequest):
+class InvalidSignature(BadRequest, code="invalid_signature", title="Invalid signature"):
     """A webhook's signature does not verify."""
 
-    code = "invalid_signature"
-    title = "Invalid signature"
 
-
-class Unauthorized(BillingError):
+class Unauthorized(BillingError, status=401, code="unauthorized", title="Unauthorized"):
     """No valid credentials."""
-
-    status = 401
-    code = "unauthorized"
-    title = "Unauthorized"
 
     def __init__(self, detail: str | None = None, **extra: Any) -> None:
         super().__init__(detail, headers={"WWW-Authenticate": "Bearer"}, **extra)
 
 
-class Forbidden(BillingError):
+class Forbidden(BillingError, status=403, code="forbidden", title="Forbidden"):
     """Valid credentials that do not allow this."""
 
-    status = 403
-    code = "forbidden"
-    title = "Forbidden"
 
-
-class NotFound(BillingError):
+class NotFound(BillingError, status=404, code="not_found", title="Not found"):
     """No such object (or not the caller's)."""
 
-    status = 404
-    code = "not_found"
-    title = "Not found"
 
-
-class Conflict(BillingError):
+class Conflict(BillingError, status=409, code="conflict", title="Conflict"):
     """The request conflicts with the object's current state."""
 
-    status = 409
-    code = "conflict"
-    title = "Conflict"
 
-
-class IdempotencyConflict(Conflict):
+class IdempotencyConflict(
+    Conflict, code="idempotency_conflict", title="Idempotency key reused with a different request"
+):
     """The idempotency key was used before with a different request."""
 
-    code = "idempotency_conflict"
-    title = "Idempotency key reused with a different request"
 
-
-class OrderNotResumable(Conflict):
+class OrderNotResumable(Conflict, code="order_not_resumable", title="Order cannot be resumed"):
     """The order can no longer be paid."""
 
-    code = "order_not_resumable"
-    title = "Order cannot be resumed"
 
-
-class OrderNotCancelable(Conflict):
+class OrderNotCancelable(Conflict, code="order_not_cancelable", title="Order cannot be canceled"):
     """The order is past the point where it can be canceled."""
 
-    code = "order_not_cancelable"
-    title = "Order cannot be canceled"
 
-
-class RefundNotEligible(Conflict):
+class RefundNotEligible(Conflict, code="refund_not_eligible", title="Refund not eligible"):
     """A refund cannot be requested or approved now."""
 
-    code = "refund_not_eligible"
-    title = "Refund not eligible"
 
-
-class InvalidStateTransition(Conflict):
+class InvalidStateTransition(Conflict, code="invalid_state", title="Invalid state"):
     """The object is not in a state that allows this."""
 
-    code = "invalid_state"
-    title = "Invalid state"
 
-
-class EventInProgress(Conflict):
+class EventInProgress(
+    Conflict, code="event_in_progress", title="Event being applied", retry_after=30
+):
     """Another delivery of this Stripe event is being applied right now; Stripe delivers it
     again later (it retries every non-2xx answer)."""
 
-    code = "event_in_progress"
-    title = "Event being applied"
 
-    def __init__(self, detail: str | None = None, *, retry_after: int = 30, **extra: Any) -> None:
-        super().__init__(detail, headers={"Retry-After": str(retry_after)}, **extra)
-
-
-class PaymentRequired(BillingError):
+class PaymentRequired(BillingError, status=402, code="payment_required", title="Payment required"):
     """Money is missing."""
 
-    status = 402
-    code = "payment_required"
-    title = "Payment required"
 
-
-class InsufficientBalance(PaymentRequired):
+class InsufficientBalance(
+    PaymentRequired, code="insufficient_balance", title="Insufficient balance"
+):
     """The wallet's available balance does not cover the amount."""
 
-    code = "insufficient_balance"
-    title = "Insufficient balance"
 
-
-class SpendLimitExceeded(PaymentRequired):
+class SpendLimitExceeded(
+    PaymentRequired, code="spend_limit_exceeded", title="Spend limit exceeded"
+):
     """A spend limit (the account's or the API key's) does not leave room for the amount; the
     problem carries `scope`, `limit`, `spent` and `resets_at` (null for a `total` limit)."""
 
-    code = "spend_limit_exceeded"
-    title = "Spend limit exceeded"
 
-
-class PaymentDeclined(PaymentRequired):
+class PaymentDeclined(PaymentRequired, code="payment_declined", title="Payment declined"):
     """The payment method was declined."""
 
-    code = "payment_declined"
-    title = "Payment declined"
 
-
-class PayloadTooLarge(BillingError):
+class PayloadTooLarge(
+    BillingError, status=413, code="payload_too_large", title="Payload too large"
+):
     """The request body exceeds the limit."""
 
-    status = 413
-    code = "payload_too_large"
-    title = "Payload too large"
 
-
-class ValidationFailed(BillingError):
+class ValidationFailed(BillingError, status=422, code="validation_error", title="Validation error"):
     """The request does not satisfy the schema or a business rule on its fields."""
 
-    status = 422
-    code = "validation_error"
-    title = "Validation error"
 
-
-class TooManyPendingOrders(BillingError):
+class TooManyPendingOrders(
+    BillingError, status=429, code="too_many_pending_orders", title="Too many pending orders"
+):
     """The user has too many unpaid orders."""
 
-    status = 429
-    code = "too_many_pending_orders"
-    title = "Too many pending orders"
 
-
-class RateLimited(BillingError):
+class RateLimited(BillingError, status=429, code="rate_limited", title="Rate limited"):
     """Too many requests; `Retry-After` says when the next one is allowed."""
-
-    status = 429
-    code = "rate_limited"
-    title = "Rate limited"
 
     def __init__(self, detail: str | None = None, *, retry_after: int = 1, **extra: Any) -> None:
         retry_after = max(1, retry_after)
@@ -237,37 +203,29 @@ class RateLimited(BillingError):
         )
 
 
-class ServiceUnavailable(BillingError):
+class ServiceUnavailable(
+    BillingError, status=503, code="service_unavailable", title="Service unavailable"
+):
     """A dependency is down; retry later."""
 
-    status = 503
-    code = "service_unavailable"
-    title = "Service unavailable"
 
-
-class PaymentProviderUnavailable(ServiceUnavailable):
+class PaymentProviderUnavailable(
+    ServiceUnavailable,
+    code="payment_provider_unavailable",
+    title="Payment provider unavailable",
+    retry_after=5,
+):
     """Stripe did not answer, or answered with an error that is worth retrying."""
 
-    code = "payment_provider_unavailable"
-    title = "Payment provider unavailable"
 
-    def __init__(self, detail: str | None = None, *, retry_after: int = 5, **extra: Any) -> None:
-        super().__init__(detail, headers={"Retry-After": str(retry_after)}, **extra)
-
-
-class PaymentsNotConfigured(ServiceUnavailable):
+class PaymentsNotConfigured(
+    ServiceUnavailable, code="payments_not_configured", title="Payments not configured"
+):
     """No Stripe keys are configured."""
 
-    code = "payments_not_configured"
-    title = "Payments not configured"
 
-
-class InternalError(BillingError):
+class InternalError(BillingError, status=500, code="internal_error", title="Internal server error"):
     """Something went wrong on our side."""
-
-    status = 500
-    code = "internal_error"
-    title = "Internal server error"
 
 
 def problem_response(

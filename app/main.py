@@ -62,21 +62,23 @@ with `"currency": "usd"`; the gateway API speaks integer `*_micros` (1 USD = 1,0
 Errors are RFC 9457 `application/problem+json` with a stable `code`.
 """
 
-TAGS = [
-    {"name": "purchase", "description": "Top up the balance with Stripe."},
-    {"name": "orders", "description": "Order history, receipts, resume, cancel, sync."},
-    {"name": "refunds", "description": "Refund requests for paid orders."},
-    {"name": "balance", "description": "The user's balance and its transactions."},
-    {"name": "payment methods", "description": "Cards saved while paying."},
-    {"name": "auto top-up", "description": "Charge a saved card when the balance runs low."},
-    {"name": "alerts", "description": "Low-balance alerts and email notifications."},
-    {"name": "gateway", "description": "Usage debits and holds, for the gateway (service token)."},
-    {"name": "spend-limits", "description": "Caps on what the account or an API key spends."},
-    {"name": "usage", "description": "Usage reports and the CSV export."},
-    {"name": "webhooks", "description": "Stripe event deliveries."},
-    {"name": "admin", "description": "Operator endpoints (admin role)."},
-    {"name": "operations", "description": "Health, readiness and metrics."},
-]
+TAG_DESCRIPTIONS = {
+    "purchase": "Top up the balance with Stripe.",
+    "orders": "Order history, receipts, resume, cancel, sync.",
+    "refunds": "Refund requests for paid orders.",
+    "balance": "The user's balance and its transactions.",
+    "payment methods": "Cards saved while paying.",
+    "auto top-up": "Charge a saved card when the balance runs low.",
+    "alerts": "Low-balance alerts and email notifications.",
+    "gateway": "Usage debits and holds, for the gateway (service token).",
+    "spend-limits": "Caps on what the account or an API key spends.",
+    "usage": "Usage reports and the CSV export.",
+    "webhooks": "Stripe event deliveries.",
+    "admin": "Operator endpoints (admin role).",
+    "operations": "Health, readiness and metrics.",
+}
+"""The document's tags, in its order, and what each groups."""
+TAGS = [{"name": name, "description": text} for name, text in TAG_DESCRIPTIONS.items()]
 
 
 def _operation_id(route: APIRoute) -> str:

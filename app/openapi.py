@@ -81,6 +81,11 @@ _FASTAPI_DESCRIPTIONS = {"Successful Response", "Validation Error"}
 """Descriptions FastAPI writes by itself, which a problem's description replaces."""
 
 
+def _optional(description: str) -> Any:
+    """A member of the problem that only some problems carry."""
+    return Field(default=None, description=description)
+
+
 class ProblemFieldError(BaseModel):
     """One field a request got wrong."""
 
@@ -97,40 +102,29 @@ class Problem(BaseModel):
     title: str = Field(description="A short summary of the problem type.")
     status: int = Field(description="The HTTP status.")
     code: str = Field(description="The stable machine-readable code; switch on this.")
-    detail: str | None = Field(default=None, description="What went wrong, for a person.")
-    instance: str | None = Field(default=None, description="The request path, when sent.")
-    request_id: str | None = Field(
-        default=None, description="The request's `X-Request-ID`; quote it when reporting."
+    detail: str | None = _optional("What went wrong, for a person.")
+    instance: str | None = _optional("The request path, when sent.")
+    request_id: str | None = _optional("The request's `X-Request-ID`; quote it when reporting.")
+    errors: list[ProblemFieldError] | None = _optional(
+        "`validation_error`: each field that is wrong."
     )
-    errors: list[ProblemFieldError] | None = Field(
-        default=None, description="`validation_error`: each field that is wrong."
+    available_micros: int | None = _optional(
+        "`insufficient_balance`: the available balance in micro-USD."
     )
-    available_micros: int | None = Field(
-        default=None, description="`insufficient_balance`: the available balance in micro-USD."
+    required_micros: int | None = _optional(
+        "`insufficient_balance`: the amount asked for, in micro-USD."
     )
-    required_micros: int | None = Field(
-        default=None, description="`insufficient_balance`: the amount asked for, in micro-USD."
+    hold_status: str | None = _optional("`invalid_state` of a hold: its status now.")
+    order_id: str | None = _optional("The order the problem is about.")
+    order_status: str | None = _optional("That order's status now.")
+    reason: str | None = _optional("A machine-readable reason (`refund_not_eligible`, 503s).")
+    max_pending_orders: int | None = _optional("`too_many_pending_orders`: the limit.")
+    pending_order_ids: list[str] | None = _optional(
+        "`too_many_pending_orders`: the orders to pay or cancel."
     )
-    hold_status: str | None = Field(
-        default=None, description="`invalid_state` of a hold: its status now."
-    )
-    order_id: str | None = Field(default=None, description="The order the problem is about.")
-    order_status: str | None = Field(default=None, description="That order's status now.")
-    reason: str | None = Field(
-        default=None, description="A machine-readable reason (`refund_not_eligible`, 503s)."
-    )
-    max_pending_orders: int | None = Field(
-        default=None, description="`too_many_pending_orders`: the limit."
-    )
-    pending_order_ids: list[str] | None = Field(
-        default=None, description="`too_many_pending_orders`: the orders to pay or cancel."
-    )
-    retry_after: int | None = Field(
-        default=None, description="`rate_limited`: seconds to wait, as in `Retry-After`."
-    )
-    limit: str | None = Field(
-        default=None,
-        description="`rate_limited`: the limit reached (`purchase`, `resume`, `cancel`, `sync`, "
+    retry_after: int | None = _optional("`rate_limited`: seconds to wait, as in `Retry-After`.")
+    limit: str | None = _optional(
+        "`rate_limited`: the limit reached (`purchase`, `resume`, `cancel`, `sync`, "
         "`payment_result`, `refund_request`, `stripe_objects_per_day`, "
         "`failed_payments_per_day`).",
     )

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from sqlalchemy import BigInteger, DateTime, Integer, MetaData, TypeDecorator
+from sqlalchemy import BigInteger, DateTime, Index, Integer, MetaData, String, TypeDecorator, text
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import DeclarativeBase, mapped_column
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -47,6 +48,32 @@ class UTCDateTime(TypeDecorator[datetime]):
 def utcnow() -> datetime:
     """Now, timezone-aware UTC."""
     return datetime.now(UTC)
+
+
+# The columns most tables have, as `Mapped[...]` types.
+IdKey = Annotated[str, mapped_column(String(40), primary_key=True)]
+"""The primary key of rows with ids of ours (`new_id(prefix)`: `ord_01J…`)."""
+UserId = Annotated[str, mapped_column(String(255))]
+"""A user's id: the JWT `sub` of the identity provider."""
+CreatedAt = Annotated[datetime, mapped_column(default=utcnow)]
+UpdatedAt = Annotated[datetime, mapped_column(default=utcnow, onupdate=utcnow)]
+
+
+def one_of(column: str, values: Iterable[str]) -> str:
+    """A CHECK expression allowing exactly `values` (generated from an enum or a tuple of the
+    code's, so the database and the code cannot disagree)."""
+    return f"{column} IN ({', '.join(repr(str(v)) for v in values)})"
+
+
+def partial_index(name: str, *columns: str, where: str, unique: bool = False) -> Index:
+    """An index of only the rows `where` holds (the same condition on PostgreSQL and SQLite)."""
+    return Index(
+        name,
+        *columns,
+        unique=unique,
+        postgresql_where=text(where),
+        sqlite_where=text(where),
+    )
 
 
 class Base(DeclarativeBase):

@@ -14,10 +14,12 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, CheckConstraint, ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base, BigIntPK, utcnow
+from app.models.base import Base, BigIntPK, CreatedAt, IdKey, UserId, one_of
 
 SYSTEM_ACCOUNTS = ("stripe", "usage", "disputes", "adjustments")
 """System accounts, created by migration with the fixed ids `sys_<name>`."""
+
+HOLD_STATUSES = ("active", "captured", "released", "expired")
 
 
 def system_account_id(name: str) -> str:
@@ -41,10 +43,10 @@ class Account(Base):
         ),
     )
 
-    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    id: Mapped[IdKey]
     kind: Mapped[str] = mapped_column(String(16))
     """`wallet` or `system`."""
-    user_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    user_id: Mapped[UserId | None] = mapped_column(unique=True)
     """The JWT `sub` of the wallet's owner; NULL for system accounts."""
     name: Mapped[str | None] = mapped_column(String(64), unique=True)
     """A system account's name; NULL for wallets."""
@@ -57,7 +59,7 @@ class Account(Base):
     """Wallets only: the highest threshold a change of the available balance could cross (its
     low-balance alerts and an active auto top-up), NULL when there is none. The gateway's
     statements look the alerts and the auto top-up up only below it (`refresh_watch`)."""
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[CreatedAt]
 
 
 class LedgerTransaction(Base):
@@ -66,20 +68,20 @@ class LedgerTransaction(Base):
     __tablename__ = "ledger_transactions"
     __table_args__ = (Index("ix_ledger_transactions_user_id_id", "user_id", "id"),)
 
-    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    id: Mapped[IdKey]
     reference: Mapped[str] = mapped_column(String(255), unique=True)
     """Idempotency key of the movement: `topup:pi_…`, `usage:<request_id>`, `refund:<id>`, …"""
     kind: Mapped[str] = mapped_column(String(32))
     """`topup`, `usage`, `hold_capture`, `refund`, `refund_reversal`, `dispute`,
     `dispute_reversal`, `adjustment`."""
-    user_id: Mapped[str | None] = mapped_column(String(255))
+    user_id: Mapped[UserId | None]
     """The wallet owner the movement concerns, for the portal's transaction list."""
     description: Mapped[str | None] = mapped_column(String(500))
     request_hash: Mapped[str | None] = mapped_column(String(64))
     """SHA-256 of the caller's request body, to tell a replay from a reuse of the same id."""
     details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     """Free-form context: model and token counts for usage, order id for top-ups, …"""
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[CreatedAt]
 
 
 class LedgerEntry(Base):
@@ -102,7 +104,7 @@ class LedgerEntry(Base):
     """Signed: positive adds to the account, negative takes from it."""
     balance_after_micros: Mapped[int | None]
     """Wallets only: the wallet's balance right after this entry."""
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[CreatedAt]
 
 
 class Hold(Base):
@@ -111,16 +113,14 @@ class Hold(Base):
     __tablename__ = "holds"
     __table_args__ = (
         CheckConstraint("amount_micros > 0", name="amount_positive"),
-        CheckConstraint(
-            "status IN ('active', 'captured', 'released', 'expired')", name="status_known"
-        ),
+        CheckConstraint(one_of("status", HOLD_STATUSES), name="status_known"),
         Index("ix_holds_status_expires_at", "status", "expires_at"),
     )
 
     id: Mapped[str] = mapped_column(String(255), primary_key=True)
     """The gateway's `hold_id`, which is also the idempotency key of the reservation."""
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="RESTRICT"))
-    user_id: Mapped[str] = mapped_column(String(255), index=True)
+    user_id: Mapped[UserId] = mapped_column(index=True)
     amount_micros: Mapped[int]
     """Reserved amount, positive."""
     api_key_id: Mapped[str | None] = mapped_column(String(200))
@@ -133,5 +133,5 @@ class Hold(Base):
     """SHA-256 of the capture/release request that resolved the hold, for replays."""
     details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     expires_at: Mapped[datetime]
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[CreatedAt]
     resolved_at: Mapped[datetime | None]

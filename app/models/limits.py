@@ -15,7 +15,7 @@ from datetime import datetime
 from sqlalchemy import CheckConstraint, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base, utcnow
+from app.models.base import Base, CreatedAt, IdKey, UserId, utcnow
 
 PERIODS = ("day", "week", "month", "total")
 """Windows: a UTC calendar day, an ISO week (Monday 00:00 UTC), a calendar month, or forever."""
@@ -38,8 +38,8 @@ class SpendLimit(Base):
         CheckConstraint("period IN ('day', 'week', 'month', 'total')", name="period_known"),
     )
 
-    id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    user_id: Mapped[str] = mapped_column(String(255))
+    id: Mapped[IdKey]
+    user_id: Mapped[UserId]
     scope: Mapped[str] = mapped_column(String(210))
     """`account`, or `key:<api_key_id>` (the gateway's id of the user's API key)."""
     limit_micros: Mapped[int]
@@ -51,5 +51,5 @@ class SpendLimit(Base):
     spent_micros: Mapped[int] = mapped_column(default=0)
     """Usage debited in the window plus active holds reserved in it, micro-USD. May exceed the
     limit after a capture above its hold (the usage was served); then new spending is refused."""
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[CreatedAt]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -3,28 +3,25 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, get_args
 
 from sqlalchemy import JSON, CheckConstraint, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base, utcnow
+from app.models.base import Base, CreatedAt, IdKey, UpdatedAt, UserId, one_of, partial_index, utcnow
+from app.notifications.events import NotificationType
 
-NOTIFICATION_TYPES = (
-    "balance.low",
-    "topup.succeeded",
-    "auto_topup.succeeded",
-    "auto_topup.failed",
-    "auto_topup.paused",
-    "auto_topup.skipped",
-    "refund.succeeded",
-)
+NOTIFICATION_TYPES: tuple[str, ...] = get_args(NotificationType)
 CHANNEL_STATUSES = ("pending", "sent", "failed", "skipped")
 """Per channel: `pending` (due at `*_next_attempt_at`), `sent`, `failed` (gave up after the
 last attempt) or `skipped` (the channel does not apply: not configured, no address, opted out)."""
 
-_TYPES_SQL = ", ".join(f"'{t}'" for t in NOTIFICATION_TYPES)
-_STATUSES_SQL = ", ".join(f"'{s}'" for s in CHANNEL_STATUSES)
+# Columns a gateway statement's `INSERT … SELECT` leaves to the database (see `Notification`).
+_Now = Annotated[datetime, mapped_column(default=utcnow, server_default=text("CURRENT_TIMESTAMP"))]
+_ChannelStatus = Annotated[
+    str, mapped_column(String(16), default="pending", server_default="pending")
+]
+_Attempts = Annotated[int, mapped_column(default=0, server_default="0")]
 
 
 class Notification(Base):
@@ -38,56 +35,42 @@ class Notification(Base):
 
     __tablename__ = "notifications"
     __table_args__ = (
-        CheckConstraint(f"type IN ({_TYPES_SQL})", name="type_known"),
-        CheckConstraint(f"email_status IN ({_STATUSES_SQL})", name="email_status_known"),
-        CheckConstraint(f"webhook_status IN ({_STATUSES_SQL})", name="webhook_status_known"),
+        CheckConstraint(one_of("type", NOTIFICATION_TYPES), name="type_known"),
+        CheckConstraint(one_of("email_status", CHANNEL_STATUSES), name="email_status_known"),
+        CheckConstraint(one_of("webhook_status", CHANNEL_STATUSES), name="webhook_status_known"),
         Index("ix_notifications_user_id_id", "user_id", "id"),
         # The delivery job's scans: only rows still pending, in due order.
-        Index(
-            "ix_notifications_email_due",
-            "email_next_attempt_at",
-            postgresql_where=text("email_status = 'pending'"),
-            sqlite_where=text("email_status = 'pending'"),
+        partial_index(
+            "ix_notifications_email_due", "email_next_attempt_at", where="email_status = 'pending'"
         ),
-        Index(
+        partial_index(
             "ix_notifications_webhook_due",
             "webhook_next_attempt_at",
-            postgresql_where=text("webhook_status = 'pending'"),
-            sqlite_where=text("webhook_status = 'pending'"),
+            where="webhook_status = 'pending'",
         ),
     )
 
-    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    id: Mapped[IdKey]
     """The event id (`ntf_…`): the same on every delivery attempt and every channel, so
     receivers deduplicate by it."""
-    user_id: Mapped[str] = mapped_column(String(255))
+    user_id: Mapped[UserId]
     type: Mapped[str] = mapped_column(String(40))
     data: Mapped[dict[str, Any]] = mapped_column(JSON)
     """The event's payload (`app.notifications.events` documents each type's)."""
     email: Mapped[str | None] = mapped_column(String(320))
     """The address known when the event was written; the job prefers the user's latest one."""
-    created_at: Mapped[datetime] = mapped_column(
-        default=utcnow, server_default=text("CURRENT_TIMESTAMP")
-    )
+    created_at: Mapped[_Now]
 
-    email_status: Mapped[str] = mapped_column(
-        String(16), default="pending", server_default="pending"
-    )
-    email_attempts: Mapped[int] = mapped_column(default=0, server_default="0")
-    email_next_attempt_at: Mapped[datetime] = mapped_column(
-        default=utcnow, server_default=text("CURRENT_TIMESTAMP")
-    )
+    email_status: Mapped[_ChannelStatus]
+    email_attempts: Mapped[_Attempts]
+    email_next_attempt_at: Mapped[_Now]
     """When the job may (re)try; while an attempt runs, the end of its lease."""
     email_sent_at: Mapped[datetime | None]
     email_last_error: Mapped[str | None] = mapped_column(String(500))
 
-    webhook_status: Mapped[str] = mapped_column(
-        String(16), default="pending", server_default="pending"
-    )
-    webhook_attempts: Mapped[int] = mapped_column(default=0, server_default="0")
-    webhook_next_attempt_at: Mapped[datetime] = mapped_column(
-        default=utcnow, server_default=text("CURRENT_TIMESTAMP")
-    )
+    webhook_status: Mapped[_ChannelStatus]
+    webhook_attempts: Mapped[_Attempts]
+    webhook_next_attempt_at: Mapped[_Now]
     webhook_sent_at: Mapped[datetime | None]
     webhook_last_error: Mapped[str | None] = mapped_column(String(500))
 
@@ -98,11 +81,11 @@ class NotificationSettings(Base):
 
     __tablename__ = "notification_settings"
 
-    user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    user_id: Mapped[UserId] = mapped_column(primary_key=True)
     email: Mapped[str | None] = mapped_column(String(320))
     email_enabled: Mapped[bool] = mapped_column(default=True, server_default=text("true"))
     """Whether notifications go to `email` too (webhooks to the portal always go)."""
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    updated_at: Mapped[UpdatedAt]
 
 
 class BalanceAlert(Base):
@@ -113,10 +96,10 @@ class BalanceAlert(Base):
     __tablename__ = "balance_alerts"
     __table_args__ = (CheckConstraint("threshold_micros >= 0", name="threshold_not_negative"),)
 
-    user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    user_id: Mapped[UserId] = mapped_column(primary_key=True)
     threshold_micros: Mapped[int] = mapped_column(primary_key=True)
     """The threshold in micro-USD (a whole number of cents)."""
     armed: Mapped[bool]
     fired_at: Mapped[datetime | None]
     rearmed_at: Mapped[datetime | None]
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[CreatedAt]

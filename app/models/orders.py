@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 from sqlalchemy import JSON, CheckConstraint, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base, utcnow
+from app.models.base import Base, CreatedAt, IdKey, UpdatedAt, UserId, one_of, utcnow
 
 
 class OrderStatus(StrEnum):
@@ -48,21 +47,15 @@ class OrderMode(StrEnum):
     """A saved card charged with the customer away (auto top-up orders only)."""
 
 
-def one_of(column: str, values: Iterable[str]) -> str:
-    """A CHECK expression allowing exactly `values` (generated from an enum, so the database
-    and the code cannot disagree)."""
-    return f"{column} IN ({', '.join(repr(str(v)) for v in values)})"
-
-
 class StripeCustomer(Base):
     """The Stripe Customer of a user, created once and reused for every payment."""
 
     __tablename__ = "stripe_customers"
 
-    user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    user_id: Mapped[UserId] = mapped_column(primary_key=True)
     customer_id: Mapped[str] = mapped_column(String(255), unique=True)
     email: Mapped[str | None] = mapped_column(String(320))
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[CreatedAt]
 
 
 class Order(Base):
@@ -84,8 +77,8 @@ class Order(Base):
         Index("ix_orders_status_created_at", "status", "created_at"),
     )
 
-    id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    user_id: Mapped[str] = mapped_column(String(255))
+    id: Mapped[IdKey]
+    user_id: Mapped[UserId]
     email: Mapped[str | None] = mapped_column(String(320))
     status: Mapped[str] = mapped_column(String(24), default=OrderStatus.PENDING)
     mode: Mapped[str] = mapped_column(String(16))
@@ -122,8 +115,8 @@ class Order(Base):
     flagged_reason: Mapped[str | None] = mapped_column(String(500))
     """Set when Stripe's answer did not match the order (amount, currency, livemode); such an
     order is never credited automatically."""
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    created_at: Mapped[CreatedAt]
+    updated_at: Mapped[UpdatedAt]
     paid_at: Mapped[datetime | None]
     closed_at: Mapped[datetime | None]
     """When the order reached canceled, expired or failed."""

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, Index, SmallInteger, String, text
+from sqlalchemy import CheckConstraint, Index, SmallInteger, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base, utcnow
+from app.models.base import Base, CreatedAt, IdKey, UpdatedAt, UserId, one_of, partial_index
 
 AUTO_TOPUP_STATUSES = ("active", "paused", "disabled")
 PAUSED_REASONS = ("authentication_required", "card_declined", "payment_method_removed")
@@ -24,14 +24,14 @@ class PaymentMethod(Base):
 
     id: Mapped[str] = mapped_column(String(255), primary_key=True)
     """Stripe's PaymentMethod id (`pm_…`)."""
-    user_id: Mapped[str] = mapped_column(String(255))
+    user_id: Mapped[UserId]
     customer_id: Mapped[str | None] = mapped_column(String(255))
     brand: Mapped[str] = mapped_column(String(32))
     last4: Mapped[str] = mapped_column(String(4))
     exp_month: Mapped[int] = mapped_column(SmallInteger)
     exp_year: Mapped[int] = mapped_column(SmallInteger)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    created_at: Mapped[CreatedAt]
+    updated_at: Mapped[UpdatedAt]
     detached_at: Mapped[datetime | None]
 
 
@@ -44,10 +44,9 @@ class AutoTopupSettings(Base):
 
     __tablename__ = "auto_topup_settings"
     __table_args__ = (
-        CheckConstraint("status IN ('active', 'paused', 'disabled')", name="status_known"),
+        CheckConstraint(one_of("status", AUTO_TOPUP_STATUSES), name="status_known"),
         CheckConstraint(
-            "paused_reason IS NULL OR paused_reason IN "
-            "('authentication_required', 'card_declined', 'payment_method_removed')",
+            f"paused_reason IS NULL OR {one_of('paused_reason', PAUSED_REASONS)}",
             name="paused_reason_known",
         ),
         CheckConstraint("threshold_micros >= 0", name="threshold_not_negative"),
@@ -56,7 +55,7 @@ class AutoTopupSettings(Base):
         Index("ix_auto_topup_settings_payment_method_id", "payment_method_id"),
     )
 
-    user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    user_id: Mapped[UserId] = mapped_column(primary_key=True)
     status: Mapped[str] = mapped_column(String(16))
     paused_reason: Mapped[str | None] = mapped_column(String(32))
     threshold_micros: Mapped[int]
@@ -72,8 +71,8 @@ class AutoTopupSettings(Base):
     """Not before this (backoff after a soft decline, the 10-minute spacing)."""
     action_payment_intent_id: Mapped[str | None] = mapped_column(String(255))
     """While paused by a hard decline: the PaymentIntent the user can pay on-session."""
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    created_at: Mapped[CreatedAt]
+    updated_at: Mapped[UpdatedAt]
 
 
 class AutoTopup(Base):
@@ -84,30 +83,21 @@ class AutoTopup(Base):
 
     __tablename__ = "auto_topups"
     __table_args__ = (
-        CheckConstraint(
-            "status IN ('pending', 'processing', 'succeeded', 'failed', 'skipped', 'canceled')",
-            name="status_known",
-        ),
+        CheckConstraint(one_of("status", ATTEMPT_STATUSES), name="status_known"),
         CheckConstraint("amount_micros > 0", name="amount_positive"),
-        Index(
+        partial_index(
             "uq_auto_topups_user_in_flight",
             "user_id",
             unique=True,
-            postgresql_where=text("status IN ('pending', 'processing')"),
-            sqlite_where=text("status IN ('pending', 'processing')"),
+            where=one_of("status", IN_FLIGHT_ATTEMPT_STATUSES),
         ),
         Index("ix_auto_topups_user_id_created_at", "user_id", "created_at"),
-        Index(
-            "ix_auto_topups_pending",
-            "created_at",
-            postgresql_where=text("status = 'pending'"),
-            sqlite_where=text("status = 'pending'"),
-        ),
+        partial_index("ix_auto_topups_pending", "created_at", where="status = 'pending'"),
     )
 
-    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    id: Mapped[IdKey]
     """`atu_…`; the order it makes is the attempt's own (idempotency key `autotopup:<order>`)."""
-    user_id: Mapped[str] = mapped_column(String(255))
+    user_id: Mapped[UserId]
     status: Mapped[str] = mapped_column(String(16), default="pending")
     amount_micros: Mapped[int]
     payment_method_id: Mapped[str] = mapped_column(String(255))
@@ -118,8 +108,8 @@ class AutoTopup(Base):
     decline_code: Mapped[str | None] = mapped_column(String(64))
     trigger_reference: Mapped[str | None] = mapped_column(String(255))
     """The ledger reference of the debit that crossed the threshold."""
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    created_at: Mapped[CreatedAt]
+    updated_at: Mapped[UpdatedAt]
     completed_at: Mapped[datetime | None]
     lease_until: Mapped[datetime | None]
     """While `processing`: the charging job's claim; once it lapses with no answer applied (an

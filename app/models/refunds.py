@@ -6,11 +6,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, String, text
+from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base, utcnow
-from app.models.orders import one_of
+from app.models.base import Base, CreatedAt, IdKey, UpdatedAt, UserId, one_of, partial_index
 
 
 class RefundRequestStatus(StrEnum):
@@ -40,17 +39,12 @@ class RefundRequest(Base):
         CheckConstraint(one_of("status", RefundRequestStatus), name="status_known"),
         Index("ix_refund_requests_user_id_id", "user_id", "id"),
         Index("ix_refund_requests_status_id", "status", "id"),
-        Index(
-            "ix_refund_requests_attention",
-            "id",
-            postgresql_where=text("attention_reason IS NOT NULL"),
-            sqlite_where=text("attention_reason IS NOT NULL"),
-        ),
+        partial_index("ix_refund_requests_attention", "id", where="attention_reason IS NOT NULL"),
     )
 
-    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    id: Mapped[IdKey]
     order_id: Mapped[str] = mapped_column(ForeignKey("orders.id", ondelete="RESTRICT"), index=True)
-    user_id: Mapped[str] = mapped_column(String(255))
+    user_id: Mapped[UserId]
     amount_micros: Mapped[int]
     """Requested amount, a whole number of cents."""
     reason: Mapped[str | None] = mapped_column(String(1000))
@@ -72,8 +66,8 @@ class RefundRequest(Base):
     attention_reason: Mapped[str | None] = mapped_column(String(500))
     """Why an operator must look at it (set when its refund cannot be proven either way before
     the idempotency window ends; retries stop)."""
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    created_at: Mapped[CreatedAt]
+    updated_at: Mapped[UpdatedAt]
     completed_at: Mapped[datetime | None]
 
 
@@ -88,8 +82,8 @@ class StripeRefund(Base):
     refund_request_id: Mapped[str | None] = mapped_column(String(40), index=True)
     amount_micros: Mapped[int]
     status: Mapped[str] = mapped_column(String(32))
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    created_at: Mapped[CreatedAt]
+    updated_at: Mapped[UpdatedAt]
 
 
 class Dispute(Base):
@@ -107,5 +101,5 @@ class Dispute(Base):
     status_before: Mapped[str] = mapped_column(String(24))
     """The order's status when the dispute opened, restored when it is won."""
     details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[CreatedAt]
     closed_at: Mapped[datetime | None]

@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base, utcnow
+from app.models.base import Base, CreatedAt, IdKey
 
 
 class ServiceToken(Base):
@@ -15,9 +15,9 @@ class ServiceToken(Base):
 
     __tablename__ = "service_tokens"
 
-    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    id: Mapped[IdKey]
     name: Mapped[str] = mapped_column(String(100))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     """Hex SHA-256 of the whole token string (`svc_…`)."""
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[CreatedAt]
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)

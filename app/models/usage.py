@@ -7,12 +7,10 @@ The ledger stays the book of record; a record carries what the reports group by 
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from sqlalchemy import Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base, BigIntPK, utcnow
+from app.models.base import Base, BigIntPK, CreatedAt, UserId
 
 
 class UsageRecord(Base):
@@ -22,7 +20,7 @@ class UsageRecord(Base):
     __table_args__ = (Index("ix_usage_records_user_id_created_at", "user_id", "created_at"),)
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
-    user_id: Mapped[str] = mapped_column(String(255))
+    user_id: Mapped[UserId]
     transaction_id: Mapped[str] = mapped_column(String(40))
     """The ledger transaction that moved the money."""
     request_id: Mapped[str] = mapped_column(String(255))
@@ -35,4 +33,4 @@ class UsageRecord(Base):
     """What the request cost, micro-USD, > 0 (the wallet leg's amount, negated)."""
     balance_after_micros: Mapped[int]
     """The wallet's balance right after the debit."""
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[CreatedAt]

@@ -16,6 +16,7 @@ Money appears twice: decimal strings for people and the portal (`"amount": "20.0
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
 
@@ -32,28 +33,29 @@ NotificationType = Literal[
 ]
 
 
+def _money(name: str, micros: int, fmt: Callable[[int], str] = format_amount) -> dict[str, Any]:
+    """An amount both ways (see above): `name` a decimal string, `<name>_micros` the integer."""
+    return {name: fmt(micros), f"{name}_micros": micros}
+
+
+def _data(**fields: Any) -> dict[str, Any]:
+    """An event's `data`: its fields, then the currency of its amounts (every event names it)."""
+    return {**fields, "currency": CURRENCY}
+
+
 def balance_low(*, threshold_micros: int, available_micros: int) -> dict[str, Any]:
     """`balance.low`: the available balance fell below one of the user's thresholds."""
-    return {
-        "threshold": format_amount(threshold_micros),
-        "threshold_micros": threshold_micros,
-        "available": format_balance(available_micros),
-        "available_micros": available_micros,
-        "currency": CURRENCY,
-    }
+    return _data(
+        **_money("threshold", threshold_micros),
+        **_money("available", available_micros, format_balance),
+    )
 
 
 def topup_succeeded(
     *, order_id: str, amount_micros: int, receipt_url: str | None
 ) -> dict[str, Any]:
     """`topup.succeeded`: a portal top-up was credited."""
-    return {
-        "order_id": order_id,
-        "amount": format_amount(amount_micros),
-        "amount_micros": amount_micros,
-        "receipt_url": receipt_url,
-        "currency": CURRENCY,
-    }
+    return _data(order_id=order_id, **_money("amount", amount_micros), receipt_url=receipt_url)
 
 
 def auto_topup_succeeded(
@@ -75,16 +77,14 @@ def auto_topup_failed(
     next_attempt_at: datetime | None,
 ) -> dict[str, Any]:
     """`auto_topup.failed`: a charge was declined; `next_attempt_at` is null when paused."""
-    return {
-        "auto_topup_id": auto_topup_id,
-        "order_id": order_id,
-        "amount": format_amount(amount_micros),
-        "amount_micros": amount_micros,
-        "code": code,
-        "decline_code": decline_code,
-        "next_attempt_at": next_attempt_at.isoformat() if next_attempt_at else None,
-        "currency": CURRENCY,
-    }
+    return _data(
+        auto_topup_id=auto_topup_id,
+        order_id=order_id,
+        **_money("amount", amount_micros),
+        code=code,
+        decline_code=decline_code,
+        next_attempt_at=next_attempt_at.isoformat() if next_attempt_at else None,
+    )
 
 
 def auto_topup_paused(
@@ -92,35 +92,25 @@ def auto_topup_paused(
 ) -> dict[str, Any]:
     """`auto_topup.paused`: no more attempts until the user enables it again; `pay_url` (a hard
     decline) is where the user can complete the payment on-session."""
-    return {
-        "reason": reason,
-        "payment_method_id": payment_method_id,
-        "pay_url": pay_url,
-        "currency": CURRENCY,
-    }
+    return _data(reason=reason, payment_method_id=payment_method_id, pay_url=pay_url)
 
 
 def auto_topup_skipped(
     *, amount_micros: int, monthly_limit_micros: int, spent_this_month_micros: int
 ) -> dict[str, Any]:
     """`auto_topup.skipped`: an attempt would have exceeded the monthly limit."""
-    return {
-        "reason": "monthly_limit",
-        "amount": format_amount(amount_micros),
-        "monthly_limit": format_amount(monthly_limit_micros),
-        "spent_this_month": format_amount(spent_this_month_micros),
-        "currency": CURRENCY,
-    }
+    return _data(
+        reason="monthly_limit",
+        amount=format_amount(amount_micros),
+        monthly_limit=format_amount(monthly_limit_micros),
+        spent_this_month=format_amount(spent_this_month_micros),
+    )
 
 
 def refund_succeeded(
     *, refund_request_id: str, order_id: str, amount_micros: int
 ) -> dict[str, Any]:
     """`refund.succeeded`: Stripe confirmed a refund."""
-    return {
-        "refund_request_id": refund_request_id,
-        "order_id": order_id,
-        "amount": format_amount(amount_micros),
-        "amount_micros": amount_micros,
-        "currency": CURRENCY,
-    }
+    return _data(
+        refund_request_id=refund_request_id, order_id=order_id, **_money("amount", amount_micros)
+    )

@@ -50,12 +50,13 @@ RETRY_AFTER_SECONDS = 5
 """Retry-After sent with a 503 when Stripe did not say how long to wait."""
 
 
-class StripeRequestFailed(BillingError):
+class StripeRequestFailed(
+    BillingError,
+    status=502,
+    code="payment_provider_error",
+    title="Payment provider refused the request",
+):
     """Stripe answered and refused the request: it did not take effect (definite failure)."""
-
-    status = 502
-    code = "payment_provider_error"
-    title = "Payment provider refused the request"
 
     def __init__(
         self,
@@ -79,18 +80,14 @@ class StripeRequestFailed(BillingError):
         self.param = param
 
 
-class StripeObjectNotFound(StripeRequestFailed):
+class StripeObjectNotFound(StripeRequestFailed, title="Payment provider object not found"):
     """The object does not exist at Stripe (`resource_missing`, 404)."""
 
-    title = "Payment provider object not found"
 
-
-class StripeCustomerMissing(StripeObjectNotFound):
+class StripeCustomerMissing(StripeObjectNotFound, title="Payment provider customer not found"):
     """The Customer passed in the request does not exist at Stripe (deleted in the dashboard or
     through the API): `resource_missing` on param `customer`. The request did not happen; the
     caller forgets its stored customer id, creates a new Customer and repeats the request."""
-
-    title = "Payment provider customer not found"
 
 
 class StripeCardDeclined(PaymentDeclined, StripeRequestFailed):
@@ -101,15 +98,15 @@ class StripeCardDeclined(PaymentDeclined, StripeRequestFailed):
         detail: str | None = None,
         *,
         decline_code: str | None = None,
-        payment_intent_id: str | None = None,
-        payment_intent_status: str | None = None,
+        payment_intent: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(detail, decline_code=decline_code, **kwargs)
         self.decline_code = decline_code
         """The issuer's reason (`insufficient_funds`, `expired_card`, …), when Stripe gives one."""
-        self.payment_intent_id = payment_intent_id
-        self.payment_intent_status = payment_intent_status
+        self.payment_intent_id: str | None = getattr(payment_intent, "id", None)
+        """The PaymentIntent the decline is about (Stripe's error names it), if any."""
+        self.payment_intent_status: str | None = getattr(payment_intent, "status", None)
         """The PaymentIntent's status after the decline (`requires_payment_method`, or
         `requires_action` when the customer can still authenticate it on-session)."""
 
@@ -205,7 +202,6 @@ def map_stripe_error(
 
     if isinstance(exc, stripe.CardError):
         decline_code = error.decline_code if error is not None else None
-        payment_intent = error.payment_intent if error is not None else None
         log.info("stripe_card_declined", decline_code=decline_code, **log_fields)
         declined = (
             StripeAuthenticationRequired
@@ -215,8 +211,7 @@ def map_stripe_error(
         return declined(
             exc.user_message or "Your card was declined.",
             decline_code=decline_code,
-            payment_intent_id=getattr(payment_intent, "id", None),
-            payment_intent_status=getattr(payment_intent, "status", None),
+            payment_intent=error.payment_intent if error is not None else None,
             **fields,
         )
     if isinstance(exc, stripe.IdempotencyError):
