@@ -38,10 +38,11 @@ sandbox-pay: install
 sandbox-card: install
 	$(BIN)/python -m dev.sandbox card $(USER_ID) $(BEHAVIOR) $(if $(CODE),--decline-code $(CODE))
 
+# The two backends' suites run side by side (one per core; each makes its own databases and
+# ports), each one's output printed whole when it ends.
 test: install
 	$(MAKE) --no-print-directory check
-	$(MAKE) --no-print-directory test-postgres
-	$(MAKE) --no-print-directory test-sqlite
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-postgres test-sqlite
 
 test-postgres: install
 	BILLING_TEST_BACKEND=postgres $(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
