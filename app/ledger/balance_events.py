@@ -13,26 +13,27 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.alerts.service import apply_balance_change
 from app.auto_topup.trigger import record_if_crossed
+from app.ledger.repository import WalletRow
 
 
 async def balance_changed(
     session: AsyncSession,
-    user_id: str,
+    wallet: WalletRow,
     available_before_micros: int,
-    available_after_micros: int,
     *,
     reference: str | None = None,
 ) -> None:
-    """Apply the alerts' rule and the auto top-up trigger to one change (no-op when the
-    available balance did not move)."""
-    if available_before_micros == available_after_micros:
+    """Apply the alerts' rule and the auto top-up trigger to one change that left `wallet` as
+    it is (as the change's statement returned it, with its watch). Like the gateway's
+    statements, only a wallet with a watch looks anything up, and a fall only when it ends
+    below the watch (the highest threshold: above it, nothing can have been crossed)."""
+    user_id, after, watch = wallet.user_id, wallet.available_micros, wallet.watch_micros
+    if watch is None or after == available_before_micros:
         return
-    await apply_balance_change(session, user_id, available_before_micros, available_after_micros)
-    if available_after_micros < available_before_micros:
+    if after < available_before_micros and after >= watch:
+        return
+    await apply_balance_change(session, user_id, available_before_micros, after)
+    if after < available_before_micros:
         await record_if_crossed(
-            session,
-            user_id,
-            available_before_micros,
-            available_after_micros,
-            trigger_reference=reference,
+            session, user_id, available_before_micros, after, trigger_reference=reference
         )

@@ -63,11 +63,7 @@ async def reserve(
         current = await ledger_repository.get_wallet(session, user_id)
         raise insufficient_balance(current.available_micros if current else 0, amount_micros)
     await balance_changed(
-        session,
-        user_id,
-        wallet.available_micros + amount_micros,
-        wallet.available_micros,
-        reference=f"hold:{hold_id}",
+        session, wallet, wallet.available_micros + amount_micros, reference=f"hold:{hold_id}"
     )
     return HoldResult(hold, wallet, replayed=False)
 
@@ -149,11 +145,7 @@ async def _released(
     """A reservation given back: the available balance rose (alerts re-arm)."""
     if wallet is not None:
         await balance_changed(
-            session,
-            user_id,
-            wallet.available_micros - amount_micros,
-            wallet.available_micros,
-            reference=f"hold:{hold_id}",
+            session, wallet, wallet.available_micros - amount_micros, reference=f"hold:{hold_id}"
         )
 
 

@@ -36,6 +36,9 @@ class WalletRow(NamedTuple):
     user_id: str
     balance_micros: int
     held_micros: int
+    watch_micros: int | None = None
+    """`Account.watch_micros` as the ORM's statements return it, for `balance_changed()`; the
+    gateway's own statements apply the watch in SQL and leave it None."""
 
     @property
     def available_micros(self) -> int:
@@ -46,11 +49,17 @@ class WalletRow(NamedTuple):
 # their values are NULL (one statement per shape).
 _ENTRIES = cast(Table, LedgerEntry.__table__)
 
-WALLET_COLUMNS = (Account.id, Account.user_id, Account.balance_micros, Account.held_micros)
+WALLET_COLUMNS = (
+    Account.id,
+    Account.user_id,
+    Account.balance_micros,
+    Account.held_micros,
+    Account.watch_micros,
+)
 
 
 def wallet_row(row: Any) -> WalletRow:
-    return WalletRow(row[0], row[1], row[2], row[3])
+    return WalletRow(row[0], row[1], row[2], row[3], row[4])
 
 
 def insert_for(session: AsyncSession) -> Any:

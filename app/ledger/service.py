@@ -135,9 +135,9 @@ async def post(
         observe_posting(kind, (leg.amount_micros for leg in legs))
         for leg in legs:
             if leg.user_id is not None and leg.user_id in wallets:
-                after = wallets[leg.user_id].available_micros
-                before = after - leg.amount_micros + leg.held_delta_micros
-                await balance_changed(session, leg.user_id, before, after, reference=reference)
+                wallet = wallets[leg.user_id]
+                before = wallet.available_micros - leg.amount_micros + leg.held_delta_micros
+                await balance_changed(session, wallet, before, reference=reference)
         transaction = LedgerTransaction(**header.columns(txn_id, now))
         return PostResult(transaction=transaction, replayed=False, wallets=wallets)
 

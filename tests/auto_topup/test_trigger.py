@@ -19,6 +19,7 @@ from app.auto_topup.trigger import auto_topup_ctes
 from app.config import Settings
 from app.db import session_scope
 from app.ids import new_id
+from app.ledger.repository import refresh_watch
 from app.ledger.service import Leg, post
 from app.models.base import utcnow
 from app.models.notifications import Notification
@@ -49,6 +50,10 @@ async def _enable(
                 payment_method_id="pm_saved",
             )
         )
+        await session.flush()
+        # What `PUT /v1/auto-topup` does after saving: the wallet's watch (postings look the
+        # trigger up only below it).
+        await refresh_watch(session, user_id)
 
 
 async def _debit(
