@@ -28,7 +28,9 @@ from app.migrate import upgrade_head
 from app.models import Base
 from app.rate_limits import SCOPES
 from tests.contract import ContractCheck
+from tests.notifications.servers import receiver, smtp  # noqa: F401 - fixtures
 from tests.stripe_peer.fixtures import (  # noqa: F401 - fixtures
+    gateway,
     stripe_peer,
     stripe_peer_server,
     stripe_peer_settings,

@@ -14,19 +14,16 @@ import pytest
 from app.alerts.sql import BALANCE_CROSSING, balance_alert_ctes
 from app.config import Settings
 from app.notifications import events
+from tests.pg_standin import asyncpg_dsn, create_wallets_sql, debit_sql
 
 pytestmark = pytest.mark.postgres_only
 
 USD = 1_000_000
 
 
-def _dsn(settings: Settings) -> str:
-    return settings.database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
-
-
 @pytest.fixture
 async def conn(app: Any, settings: Settings) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(_dsn(settings))
+    connection = await asyncpg.connect(asyncpg_dsn(settings))
     try:
         yield connection
     finally:
@@ -96,30 +93,17 @@ async def test_the_sql_payload_is_the_python_one(conn: asyncpg.Connection, avail
 
 _WALLETS = "alert_sql_test_wallets"
 
-_DEBIT_WITH_ALERTS = f"""
-WITH wallet AS (
-    UPDATE {_WALLETS} SET balance_micros = balance_micros - $2
-    WHERE user_id = $1 AND balance_micros - held_micros >= $2
-    RETURNING user_id, balance_micros, held_micros
-), crossing AS (
-    SELECT user_id,
-           balance_micros - held_micros + $2 AS available_before,
-           balance_micros - held_micros AS available_after
-    FROM wallet
-), {balance_alert_ctes("crossing", now="$3")}
-SELECT (SELECT count(*) FROM wallet) AS debited,
-       (SELECT count(*) FROM alert_fired) AS fired
-"""
+_DEBIT_WITH_ALERTS = debit_sql(
+    _WALLETS,
+    balance_alert_ctes("crossing", now="$3"),
+    "SELECT (SELECT count(*) FROM wallet) AS debited,\n"
+    "       (SELECT count(*) FROM alert_fired) AS fired",
+)
 
 
 @pytest.fixture
 async def wallets(conn: asyncpg.Connection) -> AsyncIterator[None]:
-    # A stand-in for `accounts` without the ledger's triggers: the point is the composition
-    # and the concurrency of the alert CTEs, not the ledger (the gateway's own test covers it).
-    await conn.execute(
-        f"CREATE TABLE {_WALLETS} (user_id text PRIMARY KEY, balance_micros bigint NOT NULL,"
-        " held_micros bigint NOT NULL)"
-    )
+    await conn.execute(create_wallets_sql(_WALLETS))
     try:
         yield
     finally:
@@ -132,7 +116,7 @@ async def test_embedded_in_a_debit_statement_concurrent_debits_fire_each_crossin
 ) -> None:
     await conn.execute(f"INSERT INTO {_WALLETS} VALUES ('user-1', $1, 0)", 10 * USD)
     await _thresholds(conn, "user-1", 5, 1)
-    pool = await asyncpg.create_pool(_dsn(settings), min_size=20, max_size=20)
+    pool = await asyncpg.create_pool(asyncpg_dsn(settings), min_size=20, max_size=20)
     try:
 
         async def debit() -> tuple[int, int]:

@@ -5,7 +5,7 @@ and the notifications delivered to a real SMTP server and a real HTTP receiver."
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,11 +20,12 @@ from app.models.base import utcnow
 from app.models.ledger import LedgerTransaction
 from app.models.notifications import Notification
 from app.models.orders import Order
-from app.models.payment_methods import AutoTopup, AutoTopupSettings
+from app.models.payment_methods import AutoTopup
 from app.notifications.delivery import deliver_notifications
 from app.usage.repository import PostgresUsageStore
+from tests.auto_topup.helpers import auto_topup_settings, notification_types
 from tests.ledger.helpers import debit, deposit
-from tests.notifications.servers import SmtpSink, WebhookReceiver
+from tests.notifications.servers import SmtpSink, WebhookReceiver, notify_settings
 from tests.purchase.helpers import pay
 from tests.stripe_peer import StripePeer
 
@@ -37,31 +38,13 @@ USER = "user-1"
 
 
 @pytest.fixture
-def smtp() -> Iterator[SmtpSink]:
-    sink = SmtpSink()
-    sink.start()
-    yield sink
-    sink.stop()
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[WebhookReceiver]:
-    server = WebhookReceiver(SECRET)
-    await server.start()
-    yield server
-    await server.stop()
+def notify_secret() -> str:
+    return SECRET
 
 
 @pytest.fixture
 def settings_overrides(smtp: SmtpSink, receiver: WebhookReceiver) -> dict[str, Any]:
-    return {
-        "smtp_url": smtp.url,
-        "smtp_from": "ToRouter Billing <billing@torouter.test>",
-        "notify_webhook_url": receiver.url,
-        "notify_webhook_secret": SECRET,
-        "notify_webhook_timeout_seconds": 2,
-        "smtp_timeout_seconds": 2,
-    }
+    return notify_settings(smtp, receiver, SECRET, webhook_timeout_seconds=2)
 
 
 async def save_card(
@@ -138,23 +121,6 @@ async def auto_orders(maker: Maker) -> list[Order]:
     async with session_scope(maker) as session:
         rows = await session.scalars(
             select(Order).where(Order.kind == "auto").order_by(Order.created_at)
-        )
-        return list(rows)
-
-
-async def auto_topup_settings(maker: Maker) -> AutoTopupSettings:
-    async with session_scope(maker) as session:
-        row = await session.get(AutoTopupSettings, USER)
-        assert row is not None
-        return row
-
-
-async def notification_types(maker: Maker) -> list[str]:
-    async with session_scope(maker) as session:
-        rows = await session.scalars(
-            select(Notification.type)
-            .where(Notification.user_id == USER)
-            .order_by(Notification.created_at, Notification.id)
         )
         return list(rows)
 

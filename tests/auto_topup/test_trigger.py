@@ -24,7 +24,9 @@ from app.ledger.service import Leg, post
 from app.models.base import utcnow
 from app.models.notifications import Notification
 from app.models.payment_methods import AutoTopup, AutoTopupSettings
+from tests.auto_topup.helpers import auto_topup_settings, notification_types
 from tests.factories import paid_order
+from tests.pg_standin import asyncpg_dsn, create_wallets_sql, debit_sql
 
 USD = 1_000_000
 
@@ -82,23 +84,6 @@ async def _attempts(maker: async_sessionmaker[AsyncSession], user_id: str = "use
         return list(rows)
 
 
-async def _types(maker: async_sessionmaker[AsyncSession], user_id: str = "user-1") -> list[str]:
-    async with session_scope(maker) as session:
-        rows = await session.scalars(
-            select(Notification.type)
-            .where(Notification.user_id == user_id)
-            .order_by(Notification.created_at, Notification.id)
-        )
-        return list(rows)
-
-
-async def _settings(maker: async_sessionmaker[AsyncSession]) -> AutoTopupSettings:
-    async with session_scope(maker) as session:
-        row = await session.get(AutoTopupSettings, "user-1")
-        assert row is not None
-        return row
-
-
 async def test_a_crossing_records_one_pending_attempt_and_nothing_more_while_in_flight(
     app: Any, session_maker: async_sessionmaker[AsyncSession]
 ) -> None:
@@ -135,30 +120,17 @@ async def test_a_hundred_concurrent_debits_across_the_threshold_record_one_attem
 
 
 _WALLETS = "autotopup_sql_test_wallets"
-_DEBIT_WITH_TRIGGER = f"""
-WITH wallet AS (
-    UPDATE {_WALLETS} SET balance_micros = balance_micros - $2
-    WHERE user_id = $1 AND balance_micros - held_micros >= $2
-    RETURNING user_id, balance_micros, held_micros
-), crossing AS (
-    SELECT user_id,
-           balance_micros - held_micros + $2 AS available_before,
-           balance_micros - held_micros AS available_after
-    FROM wallet
-), {auto_topup_ctes("crossing", reference="$3")}
-SELECT (SELECT count(*) FROM autotopup_recorded) AS recorded
-"""
+_DEBIT_WITH_TRIGGER = debit_sql(
+    _WALLETS,
+    auto_topup_ctes("crossing", reference="$3"),
+    "SELECT (SELECT count(*) FROM autotopup_recorded) AS recorded",
+)
 
 
 @pytest.fixture
 async def pg(app: Any, settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    dsn = settings.database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
-    pool = await asyncpg.create_pool(dsn, min_size=20, max_size=20)
-    # A stand-in for `accounts` without the ledger's triggers (see tests/alerts).
-    await pool.execute(
-        f"CREATE TABLE {_WALLETS} (user_id text PRIMARY KEY, balance_micros bigint NOT NULL,"
-        " held_micros bigint NOT NULL)"
-    )
+    pool = await asyncpg.create_pool(asyncpg_dsn(settings), min_size=20, max_size=20)
+    await pool.execute(create_wallets_sql(_WALLETS))
     try:
         yield pool
     finally:
@@ -210,7 +182,7 @@ async def test_soft_declines_retry_after_the_backoff_then_pause_at_the_fourth(
                 now=now,
             )
         assert decision.next_attempt_at == now + wait
-        settings = await _settings(session_maker)
+        settings = await auto_topup_settings(session_maker)
         assert (settings.status, settings.soft_declines) == ("active", n)
         assert settings.next_attempt_at == now + wait
         attempts = await _attempts(session_maker)
@@ -230,10 +202,12 @@ async def test_soft_declines_retry_after_the_backoff_then_pause_at_the_fourth(
             now=now,
         )
     assert last.paused_reason == "card_declined"
-    settings = await _settings(session_maker)
+    settings = await auto_topup_settings(session_maker)
     assert (settings.status, settings.paused_reason) == ("paused", "card_declined")
     assert [a.status for a in await _attempts(session_maker)] == ["failed"] * 4
-    assert await _types(session_maker) == ["auto_topup.failed"] * 4 + ["auto_topup.paused"]
+    assert await notification_types(session_maker) == ["auto_topup.failed"] * 4 + [
+        "auto_topup.paused"
+    ]
     assert await _debit(session_maker, "user-1", 10_000) is None  # paused: no attempt
 
 
@@ -251,7 +225,7 @@ async def test_authentication_required_pauses_at_once_with_the_link_to_pay(
             pay_url="http://portal.test/orders/ord_1/resume",
             now=utcnow(),
         )
-    settings = await _settings(session_maker)
+    settings = await auto_topup_settings(session_maker)
     assert (settings.status, settings.paused_reason) == ("paused", "authentication_required")
     assert settings.action_payment_intent_id == "pi_auth"
     async with session_scope(session_maker) as session:
@@ -288,12 +262,12 @@ async def test_a_success_clears_the_soft_declines_and_notifies(
             receipt_url="https://r.test/x",
             now=now + timedelta(hours=1),
         )
-    settings = await _settings(session_maker)
+    settings = await auto_topup_settings(session_maker)
     assert (settings.soft_declines, settings.next_attempt_at) == (0, None)
     assert settings.last_attempt_at is not None
     assert settings.last_attempt_at + MIN_ATTEMPT_SPACING > now
     assert [a.status for a in await _attempts(session_maker)] == ["failed", "succeeded"]
-    assert (await _types(session_maker))[-1] == "auto_topup.succeeded"
+    assert (await notification_types(session_maker))[-1] == "auto_topup.succeeded"
 
 
 async def test_an_attempt_over_the_monthly_limit_is_skipped_and_notified(

@@ -1,16 +1,20 @@
 """Real local servers for the notification tests: an SMTP server (aiosmtpd) that keeps what it
 received, and an HTTP receiver (aiohttp) that records each delivery and verifies its signature
-the way the README tells receivers to."""
+the way the README tells receivers to; and the fixtures that run them for a test (`smtp`,
+`receiver`, which signs with the test module's `notify_secret` fixture; tests/conftest.py
+imports them) and the settings that point the app at them (`notify_settings`)."""
 
 from __future__ import annotations
 
 import asyncio
 import email
 import socket
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from email.message import Message
 from typing import Any
 
+import pytest
 from aiohttp import web
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -117,3 +121,33 @@ class WebhookReceiver:
         self._release.set()
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpSink]:
+    sink = SmtpSink()
+    sink.start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture
+async def receiver(notify_secret: str) -> AsyncIterator[WebhookReceiver]:
+    server = WebhookReceiver(notify_secret)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+def notify_settings(
+    smtp: SmtpSink, receiver: WebhookReceiver, secret: str, *, webhook_timeout_seconds: float
+) -> dict[str, Any]:
+    """The settings that send the app's email to `smtp` and its webhooks to `receiver`."""
+    return {
+        "smtp_url": smtp.url,
+        "smtp_from": "ToRouter Billing <billing@torouter.test>",
+        "notify_webhook_url": receiver.url,
+        "notify_webhook_secret": secret,
+        "notify_webhook_timeout_seconds": webhook_timeout_seconds,
+        "smtp_timeout_seconds": 2,
+    }

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -19,36 +18,20 @@ from app.models.notifications import Notification
 from app.notifications import events, signing
 from app.notifications.delivery import backoff_seconds, deliver_notifications
 from app.notifications.service import enqueue, remember_email
-from tests.notifications.servers import SmtpSink, WebhookReceiver, free_port
+from tests.notifications.servers import SmtpSink, WebhookReceiver, free_port, notify_settings
 
 SECRET = "whsec_notify_" + "s" * 24
 
 
 @pytest.fixture
-def smtp() -> Iterator[SmtpSink]:
-    sink = SmtpSink()
-    sink.start()
-    yield sink
-    sink.stop()
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[WebhookReceiver]:
-    server = WebhookReceiver(SECRET)
-    await server.start()
-    yield server
-    await server.stop()
+def notify_secret() -> str:
+    return SECRET
 
 
 @pytest.fixture
 def settings_overrides(smtp: SmtpSink, receiver: WebhookReceiver) -> dict[str, Any]:
     return {
-        "smtp_url": smtp.url,
-        "smtp_from": "ToRouter Billing <billing@torouter.test>",
-        "notify_webhook_url": receiver.url,
-        "notify_webhook_secret": SECRET,
-        "notify_webhook_timeout_seconds": 0.5,
-        "smtp_timeout_seconds": 2,
+        **notify_settings(smtp, receiver, SECRET, webhook_timeout_seconds=0.5),
         "notify_max_attempts": 3,
     }
 

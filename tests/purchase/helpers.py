@@ -70,6 +70,11 @@ async def deliver_all(
     return responses
 
 
+async def shown_order(client: httpx.AsyncClient, headers: dict[str, str], order_id: str) -> Any:
+    """`GET /v1/orders/{order_id}`'s body, whatever its status."""
+    return (await client.get(f"/v1/orders/{order_id}", headers=headers)).json()
+
+
 async def balance(client: httpx.AsyncClient, headers: dict[str, str]) -> str:
     response = await client.get("/v1/balance", headers=headers)
     assert response.status_code == 200, response.text

@@ -23,6 +23,7 @@ from tests.purchase.helpers import (
     ledger_size,
     order_row,
     pay,
+    shown_order,
     topups,
 )
 from tests.stripe_peer import StripePeer
@@ -30,10 +31,6 @@ from tests.stripe_peer import StripePeer
 Headers = Callable[..., dict[str, str]]
 
 pytestmark = pytest.mark.usefixtures("stripe_peer")
-
-
-async def _order(client: httpx.AsyncClient, headers: dict[str, str], order_id: str) -> Any:
-    return (await client.get(f"/v1/orders/{order_id}", headers=headers)).json()
 
 
 async def test_the_result_page_credits_an_elements_payment_before_its_webhook(
@@ -178,7 +175,7 @@ async def test_an_order_whose_amount_differs_from_stripes_is_flagged_and_never_c
         await client.post(f"/v1/orders/{order_id}/{route}", headers=headers)
     await client.get("/v1/payments/result", params={"order_id": order_id}, headers=headers)
     assert await topups(session_maker) == 0
-    order = await _order(client, headers, order_id)
+    order = await shown_order(client, headers, order_id)
     assert (order["status"], order["resumable"]) == ("pending", False)
     row = await order_row(session_maker, order_id)
     assert row.flagged_reason == "amount 2000 cents at Stripe, 2500 on the order"
@@ -232,7 +229,7 @@ async def test_a_paid_event_is_credited_from_its_payload_when_stripe_does_not_an
     await stripe_peer.inject_fault("GET", "/v1/payment_intents", status=500, times=3)
     responses = await deliver_all(stripe_peer, client, type="payment_intent.succeeded")
     assert responses[0].json()["outcome"] == "credited"
-    order = await _order(client, headers, order_id)
+    order = await shown_order(client, headers, order_id)
     assert (order["status"], order["receipt_url"]) == ("paid", None)
     # The receipt is filled in when the user (or the portal) syncs once Stripe answers again.
     synced = await client.post(f"/v1/orders/{order_id}/sync", headers=headers)
@@ -281,7 +278,7 @@ async def test_events_out_of_order_leave_the_order_paid(
     for event in reversed(events):  # succeeded first, processing last
         response = await stripe_peer.deliver(event, client)
         assert response.status_code == 200, response.text
-    order = await _order(client, headers, order_id)
+    order = await shown_order(client, headers, order_id)
     assert order["status"] == "paid"
     assert await balance(client, headers) == "20.000000"
     assert await topups(session_maker) == 1
@@ -299,7 +296,7 @@ async def test_events_from_stripe_are_applied_as_stripe_says_now_not_as_they_wer
     declined = await stripe_peer.event("payment_intent.payment_failed")
     for event in (processing, declined):
         assert (await stripe_peer.deliver(event, client)).status_code == 200
-    assert (await _order(client, headers, order_id))["status"] == "processing"
+    assert (await shown_order(client, headers, order_id))["status"] == "processing"
 
 
 @pytest.mark.parametrize("mode", ["elements", "checkout"])
@@ -314,12 +311,12 @@ async def test_an_asynchronous_payment_that_fails_ends_the_order_failed(
     order_id = (await bought(client, headers, mode=mode))["order"]["id"]
     await pay(stripe_peer, session_maker, order_id, processing=True)
     await deliver_all(stripe_peer, client)
-    assert (await _order(client, headers, order_id))["status"] == "processing"
+    assert (await shown_order(client, headers, order_id))["status"] == "processing"
     row = await order_row(session_maker, order_id)
     mark = await stripe_peer.last_event_seq()
     await stripe_peer.settle_payment(str(row.stripe_payment_intent_id), succeed=False)
     await deliver_all(stripe_peer, client, since=mark)
-    order = await _order(client, headers, order_id)
+    order = await shown_order(client, headers, order_id)
     assert (order["status"], order["resumable"]) == ("failed", False)
     assert order["failure_message"] == "The customer's bank declined the payment."
     assert await topups(session_maker) == 0

@@ -18,20 +18,11 @@ from app.models.ledger import LedgerTransaction
 from app.models.orders import StripeCustomer
 from app.models.refunds import RefundRequest
 from app.refunds.service import RETRY_WINDOW, retry_unknown_refunds
-from tests.purchase.helpers import balance, bought, order_row
+from tests.purchase.helpers import balance, bought, deliver_all, order_row, shown_order
 from tests.refunds.conftest import paid_order_at_stripe
 from tests.stripe_peer.client import StripePeer
 
 Headers = Callable[..., dict[str, str]]
-
-
-async def _order(client: httpx.AsyncClient, headers: dict[str, str], order_id: str) -> Any:
-    return (await client.get(f"/v1/orders/{order_id}", headers=headers)).json()
-
-
-async def _deliver(peer: StripePeer, client: httpx.AsyncClient, since: int, **kw: Any) -> None:
-    for response in await peer.deliver_all(client, since=since, **kw):
-        assert response.status_code == 200, response.text
 
 
 async def _kinds(maker: Any) -> dict[str, int]:
@@ -56,9 +47,9 @@ async def test_an_inquiry_opened_and_closed_moves_no_money_and_the_order_is_refu
         payment_intent=order.stripe_payment_intent_id, inquiry=True
     )
     assert inquiry["status"] == "warning_needs_response"
-    await _deliver(stripe_peer, client, since)
+    await deliver_all(stripe_peer, client, since=since)
     assert await balance(client, alice) == "20.000000"
-    shown = await _order(client, alice, order.id)
+    shown = await shown_order(client, alice, order.id)
     assert shown["status"] == "paid"
     assert shown["refund_eligibility"]["eligible"] is False
     assert shown["refund_eligibility"]["reason"] == "dispute_open"
@@ -71,10 +62,10 @@ async def test_an_inquiry_opened_and_closed_moves_no_money_and_the_order_is_refu
     since = await stripe_peer.last_event_seq()
     await stripe_peer.update_dispute(inquiry["id"], status="warning_under_review")
     await stripe_peer.close_dispute(inquiry["id"], status="warning_closed")
-    await _deliver(stripe_peer, client, since)
-    await _deliver(stripe_peer, client, since)  # Stripe's repeats change nothing
+    await deliver_all(stripe_peer, client, since=since)
+    await deliver_all(stripe_peer, client, since=since)  # Stripe's repeats change nothing
     assert await balance(client, alice) == "20.000000"
-    shown = await _order(client, alice, order.id)
+    shown = await shown_order(client, alice, order.id)
     assert shown["status"] == "paid"
     assert shown["refund_eligibility"]["eligible"] is True
     assert shown["refund_eligibility"]["max_amount"] == "20.00"
@@ -109,8 +100,8 @@ async def test_an_inquiry_escalated_and_lost_is_debited_once_and_one_won_is_cred
         response = await stripe_peer.deliver(event, client)
         assert response.status_code == 200, response.text
     assert await balance(client, alice) == "10.000000"
-    assert (await _order(client, alice, lost_order.id))["status"] == "disputed"
-    assert (await _order(client, alice, won_order.id))["status"] == "paid"
+    assert (await shown_order(client, alice, lost_order.id))["status"] == "disputed"
+    assert (await shown_order(client, alice, won_order.id))["status"] == "paid"
     kinds = await _kinds(session_maker)
     assert kinds["dispute"] == 2
     assert kinds["dispute_reversal"] == 1
@@ -169,7 +160,7 @@ async def test_a_refund_whose_answer_and_webhooks_were_lost_is_found_after_the_w
     creates = await stripe_peer.requests("/v1/refunds", method="POST")
     assert {r["idempotency_key"] for r in creates} == {f"refund:{approved['id']}"}
     assert await balance(client, alice) == "0.000000"
-    assert (await _order(client, alice, order.id))["status"] == "refunded"
+    assert (await shown_order(client, alice, order.id))["status"] == "refunded"
 
 
 @pytest.mark.parametrize("settings_overrides", [{"stripe_timeout_seconds": 0.5}])
@@ -247,7 +238,7 @@ async def test_refund_events_delivered_in_reverse_end_in_stripes_state(
     row = await _row(session_maker, approved["id"])
     assert row.stripe_status == outcome
     assert row.status == outcome
-    shown = await _order(client, alice, order.id)
+    shown = await shown_order(client, alice, order.id)
     if outcome == "succeeded":
         assert shown["status"] == "refunded"
         assert shown["refunded_amount"] == "20.00"

@@ -14,20 +14,12 @@ from app.db import session_scope
 from app.models.ledger import LedgerTransaction
 from app.models.refunds import RefundRequest
 from tests.factories import spend
+from tests.purchase.helpers import balance as _balance
+from tests.purchase.helpers import deliver_all, shown_order
 from tests.refunds.conftest import paid_order_at_stripe
 from tests.stripe_peer.client import StripePeer
 
 Headers = Callable[..., dict[str, str]]
-
-
-async def _balance(client: httpx.AsyncClient, headers: dict[str, str]) -> str:
-    response = await client.get("/v1/balance", headers=headers)
-    assert response.status_code == 200, response.text
-    return str(response.json()["balance"])
-
-
-async def _order(client: httpx.AsyncClient, headers: dict[str, str], order_id: str) -> Any:
-    return (await client.get(f"/v1/orders/{order_id}", headers=headers)).json()
 
 
 async def _request_refund(
@@ -41,15 +33,6 @@ async def _request_refund(
     )
     assert response.status_code == 201, response.text
     return response.json()
-
-
-async def _deliver(
-    peer: StripePeer, client: httpx.AsyncClient, since: int, *, times: int = 1
-) -> None:
-    """Deliver every event since `since` to the webhook, `times` over; each must be a 200."""
-    for _ in range(times):
-        for response in await peer.deliver_all(client, since=since):
-            assert response.status_code == 200, response.text
 
 
 async def _count(maker: Any, kind: str) -> int:
@@ -85,8 +68,9 @@ async def test_a_full_refund_ends_refunded_and_debits_the_wallet_once(
     assert approved.json()["stripe_refund_id"].startswith("re_")
     assert await _balance(client, alice) == "0.000000"
     # Stripe confirms it (twice, as it may): nothing moves again.
-    await _deliver(stripe_peer, client, since, times=2)
-    detail = await _order(client, alice, order.id)
+    for _ in range(2):
+        await deliver_all(stripe_peer, client, since=since)
+    detail = await shown_order(client, alice, order.id)
     assert detail["status"] == "refunded"
     assert detail["refunded_amount"] == "20.00"
     assert detail["refund_eligibility"]["reason"] == "fully_refunded"
@@ -118,8 +102,8 @@ async def test_a_partial_refund_ends_partially_refunded(
     assert await _balance(client, alice) == "37.660000"
     refund_id = approved.json()["stripe_refund_id"]
     await stripe_peer.settle_refund(refund_id)
-    await _deliver(stripe_peer, client, since)
-    detail = await _order(client, alice, order.id)
+    await deliver_all(stripe_peer, client, since=since)
+    detail = await shown_order(client, alice, order.id)
     assert detail["status"] == "partially_refunded"
     assert detail["refunded_amount"] == "12.34"
     assert detail["refund_eligibility"]["max_amount"] == "37.66"
@@ -157,7 +141,7 @@ async def test_a_refund_stripe_refuses_reverses_the_debit(
     assert await _balance(client, alice) == "20.000000"
     assert await _count(session_maker, "refund") == 1
     assert await _count(session_maker, "refund_reversal") == 1
-    assert (await _order(client, alice, order.id))["status"] == "paid"
+    assert (await shown_order(client, alice, order.id))["status"] == "paid"
 
 
 async def test_a_refund_that_fails_later_at_stripe_reverses_the_debit(
@@ -174,10 +158,10 @@ async def test_a_refund_that_fails_later_at_stripe_reverses_the_debit(
     request = await _request_refund(client, alice, order.id)
     since = await stripe_peer.last_event_seq()
     await client.post(f"/v1/admin/refund-requests/{request['id']}/approve", headers=admin_headers)
-    await _deliver(stripe_peer, client, since)
+    await deliver_all(stripe_peer, client, since=since)
     mine = (await client.get("/v1/refund-requests", headers=alice)).json()["data"]
     assert mine[0]["status"] == "failed"
-    detail = await _order(client, alice, order.id)
+    detail = await shown_order(client, alice, order.id)
     assert detail["status"] == "paid"
     assert detail["refunded_amount"] == "0.00"
     assert await _balance(client, alice) == "20.000000"
@@ -222,7 +206,7 @@ async def test_a_timeout_is_retried_with_the_same_key_and_completes(
     keys = {r["idempotency_key"] for r in await stripe_peer.requests("/v1/refunds", method="POST")}
     assert keys == {f"refund:{request['id']}"}
     assert await _balance(client, alice) == "12.000000"
-    assert (await _order(client, alice, order.id))["refunded_amount"] == "8.00"
+    assert (await shown_order(client, alice, order.id))["refunded_amount"] == "8.00"
 
 
 @pytest.mark.postgres_only
@@ -303,10 +287,11 @@ async def test_a_dashboard_refund_is_debited_once_by_refund_id(
     await spend(session_maker, "alice", 25_000_000)
     since = await stripe_peer.last_event_seq()
     await stripe_peer.dashboard_refund(payment_intent=order.stripe_payment_intent_id, amount=1000)
-    await _deliver(stripe_peer, client, since, times=2)
+    for _ in range(2):
+        await deliver_all(stripe_peer, client, since=since)
     # The money left at Stripe: the wallet pays, even below zero.
     assert await _balance(client, alice) == "-5.000000"
-    detail = await _order(client, alice, order.id)
+    detail = await shown_order(client, alice, order.id)
     assert detail["status"] == "partially_refunded"
     assert detail["refunded_amount"] == "10.00"
     assert await _count(session_maker, "external_refund") == 1
@@ -333,9 +318,9 @@ async def test_a_dispute_lost_then_won_leaves_wallet_and_ledger_right(
     since = await stripe_peer.last_event_seq()
     lost = await stripe_peer.create_dispute(payment_intent=lost_order.stripe_payment_intent_id)
     won = await stripe_peer.create_dispute(payment_intent=won_order.stripe_payment_intent_id)
-    await _deliver(stripe_peer, client, since)
+    await deliver_all(stripe_peer, client, since=since)
     assert await _balance(client, alice) == "-25.000000"
-    assert (await _order(client, alice, lost_order.id))["status"] == "disputed"
+    assert (await shown_order(client, alice, lost_order.id))["status"] == "disputed"
     refused = await client.post(
         "/v1/internal/usage",
         json={"user_id": "alice", "request_id": "while-disputed", "amount_micros": 1},
@@ -350,10 +335,11 @@ async def test_a_dispute_lost_then_won_leaves_wallet_and_ledger_right(
     since = await stripe_peer.last_event_seq()
     await stripe_peer.close_dispute(lost["id"], won=False)
     await stripe_peer.close_dispute(won["id"], won=True)
-    await _deliver(stripe_peer, client, since, times=2)
+    for _ in range(2):
+        await deliver_all(stripe_peer, client, since=since)
     assert await _balance(client, alice) == "-15.000000"
-    assert (await _order(client, alice, lost_order.id))["status"] == "disputed"
-    assert (await _order(client, alice, won_order.id))["status"] == "paid"
+    assert (await shown_order(client, alice, lost_order.id))["status"] == "disputed"
+    assert (await shown_order(client, alice, won_order.id))["status"] == "paid"
     assert await _count(session_maker, "dispute") == 2
     assert await _count(session_maker, "dispute_reversal") == 1
 
@@ -388,5 +374,5 @@ async def test_the_reconciler_job_completes_a_refund_whose_outcome_was_unknown(
     done = (await client.get("/v1/refund-requests", headers=alice)).json()["data"][0]
     assert done["status"] == "succeeded"
     assert [r["amount"] for r in await stripe_peer.objects("refund")] == [2000]
-    assert (await _order(client, alice, order.id))["status"] == "refunded"
+    assert (await shown_order(client, alice, order.id))["status"] == "refunded"
     assert await _balance(client, alice) == "0.000000"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -22,6 +22,7 @@ from app.stripe_gateway import (
     stripe_budget,
 )
 from tests.stripe_peer import StripePeer
+from tests.stripe_peer.fixtures import paid_payment_intent
 
 Headers = Callable[..., dict[str, str]]
 
@@ -32,25 +33,10 @@ def settings_overrides() -> dict[str, Any]:
     return {"stripe_timeout_seconds": 10.0, "stripe_max_network_retries": 2}
 
 
-@pytest.fixture
-async def gateway(settings: Settings, stripe_peer: StripePeer) -> AsyncIterator[StripeGateway]:
-    gateway = StripeGateway(settings)
-    yield gateway
-    await gateway.close()
-
-
-async def _paid(gateway: StripeGateway, peer: StripePeer, order_id: str = "ord_1") -> str:
-    pi = await gateway.create_payment_intent(
-        order_id=order_id, user_id="user-1", amount_cents=2000, customer_id=None
-    )
-    await peer.pay_payment_intent(pi["id"])
-    return str(pi["id"])
-
-
 async def test_a_hanging_stripe_is_cut_off_at_the_deadline_not_the_client_timeout(
     gateway: StripeGateway, stripe_peer: StripePeer
 ) -> None:
-    pi = await _paid(gateway, stripe_peer)
+    pi = await paid_payment_intent(gateway, stripe_peer)
     await stripe_peer.slow_down(30)
 
     started = time.monotonic()
@@ -70,7 +56,7 @@ async def test_a_hanging_stripe_is_cut_off_at_the_deadline_not_the_client_timeou
 async def test_retries_stop_when_the_deadline_leaves_no_time_for_another_attempt(
     gateway: StripeGateway, stripe_peer: StripePeer
 ) -> None:
-    pi = await _paid(gateway, stripe_peer)
+    pi = await paid_payment_intent(gateway, stripe_peer)
     await stripe_peer.inject_fault(
         "GET", "/v1/payment_intents", kind="hang", seconds=30, times=None
     )
@@ -85,7 +71,7 @@ async def test_retries_stop_when_the_deadline_leaves_no_time_for_another_attempt
 async def test_all_calls_of_one_budget_share_it_and_later_ones_never_start(
     gateway: StripeGateway, stripe_peer: StripePeer
 ) -> None:
-    pi = await _paid(gateway, stripe_peer)
+    pi = await paid_payment_intent(gateway, stripe_peer)
     await stripe_peer.slow_down(0.6, path="/v1/payment_intents")
     before = len(await stripe_peer.requests())
 
@@ -114,7 +100,7 @@ async def test_without_a_budget_each_call_gets_the_configured_deadline(
 ) -> None:
     gateway = StripeGateway(settings.model_copy(update={"stripe_deadline_seconds": 0.5}))
     try:
-        pi = await _paid(gateway, stripe_peer)
+        pi = await paid_payment_intent(gateway, stripe_peer)
         await stripe_peer.slow_down(30, path="/v1/payment_intents")
         with pytest.raises(StripeDeadlineExceeded):
             await gateway.retrieve_payment_intent(pi)
@@ -153,7 +139,7 @@ async def test_a_purchase_past_the_deadline_answers_503_with_retry_after(
 async def test_a_job_run_has_its_own_budget(
     gateway: StripeGateway, stripe_peer: StripePeer
 ) -> None:
-    pi = await _paid(gateway, stripe_peer)
+    pi = await paid_payment_intent(gateway, stripe_peer)
     await stripe_peer.slow_down(30, path="/v1/payment_intents")
     seen: list[BaseException | None] = []
 
@@ -205,8 +191,8 @@ async def test_a_deleted_customer_is_its_own_error_and_a_replacement_gets_a_new_
 async def test_list_refunds_reads_every_page_with_metadata(
     gateway: StripeGateway, stripe_peer: StripePeer
 ) -> None:
-    pi = await _paid(gateway, stripe_peer)
-    other = await _paid(gateway, stripe_peer, "ord_2")
+    pi = await paid_payment_intent(gateway, stripe_peer)
+    other = await paid_payment_intent(gateway, stripe_peer, "ord_2")
     for n in range(5):
         await gateway.create_refund(
             refund_request_id=f"rr_{n}", payment_intent_id=pi, amount_cents=100

@@ -8,6 +8,10 @@
   `settings_overrides` still win (e.g. a short `stripe_timeout_seconds`).
 
 Tests that do not use `stripe_peer` never start the process and get no Stripe keys.
+
+- `gateway`: a `StripeGateway` over the peer, built from the test's settings.
+- `paid_payment_intent(gateway, peer, order_id)`: a PaymentIntent created through the gateway
+  and paid at the peer (a helper, not a fixture).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from typing import Any
 
 import pytest
 
+from app.config import Settings
+from app.stripe_gateway import StripeGateway
 from tests.stripe_peer.client import PEER_API_KEY, PEER_PUBLISHABLE_KEY, StripePeer
 from tests.stripe_peer.process import PeerProcess
 
@@ -47,3 +53,22 @@ async def stripe_peer(stripe_peer_server: PeerProcess) -> AsyncIterator[StripePe
         yield peer
     finally:
         await peer.aclose()
+
+
+@pytest.fixture
+async def gateway(settings: Settings, stripe_peer: StripePeer) -> AsyncIterator[StripeGateway]:
+    gateway = StripeGateway(settings)
+    try:
+        yield gateway
+    finally:
+        await gateway.close()
+
+
+async def paid_payment_intent(
+    gateway: StripeGateway, peer: StripePeer, order_id: str = "ord_1"
+) -> str:
+    pi = await gateway.create_payment_intent(
+        order_id=order_id, user_id="user-1", amount_cents=2000, customer_id=None
+    )
+    await peer.pay_payment_intent(pi["id"])
+    return str(pi["id"])

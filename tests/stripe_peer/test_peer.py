@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
-from app.config import Settings
 from app.stripe_gateway import StripeGateway, expanded, verify_webhook
 from tests.stripe_peer import PeerError, StripePeer
 
 SUCCESS_URL = "http://portal.test/payment/result?order_id=ord_1&session_id={CHECKOUT_SESSION_ID}"
-
-
-@pytest.fixture
-async def gateway(settings: Settings, stripe_peer: StripePeer) -> AsyncIterator[StripeGateway]:
-    gateway = StripeGateway(settings)
-    yield gateway
-    await gateway.close()
 
 
 async def _session(gateway: StripeGateway, order_id: str = "ord_1") -> dict[str, Any]:

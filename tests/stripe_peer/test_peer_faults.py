@@ -4,37 +4,21 @@ them, held, dropped and reordered webhooks, lost answers, deleted customers, a s
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
-from app.config import Settings
 from app.stripe_gateway import StripeGateway, StripeOutcomeUnknown, StripeRequestFailed
 from tests.stripe_peer import PeerError, StripePeer
+from tests.stripe_peer.fixtures import paid_payment_intent
 from tests.stripe_peer.test_peer import Receiver
-
-
-@pytest.fixture
-async def gateway(settings: Settings, stripe_peer: StripePeer) -> AsyncIterator[StripeGateway]:
-    gateway = StripeGateway(settings)
-    yield gateway
-    await gateway.close()
-
-
-async def _paid(gateway: StripeGateway, peer: StripePeer, order_id: str = "ord_1") -> str:
-    pi = await gateway.create_payment_intent(
-        order_id=order_id, user_id="user-1", amount_cents=2000, customer_id=None
-    )
-    await peer.pay_payment_intent(pi["id"])
-    return str(pi["id"])
 
 
 async def test_an_inquiry_moves_no_money_leaves_the_charge_refundable_and_closes_as_a_warning(
     gateway: StripeGateway, stripe_peer: StripePeer
 ) -> None:
-    pi = await _paid(gateway, stripe_peer)
+    pi = await paid_payment_intent(gateway, stripe_peer)
 
     opened = await stripe_peer.create_dispute(payment_intent=pi, inquiry=True)
     reviewed = await stripe_peer.update_dispute(opened["id"], status="warning_under_review")
@@ -57,8 +41,8 @@ async def test_an_inquiry_moves_no_money_leaves_the_charge_refundable_and_closes
 async def test_a_charge_under_inquiry_can_be_refunded_but_not_one_charged_back(
     gateway: StripeGateway, stripe_peer: StripePeer
 ) -> None:
-    inquired = await _paid(gateway, stripe_peer, "ord_1")
-    charged_back = await _paid(gateway, stripe_peer, "ord_2")
+    inquired = await paid_payment_intent(gateway, stripe_peer, "ord_1")
+    charged_back = await paid_payment_intent(gateway, stripe_peer, "ord_2")
     await stripe_peer.create_dispute(payment_intent=inquired, inquiry=True)
     await stripe_peer.create_dispute(payment_intent=charged_back)
 
@@ -77,7 +61,7 @@ async def test_a_charge_under_inquiry_can_be_refunded_but_not_one_charged_back(
 async def test_a_chargeback_lists_what_stripe_withdrew_and_reinstated(
     gateway: StripeGateway, stripe_peer: StripePeer, won: bool
 ) -> None:
-    pi = await _paid(gateway, stripe_peer)
+    pi = await paid_payment_intent(gateway, stripe_peer)
 
     opened = await stripe_peer.create_dispute(payment_intent=pi)
     await stripe_peer.update_dispute(opened["id"], status="under_review")
@@ -107,7 +91,7 @@ async def test_a_chargeback_lists_what_stripe_withdrew_and_reinstated(
 async def test_an_inquiry_escalated_to_a_chargeback_withdraws_the_funds_then(
     gateway: StripeGateway, stripe_peer: StripePeer
 ) -> None:
-    pi = await _paid(gateway, stripe_peer)
+    pi = await paid_payment_intent(gateway, stripe_peer)
     opened = await stripe_peer.create_dispute(payment_intent=pi, inquiry=True)
 
     escalated = await stripe_peer.update_dispute(opened["id"], status="needs_response")
@@ -135,7 +119,7 @@ async def test_held_webhooks_are_delivered_in_the_order_asked_for(
             events=["refund.created", "refund.updated"],
         )
         await stripe_peer.set_refund_behavior("pending")
-        pi = await _paid(gateway, stripe_peer)
+        pi = await paid_payment_intent(gateway, stripe_peer)
         await stripe_peer.hold_webhooks(types=["refund.*"])
         refund = await gateway.create_refund(
             refund_request_id="rr_1", payment_intent_id=pi, amount_cents=500
@@ -158,7 +142,7 @@ async def test_dropped_webhooks_are_never_delivered_but_stay_in_the_log(
     async with Receiver(statuses=[]) as receiver:
         await stripe_peer.register_endpoint("receiver", secret="whsec_receiver", url=receiver.url)
         await stripe_peer.drop_webhooks(types=["payment_intent.succeeded"], times=1)
-        pi = await _paid(gateway, stripe_peer)
+        pi = await paid_payment_intent(gateway, stripe_peer)
         await receiver.wait_for(2)  # payment_intent.created, charge.succeeded
 
     succeeded = await stripe_peer.event("payment_intent.succeeded", object_id=pi)
@@ -171,7 +155,7 @@ async def test_dropped_webhooks_are_never_delivered_but_stay_in_the_log(
 async def test_a_lost_answer_leaves_the_refund_made_and_findable_by_payment_intent(
     gateway: StripeGateway, stripe_peer: StripePeer
 ) -> None:
-    pi = await _paid(gateway, stripe_peer)
+    pi = await paid_payment_intent(gateway, stripe_peer)
     await stripe_peer.lose_answer("POST", "/v1/refunds", how="500", times=3)
 
     with pytest.raises(StripeOutcomeUnknown):
@@ -217,7 +201,7 @@ async def test_a_deleted_customer_answers_its_stub_and_is_missing_as_a_parameter
 async def test_a_slowdown_delays_every_matching_request_then_answers_it(
     gateway: StripeGateway, stripe_peer: StripePeer
 ) -> None:
-    pi = await _paid(gateway, stripe_peer)
+    pi = await paid_payment_intent(gateway, stripe_peer)
     await stripe_peer.slow_down(0.5, path="/v1/payment_intents")
 
     started = time.monotonic()

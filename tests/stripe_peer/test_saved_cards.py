@@ -5,12 +5,10 @@ off-session, the cards a test makes need authentication or start declining, deta
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from app.config import Settings
 from app.stripe_gateway import (
     StripeAuthenticationRequired,
     StripeCardDeclined,
@@ -18,13 +16,6 @@ from app.stripe_gateway import (
     StripeRequestFailed,
 )
 from tests.stripe_peer import StripePeer
-
-
-@pytest.fixture
-async def gateway(settings: Settings, stripe_peer: StripePeer) -> AsyncIterator[StripeGateway]:
-    gateway = StripeGateway(settings)
-    yield gateway
-    await gateway.close()
 
 
 async def save_card(
