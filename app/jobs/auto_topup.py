@@ -56,6 +56,7 @@ from app.stripe_gateway import (
     StripeJSON,
     StripeRequestFailed,
 )
+from app.stripe_gateway.deadline import without_budget
 from app.stripe_gateway.payments import payment_from_payment_intent
 
 log = structlog.get_logger(__name__)
@@ -326,9 +327,12 @@ def kick(
     user_ids: set[str],
 ) -> None:
     """Charge these users' new attempts now, in the background (the request that recorded them
-    has committed); the periodic job is the safety net if this task dies."""
+    has committed), outside the request's Stripe budget; the periodic job is the safety net if
+    this task dies."""
     for user_id in sorted(user_ids):
-        task = asyncio.create_task(_kicked(maker, stripe, settings, user_id))
+        task = asyncio.create_task(
+            _kicked(maker, stripe, settings, user_id), context=without_budget()
+        )
         _BACKGROUND.add(task)
         task.add_done_callback(_BACKGROUND.discard)
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import Context, ContextVar, copy_context
 from dataclasses import dataclass
 
 import stripe
@@ -59,6 +59,15 @@ _BUDGET: ContextVar[StripeBudget | None] = ContextVar("stripe_budget", default=N
 def current_budget() -> StripeBudget | None:
     """The budget of the request or job run this code runs in, if any."""
     return _BUDGET.get()
+
+
+def without_budget() -> Context:
+    """A copy of the current context (request id and all) with no Stripe budget: for a task
+    that outlives the request that starts it, whose Stripe calls must not spend what is left of
+    the request's budget (each call still has its own, `BILLING_STRIPE_DEADLINE_SECONDS`)."""
+    context = copy_context()
+    context.run(_BUDGET.set, None)
+    return context
 
 
 @contextmanager

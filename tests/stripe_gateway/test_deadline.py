@@ -14,6 +14,7 @@ import pytest
 from app.config import Settings
 from app.jobs.runner import Job, JobRunner
 from app.stripe_gateway import (
+    StripeBudget,
     StripeCustomerMissing,
     StripeDeadlineExceeded,
     StripeGateway,
@@ -21,6 +22,7 @@ from app.stripe_gateway import (
     current_budget,
     stripe_budget,
 )
+from app.stripe_gateway.deadline import without_budget
 from tests.stripe_peer import StripePeer
 from tests.stripe_peer.fixtures import paid_payment_intent
 
@@ -93,6 +95,21 @@ async def test_an_inner_budget_cannot_outlast_the_outer_one() -> None:
         assert inner.start() == outer.start()  # the outer's 1 s, not 60 s
         assert outer.remaining() <= 1.0
     assert current_budget() is None
+
+
+async def test_a_background_task_does_not_spend_the_request_s_budget() -> None:
+    # `jobs.auto_topup.kick` starts its charge this way from a request that may have spent its
+    # budget already.
+    async def budget_seen() -> StripeBudget | None:
+        return current_budget()
+
+    with stripe_budget(0.0) as spent:
+        spent.start()
+        inside = asyncio.create_task(budget_seen())
+        detached = asyncio.create_task(budget_seen(), context=without_budget())
+        assert await inside is spent
+        assert await detached is None
+        assert current_budget() is spent
 
 
 async def test_without_a_budget_each_call_gets_the_configured_deadline(
