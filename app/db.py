@@ -44,6 +44,7 @@ from typing import Annotated, Any, Generic, TypeVar
 from fastapi import Depends, Request
 from sqlalchemy import event, select
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -160,6 +161,11 @@ def is_postgres_url(database_url: str) -> bool:
 def is_postgres(session: AsyncSession) -> bool:
     """Whether the session talks to PostgreSQL (as opposed to the embedded SQLite)."""
     return session.get_bind().dialect.name == "postgresql"
+
+
+def insert_for(session: AsyncSession) -> Any:
+    """The dialect's `insert` (both have `on_conflict_do_nothing/update`) for the session."""
+    return postgresql.insert if is_postgres(session) else sqlite.insert
 
 
 Row = TypeVar("Row", bound=DeclarativeBase)

@@ -72,7 +72,7 @@ async def put_alerts(session: AsyncSession, user_id: str, body: AlertsIn) -> Ale
     new = wanted - existing
     if new:
         wallet = await get_wallet(session, user_id)
-        available = wallet.balance_micros - wallet.held_micros if wallet is not None else 0
+        available = wallet.available_micros if wallet is not None else 0
         now = utcnow()
         for threshold in sorted(new):
             session.add(

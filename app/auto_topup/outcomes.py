@@ -147,9 +147,7 @@ async def skip_over_monthly_limit(session: AsyncSession, attempt_id: str, *, now
     settings = await repository.get_settings(session, attempt.user_id)
     if settings is None:
         return False
-    spent = await repository.spent_since(
-        session, attempt.user_id, rules.month_start(now), include_in_flight=False
-    )
+    spent = await repository.spent_since(session, attempt.user_id, rules.month_start(now))
     if rules.within_monthly_limit(
         spent_this_month_micros=spent,
         amount_micros=attempt.amount_micros,

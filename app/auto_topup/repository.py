@@ -5,10 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import and_, func, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import is_postgres
+from app.db import insert_for
 from app.models.payment_methods import IN_FLIGHT_ATTEMPT_STATUSES, AutoTopup, AutoTopupSettings
 
 
@@ -19,15 +18,12 @@ async def get_settings(
     return await session.get(AutoTopupSettings, user_id, with_for_update=for_update)
 
 
-async def spent_since(
-    session: AsyncSession, user_id: str, since: datetime, *, include_in_flight: bool
-) -> int:
-    """Micros of the user's auto top-ups since `since`: succeeded, and in flight if asked."""
-    statuses = ("succeeded", *IN_FLIGHT_ATTEMPT_STATUSES) if include_in_flight else ("succeeded",)
+async def spent_since(session: AsyncSession, user_id: str, since: datetime) -> int:
+    """Micros of the user's succeeded auto top-ups since `since`."""
     stmt = select(func.coalesce(func.sum(AutoTopup.amount_micros), 0)).where(
         AutoTopup.user_id == user_id,
         AutoTopup.created_at >= since,
-        AutoTopup.status.in_(statuses),
+        AutoTopup.status == "succeeded",
     )
     return int((await session.execute(stmt)).scalar_one())
 
@@ -44,7 +40,7 @@ async def insert_pending_attempt(
 ) -> bool:
     """Record a pending attempt unless one is in flight for the user (the partial unique index
     decides, whatever the concurrency); True when this call recorded it."""
-    insert = postgresql.insert if is_postgres(session) else sqlite.insert
+    insert = insert_for(session)
     stmt = (
         insert(AutoTopup)
         .values(

@@ -107,7 +107,7 @@ def within_monthly_limit(
     *, spent_this_month_micros: int, amount_micros: int, monthly_limit_micros: int
 ) -> bool:
     """Whether charging `amount_micros` keeps the month's auto top-ups within the limit
-    (`spent_this_month_micros` counts succeeded and in-flight attempts)."""
+    (`spent_this_month_micros`: the succeeded ones)."""
     return spent_this_month_micros + amount_micros <= monthly_limit_micros
 
 

@@ -14,7 +14,7 @@ from app.errors import ValidationFailed
 from app.ledger.repository import refresh_watch
 from app.models.base import utcnow
 from app.models.payment_methods import AutoTopupSettings
-from app.money import format_amount, parse_amount
+from app.money import format_amount, parse_amount, usd_to_micros
 from app.notifications import events
 from app.notifications.service import enqueue
 from app.payment_methods import repository as cards
@@ -60,9 +60,7 @@ async def get_auto_topup(
     """The caller's setting and state (disabled, with nulls, when never set)."""
     now = now or utcnow()
     row = await repository.get_settings(session, user_id)
-    spent = await repository.spent_since(
-        session, user_id, rules.month_start(now), include_in_flight=False
-    )
+    spent = await repository.spent_since(session, user_id, rules.month_start(now))
     return _out(row, spent)
 
 
@@ -79,7 +77,7 @@ async def put_auto_topup(
     threshold = parse_amount(body.threshold)
     amount = parse_amount(body.amount)
     monthly_limit = parse_amount(body.monthly_limit)
-    low, high = parse_amount(str(settings.topup_min)), parse_amount(str(settings.topup_max))
+    low, high = usd_to_micros(settings.topup_min), usd_to_micros(settings.topup_max)
     if not low <= amount <= high:
         raise _invalid("amount", f"must be between {format_amount(low)} and {format_amount(high)}")
     if monthly_limit < amount:
@@ -111,9 +109,7 @@ async def put_auto_topup(
         row.paused_reason = None
     await session.flush()
     await refresh_watch(session, user_id)
-    spent = await repository.spent_since(
-        session, user_id, rules.month_start(now), include_in_flight=False
-    )
+    spent = await repository.spent_since(session, user_id, rules.month_start(now))
     return _out(row, spent)
 
 

@@ -17,7 +17,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.ledger.repository import WALLET_COLUMNS, WalletRow, insert_for, wallet_row
+from app.db import insert_for
+from app.ledger.repository import WALLET_COLUMNS, WalletRow, wallet_row
 from app.models.base import UTCDateTime
 from app.models.ledger import Account, Hold
 

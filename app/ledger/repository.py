@@ -21,9 +21,10 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db import insert_for
 from app.ids import new_id
 from app.models.base import UTCDateTime, utcnow
 from app.models.ledger import Account, LedgerEntry, LedgerTransaction
@@ -60,10 +61,6 @@ WALLET_COLUMNS = (
 
 def wallet_row(row: Any) -> WalletRow:
     return WalletRow(row[0], row[1], row[2], row[3], row[4])
-
-
-def insert_for(session: AsyncSession) -> Any:
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,19 +7,14 @@ from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import and_, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import is_postgres
+from app.db import insert_for, is_postgres
 from app.models.base import utcnow
 from app.models.notifications import Notification, NotificationSettings
 
 Channel = Literal["email", "webhook"]
 CHANNELS: tuple[Channel, ...] = ("email", "webhook")
-
-
-def _insert_for(session: AsyncSession) -> Any:
-    return postgresql.insert if is_postgres(session) else sqlite.insert
 
 
 def _columns(channel: Channel) -> tuple[Any, Any, Any, Any, Any]:
@@ -51,7 +46,7 @@ class Claimed:
 
 async def upsert_email(session: AsyncSession, user_id: str, email: str) -> None:
     """Record the user's latest address; a write only when it changed."""
-    insert = _insert_for(session)
+    insert = insert_for(session)
     now = utcnow()
     stmt = insert(NotificationSettings).values(user_id=user_id, email=email, updated_at=now)
     stmt = stmt.on_conflict_do_update(
@@ -67,7 +62,7 @@ async def get_settings(session: AsyncSession, user_id: str) -> NotificationSetti
 
 
 async def set_email_enabled(session: AsyncSession, user_id: str, enabled: bool) -> None:
-    insert = _insert_for(session)
+    insert = insert_for(session)
     now = utcnow()
     stmt = insert(NotificationSettings).values(
         user_id=user_id, email_enabled=enabled, updated_at=now

@@ -36,7 +36,6 @@ __all__ = [
     "PAID_STATUSES",
     "PENDING_STATUSES",
     "OrderStatus",
-    "can_transition",
     "is_paid",
     "is_pending",
     "settled_status",
@@ -84,14 +83,6 @@ class TransitionReason(StrEnum):
 
 
 PAID_AFTER_CLOSE = TransitionReason.PAID_AFTER_CLOSE
-
-
-def can_transition(current: str, new: str) -> bool:
-    """Whether an order may move from `current` to `new` (staying put is not a transition)."""
-    try:
-        return OrderStatus(new) in _ALLOWED[OrderStatus(current)]
-    except ValueError:
-        return False
 
 
 def transition(order: Order, new: OrderStatus, *, reason: str) -> bool:

@@ -5,10 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import func, or_, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import is_postgres
+from app.db import insert_for, is_postgres
 from app.models.base import utcnow
 from app.models.orders import Order, OrderKind, StripeCustomer, StripeEvent
 from app.orders.state import PENDING_STATUSES
@@ -89,7 +88,7 @@ async def save_stripe_customer(
     session: AsyncSession, user_id: str, customer_id: str, email: str | None
 ) -> str:
     """Remember the user's Stripe Customer (the first one stored wins) and return its id."""
-    insert = postgresql.insert if is_postgres(session) else sqlite.insert
+    insert = insert_for(session)
     stmt = (
         insert(StripeCustomer)
         .values(user_id=user_id, customer_id=customer_id, email=email, created_at=utcnow())

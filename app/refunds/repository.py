@@ -19,16 +19,12 @@ get_dispute = RowById(Dispute)
 """A dispute we have recorded."""
 
 
-async def has_open_request(
-    session: AsyncSession, order_id: str, *, excluding: str | None = None
-) -> bool:
-    """Whether the order has a pending or processing request (other than `excluding`)."""
+async def has_open_request(session: AsyncSession, order_id: str) -> bool:
+    """Whether the order has a pending or processing request."""
     stmt = select(RefundRequest.id).where(
         RefundRequest.order_id == order_id,
         RefundRequest.status.in_(OPEN_REFUND_REQUEST_STATUSES),
     )
-    if excluding is not None:
-        stmt = stmt.where(RefundRequest.id != excluding)
     return (await session.execute(stmt.limit(1))).first() is not None
 
 

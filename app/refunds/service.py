@@ -74,14 +74,12 @@ def _refuse(reason: str) -> RefundNotEligible:
     return RefundNotEligible(REASONS[reason], reason=reason)
 
 
-async def _eligibility(
-    session: AsyncSession, settings: Settings, order: Order, *, excluding: str | None = None
-) -> Eligibility:
+async def _eligibility(session: AsyncSession, settings: Settings, order: Order) -> Eligibility:
     wallet = await get_wallet(session, order.user_id)
     return refund_eligibility(
         order,
         available_micros=wallet.available_micros if wallet else 0,
-        has_open_request=await repository.has_open_request(session, order.id, excluding=excluding),
+        has_open_request=await repository.has_open_request(session, order.id),
         has_open_dispute=bool(
             await orders_repository.orders_with_open_disputes(session, [order.id])
         ),

@@ -29,11 +29,6 @@ _ALLOWED: dict[RefundRequestStatus, frozenset[RefundRequestStatus]] = {
 FINAL_STATUSES = frozenset({_S.SUCCEEDED, _S.DENIED, _S.FAILED})
 
 
-def can_transition(current: str, new: str) -> bool:
-    """Whether a request may move from `current` to `new`."""
-    return RefundRequestStatus(new) in _ALLOWED[RefundRequestStatus(current)]
-
-
 def transition(request: RefundRequest, new: RefundRequestStatus, *, reason: str) -> bool:
     """Move the request to `new` (False and no change when the diagram does not allow it); a
     move into a final status ends its retries and stamps `completed_at`."""

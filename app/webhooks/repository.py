@@ -7,10 +7,9 @@ from enum import Enum
 from typing import Any
 
 from sqlalchemy import or_, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import RowById, is_postgres
+from app.db import RowById, insert_for
 from app.models.orders import StripeEvent
 
 
@@ -31,7 +30,7 @@ async def claim_event(
     session: AsyncSession, event: dict[str, Any], now: datetime, lease_until: datetime
 ) -> Claim:
     """Store a verified event and take its lease, in the caller's short transaction."""
-    insert = postgresql.insert if is_postgres(session) else sqlite.insert
+    insert = insert_for(session)
     obj = event["data"].get("object") or {}
     stmt = (
         insert(StripeEvent)
