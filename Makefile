@@ -10,9 +10,10 @@ endif
 VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2
 BENCH_ARGS ?=
 
-.PHONY: install run sandbox-pay sandbox-card test test-postgres test-sqlite check format migrate openapi fuzz bench verify clean
+.PHONY: install run sandbox-pay sandbox-card test test-fast check format migrate openapi fuzz bench verify clean
 
 .tools/bin/uv:
 	$(PYTHON) -m venv .tools
@@ -24,8 +25,10 @@ $(VENV)/.synced: uv.lock pyproject.toml | $(UV)
 
 install: $(VENV)/.synced
 
-# The service on 127.0.0.1:$${PORT:-8000} with SQLite and, without Stripe keys, the Stripe sandbox
-# (dev/, never shipped). `make sandbox-pay ORDER=ord_… [DECLINE=1]` pays an order there.
+# The service on 127.0.0.1:$${PORT:-8000} on BILLING_DATABASE_URL, or else on an embedded PostgreSQL
+# started from the wheel with its data in .pgdata/ (kept across runs; stopped when this ends), and,
+# without Stripe keys, the Stripe sandbox (dev/, never shipped).
+# `make sandbox-pay ORDER=ord_… [DECLINE=1]` pays an order there.
 run: install
 	$(BIN)/python -m dev.run
 
@@ -38,17 +41,17 @@ sandbox-pay: install
 sandbox-card: install
 	$(BIN)/python -m dev.sandbox card $(USER_ID) $(BEHAVIOR) $(if $(CODE),--decline-code $(CODE))
 
-# The two backends' suites run side by side (one per core; each makes its own databases and
-# ports), each one's output printed whole when it ends.
+# Lint and types, then the whole suite on $(TEST_WORKERS) workers (pytest-xdist), each on its own
+# database of one PostgreSQL: BILLING_TEST_DATABASE_URL when set, else the server answering on
+# 127.0.0.1:5432, else an embedded one started from the wheel (tests/conftest.py, dev/postgres.py).
 test: install
 	$(MAKE) --no-print-directory check
-	$(MAKE) --no-print-directory -j2 --output-sync=target test-postgres test-sqlite
+	$(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
-test-postgres: install
-	BILLING_TEST_BACKEND=postgres $(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
-
-test-sqlite: install
-	BILLING_TEST_BACKEND=sqlite $(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+# The tests that need no database (money, periods, state machines, batch planning, signing,
+# rendering): seconds, no server.
+test-fast: install
+	$(BIN)/pytest -q -p no:cacheprovider -m "not database" $(PYTEST_ARGS)
 
 check: install
 	$(BIN)/ruff check .
@@ -66,8 +69,7 @@ migrate: install
 openapi: install
 	$(BIN)/torouter-billing openapi
 
-# schemathesis against the served app (PostgreSQL unless BILLING_TEST_BACKEND=sqlite, the Stripe
-# peer on loopback) as two users, an admin, the gateway and anonymous: --checks all, 100 examples
+# schemathesis against the served app (on the tests' PostgreSQL, the Stripe peer on loopback) as two users, an admin, the gateway and anonymous: --checks all, 100 examples
 # per operation. FUZZ_ARGS passes more (e.g. --max-examples 300 --seed 1).
 FUZZ_ARGS ?=
 fuzz: install
@@ -88,4 +90,4 @@ verify: install
 	$(BIN)/python -m tests.verify.crash $(VERIFY_ARGS)
 
 clean:
-	rm -rf .venv .tools .mypy_cache .ruff_cache .pytest_cache .fuzz billing.db billing.db-*
+	rm -rf .venv .tools .mypy_cache .ruff_cache .pytest_cache .fuzz .pgdata-test

@@ -252,6 +252,23 @@ SETTINGS_FREE = {"openapi"}
 """Commands that work without the environment's settings (and so without production secrets)."""
 
 
+def settings_refusal(exc: ValidationError) -> str:
+    """One line per unusable setting, named as in the environment (never echoing its value,
+    which may be a secret), and the hint about the environment when that may be the cause."""
+    lines = []
+    for error in exc.errors():
+        name = "_".join(str(part) for part in error["loc"]).upper()
+        message = str(error["msg"]).removeprefix("Value error, ")
+        where = f"BILLING_{name}: " if name else ""
+        lines.append(f"torouter-billing: {where}{message}")
+    if any(error["loc"] != ("database_url",) for error in exc.errors()):
+        lines.append(
+            "torouter-billing: BILLING_ENVIRONMENT defaults to production; "
+            "set BILLING_ENVIRONMENT=local for development."
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in SETTINGS_FREE:
@@ -260,12 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             settings = get_settings()
         except ValidationError as exc:
-            print(f"torouter-billing: the settings are not usable:\n{exc}", file=sys.stderr)
-            print(
-                "BILLING_ENVIRONMENT defaults to production; "
-                "set BILLING_ENVIRONMENT=local for development.",
-                file=sys.stderr,
-            )
+            print(settings_refusal(exc), file=sys.stderr)
             return 2
     from app.logs import configure_logging
 

@@ -17,6 +17,8 @@ _PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "changethis", "de
 
 Environment = Literal["local", "test", "production"]
 
+DATABASE_URL_EXPECTED = "postgresql+asyncpg://user:password@host:5432/dbname"
+
 LOCAL_JWT_SECRET = "local-development-only-jwt-secret-never-in-production"
 
 
@@ -55,7 +57,9 @@ class Settings(BaseSettings):
 
     # Production unless said otherwise: a deploy that forgets this variable gets every check.
     environment: Environment = "production"
-    database_url: str = "sqlite+aiosqlite:///./billing.db"
+    database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/billing"
+    """PostgreSQL, the only engine (asyncpg; `postgresql://` is read as `postgresql+asyncpg://`).
+    Required in production; `make run` and the tests start an embedded server when unset."""
     database_pool_size: int = Field(default=10, ge=1, le=200)
     database_pool_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
     """How long a portal request waits for a pooled connection before it is answered 503
@@ -209,6 +213,17 @@ class Settings(BaseSettings):
             raise ValueError(f"not a rate limit such as '10/minute;60/hour': {exc}") from exc
         return value
 
+    @field_validator("database_url")
+    @classmethod
+    def _postgresql_only(cls, value: str) -> str:
+        scheme = value.partition("://")[0] if "://" in value else ""
+        if scheme not in ("postgresql", "postgres", "postgresql+asyncpg"):
+            got = f"a {scheme}:// URL" if scheme else "no URL scheme"
+            raise ValueError(
+                f"PostgreSQL is the only engine: expected {DATABASE_URL_EXPECTED}, got {got}"
+            )
+        return "postgresql+asyncpg://" + value.partition("://")[2]
+
     @field_validator("smtp_url")
     @classmethod
     def _smtp_url(cls, value: str | None) -> str | None:
@@ -249,6 +264,8 @@ class Settings(BaseSettings):
                     "(BILLING_ENVIRONMENT=local for development)"
                 )
         if self.environment == "production":
+            if "database_url" not in self.model_fields_set:
+                raise ValueError("BILLING_DATABASE_URL is required in production")
             self._refuse_unsafe_production()
         return self
 
@@ -267,10 +284,6 @@ class Settings(BaseSettings):
             raise ValueError("BILLING_JWT_JWKS_URL must be https (or a loopback address)")
         if self.notify_webhook_url is not None and not _https_or_loopback(self.notify_webhook_url):
             raise ValueError("BILLING_NOTIFY_WEBHOOK_URL must be https (or a loopback address)")
-
-    @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
 
     @property
     def stripe_configured(self) -> bool:

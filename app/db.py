@@ -23,7 +23,7 @@ Transaction policy
    (`app.stripe_gateway.deadline`); past it the answer is 503 `payment_provider_unavailable`
    with `Retry-After`, and the claim (lease) makes the retry safe.
 5. Portal requests that only touch the database run in one request transaction (`SessionDep`);
-   the gateway's hot path on PostgreSQL is single autocommit statements (`app/usage/`).
+   the gateway's hot path is single autocommit statements (`app/usage/`).
 
 `tests/test_transaction_policy.py` walks the source for Stripe calls inside `session_scope()`
 blocks and in functions that hold a session.
@@ -39,12 +39,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Generic, TypeVar
 
 from fastapi import Depends, Request
-from sqlalchemy import event, select
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -53,23 +52,13 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase
-from sqlalchemy.pool import NullPool
 
 from app.config import Settings
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
-    """An async engine: asyncpg for PostgreSQL, aiosqlite (WAL, foreign keys) for SQLite."""
+    """An async engine on PostgreSQL through asyncpg."""
     url = make_url(settings.database_url)
-    if url.get_backend_name() == "sqlite":
-        engine = create_async_engine(
-            url,
-            echo=settings.database_echo,
-            connect_args={"timeout": 30},
-            poolclass=NullPool if url.database in (None, "", ":memory:") else None,
-        )
-        _configure_sqlite(engine)
-        return engine
     return create_async_engine(
         url,
         echo=settings.database_echo,
@@ -129,43 +118,9 @@ _ASYNCPG_OUTAGES = frozenset(
 )
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Take transaction control from the driver so that every transaction starts with
-        # BEGIN IMMEDIATE: SQLite then serializes writers up front instead of failing one of
-        # two read-then-write transactions at commit, so the ledger's rules hold as on PostgreSQL.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-
 def create_session_maker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Sessions that keep loaded objects usable after commit."""
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
-
-
-def is_postgres_url(database_url: str) -> bool:
-    """Whether a database URL names PostgreSQL (as opposed to the embedded SQLite)."""
-    return make_url(database_url).get_backend_name() == "postgresql"
-
-
-def is_postgres(session: AsyncSession) -> bool:
-    """Whether the session talks to PostgreSQL (as opposed to the embedded SQLite)."""
-    return session.get_bind().dialect.name == "postgresql"
-
-
-def insert_for(session: AsyncSession) -> Any:
-    """The dialect's `insert` (both have `on_conflict_do_nothing/update`) for the session."""
-    return postgresql.insert if is_postgres(session) else sqlite.insert
 
 
 Row = TypeVar("Row", bound=DeclarativeBase)
@@ -173,7 +128,7 @@ Row = TypeVar("Row", bound=DeclarativeBase)
 
 class RowById(Generic[Row]):
     """A repository's `get_x(session, x_id, *, for_update=False)` of one model: the row with this
-    id, re-selected, locked on PostgreSQL when asked (SQLite serializes writers)."""
+    id, re-selected, locked (FOR UPDATE) when asked."""
 
     def __init__(self, model: type[Row]) -> None:
         self.model = model
@@ -182,7 +137,7 @@ class RowById(Generic[Row]):
         self, session: AsyncSession, row_id: str, *, for_update: bool = False
     ) -> Row | None:
         stmt = select(self.model).where(self.model.__table__.c.id == row_id)
-        if for_update and is_postgres(session):
+        if for_update:
             stmt = stmt.with_for_update()
         return (await session.execute(stmt)).scalar_one_or_none()
 

@@ -21,7 +21,7 @@ from app.auth.jwt import JwtVerifier
 from app.auth.service_tokens import ServiceTokenVerifier
 from app.auto_topup.router import router as auto_topup_router
 from app.config import Settings, get_settings
-from app.db import AUTO_TOPUP_KICK, create_engine, create_session_maker, is_postgres_url
+from app.db import AUTO_TOPUP_KICK, create_engine, create_session_maker
 from app.errors import install_error_handlers
 from app.jobs.auto_topup import charge_auto_topups
 from app.jobs.auto_topup import kick as kick_auto_topups
@@ -45,10 +45,9 @@ from app.refunds.router import router as refunds_router
 from app.reports.router import admin_router as admin_reports_router
 from app.reports.router import router as reports_router
 from app.stripe_gateway import StripeGateway
-from app.usage.repository import PostgresUsageStore
+from app.usage.repository import UsageStore
 from app.usage.router import PREFIX as GATEWAY_PREFIX
 from app.usage.router import GatewayApp, openapi_paths
-from app.usage.store import SessionUsageStore, UsageStore
 from app.webhooks.router import router as webhooks_router
 
 API_PREFIX = "/v1"
@@ -148,15 +147,6 @@ def _document_gateway(doc: dict[str, Any]) -> None:
     }
 
 
-async def _usage_store(settings: Settings, maker: Any) -> UsageStore:
-    """PostgreSQL: driver-level statements on a pool of their own; SQLite: the ORM."""
-    if is_postgres_url(settings.database_url):
-        return await PostgresUsageStore.open(
-            settings.database_url, max_size=settings.database_pool_size
-        )
-    return SessionUsageStore(maker)
-
-
 def create_app(settings: Settings | None = None) -> BillingApp:
     """Build the application; nothing connects until the lifespan starts."""
     settings = settings or get_settings()
@@ -174,7 +164,8 @@ def create_app(settings: Settings | None = None) -> BillingApp:
         app.state.stripe = StripeGateway(settings)
         app.state.rate_limiter = RateLimiter(settings)
         app.state.notifier = Notifier(settings)
-        store = await _usage_store(settings, maker)
+        # The gateway's statements run on a pool of their own (`app/usage/repository.py`).
+        store = await UsageStore.open(settings.database_url, max_size=settings.database_pool_size)
         # One clock for the gateway's spend-limit windows and the portal's (tests move it).
         store.clock = lambda: app.state.clock()
         app.state.usage_store = store
@@ -182,13 +173,12 @@ def create_app(settings: Settings | None = None) -> BillingApp:
         runner = JobRunner(_jobs(app, settings) if settings.jobs_enabled else [])
         if settings.jobs_enabled:
             # A debit that recorded an auto top-up starts its charge at once, after its commit
-            # (`app.db.after_commit`; the gateway's PostgreSQL store calls it itself).
+            # (`app.db.after_commit`; the gateway's store calls it itself).
             def kick(users: set[str]) -> None:
                 kick_auto_topups(maker, app.state.stripe, settings, users)
 
             maker.kw["info"] = {AUTO_TOPUP_KICK: kick}
-            if isinstance(store, PostgresUsageStore):
-                store.on_auto_topup = kick
+            store.on_auto_topup = kick
         app.state.job_runner = runner  # `app.serve` stops it while requests drain
         runner.start()
         try:

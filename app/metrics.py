@@ -122,7 +122,7 @@ def _waiters(queue: Any) -> int:
 
 def observe_pools(engine: Any, usage_store: Any = None) -> None:
     """Read the SQLAlchemy pool (`orm`) and the gateway's asyncpg pool (`gateway`) into the
-    `billing_db_pool_connections` gauges. Pools without these counters (SQLite's) are skipped."""
+    `billing_db_pool_connections` gauges. Pools without these counters are skipped."""
     pool = getattr(engine, "pool", None)
     checkedout = getattr(pool, "checkedout", None)
     if pool is not None and callable(checkedout) and hasattr(pool, "size"):

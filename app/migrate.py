@@ -56,10 +56,9 @@ async def upgrade_head(engine: AsyncEngine) -> Upgrade:
         return Upgrade(before, MigrationContext.configure(connection).get_current_revision())
 
     async with engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            await connection.execute(
-                text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
-            )
+        await connection.execute(
+            text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+        )
         upgrade = await connection.run_sync(_upgrade)
     return upgrade
 

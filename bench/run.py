@@ -774,7 +774,7 @@ async def create_paid_orders(
     `(order_id, payment_intent_id, event payload)` for their `payment_intent.succeeded`."""
     from app.auth.jwt import mint_token
 
-    settings = app_settings("sqlite+aiosqlite://")
+    settings = app_settings(sqlalchemy_url(ADMIN_DSN))  # only its JWT secret is used
     paid: list[tuple[str, str]] = []
     users = math.ceil(count / PER_USER)
     async with (

@@ -1,15 +1,14 @@
-"""Fixtures: a real database (PostgreSQL, or SQLite with BILLING_TEST_BACKEND=sqlite) migrated
-with alembic once per run, each test isolated, the app served over httpx's ASGI transport, and a
-check of the ledger's invariants after every test."""
+"""Fixtures: a real PostgreSQL (`BILLING_TEST_DATABASE_URL`, else the server answering on
+127.0.0.1:5432, else an embedded one started from the wheel: `dev/postgres.py`), one database per
+test process (pytest-xdist workers each make their own) migrated with alembic once, each test
+isolated, the app served over httpx's ASGI transport, and a check of the ledger's invariants
+after every test."""
 
 from __future__ import annotations
 
 import os
 import secrets
-import shutil
-import tempfile
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,6 +26,7 @@ from app.main import create_app
 from app.migrate import upgrade_head
 from app.models import Base
 from app.rate_limits import SCOPES
+from dev.postgres import server_for_tests
 from tests.contract import ContractCheck
 from tests.notifications.servers import receiver, smtp  # noqa: F401 - fixtures
 from tests.stripe_peer.fixtures import (  # noqa: F401 - fixtures
@@ -36,10 +36,6 @@ from tests.stripe_peer.fixtures import (  # noqa: F401 - fixtures
     stripe_peer_settings,
 )
 
-BACKEND = os.environ.get("BILLING_TEST_BACKEND", "postgres")
-PG_ADMIN_URL = os.environ.get(
-    "BILLING_TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-)
 JWT_SECRET = "test-secret-" + "x" * 40
 
 # The service defaults to production; the tests say what they are. Fixtures pass their settings
@@ -48,100 +44,72 @@ os.environ["BILLING_ENVIRONMENT"] = "test"
 os.environ.setdefault("BILLING_JWT_SECRET", JWT_SECRET)
 
 
+TEST_POOL_SIZE = 5
+"""Each test app's pools: the gateway's asyncpg pool up to this many connections, the ORM's up
+to twice as many. Small, so that the suite's workers side by side fit in a quarter of
+`max_connections` (the rest may be taken by others on a shared server)."""
+RACE_POOL_SIZE = 10
+"""The same for the tests that race many requests: enough connections in flight at once for
+the races to happen in PostgreSQL's row locks, few enough for two workers to race at once."""
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if BACKEND != "sqlite":
-        return
-    skip = pytest.mark.skip(reason="meaningful only on PostgreSQL (real concurrency)")
+    # `make test-fast` deselects these: every test that reaches the database.
     for item in items:
-        if "postgres_only" in item.keywords:
-            item.add_marker(skip)
-
-
-def pytest_report_header(config: pytest.Config) -> str:
-    return f"billing test backend: {BACKEND}"
+        if "database" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.database)
 
 
 class Database:
-    """The run's database: a URL per test and a way to reset it between tests."""
+    """The test process's database: created and migrated once, emptied after each test."""
 
-    def __init__(self, backend: str) -> None:
-        self.backend = backend
-        self.template_path: Path | None = None
-        self.url = ""
-        self._tmpdir: str | None = None
-        self._counter = 0
-
-    @property
-    def is_postgres(self) -> bool:
-        return self.backend == "postgres"
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = admin_url
+        """A database on the same server to create and drop ours from."""
+        self.name = f"billing_test_{os.getpid()}_{secrets.token_hex(3)}"
+        self.url = make_url(admin_url).set(database=self.name).render_as_string(False)
 
     async def create(self) -> None:
-        if self.is_postgres:
-            name = f"billing_test_{os.getpid()}_{secrets.token_hex(3)}"
-            admin = create_engine(
-                Settings(environment="test", database_url=PG_ADMIN_URL, jwt_secret=JWT_SECRET)
-            )
-            async with admin.connect() as conn:
-                await conn.execution_options(isolation_level="AUTOCOMMIT")
-                await conn.execute(text(f'CREATE DATABASE "{name}"'))
-            await admin.dispose()
-            self.url = (
-                make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-            )
-            self.name = name
-            await self._migrate(self.url)
-        else:
-            self._tmpdir = tempfile.mkdtemp(prefix="billing-test-")
-            self.template_path = Path(self._tmpdir) / "template.db"
-            await self._migrate(f"sqlite+aiosqlite:///{self.template_path}")
-
-    async def _migrate(self, url: str) -> None:
-        engine = create_engine(
-            Settings(environment="test", database_url=url, jwt_secret=JWT_SECRET)
-        )
+        await self._admin(f'CREATE DATABASE "{self.name}"')
+        engine = create_engine(self.settings(self.url))
         await upgrade_head(engine)
         await engine.dispose()
 
-    def url_for_test(self) -> str:
-        """PostgreSQL: the one database (reset after each test). SQLite: a fresh copy of the
-        migrated template."""
-        if self.is_postgres:
-            return self.url
-        assert self._tmpdir
-        assert self.template_path
-        self._counter += 1
-        path = Path(self._tmpdir) / f"test-{self._counter}.db"
-        shutil.copyfile(self.template_path, path)
-        return f"sqlite+aiosqlite:///{path}"
+    @staticmethod
+    def settings(url: str) -> Settings:
+        return Settings(environment="test", database_url=url, jwt_secret=JWT_SECRET)
+
+    async def _admin(self, statement: str) -> None:
+        admin = create_engine(self.settings(self.admin_url))
+        try:
+            async with admin.connect() as conn:
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+                await conn.execute(text(statement))
+        finally:
+            await admin.dispose()
 
     async def reset(self, engine: AsyncEngine) -> None:
         """Empty every table but the seeded system accounts and the alembic version."""
-        if not self.is_postgres:
-            return
         tables = [t.name for t in Base.metadata.sorted_tables if t.name != "accounts"]
         async with engine.begin() as conn:
             await conn.execute(text(f"TRUNCATE {', '.join(tables)} CASCADE"))
             await conn.execute(text("DELETE FROM accounts WHERE kind = 'wallet'"))
 
     async def drop(self) -> None:
-        if self.is_postgres:
-            admin = create_engine(
-                Settings(environment="test", database_url=PG_ADMIN_URL, jwt_secret=JWT_SECRET)
-            )
-            async with admin.connect() as conn:
-                await conn.execution_options(isolation_level="AUTOCOMMIT")
-                await conn.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
-            await admin.dispose()
-        elif self._tmpdir:
-            shutil.rmtree(self._tmpdir, ignore_errors=True)
+        await self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
 async def database() -> AsyncIterator[Database]:
-    db = Database(BACKEND)
+    admin_url, embedded = await server_for_tests()
+    db = Database(admin_url)
     await db.create()
-    yield db
-    await db.drop()
+    try:
+        yield db
+    finally:
+        await db.drop()
+        if embedded is not None:
+            embedded.stop()
 
 
 @pytest.fixture
@@ -156,8 +124,8 @@ def settings(
 ) -> Settings:
     values: dict[str, Any] = {
         "environment": "test",
-        "database_url": database.url_for_test(),
-        "database_pool_size": 40,
+        "database_url": database.url,
+        "database_pool_size": TEST_POOL_SIZE,
         "jwt_secret": JWT_SECRET,
         "jobs_enabled": False,
         "service_token_cache_seconds": 0,

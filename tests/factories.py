@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db import session_scope
@@ -13,6 +14,8 @@ from app.ledger.service import Leg, post
 from app.models.base import utcnow
 from app.models.orders import Order
 from app.models.payment_methods import PaymentMethod
+from app.usage.repository import UsageStore
+from app.usage.store import Debited, UsageDebit
 
 
 async def paid_order(
@@ -82,15 +85,25 @@ async def pending_order(
     return order
 
 
+async def gateway_debit(
+    session: AsyncSession, user_id: str, amount_micros: int, *, request_id: str | None = None
+) -> Debited:
+    """A usage debit as the gateway makes it (its one statement, `app.usage.repository`), run on
+    the session's connection inside its transaction."""
+    # A first statement through the session opens its transaction on the connection (the
+    # driver adapter begins lazily), so the debit below runs inside it.
+    await session.execute(text("SELECT 1"))
+    connection = await (await session.connection()).get_raw_connection()
+    # The store only sends statements: the session's asyncpg connection stands in for its pool.
+    store = UsageStore(connection.driver_connection)  # type: ignore[arg-type]
+    usage = UsageDebit(user_id, request_id or new_id("req"), amount_micros, "test", None)
+    return await store.debit(usage)
+
+
 async def spend(maker: async_sessionmaker[AsyncSession], user_id: str, amount_micros: int) -> None:
     """Usage the gateway reported."""
     async with session_scope(maker) as session:
-        await post(
-            session,
-            reference=f"usage:{new_id('req')}",
-            kind="usage",
-            legs=[Leg.wallet(user_id, -amount_micros), Leg.account("usage", amount_micros)],
-        )
+        await gateway_debit(session, user_id, amount_micros)
 
 
 async def saved_card(

@@ -22,7 +22,11 @@ def bare_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
+PRODUCTION_DATABASE = "postgresql://billing@db.internal/billing"
+
+
 def _settings(**values: Any) -> Settings:
+    values.setdefault("database_url", PRODUCTION_DATABASE)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
@@ -102,12 +106,43 @@ def test_a_production_command_without_settings_explains_itself(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cli.get_settings.cache_clear()
-    monkeypatch.setenv("BILLING_DATABASE_URL", "sqlite+aiosqlite:///:memory:")
+    monkeypatch.setenv("BILLING_DATABASE_URL", PRODUCTION_DATABASE)
     try:
         assert cli.main(["ledger-verify"]) == 2
     finally:
         cli.get_settings.cache_clear()
     assert "BILLING_ENVIRONMENT=local" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite+aiosqlite:///./billing.db", "sqlite:///:memory:", "mysql://db/billing", "x"]
+)
+def test_a_database_url_other_than_postgresql_is_refused_in_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    cli.get_settings.cache_clear()
+    monkeypatch.setenv("BILLING_ENVIRONMENT", "local")
+    monkeypatch.setenv("BILLING_DATABASE_URL", url)
+    try:
+        assert cli.main(["migrate"]) == 2
+    finally:
+        cli.get_settings.cache_clear()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith("torouter-billing: BILLING_DATABASE_URL: PostgreSQL is the only engine")
+    assert "expected postgresql+asyncpg://user:password@host:5432/dbname" in err
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres", "postgresql+asyncpg"])
+def test_a_postgresql_url_is_read_as_asyncpg(scheme: str) -> None:
+    settings = Settings(_env_file=None, environment="local", database_url=f"{scheme}://u@h/db")  # type: ignore[call-arg]
+    assert settings.database_url == "postgresql+asyncpg://u@h/db"
+
+
+def test_production_requires_a_database_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BILLING_DATABASE_URL", raising=False)
+    with pytest.raises(ValidationError, match="BILLING_DATABASE_URL is required in production"):
+        Settings(_env_file=None, environment="production", jwt_secret="s" * 40)  # type: ignore[call-arg]
 
 
 def _record_serve(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:

@@ -18,8 +18,6 @@ from app.db import APPLICATION_NAME, is_database_outage, session_scope
 from app.models.ledger import LedgerTransaction
 from tests.ledger.helpers import deposit, gateway_balance
 
-pytestmark = pytest.mark.postgres_only
-
 URL = "/v1/admin/accounts/alice/adjustments"
 
 

@@ -5,21 +5,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import BACKEND
+from tests.conftest import Database
 from tests.fuzz.harness import ROLES, fuzz
 
 
-# Once per `make test` (on PostgreSQL) keeps the suite short; `BILLING_TEST_BACKEND=sqlite make
-# fuzz` fuzzes the SQLite build.
-@pytest.mark.postgres_only
-def test_every_role_gets_only_documented_answers_and_no_server_error(tmp_path: Path) -> None:
+def test_every_role_gets_only_documented_answers_and_no_server_error(
+    database: Database, tmp_path: Path
+) -> None:
     results = fuzz(
         max_examples=2,
         roles=ROLES,
         report_dir=tmp_path,
-        backend=BACKEND,
+        admin_url=database.admin_url,
         phases="fuzzing",
         # Fixed, so that make test is repeatable; make fuzz explores with fresh seeds.
         seed=20261127,

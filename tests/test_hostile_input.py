@@ -1,5 +1,4 @@
-"""Issue 9: what an attacker sends must be a fast 4xx problem, never a stall or a 5xx, on
-PostgreSQL and on SQLite."""
+"""Issue 9: what an attacker sends must be a fast 4xx problem, never a stall or a 5xx."""
 
 from __future__ import annotations
 

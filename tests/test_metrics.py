@@ -161,7 +161,6 @@ async def test_rate_limit_refusals_are_counted_by_limit(
     )
 
 
-@pytest.mark.postgres_only
 @pytest.mark.parametrize("settings_overrides", [{"database_pool_size": 3}])
 async def test_pool_gauges_show_connections_in_use_and_the_maximum(
     app: Any, client: httpx.AsyncClient, gateway_headers: dict[str, str]

@@ -6,14 +6,13 @@ import asyncio
 import secrets
 from typing import Any
 
-import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from app.config import Settings
 from app.db import create_engine
 from app.migrate import schema_differences, upgrade_head
-from tests.conftest import PG_ADMIN_URL
+from tests.conftest import Database
 
 
 async def test_migrations_leave_nothing_for_autogenerate(app: Any) -> None:
@@ -28,14 +27,15 @@ async def test_migrations_leave_nothing_for_autogenerate(app: Any) -> None:
     assert version == ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
-@pytest.mark.postgres_only
-async def test_replicas_migrating_at_once_take_turns_under_the_advisory_lock() -> None:
+async def test_replicas_migrating_at_once_take_turns_under_the_advisory_lock(
+    database: Database,
+) -> None:
     name = f"billing_migrate_{secrets.token_hex(4)}"
-    admin = create_engine(Settings(environment="test", database_url=PG_ADMIN_URL))
+    admin = create_engine(Settings(environment="test", database_url=database.admin_url))
     async with admin.connect() as conn:
         await conn.execution_options(isolation_level="AUTOCOMMIT")
         await conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    url = make_url(database.admin_url).set(database=name).render_as_string(hide_password=False)
     engines = [create_engine(Settings(environment="test", database_url=url)) for _ in range(3)]
     try:
         # Without the lock, the second CREATE TABLE waits for the first and then fails.

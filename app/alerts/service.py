@@ -4,9 +4,9 @@ Each threshold is a row with an `armed` flag. A balance change that leaves the a
 balance below an armed threshold disarms it and writes one `balance.low` notification; a change
 that leaves it at or above a disarmed one re-arms it. Both are conditional UPDATEs in the
 transaction of the balance change, so of any number of concurrent debits exactly one fires each
-crossing (PostgreSQL re-checks `armed` after waiting for the row lock; SQLite serializes
-writers). A threshold set while the balance is already below it starts disarmed: it fires after
-the balance has recovered and falls again.
+crossing (PostgreSQL re-checks `armed` after waiting for the row lock). A threshold set while
+the balance is already below it starts disarmed: it fires after the balance has recovered and
+falls again.
 """
 
 from __future__ import annotations
@@ -19,38 +19,7 @@ from app.ledger.repository import get_wallet, refresh_watch
 from app.models.base import utcnow
 from app.models.notifications import BalanceAlert
 from app.money import format_amount, parse_amount
-from app.notifications import events
 from app.notifications import repository as notification_settings
-from app.notifications.service import enqueue
-
-
-async def apply_balance_change(
-    session: AsyncSession,
-    user_id: str,
-    available_before_micros: int,
-    available_after_micros: int,
-) -> list[int]:
-    """Apply the crossing rule for one balance change, in its open transaction: a fall disarms
-    the thresholds it crossed and enqueues `balance.low` for each (returned, highest first); a
-    rise re-arms the thresholds it recovered. Call it from every path that changes a wallet's
-    available balance, after the change."""
-    if available_after_micros == available_before_micros:
-        return []
-    now = utcnow()
-    if available_after_micros > available_before_micros:
-        await repository.rearm_recovered(session, user_id, available_after_micros, now)
-        return []
-    fired = await repository.disarm_crossed(session, user_id, available_after_micros, now)
-    for threshold in fired:
-        await enqueue(
-            session,
-            user_id=user_id,
-            type="balance.low",
-            data=events.balance_low(
-                threshold_micros=threshold, available_micros=available_after_micros
-            ),
-        )
-    return fired
 
 
 async def get_alerts(session: AsyncSession, user_id: str) -> AlertsOut:

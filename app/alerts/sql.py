@@ -68,13 +68,3 @@ def balance_alert_ctes(source: str, *, now: str = "now()", rises: bool = True) -
     FROM alert_fired f
     RETURNING id
 )"""
-
-
-BALANCE_CROSSING = f"""
-WITH crossing AS (
-    SELECT $1::text AS user_id, $2::bigint AS available_before, $3::bigint AS available_after
-), {balance_alert_ctes("crossing")}
-SELECT threshold_micros FROM alert_fired ORDER BY threshold_micros DESC
-"""
-"""The rule on its own: `$1` user id, `$2` available before, `$3` available after; answers
-the fired thresholds (for a path that has its own statement for the balance change)."""

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import and_, func, or_, select
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import insert_for
 from app.models.payment_methods import IN_FLIGHT_ATTEMPT_STATUSES, AutoTopup, AutoTopupSettings
 
 
@@ -40,7 +40,6 @@ async def insert_pending_attempt(
 ) -> bool:
     """Record a pending attempt unless one is in flight for the user (the partial unique index
     decides, whatever the concurrency); True when this call recorded it."""
-    insert = insert_for(session)
     stmt = (
         insert(AutoTopup)
         .values(

@@ -109,11 +109,3 @@ def within_monthly_limit(
     """Whether charging `amount_micros` keeps the month's auto top-ups within the limit
     (`spent_this_month_micros`: the succeeded ones)."""
     return spent_this_month_micros + amount_micros <= monthly_limit_micros
-
-
-def crosses_threshold(
-    *, available_before_micros: int, available_after_micros: int, threshold_micros: int
-) -> bool:
-    """Whether a balance change takes the available balance from at or above the threshold to
-    below it (the only change that triggers an auto top-up)."""
-    return available_before_micros >= threshold_micros > available_after_micros

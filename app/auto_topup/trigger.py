@@ -4,54 +4,10 @@ transaction (the partial unique index `uq_auto_topups_user_in_flight` allows one
 user, so concurrent crossings record one between them). Charging it is the job's, off the
 request path.
 
-`record_if_crossed()` is the ORM form; `auto_topup_ctes()` the PostgreSQL form for the gateway's
-CTE chains (same `source` relation as `app.alerts.sql.balance_alert_ctes`)."""
+`auto_topup_ctes()` is its one form, CTEs for a statement's chain (`source` as for
+`app.alerts.sql.balance_alert_ctes`), run by `app.ledger.balance_events.crossing_ctes`."""
 
 from __future__ import annotations
-
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from app.auto_topup import repository, rules
-from app.db import AUTO_TOPUPS_RECORDED
-from app.ids import new_id
-from app.models.base import utcnow
-
-
-async def record_if_crossed(
-    session: AsyncSession,
-    user_id: str,
-    available_before_micros: int,
-    available_after_micros: int,
-    *,
-    trigger_reference: str | None = None,
-) -> str | None:
-    """Record a pending attempt when this change crossed an active auto top-up's threshold
-    and none is in flight; returns the attempt id it recorded (None otherwise)."""
-    if available_after_micros >= available_before_micros:
-        return None
-    settings = await repository.get_settings(session, user_id)
-    if settings is None or settings.status != "active" or settings.payment_method_id is None:
-        return None
-    if not rules.crosses_threshold(
-        available_before_micros=available_before_micros,
-        available_after_micros=available_after_micros,
-        threshold_micros=settings.threshold_micros,
-    ):
-        return None
-    attempt_id = new_id("atu")
-    recorded = await repository.insert_pending_attempt(
-        session,
-        attempt_id=attempt_id,
-        user_id=user_id,
-        amount_micros=settings.amount_micros,
-        payment_method_id=settings.payment_method_id,
-        trigger_reference=trigger_reference,
-        now=utcnow(),
-    )
-    if not recorded:
-        return None
-    session.info.setdefault(AUTO_TOPUPS_RECORDED, set()).add(user_id)
-    return attempt_id
 
 
 def auto_topup_ctes(source: str, *, reference: str = "NULL", now: str = "now()") -> str:

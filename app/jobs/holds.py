@@ -1,5 +1,5 @@
 """Expire holds whose TTL has passed, releasing what they reserved. Runs in every instance; the
-rows are taken with FOR UPDATE SKIP LOCKED (SQLite serializes writers), so each hold is expired
+rows are taken with FOR UPDATE SKIP LOCKED, so each hold is expired
 exactly once however many runs overlap."""
 
 from __future__ import annotations

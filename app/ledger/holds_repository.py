@@ -1,4 +1,5 @@
-"""All SQL of holds (reserve, capture, release, expiry) on the ORM path."""
+"""Holds as the gateway asks for them and as statements return them, and the SQL of their
+expiry (reserve, capture and release are the gateway's statements: `app/usage/repository.py`)."""
 
 from __future__ import annotations
 
@@ -7,19 +8,12 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
-    JSON,
-    BigInteger,
-    String,
-    literal,
-    null,
     select,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import insert_for
 from app.ledger.repository import WALLET_COLUMNS, WalletRow, wallet_row
-from app.models.base import UTCDateTime
 from app.models.ledger import Account, Hold
 
 # Holds. Lock order everywhere: the hold row first, then the wallet row, so reserve, capture,
@@ -86,77 +80,8 @@ def _hold(row: Any) -> HoldRow:
     return HoldRow(*row)
 
 
-async def insert_hold(session: AsyncSession, request: HoldRequest, now: datetime) -> HoldRow | None:
-    """Insert an active hold on the user's wallet; None when the hold id exists already or the
-    user has no wallet (the caller tells the two apart)."""
-    wallet = select(
-        literal(request.hold_id, String),
-        Account.id,
-        literal(request.user_id, String),
-        literal(request.amount_micros, BigInteger),
-        literal("active", String),
-        literal(request.request_hash, String),
-        literal(request.details, JSON) if request.details is not None else null(),
-        literal(request.expires_at(now), UTCDateTime()),
-        literal(now, UTCDateTime()),
-    ).where(Account.user_id == request.user_id)
-    stmt = (
-        insert_for(session)(Hold)
-        .from_select(
-            [
-                "id",
-                "account_id",
-                "user_id",
-                "amount_micros",
-                "status",
-                "request_hash",
-                "details",
-                "expires_at",
-                "created_at",
-            ],
-            wallet,
-        )
-        .on_conflict_do_nothing(index_elements=["id"])
-        .returning(*_HOLD_COLUMNS)
-    )
-    row = (await session.execute(stmt)).first()
-    return _hold(row) if row is not None else None
-
-
-async def get_hold(session: AsyncSession, hold_id: str) -> HoldRow | None:
-    """A hold by id."""
-    row = (await session.execute(select(*_HOLD_COLUMNS).where(Hold.id == hold_id))).first()
-    return _hold(row) if row is not None else None
-
-
-async def resolve_hold(
-    session: AsyncSession,
-    hold_id: str,
-    *,
-    status: str,
-    captured_micros: int | None,
-    resolution_hash: str,
-    now: datetime,
-) -> HoldRow | None:
-    """Move an active hold to `status` in one conditional UPDATE (which also locks it); None
-    when the hold does not exist or is no longer active."""
-    stmt = (
-        update(Hold)
-        .where(Hold.id == hold_id, Hold.status == "active")
-        .values(
-            status=status,
-            captured_micros=captured_micros,
-            resolution_hash=resolution_hash,
-            resolved_at=now,
-        )
-        .returning(*_HOLD_COLUMNS)
-    )
-    row = (await session.execute(stmt)).first()
-    return _hold(row) if row is not None else None
-
-
 async def expire_due_holds(session: AsyncSession, now: datetime, limit: int) -> list[HoldRow]:
-    """Mark up to `limit` active holds whose TTL has passed as expired. On PostgreSQL the rows
+    """Mark up to `limit` active holds whose TTL has passed as expired. The rows
     are taken with FOR UPDATE SKIP LOCKED, so concurrent runs (other instances) split the work
     and a hold being captured right now is left to its capture."""
     due = (
@@ -173,24 +98,6 @@ async def expire_due_holds(session: AsyncSession, now: datetime, limit: int) -> 
         .returning(*_HOLD_COLUMNS)
     )
     return [_hold(row) for row in (await session.execute(stmt)).all()]
-
-
-async def hold_on_wallet(
-    session: AsyncSession, user_id: str, amount_micros: int
-) -> WalletRow | None:
-    """Add `amount_micros` to the wallet's held amount only if its available balance covers it,
-    in one conditional UPDATE; None when it does not (or there is no wallet)."""
-    stmt = (
-        update(Account)
-        .where(
-            Account.user_id == user_id,
-            Account.balance_micros - Account.held_micros >= amount_micros,
-        )
-        .values(held_micros=Account.held_micros + amount_micros)
-        .returning(*WALLET_COLUMNS)
-    )
-    row = (await session.execute(stmt)).first()
-    return wallet_row(row) if row is not None else None
 
 
 async def release_held(session: AsyncSession, user_id: str, amount_micros: int) -> WalletRow:

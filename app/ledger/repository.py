@@ -8,25 +8,18 @@ from datetime import datetime
 from typing import Any, NamedTuple, cast
 
 from sqlalchemy import (
-    BigInteger,
-    String,
     Table,
-    exists,
     func,
-    insert,
-    literal,
     null,
     select,
-    true,
     union_all,
     update,
 )
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import insert_for
 from app.ids import new_id
-from app.models.base import UTCDateTime, utcnow
+from app.models.base import utcnow
 from app.models.ledger import Account, LedgerEntry, LedgerTransaction
 
 
@@ -106,7 +99,7 @@ async def insert_transaction(
     session: AsyncSession, header: Header, created_at: datetime | None = None
 ) -> str | None:
     """Insert the transaction header; None when the reference exists already (a replay)."""
-    stmt = _insert_header(insert_for(session), header, created_at or utcnow())
+    stmt = _insert_header(insert, header, created_at or utcnow())
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
@@ -157,7 +150,7 @@ async def apply_to_wallet(
             .returning(*WALLET_COLUMNS)
         )
         return wallet_row((await session.execute(stmt)).one())
-    ins = insert_for(session)(Account).values(
+    ins = insert(Account).values(
         id=new_id("acc"),
         kind="wallet",
         user_id=user_id,
@@ -165,14 +158,14 @@ async def apply_to_wallet(
         held_micros=held_delta_micros,
         created_at=utcnow(),
     )
-    stmt = ins.on_conflict_do_update(
+    upsert = ins.on_conflict_do_update(
         index_elements=["user_id"],
         set_={
             "balance_micros": Account.balance_micros + ins.excluded.balance_micros,
             "held_micros": Account.held_micros + ins.excluded.held_micros,
         },
     ).returning(*WALLET_COLUMNS)
-    return wallet_row((await session.execute(stmt)).one())
+    return wallet_row((await session.execute(upsert)).one())
 
 
 async def get_wallet(session: AsyncSession, user_id: str) -> WalletRow | None:
@@ -185,88 +178,6 @@ async def insert_entries(session: AsyncSession, rows: list[dict[str, Any]]) -> N
     """Insert a transaction's entries in ONE statement (a multi-row VALUES): on PostgreSQL the
     zero-sum trigger requires all of a transaction's entries to arrive together."""
     await session.execute(insert(_ENTRIES).values(rows))
-
-
-@dataclass(frozen=True, slots=True)
-class OneStatementDebit:
-    """What `debit_in_one_statement` did: `transaction_id` None means the reference existed
-    (a replay); `wallet` None means the wallet did not cover the debit (or does not exist), and
-    the inserted header must be rolled back with the caller's transaction."""
-
-    transaction_id: str | None
-    wallet: WalletRow | None
-
-
-async def debit_in_one_statement(
-    session: AsyncSession,
-    header: Header,
-    *,
-    user_id: str,
-    debit_micros: int,
-    held_delta_micros: int,
-    system_legs: list[tuple[str, int]],
-    now: datetime,
-) -> OneStatementDebit:
-    """PostgreSQL only: the hot path of the gateway's debits as ONE statement (one round trip)
-    of data-modifying CTEs: insert the header unless the reference exists, debit the wallet only
-    if the header went in and the available balance covers it, and insert the entries only if
-    both happened. The semantics are those of the three-statement path; only the round trips
-    differ."""
-    txn = _insert_header(postgresql.insert, header, now).cte("txn")
-    wallet = (
-        update(Account)
-        .where(
-            Account.user_id == user_id,
-            Account.balance_micros - Account.held_micros >= debit_micros,
-            exists(select(txn.c.id)),
-        )
-        .values(
-            balance_micros=Account.balance_micros - debit_micros,
-            held_micros=Account.held_micros + held_delta_micros,
-        )
-        .returning(*WALLET_COLUMNS)
-        .cte("wallet")
-    )
-    both = txn.join(wallet, true())
-    rows = [
-        select(
-            txn.c.id,
-            wallet.c.id,
-            literal(-debit_micros, BigInteger),
-            wallet.c.balance_micros,
-            literal(now, UTCDateTime()),
-        ).select_from(both),
-        *(
-            select(
-                txn.c.id,
-                literal(account_id, String),
-                literal(amount, BigInteger),
-                null(),
-                literal(now, UTCDateTime()),
-            ).select_from(both)
-            for account_id, amount in system_legs
-        ),
-    ]
-    entries = (
-        insert(_ENTRIES)
-        .from_select(
-            [
-                "transaction_id",
-                "account_id",
-                "amount_micros",
-                "balance_after_micros",
-                "created_at",
-            ],
-            union_all(*rows),
-        )
-        .cte("entries")
-    )
-    stmt = select(txn.c.id, *wallet.c).select_from(txn.outerjoin(wallet, true())).add_cte(entries)
-    row = (await session.execute(stmt)).first()
-    if row is None:
-        return OneStatementDebit(None, None)
-    covered = wallet_row(row[1:]) if row[1] is not None else None
-    return OneStatementDebit(row[0], covered)
 
 
 async def refresh_watch(session: AsyncSession, user_id: str) -> None:
@@ -284,7 +195,7 @@ async def refresh_watch(session: AsyncSession, user_id: str) -> None:
         ),
     ).subquery()
     watch = select(func.max(thresholds.c.t)).scalar_subquery()
-    ins = insert_for(session)(Account).values(
+    ins = insert(Account).values(
         id=new_id("acc"),
         kind="wallet",
         user_id=user_id,

@@ -5,10 +5,6 @@ zero. A repeated reference is a no-op that returns the original transaction (`re
 retries of any caller can never move money twice. Wallet legs update the wallet in the same
 database transaction with a single conditional `UPDATE … RETURNING` (no read-then-write); system
 legs only add an entry, since a hot system row would serialize every posting.
-
-On PostgreSQL, the commonest posting — one wallet debited only if covered, against system
-accounts (every usage debit) — runs as one statement of data-modifying CTEs: one round trip
-between BEGIN and COMMIT instead of three, and the wallet row stays locked for less time.
 """
 
 from __future__ import annotations
@@ -18,7 +14,6 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import is_postgres
 from app.errors import InsufficientBalance, ValidationFailed
 from app.ledger import repository, statement_repository
 from app.ledger.balance_events import balance_changed
@@ -141,28 +136,6 @@ async def post(
         transaction = LedgerTransaction(**header.columns(txn_id, now))
         return PostResult(transaction=transaction, replayed=False, wallets=wallets)
 
-    debit = _single_covered_debit(legs)
-    if debit is not None and is_postgres(session):
-        # The gateway's hot path: one round trip instead of three, same rules.
-        done = await repository.debit_in_one_statement(
-            session,
-            header,
-            user_id=debit.user_id,
-            debit_micros=-debit.amount_micros,
-            held_delta_micros=debit.held_delta_micros,
-            system_legs=[
-                (system_account_id(leg.system), leg.amount_micros)
-                for leg in legs
-                if leg.system is not None
-            ],
-            now=now,
-        )
-        if done.transaction_id is None:
-            return await _replay(session, reference, kind, wallet_users)
-        if done.wallet is None:
-            raise await _not_covered(session, debit)
-        return await posted(done.transaction_id, {debit.user_id: done.wallet})
-
     txn_id = await repository.insert_transaction(session, header, now)
     if txn_id is None:
         return await _replay(session, reference, kind, wallet_users)
@@ -229,29 +202,11 @@ async def transfer(
     )
 
 
-def _single_covered_debit(legs: list[Leg]) -> _WalletLeg | None:
-    """The wallet leg of a posting that debits exactly one wallet, only if covered (a usage
-    debit, a refund, a negative adjustment), against system accounts only."""
-    wallet_legs = [leg for leg in legs if leg.user_id is not None]
-    if len(wallet_legs) != 1:
-        return None
-    leg = wallet_legs[0]
-    if leg.amount_micros >= 0 or not leg.require_available:
-        return None
-    assert leg.user_id is not None
-    return _WalletLeg(leg.user_id, leg.amount_micros, leg.held_delta_micros)
-
-
-@dataclass(frozen=True, slots=True)
-class _WalletLeg:
-    user_id: str
-    amount_micros: int
-    held_delta_micros: int
-
-
-async def _not_covered(session: AsyncSession, leg: _WalletLeg) -> InsufficientBalance:
-    current = await repository.get_wallet(session, leg.user_id)
-    return insufficient_balance(current.available_micros if current else 0, -leg.amount_micros)
+async def _not_covered(
+    session: AsyncSession, user_id: str, amount_micros: int
+) -> InsufficientBalance:
+    current = await repository.get_wallet(session, user_id)
+    return insufficient_balance(current.available_micros if current else 0, amount_micros)
 
 
 async def _apply_wallet_leg(session: AsyncSession, leg: Leg) -> WalletRow:
@@ -261,9 +216,7 @@ async def _apply_wallet_leg(session: AsyncSession, leg: Leg) -> WalletRow:
             session, leg.user_id, -leg.amount_micros, leg.held_delta_micros
         )
         if wallet is None:
-            raise await _not_covered(
-                session, _WalletLeg(leg.user_id, leg.amount_micros, leg.held_delta_micros)
-            )
+            raise await _not_covered(session, leg.user_id, -leg.amount_micros)
         return wallet
     return await repository.apply_to_wallet(
         session, leg.user_id, leg.amount_micros, leg.held_delta_micros

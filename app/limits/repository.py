@@ -1,6 +1,6 @@
 """All SQL of the spend limits through the ORM: the portal's reads and writes, and the counters
-as the embedded SQLite store and the hold-expiry job move them. (The gateway's statements on
-PostgreSQL carry their own, in `app.usage.repository`.)
+as the hold-expiry job moves them. (The gateway's statements carry their own, in
+`app.usage.repository`.)
 
 Lock order, as everywhere: a user's limit rows (in scope order) before their wallet row; a job
 touching several users takes every limit row first (in user, scope order), then the wallets.
@@ -8,15 +8,15 @@ touching several users takes every limit row first (in user, scope order), then 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import delete, func, insert, select, tuple_, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.ids import new_id
-from app.limits.periods import EPOCH, Windows, window_start
+from app.limits.periods import EPOCH, window_start
 from app.limits.rules import Counter, scopes
 from app.models.ledger import Account, Hold
 from app.models.limits import ACCOUNT_SCOPE, SpendLimit
@@ -30,61 +30,6 @@ _COUNTER_COLUMNS = (
     SpendLimit.window_start,
     SpendLimit.spent_micros,
 )
-
-
-async def locked_counters(
-    session: AsyncSession, user_id: str, api_key_id: str | None
-) -> list[Counter]:
-    """The limits a request of this user and key is subject to, locked, in scope order."""
-    stmt = (
-        select(*_COUNTER_COLUMNS)
-        .where(SpendLimit.user_id == user_id, SpendLimit.scope.in_(scopes(api_key_id)))
-        .order_by(SpendLimit.scope)
-        .with_for_update()
-    )
-    return [Counter(*row) for row in (await session.execute(stmt)).all()]
-
-
-async def charge(
-    session: AsyncSession, counters: Sequence[Counter], amount_micros: int, windows: Windows
-) -> list[int]:
-    """Add `amount_micros` to each counter's current window (starting it over when it counted
-    an earlier one); what each limit leaves after it."""
-    remaining = []
-    for counter in counters:
-        start, spent = counter.current(windows)
-        await session.execute(
-            update(SpendLimit)
-            .where(SpendLimit.id == counter.id)
-            .values(window_start=start, spent_micros=spent + amount_micros)
-        )
-        remaining.append(counter.limit_micros - spent - amount_micros)
-    return remaining
-
-
-async def settle_hold(
-    session: AsyncSession,
-    counters: Sequence[Counter],
-    reserved_at: datetime,
-    delta_micros: int,
-    windows: Windows,
-) -> list[int]:
-    """A hold reserved at `reserved_at` was resolved: add `delta_micros` (captured - reserved,
-    or -reserved) in the window it was reserved in, on each counter still counting that window.
-    What each limit leaves in the current window."""
-    remaining = []
-    for counter in counters:
-        spent = counter.spent_micros
-        if counter.window_start == window_start(counter.period, reserved_at):
-            spent += delta_micros
-            await session.execute(
-                update(SpendLimit)
-                .where(SpendLimit.id == counter.id)
-                .values(spent_micros=SpendLimit.spent_micros + delta_micros)
-            )
-        current = windows.start(counter.period)
-        remaining.append(counter.limit_micros - (spent if counter.window_start >= current else 0))
-    return remaining
 
 
 async def give_back_expired(
@@ -127,49 +72,6 @@ async def give_back_expired(
                 )
 
 
-async def set_hold_key(session: AsyncSession, hold_id: str, api_key_id: str) -> None:
-    """Record which API key a hold is for."""
-    await session.execute(update(Hold).where(Hold.id == hold_id).values(api_key_id=api_key_id))
-
-
-async def hold_key(session: AsyncSession, hold_id: str) -> str | None:
-    """The API key a hold is for."""
-    return (
-        await session.execute(select(Hold.api_key_id).where(Hold.id == hold_id))
-    ).scalar_one_or_none()
-
-
-async def insert_usage_record(
-    session: AsyncSession,
-    *,
-    user_id: str,
-    transaction_id: str,
-    request_id: str,
-    api_key_id: str | None,
-    model: str | None,
-    input_tokens: int | None,
-    output_tokens: int | None,
-    amount_micros: int,
-    balance_after_micros: int,
-    now: datetime,
-) -> None:
-    """The usage record of a debit or a capture, written in its transaction."""
-    await session.execute(
-        insert(UsageRecord).values(
-            user_id=user_id,
-            transaction_id=transaction_id,
-            request_id=request_id,
-            api_key_id=api_key_id,
-            model=model,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            amount_micros=amount_micros,
-            balance_after_micros=balance_after_micros,
-            created_at=now,
-        )
-    )
-
-
 # The portal.
 
 
@@ -210,9 +112,8 @@ async def add_limit(
 ) -> bool:
     """Insert a limit with an empty counter (the caller fills it from what was spent); False
     when a concurrent request inserted it first (the caller then changes that one)."""
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     stmt = (
-        dialect.insert(SpendLimit)
+        postgresql.insert(SpendLimit)
         .values(
             id=new_id("lim"),
             user_id=user_id,

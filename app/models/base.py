@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from sqlalchemy import BigInteger, DateTime, Index, Integer, MetaData, String, TypeDecorator, text
+from sqlalchemy import BigInteger, DateTime, Index, MetaData, String, TypeDecorator, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, mapped_column
 
@@ -18,13 +18,12 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-# BIGINT on PostgreSQL; INTEGER on SQLite, where only an INTEGER PRIMARY KEY is a rowid alias
-# (SQLite integers are 64-bit whatever the declared type).
-BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
+BigIntPK = BigInteger()
+"""The type of the tables' serial (BIGINT) primary keys."""
 
 
 class UTCDateTime(TypeDecorator[datetime]):
-    """A timezone-aware UTC timestamp on every backend (SQLite stores it naive)."""
+    """A timezone-aware UTC timestamp (`timestamptz`); a naive datetime is refused."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
@@ -34,8 +33,7 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+        return value.astimezone(UTC)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
@@ -66,14 +64,8 @@ def one_of(column: str, values: Iterable[str]) -> str:
 
 
 def partial_index(name: str, *columns: str, where: str, unique: bool = False) -> Index:
-    """An index of only the rows `where` holds (the same condition on PostgreSQL and SQLite)."""
-    return Index(
-        name,
-        *columns,
-        unique=unique,
-        postgresql_where=text(where),
-        sqlite_where=text(where),
-    )
+    """An index of only the rows `where` holds."""
+    return Index(name, *columns, unique=unique, postgresql_where=text(where))
 
 
 class Base(DeclarativeBase):

@@ -2,7 +2,7 @@
 calendar window (UTC), with the window's running spend kept on the same row.
 
 The row is also the window counter the gateway's debits and holds update in the same statement
-(PostgreSQL) or transaction (SQLite) as the wallet, so a limit cannot be overshot by concurrent
+as the wallet, so a limit cannot be overshot by concurrent
 debits or reserves. `spent_micros` counts the usage debited in `window_start`'s window plus the
 holds reserved in it while they are active; when a debit arrives in a later window, the counter
 starts again from zero.

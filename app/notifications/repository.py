@@ -7,9 +7,9 @@ from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import and_, or_, select, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import insert_for, is_postgres
 from app.models.base import utcnow
 from app.models.notifications import Notification, NotificationSettings
 
@@ -46,7 +46,6 @@ class Claimed:
 
 async def upsert_email(session: AsyncSession, user_id: str, email: str) -> None:
     """Record the user's latest address; a write only when it changed."""
-    insert = insert_for(session)
     now = utcnow()
     stmt = insert(NotificationSettings).values(user_id=user_id, email=email, updated_at=now)
     stmt = stmt.on_conflict_do_update(
@@ -62,7 +61,6 @@ async def get_settings(session: AsyncSession, user_id: str) -> NotificationSetti
 
 
 async def set_email_enabled(session: AsyncSession, user_id: str, enabled: bool) -> None:
-    insert = insert_for(session)
     now = utcnow()
     stmt = insert(NotificationSettings).values(
         user_id=user_id, email_enabled=enabled, updated_at=now
@@ -106,8 +104,7 @@ async def claim_due(
     if not due:
         return []
     stmt = select(Notification).where(or_(*due)).order_by(Notification.created_at).limit(limit)
-    if is_postgres(session):
-        stmt = stmt.with_for_update(skip_locked=True, of=Notification)
+    stmt = stmt.with_for_update(skip_locked=True, of=Notification)
     rows = list((await session.scalars(stmt)).all())
     if not rows:
         return []

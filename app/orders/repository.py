@@ -5,7 +5,6 @@ from __future__ import annotations
 from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import is_postgres
 from app.models.orders import Order
 from app.models.refunds import OPEN_REFUND_REQUEST_STATUSES, Dispute, RefundRequest
 from app.orders.schemas import OrderFilter
@@ -21,8 +20,7 @@ async def find_order(
     for_update: bool = False,
 ) -> Order | None:
     """The order with this id, PaymentIntent, Checkout Session or charge (the first one given),
-    re-read from the database (not the identity map); `for_update` locks the row on PostgreSQL
-    (SQLite serializes writers)."""
+    re-read from the database (not the identity map); `for_update` locks the row."""
     if order_id:
         stmt = select(Order).where(Order.id == order_id)
     elif payment_intent_id:
@@ -34,7 +32,7 @@ async def find_order(
     else:
         return None
     stmt = stmt.execution_options(populate_existing=True)
-    if for_update and is_postgres(session):
+    if for_update:
         stmt = stmt.with_for_update()
     return (await session.execute(stmt)).scalars().first()
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import func, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import insert_for, is_postgres
 from app.models.base import utcnow
 from app.models.orders import Order, OrderKind, StripeCustomer, StripeEvent
 from app.orders.state import PENDING_STATUSES
@@ -15,13 +15,12 @@ from app.orders.state import PENDING_STATUSES
 
 async def lock_user_purchases(session: AsyncSession, user_id: str) -> None:
     """Serialize the purchases of one user until the transaction ends, so that the pending-order
-    cap and the Idempotency-Key lookup hold under concurrent requests. PostgreSQL: a
-    transaction-scoped advisory lock; SQLite already serializes writers (BEGIN IMMEDIATE)."""
-    if is_postgres(session):
-        await session.execute(
-            text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
-            {"key": f"purchase:{user_id}"},
-        )
+    cap and the Idempotency-Key lookup hold under concurrent requests: a transaction-scoped
+    advisory lock."""
+    await session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+        {"key": f"purchase:{user_id}"},
+    )
 
 
 async def get_order_by_idempotency_key(
@@ -88,7 +87,6 @@ async def save_stripe_customer(
     session: AsyncSession, user_id: str, customer_id: str, email: str | None
 ) -> str:
     """Remember the user's Stripe Customer (the first one stored wins) and return its id."""
-    insert = insert_for(session)
     stmt = (
         insert(StripeCustomer)
         .values(user_id=user_id, customer_id=customer_id, email=email, created_at=utcnow())
@@ -134,8 +132,7 @@ async def claim_orders_to_reconcile(
         .order_by(Order.created_at)
         .limit(limit)
     )
-    if is_postgres(session):
-        stmt = stmt.with_for_update(skip_locked=True)
+    stmt = stmt.with_for_update(skip_locked=True)
     rows = list((await session.scalars(stmt)).all())
     for order in rows:
         order.next_check_at = lease_until

@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import RowById, is_postgres
+from app.db import RowById
 from app.models.refunds import OPEN_REFUND_REQUEST_STATUSES, Dispute, RefundRequest, StripeRefund
 from app.refunds.schemas import RefundRequestFilter
 
@@ -64,6 +64,5 @@ async def due_for_retry(
         .order_by(RefundRequest.next_attempt_at)
         .limit(limit)
     )
-    if is_postgres(session):
-        stmt = stmt.with_for_update(skip_locked=True)
+    stmt = stmt.with_for_update(skip_locked=True)
     return list((await session.scalars(stmt)).all())

@@ -1,10 +1,10 @@
-"""All SQL of the gateway's hot path on PostgreSQL, at the driver level.
+"""All SQL of the gateway's hot path, at the driver level.
 
 The gateway calls these thousands of times a second, so each is a fixed SQL string that asyncpg
 prepares once per connection (its statement cache), never a statement built per request. Each
 single operation is ONE statement of data-modifying CTEs run in autocommit: one round trip, one
 implicit transaction, the wallet row locked only for the statement. The rules are those of the
-ORM's `ledger.post()` and `ledger.holds`, which serve the embedded SQLite default:
+ledger's `post()` (every other posting):
 
 - a usage debit writes its header, the wallet UPDATE and both entries only when the reference is
   new and the available balance covers it; a concurrent twin fails on the unique reference and is
@@ -24,23 +24,24 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import fields
 from datetime import datetime
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Literal, NamedTuple, ParamSpec, TypeVar
 
 import asyncpg
 import structlog
 from sqlalchemy.engine import make_url
 
-from app.alerts.sql import balance_alert_ctes
-from app.auto_topup.trigger import auto_topup_ctes
 from app.errors import (
     IdempotencyConflict,
     InsufficientBalance,
     InvalidStateTransition,
     NotFound,
     ServiceUnavailable,
+    SpendLimitExceeded,
 )
 from app.ids import new_id
+from app.ledger.balance_events import crossing_ctes
 from app.ledger.holds import HoldResult
 from app.ledger.holds_repository import HoldCapture, HoldRequest, HoldRow
 from app.ledger.repository import WalletRow
@@ -132,16 +133,6 @@ def _window_of(period: str, moment: str) -> str:
     return f"CASE {period} WHEN 'total' THEN {_EPOCH} ELSE {truncated} END"
 
 
-def _crossing_ctes(now: str, reference: str, *, rises: bool = False) -> str:
-    """The alerts' crossing rule and the auto top-up trigger, reading a `crossing` CTE
-    (`user_id`, `available_before`, `available_after`) of the same statement: for a user with
-    neither, index probes that find nothing (`app/alerts/sql.py`, `app/auto_topup/trigger.py`)."""
-    return (
-        f"{balance_alert_ctes('crossing', now=now, rises=rises)}, "
-        f"{auto_topup_ctes('crossing', reference=reference, now=now)}"
-    )
-
-
 def _limit_ctes(user: str, key: str, amount: str) -> str:
     """The spend limits of a debit or reserve of `amount` by `user` through API key `key`, for a
     statement whose `existing` CTE finds a replay (which locks and checks nothing): `limits`
@@ -211,28 +202,27 @@ WITH existing AS (
     -- Only a wallet with an alert or an auto top-up (`watch_micros`, their highest threshold)
     -- can cross one: every other debit skips the lookups below.
     WHERE watch_micros IS NOT NULL AND balance_micros - held_micros < watch_micros
-), {_crossing_ctes("$7", "$1")}
-SELECT 'applied' AS outcome, id, user_id, balance_micros, held_micros,
-       NULL::text AS txn_id, NULL::text AS request_hash,
-       (SELECT min(remaining) FROM spend) AS remaining,
-       NULL::text AS scope, NULL::text AS period, NULL::bigint AS limit_micros,
-       NULL::bigint AS spent, NULL::timestamptz AS window_start,
-       EXISTS (SELECT 1 FROM autotopup_recorded) AS auto_topup
-FROM wallet
-UNION ALL
-SELECT 'replayed', a.id, a.user_id, a.balance_micros, a.held_micros, e.id, e.request_hash,
-       NULL, NULL, NULL, NULL, NULL, NULL, false
-FROM existing e LEFT JOIN accounts a ON a.user_id = $3
-UNION ALL
-SELECT 'limited', NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-       r.scope, r.period, r.limit_micros, r.spent, r.current_window, false
-FROM refused r
-UNION ALL
-SELECT 'insufficient', a.id, a.user_id, a.balance_micros, a.held_micros, NULL, NULL,
-       NULL, NULL, NULL, NULL, NULL, NULL, false
-FROM accounts a
-WHERE a.user_id = $3 AND NOT EXISTS (SELECT 1 FROM existing)
-  AND NOT EXISTS (SELECT 1 FROM wallet) AND NOT EXISTS (SELECT 1 FROM refused)
+), {crossing_ctes("crossing", now="$7", reference="$1")}
+-- One row whatever happened (`DebitRow`): the wallet after the debit, or as the statement's
+-- snapshot saw it when nothing was debited (a replay, a refusal).
+SELECT CASE WHEN w.id IS NOT NULL THEN 'applied'
+            WHEN e.id IS NOT NULL THEN 'replayed'
+            WHEN r.scope IS NOT NULL THEN 'limited'
+            ELSE 'insufficient' END AS outcome,
+       coalesce(w.id, a.id) AS wallet_id, coalesce(w.user_id, a.user_id) AS wallet_user_id,
+       coalesce(w.balance_micros, a.balance_micros) AS balance_micros,
+       coalesce(w.held_micros, a.held_micros) AS held_micros,
+       e.id AS original_id, e.request_hash AS original_request_hash,
+       (SELECT min(remaining) FROM spend) AS limit_remaining_micros,
+       r.scope AS refused_scope, r.period AS refused_period,
+       r.limit_micros AS refused_limit_micros, r.spent AS refused_spent_micros,
+       r.current_window AS refused_window,
+       EXISTS (SELECT 1 FROM autotopup_recorded) AS auto_topup_recorded
+FROM (SELECT) one
+LEFT JOIN wallet w ON true
+LEFT JOIN existing e ON true
+LEFT JOIN refused r ON true
+LEFT JOIN accounts a ON a.user_id = $3
 """
 
 _TRANSACTION_BY_REFERENCE = """
@@ -247,6 +237,10 @@ _HOLD_COLUMNS = (
 
 def _h(prefix: str) -> str:
     return ", ".join(f"{prefix}.{c.strip()}" for c in _HOLD_COLUMNS.split(","))
+
+
+_HOLD_WALLET = "w.id AS wallet_id, w.user_id AS wallet_user_id, w.balance_micros, w.held_micros"
+"""The columns of a hold statement's wallet `w`, as `HoldStatementRow` reads them."""
 
 
 _RESERVE = f"""
@@ -272,28 +266,29 @@ WITH existing AS (
            balance_micros - held_micros AS available_after
     FROM wallet
     WHERE watch_micros IS NOT NULL AND balance_micros - held_micros < watch_micros
-), {_crossing_ctes("$7", "'hold:' || $1")}
-SELECT 'reserved' AS outcome, {_h("h")}, w.id AS wallet_id, w.user_id AS wallet_user,
-       w.balance_micros, w.held_micros, (SELECT min(remaining) FROM spend) AS remaining,
-       NULL::text AS scope, NULL::text AS period, NULL::bigint AS limit_micros,
-       NULL::bigint AS spent, NULL::timestamptz AS window_start
-FROM hold h, wallet w
-UNION ALL
-SELECT 'existing', {_h("e")}, a.id, a.user_id, a.balance_micros, a.held_micros,
-       NULL, NULL, NULL, NULL, NULL, NULL
-FROM existing e LEFT JOIN accounts a ON a.user_id = e.user_id
-UNION ALL
-SELECT 'limited', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL::timestamptz,
-       NULL::timestamptz, NULL::timestamptz, NULL, NULL, NULL, NULL, NULL,
-       r.scope, r.period, r.limit_micros, r.spent, r.current_window
-FROM refused r
-UNION ALL
-SELECT 'insufficient', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL::timestamptz,
-       NULL::timestamptz, NULL::timestamptz, a.id, a.user_id, a.balance_micros, a.held_micros,
-       NULL, NULL, NULL, NULL, NULL, NULL
-FROM accounts a
-WHERE a.user_id = $2 AND NOT EXISTS (SELECT 1 FROM existing)
-  AND NOT EXISTS (SELECT 1 FROM wallet) AND NOT EXISTS (SELECT 1 FROM refused)
+), {crossing_ctes("crossing", now="$7", reference="'hold:' || $1")}, found AS (
+    SELECT {_HOLD_COLUMNS} FROM hold UNION ALL SELECT {_HOLD_COLUMNS} FROM existing
+)
+-- One row whatever happened (`ReserveRow`): the hold reserved now or before (none when
+-- refused), and its wallet after the reserve or as the statement's snapshot saw it.
+SELECT CASE WHEN w.id IS NOT NULL THEN 'reserved'
+            WHEN e.id IS NOT NULL THEN 'existing'
+            WHEN r.scope IS NOT NULL THEN 'limited'
+            ELSE 'insufficient' END AS outcome,
+       {_h("h")},
+       coalesce(w.id, a.id) AS wallet_id, coalesce(w.user_id, a.user_id) AS wallet_user_id,
+       coalesce(w.balance_micros, a.balance_micros) AS balance_micros,
+       coalesce(w.held_micros, a.held_micros) AS held_micros,
+       (SELECT min(remaining) FROM spend) AS limit_remaining_micros,
+       r.scope AS refused_scope, r.period AS refused_period,
+       r.limit_micros AS refused_limit_micros, r.spent AS refused_spent_micros,
+       r.current_window AS refused_window
+FROM (SELECT) one
+LEFT JOIN found h ON true
+LEFT JOIN wallet w ON true
+LEFT JOIN existing e ON true
+LEFT JOIN refused r ON true
+LEFT JOIN accounts a ON a.user_id = coalesce(e.user_id, $2)
 """
 
 # What a hold's resolution does to its limits: it counted in the window it was reserved in, so
@@ -366,9 +361,8 @@ WITH hold AS (
         wallet.balance_micros - wallet.held_micros + $2::bigint - hold.amount_micros,
         wallet.balance_micros - wallet.held_micros
     ) < wallet.watch_micros
-), {_crossing_ctes("$4", "'hold:' || $1", rises=True)}
-SELECT {_h("h")}, w.id, w.user_id, w.balance_micros, w.held_micros,
-       (SELECT remaining FROM remaining)
+), {crossing_ctes("crossing", now="$4", reference="'hold:' || $1", rises=True)}
+SELECT {_h("h")}, {_HOLD_WALLET}, (SELECT remaining FROM remaining) AS limit_remaining_micros
 FROM hold h, wallet w
 """
 
@@ -389,14 +383,14 @@ WITH hold AS (
     FROM wallet, hold
     WHERE wallet.watch_micros IS NOT NULL
       AND wallet.balance_micros - wallet.held_micros - hold.amount_micros < wallet.watch_micros
-), {balance_alert_ctes("crossing", now="$3")}
-SELECT {_h("h")}, w.id, w.user_id, w.balance_micros, w.held_micros,
-       (SELECT remaining FROM remaining)
+), {crossing_ctes("crossing", now="$3", reference="NULL", rises=True, falls=False)}
+SELECT {_h("h")}, {_HOLD_WALLET}, (SELECT remaining FROM remaining) AS limit_remaining_micros
 FROM hold h, wallet w
 """
 
 _HOLD_WITH_WALLET = f"""
-SELECT {_h("h")}, a.id, a.user_id, a.balance_micros, a.held_micros
+SELECT {_h("h")}, a.id AS wallet_id, a.user_id AS wallet_user_id, a.balance_micros,
+       a.held_micros, NULL::bigint AS limit_remaining_micros
 FROM holds h LEFT JOIN accounts a ON a.user_id = h.user_id WHERE h.id = $1
 """
 
@@ -415,7 +409,8 @@ WHERE user_id = ANY($1::text[]) ORDER BY user_id, scope FOR UPDATE
 """
 
 _EXISTING_REFERENCES = """
-SELECT reference, id, request_hash FROM ledger_transactions WHERE reference = ANY($1::text[])
+SELECT reference, id AS transaction_id, request_hash FROM ledger_transactions
+WHERE reference = ANY($1::text[])
 """
 
 # Headers in reference order, so two batches sharing references wait on each other instead of
@@ -456,7 +451,7 @@ WITH txn AS (
            balance_micros - held_micros AS available_after
     FROM wallets
     WHERE watch_micros IS NOT NULL AND balance_micros - held_micros < watch_micros
-), {_crossing_ctes("$8", "NULL")}, spend AS (
+), {crossing_ctes("crossing", now="$8", reference="NULL")}, spend AS (
     UPDATE spend_limits s SET window_start = c.window_start, spent_micros = c.spent
     FROM unnest($12::text[], $13::timestamptz[], $14::bigint[]) AS c(id, window_start, spent)
     WHERE s.id = c.id
@@ -473,14 +468,101 @@ SELECT 1
 """
 
 
-def _wallet(row: Any, offset: int = 0) -> WalletRow | None:
-    if row[offset] is None:
+_Shape = TypeVar("_Shape", bound=tuple[Any, ...])
+
+
+def _read(shape: type[_Shape], record: Any) -> _Shape:
+    """A statement's row (an asyncpg `Record`) read by column name into `shape`, a NamedTuple
+    of those names (a field with a default may be missing from the row)."""
+    defaults: dict[str, Any] = shape._field_defaults  # type: ignore[attr-defined]
+    names: tuple[str, ...] = shape._fields  # type: ignore[attr-defined]
+    return shape(
+        **{
+            name: record[name] if name not in defaults else record.get(name, defaults[name])
+            for name in names
+        }
+    )
+
+
+def _wallet(row: DebitRow | HoldStatementRow) -> WalletRow | None:
+    """The wallet columns of a row (all NULL when the user has no wallet)."""
+    if row.wallet_id is None:
         return None
-    return WalletRow(row[offset], row[offset + 1], row[offset + 2], row[offset + 3])
+    assert row.wallet_user_id is not None
+    assert row.balance_micros is not None
+    assert row.held_micros is not None
+    return WalletRow(row.wallet_id, row.wallet_user_id, row.balance_micros, row.held_micros)
 
 
-def _hold(row: Any, offset: int = 0) -> HoldRow:
-    return HoldRow(*row[offset : offset + 10])
+class DebitRow(NamedTuple):
+    """What `_DEBIT` answers (one row, whatever happened)."""
+
+    outcome: Literal["applied", "replayed", "limited", "insufficient"]
+    wallet_id: str | None
+    """The wallet after the debit; for any other outcome as the statement saw it (None: the
+    user has no wallet)."""
+    wallet_user_id: str | None
+    balance_micros: int | None
+    held_micros: int | None
+    original_id: str | None
+    """For a replay: the original debit's transaction id and request hash."""
+    original_request_hash: str | None
+    limit_remaining_micros: int | None
+    """What the tightest spend limit leaves after the debit; None when none applies."""
+    auto_topup_recorded: bool
+
+    @property
+    def wallet(self) -> WalletRow | None:
+        return _wallet(self)
+
+
+class Refusal(NamedTuple):
+    """The `refused_*` columns of a debit or reserve: the spend limit that refused it."""
+
+    refused_scope: str
+    refused_period: str
+    refused_limit_micros: int
+    refused_spent_micros: int
+    refused_window: datetime
+
+    def error(self) -> SpendLimitExceeded:
+        return spend_limit_exceeded(
+            scope=self.refused_scope,
+            period=self.refused_period,
+            limit_micros=self.refused_limit_micros,
+            spent_micros=self.refused_spent_micros,
+            window=self.refused_window,
+        )
+
+
+class HoldStatementRow(NamedTuple):
+    """What a hold statement answers: the hold, its wallet, and what the tightest spend limit
+    leaves (`_RESERVE` also answers its `outcome` and a `Refusal`)."""
+
+    id: str | None
+    user_id: str | None
+    amount_micros: int | None
+    status: str | None
+    captured_micros: int | None
+    request_hash: str | None
+    resolution_hash: str | None
+    expires_at: datetime | None
+    created_at: datetime | None
+    resolved_at: datetime | None
+    wallet_id: str | None
+    wallet_user_id: str | None
+    balance_micros: int | None
+    held_micros: int | None
+    limit_remaining_micros: int | None
+
+    @property
+    def hold(self) -> HoldRow:
+        assert self.id is not None, "no hold in this row"
+        return HoldRow(**{f.name: getattr(self, f.name) for f in fields(HoldRow)})
+
+    @property
+    def wallet(self) -> WalletRow | None:
+        return _wallet(self)
 
 
 def tightest(remaining: int | None) -> int | None:
@@ -505,8 +587,8 @@ def asyncpg_dsn(database_url: str) -> str:
     return make_url(database_url).set(drivername="postgresql").render_as_string(False)
 
 
-class PostgresUsageStore:
-    """The gateway's operations on PostgreSQL through an asyncpg pool."""
+class UsageStore:
+    """The gateway's operations through an asyncpg pool of their own."""
 
     def __init__(self, pool: asyncpg.Pool, clock: Callable[[], datetime] = utcnow) -> None:
         self._pool = pool
@@ -517,7 +599,7 @@ class PostgresUsageStore:
         charging job's accelerator. Other statements leave theirs to the periodic job."""
 
     @classmethod
-    async def open(cls, database_url: str, *, max_size: int) -> PostgresUsageStore:
+    async def open(cls, database_url: str, *, max_size: int) -> UsageStore:
         pool = await asyncpg.create_pool(
             asyncpg_dsn(database_url),
             min_size=1,
@@ -538,7 +620,7 @@ class PostgresUsageStore:
     @_outage_is_503
     async def wallet(self, user_id: str) -> WalletRow | None:
         row = await self._pool.fetchrow(_WALLET_BY_USER, user_id)
-        return _wallet(row) if row is not None else None
+        return _read(WalletRow, row) if row is not None else None
 
     @_outage_is_503
     async def debit(self, debit: UsageDebit) -> Debited:
@@ -547,7 +629,7 @@ class PostgresUsageStore:
         now = self.clock()
         windows = Windows.at(now)
         try:
-            row = await self._pool.fetchrow(
+            record = await self._pool.fetchrow(
                 _DEBIT,
                 reference,
                 txn_id,
@@ -566,21 +648,22 @@ class PostgresUsageStore:
         except asyncpg.UniqueViolationError:
             # A twin with the same request id committed first: answer from the original.
             return await self._replay(reference, debit.user_id)
-        if row is None:
-            raise insufficient_balance(0, debit.amount_micros)
-        wallet = _wallet(row, 1)
-        outcome = row[0]
-        if outcome == "applied":
+        row = _read(DebitRow, record)
+        if row.outcome == "applied":
             _USAGE_POSTED.inc()
             _USAGE_MICROS.inc(debit.amount_micros)
-            if row[13] and self.on_auto_topup is not None:
+            if row.auto_topup_recorded and self.on_auto_topup is not None:
                 self.on_auto_topup({debit.user_id})
-            return Debited(txn_id, debit.request_hash, False, wallet, tightest(row[7]))
-        if outcome == "replayed":
+            remaining = tightest(row.limit_remaining_micros)
+            return Debited(txn_id, debit.request_hash, False, row.wallet, remaining)
+        if row.outcome == "replayed":
+            assert row.original_id is not None
             LEDGER_TRANSACTIONS.labels(USAGE_KIND, "replayed").inc()
-            return Debited(row[5], row[6], True, wallet)
-        if outcome == "limited":
-            raise spend_limit_exceeded(*row[8:13])
+            return Debited(row.original_id, row.original_request_hash, True, row.wallet)
+        if row.outcome == "limited":
+            raise _read(Refusal, record).error()
+        if row.wallet is None:
+            raise insufficient_balance(0, debit.amount_micros)
         raise await self._not_covered(debit.user_id, debit.amount_micros)
 
     async def _not_covered(self, user_id: str, amount_micros: int) -> InsufficientBalance:
@@ -596,8 +679,8 @@ class PostgresUsageStore:
         if original is None:  # pragma: no cover - the conflicting row is committed
             raise RuntimeError(f"reference {reference!r} conflicted but cannot be read")
         LEDGER_TRANSACTIONS.labels(USAGE_KIND, "replayed").inc()
-        wallet = _wallet(wallet_row) if wallet_row is not None else None
-        return Debited(original[0], original[1], True, wallet)
+        wallet = _read(WalletRow, wallet_row) if wallet_row is not None else None
+        return Debited(original["id"], original["request_hash"], True, wallet)
 
     @_outage_is_503
     async def debit_batch(self, debits: Sequence[UsageDebit]) -> list[BatchOutcome]:
@@ -623,15 +706,15 @@ class PostgresUsageStore:
         now = self.clock()
         async with self._pool.acquire() as conn, conn.transaction():
             counters = {
-                (row[1], row[2]): Counter(row[0], *row[2:])
+                (row["user_id"], row["scope"]): _read(Counter, row)
                 for row in await conn.fetch(_LOCK_LIMITS, users)
             }
             wallets = {
-                row[1]: WalletRow(row[0], row[1], row[2], row[3])
+                row["user_id"]: _read(WalletRow, row)
                 for row in await conn.fetch(_LOCK_WALLETS, users)
             }
             existing = {
-                row[0]: ExistingDebit(row[1], row[2])
+                row["reference"]: _read(ExistingDebit, row)
                 for row in await conn.fetch(_EXISTING_REFERENCES, references)
             }
             plan = plan_batch(
@@ -675,7 +758,7 @@ class PostgresUsageStore:
     async def reserve(self, request: HoldRequest) -> HoldResult:
         now = self.clock()
         try:
-            row = await self._pool.fetchrow(
+            record = await self._pool.fetchrow(
                 _RESERVE,
                 request.hold_id,
                 request.user_id,
@@ -687,24 +770,25 @@ class PostgresUsageStore:
                 request.api_key_id,
                 *Windows.at(now),
             )
+            outcome = record["outcome"]
         except asyncpg.UniqueViolationError:
-            row = await self._pool.fetchrow(_HOLD_WITH_WALLET, request.hold_id)
-            if row is None:  # pragma: no cover - the conflicting hold is committed
+            # A twin with the same hold id committed first: answer from it.
+            record = await self._pool.fetchrow(_HOLD_WITH_WALLET, request.hold_id)
+            if record is None:  # pragma: no cover - the conflicting hold is committed
                 raise
-            row = ("existing", *row)
-        if row is None:
-            # No wallet, so nothing to hold (and no hold by that id).
-            raise insufficient_balance(0, request.amount_micros)
-        outcome = row[0]
-        wallet = _wallet(row, 11)
+            outcome = "existing"
+        row = _read(HoldStatementRow, record)
+        wallet = row.wallet
         if outcome == "insufficient":
+            if wallet is None:  # no wallet, so nothing to hold (and no hold by that id)
+                raise insufficient_balance(0, request.amount_micros)
             raise await self._not_covered(request.user_id, request.amount_micros)
         if outcome == "limited":
-            raise spend_limit_exceeded(*row[16:21])
-        hold = _hold(row, 1)
+            raise _read(Refusal, record).error()
+        hold = row.hold
         assert wallet is not None
         if outcome == "reserved":
-            return HoldResult(hold, wallet, False, tightest(row[15]))
+            return HoldResult(hold, wallet, False, tightest(row.limit_remaining_micros))
         if hold.request_hash != request.request_hash:
             raise IdempotencyConflict(
                 f"Hold {request.hold_id!r} was reserved before with a different request."
@@ -716,7 +800,7 @@ class PostgresUsageStore:
         hold_id, amount_micros, resolution_hash, details = capture
         now = self.clock()
         usage = details or {}
-        row = await self._pool.fetchrow(
+        record = await self._pool.fetchrow(
             _CAPTURE,
             hold_id,
             amount_micros,
@@ -729,30 +813,35 @@ class PostgresUsageStore:
             usage.get("input_tokens"),
             usage.get("output_tokens"),
         )
-        if row is None:
+        if record is None:
             return await self._resolved_before(hold_id, "captured", resolution_hash)
         if amount_micros > 0:
             LEDGER_TRANSACTIONS.labels("hold_capture", "posted").inc()
             LEDGER_MICROS.labels("hold_capture").inc(amount_micros)
-        wallet = _wallet(row, 10)
-        assert wallet is not None
-        return HoldResult(_hold(row), wallet, False, tightest(row[14]))
+        return self._resolved(_read(HoldStatementRow, record))
 
     @_outage_is_503
     async def release(self, *, hold_id: str, resolution_hash: str) -> HoldResult:
         now = self.clock()
-        row = await self._pool.fetchrow(_RELEASE, hold_id, resolution_hash, now, *Windows.at(now))
-        if row is None:
+        record = await self._pool.fetchrow(
+            _RELEASE, hold_id, resolution_hash, now, *Windows.at(now)
+        )
+        if record is None:
             return await self._resolved_before(hold_id, "released", resolution_hash)
-        wallet = _wallet(row, 10)
+        return self._resolved(_read(HoldStatementRow, record))
+
+    @staticmethod
+    def _resolved(row: HoldStatementRow) -> HoldResult:
+        wallet = row.wallet
         assert wallet is not None
-        return HoldResult(_hold(row), wallet, False, tightest(row[14]))
+        return HoldResult(row.hold, wallet, False, tightest(row.limit_remaining_micros))
 
     async def _resolved_before(self, hold_id: str, status: str, resolution_hash: str) -> HoldResult:
-        row = await self._pool.fetchrow(_HOLD_WITH_WALLET, hold_id)
-        if row is None:
+        record = await self._pool.fetchrow(_HOLD_WITH_WALLET, hold_id)
+        if record is None:
             raise NotFound(f"No hold {hold_id!r}.")
-        hold = _hold(row)
+        row = _read(HoldStatementRow, record)
+        hold = row.hold
         if hold.status != status:
             raise InvalidStateTransition(
                 f"Hold {hold_id!r} is {hold.status} and cannot be {status}.",
@@ -762,7 +851,7 @@ class PostgresUsageStore:
             raise IdempotencyConflict(
                 f"Hold {hold_id!r} was {status} before with a different request."
             )
-        wallet = _wallet(row, 10)
+        wallet = row.wallet
         if wallet is None:  # pragma: no cover - a hold's wallet is never deleted
             raise RuntimeError(f"wallet of {hold.user_id!r} is missing")
         return HoldResult(hold, wallet, replayed=True)

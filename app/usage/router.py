@@ -48,6 +48,7 @@ from app.openapi import AUTH_ERRORS, problem_responses
 from app.request_context import reset_request_id, set_request_id
 from app.schemas import CleanStr
 from app.usage import service
+from app.usage.repository import UsageStore
 from app.usage.schemas import (
     AccountBalanceOut,
     CaptureIn,
@@ -59,7 +60,6 @@ from app.usage.schemas import (
     UsageIn,
     UsageOut,
 )
-from app.usage.store import UsageStore
 
 log = structlog.get_logger("app.access")
 

@@ -1,5 +1,5 @@
-"""The gateway's debits and holds: the rules, over a `UsageStore` (PostgreSQL's driver-level
-statements, or the ORM on SQLite). The caller's id is the idempotency key: the same id with the
+"""The gateway's debits and holds: the rules, over the `UsageStore` (driver-level statements on
+an asyncpg pool). The caller's id is the idempotency key: the same id with the
 same body answers the original result marked `replayed`, with a different body 409."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from app.idempotency import hash_request
 from app.ledger.holds import HoldResult
 from app.ledger.holds_repository import HoldCapture, HoldRequest
 from app.ledger.repository import WalletRow
+from app.usage.repository import UsageStore
 from app.usage.schemas import (
     AccountBalanceOut,
     BatchStatus,
@@ -33,7 +34,7 @@ from app.usage.schemas import (
     UsageIn,
     UsageOut,
 )
-from app.usage.store import BatchOutcome, UsageDebit, UsageStore
+from app.usage.store import BatchOutcome, UsageDebit
 
 
 def _check_amount(settings: Settings, amount_micros: int, field: str = "amount_micros") -> None:

@@ -7,9 +7,10 @@ from enum import Enum
 from typing import Any
 
 from sqlalchemy import or_, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import RowById, insert_for
+from app.db import RowById
 from app.models.orders import StripeEvent
 
 
@@ -30,7 +31,6 @@ async def claim_event(
     session: AsyncSession, event: dict[str, Any], now: datetime, lease_until: datetime
 ) -> Claim:
     """Store a verified event and take its lease, in the caller's short transaction."""
-    insert = insert_for(session)
     obj = event["data"].get("object") or {}
     stmt = (
         insert(StripeEvent)

@@ -69,16 +69,6 @@ POSTGRES_RULES = [
     """,
 ]
 
-SQLITE_RULES = [
-    f"""
-    CREATE TRIGGER {table}_no_{op_name.lower()} BEFORE {op_name} ON {table}
-    BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END
-    """
-    for table in ("ledger_entries", "ledger_transactions")
-    for op_name in ("UPDATE", "DELETE")
-]
-
-
 def seed_system_accounts() -> None:
     accounts = sa.table(
         "accounts",
@@ -130,7 +120,7 @@ def upgrade() -> None:
     )
     op.create_index('ix_ledger_transactions_user_id_id', 'ledger_transactions', ['user_id', 'id'], unique=False)
     op.create_table('ledger_entries',
-    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('id', sa.BigInteger(), autoincrement=True, nullable=False),
     sa.Column('transaction_id', sa.String(length=40), nullable=False),
     sa.Column('account_id', sa.String(length=40), nullable=False),
     sa.Column('amount_micros', sa.BigInteger(), nullable=False),
@@ -165,22 +155,17 @@ def upgrade() -> None:
     op.create_index('ix_holds_status_expires_at', 'holds', ['status', 'expires_at'], unique=False)
     op.create_index(op.f('ix_holds_user_id'), 'holds', ['user_id'], unique=False)
     seed_system_accounts()
-    if op.get_bind().dialect.name == "postgresql":
-        for statement in POSTGRES_RULES:
-            op.execute(statement)
-    else:
-        for statement in SQLITE_RULES:
-            op.execute(statement)
+    for statement in POSTGRES_RULES:
+        op.execute(statement)
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name == "postgresql":
-        op.execute("DROP TRIGGER IF EXISTS ledger_transactions_balanced ON ledger_transactions")
-        op.execute("DROP TRIGGER IF EXISTS ledger_entries_balanced ON ledger_entries")
-        op.execute("DROP TRIGGER IF EXISTS ledger_transactions_append_only ON ledger_transactions")
-        op.execute("DROP TRIGGER IF EXISTS ledger_entries_append_only ON ledger_entries")
-        op.execute("DROP FUNCTION IF EXISTS ledger_entry_check_balanced()")
-        op.execute("DROP FUNCTION IF EXISTS ledger_transaction_check_balanced()")
-        op.execute("DROP FUNCTION IF EXISTS ledger_refuse_change()")
+    op.execute("DROP TRIGGER IF EXISTS ledger_transactions_balanced ON ledger_transactions")
+    op.execute("DROP TRIGGER IF EXISTS ledger_entries_balanced ON ledger_entries")
+    op.execute("DROP TRIGGER IF EXISTS ledger_transactions_append_only ON ledger_transactions")
+    op.execute("DROP TRIGGER IF EXISTS ledger_entries_append_only ON ledger_entries")
+    op.execute("DROP FUNCTION IF EXISTS ledger_entry_check_balanced()")
+    op.execute("DROP FUNCTION IF EXISTS ledger_transaction_check_balanced()")
+    op.execute("DROP FUNCTION IF EXISTS ledger_refuse_change()")
     op.drop_table('holds')
     op.drop_table('ledger_entries')
     op.drop_table('ledger_transactions')

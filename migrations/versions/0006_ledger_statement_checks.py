@@ -17,9 +17,6 @@ a thousand. Now:
   RI triggers were ~45% of a batch's write); transactions cannot be deleted (append-only) and an
   account with entries cannot be deleted (a trigger).
 
-SQLite keeps row triggers (they are in-process and cheap): references checked per entry, and
-the table is rebuilt without the foreign keys so the schema matches the models.
-
 Revision ID: 0006
 Revises: 0005
 """
@@ -124,29 +121,6 @@ UPGRADE = [
     """,
 ]
 
-SQLITE_UPGRADE = [
-    """
-    CREATE TRIGGER ledger_entries_references BEFORE INSERT ON ledger_entries
-    WHEN NOT EXISTS (SELECT 1 FROM ledger_transactions WHERE id = NEW.transaction_id)
-      OR NOT EXISTS (SELECT 1 FROM accounts WHERE id = NEW.account_id)
-    BEGIN SELECT RAISE(ABORT, 'ledger entry references a missing transaction or account'); END
-    """,
-    """
-    CREATE TRIGGER accounts_keep_entries BEFORE DELETE ON accounts
-    WHEN EXISTS (SELECT 1 FROM ledger_entries WHERE account_id = OLD.id)
-    BEGIN SELECT RAISE(ABORT, 'account has ledger entries and cannot be deleted'); END
-    """,
-]
-
-# Rebuilding the table drops its triggers: the append-only ones of 0002 come back.
-SQLITE_APPEND_ONLY = [
-    f"""
-    CREATE TRIGGER ledger_entries_no_{name.lower()} BEFORE {name} ON ledger_entries
-    BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END
-    """
-    for name in ("UPDATE", "DELETE")
-]
-
 FOREIGN_KEYS = [
     ("fk_ledger_entries_transaction_id_ledger_transactions", "ledger_transactions", "transaction_id"),
     ("fk_ledger_entries_account_id_accounts", "accounts", "account_id"),
@@ -188,30 +162,12 @@ DOWNGRADE = [
 
 
 def upgrade() -> None:
-    if op.get_bind().dialect.name == "postgresql":
-        for statement in UPGRADE:
-            op.execute(statement)
-        return
-    with op.batch_alter_table("ledger_entries", recreate="always") as batch:
-        for name, _, _ in FOREIGN_KEYS:
-            batch.drop_constraint(name, type_="foreignkey")
-    for statement in SQLITE_APPEND_ONLY + SQLITE_UPGRADE:
+    for statement in UPGRADE:
         op.execute(statement)
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name == "postgresql":
-        for statement in DOWNGRADE:
-            op.execute(statement)
-        for name, table, column in FOREIGN_KEYS:
-            op.create_foreign_key(
-                name, "ledger_entries", table, [column], ["id"], ondelete="RESTRICT"
-            )
-        return
-    op.execute("DROP TRIGGER accounts_keep_entries")
-    op.execute("DROP TRIGGER ledger_entries_references")
-    with op.batch_alter_table("ledger_entries", recreate="always") as batch:
-        for name, table, column in FOREIGN_KEYS:
-            batch.create_foreign_key(name, table, [column], ["id"], ondelete="RESTRICT")
-    for statement in SQLITE_APPEND_ONLY:
+    for statement in DOWNGRADE:
         op.execute(statement)
+    for name, table, column in FOREIGN_KEYS:
+        op.create_foreign_key(name, "ledger_entries", table, [column], ["id"], ondelete="RESTRICT")

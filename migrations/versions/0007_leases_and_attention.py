@@ -35,7 +35,6 @@ def upgrade() -> None:
         "refund_requests",
         ["id"],
         postgresql_where=sa.text("attention_reason IS NOT NULL"),
-        sqlite_where=sa.text("attention_reason IS NOT NULL"),
     )
 
 

@@ -35,7 +35,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('user_id', 'scope', name=op.f('uq_spend_limits_user_id'))
     )
     op.create_table('usage_records',
-    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('id', sa.BigInteger(), autoincrement=True, nullable=False),
     sa.Column('user_id', sa.String(length=255), nullable=False),
     sa.Column('transaction_id', sa.String(length=40), nullable=False),
     sa.Column('request_id', sa.String(length=255), nullable=False),

@@ -40,9 +40,9 @@ def upgrade() -> None:
     sa.CheckConstraint("webhook_status IN ('pending', 'sent', 'failed', 'skipped')", name=op.f('ck_notifications_webhook_status_known')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_notifications'))
     )
-    op.create_index('ix_notifications_email_due', 'notifications', ['email_next_attempt_at'], unique=False, postgresql_where=sa.text("email_status = 'pending'"), sqlite_where=sa.text("email_status = 'pending'"))
+    op.create_index('ix_notifications_email_due', 'notifications', ['email_next_attempt_at'], unique=False, postgresql_where=sa.text("email_status = 'pending'"))
     op.create_index('ix_notifications_user_id_id', 'notifications', ['user_id', 'id'], unique=False)
-    op.create_index('ix_notifications_webhook_due', 'notifications', ['webhook_next_attempt_at'], unique=False, postgresql_where=sa.text("webhook_status = 'pending'"), sqlite_where=sa.text("webhook_status = 'pending'"))
+    op.create_index('ix_notifications_webhook_due', 'notifications', ['webhook_next_attempt_at'], unique=False, postgresql_where=sa.text("webhook_status = 'pending'"))
     op.create_table('notification_settings',
     sa.Column('user_id', sa.String(length=255), nullable=False),
     sa.Column('email', sa.String(length=320), nullable=True),
@@ -63,9 +63,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_index('ix_notifications_webhook_due', table_name='notifications', postgresql_where=sa.text("webhook_status = 'pending'"), sqlite_where=sa.text("webhook_status = 'pending'"))
+    op.drop_index('ix_notifications_webhook_due', table_name='notifications', postgresql_where=sa.text("webhook_status = 'pending'"))
     op.drop_index('ix_notifications_user_id_id', table_name='notifications')
-    op.drop_index('ix_notifications_email_due', table_name='notifications', postgresql_where=sa.text("email_status = 'pending'"), sqlite_where=sa.text("email_status = 'pending'"))
+    op.drop_index('ix_notifications_email_due', table_name='notifications', postgresql_where=sa.text("email_status = 'pending'"))
     op.drop_table('notifications')
     op.drop_table('notification_settings')
     op.drop_table('balance_alerts')

@@ -73,17 +73,17 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_auto_topups')),
     sa.UniqueConstraint('order_id', name=op.f('uq_auto_topups_order_id'))
     )
-    op.create_index('ix_auto_topups_pending', 'auto_topups', ['created_at'], unique=False, postgresql_where=sa.text("status = 'pending'"), sqlite_where=sa.text("status = 'pending'"))
+    op.create_index('ix_auto_topups_pending', 'auto_topups', ['created_at'], unique=False, postgresql_where=sa.text("status = 'pending'"))
     op.create_index('ix_auto_topups_user_id_created_at', 'auto_topups', ['user_id', 'created_at'], unique=False)
-    op.create_index('uq_auto_topups_user_in_flight', 'auto_topups', ['user_id'], unique=True, postgresql_where=sa.text("status IN ('pending', 'processing')"), sqlite_where=sa.text("status IN ('pending', 'processing')"))
+    op.create_index('uq_auto_topups_user_in_flight', 'auto_topups', ['user_id'], unique=True, postgresql_where=sa.text("status IN ('pending', 'processing')"))
 
 
 def downgrade() -> None:
     op.drop_index('ix_payment_methods_user_id_created_at', table_name='payment_methods')
     op.drop_table('payment_methods')
-    op.drop_index('uq_auto_topups_user_in_flight', table_name='auto_topups', postgresql_where=sa.text("status IN ('pending', 'processing')"), sqlite_where=sa.text("status IN ('pending', 'processing')"))
+    op.drop_index('uq_auto_topups_user_in_flight', table_name='auto_topups', postgresql_where=sa.text("status IN ('pending', 'processing')"))
     op.drop_index('ix_auto_topups_user_id_created_at', table_name='auto_topups')
-    op.drop_index('ix_auto_topups_pending', table_name='auto_topups', postgresql_where=sa.text("status = 'pending'"), sqlite_where=sa.text("status = 'pending'"))
+    op.drop_index('ix_auto_topups_pending', table_name='auto_topups', postgresql_where=sa.text("status = 'pending'"))
     op.drop_table('auto_topups')
     op.drop_index('ix_auto_topup_settings_payment_method_id', table_name='auto_topup_settings')
     op.drop_table('auto_topup_settings')

@@ -8,15 +8,16 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.alerts.service import apply_balance_change
 from app.db import session_scope
 from app.ids import new_id
+from app.ledger.balance_events import balance_changed
+from app.ledger.repository import WalletRow
 from app.ledger.service import Leg, post
 from app.models.notifications import BalanceAlert, Notification
-from tests.factories import paid_order
+from tests.factories import gateway_debit, paid_order
 
 Headers = Callable[..., dict[str, str]]
 USD = 1_000_000
@@ -27,34 +28,43 @@ async def _balance_low(
 ) -> list[Any]:
     async with session_scope(maker) as session:
         rows = await session.scalars(
-            select(Notification)
-            .where(Notification.user_id == user_id, Notification.type == "balance.low")
-            .order_by(Notification.created_at, Notification.id)
+            select(Notification).where(
+                Notification.user_id == user_id, Notification.type == "balance.low"
+            )
         )
-        return [(n.data["threshold"], n.data["available"]) for n in rows]
+        # In time order; the thresholds one change crossed, highest first.
+        ordered = sorted(rows, key=lambda n: (n.created_at, -n.data["threshold_micros"]))
+        return [(n.data["threshold"], n.data["available"]) for n in ordered]
 
 
 async def _move(
     maker: async_sessionmaker[AsyncSession], user_id: str, amount_micros: int
 ) -> list[int]:
-    """A usage debit (negative) or an adjustment credit (positive); `post()` applies the
-    crossing rule in its transaction. Returns the thresholds it fired, highest first."""
+    """A usage debit (negative: the gateway's statement) or an adjustment credit (positive:
+    `post()`), each applying the crossing rule in its transaction. Returns the thresholds it
+    fired, highest first."""
     async with session_scope(maker) as session:
-        added: list[Any] = []
-        event.listen(session.sync_session, "after_attach", lambda _s, obj: added.append(obj))
-        kind, account = ("usage", "usage") if amount_micros < 0 else ("adjustment", "adjustments")
-        await post(
-            session,
-            reference=f"{kind}:{new_id('req')}",
-            kind=kind,
-            legs=[Leg.wallet(user_id, amount_micros), Leg.account(account, -amount_micros)],
+        if amount_micros < 0:
+            await gateway_debit(session, user_id, -amount_micros)
+        else:
+            await post(
+                session,
+                reference=f"adjustment:{new_id('adj')}",
+                kind="adjustment",
+                legs=[
+                    Leg.wallet(user_id, amount_micros),
+                    Leg.account("adjustments", -amount_micros),
+                ],
+            )
+        # What this transaction enqueued (its own rows, not other debits').
+        fired = await session.scalars(
+            text(
+                "SELECT (data->>'threshold_micros')::bigint FROM notifications"
+                " WHERE user_id = :user_id AND type = 'balance.low'"
+                " AND xmin::text::bigint = txid_current() % 4294967296"
+            ),
+            {"user_id": user_id},
         )
-        # What this transaction enqueued (the session's own objects, not other debits').
-        fired = [
-            n.data["threshold_micros"]
-            for n in added
-            if isinstance(n, Notification) and n.type == "balance.low"
-        ]
         return sorted(fired, reverse=True)
 
 
@@ -178,12 +188,11 @@ async def test_a_negative_balance_reads_as_such(
     await _set(client, user_headers("user-1"), "0")
     async with session_scope(session_maker) as session:
         # A capture may take the balance below zero (no covering check).
-        fired = await apply_balance_change(session, "user-1", 1 * USD, -1_500_000)
-    assert fired == [0]
+        wallet = WalletRow("acc_x", "user-1", -1_500_000, 0, watch_micros=0)
+        await balance_changed(session, wallet, 1 * USD, reference="hold:x")
     assert await _balance_low(session_maker) == [("0.00", "-1.500000")]
 
 
-@pytest.mark.postgres_only
 async def test_concurrent_debits_across_a_threshold_fire_it_once(
     client: httpx.AsyncClient,
     user_headers: Headers,
@@ -192,8 +201,7 @@ async def test_concurrent_debits_across_a_threshold_fire_it_once(
     await paid_order(session_maker, amount_micros=10 * USD)
     await _set(client, user_headers("user-1"), "5.00", "1.00")
 
-    # 50 debits of 0.20 spend the 10.00 exactly (an uncovered ORM debit on PostgreSQL is a
-    # ledger matter of its own, reported separately).
+    # 50 debits of 0.20 spend the 10.00 exactly.
     results = await asyncio.gather(*(_move(session_maker, "user-1", -200_000) for _ in range(50)))
     fired = sorted(t for r in results for t in r)
     assert fired == [1 * USD, 5 * USD]

@@ -11,14 +11,22 @@ from typing import Any
 import asyncpg
 import pytest
 
-from app.alerts.sql import BALANCE_CROSSING, balance_alert_ctes
+from app.alerts.sql import balance_alert_ctes
 from app.config import Settings
 from app.notifications import events
+from tests.conftest import RACE_POOL_SIZE
 from tests.pg_standin import asyncpg_dsn, create_wallets_sql, debit_sql
 
-pytestmark = pytest.mark.postgres_only
-
 USD = 1_000_000
+
+BALANCE_CROSSING = f"""
+WITH crossing AS (
+    SELECT $1::text AS user_id, $2::bigint AS available_before, $3::bigint AS available_after
+), {balance_alert_ctes("crossing")}
+SELECT threshold_micros FROM alert_fired ORDER BY threshold_micros DESC
+"""
+"""The rule on its own, as `app.ledger.balance_events` runs it for postings: `$1` user id, `$2`
+available before, `$3` available after; answers the fired thresholds."""
 
 
 @pytest.fixture
@@ -116,7 +124,9 @@ async def test_embedded_in_a_debit_statement_concurrent_debits_fire_each_crossin
 ) -> None:
     await conn.execute(f"INSERT INTO {_WALLETS} VALUES ('user-1', $1, 0)", 10 * USD)
     await _thresholds(conn, "user-1", 5, 1)
-    pool = await asyncpg.create_pool(asyncpg_dsn(settings), min_size=20, max_size=20)
+    pool = await asyncpg.create_pool(
+        asyncpg_dsn(settings), min_size=RACE_POOL_SIZE, max_size=RACE_POOL_SIZE
+    )
     try:
 
         async def debit() -> tuple[int, int]:

@@ -22,7 +22,7 @@ from app.models.notifications import Notification
 from app.models.orders import Order
 from app.models.payment_methods import AutoTopup
 from app.notifications.delivery import deliver_notifications
-from app.usage.repository import PostgresUsageStore
+from app.usage.repository import UsageStore
 from tests.auto_topup.helpers import auto_topup_settings, notification_types
 from tests.ledger.helpers import debit, deposit
 from tests.notifications.servers import SmtpSink, WebhookReceiver, notify_settings
@@ -369,7 +369,6 @@ async def test_each_low_balance_threshold_fires_once_per_crossing(
     assert sorted(await fired()) == sorted(["5.00", "1.00", "5.00", "1.00"])
 
 
-@pytest.mark.postgres_only
 async def test_a_hundred_concurrent_gateway_debits_record_one_auto_topup(
     app: Any,
     client: httpx.AsyncClient,
@@ -405,7 +404,7 @@ async def test_a_committed_crossing_starts_its_charge_at_once(
     kicked: list[set[str]] = []
     session_maker.kw["info"] = {AUTO_TOPUP_KICK: kicked.append}
     store = app.state.usage_store
-    if isinstance(store, PostgresUsageStore):
+    if isinstance(store, UsageStore):
         store.on_auto_topup = kicked.append
     headers = user_headers(USER)
     card_id = await save_card(client, headers, session_maker, stripe_peer)

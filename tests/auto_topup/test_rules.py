@@ -11,7 +11,6 @@ from app.auto_topup.rules import (
     MIN_ATTEMPT_SPACING,
     after_decline,
     classify_decline,
-    crosses_threshold,
     may_attempt,
     month_start,
     next_allowed_attempt,
@@ -140,19 +139,3 @@ def test_the_month_is_the_utc_calendar_month() -> None:
         __import__("datetime").timezone(timedelta(hours=2))
     )
     assert month_start(local) == datetime(2026, 12, 1, tzinfo=UTC)
-
-
-def test_only_a_fall_from_at_or_above_to_below_the_threshold_crosses_it() -> None:
-    t = 5_000_000
-    assert crosses_threshold(
-        available_before_micros=t, available_after_micros=t - 1, threshold_micros=t
-    )
-    assert crosses_threshold(
-        available_before_micros=9_000_000, available_after_micros=-1, threshold_micros=t
-    )
-    assert not crosses_threshold(
-        available_before_micros=t - 1, available_after_micros=t - 2, threshold_micros=t
-    )
-    assert not crosses_threshold(
-        available_before_micros=t + 1, available_after_micros=t, threshold_micros=t
-    )

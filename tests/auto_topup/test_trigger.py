@@ -19,13 +19,14 @@ from app.auto_topup.trigger import auto_topup_ctes
 from app.config import Settings
 from app.db import session_scope
 from app.ids import new_id
-from app.ledger.repository import refresh_watch
-from app.ledger.service import Leg, post
+from app.ledger.balance_events import balance_changed
+from app.ledger.repository import WalletRow, refresh_watch
 from app.models.base import utcnow
 from app.models.notifications import Notification
 from app.models.payment_methods import AutoTopup, AutoTopupSettings
 from tests.auto_topup.helpers import auto_topup_settings, notification_types
-from tests.factories import paid_order
+from tests.conftest import RACE_POOL_SIZE
+from tests.factories import gateway_debit, paid_order
 from tests.pg_standin import asyncpg_dsn, create_wallets_sql, debit_sql
 
 USD = 1_000_000
@@ -62,14 +63,10 @@ async def _debit(
     maker: async_sessionmaker[AsyncSession], user_id: str, amount_micros: int
 ) -> str | None:
     async with session_scope(maker) as session:
-        reference = f"usage:{new_id('req')}"
-        # `post()` runs the trigger in its transaction.
-        await post(
-            session,
-            reference=reference,
-            kind="usage",
-            legs=[Leg.wallet(user_id, -amount_micros), Leg.account("usage", amount_micros)],
-        )
+        request_id = new_id("req")
+        reference = f"usage:{request_id}"
+        # The debit's statement runs the trigger in its transaction.
+        await gateway_debit(session, user_id, amount_micros, request_id=request_id)
         recorded = await session.scalar(
             select(AutoTopup.id).where(AutoTopup.trigger_reference == reference)
         )
@@ -99,6 +96,30 @@ async def test_a_crossing_records_one_pending_attempt_and_nothing_more_while_in_
     assert attempt.trigger_reference.startswith("usage:")
 
 
+@pytest.mark.parametrize(
+    ("before", "after", "records"),
+    [
+        (5 * USD, 5 * USD - 1, True),  # from at the threshold to below it
+        (9 * USD, -1, True),
+        (5 * USD - 1, 5 * USD - 2, False),  # below already
+        (5 * USD + 1, 5 * USD, False),  # down to the threshold, not below it
+        (4 * USD, 6 * USD, False),  # a rise
+    ],
+)
+async def test_only_a_fall_from_at_or_above_to_below_the_threshold_records_an_attempt(
+    app: Any,
+    session_maker: async_sessionmaker[AsyncSession],
+    before: int,
+    after: int,
+    records: bool,
+) -> None:
+    await _enable(session_maker)  # threshold 5.00
+    async with session_scope(session_maker) as session:
+        wallet = WalletRow("acc_x", "user-1", after, 0, watch_micros=5 * USD)
+        await balance_changed(session, wallet, before, reference="adjustment:x")
+    assert len(await _attempts(session_maker)) == (1 if records else 0)
+
+
 async def test_a_paused_or_disabled_auto_topup_records_nothing(
     app: Any, session_maker: async_sessionmaker[AsyncSession]
 ) -> None:
@@ -108,7 +129,6 @@ async def test_a_paused_or_disabled_auto_topup_records_nothing(
     assert await _attempts(session_maker) == []
 
 
-@pytest.mark.postgres_only
 async def test_a_hundred_concurrent_debits_across_the_threshold_record_one_attempt(
     app: Any, session_maker: async_sessionmaker[AsyncSession]
 ) -> None:
@@ -129,7 +149,9 @@ _DEBIT_WITH_TRIGGER = debit_sql(
 
 @pytest.fixture
 async def pg(app: Any, settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(asyncpg_dsn(settings), min_size=20, max_size=20)
+    pool = await asyncpg.create_pool(
+        asyncpg_dsn(settings), min_size=RACE_POOL_SIZE, max_size=RACE_POOL_SIZE
+    )
     await pool.execute(create_wallets_sql(_WALLETS))
     try:
         yield pool
@@ -138,7 +160,6 @@ async def pg(app: Any, settings: Settings) -> AsyncIterator[asyncpg.Pool]:
         await pool.close()
 
 
-@pytest.mark.postgres_only
 async def test_the_sql_trigger_in_a_debit_statement_records_one_attempt_under_concurrency(
     pg: asyncpg.Pool, session_maker: async_sessionmaker[AsyncSession]
 ) -> None:

@@ -1,7 +1,7 @@
 """Fuzz the running service against its own `openapi.json` with schemathesis, once per role.
 
-`serve()` starts everything the service needs on loopback: a fresh database (PostgreSQL or
-SQLite, as `BILLING_TEST_BACKEND` says), the Stripe peer, and the app under uvicorn in a thread.
+`serve()` starts everything the service needs on loopback: a fresh database (on the tests'
+PostgreSQL), the Stripe peer, and the app under uvicorn in a thread.
 `fuzz()` then runs `schemathesis run --checks all` for each role (two users, an admin, a gateway
 service token, anonymous) and reads each run's JSON report into a `RoleResult`.
 
@@ -16,11 +16,9 @@ import contextlib
 import json
 import os
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -41,13 +39,11 @@ from app.ledger.service import Leg, post
 from app.main import create_app
 from app.migrate import upgrade_head
 from app.rate_limits import SCOPES
+from dev.postgres import server_for_tests
 from tests.stripe_peer import PEER_API_KEY, PEER_PUBLISHABLE_KEY, PeerProcess
 
 HERE = Path(__file__).resolve().parent
 CONFIG_FILE = HERE / "schemathesis.toml"
-PG_ADMIN_URL = os.environ.get(
-    "BILLING_TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-)
 JWT_SECRET = "fuzz-secret-" + secrets.token_hex(24)
 
 ROLES = ("user_a", "user_b", "admin", "gateway", "anonymous")
@@ -130,37 +126,23 @@ def _free_socket() -> socket.socket:
 
 
 class _Database:
-    def __init__(self, backend: str) -> None:
-        self.backend = backend
-        self.url = ""
-        self._name = ""
-        self._tmpdir = ""
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = admin_url
+        self.name = f"billing_fuzz_{os.getpid()}_{secrets.token_hex(3)}"
+        self.url = make_url(admin_url).set(database=self.name).render_as_string(False)
 
     async def create(self) -> str:
-        if self.backend == "postgres":
-            self._name = f"billing_fuzz_{os.getpid()}_{secrets.token_hex(3)}"
-            await self._admin(f'CREATE DATABASE "{self._name}"')
-            self.url = (
-                make_url(PG_ADMIN_URL)
-                .set(database=self._name)
-                .render_as_string(hide_password=False)
-            )
-        else:
-            self._tmpdir = tempfile.mkdtemp(prefix="billing-fuzz-")
-            self.url = f"sqlite+aiosqlite:///{self._tmpdir}/fuzz.db"
+        await self._admin(f'CREATE DATABASE "{self.name}"')
         engine = create_engine(_settings(self.url))
         await upgrade_head(engine)
         await engine.dispose()
         return self.url
 
     async def drop(self) -> None:
-        if self._name:
-            await self._admin(f'DROP DATABASE IF EXISTS "{self._name}" WITH (FORCE)')
-        if self._tmpdir:
-            shutil.rmtree(self._tmpdir, ignore_errors=True)
+        await self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
     async def _admin(self, sql: str) -> None:
-        engine = create_engine(_settings(PG_ADMIN_URL))
+        engine = create_engine(_settings(self.admin_url))
         async with engine.connect() as conn:
             await conn.execution_options(isolation_level="AUTOCOMMIT")
             await conn.execute(text(sql))
@@ -198,10 +180,24 @@ async def _seed(settings: Settings) -> str:
 
 
 @contextlib.contextmanager
-def serve(backend: str | None = None) -> Iterator[Service]:
-    """The service on a loopback port, with the Stripe peer behind it, until the block ends."""
-    backend = backend or os.environ.get("BILLING_TEST_BACKEND", "postgres")
-    database = _Database(backend)
+def serve(admin_url: str | None = None) -> Iterator[Service]:
+    """The service on a loopback port, with the Stripe peer behind it, until the block ends; its
+    database is made on the server of `admin_url` (by default the tests' server,
+    `dev.postgres.server_for_tests`)."""
+    embedded = None
+    if admin_url is None:
+        admin_url, embedded = asyncio.run(server_for_tests())
+    try:
+        with _serve(admin_url) as service:
+            yield service
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+@contextlib.contextmanager
+def _serve(admin_url: str) -> Iterator[Service]:
+    database = _Database(admin_url)
     url = asyncio.run(database.create())
     peer = PeerProcess(webhook_secret="whsec_" + secrets.token_hex(24)).start()
     try:
@@ -324,7 +320,7 @@ def fuzz(
     max_examples: int,
     roles: tuple[str, ...] = ROLES,
     report_dir: Path,
-    backend: str | None = None,
+    admin_url: str | None = None,
     seed: int | None = None,
     phases: str | None = None,
     extra_args: tuple[str, ...] = (),
@@ -332,7 +328,7 @@ def fuzz(
 ) -> list[RoleResult]:
     """Serve the app and fuzz it as every role (`parallel` roles at a time), in role order."""
     report_dir.mkdir(parents=True, exist_ok=True)
-    with serve(backend) as service, ThreadPoolExecutor(max_workers=parallel) as pool:
+    with serve(admin_url) as service, ThreadPoolExecutor(max_workers=parallel) as pool:
         return list(
             pool.map(
                 lambda role: run_role(

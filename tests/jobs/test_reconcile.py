@@ -17,6 +17,7 @@ from app.db import session_scope
 from app.jobs.reconcile import reconcile_orders, run_reconciler
 from app.models.base import utcnow
 from app.models.orders import Order
+from tests.conftest import RACE_POOL_SIZE
 from tests.purchase.helpers import Maker, balance, bought, buy, deliver_all, order_row, pay, topups
 from tests.stripe_peer import StripePeer
 
@@ -166,10 +167,9 @@ async def test_the_reconciler_counts_an_order_stripe_does_not_answer_about_and_a
 
 @pytest.fixture
 def settings_overrides() -> dict[str, Any]:
-    return {"database_pool_size": 20}
+    return {"database_pool_size": RACE_POOL_SIZE}
 
 
-@pytest.mark.postgres_only
 async def test_concurrent_reconcilers_share_the_orders_and_credit_each_once(
     app: Any,
     client: httpx.AsyncClient,

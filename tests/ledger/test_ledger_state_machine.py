@@ -41,9 +41,8 @@ from app.ledger.verify import verify_ledger
 from app.models.base import utcnow
 from app.models.ledger import Account
 from app.usage import service
-from app.usage.repository import PostgresUsageStore
+from app.usage.repository import UsageStore
 from app.usage.schemas import CaptureIn, HoldIn, UsageIn
-from app.usage.store import SessionUsageStore, UsageStore
 from tests.conftest import Database
 
 T = TypeVar("T")
@@ -99,28 +98,18 @@ class Backend:
         return self.loop.run_until_complete(coro)
 
     def fresh(self) -> async_sessionmaker[AsyncSession]:
-        """An empty ledger: PostgreSQL is truncated, SQLite gets a new copy of the template."""
+        """An empty ledger."""
         self.examples += 1
-        if self.database.is_postgres:
-            if self.engine is None:
-                self.engine = create_engine(self.settings)
-                self.maker = create_session_maker(self.engine)
-                # The gateway's store, as the app opens it: driver-level statements.
-                self.store = self.run(
-                    PostgresUsageStore.open(self.settings.database_url, max_size=2)
-                )
-            self.run(self._clear_postgres())
-        else:
-            if self.engine is not None:
-                self.run(self.engine.dispose())
-            url = self.database.url_for_test()
-            self.engine = create_engine(self.settings.model_copy(update={"database_url": url}))
+        if self.engine is None:
+            self.engine = create_engine(self.settings)
             self.maker = create_session_maker(self.engine)
-            self.store = SessionUsageStore(self.maker)
+            # The gateway's store, as the app opens it: driver-level statements.
+            self.store = self.run(UsageStore.open(self.settings.database_url, max_size=2))
+        self.run(self._clear())
         assert self.maker is not None
         return self.maker
 
-    async def _clear_postgres(self) -> None:
+    async def _clear(self) -> None:
         # TRUNCATE costs ~100 ms; deleting the few rows an example wrote costs ~1 ms, with the
         # append-only triggers off for this session only (test superuser).
         assert self.engine is not None
@@ -134,8 +123,7 @@ class Backend:
         if self.store is not None:
             self.run(self.store.close())
         if self.engine is not None:
-            if self.database.is_postgres:
-                self.run(self.database.reset(self.engine))
+            self.run(self.database.reset(self.engine))
             self.run(self.engine.dispose())
 
 

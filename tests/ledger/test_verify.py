@@ -158,7 +158,6 @@ async def post_one_legged_transaction(session_maker: Any) -> None:
         )
 
 
-@pytest.mark.postgres_only
 @pytest.mark.usefixtures("spent_wallet")
 async def test_postgres_refuses_an_unbalanced_transaction_at_commit(session_maker: Any) -> None:
     with pytest.raises(DBAPIError, match="unbalanced"):
@@ -167,7 +166,6 @@ async def test_postgres_refuses_an_unbalanced_transaction_at_commit(session_make
         assert await verify_ledger(session) == []
 
 
-@pytest.mark.postgres_only
 @pytest.mark.usefixtures("spent_wallet")
 async def test_postgres_refuses_a_leg_added_to_an_existing_transaction(session_maker: Any) -> None:
     """Even a balanced pair: a transaction's entries all arrive in the statement that writes
@@ -185,7 +183,6 @@ async def test_postgres_refuses_a_leg_added_to_an_existing_transaction(session_m
         assert await verify_ledger(session) == []
 
 
-@pytest.mark.postgres_only
 @pytest.mark.parametrize("kind", ["usage", "hold_capture"])
 async def test_postgres_refuses_a_gateway_transaction_without_entries(
     session_maker: Any, kind: str

@@ -1,4 +1,4 @@
-"""Spend limits under real concurrency on PostgreSQL: 64 requests in flight on 64 connections,
+"""Spend limits under real concurrency on PostgreSQL: 64 requests in flight over the pool,
 released together (see tests/usage/test_concurrency.py). A limit is a conditional update of its
 counter in the debit's own statement, so no interleaving takes a window past its limit."""
 
@@ -13,18 +13,17 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import RACE_POOL_SIZE
 from tests.ledger.helpers import debit, deposit, gateway_balance
 from tests.limits.helpers import Clock, at, capture, counter, recounted, reserve, set_limit
 from tests.usage.test_concurrency import together
-
-pytestmark = pytest.mark.postgres_only
 
 USER = "racer"
 
 
 @pytest.fixture
 def settings_overrides() -> dict[str, Any]:
-    return {"database_pool_size": 70, "service_token_cache_seconds": 60}
+    return {"database_pool_size": RACE_POOL_SIZE, "service_token_cache_seconds": 60}
 
 
 @pytest.fixture

@@ -301,7 +301,6 @@ class TestUnconfigured:
         assert (row.email_status, row.webhook_status) == ("skipped", "skipped")
 
 
-@pytest.mark.postgres_only
 async def test_instances_running_the_job_at_once_deliver_each_notification_once(
     app: Any,
     session_maker: async_sessionmaker[AsyncSession],
@@ -333,7 +332,6 @@ def asyncpg_dsn(database_url: str) -> str:
     return database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
-@pytest.mark.postgres_only
 async def test_the_plain_sql_insert_shape_is_delivered_like_an_orm_one(
     app: Any, settings: Any, smtp: SmtpSink, receiver: WebhookReceiver
 ) -> None:

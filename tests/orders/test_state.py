@@ -104,25 +104,12 @@ def _check_values(definition: str) -> set[str]:
 async def test_the_database_check_allows_exactly_the_enum(app: Any, table: str, enum: Any) -> None:
     engine = app.state.engine
     async with engine.connect() as conn:
-        if engine.dialect.name == "postgresql":
-            definition = (
-                await conn.execute(
-                    text(
-                        "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = :name"
-                    ),
-                    {"name": f"ck_{table}_status_known"},
-                )
-            ).scalar_one()
-        else:
-            sql = (
-                await conn.execute(
-                    text("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = :name"),
-                    {"name": table},
-                )
-            ).scalar_one()
-            match = re.search(rf"ck_{table}_status_known\s+CHECK\s*\((.*?\))\)", sql)
-            assert match, sql
-            definition = match.group(1)
+        definition = (
+            await conn.execute(
+                text("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = :name"),
+                {"name": f"ck_{table}_status_known"},
+            )
+        ).scalar_one()
     assert _check_values(definition) == {s.value for s in enum}
 
 

@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from app.db import session_scope
 from app.models.ledger import LedgerTransaction
 from app.models.refunds import RefundRequest
+from tests.conftest import RACE_POOL_SIZE
 from tests.factories import spend
 from tests.purchase.helpers import balance as _balance
 from tests.purchase.helpers import deliver_all, shown_order
@@ -209,8 +210,7 @@ async def test_a_timeout_is_retried_with_the_same_key_and_completes(
     assert (await shown_order(client, alice, order.id))["refunded_amount"] == "8.00"
 
 
-@pytest.mark.postgres_only
-@pytest.mark.parametrize("settings_overrides", [{"database_pool_size": 20}])
+@pytest.mark.parametrize("settings_overrides", [{"database_pool_size": RACE_POOL_SIZE}])
 async def test_two_admins_approving_at_once_make_one_refund(
     app: Any,
     client: httpx.AsyncClient,
@@ -235,8 +235,7 @@ async def test_two_admins_approving_at_once_make_one_refund(
     assert await _balance(client, alice) == "0.000000"
 
 
-@pytest.mark.postgres_only
-@pytest.mark.parametrize("settings_overrides", [{"database_pool_size": 20}])
+@pytest.mark.parametrize("settings_overrides", [{"database_pool_size": RACE_POOL_SIZE}])
 async def test_an_approval_racing_a_usage_debit_for_the_last_of_the_balance_never_both(
     app: Any,
     client: httpx.AsyncClient,

@@ -28,9 +28,8 @@ from app.db import create_engine, create_session_maker, session_scope
 from app.errors import IdempotencyConflict, InsufficientBalance
 from app.ledger.verify import verify_ledger
 from app.usage import service
-from app.usage.repository import PostgresUsageStore
+from app.usage.repository import UsageStore
 from app.usage.schemas import UsageIn
-from app.usage.store import SessionUsageStore, UsageStore
 from tests.conftest import Database
 
 T = TypeVar("T")
@@ -166,12 +165,8 @@ def test_a_batch_equals_its_events_applied_one_by_one(
     engine = create_engine(settings)
     maker = create_session_maker(engine)
 
-    async def open_store() -> UsageStore:
-        if database.is_postgres:
-            return await PostgresUsageStore.open(settings.database_url, max_size=2)
-        return SessionUsageStore(maker)
-
-    runner = Runner(loop, settings, loop.run_until_complete(open_store()), maker)
+    store = loop.run_until_complete(UsageStore.open(settings.database_url, max_size=2))
+    runner = Runner(loop, settings, store, maker)
 
     @hypothesis_settings(
         derandomize=True,
@@ -198,7 +193,6 @@ def test_a_batch_equals_its_events_applied_one_by_one(
         examples()
     finally:
         loop.run_until_complete(runner.store.close())
-        if database.is_postgres:
-            loop.run_until_complete(database.reset(engine))
+        loop.run_until_complete(database.reset(engine))
         loop.run_until_complete(engine.dispose())
         loop.close()

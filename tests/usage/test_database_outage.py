@@ -14,8 +14,6 @@ from app.db import session_scope
 from app.usage.repository import APPLICATION_NAME
 from tests.ledger.helpers import debit, deposit, gateway_balance
 
-pytestmark = pytest.mark.postgres_only
-
 
 async def test_a_lost_connection_is_a_503_that_applied_nothing(
     app: Any,

@@ -50,7 +50,6 @@ async def _usage_latencies(
     return latencies, statuses
 
 
-@pytest.mark.postgres_only
 @pytest.mark.parametrize("settings_overrides", [{"database_pool_size": 5}])
 async def test_a_stripe_hang_during_a_webhook_burst_starves_nothing(
     client: httpx.AsyncClient,

@@ -18,6 +18,7 @@ from app.db import session_scope
 from app.models.audit import AuditEntry
 from app.models.orders import StripeEvent
 from app.webhooks import repository as webhooks_repository
+from tests.conftest import RACE_POOL_SIZE
 from tests.purchase.helpers import Maker, balance, bought, deliver_all, ledger_size, pay, topups
 from tests.stripe_peer import PeerEvent, StripePeer
 
@@ -200,10 +201,9 @@ async def test_a_database_failure_answers_5xx_and_stripes_redelivery_credits_onc
 @pytest.fixture
 def settings_overrides() -> dict[str, Any]:
     # 51 deliveries at once: each takes a connection for its short transactions only.
-    return {"database_pool_size": 30}
+    return {"database_pool_size": RACE_POOL_SIZE}
 
 
-@pytest.mark.postgres_only
 async def test_fifty_concurrent_deliveries_and_both_payment_events_credit_once_per_round(
     client: httpx.AsyncClient, user_headers: Headers, session_maker: Maker, stripe_peer: StripePeer
 ) -> None:
