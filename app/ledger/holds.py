@@ -63,7 +63,11 @@ async def reserve(
         current = await ledger_repository.get_wallet(session, user_id)
         raise insufficient_balance(current.available_micros if current else 0, amount_micros)
     await balance_changed(
-        session, wallet, wallet.available_micros + amount_micros, reference=f"hold:{hold_id}"
+        session,
+        wallet,
+        wallet.available_micros + amount_micros,
+        reference=f"hold:{hold_id}",
+        spending=True,
     )
     return HoldResult(hold, wallet, replayed=False)
 
@@ -145,7 +149,11 @@ async def _released(
     """A reservation given back: the available balance rose (alerts re-arm)."""
     if wallet is not None:
         await balance_changed(
-            session, wallet, wallet.available_micros - amount_micros, reference=f"hold:{hold_id}"
+            session,
+            wallet,
+            wallet.available_micros - amount_micros,
+            reference=f"hold:{hold_id}",
+            spending=False,  # a rise
         )
 
 

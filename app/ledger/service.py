@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.db import is_postgres
 from app.errors import InsufficientBalance, ValidationFailed
 from app.ledger import repository, statement_repository
-from app.ledger.balance_events import balance_changed
+from app.ledger.balance_events import SPENDING_KINDS, balance_changed
 from app.ledger.repository import WalletRow
 from app.ledger.schemas import BalanceOut, TransactionOut
 from app.ledger.statement_repository import StatementLine
@@ -124,7 +124,8 @@ async def post(
     details: dict[str, Any] | None = None,
 ) -> PostResult:
     """Post a balanced transaction once. Raises `InsufficientBalance` (and leaves the session's
-    transaction to be rolled back) when a wallet debit that requires it is not covered."""
+    transaction to be rolled back) when a wallet debit that requires it is not covered. Only a
+    spending `kind` (`SPENDING_KINDS`: usage, a capture) may record an auto top-up."""
     _validate(legs)
     wallet_users = [leg.user_id for leg in legs if leg.user_id is not None]
     owner = user_id or (wallet_users[0] if wallet_users else None)
@@ -137,7 +138,9 @@ async def post(
             if leg.user_id is not None and leg.user_id in wallets:
                 wallet = wallets[leg.user_id]
                 before = wallet.available_micros - leg.amount_micros + leg.held_delta_micros
-                await balance_changed(session, wallet, before, reference=reference)
+                await balance_changed(
+                    session, wallet, before, reference=reference, spending=kind in SPENDING_KINDS
+                )
         transaction = LedgerTransaction(**header.columns(txn_id, now))
         return PostResult(transaction=transaction, replayed=False, wallets=wallets)
 

@@ -11,6 +11,7 @@ from typing import Any
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.auto_topup import service as auto_topup_service
 from app.ledger import repository as ledger_repository
 from app.ledger.service import PostResult, transfer
 from app.models.base import utcnow
@@ -287,7 +288,8 @@ async def record_dispute(session: AsyncSession, dispute: dict[str, Any]) -> str:
     Stripe actually withdrew and reinstated (its balance transactions), each once by reference
     (`dispute:<dp>`, `dispute_reversal:<dp>`): an inquiry moves none and leaves the order's
     status alone (refunds answer `dispute_open` while it is open); a chargeback marks the order
-    `disputed`; a won one returns it to where its refunds left it."""
+    `disputed` and, when its funds are withdrawn, pauses the user's auto top-up (`disputed`); a
+    won one returns it to where its refunds left it."""
     dispute_id = str(dispute["id"])
     status = str(dispute.get("status") or "needs_response")
     # Lock order: the order, then the dispute row.
@@ -316,6 +318,10 @@ async def record_dispute(session: AsyncSession, dispute: dict[str, Any]) -> str:
     if withdrawn:
         if not (await DISPUTE.post(session, order, dispute_id, -amount)).replayed:
             done.append("debited")
+            # A chargeback: the card may be stolen, so no more off-session charges of the
+            # user's saved card until they enable auto top-up again (once, with the debit).
+            if await auto_topup_service.pause(session, order.user_id, "disputed"):
+                done.append("auto top-up paused")
     if reinstated:
         if not (await DISPUTE_REVERSAL.post(session, order, dispute_id, amount)).replayed:
             done.append("credited back")
