@@ -9,7 +9,8 @@ retried with exponential backoff (30 s, 1 min, 2 min, … capped at 1 h) until
 crash between the send and the record leaves the lease to expire and the send to happen again,
 so delivery is at least once, and receivers deduplicate by the event id (webhook body `id`,
 email `Message-ID`); a channel whose attempts are used up is marked `failed` when next found,
-never claimed again.
+never claimed again. A channel this instance has no settings for is `skipped` on the rows it
+claims, at send time; rows in backoff or leased by another instance are left alone.
 """
 
 from __future__ import annotations
@@ -127,6 +128,10 @@ class Notifier:
         return 4 * timeout + 30
 
     async def send(self, channel: Channel, notification: Claimed) -> None:
+        if not self.configured(channel):
+            # Only what this instance claimed: rows in backoff or leased elsewhere wait for an
+            # instance that has the settings.
+            raise Skip(f"{channel} not configured")
         if channel == "email":
             await self.send_email(notification)
         else:
@@ -207,19 +212,15 @@ async def deliver_notifications(
     channel: `sent`, `retry` (failed, due again later), `failed` (gave up), `skipped`."""
     settings = notifier.settings
     counts: dict[str, dict[str, int]] = {c: _empty_counts() for c in repository.CHANNELS}
-    channels = tuple(c for c in repository.CHANNELS if notifier.configured(c))
     now = utcnow()
     async with session_scope(maker) as session:
-        for channel in repository.CHANNELS:
-            if channel not in channels:
-                counts[channel]["skipped"] += await repository.skip_channel(
-                    session, channel, f"{channel} not configured"
-                )
         batch = await repository.claim_due(
             session,
-            channels,
+            repository.CHANNELS,
             now=now,
-            lease_until={c: now + timedelta(seconds=notifier.lease_seconds(c)) for c in channels},
+            lease_until={
+                c: now + timedelta(seconds=notifier.lease_seconds(c)) for c in repository.CHANNELS
+            },
             limit=settings.notify_batch_size,
             max_attempts=settings.notify_max_attempts,
         )

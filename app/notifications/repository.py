@@ -83,18 +83,6 @@ async def set_email_enabled(session: AsyncSession, user_id: str, enabled: bool) 
     await session.execute(stmt)
 
 
-async def skip_channel(session: AsyncSession, channel: Channel, reason: str) -> int:
-    """Mark every pending notification `skipped` on a channel that is not configured."""
-    status, _, _, _, last_error = _columns(channel)
-    result = await session.execute(
-        update(Notification)
-        .where(status == "pending")
-        .values({status: "skipped", last_error: reason})
-        .execution_options(synchronize_session=False)
-    )
-    return int(getattr(result, "rowcount", 0) or 0)
-
-
 async def claim_due(
     session: AsyncSession,
     channels: tuple[Channel, ...],

@@ -476,3 +476,49 @@ async def test_a_channel_out_of_attempts_is_failed_and_never_claimed_again(
     assert (row.email_status, row.email_attempts) == ("failed", 3)
     assert (row.webhook_status, row.webhook_attempts) == ("failed", 41)
     assert "attempts" in (row.webhook_last_error or "")
+
+
+class TestAnInstanceWithoutSmtp:
+    """Instances may be configured differently (say, SMTP only on some): one without SMTP
+    skips the email of what it claimed, and leaves every other row alone."""
+
+    @pytest.fixture
+    def settings_overrides(self, receiver: WebhookReceiver) -> dict[str, Any]:
+        return {"notify_webhook_url": receiver.url, "notify_webhook_secret": SECRET}
+
+    async def test_it_skips_only_the_email_it_claimed_not_rows_in_backoff_or_leased(
+        self,
+        app: Any,
+        session_maker: async_sessionmaker[AsyncSession],
+        receiver: WebhookReceiver,
+    ) -> None:
+        due = await _topup_with_notification(session_maker, "user-due", "due@example.com")
+        waiting = await _topup_with_notification(session_maker, "user-wait", "wait@example.com")
+        leased = await _topup_with_notification(session_maker, "user-lease", "lease@example.com")
+        later = utcnow() + timedelta(minutes=10)
+        async with session_scope(session_maker) as session:
+            # In backoff after a failed attempt by an instance that has SMTP.
+            await session.execute(
+                update(Notification)
+                .where(Notification.id == waiting)
+                .values(email_attempts=2, email_next_attempt_at=later, email_last_error="smtp: 451")
+            )
+            # Being sent right now by an instance that has SMTP (its lease).
+            await session.execute(
+                update(Notification)
+                .where(Notification.id == leased)
+                .values(email_attempts=1, email_next_attempt_at=later)
+            )
+
+        counts = await deliver_notifications(session_maker, app.state.notifier)
+
+        assert counts["email"] == {"sent": 0, "retry": 0, "failed": 0, "skipped": 1}
+        assert counts["webhook"]["sent"] == 3
+        row = await _row(session_maker, due)
+        assert row.email_status == "skipped"
+        assert "not configured" in (row.email_last_error or "")
+        for notification_id, attempts in ((waiting, 2), (leased, 1)):
+            row = await _row(session_maker, notification_id)
+            assert (row.email_status, row.email_attempts) == ("pending", attempts)
+            assert abs((row.email_next_attempt_at - later).total_seconds()) < 1
+            assert row.webhook_status == "sent"
