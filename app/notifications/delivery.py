@@ -167,6 +167,10 @@ class Notifier:
                 hostname=smtp.hostname,
                 port=smtp.port,
                 use_tls=smtp.use_tls,
+                # With credentials, STARTTLS is required (a server that does not offer it, or
+                # a man in the middle that stripped it, fails the attempt before the password
+                # is sent); without, it is used when offered. smtps:// is TLS from the start.
+                start_tls=True if smtp.username is not None and not smtp.use_tls else None,
                 username=smtp.username,
                 password=smtp.password,
                 timeout=self.settings.smtp_timeout_seconds,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -522,3 +523,37 @@ class TestAnInstanceWithoutSmtp:
             assert (row.email_status, row.email_attempts) == ("pending", attempts)
             assert abs((row.email_next_attempt_at - later).total_seconds()) < 1
             assert row.webhook_status == "sent"
+
+
+class TestSmtpCredentials:
+    """With a username and password in `BILLING_SMTP_URL`, STARTTLS is required: a server
+    that does not offer it (or a man in the middle that stripped it) gets neither the
+    password nor the mail."""
+
+    @pytest.fixture
+    def clear_smtp(self) -> Iterator[SmtpSink]:
+        sink = SmtpSink(auth_in_clear=True)
+        sink.start()
+        yield sink
+        sink.stop()
+
+    @pytest.fixture
+    def settings_overrides(self, clear_smtp: SmtpSink) -> dict[str, Any]:
+        return {
+            "smtp_url": clear_smtp.url_with_credentials("billing", "smtp-password-1"),
+            "smtp_timeout_seconds": 2,
+        }
+
+    async def test_a_server_without_starttls_gets_no_password_and_no_mail(
+        self, app: Any, session_maker: async_sessionmaker[AsyncSession], clear_smtp: SmtpSink
+    ) -> None:
+        notification_id = await _topup_with_notification(session_maker, email="a@example.com")
+
+        counts = await deliver_notifications(session_maker, app.state.notifier)
+
+        assert clear_smtp.logins == []
+        assert clear_smtp.messages == []
+        assert counts["email"] == {"sent": 0, "retry": 1, "failed": 0, "skipped": 0}
+        row = await _row(session_maker, notification_id)
+        assert (row.email_status, row.email_attempts) == ("pending", 1)
+        assert "STARTTLS" in (row.email_last_error or "")
