@@ -50,12 +50,17 @@ class Settings(BaseSettings):
     """Every knob of the service; the README's configuration table lists them."""
 
     model_config = SettingsConfigDict(
-        env_prefix="BILLING_", env_file=".env", extra="ignore", validate_default=True
+        env_prefix="BILLING_",
+        env_file=".env",
+        extra="ignore",
+        validate_default=True,
+        # A refusal must not quote the input: it is every BILLING_* value, secrets included.
+        hide_input_in_errors=True,
     )
 
     # Production unless said otherwise: a deploy that forgets this variable gets every check.
     environment: Environment = "production"
-    database_url: str = "sqlite+aiosqlite:///./billing.db"
+    database_url: SecretStr = SecretStr("sqlite+aiosqlite:///./billing.db")
     database_pool_size: int = Field(default=10, ge=1, le=200)
     database_pool_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
     """How long a portal request waits for a pooled connection before it is answered 503
@@ -111,7 +116,7 @@ class Settings(BaseSettings):
     # kept in process memory or, for several instances, in a shared storage such as
     # "redis://host:6379" (see the README). The gateway's routes have none.
     rate_limit_enabled: bool = True
-    rate_limit_storage_uri: str = "memory://"
+    rate_limit_storage_uri: SecretStr = SecretStr("memory://")
     rate_limit_purchase: str = "10/minute;60/hour"
     rate_limit_resume: str = "30/minute"
     rate_limit_cancel: str = "30/minute"
@@ -148,7 +153,7 @@ class Settings(BaseSettings):
 
     # Notifications (issue 12): email over SMTP and signed webhooks, sent by the
     # `notifications` job from the outbox; a channel without its setting is skipped.
-    smtp_url: str | None = None
+    smtp_url: SecretStr | None = None
     """`smtp://[user:password@]host:port` (STARTTLS when offered) or `smtps://…` (TLS)."""
     smtp_from: str = "ToRouter Billing <billing@localhost>"
     smtp_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
@@ -211,10 +216,10 @@ class Settings(BaseSettings):
 
     @field_validator("smtp_url")
     @classmethod
-    def _smtp_url(cls, value: str | None) -> str | None:
+    def _smtp_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None:
             return None
-        parts = urlsplit(value)
+        parts = urlsplit(value.get_secret_value())
         if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
             raise ValueError("must be smtp://host:port or smtps://host:port")
         return value
@@ -270,7 +275,7 @@ class Settings(BaseSettings):
 
     @property
     def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
+        return self.database_url.get_secret_value().startswith("sqlite")
 
     @property
     def stripe_configured(self) -> bool:
