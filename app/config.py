@@ -17,6 +17,8 @@ _PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "changethis", "de
 
 Environment = Literal["local", "test", "production"]
 
+_TEST_KEY_PREFIXES = ("sk_test_", "rk_test_")
+
 LOCAL_JWT_SECRET = "local-development-only-jwt-secret-never-in-production"
 
 
@@ -81,6 +83,9 @@ class Settings(BaseSettings):
 
     # Stripe.
     stripe_secret_key: SecretStr | None = None
+    allow_test_keys: bool = False
+    """Production refuses a test-mode Stripe secret key (`sk_test_…`, `rk_test_…`) unless this is
+    true (a staging deploy, `make bench`)."""
     stripe_publishable_key: str | None = None
     stripe_webhook_secret: SecretStr | None = None
     stripe_api_base: str | None = None
@@ -272,6 +277,23 @@ class Settings(BaseSettings):
             raise ValueError("BILLING_JWT_JWKS_URL must be https (or a loopback address)")
         if self.notify_webhook_url is not None and not _https_or_loopback(self.notify_webhook_url):
             raise ValueError("BILLING_NOTIFY_WEBHOOK_URL must be https (or a loopback address)")
+        if (
+            self.stripe_secret_key is not None
+            and self.stripe_secret_key.get_secret_value().startswith(_TEST_KEY_PREFIXES)
+            and not self.allow_test_keys
+        ):
+            raise ValueError(
+                "BILLING_STRIPE_SECRET_KEY is a test-mode key; production takes a live key "
+                "(BILLING_ALLOW_TEST_KEYS=true for a deploy meant to take no real money)"
+            )
+        # Neither a shared secret nor a JWKS binds a token to this service: an identity
+        # provider's keys sign the tokens of all its applications (and tenants).
+        for name, value in (("ISSUER", self.jwt_issuer), ("AUDIENCE", self.jwt_audience)):
+            if value is None or not value.strip():
+                raise ValueError(
+                    f"BILLING_JWT_{name} is required in production (the `{name[:3].lower()}` "
+                    "claim the portal's tokens carry)"
+                )
 
     @property
     def is_sqlite(self) -> bool:

@@ -198,3 +198,36 @@ def test_a_settings_refusal_is_one_line_that_quotes_no_secret(
     assert len(refusals) == 1
     assert refusals[0].startswith("torouter-billing: refused to start: BILLING_JWT_SECRET must")
     assert "BILLING_ENVIRONMENT=local" in err
+
+
+@pytest.mark.parametrize("key", ["sk_test_51Hx", "rk_test_51Hx"])
+def test_production_refuses_a_stripe_test_key_unless_told_to_allow_it(key: str) -> None:
+    stripe = {"stripe_secret_key": key, "stripe_webhook_secret": "whsec_x"}
+    with pytest.raises(ValidationError, match="BILLING_ALLOW_TEST_KEYS") as refused:
+        _settings(**PRODUCTION, **stripe)
+    assert len(refused.value.errors()) == 1
+    assert _settings(**PRODUCTION, **stripe, allow_test_keys=True).stripe_configured
+    assert _settings(**PRODUCTION, stripe_secret_key="sk_live_51Hx", stripe_webhook_secret="w")
+    assert _settings(**PRODUCTION | {"environment": "test"}, **stripe).stripe_configured
+    assert _settings(environment="local", **stripe).stripe_configured
+
+
+@pytest.mark.parametrize(
+    "verification",
+    [{"jwt_secret": REAL_SECRET}, {"jwt_jwks_url": "https://id.example/.well-known/jwks.json"}],
+    ids=["secret", "jwks"],
+)
+@pytest.mark.parametrize("missing", ["jwt_issuer", "jwt_audience"])
+def test_production_requires_the_jwt_issuer_and_audience(
+    verification: dict[str, str], missing: str
+) -> None:
+    # A JWKS pins neither: its keys sign every token of the identity provider (every client
+    # application, every tenant of a multi-tenant one), and nothing here binds them to one.
+    values = {**PRODUCTION, **verification} | {missing: None}
+    with pytest.raises(ValidationError, match=f"BILLING_{missing.upper()} is required") as refused:
+        _settings(**values)
+    assert len(refused.value.errors()) == 1
+    with pytest.raises(ValidationError, match=f"BILLING_{missing.upper()} is required"):
+        _settings(**values | {missing: "  "})
+    assert _settings(**values | {"environment": "test"}).environment == "test"
+    assert _settings(**{**PRODUCTION, **verification}).environment == "production"
