@@ -248,6 +248,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def refusals(exc: ValidationError) -> list[str]:
+    """One line per refused setting, quoting no value (`Settings` hides the input)."""
+    lines = []
+    for error in exc.errors():
+        message = error["msg"].removeprefix("Value error, ")
+        if error["loc"]:
+            message = f"BILLING_{str(error['loc'][0]).upper()}: {message}"
+        lines.append(" ".join(message.split()))
+    return lines
+
+
 SETTINGS_FREE = {"openapi"}
 """Commands that work without the environment's settings (and so without production secrets)."""
 
@@ -260,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             settings = get_settings()
         except ValidationError as exc:
-            print(f"torouter-billing: the settings are not usable:\n{exc}", file=sys.stderr)
+            for line in refusals(exc):
+                print(f"torouter-billing: refused to start: {line}", file=sys.stderr)
             print(
                 "BILLING_ENVIRONMENT defaults to production; "
                 "set BILLING_ENVIRONMENT=local for development.",

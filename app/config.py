@@ -17,6 +17,8 @@ _PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "changethis", "de
 
 Environment = Literal["local", "test", "production"]
 
+_TEST_KEY_PREFIXES = ("sk_test_", "rk_test_")
+
 LOCAL_JWT_SECRET = "local-development-only-jwt-secret-never-in-production"
 
 
@@ -50,12 +52,17 @@ class Settings(BaseSettings):
     """Every knob of the service; the README's configuration table lists them."""
 
     model_config = SettingsConfigDict(
-        env_prefix="BILLING_", env_file=".env", extra="ignore", validate_default=True
+        env_prefix="BILLING_",
+        env_file=".env",
+        extra="ignore",
+        validate_default=True,
+        # A refusal must not quote the input: it is every BILLING_* value, secrets included.
+        hide_input_in_errors=True,
     )
 
     # Production unless said otherwise: a deploy that forgets this variable gets every check.
     environment: Environment = "production"
-    database_url: str = "sqlite+aiosqlite:///./billing.db"
+    database_url: SecretStr = SecretStr("sqlite+aiosqlite:///./billing.db")
     database_pool_size: int = Field(default=10, ge=1, le=200)
     database_pool_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
     """How long a portal request waits for a pooled connection before it is answered 503
@@ -76,6 +83,9 @@ class Settings(BaseSettings):
 
     # Stripe.
     stripe_secret_key: SecretStr | None = None
+    allow_test_keys: bool = False
+    """Production refuses a test-mode Stripe secret key (`sk_test_…`, `rk_test_…`) unless this is
+    true (a staging deploy, `make bench`)."""
     stripe_publishable_key: str | None = None
     stripe_webhook_secret: SecretStr | None = None
     stripe_api_base: str | None = None
@@ -111,7 +121,7 @@ class Settings(BaseSettings):
     # kept in process memory or, for several instances, in a shared storage such as
     # "redis://host:6379" (see the README). The gateway's routes have none.
     rate_limit_enabled: bool = True
-    rate_limit_storage_uri: str = "memory://"
+    rate_limit_storage_uri: SecretStr = SecretStr("memory://")
     rate_limit_purchase: str = "10/minute;60/hour"
     rate_limit_resume: str = "30/minute"
     rate_limit_cancel: str = "30/minute"
@@ -148,7 +158,7 @@ class Settings(BaseSettings):
 
     # Notifications (issue 12): email over SMTP and signed webhooks, sent by the
     # `notifications` job from the outbox; a channel without its setting is skipped.
-    smtp_url: str | None = None
+    smtp_url: SecretStr | None = None
     """`smtp://[user:password@]host:port` (STARTTLS when offered) or `smtps://…` (TLS)."""
     smtp_from: str = "ToRouter Billing <billing@localhost>"
     smtp_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
@@ -211,10 +221,10 @@ class Settings(BaseSettings):
 
     @field_validator("smtp_url")
     @classmethod
-    def _smtp_url(cls, value: str | None) -> str | None:
+    def _smtp_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None:
             return None
-        parts = urlsplit(value)
+        parts = urlsplit(value.get_secret_value())
         if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
             raise ValueError("must be smtp://host:port or smtps://host:port")
         return value
@@ -267,10 +277,27 @@ class Settings(BaseSettings):
             raise ValueError("BILLING_JWT_JWKS_URL must be https (or a loopback address)")
         if self.notify_webhook_url is not None and not _https_or_loopback(self.notify_webhook_url):
             raise ValueError("BILLING_NOTIFY_WEBHOOK_URL must be https (or a loopback address)")
+        if (
+            self.stripe_secret_key is not None
+            and self.stripe_secret_key.get_secret_value().startswith(_TEST_KEY_PREFIXES)
+            and not self.allow_test_keys
+        ):
+            raise ValueError(
+                "BILLING_STRIPE_SECRET_KEY is a test-mode key; production takes a live key "
+                "(BILLING_ALLOW_TEST_KEYS=true for a deploy meant to take no real money)"
+            )
+        # Neither a shared secret nor a JWKS binds a token to this service: an identity
+        # provider's keys sign the tokens of all its applications (and tenants).
+        for name, value in (("ISSUER", self.jwt_issuer), ("AUDIENCE", self.jwt_audience)):
+            if value is None or not value.strip():
+                raise ValueError(
+                    f"BILLING_JWT_{name} is required in production (the `{name[:3].lower()}` "
+                    "claim the portal's tokens carry)"
+                )
 
     @property
     def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
+        return self.database_url.get_secret_value().startswith("sqlite")
 
     @property
     def stripe_configured(self) -> bool:

@@ -60,7 +60,7 @@ from app.config import Settings
 
 def create_engine(settings: Settings) -> AsyncEngine:
     """An async engine: asyncpg for PostgreSQL, aiosqlite (WAL, foreign keys) for SQLite."""
-    url = make_url(settings.database_url)
+    url = make_url(settings.database_url.get_secret_value())
     if url.get_backend_name() == "sqlite":
         engine = create_async_engine(
             url,
@@ -101,6 +101,25 @@ def is_database_outage(exc: BaseException) -> bool:
             return True
         return _driver_outage(exc.orig)
     return isinstance(exc, _OUTAGE_ERRORS) or _driver_outage(exc)
+
+
+def describe_database_error(exc: BaseException) -> dict[str, str]:
+    """What a log line may say about a database error: its class, the driver's class under it
+    and the SQLSTATE. Never its message: SQLAlchemy's quotes the statement with its parameters
+    (user ids, emails, amounts), and the server's may quote values too."""
+    fields = {"error": type(exc).__name__}
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen and len(seen) < 8:
+        seen.append(current)
+        sqlstate = getattr(current, "sqlstate", None)
+        if "sqlstate" not in fields and isinstance(sqlstate, str) and sqlstate.isalnum():
+            fields["sqlstate"] = sqlstate[:5]
+        orig = current.orig if isinstance(current, sa_exc.DBAPIError) else None
+        current = orig if orig is not None else current.__cause__
+    if len(seen) > 1:
+        fields["driver_error"] = type(seen[-1]).__name__
+    return fields
 
 
 def _driver_outage(exc: BaseException | None) -> bool:

@@ -48,7 +48,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.db import is_database_outage
+from app.db import describe_database_error, is_database_outage
 from app.request_context import current_request_id
 
 log = structlog.get_logger(__name__)
@@ -342,7 +342,7 @@ def database_unavailable_response() -> JSONResponse:
 async def _database_error_handler(request: Request, exc: Exception) -> JSONResponse:
     if not is_database_outage(exc):
         raise exc  # a bug or a constraint: the middleware's 500, logged with its trace
-    log.warning("database_unavailable", path=request.url.path, error=repr(exc))
+    log.warning("database_unavailable", path=request.url.path, **describe_database_error(exc))
     return database_unavailable_response()
 
 

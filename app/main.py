@@ -150,10 +150,9 @@ def _document_gateway(doc: dict[str, Any]) -> None:
 
 async def _usage_store(settings: Settings, maker: Any) -> UsageStore:
     """PostgreSQL: driver-level statements on a pool of their own; SQLite: the ORM."""
-    if is_postgres_url(settings.database_url):
-        return await PostgresUsageStore.open(
-            settings.database_url, max_size=settings.database_pool_size
-        )
+    url = settings.database_url.get_secret_value()
+    if is_postgres_url(url):
+        return await PostgresUsageStore.open(url, max_size=settings.database_pool_size)
     return SessionUsageStore(maker)
 
 

@@ -60,7 +60,9 @@ class RateLimiter:
 
     def __init__(self, settings: Settings) -> None:
         self.enabled = settings.rate_limit_enabled
-        storage: Any = storage_from_string(_async_uri(settings.rate_limit_storage_uri))
+        storage: Any = storage_from_string(
+            _async_uri(settings.rate_limit_storage_uri.get_secret_value())
+        )
         self._strategy = MovingWindowRateLimiter(storage)
         self._rules: dict[Scope, list[RateLimitItem]] = {
             scope: parse_many(getattr(settings, f"rate_limit_{scope}")) for scope in SCOPES

@@ -159,7 +159,7 @@ class Notifier:
         message["X-Billing-Event-Id"] = notification.id
         message["X-Billing-Event-Type"] = notification.type
         message.set_content(body)
-        smtp = _smtp(self.settings.smtp_url)
+        smtp = _smtp(self.settings.smtp_url.get_secret_value())
         try:
             await aiosmtplib.send(
                 message,

@@ -33,6 +33,7 @@ from sqlalchemy.engine import make_url
 
 from app.alerts.sql import balance_alert_ctes
 from app.auto_topup.trigger import auto_topup_ctes
+from app.db import describe_database_error
 from app.errors import (
     IdempotencyConflict,
     InsufficientBalance,
@@ -98,7 +99,11 @@ def _outage_is_503(
         try:
             return await method(*args, **kwargs)
         except _OUTAGES as exc:
-            log.warning("database_unavailable", operation=method.__name__, error=repr(exc))
+            log.warning(
+                "database_unavailable",
+                operation=method.__name__,
+                **describe_database_error(exc),
+            )
             raise ServiceUnavailable(
                 "The database did not answer; nothing was applied. Retry with the same id.",
                 headers={"Retry-After": "1"},

@@ -28,6 +28,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from pydantic import SecretStr
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -107,14 +108,18 @@ class Backend:
                 self.maker = create_session_maker(self.engine)
                 # The gateway's store, as the app opens it: driver-level statements.
                 self.store = self.run(
-                    PostgresUsageStore.open(self.settings.database_url, max_size=2)
+                    PostgresUsageStore.open(
+                        self.settings.database_url.get_secret_value(), max_size=2
+                    )
                 )
             self.run(self._clear_postgres())
         else:
             if self.engine is not None:
                 self.run(self.engine.dispose())
             url = self.database.url_for_test()
-            self.engine = create_engine(self.settings.model_copy(update={"database_url": url}))
+            self.engine = create_engine(
+                self.settings.model_copy(update={"database_url": SecretStr(url)})
+            )
             self.maker = create_session_maker(self.engine)
             self.store = SessionUsageStore(self.maker)
         assert self.maker is not None

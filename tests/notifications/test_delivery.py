@@ -348,7 +348,7 @@ async def test_the_plain_sql_insert_shape_is_delivered_like_an_orm_one(
 
     async with session_scope(app.state.session_maker) as session:
         await remember_email(session, "user-sql", "sql@example.com")
-    conn = await asyncpg.connect(asyncpg_dsn(settings.database_url))
+    conn = await asyncpg.connect(asyncpg_dsn(settings.database_url.get_secret_value()))
     try:
         given = new_id("ntf")
         data = events.balance_low(threshold_micros=5_000_000, available_micros=4_000_000)

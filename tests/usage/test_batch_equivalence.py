@@ -168,7 +168,9 @@ def test_a_batch_equals_its_events_applied_one_by_one(
 
     async def open_store() -> UsageStore:
         if database.is_postgres:
-            return await PostgresUsageStore.open(settings.database_url, max_size=2)
+            return await PostgresUsageStore.open(
+                settings.database_url.get_secret_value(), max_size=2
+            )
         return SessionUsageStore(maker)
 
     runner = Runner(loop, settings, loop.run_until_complete(open_store()), maker)

@@ -24,7 +24,9 @@ async def test_a_debit_is_one_statement_on_postgres_and_one_transaction_on_sqlit
     assert (await debit(client, gateway_headers, "alice", 1)).status_code == 201  # warm cache
     if BACKEND == "postgres":
         # One pooled connection, so every statement the store sends passes this logger.
-        store = await PostgresUsageStore.open(app.state.settings.database_url, max_size=1)
+        store = await PostgresUsageStore.open(
+            app.state.settings.database_url.get_secret_value(), max_size=1
+        )
         sent: list[str] = []
         async with store.pool.acquire() as conn:
             conn.add_query_logger(lambda query: sent.append(query.query.split()[0]))
