@@ -106,6 +106,10 @@ class Settings(BaseSettings):
     hold_max_ttl_seconds: int = Field(default=3600, ge=1, le=3600)
     hold_default_ttl_seconds: int = Field(default=600, ge=1, le=3600)
     max_amount_micros: int = Field(default=1_000_000_000_000, ge=1)
+    capture_max_hold_multiple: float = Field(default=2.0, ge=1.0, le=1000.0)
+    """A capture may charge at most this multiple of its hold's amount (422
+    `capture_exceeds_hold` past it, nothing applied): a leaked service token cannot drive a
+    wallet far below zero through captures of small holds."""
 
     # Per-user rate limits on the portal's routes (`limits` notation: "10/minute;60/hour"),
     # kept in process memory or, for several instances, in a shared storage such as

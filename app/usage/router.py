@@ -30,6 +30,7 @@ from app.auth.service_tokens import ServiceTokenVerifier
 from app.config import Settings
 from app.errors import (
     BillingError,
+    CaptureExceedsHold,
     IdempotencyConflict,
     InsufficientBalance,
     InternalError,
@@ -132,8 +133,9 @@ async def _reserve_hold(app: GatewayApp, call: Call) -> tuple[int, BaseModel]:
 
 
 async def _capture_hold(app: GatewayApp, call: Call) -> tuple[int, BaseModel]:
-    """Charge the actual amount (0, less or more than held: the balance may go negative) and
-    release the reservation; a repeat with the same body answers the original, `replayed`."""
+    """Charge the actual amount (0, less or more than held, up to
+    `BILLING_CAPTURE_MAX_HOLD_MULTIPLE` times the hold: the balance may go negative) and release
+    the reservation; a repeat with the same body answers the original, `replayed`."""
     hold_id = call.params["hold_id"]
     return 200, await service.capture_hold(app.store, app.settings, hold_id, call.body)
 
@@ -162,6 +164,14 @@ _HOLD_NOTES = {
     "(already resolved otherwise: captured, released or expired).",
 }
 
+_CAPTURE_NOTES = {
+    **_HOLD_NOTES,
+    422: "`validation_error`: the request does not fit the schema. `capture_exceeds_hold`: "
+    "`amount_micros` is more than `BILLING_CAPTURE_MAX_HOLD_MULTIPLE` (default 2) times the "
+    "hold's amount; the problem carries `hold_amount_micros` and `max_capture_micros`. Nothing "
+    "was applied: the hold is still active.",
+}
+
 _DEBIT_ERRORS = (InsufficientBalance, SpendLimitExceeded, IdempotencyConflict)
 _HOLD_ERRORS = (NotFound, IdempotencyConflict, InvalidStateTransition)
 
@@ -187,6 +197,8 @@ def _hold_resolution(
     done: str,
     *,
     body_required: bool = True,
+    errors: tuple[type[BillingError], ...] = (),
+    notes: dict[int, str] | None = None,
 ) -> Operation:
     """A capture or a release of the hold in the path; a repeat answers the original."""
     return Operation(
@@ -195,8 +207,8 @@ def _hold_resolution(
         summary,
         handler,
         ok={200: (HoldOut, done)},
-        errors=_HOLD_ERRORS,
-        notes=_HOLD_NOTES,
+        errors=(*_HOLD_ERRORS, *errors),
+        notes=notes or _HOLD_NOTES,
         body=body,
         body_required=body_required,
         params={"hold_id": HoldId},
@@ -229,7 +241,13 @@ OPERATIONS = [
         "Reserved now.",
     ),
     _hold_resolution(
-        "capture", "Capture a hold", _capture_hold, CaptureIn, "Captured (now, or `replayed`)."
+        "capture",
+        "Capture a hold",
+        _capture_hold,
+        CaptureIn,
+        "Captured (now, or `replayed`).",
+        errors=(CaptureExceedsHold,),
+        notes=_CAPTURE_NOTES,
     ),
     _hold_resolution(
         "release",

@@ -197,7 +197,7 @@ class SessionUsageStore:
             return result._replace(limit_remaining_micros=tightest_remaining(remaining))
 
     async def capture(self, capture: HoldCapture) -> HoldResult:
-        hold_id, amount_micros, _, details = capture
+        hold_id, amount_micros, _, details, _ = capture
         now = self.clock()
         async with session_scope(self._maker) as session:
             result = await holds.capture(session, capture, now)
