@@ -1,4 +1,6 @@
-"""Gateway service tokens: `svc_` + 32 random bytes, stored only as SHA-256 hashes."""
+"""Gateway service tokens: `svc_` + 32 random bytes, stored only as SHA-256 hashes, each with
+its scopes: `usage` (debits and batches), `holds` (reserve, capture, release), `balance:read`
+(a user's balance). Each gateway operation needs one (`app.usage.router.OPERATIONS`)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import hashlib
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -17,6 +20,9 @@ from app.models.base import utcnow
 from app.models.service_tokens import ServiceToken
 
 TOKEN_PREFIX = "svc_"
+
+SCOPES = ("usage", "holds", "balance:read")
+"""Every scope a service token can carry; a token is created with all of them unless told."""
 
 
 def hash_token(token: str) -> str:
@@ -35,12 +41,35 @@ class ServiceCaller:
 
     token_id: str
     name: str
+    scopes: frozenset[str] = frozenset(SCOPES)
 
 
-async def create_service_token(session: AsyncSession, name: str) -> tuple[ServiceToken, str]:
-    """Store a new token's hash; returns the row and the token, which is shown only now."""
+def stored_scopes(scopes: Iterable[str]) -> str:
+    """The stored form of a token's scopes (space-separated, in name order); ValueError for an
+    unknown scope or none."""
+    chosen = set(scopes)
+    unknown = chosen - set(SCOPES)
+    if unknown:
+        raise ValueError(f"unknown scope(s) {sorted(unknown)}; the scopes are {list(SCOPES)}")
+    if not chosen:
+        raise ValueError(f"a service token needs at least one scope of {list(SCOPES)}")
+    return " ".join(sorted(chosen))
+
+
+def parse_scopes(stored: str) -> frozenset[str]:
+    """A token's scopes from their stored form."""
+    return frozenset(stored.split())
+
+
+async def create_service_token(
+    session: AsyncSession, name: str, scopes: Iterable[str] = SCOPES
+) -> tuple[ServiceToken, str]:
+    """Store a new token's hash with its scopes; returns the row and the token, which is shown
+    only now."""
     token = generate_token()
-    row = ServiceToken(id=new_id("svt"), name=name, token_hash=hash_token(token))
+    row = ServiceToken(
+        id=new_id("svt"), name=name, token_hash=hash_token(token), scopes=stored_scopes(scopes)
+    )
     session.add(row)
     await session.flush()
     return row, token
@@ -64,9 +93,9 @@ async def revoke_service_token(session: AsyncSession, token_id: str) -> bool:
 
 
 # Built once: every cache miss of the gateway's hot path runs it.
-_BY_HASH = select(ServiceToken.id, ServiceToken.name, ServiceToken.revoked_at).where(
-    ServiceToken.token_hash == bindparam("digest")
-)
+_BY_HASH = select(
+    ServiceToken.id, ServiceToken.name, ServiceToken.scopes, ServiceToken.revoked_at
+).where(ServiceToken.token_hash == bindparam("digest"))
 
 
 class ServiceTokenVerifier:
@@ -97,7 +126,9 @@ class ServiceTokenVerifier:
         async with self._maker() as session:
             row = (await session.execute(_BY_HASH, {"digest": digest})).first()
         caller = (
-            None if row is None or row.revoked_at is not None else ServiceCaller(row.id, row.name)
+            None
+            if row is None or row.revoked_at is not None
+            else ServiceCaller(row.id, row.name, parse_scopes(row.scopes))
         )
         if self._cache_seconds > 0:
             self._cache[digest] = (now + self._cache_seconds, caller)

@@ -26,11 +26,12 @@ from starlette.types import Receive, Scope, Send
 
 from app.auth.dependencies import authenticate_gateway
 from app.auth.jwt import JwtVerifier
-from app.auth.service_tokens import ServiceTokenVerifier
+from app.auth.service_tokens import SCOPES, ServiceTokenVerifier
 from app.config import Settings
 from app.errors import (
     BillingError,
     CaptureExceedsHold,
+    Forbidden,
     IdempotencyConflict,
     InsufficientBalance,
     InternalError,
@@ -90,6 +91,8 @@ class Operation:
     summary: str
     handler: Handler
     ok: dict[int, tuple[type[BaseModel], str]]
+    scope: str
+    """The service token's scope the operation needs (`app.auth.service_tokens.SCOPES`)."""
     errors: tuple[type[BillingError], ...] = ()
     """What it may answer of its own besides `_COMMON_ERRORS`."""
     notes: dict[int, str] = field(default_factory=dict)
@@ -103,6 +106,7 @@ class Operation:
     adapters: dict[str, TypeAdapter[str]] = field(init=False)
 
     def __post_init__(self) -> None:
+        assert self.scope in SCOPES, f"{self.path}: unknown scope {self.scope!r}"
         self.name = self.handler.__name__.removeprefix("_")
         regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", self.path)
         self.pattern = re.compile(f"^{regex}$")
@@ -110,7 +114,8 @@ class Operation:
 
     @property
     def description(self) -> str:
-        return (self.handler.__doc__ or "").strip()
+        what = (self.handler.__doc__ or "").strip()
+        return f"{what}\n\nNeeds a service token with the `{self.scope}` scope."
 
 
 async def _record_usage(app: GatewayApp, call: Call) -> tuple[int, BaseModel]:
@@ -183,10 +188,11 @@ def _once_per_id(
     body: type[BaseModel],
     out: type[BaseModel],
     applied: str,
+    scope: str,
 ) -> Operation:
     """A debit or a reserve under the caller's id: 201 applied now, 200 a replay."""
     ok = {201: (out, applied), 200: (out, _REPLAY)}
-    return Operation("POST", path, summary, handler, ok, _DEBIT_ERRORS, _DEBIT_NOTES, body)
+    return Operation("POST", path, summary, handler, ok, scope, _DEBIT_ERRORS, _DEBIT_NOTES, body)
 
 
 def _hold_resolution(
@@ -207,6 +213,7 @@ def _hold_resolution(
         summary,
         handler,
         ok={200: (HoldOut, done)},
+        scope="holds",
         errors=(*_HOLD_ERRORS, *errors),
         notes=notes or _HOLD_NOTES,
         body=body,
@@ -223,6 +230,7 @@ OPERATIONS = [
         UsageIn,
         UsageOut,
         "Debited now.",
+        "usage",
     ),
     Operation(
         "POST",
@@ -230,6 +238,7 @@ OPERATIONS = [
         "Debit a batch of usage events",
         _record_usage_batch,
         ok={200: (UsageBatchOut, "One result per event, in the order sent.")},
+        scope="usage",
         body=UsageBatchIn,
     ),
     _once_per_id(
@@ -239,6 +248,7 @@ OPERATIONS = [
         HoldIn,
         HoldOut,
         "Reserved now.",
+        "holds",
     ),
     _hold_resolution(
         "capture",
@@ -263,6 +273,7 @@ OPERATIONS = [
         "Get a user's balance",
         _get_account_balance,
         ok={200: (AccountBalanceOut, "The wallet as it stands.")},
+        scope="balance:read",
         params={"user_id": UserIdPath},
     ),
 ]
@@ -402,9 +413,14 @@ class GatewayApp:
         assert self._tokens is not None, "served only inside the lifespan"
         assert self._jwt is not None, "served only inside the lifespan"
         authorization = headers.get(b"authorization")
-        await authenticate_gateway(
+        caller = await authenticate_gateway(
             authorization.decode("latin-1") if authorization else None, self._tokens, self._jwt
         )
+        if op.scope not in caller.scopes:
+            raise Forbidden(
+                f"This service token lacks the `{op.scope}` scope this operation needs.",
+                required_scope=op.scope,
+            )
         errors: list[dict[str, Any]] = []
         params: dict[str, str] = {}
         for name, raw in raw_params.items():
@@ -504,9 +520,14 @@ def openapi_paths() -> tuple[dict[str, Any], dict[str, Any]]:
             str(status): {"description": text, "content": {"application/json": {"schema": ref(m)}}}
             for status, (m, text) in sorted(op.ok.items())
         }
+        notes = {
+            403: "`forbidden`: a portal JWT instead of a service token, or a service token "
+            f"without the `{op.scope}` scope (the problem carries `required_scope`).",
+            **op.notes,
+        }
         for status, problem in problem_responses(*_COMMON_ERRORS, *op.errors).items():
-            if int(status) in op.notes:
-                problem["description"] = op.notes[int(status)]
+            if int(status) in notes:
+                problem["description"] = notes[int(status)]
             responses[str(status)] = problem
         item: dict[str, Any] = {
             "tags": ["gateway"],
