@@ -12,12 +12,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.auth import AdminUser, CurrentUser
 from app.db import SessionDep
 from app.limits.router import Now
+from app.rate_limits import rate_limited
 from app.reports import service
 from app.reports.schemas import EXPORT_COLUMNS, GroupBy, UsageSummaryOut
 from app.schemas import CleanStr, UtcDatetime
 
-router = APIRouter(prefix="/usage", tags=["usage"])
-admin_router = APIRouter(prefix="/admin/users/{user_id}/usage", tags=["admin"])
+# Each report reads up to 400 days of records on the portal's connections: counted per user
+# (`BILLING_RATE_LIMIT_USAGE_REPORT`), operators included.
+_LIMITED = [rate_limited("usage_report")]
+router = APIRouter(prefix="/usage", tags=["usage"], dependencies=_LIMITED)
+admin_router = APIRouter(
+    prefix="/admin/users/{user_id}/usage", tags=["admin"], dependencies=_LIMITED
+)
 
 From = Annotated[
     UtcDatetime | None,

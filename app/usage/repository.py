@@ -32,6 +32,7 @@ import structlog
 from sqlalchemy.engine import make_url
 
 from app.alerts.sql import balance_alert_ctes
+from app.auth.service_tokens import TokenRecord
 from app.auto_topup.trigger import auto_topup_ctes
 from app.errors import (
     IdempotencyConflict,
@@ -109,6 +110,10 @@ def _outage_is_503(
 
 _WALLET_BY_USER = """
 SELECT id, user_id, balance_micros, held_micros FROM accounts WHERE user_id = $1
+"""
+
+_SERVICE_TOKEN_BY_HASH = """
+SELECT id, name, scopes, revoked_at FROM service_tokens WHERE token_hash = $1
 """
 
 # SQL pieces of the spend limits, shared by the statements below. A limit's counter row is locked
@@ -535,6 +540,12 @@ class PostgresUsageStore:
 
     async def close(self) -> None:
         await self._pool.close()
+
+    @_outage_is_503
+    async def service_token(self, digest: str) -> TokenRecord | None:
+        # On this pool, not the ORM's: long portal reports cannot starve the gateway's auth.
+        row = await self._pool.fetchrow(_SERVICE_TOKEN_BY_HASH, digest)
+        return TokenRecord(*row) if row is not None else None
 
     @_outage_is_503
     async def wallet(self, user_id: str) -> WalletRow | None:
