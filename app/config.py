@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     """How long a portal request waits for a pooled connection before it is answered 503
     `service_unavailable` with `Retry-After`."""
     database_echo: bool = False
+    portal_statement_timeout_ms: int = Field(default=15_000, ge=0, le=3_600_000)
+    """PostgreSQL's `statement_timeout` on the service's ORM connections (the portal, operators,
+    jobs; not the gateway's pool, nor migrations and the CLI): a query running longer is
+    cancelled and answered 503 `service_unavailable` with `Retry-After`. 0: no timeout."""
 
     # Portal users' JWTs: HS256 with a shared secret, or RS256/ES256 from a JWKS URL.
     jwt_secret: SecretStr | None = None
@@ -116,6 +120,10 @@ class Settings(BaseSettings):
     hold_max_ttl_seconds: int = Field(default=3600, ge=1, le=3600)
     hold_default_ttl_seconds: int = Field(default=600, ge=1, le=3600)
     max_amount_micros: int = Field(default=1_000_000_000_000, ge=1)
+    capture_max_hold_multiple: float = Field(default=2.0, ge=1.0, le=1000.0)
+    """A capture may charge at most this multiple of its hold's amount (422
+    `capture_exceeds_hold` past it, nothing applied): a leaked service token cannot drive a
+    wallet far below zero through captures of small holds."""
 
     # Per-user rate limits on the portal's routes (`limits` notation: "10/minute;60/hour"),
     # kept in process memory or, for several instances, in a shared storage such as
@@ -128,6 +136,9 @@ class Settings(BaseSettings):
     rate_limit_sync: str = "20/minute;200/hour"
     rate_limit_payment_result: str = "60/minute"
     rate_limit_refund_request: str = "5/minute;20/day"
+    rate_limit_usage_report: str = "30/minute;300/hour"
+    """The usage summary and CSV export (the user's and operators'), per user: each reads up to
+    400 days of usage records."""
     # Daily caps per user, counted in the database over the last 24 hours: orders (each makes
     # one Stripe object, whether it is later paid, canceled or not), and declined payment
     # attempts (card testing).
@@ -208,6 +219,7 @@ class Settings(BaseSettings):
         "rate_limit_sync",
         "rate_limit_payment_result",
         "rate_limit_refund_request",
+        "rate_limit_usage_report",
     )
     @classmethod
     def _rate_limit(cls, value: str) -> str:

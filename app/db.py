@@ -58,8 +58,12 @@ from sqlalchemy.pool import NullPool
 from app.config import Settings
 
 
-def create_engine(settings: Settings) -> AsyncEngine:
-    """An async engine: asyncpg for PostgreSQL, aiosqlite (WAL, foreign keys) for SQLite."""
+def create_engine(settings: Settings, *, statement_timeout_ms: int = 0) -> AsyncEngine:
+    """An async engine: asyncpg for PostgreSQL, aiosqlite (WAL, foreign keys) for SQLite.
+
+    `statement_timeout_ms` (PostgreSQL; 0: none) cancels any statement of its connections that
+    runs longer: the service's engine passes `portal_statement_timeout_ms`, so a long report
+    cannot hold a pooled connection for long; migrations and the CLI's commands pass none."""
     url = make_url(settings.database_url.get_secret_value())
     if url.get_backend_name() == "sqlite":
         engine = create_async_engine(
@@ -70,6 +74,9 @@ def create_engine(settings: Settings) -> AsyncEngine:
         )
         _configure_sqlite(engine)
         return engine
+    server_settings = {"application_name": APPLICATION_NAME}
+    if statement_timeout_ms > 0:
+        server_settings["statement_timeout"] = str(statement_timeout_ms)
     return create_async_engine(
         url,
         echo=settings.database_echo,
@@ -79,7 +86,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         # backend) is replaced at checkout instead of failing the next request.
         pool_pre_ping=True,
         pool_timeout=settings.database_pool_timeout_seconds,
-        connect_args={"server_settings": {"application_name": APPLICATION_NAME}},
+        connect_args={"server_settings": server_settings},
     )
 
 
@@ -142,6 +149,7 @@ _ASYNCPG_OUTAGES = frozenset(
         "InterfaceError",  # "connection is closed", "another operation is in progress"
         "InternalClientError",
         "OperatorInterventionError",  # 57xxx: admin shutdown, pg_terminate_backend, crash
+        "QueryCanceledError",  # 57014: past `portal_statement_timeout_ms` (or cancelled)
         "TooManyConnectionsError",
         "CannotConnectNowError",
     }

@@ -21,6 +21,7 @@ Every error a client can see is a `BillingError` carrying its HTTP status and a 
     │   └── PaymentDeclined ................. payment_declined
     ├── PayloadTooLarge (413) ............... payload_too_large
     ├── ValidationFailed (422) .............. validation_error
+    │   └── CaptureExceedsHold .............. capture_exceeds_hold
     ├── TooManyPendingOrders (429) .......... too_many_pending_orders
     ├── RateLimited (429) ................... rate_limited
     ├── ServiceUnavailable (503) ............ service_unavailable
@@ -185,6 +186,14 @@ class PayloadTooLarge(
 
 class ValidationFailed(BillingError, status=422, code="validation_error", title="Validation error"):
     """The request does not satisfy the schema or a business rule on its fields."""
+
+
+class CaptureExceedsHold(
+    ValidationFailed, code="capture_exceeds_hold", title="Capture exceeds its hold"
+):
+    """A capture larger than `BILLING_CAPTURE_MAX_HOLD_MULTIPLE` times its hold's amount; the
+    problem carries `hold_amount_micros` and `max_capture_micros`. Nothing was applied: the hold
+    stays active."""
 
 
 class TooManyPendingOrders(

@@ -120,6 +120,8 @@ class Database:
             return
         tables = [t.name for t in Base.metadata.sorted_tables if t.name != "accounts"]
         async with engine.begin() as conn:
+            # The app's engine may carry a short `statement_timeout` (a test of it).
+            await conn.execute(text("SET LOCAL statement_timeout = 0"))
             await conn.execute(text(f"TRUNCATE {', '.join(tables)} CASCADE"))
             await conn.execute(text("DELETE FROM accounts WHERE kind = 'wallet'"))
 

@@ -50,3 +50,55 @@ async def test_replicas_migrating_at_once_take_turns_under_the_advisory_lock() -
             await conn.execution_options(isolation_level="AUTOCOMMIT")
             await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         await admin.dispose()
+
+
+async def test_existing_service_tokens_keep_every_scope(tmp_path: Any) -> None:
+    """Tokens made before scopes existed get all three, so existing gateways keep working."""
+    from alembic import command
+    from alembic.script import ScriptDirectory
+
+    from app.auth.service_tokens import SCOPES
+    from app.migrate import alembic_config
+    from tests.conftest import BACKEND
+
+    before_scopes = ScriptDirectory.from_config(alembic_config()).get_revision("0015").down_revision
+    name = f"billing_scopes_{secrets.token_hex(4)}"
+    admin = create_engine(Settings(environment="test", database_url=PG_ADMIN_URL))
+    if BACKEND == "postgres":
+        async with admin.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.execute(text(f'CREATE DATABASE "{name}"'))
+        url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    else:
+        url = f"sqlite+aiosqlite:///{tmp_path / 'scopes.db'}"
+    engine = create_engine(Settings(environment="test", database_url=url))
+
+    def _to(revision: str) -> Any:
+        def run(connection: Any) -> None:
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+
+        return run
+
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_to(str(before_scopes)))
+            await conn.execute(
+                text(
+                    "INSERT INTO service_tokens (id, name, token_hash, created_at) "
+                    "VALUES ('svt_old', 'old', :hash, CURRENT_TIMESTAMP)"
+                ),
+                {"hash": "0" * 64},
+            )
+        await upgrade_head(engine)
+        async with engine.connect() as conn:
+            scopes = (await conn.execute(text("SELECT scopes FROM service_tokens"))).scalar_one()
+        assert set(scopes.split()) == set(SCOPES)
+    finally:
+        await engine.dispose()
+        if BACKEND == "postgres":
+            async with admin.connect() as conn:
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await admin.dispose()

@@ -11,13 +11,14 @@ same capture or release (same body) answers the original result marked as a repl
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from datetime import datetime
 from typing import NamedTuple
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import IdempotencyConflict, InvalidStateTransition, NotFound
+from app.errors import CaptureExceedsHold, IdempotencyConflict, InvalidStateTransition, NotFound
 from app.ledger import holds_repository as repository
 from app.ledger import repository as ledger_repository
 from app.ledger.balance_events import balance_changed
@@ -80,7 +81,7 @@ async def capture(
 
     The ORM path, for SQLite. On PostgreSQL a `hold_capture` header must arrive in the same
     statement as its entries (migration 0006), as `app.usage.repository` writes it."""
-    hold_id, amount_micros, resolution_hash, details = capture
+    hold_id, amount_micros, resolution_hash, details, max_hold_multiple = capture
     now = now or utcnow()
     hold = await repository.resolve_hold(
         session,
@@ -89,9 +90,10 @@ async def capture(
         captured_micros=amount_micros,
         resolution_hash=resolution_hash,
         now=now,
+        max_hold_multiple=max_hold_multiple,
     )
     if hold is None:
-        return await _resolved_before(session, hold_id, "captured", resolution_hash)
+        return await _resolved_before(session, hold_id, "captured", resolution_hash, capture)
     if amount_micros == 0:
         wallet = await repository.release_held(session, hold.user_id, hold.amount_micros)
         await _released(session, hold_id, hold.user_id, hold.amount_micros, wallet)
@@ -174,12 +176,34 @@ async def expire_due(session: AsyncSession, *, now: datetime, limit: int) -> lis
     return expired
 
 
+def capture_exceeds_hold(hold: HoldRow, capture: HoldCapture | None) -> CaptureExceedsHold | None:
+    """The refusal of a capture beyond its bound (`HoldCapture.max_hold_multiple` times the
+    hold's amount), or None when the capture is within it (or there is no capture)."""
+    if capture is None or capture.amount_micros <= hold.amount_micros * capture.max_hold_multiple:
+        return None
+    most = math.floor(hold.amount_micros * capture.max_hold_multiple)
+    return CaptureExceedsHold(
+        f"amount_micros {capture.amount_micros} exceeds {capture.max_hold_multiple:g} times the "
+        f"hold's {hold.amount_micros} (at most {most}); nothing was applied and the hold is "
+        "still active.",
+        hold_amount_micros=hold.amount_micros,
+        max_capture_micros=most,
+        errors=[{"field": "amount_micros", "message": f"must be at most {most}"}],
+    )
+
+
 async def _resolved_before(
-    session: AsyncSession, hold_id: str, status: str, resolution_hash: str
+    session: AsyncSession,
+    hold_id: str,
+    status: str,
+    resolution_hash: str,
+    capture: HoldCapture | None = None,
 ) -> HoldResult:
     hold = await repository.get_hold(session, hold_id)
     if hold is None:
         raise NotFound(f"No hold {hold_id!r}.")
+    if hold.status == "active" and (refused := capture_exceeds_hold(hold, capture)) is not None:
+        raise refused
     if hold.status != status:
         raise InvalidStateTransition(
             f"Hold {hold_id!r} is {hold.status} and cannot be {status}.",

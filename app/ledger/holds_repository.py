@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
@@ -9,6 +10,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Float,
     String,
     literal,
     null,
@@ -66,6 +68,9 @@ class HoldCapture(NamedTuple):
     amount_micros: int
     resolution_hash: str
     details: dict[str, Any] | None = None
+    max_hold_multiple: float = math.inf
+    """The capture may charge at most this multiple of the hold's amount
+    (`BILLING_CAPTURE_MAX_HOLD_MULTIPLE`); past it nothing is applied and the hold stays active."""
 
 
 _HOLD_COLUMNS = (
@@ -137,12 +142,19 @@ async def resolve_hold(
     captured_micros: int | None,
     resolution_hash: str,
     now: datetime,
+    max_hold_multiple: float = math.inf,
 ) -> HoldRow | None:
     """Move an active hold to `status` in one conditional UPDATE (which also locks it); None
-    when the hold does not exist or is no longer active."""
+    when the hold does not exist, is no longer active, or `captured_micros` is more than
+    `max_hold_multiple` times its amount."""
+    bound = (
+        [Hold.amount_micros * literal(max_hold_multiple, Float) >= captured_micros]
+        if captured_micros is not None and math.isfinite(max_hold_multiple)
+        else []
+    )
     stmt = (
         update(Hold)
-        .where(Hold.id == hold_id, Hold.status == "active")
+        .where(Hold.id == hold_id, Hold.status == "active", *bound)
         .values(
             status=status,
             captured_micros=captured_micros,

@@ -32,6 +32,7 @@ import structlog
 from sqlalchemy.engine import make_url
 
 from app.alerts.sql import balance_alert_ctes
+from app.auth.service_tokens import TokenRecord
 from app.auto_topup.trigger import auto_topup_ctes
 from app.db import describe_database_error
 from app.errors import (
@@ -42,7 +43,7 @@ from app.errors import (
     ServiceUnavailable,
 )
 from app.ids import new_id
-from app.ledger.holds import HoldResult
+from app.ledger.holds import HoldResult, capture_exceeds_hold
 from app.ledger.holds_repository import HoldCapture, HoldRequest, HoldRow
 from app.ledger.repository import WalletRow
 from app.ledger.service import insufficient_balance
@@ -114,6 +115,10 @@ def _outage_is_503(
 
 _WALLET_BY_USER = """
 SELECT id, user_id, balance_micros, held_micros FROM accounts WHERE user_id = $1
+"""
+
+_SERVICE_TOKEN_BY_HASH = """
+SELECT id, name, scopes, revoked_at FROM service_tokens WHERE token_hash = $1
 """
 
 # SQL pieces of the spend limits, shared by the statements below. A limit's counter row is locked
@@ -333,13 +338,14 @@ def _hold_limits(delta: str, day: str, week: str, month: str) -> str:
     )
 
 
-# A capture posts the actual amount (any size: the usage was served, so the balance may go
-# negative) and drops the reservation in the same wallet UPDATE; a capture of 0 only releases.
+# A capture posts the actual amount (up to `$13` times the hold's: the usage was served, so the
+# balance may go negative) and drops the reservation in the same wallet UPDATE; a capture of 0
+# only releases. A capture past its bound matches no hold and writes nothing.
 _CAPTURE = f"""
 WITH hold AS (
     UPDATE holds SET status = 'captured', captured_micros = $2, resolution_hash = $3,
                      resolved_at = $4
-    WHERE id = $1 AND status = 'active'
+    WHERE id = $1 AND status = 'active' AND $2 <= amount_micros * $13::float8
     RETURNING account_id, api_key_id, {_HOLD_COLUMNS}
 ), {_hold_limits("$2 - h.amount_micros", "$7", "$8", "$9")}, wallet AS (
     UPDATE accounts a SET balance_micros = a.balance_micros - $2,
@@ -541,6 +547,12 @@ class PostgresUsageStore:
         await self._pool.close()
 
     @_outage_is_503
+    async def service_token(self, digest: str) -> TokenRecord | None:
+        # On this pool, not the ORM's: long portal reports cannot starve the gateway's auth.
+        row = await self._pool.fetchrow(_SERVICE_TOKEN_BY_HASH, digest)
+        return TokenRecord(*row) if row is not None else None
+
+    @_outage_is_503
     async def wallet(self, user_id: str) -> WalletRow | None:
         row = await self._pool.fetchrow(_WALLET_BY_USER, user_id)
         return _wallet(row) if row is not None else None
@@ -718,7 +730,7 @@ class PostgresUsageStore:
 
     @_outage_is_503
     async def capture(self, capture: HoldCapture) -> HoldResult:
-        hold_id, amount_micros, resolution_hash, details = capture
+        hold_id, amount_micros, resolution_hash, details, max_hold_multiple = capture
         now = self.clock()
         usage = details or {}
         row = await self._pool.fetchrow(
@@ -733,9 +745,10 @@ class PostgresUsageStore:
             usage.get("model"),
             usage.get("input_tokens"),
             usage.get("output_tokens"),
+            max_hold_multiple,
         )
         if row is None:
-            return await self._resolved_before(hold_id, "captured", resolution_hash)
+            return await self._resolved_before(hold_id, "captured", resolution_hash, capture)
         if amount_micros > 0:
             LEDGER_TRANSACTIONS.labels("hold_capture", "posted").inc()
             LEDGER_MICROS.labels("hold_capture").inc(amount_micros)
@@ -753,11 +766,19 @@ class PostgresUsageStore:
         assert wallet is not None
         return HoldResult(_hold(row), wallet, False, tightest(row[14]))
 
-    async def _resolved_before(self, hold_id: str, status: str, resolution_hash: str) -> HoldResult:
+    async def _resolved_before(
+        self,
+        hold_id: str,
+        status: str,
+        resolution_hash: str,
+        capture: HoldCapture | None = None,
+    ) -> HoldResult:
         row = await self._pool.fetchrow(_HOLD_WITH_WALLET, hold_id)
         if row is None:
             raise NotFound(f"No hold {hold_id!r}.")
         hold = _hold(row)
+        if hold.status == "active" and (refused := capture_exceeds_hold(hold, capture)):
+            raise refused
         if hold.status != status:
             raise InvalidStateTransition(
                 f"Hold {hold_id!r} is {hold.status} and cannot be {status}.",

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.auth.service_tokens import TokenRecord, orm_token_lookup
 from app.db import session_scope
 from app.errors import InsufficientBalance, SpendLimitExceeded
 from app.ledger import holds, holds_repository, repository
@@ -101,6 +102,11 @@ class UsageStore(Protocol):
         """A user's wallet as it stands."""
         ...
 
+    async def service_token(self, digest: str) -> TokenRecord | None:
+        """The service token with this hash (`app.auth.service_tokens.TokenLookup`), read on the
+        gateway's own connections."""
+        ...
+
     async def close(self) -> None:
         """Release what the store holds (connections)."""
         ...
@@ -117,6 +123,7 @@ class SessionUsageStore:
         self._maker = maker
         self.clock = clock
         """Now: what the spend limits' windows are read from (tests move it)."""
+        self._token_lookup = orm_token_lookup(maker)
 
     async def debit(self, debit: UsageDebit) -> Debited:
         async with session_scope(self._maker) as session:
@@ -197,7 +204,7 @@ class SessionUsageStore:
             return result._replace(limit_remaining_micros=tightest_remaining(remaining))
 
     async def capture(self, capture: HoldCapture) -> HoldResult:
-        hold_id, amount_micros, _, details = capture
+        hold_id, amount_micros, _, details, _ = capture
         now = self.clock()
         async with session_scope(self._maker) as session:
             result = await holds.capture(session, capture, now)
@@ -257,6 +264,9 @@ class SessionUsageStore:
     async def wallet(self, user_id: str) -> WalletRow | None:
         async with self._maker() as session:
             return await repository.get_wallet(session, user_id)
+
+    async def service_token(self, digest: str) -> TokenRecord | None:
+        return await self._token_lookup(digest)
 
     async def close(self) -> None:
         return None
