@@ -15,6 +15,7 @@ Every error a client can see is a `BillingError` carrying its HTTP status and a 
     │   ├── RefundNotEligible ............... refund_not_eligible
     │   ├── InvalidStateTransition .......... invalid_state
     │   ├── SpendLimitSetByOperator ......... spend_limit_set_by_operator
+    │   ├── TooManySpendLimits .............. too_many_spend_limits
     │   └── EventInProgress ................. event_in_progress
     ├── PaymentRequired (402)
     │   ├── InsufficientBalance ............. insufficient_balance
@@ -157,6 +158,11 @@ class SpendLimitSetByOperator(
     on the scope must be stricter than it in some window (one the operator's already implies
     would only look like loosening it). The problem carries `scope`, `limit` and `period` of
     the operator's limit."""
+
+
+class TooManySpendLimits(Conflict, code="too_many_spend_limits", title="Too many spend limits"):
+    """The user has as many API-key limits of their own as allowed
+    (`BILLING_MAX_KEY_LIMITS_PER_USER`); change or remove one instead."""
 
 
 class EventInProgress(

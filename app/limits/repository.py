@@ -20,7 +20,7 @@ from app.ids import new_id
 from app.limits.periods import EPOCH, Windows, window_start
 from app.limits.rules import Counter, scopes
 from app.models.ledger import Account, Hold
-from app.models.limits import ACCOUNT_SCOPE, SpendLimit
+from app.models.limits import ACCOUNT_SCOPE, KEY_SCOPE_PREFIX, SpendLimit
 from app.models.usage import UsageRecord
 
 _COUNTER_COLUMNS = (
@@ -206,6 +206,30 @@ async def lock_limits(session: AsyncSession, user_id: str, scope: str) -> list[S
         .scalars()
         .all()
     )
+
+
+async def serialize_key_limit_writes(session: AsyncSession, user_id: str) -> None:
+    """Make the user's concurrent key-limit writes wait for each other (so a count followed by
+    an insert is one step): a transaction-scoped advisory lock on PostgreSQL, taken before any
+    row lock (no gateway statement takes it, so it closes no cycle); SQLite's `BEGIN
+    IMMEDIATE` already runs one writer at a time."""
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(
+            select(func.pg_advisory_xact_lock(func.hashtextextended(f"key_limits:{user_id}", 0)))
+        )
+
+
+async def count_key_limits(session: AsyncSession, user_id: str, set_by: str) -> int:
+    """How many API-key limits of the user `set_by` wrote."""
+    return (
+        await session.execute(
+            select(func.count()).where(
+                SpendLimit.user_id == user_id,
+                SpendLimit.set_by == set_by,
+                SpendLimit.scope.like(f"{KEY_SCOPE_PREFIX}%"),
+            )
+        )
+    ).scalar_one()
 
 
 async def add_limit(

@@ -11,7 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth import AdminUser, CurrentUser
 from app.db import SessionDep
-from app.errors import NotFound, SpendLimitSetByOperator
+from app.deps import SettingsDep
+from app.errors import NotFound, SpendLimitSetByOperator, TooManySpendLimits
 from app.limits import service
 from app.limits.schemas import ApiKeyIdPath, SpendLimitIn, SpendLimitOut
 from app.models.limits import ACCOUNT_SCOPE, key_scope
@@ -34,6 +35,7 @@ KeyId = Annotated[ApiKeyIdPath, Path(description="The gateway's id of the API ke
 UserId = Annotated[CleanStr, Path(min_length=1, max_length=255, pattern=r"^\S+$")]
 _GONE = problem_responses(NotFound)
 _MY_SET = problem_responses(SpendLimitSetByOperator)
+_MY_KEY_SET = problem_responses(SpendLimitSetByOperator, TooManySpendLimits)
 _MY_GONE = problem_responses(NotFound, SpendLimitSetByOperator)
 
 
@@ -55,7 +57,7 @@ async def list_my_spend_limits(
 
 @router.put("/account", summary="Set my account's spend limit", responses=_MY_SET)
 async def set_my_account_limit(
-    body: SpendLimitIn, user: CurrentUser, session: SessionDep, now: Now
+    body: SpendLimitIn, user: CurrentUser, session: SessionDep, now: Now, settings: SettingsDep
 ) -> SpendLimitOut:
     """Cap what the whole account may spend per window; usage and holds beyond it get 402
     `spend_limit_exceeded`. This is the caller's own limit: an operator's limit on the account
@@ -67,6 +69,7 @@ async def set_my_account_limit(
         ACCOUNT_SCOPE,
         body,
         now,
+        max_key_limits=settings.max_key_limits_per_user,
     )
 
 
@@ -80,23 +83,26 @@ async def remove_my_account_limit(user: CurrentUser, session: SessionDep) -> Res
     return Response(status_code=204)
 
 
-@router.put("/keys/{api_key_id}", summary="Set an API key's spend limit", responses=_MY_SET)
+@router.put("/keys/{api_key_id}", summary="Set an API key's spend limit", responses=_MY_KEY_SET)
 async def set_my_key_limit(
     api_key_id: KeyId,
     body: SpendLimitIn,
     user: CurrentUser,
     session: SessionDep,
     now: Now,
+    settings: SettingsDep,
 ) -> SpendLimitOut:
     """Cap what one of the caller's API keys may spend per window (the account's limit still
     applies). The caller's own limit: an operator's on the key still applies beside it (409
-    `spend_limit_set_by_operator` for one the operator's already implies)."""
+    `spend_limit_set_by_operator` for one the operator's already implies). A new one past
+    `BILLING_MAX_KEY_LIMITS_PER_USER` key limits is a 409 `too_many_spend_limits`."""
     return await service.set_limit(
         session,
         user.user_id,
         key_scope(api_key_id),
         body,
         now,
+        max_key_limits=settings.max_key_limits_per_user,
     )
 
 

@@ -15,11 +15,11 @@ from typing import cast
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.service import record_admin_action
-from app.errors import NotFound, SpendLimitSetByOperator, ValidationFailed
+from app.errors import NotFound, SpendLimitSetByOperator, TooManySpendLimits, ValidationFailed
 from app.limits import repository
 from app.limits.periods import window_end, window_start
 from app.limits.schemas import Period, SetBy, SpendLimitIn, SpendLimitOut
-from app.models.limits import SET_BY_OPERATOR, SET_BY_USER, SpendLimit
+from app.models.limits import KEY_SCOPE_PREFIX, SET_BY_OPERATOR, SET_BY_USER, SpendLimit
 from app.money import format_amount, format_balance, parse_amount
 from app.pagination import decode_cursor, encode_cursor
 from app.schemas import Page
@@ -89,11 +89,16 @@ async def _write_limit(
     now: datetime,
     *,
     operator_id: str | None,
+    max_key_limits: int | None = None,
 ) -> SpendLimitOut:
     """Create or change the limit on `scope` that the operator `operator_id` (None: the user)
     sets; the other setter's limit on the scope is left alone."""
     limit_micros = _limit_micros(body)
     set_by = SET_BY_USER if operator_id is None else SET_BY_OPERATOR
+    capped = max_key_limits is not None and scope.startswith(KEY_SCOPE_PREFIX)
+    if capped:
+        # Before any row lock: a user's key-limit writes count and insert one at a time.
+        await repository.serialize_key_limit_writes(session, user_id)
     operators, own = _split(await repository.lock_limits(session, user_id, scope))
     row = operators if operator_id is not None else own
     if (
@@ -109,6 +114,14 @@ async def _write_limit(
         )
     created = False
     if row is None:
+        if capped:
+            assert max_key_limits is not None
+            if await repository.count_key_limits(session, user_id, set_by) >= max_key_limits:
+                raise TooManySpendLimits(
+                    f"You have {max_key_limits} API-key spend limits already; change or remove "
+                    "one of them first.",
+                    max_key_limits=max_key_limits,
+                )
         created = await repository.add_limit(
             session,
             user_id=user_id,
@@ -144,11 +157,15 @@ async def set_limit(
     scope: str,
     body: SpendLimitIn,
     now: datetime,
+    *,
+    max_key_limits: int,
 ) -> SpendLimitOut:
-    """The user creates or changes their own limit on `scope`; 409
-    `spend_limit_set_by_operator` when an operator's limit on the scope already implies it.
-    Audited."""
-    out = await _write_limit(session, user_id, scope, body, now, operator_id=None)
+    """The user creates or changes their own limit on `scope` (at most `max_key_limits` on API
+    keys); 409 `spend_limit_set_by_operator` when an operator's limit on the scope already
+    implies it. Audited."""
+    out = await _write_limit(
+        session, user_id, scope, body, now, operator_id=None, max_key_limits=max_key_limits
+    )
     await _audit_set(session, user_id, user_id, scope, out)
     return out
 

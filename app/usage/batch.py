@@ -49,6 +49,12 @@ class BatchPlan:
     """The spend-limit counters the batch moved, as they end up, by limit id."""
 
 
+def limit_scopes(debits: Iterable[UsageDebit]) -> list[tuple[str, str]]:
+    """The (user id, scope) pairs whose spend limits `debits` are subject to, in lock order:
+    each user's account, and the API keys the debits name (not the user's other keys)."""
+    return sorted({(d.user_id, scope) for d in debits for scope in scopes(d.api_key_id)})
+
+
 def plan_batch(
     debits: Sequence[UsageDebit],
     wallets: Mapping[str, WalletRow],

@@ -51,7 +51,7 @@ from app.limits.rules import tightest_remaining as _tightest
 from app.metrics import LEDGER_MICROS, LEDGER_TRANSACTIONS
 from app.models.base import utcnow
 from app.models.ledger import system_account_id
-from app.usage.batch import ExistingDebit, plan_batch
+from app.usage.batch import ExistingDebit, limit_scopes, plan_batch
 from app.usage.store import (
     USAGE_DESCRIPTION,
     USAGE_KIND,
@@ -409,10 +409,12 @@ WHERE user_id = ANY($1::text[]) ORDER BY user_id FOR UPDATE
 """
 
 # The batch's spend limits, locked before its wallets (as every writer takes them), in
-# (user, scope, set_by) order.
+# (user, scope, set_by) order: only the (user, scope) pairs its debits are subject to (each
+# user's account, the keys the batch names), never a user's other keys' limits.
 _LOCK_LIMITS = """
 SELECT id, user_id, scope, period, limit_micros, window_start, spent_micros FROM spend_limits
-WHERE user_id = ANY($1::text[]) ORDER BY user_id, scope, set_by FOR UPDATE
+WHERE (user_id, scope) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+ORDER BY user_id, scope, set_by FOR UPDATE
 """
 
 _EXISTING_REFERENCES = """
@@ -623,8 +625,12 @@ class PostgresUsageStore:
         transaction_ids = iter([new_id("txn") for _ in debits])
         now = self.clock()
         async with self._pool.acquire() as conn, conn.transaction():
+            pairs = limit_scopes(debits)
             counters = [
-                (row[1], Counter(row[0], *row[2:])) for row in await conn.fetch(_LOCK_LIMITS, users)
+                (row[1], Counter(row[0], *row[2:]))
+                for row in await conn.fetch(
+                    _LOCK_LIMITS, [p[0] for p in pairs], [p[1] for p in pairs]
+                )
             ]
             wallets = {
                 row[1]: WalletRow(row[0], row[1], row[2], row[3])
