@@ -112,6 +112,8 @@ class Settings(BaseSettings):
         ]
     )
     max_pending_orders: int = Field(default=5, ge=1, le=100)
+    max_key_limits_per_user: int = Field(default=100, ge=1, le=10_000)
+    """API-key spend limits a user may set themselves (operators' limits do not count)."""
     checkout_ttl_minutes: int = Field(default=30, ge=30, le=1440)
     refund_window_days: int = Field(default=30, ge=0, le=365)
     refund_auto_approve_max: Decimal = Decimal("0")

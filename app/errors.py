@@ -14,6 +14,8 @@ Every error a client can see is a `BillingError` carrying its HTTP status and a 
     │   ├── OrderNotCancelable .............. order_not_cancelable
     │   ├── RefundNotEligible ............... refund_not_eligible
     │   ├── InvalidStateTransition .......... invalid_state
+    │   ├── SpendLimitSetByOperator ......... spend_limit_set_by_operator
+    │   ├── TooManySpendLimits .............. too_many_spend_limits
     │   └── EventInProgress ................. event_in_progress
     ├── PaymentRequired (402)
     │   ├── InsufficientBalance ............. insufficient_balance
@@ -148,6 +150,20 @@ class RefundNotEligible(Conflict, code="refund_not_eligible", title="Refund not 
 
 class InvalidStateTransition(Conflict, code="invalid_state", title="Invalid state"):
     """The object is not in a state that allows this."""
+
+
+class SpendLimitSetByOperator(
+    Conflict, code="spend_limit_set_by_operator", title="Spend limit set by an operator"
+):
+    """An operator's limit applies to this scope: the user cannot remove it, and their own limit
+    on the scope must be stricter than it in some window (one the operator's already implies
+    would only look like loosening it). The problem carries `scope`, `limit` and `period` of
+    the operator's limit."""
+
+
+class TooManySpendLimits(Conflict, code="too_many_spend_limits", title="Too many spend limits"):
+    """The user has as many API-key limits of their own as allowed
+    (`BILLING_MAX_KEY_LIMITS_PER_USER`); change or remove one instead."""
 
 
 class EventInProgress(

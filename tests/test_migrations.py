@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -102,3 +104,104 @@ async def test_existing_service_tokens_keep_every_scope(tmp_path: Any) -> None:
                 await conn.execution_options(isolation_level="AUTOCOMMIT")
                 await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         await admin.dispose()
+
+
+async def _at_revision(engine: Any, revision: str) -> None:
+    from alembic import command
+
+    from app.migrate import alembic_config
+
+    def _go(connection: Any) -> None:
+        config = alembic_config()
+        config.attributes["connection"] = connection
+        if revision.startswith("-"):
+            command.downgrade(config, revision[1:])
+        else:
+            command.upgrade(config, revision)
+
+    async with engine.begin() as connection:
+        await connection.run_sync(_go)
+
+
+async def test_0016_makes_a_limit_the_operators_when_the_audit_log_says_an_operator_set_it_last(
+    tmp_path: Any,
+) -> None:
+    from tests.conftest import BACKEND, JWT_SECRET
+
+    admin = None
+    if BACKEND == "postgres":
+        name = f"billing_0016_{secrets.token_hex(4)}"
+        admin = create_engine(Settings(environment="test", database_url=PG_ADMIN_URL))
+        async with admin.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.execute(text(f'CREATE DATABASE "{name}"'))
+        url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    else:
+        url = f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"
+    engine = create_engine(Settings(environment="test", database_url=url, jwt_secret=JWT_SECRET))
+    try:
+        await _at_revision(engine, "0013")
+        limit = (
+            "INSERT INTO spend_limits (id, user_id, scope, limit_micros, period, window_start, "
+            "spent_micros, created_at, updated_at) VALUES (:id, :user, :scope, 5000000, 'day', "
+            ":t, 0, :t, :t)"
+        )
+        audit = (
+            "INSERT INTO audit_log (id, actor_user_id, action, subject_type, subject_id, "
+            "details, created_at) VALUES (:id, :actor, :action, 'spend_limit', :user, "
+            ":details, :t)"
+        )
+        t0, t1, t2 = (datetime(2026, 11, day, 10, tzinfo=UTC) for day in (1, 2, 3))
+        if BACKEND != "postgres":
+            t0, t1, t2 = (t.replace(tzinfo=None) for t in (t0, t1, t2))
+        async with engine.begin() as conn:
+            for id_, user, scope, at in [
+                ("lim_ops", "ann", "account", t0),  # set by an operator after it was created
+                ("lim_own", "ann", "key:k1", t0),  # never touched by an operator
+                ("lim_gone", "bob", "account", t0),  # an operator's, removed: this is the user's
+                ("lim_again", "cat", "account", t2),  # an operator's, then the user's again
+            ]:
+                await conn.execute(text(limit), {"id": id_, "user": user, "scope": scope, "t": at})
+            for id_, actor, action, user, scope, at in [
+                ("aud_1", "op-1", "spend_limit_set", "ann", "account", t0),
+                ("aud_2", "op-2", "spend_limit_set", "ann", "account", t1),
+                ("aud_3", "op-1", "spend_limit_set", "ann", "key:k2", t1),
+                ("aud_4", "op-1", "spend_limit_set", "bob", "account", t0),
+                ("aud_5", "op-1", "spend_limit_removed", "bob", "account", t1),
+                ("aud_6", "op-1", "spend_limit_set", "cat", "account", t1),
+            ]:
+                details = json.dumps({"scope": scope})
+                await conn.execute(
+                    text(audit),
+                    {
+                        "id": id_,
+                        "actor": actor,
+                        "action": action,
+                        "user": user,
+                        "details": details,
+                        "t": at,
+                    },
+                )
+        await _at_revision(engine, "head")
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(text("SELECT id, set_by, set_by_operator FROM spend_limits"))
+            ).all()
+        assert sorted(tuple(r) for r in rows) == [
+            ("lim_again", "user", None),
+            ("lim_gone", "user", None),
+            ("lim_ops", "operator", "op-2"),
+            ("lim_own", "user", None),
+        ]
+        # And back: one row per scope again.
+        await _at_revision(engine, "-0013")
+        async with engine.connect() as conn:
+            count = (await conn.execute(text("SELECT count(*) FROM spend_limits"))).scalar()
+        assert count == 4
+    finally:
+        await engine.dispose()
+        if admin is not None:
+            async with admin.connect() as conn:
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+                await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            await admin.dispose()

@@ -53,7 +53,7 @@ from app.limits.rules import tightest_remaining as _tightest
 from app.metrics import LEDGER_MICROS, LEDGER_TRANSACTIONS
 from app.models.base import utcnow
 from app.models.ledger import system_account_id
-from app.usage.batch import ExistingDebit, plan_batch
+from app.usage.batch import ExistingDebit, limit_scopes, plan_batch
 from app.usage.store import (
     USAGE_DESCRIPTION,
     USAGE_KIND,
@@ -158,22 +158,23 @@ def _limit_ctes(user: str, key: str, amount: str) -> str:
     (locked), `counters` (each one's current window, from the windows `$9`-`$11`) and
     `refused` (the first limit `amount` would take past it)."""
     return f"""limits AS (
-    -- The limits the amount is subject to (its account's, its key's); none for most users.
-    SELECT id, scope, period, limit_micros, window_start, spent_micros FROM spend_limits
+    -- The limits the amount is subject to (its account's, its key's; on each an operator's
+    -- and the user's own); none for most users.
+    SELECT id, scope, set_by, period, limit_micros, window_start, spent_micros FROM spend_limits
     WHERE user_id = {user} AND scope IN ('account', 'key:' || {key})
       AND NOT EXISTS (SELECT 1 FROM existing)
-    ORDER BY scope FOR UPDATE
+    ORDER BY scope, set_by FOR UPDATE
 ), counters AS (
     -- Each limit's current window and what it has spent: zero when the counter counts an
     -- earlier window; a counter already in a later one (a slower clock) is never moved back.
-    SELECT l.id, l.scope, l.period, l.limit_micros,
+    SELECT l.id, l.scope, l.set_by, l.period, l.limit_micros,
            greatest(l.window_start, w.current_window) AS current_window,
            CASE WHEN l.window_start >= w.current_window THEN l.spent_micros ELSE 0 END AS spent
     FROM limits l,
          LATERAL (SELECT {_current_window("l.period", "$9", "$10", "$11")} AS current_window) w
 ), refused AS (
     -- The first limit the amount would take past its limit: it is refused, nothing is written.
-    SELECT * FROM counters WHERE spent + {amount} > limit_micros ORDER BY scope LIMIT 1
+    SELECT * FROM counters WHERE spent + {amount} > limit_micros ORDER BY scope, set_by LIMIT 1
 )"""
 
 
@@ -316,7 +317,7 @@ limits AS (
     SELECT s.id, s.period, s.limit_micros, s.window_start, s.spent_micros
     FROM spend_limits s, hold h
     WHERE s.user_id = h.user_id AND s.scope IN ('account', 'key:' || h.api_key_id)
-    ORDER BY s.scope FOR UPDATE OF s
+    ORDER BY s.scope, s.set_by FOR UPDATE OF s
 ), settled AS (
     UPDATE spend_limits s SET spent_micros = s.spent_micros + {delta}
     FROM limits l, hold h
@@ -419,10 +420,12 @@ WHERE user_id = ANY($1::text[]) ORDER BY user_id FOR UPDATE
 """
 
 # The batch's spend limits, locked before its wallets (as every writer takes them), in
-# (user, scope) order.
+# (user, scope, set_by) order: only the (user, scope) pairs its debits are subject to (each
+# user's account, the keys the batch names), never a user's other keys' limits.
 _LOCK_LIMITS = """
 SELECT id, user_id, scope, period, limit_micros, window_start, spent_micros FROM spend_limits
-WHERE user_id = ANY($1::text[]) ORDER BY user_id, scope FOR UPDATE
+WHERE (user_id, scope) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+ORDER BY user_id, scope, set_by FOR UPDATE
 """
 
 _EXISTING_REFERENCES = """
@@ -639,10 +642,13 @@ class PostgresUsageStore:
         transaction_ids = iter([new_id("txn") for _ in debits])
         now = self.clock()
         async with self._pool.acquire() as conn, conn.transaction():
-            counters = {
-                (row[1], row[2]): Counter(row[0], *row[2:])
-                for row in await conn.fetch(_LOCK_LIMITS, users)
-            }
+            pairs = limit_scopes(debits)
+            counters = [
+                (row[1], Counter(row[0], *row[2:]))
+                for row in await conn.fetch(
+                    _LOCK_LIMITS, [p[0] for p in pairs], [p[1] for p in pairs]
+                )
+            ]
             wallets = {
                 row[1]: WalletRow(row[0], row[1], row[2], row[3])
                 for row in await conn.fetch(_LOCK_WALLETS, users)
