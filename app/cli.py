@@ -81,15 +81,21 @@ async def _service_token(args: argparse.Namespace, settings: Settings) -> int:
     try:
         async with session_scope(create_session_maker(engine)) as session:
             if args.action == "create":
-                row, token = await service_tokens.create_service_token(session, args.name)
+                row, token = await service_tokens.create_service_token(
+                    session, args.name, args.scopes or service_tokens.SCOPES
+                )
                 print(
-                    f"created {row.id} ({row.name}); the token is shown only now:", file=sys.stderr
+                    f"created {row.id} ({row.name}, scopes: {row.scopes}); "
+                    "the token is shown only now:",
+                    file=sys.stderr,
                 )
                 print(token)
             elif args.action == "list":
                 for row in await service_tokens.list_service_tokens(session):
                     state = f"revoked {row.revoked_at.isoformat()}" if row.revoked_at else "active"
-                    print(f"{row.id}\t{row.name}\t{row.created_at.isoformat()}\t{state}")
+                    print(
+                        f"{row.id}\t{row.name}\t{row.scopes}\t{row.created_at.isoformat()}\t{state}"
+                    )
             else:
                 if not await service_tokens.revoke_service_token(session, args.token_id):
                     print(f"no active service token {args.token_id}", file=sys.stderr)
@@ -207,6 +213,8 @@ COMMANDS: dict[str, Command] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from app.auth.service_tokens import SCOPES
+
     parser = argparse.ArgumentParser(prog="torouter-billing", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -231,6 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
     svc_sub = svc.add_subparsers(dest="action", required=True)
     create = svc_sub.add_parser("create")
     create.add_argument("name")
+    create.add_argument(
+        "--scope",
+        dest="scopes",
+        action="append",
+        choices=SCOPES,
+        help="what the token may call (repeatable): usage (debits, batches), holds (reserve, "
+        "capture, release), balance:read; default: all three",
+    )
     svc_sub.add_parser("list")
     revoke = svc_sub.add_parser("revoke")
     revoke.add_argument("token_id")
@@ -248,22 +264,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def refusals(exc: ValidationError) -> list[str]:
+    """One line per refused setting, quoting no value (`Settings` hides the input)."""
+    lines = []
+    for error in exc.errors():
+        message = error["msg"].removeprefix("Value error, ")
+        if error["loc"]:
+            message = f"BILLING_{str(error['loc'][0]).upper()}: {message}"
+        lines.append(" ".join(message.split()))
+    return lines
+
+
 SETTINGS_FREE = {"openapi"}
 """Commands that work without the environment's settings (and so without production secrets)."""
 
 
 def settings_refusal(exc: ValidationError) -> str:
-    """One line per unusable setting, named as in the environment (never echoing its value,
-    which may be a secret), and the hint about the environment when that may be the cause."""
-    lines = []
-    for error in exc.errors():
-        name = "_".join(str(part) for part in error["loc"]).upper()
-        message = str(error["msg"]).removeprefix("Value error, ")
-        where = f"BILLING_{name}: " if name else ""
-        lines.append(f"torouter-billing: {where}{message}")
+    """What `main` prints when the settings are refused: `refusals()`, and the hint about the
+    environment unless only the database URL was refused."""
+    lines = [f"torouter-billing: refused to start: {line}" for line in refusals(exc)]
     if any(error["loc"] != ("database_url",) for error in exc.errors()):
         lines.append(
-            "torouter-billing: BILLING_ENVIRONMENT defaults to production; "
+            "BILLING_ENVIRONMENT defaults to production; "
             "set BILLING_ENVIRONMENT=local for development."
         )
     return "\n".join(lines)

@@ -18,6 +18,7 @@ _PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "changethis", "de
 Environment = Literal["local", "test", "production"]
 
 DATABASE_URL_EXPECTED = "postgresql+asyncpg://user:password@host:5432/dbname"
+_TEST_KEY_PREFIXES = ("sk_test_", "rk_test_")
 
 LOCAL_JWT_SECRET = "local-development-only-jwt-secret-never-in-production"
 
@@ -52,12 +53,17 @@ class Settings(BaseSettings):
     """Every knob of the service; the README's configuration table lists them."""
 
     model_config = SettingsConfigDict(
-        env_prefix="BILLING_", env_file=".env", extra="ignore", validate_default=True
+        env_prefix="BILLING_",
+        env_file=".env",
+        extra="ignore",
+        validate_default=True,
+        # A refusal must not quote the input: it is every BILLING_* value, secrets included.
+        hide_input_in_errors=True,
     )
 
     # Production unless said otherwise: a deploy that forgets this variable gets every check.
     environment: Environment = "production"
-    database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/billing"
+    database_url: SecretStr = SecretStr("postgresql+asyncpg://postgres@127.0.0.1:5432/billing")
     """PostgreSQL, the only engine (asyncpg; `postgresql://` is read as `postgresql+asyncpg://`).
     Required in production; `make run` and the tests start an embedded server when unset."""
     database_pool_size: int = Field(default=10, ge=1, le=200)
@@ -65,6 +71,10 @@ class Settings(BaseSettings):
     """How long a portal request waits for a pooled connection before it is answered 503
     `service_unavailable` with `Retry-After`."""
     database_echo: bool = False
+    portal_statement_timeout_ms: int = Field(default=15_000, ge=0, le=3_600_000)
+    """PostgreSQL's `statement_timeout` on the service's ORM connections (the portal, operators,
+    jobs; not the gateway's pool, nor migrations and the CLI): a query running longer is
+    cancelled and answered 503 `service_unavailable` with `Retry-After`. 0: no timeout."""
 
     # Portal users' JWTs: HS256 with a shared secret, or RS256/ES256 from a JWKS URL.
     jwt_secret: SecretStr | None = None
@@ -80,6 +90,9 @@ class Settings(BaseSettings):
 
     # Stripe.
     stripe_secret_key: SecretStr | None = None
+    allow_test_keys: bool = False
+    """Production refuses a test-mode Stripe secret key (`sk_test_…`, `rk_test_…`) unless this is
+    true (a staging deploy, `make bench`)."""
     stripe_publishable_key: str | None = None
     stripe_webhook_secret: SecretStr | None = None
     stripe_api_base: str | None = None
@@ -102,6 +115,8 @@ class Settings(BaseSettings):
         ]
     )
     max_pending_orders: int = Field(default=5, ge=1, le=100)
+    max_key_limits_per_user: int = Field(default=100, ge=1, le=10_000)
+    """API-key spend limits a user may set themselves (operators' limits do not count)."""
     checkout_ttl_minutes: int = Field(default=30, ge=30, le=1440)
     refund_window_days: int = Field(default=30, ge=0, le=365)
     refund_auto_approve_max: Decimal = Decimal("0")
@@ -110,18 +125,25 @@ class Settings(BaseSettings):
     hold_max_ttl_seconds: int = Field(default=3600, ge=1, le=3600)
     hold_default_ttl_seconds: int = Field(default=600, ge=1, le=3600)
     max_amount_micros: int = Field(default=1_000_000_000_000, ge=1)
+    capture_max_hold_multiple: float = Field(default=2.0, ge=1.0, le=1000.0)
+    """A capture may charge at most this multiple of its hold's amount (422
+    `capture_exceeds_hold` past it, nothing applied): a leaked service token cannot drive a
+    wallet far below zero through captures of small holds."""
 
     # Per-user rate limits on the portal's routes (`limits` notation: "10/minute;60/hour"),
     # kept in process memory or, for several instances, in a shared storage such as
     # "redis://host:6379" (see the README). The gateway's routes have none.
     rate_limit_enabled: bool = True
-    rate_limit_storage_uri: str = "memory://"
+    rate_limit_storage_uri: SecretStr = SecretStr("memory://")
     rate_limit_purchase: str = "10/minute;60/hour"
     rate_limit_resume: str = "30/minute"
     rate_limit_cancel: str = "30/minute"
     rate_limit_sync: str = "20/minute;200/hour"
     rate_limit_payment_result: str = "60/minute"
     rate_limit_refund_request: str = "5/minute;20/day"
+    rate_limit_usage_report: str = "30/minute;300/hour"
+    """The usage summary and CSV export (the user's and operators'), per user: each reads up to
+    400 days of usage records."""
     # Daily caps per user, counted in the database over the last 24 hours: orders (each makes
     # one Stripe object, whether it is later paid, canceled or not), and declined payment
     # attempts (card testing).
@@ -152,7 +174,7 @@ class Settings(BaseSettings):
 
     # Notifications (issue 12): email over SMTP and signed webhooks, sent by the
     # `notifications` job from the outbox; a channel without its setting is skipped.
-    smtp_url: str | None = None
+    smtp_url: SecretStr | None = None
     """`smtp://[user:password@]host:port` (STARTTLS when offered) or `smtps://…` (TLS)."""
     smtp_from: str = "ToRouter Billing <billing@localhost>"
     smtp_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
@@ -202,6 +224,7 @@ class Settings(BaseSettings):
         "rate_limit_sync",
         "rate_limit_payment_result",
         "rate_limit_refund_request",
+        "rate_limit_usage_report",
     )
     @classmethod
     def _rate_limit(cls, value: str) -> str:
@@ -215,21 +238,22 @@ class Settings(BaseSettings):
 
     @field_validator("database_url")
     @classmethod
-    def _postgresql_only(cls, value: str) -> str:
-        scheme = value.partition("://")[0] if "://" in value else ""
+    def _postgresql_only(cls, value: SecretStr) -> SecretStr:
+        url = value.get_secret_value()
+        scheme = url.partition("://")[0] if "://" in url else ""
         if scheme not in ("postgresql", "postgres", "postgresql+asyncpg"):
             got = f"a {scheme}:// URL" if scheme else "no URL scheme"
             raise ValueError(
                 f"PostgreSQL is the only engine: expected {DATABASE_URL_EXPECTED}, got {got}"
             )
-        return "postgresql+asyncpg://" + value.partition("://")[2]
+        return SecretStr("postgresql+asyncpg://" + url.partition("://")[2])
 
     @field_validator("smtp_url")
     @classmethod
-    def _smtp_url(cls, value: str | None) -> str | None:
+    def _smtp_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None:
             return None
-        parts = urlsplit(value)
+        parts = urlsplit(value.get_secret_value())
         if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
             raise ValueError("must be smtp://host:port or smtps://host:port")
         return value
@@ -284,6 +308,23 @@ class Settings(BaseSettings):
             raise ValueError("BILLING_JWT_JWKS_URL must be https (or a loopback address)")
         if self.notify_webhook_url is not None and not _https_or_loopback(self.notify_webhook_url):
             raise ValueError("BILLING_NOTIFY_WEBHOOK_URL must be https (or a loopback address)")
+        if (
+            self.stripe_secret_key is not None
+            and self.stripe_secret_key.get_secret_value().startswith(_TEST_KEY_PREFIXES)
+            and not self.allow_test_keys
+        ):
+            raise ValueError(
+                "BILLING_STRIPE_SECRET_KEY is a test-mode key; production takes a live key "
+                "(BILLING_ALLOW_TEST_KEYS=true for a deploy meant to take no real money)"
+            )
+        # Neither a shared secret nor a JWKS binds a token to this service: an identity
+        # provider's keys sign the tokens of all its applications (and tenants).
+        for name, value in (("ISSUER", self.jwt_issuer), ("AUDIENCE", self.jwt_audience)):
+            if value is None or not value.strip():
+                raise ValueError(
+                    f"BILLING_JWT_{name} is required in production (the `{name[:3].lower()}` "
+                    "claim the portal's tokens carry)"
+                )
 
     @property
     def stripe_configured(self) -> bool:

@@ -56,9 +56,16 @@ from sqlalchemy.orm import DeclarativeBase
 from app.config import Settings
 
 
-def create_engine(settings: Settings) -> AsyncEngine:
-    """An async engine on PostgreSQL through asyncpg."""
-    url = make_url(settings.database_url)
+def create_engine(settings: Settings, *, statement_timeout_ms: int = 0) -> AsyncEngine:
+    """An async engine on PostgreSQL through asyncpg.
+
+    `statement_timeout_ms` (0: none) cancels any statement of its connections that runs longer:
+    the service's engine passes `portal_statement_timeout_ms`, so a long report cannot hold a
+    pooled connection for long; migrations and the CLI's commands pass none."""
+    url = make_url(settings.database_url.get_secret_value())
+    server_settings = {"application_name": APPLICATION_NAME}
+    if statement_timeout_ms > 0:
+        server_settings["statement_timeout"] = str(statement_timeout_ms)
     return create_async_engine(
         url,
         echo=settings.database_echo,
@@ -68,7 +75,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         # backend) is replaced at checkout instead of failing the next request.
         pool_pre_ping=True,
         pool_timeout=settings.database_pool_timeout_seconds,
-        connect_args={"server_settings": {"application_name": APPLICATION_NAME}},
+        connect_args={"server_settings": server_settings},
     )
 
 
@@ -92,6 +99,25 @@ def is_database_outage(exc: BaseException) -> bool:
     return isinstance(exc, _OUTAGE_ERRORS) or _driver_outage(exc)
 
 
+def describe_database_error(exc: BaseException) -> dict[str, str]:
+    """What a log line may say about a database error: its class, the driver's class under it
+    and the SQLSTATE. Never its message: SQLAlchemy's quotes the statement with its parameters
+    (user ids, emails, amounts), and the server's may quote values too."""
+    fields = {"error": type(exc).__name__}
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen and len(seen) < 8:
+        seen.append(current)
+        sqlstate = getattr(current, "sqlstate", None)
+        if "sqlstate" not in fields and isinstance(sqlstate, str) and sqlstate.isalnum():
+            fields["sqlstate"] = sqlstate[:5]
+        orig = current.orig if isinstance(current, sa_exc.DBAPIError) else None
+        current = orig if orig is not None else current.__cause__
+    if len(seen) > 1:
+        fields["driver_error"] = type(seen[-1]).__name__
+    return fields
+
+
 def _driver_outage(exc: BaseException | None) -> bool:
     if exc is None:
         return False
@@ -112,6 +138,7 @@ _ASYNCPG_OUTAGES = frozenset(
         "InterfaceError",  # "connection is closed", "another operation is in progress"
         "InternalClientError",
         "OperatorInterventionError",  # 57xxx: admin shutdown, pg_terminate_backend, crash
+        "QueryCanceledError",  # 57014: past `portal_statement_timeout_ms` (or cancelled)
         "TooManyConnectionsError",
         "CannotConnectNowError",
     }

@@ -14,6 +14,8 @@ Every error a client can see is a `BillingError` carrying its HTTP status and a 
     │   ├── OrderNotCancelable .............. order_not_cancelable
     │   ├── RefundNotEligible ............... refund_not_eligible
     │   ├── InvalidStateTransition .......... invalid_state
+    │   ├── SpendLimitSetByOperator ......... spend_limit_set_by_operator
+    │   ├── TooManySpendLimits .............. too_many_spend_limits
     │   └── EventInProgress ................. event_in_progress
     ├── PaymentRequired (402)
     │   ├── InsufficientBalance ............. insufficient_balance
@@ -21,6 +23,7 @@ Every error a client can see is a `BillingError` carrying its HTTP status and a 
     │   └── PaymentDeclined ................. payment_declined
     ├── PayloadTooLarge (413) ............... payload_too_large
     ├── ValidationFailed (422) .............. validation_error
+    │   └── CaptureExceedsHold .............. capture_exceeds_hold
     ├── TooManyPendingOrders (429) .......... too_many_pending_orders
     ├── RateLimited (429) ................... rate_limited
     ├── ServiceUnavailable (503) ............ service_unavailable
@@ -48,7 +51,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.db import is_database_outage
+from app.db import describe_database_error, is_database_outage
 from app.request_context import current_request_id
 
 log = structlog.get_logger(__name__)
@@ -149,6 +152,20 @@ class InvalidStateTransition(Conflict, code="invalid_state", title="Invalid stat
     """The object is not in a state that allows this."""
 
 
+class SpendLimitSetByOperator(
+    Conflict, code="spend_limit_set_by_operator", title="Spend limit set by an operator"
+):
+    """An operator's limit applies to this scope: the user cannot remove it, and their own limit
+    on the scope must be stricter than it in some window (one the operator's already implies
+    would only look like loosening it). The problem carries `scope`, `limit` and `period` of
+    the operator's limit."""
+
+
+class TooManySpendLimits(Conflict, code="too_many_spend_limits", title="Too many spend limits"):
+    """The user has as many API-key limits of their own as allowed
+    (`BILLING_MAX_KEY_LIMITS_PER_USER`); change or remove one instead."""
+
+
 class EventInProgress(
     Conflict, code="event_in_progress", title="Event being applied", retry_after=30
 ):
@@ -185,6 +202,14 @@ class PayloadTooLarge(
 
 class ValidationFailed(BillingError, status=422, code="validation_error", title="Validation error"):
     """The request does not satisfy the schema or a business rule on its fields."""
+
+
+class CaptureExceedsHold(
+    ValidationFailed, code="capture_exceeds_hold", title="Capture exceeds its hold"
+):
+    """A capture larger than `BILLING_CAPTURE_MAX_HOLD_MULTIPLE` times its hold's amount; the
+    problem carries `hold_amount_micros` and `max_capture_micros`. Nothing was applied: the hold
+    stays active."""
 
 
 class TooManyPendingOrders(
@@ -342,7 +367,7 @@ def database_unavailable_response() -> JSONResponse:
 async def _database_error_handler(request: Request, exc: Exception) -> JSONResponse:
     if not is_database_outage(exc):
         raise exc  # a bug or a constraint: the middleware's 500, logged with its trace
-    log.warning("database_unavailable", path=request.url.path, error=repr(exc))
+    log.warning("database_unavailable", path=request.url.path, **describe_database_error(exc))
     return database_unavailable_response()
 
 

@@ -153,19 +153,27 @@ def create_app(settings: Settings | None = None) -> BillingApp:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(settings)
+        engine = create_engine(settings, statement_timeout_ms=settings.portal_statement_timeout_ms)
         maker = create_session_maker(engine)
         app.state.engine = engine
         app.state.session_maker = maker
         app.state.jwt_verifier = JwtVerifier(settings)
-        app.state.service_token_verifier = ServiceTokenVerifier(
-            maker, settings.service_token_cache_seconds, settings.service_token_cache_size
-        )
         app.state.stripe = StripeGateway(settings)
         app.state.rate_limiter = RateLimiter(settings)
         app.state.notifier = Notifier(settings)
         # The gateway's statements run on a pool of their own (`app/usage/repository.py`).
-        store = await UsageStore.open(settings.database_url, max_size=settings.database_pool_size)
+        store = await UsageStore.open(
+            settings.database_url.get_secret_value(), max_size=settings.database_pool_size
+        )
+        # The gateway's tokens are read on the gateway's own connections (its asyncpg pool), and
+        # kept fresh in the background.
+        tokens = ServiceTokenVerifier(
+            store.service_token,
+            settings.service_token_cache_seconds,
+            settings.service_token_cache_size,
+        )
+        tokens.start()
+        app.state.service_token_verifier = tokens
         # One clock for the gateway's spend-limit windows and the portal's (tests move it).
         store.clock = lambda: app.state.clock()
         app.state.usage_store = store
@@ -185,6 +193,7 @@ def create_app(settings: Settings | None = None) -> BillingApp:
             yield
         finally:
             await runner.stop()
+            await tokens.stop()
             await app.state.stripe.close()
             await app.state.notifier.close()
             await store.close()

@@ -7,6 +7,7 @@ import base64
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Generic, TypeVar, cast
 
 from fastapi import Depends, Query
@@ -20,6 +21,11 @@ MAX_LIMIT = 100
 _BIGINT = range(-(2**63), 2**63)
 """What a sort key's integer may be: it is compared with a BIGINT column."""
 _MAX_KEY_CHARS = 255
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_INSTANT_MICROS = range(0, (datetime.max.replace(tzinfo=UTC) - _EPOCH) // _MICROSECOND + 1)
+"""What an instant in a cursor may be (microseconds since 1970): a BIGINT can count far past
+9999-12-31, the last instant a `datetime` holds."""
 
 
 def _is_sort_key_part(value: Any) -> bool:
@@ -45,16 +51,31 @@ def decode_cursor(cursor: str, arity: int) -> list[Any]:
         padded = cursor + "=" * (-len(cursor) % 4)
         key = json.loads(base64.urlsafe_b64decode(padded.encode()))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ValidationFailed(
-            "The cursor is not valid.",
-            errors=[{"field": "cursor", "message": "not a cursor returned by this API"}],
-        ) from exc
+        raise _invalid_cursor() from exc
     if not isinstance(key, list) or len(key) != arity or not all(map(_is_sort_key_part, key)):
-        raise ValidationFailed(
-            "The cursor is not valid.",
-            errors=[{"field": "cursor", "message": "not a cursor returned by this API"}],
-        )
+        raise _invalid_cursor()
     return key
+
+
+def _invalid_cursor() -> ValidationFailed:
+    return ValidationFailed(
+        "The cursor is not valid.",
+        errors=[{"field": "cursor", "message": "not a cursor returned by this API"}],
+    )
+
+
+def encode_instant_cursor(at: datetime, row_id: str) -> str:
+    """A cursor that resumes after the row sorted by (`at`, `row_id`)."""
+    return encode_cursor((at - _EPOCH) // _MICROSECOND, row_id)
+
+
+def decode_instant_cursor(cursor: str) -> tuple[datetime, str]:
+    """The (instant, id) inside an `encode_instant_cursor` cursor; 422 naming `cursor` for
+    anything else, including an instant no `datetime` can hold."""
+    micros, row_id = decode_cursor(cursor, 2)
+    if type(micros) is not int or micros not in _INSTANT_MICROS or not isinstance(row_id, str):
+        raise _invalid_cursor()
+    return _EPOCH + micros * _MICROSECOND, row_id
 
 
 T = TypeVar("T")

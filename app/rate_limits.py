@@ -1,6 +1,7 @@
 """Per-user rate limits on the portal's routes, built on the `limits` library.
 
-Each scope (`purchase`, `resume`, `cancel`, `sync`, `payment_result`, `refund_request`) has one
+Each scope (`purchase`, `resume`, `cancel`, `sync`, `payment_result`, `refund_request`,
+`usage_report`) has one
 or more moving windows from the settings (`BILLING_RATE_LIMIT_<SCOPE>`, e.g. `10/minute;60/hour`),
 counted per user: a request over any of them is a 429 `rate_limited` with `Retry-After`. The
 windows live in `BILLING_RATE_LIMIT_STORAGE_URI`: process memory by default (right for one
@@ -30,7 +31,9 @@ from app.errors import RateLimited
 from app.metrics import observe_rate_limited
 from app.openapi import mark_rate_limited
 
-Scope = Literal["purchase", "resume", "cancel", "sync", "payment_result", "refund_request"]
+Scope = Literal[
+    "purchase", "resume", "cancel", "sync", "payment_result", "refund_request", "usage_report"
+]
 
 SCOPES: tuple[Scope, ...] = (
     "purchase",
@@ -39,6 +42,7 @@ SCOPES: tuple[Scope, ...] = (
     "sync",
     "payment_result",
     "refund_request",
+    "usage_report",
 )
 
 _WHAT: dict[Scope, str] = {
@@ -48,6 +52,7 @@ _WHAT: dict[Scope, str] = {
     "sync": "order syncs",
     "payment_result": "payment result checks",
     "refund_request": "refund requests",
+    "usage_report": "usage reports",
 }
 
 
@@ -60,7 +65,9 @@ class RateLimiter:
 
     def __init__(self, settings: Settings) -> None:
         self.enabled = settings.rate_limit_enabled
-        storage: Any = storage_from_string(_async_uri(settings.rate_limit_storage_uri))
+        storage: Any = storage_from_string(
+            _async_uri(settings.rate_limit_storage_uri.get_secret_value())
+        )
         self._strategy = MovingWindowRateLimiter(storage)
         self._rules: dict[Scope, list[RateLimitItem]] = {
             scope: parse_many(getattr(settings, f"rate_limit_{scope}")) for scope in SCOPES

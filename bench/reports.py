@@ -28,7 +28,7 @@ from decimal import Decimal
 import asyncpg
 import httpx
 
-from bench.run import ADMIN_DSN, JWT_SECRET, dsn, sqlalchemy_url
+from bench.run import ADMIN_DSN, JWT_AUDIENCE, JWT_ISSUER, JWT_SECRET, dsn, sqlalchemy_url
 from bench.server import RssSampler, Uvicorn, production_command
 
 USER = "user-big"
@@ -149,9 +149,17 @@ def stream_export(database: str) -> tuple[int, int, int, float]:
         "BILLING_ENVIRONMENT": "production",
         "BILLING_DATABASE_URL": sqlalchemy_url(dsn(database)),
         "BILLING_JWT_SECRET": JWT_SECRET,
+        "BILLING_JWT_ISSUER": JWT_ISSUER,
+        "BILLING_JWT_AUDIENCE": JWT_AUDIENCE,
         "BILLING_JOBS_ENABLED": "false",
     }
-    settings = Settings(_env_file=None, environment="test", jwt_secret=JWT_SECRET)  # type: ignore[call-arg]
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        environment="test",
+        jwt_secret=JWT_SECRET,
+        jwt_issuer=JWT_ISSUER,
+        jwt_audience=JWT_AUDIENCE,
+    )
     token = mint_token(settings, USER)
     with Uvicorn("service", production_command(), env, 1) as server:
         with httpx.Client(base_url=server.url, timeout=600) as http:

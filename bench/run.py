@@ -65,6 +65,9 @@ ADMIN_DSN = os.environ.get(
 WALLETS = 1000
 FUNDS_MICROS = 10**12
 JWT_SECRET = secrets.token_urlsafe(48)
+JWT_ISSUER = "https://id.bench.invalid/"
+JWT_AUDIENCE = "torouter-billing-bench"
+"""Production requires both (the service checks the tokens the harness mints carry them)."""
 WEBHOOK_SECRET = "whsec_" + secrets.token_hex(24)
 GROUPS = ("usage", "batch", "holds", "webhooks", "balance", "workers")
 
@@ -123,7 +126,12 @@ def app_settings(url: str) -> Any:
     from app.config import Settings
 
     return Settings(  # type: ignore[call-arg]
-        _env_file=None, environment="test", database_url=url, jwt_secret=JWT_SECRET
+        _env_file=None,
+        environment="test",
+        database_url=url,
+        jwt_secret=JWT_SECRET,
+        jwt_issuer=JWT_ISSUER,
+        jwt_audience=JWT_AUDIENCE,
     )
 
 
@@ -328,7 +336,12 @@ class Bench:
             "BILLING_ENVIRONMENT": self.environment,
             "BILLING_DATABASE_URL": self.url,
             "BILLING_JWT_SECRET": JWT_SECRET,
+            "BILLING_JWT_ISSUER": JWT_ISSUER,
+            "BILLING_JWT_AUDIENCE": JWT_AUDIENCE,
             "BILLING_JOBS_ENABLED": "false",
+            # The peer's key is a test-mode key (`sk_test_…`), which production refuses
+            # unless told this deploy takes no real money.
+            "BILLING_ALLOW_TEST_KEYS": "true",
             "BILLING_STRIPE_SECRET_KEY": PEER_API_KEY,
             "BILLING_STRIPE_PUBLISHABLE_KEY": PEER_PUBLISHABLE_KEY,
             "BILLING_STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,

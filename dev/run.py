@@ -62,7 +62,7 @@ def _run(port: str, database_line: str) -> int:
         os.environ.update(sandbox.environment())
         get_settings.cache_clear()
         settings = get_settings()
-        sandbox.write_state(settings.database_url)
+        sandbox.write_state(settings.database_url.get_secret_value())
 
     user = mint_token(settings, "demo-user", email="demo@example.com")
     admin = mint_token(settings, "demo-admin", email="admin@example.com", admin=True)

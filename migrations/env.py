@@ -42,7 +42,9 @@ def run_migrations_online() -> None:
 
 
 if context.is_offline_mode():
-    context.configure(url=get_settings().database_url, target_metadata=target_metadata)
+    context.configure(
+        url=get_settings().database_url.get_secret_value(), target_metadata=target_metadata
+    )
     with context.begin_transaction():
         context.run_migrations()
 else:

@@ -6,11 +6,14 @@ after every test."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from sqlalchemy import text
@@ -70,7 +73,7 @@ class Database:
         self.url = make_url(admin_url).set(database=self.name).render_as_string(False)
 
     async def create(self) -> None:
-        await self._admin(f'CREATE DATABASE "{self.name}"')
+        await self.admin(f'CREATE DATABASE "{self.name}"')
         engine = create_engine(self.settings(self.url))
         await upgrade_head(engine)
         await engine.dispose()
@@ -79,7 +82,8 @@ class Database:
     def settings(url: str) -> Settings:
         return Settings(environment="test", database_url=url, jwt_secret=JWT_SECRET)
 
-    async def _admin(self, statement: str) -> None:
+    async def admin(self, statement: str) -> None:
+        """Run `statement` (CREATE or DROP DATABASE) on the admin database."""
         admin = create_engine(self.settings(self.admin_url))
         try:
             async with admin.connect() as conn:
@@ -92,11 +96,13 @@ class Database:
         """Empty every table but the seeded system accounts and the alembic version."""
         tables = [t.name for t in Base.metadata.sorted_tables if t.name != "accounts"]
         async with engine.begin() as conn:
+            # The app's engine may carry a short `statement_timeout` (a test of it).
+            await conn.execute(text("SET LOCAL statement_timeout = 0"))
             await conn.execute(text(f"TRUNCATE {', '.join(tables)} CASCADE"))
             await conn.execute(text("DELETE FROM accounts WHERE kind = 'wallet'"))
 
     async def drop(self) -> None:
-        await self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        await self.admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
@@ -143,10 +149,26 @@ def settings(
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
+async def _started(settings: Settings, stack: AsyncExitStack) -> Any:
+    """The app after its lifespan started. A server shared with others (CI's, a developer's)
+    may be out of connections for a moment: starting waits for one, a few seconds at most."""
+    for attempt in range(10):
+        application = create_app(settings)
+        try:
+            await stack.enter_async_context(application.router.lifespan_context(application))
+        except asyncpg.TooManyConnectionsError:
+            if attempt == 9:
+                raise
+            await asyncio.sleep(0.5 * (attempt + 1))
+        else:
+            return application
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture
 async def app(settings: Settings, database: Database) -> AsyncIterator[Any]:
-    application = create_app(settings)
-    async with application.router.lifespan_context(application):
+    async with AsyncExitStack() as stack:
+        application = await _started(settings, stack)
         yield application
         # Every test leaves a sound ledger behind, whatever it did.
         async with session_scope(application.state.session_maker) as session:

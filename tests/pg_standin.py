@@ -10,7 +10,9 @@ from app.config import Settings
 
 def asyncpg_dsn(settings: Settings) -> str:
     """The test database's URL as asyncpg takes it."""
-    return settings.database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    return settings.database_url.get_secret_value().replace(
+        "postgresql+asyncpg://", "postgresql://", 1
+    )
 
 
 def create_wallets_sql(table: str) -> str:

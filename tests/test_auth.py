@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,10 +15,12 @@ from fastapi import APIRouter
 from app.auth import AdminUser, CurrentUser
 from app.auth.service_tokens import (
     ServiceTokenVerifier,
+    TokenRecord,
     list_service_tokens,
     revoke_service_token,
 )
 from app.db import session_scope
+from app.models.base import utcnow
 from tests.conftest import JWT_SECRET
 
 probe = APIRouter()
@@ -161,9 +164,10 @@ async def test_a_boolean_true_admin_claim_is_not_admin(
 
 
 async def test_the_service_token_cache_evicts_the_least_recently_used_entry(
-    session_maker: Any, gateway_token: str
+    app: Any, session_maker: Any, gateway_token: str
 ) -> None:
-    verifier = ServiceTokenVerifier(session_maker, cache_seconds=60, cache_size=3)
+    lookup = app.state.usage_store.service_token
+    verifier = ServiceTokenVerifier(lookup, cache_seconds=60, cache_size=3)
     assert await verifier.verify(gateway_token) is not None
     # A flood of made-up tokens while the gateway keeps calling.
     for n in range(50):
@@ -175,3 +179,35 @@ async def test_the_service_token_cache_evicts_the_least_recently_used_entry(
         assert await revoke_service_token(session, row.id)
     # Still cached (so it was never evicted): the revocation shows once the entry expires.
     assert await verifier.verify(gateway_token) is not None
+
+
+async def test_the_service_token_cache_is_refreshed_off_the_request_path() -> None:
+    """Once started, the verifier re-reads known tokens in the background: past the cache's
+    lifetime, requests still find them without a lookup of their own, and a revocation shows
+    within the lifetime."""
+    token = "svc_background"
+    record = TokenRecord("svt_1", "gw", "usage", None)
+    request_path_lookups = 0
+
+    async def lookup(digest: str) -> TokenRecord | None:
+        nonlocal request_path_lookups
+        if asyncio.current_task() is not verifier._refresher:
+            request_path_lookups += 1
+        await asyncio.sleep(0.01)
+        return record
+
+    verifier = ServiceTokenVerifier(lookup, cache_seconds=0.3)
+    verifier.start()
+    try:
+        assert await verifier.verify(token) is not None  # first sight: looked up
+        assert request_path_lookups == 1
+        deadline = asyncio.get_running_loop().time() + 1.5  # five lifetimes
+        while asyncio.get_running_loop().time() < deadline:
+            assert await verifier.verify(token) is not None
+            await asyncio.sleep(0.02)
+        assert request_path_lookups == 1
+        record = record._replace(revoked_at=utcnow())
+        await asyncio.sleep(0.35)
+        assert await verifier.verify(token) is None
+    finally:
+        await verifier.stop()

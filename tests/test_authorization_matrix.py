@@ -148,12 +148,18 @@ class World:
         return (await saved_card(self.maker, user_id=OWNER)).id
 
     async def api_key_id(self) -> str:
-        """An API key of the owner's with a spend limit on it."""
+        """An API key of the owner's with a spend limit of their own on it, and an operator's."""
         api_key_id = new_id("key")
         response = await self.client.put(
             f"/v1/spend-limits/keys/{api_key_id}",
             json={"limit": "5.00", "period": "day"},
             headers=self.headers["owner"],
+        )
+        assert response.status_code == 200, response.text
+        response = await self.client.put(
+            f"/v1/admin/users/{OWNER}/spend-limits/keys/{api_key_id}",
+            json={"limit": "9.00", "period": "week"},
+            headers=self.headers["admin"],
         )
         assert response.status_code == 200, response.text
         return api_key_id

@@ -26,7 +26,7 @@ def _adjustment(key: str, amount: int = 2_000_000) -> dict[str, Any]:
 
 
 async def _raw(app: Any) -> asyncpg.Connection:
-    url = make_url(app.state.settings.database_url).set(drivername="postgresql")
+    url = make_url(app.state.settings.database_url.get_secret_value()).set(drivername="postgresql")
     return await asyncpg.connect(url.render_as_string(hide_password=False))
 
 

@@ -18,7 +18,9 @@ probe = APIRouter()
 @probe.post("/probe/token/{token_hash}")
 async def add_token(token_hash: str, session: SessionDep) -> dict[str, str]:
     # No flush: the INSERT happens at commit, after the endpoint has returned.
-    session.add(ServiceToken(id=f"svt_{token_hash}", name="probe", token_hash=token_hash))
+    session.add(
+        ServiceToken(id=f"svt_{token_hash}", name="probe", token_hash=token_hash, scopes="usage")
+    )
     return {"status": "created"}
 
 

@@ -267,6 +267,45 @@ async def test_a_cursor_carrying_an_integer_above_2_63_is_422(
     assert response.json()["code"] == "validation_error"
 
 
+# The payment-methods cursor is (micros since 1970, id): micros within BIGINT but past
+# 9999-12-31 once overflowed the datetime conversion (a 500).
+@pytest.mark.parametrize(
+    "key",
+    [
+        [2**63 - 1, "pm_1"],
+        [253_402_300_800_000_000, "pm_1"],  # 10000-01-01T00:00:00Z
+        [-1, "pm_1"],
+        [-(2**63), "pm_1"],
+        [0, 1],
+        ["0", "pm_1"],
+        [True, "pm_1"],
+    ],
+)
+async def test_a_payment_methods_cursor_out_of_the_date_range_is_422_naming_the_cursor(
+    client: httpx.AsyncClient, user_headers: Headers, key: list[object]
+) -> None:
+    cursor = base64.urlsafe_b64encode(json.dumps(key).encode()).decode().rstrip("=")
+    response = await client.get(
+        "/v1/payment-methods", params={"cursor": cursor}, headers=user_headers("alice")
+    )
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "validation_error"
+    assert [e["field"] for e in response.json()["errors"]] == ["cursor"]
+
+
+async def test_a_payment_methods_cursor_at_the_last_representable_instant_is_a_page(
+    client: httpx.AsyncClient, user_headers: Headers
+) -> None:
+    key = [253_402_300_799_999_999, "pm_1"]  # 9999-12-31T23:59:59.999999Z
+    cursor = base64.urlsafe_b64encode(json.dumps(key).encode()).decode().rstrip("=")
+    response = await client.get(
+        "/v1/payment-methods", params={"cursor": cursor}, headers=user_headers("alice")
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == {"data": [], "next_cursor": None}
+
+
 async def test_a_jwt_email_over_320_characters_is_ignored(
     client: httpx.AsyncClient, make_token: Callable[..., str], settings: Settings
 ) -> None:

@@ -3,16 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.db import create_engine
 from app.migrate import schema_differences, upgrade_head
-from tests.conftest import Database
+from tests.conftest import JWT_SECRET, Database
+
+
+@asynccontextmanager
+async def _scratch_engine(database: Database, prefix: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on a new, empty database of the tests' server, dropped afterwards."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    await database.admin(f'CREATE DATABASE "{name}"')
+    url = make_url(database.admin_url).set(database=name).render_as_string(hide_password=False)
+    engine = create_engine(Settings(environment="test", database_url=url, jwt_secret=JWT_SECRET))
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+        await database.admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def test_migrations_leave_nothing_for_autogenerate(app: Any) -> None:
@@ -50,3 +69,116 @@ async def test_replicas_migrating_at_once_take_turns_under_the_advisory_lock(
             await conn.execution_options(isolation_level="AUTOCOMMIT")
             await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         await admin.dispose()
+
+
+async def test_existing_service_tokens_keep_every_scope(database: Database) -> None:
+    """Tokens made before scopes existed get all three, so existing gateways keep working."""
+    from alembic import command
+    from alembic.script import ScriptDirectory
+
+    from app.auth.service_tokens import SCOPES
+    from app.migrate import alembic_config
+
+    before_scopes = ScriptDirectory.from_config(alembic_config()).get_revision("0015").down_revision
+
+    def _to(revision: str) -> Any:
+        def run(connection: Any) -> None:
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+
+        return run
+
+    async with _scratch_engine(database, "billing_scopes") as engine:
+        async with engine.begin() as conn:
+            await conn.run_sync(_to(str(before_scopes)))
+            await conn.execute(
+                text(
+                    "INSERT INTO service_tokens (id, name, token_hash, created_at) "
+                    "VALUES ('svt_old', 'old', :hash, CURRENT_TIMESTAMP)"
+                ),
+                {"hash": "0" * 64},
+            )
+        await upgrade_head(engine)
+        async with engine.connect() as conn:
+            scopes = (await conn.execute(text("SELECT scopes FROM service_tokens"))).scalar_one()
+        assert set(scopes.split()) == set(SCOPES)
+
+
+async def _at_revision(engine: Any, revision: str) -> None:
+    from alembic import command
+
+    from app.migrate import alembic_config
+
+    def _go(connection: Any) -> None:
+        config = alembic_config()
+        config.attributes["connection"] = connection
+        if revision.startswith("-"):
+            command.downgrade(config, revision[1:])
+        else:
+            command.upgrade(config, revision)
+
+    async with engine.begin() as connection:
+        await connection.run_sync(_go)
+
+
+async def test_0016_makes_a_limit_the_operators_when_the_audit_log_says_an_operator_set_it_last(
+    database: Database,
+) -> None:
+    async with _scratch_engine(database, "billing_0016") as engine:
+        await _at_revision(engine, "0013")
+        limit = (
+            "INSERT INTO spend_limits (id, user_id, scope, limit_micros, period, window_start, "
+            "spent_micros, created_at, updated_at) VALUES (:id, :user, :scope, 5000000, 'day', "
+            ":t, 0, :t, :t)"
+        )
+        audit = (
+            "INSERT INTO audit_log (id, actor_user_id, action, subject_type, subject_id, "
+            "details, created_at) VALUES (:id, :actor, :action, 'spend_limit', :user, "
+            ":details, :t)"
+        )
+        t0, t1, t2 = (datetime(2026, 11, day, 10, tzinfo=UTC) for day in (1, 2, 3))
+        async with engine.begin() as conn:
+            for id_, user, scope, at in [
+                ("lim_ops", "ann", "account", t0),  # set by an operator after it was created
+                ("lim_own", "ann", "key:k1", t0),  # never touched by an operator
+                ("lim_gone", "bob", "account", t0),  # an operator's, removed: this is the user's
+                ("lim_again", "cat", "account", t2),  # an operator's, then the user's again
+            ]:
+                await conn.execute(text(limit), {"id": id_, "user": user, "scope": scope, "t": at})
+            for id_, actor, action, user, scope, at in [
+                ("aud_1", "op-1", "spend_limit_set", "ann", "account", t0),
+                ("aud_2", "op-2", "spend_limit_set", "ann", "account", t1),
+                ("aud_3", "op-1", "spend_limit_set", "ann", "key:k2", t1),
+                ("aud_4", "op-1", "spend_limit_set", "bob", "account", t0),
+                ("aud_5", "op-1", "spend_limit_removed", "bob", "account", t1),
+                ("aud_6", "op-1", "spend_limit_set", "cat", "account", t1),
+            ]:
+                details = json.dumps({"scope": scope})
+                await conn.execute(
+                    text(audit),
+                    {
+                        "id": id_,
+                        "actor": actor,
+                        "action": action,
+                        "user": user,
+                        "details": details,
+                        "t": at,
+                    },
+                )
+        await _at_revision(engine, "head")
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(text("SELECT id, set_by, set_by_operator FROM spend_limits"))
+            ).all()
+        assert sorted(tuple(r) for r in rows) == [
+            ("lim_again", "user", None),
+            ("lim_gone", "user", None),
+            ("lim_ops", "operator", "op-2"),
+            ("lim_own", "user", None),
+        ]
+        # And back: one row per scope again.
+        await _at_revision(engine, "-0013")
+        async with engine.connect() as conn:
+            count = (await conn.execute(text("SELECT count(*) FROM spend_limits"))).scalar()
+        assert count == 4

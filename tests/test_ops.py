@@ -50,7 +50,10 @@ async def test_metrics_need_the_configured_bearer_token(client: httpx.AsyncClien
     assert "billing_http_requests_total" in response.text
 
 
-@pytest.mark.parametrize("settings_overrides", [{"environment": "production"}])
+@pytest.mark.parametrize(
+    "settings_overrides",
+    [{"environment": "production", "jwt_issuer": "https://id.example/", "jwt_audience": "billing"}],
+)
 async def test_metrics_are_off_in_production_without_a_token(client: httpx.AsyncClient) -> None:
     response = await client.get("/metrics")
     assert response.status_code == 404

@@ -8,7 +8,9 @@ from app.alerts import service
 from app.alerts.schemas import AlertsIn, AlertsOut
 from app.auth import CurrentUser
 from app.db import SessionDep
-from app.notifications.service import remember_email
+from app.errors import ValidationFailed
+from app.notifications.service import refuse_unusable_email, remember_email
+from app.openapi import problem_responses
 
 router = APIRouter(tags=["alerts"])
 
@@ -19,8 +21,10 @@ async def get_my_alerts(user: CurrentUser, session: SessionDep) -> AlertsOut:
     return await service.get_alerts(session, user.user_id)
 
 
-@router.put("/alerts", summary="Set my alerts")
+@router.put("/alerts", summary="Set my alerts", responses=problem_responses(ValidationFailed))
 async def put_my_alerts(body: AlertsIn, user: CurrentUser, session: SessionDep) -> AlertsOut:
-    """Replace the caller's low-balance thresholds (at most 5) and the email choice."""
+    """Replace the caller's low-balance thresholds (at most 5) and the email choice. A token
+    whose `email` claim is not exactly one valid address is a 422 (`token.email`)."""
+    refuse_unusable_email(user)
     await remember_email(session, user.user_id, user.email)
     return await service.put_alerts(session, user.user_id, body)

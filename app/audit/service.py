@@ -1,5 +1,6 @@
 """Recording and listing admin actions. Any capability that acts for an operator records it here,
-in its own transaction, so the entry exists if and only if the action does."""
+in its own transaction, so the entry exists if and only if the action does; so do the portal's
+changes to settings an operator also sets (spend limits), with the user as the actor."""
 
 from __future__ import annotations
 

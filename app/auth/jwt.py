@@ -14,14 +14,13 @@ import jwt
 import structlog
 
 from app.config import Settings
+from app.emails import single_address
 from app.errors import ServiceUnavailable, Unauthorized
 from app.schemas import CONTROL_CHARACTERS
 
 log = structlog.get_logger(__name__)
 
 ASYMMETRIC_ALGORITHMS = ["RS256", "ES256"]
-MAX_EMAIL_CHARS = 320
-"""RFC 5321: 64 for the local part, 1 for the @, 255 for the domain."""
 _JWKS_MIN_REFRESH_SECONDS = 30.0
 
 
@@ -31,7 +30,11 @@ class Principal:
 
     user_id: str
     email: str | None
+    """The token's `email` claim when it is exactly one usable address (`app.emails`)."""
     is_admin: bool
+    email_refused: bool = False
+    """The token has an `email` claim that is not one usable address (so `email` is None):
+    where the address would be kept for notifications, that is a 422."""
 
 
 class JwksCache:
@@ -142,23 +145,14 @@ class JwtVerifier:
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub or len(sub) > 255 or CONTROL_CHARACTERS.search(sub):
             raise Unauthorized("The token has no usable subject.")
+        email_claim = claims.get("email")
+        email = single_address(email_claim)
         return Principal(
             user_id=sub,
-            email=_usable_email(claims.get("email")),
+            email=email,
             is_admin=_has_admin_role(claims.get(s.jwt_admin_claim), s.jwt_admin_value),
+            email_refused=email is None and email_claim not in (None, ""),
         )
-
-
-def _usable_email(claim: Any) -> str | None:
-    # The email only addresses Stripe receipts: one Stripe would refuse is dropped, not fatal.
-    if (
-        not isinstance(claim, str)
-        or not 3 <= len(claim) <= MAX_EMAIL_CHARS
-        or "@" not in claim
-        or CONTROL_CHARACTERS.search(claim)
-    ):
-        return None
-    return claim
 
 
 def _has_admin_role(claim: Any, admin_value: str) -> bool:

@@ -9,7 +9,7 @@ from app.auto_topup import service
 from app.auto_topup.schemas import AutoTopupIn, AutoTopupOut
 from app.db import SessionDep
 from app.errors import ValidationFailed
-from app.notifications.service import remember_email
+from app.notifications.service import refuse_unusable_email, remember_email
 from app.openapi import problem_responses
 
 router = APIRouter(tags=["auto top-up"])
@@ -29,6 +29,8 @@ async def get_my_auto_topup(user: CurrentUser, session: SessionDep) -> AutoTopup
 async def put_my_auto_topup(
     request: Request, body: AutoTopupIn, user: CurrentUser, session: SessionDep
 ) -> AutoTopupOut:
-    """Replace the caller's auto top-up. Only `enabled: true` enables it or lifts a pause."""
+    """Replace the caller's auto top-up. Only `enabled: true` enables it or lifts a pause. A
+    token whose `email` claim is not exactly one valid address is a 422 (`token.email`)."""
+    refuse_unusable_email(user)
     await remember_email(session, user.user_id, user.email)
     return await service.put_auto_topup(session, request.app.state.settings, user.user_id, body)

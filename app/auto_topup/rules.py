@@ -38,7 +38,9 @@ PAUSE_AFTER_SOFT_DECLINES = 4
 MIN_ATTEMPT_SPACING = timedelta(minutes=10)
 
 DeclineKind = Literal["hard", "soft"]
-PausedReason = Literal["authentication_required", "card_declined", "payment_method_removed"]
+PausedReason = Literal[
+    "authentication_required", "card_declined", "payment_method_removed", "disputed"
+]
 
 
 def classify_decline(stripe_code: str | None, decline_code: str | None) -> DeclineKind:

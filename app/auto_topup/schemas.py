@@ -42,7 +42,8 @@ class AutoTopupOut(BaseModel):
     currency: Literal["usd"] = "usd"
     status: Literal["active", "paused", "disabled"]
     paused_reason: (
-        Literal["authentication_required", "card_declined", "payment_method_removed"] | None
+        Literal["authentication_required", "card_declined", "payment_method_removed", "disputed"]
+        | None
     )
     last_attempt_at: datetime | None
     next_attempt_at: datetime | None = Field(

@@ -14,15 +14,17 @@ expiry of due holds, a job's batch, is here.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from datetime import datetime
 from typing import NamedTuple
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.errors import CaptureExceedsHold
 from app.ledger import holds_repository as repository
 from app.ledger.balance_events import balance_changed
-from app.ledger.holds_repository import HoldRow
+from app.ledger.holds_repository import HoldCapture, HoldRow
 from app.ledger.repository import WalletRow
 from app.limits import repository as limits
 
@@ -44,9 +46,7 @@ async def _released(
 ) -> None:
     """A reservation given back: the available balance rose (alerts re-arm)."""
     if wallet is not None:
-        await balance_changed(
-            session, wallet, wallet.available_micros - amount_micros, reference=f"hold:{hold_id}"
-        )
+        await balance_changed(session, wallet, wallet.available_micros - amount_micros)
 
 
 async def expire_due(session: AsyncSession, *, now: datetime, limit: int) -> list[HoldRow]:
@@ -64,3 +64,19 @@ async def expire_due(session: AsyncSession, *, now: datetime, limit: int) -> lis
         wallet = await repository.release_held(session, user_id, per_user[user_id])
         await _released(session, "expired", user_id, per_user[user_id], wallet)
     return expired
+
+
+def capture_exceeds_hold(hold: HoldRow, capture: HoldCapture | None) -> CaptureExceedsHold | None:
+    """The refusal of a capture beyond its bound (`HoldCapture.max_hold_multiple` times the
+    hold's amount), or None when the capture is within it (or there is no capture)."""
+    if capture is None or capture.amount_micros <= hold.amount_micros * capture.max_hold_multiple:
+        return None
+    most = math.floor(hold.amount_micros * capture.max_hold_multiple)
+    return CaptureExceedsHold(
+        f"amount_micros {capture.amount_micros} exceeds {capture.max_hold_multiple:g} times the "
+        f"hold's {hold.amount_micros} (at most {most}); nothing was applied and the hold is "
+        "still active.",
+        hold_amount_micros=hold.amount_micros,
+        max_capture_micros=most,
+        errors=[{"field": "amount_micros", "message": f"must be at most {most}"}],
+    )

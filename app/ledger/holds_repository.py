@@ -3,6 +3,7 @@ expiry (reserve, capture and release are the gateway's statements: `app/usage/re
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
@@ -60,6 +61,9 @@ class HoldCapture(NamedTuple):
     amount_micros: int
     resolution_hash: str
     details: dict[str, Any] | None = None
+    max_hold_multiple: float = math.inf
+    """The capture may charge at most this multiple of the hold's amount
+    (`BILLING_CAPTURE_MAX_HOLD_MULTIPLE`); past it nothing is applied and the hold stays active."""
 
 
 _HOLD_COLUMNS = (

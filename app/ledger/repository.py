@@ -12,13 +12,14 @@ from sqlalchemy import (
     func,
     null,
     select,
+    text,
     union_all,
-    update,
 )
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.ids import new_id
+from app.ledger.statements import covered_wallet_update
 from app.models.base import utcnow
 from app.models.ledger import Account, LedgerEntry, LedgerTransaction
 
@@ -112,58 +113,35 @@ async def get_transaction(session: AsyncSession, reference: str) -> LedgerTransa
     ).scalar_one_or_none()
 
 
+_COVERED_DEBIT = text(covered_wallet_update(":user_id", debit=":amount"))
+
+
 async def debit_wallet_if_available(
-    session: AsyncSession, user_id: str, amount_micros: int, held_delta_micros: int = 0
+    session: AsyncSession, user_id: str, amount_micros: int
 ) -> WalletRow | None:
-    """Take `amount_micros` (> 0) from the wallet only if its available balance covers it, in
-    one conditional UPDATE; None when it does not (or there is no wallet)."""
-    stmt = (
-        update(Account)
-        .where(
-            Account.user_id == user_id,
-            Account.balance_micros - Account.held_micros >= amount_micros,
-        )
-        .values(
-            balance_micros=Account.balance_micros - amount_micros,
-            held_micros=Account.held_micros + held_delta_micros,
-        )
-        .returning(*WALLET_COLUMNS)
-    )
-    row = (await session.execute(stmt)).first()
+    """Take `amount_micros` (> 0) from the wallet only if its available balance covers it (the
+    rule of `app.ledger.statements`, as the gateway's debits apply it); None when it does not
+    (or there is no wallet)."""
+    row = (
+        await session.execute(_COVERED_DEBIT, {"user_id": user_id, "amount": amount_micros})
+    ).first()
     return wallet_row(row) if row is not None else None
 
 
-async def apply_to_wallet(
-    session: AsyncSession, user_id: str, delta_micros: int, held_delta_micros: int = 0
-) -> WalletRow:
+async def apply_to_wallet(session: AsyncSession, user_id: str, delta_micros: int) -> WalletRow:
     """Add `delta_micros` (either sign) to the wallet unconditionally, creating the wallet on
-    first use, in one upsert. A change to `held_micros` (a hold's capture) needs the wallet
-    that holds it, and is a plain UPDATE: the upsert's would-be row must satisfy the CHECKs."""
-    if held_delta_micros:
-        stmt = (
-            update(Account)
-            .where(Account.user_id == user_id)
-            .values(
-                balance_micros=Account.balance_micros + delta_micros,
-                held_micros=Account.held_micros + held_delta_micros,
-            )
-            .returning(*WALLET_COLUMNS)
-        )
-        return wallet_row((await session.execute(stmt)).one())
+    first use, in one upsert."""
     ins = insert(Account).values(
         id=new_id("acc"),
         kind="wallet",
         user_id=user_id,
         balance_micros=delta_micros,
-        held_micros=held_delta_micros,
+        held_micros=0,
         created_at=utcnow(),
     )
     upsert = ins.on_conflict_do_update(
         index_elements=["user_id"],
-        set_={
-            "balance_micros": Account.balance_micros + ins.excluded.balance_micros,
-            "held_micros": Account.held_micros + ins.excluded.held_micros,
-        },
+        set_={"balance_micros": Account.balance_micros + ins.excluded.balance_micros},
     ).returning(*WALLET_COLUMNS)
     return wallet_row((await session.execute(upsert)).one())
 

@@ -35,12 +35,10 @@ class Leg:
     amount_micros: int
     user_id: str | None = None
     system: str | None = None
-    held_delta_micros: int = 0
-    """Change to the wallet's `held_micros` applied together with the amount (hold capture)."""
     require_available: bool = True
     """For a wallet debit: refuse with 402 unless the available balance covers it. False for
-    debits that must happen (a capture of usage already served, a dispute, a refund Stripe made)
-    and may take the balance negative."""
+    debits that must happen (a dispute, a refund Stripe made) and may take the balance
+    negative."""
 
     @classmethod
     def wallet(
@@ -48,15 +46,9 @@ class Leg:
         user_id: str,
         amount_micros: int,
         *,
-        held_delta_micros: int = 0,
         require_available: bool = True,
     ) -> Leg:
-        return cls(
-            amount_micros,
-            user_id=user_id,
-            held_delta_micros=held_delta_micros,
-            require_available=require_available,
-        )
+        return cls(amount_micros, user_id=user_id, require_available=require_available)
 
     @classmethod
     def account(cls, name: str, amount_micros: int) -> Leg:
@@ -119,7 +111,9 @@ async def post(
     details: dict[str, Any] | None = None,
 ) -> PostResult:
     """Post a balanced transaction once. Raises `InsufficientBalance` (and leaves the session's
-    transaction to be rolled back) when a wallet debit that requires it is not covered."""
+    transaction to be rolled back) when a wallet debit that requires it is not covered. A posting
+    is never spending (the gateway's statements are): it runs the alerts, never the auto top-up
+    trigger (`app.ledger.balance_events`)."""
     _validate(legs)
     wallet_users = [leg.user_id for leg in legs if leg.user_id is not None]
     owner = user_id or (wallet_users[0] if wallet_users else None)
@@ -131,8 +125,8 @@ async def post(
         for leg in legs:
             if leg.user_id is not None and leg.user_id in wallets:
                 wallet = wallets[leg.user_id]
-                before = wallet.available_micros - leg.amount_micros + leg.held_delta_micros
-                await balance_changed(session, wallet, before, reference=reference)
+                before = wallet.available_micros - leg.amount_micros
+                await balance_changed(session, wallet, before)
         transaction = LedgerTransaction(**header.columns(txn_id, now))
         return PostResult(transaction=transaction, replayed=False, wallets=wallets)
 
@@ -213,14 +207,12 @@ async def _apply_wallet_leg(session: AsyncSession, leg: Leg) -> WalletRow:
     assert leg.user_id is not None
     if leg.amount_micros < 0 and leg.require_available:
         wallet = await repository.debit_wallet_if_available(
-            session, leg.user_id, -leg.amount_micros, leg.held_delta_micros
+            session, leg.user_id, -leg.amount_micros
         )
         if wallet is None:
             raise await _not_covered(session, leg.user_id, -leg.amount_micros)
         return wallet
-    return await repository.apply_to_wallet(
-        session, leg.user_id, leg.amount_micros, leg.held_delta_micros
-    )
+    return await repository.apply_to_wallet(session, leg.user_id, leg.amount_micros)
 
 
 async def _replay(

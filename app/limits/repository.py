@@ -2,8 +2,9 @@
 as the hold-expiry job moves them. (The gateway's statements carry their own, in
 `app.usage.repository`.)
 
-Lock order, as everywhere: a user's limit rows (in scope order) before their wallet row; a job
-touching several users takes every limit row first (in user, scope order), then the wallets.
+Lock order, as everywhere: a user's limit rows (in scope, set_by order) before their wallet row;
+a job touching several users takes every limit row first (in user, scope, set_by order), then the
+wallets. A scope may carry two rows (an operator's and the user's); both apply.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from app.ids import new_id
 from app.limits.periods import EPOCH, window_start
 from app.limits.rules import Counter, scopes
 from app.models.ledger import Account, Hold
-from app.models.limits import ACCOUNT_SCOPE, SpendLimit
+from app.models.limits import ACCOUNT_SCOPE, KEY_SCOPE_PREFIX, SpendLimit
 from app.models.usage import UsageRecord
 
 _COUNTER_COLUMNS = (
@@ -54,17 +55,18 @@ async def give_back_expired(
         await session.execute(
             select(SpendLimit.user_id, *_COUNTER_COLUMNS)
             .where(tuple_(SpendLimit.user_id, SpendLimit.scope).in_(sorted(wanted)))
-            .order_by(SpendLimit.user_id, SpendLimit.scope)
+            .order_by(SpendLimit.user_id, SpendLimit.scope, SpendLimit.set_by)
             .with_for_update()
         )
     ).all()
-    counters = {(row[0], row[2]): Counter(*row[1:]) for row in rows}
+    counters: dict[tuple[str, str], list[Counter]] = {}
+    for row in rows:
+        counters.setdefault((row[0], row[2]), []).append(Counter(*row[1:]))
     for hold_id, user_id, amount, reserved_at in expired:
         for scope in scopes(keys[hold_id]):
-            counter = counters.get((user_id, scope))
-            if counter is not None and counter.window_start == window_start(
-                counter.period, reserved_at
-            ):
+            for counter in counters.get((user_id, scope), ()):
+                if counter.window_start != window_start(counter.period, reserved_at):
+                    continue
                 await session.execute(
                     update(SpendLimit)
                     .where(SpendLimit.id == counter.id)
@@ -76,29 +78,57 @@ async def give_back_expired(
 
 
 async def list_limits(
-    session: AsyncSession, user_id: str, *, after_scope: str | None, limit: int
+    session: AsyncSession, user_id: str, *, after: tuple[str, str] | None, limit: int
 ) -> list[SpendLimit]:
-    """The user's limits in scope order (the account's first)."""
+    """The user's limits in (scope, set_by) order (the account's first, an operator's before
+    the user's own)."""
     stmt = (
         select(SpendLimit)
         .where(SpendLimit.user_id == user_id)
-        .order_by(SpendLimit.scope)
+        .order_by(SpendLimit.scope, SpendLimit.set_by)
         .limit(limit)
     )
-    if after_scope is not None:
-        stmt = stmt.where(SpendLimit.scope > after_scope)
+    if after is not None:
+        stmt = stmt.where(tuple_(SpendLimit.scope, SpendLimit.set_by) > after)
     return list((await session.execute(stmt)).scalars().all())
 
 
-async def lock_limit(session: AsyncSession, user_id: str, scope: str) -> SpendLimit | None:
-    """The user's limit on `scope`, locked."""
+async def lock_limits(session: AsyncSession, user_id: str, scope: str) -> list[SpendLimit]:
+    """The user's limits on `scope` (an operator's, the user's own), locked, in set_by order."""
+    return list(
+        (
+            await session.execute(
+                select(SpendLimit)
+                .where(SpendLimit.user_id == user_id, SpendLimit.scope == scope)
+                .order_by(SpendLimit.set_by)
+                .with_for_update()
+            )
+        )
+        .scalars()
+        .all()
+    )
+
+
+async def serialize_key_limit_writes(session: AsyncSession, user_id: str) -> None:
+    """Make the user's concurrent key-limit writes wait for each other (so a count followed by
+    an insert is one step): a transaction-scoped advisory lock, taken before any row lock (no
+    gateway statement takes it, so it closes no cycle)."""
+    await session.execute(
+        select(func.pg_advisory_xact_lock(func.hashtextextended(f"key_limits:{user_id}", 0)))
+    )
+
+
+async def count_key_limits(session: AsyncSession, user_id: str, set_by: str) -> int:
+    """How many API-key limits of the user `set_by` wrote."""
     return (
         await session.execute(
-            select(SpendLimit)
-            .where(SpendLimit.user_id == user_id, SpendLimit.scope == scope)
-            .with_for_update()
+            select(func.count()).where(
+                SpendLimit.user_id == user_id,
+                SpendLimit.set_by == set_by,
+                SpendLimit.scope.like(f"{KEY_SCOPE_PREFIX}%"),
+            )
         )
-    ).scalar_one_or_none()
+    ).scalar_one()
 
 
 async def add_limit(
@@ -106,6 +136,8 @@ async def add_limit(
     *,
     user_id: str,
     scope: str,
+    set_by: str,
+    set_by_operator: str | None,
     limit_micros: int,
     period: str,
     now: datetime,
@@ -118,6 +150,8 @@ async def add_limit(
             id=new_id("lim"),
             user_id=user_id,
             scope=scope,
+            set_by=set_by,
+            set_by_operator=set_by_operator,
             limit_micros=limit_micros,
             period=period,
             window_start=window_start(period, now),
@@ -125,7 +159,7 @@ async def add_limit(
             created_at=now,
             updated_at=now,
         )
-        .on_conflict_do_nothing(index_elements=["user_id", "scope"])
+        .on_conflict_do_nothing(index_elements=["user_id", "scope", "set_by"])
         .returning(SpendLimit.id)
     )
     return (await session.execute(stmt)).first() is not None
@@ -159,11 +193,13 @@ async def spent_since(session: AsyncSession, user_id: str, scope: str, start: da
     return int(used) + int(held)
 
 
-async def delete_limit(session: AsyncSession, user_id: str, scope: str) -> bool:
-    """Remove the user's limit on `scope`; False when there is none."""
+async def delete_limit(session: AsyncSession, user_id: str, scope: str, set_by: str) -> bool:
+    """Remove the user's limit on `scope` that `set_by` set; False when there is none."""
     result = await session.execute(
         delete(SpendLimit)
-        .where(SpendLimit.user_id == user_id, SpendLimit.scope == scope)
+        .where(
+            SpendLimit.user_id == user_id, SpendLimit.scope == scope, SpendLimit.set_by == set_by
+        )
         .returning(SpendLimit.id)
     )
     return result.first() is not None

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field, StringConstraints
 from app.schemas import AmountText, CleanStr, StrictModel
 
 Period = Literal["day", "week", "month", "total"]
+SetBy = Literal["operator", "user"]
 
 ApiKeyIdPath = Annotated[
     CleanStr, StringConstraints(min_length=1, max_length=200, pattern=r"^\S+$")
@@ -41,4 +42,12 @@ class SpendLimitOut(BaseModel):
     )
     remaining: str = Field(examples=["37.654322"], description="Never below 0.")
     resets_at: datetime | None = Field(description="When the window ends; null for `total`.")
+    set_by: SetBy = Field(
+        description="Who set it: an `operator` (only an operator can change or remove it; the "
+        "user may add a stricter limit of their own on the same scope, and both apply) or the "
+        "`user`."
+    )
+    set_by_operator: str | None = Field(
+        description="The operator who set it last (their user id); null for the user's own."
+    )
     currency: Literal["usd"] = "usd"

@@ -6,6 +6,11 @@ as the wallet, so a limit cannot be overshot by concurrent
 debits or reserves. `spent_micros` counts the usage debited in `window_start`'s window plus the
 holds reserved in it while they are active; when a debit arrives in a later window, the counter
 starts again from zero.
+
+Who set a limit is part of it (`set_by`): a scope may carry an operator's limit and the user's
+own, two rows that both apply (the strictest decides). The user's routes only ever write the
+user's row, the operators' routes only the operator's, so a user cannot loosen what an operator
+set.
 """
 
 from __future__ import annotations
@@ -22,10 +27,18 @@ PERIODS = ("day", "week", "month", "total")
 
 ACCOUNT_SCOPE = "account"
 
+SET_BY_USER = "user"
+SET_BY_OPERATOR = "operator"
+SETTERS = (SET_BY_OPERATOR, SET_BY_USER)
+"""Who set a limit: an operator (admin routes) or the user (portal routes); in lock order."""
+
+
+KEY_SCOPE_PREFIX = "key:"
+
 
 def key_scope(api_key_id: str) -> str:
     """The scope of a limit on one API key."""
-    return f"key:{api_key_id}"
+    return f"{KEY_SCOPE_PREFIX}{api_key_id}"
 
 
 class SpendLimit(Base):
@@ -33,15 +46,23 @@ class SpendLimit(Base):
 
     __tablename__ = "spend_limits"
     __table_args__ = (
-        UniqueConstraint("user_id", "scope"),
+        UniqueConstraint("user_id", "scope", "set_by"),
         CheckConstraint("limit_micros > 0", name="limit_positive"),
         CheckConstraint("period IN ('day', 'week', 'month', 'total')", name="period_known"),
+        CheckConstraint("set_by IN ('operator', 'user')", name="set_by_known"),
+        CheckConstraint(
+            "(set_by = 'operator') = (set_by_operator IS NOT NULL)", name="operator_named"
+        ),
     )
 
     id: Mapped[IdKey]
     user_id: Mapped[UserId]
     scope: Mapped[str] = mapped_column(String(210))
     """`account`, or `key:<api_key_id>` (the gateway's id of the user's API key)."""
+    set_by: Mapped[str] = mapped_column(String(8), default=SET_BY_USER, server_default=SET_BY_USER)
+    """`operator` or `user`: who set it (one row of each per scope at most)."""
+    set_by_operator: Mapped[str | None] = mapped_column(String(255))
+    """The operator's user id (JWT `sub`) for an operator's limit; null for the user's own."""
     limit_micros: Mapped[int]
     """The most the scope may spend per window, micro-USD, > 0."""
     period: Mapped[str] = mapped_column(String(8))

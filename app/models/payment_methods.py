@@ -10,7 +10,12 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.models.base import Base, CreatedAt, IdKey, UpdatedAt, UserId, one_of, partial_index
 
 AUTO_TOPUP_STATUSES = ("active", "paused", "disabled")
-PAUSED_REASONS = ("authentication_required", "card_declined", "payment_method_removed")
+PAUSED_REASONS = (
+    "authentication_required",
+    "card_declined",
+    "payment_method_removed",
+    "disputed",
+)
 ATTEMPT_STATUSES = ("pending", "processing", "succeeded", "failed", "skipped", "canceled")
 IN_FLIGHT_ATTEMPT_STATUSES = ("pending", "processing")
 

@@ -19,5 +19,7 @@ class ServiceToken(Base):
     name: Mapped[str] = mapped_column(String(100))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     """Hex SHA-256 of the whole token string (`svc_…`)."""
+    scopes: Mapped[str] = mapped_column(String(200))
+    """What the token may call, space-separated (`usage holds balance:read`), in name order."""
     created_at: Mapped[CreatedAt]
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -2,10 +2,15 @@
 
 Each channel of each notification is delivered on its own: a claim in a short transaction
 (a lease, FOR UPDATE SKIP LOCKED), the send with no transaction open and a bounded timeout,
-then a short transaction that records the outcome. A failure is retried with exponential
-backoff (30 s, 1 min, 2 min, … capped at 1 h) until `notify_max_attempts`; a crash between the
-send and the record leaves the lease to expire and the send to happen again, so delivery is at
-least once, and receivers deduplicate by the event id (webhook body `id`, email `Message-ID`).
+then a short transaction that records the outcome of every attempt of the batch, whatever
+happened in it (one bad row never keeps the others' outcomes from being recorded). A failure is
+retried with exponential backoff (30 s, 1 min, 2 min, … capped at 1 h) until
+`notify_max_attempts`; an address that can never be sent to (`app.emails`) fails at once. A
+crash between the send and the record leaves the lease to expire and the send to happen again,
+so delivery is at least once, and receivers deduplicate by the event id (webhook body `id`,
+email `Message-ID`); a channel whose attempts are used up is marked `failed` when next found,
+never claimed again. A channel this instance has no settings for is `skipped` on the rows it
+claims, at send time; rows in backoff or leased by another instance are left alone.
 """
 
 from __future__ import annotations
@@ -27,10 +32,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.db import session_scope
+from app.emails import single_address
 from app.models.base import utcnow
 from app.notifications import repository, signing
 from app.notifications.render import render_email
 from app.notifications.repository import Channel, Claimed
+from app.schemas import CONTROL_CHARACTERS
 
 log = structlog.get_logger(__name__)
 
@@ -61,6 +68,11 @@ def webhook_body(notification: Claimed) -> bytes:
 
 class DeliveryFailed(Exception):
     """One attempt did not deliver; the job retries later."""
+
+
+class Undeliverable(Exception):
+    """This channel of this notification can never be delivered (an address that is not
+    exactly one valid address): it fails at once, without retries."""
 
 
 class Skip(Exception):
@@ -116,6 +128,10 @@ class Notifier:
         return 4 * timeout + 30
 
     async def send(self, channel: Channel, notification: Claimed) -> None:
+        if not self.configured(channel):
+            # Only what this instance claimed: rows in backoff or leased elsewhere wait for an
+            # instance that has the settings.
+            raise Skip(f"{channel} not configured")
         if channel == "email":
             await self.send_email(notification)
         else:
@@ -126,11 +142,16 @@ class Notifier:
             raise Skip("email turned off by the user")
         if not notification.email:
             raise Skip("no email address known")
+        # Stored before addresses were checked where they come in: a list would mail someone
+        # else, a line separator or an unparsable one raises in the email package.
+        address = single_address(notification.email)
+        if address is None:
+            raise Undeliverable("the email address is not exactly one valid address")
         assert self.settings.smtp_url is not None
         subject, body = render_email(notification.type, notification.data)
         message = EmailMessage()
         message["From"] = self.settings.smtp_from
-        message["To"] = notification.email
+        message["To"] = address
         message["Subject"] = subject
         message["Date"] = formatdate(notification.created_at.timestamp(), usegmt=True)
         # The same Message-ID on every attempt: mail systems can drop a redelivered copy.
@@ -138,13 +159,18 @@ class Notifier:
         message["X-Billing-Event-Id"] = notification.id
         message["X-Billing-Event-Type"] = notification.type
         message.set_content(body)
-        smtp = _smtp(self.settings.smtp_url)
+        smtp = _smtp(self.settings.smtp_url.get_secret_value())
         try:
             await aiosmtplib.send(
                 message,
+                recipients=[address],
                 hostname=smtp.hostname,
                 port=smtp.port,
                 use_tls=smtp.use_tls,
+                # With credentials, STARTTLS is required (a server that does not offer it, or
+                # a man in the middle that stripped it, fails the attempt before the password
+                # is sent); without, it is used when offered. smtps:// is TLS from the start.
+                start_tls=True if smtp.username is not None and not smtp.use_tls else None,
                 username=smtp.username,
                 password=smtp.password,
                 timeout=self.settings.smtp_timeout_seconds,
@@ -175,6 +201,13 @@ def _empty_counts() -> dict[str, int]:
     return {"sent": 0, "retry": 0, "failed": 0, "skipped": 0}
 
 
+def _error_text(exc: Exception) -> str:
+    """What is stored as `*_last_error`: no control characters, 500 at most."""
+    known = isinstance(exc, Skip | DeliveryFailed | Undeliverable)
+    text = str(exc) if known else f"{type(exc).__name__}: {exc}"
+    return CONTROL_CHARACTERS.sub(" ", text)[:500]
+
+
 async def deliver_notifications(
     maker: async_sessionmaker[AsyncSession], notifier: Notifier
 ) -> dict[str, dict[str, int]]:
@@ -183,33 +216,52 @@ async def deliver_notifications(
     channel: `sent`, `retry` (failed, due again later), `failed` (gave up), `skipped`."""
     settings = notifier.settings
     counts: dict[str, dict[str, int]] = {c: _empty_counts() for c in repository.CHANNELS}
-    channels = tuple(c for c in repository.CHANNELS if notifier.configured(c))
     now = utcnow()
     async with session_scope(maker) as session:
-        for channel in repository.CHANNELS:
-            if channel not in channels:
-                counts[channel]["skipped"] += await repository.skip_channel(
-                    session, channel, f"{channel} not configured"
-                )
-        claimed = await repository.claim_due(
+        batch = await repository.claim_due(
             session,
-            channels,
+            repository.CHANNELS,
             now=now,
-            lease_until={c: now + timedelta(seconds=notifier.lease_seconds(c)) for c in channels},
+            lease_until={
+                c: now + timedelta(seconds=notifier.lease_seconds(c)) for c in repository.CHANNELS
+            },
             limit=settings.notify_batch_size,
+            max_attempts=settings.notify_max_attempts,
         )
+    for channel, notification_id, attempts in batch.exhausted:
+        counts[channel]["failed"] += 1
+        log.warning(
+            "notification_delivery_failed",
+            channel=channel,
+            notification_id=notification_id,
+            attempt=attempts,
+            error="no outcome recorded for the last attempt",
+            gave_up=True,
+        )
+    claimed = batch.claimed
     if not claimed:
         return counts
     gate = asyncio.Semaphore(_CONCURRENCY)
 
     async def attempt(channel: Channel, notification: Claimed) -> tuple[str, str | None]:
+        """One attempt's outcome, whatever happens in it: nothing it raises (but
+        cancellation) reaches the batch, so every attempt's outcome is recorded."""
         async with gate:
             try:
                 await notifier.send(channel, notification)
             except Skip as exc:
-                return "skipped", str(exc)
-            except DeliveryFailed as exc:
-                return "failed", str(exc)
+                return "skipped", _error_text(exc)
+            except Undeliverable as exc:
+                return "undeliverable", _error_text(exc)
+            except Exception as exc:
+                # DeliveryFailed, or a bug in one send: retried like any failure, and logged.
+                if not isinstance(exc, DeliveryFailed):
+                    log.exception(
+                        "notification_send_crashed",
+                        channel=channel,
+                        notification_id=notification.id,
+                    )
+                return "failed", _error_text(exc)
             return "sent", None
 
     outcomes = await asyncio.gather(*(attempt(c, n) for c, n in claimed))
@@ -218,12 +270,14 @@ async def deliver_notifications(
         for (channel, notification), (outcome, error) in zip(claimed, outcomes, strict=True):
             fields: dict[str, Any] = {"now": done, "error": error}
             status = outcome
-            if outcome == "failed":
-                if notification.attempt < settings.notify_max_attempts:
-                    status = outcome = "retry"
-                    fields["next_attempt_at"] = done + timedelta(
-                        seconds=backoff_seconds(notification.attempt)
-                    )
+            if outcome == "undeliverable":
+                status = outcome = "failed"
+            elif outcome == "failed" and notification.attempt < settings.notify_max_attempts:
+                status = outcome = "retry"
+                fields["next_attempt_at"] = done + timedelta(
+                    seconds=backoff_seconds(notification.attempt)
+                )
+            if outcome in ("retry", "failed"):
                 log.warning(
                     "notification_delivery_failed",
                     channel=channel,

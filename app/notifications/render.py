@@ -44,6 +44,7 @@ def render_email(notification_type: str, data: dict[str, Any]) -> tuple[str, str
             "authentication_required": "your bank asks you to confirm the payment",
             "card_declined": "your card was declined several times",
             "payment_method_removed": "its card was removed",
+            "disputed": "a payment of yours was disputed with your bank (a chargeback)",
         }
         reason = reasons.get(str(data.get("reason")), str(data.get("reason")))
         body = (

@@ -44,6 +44,15 @@ class Claimed:
     email_enabled: bool
 
 
+@dataclass(frozen=True, slots=True)
+class ClaimedBatch:
+    claimed: list[tuple[Channel, Claimed]]
+    """The channels taken for an attempt now."""
+    exhausted: list[tuple[Channel, str, int]]
+    """`(channel, notification id, attempts)` of channels found due with their attempts used
+    up (the last one's outcome was never recorded): marked `failed`, not attempted again."""
+
+
 async def upsert_email(session: AsyncSession, user_id: str, email: str) -> None:
     """Record the user's latest address; a write only when it changed."""
     now = utcnow()
@@ -72,18 +81,6 @@ async def set_email_enabled(session: AsyncSession, user_id: str, enabled: bool) 
     await session.execute(stmt)
 
 
-async def skip_channel(session: AsyncSession, channel: Channel, reason: str) -> int:
-    """Mark every pending notification `skipped` on a channel that is not configured."""
-    status, _, _, _, last_error = _columns(channel)
-    result = await session.execute(
-        update(Notification)
-        .where(status == "pending")
-        .values({status: "skipped", last_error: reason})
-        .execution_options(synchronize_session=False)
-    )
-    return int(getattr(result, "rowcount", 0) or 0)
-
-
 async def claim_due(
     session: AsyncSession,
     channels: tuple[Channel, ...],
@@ -91,23 +88,25 @@ async def claim_due(
     now: datetime,
     lease_until: dict[Channel, datetime],
     limit: int,
-) -> list[tuple[Channel, Claimed]]:
+    max_attempts: int,
+) -> ClaimedBatch:
     """Notifications due on any of `channels`, taken with FOR UPDATE SKIP LOCKED and leased by
     pushing each due channel's `next_attempt_at` to its `lease_until` (and counting the
     attempt): other instances skip them while this one sends (outside any transaction), and
     retry them if it dies (at least once). Both channels are claimed together because they
-    share the row (and its lock)."""
+    share the row (and its lock). A due channel that has had `max_attempts` already (its last
+    attempt's lease expired with no outcome recorded) is marked `failed` instead."""
     due = []
     for channel in channels:
         status, _, next_at, _, _ = _columns(channel)
         due.append(and_(status == "pending", next_at <= now))
     if not due:
-        return []
+        return ClaimedBatch([], [])
     stmt = select(Notification).where(or_(*due)).order_by(Notification.created_at).limit(limit)
     stmt = stmt.with_for_update(skip_locked=True, of=Notification)
     rows = list((await session.scalars(stmt)).all())
     if not rows:
-        return []
+        return ClaimedBatch([], [])
     settings: dict[str, NotificationSettings] = {}
     if "email" in channels:
         found = await session.scalars(
@@ -117,6 +116,7 @@ async def claim_due(
         )
         settings = {s.user_id: s for s in found}
     claimed: list[tuple[Channel, Claimed]] = []
+    exhausted: list[tuple[Channel, str, int]] = []
     for row in rows:
         for channel in channels:
             if (
@@ -124,7 +124,17 @@ async def claim_due(
                 or getattr(row, f"{channel}_next_attempt_at") > now
             ):
                 continue
-            attempt = getattr(row, f"{channel}_attempts") + 1
+            attempts = getattr(row, f"{channel}_attempts")
+            if attempts >= max_attempts:
+                setattr(row, f"{channel}_status", "failed")
+                setattr(
+                    row,
+                    f"{channel}_last_error",
+                    f"gave up after {attempts} attempts (no outcome recorded for the last one)",
+                )
+                exhausted.append((channel, row.id, attempts))
+                continue
+            attempt = attempts + 1
             setattr(row, f"{channel}_attempts", attempt)
             setattr(row, f"{channel}_next_attempt_at", lease_until[channel])
             user = settings.get(row.user_id)
@@ -144,7 +154,7 @@ async def claim_due(
                 )
             )
     await session.flush()
-    return claimed
+    return ClaimedBatch(claimed, exhausted)
 
 
 async def record_outcome(

@@ -12,6 +12,9 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.auth.jwt import Principal
+from app.emails import single_address
+from app.errors import ValidationFailed
 from app.ids import new_id
 from app.models.base import utcnow
 from app.models.notifications import Notification
@@ -50,6 +53,21 @@ async def enqueue(
 
 async def remember_email(session: AsyncSession, user_id: str, email: str | None) -> None:
     """Record the address from the user's JWT as the one notifications go to (no write when
-    unchanged). Called where the portal user configures what notifies them, and at purchase."""
-    if email:
-        await repository.upsert_email(session, user_id, email)
+    unchanged, none when it is not exactly one usable address). Called where the portal user
+    configures what notifies them (after `refuse_unusable_email`), and at purchase."""
+    address = single_address(email)
+    if address:
+        await repository.upsert_email(session, user_id, address)
+
+
+def refuse_unusable_email(user: Principal) -> None:
+    """A 422 when the caller's token carries an email claim that is not exactly one usable
+    address (a list, control or line-separator characters, unparsable): where the portal user
+    sets what notifies them, such an address is refused rather than silently not mailed.
+    (A purchase goes on without it: it only addresses the receipt.)"""
+    if user.email_refused:
+        raise ValidationFailed(
+            "The email address in your token is not exactly one valid address; "
+            "notifications cannot be emailed to it.",
+            errors=[{"field": "token.email", "message": "not exactly one valid email address"}],
+        )

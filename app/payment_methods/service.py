@@ -8,7 +8,7 @@ own detach) lands on the same idempotent `mark_detached()`.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -16,18 +16,16 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auto_topup import service as auto_topup
 from app.db import session_scope
-from app.errors import NotFound, ValidationFailed
+from app.errors import NotFound
 from app.models.base import utcnow
 from app.models.payment_methods import PaymentMethod
-from app.pagination import decode_cursor, encode_cursor
+from app.pagination import decode_instant_cursor, encode_instant_cursor
 from app.payment_methods import repository
 from app.payment_methods.schemas import PaymentMethodOut
 from app.schemas import Page
 from app.stripe_gateway import StripeGateway, StripeJSON, StripeObjectNotFound, expandable_id
 
 log = structlog.get_logger(__name__)
-
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def card_fields(payment_method: StripeJSON) -> dict[str, Any] | None:
@@ -110,22 +108,14 @@ async def list_payment_methods(
     session: AsyncSession, user_id: str, *, cursor: str | None, limit: int
 ) -> Page[PaymentMethodOut]:
     """The user's saved cards, newest first."""
-    after = None
-    if cursor:
-        micros, pm_id = decode_cursor(cursor, 2)
-        if not isinstance(micros, int) or not isinstance(pm_id, str) or micros < 0:
-            raise ValidationFailed(
-                "The cursor is not valid.",
-                errors=[{"field": "cursor", "message": "not a cursor returned by this API"}],
-            )
-        after = (EPOCH + timedelta(microseconds=micros), pm_id)
+    after = decode_instant_cursor(cursor) if cursor else None
     rows = await repository.list_active(session, user_id, after=after, limit=limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = None
     if more:
         last = rows[-1]
-        next_cursor = encode_cursor((last.created_at - EPOCH) // timedelta(microseconds=1), last.id)
+        next_cursor = encode_instant_cursor(last.created_at, last.id)
     return Page[PaymentMethodOut](data=[_out(r) for r in rows], next_cursor=next_cursor)
 
 

@@ -11,6 +11,8 @@ from typing import Any
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.auto_topup import service as auto_topup_service
+from app.ledger import repository as ledger_repository
 from app.ledger.service import PostResult, transfer
 from app.models.base import utcnow
 from app.models.orders import Order
@@ -75,6 +77,23 @@ EXTERNAL_REFUND_REVERSAL = OrderTransfer(
     "Refund of order {order} failed at Stripe",
     prefix="external_refund_reversal",
 )
+REFUND_AFTER_REVERSAL = OrderTransfer(
+    "refund",
+    "stripe",
+    REFUND_ID,
+    "Refund of order {order} made at Stripe after all",
+    False,
+    prefix="refund_after_reversal",
+)
+"""A live refund Stripe reports for a request whose debit was reversed as failed: the money
+has left, so the wallet is debited again (even below zero), once per Stripe refund."""
+REFUND_AFTER_REVERSAL_REVERSAL = OrderTransfer(
+    "refund_reversal",
+    "stripe",
+    REFUND_ID,
+    "Refund of order {order} failed at Stripe",
+    prefix="refund_after_reversal_reversal",
+)
 DISPUTE = OrderTransfer("dispute", "disputes", DISPUTE_ID, "Dispute on order {order}", False)
 DISPUTE_REVERSAL = OrderTransfer(
     "dispute_reversal", "disputes", DISPUTE_ID, "Dispute on order {order} won"
@@ -98,6 +117,38 @@ async def reverse_request_debit(
     await REFUND_REVERSAL.post(session, order, request.id, request.amount_micros)
     transition(request, RefundRequestStatus.FAILED, reason=reason)
     request.failure_reason = reason[:500]
+
+
+REFUND_AFTER_REVERSAL_ATTENTION = (
+    "Stripe reported refund {refund_id} as {status} after this request's debit was reversed as"
+    " failed: the wallet was debited again for it (it may be negative). Check the refund at"
+    " Stripe and the user's balance."
+)
+
+
+async def _live_after_reversal(
+    session: AsyncSession,
+    request: RefundRequest,
+    order: Order,
+    refund_id: str,
+    amount_micros: int,
+    status: str,
+) -> None:
+    """A live refund (pending or succeeded) for a request that was reversed as failed: the money
+    left after all, so debit the wallet again, once by refund id, and flag it for an operator
+    (the request stays `failed`: its own reversal cannot be repeated)."""
+    posted = await REFUND_AFTER_REVERSAL.post(session, order, refund_id, -amount_micros)
+    if posted.replayed:
+        return
+    request.attention_reason = REFUND_AFTER_REVERSAL_ATTENTION.format(
+        refund_id=refund_id, status=status
+    )[:500]
+    log.error(
+        "refund_live_after_reversal",
+        refund_request_id=request.id,
+        refund_id=refund_id,
+        status=status,
+    )
 
 
 async def _succeeded(
@@ -170,6 +221,8 @@ async def record_refund(session: AsyncSession, refund: dict[str, Any]) -> str:
             # Made outside the service (Stripe's dashboard): the money has left already, so the
             # wallet is debited even below zero — once, by refund id.
             await EXTERNAL_REFUND.post(session, order, refund_id, -amount)
+        elif request.status == RefundRequestStatus.FAILED:
+            await _live_after_reversal(session, request, order, refund_id, amount, status)
         order.refunded_micros = min(order.amount_micros, order.refunded_micros + amount)
         _settle(order, reason=f"refund {refund_id}")
         if request is not None:
@@ -197,6 +250,13 @@ async def record_refund(session: AsyncSession, refund: dict[str, Any]) -> str:
             await reverse_request_debit(session, request, order, reason=f"refund {status}")
         elif request is None:
             await EXTERNAL_REFUND_REVERSAL.post(session, order, refund_id, existing.amount_micros)
+        elif await ledger_repository.get_transaction(
+            session, f"{REFUND_AFTER_REVERSAL.prefix}:{refund_id}"
+        ):
+            # The debit again of a reversed request (above) is given back, once.
+            await REFUND_AFTER_REVERSAL_REVERSAL.post(
+                session, order, refund_id, existing.amount_micros
+            )
     elif status == "succeeded" and request is not None:
         await _succeeded(session, request, order, refund_id)
     await session.flush()
@@ -228,7 +288,8 @@ async def record_dispute(session: AsyncSession, dispute: dict[str, Any]) -> str:
     Stripe actually withdrew and reinstated (its balance transactions), each once by reference
     (`dispute:<dp>`, `dispute_reversal:<dp>`): an inquiry moves none and leaves the order's
     status alone (refunds answer `dispute_open` while it is open); a chargeback marks the order
-    `disputed`; a won one returns it to where its refunds left it."""
+    `disputed` and, when its funds are withdrawn, pauses the user's auto top-up (`disputed`); a
+    won one returns it to where its refunds left it."""
     dispute_id = str(dispute["id"])
     status = str(dispute.get("status") or "needs_response")
     # Lock order: the order, then the dispute row.
@@ -257,6 +318,10 @@ async def record_dispute(session: AsyncSession, dispute: dict[str, Any]) -> str:
     if withdrawn:
         if not (await DISPUTE.post(session, order, dispute_id, -amount)).replayed:
             done.append("debited")
+            # A chargeback: the card may be stolen, so no more off-session charges of the
+            # user's saved card until they enable auto top-up again (once, with the debit).
+            if await auto_topup_service.pause(session, order.user_id, "disputed"):
+                done.append("auto top-up paused")
     if reinstated:
         if not (await DISPUTE_REVERSAL.post(session, order, dispute_id, amount)).replayed:
             done.append("credited back")

@@ -11,11 +11,15 @@ Stripe is called.
    first and matched on `metadata.refund_request_id` (a lost answer may have made one); if none,
    the refund is created with idempotency key `refund:<request_id>`.
 3. A short transaction applies the answer under the locks: a refund (recorded), a definite
-   failure (the debit is reversed), or no answer (a retry time, with backoff).
+   failure (the debit is reversed), or no answer (a retry time, with backoff). Only Stripe
+   refusing the *create* is a definite failure: a refused lookup (a 401 after a key roll, a 403
+   from a restricted key) leaves the outcome unknown, since an earlier attempt may have made
+   the refund; the request stays `processing` and is looked up again later.
 
 Stripe keeps an idempotency key ~24 h. Retries that could create stop at `RETRY_WINDOW` after
-the first call; after it, only lookups run, and a request whose refund Stripe does not list is
-flagged for an operator (`attention_reason`; it stays `processing`, the money stays debited).
+the first call; after it, only lookups run, and a request whose refund Stripe does not list (or
+whose lookup Stripe refuses) is flagged for an operator (`attention_reason`; it stays
+`processing`, the money stays debited).
 `refund.*` / `charge.refunded` webhooks confirm or fail it later (`app/refunds/webhooks.py`).
 """
 
@@ -187,6 +191,13 @@ NOT_FOUND_AFTER_WINDOW = (
 )
 
 
+LOOKUP_REFUSED_AFTER_WINDOW = (
+    "Stripe refused the lookup of this request's refunds ({error}) and its idempotency window is"
+    " closing: a refund may or may not have been made. Check the PaymentIntent's refunds at"
+    " Stripe (and the API key) before refunding by hand."
+)
+
+
 def _lease(settings: Settings) -> timedelta:
     return timedelta(seconds=settings.stripe_deadline_seconds + 30)
 
@@ -239,14 +250,26 @@ async def _carry_out(
     """Steps 2 and 3 for a claimed request (see the module docstring)."""
     refund: StripeJSON | None = None
     failure: StripeRequestFailed | None = None
-    unknown: StripeOutcomeUnknown | None = None
-    flag = False
+    unknown: StripeOutcomeUnknown | StripeRequestFailed | None = None
+    flag: str | None = None
+    past_window = now - claim.first_attempt_at >= RETRY_WINDOW
     try:
         if claim.attempts > 1:
-            refund = await _find_refund(stripe, claim)
-        if refund is None and now - claim.first_attempt_at >= RETRY_WINDOW:
-            flag = True
-        elif refund is None:
+            try:
+                refund = await _find_refund(stripe, claim)
+            except StripeRequestFailed as exc:
+                # Only a refused *create* is a definite failure. A refused lookup (a 401 after a
+                # key roll, a 403 from a restricted key) says nothing about the refund an
+                # earlier attempt may have made: the outcome stays unknown, and is looked up
+                # again later (or, past the window, left to an operator).
+                unknown = exc
+                if past_window:
+                    flag = LOOKUP_REFUSED_AFTER_WINDOW.format(error=exc)
+        if unknown is not None or refund is not None:
+            pass
+        elif past_window:
+            flag = NOT_FOUND_AFTER_WINDOW
+        else:
             refund = await stripe.create_refund(
                 refund_request_id=claim.request_id,
                 payment_intent_id=claim.payment_intent_id,
@@ -271,7 +294,7 @@ async def _carry_out(
         if request.status != RefundRequestStatus.PROCESSING or request.stripe_refund_id:
             return request  # a webhook got there first
         if flag:
-            request.attention_reason = NOT_FOUND_AFTER_WINDOW
+            request.attention_reason = flag[:500]
             request.next_attempt_at = None
             log.error("refund_needs_attention", refund_request_id=request.id)
         elif failure is not None:

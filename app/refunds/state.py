@@ -6,6 +6,10 @@ the source to keep it so).
        │             │             │
        ▼             ▼             ▼
      denied        failed ◄────────┘  (a refund Stripe reported, then failed: the debit is reversed)
+
+`failed` is final. Should Stripe still report a live refund for a failed (reversed) request, the
+wallet is debited again by refund id and the request flagged for an operator
+(`app/refunds/events.py`); it does not move back.
 """
 
 from __future__ import annotations

@@ -12,12 +12,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.auth import AdminUser, CurrentUser
 from app.db import SessionDep
 from app.limits.router import Now
+from app.rate_limits import rate_limited
 from app.reports import service
 from app.reports.schemas import EXPORT_COLUMNS, GroupBy, UsageSummaryOut
 from app.schemas import CleanStr, UtcDatetime
 
-router = APIRouter(prefix="/usage", tags=["usage"])
-admin_router = APIRouter(prefix="/admin/users/{user_id}/usage", tags=["admin"])
+# Each report reads up to 400 days of records on the portal's connections: counted per user
+# (`BILLING_RATE_LIMIT_USAGE_REPORT`), operators included.
+_LIMITED = [rate_limited("usage_report")]
+router = APIRouter(prefix="/usage", tags=["usage"], dependencies=_LIMITED)
+admin_router = APIRouter(
+    prefix="/admin/users/{user_id}/usage", tags=["admin"], dependencies=_LIMITED
+)
 
 From = Annotated[
     UtcDatetime | None,
@@ -58,9 +64,9 @@ async def _summary(
     )
 
 
-def _export(request: Request, user_id: str, window: UsageWindow) -> StreamingResponse:
+async def _export(request: Request, user_id: str, window: UsageWindow) -> StreamingResponse:
     start, end = service.resolve_range(window.start, window.to, window.now)
-    body = service.export_csv(request.app.state.session_maker, user_id, start, end)
+    body = await service.open_export(request.app.state.session_maker, user_id, start, end)
     name = f"usage-{start:%Y%m%d}-{end:%Y%m%d}.csv"
     return StreamingResponse(
         body,
@@ -82,7 +88,7 @@ async def export_my_usage(
     request: Request, user: CurrentUser, window: Window, format: Format = "csv"
 ) -> StreamingResponse:
     """Every usage record of the caller in `[from, to)` as CSV, streamed."""
-    return _export(request, user.user_id, window)
+    return await _export(request, user.user_id, window)
 
 
 @admin_router.get("/summary", summary="Summarize a user's usage")
@@ -100,4 +106,4 @@ async def admin_export_usage(
     request: Request, user_id: UserId, admin: AdminUser, window: Window, format: Format = "csv"
 ) -> StreamingResponse:
     """Every usage record of any user in `[from, to)` as CSV, streamed."""
-    return _export(request, user_id, window)
+    return await _export(request, user_id, window)

@@ -2,7 +2,9 @@
 
 The export streams: it reads keyset pages of `EXPORT_PAGE` records, each in a short session of
 its own (no transaction stays open while the client reads), and writes each page as CSV before
-it reads the next, so a worker holds one page whatever the range's size.
+it reads the next, so a worker holds one page whatever the range's size. The first page is read
+before the response starts (`open_export`), so a database that cannot answer it (an outage, a
+query past the statement timeout) is a 503 problem rather than a 200 cut short.
 """
 
 from __future__ import annotations
@@ -84,22 +86,41 @@ def _timestamp(value: datetime) -> str:
     return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-async def export_csv(
+async def open_export(
     maker: async_sessionmaker[AsyncSession],
     user_id: str,
     start: datetime,
     end: datetime,
     page_size: int = EXPORT_PAGE,
 ) -> AsyncIterator[bytes]:
-    """The user's usage records in `[start, end)` as CSV, one page of records at a time."""
+    """The export's body, its first page read now (before anything is sent)."""
+    async with maker() as session:
+        first = await repository.export_page(session, user_id, start, end, None, page_size)
+    return export_csv(maker, user_id, start, end, page_size, first=first)
+
+
+async def export_csv(
+    maker: async_sessionmaker[AsyncSession],
+    user_id: str,
+    start: datetime,
+    end: datetime,
+    page_size: int = EXPORT_PAGE,
+    *,
+    first: list[repository.ExportRow] | None = None,
+) -> AsyncIterator[bytes]:
+    """The user's usage records in `[start, end)` as CSV, one page of records at a time (the
+    first one given when it was read already)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(EXPORT_COLUMNS)
     yield buffer.getvalue().encode()
     after: tuple[datetime, int] | None = None
     while True:
-        async with maker() as session:
-            rows = await repository.export_page(session, user_id, start, end, after, page_size)
+        if first is not None:
+            rows, first = first, None
+        else:
+            async with maker() as session:
+                rows = await repository.export_page(session, user_id, start, end, after, page_size)
         if not rows:
             return
         buffer.seek(0)

@@ -25,6 +25,7 @@ import functools
 import hashlib
 import hmac
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypedDict
@@ -564,6 +565,10 @@ class StripeGateway:
         return verify_webhook(payload, sig_header, self._webhook_secret, tolerance=self._tolerance)
 
 
+_HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
+"""What Stripe puts in `v1`: a lower-case hex HMAC-SHA256."""
+
+
 def verify_webhook(
     payload: bytes,
     sig_header: str | None,
@@ -574,7 +579,8 @@ def verify_webhook(
 ) -> StripeJSON:
     """`StripeGateway.construct_event` without the settings (see there). Stripe's scheme: the
     header is `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<raw body>">` (several `v1` while a
-    secret is being rolled)."""
+    secret is being rolled). A `v1` that is not 64 lower-case hex digits makes the header
+    malformed (refused before any comparison: `hmac.compare_digest` raises on non-ASCII text)."""
     if not sig_header:
         raise InvalidSignature("Missing Stripe-Signature header.")
     timestamp: int | None = None
@@ -592,6 +598,8 @@ def verify_webhook(
         raise InvalidSignature("Unable to extract timestamp from the Stripe-Signature header.")
     if not signatures:
         raise InvalidSignature("No v1 signature in the Stripe-Signature header.")
+    if not all(_HEX_SHA256.fullmatch(candidate) for candidate in signatures):
+        raise InvalidSignature("A v1 signature in the Stripe-Signature header is not hex SHA-256.")
     expected = hmac.new(
         secret.encode(), str(timestamp).encode() + b"." + payload, hashlib.sha256
     ).hexdigest()

@@ -9,7 +9,7 @@ then writes the plan in bulk. No I/O here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -49,19 +49,30 @@ class BatchPlan:
     """The spend-limit counters the batch moved, as they end up, by limit id."""
 
 
+def limit_scopes(debits: Iterable[UsageDebit]) -> list[tuple[str, str]]:
+    """The (user id, scope) pairs whose spend limits `debits` are subject to, in lock order:
+    each user's account, and the API keys the debits name (not the user's other keys)."""
+    return sorted({(d.user_id, scope) for d in debits for scope in scopes(d.api_key_id)})
+
+
 def plan_batch(
     debits: Sequence[UsageDebit],
     wallets: Mapping[str, WalletRow],
     existing: Mapping[str, ExistingDebit],
     new_transaction_id: Callable[[], str],
-    counters: Mapping[tuple[str, str], Counter] | None = None,
+    counters: Iterable[tuple[str, Counter]] = (),
     windows: Windows | None = None,
 ) -> BatchPlan:
     """Decide `debits` in order against `wallets` (by user id, locked by the caller), the
-    spend-limit `counters` (by user id and scope, locked by the caller, current as of
-    `windows`) and the references that `existing` holds (by reference)."""
+    spend-limit `counters` (with their user ids, locked by the caller, current as of
+    `windows`; a scope may have several, all applying) and the references that `existing`
+    holds (by reference)."""
     plan = BatchPlan()
-    limits: dict[tuple[str, str], Counter] = dict(counters or {})
+    by_scope: dict[tuple[str, str], list[str]] = {}
+    limits: dict[str, Counter] = {}
+    for user_id, counter in counters:
+        by_scope.setdefault((user_id, counter.scope), []).append(counter.id)
+        limits[counter.id] = counter
     running = dict(wallets)
     written: dict[str, ExistingDebit] = dict(existing)
     outcomes, writes, totals = plan.outcomes, plan.writes, plan.totals
@@ -74,9 +85,9 @@ def plan_batch(
             continue
         amount = debit.amount_micros
         applicable = [
-            limits[(debit.user_id, scope)]
+            limits[limit_id]
             for scope in scopes(debit.api_key_id)
-            if (debit.user_id, scope) in limits
+            for limit_id in by_scope.get((debit.user_id, scope), ())
         ]
         if applicable:
             assert windows is not None, "limits are decided against the current windows"
@@ -94,7 +105,7 @@ def plan_batch(
             assert windows is not None
             start, spent = counter.current(windows)
             moved = counter._replace(window_start=start, spent_micros=spent + amount)
-            limits[(debit.user_id, counter.scope)] = plan.counters[counter.id] = moved
+            limits[counter.id] = plan.counters[counter.id] = moved
             remaining.append(moved.limit_micros - moved.spent_micros)
         wallet = WalletRow(
             wallet.id, wallet.user_id, wallet.balance_micros - amount, wallet.held_micros

@@ -32,6 +32,8 @@ import asyncpg
 import structlog
 from sqlalchemy.engine import make_url
 
+from app.auth.service_tokens import TokenRecord
+from app.db import describe_database_error
 from app.errors import (
     IdempotencyConflict,
     InsufficientBalance,
@@ -42,17 +44,18 @@ from app.errors import (
 )
 from app.ids import new_id
 from app.ledger.balance_events import crossing_ctes
-from app.ledger.holds import HoldResult
+from app.ledger.holds import HoldResult, capture_exceeds_hold
 from app.ledger.holds_repository import HoldCapture, HoldRequest, HoldRow
 from app.ledger.repository import WalletRow
 from app.ledger.service import insufficient_balance
+from app.ledger.statements import covered_wallet_update
 from app.limits.periods import Windows
 from app.limits.rules import Counter, spend_limit_exceeded
 from app.limits.rules import tightest_remaining as _tightest
 from app.metrics import LEDGER_MICROS, LEDGER_TRANSACTIONS
 from app.models.base import utcnow
 from app.models.ledger import system_account_id
-from app.usage.batch import ExistingDebit, plan_batch
+from app.usage.batch import ExistingDebit, limit_scopes, plan_batch
 from app.usage.store import (
     USAGE_DESCRIPTION,
     USAGE_KIND,
@@ -99,7 +102,11 @@ def _outage_is_503(
         try:
             return await method(*args, **kwargs)
         except _OUTAGES as exc:
-            log.warning("database_unavailable", operation=method.__name__, error=repr(exc))
+            log.warning(
+                "database_unavailable",
+                operation=method.__name__,
+                **describe_database_error(exc),
+            )
             raise ServiceUnavailable(
                 "The database did not answer; nothing was applied. Retry with the same id.",
                 headers={"Retry-After": "1"},
@@ -110,6 +117,10 @@ def _outage_is_503(
 
 _WALLET_BY_USER = """
 SELECT id, user_id, balance_micros, held_micros FROM accounts WHERE user_id = $1
+"""
+
+_SERVICE_TOKEN_BY_HASH = """
+SELECT id, name, scopes, revoked_at FROM service_tokens WHERE token_hash = $1
 """
 
 # SQL pieces of the spend limits, shared by the statements below. A limit's counter row is locked
@@ -139,24 +150,28 @@ def _limit_ctes(user: str, key: str, amount: str) -> str:
     (locked), `counters` (each one's current window, from the windows `$9`-`$11`) and
     `refused` (the first limit `amount` would take past it)."""
     return f"""limits AS (
-    -- The limits the amount is subject to (its account's, its key's); none for most users.
-    SELECT id, scope, period, limit_micros, window_start, spent_micros FROM spend_limits
+    -- The limits the amount is subject to (its account's, its key's; on each an operator's
+    -- and the user's own); none for most users.
+    SELECT id, scope, set_by, period, limit_micros, window_start, spent_micros FROM spend_limits
     WHERE user_id = {user} AND scope IN ('account', 'key:' || {key})
       AND NOT EXISTS (SELECT 1 FROM existing)
-    ORDER BY scope FOR UPDATE
+    ORDER BY scope, set_by FOR UPDATE
 ), counters AS (
     -- Each limit's current window and what it has spent: zero when the counter counts an
     -- earlier window; a counter already in a later one (a slower clock) is never moved back.
-    SELECT l.id, l.scope, l.period, l.limit_micros,
+    SELECT l.id, l.scope, l.set_by, l.period, l.limit_micros,
            greatest(l.window_start, w.current_window) AS current_window,
            CASE WHEN l.window_start >= w.current_window THEN l.spent_micros ELSE 0 END AS spent
     FROM limits l,
          LATERAL (SELECT {_current_window("l.period", "$9", "$10", "$11")} AS current_window) w
 ), refused AS (
     -- The first limit the amount would take past its limit: it is refused, nothing is written.
-    SELECT * FROM counters WHERE spent + {amount} > limit_micros ORDER BY scope LIMIT 1
+    SELECT * FROM counters WHERE spent + {amount} > limit_micros ORDER BY scope, set_by LIMIT 1
 )"""
 
+
+_NEW_AND_ALLOWED = " AND NOT EXISTS (SELECT 1 FROM existing) AND NOT EXISTS (SELECT 1 FROM refused)"
+"""A debit's or reserve's wallet condition: its id is new, and no spend limit refused it."""
 
 _USAGE_RECORD_COLUMNS = """
         (user_id, transaction_id, request_id, api_key_id, model, input_tokens, output_tokens,
@@ -179,10 +194,7 @@ _DEBIT = f"""
 WITH existing AS (
     SELECT id, request_hash FROM ledger_transactions WHERE reference = $1
 ), {_limit_ctes("$3", "$8", "$4")}, wallet AS (
-    UPDATE accounts SET balance_micros = balance_micros - $4
-    WHERE user_id = $3 AND balance_micros - held_micros >= $4
-      AND NOT EXISTS (SELECT 1 FROM existing) AND NOT EXISTS (SELECT 1 FROM refused)
-    RETURNING id, user_id, balance_micros, held_micros, watch_micros
+    {covered_wallet_update("$3", debit="$4", when=_NEW_AND_ALLOWED)}
 ), spend AS (
     UPDATE spend_limits s SET window_start = c.current_window, spent_micros = c.spent + $4
     FROM counters c, wallet WHERE s.id = c.id
@@ -247,10 +259,7 @@ _RESERVE = f"""
 WITH existing AS (
     SELECT {_HOLD_COLUMNS} FROM holds WHERE id = $1
 ), {_limit_ctes("$2", "$8", "$3")}, wallet AS (
-    UPDATE accounts SET held_micros = held_micros + $3
-    WHERE user_id = $2 AND balance_micros - held_micros >= $3
-      AND NOT EXISTS (SELECT 1 FROM existing) AND NOT EXISTS (SELECT 1 FROM refused)
-    RETURNING id, user_id, balance_micros, held_micros, watch_micros
+    {covered_wallet_update("$2", hold="$3", when=_NEW_AND_ALLOWED)}
 ), spend AS (
     -- An active hold counts in the window it is reserved in, until it is resolved.
     UPDATE spend_limits s SET window_start = c.current_window, spent_micros = c.spent + $3
@@ -301,7 +310,7 @@ limits AS (
     SELECT s.id, s.period, s.limit_micros, s.window_start, s.spent_micros
     FROM spend_limits s, hold h
     WHERE s.user_id = h.user_id AND s.scope IN ('account', 'key:' || h.api_key_id)
-    ORDER BY s.scope FOR UPDATE OF s
+    ORDER BY s.scope, s.set_by FOR UPDATE OF s
 ), settled AS (
     UPDATE spend_limits s SET spent_micros = s.spent_micros + {delta}
     FROM limits l, hold h
@@ -323,13 +332,14 @@ def _hold_limits(delta: str, day: str, week: str, month: str) -> str:
     )
 
 
-# A capture posts the actual amount (any size: the usage was served, so the balance may go
-# negative) and drops the reservation in the same wallet UPDATE; a capture of 0 only releases.
+# A capture posts the actual amount (up to `$13` times the hold's: the usage was served, so the
+# balance may go negative) and drops the reservation in the same wallet UPDATE; a capture of 0
+# only releases. A capture past its bound matches no hold and writes nothing.
 _CAPTURE = f"""
 WITH hold AS (
     UPDATE holds SET status = 'captured', captured_micros = $2, resolution_hash = $3,
                      resolved_at = $4
-    WHERE id = $1 AND status = 'active'
+    WHERE id = $1 AND status = 'active' AND $2 <= amount_micros * $13::float8
     RETURNING account_id, api_key_id, {_HOLD_COLUMNS}
 ), {_hold_limits("$2 - h.amount_micros", "$7", "$8", "$9")}, wallet AS (
     UPDATE accounts a SET balance_micros = a.balance_micros - $2,
@@ -383,7 +393,7 @@ WITH hold AS (
     FROM wallet, hold
     WHERE wallet.watch_micros IS NOT NULL
       AND wallet.balance_micros - wallet.held_micros - hold.amount_micros < wallet.watch_micros
-), {crossing_ctes("crossing", now="$3", reference="NULL", rises=True, falls=False)}
+), {crossing_ctes("crossing", now="$3", reference="NULL", rises=True, spending=False)}
 SELECT {_h("h")}, {_HOLD_WALLET}, (SELECT remaining FROM remaining) AS limit_remaining_micros
 FROM hold h, wallet w
 """
@@ -402,10 +412,12 @@ WHERE user_id = ANY($1::text[]) ORDER BY user_id FOR UPDATE
 """
 
 # The batch's spend limits, locked before its wallets (as every writer takes them), in
-# (user, scope) order.
+# (user, scope, set_by) order: only the (user, scope) pairs its debits are subject to (each
+# user's account, the keys the batch names), never a user's other keys' limits.
 _LOCK_LIMITS = """
 SELECT id, user_id, scope, period, limit_micros, window_start, spent_micros FROM spend_limits
-WHERE user_id = ANY($1::text[]) ORDER BY user_id, scope FOR UPDATE
+WHERE (user_id, scope) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+ORDER BY user_id, scope, set_by FOR UPDATE
 """
 
 _EXISTING_REFERENCES = """
@@ -618,6 +630,12 @@ class UsageStore:
         await self._pool.close()
 
     @_outage_is_503
+    async def service_token(self, digest: str) -> TokenRecord | None:
+        # On this pool, not the ORM's: long portal reports cannot starve the gateway's auth.
+        row = await self._pool.fetchrow(_SERVICE_TOKEN_BY_HASH, digest)
+        return _read(TokenRecord, row) if row is not None else None
+
+    @_outage_is_503
     async def wallet(self, user_id: str) -> WalletRow | None:
         row = await self._pool.fetchrow(_WALLET_BY_USER, user_id)
         return _read(WalletRow, row) if row is not None else None
@@ -705,10 +723,13 @@ class UsageStore:
         transaction_ids = iter([new_id("txn") for _ in debits])
         now = self.clock()
         async with self._pool.acquire() as conn, conn.transaction():
-            counters = {
-                (row["user_id"], row["scope"]): _read(Counter, row)
-                for row in await conn.fetch(_LOCK_LIMITS, users)
-            }
+            pairs = limit_scopes(debits)
+            counters = [
+                (row["user_id"], _read(Counter, row))
+                for row in await conn.fetch(
+                    _LOCK_LIMITS, [p[0] for p in pairs], [p[1] for p in pairs]
+                )
+            ]
             wallets = {
                 row["user_id"]: _read(WalletRow, row)
                 for row in await conn.fetch(_LOCK_WALLETS, users)
@@ -797,7 +818,7 @@ class UsageStore:
 
     @_outage_is_503
     async def capture(self, capture: HoldCapture) -> HoldResult:
-        hold_id, amount_micros, resolution_hash, details = capture
+        hold_id, amount_micros, resolution_hash, details, max_hold_multiple = capture
         now = self.clock()
         usage = details or {}
         record = await self._pool.fetchrow(
@@ -812,9 +833,10 @@ class UsageStore:
             usage.get("model"),
             usage.get("input_tokens"),
             usage.get("output_tokens"),
+            max_hold_multiple,
         )
         if record is None:
-            return await self._resolved_before(hold_id, "captured", resolution_hash)
+            return await self._resolved_before(hold_id, "captured", resolution_hash, capture)
         if amount_micros > 0:
             LEDGER_TRANSACTIONS.labels("hold_capture", "posted").inc()
             LEDGER_MICROS.labels("hold_capture").inc(amount_micros)
@@ -836,12 +858,20 @@ class UsageStore:
         assert wallet is not None
         return HoldResult(row.hold, wallet, False, tightest(row.limit_remaining_micros))
 
-    async def _resolved_before(self, hold_id: str, status: str, resolution_hash: str) -> HoldResult:
+    async def _resolved_before(
+        self,
+        hold_id: str,
+        status: str,
+        resolution_hash: str,
+        capture: HoldCapture | None = None,
+    ) -> HoldResult:
         record = await self._pool.fetchrow(_HOLD_WITH_WALLET, hold_id)
         if record is None:
             raise NotFound(f"No hold {hold_id!r}.")
         row = _read(HoldStatementRow, record)
         hold = row.hold
+        if hold.status == "active" and (refused := capture_exceeds_hold(hold, capture)):
+            raise refused
         if hold.status != status:
             raise InvalidStateTransition(
                 f"Hold {hold_id!r} is {hold.status} and cannot be {status}.",

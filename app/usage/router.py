@@ -26,10 +26,12 @@ from starlette.types import Receive, Scope, Send
 
 from app.auth.dependencies import authenticate_gateway
 from app.auth.jwt import JwtVerifier
-from app.auth.service_tokens import ServiceTokenVerifier
+from app.auth.service_tokens import SCOPES, ServiceTokenVerifier
 from app.config import Settings
 from app.errors import (
     BillingError,
+    CaptureExceedsHold,
+    Forbidden,
     IdempotencyConflict,
     InsufficientBalance,
     InternalError,
@@ -89,6 +91,8 @@ class Operation:
     summary: str
     handler: Handler
     ok: dict[int, tuple[type[BaseModel], str]]
+    scope: str
+    """The service token's scope the operation needs (`app.auth.service_tokens.SCOPES`)."""
     errors: tuple[type[BillingError], ...] = ()
     """What it may answer of its own besides `_COMMON_ERRORS`."""
     notes: dict[int, str] = field(default_factory=dict)
@@ -102,6 +106,7 @@ class Operation:
     adapters: dict[str, TypeAdapter[str]] = field(init=False)
 
     def __post_init__(self) -> None:
+        assert self.scope in SCOPES, f"{self.path}: unknown scope {self.scope!r}"
         self.name = self.handler.__name__.removeprefix("_")
         regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", self.path)
         self.pattern = re.compile(f"^{regex}$")
@@ -109,7 +114,8 @@ class Operation:
 
     @property
     def description(self) -> str:
-        return (self.handler.__doc__ or "").strip()
+        what = (self.handler.__doc__ or "").strip()
+        return f"{what}\n\nNeeds a service token with the `{self.scope}` scope."
 
 
 async def _record_usage(app: GatewayApp, call: Call) -> tuple[int, BaseModel]:
@@ -132,8 +138,9 @@ async def _reserve_hold(app: GatewayApp, call: Call) -> tuple[int, BaseModel]:
 
 
 async def _capture_hold(app: GatewayApp, call: Call) -> tuple[int, BaseModel]:
-    """Charge the actual amount (0, less or more than held: the balance may go negative) and
-    release the reservation; a repeat with the same body answers the original, `replayed`."""
+    """Charge the actual amount (0, less or more than held, up to
+    `BILLING_CAPTURE_MAX_HOLD_MULTIPLE` times the hold: the balance may go negative) and release
+    the reservation; a repeat with the same body answers the original, `replayed`."""
     hold_id = call.params["hold_id"]
     return 200, await service.capture_hold(app.store, app.settings, hold_id, call.body)
 
@@ -162,6 +169,14 @@ _HOLD_NOTES = {
     "(already resolved otherwise: captured, released or expired).",
 }
 
+_CAPTURE_NOTES = {
+    **_HOLD_NOTES,
+    422: "`validation_error`: the request does not fit the schema. `capture_exceeds_hold`: "
+    "`amount_micros` is more than `BILLING_CAPTURE_MAX_HOLD_MULTIPLE` (default 2) times the "
+    "hold's amount; the problem carries `hold_amount_micros` and `max_capture_micros`. Nothing "
+    "was applied: the hold is still active.",
+}
+
 _DEBIT_ERRORS = (InsufficientBalance, SpendLimitExceeded, IdempotencyConflict)
 _HOLD_ERRORS = (NotFound, IdempotencyConflict, InvalidStateTransition)
 
@@ -173,10 +188,11 @@ def _once_per_id(
     body: type[BaseModel],
     out: type[BaseModel],
     applied: str,
+    scope: str,
 ) -> Operation:
     """A debit or a reserve under the caller's id: 201 applied now, 200 a replay."""
     ok = {201: (out, applied), 200: (out, _REPLAY)}
-    return Operation("POST", path, summary, handler, ok, _DEBIT_ERRORS, _DEBIT_NOTES, body)
+    return Operation("POST", path, summary, handler, ok, scope, _DEBIT_ERRORS, _DEBIT_NOTES, body)
 
 
 def _hold_resolution(
@@ -187,6 +203,8 @@ def _hold_resolution(
     done: str,
     *,
     body_required: bool = True,
+    errors: tuple[type[BillingError], ...] = (),
+    notes: dict[int, str] | None = None,
 ) -> Operation:
     """A capture or a release of the hold in the path; a repeat answers the original."""
     return Operation(
@@ -195,8 +213,9 @@ def _hold_resolution(
         summary,
         handler,
         ok={200: (HoldOut, done)},
-        errors=_HOLD_ERRORS,
-        notes=_HOLD_NOTES,
+        scope="holds",
+        errors=(*_HOLD_ERRORS, *errors),
+        notes=notes or _HOLD_NOTES,
         body=body,
         body_required=body_required,
         params={"hold_id": HoldId},
@@ -211,6 +230,7 @@ OPERATIONS = [
         UsageIn,
         UsageOut,
         "Debited now.",
+        "usage",
     ),
     Operation(
         "POST",
@@ -218,6 +238,7 @@ OPERATIONS = [
         "Debit a batch of usage events",
         _record_usage_batch,
         ok={200: (UsageBatchOut, "One result per event, in the order sent.")},
+        scope="usage",
         body=UsageBatchIn,
     ),
     _once_per_id(
@@ -227,9 +248,16 @@ OPERATIONS = [
         HoldIn,
         HoldOut,
         "Reserved now.",
+        "holds",
     ),
     _hold_resolution(
-        "capture", "Capture a hold", _capture_hold, CaptureIn, "Captured (now, or `replayed`)."
+        "capture",
+        "Capture a hold",
+        _capture_hold,
+        CaptureIn,
+        "Captured (now, or `replayed`).",
+        errors=(CaptureExceedsHold,),
+        notes=_CAPTURE_NOTES,
     ),
     _hold_resolution(
         "release",
@@ -245,6 +273,7 @@ OPERATIONS = [
         "Get a user's balance",
         _get_account_balance,
         ok={200: (AccountBalanceOut, "The wallet as it stands.")},
+        scope="balance:read",
         params={"user_id": UserIdPath},
     ),
 ]
@@ -384,9 +413,14 @@ class GatewayApp:
         assert self._tokens is not None, "served only inside the lifespan"
         assert self._jwt is not None, "served only inside the lifespan"
         authorization = headers.get(b"authorization")
-        await authenticate_gateway(
+        caller = await authenticate_gateway(
             authorization.decode("latin-1") if authorization else None, self._tokens, self._jwt
         )
+        if op.scope not in caller.scopes:
+            raise Forbidden(
+                f"This service token lacks the `{op.scope}` scope this operation needs.",
+                required_scope=op.scope,
+            )
         errors: list[dict[str, Any]] = []
         params: dict[str, str] = {}
         for name, raw in raw_params.items():
@@ -486,9 +520,14 @@ def openapi_paths() -> tuple[dict[str, Any], dict[str, Any]]:
             str(status): {"description": text, "content": {"application/json": {"schema": ref(m)}}}
             for status, (m, text) in sorted(op.ok.items())
         }
+        notes = {
+            403: "`forbidden`: a portal JWT instead of a service token, or a service token "
+            f"without the `{op.scope}` scope (the problem carries `required_scope`).",
+            **op.notes,
+        }
         for status, problem in problem_responses(*_COMMON_ERRORS, *op.errors).items():
-            if int(status) in op.notes:
-                problem["description"] = op.notes[int(status)]
+            if int(status) in notes:
+                problem["description"] = notes[int(status)]
             responses[str(status)] = problem
         item: dict[str, Any] = {
             "tags": ["gateway"],

@@ -263,6 +263,7 @@ async def capture_hold(
         amount_micros=body.amount_micros,
         resolution_hash=hash_request({"capture": body.model_dump(mode="json", exclude_none=True)}),
         details=_usage_details(body.model, body.input_tokens, body.output_tokens, body.metadata),
+        max_hold_multiple=settings.capture_max_hold_multiple,
     )
     return _hold_out(await store.capture(capture))
 

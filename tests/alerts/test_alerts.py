@@ -16,7 +16,7 @@ from app.ids import new_id
 from app.ledger.balance_events import balance_changed
 from app.ledger.repository import WalletRow
 from app.ledger.service import Leg, post
-from app.models.notifications import BalanceAlert, Notification
+from app.models.notifications import BalanceAlert, Notification, NotificationSettings
 from tests.factories import gateway_debit, paid_order
 
 Headers = Callable[..., dict[str, str]]
@@ -126,6 +126,53 @@ async def test_a_number_is_not_a_boolean(
     assert any(e["field"].endswith(field) for e in response.json()["errors"]), response.text
 
 
+UNSENDABLE_ADDRESSES = [
+    "a@x.com, b@y.com",  # two addresses: both would get the user's mail
+    "a@x.com;b@y.com",
+    "Team <a@x.com>, b@y.com",
+    "a@[",  # unparsable: setting the To header raised inside the delivery job
+    "a@",
+    "ada\u2028@example.com",  # a line separator: the email package refuses the header
+    "ada@example.com\u2029",
+    "ada@exa\u200bmple.com",
+]
+
+
+@pytest.mark.parametrize("address", UNSENDABLE_ADDRESSES)
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/alerts", {"low_balance_thresholds": ["5.00"], "email": True}),
+        (
+            "/v1/auto-topup",
+            {
+                "enabled": False,
+                "threshold": "5.00",
+                "amount": "20.00",
+                "payment_method_id": None,
+                "monthly_limit": "100.00",
+            },
+        ),
+    ],
+)
+async def test_an_email_claim_that_is_not_exactly_one_address_is_a_422_and_not_kept(
+    client: httpx.AsyncClient,
+    user_headers: Headers,
+    session_maker: async_sessionmaker[AsyncSession],
+    path: str,
+    body: dict[str, Any],
+    address: str,
+) -> None:
+    response = await client.put(path, json=body, headers=user_headers("user-1", email=address))
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert problem["code"] == "validation_error"
+    assert [e["field"] for e in problem["errors"]] == ["token.email"]
+    async with session_scope(session_maker) as session:
+        assert await session.get(NotificationSettings, "user-1") is None
+        assert (await session.scalars(select(BalanceAlert))).all() == []
+
+
 async def test_each_threshold_fires_once_per_crossing_and_re_arms_on_recovery(
     client: httpx.AsyncClient,
     user_headers: Headers,
@@ -189,7 +236,7 @@ async def test_a_negative_balance_reads_as_such(
     async with session_scope(session_maker) as session:
         # A capture may take the balance below zero (no covering check).
         wallet = WalletRow("acc_x", "user-1", -1_500_000, 0, watch_micros=0)
-        await balance_changed(session, wallet, 1 * USD, reference="hold:x")
+        await balance_changed(session, wallet, 1 * USD)
     assert await _balance_low(session_maker) == [("0.00", "-1.500000")]
 
 

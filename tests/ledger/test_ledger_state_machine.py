@@ -35,7 +35,12 @@ from app.adjustments.schemas import AdjustmentIn
 from app.adjustments.service import adjust_wallet
 from app.config import Settings
 from app.db import create_engine, create_session_maker, session_scope
-from app.errors import IdempotencyConflict, InsufficientBalance, InvalidStateTransition
+from app.errors import (
+    CaptureExceedsHold,
+    IdempotencyConflict,
+    InsufficientBalance,
+    InvalidStateTransition,
+)
 from app.jobs.holds import expire_holds
 from app.ledger.verify import verify_ledger
 from app.models.base import utcnow
@@ -104,7 +109,9 @@ class Backend:
             self.engine = create_engine(self.settings)
             self.maker = create_session_maker(self.engine)
             # The gateway's store, as the app opens it: driver-level statements.
-            self.store = self.run(UsageStore.open(self.settings.database_url, max_size=2))
+            self.store = self.run(
+                UsageStore.open(self.settings.database_url.get_secret_value(), max_size=2)
+            )
         self.run(self._clear())
         assert self.maker is not None
         return self.maker
@@ -254,6 +261,12 @@ class LedgerMachine(RuleBasedStateMachine):
             with pytest.raises(InvalidStateTransition):
                 self.use(service.capture_hold, self.settings, hold.hold_id, body)
             return hold
+        if actual > hold.amount * self.settings.capture_max_hold_multiple:
+            # Past the bound: refused, nothing applied, the hold still active; then the most.
+            with pytest.raises(CaptureExceedsHold):
+                self.use(service.capture_hold, self.settings, hold.hold_id, body)
+            actual = int(hold.amount * self.settings.capture_max_hold_multiple)
+            body = CaptureIn(amount_micros=actual, model="m")
         out = self.use(service.capture_hold, self.settings, hold.hold_id, body)
         assert (out.status, out.captured_micros, out.replayed) == ("captured", actual, False)
         wallet = self.wallets[hold.user]

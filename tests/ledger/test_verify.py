@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = os.environ | {
         "BILLING_ENVIRONMENT": "test",
-        "BILLING_DATABASE_URL": settings.database_url,
+        "BILLING_DATABASE_URL": settings.database_url.get_secret_value(),
         "BILLING_JWT_SECRET": JWT_SECRET,
         "BILLING_LOG_JSON": "false",
     }

@@ -128,8 +128,9 @@ async def test_an_operators_change_is_audited(
     await client.delete("/v1/admin/users/ann/spend-limits/keys/k1", headers=admin_headers)
     log = (await client.get("/v1/admin/audit-log", headers=admin_headers)).json()["data"]
     entries = [(e["action"], e["subject_id"], e["details"]) for e in log]
-    assert ("spend_limit_removed", "ann", {"scope": "key:k1"}) in entries
-    set_details = {"scope": "key:k1", "limit": "4.00", "period": "week"}
+    removed_details = {"scope": "key:k1", "set_by": "operator"}
+    assert ("spend_limit_removed", "ann", removed_details) in entries
+    set_details = {"scope": "key:k1", "limit": "4.00", "period": "week", "set_by": "operator"}
     assert ("spend_limit_set", "ann", set_details) in entries
 
 

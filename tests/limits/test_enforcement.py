@@ -296,6 +296,8 @@ async def test_a_new_limit_counts_what_the_window_already_spent(
         "remaining": "0.100000",
         "resets_at": "2026-11-28T00:00:00Z",
         "currency": "usd",
+        "set_by": "user",
+        "set_by_operator": None,
     }
     assert (await debit(client, gateway_headers, USER, 100_001, api_key_id="k1")).status_code == 402
     # Raising the limit keeps the count; moving it to another period recounts that window.

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from app.notifications import signing
 
@@ -39,16 +39,35 @@ class _Keep:
 
 
 class SmtpSink:
-    """aiosmtpd on loopback, in its own thread, as a real mail server would be."""
+    """aiosmtpd on loopback, in its own thread, as a real mail server would be. It offers no
+    STARTTLS; with `auth_in_clear` it offers AUTH (PLAIN, LOGIN) over the plain connection and
+    keeps every login it is sent in `logins` (a server, or a man in the middle that stripped
+    STARTTLS, a client must not send its password to)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, auth_in_clear: bool = False) -> None:
         self._handler = _Keep()
         self.port = free_port()
-        self._controller = Controller(self._handler, hostname="127.0.0.1", port=self.port)
+        self.logins: list[tuple[str, str]] = []
+        auth: dict[str, Any] = (
+            {"authenticator": self._authenticate, "auth_require_tls": False}
+            if auth_in_clear
+            else {}
+        )
+        self._controller = Controller(self._handler, hostname="127.0.0.1", port=self.port, **auth)
+
+    def _authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        if isinstance(data, LoginPassword):
+            self.logins.append((data.login.decode(), data.password.decode()))
+        return AuthResult(success=True)
 
     @property
     def url(self) -> str:
         return f"smtp://127.0.0.1:{self.port}"
+
+    def url_with_credentials(self, username: str, password: str) -> str:
+        return f"smtp://{username}:{password}@127.0.0.1:{self.port}"
 
     @property
     def messages(self) -> list[Message]:

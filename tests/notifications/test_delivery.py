@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -17,6 +18,7 @@ from app.models.base import utcnow
 from app.models.notifications import Notification
 from app.notifications import events, signing
 from app.notifications.delivery import backoff_seconds, deliver_notifications
+from app.notifications.repository import upsert_email
 from app.notifications.service import enqueue, remember_email
 from tests.notifications.servers import SmtpSink, WebhookReceiver, free_port, notify_settings
 
@@ -344,7 +346,7 @@ async def test_the_plain_sql_insert_shape_is_delivered_like_an_orm_one(
 
     async with session_scope(app.state.session_maker) as session:
         await remember_email(session, "user-sql", "sql@example.com")
-    conn = await asyncpg.connect(asyncpg_dsn(settings.database_url))
+    conn = await asyncpg.connect(asyncpg_dsn(settings.database_url.get_secret_value()))
     try:
         given = new_id("ntf")
         data = events.balance_low(threshold_micros=5_000_000, available_micros=4_000_000)
@@ -368,3 +370,188 @@ async def test_the_plain_sql_insert_shape_is_delivered_like_an_orm_one(
     assert sorted(d.json()["id"] for d in receiver.deliveries) == sorted([given, drawn])
     assert all(d.json()["data"] == data for d in receiver.deliveries)
     assert smtp.recipients == [["sql@example.com"], ["sql@example.com"]]
+
+
+async def test_an_unsendable_address_fails_its_own_row_at_once_and_no_other_row(
+    app: Any,
+    session_maker: async_sessionmaker[AsyncSession],
+    smtp: SmtpSink,
+    receiver: WebhookReceiver,
+) -> None:
+    # Addresses stored before they were checked, on the event or as the user's latest: one
+    # that makes the email package raise (`a@[`), one it refuses as a header (U+2028), and a
+    # list that would mail a second person.
+    unsendable = ["a@[", "ada\u2028@example.com", "a@x.com, b@y.com"]
+    good: list[str] = []
+    bad: list[str] = []
+    for i, address in enumerate(unsendable):
+        good.append(
+            await _topup_with_notification(session_maker, f"user-good-{i}", f"good{i}@example.com")
+        )
+        if i % 2:
+            bad.append(await _topup_with_notification(session_maker, f"user-bad-{i}", address))
+        else:
+            async with session_scope(session_maker) as session:
+                await upsert_email(session, f"user-bad-{i}", address)
+            bad.append(await _topup_with_notification(session_maker, f"user-bad-{i}"))
+
+    counts = await deliver_notifications(session_maker, app.state.notifier)
+
+    assert counts["email"] == {"sent": 3, "retry": 0, "failed": 3, "skipped": 0}
+    assert counts["webhook"]["sent"] == 6
+    assert sorted(smtp.recipients) == [[f"good{i}@example.com"] for i in range(3)]
+    for notification_id in good:
+        row = await _row(session_maker, notification_id)
+        assert (row.email_status, row.email_attempts) == ("sent", 1)
+    for notification_id in bad:
+        row = await _row(session_maker, notification_id)
+        # Permanent: no retry would ever make it sendable.
+        assert (row.email_status, row.email_attempts) == ("failed", 1)
+        assert "address" in (row.email_last_error or "")
+        assert row.webhook_status == "sent"
+
+    await _make_due(session_maker)
+    again = await deliver_notifications(session_maker, app.state.notifier)
+    assert again["email"] == {"sent": 0, "retry": 0, "failed": 0, "skipped": 0}
+    assert len(smtp.messages) == 3
+
+
+async def test_an_unexpected_error_in_one_send_is_that_attempt_s_outcome_alone(
+    app: Any,
+    session_maker: async_sessionmaker[AsyncSession],
+    smtp: SmtpSink,
+    receiver: WebhookReceiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ids = [
+        await _topup_with_notification(session_maker, f"user-{i}", f"u{i}@example.com")
+        for i in range(3)
+    ]
+    notifier = app.state.notifier
+    send_webhook = notifier.send_webhook
+
+    async def one_send_crashes(notification: Any) -> None:
+        if notification.id == ids[1]:
+            raise RuntimeError("a bug in one send")
+        await send_webhook(notification)
+
+    monkeypatch.setattr(notifier, "send_webhook", one_send_crashes)
+    counts = await deliver_notifications(session_maker, notifier)
+
+    assert counts["webhook"] == {"sent": 2, "retry": 1, "failed": 0, "skipped": 0}
+    assert counts["email"]["sent"] == 3
+    row = await _row(session_maker, ids[1])
+    assert (row.webhook_status, row.webhook_attempts) == ("pending", 1)
+    assert "RuntimeError" in (row.webhook_last_error or "")
+    assert row.webhook_next_attempt_at > utcnow()
+    for notification_id in (ids[0], ids[2]):
+        assert (await _row(session_maker, notification_id)).webhook_status == "sent"
+
+
+async def test_a_channel_out_of_attempts_is_failed_and_never_claimed_again(
+    app: Any,
+    session_maker: async_sessionmaker[AsyncSession],
+    smtp: SmtpSink,
+    receiver: WebhookReceiver,
+) -> None:
+    stuck = await _topup_with_notification(session_maker, "user-stuck", "stuck@example.com")
+    fresh = await _topup_with_notification(session_maker, "user-fresh", "fresh@example.com")
+    # As a crash on the last attempt leaves a channel (or a batch whose outcomes were never
+    # recorded, whose rows were re-claimed at every lease): attempts used up, still pending.
+    async with session_scope(session_maker) as session:
+        await session.execute(
+            update(Notification)
+            .where(Notification.id == stuck)
+            .values(email_attempts=3, webhook_attempts=41)
+        )
+
+    counts = await deliver_notifications(session_maker, app.state.notifier)
+
+    assert counts["email"] == {"sent": 1, "retry": 0, "failed": 1, "skipped": 0}
+    assert counts["webhook"] == {"sent": 1, "retry": 0, "failed": 1, "skipped": 0}
+    assert [m["X-Billing-Event-Id"] for m in smtp.messages] == [fresh]
+    assert [d.json()["id"] for d in receiver.deliveries] == [fresh]
+    row = await _row(session_maker, stuck)
+    assert (row.email_status, row.email_attempts) == ("failed", 3)
+    assert (row.webhook_status, row.webhook_attempts) == ("failed", 41)
+    assert "attempts" in (row.webhook_last_error or "")
+
+
+class TestAnInstanceWithoutSmtp:
+    """Instances may be configured differently (say, SMTP only on some): one without SMTP
+    skips the email of what it claimed, and leaves every other row alone."""
+
+    @pytest.fixture
+    def settings_overrides(self, receiver: WebhookReceiver) -> dict[str, Any]:
+        return {"notify_webhook_url": receiver.url, "notify_webhook_secret": SECRET}
+
+    async def test_it_skips_only_the_email_it_claimed_not_rows_in_backoff_or_leased(
+        self,
+        app: Any,
+        session_maker: async_sessionmaker[AsyncSession],
+        receiver: WebhookReceiver,
+    ) -> None:
+        due = await _topup_with_notification(session_maker, "user-due", "due@example.com")
+        waiting = await _topup_with_notification(session_maker, "user-wait", "wait@example.com")
+        leased = await _topup_with_notification(session_maker, "user-lease", "lease@example.com")
+        later = utcnow() + timedelta(minutes=10)
+        async with session_scope(session_maker) as session:
+            # In backoff after a failed attempt by an instance that has SMTP.
+            await session.execute(
+                update(Notification)
+                .where(Notification.id == waiting)
+                .values(email_attempts=2, email_next_attempt_at=later, email_last_error="smtp: 451")
+            )
+            # Being sent right now by an instance that has SMTP (its lease).
+            await session.execute(
+                update(Notification)
+                .where(Notification.id == leased)
+                .values(email_attempts=1, email_next_attempt_at=later)
+            )
+
+        counts = await deliver_notifications(session_maker, app.state.notifier)
+
+        assert counts["email"] == {"sent": 0, "retry": 0, "failed": 0, "skipped": 1}
+        assert counts["webhook"]["sent"] == 3
+        row = await _row(session_maker, due)
+        assert row.email_status == "skipped"
+        assert "not configured" in (row.email_last_error or "")
+        for notification_id, attempts in ((waiting, 2), (leased, 1)):
+            row = await _row(session_maker, notification_id)
+            assert (row.email_status, row.email_attempts) == ("pending", attempts)
+            assert abs((row.email_next_attempt_at - later).total_seconds()) < 1
+            assert row.webhook_status == "sent"
+
+
+class TestSmtpCredentials:
+    """With a username and password in `BILLING_SMTP_URL`, STARTTLS is required: a server
+    that does not offer it (or a man in the middle that stripped it) gets neither the
+    password nor the mail."""
+
+    @pytest.fixture
+    def clear_smtp(self) -> Iterator[SmtpSink]:
+        sink = SmtpSink(auth_in_clear=True)
+        sink.start()
+        yield sink
+        sink.stop()
+
+    @pytest.fixture
+    def settings_overrides(self, clear_smtp: SmtpSink) -> dict[str, Any]:
+        return {
+            "smtp_url": clear_smtp.url_with_credentials("billing", "smtp-password-1"),
+            "smtp_timeout_seconds": 2,
+        }
+
+    async def test_a_server_without_starttls_gets_no_password_and_no_mail(
+        self, app: Any, session_maker: async_sessionmaker[AsyncSession], clear_smtp: SmtpSink
+    ) -> None:
+        notification_id = await _topup_with_notification(session_maker, email="a@example.com")
+
+        counts = await deliver_notifications(session_maker, app.state.notifier)
+
+        assert clear_smtp.logins == []
+        assert clear_smtp.messages == []
+        assert counts["email"] == {"sent": 0, "retry": 1, "failed": 0, "skipped": 0}
+        row = await _row(session_maker, notification_id)
+        assert (row.email_status, row.email_attempts) == ("pending", 1)
+        assert "STARTTLS" in (row.email_last_error or "")

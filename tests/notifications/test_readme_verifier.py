@@ -33,6 +33,29 @@ def test_the_readme_verifier_accepts_our_signature_and_refuses_tampering() -> No
     assert not verify(body, signing.sign(body, secret, int(time.time()) - 301), secret)
 
 
+def test_the_readme_verifier_refuses_a_malformed_header_without_raising() -> None:
+    # Headers decoded as latin-1 (as most frameworks do) carry any byte above 0x7f as a
+    # non-ASCII character, which `hmac.compare_digest` refuses with TypeError.
+    verify = _readme_verifier()
+    secret = "whsec_" + "k" * 30
+    body = b'{"id":"ntf_1","type":"balance.low"}'
+    now = int(time.time())
+    good = signing.sign(body, secret, now).partition("v1=")[2]
+    for header in (
+        f"t={now},v1=" + "\u00ff" * 64,
+        f"t={now},v1=\u00e9",
+        f"t={now},v1=" + good.upper(),
+        f"t={now},v1=" + "g" * 64,
+        f"t={now},v1=",
+        f"t={now}",
+        f"t=abc,v1={good}",
+        f"t=\u0661\u0662,v1={good}",
+        f"v1={good}",
+        "",
+    ):
+        assert verify(body, header, secret) is False, header
+
+
 def test_the_readme_example_is_signed_as_it_says() -> None:
     section = README.read_text().split("## Notifications (email and signed webhooks)", 1)[1]
     header = re.search(r"Billing-Signature: (t=\d+,v1=[0-9a-f]{64})", section)

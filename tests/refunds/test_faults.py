@@ -15,8 +15,9 @@ from sqlalchemy import func, select
 
 from app.db import session_scope
 from app.models.ledger import LedgerTransaction
-from app.models.orders import StripeCustomer
+from app.models.orders import Order, StripeCustomer
 from app.models.refunds import RefundRequest
+from app.refunds.events import reverse_request_debit
 from app.refunds.service import RETRY_WINDOW, retry_unknown_refunds
 from tests.purchase.helpers import balance, bought, deliver_all, order_row, shown_order
 from tests.refunds.conftest import paid_order_at_stripe
@@ -291,3 +292,179 @@ async def test_a_customer_deleted_at_stripe_is_replaced_and_the_purchase_goes_th
     row = await order_row(session_maker, third["order"]["id"])
     assert row.stripe_customer_id == replacement
     assert row.stripe_idempotency_key is None
+
+
+async def _approved_with_its_answer_lost(
+    app: Any,
+    client: httpx.AsyncClient,
+    stripe_peer: StripePeer,
+    session_maker: Any,
+    alice: dict[str, str],
+    admin: dict[str, str],
+    *,
+    refund_status: str = "succeeded",
+) -> tuple[Any, dict[str, Any], int]:
+    """A $20 order whose refund Stripe made but whose answer (and the SDK's retries) was lost:
+    the request is `processing`, the wallet debited, no webhook delivered yet. Returns the
+    order, the request and the peer's event sequence before the approval."""
+    order = await paid_order_at_stripe(app, stripe_peer, session_maker, amount_cents=2000)
+    since = await stripe_peer.last_event_seq()
+    await stripe_peer.set_refund_behavior(refund_status, times=1)
+    await stripe_peer.lose_answer("POST", "/v1/refunds", times=3)
+    approved = await _approve(client, alice, admin, order.id)
+    assert approved["status"] == "processing"
+    assert [r["status"] for r in await stripe_peer.objects("refund")] == [refund_status]
+    assert await balance(client, alice) == "0.000000"
+    return order, approved, since
+
+
+@pytest.mark.parametrize("settings_overrides", [{"stripe_timeout_seconds": 0.5}])
+@pytest.mark.parametrize("refusal", [401, 403])
+async def test_a_refused_lookup_on_a_retry_is_an_unknown_outcome_not_a_failure(
+    app: Any,
+    client: httpx.AsyncClient,
+    stripe_peer: StripePeer,
+    session_maker: Any,
+    user_headers: Headers,
+    admin_headers: dict[str, str],
+    refusal: int,
+) -> None:
+    alice = user_headers("alice")
+    order, approved, since = await _approved_with_its_answer_lost(
+        app, client, stripe_peer, session_maker, alice, admin_headers
+    )
+    first = (await _row(session_maker, approved["id"])).first_attempt_at
+    assert first is not None
+    # The reconciler's lookup of earlier refunds is refused (a rolled key's 401, a restricted
+    # key's 403): that says nothing about the refund the first attempt made.
+    await stripe_peer.inject_fault("GET", "/v1/refunds", status=refusal, times=1)
+    later = first + timedelta(minutes=5)
+    assert (
+        await retry_unknown_refunds(session_maker, app.state.stripe, app.state.settings, now=later)
+        == 1
+    )
+    row = await _row(session_maker, approved["id"])
+    assert row.status == "processing"
+    assert row.next_attempt_at is not None  # the reconciler looks again later
+    assert row.attention_reason is None
+    assert await balance(client, alice) == "0.000000"  # still debited, not given back
+    assert "refund_reversal" not in await _kinds(session_maker)
+    # No second create was sent after the refused lookup.
+    assert len(await stripe_peer.requests("/v1/refunds", method="POST")) == 3
+    # Stripe's events then report the first attempt's refund: the user is refunded once.
+    await deliver_all(stripe_peer, client, since=since)
+    row = await _row(session_maker, approved["id"])
+    assert row.status == "succeeded"
+    assert await balance(client, alice) == "0.000000"
+    assert (await shown_order(client, alice, order.id))["status"] == "refunded"
+    assert (
+        await retry_unknown_refunds(
+            session_maker, app.state.stripe, app.state.settings, now=later + timedelta(days=1)
+        )
+        == 0
+    )
+
+
+@pytest.mark.parametrize("settings_overrides", [{"stripe_timeout_seconds": 0.5}])
+async def test_a_live_refund_for_a_reversed_request_debits_again_once_and_is_flagged(
+    app: Any,
+    client: httpx.AsyncClient,
+    stripe_peer: StripePeer,
+    session_maker: Any,
+    user_headers: Headers,
+    admin_headers: dict[str, str],
+) -> None:
+    alice = user_headers("alice")
+    order, approved, since = await _approved_with_its_answer_lost(
+        app, client, stripe_peer, session_maker, alice, admin_headers
+    )
+    # The request was reversed as failed although its refund went through (what a refused
+    # lookup did before: requests in this state exist).
+    async with session_scope(session_maker) as session:
+        request = await session.get(RefundRequest, approved["id"], with_for_update=True)
+        assert request is not None
+        locked = await session.get(Order, order.id, with_for_update=True)
+        assert locked is not None
+        await reverse_request_debit(session, request, locked, reason="lookup refused")
+    assert await balance(client, alice) == "20.000000"
+    # Stripe reports the refund (every event twice): the wallet is debited again, once.
+    await deliver_all(stripe_peer, client, since=since)
+    await deliver_all(stripe_peer, client, since=since)
+    assert await balance(client, alice) == "0.000000"
+    row = await _row(session_maker, approved["id"])
+    assert row.status == "failed"
+    assert row.attention_reason is not None
+    assert row.stripe_refund_id is not None
+    assert (await shown_order(client, alice, order.id))["status"] == "refunded"
+    async with session_scope(session_maker) as session:
+        again = await session.scalars(
+            select(LedgerTransaction.reference).where(
+                LedgerTransaction.reference.like("refund_after_reversal:%")
+            )
+        )
+        assert list(again) == [f"refund_after_reversal:{row.stripe_refund_id}"]
+    flagged = await client.get(
+        "/v1/admin/refund-requests", params={"attention": "true"}, headers=admin_headers
+    )
+    assert [r["id"] for r in flagged.json()["data"]] == [approved["id"]]
+
+
+@pytest.mark.parametrize("settings_overrides", [{"stripe_timeout_seconds": 0.5}])
+async def test_a_pending_refund_for_a_reversed_request_that_then_fails_gives_the_debit_back(
+    app: Any,
+    client: httpx.AsyncClient,
+    stripe_peer: StripePeer,
+    session_maker: Any,
+    user_headers: Headers,
+    admin_headers: dict[str, str],
+) -> None:
+    alice = user_headers("alice")
+    order, approved, since = await _approved_with_its_answer_lost(
+        app, client, stripe_peer, session_maker, alice, admin_headers, refund_status="pending"
+    )
+    async with session_scope(session_maker) as session:
+        request = await session.get(RefundRequest, approved["id"], with_for_update=True)
+        assert request is not None
+        locked = await session.get(Order, order.id, with_for_update=True)
+        assert locked is not None
+        await reverse_request_debit(session, request, locked, reason="lookup refused")
+    await deliver_all(stripe_peer, client, since=since)
+    assert await balance(client, alice) == "0.000000"  # pending: the money is on its way out
+    [refund] = await stripe_peer.objects("refund")
+    since = await stripe_peer.last_event_seq()
+    await stripe_peer.settle_refund(refund["id"], succeed=False)
+    await deliver_all(stripe_peer, client, since=since)
+    assert await balance(client, alice) == "20.000000"  # it did not leave after all
+    assert (await shown_order(client, alice, order.id))["status"] == "paid"
+    row = await _row(session_maker, approved["id"])
+    assert (row.status, row.stripe_status) == ("failed", "failed")
+    assert row.attention_reason is not None
+
+
+@pytest.mark.parametrize("settings_overrides", [{"stripe_timeout_seconds": 0.5}])
+async def test_a_refused_lookup_past_the_window_is_flagged_with_the_money_still_debited(
+    app: Any,
+    client: httpx.AsyncClient,
+    stripe_peer: StripePeer,
+    session_maker: Any,
+    user_headers: Headers,
+    admin_headers: dict[str, str],
+) -> None:
+    alice = user_headers("alice")
+    _, approved, _ = await _approved_with_its_answer_lost(
+        app, client, stripe_peer, session_maker, alice, admin_headers
+    )
+    first = (await _row(session_maker, approved["id"])).first_attempt_at
+    assert first is not None
+    await stripe_peer.inject_fault("GET", "/v1/refunds", status=401, times=1)
+    later = first + RETRY_WINDOW + timedelta(minutes=1)
+    assert (
+        await retry_unknown_refunds(session_maker, app.state.stripe, app.state.settings, now=later)
+        == 1
+    )
+    row = await _row(session_maker, approved["id"])
+    assert row.status == "processing"
+    assert row.attention_reason is not None
+    assert "refused the lookup" in row.attention_reason
+    assert row.next_attempt_at is None
+    assert await balance(client, alice) == "0.000000"

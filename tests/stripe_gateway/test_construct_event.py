@@ -103,6 +103,25 @@ def test_a_missing_or_malformed_header_is_refused(
     assert caught.value.code == "invalid_signature"
 
 
+@pytest.mark.parametrize(
+    "v1",
+    ["\u00ff" * 64, "\u00e9", "\u2603" + "a" * 63, "g" * 64, "A" * 64, "ab", ""],
+    ids=["latin-1", "short non-ascii", "snowman", "non-hex", "upper-case", "short", "empty"],
+)
+def test_a_v1_that_is_not_64_lower_case_hex_digits_is_refused_as_a_bad_signature(
+    gateway: StripeGateway, stripe_peer: StripePeer, event: PeerEvent, v1: str
+) -> None:
+    # Starlette decodes header bytes as latin-1, so any byte above 0x7f reaches the verifier
+    # as a non-ASCII str, which `hmac.compare_digest` refuses with TypeError (a 500).
+    good = stripe_peer.sign(event.payload).split(",")[1]
+    now = int(time.time())
+    for header in (f"t={now},v1={v1}", f"t={now},v1={v1},{good}", f"t={now},{good},v1={v1}"):
+        with pytest.raises(InvalidSignature) as caught:
+            gateway.construct_event(event.payload, header)
+        assert caught.value.status == 400
+        assert caught.value.code == "invalid_signature"
+
+
 def test_a_signed_body_that_is_not_an_event_is_refused(
     gateway: StripeGateway, stripe_peer: StripePeer
 ) -> None:

@@ -165,7 +165,9 @@ def test_a_batch_equals_its_events_applied_one_by_one(
     engine = create_engine(settings)
     maker = create_session_maker(engine)
 
-    store = loop.run_until_complete(UsageStore.open(settings.database_url, max_size=2))
+    store = loop.run_until_complete(
+        UsageStore.open(settings.database_url.get_secret_value(), max_size=2)
+    )
     runner = Runner(loop, settings, store, maker)
 
     @hypothesis_settings(

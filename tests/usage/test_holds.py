@@ -157,6 +157,41 @@ async def test_capturing_more_than_held_may_take_the_balance_negative_and_blocks
 
 
 @pytest.mark.usefixtures("funded")
+async def test_a_capture_past_twice_its_hold_is_422_and_applies_nothing(
+    client: httpx.AsyncClient, gateway_headers: dict[str, str], session_maker: Any
+) -> None:
+    await reserve(client, gateway_headers, "h-1", 100_000)
+    before = await ledger_count(session_maker)
+    refused = await capture(client, gateway_headers, "h-1", 200_001, model="m")
+    assert refused.status_code == 422, refused.text
+    assert refused.headers["content-type"] == "application/problem+json"
+    problem = refused.json()
+    assert problem["code"] == "capture_exceeds_hold"
+    assert (problem["hold_amount_micros"], problem["max_capture_micros"]) == (100_000, 200_000)
+    assert await ledger_count(session_maker) == before
+    wallet = await gateway_balance(client, gateway_headers, "alice")
+    assert (wallet["balance_micros"], wallet["held_micros"]) == (1_000_000, 100_000)
+    # The hold is still active: a capture within the bound (here exactly at it) goes through.
+    captured = await capture(client, gateway_headers, "h-1", 200_000, model="m")
+    assert captured.status_code == 200, captured.text
+    assert (captured.json()["balance_micros"], captured.json()["held_micros"]) == (800_000, 0)
+
+
+@pytest.mark.usefixtures("funded")
+@pytest.mark.parametrize("settings_overrides", [{"capture_max_hold_multiple": 1}])
+async def test_the_capture_bound_is_a_setting(
+    client: httpx.AsyncClient, gateway_headers: dict[str, str], session_maker: Any
+) -> None:
+    await reserve(client, gateway_headers, "h-1", 100_000)
+    before = await ledger_count(session_maker)
+    refused = await capture(client, gateway_headers, "h-1", 100_001)
+    assert refused.status_code == 422
+    assert refused.json()["code"] == "capture_exceeds_hold"
+    assert await ledger_count(session_maker) == before
+    assert (await capture(client, gateway_headers, "h-1", 100_000)).status_code == 200
+
+
+@pytest.mark.usefixtures("funded")
 async def test_capturing_zero_releases_the_hold_without_a_ledger_transaction(
     client: httpx.AsyncClient, gateway_headers: dict[str, str], session_maker: Any
 ) -> None:

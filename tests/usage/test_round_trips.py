@@ -21,7 +21,7 @@ async def test_a_debit_is_one_statement_in_autocommit(
     await deposit(client, admin_headers, "alice", 1_000_000)
     assert (await debit(client, gateway_headers, "alice", 1)).status_code == 201  # warm cache
     # One pooled connection, so every statement the store sends passes this logger.
-    store = await UsageStore.open(app.state.settings.database_url, max_size=1)
+    store = await UsageStore.open(app.state.settings.database_url.get_secret_value(), max_size=1)
     sent: list[str] = []
     async with store.pool.acquire() as conn:
         conn.add_query_logger(lambda query: sent.append(query.query.split()[0]))

@@ -177,15 +177,15 @@ async def test_a_negative_balance_refuses_usage_with_the_negative_available(
     await deposit(client, admin_headers, "alice", 100_000)
     hold = await client.post(
         "/v1/internal/holds",
-        json={"user_id": "alice", "hold_id": "h-1", "amount_micros": 50_000},
+        json={"user_id": "alice", "hold_id": "h-1", "amount_micros": 100_000},
         headers=gateway_headers,
     )
     assert hold.status_code == 201
     capture = await client.post(
-        "/v1/internal/holds/h-1/capture", json={"amount_micros": 300_000}, headers=gateway_headers
+        "/v1/internal/holds/h-1/capture", json={"amount_micros": 200_000}, headers=gateway_headers
     )
     assert capture.status_code == 200
-    assert capture.json()["balance_micros"] == -200_000
+    assert capture.json()["balance_micros"] == -100_000
     response = await debit(client, gateway_headers, "alice", 1)
     assert response.status_code == 402
-    assert response.json()["available_micros"] == -200_000
+    assert response.json()["available_micros"] == -100_000

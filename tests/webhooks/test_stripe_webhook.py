@@ -54,6 +54,7 @@ async def _stored_events(maker: Maker) -> int:
         "301 seconds in the future",
         "no signature",
         "garbage signature",
+        "non-ASCII signature",
     ],
 )
 async def test_a_delivery_stripe_did_not_sign_is_refused_and_changes_nothing(
@@ -82,6 +83,16 @@ async def test_a_delivery_stripe_did_not_sign_is_refused_and_changes_nothing(
     if forgery == "no signature":
         response = await client.post(
             "/v1/webhooks/stripe", content=payload, headers={"Content-Type": "application/json"}
+        )
+    elif forgery == "non-ASCII signature":
+        # Raw header bytes: a byte above 0x7f in `v1` once made `hmac.compare_digest` raise.
+        response = await client.post(
+            "/v1/webhooks/stripe",
+            content=payload,
+            headers={
+                "Content-Type": "application/json",
+                "Stripe-Signature": f"t={now},v1=".encode() + b"\xff" * 64,
+            },
         )
     else:
         response = await stripe_peer.deliver(event, client, payload=payload, signature=signature)
