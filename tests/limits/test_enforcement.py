@@ -1,4 +1,4 @@
-"""Spend limits as the gateway meets them, on both stores: a debit or hold a limit does not
+"""Spend limits as the gateway meets them: a debit or hold a limit does not
 leave room for is a 402 `spend_limit_exceeded` that writes nothing; holds count while active;
 captures settle in the hold's window; windows reset on UTC calendar boundaries."""
 

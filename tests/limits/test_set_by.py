@@ -1,6 +1,6 @@
 """Who set a spend limit: an operator's limit is the operator's to change. The user cannot remove,
 raise or stretch it, only add a stricter limit of their own beside it; the gateway enforces both
-(single debits, holds and batches, on both stores), and both sides' changes are audited."""
+(single debits, holds and batches), and both sides' changes are audited."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Usage reports on both stores: the summary and the CSV export of a generated month equal the
+"""Usage reports: the summary and the CSV export of a generated month equal the
 ledger's usage entries, to the micro."""
 
 from __future__ import annotations
