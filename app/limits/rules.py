@@ -44,22 +44,30 @@ class Counter(NamedTuple):
         return start, 0
 
 
-def spend_limit_exceeded(
-    scope: str, period: str, limit_micros: int, spent_micros: int, window: datetime
-) -> SpendLimitExceeded:
-    """The 402 for an amount the limit of `scope` does not leave room for."""
-    resets_at = window_end(period, window)
-    remaining = max(0, limit_micros - spent_micros)
-    return SpendLimitExceeded(
-        f"The {scope} spend limit of {format_balance(limit_micros)} USD per {period} leaves "
-        f"{format_balance(remaining)} USD.",
-        scope=scope,
-        limit=format_balance(limit_micros),
-        spent=format_balance(spent_micros),
-        resets_at=resets_at.isoformat().replace("+00:00", "Z") if resets_at else None,
-        limit_micros=limit_micros,
-        spent_micros=spent_micros,
-    )
+class Refusal(NamedTuple):
+    """The limit that refused an amount, and what its window had spent (as the gateway's
+    statements answer it, by these column names)."""
+
+    scope: str
+    period: str
+    limit_micros: int
+    spent_micros: int
+    window_start: datetime
+
+    def error(self) -> SpendLimitExceeded:
+        """The 402 for an amount the limit of `scope` does not leave room for."""
+        resets_at = window_end(self.period, self.window_start)
+        remaining = max(0, self.limit_micros - self.spent_micros)
+        return SpendLimitExceeded(
+            f"The {self.scope} spend limit of {format_balance(self.limit_micros)} USD per "
+            f"{self.period} leaves {format_balance(remaining)} USD.",
+            scope=self.scope,
+            limit=format_balance(self.limit_micros),
+            spent=format_balance(self.spent_micros),
+            resets_at=resets_at.isoformat().replace("+00:00", "Z") if resets_at else None,
+            limit_micros=self.limit_micros,
+            spent_micros=self.spent_micros,
+        )
 
 
 def check(counters: list[Counter], amount_micros: int, windows: Windows) -> None:
@@ -67,9 +75,7 @@ def check(counters: list[Counter], amount_micros: int, windows: Windows) -> None
     for counter in counters:
         start, spent = counter.current(windows)
         if spent + amount_micros > counter.limit_micros:
-            raise spend_limit_exceeded(
-                counter.scope, counter.period, counter.limit_micros, spent, start
-            )
+            raise Refusal(counter.scope, counter.period, counter.limit_micros, spent, start).error()
 
 
 def tightest_remaining(remaining: list[int]) -> int | None:

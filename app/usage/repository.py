@@ -40,7 +40,6 @@ from app.errors import (
     InvalidStateTransition,
     NotFound,
     ServiceUnavailable,
-    SpendLimitExceeded,
 )
 from app.ids import new_id
 from app.ledger.balance_events import crossing_ctes
@@ -50,7 +49,7 @@ from app.ledger.repository import WalletRow
 from app.ledger.service import insufficient_balance
 from app.ledger.statements import covered_wallet_update
 from app.limits.periods import Windows
-from app.limits.rules import Counter, spend_limit_exceeded
+from app.limits.rules import Counter, Refusal
 from app.limits.rules import tightest_remaining as _tightest
 from app.metrics import LEDGER_MICROS, LEDGER_TRANSACTIONS
 from app.models.base import utcnow
@@ -215,8 +214,8 @@ WITH existing AS (
     -- can cross one: every other debit skips the lookups below.
     WHERE watch_micros IS NOT NULL AND balance_micros - held_micros < watch_micros
 ), {crossing_ctes("crossing", now="$7", reference="$1")}
--- One row whatever happened (`DebitRow`): the wallet after the debit, or as the statement's
--- snapshot saw it when nothing was debited (a replay, a refusal).
+-- One row whatever happened (`DebitRow`, `Refusal`): the wallet after the debit, or as the
+-- statement's snapshot saw it when nothing was debited (a replay, a refusal).
 SELECT CASE WHEN w.id IS NOT NULL THEN 'applied'
             WHEN e.id IS NOT NULL THEN 'replayed'
             WHEN r.scope IS NOT NULL THEN 'limited'
@@ -226,9 +225,8 @@ SELECT CASE WHEN w.id IS NOT NULL THEN 'applied'
        coalesce(w.held_micros, a.held_micros) AS held_micros,
        e.id AS original_id, e.request_hash AS original_request_hash,
        (SELECT min(remaining) FROM spend) AS limit_remaining_micros,
-       r.scope AS refused_scope, r.period AS refused_period,
-       r.limit_micros AS refused_limit_micros, r.spent AS refused_spent_micros,
-       r.current_window AS refused_window,
+       r.scope, r.period, r.limit_micros, r.spent AS spent_micros,
+       r.current_window AS window_start,
        EXISTS (SELECT 1 FROM autotopup_recorded) AS auto_topup_recorded
 FROM (SELECT) one
 LEFT JOIN wallet w ON true
@@ -278,8 +276,8 @@ WITH existing AS (
 ), {crossing_ctes("crossing", now="$7", reference="'hold:' || $1")}, found AS (
     SELECT {_HOLD_COLUMNS} FROM hold UNION ALL SELECT {_HOLD_COLUMNS} FROM existing
 )
--- One row whatever happened (`ReserveRow`): the hold reserved now or before (none when
--- refused), and its wallet after the reserve or as the statement's snapshot saw it.
+-- One row whatever happened (`HoldStatementRow`, `Refusal`): the hold reserved now or before
+-- (none when refused), and its wallet after the reserve or as the statement's snapshot saw it.
 SELECT CASE WHEN w.id IS NOT NULL THEN 'reserved'
             WHEN e.id IS NOT NULL THEN 'existing'
             WHEN r.scope IS NOT NULL THEN 'limited'
@@ -289,9 +287,8 @@ SELECT CASE WHEN w.id IS NOT NULL THEN 'reserved'
        coalesce(w.balance_micros, a.balance_micros) AS balance_micros,
        coalesce(w.held_micros, a.held_micros) AS held_micros,
        (SELECT min(remaining) FROM spend) AS limit_remaining_micros,
-       r.scope AS refused_scope, r.period AS refused_period,
-       r.limit_micros AS refused_limit_micros, r.spent AS refused_spent_micros,
-       r.current_window AS refused_window
+       r.scope, r.period, r.limit_micros, r.spent AS spent_micros,
+       r.current_window AS window_start
 FROM (SELECT) one
 LEFT JOIN found h ON true
 LEFT JOIN wallet w ON true
@@ -526,25 +523,6 @@ class DebitRow(NamedTuple):
     @property
     def wallet(self) -> WalletRow | None:
         return _wallet(self)
-
-
-class Refusal(NamedTuple):
-    """The `refused_*` columns of a debit or reserve: the spend limit that refused it."""
-
-    refused_scope: str
-    refused_period: str
-    refused_limit_micros: int
-    refused_spent_micros: int
-    refused_window: datetime
-
-    def error(self) -> SpendLimitExceeded:
-        return spend_limit_exceeded(
-            scope=self.refused_scope,
-            period=self.refused_period,
-            limit_micros=self.refused_limit_micros,
-            spent_micros=self.refused_spent_micros,
-            window=self.refused_window,
-        )
 
 
 class HoldStatementRow(NamedTuple):
