@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.config import Settings
 from app.db import session_scope
 from app.ids import new_id
 from app.ledger.service import Leg, post
@@ -129,3 +130,10 @@ async def saved_card(
         )
         session.add(row)
     return row
+
+
+def asyncpg_dsn(settings: Settings) -> str:
+    """The test database's URL as asyncpg takes it."""
+    return settings.database_url.get_secret_value().replace(
+        "postgresql+asyncpg://", "postgresql://", 1
+    )

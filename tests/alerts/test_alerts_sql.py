@@ -1,9 +1,9 @@
-"""The crossing rule as PostgreSQL CTEs (`app.alerts.sql`), on its own and embedded in a
-data-modifying CTE chain like the gateway's, under concurrency."""
+"""The crossing rule as SQL (`app.alerts.sql`), on its own: what it fires and re-arms, and the
+payload it writes. (Embedded in the gateway's statements, under concurrency:
+`tests/alerts/test_alerts.py`.)"""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,8 +14,7 @@ import pytest
 from app.alerts.sql import balance_alert_ctes
 from app.config import Settings
 from app.notifications import events
-from tests.conftest import RACE_POOL_SIZE
-from tests.pg_standin import asyncpg_dsn, create_wallets_sql, debit_sql
+from tests.factories import asyncpg_dsn
 
 USD = 1_000_000
 
@@ -97,57 +96,3 @@ async def test_the_sql_payload_is_the_python_one(conn: asyncpg.Connection, avail
     if available < 0:
         expected.append(events.balance_low(threshold_micros=0, available_micros=available))
     assert await _notified(conn, "user-x") == expected
-
-
-_WALLETS = "alert_sql_test_wallets"
-
-_DEBIT_WITH_ALERTS = debit_sql(
-    _WALLETS,
-    balance_alert_ctes("crossing", now="$3"),
-    "SELECT (SELECT count(*) FROM wallet) AS debited,\n"
-    "       (SELECT count(*) FROM alert_fired) AS fired",
-)
-
-
-@pytest.fixture
-async def wallets(conn: asyncpg.Connection) -> AsyncIterator[None]:
-    await conn.execute(create_wallets_sql(_WALLETS))
-    try:
-        yield
-    finally:
-        await conn.execute(f"DROP TABLE {_WALLETS}")
-
-
-@pytest.mark.usefixtures("wallets")
-async def test_embedded_in_a_debit_statement_concurrent_debits_fire_each_crossing_once(
-    conn: asyncpg.Connection, settings: Settings
-) -> None:
-    await conn.execute(f"INSERT INTO {_WALLETS} VALUES ('user-1', $1, 0)", 10 * USD)
-    await _thresholds(conn, "user-1", 5, 1)
-    pool = await asyncpg.create_pool(
-        asyncpg_dsn(settings), min_size=RACE_POOL_SIZE, max_size=RACE_POOL_SIZE
-    )
-    try:
-
-        async def debit() -> tuple[int, int]:
-            from app.models.base import utcnow
-
-            row = await pool.fetchrow(_DEBIT_WITH_ALERTS, "user-1", 150_000, utcnow())
-            assert row is not None
-            return int(row["debited"]), int(row["fired"])
-
-        results = await asyncio.gather(*(debit() for _ in range(100)))
-    finally:
-        await pool.close()
-    assert sum(d for d, _ in results) == 66  # 66 x 0.15 = 9.90; the rest are not covered
-    assert sum(f for _, f in results) == 2
-    # Each statement's timestamp was taken before it ran, so order by what they say.
-    notified = await _notified(conn, "user-1")
-    assert sorted((n["threshold"], n["available"]) for n in notified) == [
-        ("1.00", "0.850000"),
-        ("5.00", "4.900000"),
-    ]
-    armed = await conn.fetch(
-        "SELECT threshold_micros, armed FROM balance_alerts WHERE user_id = 'user-1'"
-    )
-    assert {r["armed"] for r in armed} == {False}

@@ -4,19 +4,15 @@ attempt's end does (`outcomes`)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
-import asyncpg
 import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auto_topup import outcomes
 from app.auto_topup.rules import MIN_ATTEMPT_SPACING
-from app.auto_topup.trigger import auto_topup_ctes
-from app.config import Settings
 from app.db import session_scope
 from app.ids import new_id
 from app.ledger.repository import refresh_watch
@@ -24,9 +20,7 @@ from app.models.base import utcnow
 from app.models.notifications import Notification
 from app.models.payment_methods import AutoTopup, AutoTopupSettings
 from tests.auto_topup.helpers import auto_topup_settings, notification_types
-from tests.conftest import RACE_POOL_SIZE
 from tests.factories import gateway_debit, paid_order
-from tests.pg_standin import asyncpg_dsn, create_wallets_sql, debit_sql
 
 USD = 1_000_000
 
@@ -135,45 +129,6 @@ async def test_a_hundred_concurrent_debits_across_the_threshold_record_one_attem
     results = await asyncio.gather(*(_debit(session_maker, "user-1", 60_000) for _ in range(100)))
     assert len([r for r in results if r is not None]) == 1
     assert len(await _attempts(session_maker)) == 1
-
-
-_WALLETS = "autotopup_sql_test_wallets"
-_DEBIT_WITH_TRIGGER = debit_sql(
-    _WALLETS,
-    auto_topup_ctes("crossing", reference="$3"),
-    "SELECT (SELECT count(*) FROM autotopup_recorded) AS recorded",
-)
-
-
-@pytest.fixture
-async def pg(app: Any, settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(
-        asyncpg_dsn(settings), min_size=RACE_POOL_SIZE, max_size=RACE_POOL_SIZE
-    )
-    await pool.execute(create_wallets_sql(_WALLETS))
-    try:
-        yield pool
-    finally:
-        await pool.execute(f"DROP TABLE {_WALLETS}")
-        await pool.close()
-
-
-async def test_the_sql_trigger_in_a_debit_statement_records_one_attempt_under_concurrency(
-    pg: asyncpg.Pool, session_maker: async_sessionmaker[AsyncSession]
-) -> None:
-    await pg.execute(f"INSERT INTO {_WALLETS} VALUES ('user-1', $1, 0)", 10 * USD)
-    await _enable(session_maker)
-    results = await asyncio.gather(
-        *(pg.fetchval(_DEBIT_WITH_TRIGGER, "user-1", 60_000, f"usage:r{i}") for i in range(100))
-    )
-    assert sum(results) == 1
-    [attempt] = await _attempts(session_maker)
-    assert attempt.status == "pending"
-    assert attempt.id.startswith("atu_")
-    assert attempt.amount_micros == 20 * USD
-    # One in flight: a second crossing (after a credit) records nothing until it ends.
-    await pg.execute(f"UPDATE {_WALLETS} SET balance_micros = $1", 10 * USD)
-    assert await pg.fetchval(_DEBIT_WITH_TRIGGER, "user-1", 6 * USD, "usage:again") == 0
 
 
 async def _pending_attempt(maker: async_sessionmaker[AsyncSession]) -> str:
