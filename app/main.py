@@ -91,7 +91,7 @@ def _jobs(app: FastAPI, settings: Settings) -> list[Job]:
         Job(
             "expire_holds",
             settings.hold_expiry_interval_seconds,
-            lambda: expire_holds(app.state.session_maker),
+            lambda: expire_holds(app.state.usage_store),
         )
     )
     jobs.append(

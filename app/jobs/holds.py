@@ -1,17 +1,15 @@
-"""Expire holds whose TTL has passed, releasing what they reserved. Runs in every instance; the
-rows are taken with FOR UPDATE SKIP LOCKED, so each hold is expired
-exactly once however many runs overlap."""
+"""Expire holds whose TTL has passed, releasing what they reserved. Runs in every instance; each
+expiry is the gateway's release statement, which only matches an active hold, so each hold is
+expired exactly once however many runs overlap."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
 import structlog
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.db import session_scope
-from app.ledger import holds
 from app.models.base import utcnow
+from app.usage.repository import UsageStore
 
 log = structlog.get_logger(__name__)
 
@@ -19,18 +17,21 @@ BATCH_SIZE = 500
 
 
 async def expire_holds(
-    maker: async_sessionmaker[AsyncSession],
+    store: UsageStore,
     *,
     now: datetime | None = None,
     batch_size: int = BATCH_SIZE,
 ) -> int:
-    """Expire every due hold, a batch per transaction; returns how many this run expired."""
+    """Expire every due hold, each with the release statement (one autocommit statement: the
+    hold, its spend-limit window, the wallet and the alerts together); returns how many this
+    run expired. A hold resolved meanwhile is left as it is."""
+    now = now or utcnow()
     total = 0
     while True:
-        async with session_scope(maker) as session:
-            expired = await holds.expire_due(session, now=now or utcnow(), limit=batch_size)
-        total += len(expired)
-        if len(expired) < batch_size:
+        due = await store.due_holds(now, batch_size)
+        for hold_id in due:
+            total += await store.expire(hold_id, now)
+        if len(due) < batch_size:
             break
     if total:
         log.info("holds_expired", count=total)

@@ -9,16 +9,14 @@ wallets. A scope may carry two rows (an operator's and the user's); both apply.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy import delete, func, select, tuple_
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.ids import new_id
 from app.limits.periods import EPOCH, window_start
-from app.limits.rules import Counter, scopes
 from app.models.ledger import Account, Hold
 from app.models.limits import ACCOUNT_SCOPE, KEY_SCOPE_PREFIX, SpendLimit
 from app.models.usage import UsageRecord
@@ -31,47 +29,6 @@ _COUNTER_COLUMNS = (
     SpendLimit.window_start,
     SpendLimit.spent_micros,
 )
-
-
-async def give_back_expired(
-    session: AsyncSession, expired: Iterable[tuple[str, str, int, datetime]]
-) -> None:
-    """Expired holds (id, user id, amount, reserved at) give their amounts back to the windows
-    they were reserved in. Limit rows are locked in (user, scope) order, before any wallet."""
-    expired = list(expired)
-    if not expired:
-        return
-    keys = dict(
-        (
-            await session.execute(
-                select(Hold.id, Hold.api_key_id).where(Hold.id.in_([h[0] for h in expired]))
-            )
-        ).all()
-    )
-    wanted = {
-        (user_id, scope) for hold_id, user_id, _, _ in expired for scope in scopes(keys[hold_id])
-    }
-    rows = (
-        await session.execute(
-            select(SpendLimit.user_id, *_COUNTER_COLUMNS)
-            .where(tuple_(SpendLimit.user_id, SpendLimit.scope).in_(sorted(wanted)))
-            .order_by(SpendLimit.user_id, SpendLimit.scope, SpendLimit.set_by)
-            .with_for_update()
-        )
-    ).all()
-    counters: dict[tuple[str, str], list[Counter]] = {}
-    for row in rows:
-        counters.setdefault((row[0], row[2]), []).append(Counter(*row[1:]))
-    for hold_id, user_id, amount, reserved_at in expired:
-        for scope in scopes(keys[hold_id]):
-            for counter in counters.get((user_id, scope), ()):
-                if counter.window_start != window_start(counter.period, reserved_at):
-                    continue
-                await session.execute(
-                    update(SpendLimit)
-                    .where(SpendLimit.id == counter.id)
-                    .values(spent_micros=SpendLimit.spent_micros - amount)
-                )
 
 
 # The portal.

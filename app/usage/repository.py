@@ -373,10 +373,12 @@ SELECT {_h("h")}, {_HOLD_WALLET}, (SELECT remaining FROM remaining) AS limit_rem
 FROM hold h, wallet w
 """
 
+# A release gives the reservation back (and the amount to its spend-limit window); an expiry
+# (`$7` = 'expired', by the job, once the hold is due) is the same release with no request.
 _RELEASE = f"""
 WITH hold AS (
-    UPDATE holds SET status = 'released', resolution_hash = $2, resolved_at = $3
-    WHERE id = $1 AND status = 'active'
+    UPDATE holds SET status = $7::text, resolution_hash = $2, resolved_at = $3
+    WHERE id = $1 AND status = 'active' AND ($7::text = 'released' OR expires_at <= $3)
     RETURNING account_id, api_key_id, {_HOLD_COLUMNS}
 ), {_hold_limits("-h.amount_micros", "$4", "$5", "$6")}, wallet AS (
     UPDATE accounts a SET held_micros = a.held_micros - hold.amount_micros
@@ -393,6 +395,10 @@ WITH hold AS (
 ), {crossing_ctes("crossing", now="$3", reference="NULL", rises=True, spending=False)}
 SELECT {_h("h")}, {_HOLD_WALLET}, (SELECT remaining FROM remaining) AS limit_remaining_micros
 FROM hold h, wallet w
+"""
+
+_DUE_HOLDS = """
+SELECT id FROM holds WHERE status = 'active' AND expires_at <= $1 ORDER BY expires_at LIMIT $2
 """
 
 _HOLD_WITH_WALLET = f"""
@@ -824,11 +830,25 @@ class UsageStore:
     async def release(self, *, hold_id: str, resolution_hash: str) -> HoldResult:
         now = self.clock()
         record = await self._pool.fetchrow(
-            _RELEASE, hold_id, resolution_hash, now, *Windows.at(now)
+            _RELEASE, hold_id, resolution_hash, now, *Windows.at(now), "released"
         )
         if record is None:
             return await self._resolved_before(hold_id, "released", resolution_hash)
         return self._resolved(_read(HoldStatementRow, record))
+
+    @_outage_is_503
+    async def due_holds(self, now: datetime, limit: int) -> list[str]:
+        """Up to `limit` active holds whose TTL has passed, soonest first."""
+        return [row["id"] for row in await self._pool.fetch(_DUE_HOLDS, now, limit)]
+
+    @_outage_is_503
+    async def expire(self, hold_id: str, now: datetime) -> bool:
+        """Release a due hold as expired (the release statement); False when it was resolved
+        meanwhile (a capture, a release, another instance's expiry)."""
+        record = await self._pool.fetchrow(
+            _RELEASE, hold_id, None, now, *Windows.at(now), "expired"
+        )
+        return record is not None
 
     @staticmethod
     def _resolved(row: HoldStatementRow) -> HoldResult:

@@ -166,6 +166,7 @@ async def test_a_capture_above_its_hold_is_charged_in_full_and_blocks_what_follo
 
 
 async def test_expired_holds_give_their_amount_back(
+    app: Any,
     client: httpx.AsyncClient,
     gateway_headers: dict[str, str],
     me: dict[str, str],
@@ -178,7 +179,7 @@ async def test_expired_holds_give_their_amount_back(
     )
     assert response.status_code == 201
     assert (await debit(client, gateway_headers, USER, 1, api_key_id="k1")).status_code == 402
-    expired = await expire_holds(session_maker, now=clock.now + timedelta(minutes=5))
+    expired = await expire_holds(app.state.usage_store, now=clock.now + timedelta(minutes=5))
     assert expired == 1
     assert await counter(session_maker, USER, "key:k1") == (at(2026, 11, 23), 0)
     assert (

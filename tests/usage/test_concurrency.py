@@ -159,6 +159,7 @@ async def test_concurrent_captures_above_the_hold_charge_once_and_block_the_next
 
 
 async def test_two_expiry_jobs_at_once_release_each_expired_hold_once(
+    app: Any,
     client: httpx.AsyncClient,
     admin_headers: dict[str, str],
     gateway_headers: dict[str, str],
@@ -181,7 +182,7 @@ async def test_two_expiry_jobs_at_once_release_each_expired_hold_once(
         assert response.status_code == 201
     later = utcnow() + timedelta(seconds=5)
     counts = await together(
-        [lambda: expire_holds(session_maker, now=later, batch_size=7) for _ in range(2)],
+        [lambda: expire_holds(app.state.usage_store, now=later, batch_size=7) for _ in range(2)],
         workers=2,
     )
     assert sum(counts) == 160
@@ -191,6 +192,7 @@ async def test_two_expiry_jobs_at_once_release_each_expired_hold_once(
 
 
 async def test_captures_racing_the_expiry_job_resolve_each_hold_one_way(
+    app: Any,
     client: httpx.AsyncClient,
     admin_headers: dict[str, str],
     gateway_headers: dict[str, str],
@@ -215,7 +217,7 @@ async def test_captures_racing_the_expiry_job_resolve_each_hold_one_way(
         )
 
     jobs: list[Callable[[], Awaitable[Any]]] = [capture(h) for h in hold_ids]
-    jobs[30:30] = [lambda: expire_holds(session_maker, now=later, batch_size=5)] * 2
+    jobs[30:30] = [lambda: expire_holds(app.state.usage_store, now=later, batch_size=5)] * 2
     results = await together(jobs)
     captures = [r for r in results if isinstance(r, httpx.Response)]
     expired = sum(r for r in results if isinstance(r, int))

@@ -294,14 +294,14 @@ async def test_the_ttl_is_capped_by_the_setting(
 
 @pytest.mark.usefixtures("funded")
 async def test_an_expired_hold_is_released_once_and_cannot_be_captured(
-    client: httpx.AsyncClient, gateway_headers: dict[str, str], session_maker: Any
+    app: Any, client: httpx.AsyncClient, gateway_headers: dict[str, str], session_maker: Any
 ) -> None:
     await reserve(client, gateway_headers, "short", 200_000, ttl_seconds=5)
     await reserve(client, gateway_headers, "long", 300_000, ttl_seconds=60)
-    assert await expire_holds(session_maker) == 0  # nothing is due yet
+    assert await expire_holds(app.state.usage_store) == 0  # nothing is due yet
     later = utcnow() + timedelta(seconds=10)
-    assert await expire_holds(session_maker, now=later) == 1
-    assert await expire_holds(session_maker, now=later) == 0
+    assert await expire_holds(app.state.usage_store, now=later) == 1
+    assert await expire_holds(app.state.usage_store, now=later) == 0
     wallet = await gateway_balance(client, gateway_headers, "alice")
     assert (wallet["balance_micros"], wallet["held_micros"]) == (1_000_000, 300_000)
     late = await capture(client, gateway_headers, "short", 1)
@@ -312,23 +312,24 @@ async def test_an_expired_hold_is_released_once_and_cannot_be_captured(
 
 @pytest.mark.usefixtures("funded")
 async def test_the_expiry_job_works_through_more_holds_than_one_batch(
-    client: httpx.AsyncClient, gateway_headers: dict[str, str], session_maker: Any
+    app: Any, client: httpx.AsyncClient, gateway_headers: dict[str, str], session_maker: Any
 ) -> None:
     for i in range(7):
         assert (await reserve(client, gateway_headers, f"h-{i}", 1_000)).status_code == 201
     later = utcnow() + timedelta(seconds=601)  # past the default TTL
-    assert await expire_holds(session_maker, now=later, batch_size=3) == 7
+    assert await expire_holds(app.state.usage_store, now=later, batch_size=3) == 7
     assert (await gateway_balance(client, gateway_headers, "alice"))["held_micros"] == 0
 
 
 @pytest.mark.usefixtures("funded")
 async def test_two_expiry_jobs_at_once_release_an_expired_hold_once(
-    client: httpx.AsyncClient, gateway_headers: dict[str, str], session_maker: Any
+    app: Any, client: httpx.AsyncClient, gateway_headers: dict[str, str], session_maker: Any
 ) -> None:
     await reserve(client, gateway_headers, "h-1", 400_000, ttl_seconds=1)
     later = utcnow() + timedelta(seconds=5)
     counts = await asyncio.gather(
-        expire_holds(session_maker, now=later), expire_holds(session_maker, now=later)
+        expire_holds(app.state.usage_store, now=later),
+        expire_holds(app.state.usage_store, now=later),
     )
     assert sorted(counts) == [0, 1]
     wallet = await gateway_balance(client, gateway_headers, "alice")
