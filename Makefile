@@ -81,7 +81,8 @@ fuzz: install
 bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-# The crash test: two `torouter-billing serve` processes on a fresh PostgreSQL database and the
+# The crash test: two `torouter-billing serve` processes on a fresh database (of BILLING_VERIFY_PG,
+# else the server `make test` finds, the embedded one included) and the
 # Stripe peer, paying, debiting, holding and refunding while a random instance is SIGKILLed and
 # restarted (20 kills or 3 minutes), then the reconciler and the money invariants
 # (tests/verify/crash.py). VERIFY_ARGS passes more (e.g. --kills 40 --seconds 300 --seed 7).

@@ -35,14 +35,21 @@ from typing import Any
 
 import asyncpg
 import httpx
+from sqlalchemy.engine import make_url
 
 from app.auth.jwt import mint_token
 from app.config import Settings
+from dev.postgres import server_for_tests
 from tests.service_process import CLI, REPO_ROOT, ServiceProcess
 from tests.stripe_peer import PeerProcess, StripePeer
 from tests.stripe_peer.client import PEER_API_KEY, PEER_PUBLISHABLE_KEY
 
-PG_ADMIN_DSN = os.environ.get("BILLING_VERIFY_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+def _plain(url: str) -> str:
+    """A SQLAlchemy URL as the libpq-style DSN asyncpg takes."""
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
 JWT_SECRET = "verify-" + "x" * 40
 USERS = [f"crash-user-{n}" for n in range(8)]
 DEPOSIT_MICROS = 1_000_000_000  # 1,000 USD each, so debits rarely meet a 402
@@ -408,11 +415,17 @@ async def check(dsn: str, env: dict[str, str], peer: StripePeer, tally: Tally) -
 
 async def run(args: argparse.Namespace) -> int:
     random.seed(args.seed)
+    # BILLING_VERIFY_PG, else the server the tests use (5432, or the embedded one).
+    embedded = None
+    admin_dsn = os.environ.get("BILLING_VERIFY_PG")
+    if admin_dsn is None:
+        admin_url, embedded = await server_for_tests()
+        admin_dsn = _plain(admin_url)
     name = f"billing_verify_{os.getpid()}_{secrets.token_hex(3)}"
-    admin = await asyncpg.connect(PG_ADMIN_DSN)
+    admin = await asyncpg.connect(admin_dsn)
     await admin.execute(f'CREATE DATABASE "{name}"')
     await admin.close()
-    dsn = PG_ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
+    dsn = make_url(admin_dsn).set(database=name).render_as_string(hide_password=False)
     webhook_secret = "whsec_" + secrets.token_hex(24)
     cluster: Cluster | None = None
     say(f"database {name}; seed {args.seed}; up to {args.kills} kills in {args.seconds:g} s")
@@ -516,9 +529,11 @@ async def run(args: argparse.Namespace) -> int:
         if cluster is not None:
             await cluster.close()
         if not args.keep_db:
-            admin = await asyncpg.connect(PG_ADMIN_DSN)
+            admin = await asyncpg.connect(admin_dsn)
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             await admin.close()
+        if embedded is not None:
+            embedded.stop()
     if failures:
         say("INVARIANTS BROKEN:\n- " + "\n- ".join(failures))
         return 1
