@@ -4,6 +4,7 @@ Money appears twice: decimal strings for people and the portal (`"amount": "20.0
 `"available": "3.120000"`, like the portal API) and integer `*_micros` for programs::
 
     balance.low            {threshold, threshold_micros, available, available_micros, currency}
+                           (written in SQL by `app.alerts.sql`, in the balance change's statement)
     topup.succeeded        {order_id, amount, amount_micros, receipt_url, currency}
     auto_topup.succeeded   {auto_topup_id, order_id, amount, amount_micros, receipt_url, currency}
     auto_topup.failed      {auto_topup_id, order_id, amount, amount_micros, code, decline_code,
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
 
-from app.money import CURRENCY, format_amount, format_balance
+from app.money import CURRENCY, format_amount
 
 NotificationType = Literal[
     "balance.low",
@@ -41,14 +42,6 @@ def _money(name: str, micros: int, fmt: Callable[[int], str] = format_amount) ->
 def _data(**fields: Any) -> dict[str, Any]:
     """An event's `data`: its fields, then the currency of its amounts (every event names it)."""
     return {**fields, "currency": CURRENCY}
-
-
-def balance_low(*, threshold_micros: int, available_micros: int) -> dict[str, Any]:
-    """`balance.low`: the available balance fell below one of the user's thresholds."""
-    return _data(
-        **_money("threshold", threshold_micros),
-        **_money("available", available_micros, format_balance),
-    )
 
 
 def topup_succeeded(

@@ -13,7 +13,7 @@ import pytest
 
 from app.alerts.sql import balance_alert_ctes
 from app.config import Settings
-from app.notifications import events
+from app.money import format_amount, format_balance
 from tests.factories import asyncpg_dsn
 
 USD = 1_000_000
@@ -73,9 +73,9 @@ async def test_the_rule_fires_once_per_crossing_and_re_arms(conn: asyncpg.Connec
     assert await change(7 * USD, 500_000) == [5 * USD, 1 * USD]
     assert await change(500_000, -1_500_000) == []
     assert await _notified(conn, "user-1") == [
-        events.balance_low(threshold_micros=5 * USD, available_micros=4 * USD),
-        events.balance_low(threshold_micros=5 * USD, available_micros=500_000),
-        events.balance_low(threshold_micros=1 * USD, available_micros=500_000),
+        _balance_low(5 * USD, 4 * USD),
+        _balance_low(5 * USD, 500_000),
+        _balance_low(1 * USD, 500_000),
     ]
     assert (
         await conn.fetchval(
@@ -87,12 +87,24 @@ async def test_the_rule_fires_once_per_crossing_and_re_arms(conn: asyncpg.Connec
 
 
 @pytest.mark.parametrize("available", [0, 1, 999_999, -1, -1_500_001, 123_456_789_012])
-async def test_the_sql_payload_is_the_python_one(conn: asyncpg.Connection, available: int) -> None:
+async def test_the_payload_names_the_amounts_in_the_portal_formats(
+    conn: asyncpg.Connection, available: int
+) -> None:
     await _thresholds(conn, "user-x", 0, 5_000_000_000)
     await conn.fetch(BALANCE_CROSSING, "user-x", 10_000_000 * USD, available)
-    expected = [
-        events.balance_low(threshold_micros=5_000_000_000 * USD, available_micros=available)
-    ]
+    expected = [_balance_low(5_000_000_000 * USD, available)]
     if available < 0:
-        expected.append(events.balance_low(threshold_micros=0, available_micros=available))
+        expected.append(_balance_low(0, available))
     assert await _notified(conn, "user-x") == expected
+
+
+def _balance_low(threshold_micros: int, available_micros: int) -> dict[str, Any]:
+    """`balance.low`'s data (`app.notifications.events`): the threshold with 2 decimals, the
+    available balance with 6, both also in micros."""
+    return {
+        "threshold": format_amount(threshold_micros),
+        "threshold_micros": threshold_micros,
+        "available": format_balance(available_micros),
+        "available_micros": available_micros,
+        "currency": "usd",
+    }

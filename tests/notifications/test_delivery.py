@@ -133,7 +133,7 @@ async def test_a_rolled_back_event_leaves_no_notification(
                 session,
                 user_id="user-1",
                 type="balance.low",
-                data=events.balance_low(threshold_micros=5_000_000, available_micros=1),
+                data={"threshold": "5.00", "available": "0.000001", "currency": "usd"},
             )
             raise RuntimeError("the money movement failed")
 
@@ -349,7 +349,7 @@ async def test_the_plain_sql_insert_shape_is_delivered_like_an_orm_one(
     conn = await asyncpg.connect(asyncpg_dsn(settings.database_url.get_secret_value()))
     try:
         given = new_id("ntf")
-        data = events.balance_low(threshold_micros=5_000_000, available_micros=4_000_000)
+        data = {"threshold": "5.00", "available": "4.000000", "currency": "usd"}
         await conn.execute(
             INSERT_NOTIFICATION, given, "user-sql", "balance.low", json.dumps(data), utcnow()
         )
