@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import NamedTuple
 
 from app.errors import SpendLimitExceeded
-from app.limits.periods import Windows, window_end
+from app.limits.periods import window_end
 from app.models.limits import ACCOUNT_SCOPE, key_scope
 from app.money import format_balance
 
@@ -24,7 +24,8 @@ def scopes(api_key_id: str | None) -> tuple[str, ...]:
 
 
 class Counter(NamedTuple):
-    """A limit and its counter as a statement read (and locked) it."""
+    """A limit and its counter as of the current window, as a statement read (and locked) it
+    (the window rule is SQL's: `app.usage.repository._counter_now`)."""
 
     id: str
     scope: str
@@ -32,16 +33,6 @@ class Counter(NamedTuple):
     limit_micros: int
     window_start: datetime
     spent_micros: int
-
-    def current(self, windows: Windows) -> tuple[datetime, int]:
-        """The window `windows` says is current for this limit, and what it has spent: the
-        counter's own figure if it counts that window, zero if it counts an earlier one. A
-        counter already in a later window (another instance's clock ran ahead) stays there:
-        windows only move forward."""
-        start = windows.start(self.period)
-        if self.window_start >= start:
-            return self.window_start, self.spent_micros
-        return start, 0
 
 
 class Refusal(NamedTuple):
@@ -70,12 +61,11 @@ class Refusal(NamedTuple):
         )
 
 
-def check(counters: list[Counter], amount_micros: int, windows: Windows) -> None:
+def check(counters: list[Counter], amount_micros: int) -> None:
     """Raise the refusal of the first limit that `amount_micros` would take past its limit."""
-    for counter in counters:
-        start, spent = counter.current(windows)
-        if spent + amount_micros > counter.limit_micros:
-            raise Refusal(counter.scope, counter.period, counter.limit_micros, spent, start).error()
+    for c in counters:
+        if c.spent_micros + amount_micros > c.limit_micros:
+            raise Refusal(c.scope, c.period, c.limit_micros, c.spent_micros, c.window_start).error()
 
 
 def tightest_remaining(remaining: list[int]) -> int | None:

@@ -16,7 +16,6 @@ from typing import NamedTuple
 from app.errors import SpendLimitExceeded
 from app.ledger.repository import WalletRow
 from app.ledger.service import insufficient_balance
-from app.limits.periods import Windows
 from app.limits.rules import Counter, check, scopes, tightest_remaining
 from app.usage.store import BatchOutcome, Debited, UsageDebit, usage_reference
 
@@ -61,12 +60,11 @@ def plan_batch(
     existing: Mapping[str, ExistingDebit],
     new_transaction_id: Callable[[], str],
     counters: Iterable[tuple[str, Counter]] = (),
-    windows: Windows | None = None,
 ) -> BatchPlan:
     """Decide `debits` in order against `wallets` (by user id, locked by the caller), the
-    spend-limit `counters` (with their user ids, locked by the caller, current as of
-    `windows`; a scope may have several, all applying) and the references that `existing`
-    holds (by reference)."""
+    spend-limit `counters` (with their user ids, locked by the caller, as of their current
+    windows; a scope may have several, all applying) and the references that `existing` holds
+    (by reference)."""
     plan = BatchPlan()
     by_scope: dict[tuple[str, str], list[str]] = {}
     limits: dict[str, Counter] = {}
@@ -90,9 +88,8 @@ def plan_batch(
             for limit_id in by_scope.get((debit.user_id, scope), ())
         ]
         if applicable:
-            assert windows is not None, "limits are decided against the current windows"
             try:
-                check(applicable, amount, windows)
+                check(applicable, amount)
             except SpendLimitExceeded as refused:
                 outcomes.append(refused)
                 continue
@@ -102,9 +99,7 @@ def plan_batch(
             continue
         remaining: list[int] = []
         for counter in applicable:
-            assert windows is not None
-            start, spent = counter.current(windows)
-            moved = counter._replace(window_start=start, spent_micros=spent + amount)
+            moved = counter._replace(spent_micros=counter.spent_micros + amount)
             limits[counter.id] = plan.counters[counter.id] = moved
             remaining.append(moved.limit_micros - moved.spent_micros)
         wallet = WalletRow(

@@ -137,6 +137,18 @@ def _current_window(period: str, day: str, week: str, month: str) -> str:
     )
 
 
+def _counter_now(limit: str, current: str) -> str:
+    """The window rule, as every statement reads a limit row `limit` against the window
+    `current` that counts now: its `window_start` and `spent_micros` as of that window (zero
+    spent when the row counts an earlier one; a row already in a later window, another
+    instance's clock running ahead, is never moved back)."""
+    return (
+        f"greatest({limit}.window_start, {current}) AS window_start, "
+        f"CASE WHEN {limit}.window_start >= {current} THEN {limit}.spent_micros ELSE 0 END"
+        " AS spent_micros"
+    )
+
+
 def _window_of(period: str, moment: str) -> str:
     """The start of the window of `period` that `moment` (a hold's reservation) fell in."""
     truncated = f"date_trunc({period}, {moment}, 'UTC')"
@@ -156,16 +168,15 @@ def _limit_ctes(user: str, key: str, amount: str) -> str:
       AND NOT EXISTS (SELECT 1 FROM existing)
     ORDER BY scope, set_by FOR UPDATE
 ), counters AS (
-    -- Each limit's current window and what it has spent: zero when the counter counts an
-    -- earlier window; a counter already in a later one (a slower clock) is never moved back.
+    -- Each limit's counter as of its current window.
     SELECT l.id, l.scope, l.set_by, l.period, l.limit_micros,
-           greatest(l.window_start, w.current_window) AS current_window,
-           CASE WHEN l.window_start >= w.current_window THEN l.spent_micros ELSE 0 END AS spent
+           {_counter_now("l", "w.current_window")}
     FROM limits l,
          LATERAL (SELECT {_current_window("l.period", "$9", "$10", "$11")} AS current_window) w
 ), refused AS (
     -- The first limit the amount would take past its limit: it is refused, nothing is written.
-    SELECT * FROM counters WHERE spent + {amount} > limit_micros ORDER BY scope, set_by LIMIT 1
+    SELECT * FROM counters WHERE spent_micros + {amount} > limit_micros
+    ORDER BY scope, set_by LIMIT 1
 )"""
 
 
@@ -195,7 +206,7 @@ WITH existing AS (
 ), {_limit_ctes("$3", "$8", "$4")}, wallet AS (
     {covered_wallet_update("$3", debit="$4", when=_NEW_AND_ALLOWED)}
 ), spend AS (
-    UPDATE spend_limits s SET window_start = c.current_window, spent_micros = c.spent + $4
+    UPDATE spend_limits s SET window_start = c.window_start, spent_micros = c.spent_micros + $4
     FROM counters c, wallet WHERE s.id = c.id
     RETURNING s.limit_micros - s.spent_micros AS remaining
 ), txn AS (
@@ -225,8 +236,7 @@ SELECT CASE WHEN w.id IS NOT NULL THEN 'applied'
        coalesce(w.held_micros, a.held_micros) AS held_micros,
        e.id AS original_id, e.request_hash AS original_request_hash,
        (SELECT min(remaining) FROM spend) AS limit_remaining_micros,
-       r.scope, r.period, r.limit_micros, r.spent AS spent_micros,
-       r.current_window AS window_start,
+       r.scope, r.period, r.limit_micros, r.spent_micros, r.window_start,
        EXISTS (SELECT 1 FROM autotopup_recorded) AS auto_topup_recorded
 FROM (SELECT) one
 LEFT JOIN wallet w ON true
@@ -260,7 +270,7 @@ WITH existing AS (
     {covered_wallet_update("$2", hold="$3", when=_NEW_AND_ALLOWED)}
 ), spend AS (
     -- An active hold counts in the window it is reserved in, until it is resolved.
-    UPDATE spend_limits s SET window_start = c.current_window, spent_micros = c.spent + $3
+    UPDATE spend_limits s SET window_start = c.window_start, spent_micros = c.spent_micros + $3
     FROM counters c, wallet WHERE s.id = c.id
     RETURNING s.limit_micros - s.spent_micros AS remaining
 ), hold AS (
@@ -287,8 +297,7 @@ SELECT CASE WHEN w.id IS NOT NULL THEN 'reserved'
        coalesce(w.balance_micros, a.balance_micros) AS balance_micros,
        coalesce(w.held_micros, a.held_micros) AS held_micros,
        (SELECT min(remaining) FROM spend) AS limit_remaining_micros,
-       r.scope, r.period, r.limit_micros, r.spent AS spent_micros,
-       r.current_window AS window_start
+       r.scope, r.period, r.limit_micros, r.spent_micros, r.window_start
 FROM (SELECT) one
 LEFT JOIN found h ON true
 LEFT JOIN wallet w ON true
@@ -417,10 +426,13 @@ WHERE user_id = ANY($1::text[]) ORDER BY user_id FOR UPDATE
 # The batch's spend limits, locked before its wallets (as every writer takes them), in
 # (user, scope, set_by) order: only the (user, scope) pairs its debits are subject to (each
 # user's account, the keys the batch names), never a user's other keys' limits.
-_LOCK_LIMITS = """
-SELECT id, user_id, scope, period, limit_micros, window_start, spent_micros FROM spend_limits
-WHERE (user_id, scope) IN (SELECT * FROM unnest($1::text[], $2::text[]))
-ORDER BY user_id, scope, set_by FOR UPDATE
+_LOCK_LIMITS = f"""
+SELECT s.id, s.user_id, s.scope, s.period, s.limit_micros,
+       {_counter_now("s", "w.current_window")}
+FROM spend_limits s,
+     LATERAL (SELECT {_current_window("s.period", "$3", "$4", "$5")} AS current_window) w
+WHERE (s.user_id, s.scope) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+ORDER BY s.user_id, s.scope, s.set_by FOR UPDATE OF s
 """
 
 _EXISTING_REFERENCES = """
@@ -711,7 +723,7 @@ class UsageStore:
             counters = [
                 (row["user_id"], _read(Counter, row))
                 for row in await conn.fetch(
-                    _LOCK_LIMITS, [p[0] for p in pairs], [p[1] for p in pairs]
+                    _LOCK_LIMITS, [p[0] for p in pairs], [p[1] for p in pairs], *Windows.at(now)
                 )
             ]
             wallets = {
@@ -722,9 +734,7 @@ class UsageStore:
                 row["reference"]: _read(ExistingDebit, row)
                 for row in await conn.fetch(_EXISTING_REFERENCES, references)
             }
-            plan = plan_batch(
-                debits, wallets, existing, transaction_ids.__next__, counters, Windows.at(now)
-            )
+            plan = plan_batch(debits, wallets, existing, transaction_ids.__next__, counters)
             if plan.writes:
                 writes = plan.writes
                 spent = plan.counters.values()
