@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
 from app.auth import CurrentUser
 from app.auto_topup import service
 from app.auto_topup.schemas import AutoTopupIn, AutoTopupOut
 from app.db import SessionDep
+from app.deps import SettingsDep
 from app.errors import ValidationFailed
 from app.notifications.service import refuse_unusable_email, remember_email
 from app.openapi import problem_responses
@@ -27,10 +28,10 @@ async def get_my_auto_topup(user: CurrentUser, session: SessionDep) -> AutoTopup
     responses=problem_responses(ValidationFailed),
 )
 async def put_my_auto_topup(
-    request: Request, body: AutoTopupIn, user: CurrentUser, session: SessionDep
+    body: AutoTopupIn, user: CurrentUser, session: SessionDep, settings: SettingsDep
 ) -> AutoTopupOut:
     """Replace the caller's auto top-up. Only `enabled: true` enables it or lifts a pause. A
     token whose `email` claim is not exactly one valid address is a 422 (`token.email`)."""
     refuse_unusable_email(user)
     await remember_email(session, user.user_id, user.email)
-    return await service.put_auto_topup(session, request.app.state.settings, user.user_id, body)
+    return await service.put_auto_topup(session, settings, user.user_id, body)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import APIRouter, Path, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth import AdminUser, CurrentUser
 from app.db import SessionDep
+from app.deps import NowDep as Now
 from app.deps import SettingsDep
 from app.errors import NotFound, SpendLimitSetByOperator, TooManySpendLimits
 from app.limits import service
@@ -24,13 +24,6 @@ router = APIRouter(prefix="/spend-limits", tags=["spend-limits"])
 admin_router = APIRouter(prefix="/admin/users/{user_id}/spend-limits", tags=["admin"])
 
 
-def _now(request: Request) -> datetime:
-    clock: Callable[[], datetime] = request.app.state.clock
-    return clock()
-
-
-Now = Annotated[datetime, Depends(_now)]
-"""The app's clock (`app.state.clock`), which the gateway's windows read too."""
 KeyId = Annotated[ApiKeyIdPath, Path(description="The gateway's id of the API key.")]
 UserId = Annotated[CleanStr, Path(min_length=1, max_length=255, pattern=r"^\S+$")]
 _GONE = problem_responses(NotFound)

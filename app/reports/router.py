@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import StreamingResponse
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth import AdminUser, CurrentUser
 from app.db import SessionDep
-from app.limits.router import Now
+from app.deps import NowDep as Now
+from app.deps import SessionMakerDep
 from app.rate_limits import rate_limited
 from app.reports import service
 from app.reports.schemas import EXPORT_COLUMNS, GroupBy, UsageSummaryOut
@@ -64,9 +65,11 @@ async def _summary(
     )
 
 
-async def _export(request: Request, user_id: str, window: UsageWindow) -> StreamingResponse:
+async def _export(
+    maker: async_sessionmaker[AsyncSession], user_id: str, window: UsageWindow
+) -> StreamingResponse:
     start, end = service.resolve_range(window.start, window.to, window.now)
-    body = await service.open_export(request.app.state.session_maker, user_id, start, end)
+    body = await service.open_export(maker, user_id, start, end)
     name = f"usage-{start:%Y%m%d}-{end:%Y%m%d}.csv"
     return StreamingResponse(
         body,
@@ -85,10 +88,10 @@ async def summarize_my_usage(
 
 @router.get("/export", summary="Export my usage", response_class=StreamingResponse, responses=_CSV)
 async def export_my_usage(
-    request: Request, user: CurrentUser, window: Window, format: Format = "csv"
+    user: CurrentUser, maker: SessionMakerDep, window: Window, format: Format = "csv"
 ) -> StreamingResponse:
     """Every usage record of the caller in `[from, to)` as CSV, streamed."""
-    return await _export(request, user.user_id, window)
+    return await _export(maker, user.user_id, window)
 
 
 @admin_router.get("/summary", summary="Summarize a user's usage")
@@ -103,7 +106,11 @@ async def admin_summarize_usage(
     "/export", summary="Export a user's usage", response_class=StreamingResponse, responses=_CSV
 )
 async def admin_export_usage(
-    request: Request, user_id: UserId, admin: AdminUser, window: Window, format: Format = "csv"
+    user_id: UserId,
+    admin: AdminUser,
+    maker: SessionMakerDep,
+    window: Window,
+    format: Format = "csv",
 ) -> StreamingResponse:
     """Every usage record of any user in `[from, to)` as CSV, streamed."""
-    return await _export(request, user_id, window)
+    return await _export(maker, user_id, window)
