@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Path, Response, status
+from fastapi import APIRouter, Response, status
 
 from app.adjustments.schemas import AdjustmentIn, AdjustmentOut
 from app.adjustments.service import adjust_wallet
+from app.admin.params import UserId
 from app.auth import AdminUser
 from app.db import SessionDep
 from app.deps import SettingsDep
 from app.errors import IdempotencyConflict, InsufficientBalance
 from app.openapi import problem_responses
-from app.schemas import CleanStr
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -32,7 +30,7 @@ router = APIRouter(prefix="/admin", tags=["admin"])
 )
 async def create_adjustment(
     response: Response,
-    user_id: Annotated[CleanStr, Path(min_length=1, max_length=255, pattern=r"^\S+$")],
+    user_id: UserId,
     body: AdjustmentIn,
     admin: AdminUser,
     session: SessionDep,
