@@ -11,9 +11,26 @@ from app.auth import AdminUser
 from app.db import SessionDep
 from app.deps import SettingsDep
 from app.errors import IdempotencyConflict, InsufficientBalance
+from app.ledger.service import PostResult
 from app.openapi import problem_responses
 
 router = APIRouter(prefix="/admin", tags=["admin"])
+
+
+def adjustment_out(result: PostResult, user_id: str, body: AdjustmentIn) -> AdjustmentOut:
+    wallet = result.wallets[user_id]
+    return AdjustmentOut(
+        transaction_id=result.transaction.id,
+        user_id=user_id,
+        amount_micros=body.amount_micros,
+        reason=body.reason,
+        idempotency_key=body.idempotency_key,
+        created_at=result.transaction.created_at,
+        balance_micros=wallet.balance_micros,
+        held_micros=wallet.held_micros,
+        available_micros=wallet.available_micros,
+        replayed=result.replayed,
+    )
 
 
 @router.post(
@@ -37,7 +54,7 @@ async def create_adjustment(
     settings: SettingsDep,
 ) -> AdjustmentOut:
     """Credit (positive) or debit (negative) a wallet with a reason; audited."""
-    out = await adjust_wallet(session, settings, actor=admin.user_id, user_id=user_id, body=body)
-    if out.replayed:
+    result = await adjust_wallet(session, settings, actor=admin.user_id, user_id=user_id, body=body)
+    if result.replayed:
         response.status_code = status.HTTP_200_OK
-    return out
+    return adjustment_out(result, user_id, body)

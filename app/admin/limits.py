@@ -10,7 +10,7 @@ from app.db import SessionDep
 from app.deps import NowDep as Now
 from app.limits import service
 from app.limits.router import GONE, KeyId, list_limits
-from app.limits.schemas import SpendLimitIn, SpendLimitOut
+from app.limits.schemas import SpendLimitIn, SpendLimitOut, spend_limit_out
 from app.models.limits import ACCOUNT_SCOPE, key_scope
 from app.pagination import DescribedPageQuery
 from app.schemas import Page
@@ -32,7 +32,8 @@ async def admin_set_account_limit(
 ) -> SpendLimitOut:
     """Set the operator's limit on any user's whole account per window; the user's own limit
     stays beside it (both apply) and the user cannot remove or change this one."""
-    return await service.admin_set_limit(session, admin.user_id, user_id, ACCOUNT_SCOPE, body, now)
+    row = await service.admin_set_limit(session, admin.user_id, user_id, ACCOUNT_SCOPE, body, now)
+    return spend_limit_out(row, now)
 
 
 @router.delete(
@@ -57,9 +58,10 @@ async def admin_set_key_limit(
 ) -> SpendLimitOut:
     """Set the operator's limit on one of any user's API keys per window; the user's own limit
     stays beside it (both apply) and the user cannot remove or change this one."""
-    return await service.admin_set_limit(
+    row = await service.admin_set_limit(
         session, admin.user_id, user_id, key_scope(api_key_id), body, now
     )
+    return spend_limit_out(row, now)
 
 
 @router.delete(

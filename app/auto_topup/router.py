@@ -5,21 +5,60 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.auth import CurrentUser
-from app.auto_topup import service
+from app.auto_topup import rules, service
 from app.auto_topup.schemas import AutoTopupIn, AutoTopupOut
+from app.auto_topup.service import AutoTopupState
 from app.db import SessionDep
 from app.deps import SettingsDep
 from app.errors import ValidationFailed
+from app.money import format_amount
 from app.notifications.service import refuse_unusable_email, remember_email
 from app.openapi import problem_responses
 
 router = APIRouter(tags=["auto top-up"])
 
 
+def auto_topup_out(state: AutoTopupState) -> AutoTopupOut:
+    """The setting as the portal shows it: disabled with nulls when never set; the next
+    attempt only while it is active."""
+    row, spent = state.settings, format_amount(state.spent_this_month_micros)
+    if row is None:
+        return AutoTopupOut(
+            enabled=False,
+            threshold=None,
+            amount=None,
+            payment_method_id=None,
+            monthly_limit=None,
+            status="disabled",
+            paused_reason=None,
+            last_attempt_at=None,
+            next_attempt_at=None,
+            spent_this_month=spent,
+        )
+    return AutoTopupOut(
+        enabled=row.status != "disabled",
+        threshold=format_amount(row.threshold_micros),
+        amount=format_amount(row.amount_micros),
+        payment_method_id=row.payment_method_id,
+        monthly_limit=format_amount(row.monthly_limit_micros),
+        status=row.status,
+        paused_reason=row.paused_reason,
+        last_attempt_at=row.last_attempt_at,
+        next_attempt_at=(
+            rules.next_allowed_attempt(
+                last_attempt_at=row.last_attempt_at, next_attempt_at=row.next_attempt_at
+            )
+            if row.status == "active"
+            else None
+        ),
+        spent_this_month=spent,
+    )
+
+
 @router.get("/auto-topup", summary="Get my auto top-up")
 async def get_my_auto_topup(user: CurrentUser, session: SessionDep) -> AutoTopupOut:
     """The caller's auto top-up setting and its state."""
-    return await service.get_auto_topup(session, user.user_id)
+    return auto_topup_out(await service.get_auto_topup(session, user.user_id))
 
 
 @router.put(
@@ -34,4 +73,4 @@ async def put_my_auto_topup(
     token whose `email` claim is not exactly one valid address is a 422 (`token.email`)."""
     refuse_unusable_email(user)
     await remember_email(session, user.user_id, user.email)
-    return await service.put_auto_topup(session, settings, user.user_id, body)
+    return auto_topup_out(await service.put_auto_topup(session, settings, user.user_id, body))

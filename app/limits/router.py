@@ -14,7 +14,7 @@ from app.deps import NowDep as Now
 from app.deps import SettingsDep
 from app.errors import NotFound, SpendLimitSetByOperator, TooManySpendLimits
 from app.limits import service
-from app.limits.schemas import ApiKeyIdPath, SpendLimitIn, SpendLimitOut
+from app.limits.schemas import ApiKeyIdPath, SpendLimitIn, SpendLimitOut, spend_limit_out
 from app.models.limits import ACCOUNT_SCOPE, key_scope
 from app.openapi import problem_responses
 from app.pagination import DescribedPageQuery, PageRequest
@@ -33,9 +33,10 @@ _MY_GONE = problem_responses(NotFound, SpendLimitSetByOperator)
 async def list_limits(
     session: AsyncSession, user_id: str, page: PageRequest, now: datetime
 ) -> Page[SpendLimitOut]:
-    return await service.list_limits(
-        session, user_id, cursor=page.cursor, limit=page.limit, now=now
-    )
+    """A user's limits, each rendered with its window as of `now`."""
+    rows = await service.list_limits(session, user_id, page)
+    data, next_cursor = rows.render(lambda row: spend_limit_out(row, now))
+    return Page[SpendLimitOut](data=data, next_cursor=next_cursor)
 
 
 @router.get("", summary="List my spend limits")
@@ -54,7 +55,7 @@ async def set_my_account_limit(
     `spend_limit_exceeded`. This is the caller's own limit: an operator's limit on the account
     still applies beside it, and an own limit that the operator's already implies is a 409
     `spend_limit_set_by_operator`."""
-    return await service.set_limit(
+    row = await service.set_limit(
         session,
         user.user_id,
         ACCOUNT_SCOPE,
@@ -62,6 +63,7 @@ async def set_my_account_limit(
         now,
         max_key_limits=settings.max_key_limits_per_user,
     )
+    return spend_limit_out(row, now)
 
 
 @router.delete(
@@ -87,7 +89,7 @@ async def set_my_key_limit(
     applies). The caller's own limit: an operator's on the key still applies beside it (409
     `spend_limit_set_by_operator` for one the operator's already implies). A new one past
     `BILLING_MAX_KEY_LIMITS_PER_USER` key limits is a 409 `too_many_spend_limits`."""
-    return await service.set_limit(
+    row = await service.set_limit(
         session,
         user.user_id,
         key_scope(api_key_id),
@@ -95,6 +97,7 @@ async def set_my_key_limit(
         now,
         max_key_limits=settings.max_key_limits_per_user,
     )
+    return spend_limit_out(row, now)
 
 
 @router.delete(

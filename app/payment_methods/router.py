@@ -11,9 +11,9 @@ from app.db import SessionDep
 from app.deps import StripeWorkDep
 from app.errors import NotFound, PaymentProviderUnavailable, PaymentsNotConfigured
 from app.openapi import problem_responses
-from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from app.pagination import DEFAULT_LIMIT, MAX_LIMIT, PageRequest
 from app.payment_methods import service
-from app.payment_methods.schemas import PaymentMethodOut
+from app.payment_methods.schemas import PaymentMethodOut, payment_method_out
 from app.schemas import CleanStr, Page
 from app.stripe_gateway import StripeRequestFailed
 
@@ -30,7 +30,9 @@ async def list_my_payment_methods(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
 ) -> Page[PaymentMethodOut]:
     """The caller's saved cards (saved while paying), newest first."""
-    return await service.list_payment_methods(session, user.user_id, cursor=cursor, limit=limit)
+    cards = await service.list_payment_methods(session, user.user_id, PageRequest(cursor, limit))
+    data, next_cursor = cards.render(payment_method_out)
+    return Page[PaymentMethodOut](data=data, next_cursor=next_cursor)
 
 
 @router.delete(

@@ -13,9 +13,11 @@ from app.auth import CurrentUser
 from app.db import SessionDep
 from app.deps import NowDep as Now
 from app.deps import SessionMakerDep
+from app.money import format_balance
 from app.rate_limits import rate_limited
 from app.reports import service
-from app.reports.schemas import EXPORT_COLUMNS, GroupBy, UsageSummaryOut
+from app.reports.repository import GroupRow
+from app.reports.schemas import EXPORT_COLUMNS, GroupBy, UsageGroupOut, UsageSummaryOut
 from app.schemas import UtcDatetime
 
 # Each report reads up to 400 days of records on the portal's connections: counted per user
@@ -53,12 +55,28 @@ class UsageWindow:
 Window = Annotated[UsageWindow, Depends()]
 
 
+def usage_summary_out(groups: list[GroupRow]) -> UsageSummaryOut:
+    return UsageSummaryOut(
+        data=[
+            UsageGroupOut(
+                group=row.group,
+                requests=row.requests,
+                input_tokens=row.input_tokens,
+                output_tokens=row.output_tokens,
+                amount=format_balance(row.amount_micros),
+            )
+            for row in groups
+        ]
+    )
+
+
 async def summarize(
     session: AsyncSession, user_id: str, window: UsageWindow, group_by: GroupBy
 ) -> UsageSummaryOut:
-    return await service.summary(
+    groups = await service.summary(
         session, user_id, start=window.start, end=window.to, group_by=group_by, now=window.now
     )
+    return usage_summary_out(groups)
 
 
 async def export(
