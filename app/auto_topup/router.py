@@ -21,37 +21,23 @@ router = APIRouter(tags=["auto top-up"])
 def auto_topup_out(state: AutoTopupState) -> AutoTopupOut:
     """The setting as the portal shows it: disabled with nulls when never set; the next
     attempt only while it is active."""
-    row, spent = state.settings, format_amount(state.spent_this_month_micros)
-    if row is None:
-        return AutoTopupOut(
-            enabled=False,
-            threshold=None,
-            amount=None,
-            payment_method_id=None,
-            monthly_limit=None,
-            status="disabled",
-            paused_reason=None,
-            last_attempt_at=None,
-            next_attempt_at=None,
-            spent_this_month=spent,
+    row = state.settings
+    next_attempt_at = None
+    if row is not None and row.status == "active":
+        next_attempt_at = rules.next_allowed_attempt(
+            last_attempt_at=row.last_attempt_at, next_attempt_at=row.next_attempt_at
         )
     return AutoTopupOut(
-        enabled=row.status != "disabled",
-        threshold=format_amount(row.threshold_micros),
-        amount=format_amount(row.amount_micros),
-        payment_method_id=row.payment_method_id,
-        monthly_limit=format_amount(row.monthly_limit_micros),
-        status=row.status,
-        paused_reason=row.paused_reason,
-        last_attempt_at=row.last_attempt_at,
-        next_attempt_at=(
-            rules.next_allowed_attempt(
-                last_attempt_at=row.last_attempt_at, next_attempt_at=row.next_attempt_at
-            )
-            if row.status == "active"
-            else None
-        ),
-        spent_this_month=spent,
+        enabled=row is not None and row.status != "disabled",
+        threshold=format_amount(row.threshold_micros) if row else None,
+        amount=format_amount(row.amount_micros) if row else None,
+        payment_method_id=row.payment_method_id if row else None,
+        monthly_limit=format_amount(row.monthly_limit_micros) if row else None,
+        status=row.status if row else "disabled",
+        paused_reason=row.paused_reason if row else None,
+        last_attempt_at=row.last_attempt_at if row else None,
+        next_attempt_at=next_attempt_at,
+        spent_this_month=format_amount(state.spent_this_month_micros),
     )
 
 

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth import CurrentUser
+from app.config import Settings
 from app.db import SessionDep
 from app.deps import NowDep as Now
 from app.deps import SettingsDep
@@ -39,6 +40,20 @@ async def list_limits(
     return Page[SpendLimitOut](data=data, next_cursor=next_cursor)
 
 
+async def _set_mine(
+    session: AsyncSession,
+    user_id: str,
+    scope: str,
+    body: SpendLimitIn,
+    now: datetime,
+    settings: Settings,
+) -> SpendLimitOut:
+    row = await service.set_limit(
+        session, user_id, scope, body, now, max_key_limits=settings.max_key_limits_per_user
+    )
+    return spend_limit_out(row, now)
+
+
 @router.get("", summary="List my spend limits")
 async def list_my_spend_limits(
     user: CurrentUser, session: SessionDep, now: Now, page: DescribedPageQuery
@@ -55,15 +70,7 @@ async def set_my_account_limit(
     `spend_limit_exceeded`. This is the caller's own limit: an operator's limit on the account
     still applies beside it, and an own limit that the operator's already implies is a 409
     `spend_limit_set_by_operator`."""
-    row = await service.set_limit(
-        session,
-        user.user_id,
-        ACCOUNT_SCOPE,
-        body,
-        now,
-        max_key_limits=settings.max_key_limits_per_user,
-    )
-    return spend_limit_out(row, now)
+    return await _set_mine(session, user.user_id, ACCOUNT_SCOPE, body, now, settings)
 
 
 @router.delete(
@@ -89,15 +96,7 @@ async def set_my_key_limit(
     applies). The caller's own limit: an operator's on the key still applies beside it (409
     `spend_limit_set_by_operator` for one the operator's already implies). A new one past
     `BILLING_MAX_KEY_LIMITS_PER_USER` key limits is a 409 `too_many_spend_limits`."""
-    row = await service.set_limit(
-        session,
-        user.user_id,
-        key_scope(api_key_id),
-        body,
-        now,
-        max_key_limits=settings.max_key_limits_per_user,
-    )
-    return spend_limit_out(row, now)
+    return await _set_mine(session, user.user_id, key_scope(api_key_id), body, now, settings)
 
 
 @router.delete(
