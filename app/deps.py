@@ -10,6 +10,7 @@ limit `app.rate_limits.rate_limited(scope)`: those providers read their own piec
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Annotated, Any, NamedTuple
 
 from fastapi import Depends, Request
@@ -18,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.config import Settings
 from app.rate_limits import RateLimiter
 from app.stripe_gateway import StripeGateway
+from app.usage.repository import UsageStore
 
 
 def _from_state(name: str, doc: str) -> Callable[[Request], Any]:
@@ -41,6 +43,20 @@ get_rate_limiter = _from_state(
     "rate_limiter",
     "The per-user rate limits (for services that count a request only on some paths).",
 )
+get_clock = _from_state(
+    "clock", "The app's clock, which the gateway's spend-limit windows read too (tests set it)."
+)
+
+
+def get_now(clock: Annotated[Callable[[], datetime], Depends(get_clock)]) -> datetime:
+    """The app's clock read once for the request."""
+    return clock()
+
+
+def get_usage_store(request: Request) -> UsageStore | None:
+    """The gateway's store (its own asyncpg pool); None before the lifespan has started it."""
+    store: UsageStore | None = getattr(request.app.state, "usage_store", None)
+    return store
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
@@ -48,6 +64,9 @@ StripeDep = Annotated[StripeGateway, Depends(get_stripe)]
 SessionMakerDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_session_maker)]
 EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
 RateLimiterDep = Annotated[RateLimiter, Depends(get_rate_limiter)]
+ClockDep = Annotated[Callable[[], datetime], Depends(get_clock)]
+NowDep = Annotated[datetime, Depends(get_now)]
+UsageStoreDep = Annotated[UsageStore | None, Depends(get_usage_store)]
 
 
 class StripeWork(NamedTuple):

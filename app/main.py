@@ -13,8 +13,10 @@ from fastapi.routing import APIRoute
 from app.admin.adjustments import router as admin_adjustments_router
 from app.admin.audit import router as audit_router
 from app.admin.ledger import router as admin_ledger_router
+from app.admin.limits import router as admin_limits_router
 from app.admin.orders import router as admin_orders_router
 from app.admin.refunds import router as admin_refunds_router
+from app.admin.usage import router as admin_reports_router
 from app.admin.webhooks import router as admin_webhooks_router
 from app.alerts.router import router as alerts_router
 from app.auth.jwt import JwtVerifier
@@ -29,7 +31,6 @@ from app.jobs.holds import expire_holds
 from app.jobs.reconcile import run_reconciler
 from app.jobs.runner import Job, JobRunner
 from app.ledger.router import router as balance_router
-from app.limits.router import admin_router as admin_limits_router
 from app.limits.router import router as limits_router
 from app.logs import configure_logging
 from app.middleware import RequestContextMiddleware
@@ -42,7 +43,6 @@ from app.payment_methods.router import router as payment_methods_router
 from app.purchase.router import router as purchase_router
 from app.rate_limits import RateLimiter
 from app.refunds.router import router as refunds_router
-from app.reports.router import admin_router as admin_reports_router
 from app.reports.router import router as reports_router
 from app.stripe_gateway import StripeGateway
 from app.usage.repository import UsageStore
