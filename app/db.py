@@ -249,6 +249,9 @@ async def after_commit_settled() -> None:
 
 @event.listens_for(Session, "after_commit")
 def _run_queued(session: Session) -> None:
+    # The event fires for a savepoint's release too: only the outermost commit runs the queue.
+    if session.in_nested_transaction():
+        return
     run_after_commit(session.info.pop(_AFTER_COMMIT, ()))
 
 

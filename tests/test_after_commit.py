@@ -86,6 +86,16 @@ async def test_a_rolled_back_transaction_runs_nothing(session_maker: Maker) -> N
     assert ran == ["committed"]
 
 
+async def test_a_savepoint_does_not_run_the_queue(session_maker: Maker) -> None:
+    ran: list[str] = []
+    async with session_scope(session_maker) as session:
+        after_commit(session, ran.append, "outer")
+        async with session.begin_nested():
+            after_commit(session, ran.append, "inside the savepoint")
+        assert ran == []  # released, but the transaction has not committed
+    assert ran == ["outer", "inside the savepoint"]
+
+
 async def test_each_job_runs_once(session_maker: Maker) -> None:
     ran: list[str] = []
     async with session_maker() as session:
