@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Any, NamedTuple
+from typing import Annotated, Any, NamedTuple, Protocol
 
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -19,7 +19,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.config import Settings
 from app.rate_limits import RateLimiter
 from app.stripe_gateway import StripeGateway
-from app.usage.repository import UsageStore
 
 
 def _from_state(name: str, doc: str) -> Callable[[Request], Any]:
@@ -53,9 +52,18 @@ def get_now(clock: Annotated[Callable[[], datetime], Depends(get_clock)]) -> dat
     return clock()
 
 
-def get_usage_store(request: Request) -> UsageStore | None:
-    """The gateway's store (its own asyncpg pool); None before the lifespan has started it."""
-    store: UsageStore | None = getattr(request.app.state, "usage_store", None)
+class GatewayStore(Protocol):
+    """What a route outside the gateway may use of its store (`app.usage.repository.UsageStore`,
+    started by the lifespan): its asyncpg pool, for the pool gauges. A protocol, so that this
+    layer does not import the usage domain above it (the layers contract in pyproject.toml)."""
+
+    @property
+    def pool(self) -> Any: ...
+
+
+def get_usage_store(request: Request) -> GatewayStore | None:
+    """The gateway's store; None before the lifespan has started it."""
+    store: GatewayStore | None = getattr(request.app.state, "usage_store", None)
     return store
 
 
@@ -66,7 +74,7 @@ EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
 RateLimiterDep = Annotated[RateLimiter, Depends(get_rate_limiter)]
 ClockDep = Annotated[Callable[[], datetime], Depends(get_clock)]
 NowDep = Annotated[datetime, Depends(get_now)]
-UsageStoreDep = Annotated[UsageStore | None, Depends(get_usage_store)]
+UsageStoreDep = Annotated[GatewayStore | None, Depends(get_usage_store)]
 
 
 class StripeWork(NamedTuple):

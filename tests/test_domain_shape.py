@@ -13,10 +13,8 @@ from pathlib import Path
 APP = Path(__file__).resolve().parents[1] / "app"
 
 PENDING: dict[str, str] = {
-    "app/orders/lifecycle.py": "renders orders and the result page; moves to app/purchase/",
+    "app/purchase/lifecycle.py": "renders orders and the result page (OrderOut, Page)",
     "app/purchase/service.py": "returns the checkout/elements `*Out` models",
-    "app/ledger/service.py": "`get_balance()` renders a `BalanceOut` for app/orders/lifecycle.py "
-    "until the result page renders `wallet_balance()` itself",
     "app/usage/service.py": "the gateway's operations return their `*Out` models (built with "
     "`model_construct` on the hot path); its router is being rewritten on Starlette",
 }
@@ -31,7 +29,7 @@ def _routers() -> list[Path]:
 
 
 def _services() -> list[Path]:
-    return sorted({*APP.glob("*/service.py"), APP / "orders" / "lifecycle.py"})
+    return sorted({*APP.glob("*/service.py"), APP / "purchase" / "lifecycle.py"})
 
 
 def _reads_app_state(path: Path) -> list[int]:

@@ -18,7 +18,6 @@ from app.errors import InsufficientBalance, ValidationFailed
 from app.ledger import repository, statement_repository
 from app.ledger.balance_events import balance_changed
 from app.ledger.repository import WalletRow
-from app.ledger.schemas import BalanceOut, balance_out
 from app.ledger.statement_repository import StatementLine
 from app.metrics import LEDGER_TRANSACTIONS, observe_posting
 from app.models.base import utcnow
@@ -235,12 +234,6 @@ async def _replay(
 async def wallet_balance(session: AsyncSession, user_id: str) -> WalletRow:
     """The user's wallet (zeros and no id before it exists)."""
     return await repository.get_wallet(session, user_id) or WalletRow("", user_id, 0, 0)
-
-
-async def get_balance(session: AsyncSession, user_id: str) -> BalanceOut:
-    """The user's balance rendered. PENDING (tests/test_domain_shape.py): kept only for
-    `app/orders/lifecycle.py`'s result page until it renders `wallet_balance()` itself."""
-    return balance_out(await wallet_balance(session, user_id))
 
 
 async def list_transactions(

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from sqlalchemy import JSON, CheckConstraint, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, CreatedAt, IdKey, UpdatedAt, UserId, one_of, partial_index, utcnow
-from app.notifications.events import NotificationType
+
+NotificationType = Literal[
+    "balance.low",
+    "topup.succeeded",
+    "auto_topup.succeeded",
+    "auto_topup.failed",
+    "auto_topup.paused",
+    "auto_topup.skipped",
+    "refund.succeeded",
+]
+"""The event types (`app.notifications.events` says what each one's `data` holds). Here, with
+the table whose CHECK lists them, so that the models import no domain."""
 
 NOTIFICATION_TYPES: tuple[str, ...] = get_args(NotificationType)
 CHANNEL_STATUSES = ("pending", "sent", "failed", "skipped")

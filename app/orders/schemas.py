@@ -9,8 +9,8 @@ from pydantic import BaseModel, Field
 
 from app.models.orders import Order
 from app.money import CURRENCY, format_amount
+from app.orders.eligibility import Eligibility
 from app.orders.state import is_pending
-from app.refunds.eligibility import Eligibility
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,13 +14,13 @@ from typing import Any
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.auto_topup import service as auto_topup
 from app.db import session_scope
 from app.errors import NotFound
 from app.models.base import utcnow
 from app.models.payment_methods import PaymentMethod
 from app.pagination import PageRequest, Slice, decode_instant_cursor, encode_instant_cursor
 from app.payment_methods import repository
+from app.payment_methods.events import card_removed
 from app.stripe_gateway import StripeGateway, StripeJSON, StripeObjectNotFound, expandable_id
 
 log = structlog.get_logger(__name__)
@@ -121,7 +121,7 @@ async def mark_detached(
     if row.detached_at is not None:
         return "ignored: already detached"
     row.detached_at = now or utcnow()
-    await auto_topup.pause_for_removed_card(session, row.user_id, row.id)
+    await card_removed(session, row.user_id, row.id)  # auto top-up pauses (`app.wiring`)
     return "detached"
 
 

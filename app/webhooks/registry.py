@@ -1,7 +1,7 @@
 """Which function applies which Stripe event type.
 
 Capabilities register their handlers with `@handles("type", ...)` in their own module
-(`app/orders/webhooks.py`, `app/refunds/webhooks.py`, …), imported by `load_handlers()`. A
+(`app/purchase/webhooks.py`, `app/refunds/webhooks.py`, …), imported by `load_handlers()`. A
 handler runs with no transaction open, after the event id was claimed: it asks Stripe for the
 object (outside any transaction) and applies the answer in a short transaction of its own under
 the row lock of what it changes (`app/db.py`'s transaction policy); it returns a short outcome
@@ -40,7 +40,7 @@ Handler = Callable[[WebhookContext, dict[str, Any]], Awaitable[str]]
 _HANDLERS: dict[str, Handler] = {}
 
 HANDLER_MODULES = (
-    "app.orders.webhooks",
+    "app.purchase.webhooks",
     "app.refunds.webhooks",
     "app.payment_methods.webhooks",
 )

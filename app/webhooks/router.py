@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, Header, Request
+from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel
 
 from app.deps import SessionMakerDep, SettingsDep, StripeDep
@@ -15,7 +15,6 @@ from app.errors import (
     PaymentsNotConfigured,
 )
 from app.openapi import problem_responses
-from app.orders import lifecycle
 from app.stripe_gateway import StripeRequestFailed
 from app.webhooks import service
 
@@ -56,7 +55,6 @@ async def receive_stripe_event(
     maker: SessionMakerDep,
     stripe: StripeDep,
     settings: SettingsDep,
-    background: BackgroundTasks,
     stripe_signature: Annotated[str | None, Header(alias="Stripe-Signature")] = None,
 ) -> WebhookAckOut:
     """Verify the signature on the raw body, claim the event id, apply it (Stripe is asked
@@ -68,15 +66,6 @@ async def receive_stripe_event(
         await request.body(),
         stripe_signature,
     )
-    if receipt.type == "payment_intent.payment_failed" and not receipt.duplicate:
-        # After the response and the commit, so that no Stripe call runs inside the transaction.
-        background.add_task(
-            lifecycle.stop_card_testing,
-            maker,
-            stripe,
-            settings,
-            receipt.object_id,
-        )
     return WebhookAckOut(
         event_id=receipt.event_id,
         type=receipt.type,

@@ -292,7 +292,7 @@ async def test_a_replay_applies_an_event_whose_order_is_known_only_now(
         return "ignored: no matching order"
 
     # A handler bug made the first delivery a no-op; the fix is deployed, then replayed.
-    from app.orders import webhooks as order_webhooks
+    from app.purchase import webhooks as order_webhooks
 
     monkeypatch.setattr(order_webhooks, "apply_event", not_ours)
     first = await stripe_peer.deliver(event, client)
