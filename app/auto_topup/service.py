@@ -7,13 +7,13 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auto_topup import repository, rules
+from app.auto_topup import repository, rules, state
 from app.auto_topup.schemas import AutoTopupIn, AutoTopupOut
 from app.config import Settings
 from app.errors import ValidationFailed
 from app.ledger.repository import refresh_watch
 from app.models.base import utcnow
-from app.models.payment_methods import AutoTopupSettings
+from app.models.payment_methods import AutoTopupSettings, AutoTopupStatus
 from app.money import format_amount, parse_amount, usd_to_micros
 from app.notifications import events
 from app.notifications.service import enqueue
@@ -28,14 +28,14 @@ def _out(row: AutoTopupSettings | None, spent_micros: int) -> AutoTopupOut:
             amount=None,
             payment_method_id=None,
             monthly_limit=None,
-            status="disabled",
+            status=AutoTopupStatus.DISABLED,
             paused_reason=None,
             last_attempt_at=None,
             next_attempt_at=None,
             spent_this_month=format_amount(spent_micros),
         )
     return AutoTopupOut(
-        enabled=row.status != "disabled",
+        enabled=row.status != AutoTopupStatus.DISABLED,
         threshold=format_amount(row.threshold_micros),
         amount=format_amount(row.amount_micros),
         payment_method_id=row.payment_method_id,
@@ -47,7 +47,7 @@ def _out(row: AutoTopupSettings | None, spent_micros: int) -> AutoTopupOut:
             rules.next_allowed_attempt(
                 last_attempt_at=row.last_attempt_at, next_attempt_at=row.next_attempt_at
             )
-            if row.status == "active"
+            if row.status == AutoTopupStatus.ACTIVE
             else None
         ),
         spent_this_month=format_amount(spent_micros),
@@ -99,14 +99,9 @@ async def put_auto_topup(
     row.payment_method_id = body.payment_method_id
     row.updated_at = now
     if body.enabled:
-        row.status = "active"
-        row.paused_reason = None
-        row.soft_declines = 0
-        row.next_attempt_at = None
-        row.action_payment_intent_id = None
+        state.enable(row)
     else:
-        row.status = "disabled"
-        row.paused_reason = None
+        state.disable(row)
     await session.flush()
     await refresh_watch(session, user_id)
     spent = await repository.spent_since(session, user_id, rules.month_start(now))
@@ -124,13 +119,10 @@ async def pause(
     """Pause an active auto top-up (in the caller's transaction) and notify the user
     (`auto_topup.paused`). False when it was not active (nothing changes)."""
     row = await repository.get_settings(session, user_id, for_update=True)
-    if row is None or row.status != "active":
+    if row is None or not state.pause(
+        row, reason, action_payment_intent_id=action_payment_intent_id, now=utcnow()
+    ):
         return False
-    row.status = "paused"
-    row.paused_reason = reason
-    row.next_attempt_at = None
-    row.action_payment_intent_id = action_payment_intent_id
-    row.updated_at = utcnow()
     await enqueue(
         session,
         user_id=user_id,
