@@ -283,3 +283,34 @@ def test_a_final_channel_status_stays_final_but_a_late_send_is_believed() -> Non
         ChannelStatus.PENDING,
         ChannelStatus.FAILED,
     ]
+
+
+def test_the_rules_name_the_same_paused_reasons_as_the_enum() -> None:
+    from typing import get_args
+
+    from app.auto_topup import rules
+
+    assert set(get_args(rules.PausedReason)) == {r.value for r in PausedReason}
+
+
+def test_a_handlers_words_become_the_outcome_and_its_detail() -> None:
+    from app.models.orders import WebhookOutcome
+    from app.webhooks.registry import outcome_of
+
+    assert outcome_of("credited") == (WebhookOutcome.PROCESSED, "credited")
+    assert outcome_of("ignored: no matching order") == (WebhookOutcome.IGNORED, "no matching order")
+    assert outcome_of("flagged: amount differs") == (WebhookOutcome.FLAGGED, "amount differs")
+    assert outcome_of("payment failed, order stays pending: ignored: x") == (
+        WebhookOutcome.PROCESSED,
+        "payment failed, order stays pending: ignored: x",
+    )
+
+
+def test_a_channel_given_up_is_failed_once() -> None:
+    from app.models.notifications import Notification
+
+    row = Notification(id="ntf_1", email_status=ChannelStatus.PENDING)
+    assert notification_state.give_up(row, "email", "gave up")
+    assert (row.email_status, row.email_last_error) == (ChannelStatus.FAILED, "gave up")
+    assert not notification_state.give_up(row, "email", "again")
+    assert row.email_last_error == "gave up"
