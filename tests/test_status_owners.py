@@ -18,7 +18,7 @@ from app.ledger import hold_state
 from app.models import AutoTopup, AutoTopupSettings, Base
 from app.models.ledger import HoldStatus
 from app.models.notifications import ChannelStatus
-from app.models.orders import OrderStatus
+from app.models.orders import OrderStatus, WebhookOutcome
 from app.models.payment_methods import AttemptStatus, AutoTopupStatus, PausedReason
 from app.models.refunds import RefundRequestStatus
 from app.notifications import state as notification_state
@@ -181,6 +181,7 @@ def _check_values(definition: str) -> set[str]:
         ("ck_holds_status_known", HoldStatus),
         ("ck_notifications_email_status_known", ChannelStatus),
         ("ck_notifications_webhook_status_known", ChannelStatus),
+        ("ck_stripe_events_outcome_known", WebhookOutcome),
     ],
 )
 async def test_the_database_check_allows_exactly_the_enum(
@@ -294,7 +295,6 @@ def test_the_rules_name_the_same_paused_reasons_as_the_enum() -> None:
 
 
 def test_a_handlers_words_become_the_outcome_and_its_detail() -> None:
-    from app.models.orders import WebhookOutcome
     from app.webhooks.registry import outcome_of
 
     assert outcome_of("credited") == (WebhookOutcome.PROCESSED, "credited")
