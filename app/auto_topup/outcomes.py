@@ -82,9 +82,13 @@ async def apply_decline(
 ) -> rules.AfterDecline:
     """The card was declined: the attempt fails; a hard decline (or the last soft one) pauses
     auto top-up with a link to pay on-session; an earlier soft decline schedules ONE retry
-    attempt after the backoff (it holds the in-flight slot, so debits meanwhile record none)."""
+    attempt after the backoff (it holds the in-flight slot, so debits meanwhile record none).
+    An attempt no longer being charged (answered already) is left as it is: no pause, no
+    retry, no notification."""
     attempt = await _attempt(session, attempt_id)
-    state.end_attempt(attempt, AttemptStatus.FAILED, now=now)
+    if not state.end_attempt(attempt, AttemptStatus.FAILED, now=now):
+        # Answered already (a lapsed lease, repeated by another run): nothing changes.
+        return rules.AfterDecline(None, 0, None)
     attempt.failure_code = stripe_code
     attempt.decline_code = decline_code
     attempt.payment_intent_id = payment_intent_id or attempt.payment_intent_id

@@ -294,3 +294,31 @@ async def test_an_attempt_over_the_monthly_limit_is_skipped_and_notified(
         "spent_this_month": "20.00",
         "currency": "usd",
     }
+
+
+async def test_a_decline_after_the_attempt_was_answered_changes_nothing(
+    app: Any, session_maker: async_sessionmaker[AsyncSession]
+) -> None:
+    # A lapsed lease: another run repeated the call and its success was applied first.
+    attempt_id = await _pending_attempt(session_maker)
+    await _charging(session_maker, attempt_id)
+    now = utcnow()
+    async with session_scope(session_maker) as session:
+        await outcomes.apply_success(
+            session, attempt_id, order_id="ord_auto", receipt_url=None, now=now
+        )
+    async with session_scope(session_maker) as session:
+        decision = await outcomes.apply_decline(
+            session,
+            attempt_id,
+            stripe_code="card_declined",
+            decline_code="lost_card",
+            payment_intent_id="pi_late",
+            pay_url=None,
+            now=now,
+        )
+    assert decision.paused_reason is None
+    assert [a.status for a in await _attempts(session_maker)] == ["succeeded"]
+    settings = await auto_topup_settings(session_maker)
+    assert (settings.status, settings.soft_declines) == ("active", 0)
+    assert await notification_types(session_maker) == ["auto_topup.succeeded"]
