@@ -286,12 +286,24 @@ def test_a_final_channel_status_stays_final_but_a_late_send_is_believed() -> Non
     ]
 
 
-def test_the_rules_name_the_same_paused_reasons_as_the_enum() -> None:
+def test_the_literal_copies_name_the_same_statuses_as_the_enums() -> None:
+    # The API models and the rules still spell these as Literals; they must not drift.
     from typing import get_args
 
     from app.auto_topup import rules
+    from app.auto_topup.schemas import AutoTopupOut
+    from app.usage import schemas as usage_schemas
+
+    def literal(annotation: Any) -> set[str]:
+        return {a for a in get_args(annotation) if isinstance(a, str)} | {
+            v for arg in get_args(annotation) for v in get_args(arg) if isinstance(v, str)
+        }
 
     assert set(get_args(rules.PausedReason)) == {r.value for r in PausedReason}
+    assert set(get_args(usage_schemas.HoldStatus)) == {s.value for s in HoldStatus}
+    fields = AutoTopupOut.model_fields
+    assert literal(fields["status"].annotation) == {s.value for s in AutoTopupStatus}
+    assert literal(fields["paused_reason"].annotation) == {r.value for r in PausedReason}
 
 
 def test_a_handlers_words_become_the_outcome_and_its_detail() -> None:
