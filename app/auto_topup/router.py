@@ -11,6 +11,7 @@ from app.auto_topup.service import AutoTopupState
 from app.db import SessionDep
 from app.deps import SettingsDep
 from app.errors import ValidationFailed
+from app.models.payment_methods import AutoTopupStatus
 from app.money import format_amount
 from app.notifications.service import refuse_unusable_email, remember_email
 from app.openapi import problem_responses
@@ -23,17 +24,17 @@ def auto_topup_out(state: AutoTopupState) -> AutoTopupOut:
     attempt only while it is active."""
     row = state.settings
     next_attempt_at = None
-    if row is not None and row.status == "active":
+    if row is not None and row.status == AutoTopupStatus.ACTIVE:
         next_attempt_at = rules.next_allowed_attempt(
             last_attempt_at=row.last_attempt_at, next_attempt_at=row.next_attempt_at
         )
     return AutoTopupOut(
-        enabled=row is not None and row.status != "disabled",
+        enabled=row is not None and row.status != AutoTopupStatus.DISABLED,
         threshold=format_amount(row.threshold_micros) if row else None,
         amount=format_amount(row.amount_micros) if row else None,
         payment_method_id=row.payment_method_id if row else None,
         monthly_limit=format_amount(row.monthly_limit_micros) if row else None,
-        status=row.status if row else "disabled",
+        status=row.status if row else AutoTopupStatus.DISABLED,
         paused_reason=row.paused_reason if row else None,
         last_attempt_at=row.last_attempt_at if row else None,
         next_attempt_at=next_attempt_at,

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auto_topup import repository, rules
+from app.auto_topup import repository, rules, state
 from app.auto_topup.schemas import AutoTopupIn
 from app.config import Settings
 from app.errors import ValidationFailed
@@ -74,14 +74,9 @@ async def put_auto_topup(
     row.payment_method_id = body.payment_method_id
     row.updated_at = now
     if body.enabled:
-        row.status = "active"
-        row.paused_reason = None
-        row.soft_declines = 0
-        row.next_attempt_at = None
-        row.action_payment_intent_id = None
+        state.enable(row)
     else:
-        row.status = "disabled"
-        row.paused_reason = None
+        state.disable(row)
     await session.flush()
     await refresh_watch(session, user_id)
     spent = await repository.spent_since(session, user_id, rules.month_start(now))
@@ -99,13 +94,10 @@ async def pause(
     """Pause an active auto top-up (in the caller's transaction) and notify the user
     (`auto_topup.paused`). False when it was not active (nothing changes)."""
     row = await repository.get_settings(session, user_id, for_update=True)
-    if row is None or row.status != "active":
+    if row is None or not state.pause(
+        row, reason, action_payment_intent_id=action_payment_intent_id, now=utcnow()
+    ):
         return False
-    row.status = "paused"
-    row.paused_reason = reason
-    row.next_attempt_at = None
-    row.action_payment_intent_id = action_payment_intent_id
-    row.updated_at = utcnow()
     await enqueue(
         session,
         user_id=user_id,

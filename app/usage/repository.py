@@ -42,6 +42,7 @@ from app.errors import (
     ServiceUnavailable,
 )
 from app.ids import new_id
+from app.ledger import hold_state
 from app.ledger.balance_events import BALANCE_EVENTS, crossing_ctes
 from app.ledger.holds import HoldResult, capture_exceeds_hold
 from app.ledger.holds_repository import HoldCapture, HoldRequest, HoldRow
@@ -53,7 +54,7 @@ from app.limits.rules import Counter, Refusal
 from app.limits.rules import tightest_remaining as _tightest
 from app.metrics import LEDGER_MICROS, LEDGER_TRANSACTIONS
 from app.models.base import utcnow
-from app.models.ledger import system_account_id
+from app.models.ledger import HoldStatus, system_account_id
 from app.usage.batch import ExistingDebit, limit_scopes, plan_batch
 from app.usage.store import (
     USAGE_DESCRIPTION,
@@ -279,7 +280,7 @@ WITH existing AS (
 ), hold AS (
     INSERT INTO holds (id, account_id, user_id, amount_micros, status, request_hash, details,
                        expires_at, created_at, api_key_id)
-    SELECT $1, wallet.id, $2, $3, 'active', $4, $5::json, $6, $7, $8 FROM wallet
+    SELECT $1, wallet.id, $2, $3, {hold_state.INITIAL}, $4, $5::json, $6, $7, $8 FROM wallet
     RETURNING {_HOLD_COLUMNS}
 ), crossing AS (
     SELECT user_id, balance_micros - held_micros + $3::bigint AS available_before,
@@ -345,12 +346,14 @@ def _hold_limits(delta: str, day: str, week: str, month: str) -> str:
 # A capture posts the actual amount (up to `$13` times the hold's: the usage was served, so the
 # balance may go negative) and drops the reservation in the same wallet UPDATE; a capture of 0
 # only releases. A capture past its bound matches no hold and writes nothing.
+_CAPTURED, _CAPTURABLE = hold_state.capture_sql()
+
+
 def _capture_sql() -> str:
     return f"""
 WITH hold AS (
-    UPDATE holds SET status = 'captured', captured_micros = $2, resolution_hash = $3,
-                     resolved_at = $4
-    WHERE id = $1 AND status = 'active' AND $2 <= amount_micros * $13::float8
+    UPDATE holds SET {_CAPTURED}, captured_micros = $2, resolution_hash = $3, resolved_at = $4
+    WHERE id = $1 AND {_CAPTURABLE} AND $2 <= amount_micros * $13::float8
     RETURNING account_id, api_key_id, {_HOLD_COLUMNS}
 ), {_hold_limits("$2 - h.amount_micros", "$7", "$8", "$9")}, wallet AS (
     UPDATE accounts a SET balance_micros = a.balance_micros - $2,
@@ -390,11 +393,15 @@ FROM hold h, wallet w
 
 # A release gives the reservation back (and the amount to its spend-limit window); an expiry
 # (`$7` = 'expired', by the job, once the hold is due) is the same release with no request.
+_RELEASED, _RELEASABLE = hold_state.release_sql("$7::text")
+
+
 def _release_sql() -> str:
     return f"""
 WITH hold AS (
-    UPDATE holds SET status = $7::text, resolution_hash = $2, resolved_at = $3
-    WHERE id = $1 AND status = 'active' AND ($7::text = 'released' OR expires_at <= $3)
+    UPDATE holds SET {_RELEASED}, resolution_hash = $2, resolved_at = $3
+    WHERE id = $1 AND {_RELEASABLE}
+      AND ($7::text = '{hold_state.HoldStatus.RELEASED}' OR expires_at <= $3)
     RETURNING account_id, api_key_id, {_HOLD_COLUMNS}
 ), {_hold_limits("-h.amount_micros", "$4", "$5", "$6")}, wallet AS (
     UPDATE accounts a SET held_micros = a.held_micros - hold.amount_micros
@@ -414,8 +421,9 @@ FROM hold h, wallet w
 """
 
 
-_DUE_HOLDS = """
-SELECT id FROM holds WHERE status = 'active' AND expires_at <= $1 ORDER BY expires_at LIMIT $2
+_DUE_HOLDS = f"""
+SELECT id FROM holds WHERE status = '{hold_state.HoldStatus.ACTIVE}' AND expires_at <= $1
+ORDER BY expires_at LIMIT $2
 """
 
 _HOLD_WITH_WALLET = f"""
@@ -860,7 +868,8 @@ class UsageStore:
             max_hold_multiple,
         )
         if record is None:
-            return await self._resolved_before(hold_id, "captured", resolution_hash, capture)
+            captured = HoldStatus.CAPTURED
+            return await self._resolved_before(hold_id, captured, resolution_hash, capture)
         if amount_micros > 0:
             LEDGER_TRANSACTIONS.labels("hold_capture", "posted").inc()
             LEDGER_MICROS.labels("hold_capture").inc(amount_micros)
@@ -870,10 +879,10 @@ class UsageStore:
     async def release(self, *, hold_id: str, resolution_hash: str) -> HoldResult:
         now = self.clock()
         record = await self._pool.fetchrow(
-            _sql().release, hold_id, resolution_hash, now, *Windows.at(now), "released"
+            _sql().release, hold_id, resolution_hash, now, *Windows.at(now), HoldStatus.RELEASED
         )
         if record is None:
-            return await self._resolved_before(hold_id, "released", resolution_hash)
+            return await self._resolved_before(hold_id, HoldStatus.RELEASED, resolution_hash)
         return self._resolved(_read(HoldStatementRow, record))
 
     @_outage_is_503
@@ -886,7 +895,7 @@ class UsageStore:
         """Release a due hold as expired (the release statement); False when it was resolved
         meanwhile (a capture, a release, another instance's expiry)."""
         record = await self._pool.fetchrow(
-            _sql().release, hold_id, None, now, *Windows.at(now), "expired"
+            _sql().release, hold_id, None, now, *Windows.at(now), HoldStatus.EXPIRED
         )
         return record is not None
 
@@ -908,7 +917,7 @@ class UsageStore:
             raise NotFound(f"No hold {hold_id!r}.")
         row = _read(HoldStatementRow, record)
         hold = row.hold
-        if hold.status == "active" and (refused := capture_exceeds_hold(hold, capture)):
+        if hold.status == HoldStatus.ACTIVE and (refused := capture_exceeds_hold(hold, capture)):
             raise refused
         if hold.status != status:
             raise InvalidStateTransition(

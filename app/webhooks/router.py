@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from app.deps import SessionMakerDep, SettingsDep, StripeDep
 from app.errors import (
@@ -14,6 +14,7 @@ from app.errors import (
     PaymentProviderUnavailable,
     PaymentsNotConfigured,
 )
+from app.models.orders import WebhookOutcome
 from app.openapi import problem_responses
 from app.stripe_gateway import StripeRequestFailed
 from app.webhooks import service
@@ -28,7 +29,13 @@ class WebhookAckOut(BaseModel):
     event_id: str
     type: str
     duplicate: bool
-    outcome: str | None
+    outcome: WebhookOutcome | None = Field(
+        description="What applying it did; null for a duplicate (applied before)."
+    )
+    outcome_detail: str | None = Field(
+        description="The specifics, e.g. `credited`, `no matching order`.",
+        examples=["credited"],
+    )
 
 
 @router.post(
@@ -71,4 +78,5 @@ async def receive_stripe_event(
         type=receipt.type,
         duplicate=receipt.duplicate,
         outcome=receipt.outcome,
+        outcome_detail=receipt.outcome_detail,
     )
