@@ -385,16 +385,19 @@ class GatewayApp:
                 request_id=request_id,
             )
 
-    async def serve(self, op: Operation, request: Request) -> tuple[int, BaseModel]:
+    async def serve(
+        self, op: Operation, request: Request, headers: dict[bytes, bytes]
+    ) -> tuple[int, BaseModel]:
         """Check the body size and the credential, validate the path parameters and the body,
-        and run the operation."""
-        declared = request.headers.get("content-length")
+        and run the operation. `headers`: the raw headers by lower-case name."""
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             raise self._too_large()
         assert self._tokens is not None, "served only inside the lifespan"
         assert self._jwt is not None, "served only inside the lifespan"
+        authorization = headers.get(b"authorization")
         caller = await authenticate_gateway(
-            request.headers.get("authorization"), self._tokens, self._jwt
+            authorization.decode("latin-1") if authorization else None, self._tokens, self._jwt
         )
         if op.scope not in caller.scopes:
             raise Forbidden(
@@ -450,19 +453,19 @@ class _Endpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         request = Request(scope, receive)
-        request_id = clean_request_id(request.headers.get("x-request-id"))
+        # One dict of the raw headers: `request.headers.get` scans the list for every name,
+        # and raises and catches a KeyError for each one that is absent.
+        headers: dict[bytes, bytes] = dict(scope["headers"])
+        request_id = clean_request_id(headers.get(b"x-request-id", b"").decode("latin-1") or None)
         token = set_request_id(request_id)
         status = 500
         response: Response
         try:
             try:
-                status, payload = await self.gateway.serve(self.op, request)
-                response = Response(
-                    payload.__pydantic_serializer__.to_json(payload),
-                    status,
-                    {"X-Request-ID": request_id},
-                    "application/json",
-                )
+                status, payload = await self.gateway.serve(self.op, request, headers)
+                body = payload.__pydantic_serializer__.to_json(payload)
+                response = Response(body, status, media_type="application/json")
+                response.raw_headers.append((b"x-request-id", request_id.encode()))
             except BillingError as exc:
                 status = exc.status
                 if status >= 500:
