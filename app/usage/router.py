@@ -349,10 +349,10 @@ class GatewayApp:
             response = problem_response(status, code, HTTPStatus(status).phrase, headers=headers)
             await response(scope, receive, send)
         finally:
-            self._finish(scope["method"], "unmatched", scope["path"], status, started, request_id)
+            self.record(scope["method"], "unmatched", scope["path"], status, started, request_id)
             reset_request_id(token)
 
-    def _finish(
+    def record(
         self,
         method: str,
         template: str,
@@ -490,7 +490,7 @@ class _Endpoint:
             response.headers["X-Request-ID"] = request_id
             await response(scope, receive, send)
         finally:
-            self.gateway._finish(
+            self.gateway.record(
                 scope["method"], self.op.path, scope["path"], status, started, request_id
             )
             reset_request_id(token)
