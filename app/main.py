@@ -47,6 +47,7 @@ from app.stripe_gateway import StripeGateway
 from app.usage.repository import UsageStore
 from app.usage.router import PREFIX as GATEWAY_PREFIX
 from app.usage.router import GatewayApp, openapi_paths
+from app.webhooks.registry import load_handlers as load_webhook_handlers
 from app.webhooks.router import router as webhooks_router
 from app.wiring import unwire_jobs, wire, wire_jobs
 
@@ -160,6 +161,7 @@ def create_app(settings: Settings | None = None) -> BillingApp:
         app.state.session_maker = maker
         app.state.jwt_verifier = JwtVerifier(settings)
         app.state.stripe = StripeGateway(settings)
+        load_webhook_handlers()  # the handler table, built and frozen once
         app.state.rate_limiter = RateLimiter(settings)
         app.state.notifier = Notifier(settings)
         # The gateway's statements run on a pool of their own (`app/usage/repository.py`).

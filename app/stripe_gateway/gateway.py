@@ -2,9 +2,10 @@
 
 One instance per process, built in the lifespan (`app.state.stripe`) over a `stripe.StripeClient`
 with the async HTTPX transport; no global `stripe.api_key`. Each method takes our ids, derives the
-idempotency key from them, calls the `*_async` SDK method, and either returns the Stripe object
-as plain JSON (`StripeJSON`: the API's documented shape, the same shape a webhook event carries in
-`data.object`) or raises one of the errors in `app.stripe_gateway.errors`.
+idempotency key from them, calls the SDK's typed `*_async` method with its typed params
+(`stripe.params.…`, so mypy checks every parameter name and shape), and either returns the
+Stripe object as plain JSON (`StripeJSON`: the API's documented shape, the same shape a webhook
+event carries in `data.object`) or raises one of the errors in `app.stripe_gateway.errors`.
 
 The SDK retries connection errors, timeouts, 409 and 5xx answers `max_network_retries` times
 (with the same idempotency key, with backoff 0.5 s then 1 s); each attempt is bounded by
@@ -21,7 +22,6 @@ Each call is counted in `/metrics` (`billing_stripe_requests_total{operation, ou
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import hmac
 import json
@@ -32,7 +32,16 @@ from typing import Any, TypedDict
 
 import stripe
 import structlog
+from stripe import RequestOptions
 from stripe._base_address import BaseAddresses
+from stripe._v1_services import V1Services
+from stripe.params import (
+    CustomerCreateParams,
+    PaymentIntentCreateParams,
+    RefundCreateParams,
+    RefundListParams,
+)
+from stripe.params.checkout import SessionCreateParams
 
 from app.config import Settings
 from app.errors import BillingError, InvalidSignature, PaymentsNotConfigured
@@ -101,12 +110,11 @@ def customer_idempotency_key(user_id: str, *, replaces: str | None = None) -> st
     return f"{prefix}-sha256:" + hashlib.sha256(user_id.encode()).hexdigest()
 
 
-def _bind(
-    method: Callable[[dict[str, Any]], Awaitable[stripe.StripeObject]], params: dict[str, Any]
-) -> Callable[[], Awaitable[stripe.StripeObject]]:
-    """`make` for `_call` with a copy of `params` taken now (not when it runs)."""
-    frozen = dict(params)
-    return lambda: method(frozen)
+Send = Callable[[V1Services], Awaitable[stripe.StripeObject]]
+"""One SDK call, given the client's `v1` services: `lambda v1: v1.refunds.create_async(params,
+options)`, typed by the SDK (params as `stripe.params.…`), so mypy checks every name."""
+
+_EXPAND_LATEST_CHARGE: list[str] = ["latest_charge"]
 
 
 def _outcome(exc: BillingError) -> str:
@@ -120,11 +128,6 @@ def _outcome(exc: BillingError) -> str:
     if isinstance(exc, StripeRequestFailed):
         return "declined" if exc.code == "payment_declined" else "refused"
     return exc.code
-
-
-def _given(**params: Any) -> dict[str, Any]:
-    """The optional parameters that are set (Stripe wants the others left out, not null)."""
-    return {name: value for name, value in params.items() if value}
 
 
 def _invalid_request(exc: StripeRequestFailed) -> bool:
@@ -178,24 +181,21 @@ class StripeGateway:
 
     # -- plumbing ------------------------------------------------------------------------------
 
-    @property
-    def _v1(self) -> Any:
-        if self._client is None:
-            raise PaymentsNotConfigured("Stripe is not configured (BILLING_STRIPE_SECRET_KEY).")
-        return self._client.v1
-
-    async def _call(
-        self,
-        operation: str,
-        make: Callable[[], Awaitable[stripe.StripeObject]],
-        *,
-        idempotency_key: str | None = None,
-    ) -> StripeJSON:
+    async def _call(self, operation: str, send: Send, *, key: str | None = None) -> StripeJSON:
+        """The one wrapper around every Stripe call: `send(v1)` inside the current Stripe
+        budget (deadline), its errors mapped to ours, counted in `/metrics` as `operation`, the
+        answer as plain JSON. `key` is the write's idempotency key, for the logs and errors
+        (`send` puts it in the request options, `_options(key)`)."""
         started = time.monotonic()
         outcome = "ok"
         # A budget of its own, inside the request's or job run's (it can only be shorter).
         with stripe_budget(self._settings.stripe_deadline_seconds) as budget:
             try:
+                if self._client is None:
+                    raise PaymentsNotConfigured(
+                        "Stripe is not configured (BILLING_STRIPE_SECRET_KEY)."
+                    )
+                v1 = self._client.v1
                 left = budget.remaining()
                 if left <= 0:
                     raise StripeDeadlineExceeded(operation=operation, sent=False)
@@ -203,13 +203,11 @@ class StripeGateway:
                     # The transport cuts each attempt to the budget; this is the backstop for
                     # an injected HTTP client that does not.
                     async with asyncio.timeout(left + 0.25):
-                        result = await make()
+                        result = await send(v1)
                 except TimeoutError:
                     raise StripeDeadlineExceeded(operation=operation, sent=True) from None
                 except stripe.StripeError as exc:
-                    mapped = map_stripe_error(
-                        exc, operation=operation, idempotency_key=idempotency_key
-                    )
+                    mapped = map_stripe_error(exc, operation=operation, idempotency_key=key)
                     if isinstance(mapped, StripeOutcomeUnknown) and budget.remaining() <= 0.05:
                         raise StripeDeadlineExceeded(operation=operation, sent=True) from exc
                     raise mapped from exc
@@ -220,7 +218,7 @@ class StripeGateway:
                         "stripe_deadline_exceeded",
                         operation=operation,
                         sent=exc.sent,
-                        idempotency_key=idempotency_key,
+                        idempotency_key=key,
                     )
                 raise
             finally:
@@ -230,39 +228,28 @@ class StripeGateway:
         log.debug(
             "stripe_call",
             operation=operation,
-            idempotency_key=idempotency_key,
+            idempotency_key=key,
             ms=round(elapsed * 1000, 1),
         )
         return _plain(result)
 
-    async def _request(self, operation: str, *args: Any, key: str | None = None) -> StripeJSON:
-        """`_call` the SDK method `operation` names (`"checkout.sessions.expire"`:
-        `v1.checkout.sessions.expire_async`) with `args`, and a write's idempotency `key` in the
-        request options (every write has one)."""
-        *path, verb = operation.split(".")
-
-        def make() -> Awaitable[stripe.StripeObject]:
-            method: Callable[..., Awaitable[stripe.StripeObject]] = getattr(
-                functools.reduce(getattr, path, self._v1), f"{verb}_async"
-            )
-            return method(*args, {"idempotency_key": key}) if key else method(*args)
-
-        return await self._call(operation, make, idempotency_key=key)
+    @staticmethod
+    def _options(key: str) -> RequestOptions:
+        return {"idempotency_key": key}
 
     async def _end(
         self,
         operation: str,
-        object_id: str,
-        params: dict[str, Any] | None,
+        send: Send,
         *,
         key: str,
         already: Callable[[StripeRequestFailed], bool],
     ) -> StripeJSON | None:
-        """A write that ends an object (cancel, expire, detach), harmless to repeat: None when
-        Stripe refuses it because the object is past that point already (`already`); a missing
+        """A write that ends an object (cancel, expire), harmless to repeat: None when Stripe
+        refuses it because the object is past that point already (`already`); a missing
         object still raises StripeObjectNotFound."""
         try:
-            return await self._request(operation, object_id, params, key=key)
+            return await self._call(operation, send, key=key)
         except StripeObjectNotFound:
             raise
         except StripeRequestFailed as exc:
@@ -284,8 +271,13 @@ class StripeGateway:
         (`StripeCustomerMissing`). The new one is created under a key derived from it, because
         the user's usual key would replay the deleted Customer for up to 24 h."""
         key = customer_idempotency_key(user_id, replaces=replaces)
-        params = {"metadata": {"user_id": user_id}} | _given(email=email)
-        return await self._request("customers.create", params, key=key)
+        params: CustomerCreateParams = {"metadata": {"user_id": user_id}}
+        if email:
+            params["email"] = email
+        options = self._options(key)
+        return await self._call(
+            "customers.create", lambda v1: v1.customers.create_async(params, options), key=key
+        )
 
     # -- payment intents (Elements mode) ---------------------------------------------------------
 
@@ -311,25 +303,35 @@ class StripeGateway:
         `setup_future_usage="off_session"` (needs `customer_id`) saves the card on the
         customer when the payment succeeds (`payment_method` of the succeeded PaymentIntent)."""
         key = idempotency_key or f"order:{order_id}"
-        params: dict[str, Any] = {
+        params: PaymentIntentCreateParams = {
             "amount": amount_cents,
             "currency": currency,
             "automatic_payment_methods": {"enabled": True},
             "metadata": {**(metadata or {}), "order_id": order_id, "user_id": user_id},
             "description": description or f"{DEFAULT_PRODUCT_NAME} ({order_id})",
         }
-        params |= _given(
-            customer=customer_id,
-            receipt_email=receipt_email,
-            setup_future_usage=setup_future_usage,
+        # Optional parameters are left out when unset (Stripe refuses an empty value).
+        if customer_id:
+            params["customer"] = customer_id
+        if receipt_email:
+            params["receipt_email"] = receipt_email
+        if setup_future_usage:
+            params["setup_future_usage"] = setup_future_usage
+        options = self._options(key)
+        return await self._call(
+            "payment_intents.create",
+            lambda v1: v1.payment_intents.create_async(params, options),
+            key=key,
         )
-        return await self._request("payment_intents.create", params, key=key)
 
     async def retrieve_payment_intent(self, payment_intent_id: str) -> StripeJSON:
         """The PaymentIntent with `latest_charge` expanded (the charge object, with
         `receipt_url`, or None before any attempt)."""
-        return await self._request(
-            "payment_intents.retrieve", payment_intent_id, {"expand": ["latest_charge"]}
+        return await self._call(
+            "payment_intents.retrieve",
+            lambda v1: v1.payment_intents.retrieve_async(
+                payment_intent_id, {"expand": _EXPAND_LATEST_CHARGE}
+            ),
         )
 
     async def cancel_payment_intent(self, payment_intent_id: str) -> StripeJSON:
@@ -337,10 +339,12 @@ class StripeGateway:
         because the PaymentIntent is already past cancelling (canceled, succeeded, processing),
         the PaymentIntent is returned as it is — check its `status`. `latest_charge` expanded.
         Idempotency key `cancel:<payment_intent_id>` (the id stored on our order row)."""
+        options = self._options(f"cancel:{payment_intent_id}")
         canceled = await self._end(
             "payment_intents.cancel",
-            payment_intent_id,
-            {"expand": ["latest_charge"]},
+            lambda v1: v1.payment_intents.cancel_async(
+                payment_intent_id, {"expand": _EXPAND_LATEST_CHARGE}, options
+            ),
             key=f"cancel:{payment_intent_id}",
             already=lambda exc: exc.stripe_code == "payment_intent_unexpected_state",
         )
@@ -376,7 +380,7 @@ class StripeGateway:
         key (an order whose Customer was replaced)."""
         key = idempotency_key or f"order:{order_id}"
         tags = {**(metadata or {}), "order_id": order_id, "user_id": user_id}
-        params: dict[str, Any] = {
+        params: SessionCreateParams = {
             "mode": "payment",
             "line_items": [
                 {
@@ -398,18 +402,27 @@ class StripeGateway:
                 "description": f"{product_name} ({order_id})",
             },
         }
-        params["payment_intent_data"] |= _given(setup_future_usage=setup_future_usage)
+        if setup_future_usage:
+            params["payment_intent_data"]["setup_future_usage"] = setup_future_usage
         if customer_id:
             params["customer"] = customer_id
         elif customer_email:
             params["customer_email"] = customer_email
-        return await self._request("checkout.sessions.create", params, key=key)
+        options = self._options(key)
+        return await self._call(
+            "checkout.sessions.create",
+            lambda v1: v1.checkout.sessions.create_async(params, options),
+            key=key,
+        )
 
     async def retrieve_checkout_session(self, session_id: str) -> StripeJSON:
         """The Checkout Session with `payment_intent` and its `latest_charge` expanded
         (`payment_intent` is None until the user paid or tried to)."""
-        return await self._request(
-            "checkout.sessions.retrieve", session_id, {"expand": ["payment_intent.latest_charge"]}
+        return await self._call(
+            "checkout.sessions.retrieve",
+            lambda v1: v1.checkout.sessions.retrieve_async(
+                session_id, {"expand": ["payment_intent.latest_charge"]}
+            ),
         )
 
     async def expire_checkout_session(self, session_id: str) -> StripeJSON:
@@ -417,10 +430,10 @@ class StripeGateway:
         when Stripe refuses because the session is not open any more (expired, or complete =
         paid), the session is returned as it is — check its `status`. Returned like
         `retrieve_checkout_session` (expanded). Idempotency key `expire:<session_id>`."""
+        options = self._options(f"expire:{session_id}")
         await self._end(
             "checkout.sessions.expire",
-            session_id,
-            None,
+            lambda v1: v1.checkout.sessions.expire_async(session_id, None, options),
             key=f"expire:{session_id}",
             already=_invalid_request,
         )
@@ -452,7 +465,7 @@ class StripeGateway:
         and `decline_code`), or its subclass StripeAuthenticationRequired (the customer must
         pay on-session; `payment_intent_id` says which PaymentIntent)."""
         key = idempotency_key or f"autotopup:{order_id}"
-        params: dict[str, Any] = {
+        params: PaymentIntentCreateParams = {
             "amount": amount_cents,
             "currency": currency,
             "customer": customer_id,
@@ -461,14 +474,22 @@ class StripeGateway:
             "confirm": True,
             "metadata": {**(metadata or {}), "order_id": order_id, "user_id": user_id},
             "description": description or f"{DEFAULT_PRODUCT_NAME}, automatic ({order_id})",
-            "expand": ["latest_charge"],
+            "expand": _EXPAND_LATEST_CHARGE,
         }
-        return await self._request("payment_intents.create", params, key=key)
+        options = self._options(key)
+        return await self._call(
+            "payment_intents.create",
+            lambda v1: v1.payment_intents.create_async(params, options),
+            key=key,
+        )
 
     async def retrieve_payment_method(self, payment_method_id: str) -> StripeJSON:
         """A PaymentMethod (`customer`: the id it is attached to, or None; `card`: `brand`,
         `last4`, `exp_month`, `exp_year`, …)."""
-        return await self._request("payment_methods.retrieve", payment_method_id)
+        return await self._call(
+            "payment_methods.retrieve",
+            lambda v1: v1.payment_methods.retrieve_async(payment_method_id),
+        )
 
     async def detach_payment_method(self, payment_method_id: str) -> StripeJSON:
         """Detach a saved card from its customer, so it can never be charged again. Harmless
@@ -476,8 +497,13 @@ class StripeGateway:
         is returned as it is (`customer` None). Stripe sends `payment_method.detached`.
         Idempotency key `detach:<payment_method_id>`, like every write."""
         key = f"detach:{payment_method_id}"
+        options = self._options(key)
         try:
-            return await self._request("payment_methods.detach", payment_method_id, None, key=key)
+            return await self._call(
+                "payment_methods.detach",
+                lambda v1: v1.payment_methods.detach_async(payment_method_id, None, options),
+                key=key,
+            )
         except StripeRequestFailed as exc:
             if isinstance(exc, StripeObjectNotFound) or not _invalid_request(exc):
                 raise
@@ -504,14 +530,17 @@ class StripeGateway:
         A refusal (already refunded, amount too large, disputed) is StripeRequestFailed with
         `stripe_code` `charge_already_refunded`, `amount_too_large`, `charge_disputed`, …"""
         key = f"refund:{refund_request_id}"
-        params: dict[str, Any] = {
+        params: RefundCreateParams = {
             "payment_intent": payment_intent_id,
             "amount": amount_cents,
             "metadata": {**(metadata or {}), "refund_request_id": refund_request_id},
         }
         if reason:
             params["reason"] = reason
-        return await self._request("refunds.create", params, key=key)
+        options = self._options(key)
+        return await self._call(
+            "refunds.create", lambda v1: v1.refunds.create_async(params, options), key=key
+        )
 
     async def list_refunds(self, *, payment_intent: str, page_size: int = 100) -> list[StripeJSON]:
         """Every refund of a PaymentIntent (our API's and the dashboard's), newest first, all
@@ -524,15 +553,21 @@ class StripeGateway:
     ) -> AsyncIterator[StripeJSON]:
         """`list_refunds` one refund at a time, fetching a page (one Stripe call, counted as
         `refunds.list`) when the previous one is used up."""
-        params: dict[str, Any] = {"payment_intent": payment_intent, "limit": page_size}
+        after: str | None = None
         while True:
-            page = await self._call("refunds.list", _bind(self._v1.refunds.list_async, params))
+            page = await self._refund_page(payment_intent, page_size, after)
             data = page.get("data") or []
             for refund in data:
                 yield refund
             if not page.get("has_more") or not data:
                 return
-            params["starting_after"] = data[-1]["id"]
+            after = str(data[-1]["id"])
+
+    async def _refund_page(self, payment_intent: str, limit: int, after: str | None) -> StripeJSON:
+        params: RefundListParams = {"payment_intent": payment_intent, "limit": limit}
+        if after is not None:
+            params["starting_after"] = after
+        return await self._call("refunds.list", lambda v1: v1.refunds.list_async(params))
 
     async def retrieve_dispute(self, dispute_id: str) -> StripeJSON:
         """A Dispute (`status`: `warning_needs_response`, `warning_under_review`,
@@ -540,12 +575,14 @@ class StripeGateway:
         `under_review`, `won`, `lost` for a chargeback). `balance_transactions` lists what
         Stripe withdrew (negative `amount`) and reinstated (positive), empty for an
         inquiry; `is_charge_refundable` says whether the charge can still be refunded."""
-        return await self._request("disputes.retrieve", dispute_id)
+        return await self._call(
+            "disputes.retrieve", lambda v1: v1.disputes.retrieve_async(dispute_id)
+        )
 
     async def retrieve_refund(self, refund_id: str) -> StripeJSON:
         """A Refund (`status`, `amount`, `charge`, `payment_intent`, `metadata`,
         `failure_reason`)."""
-        return await self._request("refunds.retrieve", refund_id)
+        return await self._call("refunds.retrieve", lambda v1: v1.refunds.retrieve_async(refund_id))
 
     # -- webhooks --------------------------------------------------------------------------------
 

@@ -2,8 +2,10 @@
 
 This is the product's hot path: the gateway calls it for every LLM request it routes. It is
 served by `GatewayApp`, a lean ASGI application that `app.main` puts in front of FastAPI for the
-`/v1/internal/` prefix: no middleware stack, no dependency solving, no per-request routing across
-every router, no response-model re-validation. Each operation is a row of `OPERATIONS`, which
+`/v1/internal/` prefix: Starlette's own `Router`, `Route`, `Request` and `Response` (the toolkit
+FastAPI is built on), but no middleware stack, no dependency solving, no per-request routing
+across every router, no response-model re-validation; bodies are parsed straight from JSON by
+pydantic (`model_validate_json`). Each operation is a row of `OPERATIONS`, which
 drives both the routing and the operation's OpenAPI entry (see `openapi_paths`), so what is
 served and what is documented cannot drift apart. What it keeps of the FastAPI stack: the same
 request models (pydantic, strict), the same problem+json errors with the request id, the same
@@ -12,7 +14,6 @@ request models (pydantic, strict), the same problem+json errors with the request
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,11 @@ from typing import Annotated, Any
 import structlog
 from pydantic import BaseModel, StringConstraints, TypeAdapter, ValidationError
 from pydantic.json_schema import models_json_schema
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route, Router
 from starlette.types import Receive, Scope, Send
 
 from app.auth.dependencies import authenticate_gateway
@@ -102,14 +108,11 @@ class Operation:
     params: dict[str, Any] = field(default_factory=dict)
     name: str = field(init=False)
     """The operationId: the handler's name."""
-    pattern: re.Pattern[str] = field(init=False)
     adapters: dict[str, TypeAdapter[str]] = field(init=False)
 
     def __post_init__(self) -> None:
         assert self.scope in SCOPES, f"{self.path}: unknown scope {self.scope!r}"
         self.name = self.handler.__name__.removeprefix("_")
-        regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", self.path)
-        self.pattern = re.compile(f"^{regex}$")
         self.adapters = {name: TypeAdapter(kind) for name, kind in self.params.items()}
 
     @property
@@ -288,13 +291,11 @@ _COMMON_ERRORS: tuple[type[BillingError], ...] = (
 )
 
 
-class _ClientGone(Exception):
-    pass
-
-
 class GatewayApp:
-    """The ASGI application serving `OPERATIONS`. `start()` gives it its store and verifiers
-    (from the lifespan); until then nothing is served."""
+    """The ASGI application serving `OPERATIONS` with Starlette's routing: a `Router` of one
+    `Route` per operation, whose endpoint (`_Endpoint`) reads a `Request` and answers a
+    `Response`. `start()` gives it its store and verifiers (from the lifespan); until then
+    nothing is served."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -302,8 +303,13 @@ class GatewayApp:
         self._store: UsageStore | None = None
         self._tokens: ServiceTokenVerifier | None = None
         self._jwt: JwtVerifier | None = None
-        self._static = {(op.method, op.path): op for op in OPERATIONS if not op.params}
-        self._dynamic = [op for op in OPERATIONS if op.params]
+        routes = []
+        for op in OPERATIONS:
+            route = Route(op.path, _Endpoint(self, op), methods=[op.method], name=op.name)
+            route.methods = {op.method}  # not HEAD besides GET: like the FastAPI routes
+            routes.append(route)
+        # A path with a trailing slash is another path (404), as on the FastAPI routes.
+        self.router = Router(routes, redirect_slashes=False)
         self._counters: dict[tuple[str, str, int], Any] = {}
         self._histograms: dict[tuple[str, str], Any] = {}
 
@@ -315,79 +321,49 @@ class GatewayApp:
         assert self._store is not None, "the gateway app is served only inside the lifespan"
         return self._store
 
-    def _route(self, method: str, path: str) -> tuple[Operation, dict[str, str]] | int:
-        """The operation and its raw path parameters, or 404 / 405."""
-        op = self._static.get((method, path))
-        if op is not None:
-            return op, {}
-        allowed = False
-        for candidate in (*self._static.values(), *self._dynamic):
-            match = candidate.pattern.match(path)
-            if match is None:
-                continue
-            if candidate.method == method:
-                return candidate, match.groupdict()
-            allowed = True
-        return 405 if allowed else 404
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
-        headers: dict[bytes, bytes] = dict(scope["headers"])
-        request_id = clean_request_id(headers.get(b"x-request-id", b"").decode("latin-1") or None)
-        token = set_request_id(request_id)
-        method: str = scope["method"]
-        route = self._route(method, scope["path"])
-        template = route[0].path if isinstance(route, tuple) else "unmatched"
-        status = 500
+        # Inside an application (`scope["app"]`), Starlette's router raises HTTPException for
+        # a path no route has (404) or a method the path's route does not take (405).
+        scope["app"] = self
         try:
-            try:
-                if isinstance(route, int):
-                    status = route
-                    await self._send_http_error(route, request_id, scope, receive, send)
-                    return
-                status, payload = await self._serve(route[0], route[1], headers, receive)
-                body = payload.__pydantic_serializer__.to_json(payload)
-                await _send_json(send, status, body, request_id)
-            except BillingError as exc:
-                status = exc.status
-                if status >= 500:
-                    log.warning("request_failed", code=exc.code, detail=exc.detail)
-                response = problem_response(
-                    status, exc.code, exc.title, exc.detail, headers=exc.headers, **exc.extra
-                )
-                response.headers["X-Request-ID"] = request_id
-                await response(scope, receive, send)
-            except _Invalid as exc:
-                status = 422
-                response = validation_problem(exc.errors)
-                response.headers["X-Request-ID"] = request_id
-                await response(scope, receive, send)
-        except _ClientGone:
-            status = 499
-        except Exception:
-            log.exception("unhandled_exception", path=scope.get("path"), method=method)
-            if status < 500 and status != 499:
-                return  # the answer was on its way when sending it failed (the client left)
-            status = 500
-            response = internal_error_response()
-            response.headers["X-Request-ID"] = request_id
+            await self.router(scope, receive, send)
+        except HTTPException as exc:
+            await self._unmatched(exc.status_code, scope, receive, send)
+
+    async def _unmatched(self, status: int, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        request_id = clean_request_id(Headers(scope=scope).get("x-request-id"))
+        token = set_request_id(request_id)
+        try:
+            code = "not_found" if status == 404 else "method_not_allowed"
+            headers = {"X-Request-ID": request_id}
+            if status == 405:
+                path = scope["path"]
+                methods = {
+                    method
+                    for route in self.router.routes
+                    if isinstance(route, Route) and route.path_regex.match(path)
+                    for method in route.methods or ()
+                }
+                headers["Allow"] = ", ".join(sorted(methods))
+            response = problem_response(status, code, HTTPStatus(status).phrase, headers=headers)
             await response(scope, receive, send)
         finally:
-            elapsed = time.perf_counter() - started
-            self._observe(method, template, status, elapsed)
-            # A 402 is the gateway's routine refusal, counted in the metrics; the rest is logged.
-            if status >= 400 and status != 402:
-                log.info(
-                    "request",
-                    method=method,
-                    path=scope.get("path"),
-                    status=status,
-                    duration_ms=round(elapsed * 1000, 2),
-                    request_id=request_id,
-                )
+            self.record(scope["method"], "unmatched", scope["path"], status, started, request_id)
             reset_request_id(token)
 
-    def _observe(self, method: str, template: str, status: int, elapsed: float) -> None:
+    def record(
+        self,
+        method: str,
+        template: str,
+        path: str,
+        status: int,
+        started: float,
+        request_id: str,
+    ) -> None:
+        """Count the request in the metrics (labelled by its route template); log it unless
+        it succeeded or was a 402 (the gateway's routine refusal, counted in the metrics)."""
+        elapsed = time.perf_counter() - started
         # The labelled children are looked up once: `labels()` takes a lock and builds a key.
         counter = self._counters.get((method, template, status))
         if counter is None:
@@ -399,14 +375,21 @@ class GatewayApp:
             self._histograms[(method, template)] = histogram
         counter.inc()
         histogram.observe(elapsed)
+        if status >= 400 and status != 402:
+            log.info(
+                "request",
+                method=method,
+                path=path,
+                status=status,
+                duration_ms=round(elapsed * 1000, 2),
+                request_id=request_id,
+            )
 
-    async def _serve(
-        self,
-        op: Operation,
-        raw_params: dict[str, str],
-        headers: dict[bytes, bytes],
-        receive: Receive,
+    async def serve(
+        self, op: Operation, request: Request, headers: dict[bytes, bytes]
     ) -> tuple[int, BaseModel]:
+        """Check the body size and the credential, validate the path parameters and the body,
+        and run the operation. `headers`: the raw headers by lower-case name."""
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             raise self._too_large()
@@ -423,15 +406,14 @@ class GatewayApp:
             )
         errors: list[dict[str, Any]] = []
         params: dict[str, str] = {}
-        for name, raw in raw_params.items():
+        for name, raw in request.path_params.items():
             try:
                 params[name] = op.adapters[name].validate_python(raw)
             except ValidationError as exc:
                 errors += [{**e, "loc": ("path", name, *e["loc"])} for e in exc.errors()]
         body: Any = None
-        if op.method == "POST":
-            raw_body = await self._read_body(receive)
-            assert op.body is not None
+        if op.body is not None:
+            raw_body = await self._read_body(request)
             if not raw_body.strip():
                 if op.body_required:
                     errors.append({"type": "missing", "loc": ("body",), "msg": "Field required"})
@@ -444,34 +426,74 @@ class GatewayApp:
             raise _Invalid(errors)
         return await op.handler(self, Call(body, params))
 
-    async def _read_body(self, receive: Receive) -> bytes:
+    async def _read_body(self, request: Request) -> bytes:
+        """The body, refused once it grows past the limit (a client that does not declare its
+        length is cut off there); ClientDisconnect when the client leaves."""
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _ClientGone
-            chunk: bytes = message.get("body", b"")
+        async for chunk in request.stream():
             size += len(chunk)
             if size > self.max_body_bytes:
                 raise self._too_large()
             chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _too_large(self) -> PayloadTooLarge:
         return PayloadTooLarge(f"The request body exceeds {self.max_body_bytes} bytes.")
 
-    async def _send_http_error(
-        self, status: int, request_id: str, scope: Scope, receive: Receive, send: Send
-    ) -> None:
-        code = "not_found" if status == 404 else "method_not_allowed"
-        headers = {"X-Request-ID": request_id}
-        if status == 405:
-            methods = sorted({op.method for op in OPERATIONS if op.pattern.match(scope["path"])})
-            headers["Allow"] = ", ".join(methods)
-        response = problem_response(status, code, HTTPStatus(status).phrase, headers=headers)
-        await response(scope, receive, send)
+
+class _Endpoint:
+    """The ASGI endpoint of one operation's `Route`: the `Request` in, a JSON `Response` or a
+    problem+json one out (`app.errors`), with the request id, metrics and error logging."""
+
+    def __init__(self, gateway: GatewayApp, op: Operation) -> None:
+        self.gateway = gateway
+        self.op = op
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        request = Request(scope, receive)
+        # One dict of the raw headers: `request.headers.get` scans the list for every name,
+        # and raises and catches a KeyError for each one that is absent.
+        headers: dict[bytes, bytes] = dict(scope["headers"])
+        request_id = clean_request_id(headers.get(b"x-request-id", b"").decode("latin-1") or None)
+        token = set_request_id(request_id)
+        status = 500
+        response: Response
+        try:
+            try:
+                status, payload = await self.gateway.serve(self.op, request, headers)
+                body = payload.__pydantic_serializer__.to_json(payload)
+                response = Response(body, status, media_type="application/json")
+                response.raw_headers.append((b"x-request-id", request_id.encode()))
+            except BillingError as exc:
+                status = exc.status
+                if status >= 500:
+                    log.warning("request_failed", code=exc.code, detail=exc.detail)
+                response = problem_response(
+                    status, exc.code, exc.title, exc.detail, headers=exc.headers, **exc.extra
+                )
+                response.headers["X-Request-ID"] = request_id
+            except _Invalid as exc:
+                status = 422
+                response = validation_problem(exc.errors)
+                response.headers["X-Request-ID"] = request_id
+            await response(scope, receive, send)
+        except ClientDisconnect:
+            status = 499
+        except Exception:
+            log.exception("unhandled_exception", path=scope["path"], method=scope["method"])
+            if status < 500:
+                return  # the answer was on its way when sending it failed (the client left)
+            status = 500
+            response = internal_error_response()
+            response.headers["X-Request-ID"] = request_id
+            await response(scope, receive, send)
+        finally:
+            self.gateway.record(
+                scope["method"], self.op.path, scope["path"], status, started, request_id
+            )
+            reset_request_id(token)
 
 
 class _Invalid(Exception):
@@ -480,21 +502,6 @@ class _Invalid(Exception):
     def __init__(self, errors: list[dict[str, Any]]) -> None:
         super().__init__("invalid request")
         self.errors = errors
-
-
-async def _send_json(send: Send, status: int, body: bytes, request_id: str) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"x-request-id", request_id.encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 def openapi_paths() -> tuple[dict[str, Any], dict[str, Any]]:

@@ -500,9 +500,9 @@ class StripePeer:
         self, path: str | None = None, *, method: str | None = None
     ) -> list[dict[str, Any]]:
         """The API request log, oldest first: `{"seq", "request_id", "method", "path",
-        "query", "idempotency_key", "status", "replayed" (an idempotent replay), "fault"
-        (`status`/`hang`/`drop` or None), "created" (ids of objects it created), "at"}`;
-        `path` filters by prefix."""
+        "query", "body" (the form-encoded body as sent), "idempotency_key", "status",
+        "replayed" (an idempotent replay), "fault" (`status`/`hang`/`drop` or None), "created"
+        (ids of objects it created), "at"}`; `path` filters by prefix."""
         result = await self._call("GET", "/_test/requests", {"path": path, "method": method})
         rows: list[dict[str, Any]] = result["data"]
         return rows

@@ -115,13 +115,14 @@ async def request_log_middleware(request: web.Request, handler: Handler) -> web.
         return await handler(request)
     world = request.app[WORLD]
     request_id = random_id("req_", 14)
-    await request.read()
+    body = await request.read()
     entry: dict[str, Any] = {
         "seq": len(world.requests) + 1,
         "request_id": request_id,
         "method": request.method,
         "path": request.path,
         "query": request.query_string,
+        "body": body.decode("utf-8", "replace"),
         "idempotency_key": request.headers.get("Idempotency-Key"),
         "at": time.time(),
         "status": None,
