@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import re
 from decimal import ROUND_DOWN, Decimal
+from typing import Literal
 
 MICROS_PER_USD = 1_000_000
 MICROS_PER_CENT = 10_000
-CURRENCY = "usd"
+Currency = Literal["usd"]
+"""The one currency, as the API documents it (an enum of one)."""
+CURRENCY: Currency = "usd"
 
 MAX_AMOUNT_DIGITS = 12
 """Digits before the dot: up to 999,999,999,999.99 USD, still far inside a BIGINT of micros."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, routing
 from fastapi.dependencies.models import Dependant
@@ -47,6 +47,9 @@ from app.errors import (
     Unauthorized,
     ValidationFailed,
 )
+from app.models.ledger import HOLD_STATUSES
+from app.models.orders import OrderStatus
+from app.schemas import OneOf
 
 PROBLEM_SCHEMA = "Problem"
 PROBLEM_REF = f"#/components/schemas/{PROBLEM_SCHEMA}"
@@ -114,9 +117,11 @@ class Problem(BaseModel):
     required_micros: int | None = _optional(
         "`insufficient_balance`: the amount asked for, in micro-USD."
     )
-    hold_status: str | None = _optional("`invalid_state` of a hold: its status now.")
+    hold_status: Annotated[str, OneOf(HOLD_STATUSES)] | None = _optional(
+        "`invalid_state` of a hold: its status now."
+    )
     order_id: str | None = _optional("The order the problem is about.")
-    order_status: str | None = _optional("That order's status now.")
+    order_status: OrderStatus | None = _optional("That order's status now.")
     reason: str | None = _optional("A machine-readable reason (`refund_not_eligible`, 503s).")
     max_pending_orders: int | None = _optional("`too_many_pending_orders`: the limit.")
     pending_order_ids: list[str] | None = _optional(

@@ -10,10 +10,20 @@ once here and used by request models, query, path and header parameters alike. B
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+)
+from pydantic_core import core_schema
 
 from app.money import MAX_AMOUNT_CHARS, parse_amount
 
@@ -110,6 +120,22 @@ AmountText = Annotated[
 ]
 """A USD amount as text, at most 2 decimals (`"20"`, `"20.5"`, `"20.00"`): ASCII digits and at
 most one dot, checked by `app.money.AMOUNT_GRAMMAR` before anything else looks at it."""
+
+
+@dataclass(frozen=True, slots=True)
+class OneOf:
+    """`Annotated[str, OneOf(values)]`: a string from a closed set a domain module owns as a
+    tuple or a StrEnum, validated and documented as an `enum` (one form: the domain's)."""
+
+    values: tuple[str, ...]
+
+    def __init__(self, values: Iterable[str]) -> None:
+        object.__setattr__(self, "values", tuple(str(v) for v in values))
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.literal_schema(list(self.values))
 
 
 class StrictModel(BaseModel):

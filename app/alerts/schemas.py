@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field, StrictBool, field_validator
 
-from app.money import parse_amount
+from app.money import Currency, parse_amount
 from app.schemas import AmountText, StrictModel
 
 MAX_THRESHOLDS = 5
@@ -39,4 +39,4 @@ class AlertsOut(BaseModel):
         description="Highest first, 2 decimals.", examples=[["5.00", "1.00"]]
     )
     email: bool
-    currency: str = "usd"
+    currency: Currency = "usd"
