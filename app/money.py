@@ -25,6 +25,15 @@ MAX_AMOUNT_CHARS = MAX_AMOUNT_DIGITS + 1 + 6
 AMOUNT_GRAMMAR = re.compile(rf"([0-9]{{1,{MAX_AMOUNT_DIGITS}}})(?:\.([0-9]{{1,6}}))?")
 """ASCII digits, at most one dot, at most 6 decimals: no sign, exponent, space or other digits."""
 
+AMOUNT_PATTERN = rf"^[0-9]{{1,{MAX_AMOUNT_DIGITS}}}(?:\.[0-9]{{1,2}})?$"
+"""`AMOUNT_GRAMMAR` with at most 2 decimals (what `parse_amount` accepts), as documented."""
+POSITIVE_AMOUNT_PATTERN = rf"^(?!0*(?:\.0*)?$){AMOUNT_PATTERN[1:]}"
+"""The same, more than 0."""
+
+MAX_AMOUNT_MICROS = 1_000_000_000_000
+"""The most a single usage debit, hold, capture or adjustment may move (1,000,000 USD): the
+schema's bound of every `amount_micros`; `BILLING_MAX_AMOUNT_MICROS` may only lower it."""
+
 
 def usd_to_micros(amount: Decimal) -> int:
     """Exact conversion of a USD amount (at most 6 decimals) to micros."""

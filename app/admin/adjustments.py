@@ -13,7 +13,7 @@ from app.db import SessionDep
 from app.deps import SettingsDep
 from app.errors import IdempotencyConflict, InsufficientBalance
 from app.openapi import problem_responses
-from app.schemas import CleanStr
+from app.schemas import CleanToken
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -32,7 +32,7 @@ router = APIRouter(prefix="/admin", tags=["admin"])
 )
 async def create_adjustment(
     response: Response,
-    user_id: Annotated[CleanStr, Path(min_length=1, max_length=255, pattern=r"^\S+$")],
+    user_id: Annotated[CleanToken, Path(min_length=1, max_length=255)],
     body: AdjustmentIn,
     admin: AdminUser,
     session: SessionDep,

@@ -18,7 +18,7 @@ from app.limits.schemas import ApiKeyIdPath, SpendLimitIn, SpendLimitOut
 from app.models.limits import ACCOUNT_SCOPE, key_scope
 from app.openapi import problem_responses
 from app.pagination import DescribedPageQuery, PageRequest
-from app.schemas import CleanStr, Page
+from app.schemas import CleanToken, Page
 
 router = APIRouter(prefix="/spend-limits", tags=["spend-limits"])
 admin_router = APIRouter(prefix="/admin/users/{user_id}/spend-limits", tags=["admin"])
@@ -32,7 +32,7 @@ def _now(request: Request) -> datetime:
 Now = Annotated[datetime, Depends(_now)]
 """The app's clock (`app.state.clock`), which the gateway's windows read too."""
 KeyId = Annotated[ApiKeyIdPath, Path(description="The gateway's id of the API key.")]
-UserId = Annotated[CleanStr, Path(min_length=1, max_length=255, pattern=r"^\S+$")]
+UserId = Annotated[CleanToken, Path(min_length=1, max_length=255)]
 _GONE = problem_responses(NotFound)
 _MY_SET = problem_responses(SpendLimitSetByOperator)
 _MY_KEY_SET = problem_responses(SpendLimitSetByOperator, TooManySpendLimits)

@@ -8,11 +8,11 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import Query
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
 
 from app.models.refunds import RefundRequest, RefundRequestStatus
 from app.money import CURRENCY, Currency, format_amount, parse_amount
-from app.schemas import AmountText, CleanText, StrictModel
+from app.schemas import CleanText, PositiveAmountText, StrictModel
 
 StripeRefundStatus = Literal["pending", "requires_action", "succeeded", "failed", "canceled"]
 """A Stripe Refund's `status`, as Stripe documents it."""
@@ -39,21 +39,12 @@ class RefundRequestFilter:
 class RefundRequestIn(StrictModel):
     """Ask for a refund of (part of) a paid order."""
 
-    amount: AmountText | None = Field(
+    amount: PositiveAmountText | None = Field(
         default=None,
         description="USD with at most 2 decimals; default the whole refundable amount.",
         examples=["5.00"],
     )
     reason: CleanText = Field(min_length=1, max_length=1000, examples=["Paid the wrong amount"])
-
-    @field_validator("amount")
-    @classmethod
-    def _amount(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        if parse_amount(value) <= 0:
-            raise ValueError("must be more than 0")
-        return value
 
     @property
     def amount_micros(self) -> int | None:

@@ -15,7 +15,7 @@ from app.limits.router import Now
 from app.rate_limits import rate_limited
 from app.reports import service
 from app.reports.schemas import EXPORT_COLUMNS, GroupBy, UsageSummaryOut
-from app.schemas import CleanStr, UtcDatetime
+from app.schemas import CleanToken, UtcDatetime
 
 # Each report reads up to 400 days of records on the portal's connections: counted per user
 # (`BILLING_RATE_LIMIT_USAGE_REPORT`), operators included.
@@ -32,7 +32,7 @@ From = Annotated[
 To = Annotated[UtcDatetime | None, Query(description="End, exclusive (ISO 8601); default: now.")]
 Group = Annotated[GroupBy, Query(description="Sum per UTC day, per model or per API key.")]
 Format = Annotated[Literal["csv"], Query(description="The export's format.")]
-UserId = Annotated[CleanStr, Path(min_length=1, max_length=255, pattern=r"^\S+$")]
+UserId = Annotated[CleanToken, Path(min_length=1, max_length=255)]
 
 _CSV: dict[int | str, dict[str, Any]] = {
     200: {
