@@ -314,6 +314,33 @@ def document_problems(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+_RULES_OVER_PARAMETERS: tuple[tuple[frozenset[str], str], ...] = (
+    (frozenset({"cursor"}), "`cursor` must be a `next_cursor` this API returned."),
+    (frozenset({"from", "to"}), "`from` must be before `to`, at most 400 days apart."),
+    (frozenset({"created_from", "created_to"}), "`created_from` must be before `created_to`."),
+    (
+        frozenset({"order_id", "session_id", "payment_intent"}),
+        "One of `order_id`, `session_id` or `payment_intent` is required.",
+    ),
+)
+"""Rules on a request's parameters that a JSON Schema cannot state (an opaque cursor, one
+parameter against another): written into the operation's 422, the answer when one is broken."""
+
+
+def document_parameter_rules(doc: dict[str, Any]) -> None:
+    """Add each rule of `_RULES_OVER_PARAMETERS` that applies to an operation to its 422's
+    description. Idempotent."""
+    for _path, _method, operation in _operations(doc):
+        names = {p["name"] for p in operation.get("parameters", [])}
+        entry = operation.get("responses", {}).get("422")
+        if entry is None:
+            continue
+        for parameters, rule in _RULES_OVER_PARAMETERS:
+            description = entry.get("description", "")
+            if parameters <= names and rule not in description:
+                entry["description"] = f"{description} {rule}".strip()
+
+
 DocumentHook = Callable[[dict[str, Any]], None]
 
 
@@ -348,7 +375,9 @@ def build_openapi(app: FastAPI, extend: Iterable[DocumentHook] = ()) -> dict[str
                 add_problem(responses, int(status), _codes_of(entry), entry.get("description"))
     for hook in extend:
         hook(doc)
-    return document_problems(doc)
+    document_problems(doc)
+    document_parameter_rules(doc)
+    return doc
 
 
 def install_openapi(app: FastAPI, *, extend: Iterable[DocumentHook] = ()) -> None:

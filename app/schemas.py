@@ -266,6 +266,23 @@ def _document_stripping(schema: dict[str, Any]) -> None:
         _stripped_patterns(prop)
 
 
+_EXACT_FLOAT_INTEGERS = 2**53
+
+
+def whole_float_to_int(value: object) -> object:
+    """A float that spells an integer (`5.0`) as that int; anything else unchanged. JSON
+    Schema's `integer` includes `5.0`, so a document saying `integer` must not refuse it."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= _EXACT_FLOAT_INTEGERS:
+        return int(value)
+    return value
+
+
+WHOLE_FLOATS = BeforeValidator(whole_float_to_int)
+"""Last in an `Annotated[int, Field(strict=True, …), WHOLE_FLOATS]`: an integer as JSON Schema
+means it, `5` or `5.0`, not `5.5`, `"5"` or `true` (after the `Field`, so that its bounds stay
+in the JSON schema)."""
+
+
 class StrictModel(BaseModel):
     """A request body: unknown fields are rejected (422 naming the field)."""
 

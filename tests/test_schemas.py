@@ -272,3 +272,45 @@ def test_every_clean_string_input_in_openapi_json_has_a_pattern() -> None:
         for prop, schema in schemas[name].get("properties", {}).items():
             walk(schema, f"{name}.{prop}")
     assert missing == []
+
+
+def test_an_integer_input_takes_what_json_schema_calls_an_integer() -> None:
+    """`5.0` is an `integer` to JSON Schema (and schemathesis sends it): accepted as 5; a
+    fraction, a string or a boolean is not."""
+    from app.usage.schemas import UsageIn
+
+    def amount(raw: str) -> int | None:
+        body = f'{{"user_id": "u", "request_id": "r", "amount_micros": {raw}}}'
+        try:
+            return UsageIn.model_validate_json(body).amount_micros
+        except ValidationError:
+            return None
+
+    assert [amount(v) for v in ("5", "5.0", "5.5", '"5"', "true", "0.0")] == [
+        5,
+        5,
+        None,
+        None,
+        None,
+        None,
+    ]
+
+
+def test_no_constraint_leaks_into_openapi_json_under_pydantic_s_own_name() -> None:
+    """A bound pydantic cannot translate (`gt` on a type wrapped by a validator) is written as
+    `gt`, which no JSON Schema reader knows: the bound would be silently lost."""
+    doc = json.loads(cli.OPENAPI_PATH.read_text())
+    leaks: list[str] = []
+
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, dict):
+            if node.get("type") in ("integer", "number", "string"):
+                leaks.extend(f"{where}.{k}" for k in ("gt", "ge", "lt", "le") if k in node)
+            for key, value in node.items():
+                walk(value, f"{where}.{key}")
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                walk(value, f"{where}[{index}]")
+
+    walk(doc, "")
+    assert leaks == []

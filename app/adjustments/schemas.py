@@ -8,7 +8,7 @@ from typing import Annotated
 from pydantic import BaseModel, Field, StringConstraints
 
 from app.money import MAX_AMOUNT_MICROS
-from app.schemas import CleanText, CleanToken, StrictModel
+from app.schemas import WHOLE_FLOATS, CleanText, CleanToken, StrictModel
 
 
 class AdjustmentIn(StrictModel):
@@ -22,12 +22,11 @@ class AdjustmentIn(StrictModel):
             description=f"Signed micro-USD, not 0, at most {MAX_AMOUNT_MICROS} in size (less "
             "when `BILLING_MAX_AMOUNT_MICROS` is set lower: a larger amount is then a 422).",
             examples=[5_000_000],
-            json_schema_extra={
-                "minimum": -MAX_AMOUNT_MICROS,
-                "maximum": MAX_AMOUNT_MICROS,
-                "not": {"const": 0},
-            },
+            ge=-MAX_AMOUNT_MICROS,
+            le=MAX_AMOUNT_MICROS,
+            json_schema_extra={"not": {"const": 0}},
         ),
+        WHOLE_FLOATS,
     ]
     reason: Annotated[CleanText, StringConstraints(min_length=3, max_length=500)]
     idempotency_key: Annotated[CleanToken, StringConstraints(min_length=1, max_length=200)] = Field(

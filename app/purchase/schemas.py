@@ -39,8 +39,10 @@ class PurchaseOptionsOut(BaseModel):
 class PurchaseIn(StrictModel):
     """A top-up to start."""
 
-    amount: AmountText
-    """USD with at most 2 decimals, a preset or between `min` and `max`."""
+    amount: AmountText = Field(
+        description="USD with at most 2 decimals, between `min` and `max` of "
+        "`GET /v1/purchase/options` (the configured bounds: outside them is a 422)."
+    )
     mode: PaymentMode
     save_card: bool = Field(
         default=False,

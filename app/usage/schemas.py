@@ -9,7 +9,14 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
 from app.money import MAX_AMOUNT_MICROS
-from app.schemas import CleanStr, CleanText, CleanToken, StrictModel, refuse_unclean_json
+from app.schemas import (
+    WHOLE_FLOATS,
+    CleanStr,
+    CleanText,
+    CleanToken,
+    StrictModel,
+    refuse_unclean_json,
+)
 
 MAX_METADATA_BYTES = 4096
 MAX_BATCH_EVENTS = 1000
@@ -54,8 +61,9 @@ PositiveMicros = Annotated[
         description=f"Micro-USD, > 0 and {_AT_MOST}.",
         json_schema_extra={"maximum": MAX_AMOUNT_MICROS},
     ),
+    WHOLE_FLOATS,
 ]
-TokenCount = Annotated[int | None, Field(strict=True, ge=0, le=10**12)]
+TokenCount = Annotated[int | None, Field(strict=True, ge=0, le=10**12), WHOLE_FLOATS]
 ModelName = Annotated[CleanStr | None, Field(max_length=200, examples=["gpt-4o-mini"])]
 ApiKeyId = Annotated[
     CleanToken | None,
@@ -176,6 +184,7 @@ class HoldIn(StrictModel):
             description="Expire after this many seconds unless captured or released (default "
             "`BILLING_HOLD_DEFAULT_TTL_SECONDS`, at most `BILLING_HOLD_MAX_TTL_SECONDS`).",
         ),
+        WHOLE_FLOATS,
     ] = None
     metadata: Metadata = None
 
@@ -191,6 +200,7 @@ class CaptureIn(StrictModel):
             description=f"Micro-USD, >= 0 and {_AT_MOST}.",
             json_schema_extra={"maximum": MAX_AMOUNT_MICROS},
         ),
+        WHOLE_FLOATS,
     ]
     model: ModelName = None
     input_tokens: TokenCount = None
