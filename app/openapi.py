@@ -49,7 +49,7 @@ from app.errors import (
 )
 from app.models.ledger import HOLD_STATUSES
 from app.models.orders import OrderStatus
-from app.schemas import OneOf
+from app.schemas import CLEAN_JSON_COMPONENTS, CLEAN_JSON_REF, OneOf
 
 PROBLEM_SCHEMA = "Problem"
 PROBLEM_REF = f"#/components/schemas/{PROBLEM_SCHEMA}"
@@ -377,6 +377,10 @@ def build_openapi(app: FastAPI, extend: Iterable[DocumentHook] = ()) -> dict[str
         hook(doc)
     document_problems(doc)
     document_parameter_rules(doc)
+    if CLEAN_JSON_REF in json.dumps(doc["paths"]) or CLEAN_JSON_REF in json.dumps(
+        doc["components"]["schemas"]
+    ):
+        doc["components"]["schemas"].update(CLEAN_JSON_COMPONENTS)
     return doc
 
 

@@ -165,6 +165,29 @@ CleanText = Annotated[
 ]
 """Free text (reasons, notes): like `CleanStr`, but tabs and line breaks are allowed."""
 
+CLEAN_JSON_REF = "#/components/schemas/CleanJsonObject"
+CLEAN_JSON_COMPONENTS: dict[str, dict[str, Any]] = {
+    "CleanJsonObject": {
+        "type": "object",
+        "description": "A JSON object whose keys and strings hold no control characters but tabs "
+        f"and line breaks, nested at most {MAX_JSON_DEPTH} deep.",
+        "propertyNames": {"pattern": clean_pattern("text")},
+        "additionalProperties": {"$ref": "#/components/schemas/CleanJsonValue"},
+    },
+    "CleanJsonValue": {
+        "anyOf": [
+            {"type": "string", "pattern": clean_pattern("text")},
+            {"type": "number"},
+            {"type": "boolean"},
+            {"type": "null"},
+            {"type": "array", "items": {"$ref": "#/components/schemas/CleanJsonValue"}},
+            {"$ref": CLEAN_JSON_REF},
+        ]
+    },
+}
+"""What `refuse_unclean_json` accepts, as JSON Schema components (recursive, so a document
+using `CLEAN_JSON_REF` adds them: `app.openapi.build_openapi` does)."""
+
 CleanJson = Annotated[dict[str, Any], AfterValidator(refuse_unclean_json)]
 """A JSON object whose keys and string values are `CleanText`."""
 

@@ -6,10 +6,11 @@ import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints, WithJsonSchema
 
 from app.money import MAX_AMOUNT_MICROS
 from app.schemas import (
+    CLEAN_JSON_REF,
     WHOLE_FLOATS,
     CleanStr,
     CleanText,
@@ -48,6 +49,7 @@ Metadata = Annotated[
     AfterValidator(lambda v: _small_json(v) if v is not None else None),
     AfterValidator(refuse_unclean_json),
     Field(description=f"Free-form JSON kept with the record (at most {MAX_METADATA_BYTES} bytes)."),
+    WithJsonSchema({"anyOf": [{"$ref": CLEAN_JSON_REF}, {"type": "null"}]}),
 ]
 _AT_MOST = (
     f"at most {MAX_AMOUNT_MICROS} (less when `BILLING_MAX_AMOUNT_MICROS` is set lower: a larger "
