@@ -293,6 +293,9 @@ def settings_refusal(exc: ValidationError) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from app.wiring import wire
+
+    wire()  # the commands post to the ledger (the reconciler credits orders) like the service
     if args.command in SETTINGS_FREE:
         settings = Settings(_env_file=None, environment="local")
     else:

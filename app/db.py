@@ -37,13 +37,17 @@ so the next request gets a live one.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import functools
+import inspect
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
+import structlog
 from fastapi import Depends, Request
+from sqlalchemy import event, select
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -51,9 +55,11 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import DeclarativeBase, Session, SessionTransaction
 
 from app.config import Settings
+
+log = structlog.get_logger(__name__)
 
 
 def create_engine(settings: Settings, *, statement_timeout_ms: int = 0) -> AsyncEngine:
@@ -177,7 +183,6 @@ async def session_scope(
     async with maker() as session:
         async with session.begin():
             yield session
-        after_commit(session)
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -192,23 +197,70 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
             raise
         else:
             await session.commit()
-            after_commit(session)
 
 
-AUTO_TOPUPS_RECORDED = "auto_topups_recorded"
-"""`session.info` key: users for whom this transaction recorded an auto top-up attempt."""
-AUTO_TOPUP_KICK = "auto_topup_kick"
-"""`session.info` key (given to every session through the maker, when jobs run in this
-instance): starts charging the auto top-ups a committed transaction recorded."""
+def after_commit(session: AsyncSession, job: Callable[..., object], *args: Any) -> None:
+    """Run `job(*args)` once this session's transaction has committed; never if it rolls back.
+
+    The one way to start work after a commit (an auto top-up's charge, the reaction to a
+    declined payment): buffered in `session.info`, run by the session's `after_commit` event
+    in the order queued, dropped by its rollback. A job may return an awaitable, which runs as
+    a task of its own (the request does not wait for it; `after_commit_settled()` does). A
+    job's error is logged, never raised into the request or job that committed. A job must
+    not use the session: its transaction is over. The gateway's autocommit statements hand
+    their jobs to `run_after_commit()` once the statement answered (it committed)."""
+    session.info.setdefault(_AFTER_COMMIT, []).append((job, args))
 
 
-def after_commit(session: AsyncSession) -> None:
-    """After a commit: start charging the auto top-ups it recorded (an accelerator; the
-    periodic job is the safety net)."""
-    users = session.info.pop(AUTO_TOPUPS_RECORDED, None)
-    kick = session.info.get(AUTO_TOPUP_KICK)
-    if users and kick is not None:
-        kick(users)
+_AFTER_COMMIT = "after_commit_jobs"
+_RUNNING: set[asyncio.Future[Any]] = set()
+
+
+def run_after_commit(jobs: Iterable[tuple[Callable[..., object], tuple[Any, ...]]]) -> None:
+    """Run jobs of a transaction that committed (see `after_commit`)."""
+    for job, args in jobs:
+        try:
+            result = job(*args)
+        except Exception:
+            log.exception("after_commit_job_failed", job=_job_name(job))
+            continue
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(result)
+            _RUNNING.add(task)
+            task.add_done_callback(functools.partial(_job_done, _job_name(job)))
+
+
+def _job_done(name: str, task: asyncio.Future[Any]) -> None:
+    _RUNNING.discard(task)
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("after_commit_job_failed", job=name, exc_info=exc)
+
+
+def _job_name(job: Callable[..., object]) -> str:
+    func = getattr(job, "func", job)  # a functools.partial
+    return f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', repr(func))}"
+
+
+async def after_commit_settled() -> None:
+    """Wait for the after-commit jobs still running (the service's shutdown; tests)."""
+    while _RUNNING:
+        await asyncio.gather(*list(_RUNNING), return_exceptions=True)
+
+
+@event.listens_for(Session, "after_commit")
+def _run_queued(session: Session) -> None:
+    # The event fires for a savepoint's release too: only the outermost commit runs the queue.
+    if session.in_nested_transaction():
+        return
+    run_after_commit(session.info.pop(_AFTER_COMMIT, ()))
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_queued(session: Session, previous_transaction: SessionTransaction) -> None:
+    # The outermost transaction rolled back: its work never happened. (A savepoint's rollback
+    # keeps the queue: its jobs are the enclosing transaction's to run or drop.)
+    if previous_transaction.parent is None:
+        session.info.pop(_AFTER_COMMIT, None)
 
 
 # scope="function" runs the dependency's exit (the commit) right after the endpoint returns,

@@ -10,7 +10,8 @@ limit `app.rate_limits.rate_limited(scope)`: those providers read their own piec
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any, NamedTuple
+from datetime import datetime
+from typing import Annotated, Any, NamedTuple, Protocol
 
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -41,6 +42,29 @@ get_rate_limiter = _from_state(
     "rate_limiter",
     "The per-user rate limits (for services that count a request only on some paths).",
 )
+get_clock = _from_state(
+    "clock", "The app's clock, which the gateway's spend-limit windows read too (tests set it)."
+)
+
+
+def get_now(clock: Annotated[Callable[[], datetime], Depends(get_clock)]) -> datetime:
+    """The app's clock read once for the request."""
+    return clock()
+
+
+class GatewayStore(Protocol):
+    """What a route outside the gateway may use of its store (`app.usage.repository.UsageStore`,
+    started by the lifespan): its asyncpg pool, for the pool gauges. A protocol, so that this
+    layer does not import the usage domain above it (the layers contract in pyproject.toml)."""
+
+    @property
+    def pool(self) -> Any: ...
+
+
+def get_usage_store(request: Request) -> GatewayStore | None:
+    """The gateway's store; None before the lifespan has started it."""
+    store: GatewayStore | None = getattr(request.app.state, "usage_store", None)
+    return store
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
@@ -48,6 +72,9 @@ StripeDep = Annotated[StripeGateway, Depends(get_stripe)]
 SessionMakerDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_session_maker)]
 EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
 RateLimiterDep = Annotated[RateLimiter, Depends(get_rate_limiter)]
+ClockDep = Annotated[Callable[[], datetime], Depends(get_clock)]
+NowDep = Annotated[datetime, Depends(get_now)]
+UsageStoreDep = Annotated[GatewayStore | None, Depends(get_usage_store)]
 
 
 class StripeWork(NamedTuple):

@@ -26,6 +26,9 @@ Every error a client can see is a `BillingError` carrying its HTTP status and a 
     │   └── CaptureExceedsHold .............. capture_exceeds_hold
     ├── TooManyPendingOrders (429) .......... too_many_pending_orders
     ├── RateLimited (429) ................... rate_limited
+    ├── StripeRequestFailed (502) ........... payment_provider_error: Stripe refused the call
+    │   └── StripeObjectNotFound ............ (the gateway's StripeCardDeclined is one too)
+    │       └── StripeCustomerMissing
     ├── ServiceUnavailable (503) ............ service_unavailable
     │   ├── PaymentProviderUnavailable ...... payment_provider_unavailable
     │   └── PaymentsNotConfigured ........... payments_not_configured
@@ -226,6 +229,46 @@ class RateLimited(BillingError, status=429, code="rate_limited", title="Rate lim
         super().__init__(
             detail, headers={"Retry-After": str(retry_after)}, retry_after=retry_after, **extra
         )
+
+
+class StripeRequestFailed(
+    BillingError,
+    status=502,
+    code="payment_provider_error",
+    title="Payment provider refused the request",
+):
+    """Stripe answered and refused the request: it did not take effect (definite failure)."""
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        stripe_code: str | None = None,
+        stripe_type: str | None = None,
+        http_status: int | None = None,
+        stripe_message: str | None = None,
+        param: str | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail, **extra)
+        self.stripe_code = stripe_code
+        """Stripe's error code (`resource_missing`, `amount_too_large`, `card_declined`, …)."""
+        self.stripe_type = stripe_type
+        """Stripe's error type (`invalid_request_error`, `card_error`, …)."""
+        self.http_status = http_status
+        self.stripe_message = stripe_message
+        """Stripe's message, for logs (not shown to users, except for card errors)."""
+        self.param = param
+
+
+class StripeObjectNotFound(StripeRequestFailed, title="Payment provider object not found"):
+    """The object does not exist at Stripe (`resource_missing`, 404)."""
+
+
+class StripeCustomerMissing(StripeObjectNotFound, title="Payment provider customer not found"):
+    """The Customer passed in the request does not exist at Stripe (deleted in the dashboard or
+    through the API): `resource_missing` on param `customer`. The request did not happen; the
+    caller forgets its stored customer id, creates a new Customer and repeats the request."""
 
 
 class ServiceUnavailable(

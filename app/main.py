@@ -13,23 +13,23 @@ from fastapi.routing import APIRoute
 from app.admin.adjustments import router as admin_adjustments_router
 from app.admin.audit import router as audit_router
 from app.admin.ledger import router as admin_ledger_router
+from app.admin.limits import router as admin_limits_router
 from app.admin.orders import router as admin_orders_router
 from app.admin.refunds import router as admin_refunds_router
+from app.admin.usage import router as admin_reports_router
 from app.admin.webhooks import router as admin_webhooks_router
 from app.alerts.router import router as alerts_router
 from app.auth.jwt import JwtVerifier
 from app.auth.service_tokens import ServiceTokenVerifier
+from app.auto_topup.charging import charge_auto_topups
 from app.auto_topup.router import router as auto_topup_router
 from app.config import Settings, get_settings
-from app.db import AUTO_TOPUP_KICK, create_engine, create_session_maker
+from app.db import after_commit_settled, create_engine, create_session_maker
 from app.errors import install_error_handlers
-from app.jobs.auto_topup import charge_auto_topups
-from app.jobs.auto_topup import kick as kick_auto_topups
 from app.jobs.holds import expire_holds
 from app.jobs.reconcile import run_reconciler
 from app.jobs.runner import Job, JobRunner
 from app.ledger.router import router as balance_router
-from app.limits.router import admin_router as admin_limits_router
 from app.limits.router import router as limits_router
 from app.logs import configure_logging
 from app.middleware import RequestContextMiddleware
@@ -42,13 +42,13 @@ from app.payment_methods.router import router as payment_methods_router
 from app.purchase.router import router as purchase_router
 from app.rate_limits import RateLimiter
 from app.refunds.router import router as refunds_router
-from app.reports.router import admin_router as admin_reports_router
 from app.reports.router import router as reports_router
 from app.stripe_gateway import StripeGateway
 from app.usage.repository import UsageStore
 from app.usage.router import PREFIX as GATEWAY_PREFIX
 from app.usage.router import GatewayApp, openapi_paths
 from app.webhooks.router import router as webhooks_router
+from app.wiring import unwire_jobs, wire, wire_jobs
 
 API_PREFIX = "/v1"
 
@@ -150,6 +150,7 @@ def _document_gateway(doc: dict[str, Any]) -> None:
 def create_app(settings: Settings | None = None) -> BillingApp:
     """Build the application; nothing connects until the lifespan starts."""
     settings = settings or get_settings()
+    wire()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -180,19 +181,17 @@ def create_app(settings: Settings | None = None) -> BillingApp:
         gateway.start(store, app.state.service_token_verifier, app.state.jwt_verifier)
         runner = JobRunner(_jobs(app, settings) if settings.jobs_enabled else [])
         if settings.jobs_enabled:
-            # A debit that recorded an auto top-up starts its charge at once, after its commit
-            # (`app.db.after_commit`; the gateway's store calls it itself).
-            def kick(users: set[str]) -> None:
-                kick_auto_topups(maker, app.state.stripe, settings, users)
-
-            maker.kw["info"] = {AUTO_TOPUP_KICK: kick}
-            store.on_auto_topup = kick
+            # A debit that recorded an auto top-up starts its charge once it committed.
+            wire_jobs(maker, app.state.stripe, settings)
         app.state.job_runner = runner  # `app.serve` stops it while requests drain
         runner.start()
         try:
             yield
         finally:
+            if settings.jobs_enabled:
+                unwire_jobs()
             await runner.stop()
+            await after_commit_settled()
             await tokens.stop()
             await app.state.stripe.close()
             await app.state.notifier.close()

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import FastAPI, routing
 from fastapi.dependencies.models import Dependant
@@ -47,9 +47,9 @@ from app.errors import (
     Unauthorized,
     ValidationFailed,
 )
-from app.models.ledger import HOLD_STATUSES
+from app.models.ledger import HoldStatus
 from app.models.orders import OrderStatus
-from app.schemas import CLEAN_JSON_COMPONENTS, CLEAN_JSON_REF, OneOf
+from app.schemas import CLEAN_JSON_COMPONENTS, CLEAN_JSON_REF
 
 PROBLEM_SCHEMA = "Problem"
 PROBLEM_REF = f"#/components/schemas/{PROBLEM_SCHEMA}"
@@ -117,9 +117,7 @@ class Problem(BaseModel):
     required_micros: int | None = _optional(
         "`insufficient_balance`: the amount asked for, in micro-USD."
     )
-    hold_status: Annotated[str, OneOf(HOLD_STATUSES)] | None = _optional(
-        "`invalid_state` of a hold: its status now."
-    )
+    hold_status: HoldStatus | None = _optional("`invalid_state` of a hold: its status now.")
     order_id: str | None = _optional("The order the problem is about.")
     order_status: OrderStatus | None = _optional("That order's status now.")
     reason: str | None = _optional("A machine-readable reason (`refund_not_eligible`, 503s).")

@@ -29,6 +29,7 @@ from app.main import create_app
 from app.migrate import upgrade_head
 from app.models import Base
 from app.rate_limits import SCOPES
+from app.wiring import wire
 from dev.postgres import server_for_tests
 from tests.contract import ContractCheck
 from tests.notifications.servers import receiver, smtp  # noqa: F401 - fixtures
@@ -45,6 +46,9 @@ JWT_SECRET = "test-secret-" + "x" * 40
 # explicitly; this covers code that reads the environment (the CLI, alembic's env.py).
 os.environ["BILLING_ENVIRONMENT"] = "test"
 os.environ.setdefault("BILLING_JWT_SECRET", JWT_SECRET)
+# What `create_app()` does first: tests that post to the ledger or open a `UsageStore` without an
+# app need the domains subscribed too (`app/wiring.py`).
+wire()
 
 
 TEST_POOL_SIZE = 5

@@ -124,7 +124,7 @@ class World:
                     livemode=False,
                     object_id=None,
                     payload={"id": event_id, "type": "customer.created", "data": {"object": {}}},
-                    outcome="ignored: unhandled type",
+                    outcome="unhandled",
                 )
             )
         return event_id

@@ -8,7 +8,10 @@ import httpx
 import pytest
 from fastapi import APIRouter
 
+from app import errors
+from app.errors import BillingError
 from app.schemas import StrictModel
+from app.stripe_gateway import StripeCustomerMissing, StripeRequestFailed
 
 probe = APIRouter()
 
@@ -122,3 +125,32 @@ async def test_a_405_names_every_method_of_the_path(
     response = await client.request("OPTIONS", path)
     assert response.status_code == 405
     assert response.headers["Allow"] == allowed
+
+
+def _all_errors(cls: type[BillingError]) -> list[type[BillingError]]:
+    return [cls, *(sub for direct in cls.__subclasses__() for sub in _all_errors(direct))]
+
+
+def test_every_status_and_code_is_declared_in_the_catalogue() -> None:
+    """The catalogue is `app/errors.py`: an error class elsewhere (the Stripe gateway's) may
+    subclass one and add attributes, but not declare a status, code or title of its own."""
+    import app.main  # noqa: F401  (loads every module that defines an error)
+
+    declared = ("status", "code", "title", "retry_after")
+    outside = [
+        f"{cls.__module__}.{cls.__qualname__}"
+        for cls in _all_errors(BillingError)
+        if cls.__module__ != "app.errors"
+        and not cls.__module__.startswith("tests.")
+        and any(name in vars(cls) for name in declared)
+    ]
+    assert outside == []
+
+
+def test_a_refused_stripe_request_is_the_catalogues_502() -> None:
+    """The gateway raises the catalogue's classes (one class each, not a copy)."""
+    assert StripeRequestFailed is errors.StripeRequestFailed
+    assert StripeCustomerMissing is errors.StripeCustomerMissing
+    assert (StripeRequestFailed.status, StripeRequestFailed.code) == (502, "payment_provider_error")
+    assert issubclass(StripeCustomerMissing, errors.StripeObjectNotFound)
+    assert StripeCustomerMissing.title == "Payment provider customer not found"

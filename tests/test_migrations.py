@@ -10,8 +10,10 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
@@ -182,3 +184,55 @@ async def test_0016_makes_a_limit_the_operators_when_the_audit_log_says_an_opera
         async with engine.connect() as conn:
             count = (await conn.execute(text("SELECT count(*) FROM spend_limits"))).scalar()
         assert count == 4
+
+
+async def test_0017_splits_each_webhook_outcome_into_the_enum_and_its_detail_and_back(
+    database: Database,
+) -> None:
+    texts = {
+        "evt_credited": "credited",
+        "evt_unhandled": "ignored: unhandled type",
+        "evt_backwards": "ignored: paid -> processing is backwards",
+        "evt_flagged": "flagged: amount differs: 5 != 10",
+        "evt_replayed": "replayed: already paid",
+        "evt_replayed_ignored": "replayed: ignored: no matching order",
+        "evt_replayed_unhandled": "replayed: ignored: unhandled type",
+        "evt_unapplied": None,
+    }
+    async with _scratch_engine(database, "billing_0017") as engine:
+        await _at_revision(engine, "0016")
+        async with engine.begin() as conn:
+            for id_, outcome in texts.items():
+                await conn.execute(
+                    text(
+                        "INSERT INTO stripe_events (id, type, livemode, payload, outcome, "
+                        "received_at) VALUES (:id, 't', false, '{}', :outcome, :t)"
+                    ),
+                    {"id": id_, "outcome": outcome, "t": datetime(2026, 11, 1, tzinfo=UTC)},
+                )
+        await _at_revision(engine, "head")
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(text("SELECT id, outcome, outcome_detail FROM stripe_events"))
+            ).all()
+        assert {r[0]: (r[1], r[2]) for r in rows} == {
+            "evt_credited": ("processed", "credited"),
+            "evt_unhandled": ("unhandled", None),
+            "evt_backwards": ("ignored", "paid -> processing is backwards"),
+            "evt_flagged": ("flagged", "amount differs: 5 != 10"),
+            "evt_replayed": ("processed", "replayed: already paid"),
+            "evt_replayed_ignored": ("ignored", "replayed: no matching order"),
+            "evt_replayed_unhandled": ("unhandled", "replayed"),
+            "evt_unapplied": (None, None),
+        }
+        # The database refuses an outcome outside the enum.
+        with pytest.raises(IntegrityError, match="ck_stripe_events_outcome_known"):
+            async with engine.begin() as conn:
+                await conn.execute(
+                    text("UPDATE stripe_events SET outcome = 'credited' WHERE id = 'evt_credited'")
+                )
+        # And back: today's text again.
+        await _at_revision(engine, "-0016")
+        async with engine.connect() as conn:
+            rows = (await conn.execute(text("SELECT id, outcome FROM stripe_events"))).all()
+        assert dict(tuple(r) for r in rows) == texts

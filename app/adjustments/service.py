@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.adjustments.schemas import AdjustmentIn, AdjustmentOut
+from app.adjustments.schemas import AdjustmentIn
 from app.audit.service import record_admin_action
 from app.config import Settings
 from app.errors import IdempotencyConflict, ValidationFailed
 from app.idempotency import hash_request
-from app.ledger.service import transfer
+from app.ledger.service import PostResult, transfer
 
 
 async def adjust_wallet(
@@ -20,8 +20,9 @@ async def adjust_wallet(
     actor: str,
     user_id: str,
     body: AdjustmentIn,
-) -> AdjustmentOut:
-    """Post the adjustment against the `adjustments` account and audit it (first time only)."""
+) -> PostResult:
+    """Post the adjustment against the `adjustments` account and audit it (first time only).
+    The posting, or the original one for a replay of the same key and body."""
     if body.amount_micros == 0 or abs(body.amount_micros) > settings.max_amount_micros:
         raise ValidationFailed(
             "amount_micros must be non-zero and at most the maximum amount.",
@@ -61,16 +62,4 @@ async def adjust_wallet(
             reason=body.reason,
             details={"amount_micros": body.amount_micros, "transaction_id": result.transaction.id},
         )
-    wallet = result.wallets[user_id]
-    return AdjustmentOut(
-        transaction_id=result.transaction.id,
-        user_id=user_id,
-        amount_micros=body.amount_micros,
-        reason=body.reason,
-        idempotency_key=body.idempotency_key,
-        created_at=result.transaction.created_at,
-        balance_micros=wallet.balance_micros,
-        held_micros=wallet.held_micros,
-        available_micros=wallet.available_micros,
-        replayed=result.replayed,
-    )
+    return result

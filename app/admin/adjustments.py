@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Path, Response, status
+from fastapi import APIRouter, Response, status
 
 from app.adjustments.schemas import AdjustmentIn, AdjustmentOut
 from app.adjustments.service import adjust_wallet
+from app.admin.params import UserId
 from app.auth import AdminUser
 from app.db import SessionDep
 from app.deps import SettingsDep
 from app.errors import IdempotencyConflict, InsufficientBalance
+from app.ledger.service import PostResult
 from app.openapi import problem_responses
-from app.schemas import CleanToken
 
 router = APIRouter(prefix="/admin", tags=["admin"])
+
+
+def adjustment_out(result: PostResult, user_id: str, body: AdjustmentIn) -> AdjustmentOut:
+    wallet = result.wallets[user_id]
+    return AdjustmentOut(
+        transaction_id=result.transaction.id,
+        user_id=user_id,
+        amount_micros=body.amount_micros,
+        reason=body.reason,
+        idempotency_key=body.idempotency_key,
+        created_at=result.transaction.created_at,
+        balance_micros=wallet.balance_micros,
+        held_micros=wallet.held_micros,
+        available_micros=wallet.available_micros,
+        replayed=result.replayed,
+    )
 
 
 @router.post(
@@ -32,14 +47,14 @@ router = APIRouter(prefix="/admin", tags=["admin"])
 )
 async def create_adjustment(
     response: Response,
-    user_id: Annotated[CleanToken, Path(min_length=1, max_length=255)],
+    user_id: UserId,
     body: AdjustmentIn,
     admin: AdminUser,
     session: SessionDep,
     settings: SettingsDep,
 ) -> AdjustmentOut:
     """Credit (positive) or debit (negative) a wallet with a reason; audited."""
-    out = await adjust_wallet(session, settings, actor=admin.user_id, user_id=user_id, body=body)
-    if out.replayed:
+    result = await adjust_wallet(session, settings, actor=admin.user_id, user_id=user_id, body=body)
+    if result.replayed:
         response.status_code = status.HTTP_200_OK
-    return out
+    return adjustment_out(result, user_id, body)

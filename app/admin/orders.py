@@ -11,11 +11,12 @@ from app.db import SessionDep
 from app.deps import SettingsDep, StripeWorkDep
 from app.errors import NotFound, PaymentProviderUnavailable, PaymentsNotConfigured
 from app.openapi import problem_responses
-from app.orders import lifecycle, service
+from app.orders import service
 from app.orders.presenter import present_order, present_page
 from app.orders.router import OrderId
 from app.orders.schemas import OrderFilter, OrderOut, OrderStatusFilter
 from app.pagination import PageQuery
+from app.purchase import lifecycle
 from app.schemas import CleanStr, Page, UtcDatetime
 from app.stripe_gateway import StripeRequestFailed
 

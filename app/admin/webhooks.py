@@ -6,13 +6,14 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from app.audit.service import record_admin_action
 from app.auth import AdminUser
 from app.db import SessionDep
 from app.deps import SessionMakerDep, SettingsDep, StripeDep
 from app.errors import NotFound, PaymentProviderUnavailable, PaymentsNotConfigured
+from app.models.orders import WebhookOutcome
 from app.openapi import problem_responses
 from app.schemas import CleanStr
 from app.webhooks import service
@@ -27,7 +28,10 @@ class WebhookEventOut(BaseModel):
     type: str
     livemode: bool
     object_id: str | None
-    outcome: str | None
+    outcome: WebhookOutcome | None = Field(description="What applying it did; null until applied.")
+    outcome_detail: str | None = Field(
+        description="The specifics, e.g. `credited`, `replayed: already paid`."
+    )
     received_at: datetime
 
 
@@ -52,6 +56,6 @@ async def admin_replay_webhook_event(
         action="webhook.replay",
         subject_type="stripe_event",
         subject_id=event_id,
-        details={"type": row.type, "outcome": row.outcome},
+        details={"type": row.type, "outcome": row.outcome, "outcome_detail": row.outcome_detail},
     )
     return WebhookEventOut.model_validate(row, from_attributes=True)

@@ -11,28 +11,38 @@ falls again.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.alerts import repository
-from app.alerts.schemas import AlertsIn, AlertsOut
+from app.alerts.schemas import AlertsIn
 from app.ledger.repository import get_wallet, refresh_watch
 from app.models.base import utcnow
 from app.models.notifications import BalanceAlert
-from app.money import format_amount, parse_amount
+from app.money import parse_amount
 from app.notifications import repository as notification_settings
 
 
-async def get_alerts(session: AsyncSession, user_id: str) -> AlertsOut:
+@dataclass(frozen=True, slots=True)
+class AlertSettings:
+    """A user's low-balance thresholds (highest first) and whether notifications are emailed."""
+
+    thresholds_micros: list[int]
+    email: bool
+
+
+async def get_alerts(session: AsyncSession, user_id: str) -> AlertSettings:
     """The caller's thresholds and email choice (none and email on by default)."""
     rows = await repository.list_thresholds(session, user_id)
     prefs = await notification_settings.get_settings(session, user_id)
-    return AlertsOut(
-        low_balance_thresholds=[format_amount(r.threshold_micros) for r in rows],
+    return AlertSettings(
+        thresholds_micros=[r.threshold_micros for r in rows],
         email=prefs.email_enabled if prefs is not None else True,
     )
 
 
-async def put_alerts(session: AsyncSession, user_id: str, body: AlertsIn) -> AlertsOut:
+async def put_alerts(session: AsyncSession, user_id: str, body: AlertsIn) -> AlertSettings:
     """Replace the caller's thresholds: kept ones keep their state, new ones start armed if the
     available balance is at or above them (otherwise they wait for it to recover)."""
     wanted = {parse_amount(t) for t in body.low_balance_thresholds}

@@ -10,9 +10,9 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auto_topup import repository, rules, service
+from app.auto_topup import repository, rules, service, state
 from app.ids import new_id
-from app.models.payment_methods import AutoTopup, AutoTopupSettings
+from app.models.payment_methods import AttemptStatus, AutoTopup, AutoTopupSettings, AutoTopupStatus
 from app.notifications import events
 from app.notifications.service import enqueue
 
@@ -22,18 +22,6 @@ async def _attempt(session: AsyncSession, attempt_id: str) -> AutoTopup:
     if row is None:
         raise LookupError(f"no auto top-up attempt {attempt_id}")
     return row
-
-
-def _end(
-    attempt: AutoTopup, status: str, *, now: datetime, failure_code: str | None = None
-) -> None:
-    """The attempt is over (`failure_code`, when given, cut to its column): it leaves the
-    in-flight slot."""
-    attempt.status = status
-    if failure_code is not None:
-        attempt.failure_code = failure_code[:64]
-    attempt.completed_at = now
-    attempt.lease_until = None
 
 
 async def _notify_failed(
@@ -66,8 +54,9 @@ async def apply_success(
 ) -> None:
     """The charge succeeded (and its order was credited in this transaction)."""
     attempt = await _attempt(session, attempt_id)
+    if not state.end_attempt(attempt, AttemptStatus.SUCCEEDED, now=now):
+        return
     attempt.order_id = order_id
-    _end(attempt, "succeeded", now=now)
     settings = await repository.get_settings(session, attempt.user_id, for_update=True)
     if settings is not None:
         settings.soft_declines = 0
@@ -93,9 +82,13 @@ async def apply_decline(
 ) -> rules.AfterDecline:
     """The card was declined: the attempt fails; a hard decline (or the last soft one) pauses
     auto top-up with a link to pay on-session; an earlier soft decline schedules ONE retry
-    attempt after the backoff (it holds the in-flight slot, so debits meanwhile record none)."""
+    attempt after the backoff (it holds the in-flight slot, so debits meanwhile record none).
+    An attempt no longer being charged (answered already) is left as it is: no pause, no
+    retry, no notification."""
     attempt = await _attempt(session, attempt_id)
-    _end(attempt, "failed", now=now)
+    if not state.end_attempt(attempt, AttemptStatus.FAILED, now=now):
+        # Answered already (a lapsed lease, repeated by another run): nothing changes.
+        return rules.AfterDecline(None, 0, None)
     attempt.failure_code = stripe_code
     attempt.decline_code = decline_code
     attempt.payment_intent_id = payment_intent_id or attempt.payment_intent_id
@@ -113,7 +106,7 @@ async def apply_decline(
         decline_code=decline_code,
         next_attempt_at=decision.next_attempt_at,
     )
-    if settings is None or settings.status != "active":
+    if settings is None or settings.status != AutoTopupStatus.ACTIVE:
         return decision
     settings.soft_declines = decision.soft_declines
     settings.last_attempt_at = max(settings.last_attempt_at or now, now)
@@ -154,7 +147,8 @@ async def skip_over_monthly_limit(session: AsyncSession, attempt_id: str, *, now
         monthly_limit_micros=settings.monthly_limit_micros,
     ):
         return False
-    _end(attempt, "skipped", now=now, failure_code="monthly_limit")
+    if not state.end_attempt(attempt, AttemptStatus.SKIPPED, now=now, failure_code="monthly_limit"):
+        return False
     skipped = events.auto_topup_skipped(
         amount_micros=attempt.amount_micros,
         monthly_limit_micros=settings.monthly_limit_micros,
@@ -167,7 +161,7 @@ async def skip_over_monthly_limit(session: AsyncSession, attempt_id: str, *, now
 async def cancel(session: AsyncSession, attempt: AutoTopup, *, reason: str, now: datetime) -> None:
     """The attempt will not be charged (auto top-up no longer active, the balance recovered,
     the card is gone): it leaves the in-flight slot."""
-    _end(attempt, "canceled", now=now, failure_code=reason)
+    state.end_attempt(attempt, AttemptStatus.CANCELED, now=now, failure_code=reason)
 
 
 async def start_charge(
@@ -181,10 +175,8 @@ async def start_charge(
 ) -> None:
     """The attempt is being charged as `order_id` (committed before the Stripe call): it counts
     as the user's last attempt for the 10-minute spacing from now on."""
-    attempt.status = "processing"
-    attempt.order_id = order_id
-    attempt.lease_until = lease_until
-    settings.last_attempt_at = now
+    if state.start_attempt(attempt, order_id=order_id, lease_until=lease_until):
+        settings.last_attempt_at = now
 
 
 def extend_lease(attempt: AutoTopup, lease_until: datetime) -> None:
@@ -203,7 +195,9 @@ async def fail_refused(
     """Stripe refused the charge without declining the card (a card detached at Stripe, a
     request it will never accept): the attempt fails and auto top-up pauses, so it cannot loop."""
     attempt = await _attempt(session, attempt_id)
-    _end(attempt, "failed", now=now, failure_code=stripe_code or "refused")
+    failure_code = stripe_code or "refused"
+    if not state.end_attempt(attempt, AttemptStatus.FAILED, now=now, failure_code=failure_code):
+        return
     await _notify_failed(
         session, attempt, code=stripe_code, decline_code=None, next_attempt_at=None
     )

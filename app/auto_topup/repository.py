@@ -8,7 +8,12 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models.payment_methods import IN_FLIGHT_ATTEMPT_STATUSES, AutoTopup, AutoTopupSettings
+from app.models.payment_methods import (
+    IN_FLIGHT_ATTEMPT_STATUSES,
+    AttemptStatus,
+    AutoTopup,
+    AutoTopupSettings,
+)
 
 
 async def get_settings(
@@ -23,7 +28,7 @@ async def spent_since(session: AsyncSession, user_id: str, since: datetime) -> i
     stmt = select(func.coalesce(func.sum(AutoTopup.amount_micros), 0)).where(
         AutoTopup.user_id == user_id,
         AutoTopup.created_at >= since,
-        AutoTopup.status == "succeeded",
+        AutoTopup.status == AttemptStatus.SUCCEEDED,
     )
     return int((await session.execute(stmt)).scalar_one())
 
@@ -45,7 +50,7 @@ async def insert_pending_attempt(
         .values(
             id=attempt_id,
             user_id=user_id,
-            status="pending",
+            status=AttemptStatus.PENDING,
             amount_micros=amount_micros,
             payment_method_id=payment_method_id,
             trigger_reference=trigger_reference,
@@ -82,9 +87,9 @@ async def claim_due_attempts(
         select(AutoTopup)
         .where(
             or_(
-                AutoTopup.status == "pending",
+                AutoTopup.status == AttemptStatus.PENDING,
                 and_(
-                    AutoTopup.status == "processing",
+                    AutoTopup.status == AttemptStatus.PROCESSING,
                     or_(AutoTopup.lease_until.is_(None), AutoTopup.lease_until <= now),
                 ),
             )

@@ -3,12 +3,13 @@ pause), and pausing them when their card goes away. The decision rules are in `r
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auto_topup import repository, rules
-from app.auto_topup.schemas import AutoTopupIn, AutoTopupOut
+from app.auto_topup import repository, rules, state
+from app.auto_topup.schemas import AutoTopupIn
 from app.config import Settings
 from app.errors import ValidationFailed
 from app.ledger.repository import refresh_watch
@@ -20,48 +21,22 @@ from app.notifications.service import enqueue
 from app.payment_methods import repository as cards
 
 
-def _out(row: AutoTopupSettings | None, spent_micros: int) -> AutoTopupOut:
-    if row is None:
-        return AutoTopupOut(
-            enabled=False,
-            threshold=None,
-            amount=None,
-            payment_method_id=None,
-            monthly_limit=None,
-            status="disabled",
-            paused_reason=None,
-            last_attempt_at=None,
-            next_attempt_at=None,
-            spent_this_month=format_amount(spent_micros),
-        )
-    return AutoTopupOut(
-        enabled=row.status != "disabled",
-        threshold=format_amount(row.threshold_micros),
-        amount=format_amount(row.amount_micros),
-        payment_method_id=row.payment_method_id,
-        monthly_limit=format_amount(row.monthly_limit_micros),
-        status=row.status,
-        paused_reason=row.paused_reason,
-        last_attempt_at=row.last_attempt_at,
-        next_attempt_at=(
-            rules.next_allowed_attempt(
-                last_attempt_at=row.last_attempt_at, next_attempt_at=row.next_attempt_at
-            )
-            if row.status == "active"
-            else None
-        ),
-        spent_this_month=format_amount(spent_micros),
-    )
+@dataclass(frozen=True, slots=True)
+class AutoTopupState:
+    """A user's auto top-up setting (None: never set) and what it charged this month."""
+
+    settings: AutoTopupSettings | None
+    spent_this_month_micros: int
 
 
 async def get_auto_topup(
     session: AsyncSession, user_id: str, *, now: datetime | None = None
-) -> AutoTopupOut:
+) -> AutoTopupState:
     """The caller's setting and state (disabled, with nulls, when never set)."""
     now = now or utcnow()
     row = await repository.get_settings(session, user_id)
     spent = await repository.spent_since(session, user_id, rules.month_start(now))
-    return _out(row, spent)
+    return AutoTopupState(row, spent)
 
 
 def _invalid(field: str, message: str) -> ValidationFailed:
@@ -70,7 +45,7 @@ def _invalid(field: str, message: str) -> ValidationFailed:
 
 async def put_auto_topup(
     session: AsyncSession, settings: Settings, user_id: str, body: AutoTopupIn
-) -> AutoTopupOut:
+) -> AutoTopupState:
     """Replace the caller's setting. `enabled: true` makes it active (lifting a pause and
     forgetting earlier soft declines); `enabled: false` disables it. Nothing else ever
     enables it."""
@@ -99,18 +74,13 @@ async def put_auto_topup(
     row.payment_method_id = body.payment_method_id
     row.updated_at = now
     if body.enabled:
-        row.status = "active"
-        row.paused_reason = None
-        row.soft_declines = 0
-        row.next_attempt_at = None
-        row.action_payment_intent_id = None
+        state.enable(row)
     else:
-        row.status = "disabled"
-        row.paused_reason = None
+        state.disable(row)
     await session.flush()
     await refresh_watch(session, user_id)
     spent = await repository.spent_since(session, user_id, rules.month_start(now))
-    return _out(row, spent)
+    return AutoTopupState(row, spent)
 
 
 async def pause(
@@ -124,13 +94,10 @@ async def pause(
     """Pause an active auto top-up (in the caller's transaction) and notify the user
     (`auto_topup.paused`). False when it was not active (nothing changes)."""
     row = await repository.get_settings(session, user_id, for_update=True)
-    if row is None or row.status != "active":
+    if row is None or not state.pause(
+        row, reason, action_payment_intent_id=action_payment_intent_id, now=utcnow()
+    ):
         return False
-    row.status = "paused"
-    row.paused_reason = reason
-    row.next_attempt_at = None
-    row.action_payment_intent_id = action_payment_intent_id
-    row.updated_at = utcnow()
     await enqueue(
         session,
         user_id=user_id,

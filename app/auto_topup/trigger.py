@@ -9,6 +9,9 @@ request path.
 
 from __future__ import annotations
 
+from app.models.base import one_of
+from app.models.payment_methods import IN_FLIGHT_ATTEMPT_STATUSES, AttemptStatus, AutoTopupStatus
+
 
 def auto_topup_ctes(source: str, *, reference: str = "NULL", now: str = "now()") -> str:
     """Two CTEs (no leading `WITH`) for a relation `source` with `user_id`,
@@ -19,16 +22,16 @@ def auto_topup_ctes(source: str, *, reference: str = "NULL", now: str = "now()")
     return f"""autotopup_due AS (
     SELECT s.user_id, s.amount_micros, s.payment_method_id
     FROM auto_topup_settings s JOIN {source} c ON c.user_id = s.user_id
-    WHERE s.status = 'active' AND s.payment_method_id IS NOT NULL
+    WHERE s.status = '{AutoTopupStatus.ACTIVE}' AND s.payment_method_id IS NOT NULL
       AND c.available_before >= s.threshold_micros
       AND c.available_after < s.threshold_micros
 ), autotopup_recorded AS (
     INSERT INTO auto_topups
         (id, user_id, status, amount_micros, payment_method_id, trigger_reference,
          created_at, updated_at)
-    SELECT 'atu_' || replace(gen_random_uuid()::text, '-', ''), user_id, 'pending',
+    SELECT 'atu_' || replace(gen_random_uuid()::text, '-', ''), user_id, '{AttemptStatus.PENDING}',
            amount_micros, payment_method_id, {reference}, {now}, {now}
     FROM autotopup_due
-    ON CONFLICT (user_id) WHERE status IN ('pending', 'processing') DO NOTHING
+    ON CONFLICT (user_id) WHERE {one_of("status", IN_FLIGHT_ATTEMPT_STATUSES)} DO NOTHING
     RETURNING id, user_id
 )"""

@@ -28,9 +28,9 @@ from app.models.orders import OrderKind
 from app.orders import repository as orders_repository
 from app.orders.fulfillment import RefreshOutcome, refresh_order
 from app.orders.state import PENDING_STATUSES, OrderStatus, transition
-from app.purchase import repository
 from app.refunds.service import retry_unknown_refunds
 from app.stripe_gateway import StripeGateway, StripeRequestFailed
+from app.stripe_gateway.deadline import stripe_call_bound
 
 log = structlog.get_logger(__name__)
 
@@ -68,13 +68,6 @@ def next_check_delay(age: timedelta, min_age_seconds: float) -> timedelta:
     return timedelta(seconds=min(max(age.total_seconds() / 2, floor), 6 * 3600))
 
 
-def stripe_call_bound(settings: Settings) -> timedelta:
-    """The longest one Stripe call can take (every attempt timing out, plus the SDK's backoff):
-    an order younger than this may still have its creation call in flight."""
-    attempts = settings.stripe_max_network_retries + 1
-    return timedelta(seconds=attempts * settings.stripe_timeout_seconds + 5)
-
-
 async def reconcile_orders(
     maker: async_sessionmaker[AsyncSession],
     stripe: StripeGateway,
@@ -93,7 +86,7 @@ async def reconcile_orders(
     started = now or utcnow()
     while True:
         async with session_scope(maker) as session:
-            batch = await repository.claim_orders_to_reconcile(
+            batch = await orders_repository.claim_orders_to_reconcile(
                 session,
                 created_before=started - timedelta(seconds=min_age),
                 now=started,

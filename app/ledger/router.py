@@ -9,8 +9,14 @@ from fastapi import APIRouter, Query
 from app.auth import CurrentUser
 from app.db import SessionDep
 from app.ledger import service
-from app.ledger.schemas import BalanceOut, TransactionKind, TransactionOut
-from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from app.ledger.schemas import (
+    BalanceOut,
+    TransactionKind,
+    TransactionOut,
+    balance_out,
+    transaction_out,
+)
+from app.pagination import DEFAULT_LIMIT, MAX_LIMIT, PageRequest
 from app.schemas import CleanStr, Page
 
 router = APIRouter(tags=["balance"])
@@ -25,7 +31,7 @@ Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 @router.get("/balance", summary="Get my balance")
 async def get_my_balance(user: CurrentUser, session: SessionDep) -> BalanceOut:
     """The caller's balance, held amount and available amount."""
-    return await service.get_balance(session, user.user_id)
+    return balance_out(await service.wallet_balance(session, user.user_id))
 
 
 @router.get("/balance/transactions", summary="List my balance transactions")
@@ -37,6 +43,7 @@ async def list_my_transactions(
     limit: Limit = DEFAULT_LIMIT,
 ) -> Page[TransactionOut]:
     """Every movement of the caller's balance, newest first; usage shows model and tokens."""
-    return await service.list_transactions(
-        session, user.user_id, kinds=list(kind) if kind else None, cursor=cursor, limit=limit
-    )
+    page = PageRequest(cursor, limit)
+    lines = await service.list_transactions(session, user.user_id, list(kind or []), page)
+    data, next_cursor = lines.render(transaction_out)
+    return Page[TransactionOut](data=data, next_cursor=next_cursor)

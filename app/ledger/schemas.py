@@ -7,6 +7,10 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from app.ledger.repository import WalletRow
+from app.ledger.statement_repository import StatementLine
+from app.money import format_balance
+
 TransactionKind = Literal[
     "topup",
     "usage",
@@ -47,3 +51,41 @@ class TransactionOut(BaseModel):
     input_tokens: int | None = Field(default=None, description="Usage only, when reported.")
     output_tokens: int | None = Field(default=None, description="Usage only, when reported.")
     order_id: str | None = Field(default=None, description="Top-ups and refunds: the order.")
+
+
+def balance_out(wallet: WalletRow) -> BalanceOut:
+    return BalanceOut(
+        balance=format_balance(wallet.balance_micros),
+        held=format_balance(wallet.held_micros),
+        available=format_balance(wallet.available_micros),
+    )
+
+
+def transaction_out(line: StatementLine) -> TransactionOut:
+    """A wallet entry; usage shows what its details recorded (model and tokens)."""
+    details = line.details or {}
+
+    def _int(key: str) -> int | None:
+        value = details.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    def _str(key: str) -> str | None:
+        value = details.get(key)
+        return value if isinstance(value, str) else None
+
+    return TransactionOut(
+        id=line.transaction_id,
+        kind=line.kind,
+        amount=format_balance(line.amount_micros),
+        balance_after=(
+            format_balance(line.balance_after_micros)
+            if line.balance_after_micros is not None
+            else None
+        ),
+        description=line.description,
+        created_at=line.created_at,
+        model=_str("model"),
+        input_tokens=_int("input_tokens"),
+        output_tokens=_int("output_tokens"),
+        order_id=_str("order_id"),
+    )

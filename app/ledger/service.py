@@ -18,14 +18,12 @@ from app.errors import InsufficientBalance, ValidationFailed
 from app.ledger import repository, statement_repository
 from app.ledger.balance_events import balance_changed
 from app.ledger.repository import WalletRow
-from app.ledger.schemas import BalanceOut, TransactionOut
 from app.ledger.statement_repository import StatementLine
 from app.metrics import LEDGER_TRANSACTIONS, observe_posting
 from app.models.base import utcnow
 from app.models.ledger import LedgerTransaction, system_account_id
 from app.money import format_balance
-from app.pagination import decode_cursor, encode_cursor
-from app.schemas import Page
+from app.pagination import PageRequest, Slice, decode_cursor, encode_cursor
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,66 +231,24 @@ async def _replay(
 # Reads for the portal.
 
 
-async def get_balance(session: AsyncSession, user_id: str) -> BalanceOut:
-    """The user's balance (zero before their wallet exists)."""
-    wallet = await repository.get_wallet(session, user_id)
-    balance, held = (wallet.balance_micros, wallet.held_micros) if wallet else (0, 0)
-    return BalanceOut(
-        balance=format_balance(balance),
-        held=format_balance(held),
-        available=format_balance(balance - held),
-    )
+async def wallet_balance(session: AsyncSession, user_id: str) -> WalletRow:
+    """The user's wallet (zeros and no id before it exists)."""
+    return await repository.get_wallet(session, user_id) or WalletRow("", user_id, 0, 0)
 
 
 async def list_transactions(
-    session: AsyncSession,
-    user_id: str,
-    *,
-    kinds: list[str] | None,
-    cursor: str | None,
-    limit: int,
-) -> Page[TransactionOut]:
+    session: AsyncSession, user_id: str, kinds: list[str] | None, page: PageRequest
+) -> Slice[StatementLine]:
     """A page of the movements of the user's balance, newest first."""
-    before = decode_cursor(cursor, 1)[0] if cursor else None
+    before = decode_cursor(page.cursor, 1)[0] if page.cursor else None
     if before is not None and (not isinstance(before, int) or isinstance(before, bool)):
         raise ValidationFailed(
             "The cursor is not valid.",
             errors=[{"field": "cursor", "message": "not a cursor returned by this API"}],
         )
     lines = await statement_repository.list_wallet_entries(
-        session, user_id, kinds=kinds, before_entry_id=before, limit=limit + 1
+        session, user_id, kinds=kinds, before_entry_id=before, limit=page.limit + 1
     )
-    page = lines[:limit]
-    return Page[TransactionOut](
-        data=[_present(line) for line in page],
-        next_cursor=encode_cursor(page[-1].entry_id) if len(lines) > limit else None,
-    )
-
-
-def _present(line: StatementLine) -> TransactionOut:
-    details = line.details or {}
-
-    def _int(key: str) -> int | None:
-        value = details.get(key)
-        return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-    def _str(key: str) -> str | None:
-        value = details.get(key)
-        return value if isinstance(value, str) else None
-
-    return TransactionOut(
-        id=line.transaction_id,
-        kind=line.kind,
-        amount=format_balance(line.amount_micros),
-        balance_after=(
-            format_balance(line.balance_after_micros)
-            if line.balance_after_micros is not None
-            else None
-        ),
-        description=line.description,
-        created_at=line.created_at,
-        model=_str("model"),
-        input_tokens=_int("input_tokens"),
-        output_tokens=_int("output_tokens"),
-        order_id=_str("order_id"),
-    )
+    items = lines[: page.limit]
+    more = len(lines) > page.limit
+    return Slice(items, encode_cursor(items[-1].entry_id) if more else None)

@@ -4,10 +4,13 @@ what was spent and what remains with 6), always in USD."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, cast
 
 from pydantic import BaseModel, Field, StringConstraints
 
+from app.limits.periods import window_end, window_start
+from app.models.limits import SpendLimit
+from app.money import format_amount, format_balance
 from app.schemas import CleanToken, PositiveAmountText, StrictModel
 
 Period = Literal["day", "week", "month", "total"]
@@ -49,3 +52,18 @@ class SpendLimitOut(BaseModel):
         description="The operator who set it last (their user id); null for the user's own."
     )
     currency: Literal["usd"] = "usd"
+
+
+def spend_limit_out(row: SpendLimit, now: datetime) -> SpendLimitOut:
+    """A limit with its window as of `now` (a window that has ended has spent nothing yet)."""
+    spent = row.spent_micros if row.window_start >= window_start(row.period, now) else 0
+    return SpendLimitOut(
+        scope=row.scope,
+        limit=format_amount(row.limit_micros),
+        period=cast(Period, row.period),
+        spent=format_balance(spent),
+        remaining=format_balance(max(0, row.limit_micros - spent)),
+        resets_at=window_end(row.period, now),
+        set_by=cast(SetBy, row.set_by),
+        set_by_operator=row.set_by_operator,
+    )

@@ -10,19 +10,17 @@ changes are in the audit log."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import cast
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.service import record_admin_action
 from app.errors import NotFound, SpendLimitSetByOperator, TooManySpendLimits, ValidationFailed
 from app.limits import repository
-from app.limits.periods import window_end, window_start
-from app.limits.schemas import Period, SetBy, SpendLimitIn, SpendLimitOut
+from app.limits.periods import window_start
+from app.limits.schemas import SpendLimitIn
 from app.models.limits import KEY_SCOPE_PREFIX, SET_BY_OPERATOR, SET_BY_USER, SpendLimit
-from app.money import format_amount, format_balance, parse_amount
-from app.pagination import decode_cursor, encode_cursor
-from app.schemas import Page
+from app.money import format_amount, parse_amount
+from app.pagination import PageRequest, Slice, decode_cursor, encode_cursor
 
 
 def _limit_micros(body: SpendLimitIn) -> int:
@@ -33,21 +31,6 @@ def _limit_micros(body: SpendLimitIn) -> int:
             errors=[{"field": "limit", "message": "must be more than 0"}],
         )
     return micros
-
-
-def _out(row: SpendLimit, now: datetime) -> SpendLimitOut:
-    current = window_start(row.period, now)
-    spent = row.spent_micros if row.window_start >= current else 0
-    return SpendLimitOut(
-        scope=row.scope,
-        limit=format_amount(row.limit_micros),
-        period=cast(Period, row.period),
-        spent=format_balance(spent),
-        remaining=format_balance(max(0, row.limit_micros - spent)),
-        resets_at=window_end(row.period, now),
-        set_by=cast(SetBy, row.set_by),
-        set_by_operator=row.set_by_operator,
-    )
 
 
 def _implies(operator: SpendLimit, limit_micros: int, period: str) -> bool:
@@ -90,7 +73,7 @@ async def _write_limit(
     *,
     operator_id: str | None,
     max_key_limits: int | None = None,
-) -> SpendLimitOut:
+) -> SpendLimit:
     """Create or change the limit on `scope` that the operator `operator_id` (None: the user)
     sets; the other setter's limit on the scope is left alone."""
     limit_micros = _limit_micros(body)
@@ -148,7 +131,7 @@ async def _write_limit(
         row.window_start = start
         row.spent_micros = await repository.spent_since(session, user_id, scope, start)
     await session.flush()
-    return _out(row, now)
+    return row
 
 
 async def set_limit(
@@ -159,15 +142,15 @@ async def set_limit(
     now: datetime,
     *,
     max_key_limits: int,
-) -> SpendLimitOut:
+) -> SpendLimit:
     """The user creates or changes their own limit on `scope` (at most `max_key_limits` on API
     keys); 409 `spend_limit_set_by_operator` when an operator's limit on the scope already
     implies it. Audited."""
-    out = await _write_limit(
+    row = await _write_limit(
         session, user_id, scope, body, now, operator_id=None, max_key_limits=max_key_limits
     )
-    await _audit_set(session, user_id, user_id, scope, out)
-    return out
+    await _audit_set(session, user_id, row)
+    return row
 
 
 async def remove_limit(session: AsyncSession, user_id: str, scope: str) -> None:
@@ -185,17 +168,20 @@ async def remove_limit(session: AsyncSession, user_id: str, scope: str) -> None:
     await _audit_removed(session, user_id, user_id, scope, SET_BY_USER)
 
 
-async def _audit_set(
-    session: AsyncSession, actor: str, user_id: str, scope: str, out: SpendLimitOut
-) -> None:
+async def _audit_set(session: AsyncSession, actor: str, row: SpendLimit) -> None:
     await record_admin_action(
         session,
         actor=actor,
         action="spend_limit_set",
         subject_type="spend_limit",
         # The user id alone fills the column (255); the scope goes in the details.
-        subject_id=user_id,
-        details={"scope": scope, "limit": out.limit, "period": out.period, "set_by": out.set_by},
+        subject_id=row.user_id,
+        details={
+            "scope": row.scope,
+            "limit": format_amount(row.limit_micros),
+            "period": row.period,
+            "set_by": row.set_by,
+        },
     )
 
 
@@ -214,11 +200,11 @@ async def _audit_removed(
 
 async def admin_set_limit(
     session: AsyncSession, actor: str, user_id: str, scope: str, body: SpendLimitIn, now: datetime
-) -> SpendLimitOut:
+) -> SpendLimit:
     """An operator sets the operator's limit on a user's scope (the user's own stays); audited."""
-    out = await _write_limit(session, user_id, scope, body, now, operator_id=actor)
-    await _audit_set(session, actor, user_id, scope, out)
-    return out
+    row = await _write_limit(session, user_id, scope, body, now, operator_id=actor)
+    await _audit_set(session, actor, row)
+    return row
 
 
 async def admin_remove_limit(session: AsyncSession, actor: str, user_id: str, scope: str) -> None:
@@ -229,19 +215,14 @@ async def admin_remove_limit(session: AsyncSession, actor: str, user_id: str, sc
     await _audit_removed(session, actor, user_id, scope, SET_BY_OPERATOR)
 
 
-async def list_limits(
-    session: AsyncSession, user_id: str, *, cursor: str | None, limit: int, now: datetime
-) -> Page[SpendLimitOut]:
+async def list_limits(session: AsyncSession, user_id: str, page: PageRequest) -> Slice[SpendLimit]:
     """The user's limits, the account's first (an operator's before the user's own on a
-    scope), each with its current window."""
+    scope)."""
     after = None
-    if cursor:
-        scope, set_by = decode_cursor(cursor, 2)
+    if page.cursor:
+        scope, set_by = decode_cursor(page.cursor, 2)
         after = (str(scope), str(set_by))
-    rows = await repository.list_limits(session, user_id, after=after, limit=limit + 1)
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return Page(
-        data=[_out(row, now) for row in rows],
-        next_cursor=encode_cursor(rows[-1].scope, rows[-1].set_by) if more else None,
-    )
+    rows = await repository.list_limits(session, user_id, after=after, limit=page.limit + 1)
+    items = rows[: page.limit]
+    more = len(rows) > page.limit
+    return Slice(items, encode_cursor(items[-1].scope, items[-1].set_by) if more else None)

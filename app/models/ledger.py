@@ -9,6 +9,7 @@ matching positive balance in wallets.
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, CheckConstraint, ForeignKey, Index, String
@@ -19,7 +20,14 @@ from app.models.base import Base, BigIntPK, CreatedAt, IdKey, UserId, one_of
 SYSTEM_ACCOUNTS = ("stripe", "usage", "disputes", "adjustments")
 """System accounts, created by migration with the fixed ids `sys_<name>`."""
 
-HOLD_STATUSES = ("active", "captured", "released", "expired")
+
+class HoldStatus(StrEnum):
+    """A hold's; the moves are `app/ledger/hold_state.py`'s alone."""
+
+    ACTIVE = "active"
+    CAPTURED = "captured"
+    RELEASED = "released"
+    EXPIRED = "expired"
 
 
 def system_account_id(name: str) -> str:
@@ -113,7 +121,7 @@ class Hold(Base):
     __tablename__ = "holds"
     __table_args__ = (
         CheckConstraint("amount_micros > 0", name="amount_positive"),
-        CheckConstraint(one_of("status", HOLD_STATUSES), name="status_known"),
+        CheckConstraint(one_of("status", HoldStatus), name="status_known"),
         Index("ix_holds_status_expires_at", "status", "expires_at"),
     )
 
@@ -125,7 +133,7 @@ class Hold(Base):
     """Reserved amount, positive."""
     api_key_id: Mapped[str | None] = mapped_column(String(200))
     """The gateway's id of the API key the hold is for; its key's spend limit counts it."""
-    status: Mapped[str] = mapped_column(String(16), default="active")
+    status: Mapped[str] = mapped_column(String(16), default=HoldStatus.ACTIVE)
     captured_micros: Mapped[int | None]
     """The actual amount charged at capture (may exceed the reservation)."""
     request_hash: Mapped[str] = mapped_column(String(64))

@@ -3,23 +3,49 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, get_args
+from enum import StrEnum
+from typing import Annotated, Any, Literal, get_args
 
 from sqlalchemy import JSON, CheckConstraint, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, CreatedAt, IdKey, UpdatedAt, UserId, one_of, partial_index, utcnow
-from app.notifications.events import NotificationType
+
+NotificationType = Literal[
+    "balance.low",
+    "topup.succeeded",
+    "auto_topup.succeeded",
+    "auto_topup.failed",
+    "auto_topup.paused",
+    "auto_topup.skipped",
+    "refund.succeeded",
+]
+"""The event types (`app.notifications.events` says what each one's `data` holds). Here, with
+the table whose CHECK lists them, so that the models import no domain."""
 
 NOTIFICATION_TYPES: tuple[str, ...] = get_args(NotificationType)
-CHANNEL_STATUSES = ("pending", "sent", "failed", "skipped")
-"""Per channel: `pending` (due at `*_next_attempt_at`), `sent`, `failed` (gave up after the
-last attempt) or `skipped` (the channel does not apply: not configured, no address, opted out)."""
+
+
+class ChannelStatus(StrEnum):
+    """A notification's delivery on one channel (`email_status`, `webhook_status`); the moves
+    are `app/notifications/state.py`'s alone."""
+
+    PENDING = "pending"
+    """Due at `*_next_attempt_at` (first attempt, a retry, or an attempt under way)."""
+    SENT = "sent"
+    FAILED = "failed"
+    """Gave up after the last attempt."""
+    SKIPPED = "skipped"
+    """The channel does not apply: not configured, no address, opted out."""
+
 
 # Columns a gateway statement's `INSERT … SELECT` leaves to the database (see `Notification`).
 _Now = Annotated[datetime, mapped_column(default=utcnow, server_default=text("CURRENT_TIMESTAMP"))]
 _ChannelStatus = Annotated[
-    str, mapped_column(String(16), default="pending", server_default="pending")
+    str,
+    mapped_column(
+        String(16), default=ChannelStatus.PENDING, server_default=ChannelStatus.PENDING.value
+    ),
 ]
 _Attempts = Annotated[int, mapped_column(default=0, server_default="0")]
 
@@ -36,17 +62,19 @@ class Notification(Base):
     __tablename__ = "notifications"
     __table_args__ = (
         CheckConstraint(one_of("type", NOTIFICATION_TYPES), name="type_known"),
-        CheckConstraint(one_of("email_status", CHANNEL_STATUSES), name="email_status_known"),
-        CheckConstraint(one_of("webhook_status", CHANNEL_STATUSES), name="webhook_status_known"),
+        CheckConstraint(one_of("email_status", ChannelStatus), name="email_status_known"),
+        CheckConstraint(one_of("webhook_status", ChannelStatus), name="webhook_status_known"),
         Index("ix_notifications_user_id_id", "user_id", "id"),
         # The delivery job's scans: only rows still pending, in due order.
         partial_index(
-            "ix_notifications_email_due", "email_next_attempt_at", where="email_status = 'pending'"
+            "ix_notifications_email_due",
+            "email_next_attempt_at",
+            where=f"email_status = '{ChannelStatus.PENDING}'",
         ),
         partial_index(
             "ix_notifications_webhook_due",
             "webhook_next_attempt_at",
-            where="webhook_status = 'pending'",
+            where=f"webhook_status = '{ChannelStatus.PENDING}'",
         ),
     )
 

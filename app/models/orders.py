@@ -47,6 +47,20 @@ class OrderMode(StrEnum):
     """A saved card charged with the customer away (auto top-up orders only)."""
 
 
+class WebhookOutcome(StrEnum):
+    """What applying a received Stripe event did (`stripe_events.outcome`); the specifics are in
+    `outcome_detail`."""
+
+    PROCESSED = "processed"
+    """A handler applied it: `credited`, `refund recorded`, `already paid`, `processing`, …"""
+    IGNORED = "ignored"
+    """A handler looked and changed nothing on purpose: an unknown order, a backwards move, …"""
+    FLAGGED = "flagged"
+    """The order was flagged for an operator instead (the detail is the mismatch)."""
+    UNHANDLED = "unhandled"
+    """No handler for the event type: acknowledged and stored only."""
+
+
 class StripeCustomer(Base):
     """The Stripe Customer of a user, created once and reused for every payment."""
 
@@ -129,15 +143,22 @@ class StripeEvent(Base):
     """A received Stripe event. The unique id makes a repeated delivery a no-op."""
 
     __tablename__ = "stripe_events"
+    __table_args__ = (
+        CheckConstraint(
+            f"outcome IS NULL OR {one_of('outcome', WebhookOutcome)}", name="outcome_known"
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(255), primary_key=True)
     type: Mapped[str] = mapped_column(String(100), index=True)
     livemode: Mapped[bool] = mapped_column(default=False)
     object_id: Mapped[str | None] = mapped_column(String(255), index=True)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
-    outcome: Mapped[str | None] = mapped_column(String(500))
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    """What applying it did (a `WebhookOutcome`); NULL until it was applied."""
+    outcome_detail: Mapped[str | None] = mapped_column(String(500))
+    """The handler's words (`credited`, `paid -> processing is backwards`, `replayed: …`)."""
     lease_until: Mapped[datetime | None]
     """While a delivery applies it (outside any transaction: Stripe is asked first): a second
     delivery of the same id meanwhile is answered 409, and Stripe delivers it again later."""
-    """What applying it did (`credited`, `ignored: unhandled type`, `ignored: backwards`, …)."""
     received_at: Mapped[datetime] = mapped_column(default=utcnow)

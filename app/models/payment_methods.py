@@ -3,21 +3,45 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import CheckConstraint, Index, SmallInteger, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, CreatedAt, IdKey, UpdatedAt, UserId, one_of, partial_index
 
-AUTO_TOPUP_STATUSES = ("active", "paused", "disabled")
-PAUSED_REASONS = (
-    "authentication_required",
-    "card_declined",
-    "payment_method_removed",
-    "disputed",
-)
-ATTEMPT_STATUSES = ("pending", "processing", "succeeded", "failed", "skipped", "canceled")
-IN_FLIGHT_ATTEMPT_STATUSES = ("pending", "processing")
+
+class AutoTopupStatus(StrEnum):
+    """A user's auto top-up; the moves are `app/auto_topup/state.py`'s alone."""
+
+    ACTIVE = "active"
+    PAUSED = "paused"
+    """`paused_reason` says why; only the user's PUT with `enabled: true` lifts it."""
+    DISABLED = "disabled"
+
+
+class PausedReason(StrEnum):
+    """Why an auto top-up is paused."""
+
+    AUTHENTICATION_REQUIRED = "authentication_required"
+    CARD_DECLINED = "card_declined"
+    PAYMENT_METHOD_REMOVED = "payment_method_removed"
+    DISPUTED = "disputed"
+
+
+class AttemptStatus(StrEnum):
+    """An auto top-up attempt; the moves are `app/auto_topup/state.py`'s alone."""
+
+    PENDING = "pending"
+    PROCESSING = "processing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELED = "canceled"
+
+
+IN_FLIGHT_ATTEMPT_STATUSES = (AttemptStatus.PENDING, AttemptStatus.PROCESSING)
+"""At most one attempt of a user is in one of these (`uq_auto_topups_user_in_flight`)."""
 
 
 class PaymentMethod(Base):
@@ -49,9 +73,9 @@ class AutoTopupSettings(Base):
 
     __tablename__ = "auto_topup_settings"
     __table_args__ = (
-        CheckConstraint(one_of("status", AUTO_TOPUP_STATUSES), name="status_known"),
+        CheckConstraint(one_of("status", AutoTopupStatus), name="status_known"),
         CheckConstraint(
-            f"paused_reason IS NULL OR {one_of('paused_reason', PAUSED_REASONS)}",
+            f"paused_reason IS NULL OR {one_of('paused_reason', PausedReason)}",
             name="paused_reason_known",
         ),
         CheckConstraint("threshold_micros >= 0", name="threshold_not_negative"),
@@ -88,7 +112,7 @@ class AutoTopup(Base):
 
     __tablename__ = "auto_topups"
     __table_args__ = (
-        CheckConstraint(one_of("status", ATTEMPT_STATUSES), name="status_known"),
+        CheckConstraint(one_of("status", AttemptStatus), name="status_known"),
         CheckConstraint("amount_micros > 0", name="amount_positive"),
         partial_index(
             "uq_auto_topups_user_in_flight",
@@ -97,13 +121,15 @@ class AutoTopup(Base):
             where=one_of("status", IN_FLIGHT_ATTEMPT_STATUSES),
         ),
         Index("ix_auto_topups_user_id_created_at", "user_id", "created_at"),
-        partial_index("ix_auto_topups_pending", "created_at", where="status = 'pending'"),
+        partial_index(
+            "ix_auto_topups_pending", "created_at", where=f"status = '{AttemptStatus.PENDING}'"
+        ),
     )
 
     id: Mapped[IdKey]
     """`atu_…`; the order it makes is the attempt's own (idempotency key `autotopup:<order>`)."""
     user_id: Mapped[UserId]
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status: Mapped[str] = mapped_column(String(16), default=AttemptStatus.PENDING)
     amount_micros: Mapped[int]
     payment_method_id: Mapped[str] = mapped_column(String(255))
     order_id: Mapped[str | None] = mapped_column(String(40), unique=True)

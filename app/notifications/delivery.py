@@ -34,6 +34,7 @@ from app.config import Settings
 from app.db import session_scope
 from app.emails import single_address
 from app.models.base import utcnow
+from app.models.notifications import ChannelStatus
 from app.notifications import repository, signing
 from app.notifications.render import render_email
 from app.notifications.repository import Channel, Claimed
@@ -291,7 +292,7 @@ async def deliver_notifications(
                 session,
                 channel,
                 notification.id,
-                status="pending" if status == "retry" else status,
+                status=ChannelStatus.PENDING if status == "retry" else ChannelStatus(status),
                 **fields,
             )
     return counts

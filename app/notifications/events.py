@@ -19,19 +19,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
+# Re-exported: the type lives with its table (`app.models` imports no domain).
+from app.models.notifications import NotificationType as NotificationType
 from app.money import CURRENCY, format_amount
-
-NotificationType = Literal[
-    "balance.low",
-    "topup.succeeded",
-    "auto_topup.succeeded",
-    "auto_topup.failed",
-    "auto_topup.paused",
-    "auto_topup.skipped",
-    "refund.succeeded",
-]
 
 
 def _money(name: str, micros: int, fmt: Callable[[int], str] = format_amount) -> dict[str, Any]:

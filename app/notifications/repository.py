@@ -11,7 +11,8 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models.base import utcnow
-from app.models.notifications import Notification, NotificationSettings
+from app.models.notifications import ChannelStatus, Notification, NotificationSettings
+from app.notifications import state
 
 Channel = Literal["email", "webhook"]
 CHANNELS: tuple[Channel, ...] = ("email", "webhook")
@@ -99,7 +100,7 @@ async def claim_due(
     due = []
     for channel in channels:
         status, _, next_at, _, _ = _columns(channel)
-        due.append(and_(status == "pending", next_at <= now))
+        due.append(and_(status == ChannelStatus.PENDING, next_at <= now))
     if not due:
         return ClaimedBatch([], [])
     stmt = select(Notification).where(or_(*due)).order_by(Notification.created_at).limit(limit)
@@ -120,16 +121,15 @@ async def claim_due(
     for row in rows:
         for channel in channels:
             if (
-                getattr(row, f"{channel}_status") != "pending"
+                getattr(row, f"{channel}_status") != ChannelStatus.PENDING
                 or getattr(row, f"{channel}_next_attempt_at") > now
             ):
                 continue
             attempts = getattr(row, f"{channel}_attempts")
             if attempts >= max_attempts:
-                setattr(row, f"{channel}_status", "failed")
-                setattr(
+                state.give_up(
                     row,
-                    f"{channel}_last_error",
+                    channel,
                     f"gave up after {attempts} attempts (no outcome recorded for the last one)",
                 )
                 exhausted.append((channel, row.id, attempts))
@@ -162,22 +162,23 @@ async def record_outcome(
     channel: Channel,
     notification_id: str,
     *,
-    status: str,
+    status: ChannelStatus,
     now: datetime,
     next_attempt_at: datetime | None = None,
     error: str | None = None,
 ) -> None:
     """Store one attempt's outcome: `sent`, `skipped`, `failed` (final) or `pending` again at
-    `next_attempt_at`."""
-    status_col, _, next_col, sent_col, error_col = _columns(channel)
-    values: dict[Any, Any] = {status_col: status, error_col: error[:500] if error else None}
-    if status == "sent":
+    `next_attempt_at` (through the channel's state machine: a final status stays final)."""
+    _, _, next_col, sent_col, error_col = _columns(channel)
+    values, may_move = state.outcome_update(channel, status)
+    values[error_col] = error[:500] if error else None
+    if status == ChannelStatus.SENT:
         values[sent_col] = now
     if next_attempt_at is not None:
         values[next_col] = next_attempt_at
     await session.execute(
         update(Notification)
-        .where(Notification.id == notification_id)
+        .where(Notification.id == notification_id, may_move)
         .values(values)
         .execution_options(synchronize_session=False)
     )

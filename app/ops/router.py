@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from sqlalchemy import text
 
 from app.config import Settings
-from app.deps import EngineDep, SettingsDep
+from app.deps import EngineDep, SettingsDep, UsageStoreDep
 from app.errors import NotFound, ServiceUnavailable, Unauthorized
 from app.metrics import observe_pools
 from app.openapi import problem_responses
@@ -75,9 +75,11 @@ def _check_metrics_access(request: Request, settings: Settings) -> None:
         **problem_responses(Unauthorized, NotFound),
     },
 )
-async def metrics(request: Request, settings: SettingsDep) -> Response:
+async def metrics(
+    request: Request, settings: SettingsDep, engine: EngineDep, store: UsageStoreDep
+) -> Response:
     """Metrics in the Prometheus text format; `Authorization: Bearer <BILLING_METRICS_TOKEN>`
     when that is set."""
     _check_metrics_access(request, settings)
-    observe_pools(request.app.state.engine, getattr(request.app.state, "usage_store", None))
+    observe_pools(engine, store)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -17,18 +17,16 @@ always credits, even an order we had closed, because the money is the user's eit
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import Any
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.auto_topup import outcomes as auto_topup_outcomes
-from app.auto_topup import repository as auto_topup_repository
 from app.config import Settings
 from app.db import session_scope
 from app.ledger.service import transfer
-from app.models.base import utcnow
 from app.models.orders import Order, OrderKind
 from app.money import micros_to_cents
 from app.notifications import events
@@ -226,6 +224,21 @@ async def _credit(
     return "credited"
 
 
+OrderCredited = Callable[[AsyncSession, Order], Awaitable[bool]]
+"""`await hook(session, order)` in the crediting transaction: True when it told the user itself
+(no `topup.succeeded`)."""
+
+_ON_CREDITED: dict[OrderKind, OrderCredited] = {}
+
+
+def on_credited(kind: OrderKind, hook: OrderCredited) -> None:
+    """Subscribe the domain that made orders of `kind` (auto top-up: `auto`) to their crediting
+    (`app.wiring.wire()`): orders know nothing of auto top-ups."""
+    existing = _ON_CREDITED.setdefault(kind, hook)
+    if existing is not hook:
+        raise RuntimeError(f"two hooks for {kind} orders: {existing} and {hook}")
+
+
 async def _after_credit(session: AsyncSession, order: Order, payment: StripePayment) -> None:
     """In the crediting transaction (once: the order just became paid): record the card the
     payment saved (read from the PaymentIntent already at hand, no Stripe call), and tell the
@@ -234,17 +247,9 @@ async def _after_credit(session: AsyncSession, order: Order, payment: StripePaym
     saved = saved_card_of_payment_intent(payment.payment_intent) if payment.payment_intent else None
     if saved is not None:
         await record_saved_card(session, order.user_id, saved)
-    if order.kind == OrderKind.AUTO:
-        attempt_id = await auto_topup_repository.attempt_id_of_order(session, order.id)
-        if attempt_id is not None:
-            await auto_topup_outcomes.apply_success(
-                session,
-                attempt_id,
-                order_id=order.id,
-                receipt_url=order.receipt_url,
-                now=utcnow(),
-            )
-            return
+    credited = _ON_CREDITED.get(OrderKind(order.kind))
+    if credited is not None and await credited(session, order):
+        return
     await enqueue(
         session,
         user_id=order.user_id,

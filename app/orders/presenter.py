@@ -12,10 +12,10 @@ from app.ledger.repository import get_wallet
 from app.models.base import utcnow
 from app.models.orders import Order
 from app.orders import repository
+from app.orders.eligibility import refund_eligibility
 from app.orders.schemas import OrderOut, order_out
 from app.orders.state import is_paid
 from app.pagination import Slice
-from app.refunds.eligibility import refund_eligibility
 from app.schemas import Page
 
 

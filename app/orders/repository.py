@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Select, select
+from datetime import datetime
+
+from sqlalchemy import Select, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models.orders import Order
+from app.models.orders import Order, OrderKind
 from app.models.refunds import OPEN_REFUND_REQUEST_STATUSES, Dispute, RefundRequest
 from app.orders.schemas import OrderFilter
+from app.orders.state import PENDING_STATUSES
 
 
 async def find_order(
@@ -97,3 +100,69 @@ async def orders_with_open_disputes(session: AsyncSession, order_ids: list[str])
         select(Dispute.order_id).where(Dispute.order_id.in_(order_ids), Dispute.closed_at.is_(None))
     )
     return set(rows)
+
+
+async def get_order_by_idempotency_key(
+    session: AsyncSession, user_id: str, idempotency_key: str
+) -> Order | None:
+    """The user's order created under this Idempotency-Key."""
+    stmt = select(Order).where(Order.user_id == user_id, Order.idempotency_key == idempotency_key)
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def list_pending_orders(session: AsyncSession, user_id: str, *, limit: int) -> list[Order]:
+    """The user's pending and processing portal orders, newest first (auto top-up orders do not
+    count toward the pending-order cap)."""
+    stmt = (
+        select(Order)
+        .where(
+            Order.user_id == user_id,
+            Order.status.in_(PENDING_STATUSES),
+            Order.kind == OrderKind.MANUAL,
+        )
+        .order_by(Order.id.desc())
+        .limit(limit)
+    )
+    return list((await session.scalars(stmt)).all())
+
+
+async def orders_created_since(
+    session: AsyncSession, user_id: str, since: datetime
+) -> tuple[int, datetime | None]:
+    """How many orders (each one Stripe object) the user created since `since`, and when the
+    oldest of them was created."""
+    stmt = select(func.count(Order.id), func.min(Order.created_at)).where(
+        Order.user_id == user_id, Order.created_at >= since
+    )
+    count, oldest = (await session.execute(stmt)).one()
+    return int(count), oldest
+
+
+async def claim_orders_to_reconcile(
+    session: AsyncSession,
+    *,
+    created_before: datetime,
+    now: datetime,
+    lease_until: datetime,
+    limit: int,
+) -> list[Order]:
+    """Pending orders old enough and due for a check, taken with FOR UPDATE SKIP LOCKED and
+    claimed by pushing `next_check_at` to `lease_until`: other instances skip them while this
+    one asks Stripe (outside any transaction), and pick them up again if it dies."""
+    stmt = (
+        select(Order)
+        .where(
+            Order.status.in_(PENDING_STATUSES),
+            Order.created_at <= created_before,
+            Order.flagged_reason.is_(None),
+            or_(Order.next_check_at.is_(None), Order.next_check_at <= now),
+        )
+        .order_by(Order.created_at)
+        .limit(limit)
+    )
+    stmt = stmt.with_for_update(skip_locked=True)
+    rows = list((await session.scalars(stmt)).all())
+    for order in rows:
+        order.next_check_at = lease_until
+    await session.flush()
+    return rows

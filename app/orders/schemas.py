@@ -12,12 +12,12 @@ from pydantic import BaseModel, Field
 
 from app.models.orders import Order, OrderKind, OrderMode, OrderStatus
 from app.money import CURRENCY, Currency, format_amount
+from app.orders.eligibility import REASONS, Eligibility
 from app.orders.state import is_pending
-from app.refunds.eligibility import REASONS, Eligibility
 from app.schemas import OneOf
 
 IneligibleReason = Annotated[str, OneOf(REASONS)]
-"""Why a refund cannot be requested now: a key of `app.refunds.eligibility.REASONS`."""
+"""Why a refund cannot be requested now: a key of `app.orders.eligibility.REASONS`."""
 
 OrderStatusFilter = Annotated[
     list[OrderStatus] | None,

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request, Response, status
+from fastapi import APIRouter, Path, Query, Response, status
 
 from app.auth import CurrentUser
 from app.db import SessionDep
+from app.deps import StripeWorkDep
 from app.errors import NotFound, PaymentProviderUnavailable, PaymentsNotConfigured
 from app.openapi import problem_responses
-from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from app.pagination import DEFAULT_LIMIT, MAX_LIMIT, PageRequest
 from app.payment_methods import service
-from app.payment_methods.schemas import PaymentMethodOut
+from app.payment_methods.schemas import PaymentMethodOut, payment_method_out
 from app.schemas import CleanStr, Page
 from app.stripe_gateway import StripeRequestFailed
 
@@ -29,7 +30,9 @@ async def list_my_payment_methods(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
 ) -> Page[PaymentMethodOut]:
     """The caller's saved cards (saved while paying), newest first."""
-    return await service.list_payment_methods(session, user.user_id, cursor=cursor, limit=limit)
+    cards = await service.list_payment_methods(session, user.user_id, PageRequest(cursor, limit))
+    data, next_cursor = cards.render(payment_method_out)
+    return Page[PaymentMethodOut](data=data, next_cursor=next_cursor)
 
 
 @router.delete(
@@ -42,11 +45,9 @@ async def list_my_payment_methods(
     ),
 )
 async def remove_my_payment_method(
-    request: Request, payment_method_id: PaymentMethodId, user: CurrentUser
+    payment_method_id: PaymentMethodId, user: CurrentUser, work: StripeWorkDep
 ) -> Response:
     """Detach the card at Stripe so it can never be charged again; an auto top-up that used it
     is paused. Another user's card is a 404."""
-    await service.remove_payment_method(
-        request.app.state.session_maker, request.app.state.stripe, user.user_id, payment_method_id
-    )
+    await service.remove_payment_method(work.maker, work.stripe, user.user_id, payment_method_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

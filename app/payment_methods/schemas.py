@@ -6,6 +6,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
+from app.models.payment_methods import PaymentMethod
+
 
 class PaymentMethodOut(BaseModel):
     """A saved card."""
@@ -16,3 +18,7 @@ class PaymentMethodOut(BaseModel):
     exp_month: int = Field(examples=[12])
     exp_year: int = Field(examples=[2034])
     created_at: datetime
+
+
+def payment_method_out(row: PaymentMethod) -> PaymentMethodOut:
+    return PaymentMethodOut.model_validate(row, from_attributes=True)

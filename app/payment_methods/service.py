@@ -14,15 +14,13 @@ from typing import Any
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.auto_topup import service as auto_topup
 from app.db import session_scope
 from app.errors import NotFound
 from app.models.base import utcnow
 from app.models.payment_methods import PaymentMethod
-from app.pagination import decode_instant_cursor, encode_instant_cursor
+from app.pagination import PageRequest, Slice, decode_instant_cursor, encode_instant_cursor
 from app.payment_methods import repository
-from app.payment_methods.schemas import PaymentMethodOut
-from app.schemas import Page
+from app.payment_methods.events import card_removed
 from app.stripe_gateway import StripeGateway, StripeJSON, StripeObjectNotFound, expandable_id
 
 log = structlog.get_logger(__name__)
@@ -100,23 +98,16 @@ async def record_saved_card(
     return row
 
 
-def _out(row: PaymentMethod) -> PaymentMethodOut:
-    return PaymentMethodOut.model_validate(row, from_attributes=True)
-
-
 async def list_payment_methods(
-    session: AsyncSession, user_id: str, *, cursor: str | None, limit: int
-) -> Page[PaymentMethodOut]:
+    session: AsyncSession, user_id: str, page: PageRequest
+) -> Slice[PaymentMethod]:
     """The user's saved cards, newest first."""
-    after = decode_instant_cursor(cursor) if cursor else None
-    rows = await repository.list_active(session, user_id, after=after, limit=limit + 1)
-    more = len(rows) > limit
-    rows = rows[:limit]
-    next_cursor = None
-    if more:
-        last = rows[-1]
-        next_cursor = encode_instant_cursor(last.created_at, last.id)
-    return Page[PaymentMethodOut](data=[_out(r) for r in rows], next_cursor=next_cursor)
+    after = decode_instant_cursor(page.cursor) if page.cursor else None
+    rows = await repository.list_active(session, user_id, after=after, limit=page.limit + 1)
+    items = rows[: page.limit]
+    more = len(rows) > page.limit
+    last = items[-1] if more else None
+    return Slice(items, encode_instant_cursor(last.created_at, last.id) if last else None)
 
 
 async def mark_detached(
@@ -130,7 +121,7 @@ async def mark_detached(
     if row.detached_at is not None:
         return "ignored: already detached"
     row.detached_at = now or utcnow()
-    await auto_topup.pause_for_removed_card(session, row.user_id, row.id)
+    await card_removed(session, row.user_id, row.id)  # auto top-up pauses (`app.wiring`)
     return "detached"
 
 

@@ -23,10 +23,9 @@ from app.errors import (
     TooManyPendingOrders,
 )
 from app.openapi import problem_responses
-from app.orders import lifecycle
 from app.orders.router import OrderId
 from app.orders.schemas import OrderOut
-from app.purchase import service
+from app.purchase import lifecycle, service
 from app.purchase.schemas import (
     PaymentOut,
     PaymentResultOut,

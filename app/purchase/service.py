@@ -159,7 +159,9 @@ async def start_purchase(
         await repository.lock_user_purchases(session, user.user_id)
         await remember_email(session, user.user_id, user.email)
         order = (
-            await repository.get_order_by_idempotency_key(session, user.user_id, idempotency_key)
+            await orders_repository.get_order_by_idempotency_key(
+                session, user.user_id, idempotency_key
+            )
             if idempotency_key
             else None
         )
@@ -172,7 +174,7 @@ async def start_purchase(
                 )
         else:
             await _check_daily_caps(session, settings, user.user_id)
-            pending = await repository.list_pending_orders(
+            pending = await orders_repository.list_pending_orders(
                 session, user.user_id, limit=settings.max_pending_orders
             )
             if len(pending) >= settings.max_pending_orders:
@@ -215,7 +217,7 @@ async def _check_daily_caps(session: AsyncSession, settings: Settings, user_id: 
     get around the pending-order cap), or had `BILLING_RATE_LIMIT_FAILED_PAYMENTS_PER_DAY`
     payment attempts declined (card testing)."""
     now = utcnow()
-    created, oldest = await repository.orders_created_since(session, user_id, now - DAY)
+    created, oldest = await orders_repository.orders_created_since(session, user_id, now - DAY)
     if created >= settings.rate_limit_stripe_objects_per_day:
         raise _daily_cap(
             f"At most {settings.rate_limit_stripe_objects_per_day} top-ups can be started a day.",

@@ -24,7 +24,12 @@ from app.orders import repository as orders_repository
 from app.orders import state as order_state
 from app.orders.state import OrderStatus
 from app.refunds import repository
-from app.refunds.state import mirror_dispute_status, mirror_refund_status, transition
+from app.refunds.state import (
+    mirror_dispute_status,
+    mirror_refund_status,
+    mirror_request_stripe_status,
+    transition,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -227,7 +232,7 @@ async def record_refund(session: AsyncSession, refund: dict[str, Any]) -> str:
         _settle(order, reason=f"refund {refund_id}")
         if request is not None:
             request.stripe_refund_id = refund_id
-            request.stripe_status = status
+            mirror_request_stripe_status(request, status)
             request.next_attempt_at = None
             if status == "succeeded":
                 await _succeeded(session, request, order, refund_id)
@@ -238,7 +243,7 @@ async def record_refund(session: AsyncSession, refund: dict[str, Any]) -> str:
         return "refund unchanged"
     previous = mirror_refund_status(existing, status)
     if request is not None:
-        request.stripe_status = status
+        mirror_request_stripe_status(request, status)
     if status in FAILED_REFUND_STATUSES and previous not in FAILED_REFUND_STATUSES:
         # A refund that failed after it was reported: the money did not leave after all.
         order.refunded_micros = max(0, order.refunded_micros - existing.amount_micros)

@@ -51,9 +51,9 @@ from app.models.orders import Order, OrderStatus
 from app.models.refunds import REFUND_REQUEST_STATUSES, RefundRequest, RefundRequestStatus
 from app.money import micros_to_cents, usd_to_micros
 from app.orders import repository as orders_repository
+from app.orders.eligibility import REASONS, Eligibility, check_amount, refund_eligibility
 from app.pagination import PageRequest, Slice, before_id, slice_by_id
 from app.refunds import repository
-from app.refunds.eligibility import REASONS, Eligibility, check_amount, refund_eligibility
 from app.refunds.events import REFUND, record_refund, reverse_request_debit
 from app.refunds.schemas import RefundRequestFilter
 from app.refunds.state import transition

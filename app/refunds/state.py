@@ -59,6 +59,11 @@ def mirror_refund_status(row: StripeRefund, status: str) -> str:
     return previous
 
 
+def mirror_request_stripe_status(request: RefundRequest, status: str) -> None:
+    """Record Stripe's status of the request's refund on the request (`stripe_status`)."""
+    request.stripe_status = status
+
+
 def mirror_dispute_status(row: Dispute, status: str) -> str:
     """Record Stripe's status of a dispute on our row; returns the previous one."""
     previous, row.status = row.status, status

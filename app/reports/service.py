@@ -20,7 +20,8 @@ from app.errors import ValidationFailed
 from app.limits.periods import window_start
 from app.money import format_balance
 from app.reports import repository
-from app.reports.schemas import EXPORT_COLUMNS, GroupBy, UsageGroupOut, UsageSummaryOut
+from app.reports.repository import GroupRow
+from app.reports.schemas import EXPORT_COLUMNS, GroupBy
 
 MAX_RANGE = timedelta(days=400)
 EXPORT_PAGE = 5000
@@ -54,22 +55,10 @@ async def summary(
     end: datetime | None,
     group_by: GroupBy,
     now: datetime,
-) -> UsageSummaryOut:
+) -> list[GroupRow]:
     """The user's usage in the range, summed per day, model or API key."""
     start, end = resolve_range(start, end, now)
-    rows = await repository.summarize(session, user_id, start, end, group_by)
-    return UsageSummaryOut(
-        data=[
-            UsageGroupOut(
-                group=row.group,
-                requests=row.requests,
-                input_tokens=row.input_tokens,
-                output_tokens=row.output_tokens,
-                amount=format_balance(row.amount_micros),
-            )
-            for row in rows
-        ]
-    )
+    return await repository.summarize(session, user_id, start, end, group_by)
 
 
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")

@@ -25,8 +25,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import Context, ContextVar, copy_context
 from dataclasses import dataclass
+from datetime import timedelta
 
 import stripe
+
+from app.config import Settings
 
 
 @dataclass
@@ -121,3 +124,10 @@ class DeadlineHTTPXClient(stripe.HTTPXClient):
         if budget is not None:
             sleep = max(0.0, min(sleep, budget.remaining() - MIN_ATTEMPT_SECONDS))
         return sleep
+
+
+def stripe_call_bound(settings: Settings) -> timedelta:
+    """The longest one Stripe call can take (every attempt timing out, plus the SDK's backoff):
+    an order younger than this may still have its creation call in flight."""
+    attempts = settings.stripe_max_network_retries + 1
+    return timedelta(seconds=attempts * settings.stripe_timeout_seconds + 5)

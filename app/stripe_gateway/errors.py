@@ -6,7 +6,7 @@ Two questions matter to a caller, and the classes answer them::
     ├── PaymentDeclined (402, payment_declined)
     │   └── StripeCardDeclined ............ also a StripeRequestFailed: the card was refused
     │       └── StripeAuthenticationRequired  off-session: the bank wants the customer present
-    ├── StripeRequestFailed (502, payment_provider_error)
+    ├── StripeRequestFailed (502, payment_provider_error; these three are in `app/errors.py`)
     │   │                                  Stripe answered and refused: the call DID NOT happen
     │   ├── StripeObjectNotFound .......... the object does not exist at Stripe (404)
     │   │   └── StripeCustomerMissing ..... the Customer we passed is gone (deleted at Stripe):
@@ -42,52 +42,26 @@ from typing import Any
 import stripe
 import structlog
 
-from app.errors import BillingError, InternalError, PaymentDeclined, PaymentProviderUnavailable
+from app.errors import (
+    BillingError,
+    InternalError,
+    PaymentDeclined,
+    PaymentProviderUnavailable,
+)
+from app.errors import (
+    StripeCustomerMissing as StripeCustomerMissing,
+)
+from app.errors import (
+    StripeObjectNotFound as StripeObjectNotFound,
+)
+from app.errors import (
+    StripeRequestFailed as StripeRequestFailed,
+)
 
 log = structlog.get_logger(__name__)
 
 RETRY_AFTER_SECONDS = 5
 """Retry-After sent with a 503 when Stripe did not say how long to wait."""
-
-
-class StripeRequestFailed(
-    BillingError,
-    status=502,
-    code="payment_provider_error",
-    title="Payment provider refused the request",
-):
-    """Stripe answered and refused the request: it did not take effect (definite failure)."""
-
-    def __init__(
-        self,
-        detail: str | None = None,
-        *,
-        stripe_code: str | None = None,
-        stripe_type: str | None = None,
-        http_status: int | None = None,
-        stripe_message: str | None = None,
-        param: str | None = None,
-        **extra: Any,
-    ) -> None:
-        super().__init__(detail, **extra)
-        self.stripe_code = stripe_code
-        """Stripe's error code (`resource_missing`, `amount_too_large`, `card_declined`, …)."""
-        self.stripe_type = stripe_type
-        """Stripe's error type (`invalid_request_error`, `card_error`, …)."""
-        self.http_status = http_status
-        self.stripe_message = stripe_message
-        """Stripe's message, for logs (not shown to users, except for card errors)."""
-        self.param = param
-
-
-class StripeObjectNotFound(StripeRequestFailed, title="Payment provider object not found"):
-    """The object does not exist at Stripe (`resource_missing`, 404)."""
-
-
-class StripeCustomerMissing(StripeObjectNotFound, title="Payment provider customer not found"):
-    """The Customer passed in the request does not exist at Stripe (deleted in the dashboard or
-    through the API): `resource_missing` on param `customer`. The request did not happen; the
-    caller forgets its stored customer id, creates a new Customer and repeats the request."""
 
 
 class StripeCardDeclined(PaymentDeclined, StripeRequestFailed):

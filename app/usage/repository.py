@@ -33,7 +33,7 @@ import structlog
 from sqlalchemy.engine import make_url
 
 from app.auth.service_tokens import TokenRecord
-from app.db import describe_database_error
+from app.db import describe_database_error, run_after_commit
 from app.errors import (
     IdempotencyConflict,
     InsufficientBalance,
@@ -42,7 +42,8 @@ from app.errors import (
     ServiceUnavailable,
 )
 from app.ids import new_id
-from app.ledger.balance_events import crossing_ctes
+from app.ledger import hold_state
+from app.ledger.balance_events import BALANCE_EVENTS, crossing_ctes
 from app.ledger.holds import HoldResult, capture_exceeds_hold
 from app.ledger.holds_repository import HoldCapture, HoldRequest, HoldRow
 from app.ledger.repository import WalletRow
@@ -53,7 +54,7 @@ from app.limits.rules import Counter, Refusal
 from app.limits.rules import tightest_remaining as _tightest
 from app.metrics import LEDGER_MICROS, LEDGER_TRANSACTIONS
 from app.models.base import utcnow
-from app.models.ledger import system_account_id
+from app.models.ledger import HoldStatus, system_account_id
 from app.usage.batch import ExistingDebit, limit_scopes, plan_batch
 from app.usage.store import (
     USAGE_DESCRIPTION,
@@ -200,7 +201,8 @@ def _usage_entries(amount: str, now: str) -> str:
 )"""
 
 
-_DEBIT = f"""
+def _debit_sql() -> str:
+    return f"""
 WITH existing AS (
     SELECT id, request_hash FROM ledger_transactions WHERE reference = $1
 ), {_limit_ctes("$3", "$8", "$4")}, wallet AS (
@@ -237,13 +239,14 @@ SELECT CASE WHEN w.id IS NOT NULL THEN 'applied'
        e.id AS original_id, e.request_hash AS original_request_hash,
        (SELECT min(remaining) FROM spend) AS limit_remaining_micros,
        r.scope, r.period, r.limit_micros, r.spent_micros, r.window_start,
-       EXISTS (SELECT 1 FROM autotopup_recorded) AS auto_topup_recorded
+       {BALANCE_EVENTS.recorded_sql()} AS after_commit
 FROM (SELECT) one
 LEFT JOIN wallet w ON true
 LEFT JOIN existing e ON true
 LEFT JOIN refused r ON true
 LEFT JOIN accounts a ON a.user_id = $3
 """
+
 
 _TRANSACTION_BY_REFERENCE = """
 SELECT id, request_hash FROM ledger_transactions WHERE reference = $1
@@ -263,7 +266,8 @@ _HOLD_WALLET = "w.id AS wallet_id, w.user_id AS wallet_user_id, w.balance_micros
 """The columns of a hold statement's wallet `w`, as `HoldStatementRow` reads them."""
 
 
-_RESERVE = f"""
+def _reserve_sql() -> str:
+    return f"""
 WITH existing AS (
     SELECT {_HOLD_COLUMNS} FROM holds WHERE id = $1
 ), {_limit_ctes("$2", "$8", "$3")}, wallet AS (
@@ -276,7 +280,7 @@ WITH existing AS (
 ), hold AS (
     INSERT INTO holds (id, account_id, user_id, amount_micros, status, request_hash, details,
                        expires_at, created_at, api_key_id)
-    SELECT $1, wallet.id, $2, $3, 'active', $4, $5::json, $6, $7, $8 FROM wallet
+    SELECT $1, wallet.id, $2, $3, {hold_state.INITIAL}, $4, $5::json, $6, $7, $8 FROM wallet
     RETURNING {_HOLD_COLUMNS}
 ), crossing AS (
     SELECT user_id, balance_micros - held_micros + $3::bigint AS available_before,
@@ -305,6 +309,7 @@ LEFT JOIN existing e ON true
 LEFT JOIN refused r ON true
 LEFT JOIN accounts a ON a.user_id = coalesce(e.user_id, $2)
 """
+
 
 # What a hold's resolution does to its limits: it counted in the window it was reserved in, so
 # a capture settles the difference there and a release (or expiry) gives the amount back there;
@@ -341,11 +346,14 @@ def _hold_limits(delta: str, day: str, week: str, month: str) -> str:
 # A capture posts the actual amount (up to `$13` times the hold's: the usage was served, so the
 # balance may go negative) and drops the reservation in the same wallet UPDATE; a capture of 0
 # only releases. A capture past its bound matches no hold and writes nothing.
-_CAPTURE = f"""
+_CAPTURED, _CAPTURABLE = hold_state.capture_sql()
+
+
+def _capture_sql() -> str:
+    return f"""
 WITH hold AS (
-    UPDATE holds SET status = 'captured', captured_micros = $2, resolution_hash = $3,
-                     resolved_at = $4
-    WHERE id = $1 AND status = 'active' AND $2 <= amount_micros * $13::float8
+    UPDATE holds SET {_CAPTURED}, captured_micros = $2, resolution_hash = $3, resolved_at = $4
+    WHERE id = $1 AND {_CAPTURABLE} AND $2 <= amount_micros * $13::float8
     RETURNING account_id, api_key_id, {_HOLD_COLUMNS}
 ), {_hold_limits("$2 - h.amount_micros", "$7", "$8", "$9")}, wallet AS (
     UPDATE accounts a SET balance_micros = a.balance_micros - $2,
@@ -382,12 +390,18 @@ SELECT {_h("h")}, {_HOLD_WALLET}, (SELECT remaining FROM remaining) AS limit_rem
 FROM hold h, wallet w
 """
 
+
 # A release gives the reservation back (and the amount to its spend-limit window); an expiry
 # (`$7` = 'expired', by the job, once the hold is due) is the same release with no request.
-_RELEASE = f"""
+_RELEASED, _RELEASABLE = hold_state.release_sql("$7::text")
+
+
+def _release_sql() -> str:
+    return f"""
 WITH hold AS (
-    UPDATE holds SET status = $7::text, resolution_hash = $2, resolved_at = $3
-    WHERE id = $1 AND status = 'active' AND ($7::text = 'released' OR expires_at <= $3)
+    UPDATE holds SET {_RELEASED}, resolution_hash = $2, resolved_at = $3
+    WHERE id = $1 AND {_RELEASABLE}
+      AND ($7::text = '{hold_state.HoldStatus.RELEASED}' OR expires_at <= $3)
     RETURNING account_id, api_key_id, {_HOLD_COLUMNS}
 ), {_hold_limits("-h.amount_micros", "$4", "$5", "$6")}, wallet AS (
     UPDATE accounts a SET held_micros = a.held_micros - hold.amount_micros
@@ -406,8 +420,10 @@ SELECT {_h("h")}, {_HOLD_WALLET}, (SELECT remaining FROM remaining) AS limit_rem
 FROM hold h, wallet w
 """
 
-_DUE_HOLDS = """
-SELECT id FROM holds WHERE status = 'active' AND expires_at <= $1 ORDER BY expires_at LIMIT $2
+
+_DUE_HOLDS = f"""
+SELECT id FROM holds WHERE status = '{hold_state.HoldStatus.ACTIVE}' AND expires_at <= $1
+ORDER BY expires_at LIMIT $2
 """
 
 _HOLD_WITH_WALLET = f"""
@@ -440,10 +456,12 @@ SELECT reference, id AS transaction_id, request_hash FROM ledger_transactions
 WHERE reference = ANY($1::text[])
 """
 
+
 # Headers in reference order, so two batches sharing references wait on each other instead of
 # deadlocking; entries in the plan's order, so each wallet's entry ids follow its running
 # balance. Headers and entries go in one statement: the zero-sum trigger checks them together.
-_WRITE_BATCH = f"""
+def _write_batch_sql() -> str:
+    return f"""
 WITH txn AS (
     INSERT INTO ledger_transactions
         (id, reference, kind, user_id, description, request_hash, details, created_at)
@@ -495,6 +513,24 @@ SELECT 1
 """
 
 
+class _Statements(NamedTuple):
+    debit: str
+    reserve: str
+    capture: str
+    release: str
+    write_batch: str
+
+
+@functools.cache
+def _sql() -> _Statements:
+    """The statements that embed the balance subscribers' SQL, built once, on first use: after
+    `app.wiring.wire()` subscribed them (asking before raises), so each is one fixed string for
+    asyncpg's statement cache."""
+    return _Statements(
+        _debit_sql(), _reserve_sql(), _capture_sql(), _release_sql(), _write_batch_sql()
+    )
+
+
 _Shape = TypeVar("_Shape", bound=tuple[Any, ...])
 
 
@@ -536,7 +572,8 @@ class DebitRow(NamedTuple):
     original_request_hash: str | None
     limit_remaining_micros: int | None
     """What the tightest spend limit leaves after the debit; None when none applies."""
-    auto_topup_recorded: bool
+    after_commit: list[str]
+    """The balance subscribers whose work this debit recorded (`BalanceEvents.jobs_for`)."""
 
     @property
     def wallet(self) -> WalletRow | None:
@@ -602,7 +639,6 @@ class UsageStore:
         self._pool = pool
         self.clock = clock
         """Now: what `created_at` and the spend limits' windows are read from (tests move it)."""
-        self.on_auto_topup: Callable[[set[str]], None] | None = None
         """Called after a debit recorded an auto top-up attempt (its statement committed): the
         charging job's accelerator. Other statements leave theirs to the periodic job."""
 
@@ -644,7 +680,7 @@ class UsageStore:
         windows = Windows.at(now)
         try:
             record = await self._pool.fetchrow(
-                _DEBIT,
+                _sql().debit,
                 reference,
                 txn_id,
                 debit.user_id,
@@ -666,8 +702,10 @@ class UsageStore:
         if row.outcome == "applied":
             _USAGE_POSTED.inc()
             _USAGE_MICROS.inc(debit.amount_micros)
-            if row.auto_topup_recorded and self.on_auto_topup is not None:
-                self.on_auto_topup({debit.user_id})
+            if row.after_commit:
+                # The statement committed (autocommit): the same queue as a session's commit.
+                jobs = BALANCE_EVENTS.jobs_for(row.after_commit)
+                run_after_commit((job, ({debit.user_id},)) for job in jobs)
             remaining = tightest(row.limit_remaining_micros)
             return Debited(txn_id, debit.request_hash, False, row.wallet, remaining)
         if row.outcome == "replayed":
@@ -739,7 +777,7 @@ class UsageStore:
                 writes = plan.writes
                 spent = plan.counters.values()
                 await conn.execute(
-                    _WRITE_BATCH,
+                    _sql().write_batch,
                     [w.transaction_id for w in writes],
                     [usage_reference(w.debit.request_id) for w in writes],
                     [w.debit.user_id for w in writes],
@@ -774,7 +812,7 @@ class UsageStore:
         now = self.clock()
         try:
             record = await self._pool.fetchrow(
-                _RESERVE,
+                _sql().reserve,
                 request.hold_id,
                 request.user_id,
                 request.amount_micros,
@@ -816,7 +854,7 @@ class UsageStore:
         now = self.clock()
         usage = details or {}
         record = await self._pool.fetchrow(
-            _CAPTURE,
+            _sql().capture,
             hold_id,
             amount_micros,
             resolution_hash,
@@ -830,7 +868,8 @@ class UsageStore:
             max_hold_multiple,
         )
         if record is None:
-            return await self._resolved_before(hold_id, "captured", resolution_hash, capture)
+            captured = HoldStatus.CAPTURED
+            return await self._resolved_before(hold_id, captured, resolution_hash, capture)
         if amount_micros > 0:
             LEDGER_TRANSACTIONS.labels("hold_capture", "posted").inc()
             LEDGER_MICROS.labels("hold_capture").inc(amount_micros)
@@ -840,10 +879,10 @@ class UsageStore:
     async def release(self, *, hold_id: str, resolution_hash: str) -> HoldResult:
         now = self.clock()
         record = await self._pool.fetchrow(
-            _RELEASE, hold_id, resolution_hash, now, *Windows.at(now), "released"
+            _sql().release, hold_id, resolution_hash, now, *Windows.at(now), HoldStatus.RELEASED
         )
         if record is None:
-            return await self._resolved_before(hold_id, "released", resolution_hash)
+            return await self._resolved_before(hold_id, HoldStatus.RELEASED, resolution_hash)
         return self._resolved(_read(HoldStatementRow, record))
 
     @_outage_is_503
@@ -856,7 +895,7 @@ class UsageStore:
         """Release a due hold as expired (the release statement); False when it was resolved
         meanwhile (a capture, a release, another instance's expiry)."""
         record = await self._pool.fetchrow(
-            _RELEASE, hold_id, None, now, *Windows.at(now), "expired"
+            _sql().release, hold_id, None, now, *Windows.at(now), HoldStatus.EXPIRED
         )
         return record is not None
 
@@ -878,7 +917,7 @@ class UsageStore:
             raise NotFound(f"No hold {hold_id!r}.")
         row = _read(HoldStatementRow, record)
         hold = row.hold
-        if hold.status == "active" and (refused := capture_exceeds_hold(hold, capture)):
+        if hold.status == HoldStatus.ACTIVE and (refused := capture_exceeds_hold(hold, capture)):
             raise refused
         if hold.status != status:
             raise InvalidStateTransition(

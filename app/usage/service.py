@@ -37,6 +37,15 @@ from app.usage.schemas import (
 from app.usage.store import BatchOutcome, UsageDebit
 
 
+def _wallet_fields(wallet: WalletRow) -> dict[str, Any]:
+    """How every gateway answer reports the wallet after the operation."""
+    return {
+        "balance_micros": wallet.balance_micros,
+        "held_micros": wallet.held_micros,
+        "available_micros": wallet.available_micros,
+    }
+
+
 def _check_amount(settings: Settings, amount_micros: int, field: str = "amount_micros") -> None:
     if amount_micros > settings.max_amount_micros:
         raise ValidationFailed(
@@ -99,9 +108,7 @@ async def record_usage(store: UsageStore, settings: Settings, event: UsageIn) ->
         amount_micros=event.amount_micros,
         transaction_id=done.transaction_id,
         replayed=done.replayed,
-        balance_micros=wallet.balance_micros,
-        held_micros=wallet.held_micros,
-        available_micros=wallet.available_micros,
+        **_wallet_fields(wallet),
         limit_remaining_micros=done.limit_remaining_micros,
     )
 
@@ -192,9 +199,7 @@ def _batch_result(
         request_id=event.request_id,
         status="replayed" if outcome.replayed else "applied",
         transaction_id=outcome.transaction_id,
-        balance_micros=wallet.balance_micros,
-        held_micros=wallet.held_micros,
-        available_micros=wallet.available_micros,
+        **_wallet_fields(wallet),
         limit_remaining_micros=outcome.limit_remaining_micros,
         scope=None,
         detail=None,
@@ -283,9 +288,7 @@ async def account_balance(store: UsageStore, user_id: str) -> AccountBalanceOut:
     wallet = wallet or _NO_WALLET
     return AccountBalanceOut.model_construct(
         user_id=user_id,
-        balance_micros=wallet.balance_micros,
-        held_micros=wallet.held_micros,
-        available_micros=wallet.available_micros,
+        **_wallet_fields(wallet),
     )
 
 
@@ -300,8 +303,6 @@ def _hold_out(result: HoldResult) -> HoldOut:
         expires_at=hold.expires_at,
         resolved_at=hold.resolved_at,
         replayed=result.replayed,
-        balance_micros=result.wallet.balance_micros,
-        held_micros=result.wallet.held_micros,
-        available_micros=result.wallet.available_micros,
+        **_wallet_fields(result.wallet),
         limit_remaining_micros=result.limit_remaining_micros,
     )

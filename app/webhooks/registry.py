@@ -1,12 +1,14 @@
 """Which function applies which Stripe event type.
 
 Capabilities register their handlers with `@handles("type", ...)` in their own module
-(`app/orders/webhooks.py`, `app/refunds/webhooks.py`, …), imported by `load_handlers()`. A
+(`app/purchase/webhooks.py`, `app/refunds/webhooks.py`, …), imported by `load_handlers()`. A
 handler runs with no transaction open, after the event id was claimed: it asks Stripe for the
 object (outside any transaction) and applies the answer in a short transaction of its own under
-the row lock of what it changes (`app/db.py`'s transaction policy); it returns a short outcome
-string that is stored with the event (`credited`, `ignored: backwards`,
-…). Types with no handler are acknowledged (200) and recorded as `ignored: unhandled type`.
+the row lock of what it changes (`app/db.py`'s transaction policy); it returns a short text that
+`outcome_of` turns into the stored `WebhookOutcome` and its detail: `ignored: <why>` (changed
+nothing on purpose), `flagged: <mismatch>` (the order was flagged), anything else what it did
+(`credited`, `refund recorded`, …). Types with no handler are acknowledged (200) and recorded as
+`unhandled`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
+from app.models.orders import WebhookOutcome
 from app.stripe_gateway import StripeGateway
 
 
@@ -39,8 +42,21 @@ Handler = Callable[[WebhookContext, dict[str, Any]], Awaitable[str]]
 
 _HANDLERS: dict[str, Handler] = {}
 
+_PREFIXED = (WebhookOutcome.IGNORED, WebhookOutcome.FLAGGED)
+
+
+def outcome_of(text: str) -> tuple[WebhookOutcome, str]:
+    """A handler's text as the stored outcome and detail: `ignored: no matching order` is
+    (`ignored`, `no matching order`), `credited` is (`processed`, `credited`)."""
+    for outcome in _PREFIXED:
+        prefix = f"{outcome}: "
+        if text.startswith(prefix):
+            return outcome, text[len(prefix) :]
+    return WebhookOutcome.PROCESSED, text
+
+
 HANDLER_MODULES = (
-    "app.orders.webhooks",
+    "app.purchase.webhooks",
     "app.refunds.webhooks",
     "app.payment_methods.webhooks",
 )

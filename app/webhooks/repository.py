@@ -11,7 +11,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import RowById
-from app.models.orders import StripeEvent
+from app.models.orders import StripeEvent, WebhookOutcome
 
 
 class Claim(Enum):
@@ -74,12 +74,14 @@ async def release_event(session: AsyncSession, event_id: str) -> None:
     )
 
 
-async def set_outcome(session: AsyncSession, event_id: str, outcome: str) -> None:
+async def set_outcome(
+    session: AsyncSession, event_id: str, outcome: WebhookOutcome, detail: str | None
+) -> None:
     """Record what applying the event did, and end its lease."""
     await session.execute(
         update(StripeEvent)
         .where(StripeEvent.id == event_id)
-        .values(outcome=outcome[:500], lease_until=None)
+        .values(outcome=outcome, outcome_detail=detail[:500] if detail else None, lease_until=None)
     )
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, Header, Request
-from pydantic import BaseModel
+from fastapi import APIRouter, Header, Request
+from pydantic import BaseModel, Field
 
 from app.deps import SessionMakerDep, SettingsDep, StripeDep
 from app.errors import (
@@ -14,8 +14,8 @@ from app.errors import (
     PaymentProviderUnavailable,
     PaymentsNotConfigured,
 )
+from app.models.orders import WebhookOutcome
 from app.openapi import problem_responses
-from app.orders import lifecycle
 from app.stripe_gateway import StripeRequestFailed
 from app.webhooks import service
 
@@ -29,7 +29,13 @@ class WebhookAckOut(BaseModel):
     event_id: str
     type: str
     duplicate: bool
-    outcome: str | None
+    outcome: WebhookOutcome | None = Field(
+        description="What applying it did; null for a duplicate (applied before)."
+    )
+    outcome_detail: str | None = Field(
+        description="The specifics, e.g. `credited`, `no matching order`.",
+        examples=["credited"],
+    )
 
 
 @router.post(
@@ -56,7 +62,6 @@ async def receive_stripe_event(
     maker: SessionMakerDep,
     stripe: StripeDep,
     settings: SettingsDep,
-    background: BackgroundTasks,
     stripe_signature: Annotated[str | None, Header(alias="Stripe-Signature")] = None,
 ) -> WebhookAckOut:
     """Verify the signature on the raw body, claim the event id, apply it (Stripe is asked
@@ -68,18 +73,10 @@ async def receive_stripe_event(
         await request.body(),
         stripe_signature,
     )
-    if receipt.type == "payment_intent.payment_failed" and not receipt.duplicate:
-        # After the response and the commit, so that no Stripe call runs inside the transaction.
-        background.add_task(
-            lifecycle.stop_card_testing,
-            maker,
-            stripe,
-            settings,
-            receipt.object_id,
-        )
     return WebhookAckOut(
         event_id=receipt.event_id,
         type=receipt.type,
         duplicate=receipt.duplicate,
         outcome=receipt.outcome,
+        outcome_detail=receipt.outcome_detail,
     )

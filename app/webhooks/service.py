@@ -32,15 +32,13 @@ from app.db import session_scope
 from app.errors import EventInProgress, InvalidSignature, NotFound
 from app.metrics import STRIPE_EVENTS
 from app.models.base import utcnow
-from app.models.orders import StripeEvent
+from app.models.orders import StripeEvent, WebhookOutcome
 from app.stripe_gateway import StripeGateway
 from app.webhooks import repository
-from app.webhooks.registry import WebhookContext, handler_for
+from app.webhooks.registry import WebhookContext, handler_for, outcome_of
 from app.webhooks.repository import Claim
 
 log = structlog.get_logger(__name__)
-
-UNHANDLED = "ignored: unhandled type"
 
 
 def lease_length(settings: Settings) -> timedelta:
@@ -58,7 +56,9 @@ class Receipt:
     event_id: str
     type: str
     duplicate: bool
-    outcome: str | None
+    outcome: WebhookOutcome | None
+    """None for a duplicate (what the first delivery did is stored with the event)."""
+    outcome_detail: str | None = None
     object_id: str | None = None
     """The id of the Stripe object the event is about."""
 
@@ -68,12 +68,13 @@ async def _apply(
     settings: Settings,
     stripe: StripeGateway,
     event: dict[str, Any],
-) -> str:
+) -> tuple[WebhookOutcome, str | None]:
     handler = handler_for(event["type"])
     if handler is None:
-        return UNHANDLED
+        return WebhookOutcome.UNHANDLED, None
     try:
-        return await handler(WebhookContext(maker, settings, stripe, str(event["id"])), event)
+        text = await handler(WebhookContext(maker, settings, stripe, str(event["id"])), event)
+        return outcome_of(text)
     except Exception:
         STRIPE_EVENTS.labels(event["type"], "failed").inc()
         log.warning("stripe_event_failed", event_id=event["id"], type=event["type"], exc_info=True)
@@ -106,9 +107,9 @@ async def receive_event(
         STRIPE_EVENTS.labels(event_type, "in_progress").inc()
         raise EventInProgress(f"Event {event_id} is being applied by another delivery.")
     try:
-        outcome = await _apply(maker, settings, stripe, event)
+        outcome, detail = await _apply(maker, settings, stripe, event)
         async with session_scope(maker) as session:
-            await repository.set_outcome(session, event_id, outcome)
+            await repository.set_outcome(session, event_id, outcome, detail)
     except BaseException:
         # Give the lease back so Stripe's next delivery applies it at once (best effort: with
         # the database gone it lapses by itself).
@@ -116,11 +117,18 @@ async def receive_event(
             async with session_scope(maker) as session:
                 await repository.release_event(session, event_id)
         raise
-    STRIPE_EVENTS.labels(event_type, "unhandled" if outcome == UNHANDLED else "applied").inc()
-    log.info("stripe_event_applied", event_id=event_id, type=event_type, outcome=outcome)
+    unhandled = outcome == WebhookOutcome.UNHANDLED
+    STRIPE_EVENTS.labels(event_type, "unhandled" if unhandled else "applied").inc()
+    log.info(
+        "stripe_event_applied",
+        event_id=event_id,
+        type=event_type,
+        outcome=outcome.value,
+        detail=detail,
+    )
     obj = event["data"].get("object") or {}
     object_id = obj.get("id") if isinstance(obj.get("id"), str) else None
-    return Receipt(event_id, event_type, duplicate=False, outcome=outcome, object_id=object_id)
+    return Receipt(event_id, event_type, False, outcome, detail, object_id)
 
 
 async def replay_event(
@@ -130,17 +138,24 @@ async def replay_event(
     event_id: str,
 ) -> StripeEvent:
     """Apply a stored event again through the same idempotent handlers (an operator's repair
-    after a fix); its recorded outcome is replaced by the replay's."""
+    after a fix); its recorded outcome is replaced by the replay's (the detail says `replayed`)."""
     async with session_scope(maker) as session:
         row = await repository.get_event(session, event_id)
         if row is None:
             raise NotFound(f"No Stripe event {event_id}.")
         payload, event_type = dict(row.payload), row.type
-    outcome = await _apply(maker, settings, stripe, payload)
+    outcome, detail = await _apply(maker, settings, stripe, payload)
+    replayed = f"replayed: {detail}" if detail else "replayed"
     async with session_scope(maker) as session:
-        await repository.set_outcome(session, event_id, f"replayed: {outcome}")
+        await repository.set_outcome(session, event_id, outcome, replayed)
         row = await repository.get_event(session, event_id)
         assert row is not None
     STRIPE_EVENTS.labels(event_type, "replayed").inc()
-    log.info("stripe_event_replayed", event_id=event_id, type=event_type, outcome=outcome)
+    log.info(
+        "stripe_event_replayed",
+        event_id=event_id,
+        type=event_type,
+        outcome=outcome.value,
+        detail=detail,
+    )
     return row

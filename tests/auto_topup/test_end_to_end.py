@@ -14,15 +14,16 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.db import AUTO_TOPUP_KICK, session_scope
-from app.jobs.auto_topup import charge_auto_topups
+from app.auto_topup.charging import charge_auto_topups
+from app.db import session_scope
+from app.ledger.balance_events import BALANCE_EVENTS
 from app.models.base import utcnow
 from app.models.ledger import LedgerTransaction
 from app.models.notifications import Notification
 from app.models.orders import Order
 from app.models.payment_methods import AutoTopup
 from app.notifications.delivery import deliver_notifications
-from app.usage.repository import UsageStore
+from app.wiring import AUTO_TOPUP
 from tests.auto_topup.helpers import auto_topup_settings, notification_types
 from tests.ledger.helpers import debit, deposit
 from tests.notifications.servers import SmtpSink, WebhookReceiver, notify_settings
@@ -393,19 +394,17 @@ async def test_a_hundred_concurrent_gateway_debits_record_one_auto_topup(
 
 
 async def test_a_committed_crossing_starts_its_charge_at_once(
-    app: Any,
+    request: pytest.FixtureRequest,
     client: httpx.AsyncClient,
     user_headers: Headers,
     gateway_headers: dict[str, str],
     session_maker: Maker,
     stripe_peer: StripePeer,
 ) -> None:
-    # What `create_app` wires when jobs run in the instance (they are off in tests).
+    # What `app.wiring.wire_jobs` sets when jobs run in the instance (they are off in tests).
     kicked: list[set[str]] = []
-    session_maker.kw["info"] = {AUTO_TOPUP_KICK: kicked.append}
-    store = app.state.usage_store
-    if isinstance(store, UsageStore):
-        store.on_auto_topup = kicked.append
+    BALANCE_EVENTS.set_job(AUTO_TOPUP, kicked.append)
+    request.addfinalizer(lambda: BALANCE_EVENTS.set_job(AUTO_TOPUP, None))
     headers = user_headers(USER)
     card_id = await save_card(client, headers, session_maker, stripe_peer)
     await enable(client, headers, card_id)

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.auto_topup import outcomes
+from app.auto_topup import outcomes, repository, state
 from app.auto_topup.rules import MIN_ATTEMPT_SPACING
 from app.db import session_scope
 from app.ids import new_id
@@ -139,12 +139,22 @@ async def _pending_attempt(maker: async_sessionmaker[AsyncSession]) -> str:
     return attempt_id
 
 
+async def _charging(maker: async_sessionmaker[AsyncSession], attempt_id: str) -> None:
+    """The job takes the attempt (as `outcomes.start_charge` does): an answer is applied only
+    to an attempt being charged."""
+    async with session_scope(maker) as session:
+        attempt = await repository.get_attempt(session, attempt_id, for_update=True)
+        assert attempt is not None
+        assert state.start_attempt(attempt, order_id=new_id("ord"), lease_until=utcnow())
+
+
 async def test_soft_declines_retry_after_the_backoff_then_pause_at_the_fourth(
     app: Any, session_maker: async_sessionmaker[AsyncSession]
 ) -> None:
     attempt_id = await _pending_attempt(session_maker)
     now = utcnow()
     for n, wait in ((1, timedelta(hours=1)), (2, timedelta(hours=6)), (3, timedelta(hours=24))):
+        await _charging(session_maker, attempt_id)
         async with session_scope(session_maker) as session:
             decision = await outcomes.apply_decline(
                 session,
@@ -165,6 +175,7 @@ async def test_soft_declines_retry_after_the_backoff_then_pause_at_the_fourth(
         # The retry holds the slot: a debit meanwhile records nothing.
         assert await _debit(session_maker, "user-1", 10_000) is None
 
+    await _charging(session_maker, attempt_id)
     async with session_scope(session_maker) as session:
         last = await outcomes.apply_decline(
             session,
@@ -189,6 +200,7 @@ async def test_authentication_required_pauses_at_once_with_the_link_to_pay(
     app: Any, session_maker: async_sessionmaker[AsyncSession]
 ) -> None:
     attempt_id = await _pending_attempt(session_maker)
+    await _charging(session_maker, attempt_id)
     async with session_scope(session_maker) as session:
         await outcomes.apply_decline(
             session,
@@ -217,6 +229,7 @@ async def test_a_success_clears_the_soft_declines_and_notifies(
 ) -> None:
     attempt_id = await _pending_attempt(session_maker)
     now = utcnow()
+    await _charging(session_maker, attempt_id)
     async with session_scope(session_maker) as session:
         await outcomes.apply_decline(
             session,
@@ -228,6 +241,7 @@ async def test_a_success_clears_the_soft_declines_and_notifies(
             now=now,
         )
     retry = (await _attempts(session_maker))[-1]
+    await _charging(session_maker, retry.id)
     async with session_scope(session_maker) as session:
         await outcomes.apply_success(
             session,
@@ -280,3 +294,31 @@ async def test_an_attempt_over_the_monthly_limit_is_skipped_and_notified(
         "spent_this_month": "20.00",
         "currency": "usd",
     }
+
+
+async def test_a_decline_after_the_attempt_was_answered_changes_nothing(
+    app: Any, session_maker: async_sessionmaker[AsyncSession]
+) -> None:
+    # A lapsed lease: another run repeated the call and its success was applied first.
+    attempt_id = await _pending_attempt(session_maker)
+    await _charging(session_maker, attempt_id)
+    now = utcnow()
+    async with session_scope(session_maker) as session:
+        await outcomes.apply_success(
+            session, attempt_id, order_id="ord_auto", receipt_url=None, now=now
+        )
+    async with session_scope(session_maker) as session:
+        decision = await outcomes.apply_decline(
+            session,
+            attempt_id,
+            stripe_code="card_declined",
+            decline_code="lost_card",
+            payment_intent_id="pi_late",
+            pay_url=None,
+            now=now,
+        )
+    assert decision.paused_reason is None
+    assert [a.status for a in await _attempts(session_maker)] == ["succeeded"]
+    settings = await auto_topup_settings(session_maker)
+    assert (settings.status, settings.soft_declines) == ("active", 0)
+    assert await notification_types(session_maker) == ["auto_topup.succeeded"]

@@ -193,10 +193,10 @@ class LedgerMachine(RuleBasedStateMachine):
 
     def deposit(self, user: str, amount: int) -> None:
         body = AdjustmentIn(amount_micros=amount, reason="deposit", idempotency_key=_id())
-        out = self.call(adjust_wallet, self.settings, actor="sm", user_id=user, body=body)
+        posted = self.call(adjust_wallet, self.settings, actor="sm", user_id=user, body=body)
         wallet = self.wallets.setdefault(user, Wallet())
         wallet.balance += amount
-        assert out.balance_micros == wallet.balance
+        assert posted.wallets[user].balance_micros == wallet.balance
 
     # Debits and their replays.
 

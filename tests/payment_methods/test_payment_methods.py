@@ -157,7 +157,8 @@ async def test_removing_a_card_detaches_it_at_stripe_and_pauses_the_auto_topup_u
     event = await stripe_peer.event("payment_method.detached", object_id=pm["id"])
     delivered = await stripe_peer.deliver(event, client)
     assert delivered.status_code == 200
-    assert delivered.json()["outcome"] == "ignored: already detached"
+    assert delivered.json()["outcome"] == "ignored"
+    assert delivered.json()["outcome_detail"] == "already detached"
     assert len(await _notifications(session_maker, "user-1")) == 1
 
     gone = await client.delete(f"/v1/payment-methods/{pm['id']}", headers=user_headers("user-1"))
@@ -189,7 +190,7 @@ async def test_a_card_detached_elsewhere_is_removed_by_the_event(
     await app.state.stripe.detach_payment_method(pm["id"])  # e.g. in the Dashboard
     event = await stripe_peer.event("payment_method.detached", object_id=pm["id"])
     first = await stripe_peer.deliver(event, client)
-    assert first.json()["outcome"] == "detached"
+    assert first.json()["outcome_detail"] == "detached"
     assert (await _settings(session_maker, "user-1")).status == "paused"
     listed = await client.get("/v1/payment-methods", headers=user_headers("user-1"))
     assert listed.json()["data"] == []
@@ -202,7 +203,7 @@ async def test_a_reissued_card_shows_its_new_details(
     await stripe_peer.update_card_automatically(pm["id"], exp_month=4, exp_year=2032, last4="0005")
     event = await stripe_peer.event("payment_method.automatically_updated", object_id=pm["id"])
     delivered = await stripe_peer.deliver(event, client)
-    assert delivered.json()["outcome"] == "updated"
+    assert delivered.json()["outcome_detail"] == "updated"
     [card] = (await client.get("/v1/payment-methods", headers=user_headers("user-1"))).json()[
         "data"
     ]

@@ -8,7 +8,7 @@ import httpx
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.db import session_scope
+from app.db import after_commit_settled, session_scope
 from app.models.ledger import LedgerTransaction
 from app.models.orders import Order
 from tests.stripe_peer import StripePeer
@@ -67,6 +67,7 @@ async def deliver_all(
     responses = await peer.deliver_all(client, since=since, type=type)
     for response in responses:
         assert response.status_code == 200, response.text
+    await after_commit_settled()  # and the work they queued after their commits is done
     return responses
 
 

@@ -275,7 +275,7 @@ async def test_cancel_expires_the_checkout_session_and_the_order_stays_canceled(
     row = await order_row(session_maker, order_id)
     assert (await stripe_peer.retrieve(str(row.stripe_checkout_session_id)))["status"] == "expired"
     responses = await deliver_all(stripe_peer, client, type="checkout.session.expired")
-    assert responses[0].json()["outcome"] == "ignored: canceled -> expired is backwards"
+    assert responses[0].json()["outcome_detail"] == "canceled -> expired is backwards"
     assert (await _order(client, headers, order_id))["status"] == "canceled"
     again = await client.post(f"/v1/orders/{order_id}/cancel", headers=headers)
     assert again.status_code == 200
@@ -313,7 +313,7 @@ async def test_an_expired_checkout_session_ends_the_order_expired(
     row = await order_row(session_maker, order_id)
     await stripe_peer.expire_checkout(str(row.stripe_checkout_session_id))
     responses = await deliver_all(stripe_peer, client, type="checkout.session.expired")
-    assert responses[0].json()["outcome"] == "expired"
+    assert responses[0].json()["outcome_detail"] == "expired"
     order = await _order(client, headers, order_id)
     assert (order["status"], order["resumable"]) == ("expired", False)
     resumed = await client.post(f"/v1/orders/{order_id}/resume", headers=headers)

@@ -98,7 +98,7 @@ async def test_an_inner_budget_cannot_outlast_the_outer_one() -> None:
 
 
 async def test_a_background_task_does_not_spend_the_request_s_budget() -> None:
-    # `jobs.auto_topup.kick` starts its charge this way from a request that may have spent its
+    # `auto_topup.charging.kick` starts its charge this way from a request that may have spent its
     # budget already.
     async def budget_seen() -> StripeBudget | None:
         return current_budget()

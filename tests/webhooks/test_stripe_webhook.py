@@ -22,6 +22,12 @@ from tests.conftest import RACE_POOL_SIZE
 from tests.purchase.helpers import Maker, balance, bought, deliver_all, ledger_size, pay, topups
 from tests.stripe_peer import PeerEvent, StripePeer
 
+
+def _outcome(ack: dict[str, Any]) -> tuple[str | None, str | None]:
+    """A webhook acknowledgement's outcome and its detail."""
+    return ack["outcome"], ack["outcome_detail"]
+
+
 Headers = Callable[..., dict[str, str]]
 
 pytestmark = pytest.mark.usefixtures("stripe_peer")
@@ -110,7 +116,7 @@ async def test_a_signature_within_the_tolerance_is_accepted(
     signature = stripe_peer.sign(event.payload, timestamp=int(time.time()) - 290)
     response = await stripe_peer.deliver(event, client, signature=signature)
     assert response.status_code == 200, response.text
-    assert response.json()["outcome"] == "credited"
+    assert _outcome(response.json()) == ("processed", "credited")
 
 
 async def test_a_repeated_delivery_is_acknowledged_and_does_nothing(
@@ -124,7 +130,8 @@ async def test_a_repeated_delivery_is_acknowledged_and_does_nothing(
         "event_id": event.id,
         "type": "payment_intent.succeeded",
         "duplicate": False,
-        "outcome": "credited",
+        "outcome": "processed",
+        "outcome_detail": "credited",
     }
     again = await stripe_peer.deliver(event, client, resign=True)
     assert again.status_code == 200
@@ -143,11 +150,12 @@ async def test_an_unhandled_type_is_acknowledged_and_recorded(
     event = await stripe_peer.event("charge.succeeded")
     response = await stripe_peer.deliver(event, client)
     assert response.status_code == 200, response.text
-    assert response.json()["outcome"] == "ignored: unhandled type"
+    assert _outcome(response.json()) == ("unhandled", None)
     async with session_scope(session_maker) as session:
         stored = await session.get(StripeEvent, event.id)
     assert stored is not None
-    assert (stored.type, stored.outcome) == ("charge.succeeded", "ignored: unhandled type")
+    assert (stored.type, stored.outcome) == ("charge.succeeded", "unhandled")
+    assert stored.outcome_detail is None
     assert stored.object_id == event.object["id"]
     assert stored.payload == event.event
     assert await ledger_size(session_maker) == 0
@@ -171,7 +179,7 @@ async def test_an_event_for_an_order_we_do_not_know_is_acknowledged(
         headers={"Stripe-Signature": stripe_peer.sign(payload)},
     )
     assert response.status_code == 200, response.text
-    assert response.json()["outcome"] == "ignored: no matching order"
+    assert _outcome(response.json()) == ("ignored", "no matching order")
     assert await ledger_size(session_maker) == 0
 
 
@@ -204,7 +212,7 @@ async def test_a_database_failure_answers_5xx_and_stripes_redelivery_credits_onc
     # Stripe delivers it again: applied again, idempotently.
     redelivered = await stripe_peer.deliver(event, client, resign=True)
     assert redelivered.status_code == 200, redelivered.text
-    assert redelivered.json()["outcome"] == "already paid"
+    assert _outcome(redelivered.json()) == ("processed", "already paid")
     assert await balance(client, headers) == "20.000000"
     assert await topups(session_maker) == 1
 
@@ -240,7 +248,7 @@ async def test_fifty_concurrent_deliveries_and_both_payment_events_credit_once_p
             responses.append(await stripe_peer.deliver(event, client))
             assert responses[-1].status_code == 200, responses[-1].text
         applied = [r.json() for r in responses if r.status_code == 200]
-        outcomes = [r["outcome"] for r in applied if not r["duplicate"]]
+        outcomes = [r["outcome_detail"] for r in applied if not r["duplicate"]]
         assert sorted(outcomes) == ["already paid", "credited"], outcomes
         assert await topups(session_maker, "alice") == round_no
     assert await balance(client, headers) == f"{10 * rounds}.000000"
@@ -262,7 +270,7 @@ async def test_an_admin_replays_a_stored_event_through_the_same_idempotent_handl
         f"/v1/admin/webhook-events/{event.id}/replay", headers=admin_headers
     )
     assert replayed.status_code == 200, replayed.text
-    assert replayed.json()["outcome"] == "replayed: already paid"
+    assert _outcome(replayed.json()) == ("processed", "replayed: already paid")
     assert replayed.json()["type"] == "payment_intent.succeeded"
     assert await topups(session_maker) == 1
     async with session_scope(session_maker) as session:
@@ -292,14 +300,14 @@ async def test_a_replay_applies_an_event_whose_order_is_known_only_now(
         return "ignored: no matching order"
 
     # A handler bug made the first delivery a no-op; the fix is deployed, then replayed.
-    from app.orders import webhooks as order_webhooks
+    from app.purchase import webhooks as order_webhooks
 
     monkeypatch.setattr(order_webhooks, "apply_event", not_ours)
     first = await stripe_peer.deliver(event, client)
-    assert first.json()["outcome"] == "ignored: no matching order"
+    assert _outcome(first.json()) == ("ignored", "no matching order")
     monkeypatch.undo()
     replayed = await client.post(
         f"/v1/admin/webhook-events/{event.id}/replay", headers=admin_headers
     )
-    assert replayed.json()["outcome"] == "replayed: credited"
+    assert _outcome(replayed.json()) == ("processed", "replayed: credited")
     assert await balance(client, headers) == "20.000000"

@@ -1,10 +1,13 @@
-"""Stripe events about top-up payments: each one triggers fulfillment of its order."""
+"""Stripe events about top-up payments: each one triggers fulfillment of its order; a declined
+attempt also checks the user's failed payments today (`lifecycle.stop_card_testing`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from app.orders.fulfillment import apply_event
+from app.purchase.lifecycle import stop_card_testing
+from app.stripe_gateway.payments import string_or_none
 from app.webhooks.registry import WebhookContext, handles
 
 
@@ -21,4 +24,8 @@ from app.webhooks.registry import WebhookContext, handles
 async def on_payment(ctx: WebhookContext, event: dict[str, Any]) -> str:
     """A Checkout Session was paid (now or later), failed to be paid, or expired; a
     PaymentIntent succeeded, started processing, had an attempt fail, or was canceled."""
-    return await apply_event(ctx.maker, ctx.settings, ctx.stripe, event)
+    outcome = await apply_event(ctx.maker, ctx.settings, ctx.stripe, event)
+    if event["type"] == "payment_intent.payment_failed":
+        payment_intent_id = string_or_none(event["data"]["object"].get("id"))
+        await stop_card_testing(ctx.maker, ctx.stripe, ctx.settings, payment_intent_id)
+    return outcome

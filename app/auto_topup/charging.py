@@ -1,5 +1,5 @@
-"""The auto top-up charging job: charges the attempts that debits recorded (`auto_topups`,
-`pending`), off the request path, under the transaction policy (`app/db.py`).
+"""Auto top-up charging: charges the attempts that debits recorded (`auto_topups`, `pending`),
+off the request path, under the transaction policy (`app/db.py`). `app/jobs/` only schedules it.
 
 For each attempt:
 1. **Claim** (one short transaction): the attempt is taken with FOR UPDATE SKIP LOCKED, the
@@ -19,8 +19,9 @@ For each attempt:
    timeout is none of these: the attempt stays `processing`, and once its lease lapses the next
    run repeats the same call under the same key.
 
-Runs every `BILLING_AUTO_TOPUP_INTERVAL_SECONDS` in every instance, and right after a debit
-recorded an attempt (`kick()`, an accelerator: the job is the safety net).
+Runs every `BILLING_AUTO_TOPUP_INTERVAL_SECONDS` in every instance (the `auto_topup` job), and
+right after a debit recorded an attempt (`kick()`, queued after the debit's commit through
+`app.db`'s after-commit queue by `app.wiring`: an accelerator, the job is the safety net).
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ from app.config import Settings
 from app.db import session_scope
 from app.errors import PaymentProviderUnavailable
 from app.ids import new_id
-from app.jobs.reconcile import stripe_call_bound
 from app.ledger.repository import get_wallet
 from app.models.base import utcnow
 from app.models.orders import Order, OrderKind, OrderMode
@@ -56,7 +56,7 @@ from app.stripe_gateway import (
     StripeJSON,
     StripeRequestFailed,
 )
-from app.stripe_gateway.deadline import without_budget
+from app.stripe_gateway.deadline import stripe_call_bound, without_budget
 from app.stripe_gateway.payments import payment_from_payment_intent
 
 log = structlog.get_logger(__name__)
@@ -350,3 +350,15 @@ async def _kicked(
         await charge_auto_topups(maker, stripe, settings, user_id=user_id)
     except Exception:
         log.exception("auto_topup_kick_failed", user_id=user_id)
+
+
+async def order_credited(session: AsyncSession, order: Order) -> bool:
+    """An auto top-up's order was credited (`app.orders.fulfillment.on_credited`, wired at
+    start-up): its attempt succeeded (`auto_topup.succeeded`, which also ends its backoff)."""
+    attempt_id = await auto_topup_repository.attempt_id_of_order(session, order.id)
+    if attempt_id is None:
+        return False
+    await outcomes.apply_success(
+        session, attempt_id, order_id=order.id, receipt_url=order.receipt_url, now=utcnow()
+    )
+    return True

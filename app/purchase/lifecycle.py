@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.audit.service import record_admin_action
 from app.auth import Principal
 from app.config import Settings
-from app.db import session_scope
+from app.db import after_commit, session_scope
 from app.errors import (
     NotFound,
     OrderNotCancelable,
@@ -19,6 +19,7 @@ from app.errors import (
     ValidationFailed,
 )
 from app.ledger import service as ledger_service
+from app.ledger.schemas import balance_out
 from app.models.base import utcnow
 from app.models.orders import Order
 from app.orders import repository as orders_repository
@@ -131,10 +132,12 @@ async def stop_card_testing(
     settings: Settings,
     payment_intent_id: str | None,
 ) -> None:
-    """After a declined payment attempt: once the user reached
-    `BILLING_RATE_LIMIT_FAILED_PAYMENTS_PER_DAY`, cancel the order at Stripe, so the client
-    secret already in the browser cannot try card after card either (purchase and resume refuse
-    new ones). Best effort: the daily cap holds anyway."""
+    """After a declined payment attempt (`payment_intent.payment_failed`):
+    once the user reached `BILLING_RATE_LIMIT_FAILED_PAYMENTS_PER_DAY`, cancel the order at
+    Stripe, so the client secret already in the browser cannot try card after card either
+    (purchase and resume refuse new ones). The cancel is queued after this check's commit
+    (`app.db.after_commit`: no Stripe call in a transaction) and does not hold up the webhook's
+    answer. Best effort: the daily cap holds anyway."""
     if payment_intent_id is None:
         return
     async with session_scope(maker) as session:
@@ -142,9 +145,18 @@ async def stop_card_testing(
         if order is None or order.status != OrderStatus.PENDING:
             return
         failed, _ = await repository.failed_payments_since(session, order.user_id, utcnow() - DAY)
-    if failed < settings.rate_limit_failed_payments_per_day:
-        return
-    log.warning("card_testing_stopped", order_id=order.id, failed_payments=failed)
+        if failed < settings.rate_limit_failed_payments_per_day:
+            return
+        log.warning("card_testing_stopped", order_id=order.id, failed_payments=failed)
+        after_commit(session, _cancel_card_testing, maker, stripe, settings, order)
+
+
+async def _cancel_card_testing(
+    maker: async_sessionmaker[AsyncSession],
+    stripe: StripeGateway,
+    settings: Settings,
+    order: Order,
+) -> None:
     try:
         await _cancel(maker, stripe, settings, order)
     except (PaymentProviderUnavailable, StripeRequestFailed, OrderNotCancelable):
@@ -252,13 +264,13 @@ async def payment_result(
         assert fresh is not None
         return PaymentResultOut(
             order=await present_order(session, fresh, settings),
-            balance=await ledger_service.get_balance(session, user.user_id),
+            balance=balance_out(await ledger_service.wallet_balance(session, user.user_id)),
         )
 
 
 async def list_pending(session: AsyncSession, settings: Settings, user_id: str) -> Page[OrderOut]:
     """The user's unpaid orders (pending or processing), newest first."""
-    orders = await repository.list_pending_orders(session, user_id, limit=100)
+    orders = await orders_repository.list_pending_orders(session, user_id, limit=100)
     return Page[OrderOut](data=await present_orders(session, orders, settings), next_cursor=None)
 
 
