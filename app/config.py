@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.money import MAX_AMOUNT_DIGITS, parse_amount
+from app.money import MAX_AMOUNT_DIGITS, MAX_AMOUNT_MICROS, parse_amount
 
 _PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "changethis", "dev-secret"}
 
@@ -124,7 +124,7 @@ class Settings(BaseSettings):
     # Gateway.
     hold_max_ttl_seconds: int = Field(default=3600, ge=1, le=3600)
     hold_default_ttl_seconds: int = Field(default=600, ge=1, le=3600)
-    max_amount_micros: int = Field(default=1_000_000_000_000, ge=1)
+    max_amount_micros: int = Field(default=MAX_AMOUNT_MICROS, ge=1, le=MAX_AMOUNT_MICROS)
     capture_max_hold_multiple: float = Field(default=2.0, ge=1.0, le=1000.0)
     """A capture may charge at most this multiple of its hold's amount (422
     `capture_exceeds_hold` past it, nothing applied): a leaked service token cannot drive a

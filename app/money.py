@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import re
 from decimal import ROUND_DOWN, Decimal
+from typing import Literal
 
 MICROS_PER_USD = 1_000_000
 MICROS_PER_CENT = 10_000
-CURRENCY = "usd"
+Currency = Literal["usd"]
+"""The one currency, as the API documents it (an enum of one)."""
+CURRENCY: Currency = "usd"
 
 MAX_AMOUNT_DIGITS = 12
 """Digits before the dot: up to 999,999,999,999.99 USD, still far inside a BIGINT of micros."""
@@ -21,6 +24,15 @@ MAX_AMOUNT_CHARS = MAX_AMOUNT_DIGITS + 1 + 6
 
 AMOUNT_GRAMMAR = re.compile(rf"([0-9]{{1,{MAX_AMOUNT_DIGITS}}})(?:\.([0-9]{{1,6}}))?")
 """ASCII digits, at most one dot, at most 6 decimals: no sign, exponent, space or other digits."""
+
+AMOUNT_PATTERN = rf"^[0-9]{{1,{MAX_AMOUNT_DIGITS}}}(?:\.[0-9]{{1,2}})?$"
+"""`AMOUNT_GRAMMAR` with at most 2 decimals (what `parse_amount` accepts), as documented."""
+POSITIVE_AMOUNT_PATTERN = rf"^(?!0*(?:\.0*)?$){AMOUNT_PATTERN[1:]}"
+"""The same, more than 0."""
+
+MAX_AMOUNT_MICROS = 1_000_000_000_000
+"""The most a single usage debit, hold, capture or adjustment may move (1,000,000 USD): the
+schema's bound of every `amount_micros`; `BILLING_MAX_AMOUNT_MICROS` may only lower it."""
 
 
 def usd_to_micros(amount: Decimal) -> int:

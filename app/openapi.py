@@ -47,6 +47,9 @@ from app.errors import (
     Unauthorized,
     ValidationFailed,
 )
+from app.models.ledger import HoldStatus
+from app.models.orders import OrderStatus
+from app.schemas import CLEAN_JSON_COMPONENTS, CLEAN_JSON_REF
 
 PROBLEM_SCHEMA = "Problem"
 PROBLEM_REF = f"#/components/schemas/{PROBLEM_SCHEMA}"
@@ -114,9 +117,9 @@ class Problem(BaseModel):
     required_micros: int | None = _optional(
         "`insufficient_balance`: the amount asked for, in micro-USD."
     )
-    hold_status: str | None = _optional("`invalid_state` of a hold: its status now.")
+    hold_status: HoldStatus | None = _optional("`invalid_state` of a hold: its status now.")
     order_id: str | None = _optional("The order the problem is about.")
-    order_status: str | None = _optional("That order's status now.")
+    order_status: OrderStatus | None = _optional("That order's status now.")
     reason: str | None = _optional("A machine-readable reason (`refund_not_eligible`, 503s).")
     max_pending_orders: int | None = _optional("`too_many_pending_orders`: the limit.")
     pending_order_ids: list[str] | None = _optional(
@@ -309,6 +312,33 @@ def document_problems(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+_RULES_OVER_PARAMETERS: tuple[tuple[frozenset[str], str], ...] = (
+    (frozenset({"cursor"}), "`cursor` must be a `next_cursor` this API returned."),
+    (frozenset({"from", "to"}), "`from` must be before `to`, at most 400 days apart."),
+    (frozenset({"created_from", "created_to"}), "`created_from` must be before `created_to`."),
+    (
+        frozenset({"order_id", "session_id", "payment_intent"}),
+        "One of `order_id`, `session_id` or `payment_intent` is required.",
+    ),
+)
+"""Rules on a request's parameters that a JSON Schema cannot state (an opaque cursor, one
+parameter against another): written into the operation's 422, the answer when one is broken."""
+
+
+def document_parameter_rules(doc: dict[str, Any]) -> None:
+    """Add each rule of `_RULES_OVER_PARAMETERS` that applies to an operation to its 422's
+    description. Idempotent."""
+    for _path, _method, operation in _operations(doc):
+        names = {p["name"] for p in operation.get("parameters", [])}
+        entry = operation.get("responses", {}).get("422")
+        if entry is None:
+            continue
+        for parameters, rule in _RULES_OVER_PARAMETERS:
+            description = entry.get("description", "")
+            if parameters <= names and rule not in description:
+                entry["description"] = f"{description} {rule}".strip()
+
+
 DocumentHook = Callable[[dict[str, Any]], None]
 
 
@@ -343,7 +373,13 @@ def build_openapi(app: FastAPI, extend: Iterable[DocumentHook] = ()) -> dict[str
                 add_problem(responses, int(status), _codes_of(entry), entry.get("description"))
     for hook in extend:
         hook(doc)
-    return document_problems(doc)
+    document_problems(doc)
+    document_parameter_rules(doc)
+    if CLEAN_JSON_REF in json.dumps(doc["paths"]) or CLEAN_JSON_REF in json.dumps(
+        doc["components"]["schemas"]
+    ):
+        doc["components"]["schemas"].update(CLEAN_JSON_COMPONENTS)
+    return doc
 
 
 def install_openapi(app: FastAPI, *, extend: Iterable[DocumentHook] = ()) -> None:

@@ -10,12 +10,24 @@ once here and used by request models, query, path and header parameters alike. B
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import core_schema
 
-from app.money import MAX_AMOUNT_CHARS, parse_amount
+from app.money import AMOUNT_PATTERN, MAX_AMOUNT_CHARS, POSITIVE_AMOUNT_PATTERN, parse_amount
 
 T = TypeVar("T")
 
@@ -57,12 +69,124 @@ def refuse_unclean_json(value: Any, _depth: int = 0) -> Any:
     return value
 
 
-CleanStr = Annotated[str, AfterValidator(refuse_control_characters)]
+# -- what the schema says of a clean string ------------------------------------------------------
+# pydantic leaves a validator function (and a `pattern` applied after one) out of the JSON schema,
+# so each clean string type carries a `CleanPattern` that writes the `pattern` the server applies:
+# a schema-valid string is never refused (schemathesis' positive-data check, issue 20).
+
+_WHITESPACE = r"\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+"""What `str_strip_whitespace` (Rust's `trim`, Unicode White_Space) removes from a body's
+strings before any other check (as regex escapes, valid in Python and ECMA-262 alike)."""
+_CONTROL_CLASS = r"\x00-\x1f\x7f-\x9f"
+_TEXT_CONTROL_CLASS = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
+
+_ALLOWED = {
+    # kind -> (a character allowed anywhere, a character allowed at the ends of a stripped value)
+    "str": (f"[^{_CONTROL_CLASS}]", f"[^{_WHITESPACE}{_CONTROL_CLASS}]"),
+    "text": (f"[^{_TEXT_CONTROL_CLASS}]", f"[^{_WHITESPACE}{_CONTROL_CLASS}]"),
+    # Python's `\s` is White_Space and \x1c-\x1f (controls): spelled out, because a validator
+    # reading the pattern as ECMA-262 or with `re.ASCII` would not agree on `\s`.
+    "token": (f"[^{_WHITESPACE}{_CONTROL_CLASS}]", f"[^{_WHITESPACE}{_CONTROL_CLASS}]"),
+    "ascii": (r"[\x21-\x7e]", r"[\x21-\x7e]"),
+}
+
+
+def clean_pattern(kind: str, min_length: int = 0, *, stripped: bool = False) -> str:
+    """The `pattern` of a clean string of `kind` at least `min_length` long: as sent (query,
+    path and header parameters), or `stripped` of surrounding whitespace first (request bodies,
+    `StrictModel`), where the length counts after stripping."""
+    any_char, edge = _ALLOWED[kind]
+    if not stripped:
+        return f"^{any_char}*$"
+    ws = f"[{_WHITESPACE}]*"
+    if min_length <= 0:
+        return f"^{ws}(?:{edge}(?:{any_char}*{edge})?)?{ws}$"
+    if min_length == 1:
+        return f"^{ws}{edge}(?:{any_char}*{edge})?{ws}$"
+    return f"^{ws}{edge}{any_char}{{{min_length - 2},}}{edge}{ws}$"
+
+
+_KIND_OF_PATTERN = {clean_pattern(kind): kind for kind in _ALLOWED}
+
+
+@dataclass(frozen=True, slots=True)
+class CleanPattern:
+    """Writes `clean_pattern(kind)` into a clean string's JSON schema (`StrictModel` rewrites
+    it for stripped body fields)."""
+
+    kind: str
+
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        json_schema = handler(schema)
+        target = handler.resolve_ref_schema(json_schema)
+        target["pattern"] = clean_pattern(self.kind)
+        return json_schema
+
+
+def refuse_whitespace(value: str) -> str:
+    """`value` unchanged; `ValueError` if it holds whitespace (an id or a key is one token)."""
+    if not _TOKEN.fullmatch(value):
+        raise ValueError("must not contain whitespace")
+    return value
+
+
+_TOKEN = re.compile(r"\S*")
+
+
+def refuse_non_ascii_tokens(value: str) -> str:
+    """`value` unchanged; `ValueError` unless it is printable ASCII without spaces."""
+    if not _ASCII_TOKEN.fullmatch(value):
+        raise ValueError("must be printable ASCII without spaces")
+    return value
+
+
+_ASCII_TOKEN = re.compile(r"[\x21-\x7e]*")
+
+
+CleanStr = Annotated[str, AfterValidator(refuse_control_characters), CleanPattern("str")]
 """A string without control characters or lone surrogates: ids, keys, names, cursors, filters.
 Bound its length where it is used (`Field`/`Query`/`Path(max_length=…)`)."""
 
-CleanText = Annotated[str, AfterValidator(refuse_control_characters_but_line_breaks)]
+CleanToken = Annotated[
+    str,
+    AfterValidator(refuse_control_characters),
+    AfterValidator(refuse_whitespace),
+    CleanPattern("token"),
+]
+"""A `CleanStr` without whitespace: the caller's ids and idempotency keys."""
+
+AsciiToken = Annotated[str, AfterValidator(refuse_non_ascii_tokens), CleanPattern("ascii")]
+"""Printable ASCII without spaces (an `Idempotency-Key` header)."""
+
+CleanText = Annotated[
+    str, AfterValidator(refuse_control_characters_but_line_breaks), CleanPattern("text")
+]
 """Free text (reasons, notes): like `CleanStr`, but tabs and line breaks are allowed."""
+
+CLEAN_JSON_REF = "#/components/schemas/CleanJsonObject"
+CLEAN_JSON_COMPONENTS: dict[str, dict[str, Any]] = {
+    "CleanJsonObject": {
+        "type": "object",
+        "description": "A JSON object whose keys and strings hold no control characters but tabs "
+        f"and line breaks, nested at most {MAX_JSON_DEPTH} deep.",
+        "propertyNames": {"pattern": clean_pattern("text")},
+        "additionalProperties": {"$ref": "#/components/schemas/CleanJsonValue"},
+    },
+    "CleanJsonValue": {
+        "anyOf": [
+            {"type": "string", "pattern": clean_pattern("text")},
+            {"type": "number"},
+            {"type": "boolean"},
+            {"type": "null"},
+            {"type": "array", "items": {"$ref": "#/components/schemas/CleanJsonValue"}},
+            {"$ref": CLEAN_JSON_REF},
+        ]
+    },
+}
+"""What `refuse_unclean_json` accepts, as JSON Schema components (recursive, so a document
+using `CLEAN_JSON_REF` adds them: `app.openapi.build_openapi` does)."""
 
 CleanJson = Annotated[dict[str, Any], AfterValidator(refuse_unclean_json)]
 """A JSON object whose keys and string values are `CleanText`."""
@@ -106,16 +230,88 @@ def check_amount_grammar(value: object) -> object:
 AmountText = Annotated[
     str,
     BeforeValidator(check_amount_grammar),
-    Field(max_length=MAX_AMOUNT_CHARS, examples=["20.00"]),
+    Field(
+        max_length=MAX_AMOUNT_CHARS,
+        examples=["20.00"],
+        json_schema_extra={"pattern": AMOUNT_PATTERN},
+    ),
 ]
 """A USD amount as text, at most 2 decimals (`"20"`, `"20.5"`, `"20.00"`): ASCII digits and at
-most one dot, checked by `app.money.AMOUNT_GRAMMAR` before anything else looks at it."""
+most one dot, checked by `app.money.AMOUNT_GRAMMAR` before anything else looks at it (and
+documented as `AMOUNT_PATTERN`)."""
+
+
+def refuse_zero_amount(value: str) -> str:
+    """`value` unchanged; `ValueError` for an amount of 0."""
+    if parse_amount(value) <= 0:
+        raise ValueError("must be more than 0")
+    return value
+
+
+PositiveAmountText = Annotated[
+    AmountText,
+    AfterValidator(refuse_zero_amount),
+    Field(json_schema_extra={"pattern": POSITIVE_AMOUNT_PATTERN}),
+]
+"""An `AmountText` more than 0."""
+
+
+@dataclass(frozen=True, slots=True)
+class OneOf:
+    """`Annotated[str, OneOf(values)]`: a string from a closed set a domain module owns as a
+    tuple or a StrEnum, validated and documented as an `enum` (one form: the domain's)."""
+
+    values: tuple[str, ...]
+
+    def __init__(self, values: Iterable[str]) -> None:
+        object.__setattr__(self, "values", tuple(str(v) for v in values))
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.literal_schema(list(self.values))
+
+
+def _stripped_patterns(schema: dict[str, Any]) -> None:
+    """A body's clean strings are stripped before they are checked: their `pattern` says so."""
+    kind = _KIND_OF_PATTERN.get(schema.get("pattern", ""))
+    if kind is not None:
+        schema["pattern"] = clean_pattern(kind, schema.get("minLength", 0), stripped=True)
+    for key in ("anyOf", "oneOf", "allOf"):
+        for alternative in schema.get(key, []):
+            _stripped_patterns(alternative)
+    if isinstance(schema.get("items"), dict):
+        _stripped_patterns(schema["items"])
+
+
+def _document_stripping(schema: dict[str, Any]) -> None:
+    for prop in schema.get("properties", {}).values():
+        _stripped_patterns(prop)
+
+
+_EXACT_FLOAT_INTEGERS = 2**53
+
+
+def whole_float_to_int(value: object) -> object:
+    """A float that spells an integer (`5.0`) as that int; anything else unchanged. JSON
+    Schema's `integer` includes `5.0`, so a document saying `integer` must not refuse it."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= _EXACT_FLOAT_INTEGERS:
+        return int(value)
+    return value
+
+
+WHOLE_FLOATS = BeforeValidator(whole_float_to_int)
+"""Last in an `Annotated[int, Field(strict=True, …), WHOLE_FLOATS]`: an integer as JSON Schema
+means it, `5` or `5.0`, not `5.5`, `"5"` or `true` (after the `Field`, so that its bounds stay
+in the JSON schema)."""
 
 
 class StrictModel(BaseModel):
     """A request body: unknown fields are rejected (422 naming the field)."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(
+        extra="forbid", str_strip_whitespace=True, json_schema_extra=_document_stripping
+    )
 
 
 class Page(BaseModel, Generic[T]):

@@ -7,7 +7,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field, StringConstraints
 
-from app.schemas import CleanStr, CleanText, StrictModel
+from app.money import MAX_AMOUNT_MICROS
+from app.schemas import WHOLE_FLOATS, CleanText, CleanToken, StrictModel
 
 
 class AdjustmentIn(StrictModel):
@@ -15,12 +16,22 @@ class AdjustmentIn(StrictModel):
     the available balance)."""
 
     amount_micros: Annotated[
-        int, Field(strict=True, description="Signed micro-USD, not 0.", examples=[5_000_000])
+        int,
+        Field(
+            strict=True,
+            description=f"Signed micro-USD, not 0, at most {MAX_AMOUNT_MICROS} in size (less "
+            "when `BILLING_MAX_AMOUNT_MICROS` is set lower: a larger amount is then a 422).",
+            examples=[5_000_000],
+            ge=-MAX_AMOUNT_MICROS,
+            le=MAX_AMOUNT_MICROS,
+            json_schema_extra={"not": {"const": 0}},
+        ),
+        WHOLE_FLOATS,
     ]
     reason: Annotated[CleanText, StringConstraints(min_length=3, max_length=500)]
-    idempotency_key: Annotated[
-        CleanStr, StringConstraints(min_length=1, max_length=200, pattern=r"^\S+$")
-    ] = Field(description="Retries with the same key and body answer the original adjustment.")
+    idempotency_key: Annotated[CleanToken, StringConstraints(min_length=1, max_length=200)] = Field(
+        description="Retries with the same key and body answer the original adjustment."
+    )
 
 
 class AdjustmentOut(BaseModel):

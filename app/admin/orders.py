@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import StringConstraints
 
 from app.auth import AdminUser
 from app.db import SessionDep
@@ -15,7 +14,7 @@ from app.openapi import problem_responses
 from app.orders import service
 from app.orders.presenter import present_order, present_page
 from app.orders.router import OrderId
-from app.orders.schemas import OrderFilter, OrderOut
+from app.orders.schemas import OrderFilter, OrderOut, OrderStatusFilter
 from app.pagination import PageQuery
 from app.purchase import lifecycle
 from app.schemas import CleanStr, Page, UtcDatetime
@@ -30,9 +29,7 @@ async def admin_list_orders(
     session: SessionDep,
     settings: SettingsDep,
     user_id: Annotated[CleanStr | None, Query(max_length=255)] = None,
-    status: Annotated[
-        list[Annotated[CleanStr, StringConstraints(max_length=32)]] | None, Query()
-    ] = None,
+    status: OrderStatusFilter = None,
     created_from: Annotated[UtcDatetime | None, Query()] = None,
     created_to: Annotated[UtcDatetime | None, Query()] = None,
     *,

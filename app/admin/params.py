@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Path
 
-from app.schemas import CleanStr
+from app.schemas import CleanToken
 
-UserId = Annotated[CleanStr, Path(min_length=1, max_length=255, pattern=r"^\S+$")]
+UserId = Annotated[CleanToken, Path(min_length=1, max_length=255)]
 """The user an operator acts on (the id in their JWT's `sub`)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
-from pydantic import StringConstraints
 
 from app.auth import AdminUser
 from app.db import SessionDep
@@ -18,6 +17,7 @@ from app.refunds.schemas import (
     AdminRefundRequestOut,
     DenyIn,
     RefundRequestFilter,
+    RefundStatusFilter,
     ReviewIn,
     admin_refund_request_out,
 )
@@ -32,10 +32,7 @@ RefundRequestId = Annotated[CleanStr, Path(min_length=1, max_length=64)]
 async def admin_list_refund_requests(
     admin: AdminUser,
     session: SessionDep,
-    status: Annotated[
-        list[Annotated[CleanStr, StringConstraints(max_length=32)]] | None,
-        Query(description="Filter by status (repeatable)."),
-    ] = None,
+    status: RefundStatusFilter = None,
     user_id: Annotated[CleanStr | None, Query(max_length=255)] = None,
     attention: Annotated[
         bool | None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field, StrictBool, field_validator
 
-from app.money import parse_amount
+from app.money import Currency, parse_amount
 from app.schemas import AmountText, StrictModel
 
 MAX_THRESHOLDS = 5
@@ -17,9 +17,11 @@ class AlertsIn(StrictModel):
         max_length=MAX_THRESHOLDS,
         description=(
             "Alert once when the available balance falls below each of these (USD, at most "
-            f"{MAX_THRESHOLDS}); an alert re-arms when the balance is back at or above it."
+            f"{MAX_THRESHOLDS}, distinct amounts: `5` and `5.00` are the same, a 422); an alert "
+            "re-arms when the balance is back at or above it."
         ),
         examples=[["5.00", "1.00"]],
+        json_schema_extra={"uniqueItems": True},
     )
     email: StrictBool = Field(description="Send notifications by email too (to the JWT's address).")
 
@@ -39,4 +41,4 @@ class AlertsOut(BaseModel):
         description="Highest first, 2 decimals.", examples=[["5.00", "1.00"]]
     )
     email: bool
-    currency: str = "usd"
+    currency: Currency = "usd"

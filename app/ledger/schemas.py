@@ -39,7 +39,7 @@ class TransactionOut(BaseModel):
     """One movement of the caller's balance."""
 
     id: str = Field(description="The ledger transaction id.")
-    kind: str = Field(description="`topup`, `usage`, `hold_capture`, `refund`, `adjustment`, …")
+    kind: TransactionKind
     amount: str = Field(
         examples=["-0.007000"], description="Signed: positive added to the balance."
     )

@@ -11,21 +11,19 @@ from pydantic import BaseModel, Field, StringConstraints
 from app.limits.periods import window_end, window_start
 from app.models.limits import SpendLimit
 from app.money import format_amount, format_balance
-from app.schemas import AmountText, CleanStr, StrictModel
+from app.schemas import CleanToken, PositiveAmountText, StrictModel
 
 Period = Literal["day", "week", "month", "total"]
 SetBy = Literal["operator", "user"]
 
-ApiKeyIdPath = Annotated[
-    CleanStr, StringConstraints(min_length=1, max_length=200, pattern=r"^\S+$")
-]
+ApiKeyIdPath = Annotated[CleanToken, StringConstraints(min_length=1, max_length=200)]
 """The gateway's id of one of the user's API keys, as the gateway reports it."""
 
 
 class SpendLimitIn(StrictModel):
     """A limit on what the account or one API key may spend per window (UTC calendar)."""
 
-    limit: Annotated[AmountText, Field(description="USD, more than 0, at most 2 decimals.")]
+    limit: Annotated[PositiveAmountText, Field(description="USD, more than 0, at most 2 decimals.")]
     period: Period = Field(
         description="`day` (from 00:00 UTC), `week` (from Monday 00:00 UTC), `month` (from "
         "the 1st, 00:00 UTC) or `total` (never resets)."

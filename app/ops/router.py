@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+from typing import Literal
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -22,7 +23,7 @@ router = APIRouter(tags=["operations"])
 class Health(BaseModel):
     """Liveness or readiness."""
 
-    status: str
+    status: Literal["ok", "ready"]
 
 
 @router.get("/healthz", operation_id="healthz", summary="Process is alive")

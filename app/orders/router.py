@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
-from pydantic import StringConstraints
 
 from app.auth import CurrentUser
 from app.db import SessionDep
@@ -14,16 +13,12 @@ from app.errors import NotFound
 from app.openapi import problem_responses
 from app.orders import service
 from app.orders.presenter import present_order, present_page
-from app.orders.schemas import OrderFilter, OrderOut
+from app.orders.schemas import OrderFilter, OrderOut, OrderStatusFilter
 from app.pagination import DescribedPageQuery
 from app.schemas import CleanStr, Page, UtcDatetime
 
 router = APIRouter(tags=["orders"])
 
-StatusFilter = Annotated[
-    list[Annotated[CleanStr, StringConstraints(max_length=32)]] | None,
-    Query(description="Only orders in these statuses (repeatable)."),
-]
 OrderId = Annotated[CleanStr, Path(min_length=1, max_length=64)]
 CreatedFrom = Annotated[
     UtcDatetime | None, Query(description="Created at or after (ISO 8601; UTC without an offset).")
@@ -38,7 +33,7 @@ async def list_my_orders(
     user: CurrentUser,
     session: SessionDep,
     settings: SettingsDep,
-    status: StatusFilter = None,
+    status: OrderStatusFilter = None,
     created_from: CreatedFrom = None,
     created_to: CreatedTo = None,
     *,

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Annotated
 
+from fastapi import Query
 from pydantic import BaseModel, Field
 
-from app.models.orders import Order
-from app.money import CURRENCY, format_amount
-from app.orders.eligibility import Eligibility
+from app.models.orders import Order, OrderKind, OrderMode, OrderStatus
+from app.money import CURRENCY, Currency, format_amount
+from app.orders.eligibility import REASONS, Eligibility
 from app.orders.state import is_pending
+from app.schemas import OneOf
+
+IneligibleReason = Annotated[str, OneOf(REASONS)]
+"""Why a refund cannot be requested now: a key of `app.orders.eligibility.REASONS`."""
+
+OrderStatusFilter = Annotated[
+    list[OrderStatus] | None,
+    Query(description="Only orders in these statuses (repeatable)."),
+]
+"""The `status` filter of order lists: an unknown status is a 422, not an empty page."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,7 +32,7 @@ class OrderFilter:
     statuses (None: any), created in `[created_from, created_to)` (None: unbounded)."""
 
     user_id: str | None
-    statuses: list[str] | None = None
+    statuses: Sequence[str] | None = None
     created_from: datetime | None = None
     created_to: datetime | None = None
 
@@ -28,7 +41,9 @@ class RefundEligibilityOut(BaseModel):
     """Whether a refund can be requested now; if not, why."""
 
     eligible: bool
-    reason: str | None = Field(description="Machine-readable reason when not eligible.")
+    reason: IneligibleReason | None = Field(
+        description="Machine-readable reason when not eligible."
+    )
     message: str | None = Field(default=None, description="The reason as a sentence.")
     max_amount: str = Field(description="The most that can be requested now, 2 decimals.")
 
@@ -38,13 +53,13 @@ class OrderOut(BaseModel):
 
     id: str
     user_id: str
-    status: str
-    kind: str = Field(
+    status: OrderStatus
+    kind: OrderKind = Field(
         description="`manual` (a top-up started in the portal) or `auto` (an auto top-up)."
     )
-    mode: str = Field(description="`elements`, `checkout`, or `off_session` (auto top-ups).")
+    mode: OrderMode = Field(description="`elements`, `checkout`, or `off_session` (auto top-ups).")
     amount: str = Field(examples=["20.00"])
-    currency: str = CURRENCY
+    currency: Currency = CURRENCY
     created_at: datetime
     paid_at: datetime | None
     receipt_url: str | None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 
@@ -33,7 +34,7 @@ async def show_order(session: AsyncSession, user_id: str | None, order_id: str) 
     return order
 
 
-def _check_statuses(statuses: list[str] | None) -> list[str] | None:
+def _check_statuses(statuses: Sequence[str] | None) -> Sequence[str] | None:
     if not statuses:
         return None
     unknown = [s for s in statuses if s not in ORDER_STATUSES]

@@ -33,18 +33,17 @@ from app.purchase.schemas import (
     PurchaseOptionsOut,
 )
 from app.rate_limits import Scope, rate_limited
-from app.schemas import CleanStr, Page
+from app.schemas import AsciiToken, CleanStr, Page
 from app.stripe_gateway import StripeRequestFailed
 
 router = APIRouter()
 
 IdempotencyKey = Annotated[
-    CleanStr | None,
+    AsciiToken | None,
     Header(
         alias="Idempotency-Key",
         min_length=1,
         max_length=255,
-        pattern=r"^[\x21-\x7e]+$",
         description="Retries with the same key and body answer the same order; the same key "
         "with another body is a 409.",
     ),

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field
 
 from app.ledger.schemas import BalanceOut
-from app.money import CURRENCY
+from app.money import CURRENCY, Currency
 from app.orders.schemas import OrderOut
 from app.schemas import AmountText, StrictModel
 
@@ -24,7 +24,7 @@ class PurchaseOptionsOut(BaseModel):
     presets: list[str] = Field(examples=[["10.00", "20.00", "50.00"]])
     min: str = Field(examples=["1.00"], description="Smallest custom amount.")
     max: str = Field(examples=["10000.00"], description="Largest custom amount.")
-    currency: str = CURRENCY
+    currency: Currency = CURRENCY
     modes: list[PaymentMode]
     publishable_key: str | None = Field(description="For Stripe Elements (`pk_…`).")
     max_pending_orders: int = Field(description="Unpaid orders a user may have at once.")
@@ -39,8 +39,10 @@ class PurchaseOptionsOut(BaseModel):
 class PurchaseIn(StrictModel):
     """A top-up to start."""
 
-    amount: AmountText
-    """USD with at most 2 decimals, a preset or between `min` and `max`."""
+    amount: AmountText = Field(
+        description="USD with at most 2 decimals, between `min` and `max` of "
+        "`GET /v1/purchase/options` (the configured bounds: outside them is a 422)."
+    )
     mode: PaymentMode
     save_card: bool = Field(
         default=False,

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from fastapi import Query
+from pydantic import BaseModel, Field
 
-from app.models.refunds import RefundRequest
-from app.money import CURRENCY, format_amount, parse_amount
-from app.schemas import AmountText, CleanText, StrictModel
+from app.models.refunds import RefundRequest, RefundRequestStatus
+from app.money import CURRENCY, Currency, format_amount, parse_amount
+from app.schemas import CleanText, PositiveAmountText, StrictModel
+
+StripeRefundStatus = Literal["pending", "requires_action", "succeeded", "failed", "canceled"]
+"""A Stripe Refund's `status`, as Stripe documents it."""
+
+RefundStatusFilter = Annotated[
+    list[RefundRequestStatus] | None,
+    Query(description="Filter by status (repeatable)."),
+]
+"""The `status` filter of refund request lists: an unknown status is a 422."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,7 +31,7 @@ class RefundRequestFilter:
     for an operator, False only the others (None: both)."""
 
     user_id: str | None
-    statuses: list[str] | None = None
+    statuses: Sequence[str] | None = None
     order_id: str | None = None
     attention: bool | None = None
 
@@ -27,21 +39,12 @@ class RefundRequestFilter:
 class RefundRequestIn(StrictModel):
     """Ask for a refund of (part of) a paid order."""
 
-    amount: AmountText | None = Field(
+    amount: PositiveAmountText | None = Field(
         default=None,
         description="USD with at most 2 decimals; default the whole refundable amount.",
         examples=["5.00"],
     )
     reason: CleanText = Field(min_length=1, max_length=1000, examples=["Paid the wrong amount"])
-
-    @field_validator("amount")
-    @classmethod
-    def _amount(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        if parse_amount(value) <= 0:
-            raise ValueError("must be more than 0")
-        return value
 
     @property
     def amount_micros(self) -> int | None:
@@ -65,9 +68,9 @@ class RefundRequestOut(BaseModel):
 
     id: str
     order_id: str
-    status: str = Field(description="pending, denied, processing, succeeded or failed")
+    status: RefundRequestStatus
     amount: str = Field(examples=["5.00"])
-    currency: str = CURRENCY
+    currency: Currency = CURRENCY
     reason: str | None
     review_note: str | None
     auto_approved: bool
@@ -83,7 +86,9 @@ class AdminRefundRequestOut(RefundRequestOut):
     user_id: str
     reviewed_by: str | None
     stripe_refund_id: str | None
-    stripe_status: str | None
+    stripe_status: StripeRefundStatus | None = Field(
+        description="Its Stripe Refund's status, once Stripe has one."
+    )
     attempts: int
     attention_reason: str | None = Field(
         description="Set when an operator must look at it: its Stripe refund could not be"

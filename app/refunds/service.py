@@ -25,6 +25,7 @@ whose lookup Stripe refuses) is flagged for an operator (`attention_reason`; it 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -372,7 +373,7 @@ async def _reviewed(
     )
 
 
-def check_statuses(statuses: list[str] | None) -> list[str] | None:
+def check_statuses(statuses: Sequence[str] | None) -> Sequence[str] | None:
     """Validate a status filter."""
     if not statuses:
         return None

@@ -54,7 +54,7 @@ from app.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from app.middleware import clean_request_id
 from app.openapi import AUTH_ERRORS, problem_responses
 from app.request_context import reset_request_id, set_request_id
-from app.schemas import CleanStr
+from app.schemas import CleanToken
 from app.usage import service
 from app.usage.repository import UsageStore
 from app.usage.schemas import (
@@ -73,8 +73,8 @@ log = structlog.get_logger("app.access")
 
 PREFIX = "/v1/internal/"
 
-HoldId = Annotated[CleanStr, StringConstraints(min_length=1, max_length=200, pattern=r"^\S+$")]
-UserIdPath = Annotated[CleanStr, StringConstraints(min_length=1, max_length=255, pattern=r"^\S+$")]
+HoldId = Annotated[CleanToken, StringConstraints(min_length=1, max_length=200)]
+UserIdPath = Annotated[CleanToken, StringConstraints(min_length=1, max_length=255)]
 
 
 @dataclass(slots=True)

@@ -6,9 +6,18 @@ import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints, WithJsonSchema
 
-from app.schemas import CleanStr, CleanText, StrictModel, refuse_unclean_json
+from app.money import MAX_AMOUNT_MICROS
+from app.schemas import (
+    CLEAN_JSON_REF,
+    WHOLE_FLOATS,
+    CleanStr,
+    CleanText,
+    CleanToken,
+    StrictModel,
+    refuse_unclean_json,
+)
 
 MAX_METADATA_BYTES = 4096
 MAX_BATCH_EVENTS = 1000
@@ -21,13 +30,13 @@ def _small_json(value: dict[str, Any]) -> dict[str, Any]:
 
 
 UserId = Annotated[
-    CleanStr,
-    StringConstraints(min_length=1, max_length=255, pattern=r"^\S+$"),
+    CleanToken,
+    StringConstraints(min_length=1, max_length=255),
     Field(description="The user's id (the portal JWT's `sub`).", examples=["user_2abc"]),
 ]
 CallerId = Annotated[
-    CleanStr,
-    StringConstraints(min_length=1, max_length=200, pattern=r"^\S+$"),
+    CleanToken,
+    StringConstraints(min_length=1, max_length=200),
 ]
 RequestId = Annotated[
     CallerId, Field(description="The gateway's request id: the debit's idempotency key.")
@@ -40,13 +49,27 @@ Metadata = Annotated[
     AfterValidator(lambda v: _small_json(v) if v is not None else None),
     AfterValidator(refuse_unclean_json),
     Field(description=f"Free-form JSON kept with the record (at most {MAX_METADATA_BYTES} bytes)."),
+    WithJsonSchema({"anyOf": [{"$ref": CLEAN_JSON_REF}, {"type": "null"}]}),
 ]
-PositiveMicros = Annotated[int, Field(strict=True, gt=0, description="Micro-USD, > 0.")]
-TokenCount = Annotated[int | None, Field(strict=True, ge=0, le=10**12)]
+_AT_MOST = (
+    f"at most {MAX_AMOUNT_MICROS} (less when `BILLING_MAX_AMOUNT_MICROS` is set lower: a larger "
+    "amount is then a 422)"
+)
+PositiveMicros = Annotated[
+    int,
+    Field(
+        strict=True,
+        gt=0,
+        description=f"Micro-USD, > 0 and {_AT_MOST}.",
+        json_schema_extra={"maximum": MAX_AMOUNT_MICROS},
+    ),
+    WHOLE_FLOATS,
+]
+TokenCount = Annotated[int | None, Field(strict=True, ge=0, le=10**12), WHOLE_FLOATS]
 ModelName = Annotated[CleanStr | None, Field(max_length=200, examples=["gpt-4o-mini"])]
 ApiKeyId = Annotated[
-    CleanStr | None,
-    StringConstraints(min_length=1, max_length=200, pattern=r"^\S+$"),
+    CleanToken | None,
+    StringConstraints(min_length=1, max_length=200),
     Field(
         description="The gateway's id of the user's API key that spent: its spend limit "
         "applies besides the account's.",
@@ -163,6 +186,7 @@ class HoldIn(StrictModel):
             description="Expire after this many seconds unless captured or released (default "
             "`BILLING_HOLD_DEFAULT_TTL_SECONDS`, at most `BILLING_HOLD_MAX_TTL_SECONDS`).",
         ),
+        WHOLE_FLOATS,
     ] = None
     metadata: Metadata = None
 
@@ -170,7 +194,16 @@ class HoldIn(StrictModel):
 class CaptureIn(StrictModel):
     """The actual cost of the request the hold was for: may be 0, less or more than reserved."""
 
-    amount_micros: Annotated[int, Field(strict=True, ge=0, description="Micro-USD, >= 0.")]
+    amount_micros: Annotated[
+        int,
+        Field(
+            strict=True,
+            ge=0,
+            description=f"Micro-USD, >= 0 and {_AT_MOST}.",
+            json_schema_extra={"maximum": MAX_AMOUNT_MICROS},
+        ),
+        WHOLE_FLOATS,
+    ]
     model: ModelName = None
     input_tokens: TokenCount = None
     output_tokens: TokenCount = None
