@@ -13,9 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
 from app.jobs.reconcile import run_reconciler
-from tests.ledger.helpers import debit, deposit
-from tests.purchase.helpers import bought, order_row
-from tests.stripe_peer import StripePeer
+from testing.helpers.ledger import debit, deposit
+from testing.helpers.purchase import bought, order_row
+from testing.stripe_peer import StripePeer
 
 Headers = Callable[..., dict[str, str]]
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

@@ -12,9 +12,9 @@ import pytest
 from pydantic import ValidationError
 
 from app.config import Settings
-from tests.factories import paid_order
-from tests.purchase.helpers import Maker, bought, buy, deliver_all, order_row, pay
-from tests.stripe_peer import StripePeer
+from testing.factories import paid_order
+from testing.helpers.purchase import Maker, bought, buy, deliver_all, order_row, pay
+from testing.stripe_peer import StripePeer
 
 Headers = Callable[..., dict[str, str]]
 

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from app.config import Settings
-from tests.service_process import ServiceProcess, settings_env
-from tests.stripe_peer import StripePeer
+from testing.service_process import ServiceProcess, settings_env
+from testing.stripe_peer import StripePeer
 
 Headers = Callable[..., dict[str, str]]
 

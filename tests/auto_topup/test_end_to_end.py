@@ -23,11 +23,11 @@ from app.models.orders import Order
 from app.models.payment_methods import AutoTopup
 from app.notifications.delivery import deliver_notifications
 from app.usage.repository import UsageStore
-from tests.auto_topup.helpers import auto_topup_settings, notification_types
-from tests.ledger.helpers import debit, deposit
-from tests.notifications.servers import SmtpSink, WebhookReceiver, notify_settings
-from tests.purchase.helpers import pay
-from tests.stripe_peer import StripePeer
+from testing.fixtures.notifications import SmtpSink, WebhookReceiver, notify_settings
+from testing.helpers.auto_topup import auto_topup_settings, notification_types
+from testing.helpers.ledger import debit, deposit
+from testing.helpers.purchase import pay
+from testing.stripe_peer import StripePeer
 
 pytestmark = pytest.mark.usefixtures("stripe_peer")
 

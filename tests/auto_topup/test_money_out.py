@@ -14,7 +14,10 @@ from sqlalchemy import select
 
 from app.db import session_scope
 from app.models.orders import Order
-from tests.auto_topup.helpers import auto_topup_settings, notification_types
+from testing.helpers.auto_topup import auto_topup_settings, notification_types
+from testing.helpers.ledger import deposit
+from testing.helpers.purchase import deliver_all
+from testing.stripe_peer import StripePeer
 from tests.auto_topup.test_end_to_end import (
     USER,
     attempts,
@@ -25,9 +28,6 @@ from tests.auto_topup.test_end_to_end import (
     save_card,
     spend,
 )
-from tests.ledger.helpers import deposit
-from tests.purchase.helpers import deliver_all
-from tests.stripe_peer import StripePeer
 
 Headers = Callable[..., dict[str, str]]
 

@@ -48,7 +48,7 @@ from app.models.ledger import Account
 from app.usage import service
 from app.usage.repository import UsageStore
 from app.usage.schemas import CaptureIn, HoldIn, UsageIn
-from tests.conftest import Database
+from testing.fixtures.app import Database
 
 T = TypeVar("T")
 

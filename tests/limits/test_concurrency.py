@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import RACE_POOL_SIZE
-from tests.ledger.helpers import debit, deposit, gateway_balance
-from tests.limits.helpers import Clock, at, capture, counter, recounted, reserve, set_limit
+from testing.fixtures.app import RACE_POOL_SIZE
+from testing.helpers.ledger import debit, deposit, gateway_balance
+from testing.helpers.limits import Clock, at, capture, counter, recounted, reserve, set_limit
 from tests.usage.test_concurrency import together
 
 USER = "racer"

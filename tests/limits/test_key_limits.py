@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import select
 
 from app.models.limits import SpendLimit
-from tests.conftest import RACE_POOL_SIZE
-from tests.ledger.helpers import deposit, gateway_balance
-from tests.limits.helpers import Clock, at, set_limit
+from testing.fixtures.app import RACE_POOL_SIZE
+from testing.helpers.ledger import deposit, gateway_balance
+from testing.helpers.limits import Clock, at, set_limit
 from tests.usage.test_concurrency import together
 
 USER = "many-keys"

@@ -20,7 +20,7 @@ from app.stripe_gateway import (
     expanded,
 )
 from app.stripe_gateway.errors import map_stripe_error
-from tests.stripe_peer import StripePeer
+from testing.stripe_peer import StripePeer
 
 SUCCESS_URL = "http://portal.test/payment/result?order_id=ord_1&session_id={CHECKOUT_SESSION_ID}"
 CANCEL_URL = "http://portal.test/purchase?order_id=ord_1"

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from app.stripe_gateway import StripeGateway, expanded, verify_webhook
-from tests.stripe_peer import PeerError, StripePeer
+from testing.stripe_peer import PeerError, StripePeer
 
 SUCCESS_URL = "http://portal.test/payment/result?order_id=ord_1&session_id={CHECKOUT_SESSION_ID}"
 

@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from app.stripe_gateway import StripeGateway, StripeOutcomeUnknown, StripeRequestFailed
-from tests.stripe_peer import PeerError, StripePeer
-from tests.stripe_peer.fixtures import paid_payment_intent
+from testing.fixtures.stripe_peer import paid_payment_intent
+from testing.stripe_peer import PeerError, StripePeer
 from tests.stripe_peer.test_peer import Receiver
 
 

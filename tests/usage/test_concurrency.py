@@ -19,8 +19,8 @@ import pytest
 
 from app.jobs.holds import expire_holds
 from app.models.base import utcnow
-from tests.conftest import RACE_POOL_SIZE
-from tests.ledger.helpers import debit, deposit, gateway_balance
+from testing.fixtures.app import RACE_POOL_SIZE
+from testing.helpers.ledger import debit, deposit, gateway_balance
 
 T = TypeVar("T")
 IN_FLIGHT = 64

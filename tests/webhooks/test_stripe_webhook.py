@@ -18,9 +18,9 @@ from app.db import session_scope
 from app.models.audit import AuditEntry
 from app.models.orders import StripeEvent
 from app.webhooks import repository as webhooks_repository
-from tests.conftest import RACE_POOL_SIZE
-from tests.purchase.helpers import Maker, balance, bought, deliver_all, ledger_size, pay, topups
-from tests.stripe_peer import PeerEvent, StripePeer
+from testing.fixtures.app import RACE_POOL_SIZE
+from testing.helpers.purchase import Maker, balance, bought, deliver_all, ledger_size, pay, topups
+from testing.stripe_peer import PeerEvent, StripePeer
 
 Headers = Callable[..., dict[str, str]]
 

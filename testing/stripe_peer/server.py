@@ -26,7 +26,7 @@ from localstripe import resources as ls_resources
 from localstripe import server as ls_server
 from localstripe.errors import UserError
 
-from tests.stripe_peer.state import (
+from testing.stripe_peer.state import (
     ApiError,
     Endpoint,
     World,
@@ -282,7 +282,7 @@ async def idempotency_middleware(request: web.Request, handler: Handler) -> web.
 
 
 def _stored(request: web.Request, params: Any, response: web.Response) -> Any:
-    from tests.stripe_peer.state import IdempotentResult
+    from testing.stripe_peer.state import IdempotentResult
 
     assert isinstance(response.body, bytes)
     return IdempotentResult(

@@ -7,7 +7,7 @@ ours. Objects are plain dicts in the API's JSON shape; `World.export()` copies o
 paths. Every state change emits its events through `World.emit()`, which logs the exact signed
 body per registered webhook endpoint and schedules delivery to endpoints that have a URL.
 
-Imported only by the peer process (`python -m tests.stripe_peer`), never by the test process.
+Imported only by the peer process (`python -m testing.stripe_peer`), never by the test process.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Helpers the tests of a domain (and its neighbours) import: one module per domain."""
