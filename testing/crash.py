@@ -458,7 +458,7 @@ async def run(args: argparse.Namespace) -> int:
             token = _cli(env, "service-token", "create", "crash-gateway")
             assert token.returncode == 0, token.stderr
             gateway = {"Authorization": f"Bearer {token.stdout.strip()}"}
-            settings = Settings(_env_file=None, environment="test", jwt_secret=JWT_SECRET)  # type: ignore[call-arg]
+            settings = Settings(_env_file=None, environment="test", jwt_secret=JWT_SECRET)
             tokens = {
                 u: mint_token(settings, u, email=f"{u}@example.com", ttl=timedelta(hours=2))
                 for u in USERS

@@ -210,7 +210,7 @@ async def test_limits_can_be_switched_off(
 def test_a_rate_limit_setting_that_does_not_parse_is_refused(value: str) -> None:
     with pytest.raises(ValidationError, match="rate_limit_purchase"):
         Settings(
-            _env_file=None,  # type: ignore[call-arg]
+            _env_file=None,
             environment="test",
             jwt_secret="x" * 40,
             rate_limit_purchase=value,

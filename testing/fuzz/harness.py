@@ -151,7 +151,7 @@ class _Database:
 
 def _settings(database_url: str, **values: Any) -> Settings:
     return Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         environment="test",
         database_url=database_url,
         jwt_secret=JWT_SECRET,

@@ -40,8 +40,8 @@ log = logging.getLogger("stripe_peer")
 
 # No persistence: localstripe pickles its store to /tmp/localstripe.pickle on every write, which
 # would be shared by every peer on the machine.
-ls_resources.Store.dump_to_disk = lambda self: None  # type: ignore[method-assign]
-ls_resources.Store.try_load_from_disk = lambda self: None  # type: ignore[method-assign]
+ls_resources.Store.dump_to_disk = lambda self: None
+ls_resources.Store.try_load_from_disk = lambda self: None
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -610,7 +610,7 @@ CONTROL_ROUTES: list[tuple[str, str, Callable[[World, web.Request, dict[str, Any
     ("POST", "/_test/clock", lambda w, r, p: w.advance_clock(float(p.get("advance", 0)))),
     ("POST", "/_test/faults", lambda w, r, p: w.add_fault(p).to_json()),
     ("GET", "/_test/faults", lambda w, r, p: {"data": [f.to_json() for f in w.faults]}),
-    ("DELETE", "/_test/faults", lambda w, r, p: (w.faults.clear(), {"deleted": True})[1]),
+    ("DELETE", "/_test/faults", lambda w, r, p: w.clear_faults()),
 ]
 
 

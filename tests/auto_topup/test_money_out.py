@@ -115,4 +115,4 @@ async def test_a_refund_or_a_negative_adjustment_below_the_threshold_charges_no_
     await deposit(client, admin_headers, USER, 10_000_000)  # 15
     await spend(client, gateway_headers, 6_000_000)  # 9
     [attempt] = await attempts(session_maker)
-    assert attempt.trigger_reference.startswith("usage:")
+    assert (attempt.trigger_reference or "").startswith("usage:")

@@ -8,6 +8,7 @@ import itertools
 import uuid
 from collections import Counter
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import httpx
@@ -106,7 +107,7 @@ async def test_holds_and_captures_racing_a_limit_never_pass_it(
     hold_ids = [uuid.uuid4().hex for _ in range(64)]
     reserved = await together(
         [
-            lambda h=h: reserve(client, gateway_headers, USER, 100_000, hold_id=h, api_key_id="k1")
+            partial(reserve, client, gateway_headers, USER, 100_000, hold_id=h, api_key_id="k1")
             for h in hold_ids
         ]
     )
@@ -167,7 +168,8 @@ async def test_concurrent_first_puts_of_a_limit_all_succeed_with_one_row(
 ) -> None:
     responses = await together(
         [
-            lambda i=i: client.put(
+            partial(
+                client.put,
                 "/v1/spend-limits/keys/fresh",
                 json={"limit": f"{i + 1}.00", "period": "day"},
                 headers=me,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import httpx
@@ -82,7 +83,7 @@ async def test_a_user_sets_at_most_the_allowed_number_of_key_limits(
 async def test_concurrent_first_key_limits_stop_at_the_cap(
     client: httpx.AsyncClient, me: dict[str, str]
 ) -> None:
-    responses = await together([lambda i=i: _put(client, me, f"race{i}") for i in range(8)])
+    responses = await together([partial(_put, client, me, f"race{i}") for i in range(8)])
     assert sorted(r.status_code for r in responses) == [200] * CAP + [409] * (8 - CAP)
     listed = (await client.get("/v1/spend-limits", headers=me)).json()["data"]
     assert len(listed) == CAP

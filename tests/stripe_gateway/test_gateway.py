@@ -49,7 +49,7 @@ async def _confirm_declined(peer: StripePeer, payment_intent_id: str, payment_me
                 payment_intent_id, {"payment_method": payment_method}
             )
     finally:
-        await http.close_async()
+        await http.close_async()  # type: ignore[no-untyped-call]  # untyped in the SDK
     return map_stripe_error(caught.value, operation="payment_intents.confirm")
 
 

@@ -10,8 +10,9 @@ import asyncio
 import random
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
+from functools import partial
 from typing import Any, TypeVar
 
 import httpx
@@ -38,7 +39,7 @@ def connections_opened(app: Any) -> int:
     return int(app.state.usage_store.pool.get_size())
 
 
-async def together(jobs: list[Callable[[], Awaitable[T]]], workers: int = IN_FLIGHT) -> list[T]:
+async def together(jobs: Sequence[Callable[[], Awaitable[T]]], workers: int = IN_FLIGHT) -> list[T]:
     """Run `jobs` on `workers` concurrent workers, all released at the same moment."""
     gate = asyncio.Event()
     pending = iter(enumerate(jobs))
@@ -237,7 +238,7 @@ async def test_overlapping_batches_at_once_apply_each_event_once_and_never_fail(
     users = [f"user-{i:02d}" for i in range(20)]
     for user in users:
         await deposit(client, admin_headers, user, 10_000_000)
-    pool = [
+    pool: list[dict[str, Any]] = [
         {"user_id": users[i % len(users)], "request_id": f"req-{i}", "amount_micros": 1_000 + i}
         for i in range(400)
     ]
@@ -245,8 +246,11 @@ async def test_overlapping_batches_at_once_apply_each_event_once_and_never_fail(
     batches = [rng.sample(pool, 250) for _ in range(8)]
     responses = await together(
         [
-            lambda events=events: client.post(
-                "/v1/internal/usage/batch", json={"events": events}, headers=gateway_headers
+            partial(
+                client.post,
+                "/v1/internal/usage/batch",
+                json={"events": events},
+                headers=gateway_headers,
             )
             for events in batches
         ],

@@ -90,8 +90,8 @@ async def test_a_delivery_stripe_did_not_sign_is_refused_and_changes_nothing(
             "/v1/webhooks/stripe",
             content=payload,
             headers={
-                "Content-Type": "application/json",
-                "Stripe-Signature": f"t={now},v1=".encode() + b"\xff" * 64,
+                b"Content-Type": b"application/json",
+                b"Stripe-Signature": f"t={now},v1=".encode() + b"\xff" * 64,
             },
         )
     else:
