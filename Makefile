@@ -43,7 +43,7 @@ sandbox-card: install
 
 # Lint and types, then the whole suite on $(TEST_WORKERS) workers (pytest-xdist), each on its own
 # database of one PostgreSQL: BILLING_TEST_DATABASE_URL when set, else the server answering on
-# 127.0.0.1:5432, else an embedded one started from the wheel (tests/conftest.py, dev/postgres.py).
+# 127.0.0.1:5432, else an embedded one started from the wheel (testing/fixtures/app.py, dev/postgres.py).
 test: install
 	$(MAKE) --no-print-directory check
 	$(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) $(PYTEST_ARGS)

@@ -14,20 +14,21 @@ from sqlalchemy import select
 
 from app.db import session_scope
 from app.models.orders import Order
-from testing.helpers.auto_topup import auto_topup_settings, notification_types
-from testing.helpers.ledger import deposit
-from testing.helpers.purchase import deliver_all
-from testing.stripe_peer import StripePeer
-from tests.auto_topup.test_end_to_end import (
+from testing.helpers.auto_topup import (
     USER,
     attempts,
     auto_orders,
+    auto_topup_settings,
     available,
     enable,
     job,
+    notification_types,
     save_card,
     spend,
 )
+from testing.helpers.ledger import deposit
+from testing.helpers.purchase import deliver_all
+from testing.stripe_peer import StripePeer
 
 Headers = Callable[..., dict[str, str]]
 

@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from testing.fixtures.app import RACE_POOL_SIZE
+from testing.helpers.concurrency import together
 from testing.helpers.ledger import debit, deposit, gateway_balance
 from testing.helpers.limits import Clock, at, capture, counter, recounted, reserve, set_limit
-from tests.usage.test_concurrency import together
 
 USER = "racer"
 

@@ -15,9 +15,9 @@ from sqlalchemy import select
 
 from app.models.limits import SpendLimit
 from testing.fixtures.app import RACE_POOL_SIZE
+from testing.helpers.concurrency import together
 from testing.helpers.ledger import deposit, gateway_balance
 from testing.helpers.limits import Clock, at, set_limit
-from tests.usage.test_concurrency import together
 
 USER = "many-keys"
 CAP = 3

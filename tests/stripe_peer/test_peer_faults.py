@@ -11,8 +11,8 @@ import pytest
 
 from app.stripe_gateway import StripeGateway, StripeOutcomeUnknown, StripeRequestFailed
 from testing.fixtures.stripe_peer import paid_payment_intent
+from testing.helpers.receiver import Receiver
 from testing.stripe_peer import PeerError, StripePeer
-from tests.stripe_peer.test_peer import Receiver
 
 
 async def test_an_inquiry_moves_no_money_leaves_the_charge_refundable_and_closes_as_a_warning(

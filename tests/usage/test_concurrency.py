@@ -10,10 +10,10 @@ import asyncio
 import random
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -21,10 +21,8 @@ import pytest
 from app.jobs.holds import expire_holds
 from app.models.base import utcnow
 from testing.fixtures.app import RACE_POOL_SIZE
+from testing.helpers.concurrency import together
 from testing.helpers.ledger import debit, deposit, gateway_balance
-
-T = TypeVar("T")
-IN_FLIGHT = 64
 
 
 @pytest.fixture
@@ -37,24 +35,6 @@ def connections_opened(app: Any) -> int:
     busy, so this is the most requests that ever ran on the database at once (PostgreSQL store).
     """
     return int(app.state.usage_store.pool.get_size())
-
-
-async def together(jobs: Sequence[Callable[[], Awaitable[T]]], workers: int = IN_FLIGHT) -> list[T]:
-    """Run `jobs` on `workers` concurrent workers, all released at the same moment."""
-    gate = asyncio.Event()
-    pending = iter(enumerate(jobs))
-    results: dict[int, T] = {}
-
-    async def worker() -> None:
-        await gate.wait()
-        for index, job in pending:
-            results[index] = await job()
-
-    tasks = [asyncio.create_task(worker()) for _ in range(workers)]
-    await asyncio.sleep(0.05)  # every worker is now parked on the gate
-    gate.set()
-    await asyncio.gather(*tasks)
-    return [results[i] for i in range(len(jobs))]
 
 
 async def test_400_debits_64_at_a_time_take_exactly_what_the_wallet_holds(
