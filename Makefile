@@ -43,7 +43,7 @@ sandbox-card: install
 
 # Lint and types, then the whole suite on $(TEST_WORKERS) workers (pytest-xdist), each on its own
 # database of one PostgreSQL: BILLING_TEST_DATABASE_URL when set, else the server answering on
-# 127.0.0.1:5432, else an embedded one started from the wheel (tests/conftest.py, dev/postgres.py).
+# 127.0.0.1:5432, else an embedded one started from the wheel (testing/fixtures/app.py, dev/postgres.py).
 test: install
 	$(MAKE) --no-print-directory check
 	$(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) $(PYTEST_ARGS)
@@ -74,7 +74,7 @@ openapi: install
 # per operation. FUZZ_ARGS passes more (e.g. --max-examples 300 --seed 1).
 FUZZ_ARGS ?=
 fuzz: install
-	$(BIN)/python -m tests.fuzz $(FUZZ_ARGS)
+	$(BIN)/python -m testing.fuzz $(FUZZ_ARGS)
 
 # The gateway's hot path and the webhooks under load, as ratios against a yardstick measured in
 # the same run (bench/RESULTS.md). Needs PostgreSQL on 127.0.0.1:5432 and wrk (installed with
@@ -86,10 +86,10 @@ bench: install
 # else the server `make test` finds, the embedded one included) and the
 # Stripe peer, paying, debiting, holding and refunding while a random instance is SIGKILLed and
 # restarted (20 kills or 3 minutes), then the reconciler and the money invariants
-# (tests/verify/crash.py). VERIFY_ARGS passes more (e.g. --kills 40 --seconds 300 --seed 7).
+# (testing/crash.py). VERIFY_ARGS passes more (e.g. --kills 40 --seconds 300 --seed 7).
 VERIFY_ARGS ?=
 verify: install
-	$(BIN)/python -m tests.verify.crash $(VERIFY_ARGS)
+	$(BIN)/python -m testing.crash $(VERIFY_ARGS)
 
 clean:
 	rm -rf .venv .tools .mypy_cache .ruff_cache .pytest_cache .fuzz .pgdata-test

@@ -330,7 +330,7 @@ class Bench:
         return sqlalchemy_url(dsn(self.database))
 
     def service_env(self) -> dict[str, str]:
-        from tests.stripe_peer.client import PEER_API_KEY, PEER_PUBLISHABLE_KEY
+        from testing.stripe_peer.client import PEER_API_KEY, PEER_PUBLISHABLE_KEY
 
         return {
             "BILLING_ENVIRONMENT": self.environment,
@@ -844,7 +844,7 @@ async def last_event_seq(peer: httpx.AsyncClient) -> int:
 
 def write_deliveries(path: Path, payloads: list[str]) -> None:
     """One `[headers, body]` line per event, signed as Stripe signs: `t=…,v1=HMAC(t.body)`."""
-    from tests.stripe_peer.client import sign_payload
+    from testing.stripe_peer.client import sign_payload
 
     with path.open("w") as out:
         for payload in payloads:
@@ -886,7 +886,7 @@ async def orders_paid_once(url: str, orders: list[tuple[str, str, str]]) -> list
 
 @contextlib.contextmanager
 def stripe_peer() -> Iterator[str]:
-    from tests.stripe_peer.process import PeerProcess
+    from testing.stripe_peer.process import PeerProcess
 
     with PeerProcess(webhook_secret=WEBHOOK_SECRET) as peer:
         yield peer.url

@@ -1,6 +1,6 @@
 """The local Stripe sandbox of `make run`, and `python -m dev.sandbox pay <order_id>`.
 
-The sandbox is the test suite's Stripe peer (`python -m tests.stripe_peer`, a development-only
+The sandbox is the test suite's Stripe peer (`python -m testing.stripe_peer`, a development-only
 process that never ships in the image) on a free loopback port, with the service's webhook
 endpoint registered under a generated `whsec_` secret. `make run` describes the running one in
 `.sandbox/state.json`; `pay` reads it and stands in for Stripe.js or the hosted Checkout page:
@@ -62,7 +62,7 @@ class Sandbox:
                 [
                     sys.executable,
                     "-m",
-                    "tests.stripe_peer",
+                    "testing.stripe_peer",
                     "--port",
                     "0",
                     "--webhook-url",
@@ -130,7 +130,7 @@ def sandbox_available() -> bool:
     """Whether the Stripe peer can run here (a checkout with the dev dependencies)."""
     return (
         importlib.util.find_spec("localstripe") is not None
-        and (ROOT / "tests" / "stripe_peer" / "__main__.py").exists()
+        and (ROOT / "testing" / "stripe_peer" / "__main__.py").exists()
     )
 
 

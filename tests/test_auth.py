@@ -21,7 +21,7 @@ from app.auth.service_tokens import (
 )
 from app.db import session_scope
 from app.models.base import utcnow
-from tests.conftest import JWT_SECRET
+from testing.fixtures.app import JWT_SECRET
 
 probe = APIRouter()
 # A real gateway route (served by the lean gateway app, not FastAPI).

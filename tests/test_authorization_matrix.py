@@ -23,8 +23,8 @@ from app.ids import new_id
 from app.models.orders import StripeEvent
 from app.openapi import api_routes
 from app.usage.router import OPERATIONS as GATEWAY_OPERATIONS
-from tests.factories import paid_order, saved_card
-from tests.purchase.helpers import Maker
+from testing.factories import paid_order, saved_card
+from testing.helpers.purchase import Maker
 
 pytestmark = pytest.mark.usefixtures("stripe_peer")
 

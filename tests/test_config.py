@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from app import cli
-from app.config import LOCAL_JWT_SECRET, Settings
+from app.config import LOCAL_JWT_SECRET, Settings, get_settings
 
 REAL_SECRET = "r" * 48
 PRODUCTION = {
@@ -33,7 +33,7 @@ PRODUCTION_DATABASE = "postgresql://billing@db.internal/billing"
 
 def _settings(**values: Any) -> Settings:
     values.setdefault("database_url", PRODUCTION_DATABASE)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)
 
 
 def test_billing_environment_defaults_to_production() -> None:
@@ -115,12 +115,12 @@ def test_the_openapi_command_needs_no_environment(
 def test_a_production_command_without_settings_explains_itself(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cli.get_settings.cache_clear()
+    get_settings.cache_clear()
     monkeypatch.setenv("BILLING_DATABASE_URL", PRODUCTION_DATABASE)
     try:
         assert cli.main(["ledger-verify"]) == 2
     finally:
-        cli.get_settings.cache_clear()
+        get_settings.cache_clear()
     assert "BILLING_ENVIRONMENT=local" in capsys.readouterr().err
 
 
@@ -130,13 +130,13 @@ def test_a_production_command_without_settings_explains_itself(
 def test_a_database_url_other_than_postgresql_is_refused_in_one_line(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, url: str
 ) -> None:
-    cli.get_settings.cache_clear()
+    get_settings.cache_clear()
     monkeypatch.setenv("BILLING_ENVIRONMENT", "local")
     monkeypatch.setenv("BILLING_DATABASE_URL", url)
     try:
         assert cli.main(["migrate"]) == 2
     finally:
-        cli.get_settings.cache_clear()
+        get_settings.cache_clear()
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err
     assert err.startswith(
@@ -147,14 +147,14 @@ def test_a_database_url_other_than_postgresql_is_refused_in_one_line(
 
 @pytest.mark.parametrize("scheme", ["postgresql", "postgres", "postgresql+asyncpg"])
 def test_a_postgresql_url_is_read_as_asyncpg(scheme: str) -> None:
-    settings = Settings(_env_file=None, environment="local", database_url=f"{scheme}://u@h/db")  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, environment="local", database_url=f"{scheme}://u@h/db")
     assert settings.database_url.get_secret_value() == "postgresql+asyncpg://u@h/db"
 
 
 def test_production_requires_a_database_url(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("BILLING_DATABASE_URL", raising=False)
     with pytest.raises(ValidationError, match="BILLING_DATABASE_URL is required in production"):
-        Settings(_env_file=None, environment="production", jwt_secret="s" * 40)  # type: ignore[call-arg]
+        Settings(_env_file=None, environment="production", jwt_secret="s" * 40)
 
 
 def _record_serve(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
@@ -219,14 +219,14 @@ def test_a_settings_refusal_is_one_line_that_quotes_no_secret(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # pydantic's message quotes the input (every BILLING_* value) unless told not to.
-    cli.get_settings.cache_clear()
+    get_settings.cache_clear()
     monkeypatch.setenv("BILLING_DATABASE_URL", DATABASE_URL)
     monkeypatch.setenv("BILLING_STRIPE_SECRET_KEY", "sk_live_pw4242")
     monkeypatch.setenv("BILLING_SMTP_URL", SMTP_URL)
     try:
         assert cli.main(["ledger-verify"]) == 2
     finally:
-        cli.get_settings.cache_clear()
+        get_settings.cache_clear()
     err = capsys.readouterr().err
     for secret in ("db-pw-4242", "sk_live_pw4242", "smtp-pw-4242"):
         assert secret not in err

@@ -1,4 +1,4 @@
-"""The suite's contract check (tests/contract.py) catches what the document does not declare."""
+"""The suite's contract check (testing/contract.py) catches what the document does not declare."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from fastapi import APIRouter
 
 from app.errors import Conflict
-from tests.contract import ContractCheck
+from testing.contract import ContractCheck
 
 probe = APIRouter()
 

@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 
 from app.db import APPLICATION_NAME, is_database_outage, session_scope
 from app.models.ledger import LedgerTransaction
-from tests.ledger.helpers import deposit, gateway_balance
+from testing.helpers.ledger import deposit, gateway_balance
 
 URL = "/v1/admin/accounts/alice/adjustments"
 

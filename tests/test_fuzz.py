@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.conftest import Database
-from tests.fuzz.harness import ROLES, fuzz
+from testing.fixtures.app import Database
+from testing.fuzz.harness import ROLES, fuzz
 
 
 def test_every_role_gets_only_documented_answers_and_no_server_error(

@@ -13,7 +13,7 @@ import pytest
 from app import money
 from app.auth.jwt import JwtVerifier
 from app.config import Settings
-from tests.factories import paid_order
+from testing.factories import paid_order
 
 Headers = Callable[..., dict[str, str]]
 

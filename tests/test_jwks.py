@@ -18,7 +18,7 @@ from app.errors import ServiceUnavailable, Unauthorized
 
 def _jwk(private_key: Any, kid: str, alg: str) -> dict[str, Any]:
     algo = jwt.algorithms.RSAAlgorithm if alg == "RS256" else jwt.algorithms.ECAlgorithm
-    jwk = json.loads(algo.to_jwk(private_key.public_key()))
+    jwk: dict[str, Any] = json.loads(algo.to_jwk(private_key.public_key()))
     jwk.update(kid=kid, alg=alg, use="sig")
     return jwk
 
@@ -50,7 +50,7 @@ def jwks() -> Jwks:
 @pytest.fixture
 def verifier(jwks: Jwks) -> JwtVerifier:
     settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         environment="test",
         jwt_jwks_url="https://id.example/.well-known/jwks.json",
         jwt_audience="billing",

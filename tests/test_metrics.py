@@ -9,30 +9,15 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
 from app.jobs.reconcile import run_reconciler
-from tests.ledger.helpers import debit, deposit
-from tests.purchase.helpers import bought, order_row
-from tests.stripe_peer import StripePeer
+from testing.helpers.ledger import debit, deposit
+from testing.helpers.metrics import scrape, value
+from testing.helpers.purchase import bought, order_row
+from testing.stripe_peer import StripePeer
 
 Headers = Callable[..., dict[str, str]]
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-async def scrape(client: httpx.AsyncClient) -> Samples:
-    response = await client.get("/metrics")
-    assert response.status_code == 200, response.text
-    samples: Samples = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return samples
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 async def test_requests_are_counted_by_route_template_never_by_path(

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.config import Settings
 from app.db import create_engine
 from app.migrate import schema_differences, upgrade_head
-from tests.conftest import JWT_SECRET, Database
+from testing.fixtures.app import JWT_SECRET, Database
 
 
 @asynccontextmanager

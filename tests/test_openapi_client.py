@@ -18,9 +18,9 @@ import pytest
 from fastapi import FastAPI
 
 from app import cli
-from tests.factories import paid_order
-from tests.purchase.helpers import Maker
-from tests.stripe_peer import StripePeer
+from testing.factories import paid_order
+from testing.helpers.purchase import Maker
+from testing.stripe_peer import StripePeer
 
 PACKAGE = "torouter_billing_client"
 Headers = Callable[..., dict[str, str]]

@@ -140,8 +140,10 @@ def test_every_field_named_like_a_closed_set_is_listed_and_an_enum() -> None:
 
 def test_the_walk_sees_a_bare_string_through_null_arrays_and_refs() -> None:
     """The guard itself: each shape a bare string can hide in is found."""
-    doc = {"components": {"schemas": {"S": {"type": "string"}, "E": {"enum": ["a"]}}}}
-    hidden = [
+    doc: dict[str, Any] = {
+        "components": {"schemas": {"S": {"type": "string"}, "E": {"enum": ["a"]}}}
+    }
+    hidden: list[dict[str, Any]] = [
         {"type": "string"},
         {"anyOf": [{"type": "string"}, {"type": "null"}]},
         {"type": "array", "items": {"type": "string", "maxLength": 32}},
@@ -155,7 +157,7 @@ def test_the_walk_sees_a_bare_string_through_null_arrays_and_refs() -> None:
     ]
     for schema in hidden:
         assert list(_bare_strings(doc, schema)), schema
-    closed = [
+    closed: list[dict[str, Any]] = [
         {"type": "string", "enum": ["a", "b"]},
         {"anyOf": [{"$ref": "#/components/schemas/E"}, {"type": "null"}]},
         {"const": "usd", "type": "string"},

@@ -12,9 +12,9 @@ import pytest
 from pydantic import ValidationError
 
 from app.config import Settings
-from tests.factories import paid_order
-from tests.purchase.helpers import Maker, bought, buy, deliver_all, order_row, pay
-from tests.stripe_peer import StripePeer
+from testing.factories import paid_order
+from testing.helpers.purchase import Maker, bought, buy, deliver_all, order_row, pay
+from testing.stripe_peer import StripePeer
 
 Headers = Callable[..., dict[str, str]]
 
@@ -210,7 +210,7 @@ async def test_limits_can_be_switched_off(
 def test_a_rate_limit_setting_that_does_not_parse_is_refused(value: str) -> None:
     with pytest.raises(ValidationError, match="rate_limit_purchase"):
         Settings(
-            _env_file=None,  # type: ignore[call-arg]
+            _env_file=None,
             environment="test",
             jwt_secret="x" * 40,
             rate_limit_purchase=value,

@@ -86,7 +86,7 @@ def _bare_strings(annotation: Any, metadata: Any = (), where: str = "") -> Itera
 
 
 def _routes() -> Iterator[APIRoute]:
-    settings = Settings(_env_file=None, environment="test", jwt_secret="x" * 40)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, environment="test", jwt_secret="x" * 40)
     pending = list(create_app(settings).routes)
     while pending:
         route = pending.pop()

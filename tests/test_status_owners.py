@@ -207,7 +207,7 @@ async def test_the_database_check_allows_exactly_the_enum(
     ],
 )
 def test_every_status_has_a_row_in_its_table_and_is_in_the_diagram(moves: Any) -> None:
-    enum = type(next(iter(moves.allowed)))
+    enum: type[StrEnum] = type(next(iter(moves.allowed)))
     assert set(moves.allowed) == set(enum)
     module = {
         AutoTopupStatus: auto_topup_state,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from typing import TypeGuard
 
 APP = Path(__file__).resolve().parents[1] / "app"
 GATEWAY_PACKAGE = APP / "stripe_gateway"
@@ -13,7 +14,7 @@ TRANSACTION_OPENERS = {"session_scope", "begin", "begin_nested"}
 SESSION_TYPES = ("AsyncSession", "SessionDep")
 
 
-def _is_stripe_call(node: ast.AST) -> bool:
+def _is_stripe_call(node: ast.AST) -> TypeGuard[ast.Await]:
     """`await stripe.x(...)`, `await ctx.stripe.x(...)`, `await app.state.stripe.x(...)`."""
     if not (isinstance(node, ast.Await) and isinstance(node.value, ast.Call)):
         return False

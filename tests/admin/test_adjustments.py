@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.ledger.helpers import gateway_balance
+from testing.helpers.ledger import gateway_balance
 
 
 def adjustment(amount: int, key: str = "adj-1", reason: str = "goodwill credit") -> dict[str, Any]:

@@ -17,7 +17,7 @@ from app.ledger.balance_events import balance_changed
 from app.ledger.repository import WalletRow
 from app.ledger.service import Leg, post
 from app.models.notifications import BalanceAlert, Notification, NotificationSettings
-from tests.factories import gateway_debit, paid_order
+from testing.factories import gateway_debit, paid_order
 
 Headers = Callable[..., dict[str, str]]
 USD = 1_000_000

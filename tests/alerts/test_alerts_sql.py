@@ -14,7 +14,7 @@ import pytest
 from app.alerts.sql import balance_alert_ctes
 from app.config import Settings
 from app.money import format_amount, format_balance
-from tests.factories import asyncpg_dsn
+from testing.factories import asyncpg_dsn
 
 USD = 1_000_000
 

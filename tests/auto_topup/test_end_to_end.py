@@ -6,36 +6,42 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.auto_topup.charging import charge_auto_topups
 from app.db import session_scope
 from app.ledger.balance_events import BALANCE_EVENTS
 from app.models.base import utcnow
-from app.models.ledger import LedgerTransaction
 from app.models.notifications import Notification
-from app.models.orders import Order
-from app.models.payment_methods import AutoTopup
 from app.notifications.delivery import deliver_notifications
 from app.wiring import AUTO_TOPUP
-from tests.auto_topup.helpers import auto_topup_settings, notification_types
-from tests.ledger.helpers import debit, deposit
-from tests.notifications.servers import SmtpSink, WebhookReceiver, notify_settings
-from tests.purchase.helpers import pay
-from tests.stripe_peer import StripePeer
+from testing.fixtures.notifications import SmtpSink, WebhookReceiver, notify_settings
+from testing.helpers.auto_topup import (
+    USER,
+    attempts,
+    auto_orders,
+    auto_topup_settings,
+    available,
+    enable,
+    job,
+    notification_types,
+    save_card,
+    spend,
+    topup_postings,
+)
+from testing.helpers.ledger import debit, deposit
+from testing.stripe_peer import StripePeer
 
 pytestmark = pytest.mark.usefixtures("stripe_peer")
 
 Headers = Callable[..., dict[str, str]]
 Maker = async_sessionmaker[AsyncSession]
 SECRET = "whsec_notify_" + "a" * 24
-USER = "user-1"
 
 
 @pytest.fixture
@@ -46,105 +52,6 @@ def notify_secret() -> str:
 @pytest.fixture
 def settings_overrides(smtp: SmtpSink, receiver: WebhookReceiver) -> dict[str, Any]:
     return notify_settings(smtp, receiver, SECRET, webhook_timeout_seconds=2)
-
-
-async def save_card(
-    client: httpx.AsyncClient,
-    headers: dict[str, str],
-    maker: Maker,
-    peer: StripePeer,
-    *,
-    mode: str = "elements",
-    amount: str = "20.00",
-) -> str:
-    """A top-up with `save_card: true`, paid at the peer and credited by the result page;
-    returns the saved card's id as `GET /v1/payment-methods` lists it."""
-    response = await client.post(
-        "/v1/purchase", json={"amount": amount, "mode": mode, "save_card": True}, headers=headers
-    )
-    assert response.status_code == 201, response.text
-    order_id = response.json()["order"]["id"]
-    paid = await pay(peer, maker, order_id)
-    assert paid["outcome"] == "succeeded", paid
-    assert paid["payment_intent"]["setup_future_usage"] == "off_session"
-    if mode == "checkout":
-        params = dict(httpx.URL(paid["redirect_url"]).params)
-    else:
-        params = {"payment_intent": paid["payment_intent"]["id"]}
-    result = await client.get("/v1/payments/result", params=params, headers=headers)
-    assert result.status_code == 200, result.text
-    assert result.json()["order"]["status"] == "paid"
-    cards = (await client.get("/v1/payment-methods", headers=headers)).json()["data"]
-    assert cards, "the card was not saved"
-    card_id: str = cards[0]["id"]  # newest first
-    return card_id
-
-
-async def enable(
-    client: httpx.AsyncClient,
-    headers: dict[str, str],
-    card_id: str,
-    *,
-    threshold: str = "10.00",
-    amount: str = "25.00",
-    monthly_limit: str = "100.00",
-) -> dict[str, Any]:
-    response = await client.put(
-        "/v1/auto-topup",
-        json={
-            "enabled": True,
-            "threshold": threshold,
-            "amount": amount,
-            "payment_method_id": card_id,
-            "monthly_limit": monthly_limit,
-        },
-        headers=headers,
-    )
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-async def spend(
-    client: httpx.AsyncClient, gateway_headers: dict[str, str], amount_micros: int
-) -> None:
-    response = await debit(client, gateway_headers, USER, amount_micros)
-    assert response.status_code in (200, 201), response.text
-
-
-async def attempts(maker: Maker) -> list[AutoTopup]:
-    async with session_scope(maker) as session:
-        rows = await session.scalars(select(AutoTopup).order_by(AutoTopup.created_at))
-        return list(rows)
-
-
-async def auto_orders(maker: Maker) -> list[Order]:
-    async with session_scope(maker) as session:
-        rows = await session.scalars(
-            select(Order).where(Order.kind == "auto").order_by(Order.created_at)
-        )
-        return list(rows)
-
-
-async def topup_postings(maker: Maker) -> int:
-    async with session_scope(maker) as session:
-        count = await session.scalar(
-            select(func.count())
-            .select_from(LedgerTransaction)
-            .where(LedgerTransaction.kind == "topup")
-        )
-        return int(count or 0)
-
-
-async def available(client: httpx.AsyncClient, headers: dict[str, str]) -> str:
-    value: str = (await client.get("/v1/balance", headers=headers)).json()["available"]
-    return value
-
-
-def job(app: Any, now: datetime | None = None) -> Any:
-    return charge_auto_topups(
-        app.state.session_maker, app.state.stripe, app.state.settings, now=now
-    )
 
 
 @pytest.mark.parametrize("mode", ["elements", "checkout"])

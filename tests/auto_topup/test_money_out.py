@@ -14,20 +14,21 @@ from sqlalchemy import select
 
 from app.db import session_scope
 from app.models.orders import Order
-from tests.auto_topup.helpers import auto_topup_settings, notification_types
-from tests.auto_topup.test_end_to_end import (
+from testing.helpers.auto_topup import (
     USER,
     attempts,
     auto_orders,
+    auto_topup_settings,
     available,
     enable,
     job,
+    notification_types,
     save_card,
     spend,
 )
-from tests.ledger.helpers import deposit
-from tests.purchase.helpers import deliver_all
-from tests.stripe_peer import StripePeer
+from testing.helpers.ledger import deposit
+from testing.helpers.purchase import deliver_all
+from testing.stripe_peer import StripePeer
 
 Headers = Callable[..., dict[str, str]]
 
@@ -115,4 +116,4 @@ async def test_a_refund_or_a_negative_adjustment_below_the_threshold_charges_no_
     await deposit(client, admin_headers, USER, 10_000_000)  # 15
     await spend(client, gateway_headers, 6_000_000)  # 9
     [attempt] = await attempts(session_maker)
-    assert attempt.trigger_reference.startswith("usage:")
+    assert (attempt.trigger_reference or "").startswith("usage:")

@@ -16,7 +16,7 @@ from app.db import session_scope
 from app.models.base import utcnow
 from app.models.notifications import NotificationSettings
 from app.models.payment_methods import AutoTopup, AutoTopupSettings
-from tests.factories import saved_card
+from testing.factories import saved_card
 
 Headers = Callable[..., dict[str, str]]
 

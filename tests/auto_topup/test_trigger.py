@@ -19,8 +19,8 @@ from app.ledger.repository import refresh_watch
 from app.models.base import utcnow
 from app.models.notifications import Notification
 from app.models.payment_methods import AutoTopup, AutoTopupSettings
-from tests.auto_topup.helpers import auto_topup_settings, notification_types
-from tests.factories import gateway_debit, paid_order
+from testing.factories import gateway_debit, paid_order
+from testing.helpers.auto_topup import auto_topup_settings, notification_types
 
 USD = 1_000_000
 

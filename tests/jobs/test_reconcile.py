@@ -17,9 +17,18 @@ from app.db import session_scope
 from app.jobs.reconcile import reconcile_orders, run_reconciler
 from app.models.base import utcnow
 from app.models.orders import Order
-from tests.conftest import RACE_POOL_SIZE
-from tests.purchase.helpers import Maker, balance, bought, buy, deliver_all, order_row, pay, topups
-from tests.stripe_peer import StripePeer
+from testing.fixtures.app import RACE_POOL_SIZE
+from testing.helpers.purchase import (
+    Maker,
+    balance,
+    bought,
+    buy,
+    deliver_all,
+    order_row,
+    pay,
+    topups,
+)
+from testing.stripe_peer import StripePeer
 
 Headers = Callable[..., dict[str, str]]
 

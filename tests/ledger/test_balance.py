@@ -6,8 +6,8 @@ from typing import Any
 
 import httpx
 
-from tests.factories import paid_order
-from tests.ledger.helpers import debit, deposit
+from testing.factories import paid_order
+from testing.helpers.ledger import debit, deposit
 
 
 async def test_a_new_user_has_a_zero_balance(client: httpx.AsyncClient, user_headers: Any) -> None:

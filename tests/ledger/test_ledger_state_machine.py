@@ -48,7 +48,7 @@ from app.models.ledger import Account
 from app.usage import service
 from app.usage.repository import UsageStore
 from app.usage.schemas import CaptureIn, HoldIn, UsageIn
-from tests.conftest import Database
+from testing.fixtures.app import Database
 
 T = TypeVar("T")
 
@@ -313,7 +313,9 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(horizon=HORIZONS)
     def expire(self, horizon: int) -> None:
         now = utcnow() + timedelta(seconds=horizon)
-        expired = self.run(expire_holds(self.backend.store, now=now))
+        store = self.backend.store
+        assert store is not None
+        expired = self.run(expire_holds(store, now=now))
         due = [h for h in self.hold_models.values() if h.status == "active" and h.ttl <= horizon]
         assert expired == len(due)
         for hold in due:

@@ -18,8 +18,8 @@ from app.config import Settings
 from app.db import session_scope
 from app.ledger.service import Leg, UnbalancedTransaction, post
 from app.ledger.verify import verify_ledger
-from tests.conftest import JWT_SECRET
-from tests.ledger.helpers import debit, deposit
+from testing.fixtures.app import JWT_SECRET
+from testing.helpers.ledger import debit, deposit
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.ledger.helpers import debit, deposit
-from tests.limits.helpers import Clock, at, set_limit
+from testing.helpers.ledger import debit, deposit
+from testing.helpers.limits import Clock, at, set_limit
 
 
 @pytest.fixture(autouse=True)

@@ -8,15 +8,16 @@ import itertools
 import uuid
 from collections import Counter
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import RACE_POOL_SIZE
-from tests.ledger.helpers import debit, deposit, gateway_balance
-from tests.limits.helpers import Clock, at, capture, counter, recounted, reserve, set_limit
-from tests.usage.test_concurrency import together
+from testing.fixtures.app import RACE_POOL_SIZE
+from testing.helpers.concurrency import together
+from testing.helpers.ledger import debit, deposit, gateway_balance
+from testing.helpers.limits import Clock, at, capture, counter, recounted, reserve, set_limit
 
 USER = "racer"
 
@@ -106,7 +107,7 @@ async def test_holds_and_captures_racing_a_limit_never_pass_it(
     hold_ids = [uuid.uuid4().hex for _ in range(64)]
     reserved = await together(
         [
-            lambda h=h: reserve(client, gateway_headers, USER, 100_000, hold_id=h, api_key_id="k1")
+            partial(reserve, client, gateway_headers, USER, 100_000, hold_id=h, api_key_id="k1")
             for h in hold_ids
         ]
     )
@@ -167,7 +168,8 @@ async def test_concurrent_first_puts_of_a_limit_all_succeed_with_one_row(
 ) -> None:
     responses = await together(
         [
-            lambda i=i: client.put(
+            partial(
+                client.put,
                 "/v1/spend-limits/keys/fresh",
                 json={"limit": f"{i + 1}.00", "period": "day"},
                 headers=me,

@@ -15,8 +15,8 @@ from sqlalchemy import func, select
 from app.jobs.holds import expire_holds
 from app.models.ledger import LedgerTransaction
 from app.models.usage import UsageRecord
-from tests.ledger.helpers import debit, deposit, gateway_balance
-from tests.limits.helpers import Clock, at, capture, counter, recounted, reserve, set_limit
+from testing.helpers.ledger import debit, deposit, gateway_balance
+from testing.helpers.limits import Clock, at, capture, counter, recounted, reserve, set_limit
 
 USER = "limited-user"
 

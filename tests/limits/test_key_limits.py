@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import httpx
@@ -13,10 +14,10 @@ import pytest
 from sqlalchemy import select
 
 from app.models.limits import SpendLimit
-from tests.conftest import RACE_POOL_SIZE
-from tests.ledger.helpers import deposit, gateway_balance
-from tests.limits.helpers import Clock, at, set_limit
-from tests.usage.test_concurrency import together
+from testing.fixtures.app import RACE_POOL_SIZE
+from testing.helpers.concurrency import together
+from testing.helpers.ledger import deposit, gateway_balance
+from testing.helpers.limits import Clock, at, set_limit
 
 USER = "many-keys"
 CAP = 3
@@ -82,7 +83,7 @@ async def test_a_user_sets_at_most_the_allowed_number_of_key_limits(
 async def test_concurrent_first_key_limits_stop_at_the_cap(
     client: httpx.AsyncClient, me: dict[str, str]
 ) -> None:
-    responses = await together([lambda i=i: _put(client, me, f"race{i}") for i in range(8)])
+    responses = await together([partial(_put, client, me, f"race{i}") for i in range(8)])
     assert sorted(r.status_code for r in responses) == [200] * CAP + [409] * (8 - CAP)
     listed = (await client.get("/v1/spend-limits", headers=me)).json()["data"]
     assert len(listed) == CAP

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.ledger.helpers import debit, deposit
-from tests.limits.helpers import Clock, at, reserve
+from testing.helpers.ledger import debit, deposit
+from testing.helpers.limits import Clock, at, reserve
 
 USER = "guarded-user"
 ADMIN_ID = "admin-1"  # the `sub` of the `admin_headers` fixture's token

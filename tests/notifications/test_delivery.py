@@ -20,7 +20,7 @@ from app.notifications import events, signing
 from app.notifications.delivery import backoff_seconds, deliver_notifications
 from app.notifications.repository import upsert_email
 from app.notifications.service import enqueue, remember_email
-from tests.notifications.servers import SmtpSink, WebhookReceiver, free_port, notify_settings
+from testing.fixtures.notifications import SmtpSink, WebhookReceiver, free_port, notify_settings
 
 SECRET = "whsec_notify_" + "s" * 24
 

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from app.models.base import utcnow
-from tests.factories import paid_order, pending_order, spend
+from testing.factories import paid_order, pending_order, spend
 
 
 async def test_history_lists_only_my_orders_newest_first_with_receipts(

@@ -17,9 +17,9 @@ from app.models.base import utcnow
 from app.models.notifications import Notification
 from app.models.payment_methods import AutoTopupSettings, PaymentMethod
 from app.payment_methods.service import record_saved_card
-from tests.factories import saved_card
-from tests.payment_methods.helpers import save_card_at_peer
-from tests.stripe_peer import StripePeer
+from testing.factories import saved_card
+from testing.helpers.payment_methods import save_card_at_peer
+from testing.stripe_peer import StripePeer
 
 pytestmark = pytest.mark.usefixtures("stripe_peer")
 

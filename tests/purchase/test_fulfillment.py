@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 from app.db import session_scope
 from app.models.audit import AuditEntry
 from app.models.orders import Order, StripeEvent
-from tests.purchase.helpers import (
+from testing.helpers.purchase import (
     Maker,
     balance,
     bought,
@@ -26,7 +26,7 @@ from tests.purchase.helpers import (
     shown_order,
     topups,
 )
-from tests.stripe_peer import StripePeer
+from testing.stripe_peer import StripePeer
 
 Headers = Callable[..., dict[str, str]]
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from app.money import cents_to_micros
-from tests.purchase.helpers import (
+from testing.helpers.purchase import (
     Maker,
     balance,
     bought,
@@ -21,7 +21,7 @@ from tests.purchase.helpers import (
     pay,
     topups,
 )
-from tests.stripe_peer import StripePeer
+from testing.stripe_peer import StripePeer
 
 Headers = Callable[..., dict[str, str]]
 

@@ -19,9 +19,9 @@ from app.models.orders import Order, StripeCustomer
 from app.models.refunds import RefundRequest
 from app.refunds.events import reverse_request_debit
 from app.refunds.service import RETRY_WINDOW, retry_unknown_refunds
-from tests.purchase.helpers import balance, bought, deliver_all, order_row, shown_order
-from tests.refunds.conftest import paid_order_at_stripe
-from tests.stripe_peer.client import StripePeer
+from testing.helpers.purchase import balance, bought, deliver_all, order_row, shown_order
+from testing.helpers.refunds import paid_order_at_stripe
+from testing.stripe_peer.client import StripePeer
 
 Headers = Callable[..., dict[str, str]]
 

@@ -13,12 +13,12 @@ from sqlalchemy import func, select
 from app.db import session_scope
 from app.models.ledger import LedgerTransaction
 from app.models.refunds import RefundRequest
-from tests.conftest import RACE_POOL_SIZE
-from tests.factories import spend
-from tests.purchase.helpers import balance as _balance
-from tests.purchase.helpers import deliver_all, shown_order
-from tests.refunds.conftest import paid_order_at_stripe
-from tests.stripe_peer.client import StripePeer
+from testing.factories import spend
+from testing.fixtures.app import RACE_POOL_SIZE
+from testing.helpers.purchase import balance as _balance
+from testing.helpers.purchase import deliver_all, shown_order
+from testing.helpers.refunds import paid_order_at_stripe
+from testing.stripe_peer.client import StripePeer
 
 Headers = Callable[..., dict[str, str]]
 

@@ -12,7 +12,7 @@ import pytest
 from app.db import session_scope
 from app.models.base import utcnow
 from app.orders import repository as orders_repository
-from tests.factories import paid_order, pending_order, spend
+from testing.factories import paid_order, pending_order, spend
 
 Headers = Callable[..., dict[str, str]]
 

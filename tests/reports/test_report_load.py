@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import text
 
 from app.usage.repository import asyncpg_dsn
-from tests.ledger.helpers import debit, deposit, gateway_balance
+from testing.helpers.ledger import debit, deposit, gateway_balance
 
 USER = "reporter"
 

@@ -19,8 +19,8 @@ from sqlalchemy import select
 from app.models.ledger import LedgerEntry, LedgerTransaction
 from app.money import format_balance
 from app.reports.schemas import EXPORT_COLUMNS
-from tests.ledger.helpers import debit, deposit
-from tests.limits.helpers import Clock, at, capture, reserve
+from testing.helpers.ledger import debit, deposit
+from testing.helpers.limits import Clock, at, capture, reserve
 
 USER = "reporter"
 MODELS = ["gpt-4o-mini", "claude-3-haiku", None]

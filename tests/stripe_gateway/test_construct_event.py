@@ -9,7 +9,7 @@ import pytest
 
 from app.errors import InvalidSignature
 from app.stripe_gateway import StripeGateway
-from tests.stripe_peer import PeerEvent, StripePeer, sign_payload
+from testing.stripe_peer import PeerEvent, StripePeer, sign_payload
 
 
 @pytest.fixture

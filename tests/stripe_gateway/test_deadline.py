@@ -23,8 +23,8 @@ from app.stripe_gateway import (
     stripe_budget,
 )
 from app.stripe_gateway.deadline import without_budget
-from tests.stripe_peer import StripePeer
-from tests.stripe_peer.fixtures import paid_payment_intent
+from testing.fixtures.stripe_peer import paid_payment_intent
+from testing.stripe_peer import StripePeer
 
 Headers = Callable[..., dict[str, str]]
 

@@ -10,7 +10,7 @@ import pytest
 
 from app.errors import PaymentProviderUnavailable
 from app.stripe_gateway import StripeGateway, StripeOutcomeUnknown, StripeRequestFailed
-from tests.stripe_peer import StripePeer
+from testing.stripe_peer import StripePeer
 
 TIMEOUT = 0.5
 """Per-attempt client timeout in these tests; with 2 retries and the SDK's backoff (0.5 s, then

@@ -20,7 +20,7 @@ from app.stripe_gateway import (
     expanded,
 )
 from app.stripe_gateway.errors import map_stripe_error
-from tests.stripe_peer import StripePeer
+from testing.stripe_peer import StripePeer
 
 SUCCESS_URL = "http://portal.test/payment/result?order_id=ord_1&session_id={CHECKOUT_SESSION_ID}"
 CANCEL_URL = "http://portal.test/purchase?order_id=ord_1"
@@ -49,7 +49,7 @@ async def _confirm_declined(peer: StripePeer, payment_intent_id: str, payment_me
                 payment_intent_id, {"payment_method": payment_method}
             )
     finally:
-        await http.close_async()
+        await http.close_async()  # type: ignore[no-untyped-call]  # untyped in the SDK
     return map_stripe_error(caught.value, operation="payment_intents.confirm")
 
 

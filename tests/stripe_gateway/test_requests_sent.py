@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from app.stripe_gateway import StripeGateway
-from tests.stripe_peer import StripePeer
+from testing.stripe_peer import StripePeer
 
 
 def _form(row: dict[str, Any], part: str = "body") -> dict[str, str]:

@@ -10,9 +10,9 @@ import httpx
 import pytest
 
 from app.stripe_gateway import StripeGateway, StripeOutcomeUnknown, StripeRequestFailed
-from tests.stripe_peer import PeerError, StripePeer
-from tests.stripe_peer.fixtures import paid_payment_intent
-from tests.stripe_peer.test_peer import Receiver
+from testing.fixtures.stripe_peer import paid_payment_intent
+from testing.helpers.receiver import Receiver
+from testing.stripe_peer import PeerError, StripePeer
 
 
 async def test_an_inquiry_moves_no_money_leaves_the_charge_refundable_and_closes_as_a_warning(

@@ -15,7 +15,7 @@ from app.stripe_gateway import (
     StripeGateway,
     StripeRequestFailed,
 )
-from tests.stripe_peer import StripePeer
+from testing.stripe_peer import StripePeer
 
 
 async def save_card(

@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from tests.ledger.helpers import deposit, gateway_balance
+from testing.helpers.ledger import deposit, gateway_balance
 
 
 def event(request_id: str, amount: int, user: str = "alice", **extra: Any) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from app.ledger.verify import verify_ledger
 from app.usage import service
 from app.usage.repository import UsageStore
 from app.usage.schemas import UsageIn
-from tests.conftest import Database
+from testing.fixtures.app import Database
 
 T = TypeVar("T")
 

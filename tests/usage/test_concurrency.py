@@ -12,18 +12,17 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any, TypeVar
+from functools import partial
+from typing import Any
 
 import httpx
 import pytest
 
 from app.jobs.holds import expire_holds
 from app.models.base import utcnow
-from tests.conftest import RACE_POOL_SIZE
-from tests.ledger.helpers import debit, deposit, gateway_balance
-
-T = TypeVar("T")
-IN_FLIGHT = 64
+from testing.fixtures.app import RACE_POOL_SIZE
+from testing.helpers.concurrency import together
+from testing.helpers.ledger import debit, deposit, gateway_balance
 
 
 @pytest.fixture
@@ -36,24 +35,6 @@ def connections_opened(app: Any) -> int:
     busy, so this is the most requests that ever ran on the database at once (PostgreSQL store).
     """
     return int(app.state.usage_store.pool.get_size())
-
-
-async def together(jobs: list[Callable[[], Awaitable[T]]], workers: int = IN_FLIGHT) -> list[T]:
-    """Run `jobs` on `workers` concurrent workers, all released at the same moment."""
-    gate = asyncio.Event()
-    pending = iter(enumerate(jobs))
-    results: dict[int, T] = {}
-
-    async def worker() -> None:
-        await gate.wait()
-        for index, job in pending:
-            results[index] = await job()
-
-    tasks = [asyncio.create_task(worker()) for _ in range(workers)]
-    await asyncio.sleep(0.05)  # every worker is now parked on the gate
-    gate.set()
-    await asyncio.gather(*tasks)
-    return [results[i] for i in range(len(jobs))]
 
 
 async def test_400_debits_64_at_a_time_take_exactly_what_the_wallet_holds(
@@ -237,7 +218,7 @@ async def test_overlapping_batches_at_once_apply_each_event_once_and_never_fail(
     users = [f"user-{i:02d}" for i in range(20)]
     for user in users:
         await deposit(client, admin_headers, user, 10_000_000)
-    pool = [
+    pool: list[dict[str, Any]] = [
         {"user_id": users[i % len(users)], "request_id": f"req-{i}", "amount_micros": 1_000 + i}
         for i in range(400)
     ]
@@ -245,8 +226,11 @@ async def test_overlapping_batches_at_once_apply_each_event_once_and_never_fail(
     batches = [rng.sample(pool, 250) for _ in range(8)]
     responses = await together(
         [
-            lambda events=events: client.post(
-                "/v1/internal/usage/batch", json={"events": events}, headers=gateway_headers
+            partial(
+                client.post,
+                "/v1/internal/usage/batch",
+                json={"events": events},
+                headers=gateway_headers,
             )
             for events in batches
         ],

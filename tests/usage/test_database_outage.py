@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from app.db import session_scope
 from app.usage.repository import APPLICATION_NAME
-from tests.ledger.helpers import debit, deposit, gateway_balance
+from testing.helpers.ledger import debit, deposit, gateway_balance
 
 
 async def test_a_lost_connection_is_a_503_that_applied_nothing(

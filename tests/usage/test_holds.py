@@ -14,7 +14,7 @@ from app.jobs.holds import expire_holds
 from app.main import _jobs
 from app.models.base import utcnow
 from app.models.ledger import LedgerTransaction
-from tests.ledger.helpers import debit, deposit, gateway_balance
+from testing.helpers.ledger import debit, deposit, gateway_balance
 
 
 async def reserve(

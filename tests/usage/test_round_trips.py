@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from app.usage.repository import UsageStore
-from tests.ledger.helpers import debit, deposit
+from testing.helpers.ledger import debit, deposit
 
 
 @pytest.mark.parametrize("settings_overrides", [{"service_token_cache_seconds": 60}])

@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from app.usage.router import OPERATIONS
-from tests.ledger.helpers import debit, deposit
-from tests.test_metrics import scrape, value
+from testing.helpers.ledger import debit, deposit
+from testing.helpers.metrics import scrape, value
 
 PROBLEM_JSON = "application/problem+json"
 

@@ -14,7 +14,7 @@ from app.auth.service_tokens import SCOPES, create_service_token, list_service_t
 from app.config import Settings
 from app.db import session_scope
 from app.models.ledger import Hold, LedgerTransaction
-from tests.ledger.helpers import deposit
+from testing.helpers.ledger import deposit
 
 USER = "alice"
 

@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.ledger.helpers import debit, deposit, gateway_balance
+from testing.helpers.ledger import debit, deposit, gateway_balance
 
 
 async def test_a_debit_takes_the_amount_and_answers_the_wallet(

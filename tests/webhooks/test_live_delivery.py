@@ -13,8 +13,8 @@ import httpx
 import pytest
 import uvicorn
 
-from tests.purchase.helpers import Maker, pay, topups
-from tests.stripe_peer import StripePeer
+from testing.helpers.purchase import Maker, pay, topups
+from testing.stripe_peer import StripePeer
 
 Headers = Callable[..., dict[str, str]]
 

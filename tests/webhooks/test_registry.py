@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ def test_a_lookup_reads_the_table_built_once_and_imports_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     table = registry.load_handlers()
-    monkeypatch.setattr(registry.importlib, "import_module", _no_import)
+    monkeypatch.setattr(importlib, "import_module", _no_import)
 
     assert registry.handler_for("payment_intent.succeeded") is on_payment
     assert registry.handler_for("charge.refunded") is table["charge.refunded"]
@@ -60,5 +61,5 @@ async def test_the_lifespan_builds_the_table(
     application = create_app(settings)
     async with application.router.lifespan_context(application):
         assert registry._TABLE is not None
-        monkeypatch.setattr(registry.importlib, "import_module", _no_import)
+        monkeypatch.setattr(importlib, "import_module", _no_import)
         assert registry.handler_for("payment_intent.succeeded") is on_payment

@@ -11,8 +11,8 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from tests.purchase.helpers import Maker, bought, pay, topups
-from tests.stripe_peer import PeerEvent, StripePeer
+from testing.helpers.purchase import Maker, bought, pay, topups
+from testing.stripe_peer import PeerEvent, StripePeer
 
 Headers = Callable[..., dict[str, str]]
 

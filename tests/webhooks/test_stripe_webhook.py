@@ -18,9 +18,9 @@ from app.db import session_scope
 from app.models.audit import AuditEntry
 from app.models.orders import StripeEvent
 from app.webhooks import repository as webhooks_repository
-from tests.conftest import RACE_POOL_SIZE
-from tests.purchase.helpers import Maker, balance, bought, deliver_all, ledger_size, pay, topups
-from tests.stripe_peer import PeerEvent, StripePeer
+from testing.fixtures.app import RACE_POOL_SIZE
+from testing.helpers.purchase import Maker, balance, bought, deliver_all, ledger_size, pay, topups
+from testing.stripe_peer import PeerEvent, StripePeer
 
 
 def _outcome(ack: dict[str, Any]) -> tuple[str | None, str | None]:
@@ -96,8 +96,8 @@ async def test_a_delivery_stripe_did_not_sign_is_refused_and_changes_nothing(
             "/v1/webhooks/stripe",
             content=payload,
             headers={
-                "Content-Type": "application/json",
-                "Stripe-Signature": f"t={now},v1=".encode() + b"\xff" * 64,
+                b"Content-Type": b"application/json",
+                b"Stripe-Signature": f"t={now},v1=".encode() + b"\xff" * 64,
             },
         )
     else:

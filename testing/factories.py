@@ -96,7 +96,7 @@ async def gateway_debit(
     await session.execute(text("SELECT 1"))
     connection = await (await session.connection()).get_raw_connection()
     # The store only sends statements: the session's asyncpg connection stands in for its pool.
-    store = UsageStore(connection.driver_connection)  # type: ignore[arg-type]
+    store = UsageStore(connection.driver_connection)
     usage = UsageDebit(user_id, request_id or new_id("req"), amount_micros, "test", None)
     return await store.debit(usage)
 

@@ -9,8 +9,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.ids import new_id
 from app.models.orders import Order
 from app.stripe_gateway import StripeGateway, expandable_id
-from tests.factories import paid_order
-from tests.stripe_peer.client import StripePeer
+from testing.factories import paid_order
+from testing.stripe_peer.client import StripePeer
 
 
 async def paid_order_at_stripe(

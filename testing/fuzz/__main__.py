@@ -1,4 +1,4 @@
-"""`python -m tests.fuzz` (`make fuzz`): schemathesis against the served app as every role.
+"""`python -m testing.fuzz` (`make fuzz`): schemathesis against the served app as every role.
 
 Exits 1 when any role found a failure that is not a known finding owned elsewhere
 (`harness.KNOWN_FINDINGS`); the figures per role are printed either way, and the full output and
@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 
 from app.logs import configure_logging
-from tests.fuzz.harness import KNOWN_FINDINGS, ROLES, fuzz
+from testing.fuzz.harness import KNOWN_FINDINGS, ROLES, fuzz
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.fuzz", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m testing.fuzz", description=__doc__)
     parser.add_argument("--max-examples", type=int, default=100)
     parser.add_argument("--roles", default=",".join(ROLES))
     parser.add_argument("--report-dir", type=Path, default=Path(".fuzz"))

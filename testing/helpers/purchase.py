@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.db import after_commit_settled, session_scope
 from app.models.ledger import LedgerTransaction
 from app.models.orders import Order
-from tests.stripe_peer import StripePeer
+from testing.stripe_peer import StripePeer
 
 
 async def buy(

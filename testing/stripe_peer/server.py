@@ -26,7 +26,7 @@ from localstripe import resources as ls_resources
 from localstripe import server as ls_server
 from localstripe.errors import UserError
 
-from tests.stripe_peer.state import (
+from testing.stripe_peer.state import (
     ApiError,
     Endpoint,
     World,
@@ -40,8 +40,8 @@ log = logging.getLogger("stripe_peer")
 
 # No persistence: localstripe pickles its store to /tmp/localstripe.pickle on every write, which
 # would be shared by every peer on the machine.
-ls_resources.Store.dump_to_disk = lambda self: None  # type: ignore[method-assign]
-ls_resources.Store.try_load_from_disk = lambda self: None  # type: ignore[method-assign]
+ls_resources.Store.dump_to_disk = lambda self: None
+ls_resources.Store.try_load_from_disk = lambda self: None
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -283,7 +283,7 @@ async def idempotency_middleware(request: web.Request, handler: Handler) -> web.
 
 
 def _stored(request: web.Request, params: Any, response: web.Response) -> Any:
-    from tests.stripe_peer.state import IdempotentResult
+    from testing.stripe_peer.state import IdempotentResult
 
     assert isinstance(response.body, bytes)
     return IdempotentResult(
@@ -611,7 +611,7 @@ CONTROL_ROUTES: list[tuple[str, str, Callable[[World, web.Request, dict[str, Any
     ("POST", "/_test/clock", lambda w, r, p: w.advance_clock(float(p.get("advance", 0)))),
     ("POST", "/_test/faults", lambda w, r, p: w.add_fault(p).to_json()),
     ("GET", "/_test/faults", lambda w, r, p: {"data": [f.to_json() for f in w.faults]}),
-    ("DELETE", "/_test/faults", lambda w, r, p: (w.faults.clear(), {"deleted": True})[1]),
+    ("DELETE", "/_test/faults", lambda w, r, p: w.clear_faults()),
 ]
 
 

@@ -1,4 +1,4 @@
-"""`python -m tests.stripe_peer [--port N] [--webhook-url URL] [--webhook-secret whsec_…]`
+"""`python -m testing.stripe_peer [--port N] [--webhook-url URL] [--webhook-secret whsec_…]`
 
 Runs the Stripe peer on 127.0.0.1 (port 0 picks a free one). The first line on stdout is
 `STRIPE_PEER_READY http://127.0.0.1:<port>`; logs go to stderr. With `--webhook-secret` every event
@@ -17,7 +17,7 @@ import warnings
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.stripe_peer", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m testing.stripe_peer", description=__doc__)
     parser.add_argument("--port", type=int, default=12111, help="0 picks a free port")
     parser.add_argument("--webhook-url", help="POST every event here (e.g. .../v1/webhooks/stripe)")
     parser.add_argument("--webhook-secret", help="whsec_… used to sign events")
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(),
         format="%(asctime)s stripe-peer %(levelname)s %(message)s",
     )
-    from tests.stripe_peer.server import serve
+    from testing.stripe_peer.server import serve
 
     asyncio.run(
         serve(

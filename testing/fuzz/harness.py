@@ -5,7 +5,7 @@ PostgreSQL), the Stripe peer, and the app under uvicorn in a thread.
 `fuzz()` then runs `schemathesis run --checks all` for each role (two users, an admin, a gateway
 service token, anonymous) and reads each run's JSON report into a `RoleResult`.
 
-Used by `make fuzz` (`python -m tests.fuzz`, 100+ examples per operation) and by the quick run in
+Used by `make fuzz` (`python -m testing.fuzz`, 100+ examples per operation) and by the quick run in
 `tests/test_fuzz.py`.
 """
 
@@ -40,7 +40,7 @@ from app.main import create_app
 from app.migrate import upgrade_head
 from app.rate_limits import SCOPES
 from dev.postgres import server_for_tests
-from tests.stripe_peer import PEER_API_KEY, PEER_PUBLISHABLE_KEY, PeerProcess
+from testing.stripe_peer import PEER_API_KEY, PEER_PUBLISHABLE_KEY, PeerProcess
 
 HERE = Path(__file__).resolve().parent
 CONFIG_FILE = HERE / "schemathesis.toml"
@@ -151,7 +151,7 @@ class _Database:
 
 def _settings(database_url: str, **values: Any) -> Settings:
     return Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         environment="test",
         database_url=database_url,
         jwt_secret=JWT_SECRET,

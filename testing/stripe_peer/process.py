@@ -1,4 +1,4 @@
-"""Start and stop the peer process (`python -m tests.stripe_peer`) from a test run or a script."""
+"""Start and stop the peer process (`python -m testing.stripe_peer`) from a test run or a script."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ class PeerProcess:
         args = [
             sys.executable,
             "-m",
-            "tests.stripe_peer",
+            "testing.stripe_peer",
             "--port",
             str(self.port),
             "--parent-pid",

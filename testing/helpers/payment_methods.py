@@ -9,7 +9,7 @@ from typing import Any
 from app.db import session_scope
 from app.payment_methods.service import record_saved_card
 from app.stripe_gateway import StripeJSON
-from tests.stripe_peer import StripePeer
+from testing.stripe_peer import StripePeer
 
 
 async def save_card_at_peer(

@@ -13,7 +13,7 @@ checked:
 It prints a progress line every few seconds and stops by itself (after `--kills` kills or
 `--seconds` of chaos, whichever comes first). Exit status 0 when every invariant holds.
 
-    python -m tests.verify.crash [--kills 20] [--seconds 180] [--seed N] [--keep-db]
+    python -m testing.crash [--kills 20] [--seconds 180] [--seed N] [--keep-db]
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ from sqlalchemy.engine import make_url
 from app.auth.jwt import mint_token
 from app.config import Settings
 from dev.postgres import server_for_tests
-from tests.service_process import CLI, REPO_ROOT, ServiceProcess
-from tests.stripe_peer import PeerProcess, StripePeer
-from tests.stripe_peer.client import PEER_API_KEY, PEER_PUBLISHABLE_KEY
+from testing.service_process import CLI, REPO_ROOT, ServiceProcess
+from testing.stripe_peer import PeerProcess, StripePeer
+from testing.stripe_peer.client import PEER_API_KEY, PEER_PUBLISHABLE_KEY
 
 
 def _plain(url: str) -> str:
@@ -458,7 +458,7 @@ async def run(args: argparse.Namespace) -> int:
             token = _cli(env, "service-token", "create", "crash-gateway")
             assert token.returncode == 0, token.stderr
             gateway = {"Authorization": f"Bearer {token.stdout.strip()}"}
-            settings = Settings(_env_file=None, environment="test", jwt_secret=JWT_SECRET)  # type: ignore[call-arg]
+            settings = Settings(_env_file=None, environment="test", jwt_secret=JWT_SECRET)
             tokens = {
                 u: mint_token(settings, u, email=f"{u}@example.com", ttl=timedelta(hours=2))
                 for u in USERS

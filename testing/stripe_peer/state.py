@@ -7,7 +7,7 @@ ours. Objects are plain dicts in the API's JSON shape; `World.export()` copies o
 paths. Every state change emits its events through `World.emit()`, which logs the exact signed
 body per registered webhook endpoint and schedules delivery to endpoints that have a URL.
 
-Imported only by the peer process (`python -m tests.stripe_peer`), never by the test process.
+Imported only by the peer process (`python -m testing.stripe_peer`), never by the test process.
 """
 
 from __future__ import annotations
@@ -447,7 +447,7 @@ class World:
             data["previous_attributes"] = previous_attributes
         request = current_request.get()
         targets = [e for e in self.endpoints.values() if e.wants(event_type)]
-        event = {
+        event: dict[str, Any] = {
             "id": random_id("evt_"),
             "object": "event",
             "api_version": API_VERSION,
@@ -1886,6 +1886,10 @@ class World:
         )
         self.faults.append(fault)
         return fault
+
+    def clear_faults(self) -> dict[str, Any]:
+        self.faults.clear()
+        return {"deleted": True}
 
     def take_fault(self, method: str, path: str) -> Fault | None:
         for fault in self.faults:

@@ -1,0 +1,29 @@
+"""Racing requests: jobs released at the same moment on many concurrent workers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
+IN_FLIGHT = 64
+"""How many requests `together` keeps in flight by default."""
+
+
+async def together(jobs: Sequence[Callable[[], Awaitable[T]]], workers: int = IN_FLIGHT) -> list[T]:
+    """Run `jobs` on `workers` concurrent workers, all released at the same moment."""
+    gate = asyncio.Event()
+    pending = iter(enumerate(jobs))
+    results: dict[int, T] = {}
+
+    async def worker() -> None:
+        await gate.wait()
+        for index, job in pending:
+            results[index] = await job()
+
+    tasks = [asyncio.create_task(worker()) for _ in range(workers)]
+    await asyncio.sleep(0.05)  # every worker is now parked on the gate
+    gate.set()
+    await asyncio.gather(*tasks)
+    return [results[i] for i in range(len(jobs))]
