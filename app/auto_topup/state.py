@@ -77,13 +77,12 @@ ATTEMPT_MOVES: Moves[AttemptStatus] = Moves(
 
 def _move_settings(row: AutoTopupSettings, new: AutoTopupStatus, *, reason: str) -> bool:
     current = row.status  # None on a row not yet written: it starts where the PUT puts it
+    logged = log.bind(user_id=row.user_id, old=current, new=new.value, reason=reason)
     if current is not None and not SETTINGS_MOVES.allows(current, new):
-        log.info("auto_topup_move_refused", user_id=row.user_id, old=current, new=new.value)
+        logged.info("auto_topup_move_refused")
         return False
     row.status = new
-    log.info(
-        "auto_topup_transition", user_id=row.user_id, old=current, new=new.value, reason=reason
-    )
+    logged.info("auto_topup_transition")
     return True
 
 
@@ -124,23 +123,12 @@ def pause(
 
 def _move_attempt(attempt: AutoTopup, new: AttemptStatus, *, reason: str) -> bool:
     current = attempt.status
+    logged = log.bind(attempt_id=attempt.id, old=current, new=new.value, reason=reason)
     if not ATTEMPT_MOVES.allows(current, new):
-        log.warning(
-            "auto_topup_attempt_move_refused",
-            attempt_id=attempt.id,
-            old=current,
-            new=new.value,
-            reason=reason,
-        )
+        logged.warning("auto_topup_attempt_move_refused")
         return False
     attempt.status = new
-    log.info(
-        "auto_topup_attempt_transition",
-        attempt_id=attempt.id,
-        old=current,
-        new=new.value,
-        reason=reason,
-    )
+    logged.info("auto_topup_attempt_transition")
     return True
 
 

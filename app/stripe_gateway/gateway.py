@@ -135,6 +135,25 @@ def _invalid_request(exc: StripeRequestFailed) -> bool:
     return exc.stripe_type == "invalid_request_error"
 
 
+def _order_payment_intent(
+    *,
+    order_id: str,
+    user_id: str,
+    amount_cents: int,
+    currency: str,
+    metadata: Mapping[str, str] | None,
+    description: str,
+) -> PaymentIntentCreateParams:
+    """What every order's PaymentIntent carries: the amount, and `order_id` and `user_id` in
+    its metadata (the webhooks and the reconciler find the order by them)."""
+    return {
+        "amount": amount_cents,
+        "currency": currency,
+        "metadata": {**(metadata or {}), "order_id": order_id, "user_id": user_id},
+        "description": description,
+    }
+
+
 def _plain(obj: stripe.StripeObject) -> StripeJSON:
     return obj.to_dict(recursive=True, for_json=True)
 
@@ -237,6 +256,17 @@ class StripeGateway:
     def _options(key: str) -> RequestOptions:
         return {"idempotency_key": key}
 
+    async def _create_payment_intent(
+        self, params: PaymentIntentCreateParams, key: str
+    ) -> StripeJSON:
+        """Create a PaymentIntent for an order (both kinds: on-session and off-session)."""
+        options = self._options(key)
+        return await self._call(
+            "payment_intents.create",
+            lambda v1: v1.payment_intents.create_async(params, options),
+            key=key,
+        )
+
     async def _end(
         self,
         operation: str,
@@ -302,14 +332,15 @@ class StripeGateway:
         `idempotency_key` overrides the key (an order whose Customer was replaced).
         `setup_future_usage="off_session"` (needs `customer_id`) saves the card on the
         customer when the payment succeeds (`payment_method` of the succeeded PaymentIntent)."""
-        key = idempotency_key or f"order:{order_id}"
-        params: PaymentIntentCreateParams = {
-            "amount": amount_cents,
-            "currency": currency,
-            "automatic_payment_methods": {"enabled": True},
-            "metadata": {**(metadata or {}), "order_id": order_id, "user_id": user_id},
-            "description": description or f"{DEFAULT_PRODUCT_NAME} ({order_id})",
-        }
+        params = _order_payment_intent(
+            order_id=order_id,
+            user_id=user_id,
+            amount_cents=amount_cents,
+            currency=currency,
+            metadata=metadata,
+            description=description or f"{DEFAULT_PRODUCT_NAME} ({order_id})",
+        )
+        params["automatic_payment_methods"] = {"enabled": True}
         # Optional parameters are left out when unset (Stripe refuses an empty value).
         if customer_id:
             params["customer"] = customer_id
@@ -317,12 +348,7 @@ class StripeGateway:
             params["receipt_email"] = receipt_email
         if setup_future_usage:
             params["setup_future_usage"] = setup_future_usage
-        options = self._options(key)
-        return await self._call(
-            "payment_intents.create",
-            lambda v1: v1.payment_intents.create_async(params, options),
-            key=key,
-        )
+        return await self._create_payment_intent(params, idempotency_key or f"order:{order_id}")
 
     async def retrieve_payment_intent(self, payment_intent_id: str) -> StripeJSON:
         """The PaymentIntent with `latest_charge` expanded (the charge object, with
@@ -464,24 +490,24 @@ class StripeGateway:
         A decline raises StripeCardDeclined (`stripe_code` `card_declined`, `expired_card`, …
         and `decline_code`), or its subclass StripeAuthenticationRequired (the customer must
         pay on-session; `payment_intent_id` says which PaymentIntent)."""
-        key = idempotency_key or f"autotopup:{order_id}"
-        params: PaymentIntentCreateParams = {
-            "amount": amount_cents,
-            "currency": currency,
-            "customer": customer_id,
-            "payment_method": payment_method_id,
-            "off_session": True,
-            "confirm": True,
-            "metadata": {**(metadata or {}), "order_id": order_id, "user_id": user_id},
-            "description": description or f"{DEFAULT_PRODUCT_NAME}, automatic ({order_id})",
-            "expand": _EXPAND_LATEST_CHARGE,
-        }
-        options = self._options(key)
-        return await self._call(
-            "payment_intents.create",
-            lambda v1: v1.payment_intents.create_async(params, options),
-            key=key,
+        params = _order_payment_intent(
+            order_id=order_id,
+            user_id=user_id,
+            amount_cents=amount_cents,
+            currency=currency,
+            metadata=metadata,
+            description=description or f"{DEFAULT_PRODUCT_NAME}, automatic ({order_id})",
         )
+        params.update(
+            {
+                "customer": customer_id,
+                "payment_method": payment_method_id,
+                "off_session": True,
+                "confirm": True,
+                "expand": _EXPAND_LATEST_CHARGE,
+            }
+        )
+        return await self._create_payment_intent(params, idempotency_key or f"autotopup:{order_id}")
 
     async def retrieve_payment_method(self, payment_method_id: str) -> StripeJSON:
         """A PaymentMethod (`customer`: the id it is attached to, or None; `card`: `brand`,

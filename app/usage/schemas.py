@@ -55,15 +55,14 @@ _AT_MOST = (
     f"at most {MAX_AMOUNT_MICROS} (less when `BILLING_MAX_AMOUNT_MICROS` is set lower: a larger "
     "amount is then a 422)"
 )
+_MICROS = Field(strict=True, json_schema_extra={"maximum": MAX_AMOUNT_MICROS})
+"""What every amount in micro-USD is: a whole number within the schema's bound (with its lower
+bound and description in a `Field` of its own, and `WHOLE_FLOATS` last)."""
 PositiveMicros = Annotated[
-    int,
-    Field(
-        strict=True,
-        gt=0,
-        description=f"Micro-USD, > 0 and {_AT_MOST}.",
-        json_schema_extra={"maximum": MAX_AMOUNT_MICROS},
-    ),
-    WHOLE_FLOATS,
+    int, _MICROS, Field(gt=0, description=f"Micro-USD, > 0 and {_AT_MOST}."), WHOLE_FLOATS
+]
+NonNegativeMicros = Annotated[
+    int, _MICROS, Field(ge=0, description=f"Micro-USD, >= 0 and {_AT_MOST}."), WHOLE_FLOATS
 ]
 TokenCount = Annotated[int | None, Field(strict=True, ge=0, le=10**12), WHOLE_FLOATS]
 ModelName = Annotated[CleanStr | None, Field(max_length=200, examples=["gpt-4o-mini"])]
@@ -194,16 +193,7 @@ class HoldIn(StrictModel):
 class CaptureIn(StrictModel):
     """The actual cost of the request the hold was for: may be 0, less or more than reserved."""
 
-    amount_micros: Annotated[
-        int,
-        Field(
-            strict=True,
-            ge=0,
-            description=f"Micro-USD, >= 0 and {_AT_MOST}.",
-            json_schema_extra={"maximum": MAX_AMOUNT_MICROS},
-        ),
-        WHOLE_FLOATS,
-    ]
+    amount_micros: NonNegativeMicros
     model: ModelName = None
     input_tokens: TokenCount = None
     output_tokens: TokenCount = None

@@ -81,6 +81,30 @@ async def _apply(
         raise
 
 
+def _applied(
+    event_id: str,
+    event_type: str,
+    outcome: WebhookOutcome,
+    detail: str | None,
+    *,
+    replayed: bool = False,
+) -> None:
+    """Count an event whose handlers ran in `/metrics` (`applied`, `unhandled` or `replayed`)
+    and log it with its outcome."""
+    if replayed:
+        counted_as = "replayed"
+    else:
+        counted_as = "unhandled" if outcome == WebhookOutcome.UNHANDLED else "applied"
+    STRIPE_EVENTS.labels(event_type, counted_as).inc()
+    log.info(
+        "stripe_event_replayed" if replayed else "stripe_event_applied",
+        event_id=event_id,
+        type=event_type,
+        outcome=outcome.value,
+        detail=detail,
+    )
+
+
 async def receive_event(
     maker: async_sessionmaker[AsyncSession],
     settings: Settings,
@@ -117,15 +141,7 @@ async def receive_event(
             async with session_scope(maker) as session:
                 await repository.release_event(session, event_id)
         raise
-    unhandled = outcome == WebhookOutcome.UNHANDLED
-    STRIPE_EVENTS.labels(event_type, "unhandled" if unhandled else "applied").inc()
-    log.info(
-        "stripe_event_applied",
-        event_id=event_id,
-        type=event_type,
-        outcome=outcome.value,
-        detail=detail,
-    )
+    _applied(event_id, event_type, outcome, detail)
     obj = event["data"].get("object") or {}
     object_id = obj.get("id") if isinstance(obj.get("id"), str) else None
     return Receipt(event_id, event_type, False, outcome, detail, object_id)
@@ -150,12 +166,5 @@ async def replay_event(
         await repository.set_outcome(session, event_id, outcome, replayed)
         row = await repository.get_event(session, event_id)
         assert row is not None
-    STRIPE_EVENTS.labels(event_type, "replayed").inc()
-    log.info(
-        "stripe_event_replayed",
-        event_id=event_id,
-        type=event_type,
-        outcome=outcome.value,
-        detail=detail,
-    )
+    _applied(event_id, event_type, outcome, detail, replayed=True)
     return row
