@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from app.auth import AdminUser
-from app.db import SessionDep
+from app.db import SessionDep, session_scope
 from app.deps import SettingsDep, StripeWorkDep
 from app.errors import NotFound, PaymentProviderUnavailable, PaymentsNotConfigured
 from app.openapi import problem_responses
@@ -59,4 +59,6 @@ async def admin_get_order(
 )
 async def admin_sync_order(order_id: OrderId, admin: AdminUser, work: StripeWorkDep) -> OrderOut:
     """Ask Stripe about any user's order and apply what it says; audited."""
-    return await lifecycle.sync_order(*work, order_id, user_id=None, admin=admin.user_id)
+    order = await lifecycle.sync_order(*work, order_id, user_id=None, admin=admin.user_id)
+    async with session_scope(work.maker) as session:
+        return await present_order(session, order, work.settings)

@@ -5,6 +5,8 @@ status change goes through `app/orders/state.py`."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -19,13 +21,11 @@ from app.errors import (
     ValidationFailed,
 )
 from app.ledger import service as ledger_service
-from app.ledger.schemas import balance_out
+from app.ledger.repository import WalletRow
 from app.models.base import utcnow
 from app.models.orders import Order
 from app.orders import repository as orders_repository
 from app.orders.fulfillment import apply_payment, refresh_order
-from app.orders.presenter import present_order, present_orders
-from app.orders.schemas import OrderOut
 from app.orders.state import (
     CLOSED_UNPAID_STATUSES,
     PAID_STATUSES,
@@ -33,10 +33,11 @@ from app.orders.state import (
     is_pending,
     transition,
 )
+from app.pagination import Slice
 from app.purchase import repository
-from app.purchase.schemas import CheckoutPaymentOut, ElementsPaymentOut, PaymentResultOut
 from app.purchase.service import (
     DAY,
+    Payable,
     check_failed_payments,
     has_stripe_object,
     load_order,
@@ -44,7 +45,6 @@ from app.purchase.service import (
     status_refusal,
 )
 from app.rate_limits import RateLimiter
-from app.schemas import Page
 from app.stripe_gateway import StripeGateway, StripeJSON, StripeRequestFailed
 from app.stripe_gateway.payments import payment_from_checkout_session, payment_from_payment_intent
 
@@ -57,7 +57,7 @@ async def resume_order(
     settings: Settings,
     user: Principal,
     order_id: str,
-) -> ElementsPaymentOut | CheckoutPaymentOut:
+) -> Payable:
     """The current way to pay a pending order; 409 `ordernot_resumable` once Stripe no longer
     accepts payment (the order then takes Stripe's final state). 429 once the user had too
     many declined attempts today: a new client secret would let card testing go on."""
@@ -73,7 +73,7 @@ async def cancel_order(
     settings: Settings,
     user: Principal,
     order_id: str,
-) -> OrderOut:
+) -> Order:
     """Cancel the PaymentIntent or expire the Checkout Session, then the order. Repeating it is
     harmless; a paid (or processing) order cannot be canceled."""
     order = await load_order(maker, user.user_id, order_id)
@@ -85,10 +85,13 @@ async def _cancel(
     stripe: StripeGateway,
     settings: Settings,
     order: Order,
-) -> OrderOut:
+) -> Order:
     order_id = order.id
     if order.status in CLOSED_UNPAID_STATUSES:
-        return await _present(maker, settings, order_id)
+        async with session_scope(maker) as session:
+            current = await orders_repository.find_order(session, order_id=order_id)
+        assert current is not None
+        return current
     if order.status != OrderStatus.PENDING or (
         order.kind == "auto" and order.stripe_payment_intent_id is None
     ):
@@ -119,11 +122,10 @@ async def _cancel(
             else:
                 await apply_payment(session, settings, locked, payment, source="cancel")
         status = locked.status
-        presented = await present_order(session, locked, settings)
     if status not in CLOSED_UNPAID_STATUSES:
         raise _not_cancelable(locked)
     log.info("order_canceled", order_id=order_id, status=status)
-    return presented
+    return locked
 
 
 async def stop_card_testing(
@@ -189,7 +191,7 @@ async def sync_order(
     *,
     user_id: str | None,
     admin: str | None = None,
-) -> OrderOut:
+) -> Order:
     """Ask Stripe about a stuck order and apply the answer (a late webhook's work). `user_id`
     None with `admin` set: an operator's sync of any order, audited."""
     order = await load_order(maker, user_id, order_id)
@@ -210,7 +212,15 @@ async def sync_order(
                 subject_id=order_id,
                 details={"outcome": outcome, "status": locked.status},
             )
-        return await present_order(session, locked, settings)
+    return locked
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentResult:
+    """The result page: the order as Stripe last told us, and the wallet it led to."""
+
+    order: Order
+    wallet: WalletRow
 
 
 async def payment_result(
@@ -223,7 +233,7 @@ async def payment_result(
     order_id: str | None,
     session_id: str | None,
     payment_intent: str | None,
-) -> PaymentResultOut:
+) -> PaymentResult:
     """The result page: the order (asked at Stripe when it is still pending, so the credit
     shows before the webhook arrives) and the balance. Asking Stripe spends one request of the
     user's `payment_result` rate limit; reading what we know spends none."""
@@ -262,22 +272,10 @@ async def payment_result(
     async with session_scope(maker) as session:
         fresh = await orders_repository.find_order(session, order_id=order.id)
         assert fresh is not None
-        return PaymentResultOut(
-            order=await present_order(session, fresh, settings),
-            balance=balance_out(await ledger_service.wallet_balance(session, user.user_id)),
-        )
+        return PaymentResult(fresh, await ledger_service.wallet_balance(session, user.user_id))
 
 
-async def list_pending(session: AsyncSession, settings: Settings, user_id: str) -> Page[OrderOut]:
-    """The user's unpaid orders (pending or processing), newest first."""
+async def list_pending(session: AsyncSession, user_id: str) -> Slice[Order]:
+    """The user's unpaid orders (pending or processing), newest first (one page of 100)."""
     orders = await orders_repository.list_pending_orders(session, user_id, limit=100)
-    return Page[OrderOut](data=await present_orders(session, orders, settings), next_cursor=None)
-
-
-async def _present(
-    maker: async_sessionmaker[AsyncSession], settings: Settings, order_id: str
-) -> OrderOut:
-    async with session_scope(maker) as session:
-        order = await orders_repository.find_order(session, order_id=order_id)
-        assert order is not None
-        return await present_order(session, order, settings)
+    return Slice(list(orders), next_cursor=None)

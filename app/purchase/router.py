@@ -9,8 +9,8 @@ from fastapi import APIRouter, Header, Query, Response, status
 from fastapi.types import DecoratedCallable
 
 from app.auth import CurrentUser
-from app.db import SessionDep
-from app.deps import RateLimiterDep, SettingsDep, StripeDep, StripeWorkDep
+from app.db import SessionDep, session_scope
+from app.deps import RateLimiterDep, SettingsDep, StripeDep, StripeWork, StripeWorkDep
 from app.errors import (
     BillingError,
     IdempotencyConflict,
@@ -22,11 +22,17 @@ from app.errors import (
     RateLimited,
     TooManyPendingOrders,
 )
+from app.ledger.schemas import balance_out
+from app.models.orders import Order
+from app.money import format_amount
 from app.openapi import problem_responses
+from app.orders.presenter import present_order, present_page
 from app.orders.router import OrderId
 from app.orders.schemas import OrderOut
 from app.purchase import lifecycle, service
 from app.purchase.schemas import (
+    CheckoutPaymentOut,
+    ElementsPaymentOut,
     PaymentOut,
     PaymentResultOut,
     PurchaseIn,
@@ -53,12 +59,43 @@ _STRIPE = (StripeRequestFailed, PaymentProviderUnavailable, PaymentsNotConfigure
 """What a call to Stripe can end in: refused (502), no answer or not configured (503)."""
 
 
+async def _order_out(work: StripeWork, order: Order) -> OrderOut:
+    """The order as the portal sees it (its own short transaction: the service has committed
+    and called Stripe already)."""
+    async with session_scope(work.maker) as session:
+        return await present_order(session, order, work.settings)
+
+
+async def _payment_out(work: StripeWork, payment: service.Payable) -> PaymentOut:
+    order = await _order_out(work, payment.order)
+    if payment.mode == "checkout":
+        assert payment.checkout_url is not None
+        return CheckoutPaymentOut(order=order, checkout_url=payment.checkout_url)
+    assert payment.client_secret is not None
+    return ElementsPaymentOut(
+        order=order, client_secret=payment.client_secret, publishable_key=payment.publishable_key
+    )
+
+
+def _options_out(options: service.PurchaseOptions) -> PurchaseOptionsOut:
+    return PurchaseOptionsOut(
+        presets=[format_amount(p) for p in options.presets_micros],
+        min=format_amount(options.min_micros),
+        max=format_amount(options.max_micros),
+        modes=options.modes,
+        publishable_key=options.publishable_key,
+        max_pending_orders=options.max_pending_orders,
+        checkout_ttl_minutes=options.checkout_ttl_minutes,
+        save_card_consent=options.save_card_consent,
+    )
+
+
 @router.get("/purchase/options", tags=["purchase"], summary="Get top-up options")
 async def get_purchase_options(
     user: CurrentUser, settings: SettingsDep, stripe: StripeDep
 ) -> PurchaseOptionsOut:
     """Preset amounts, the custom amount bounds, payment modes and the publishable key."""
-    return service.purchase_options(settings, stripe)
+    return _options_out(service.purchase_options(settings, stripe))
 
 
 @router.post(
@@ -84,7 +121,7 @@ async def create_purchase(
     result = await service.start_purchase(*work, user, body, idempotency_key)
     if result.replayed:
         response.headers["Idempotent-Replayed"] = "true"
-    return result.payment
+    return await _payment_out(work, result.payment)
 
 
 @router.get("/purchase/pending", tags=["purchase"], summary="List my unpaid orders")
@@ -92,7 +129,8 @@ async def list_pending_orders(
     user: CurrentUser, session: SessionDep, settings: SettingsDep
 ) -> Page[OrderOut]:
     """Pending and processing orders, newest first, to resume or cancel."""
-    return await lifecycle.list_pending(session, settings, user.user_id)
+    orders = await lifecycle.list_pending(session, user.user_id)
+    return await present_page(session, orders, settings)
 
 
 def _order_action(
@@ -115,19 +153,19 @@ def _order_action(
 )
 async def resume_order(order_id: OrderId, user: CurrentUser, work: StripeWorkDep) -> PaymentOut:
     """The current `client_secret` or `checkout_url` while Stripe still accepts payment."""
-    return await lifecycle.resume_order(*work, user, order_id)
+    return await _payment_out(work, await lifecycle.resume_order(*work, user, order_id))
 
 
 @_order_action("cancel", "Cancel an unpaid order", OrderNotCancelable)
 async def cancel_order(order_id: OrderId, user: CurrentUser, work: StripeWorkDep) -> OrderOut:
     """Cancel the PaymentIntent or expire the Checkout Session; repeating it is harmless."""
-    return await lifecycle.cancel_order(*work, user, order_id)
+    return await _order_out(work, await lifecycle.cancel_order(*work, user, order_id))
 
 
 @_order_action("sync", "Sync an order")
 async def sync_order(order_id: OrderId, user: CurrentUser, work: StripeWorkDep) -> OrderOut:
     """Ask Stripe about a stuck order and apply what it says (a late webhook's work)."""
-    return await lifecycle.sync_order(*work, order_id, user_id=user.user_id)
+    return await _order_out(work, await lifecycle.sync_order(*work, order_id, user_id=user.user_id))
 
 
 @router.get(
@@ -151,11 +189,14 @@ async def get_payment_result(
 ) -> PaymentResultOut:
     """The order behind a Stripe redirect and the balance; a pending order is checked at
     Stripe first, so the credit shows before the webhook arrives."""
-    return await lifecycle.payment_result(
+    result = await lifecycle.payment_result(
         *work,
         limiter,
         user,
         order_id=order_id,
         session_id=session_id,
         payment_intent=payment_intent,
+    )
+    return PaymentResultOut(
+        order=await _order_out(work, result.order), balance=balance_out(result.wallet)
     )

@@ -44,16 +44,9 @@ from app.money import format_amount, micros_to_cents, parse_amount, usd_to_micro
 from app.notifications.service import remember_email
 from app.orders import repository as orders_repository
 from app.orders.fulfillment import apply_payment, expected_livemode
-from app.orders.presenter import present_order
 from app.orders.state import CLOSED_UNPAID_STATUSES, PAID_STATUSES, OrderStatus, transition
 from app.purchase import repository
-from app.purchase.schemas import (
-    PAYMENT_MODES,
-    CheckoutPaymentOut,
-    ElementsPaymentOut,
-    PurchaseIn,
-    PurchaseOptionsOut,
-)
+from app.purchase.schemas import PAYMENT_MODES, PaymentMode, PurchaseIn
 from app.stripe_gateway import (
     StripeCustomerMissing,
     StripeGateway,
@@ -89,14 +82,28 @@ SAVE_CARD_CONSENT = (
 to cancel); `GET /v1/purchase/options` returns it with the bounds filled in."""
 
 
-def purchase_options(settings: Settings, stripe: StripeGateway) -> PurchaseOptionsOut:
+@dataclass(frozen=True, slots=True)
+class PurchaseOptions:
+    """What the Top up page offers: amounts in micros, the modes Stripe can take now."""
+
+    presets_micros: list[int]
+    min_micros: int
+    max_micros: int
+    modes: list[PaymentMode]
+    publishable_key: str | None
+    max_pending_orders: int
+    checkout_ttl_minutes: int
+    save_card_consent: str
+
+
+def purchase_options(settings: Settings, stripe: StripeGateway) -> PurchaseOptions:
     """Presets within the bounds, the bounds, and how the portal may pay."""
     low, high = usd_to_micros(settings.topup_min), usd_to_micros(settings.topup_max)
     presets = sorted({usd_to_micros(p) for p in settings.topup_presets})
-    return PurchaseOptionsOut(
-        presets=[format_amount(p) for p in presets if low <= p <= high and p % 10_000 == 0],
-        min=format_amount(low),
-        max=format_amount(high),
+    return PurchaseOptions(
+        presets_micros=[p for p in presets if low <= p <= high and p % 10_000 == 0],
+        min_micros=low,
+        max_micros=high,
         modes=list(PAYMENT_MODES) if stripe.configured else [],
         publishable_key=settings.stripe_publishable_key,
         max_pending_orders=settings.max_pending_orders,
@@ -131,10 +138,22 @@ def checkout_expires_at(order: Order, settings: Settings) -> datetime:
 
 
 @dataclass(frozen=True, slots=True)
+class Payable:
+    """How to pay a pending order now: its Checkout URL (`checkout` mode) or its PaymentIntent's
+    client secret (`elements` mode), with the order as it stands after Stripe's answer."""
+
+    order: Order
+    mode: PaymentMode
+    checkout_url: str | None = None
+    client_secret: str | None = None
+    publishable_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class PurchaseResult:
     """What `start_purchase` answers, and whether it is the replay of an earlier request."""
 
-    payment: ElementsPaymentOut | CheckoutPaymentOut
+    payment: Payable
     replayed: bool
 
 
@@ -290,7 +309,7 @@ async def payable(
     order_id: str,
     *,
     source: str,
-) -> ElementsPaymentOut | CheckoutPaymentOut:
+) -> Payable:
     """How to pay the order now: its current client secret or Checkout URL, creating the Stripe
     object first if it does not exist yet. 409 `ordernot_resumable` (after applying what
     Stripe said) when it can no longer be paid."""
@@ -318,15 +337,15 @@ async def payable(
         _store_object(locked, obj)
         outcome = await apply_payment(session, settings, locked, payment, source=source)
         payable = _stillpayable(locked, obj, payment)
-        presented = await present_order(session, locked, settings)
     if not payable:
         log.info("order_not_payable", order_id=order_id, outcome=outcome, status=locked.status)
         await close_at_stripe_quietly(stripe, locked)
         raise not_resumable(locked)
     if order.mode == "checkout":
-        return CheckoutPaymentOut(order=presented, checkout_url=str(obj["url"]))
-    return ElementsPaymentOut(
-        order=presented,
+        return Payable(locked, "checkout", checkout_url=str(obj["url"]))
+    return Payable(
+        locked,
+        "elements",
         client_secret=str(obj["client_secret"]),
         publishable_key=settings.stripe_publishable_key,
     )

@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import structlog
 from pydantic import BaseModel, StringConstraints, TypeAdapter, ValidationError
@@ -50,6 +50,8 @@ from app.errors import (
     problem_response,
     validation_problem,
 )
+from app.ledger.holds import HoldResult
+from app.ledger.repository import WalletRow
 from app.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from app.middleware import clean_request_id
 from app.openapi import AUTH_ERRORS, problem_responses
@@ -59,15 +61,19 @@ from app.usage import service
 from app.usage.repository import UsageStore
 from app.usage.schemas import (
     AccountBalanceOut,
+    BatchStatus,
     CaptureIn,
     HoldIn,
     HoldOut,
+    HoldStatus,
     ReleaseIn,
     UsageBatchIn,
     UsageBatchOut,
+    UsageBatchResult,
     UsageIn,
     UsageOut,
 )
+from app.usage.store import Debited
 
 log = structlog.get_logger("app.access")
 
@@ -121,23 +127,146 @@ class Operation:
         return f"{what}\n\nNeeds a service token with the `{self.scope}` scope."
 
 
+# The answers are built with `model_construct` (no validation: every field comes from the
+# service's tuples, typed), one model per operation on the hot path.
+
+
+def usage_out(event: UsageIn, done: Debited) -> UsageOut:
+    wallet = done.wallet or service.NO_WALLET
+    return UsageOut.model_construct(
+        request_id=event.request_id,
+        user_id=event.user_id,
+        amount_micros=event.amount_micros,
+        transaction_id=done.transaction_id,
+        replayed=done.replayed,
+        balance_micros=wallet.balance_micros,
+        held_micros=wallet.held_micros,
+        available_micros=wallet.available_micros,
+        limit_remaining_micros=done.limit_remaining_micros,
+    )
+
+
+def hold_out(result: HoldResult) -> HoldOut:
+    hold, wallet = result.hold, result.wallet
+    return HoldOut.model_construct(
+        hold_id=hold.id,
+        user_id=hold.user_id,
+        status=cast(HoldStatus, hold.status),
+        amount_micros=hold.amount_micros,
+        captured_micros=hold.captured_micros,
+        expires_at=hold.expires_at,
+        resolved_at=hold.resolved_at,
+        replayed=result.replayed,
+        balance_micros=wallet.balance_micros,
+        held_micros=wallet.held_micros,
+        available_micros=wallet.available_micros,
+        limit_remaining_micros=result.limit_remaining_micros,
+    )
+
+
+def balance_out(user_id: str, wallet: WalletRow) -> AccountBalanceOut:
+    return AccountBalanceOut.model_construct(
+        user_id=user_id,
+        balance_micros=wallet.balance_micros,
+        held_micros=wallet.held_micros,
+        available_micros=wallet.available_micros,
+    )
+
+
+_NOTHING_APPLIED = dict.fromkeys(
+    (
+        "transaction_id",
+        "balance_micros",
+        "held_micros",
+        "available_micros",
+        "limit_remaining_micros",
+        "scope",
+        "errors",
+    )
+)
+"""A refused event's result: no transaction and no wallet state, but what the refusal tells."""
+
+
+def _refused(
+    index: int, request_id: str | None, status: BatchStatus, detail: str, **refusal: int | str
+) -> UsageBatchResult:
+    fields: dict[str, Any] = _NOTHING_APPLIED | refusal
+    return UsageBatchResult.model_construct(
+        index=index, request_id=request_id, status=status, detail=detail, **fields
+    )
+
+
+def _batch_result(index: int, item: service.BatchEvent) -> UsageBatchResult:
+    request_id, outcome = item
+    if isinstance(outcome, Debited):
+        wallet = outcome.wallet or service.NO_WALLET
+        return UsageBatchResult.model_construct(
+            index=index,
+            request_id=request_id,
+            status="replayed" if outcome.replayed else "applied",
+            transaction_id=outcome.transaction_id,
+            balance_micros=wallet.balance_micros,
+            held_micros=wallet.held_micros,
+            available_micros=wallet.available_micros,
+            limit_remaining_micros=outcome.limit_remaining_micros,
+            scope=None,
+            detail=None,
+            errors=None,
+        )
+    if isinstance(outcome, InsufficientBalance):
+        available = outcome.extra["available_micros"]
+        return _refused(
+            index, request_id, "insufficient_balance", outcome.detail, available_micros=available
+        )
+    if isinstance(outcome, SpendLimitExceeded):
+        extra = outcome.extra
+        return _refused(
+            index,
+            request_id,
+            "spend_limit_exceeded",
+            outcome.detail,
+            limit_remaining_micros=max(0, extra["limit_micros"] - extra["spent_micros"]),
+            scope=extra["scope"],
+        )
+    if isinstance(outcome, IdempotencyConflict):
+        return _refused(index, request_id, "conflict", outcome.detail)
+    # Unreadable: validated, like the request's own errors (rare, off the hot path).
+    return UsageBatchResult(
+        index=index,
+        request_id=request_id,
+        status="invalid",
+        detail=outcome.detail,
+        errors=outcome.errors,  # dicts, validated into FieldError
+    )
+
+
+def batch_out(items: list[service.BatchEvent]) -> UsageBatchOut:
+    results = [_batch_result(index, item) for index, item in enumerate(items)]
+    return UsageBatchOut.model_construct(
+        results=results,
+        applied=sum(r.status == "applied" for r in results),
+        replayed=sum(r.status == "replayed" for r in results),
+        failed=sum(r.status not in ("applied", "replayed") for r in results),
+    )
+
+
 async def _record_usage(app: GatewayApp, call: Call) -> tuple[int, BaseModel]:
     """Debit `amount_micros` from the user's available balance, once per `request_id`."""
-    out = await service.record_usage(app.store, app.settings, call.body)
-    return (200 if out.replayed else 201), out
+    done = await service.record_usage(app.store, app.settings, call.body)
+    return (200 if done.replayed else 201), usage_out(call.body, done)
 
 
 async def _record_usage_batch(app: GatewayApp, call: Call) -> tuple[int, BaseModel]:
     """Up to 1000 debits, each applied on its own: `applied`, `replayed`,
     `insufficient_balance`, `spend_limit_exceeded`, `conflict` or `invalid` per event, in the
     order sent."""
-    return 200, await service.record_batch(app.store, app.settings, call.body.events)
+    return 200, batch_out(await service.record_batch(app.store, app.settings, call.body.events))
 
 
 async def _reserve_hold(app: GatewayApp, call: Call) -> tuple[int, BaseModel]:
     """Hold `amount_micros` of the available balance until capture, release or the TTL."""
-    out = await service.reserve_hold(app.store, app.settings, call.body)
-    return (200 if out.replayed else 201), out
+    result = await service.reserve_hold(app.store, app.settings, call.body)
+    return (200 if result.replayed else 201), hold_out(result)
 
 
 async def _capture_hold(app: GatewayApp, call: Call) -> tuple[int, BaseModel]:
@@ -145,17 +274,18 @@ async def _capture_hold(app: GatewayApp, call: Call) -> tuple[int, BaseModel]:
     `BILLING_CAPTURE_MAX_HOLD_MULTIPLE` times the hold: the balance may go negative) and release
     the reservation; a repeat with the same body answers the original, `replayed`."""
     hold_id = call.params["hold_id"]
-    return 200, await service.capture_hold(app.store, app.settings, hold_id, call.body)
+    return 200, hold_out(await service.capture_hold(app.store, app.settings, hold_id, call.body))
 
 
 async def _release_hold(app: GatewayApp, call: Call) -> tuple[int, BaseModel]:
     """Give the reservation back without charging; a repeat answers the original, `replayed`."""
-    return 200, await service.release_hold(app.store, call.params["hold_id"], call.body)
+    return 200, hold_out(await service.release_hold(app.store, call.params["hold_id"], call.body))
 
 
 async def _get_account_balance(app: GatewayApp, call: Call) -> tuple[int, BaseModel]:
     """The user's balance, held and available amounts in micros (zero without a wallet)."""
-    return 200, await service.account_balance(app.store, call.params["user_id"])
+    user_id = call.params["user_id"]
+    return 200, balance_out(user_id, await service.account_balance(app.store, user_id))
 
 
 _REPLAY = "A replay: the same id with the same body was applied before."

@@ -4,15 +4,13 @@ same body answers the original result marked `replayed`, with a different body 4
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
 from app.config import Settings
 from app.errors import (
     IdempotencyConflict,
-    InsufficientBalance,
-    SpendLimitExceeded,
     ValidationFailed,
 )
 from app.idempotency import hash_request
@@ -20,30 +18,8 @@ from app.ledger.holds import HoldResult
 from app.ledger.holds_repository import HoldCapture, HoldRequest
 from app.ledger.repository import WalletRow
 from app.usage.repository import UsageStore
-from app.usage.schemas import (
-    AccountBalanceOut,
-    BatchStatus,
-    CaptureIn,
-    FieldError,
-    HoldIn,
-    HoldOut,
-    HoldStatus,
-    ReleaseIn,
-    UsageBatchOut,
-    UsageBatchResult,
-    UsageIn,
-    UsageOut,
-)
-from app.usage.store import BatchOutcome, UsageDebit
-
-
-def _wallet_fields(wallet: WalletRow) -> dict[str, Any]:
-    """How every gateway answer reports the wallet after the operation."""
-    return {
-        "balance_micros": wallet.balance_micros,
-        "held_micros": wallet.held_micros,
-        "available_micros": wallet.available_micros,
-    }
+from app.usage.schemas import CaptureIn, HoldIn, ReleaseIn, UsageIn
+from app.usage.store import BatchOutcome, Debited, UsageDebit
 
 
 def _check_amount(settings: Settings, amount_micros: int, field: str = "amount_micros") -> None:
@@ -71,8 +47,8 @@ def _usage_details(
     return {k: v for k, v in details.items() if v is not None} or None
 
 
-_NO_WALLET = WalletRow("", "", 0, 0)
-"""Before a user's first top-up: zero balance, zero held."""
+NO_WALLET = WalletRow("", "", 0, 0)
+"""Before a user's first top-up: zero balance, zero held (`Debited.wallet` None)."""
 
 
 def _conflict(request_id: str) -> IdempotencyConflict:
@@ -95,34 +71,46 @@ def _usage_debit(settings: Settings, event: UsageIn) -> UsageDebit:
     )
 
 
-async def record_usage(store: UsageStore, settings: Settings, event: UsageIn) -> UsageOut:
-    """Debit one request's cost from the available balance, once per `request_id`."""
+async def record_usage(store: UsageStore, settings: Settings, event: UsageIn) -> Debited:
+    """Debit one request's cost from the available balance, once per `request_id` (the
+    store's `Debited` as it is: the router renders it with the event)."""
     debit = _usage_debit(settings, event)
     done = await store.debit(debit)
     if done.replayed and done.request_hash != debit.request_hash:
         raise _conflict(event.request_id)
-    wallet = done.wallet or _NO_WALLET
-    return UsageOut.model_construct(
-        request_id=event.request_id,
-        user_id=event.user_id,
-        amount_micros=event.amount_micros,
-        transaction_id=done.transaction_id,
-        replayed=done.replayed,
-        **_wallet_fields(wallet),
-        limit_remaining_micros=done.limit_remaining_micros,
-    )
+    return done
+
+
+class Invalid(NamedTuple):
+    """A batch event that could not be read: what was wrong with it (`errors`: field and
+    message each)."""
+
+    detail: str | None
+    errors: list[dict[str, Any]] | None
+
+
+BatchItem = BatchOutcome | IdempotencyConflict | Invalid
+"""What happened to one event of a batch: applied or replayed (`Debited`), refused by the
+balance or a spend limit, its `request_id` used before for another body, or unreadable."""
+
+
+class BatchEvent(NamedTuple):
+    """One event's `request_id` (None when it had no readable one) and what happened to it."""
+
+    request_id: str | None
+    outcome: BatchItem
 
 
 async def record_batch(
     store: UsageStore, settings: Settings, events: list[UsageIn | dict[str, Any]]
-) -> UsageBatchOut:
+) -> list[BatchEvent]:
     """Apply each event on its own, as if one by one in user-id order (stable, so each user's
     events keep theirs): a refused event leaves the others applied. Results in input order."""
-    results: list[UsageBatchResult | None] = [None] * len(events)
+    results: list[BatchEvent | None] = [None] * len(events)
     valid: list[tuple[int, UsageIn, UsageDebit]] = []
     for index, raw in enumerate(events):
-        checked = _checked_event(settings, index, raw)
-        if isinstance(checked, UsageBatchResult):
+        checked = _checked_event(settings, raw)
+        if isinstance(checked, BatchEvent):
             results[index] = checked
         else:
             valid.append((index, *checked))
@@ -131,106 +119,44 @@ async def record_batch(
     valid.sort(key=lambda item: item[1].user_id)
     outcomes = await store.debit_batch([debit for _, _, debit in valid]) if valid else []
     for (index, event, debit), outcome in zip(valid, outcomes, strict=True):
-        results[index] = _batch_result(index, event, debit, outcome)
-    done = [r for r in results if r is not None]
-    return UsageBatchOut.model_construct(
-        results=done,
-        applied=sum(r.status == "applied" for r in done),
-        replayed=sum(r.status == "replayed" for r in done),
-        failed=sum(r.status not in ("applied", "replayed") for r in done),
-    )
+        conflicted = (
+            isinstance(outcome, Debited)
+            and outcome.replayed
+            and outcome.request_hash != debit.request_hash
+        )
+        results[index] = BatchEvent(
+            event.request_id, _conflict(event.request_id) if conflicted else outcome
+        )
+    return [r for r in results if r is not None]
 
 
 def _checked_event(
-    settings: Settings, index: int, raw: UsageIn | dict[str, Any]
-) -> tuple[UsageIn, UsageDebit] | UsageBatchResult:
+    settings: Settings, raw: UsageIn | dict[str, Any]
+) -> tuple[UsageIn, UsageDebit] | BatchEvent:
     raw_id = raw.request_id if isinstance(raw, UsageIn) else raw.get("request_id")
     request_id = raw_id if isinstance(raw_id, str) else None
     try:
         event = raw if isinstance(raw, UsageIn) else UsageIn.model_validate(raw)
         debit = _usage_debit(settings, event)
     except ValidationError as exc:
-        errors = [
-            FieldError(
-                field=".".join(str(p) for p in e["loc"]) or "event",
-                message=(
+        errors: list[dict[str, Any]] = [
+            {
+                "field": ".".join(str(p) for p in e["loc"]) or "event",
+                "message": (
                     "unknown field"
                     if e["type"] == "extra_forbidden"
                     else e["msg"].removeprefix("Value error, ")
                 ),
-            )
+            }
             for e in exc.errors()
         ]
-        return UsageBatchResult(index=index, request_id=request_id, status="invalid", errors=errors)
+        return BatchEvent(request_id, Invalid(None, errors))
     except ValidationFailed as exc:
-        return UsageBatchResult(
-            index=index,
-            request_id=request_id,
-            status="invalid",
-            detail=exc.detail,
-            errors=exc.extra.get("errors"),
-        )
+        return BatchEvent(request_id, Invalid(exc.detail, exc.extra.get("errors")))
     return event, debit
 
 
-def _batch_result(
-    index: int, event: UsageIn, debit: UsageDebit, outcome: BatchOutcome
-) -> UsageBatchResult:
-    if isinstance(outcome, InsufficientBalance):
-        available = outcome.extra["available_micros"]
-        return _refused(
-            index, event, "insufficient_balance", outcome.detail, available_micros=available
-        )
-    if isinstance(outcome, SpendLimitExceeded):
-        extra = outcome.extra
-        return _refused(
-            index,
-            event,
-            "spend_limit_exceeded",
-            outcome.detail,
-            limit_remaining_micros=max(0, extra["limit_micros"] - extra["spent_micros"]),
-            scope=extra["scope"],
-        )
-    if outcome.replayed and outcome.request_hash != debit.request_hash:
-        return _refused(index, event, "conflict", _conflict(event.request_id).detail)
-    wallet = outcome.wallet or _NO_WALLET
-    return UsageBatchResult.model_construct(
-        index=index,
-        request_id=event.request_id,
-        status="replayed" if outcome.replayed else "applied",
-        transaction_id=outcome.transaction_id,
-        **_wallet_fields(wallet),
-        limit_remaining_micros=outcome.limit_remaining_micros,
-        scope=None,
-        detail=None,
-        errors=None,
-    )
-
-
-_NOTHING_APPLIED = dict.fromkeys(
-    (
-        "transaction_id",
-        "balance_micros",
-        "held_micros",
-        "available_micros",
-        "limit_remaining_micros",
-        "scope",
-        "errors",
-    )
-)
-"""A refused event's result: no transaction and no wallet state, but what the refusal tells."""
-
-
-def _refused(
-    index: int, event: UsageIn, status: BatchStatus, detail: str, **refusal: int | str
-) -> UsageBatchResult:
-    fields: dict[str, Any] = _NOTHING_APPLIED | refusal
-    return UsageBatchResult.model_construct(
-        index=index, request_id=event.request_id, status=status, detail=detail, **fields
-    )
-
-
-async def reserve_hold(store: UsageStore, settings: Settings, body: HoldIn) -> HoldOut:
+async def reserve_hold(store: UsageStore, settings: Settings, body: HoldIn) -> HoldResult:
     """Reserve part of the available balance, once per `hold_id`."""
     _check_amount(settings, body.amount_micros)
     ttl = body.ttl_seconds or settings.hold_default_ttl_seconds
@@ -255,12 +181,12 @@ async def reserve_hold(store: UsageStore, settings: Settings, body: HoldIn) -> H
         details={"metadata": body.metadata} if body.metadata is not None else None,
         api_key_id=body.api_key_id,
     )
-    return _hold_out(await store.reserve(request))
+    return await store.reserve(request)
 
 
 async def capture_hold(
     store: UsageStore, settings: Settings, hold_id: str, body: CaptureIn
-) -> HoldOut:
+) -> HoldResult:
     """Charge the actual cost of a held request and release the rest of the reservation."""
     _check_amount(settings, body.amount_micros)
     capture = HoldCapture(
@@ -270,39 +196,17 @@ async def capture_hold(
         details=_usage_details(body.model, body.input_tokens, body.output_tokens, body.metadata),
         max_hold_multiple=settings.capture_max_hold_multiple,
     )
-    return _hold_out(await store.capture(capture))
+    return await store.capture(capture)
 
 
-async def release_hold(store: UsageStore, hold_id: str, body: ReleaseIn | None) -> HoldOut:
+async def release_hold(store: UsageStore, hold_id: str, body: ReleaseIn | None) -> HoldResult:
     """Give a hold's reservation back."""
     canonical = body.model_dump(mode="json", exclude_none=True) if body else {}
-    result = await store.release(
+    return await store.release(
         hold_id=hold_id, resolution_hash=hash_request({"release": canonical})
     )
-    return _hold_out(result)
 
 
-async def account_balance(store: UsageStore, user_id: str) -> AccountBalanceOut:
-    """A user's wallet as it stands (zero before their first top-up)."""
-    wallet = await store.wallet(user_id)
-    wallet = wallet or _NO_WALLET
-    return AccountBalanceOut.model_construct(
-        user_id=user_id,
-        **_wallet_fields(wallet),
-    )
-
-
-def _hold_out(result: HoldResult) -> HoldOut:
-    hold = result.hold
-    return HoldOut.model_construct(
-        hold_id=hold.id,
-        user_id=hold.user_id,
-        status=cast(HoldStatus, hold.status),
-        amount_micros=hold.amount_micros,
-        captured_micros=hold.captured_micros,
-        expires_at=hold.expires_at,
-        resolved_at=hold.resolved_at,
-        replayed=result.replayed,
-        **_wallet_fields(result.wallet),
-        limit_remaining_micros=result.limit_remaining_micros,
-    )
+async def account_balance(store: UsageStore, user_id: str) -> WalletRow:
+    """A user's wallet as it stands (`NO_WALLET`, zeros, before their first top-up)."""
+    return await store.wallet(user_id) or NO_WALLET

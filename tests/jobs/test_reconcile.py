@@ -14,9 +14,10 @@ from sqlalchemy import update
 
 from app import cli
 from app.db import session_scope
-from app.jobs.reconcile import reconcile_orders, run_reconciler
+from app.jobs.reconcile import run_reconciler
 from app.models.base import utcnow
 from app.models.orders import Order
+from app.orders.reconcile import reconcile_orders
 from testing.fixtures.app import RACE_POOL_SIZE
 from testing.helpers.purchase import (
     Maker,

@@ -212,7 +212,7 @@ class LedgerMachine(RuleBasedStateMachine):
             out = self.use(service.record_usage, self.settings, event)
             assert not out.replayed
             self.wallets[user].balance -= amount
-            assert out.balance_micros == self.wallets[user].balance
+            assert out.wallet.balance_micros == self.wallets[user].balance
             return Applied(event.request_id, user, amount, model)
         with pytest.raises(InsufficientBalance) as refused:
             self.use(service.record_usage, self.settings, event)
@@ -234,7 +234,7 @@ class LedgerMachine(RuleBasedStateMachine):
             return
         out = self.use(service.record_usage, self.settings, event)
         assert out.replayed
-        assert out.balance_micros == self.wallets[debit.user].balance
+        assert out.wallet.balance_micros == self.wallets[debit.user].balance
 
     # Holds.
 
@@ -243,7 +243,7 @@ class LedgerMachine(RuleBasedStateMachine):
         body = HoldIn(user_id=user, hold_id=_id(), amount_micros=amount, ttl_seconds=ttl)
         if self.available(user) >= amount:
             out = self.use(service.reserve_hold, self.settings, body)
-            assert (out.status, out.replayed) == ("active", False)
+            assert (out.hold.status, out.replayed) == ("active", False)
             self.wallets[user].held += amount
             hold = HoldModel(body.hold_id, user, amount, ttl)
             self.hold_models[hold.hold_id] = hold
@@ -268,7 +268,8 @@ class LedgerMachine(RuleBasedStateMachine):
             actual = int(hold.amount * self.settings.capture_max_hold_multiple)
             body = CaptureIn(amount_micros=actual, model="m")
         out = self.use(service.capture_hold, self.settings, hold.hold_id, body)
-        assert (out.status, out.captured_micros, out.replayed) == ("captured", actual, False)
+        assert (out.hold.status, out.hold.captured_micros) == ("captured", actual)
+        assert not out.replayed
         wallet = self.wallets[hold.user]
         wallet.balance -= actual
         wallet.held -= hold.amount
@@ -282,7 +283,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 self.use(service.release_hold, hold.hold_id, None)
             return hold
         out = self.use(service.release_hold, hold.hold_id, None)
-        assert (out.status, out.replayed) == ("released", False)
+        assert (out.hold.status, out.replayed) == ("released", False)
         self.wallets[hold.user].held -= hold.amount
         hold.status = "released"
         return hold
@@ -301,7 +302,7 @@ class LedgerMachine(RuleBasedStateMachine):
         body = CaptureIn(amount_micros=actual if again == "same capture" else actual + 1, model="m")
         if hold.status == "captured" and again == "same capture":
             out = self.use(service.capture_hold, self.settings, hold.hold_id, body)
-            assert (out.replayed, out.captured_micros) == (True, actual)
+            assert (out.replayed, out.hold.captured_micros) == (True, actual)
         elif hold.status == "captured":
             with pytest.raises(IdempotencyConflict):
                 self.use(service.capture_hold, self.settings, hold.hold_id, body)

@@ -29,6 +29,7 @@ from app.errors import IdempotencyConflict, InsufficientBalance
 from app.ledger.verify import verify_ledger
 from app.usage import service
 from app.usage.repository import UsageStore
+from app.usage.router import batch_out as render_batch
 from app.usage.schemas import UsageIn
 from testing.fixtures.app import Database
 
@@ -89,8 +90,8 @@ async def _one_by_one(runner: Runner, event: UsageIn) -> dict[str, Any]:
     return {
         "status": "replayed" if out.replayed else "applied",
         "transaction_id": out.transaction_id,
-        "balance_micros": out.balance_micros,
-        "held_micros": out.held_micros,
+        "balance_micros": out.wallet.balance_micros if out.wallet else 0,
+        "held_micros": out.wallet.held_micros if out.wallet else 0,
     }
 
 
@@ -130,8 +131,10 @@ def check_equivalence(
             for raw in before:
                 await _one_by_one(runner, _event(prefix, raw))
 
-        batch_out = await service.record_batch(
-            runner.store, runner.settings, [_event(a, raw) for raw in batch]
+        batch_out = render_batch(
+            await service.record_batch(
+                runner.store, runner.settings, [_event(a, raw) for raw in batch]
+            )
         )
         batch_results = [r.model_dump() for r in batch_out.results]
         assert [r["index"] for r in batch_results] == list(range(len(batch)))
