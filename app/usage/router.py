@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, TypedDict, cast
 
 import structlog
 from pydantic import BaseModel, StringConstraints, TypeAdapter, ValidationError
@@ -131,6 +131,21 @@ class Operation:
 # service's tuples, typed), one model per operation on the hot path.
 
 
+class _WalletFields(TypedDict):
+    balance_micros: int
+    held_micros: int
+    available_micros: int
+
+
+def _wallet(wallet: WalletRow) -> _WalletFields:
+    """The wallet's three figures every gateway answer carries."""
+    return {
+        "balance_micros": wallet.balance_micros,
+        "held_micros": wallet.held_micros,
+        "available_micros": wallet.available_micros,
+    }
+
+
 def usage_out(event: UsageIn, done: Debited) -> UsageOut:
     wallet = done.wallet or service.NO_WALLET
     return UsageOut.model_construct(
@@ -139,9 +154,7 @@ def usage_out(event: UsageIn, done: Debited) -> UsageOut:
         amount_micros=event.amount_micros,
         transaction_id=done.transaction_id,
         replayed=done.replayed,
-        balance_micros=wallet.balance_micros,
-        held_micros=wallet.held_micros,
-        available_micros=wallet.available_micros,
+        **_wallet(wallet),
         limit_remaining_micros=done.limit_remaining_micros,
     )
 
@@ -157,9 +170,7 @@ def hold_out(result: HoldResult) -> HoldOut:
         expires_at=hold.expires_at,
         resolved_at=hold.resolved_at,
         replayed=result.replayed,
-        balance_micros=wallet.balance_micros,
-        held_micros=wallet.held_micros,
-        available_micros=wallet.available_micros,
+        **_wallet(wallet),
         limit_remaining_micros=result.limit_remaining_micros,
     )
 
@@ -167,9 +178,7 @@ def hold_out(result: HoldResult) -> HoldOut:
 def balance_out(user_id: str, wallet: WalletRow) -> AccountBalanceOut:
     return AccountBalanceOut.model_construct(
         user_id=user_id,
-        balance_micros=wallet.balance_micros,
-        held_micros=wallet.held_micros,
-        available_micros=wallet.available_micros,
+        **_wallet(wallet),
     )
 
 
@@ -205,9 +214,7 @@ def _batch_result(index: int, item: service.BatchEvent) -> UsageBatchResult:
             request_id=request_id,
             status="replayed" if outcome.replayed else "applied",
             transaction_id=outcome.transaction_id,
-            balance_micros=wallet.balance_micros,
-            held_micros=wallet.held_micros,
-            available_micros=wallet.available_micros,
+            **_wallet(wallet),
             limit_remaining_micros=outcome.limit_remaining_micros,
             scope=None,
             detail=None,
