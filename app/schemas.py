@@ -91,19 +91,31 @@ _ALLOWED = {
 }
 
 
-def clean_pattern(kind: str, min_length: int = 0, *, stripped: bool = False) -> str:
-    """The `pattern` of a clean string of `kind` at least `min_length` long: as sent (query,
-    path and header parameters), or `stripped` of surrounding whitespace first (request bodies,
-    `StrictModel`), where the length counts after stripping."""
+def clean_pattern(
+    kind: str, min_length: int = 0, *, stripped: bool = False, max_length: int | None = None
+) -> str:
+    """The `pattern` of a clean string of `kind`: as sent (query, path and header parameters;
+    their lengths are the schema's `minLength`/`maxLength`), or `stripped` of surrounding
+    whitespace first (request bodies, `StrictModel`), where the length counts after stripping,
+    so that the bounds are in the pattern (a `maxLength` would count the whitespace too)."""
     any_char, edge = _ALLOWED[kind]
     if not stripped:
         return f"^{any_char}*$"
     ws = f"[{_WHITESPACE}]*"
+    if max_length is not None and max_length < 2:
+        # One character at the most: only the edge.
+        core = edge if max_length == 1 else ""
+        return f"^{ws}{core}{ws}$" if min_length >= 1 or not core else f"^{ws}(?:{core})?{ws}$"
+    lo = max(min_length - 2, 0)
+    if max_length is None:
+        middle = f"{any_char}*" if lo == 0 else f"{any_char}{{{lo},}}"
+    else:
+        middle = f"{any_char}{{{lo},{max_length - 2}}}"
     if min_length <= 0:
-        return f"^{ws}(?:{edge}(?:{any_char}*{edge})?)?{ws}$"
+        return f"^{ws}(?:{edge}(?:{middle}{edge})?)?{ws}$"
     if min_length == 1:
-        return f"^{ws}{edge}(?:{any_char}*{edge})?{ws}$"
-    return f"^{ws}{edge}{any_char}{{{min_length - 2},}}{edge}{ws}$"
+        return f"^{ws}{edge}(?:{middle}{edge})?{ws}$"
+    return f"^{ws}{edge}{middle}{edge}{ws}$"
 
 
 _KIND_OF_PATTERN = {clean_pattern(kind): kind for kind in _ALLOWED}
@@ -276,7 +288,14 @@ def _stripped_patterns(schema: dict[str, Any]) -> None:
     """A body's clean strings are stripped before they are checked: their `pattern` says so."""
     kind = _KIND_OF_PATTERN.get(schema.get("pattern", ""))
     if kind is not None:
-        schema["pattern"] = clean_pattern(kind, schema.get("minLength", 0), stripped=True)
+        # The bounds count after stripping: they go into the pattern, and `maxLength` (which
+        # would count the whitespace the server strips) goes.
+        schema["pattern"] = clean_pattern(
+            kind,
+            schema.get("minLength", 0),
+            stripped=True,
+            max_length=schema.pop("maxLength", None),
+        )
     for key in ("anyOf", "oneOf", "allOf"):
         for alternative in schema.get(key, []):
             _stripped_patterns(alternative)

@@ -183,13 +183,14 @@ def _accepts(validate: Any, value: str) -> bool:
 @pytest.mark.parametrize(
     ("kind", "kind_type"), [("str", CleanStr), ("text", CleanText), ("token", CleanToken)]
 )
-@pytest.mark.parametrize("min_length", [0, 1, 3])
+@pytest.mark.parametrize(("min_length", "max_length"), [(0, 50), (1, 50), (3, 50), (0, 2), (1, 1)])
 def test_a_clean_string_is_documented_with_the_pattern_the_server_applies(
-    kind: str, kind_type: Any, min_length: int
+    kind: str, kind_type: Any, min_length: int, max_length: int
 ) -> None:
     """Every string of up to 3 sample characters: accepted by the server exactly when the
-    documented schema allows it, as a parameter (taken as sent) and in a body (stripped first)."""
-    constrained = Annotated[kind_type, Field(min_length=min_length, max_length=50)]
+    documented schema allows it, as a parameter (taken as sent) and in a body (stripped first:
+    whitespace around a value at its maximum length is accepted, and the schema says so)."""
+    constrained = Annotated[kind_type, Field(min_length=min_length, max_length=max_length)]
 
     class Body(StrictModel):
         value: constrained
@@ -203,10 +204,16 @@ def test_a_clean_string_is_documented_with_the_pattern_the_server_applies(
     for size in range(4):
         for chars in itertools.product(_SAMPLE_CHARACTERS, repeat=size):
             value = "".join(chars)
-            schema_valid = bool(in_body.match(value)) and len(value) >= min_length
+            schema_valid = (
+                bool(in_body.match(value))
+                and len(value) >= body_schema.get("minLength", 0)
+                and len(value) <= body_schema.get("maxLength", len(value))
+            )
             if _accepts(lambda v: Body(value=v), value) != schema_valid:
                 wrong.append(("body", value))
-            schema_valid = bool(as_parameter.match(value)) and len(value) >= min_length
+            schema_valid = (
+                bool(as_parameter.match(value)) and min_length <= len(value) <= max_length
+            )
             if _accepts(parameter.validate_python, value) != schema_valid:
                 wrong.append(("parameter", value))
     assert wrong == []
