@@ -56,7 +56,16 @@ FAILURE_KINDS = {
 }
 
 
-KNOWN_FINDINGS: dict[tuple[str, str], str] = {}
+_NOT_SCHEMA_VALID = (
+    "schemathesis' coverage phase reports as schema-valid a request whose JSON body is `0`, "
+    "which the operation's body schema (`type: object`) refuses: the tool's label is wrong, the "
+    "422 is right. Seen only since body strings carry their length bounds in bounded patterns "
+    "(`{0,998}`); whose: issue 20's fuzz follow-up (find the tool's cause or report it upstream)"
+)
+KNOWN_FINDINGS: dict[tuple[str, str], str] = {
+    ("ST202", "POST /v1/admin/accounts/{user_id}/adjustments"): _NOT_SCHEMA_VALID,
+    ("ST202", "POST /v1/admin/refund-requests/{request_id}/deny"): _NOT_SCHEMA_VALID,
+}
 """Failures (schemathesis code, operation) that are known and owned elsewhere: still printed
 with every run, not counted against it. Keep each entry narrow and say whose it is."""
 
