@@ -639,8 +639,6 @@ class UsageStore:
         self._pool = pool
         self.clock = clock
         """Now: what `created_at` and the spend limits' windows are read from (tests move it)."""
-        """Called after a debit recorded an auto top-up attempt (its statement committed): the
-        charging job's accelerator. Other statements leave theirs to the periodic job."""
 
     @classmethod
     async def open(cls, database_url: str, *, max_size: int) -> UsageStore:

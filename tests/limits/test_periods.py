@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from app.limits.periods import EPOCH, Windows, window_end, window_start
-
-
-def at(
-    year: int,
-    month: int,
-    day: int,
-    hour: int = 0,
-    minute: int = 0,
-    second: int = 0,
-    microsecond: int = 0,
-) -> datetime:
-    """A moment in UTC."""
-    return datetime(year, month, day, hour, minute, second, microsecond, tzinfo=UTC)
+from testing.helpers.limits import at
 
 
 @pytest.mark.parametrize(
