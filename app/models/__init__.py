@@ -2,6 +2,7 @@
 
 from app.models.audit import AuditEntry
 from app.models.base import Base
+from app.models.billing import BillingProfile, BillingTaxId, OrderDocument
 from app.models.ledger import Account, Hold, LedgerEntry, LedgerTransaction
 from app.models.limits import SpendLimit
 from app.models.notifications import BalanceAlert, Notification, NotificationSettings
@@ -18,6 +19,8 @@ __all__ = [
     "AutoTopupSettings",
     "BalanceAlert",
     "Base",
+    "BillingProfile",
+    "BillingTaxId",
     "Dispute",
     "Hold",
     "LedgerEntry",
@@ -25,6 +28,7 @@ __all__ = [
     "Notification",
     "NotificationSettings",
     "Order",
+    "OrderDocument",
     "PaymentMethod",
     "RefundRequest",
     "ServiceToken",

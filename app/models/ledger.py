@@ -17,8 +17,9 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, BigIntPK, CreatedAt, IdKey, UserId, one_of
 
-SYSTEM_ACCOUNTS = ("stripe", "usage", "disputes", "adjustments")
-"""System accounts, created by migration with the fixed ids `sys_<name>`."""
+SYSTEM_ACCOUNTS = ("stripe", "usage", "disputes", "adjustments", "tax_payable")
+"""System accounts, created by migration with the fixed ids `sys_<name>` (`tax_payable`: the
+sales tax / VAT collected on top of top-ups, owed to tax authorities; migration 0019)."""
 
 
 class HoldStatus(StrEnum):

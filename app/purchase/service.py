@@ -22,6 +22,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth import Principal
+from app.billing import repository as billing_repository
 from app.config import Settings
 from app.db import session_scope
 from app.errors import (
@@ -214,7 +215,9 @@ async def start_purchase(
                 currency="usd",
                 idempotency_key=idempotency_key,
                 request_hash=request_hash,
-                stripe_customer_id=await repository.get_stripe_customer_id(session, user.user_id),
+                stripe_customer_id=await billing_repository.get_stripe_customer_id(
+                    session, user.user_id
+                ),
                 livemode=expected_livemode(settings),
                 created_at=utcnow(),
             )
@@ -469,11 +472,11 @@ async def _customer_for(
     """The user's Stripe Customer, created once (key `customer:<user_id>`), pinned on the
     order so that every retry of its Stripe call sends the same customer."""
     async with session_scope(maker) as session:
-        customer_id = await repository.get_stripe_customer_id(session, order.user_id)
+        customer_id = await billing_repository.get_stripe_customer_id(session, order.user_id)
     if customer_id is None:
         customer = await stripe.get_or_create_customer(order.user_id, order.email)
         async with session_scope(maker) as session:
-            customer_id = await repository.save_stripe_customer(
+            customer_id = await billing_repository.save_stripe_customer(
                 session, order.user_id, str(customer["id"]), order.email
             )
     async with session_scope(maker) as session:

@@ -37,6 +37,8 @@ from stripe._base_address import BaseAddresses
 from stripe._v1_services import V1Services
 from stripe.params import (
     CustomerCreateParams,
+    CustomerTaxIdCreateParams,
+    CustomerUpdateParams,
     PaymentIntentCreateParams,
     RefundCreateParams,
     RefundListParams,
@@ -609,6 +611,81 @@ class StripeGateway:
         """A Refund (`status`, `amount`, `charge`, `payment_intent`, `metadata`,
         `failure_reason`)."""
         return await self._call("refunds.retrieve", lambda v1: v1.refunds.retrieve_async(refund_id))
+
+    # -- billing details: the Customer's name, email, address and tax IDs ----------------------
+
+    async def update_customer_details(
+        self,
+        customer_id: str,
+        *,
+        name: str | None,
+        email: str | None,
+        address: Mapping[str, str | None],
+    ) -> StripeJSON:
+        """Set what invoices print about the buyer: `name` (the legal name), `email` (where
+        invoices go) and `address` (`line1`, `line2`, `city`, `postal_code`, `state`,
+        `country`; an unset part is cleared). Idempotency key: the customer and a digest of
+        what is sent, so a retry repeats the same update and a different one is its own."""
+        params: CustomerUpdateParams = {
+            "name": name or "",
+            "address": {
+                "line1": address.get("line1") or "",
+                "line2": address.get("line2") or "",
+                "city": address.get("city") or "",
+                "postal_code": address.get("postal_code") or "",
+                "state": address.get("state") or "",
+                "country": address.get("country") or "",
+            },
+        }
+        if email:
+            params["email"] = email
+        digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:32]
+        key = f"customer-details:{customer_id}:{digest}"
+        options = self._options(key)
+        return await self._call(
+            "customers.update",
+            lambda v1: v1.customers.update_async(customer_id, params, options),
+            key=key,
+        )
+
+    async def list_customer_tax_ids(self, customer_id: str) -> list[StripeJSON]:
+        """The Customer's tax IDs (`type`, `value`, `verification.status`), all of them (a
+        Customer has at most a few; one page of 100)."""
+        page = await self._call(
+            "customers.tax_ids.list",
+            lambda v1: v1.customers.tax_ids.list_async(customer_id, {"limit": 100}),
+        )
+        return list(page.get("data") or [])
+
+    async def create_customer_tax_id(
+        self, customer_id: str, *, tax_type: str, value: str, key: str
+    ) -> StripeJSON:
+        """Add a tax ID to the Customer; Stripe verifies it later (`verification.status`
+        `pending`, then `customer.tax_id.updated`). `key`: the idempotency key, from our row."""
+        params: CustomerTaxIdCreateParams = {"type": tax_type, "value": value}
+        options = self._options(key)
+        return await self._call(
+            "customers.tax_ids.create",
+            lambda v1: v1.customers.tax_ids.create_async(customer_id, params, options),
+            key=key,
+        )
+
+    async def delete_customer_tax_id(self, customer_id: str, tax_id: str) -> None:
+        """Remove a tax ID from the Customer; one already gone is fine."""
+        try:
+            await self._call(
+                "customers.tax_ids.delete",
+                lambda v1: v1.customers.tax_ids.delete_async(customer_id, tax_id),
+            )
+        except StripeObjectNotFound:
+            return
+
+    async def retrieve_customer_tax_id(self, customer_id: str, tax_id: str) -> StripeJSON:
+        """A tax ID of the Customer, as Stripe has it now."""
+        return await self._call(
+            "customers.tax_ids.retrieve",
+            lambda v1: v1.customers.tax_ids.retrieve_async(customer_id, tax_id),
+        )
 
     # -- webhooks --------------------------------------------------------------------------------
 

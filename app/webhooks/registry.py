@@ -64,6 +64,7 @@ HANDLER_MODULES = (
     "app.purchase.webhooks",
     "app.refunds.webhooks",
     "app.payment_methods.webhooks",
+    "app.billing.webhooks",
 )
 """Modules that register handlers."""
 

@@ -344,6 +344,23 @@ class StripePeer:
             raise PeerError(response.status_code, payload)
         return payload
 
+    async def set_tax_id_verification(self, tax_id: str, status: str) -> dict[str, Any]:
+        """Stripe's verification of a tax ID ends with `status` (`customer.tax_id.updated`)."""
+        result: dict[str, Any] = await self._call(
+            "POST", f"/_test/tax_ids/{tax_id}/verification", {"status": status}
+        )
+        return result
+
+    async def customer(self, customer_id: str) -> dict[str, Any]:
+        """The Customer as Stripe has it, with its tax IDs (`tax_ids`: Stripe's list)."""
+        headers = {"Authorization": f"Bearer {self.api_key}"}
+        customer: dict[str, Any] = (
+            await self._http.get(f"/v1/customers/{customer_id}", headers=headers)
+        ).json()
+        tax_ids = await self._http.get(f"/v1/customers/{customer_id}/tax_ids", headers=headers)
+        customer["tax_ids"] = tax_ids.json()
+        return customer
+
     # -- webhooks delivered by the peer ----------------------------------------------------------
 
     async def hold_webhooks(self, *, types: list[str] | None = None) -> None:

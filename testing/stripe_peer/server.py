@@ -26,6 +26,7 @@ from localstripe import resources as ls_resources
 from localstripe import server as ls_server
 from localstripe.errors import UserError
 
+from testing.stripe_peer import billing
 from testing.stripe_peer.state import (
     ApiError,
     Endpoint,
@@ -437,6 +438,19 @@ API_ROUTES: list[tuple[str, str, Callable[[World, web.Request, dict[str, Any]], 
         lambda w, r, p: w.attach_payment_method(_id(r), str(p.get("customer") or "")),
     ),
     ("POST", "/v1/payment_methods/{id}/detach", lambda w, r, p: w.detach_payment_method(_id(r))),
+    # localstripe's own routes for these are not mounted (the same method and path).
+    ("POST", "/v1/customers/{id}/tax_ids", lambda w, r, p: billing.create_tax_id(w, _id(r), p)),
+    ("GET", "/v1/customers/{id}/tax_ids", lambda w, r, p: billing.list_tax_ids(w, _id(r))),
+    (
+        "GET",
+        "/v1/customers/{id}/tax_ids/{tax_id}",
+        lambda w, r, p: billing.retrieve_tax_id(w, _id(r), r.match_info["tax_id"]),
+    ),
+    (
+        "DELETE",
+        "/v1/customers/{id}/tax_ids/{tax_id}",
+        lambda w, r, p: billing.delete_tax_id(w, _id(r), r.match_info["tax_id"]),
+    ),
 ]
 
 
@@ -607,6 +621,11 @@ CONTROL_ROUTES: list[tuple[str, str, Callable[[World, web.Request, dict[str, Any
         "POST",
         "/_test/payment_methods/{id}/automatically_update",
         lambda w, r, p: w.update_card_automatically(_id(r), p),
+    ),
+    (
+        "POST",
+        "/_test/tax_ids/{id}/verification",
+        lambda w, r, p: billing.set_verification(w, _id(r), str(p.get("status", ""))),
     ),
     ("POST", "/_test/clock", lambda w, r, p: w.advance_clock(float(p.get("advance", 0)))),
     ("POST", "/_test/faults", lambda w, r, p: w.add_fault(p).to_json()),
