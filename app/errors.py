@@ -12,6 +12,7 @@ Every error a client can see is a `BillingError` carrying its HTTP status and a 
     │   ├── IdempotencyConflict ............. idempotency_conflict
     │   ├── OrderNotResumable ............... order_not_resumable
     │   ├── OrderNotCancelable .............. order_not_cancelable
+    │   ├── OrderNotReissuable .............. order_not_reissuable
     │   ├── RefundNotEligible ............... refund_not_eligible
     │   ├── InvalidStateTransition .......... invalid_state
     │   ├── SpendLimitSetByOperator ......... spend_limit_set_by_operator
@@ -145,6 +146,12 @@ class OrderNotResumable(Conflict, code="order_not_resumable", title="Order canno
 
 class OrderNotCancelable(Conflict, code="order_not_cancelable", title="Order cannot be canceled"):
     """The order is past the point where it can be canceled."""
+
+
+class OrderNotReissuable(
+    Conflict, code="order_not_reissuable", title="Order's invoice cannot be reissued"
+):
+    """Only a paid order with an invoice can have its invoice reissued."""
 
 
 class RefundNotEligible(Conflict, code="refund_not_eligible", title="Refund not eligible"):

@@ -9,8 +9,8 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models.base import utcnow
-from app.models.billing import BillingProfile, BillingTaxId, TaxIdVerification
-from app.models.orders import StripeCustomer
+from app.models.billing import BillingProfile, BillingTaxId, OrderDocument, TaxIdVerification
+from app.models.orders import Order, StripeCustomer
 
 
 async def get_stripe_customer_id(session: AsyncSession, user_id: str) -> str | None:
@@ -100,4 +100,43 @@ async def tax_id_by_value(
         )
         .with_for_update()
     )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def documents_of(session: AsyncSession, order_ids: Sequence[str]) -> list[OrderDocument]:
+    """The documents issued for these orders, oldest first."""
+    if not order_ids:
+        return []
+    stmt = (
+        select(OrderDocument)
+        .where(OrderDocument.order_id.in_(order_ids))
+        .order_by(OrderDocument.created_at, OrderDocument.id)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def document_by_stripe_id(session: AsyncSession, stripe_id: str) -> OrderDocument | None:
+    stmt = select(OrderDocument).where(OrderDocument.stripe_id == stripe_id).with_for_update()
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def order_of_invoice(
+    session: AsyncSession, invoice_id: str, *, for_update: bool = False
+) -> Order | None:
+    """The order an invoice is for: the one it pays, or one it was reissued for."""
+    stmt = select(Order).where(Order.stripe_invoice_id == invoice_id)
+    if for_update:
+        stmt = stmt.with_for_update()
+    order = (await session.execute(stmt)).scalar_one_or_none()
+    if order is not None:
+        return order
+    doc = await session.execute(
+        select(OrderDocument.order_id).where(OrderDocument.stripe_id == invoice_id)
+    )
+    order_id = doc.scalar_one_or_none()
+    if order_id is None:
+        return None
+    stmt = select(Order).where(Order.id == order_id)
+    if for_update:
+        stmt = stmt.with_for_update()
     return (await session.execute(stmt)).scalar_one_or_none()

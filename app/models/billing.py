@@ -36,6 +36,18 @@ class DocumentKind(StrEnum):
     CREDIT_NOTE = "credit_note"
 
 
+class DocumentStatus(StrEnum):
+    """Stripe's status of an invoice (`draft` … `uncollectible`) or a credit note (`issued`,
+    `void`)."""
+
+    DRAFT = "draft"
+    OPEN = "open"
+    PAID = "paid"
+    VOID = "void"
+    UNCOLLECTIBLE = "uncollectible"
+    ISSUED = "issued"
+
+
 class BillingProfile(Base):
     """Who the user's invoices are made out to, and whether they want invoices. Mirrored to the
     user's Stripe Customer (name, email, address, tax IDs) after every change."""
@@ -92,6 +104,7 @@ class OrderDocument(Base):
     __tablename__ = "order_documents"
     __table_args__ = (
         CheckConstraint(one_of("kind", DocumentKind), name="kind_known"),
+        CheckConstraint(one_of("status", DocumentStatus), name="status_known"),
         Index("ix_order_documents_order_id_created_at", "order_id", "created_at"),
     )
 

@@ -65,6 +65,7 @@ HANDLER_MODULES = (
     "app.refunds.webhooks",
     "app.payment_methods.webhooks",
     "app.billing.webhooks",
+    "app.orders.webhooks",
 )
 """Modules that register handlers."""
 

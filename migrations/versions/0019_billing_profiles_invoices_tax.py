@@ -98,6 +98,10 @@ def upgrade() -> None:
         sa.CheckConstraint(
             "kind IN ('invoice', 'credit_note')", name=op.f("ck_order_documents_kind_known")
         ),
+        sa.CheckConstraint(
+            "status IN ('draft', 'open', 'paid', 'void', 'uncollectible', 'issued')",
+            name=op.f("ck_order_documents_status_known"),
+        ),
         sa.ForeignKeyConstraint(
             ["order_id"], ["orders.id"], name=op.f("fk_order_documents_order_id_orders")
         ),

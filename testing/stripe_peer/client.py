@@ -134,8 +134,10 @@ class StripePeer:
         card: str = "visa",
         processing: bool = False,
         email: str | None = None,
+        address: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """The customer pays on the hosted Checkout page. Cards as in `pay_payment_intent`.
+        `address`: the billing address entered (default: the Customer's).
 
         Approved: the session becomes `complete`/`paid` (`processing=True`: `complete`/`unpaid`
         until `settle_checkout()`), events `payment_intent.created`, `charge.succeeded`,
@@ -149,7 +151,8 @@ class StripePeer:
         result: dict[str, Any] = await self._call(
             "POST",
             f"/_test/checkout/sessions/{session_id}/pay",
-            {"payment_method": card, "processing": processing, "email": email},
+            {"payment_method": card, "processing": processing, "email": email}
+            | ({"address": address} if address else {}),
         )
         return result
 
