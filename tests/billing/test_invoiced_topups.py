@@ -162,3 +162,72 @@ async def test_without_a_billing_address_an_elements_top_up_with_tax_is_refused(
     assert response.status_code == 422, response.text
     assert "billing address" in response.json()["detail"]
     assert await stripe_peer.requests("/v1/") == []
+
+
+async def test_a_checkout_top_up_collects_the_address_and_is_invoiced_with_the_po_number(
+    client: httpx.AsyncClient, user_headers: Headers, session_maker: Maker, stripe_peer: StripePeer
+) -> None:
+    headers = user_headers("user-1")
+    await put_profile(client, headers, profile(po_number="PO-2026-17"))
+    started = await bought(client, headers, amount="100.00", mode="checkout")
+    order = await order_row(session_maker, started["order"]["id"])
+    [create] = await stripe_peer.requests("/v1/checkout/sessions", method="POST")
+    sent = create["body"]
+    for part in (
+        "invoice_creation[enabled]=true",
+        "billing_address_collection=required",
+        "tax_id_collection[enabled]=true",
+        "customer_update[address]=auto",
+        "automatic_tax[enabled]=true",
+    ):
+        assert part.replace("[", "%5B").replace("]", "%5D") in sent or part in sent, part
+
+    # The buyer enters a French address on the page: 20 %, and the Customer keeps it.
+    await stripe_peer.pay_checkout(
+        order.stripe_checkout_session_id or "",
+        address={"line1": "1 rue de Rivoli", "city": "Paris", "postal_code": "75001", "country": "FR"},
+    )
+    await deliver_all(stripe_peer, client)
+
+    shown = await shown_order(client, headers, order.id)
+    assert shown["status"] == "paid"
+    assert (shown["subtotal"], shown["tax"], shown["total"]) == ("100.00", "20.00", "120.00")
+    assert shown["invoice"]["status"] == "paid"
+    assert shown["invoice"]["pdf_url"]
+    [document] = shown["documents"]
+    assert (document["tax"], document["total"]) == ("20.00", "120.00")
+    stored = await order_row(session_maker, order.id)
+    invoice = await stripe_peer.retrieve(stored.stripe_invoice_id or "")
+    assert invoice["custom_fields"] == [{"name": "PO number", "value": "PO-2026-17"}]
+    assert invoice["metadata"]["order_id"] == order.id
+    assert await balance(client, headers) == "100.000000"
+    assert await tax_payable(session_maker) == 20_000_000
+
+
+@pytest.mark.parametrize("first", ["invoice.paid", "payment_intent.succeeded"])
+async def test_the_credit_follows_the_payment_once_whichever_event_comes_first(
+    client: httpx.AsyncClient,
+    user_headers: Headers,
+    session_maker: Maker,
+    stripe_peer: StripePeer,
+    first: str,
+) -> None:
+    headers = user_headers("user-1")
+    await put_profile(client, headers, profile())
+    order_id = (await bought(client, headers, amount="100.00"))["order"]["id"]
+    since = await stripe_peer.last_event_seq()
+    await pay(stripe_peer, session_maker, order_id)
+    events = await stripe_peer.events(since=since)
+    leading = [e for e in events if e.type == first]
+    assert leading
+    for event in leading:
+        response = await stripe_peer.deliver(event, client)
+        assert response.status_code == 200, response.text
+    # The first event alone credits the order.
+    assert (await shown_order(client, headers, order_id))["status"] == "paid"
+    assert await balance(client, headers) == "100.000000"
+    for event in [e for e in events if e.type != first]:
+        assert (await stripe_peer.deliver(event, client)).status_code == 200
+    assert await balance(client, headers) == "100.000000"
+    assert await topups(session_maker, "user-1") == 1
+    assert await tax_payable(session_maker) == 19_000_000
