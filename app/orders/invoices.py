@@ -83,6 +83,7 @@ async def store_document(
             reason=reason,
         )
         session.add(doc)
+    doc.reason = doc.reason or reason
     doc.number = obj.get("number") if isinstance(obj.get("number"), str) else doc.number
     doc.status = str(obj.get("status") or "draft")
     doc.hosted_url = None if is_note else obj.get("hosted_invoice_url")
