@@ -866,6 +866,38 @@ class StripeGateway:
             key=key,
         )
 
+    async def credit_refund(
+        self,
+        invoice: StripeJSON,
+        *,
+        refund_id: str,
+        refunded_cents: int,
+        pre_tax_cents: int,
+        key: str,
+    ) -> StripeJSON:
+        """A credit note for a refund of a paid invoice: `pre_tax_cents` of its (first) line,
+        Stripe adding the line's tax share, linked to the refund that paid it out
+        (`refunds`: `refund_id`, `refunded_cents` — tax included)."""
+        lines = (invoice.get("lines") or {}).get("data") or []
+        params: CreditNoteCreateParams = {
+            "invoice": str(invoice["id"]),
+            "lines": [
+                {
+                    "type": "invoice_line_item",
+                    "invoice_line_item": str(lines[0]["id"]),
+                    "amount": pre_tax_cents,
+                }
+            ],
+            "refunds": [{"refund": refund_id, "amount_refunded": refunded_cents}],
+            "memo": "Refund",
+        }
+        options = self._options(key)
+        return await self._call(
+            "credit_notes.create",
+            lambda v1: v1.credit_notes.create_async(params, options),
+            key=key,
+        )
+
     # -- webhooks --------------------------------------------------------------------------------
 
     def construct_event(self, payload: bytes, sig_header: str | None) -> StripeJSON:

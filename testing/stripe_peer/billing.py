@@ -701,9 +701,15 @@ def create_credit_note(world: World, params: dict[str, Any]) -> dict[str, Any]:
             "The credit note's total exceeds the invoice's remaining creditable amount.",
             code="credit_note_amount_too_large",
         )
+    raw_refunds = params.get("refunds") or []
+    linked = list(raw_refunds.values()) if isinstance(raw_refunds, dict) else list(raw_refunds)
+    for index, link in enumerate(linked):
+        refund = world.objects.get(str(link.get("refund") or ""))
+        if refund is None or refund.get("object") != "refund":
+            raise not_found("refund", str(link.get("refund")), f"refunds[{index}][refund]")
     split = sum(
         int(params.get(k) or 0) for k in ("out_of_band_amount", "credit_amount", "refund_amount")
-    )
+    ) + sum(int(link.get("amount_refunded") or 0) for link in linked)
     if invoice["status"] == "paid" and split != total:
         raise ApiError(
             400,
@@ -733,7 +739,10 @@ def create_credit_note(world: World, params: dict[str, Any]) -> dict[str, Any]:
             "post_payment_amount": total if invoice["status"] == "paid" else 0,
             "pre_payment_amount": 0 if invoice["status"] == "paid" else total,
             "reason": params.get("reason"),
-            "refunds": [],
+            "refunds": [
+                {"amount_refunded": int(link.get("amount_refunded") or 0), "refund": link["refund"]}
+                for link in linked
+            ],
             "status": "issued",
             "subtotal": subtotal,
             "subtotal_excluding_tax": subtotal,

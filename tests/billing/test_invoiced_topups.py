@@ -9,12 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
 
-from app.db import session_scope
-from app.models.ledger import LedgerEntry
 from testing.helpers.auto_topup import USER, auto_orders, enable, job, save_card, spend
-from testing.helpers.billing import profile, put_profile
+from testing.helpers.billing import profile, put_profile, tax_payable
 from testing.helpers.purchase import (
     Maker,
     balance,
@@ -35,17 +32,6 @@ pytestmark = pytest.mark.usefixtures("stripe_peer")
 @pytest.fixture
 def settings_overrides() -> dict[str, Any]:
     return {"stripe_tax": True, "topup_max": 1000}
-
-
-async def tax_payable(maker: Maker) -> int:
-    """What the ledger owes tax authorities (the `tax_payable` account's entries)."""
-    async with session_scope(maker) as session:
-        total = await session.execute(
-            select(func.coalesce(func.sum(LedgerEntry.amount_micros), 0)).where(
-                LedgerEntry.account_id == "sys_tax_payable"
-            )
-        )
-        return int(total.scalar_one())
 
 
 async def _buy_and_pay(

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from testing.helpers.billing import profile, put_profile
+from testing.helpers.billing import profile, put_profile, tax_payable
 from testing.helpers.purchase import (
     Maker,
     balance,
@@ -109,3 +109,52 @@ async def test_an_order_without_an_invoice_cannot_be_reissued(
         f"/v1/orders/{order_id}/invoice/reissue", headers=user_headers("user-2")
     )
     assert other.status_code == 404
+
+
+async def test_a_partial_refund_of_an_invoiced_order_gets_a_credit_note_with_its_tax_share(
+    client: httpx.AsyncClient,
+    user_headers: Headers,
+    admin_headers: dict[str, str],
+    session_maker: Maker,
+    stripe_peer: StripePeer,
+) -> None:
+    headers = user_headers("user-1")
+    await put_profile(client, headers, profile())
+    order_id = (await bought(client, headers, amount="100.00"))["order"]["id"]
+    await pay(stripe_peer, session_maker, order_id)
+    await deliver_all(stripe_peer, client)
+    owed = await tax_payable(session_maker)
+
+    requested = await client.post(
+        f"/v1/orders/{order_id}/refund-requests",
+        json={"amount": "40.00", "reason": "Bought too much"},
+        headers=headers,
+    )
+    assert requested.status_code == 201, requested.text
+    since = await stripe_peer.last_event_seq()
+    approved = await client.post(
+        f"/v1/admin/refund-requests/{requested.json()['id']}/approve", headers=admin_headers
+    )
+    assert approved.status_code == 200, approved.text
+    await deliver_all(stripe_peer, client, since=since)
+
+    # Stripe refunds the part and its tax; the wallet gives back the part only.
+    [refund] = await stripe_peer.objects("refund")
+    assert refund["amount"] == 47_60
+    assert await balance(client, headers) == "60.000000"
+    assert owed - await tax_payable(session_maker) == 7_600_000
+
+    shown = await shown_order(client, headers, order_id)
+    assert shown["refunded_amount"] == "40.00"
+    kinds = [(d["kind"], d["subtotal"], d["tax"], d["total"]) for d in shown["documents"]]
+    assert kinds == [
+        ("invoice", "100.00", "19.00", "119.00"),
+        ("credit_note", "40.00", "7.60", "47.60"),
+    ]
+    # The invoice stays the order's current one; the credit note names the refund.
+    assert shown["invoice"]["number"] == shown["documents"][0]["number"]
+    [note] = await stripe_peer.objects("credit_note")
+    assert note["refunds"] == [{"amount_refunded": 47_60, "refund": refund["id"]}]
+    # Later events about the same refund issue no second credit note.
+    await deliver_all(stripe_peer, client, since=since)
+    assert len(await stripe_peer.objects("credit_note")) == 1
