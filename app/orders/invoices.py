@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.billing import repository as billing_repository
 from app.billing import service as billing_service
 from app.billing.documents import REISSUE, live_invoices
+from app.billing.state import mirror_document_status
 from app.config import Settings
 from app.db import session_scope
 from app.errors import NotFound, OrderNotReissuable
@@ -87,7 +88,7 @@ async def store_document(
         session.add(doc)
     doc.reason = doc.reason or reason
     doc.number = obj.get("number") if isinstance(obj.get("number"), str) else doc.number
-    doc.status = str(obj.get("status") or "draft")
+    mirror_document_status(doc, str(obj.get("status") or "draft"))
     doc.hosted_url = None if is_note else obj.get("hosted_invoice_url")
     doc.pdf_url = obj.get("pdf") if is_note else obj.get("invoice_pdf")
     await session.flush()
