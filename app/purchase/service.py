@@ -212,7 +212,9 @@ async def start_purchase(
                     max_pending_orders=settings.max_pending_orders,
                     pending_order_ids=[o.id for o in pending],
                 )
-            billing = await billing_terms(session, settings, user.user_id, body.mode)
+            billing = await billing_terms(
+                session, settings, user.user_id, body.mode, save_card=body.save_card
+            )
             order = Order(
                 id=new_id("ord"),
                 user_id=user.user_id,
@@ -252,10 +254,12 @@ class BillingTerms:
 
 
 async def billing_terms(
-    session: AsyncSession, settings: Settings, user_id: str, mode: str
+    session: AsyncSession, settings: Settings, user_id: str, mode: str, *, save_card: bool = False
 ) -> BillingTerms:
     """The terms of the user's next order; 422 when tax must be computed before the payment
-    (Elements, auto top-up) and no billing address is known (Checkout collects one)."""
+    (Elements, auto top-up) and no billing address is known (Checkout collects one), and for
+    `save_card` on an Elements top-up paid through an invoice (no card is saved from an
+    invoice's PaymentIntent created here: Checkout saves it)."""
     profile = await billing_repository.get_profile(session, user_id)
     if settings.stripe_tax and mode != "checkout" and profile is None:
         raise ValidationFailed(
@@ -263,7 +267,16 @@ async def billing_terms(
             " or pay with Checkout, which asks for it.",
             errors=[{"field": "mode", "message": "a billing address is needed for tax"}],
         )
-    return BillingTerms(invoiced=bool(profile and profile.invoices), stripe_tax=settings.stripe_tax)
+    terms = BillingTerms(
+        invoiced=bool(profile and profile.invoices), stripe_tax=settings.stripe_tax
+    )
+    if save_card and mode == "elements" and (terms.invoiced or terms.stripe_tax):
+        raise ValidationFailed(
+            "save_card: a card is saved with a Checkout top-up when top-ups are invoiced or "
+            "taxed; pay with Checkout to save it.",
+            errors=[{"field": "save_card", "message": "use mode checkout to save a card"}],
+        )
+    return terms
 
 
 DAY = timedelta(days=1)

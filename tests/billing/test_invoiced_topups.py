@@ -254,3 +254,19 @@ async def test_an_auto_top_up_is_invoiced_taxed_and_paid_off_session_with_the_sa
     assert await balance(client, headers) == "33.000000"  # 8 + 25, tax not credited
     assert await tax_payable(session_maker) == 3_800_000 + 4_750_000
     assert await topups(session_maker, USER) == 2
+
+
+async def test_saving_a_card_with_an_invoiced_elements_top_up_is_refused_before_stripe(
+    client: httpx.AsyncClient, user_headers: Headers, stripe_peer: StripePeer
+) -> None:
+    headers = user_headers("user-1")
+    await put_profile(client, headers, profile())
+    before = len(await stripe_peer.requests("/v1/"))
+    response = await client.post(
+        "/v1/purchase",
+        json={"amount": "100.00", "mode": "elements", "save_card": True},
+        headers=headers,
+    )
+    assert response.status_code == 422, response.text
+    assert "save_card" in response.text
+    assert len(await stripe_peer.requests("/v1/")) == before
