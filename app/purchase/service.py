@@ -565,6 +565,16 @@ def _store_object(order: Order, obj: StripeJSON) -> None:
         order.stripe_payment_intent_id = str(obj["id"])
 
 
+async def cancel_at_stripe(
+    stripe: StripeGateway, order: Order, payment_intent_id: str
+) -> StripeJSON:
+    """Cancel an unpaid order's PaymentIntent at Stripe; one an invoice pays is closed by
+    voiding the invoice. Returns the PaymentIntent."""
+    if order.stripe_invoice_id:
+        return await stripe.void_order_invoice(order.stripe_invoice_id, payment_intent_id)
+    return await stripe.cancel_payment_intent(payment_intent_id)
+
+
 async def close_at_stripe_quietly(stripe: StripeGateway, order: Order) -> None:
     """An order we will not let be paid: make sure Stripe agrees (best effort)."""
     if order.status not in CLOSED_UNPAID_STATUSES:
@@ -573,6 +583,6 @@ async def close_at_stripe_quietly(stripe: StripeGateway, order: Order) -> None:
         if order.stripe_checkout_session_id:
             await stripe.expire_checkout_session(order.stripe_checkout_session_id)
         elif order.stripe_payment_intent_id:
-            await stripe.cancel_payment_intent(order.stripe_payment_intent_id)
+            await cancel_at_stripe(stripe, order, order.stripe_payment_intent_id)
     except (PaymentProviderUnavailable, StripeRequestFailed):
         log.warning("close_at_stripe_failed", order_id=order.id)

@@ -382,6 +382,22 @@ class StripeGateway:
         )
         return canceled or await self.retrieve_payment_intent(payment_intent_id)
 
+    async def void_order_invoice(self, invoice_id: str, payment_intent_id: str) -> StripeJSON:
+        """Close an unpaid order that is paid through an invoice: void the invoice (Stripe
+        cancels its PaymentIntent, which cannot be canceled on its own) and return the
+        PaymentIntent as `cancel_payment_intent` does. Harmless to repeat: an invoice that is
+        not open any more (void, or paid after all) is left as it is — check the
+        PaymentIntent's `status`. Idempotency key `void:<invoice_id>`."""
+        key = f"void:{invoice_id}"
+        options = self._options(key)
+        await self._end(
+            "invoices.void_invoice",
+            lambda v1: v1.invoices.void_invoice_async(invoice_id, None, options),
+            key=key,
+            already=_invalid_request,
+        )
+        return await self.retrieve_payment_intent(payment_intent_id)
+
     # -- checkout sessions (Checkout mode) -------------------------------------------------------
 
     async def create_checkout_session(

@@ -523,6 +523,29 @@ def pay_invoice(world: World, invoice_id: str, params: dict[str, Any]) -> dict[s
     return invoice
 
 
+def void_invoice(world: World, invoice_id: str, params: dict[str, Any]) -> dict[str, Any]:
+    """`POST /v1/invoices/{id}/void`: an open invoice can no longer be paid; its PaymentIntent
+    is canceled with it."""
+    _check_known(params, {"expand"})
+    invoice = world.get(invoice_id, "invoice", "invoice")
+    if invoice["status"] != "open":
+        raise ApiError(
+            400,
+            f"You can only void open invoices; this one is {invoice['status']}.",
+            code="invoice_not_open",
+        )
+    invoice["status"] = "void"
+    invoice["amount_remaining"] = 0
+    invoice["status_transitions"]["voided_at"] = int(time.time())
+    pi = invoice_payment_intent(world, invoice)
+    if pi is not None and pi["status"] in ("requires_payment_method", "requires_confirmation"):
+        world._cancel_pi(pi, "void_invoice")
+    for payment in invoice.get("_payments") or []:
+        payment["status"] = "canceled"
+    world.emit("invoice.voided", invoice)
+    return invoice
+
+
 def _mark_paid(world: World, invoice: dict[str, Any], *, out_of_band: bool = False) -> None:
     now = int(time.time())
     invoice["status"] = "paid"

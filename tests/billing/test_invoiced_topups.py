@@ -270,3 +270,24 @@ async def test_saving_a_card_with_an_invoiced_elements_top_up_is_refused_before_
     assert response.status_code == 422, response.text
     assert "save_card" in response.text
     assert len(await stripe_peer.requests("/v1/")) == before
+
+
+async def test_canceling_an_invoiced_order_voids_its_invoice(
+    client: httpx.AsyncClient, user_headers: Headers, session_maker: Maker, stripe_peer: StripePeer
+) -> None:
+    headers = user_headers("user-1")
+    await put_profile(client, headers, profile())
+    order_id = (await bought(client, headers, amount="100.00"))["order"]["id"]
+    since = await stripe_peer.last_event_seq()
+    response = await client.post(f"/v1/orders/{order_id}/cancel", headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "canceled"
+    await deliver_all(stripe_peer, client, since=since)
+
+    order = await order_row(session_maker, order_id)
+    invoice = await stripe_peer.retrieve(order.stripe_invoice_id or "")
+    pi = await stripe_peer.retrieve(order.stripe_payment_intent_id or "")
+    assert (invoice["status"], pi["status"]) == ("void", "canceled")
+    shown = await shown_order(client, headers, order_id)
+    assert [(d["kind"], d["status"]) for d in shown["documents"]] == [("invoice", "void")]
+    assert await balance(client, headers) == "0.000000"
