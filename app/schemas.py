@@ -121,6 +121,12 @@ def clean_pattern(
 _KIND_OF_PATTERN = {clean_pattern(kind): kind for kind in _ALLOWED}
 
 
+def stripped_pattern(core: str) -> str:
+    """The `pattern` of a body string that must match `core` once the surrounding whitespace
+    the server strips is gone (a `StrictModel` strips before checking)."""
+    return f"^[{_WHITESPACE}]*(?:{core})[{_WHITESPACE}]*$"
+
+
 @dataclass(frozen=True, slots=True)
 class CleanPattern:
     """Writes `clean_pattern(kind)` into a clean string's JSON schema (`StrictModel` rewrites

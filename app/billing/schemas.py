@@ -6,14 +6,22 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 import pycountry
-from pydantic import AfterValidator, BaseModel, Field, StrictBool, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, model_validator
+from pydantic.fields import FieldInfo
 
 from app.emails import single_address
 from app.models.billing import TaxIdVerification
-from app.schemas import CleanStr, StrictModel
+from app.schemas import (
+    CleanStr,
+    OneOf,
+    StrictModel,
+    _document_stripping,
+    refuse_control_characters,
+    stripped_pattern,
+)
 
 MAX_TAX_IDS = 5
 """Tax IDs one profile may carry (a company has one or two; Stripe's own limit is higher)."""
@@ -41,55 +49,42 @@ class TaxIdType(StrEnum):
 
 
 _EU_VAT_FORMATS = {
-    "AT": r"ATU\d{8}",
-    "BE": r"BE[01]\d{9}",
-    "DE": r"DE\d{9}",
-    "DK": r"DK\d{8}",
-    "ES": r"ES[0-9A-Z]\d{7}[0-9A-Z]",
-    "FI": r"FI\d{8}",
-    "FR": r"FR[0-9A-Z]{2}\d{9}",
-    "IE": r"IE\d{7}[A-Z]{1,2}|IE\d[A-Z+*]\d{5}[A-Z]",
-    "IT": r"IT\d{11}",
-    "NL": r"NL\d{9}B\d{2}",
-    "PL": r"PL\d{10}",
-    "SE": r"SE\d{12}",
+    "AT": r"U\d{8}",
+    "BE": r"[01]\d{9}",
+    "DE": r"\d{9}",
+    "DK": r"\d{8}",
+    "ES": r"[0-9A-Z]\d{7}[0-9A-Z]",
+    "FI": r"\d{8}",
+    "FR": r"[0-9A-Z]{2}\d{9}",
+    "IE": r"\d{7}[A-Z]{1,2}|\d[A-Z+*]\d{5}[A-Z]",
+    "IT": r"\d{11}",
+    "NL": r"\d{9}B\d{2}",
+    "PL": r"\d{10}",
+    "SE": r"\d{12}",
 }
-"""The exact formats of the commonest EU VAT numbers; the others are the prefix and 8 to 12
-letters or digits."""
+"""The exact formats of the commonest EU VAT numbers (after the prefix); the other prefixes
+take 8 to 12 letters or digits."""
 
-_FORMATS = {
-    TaxIdType.GB_VAT: r"GB\d{9}(\d{3})?",
-    TaxIdType.CH_VAT: r"CHE-?\d{3}\.?\d{3}\.?\d{3} ?(MWST|TVA|IVA)",
-    TaxIdType.NO_VAT: r"\d{9}MVA",
-    TaxIdType.US_EIN: r"\d{2}-?\d{7}",
-    TaxIdType.CA_BN: r"\d{9}",
-    TaxIdType.AU_ABN: r"\d{11}",
-    TaxIdType.NZ_GST: r"\d{8,9}",
-}
+EU_VAT = "|".join(
+    [f"{prefix}(?:{shape})" for prefix, shape in _EU_VAT_FORMATS.items()]
+    + [f"(?:{'|'.join(sorted(EU_VAT_PREFIXES - set(_EU_VAT_FORMATS)))})[0-9A-Z]{{8,12}}"]
+)
+GB_VAT = r"GB\d{9}(?:\d{3})?"
+CH_VAT = r"CHE\d{9}(?:MWST|TVA|IVA)"
+NO_VAT = r"\d{9}MVA"
+US_EIN = r"\d{2}-\d{7}"
+CA_BN = r"\d{9}"
+AU_ABN = r"\d{11}"
+NZ_GST = r"\d{8,9}"
 
-_POSTAL_CODES = {"US": r"\d{5}(-\d{4})?", "CA": r"[A-Z]\d[A-Z] ?\d[A-Z]\d"}
+_POSTAL_CODES = {"US": r"\d{5}(?:-\d{4})?", "CA": r"[A-Z]\d[A-Z] ?\d[A-Z]\d"}
 """Stripe Tax needs a postal code in these countries; its shape there."""
 
-
-def tax_id_problem(kind: TaxIdType, value: str) -> str | None:
-    """Why `value` is not a well-formed tax ID of `kind`, or None."""
-    if kind is TaxIdType.EU_VAT:
-        prefix = value[:2]
-        if prefix not in EU_VAT_PREFIXES:
-            return "an EU VAT number starts with its country's prefix (DE, FR, EL, …)"
-        pattern = _EU_VAT_FORMATS.get(prefix, rf"{prefix}[0-9A-Z]{{8,12}}")
-    else:
-        pattern = _FORMATS[kind]
-    if not re.fullmatch(pattern, value):
-        return f"not a well-formed {kind.value} number"
-    return None
-
-
-def _country(value: str) -> str:
-    code = value.upper()
-    if code not in COUNTRY_CODES:
-        raise ValueError("not an ISO 3166-1 alpha-2 country code")
-    return code
+EMAIL = (
+    r"[A-Za-z0-9_%+-]{1,31}(?:\.[A-Za-z0-9_%+-]{1,31})?"
+    r"@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){0,3}"
+)
+"""Where invoices go: a plain address (dot-atoms, at most 319 characters)."""
 
 
 def _email(value: str) -> str:
@@ -98,15 +93,52 @@ def _email(value: str) -> str:
     return value
 
 
+def _clean(core: str, example: str) -> FieldInfo:
+    """A body string that must match `core` (after the server strips it), documented so."""
+    field: FieldInfo = Field(pattern=stripped_pattern(core), examples=[example])
+    return field
+
+
 CountryCode = Annotated[
-    CleanStr, Field(min_length=2, max_length=2, examples=["DE"]), AfterValidator(_country)
+    str, OneOf(sorted(COUNTRY_CODES)), AfterValidator(refuse_control_characters)
 ]
-Email = Annotated[CleanStr, Field(min_length=3, max_length=320), AfterValidator(_email)]
+"""ISO 3166-1 alpha-2, upper case (`DE`)."""
+Email = Annotated[
+    str,
+    _clean(EMAIL, "ap@example.com"),
+    AfterValidator(refuse_control_characters),
+    AfterValidator(_email),
+]
+
+
+def _postal_code_rules() -> dict[str, object]:
+    """The postal code rule of `_POSTAL_CODES`, as JSON Schema says it (`if`/`then`)."""
+    return {
+        "allOf": [
+            {
+                "if": {"properties": {"country": {"const": country}}, "required": ["country"]},
+                "then": {
+                    "required": ["postal_code"],
+                    "properties": {
+                        "postal_code": {"type": "string", "pattern": stripped_pattern(shape)}
+                    },
+                },
+            }
+            for country, shape in _POSTAL_CODES.items()
+        ]
+    }
+
+
+def _address_schema(schema: dict[str, Any]) -> None:
+    _document_stripping(schema)
+    schema.update(_postal_code_rules())
 
 
 class AddressIn(StrictModel):
     """A postal address; Stripe Tax needs the country, and in the US and Canada the postal
     code."""
+
+    model_config = ConfigDict(json_schema_extra=_address_schema)
 
     line1: CleanStr | None = Field(default=None, max_length=200)
     line2: CleanStr | None = Field(default=None, max_length=200)
@@ -122,26 +154,61 @@ class AddressIn(StrictModel):
             return self
         if not self.postal_code:
             raise ValueError(f"postal_code is required in {self.country}")
-        self.postal_code = self.postal_code.upper()
         if not re.fullmatch(shape, self.postal_code):
             raise ValueError(f"postal_code is not a {self.country} postal code")
         return self
 
 
-class TaxIdIn(StrictModel):
-    """A tax ID: its kind as Stripe names it and its number (spaces are dropped, letters
-    upper-cased)."""
+class EuVatIn(StrictModel):
+    """An EU VAT number with its country prefix (`EL` for Greece), no spaces."""
 
-    type: TaxIdType
-    value: CleanStr = Field(min_length=2, max_length=40, examples=["DE123456789"])
+    type: Literal["eu_vat"]
+    value: Annotated[str, _clean(EU_VAT, "DE123456789"), AfterValidator(refuse_control_characters)]
 
-    @model_validator(mode="after")
-    def _well_formed(self) -> TaxIdIn:
-        self.value = re.sub(r"\s+", "", self.value).upper()
-        problem = tax_id_problem(self.type, self.value)
-        if problem is not None:
-            raise ValueError(f"tax_ids: {problem}")
-        return self
+
+class GbVatIn(StrictModel):
+    type: Literal["gb_vat"]
+    value: Annotated[str, _clean(GB_VAT, "GB123456789"), AfterValidator(refuse_control_characters)]
+
+
+class ChVatIn(StrictModel):
+    type: Literal["ch_vat"]
+    value: Annotated[
+        str, _clean(CH_VAT, "CHE123456789MWST"), AfterValidator(refuse_control_characters)
+    ]
+
+
+class NoVatIn(StrictModel):
+    type: Literal["no_vat"]
+    value: Annotated[str, _clean(NO_VAT, "123456789MVA"), AfterValidator(refuse_control_characters)]
+
+
+class UsEinIn(StrictModel):
+    type: Literal["us_ein"]
+    value: Annotated[str, _clean(US_EIN, "12-3456789"), AfterValidator(refuse_control_characters)]
+
+
+class CaBnIn(StrictModel):
+    type: Literal["ca_bn"]
+    value: Annotated[str, _clean(CA_BN, "123456789"), AfterValidator(refuse_control_characters)]
+
+
+class AuAbnIn(StrictModel):
+    type: Literal["au_abn"]
+    value: Annotated[str, _clean(AU_ABN, "12345678901"), AfterValidator(refuse_control_characters)]
+
+
+class NzGstIn(StrictModel):
+    type: Literal["nz_gst"]
+    value: Annotated[str, _clean(NZ_GST, "123456789"), AfterValidator(refuse_control_characters)]
+
+
+TaxIdIn = Annotated[
+    EuVatIn | GbVatIn | ChVatIn | NoVatIn | UsEinIn | CaBnIn | AuAbnIn | NzGstIn,
+    Field(discriminator="type"),
+]
+"""A tax ID: its kind as Stripe names it (`type`) and its number as Stripe wants it (upper
+case, no spaces), each kind's shape its own (a malformed number is a 422)."""
 
 
 class BillingProfileIn(StrictModel):
@@ -153,7 +220,9 @@ class BillingProfileIn(StrictModel):
     )
     email: Email | None = Field(default=None, description="Where invoices are sent.")
     address: AddressIn
-    tax_ids: list[TaxIdIn] = Field(default_factory=list, max_length=MAX_TAX_IDS)
+    tax_ids: list[TaxIdIn] = Field(
+        default_factory=list, max_length=MAX_TAX_IDS, json_schema_extra={"uniqueItems": True}
+    )
     po_number: CleanStr | None = Field(default=None, min_length=1, max_length=64)
     invoices: StrictBool = Field(
         default=False, description="Issue an invoice for every top-up (all payment paths)."

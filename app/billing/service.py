@@ -82,7 +82,7 @@ async def put_profile(
         row.updated_at = utcnow()
         await session.flush()
         await repository.replace_tax_ids(
-            session, user_id, [(t.type.value, t.value) for t in body.tax_ids]
+            session, user_id, [(t.type, t.value) for t in body.tax_ids]
         )
     if stripe.configured:
         await mirror_profile(maker, stripe, user_id)

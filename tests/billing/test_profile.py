@@ -41,7 +41,7 @@ async def test_a_profile_is_stored_and_mirrored_to_the_stripe_customer(
     body = await put_profile(
         client,
         headers,
-        profile(tax_ids=[{"type": "eu_vat", "value": "de 123 456 789"}]),
+        profile(tax_ids=[{"type": "eu_vat", "value": " DE123456789 "}]),
     )
     assert body["legal_name"] == "Beispiel GmbH"
     assert body["address"] == {
@@ -52,7 +52,7 @@ async def test_a_profile_is_stored_and_mirrored_to_the_stripe_customer(
         "state": None,
         "country": "DE",
     }
-    # Normalised, and pending until Stripe's verification arrives by webhook.
+    # Stripped, and pending until Stripe's verification arrives by webhook.
     assert body["tax_ids"] == [
         {"type": "eu_vat", "value": "DE123456789", "verification": "pending"}
     ]
@@ -133,6 +133,8 @@ async def test_a_late_verification_arrives_by_webhook(
     [
         ({"address": {"country": "XX"}}, "country"),
         ({"address": {"country": "Germany"}}, "country"),
+        ({"address": {"country": "de"}}, "country"),
+        ({"tax_ids": [{"type": "eu_vat", "value": "DE 123 456 789"}]}, "tax_ids"),
         ({"address": {"city": "Berlin"}}, "country"),
         ({"address": {"country": "US", "state": "CA"}}, "address"),
         ({"address": {"country": "CA", "postal_code": "12345"}}, "address"),
@@ -174,7 +176,7 @@ async def test_a_us_address_needs_a_postal_code_and_takes_a_zip_plus_four(
         client,
         user_headers("user-1"),
         profile(
-            address={"country": "us", "state": "NY", "postal_code": "10001-1234"},
+            address={"country": "US", "state": "NY", "postal_code": "10001-1234"},
             tax_ids=[{"type": "us_ein", "value": "12-3456789"}],
         ),
     )
