@@ -10,8 +10,9 @@ Every error a client can see is a `BillingError` carrying its HTTP status and a 
     ├── NotFound (404) ...................... not_found
     ├── Conflict (409) ...................... conflict
     │   ├── IdempotencyConflict ............. idempotency_conflict
-    │   ├── OrderNotResumable ............... order_not_resumable
-    │   ├── OrderNotCancelable .............. order_not_cancelable
+    │   ├── OrderRefusal (an order's status refuses it, in its own words)
+    │   │   ├── OrderNotResumable ........... order_not_resumable
+    │   │   └── OrderNotCancelable .......... order_not_cancelable
     │   ├── RefundNotEligible ............... refund_not_eligible
     │   ├── InvalidStateTransition .......... invalid_state
     │   ├── SpendLimitSetByOperator ......... spend_limit_set_by_operator
@@ -45,7 +46,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from http import HTTPStatus
-from typing import Any, TypedDict, Unpack
+from typing import Any, ClassVar, TypedDict, Unpack
 
 import structlog
 from fastapi import FastAPI, Request, routing
@@ -139,12 +140,31 @@ class IdempotencyConflict(
     """The idempotency key was used before with a different request."""
 
 
-class OrderNotResumable(Conflict, code="order_not_resumable", title="Order cannot be resumed"):
+class OrderRefusal(Conflict):
+    """What an order's status refuses, in words for a paid order, one being processed and any
+    other status (`{status}`), read by `app.purchase.service.status_refusal`."""
+
+    when_paid: ClassVar[str]
+    when_processing: ClassVar[str]
+    otherwise: ClassVar[str]
+
+
+class OrderNotResumable(OrderRefusal, code="order_not_resumable", title="Order cannot be resumed"):
     """The order can no longer be paid."""
 
+    when_paid = "The order is paid already."
+    when_processing = "The payment is being processed; it cannot be changed now."
+    otherwise = "The order is {status}; start a new top-up."
 
-class OrderNotCancelable(Conflict, code="order_not_cancelable", title="Order cannot be canceled"):
+
+class OrderNotCancelable(
+    OrderRefusal, code="order_not_cancelable", title="Order cannot be canceled"
+):
     """The order is past the point where it can be canceled."""
+
+    when_paid = "A paid order cannot be canceled; request a refund instead."
+    when_processing = "The payment is being processed; it cannot be canceled now."
+    otherwise = "The order is {status}."
 
 
 class RefundNotEligible(Conflict, code="refund_not_eligible", title="Refund not eligible"):
