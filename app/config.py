@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     hold_default_ttl_seconds: int = Field(default=600, ge=1, le=3600)
     max_amount_micros: int = Field(default=MAX_AMOUNT_MICROS, ge=1, le=MAX_AMOUNT_MICROS)
     capture_max_hold_multiple: float = Field(default=2.0, ge=1.0, le=1000.0)
+    paid_credit_expiry_days: int | None = Field(default=None, ge=1, le=3650)
+    """Paid credit (a top-up, manual or auto) expires this many days after it is bought; unset:
+    never. Grants and promo codes carry their own expiry; adjustments never expire."""
     """A capture may charge at most this multiple of its hold's amount (422
     `capture_exceeds_hold` past it, nothing applied): a leaked service token cannot drive a
     wallet far below zero through captures of small holds."""
@@ -168,6 +171,9 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: float = Field(default=60.0, gt=0)
     reconcile_min_age_seconds: float = Field(default=180.0, ge=0)
     hold_expiry_interval_seconds: float = Field(default=15.0, gt=0)
+    lot_expiry_interval_seconds: float = Field(default=60.0, gt=0)
+    """How often the expiry job posts expired credit lots' remainders out of the balance (no
+    debit draws from an expired lot meanwhile: the job only settles the books)."""
     auto_topup_interval_seconds: float = Field(default=30.0, gt=0)
     """How often the auto top-up job charges recorded attempts (a debit that records one also
     starts a charge at once in the background; the job is the safety net)."""

@@ -2,7 +2,7 @@
 
 from app.models.audit import AuditEntry
 from app.models.base import Base
-from app.models.ledger import Account, Hold, LedgerEntry, LedgerTransaction
+from app.models.ledger import Account, CreditLot, Hold, LedgerEntry, LedgerTransaction
 from app.models.limits import SpendLimit
 from app.models.notifications import BalanceAlert, Notification, NotificationSettings
 from app.models.orders import Order, StripeCustomer, StripeEvent
@@ -18,6 +18,7 @@ __all__ = [
     "AutoTopupSettings",
     "BalanceAlert",
     "Base",
+    "CreditLot",
     "Dispute",
     "Hold",
     "LedgerEntry",

@@ -26,7 +26,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.db import session_scope
-from app.ledger.service import transfer
+from app.ledger import lots
+from app.models.base import utcnow
+from app.models.ledger import LotSource
 from app.models.orders import Order, OrderKind
 from app.money import micros_to_cents
 from app.notifications import events
@@ -153,7 +155,7 @@ async def apply_payment(
         order.stripe_checkout_session_id = payment.checkout_session_id
 
     if payment.state == "paid":
-        return await _credit(session, order, payment, bound, source)
+        return await _credit(session, settings, order, payment, bound, source)
     if payment.state == "processing":
         if order.status == OrderStatus.PROCESSING:
             return "processing"
@@ -192,7 +194,12 @@ def _record_failure(order: Order, payment: StripePayment) -> None:
 
 
 async def _credit(
-    session: AsyncSession, order: Order, payment: StripePayment, bound: Any, source: str
+    session: AsyncSession,
+    settings: Settings,
+    order: Order,
+    payment: StripePayment,
+    bound: Any,
+    source: str,
 ) -> str:
     if payment.charge_id and order.stripe_charge_id is None:
         order.stripe_charge_id = payment.charge_id
@@ -205,13 +212,16 @@ async def _credit(
         order.flagged_reason = "paid at Stripe without a PaymentIntent"
         bound.error("order_flagged", reason=order.flagged_reason)
         return f"flagged: {order.flagged_reason}"
-    result = await transfer(
+    result = await lots.credit(
         session,
-        reference=f"topup:{pi_id}",
-        kind="topup",
         user_id=order.user_id,
         amount_micros=order.amount_micros,
+        source=LotSource.AUTO_TOPUP if order.kind == OrderKind.AUTO else LotSource.PURCHASE,
+        reference=f"topup:{pi_id}",
+        kind="topup",
         account="stripe",
+        expires_at=lots.paid_expiry(settings.paid_credit_expiry_days, utcnow()),
+        order_id=order.id,
         description="Top-up",
         details={"order_id": order.id},
     )
