@@ -31,6 +31,7 @@ from app.ids import new_id
 from app.models.billing import DocumentKind, OrderDocument
 from app.models.orders import Order
 from app.money import cents_to_micros, micros_to_cents
+from app.orders import document_state
 from app.orders import repository as orders_repository
 from app.orders.fulfillment import refresh_order
 from app.orders.state import PAID_STATUSES
@@ -81,10 +82,12 @@ async def store_document(
             tax_micros=cents_to_micros(tax_cents(obj)),
             total_micros=cents_to_micros(_int(obj.get("total"))),
             reason=reason,
+            status=document_state.initial(obj.get("status"), is_note=is_note),
         )
         session.add(doc)
+    else:
+        document_state.move(doc, str(obj.get("status")))
     doc.number = obj.get("number") if isinstance(obj.get("number"), str) else doc.number
-    doc.status = str(obj.get("status") or "draft")
     doc.hosted_url = None if is_note else obj.get("hosted_invoice_url")
     doc.pdf_url = obj.get("pdf") if is_note else obj.get("invoice_pdf")
     await session.flush()
