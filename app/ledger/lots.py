@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.ledger import lots_repository as repository
-from app.ledger.service import Leg, PostResult, post, transfer
+from app.ledger.service import Leg, PostResult, post
 from app.models.ledger import CreditLot, LotKind, LotSource, lot_kind
 
 
@@ -76,34 +76,20 @@ async def credit(
     never reaches the wallet or the lot."""
     if amount_micros <= 0:
         raise ValueError("a lot is a credit: amount_micros > 0")
-    if passed_on is None:
-        posting = await transfer(
-            session,
-            reference=reference,
-            kind=kind,
-            user_id=user_id,
-            amount_micros=amount_micros,
-            account=account,
-            description=description,
-            request_hash=request_hash,
-            details=details,
-        )
-    else:
-        owed_to, owed = passed_on
-        posting = await post(
-            session,
-            reference=reference,
-            kind=kind,
-            legs=[
-                Leg.wallet(user_id, amount_micros),
-                Leg.account(owed_to, owed),
-                Leg.account(account, -(amount_micros + owed)),
-            ],
-            user_id=user_id,
-            description=description,
-            request_hash=request_hash,
-            details=details,
-        )
+    owed_to, owed = passed_on or (account, 0)
+    legs = [Leg.wallet(user_id, amount_micros), Leg.account(account, -(amount_micros + owed))]
+    if owed:
+        legs.append(Leg.account(owed_to, owed))
+    posting = await post(
+        session,
+        reference=reference,
+        kind=kind,
+        legs=legs,
+        user_id=user_id,
+        description=description,
+        request_hash=request_hash,
+        details=details,
+    )
     if posting.replayed:
         return Credited(posting, await repository.lot_by_reference(session, reference))
     lot_kind_ = lot_kind(source)
