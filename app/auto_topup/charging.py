@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.auto_topup import outcomes, rules
 from app.auto_topup import repository as auto_topup_repository
 from app.auto_topup import service as auto_topup_service
+from app.billing import repository as billing_repository
 from app.config import Settings
 from app.db import session_scope
 from app.errors import PaymentProviderUnavailable
@@ -45,6 +46,7 @@ from app.models.base import utcnow
 from app.models.orders import Order, OrderKind, OrderMode
 from app.models.payment_methods import AutoTopup
 from app.notifications import repository as notification_repository
+from app.orders import invoices
 from app.orders import repository as orders_repository
 from app.orders.fulfillment import apply_payment, expected_livemode, refresh_order
 from app.orders.state import OrderStatus, transition
@@ -154,6 +156,7 @@ async def _decide(
     if await outcomes.skip_over_monthly_limit(session, attempt.id, now=now):
         return "skipped"
     prefs = await notification_repository.get_settings(session, attempt.user_id)
+    profile = await billing_repository.get_profile(session, attempt.user_id)
     order = Order(
         id=new_id("ord"),
         user_id=attempt.user_id,
@@ -161,6 +164,9 @@ async def _decide(
         status=OrderStatus.PENDING,
         kind=OrderKind.AUTO,
         mode=OrderMode.OFF_SESSION,
+        # The same invoice and tax as a top-up in the portal (issue 23).
+        invoiced=bool(profile and profile.invoices),
+        stripe_tax=settings.stripe_tax,
         amount_micros=attempt.amount_micros,
         currency="usd",
         stripe_customer_id=card.customer_id,
@@ -199,10 +205,13 @@ async def _charge(
         return await _settle_after_refresh(maker, attempt_id, outcome)
     assert order.stripe_customer_id is not None
     try:
-        pi = await stripe.create_off_session_payment_intent(
-            **order_args(order, order.stripe_customer_id),
-            payment_method_id=attempt.payment_method_id,
-        )
+        if order.invoiced or order.stripe_tax:
+            pi = await _pay_invoice(maker, stripe, order, attempt.payment_method_id)
+        else:
+            pi = await stripe.create_off_session_payment_intent(
+                **order_args(order, order.stripe_customer_id),
+                payment_method_id=attempt.payment_method_id,
+            )
     except StripeCardDeclined as exc:
         return await _declined(maker, settings, attempt_id, order.id, exc, now)
     except PaymentProviderUnavailable:
@@ -212,6 +221,26 @@ async def _charge(
     except StripeRequestFailed as exc:
         return await _refused(maker, attempt_id, order.id, exc, now)
     return await _apply_intent(maker, settings, attempt_id, order.id, pi)
+
+
+async def _pay_invoice(
+    maker: async_sessionmaker[AsyncSession],
+    stripe: StripeGateway,
+    order: Order,
+    payment_method_id: str,
+) -> StripeJSON:
+    """The attempt's invoice, finalized, then paid off-session with the saved card; returns its
+    PaymentIntent (charge expanded). Every step has a key from the order's, so a lapsed lease
+    repeats the same calls."""
+    assert order.stripe_customer_id is not None
+    invoice, pi_id = await invoices.open_invoice(maker, stripe, order, order.stripe_customer_id)
+    if invoice.get("status") == "open":
+        await stripe.pay_invoice_off_session(
+            str(invoice["id"]),
+            payment_method_id=payment_method_id,
+            key=f"{order.stripe_idempotency_key or order.id}:pay",
+        )
+    return await stripe.retrieve_payment_intent(pi_id)
 
 
 async def _apply_intent(

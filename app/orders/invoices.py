@@ -24,6 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.billing import repository as billing_repository
 from app.billing import service as billing_service
+from app.billing.documents import REISSUE, live_invoices
+from app.billing.state import mirror_document_status
 from app.config import Settings
 from app.db import session_scope
 from app.errors import NotFound, OrderNotReissuable
@@ -31,10 +33,10 @@ from app.ids import new_id
 from app.models.billing import DocumentKind, OrderDocument
 from app.models.orders import Order
 from app.money import cents_to_micros, micros_to_cents
-from app.orders import document_state
 from app.orders import repository as orders_repository
 from app.orders.fulfillment import refresh_order
 from app.orders.state import PAID_STATUSES
+from app.orders.tax import pre_tax_of
 from app.stripe_gateway import StripeGateway, StripeJSON, expandable_id
 from app.stripe_gateway.gateway import OrderArgs
 
@@ -82,12 +84,11 @@ async def store_document(
             tax_micros=cents_to_micros(tax_cents(obj)),
             total_micros=cents_to_micros(_int(obj.get("total"))),
             reason=reason,
-            status=document_state.initial(obj.get("status"), is_note=is_note),
         )
         session.add(doc)
-    else:
-        document_state.move(doc, str(obj.get("status")))
+    doc.reason = doc.reason or reason
     doc.number = obj.get("number") if isinstance(obj.get("number"), str) else doc.number
+    mirror_document_status(doc, str(obj.get("status") or "draft"))
     doc.hosted_url = None if is_note else obj.get("hosted_invoice_url")
     doc.pdf_url = obj.get("pdf") if is_note else obj.get("invoice_pdf")
     await session.flush()
@@ -228,8 +229,8 @@ async def reissue(
     async with session_scope(maker) as session:
         locked = await orders_repository.find_order(session, order_id=order.id, for_update=True)
         assert locked is not None
-        await store_document(session, locked, note, reason="reissue")
-        await store_document(session, locked, new_invoice, reason="reissue")
+        await store_document(session, locked, note, reason=REISSUE)
+        await store_document(session, locked, new_invoice, reason=REISSUE)
     log.info(
         "order_invoice_reissued",
         order_id=order.id,
@@ -238,3 +239,42 @@ async def reissue(
         invoice=new_invoice["id"],
     )
     return locked
+
+
+async def credit_refund(
+    maker: async_sessionmaker[AsyncSession], stripe: StripeGateway, refund: StripeJSON
+) -> str | None:
+    """A refund of an invoiced order gets a credit note for the refunded amount and its share
+    of the tax, linked to the refund, once (`refund:<re_…>` on the document). None when there
+    is nothing to credit (no invoice, a failed refund, done already)."""
+    if refund.get("status") not in ("succeeded", "pending"):
+        return None
+    refund_id = str(refund["id"])
+    marker = f"refund:{refund_id}"[:64]
+    pi_id = expandable_id(refund.get("payment_intent"))
+    async with session_scope(maker) as session:
+        order = await orders_repository.find_order(session, payment_intent_id=pi_id)
+        if order is None:
+            return None
+        docs = await billing_repository.documents_of(session, [order.id])
+    if any(d.reason == marker for d in docs):
+        return None
+    live = live_invoices(docs)
+    if not live:
+        return None
+    gross = _int(refund.get("amount"))
+    pre_tax = micros_to_cents(pre_tax_of(order, cents_to_micros(gross)))
+    invoice = await stripe.retrieve_invoice(live[-1].stripe_id)
+    note = await stripe.credit_refund(
+        invoice,
+        refund_id=refund_id,
+        refunded_cents=gross,
+        pre_tax_cents=pre_tax,
+        key=f"credit-note:{marker}",
+    )
+    async with session_scope(maker) as session:
+        locked = await orders_repository.find_order(session, order_id=order.id, for_update=True)
+        assert locked is not None
+        await store_document(session, locked, note, reason=marker)
+    log.info("refund_credit_note", order_id=order.id, refund_id=refund_id, credit_note=note["id"])
+    return str(note["id"])

@@ -7,15 +7,21 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 
 from app.auth import CurrentUser
-from app.db import SessionDep
-from app.deps import SettingsDep
-from app.errors import NotFound
+from app.db import SessionDep, session_scope
+from app.deps import SettingsDep, StripeWorkDep
+from app.errors import (
+    NotFound,
+    OrderNotReissuable,
+    PaymentProviderUnavailable,
+    PaymentsNotConfigured,
+)
 from app.openapi import problem_responses
-from app.orders import service
+from app.orders import invoices, service
 from app.orders.presenter import present_order, present_page
 from app.orders.schemas import OrderFilter, OrderOut, OrderStatusFilter
 from app.pagination import DescribedPageQuery
 from app.schemas import CleanStr, Page, UtcDatetime
+from app.stripe_gateway import StripeRequestFailed
 
 router = APIRouter(tags=["orders"])
 
@@ -54,3 +60,24 @@ async def get_my_order(
     """One order of the caller; another user's order is a 404."""
     order = await service.show_order(session, user.user_id, order_id)
     return await present_order(session, order, settings)
+
+
+@router.post(
+    "/orders/{order_id}/invoice/reissue",
+    summary="Reissue my order's invoice",
+    responses=problem_responses(
+        NotFound,
+        OrderNotReissuable,
+        StripeRequestFailed,
+        PaymentProviderUnavailable,
+        PaymentsNotConfigured,
+    ),
+)
+async def reissue_my_invoice(order_id: OrderId, user: CurrentUser, work: StripeWorkDep) -> OrderOut:
+    """After a billing profile change: a credit note cancels the current invoice's effect and a
+    new invoice with the current details is issued, paid by the same payment. An issued invoice
+    is never edited, no money moves, and the order lists every document. 409 unless the order
+    is paid and invoiced; repeating it after a failure resumes."""
+    order = await invoices.reissue(work.maker, work.stripe, user.user_id, order_id)
+    async with session_scope(work.maker) as session:
+        return await present_order(session, order, work.settings)

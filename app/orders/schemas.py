@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import Query
 from pydantic import BaseModel, Field
 
+from app.billing.documents import live_invoices
 from app.models.billing import DocumentKind, DocumentStatus, OrderDocument
 from app.models.orders import Order, OrderKind, OrderMode, OrderStatus
 from app.money import CURRENCY, Currency, format_amount
@@ -144,9 +145,8 @@ def document_out(doc: OrderDocument) -> DocumentOut:
 
 
 def current_invoice(docs: Sequence[OrderDocument]) -> InvoiceOut | None:
-    """The latest invoice no credit note cancelled."""
-    credited = {d.invoice_id for d in docs if d.kind == DocumentKind.CREDIT_NOTE}
-    invoices = [d for d in docs if d.kind == DocumentKind.INVOICE and d.stripe_id not in credited]
+    """The latest invoice no reissue replaced."""
+    invoices = live_invoices(docs)
     if not invoices:
         return None
     doc = invoices[-1]

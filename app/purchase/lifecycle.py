@@ -38,6 +38,7 @@ from app.purchase import repository
 from app.purchase.service import (
     DAY,
     Payable,
+    cancel_at_stripe,
     check_failed_payments,
     has_stripe_object,
     load_order,
@@ -101,7 +102,7 @@ async def _cancel(
     if order.mode == "checkout" and order.stripe_checkout_session_id:
         obj = await stripe.expire_checkout_session(order.stripe_checkout_session_id)
     elif order.mode != "checkout" and order.stripe_payment_intent_id:
-        obj = await stripe.cancel_payment_intent(order.stripe_payment_intent_id)
+        obj = await cancel_at_stripe(stripe, order, order.stripe_payment_intent_id)
     async with session_scope(maker) as session:
         locked = await orders_repository.find_order(session, order_id=order_id, for_update=True)
         assert locked is not None

@@ -212,7 +212,9 @@ async def start_purchase(
                     max_pending_orders=settings.max_pending_orders,
                     pending_order_ids=[o.id for o in pending],
                 )
-            billing = await billing_terms(session, settings, user.user_id, body.mode)
+            billing = await billing_terms(
+                session, settings, user.user_id, body.mode, save_card=body.save_card
+            )
             order = Order(
                 id=new_id("ord"),
                 user_id=user.user_id,
@@ -252,10 +254,12 @@ class BillingTerms:
 
 
 async def billing_terms(
-    session: AsyncSession, settings: Settings, user_id: str, mode: str
+    session: AsyncSession, settings: Settings, user_id: str, mode: str, *, save_card: bool = False
 ) -> BillingTerms:
     """The terms of the user's next order; 422 when tax must be computed before the payment
-    (Elements, auto top-up) and no billing address is known (Checkout collects one)."""
+    (Elements, auto top-up) and no billing address is known (Checkout collects one), and for
+    `save_card` on an Elements top-up paid through an invoice (no card is saved from an
+    invoice's PaymentIntent created here: Checkout saves it)."""
     profile = await billing_repository.get_profile(session, user_id)
     if settings.stripe_tax and mode != "checkout" and profile is None:
         raise ValidationFailed(
@@ -263,7 +267,16 @@ async def billing_terms(
             " or pay with Checkout, which asks for it.",
             errors=[{"field": "mode", "message": "a billing address is needed for tax"}],
         )
-    return BillingTerms(invoiced=bool(profile and profile.invoices), stripe_tax=settings.stripe_tax)
+    terms = BillingTerms(
+        invoiced=bool(profile and profile.invoices), stripe_tax=settings.stripe_tax
+    )
+    if save_card and mode == "elements" and (terms.invoiced or terms.stripe_tax):
+        raise ValidationFailed(
+            "save_card: a card is saved with a Checkout top-up when top-ups are invoiced or "
+            "taxed; pay with Checkout to save it.",
+            errors=[{"field": "save_card", "message": "use mode checkout to save a card"}],
+        )
+    return terms
 
 
 DAY = timedelta(days=1)
@@ -540,6 +553,16 @@ def _store_object(order: Order, obj: StripeJSON) -> None:
         order.stripe_payment_intent_id = str(obj["id"])
 
 
+async def cancel_at_stripe(
+    stripe: StripeGateway, order: Order, payment_intent_id: str
+) -> StripeJSON:
+    """Cancel an unpaid order's PaymentIntent at Stripe; one an invoice pays is closed by
+    voiding the invoice. Returns the PaymentIntent."""
+    if order.stripe_invoice_id:
+        return await stripe.void_order_invoice(order.stripe_invoice_id, payment_intent_id)
+    return await stripe.cancel_payment_intent(payment_intent_id)
+
+
 async def close_at_stripe_quietly(stripe: StripeGateway, order: Order) -> None:
     """An order we will not let be paid: make sure Stripe agrees (best effort)."""
     if order.status not in CLOSED_UNPAID_STATUSES:
@@ -548,6 +571,6 @@ async def close_at_stripe_quietly(stripe: StripeGateway, order: Order) -> None:
         if order.stripe_checkout_session_id:
             await stripe.expire_checkout_session(order.stripe_checkout_session_id)
         elif order.stripe_payment_intent_id:
-            await stripe.cancel_payment_intent(order.stripe_payment_intent_id)
+            await cancel_at_stripe(stripe, order, order.stripe_payment_intent_id)
     except (PaymentProviderUnavailable, StripeRequestFailed):
         log.warning("close_at_stripe_failed", order_id=order.id)

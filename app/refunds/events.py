@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auto_topup import service as auto_topup_service
 from app.ledger import repository as ledger_repository
-from app.ledger.service import PostResult, transfer
+from app.ledger.service import Leg, PostResult, post, transfer
 from app.models.base import utcnow
 from app.models.orders import Order
 from app.models.refunds import Dispute, RefundRequest, RefundRequestStatus, StripeRefund
@@ -23,6 +23,7 @@ from app.notifications.service import enqueue
 from app.orders import repository as orders_repository
 from app.orders import state as order_state
 from app.orders.state import OrderStatus
+from app.orders.tax import pre_tax_of, tax_share
 from app.refunds import repository
 from app.refunds.state import (
     mirror_dispute_status,
@@ -54,16 +55,35 @@ class OrderTransfer:
     async def post(
         self, session: AsyncSession, order: Order, object_id: str, amount_micros: int
     ) -> PostResult:
-        return await transfer(
+        """`amount_micros` is the wallet's side (before tax); on an order taxed on top, the
+        tax share moves too, on `tax_payable` (issue 23), and `account` takes both."""
+        reference = f"{self.prefix or self.kind}:{object_id}"
+        details = {"order_id": order.id, self.id_key: object_id}
+        tax = tax_share(order, abs(amount_micros)) * (1 if amount_micros > 0 else -1)
+        if not tax:
+            return await transfer(
+                session,
+                reference=reference,
+                kind=self.kind,
+                user_id=order.user_id,
+                amount_micros=amount_micros,
+                account=self.account,
+                require_available=self.require_available,
+                description=self.description.format(order=order.id),
+                details=details,
+            )
+        return await post(
             session,
-            reference=f"{self.prefix or self.kind}:{object_id}",
+            reference=reference,
             kind=self.kind,
+            legs=[
+                Leg.wallet(order.user_id, amount_micros, require_available=self.require_available),
+                Leg.account("tax_payable", tax),
+                Leg.account(self.account, -(amount_micros + tax)),
+            ],
             user_id=order.user_id,
-            amount_micros=amount_micros,
-            account=self.account,
-            require_available=self.require_available,
             description=self.description.format(order=order.id),
-            details={"order_id": order.id, self.id_key: object_id},
+            details={**details, "tax_micros": tax},
         )
 
 
@@ -189,7 +209,7 @@ async def record_refund(session: AsyncSession, refund: dict[str, Any]) -> str:
     event); returns what it did."""
     refund_id = str(refund["id"])
     status = str(refund.get("status") or "pending")
-    amount = cents_to_micros(int(refund["amount"]))
+    gross = cents_to_micros(int(refund["amount"]))
     metadata = refund.get("metadata") or {}
     request_id = metadata.get("refund_request_id")
 
@@ -206,6 +226,8 @@ async def record_refund(session: AsyncSession, refund: dict[str, Any]) -> str:
     if request is not None and request.order_id != order.id:
         log.error("refund_request_order_mismatch", refund_id=refund_id, request_id=request.id)
         request = None
+    # What left the wallet's side: Stripe refunds the tax share too (an order taxed on top).
+    amount = pre_tax_of(order, gross)
     existing = await repository.get_stripe_refund(session, refund_id, for_update=True)
 
     if existing is None:
@@ -302,7 +324,7 @@ async def record_dispute(session: AsyncSession, dispute: dict[str, Any]) -> str:
     if order is None:
         log.warning("dispute_for_unknown_order", dispute_id=dispute_id)
         return "ignored: unknown order"
-    amount = cents_to_micros(int(dispute["amount"]))
+    amount = pre_tax_of(order, cents_to_micros(int(dispute["amount"])))
     row = await repository.get_dispute(session, dispute_id, for_update=True)
     if row is None:
         row = Dispute(

@@ -52,6 +52,7 @@ from app.models.refunds import REFUND_REQUEST_STATUSES, RefundRequest, RefundReq
 from app.money import micros_to_cents, usd_to_micros
 from app.orders import repository as orders_repository
 from app.orders.eligibility import REASONS, Eligibility, check_amount, refund_eligibility
+from app.orders.tax import tax_share
 from app.pagination import PageRequest, Slice, before_id, slice_by_id
 from app.refunds import repository
 from app.refunds.events import REFUND, record_refund, reverse_request_debit
@@ -214,6 +215,8 @@ class _Claim:
     amount_micros: int
     attempts: int
     first_attempt_at: datetime
+    tax_micros: int = 0
+    """The tax share refunded with it (an order taxed on top: Stripe refunds both)."""
 
 
 def _claim(request: RefundRequest, order: Order, now: datetime, settings: Settings) -> _Claim:
@@ -230,6 +233,7 @@ def _claim(request: RefundRequest, order: Order, now: datetime, settings: Settin
         request.amount_micros,
         request.attempts,
         request.first_attempt_at,
+        tax_share(order, request.amount_micros),
     )
 
 
@@ -274,7 +278,7 @@ async def _carry_out(
             refund = await stripe.create_refund(
                 refund_request_id=claim.request_id,
                 payment_intent_id=claim.payment_intent_id,
-                amount_cents=micros_to_cents(claim.amount_micros),
+                amount_cents=micros_to_cents(claim.amount_micros + claim.tax_micros),
                 metadata={
                     "refund_request_id": claim.request_id,
                     "order_id": claim.order_id,

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import session_scope
 from app.orders import repository as orders_repository
+from app.orders.invoices import credit_refund
 from app.refunds.events import record_dispute, record_refund
 from app.stripe_gateway import StripeJSON, StripeObjectNotFound
 from app.webhooks.registry import WebhookContext, handles
@@ -35,8 +36,14 @@ async def _reread_and_apply(
 
 @handles("refund.created", "refund.updated", "refund.failed")
 async def on_refund(ctx: WebhookContext, event: dict[str, Any]) -> str:
-    """A refund was created, changed status, or failed: apply the refund as Stripe has it."""
-    return await _reread_and_apply(ctx, event, ctx.stripe.retrieve_refund, record_refund)
+    """A refund was created, changed status, or failed: apply the refund as Stripe has it; a
+    refund of an invoiced order also gets its credit note (once)."""
+    outcome = await _reread_and_apply(ctx, event, ctx.stripe.retrieve_refund, record_refund)
+    if outcome.startswith("ignored"):
+        return outcome
+    current = await ctx.stripe.retrieve_refund(str(event["data"]["object"]["id"]))
+    note = await credit_refund(ctx.maker, ctx.stripe, current)
+    return f"{outcome}; credit note {note}" if note else outcome
 
 
 @handles("charge.refunded")

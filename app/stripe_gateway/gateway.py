@@ -382,6 +382,22 @@ class StripeGateway:
         )
         return canceled or await self.retrieve_payment_intent(payment_intent_id)
 
+    async def void_order_invoice(self, invoice_id: str, payment_intent_id: str) -> StripeJSON:
+        """Close an unpaid order that is paid through an invoice: void the invoice (Stripe
+        cancels its PaymentIntent, which cannot be canceled on its own) and return the
+        PaymentIntent as `cancel_payment_intent` does. Harmless to repeat: an invoice that is
+        not open any more (void, or paid after all) is left as it is — check the
+        PaymentIntent's `status`. Idempotency key `void:<invoice_id>`."""
+        key = f"void:{invoice_id}"
+        options = self._options(key)
+        await self._end(
+            "invoices.void_invoice",
+            lambda v1: v1.invoices.void_invoice_async(invoice_id, None, options),
+            key=key,
+            already=_invalid_request,
+        )
+        return await self.retrieve_payment_intent(payment_intent_id)
+
     # -- checkout sessions (Checkout mode) -------------------------------------------------------
 
     async def create_checkout_session(
@@ -858,6 +874,38 @@ class StripeGateway:
             "out_of_band_amount": int(invoice["total"]),
             "reason": reason,
             "memo": memo,
+        }
+        options = self._options(key)
+        return await self._call(
+            "credit_notes.create",
+            lambda v1: v1.credit_notes.create_async(params, options),
+            key=key,
+        )
+
+    async def credit_refund(
+        self,
+        invoice: StripeJSON,
+        *,
+        refund_id: str,
+        refunded_cents: int,
+        pre_tax_cents: int,
+        key: str,
+    ) -> StripeJSON:
+        """A credit note for a refund of a paid invoice: `pre_tax_cents` of its (first) line,
+        Stripe adding the line's tax share, linked to the refund that paid it out
+        (`refunds`: `refund_id`, `refunded_cents` — tax included)."""
+        lines = (invoice.get("lines") or {}).get("data") or []
+        params: CreditNoteCreateParams = {
+            "invoice": str(invoice["id"]),
+            "lines": [
+                {
+                    "type": "invoice_line_item",
+                    "invoice_line_item": str(lines[0]["id"]),
+                    "amount": pre_tax_cents,
+                }
+            ],
+            "refunds": [{"refund": refund_id, "amount_refunded": refunded_cents}],
+            "memo": "Refund",
         }
         options = self._options(key)
         return await self._call(

@@ -5,8 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.db import after_commit_settled
+from app.db import after_commit_settled, session_scope
+from app.models.ledger import LedgerEntry
 
 GERMAN_COMPANY: dict[str, Any] = {
     "legal_name": "Beispiel GmbH",
@@ -36,3 +39,14 @@ async def put_profile(
     await after_commit_settled()
     result: dict[str, Any] = response.json()
     return result
+
+
+async def tax_payable(maker: async_sessionmaker[AsyncSession]) -> int:
+    """What the ledger owes tax authorities (the `tax_payable` account's entries, micros)."""
+    async with session_scope(maker) as session:
+        total = await session.execute(
+            select(func.coalesce(func.sum(LedgerEntry.amount_micros), 0)).where(
+                LedgerEntry.account_id == "sys_tax_payable"
+            )
+        )
+        return int(total.scalar_one())

@@ -523,6 +523,29 @@ def pay_invoice(world: World, invoice_id: str, params: dict[str, Any]) -> dict[s
     return invoice
 
 
+def void_invoice(world: World, invoice_id: str, params: dict[str, Any]) -> dict[str, Any]:
+    """`POST /v1/invoices/{id}/void`: an open invoice can no longer be paid; its PaymentIntent
+    is canceled with it."""
+    _check_known(params, {"expand"})
+    invoice = world.get(invoice_id, "invoice", "invoice")
+    if invoice["status"] != "open":
+        raise ApiError(
+            400,
+            f"You can only void open invoices; this one is {invoice['status']}.",
+            code="invoice_not_open",
+        )
+    invoice["status"] = "void"
+    invoice["amount_remaining"] = 0
+    invoice["status_transitions"]["voided_at"] = int(time.time())
+    pi = invoice_payment_intent(world, invoice)
+    if pi is not None and pi["status"] in ("requires_payment_method", "requires_confirmation"):
+        world._cancel_pi(pi, "void_invoice")
+    for payment in invoice.get("_payments") or []:
+        payment["status"] = "canceled"
+    world.emit("invoice.voided", invoice)
+    return invoice
+
+
 def _mark_paid(world: World, invoice: dict[str, Any], *, out_of_band: bool = False) -> None:
     now = int(time.time())
     invoice["status"] = "paid"
@@ -701,9 +724,15 @@ def create_credit_note(world: World, params: dict[str, Any]) -> dict[str, Any]:
             "The credit note's total exceeds the invoice's remaining creditable amount.",
             code="credit_note_amount_too_large",
         )
+    raw_refunds = params.get("refunds") or []
+    linked = list(raw_refunds.values()) if isinstance(raw_refunds, dict) else list(raw_refunds)
+    for index, link in enumerate(linked):
+        refund = world.objects.get(str(link.get("refund") or ""))
+        if refund is None or refund.get("object") != "refund":
+            raise not_found("refund", str(link.get("refund")), f"refunds[{index}][refund]")
     split = sum(
         int(params.get(k) or 0) for k in ("out_of_band_amount", "credit_amount", "refund_amount")
-    )
+    ) + sum(int(link.get("amount_refunded") or 0) for link in linked)
     if invoice["status"] == "paid" and split != total:
         raise ApiError(
             400,
@@ -733,7 +762,10 @@ def create_credit_note(world: World, params: dict[str, Any]) -> dict[str, Any]:
             "post_payment_amount": total if invoice["status"] == "paid" else 0,
             "pre_payment_amount": 0 if invoice["status"] == "paid" else total,
             "reason": params.get("reason"),
-            "refunds": [],
+            "refunds": [
+                {"amount_refunded": int(link.get("amount_refunded") or 0), "refund": link["refund"]}
+                for link in linked
+            ],
             "status": "issued",
             "subtotal": subtotal,
             "subtotal_excluding_tax": subtotal,

@@ -994,6 +994,12 @@ class World:
                 "Session instead.",
                 code="payment_intent_unexpected_state",
             )
+        if pi_id in self.pi_invoice:
+            raise ApiError(
+                400,
+                "This PaymentIntent was created by an invoice; void the invoice instead.",
+                code="payment_intent_invalid_parameter",
+            )
         if pi["status"] not in _CANCELABLE_PI:
             raise ApiError(
                 400,

@@ -9,11 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
 
-from app.db import session_scope
-from app.models.ledger import LedgerEntry
-from testing.helpers.billing import profile, put_profile
+from testing.helpers.auto_topup import USER, auto_orders, enable, job, save_card, spend
+from testing.helpers.billing import profile, put_profile, tax_payable
 from testing.helpers.purchase import (
     Maker,
     balance,
@@ -34,17 +32,6 @@ pytestmark = pytest.mark.usefixtures("stripe_peer")
 @pytest.fixture
 def settings_overrides() -> dict[str, Any]:
     return {"stripe_tax": True, "topup_max": 1000}
-
-
-async def tax_payable(maker: Maker) -> int:
-    """What the ledger owes tax authorities (the `tax_payable` account's entries)."""
-    async with session_scope(maker) as session:
-        total = await session.execute(
-            select(func.coalesce(func.sum(LedgerEntry.amount_micros), 0)).where(
-                LedgerEntry.account_id == "sys_tax_payable"
-            )
-        )
-        return int(total.scalar_one())
 
 
 async def _buy_and_pay(
@@ -231,3 +218,76 @@ async def test_the_credit_follows_the_payment_once_whichever_event_comes_first(
     assert await balance(client, headers) == "100.000000"
     assert await topups(session_maker, "user-1") == 1
     assert await tax_payable(session_maker) == 19_000_000
+
+
+async def test_an_auto_top_up_is_invoiced_taxed_and_paid_off_session_with_the_saved_card(
+    app: Any,
+    client: httpx.AsyncClient,
+    user_headers: Headers,
+    gateway_headers: dict[str, str],
+    session_maker: Maker,
+    stripe_peer: StripePeer,
+) -> None:
+    headers = user_headers(USER)
+    await put_profile(client, headers, profile())
+    card_id = await save_card(client, headers, session_maker, stripe_peer, mode="checkout")
+    assert await balance(client, headers) == "20.000000"
+    await enable(client, headers, card_id, threshold="10.00", amount="25.00")
+    await spend(client, gateway_headers, 12_000_000)  # 20 -> 8: crosses 10
+
+    since = await stripe_peer.last_event_seq()
+    summary = await job(app)
+    assert summary.get("succeeded") == 1, summary
+    [order] = await auto_orders(session_maker)
+    assert order.invoiced
+    assert order.stripe_invoice_id
+    invoice = await stripe_peer.retrieve(order.stripe_invoice_id)
+    assert (invoice["status"], invoice["subtotal"], invoice["total"]) == ("paid", 2500, 2975)
+    pi = await stripe_peer.retrieve(order.stripe_payment_intent_id or "")
+    assert (pi["amount"], pi["status"], pi["payment_method"]) == (2975, "succeeded", card_id)
+
+    await deliver_all(stripe_peer, client, since=since)
+    shown = await shown_order(client, headers, order.id)
+    assert (shown["subtotal"], shown["tax"], shown["total"]) == ("25.00", "4.75", "29.75")
+    assert shown["invoice"]["status"] == "paid"
+    assert shown["invoice"]["number"].startswith("PEER-")
+    assert await balance(client, headers) == "33.000000"  # 8 + 25, tax not credited
+    assert await tax_payable(session_maker) == 3_800_000 + 4_750_000
+    assert await topups(session_maker, USER) == 2
+
+
+async def test_saving_a_card_with_an_invoiced_elements_top_up_is_refused_before_stripe(
+    client: httpx.AsyncClient, user_headers: Headers, stripe_peer: StripePeer
+) -> None:
+    headers = user_headers("user-1")
+    await put_profile(client, headers, profile())
+    before = len(await stripe_peer.requests("/v1/"))
+    response = await client.post(
+        "/v1/purchase",
+        json={"amount": "100.00", "mode": "elements", "save_card": True},
+        headers=headers,
+    )
+    assert response.status_code == 422, response.text
+    assert "save_card" in response.text
+    assert len(await stripe_peer.requests("/v1/")) == before
+
+
+async def test_canceling_an_invoiced_order_voids_its_invoice(
+    client: httpx.AsyncClient, user_headers: Headers, session_maker: Maker, stripe_peer: StripePeer
+) -> None:
+    headers = user_headers("user-1")
+    await put_profile(client, headers, profile())
+    order_id = (await bought(client, headers, amount="100.00"))["order"]["id"]
+    since = await stripe_peer.last_event_seq()
+    response = await client.post(f"/v1/orders/{order_id}/cancel", headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "canceled"
+    await deliver_all(stripe_peer, client, since=since)
+
+    order = await order_row(session_maker, order_id)
+    invoice = await stripe_peer.retrieve(order.stripe_invoice_id or "")
+    pi = await stripe_peer.retrieve(order.stripe_payment_intent_id or "")
+    assert (invoice["status"], pi["status"]) == ("void", "canceled")
+    shown = await shown_order(client, headers, order_id)
+    assert [(d["kind"], d["status"]) for d in shown["documents"]] == [("invoice", "void")]
+    assert await balance(client, headers) == "0.000000"

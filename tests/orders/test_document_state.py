@@ -4,39 +4,36 @@ from __future__ import annotations
 
 import pytest
 
+from app.billing.state import mirror_document_status
 from app.models.billing import DocumentStatus, OrderDocument
-from app.orders import document_state
-
-
-def _doc(status: DocumentStatus) -> OrderDocument:
-    return OrderDocument(id="doc_1", status=status)
 
 
 @pytest.mark.parametrize(
-    ("start", "reported", "moved", "end"),
+    ("start", "reported", "end"),
     [
-        (DocumentStatus.DRAFT, "open", True, DocumentStatus.OPEN),
-        (DocumentStatus.OPEN, "paid", True, DocumentStatus.PAID),
+        (None, "draft", DocumentStatus.DRAFT),
+        (DocumentStatus.DRAFT, "open", DocumentStatus.OPEN),
+        (DocumentStatus.OPEN, "paid", DocumentStatus.PAID),
         # invoice.finalized delivered after invoice.paid: stays paid
-        (DocumentStatus.PAID, "open", False, DocumentStatus.PAID),
-        (DocumentStatus.PAID, "draft", False, DocumentStatus.PAID),
-        (DocumentStatus.VOID, "paid", False, DocumentStatus.VOID),
-        (DocumentStatus.UNCOLLECTIBLE, "paid", True, DocumentStatus.PAID),
-        (DocumentStatus.ISSUED, "void", True, DocumentStatus.VOID),
-        (DocumentStatus.OPEN, "open", False, DocumentStatus.OPEN),
+        (DocumentStatus.PAID, "open", DocumentStatus.PAID),
+        (DocumentStatus.PAID, "draft", DocumentStatus.PAID),
+        (DocumentStatus.UNCOLLECTIBLE, "paid", DocumentStatus.PAID),
+        (DocumentStatus.ISSUED, "void", DocumentStatus.VOID),
         # a status Stripe adds one day is logged and ignored, never a CHECK violation
-        (DocumentStatus.OPEN, "scheduled", False, DocumentStatus.OPEN),
+        (DocumentStatus.OPEN, "scheduled", DocumentStatus.OPEN),
     ],
 )
 def test_a_document_status_moves_forward_only(
-    start: DocumentStatus, reported: str, moved: bool, end: DocumentStatus
+    start: DocumentStatus | None, reported: str, end: DocumentStatus
 ) -> None:
-    doc = _doc(start)
-    assert document_state.move(doc, reported) is moved
+    doc = OrderDocument(id="doc_1", status=start)
+    assert mirror_document_status(doc, reported) == start
     assert doc.status == end
 
 
-def test_a_new_document_starts_where_stripe_says_or_at_the_start() -> None:
-    assert document_state.initial("open", is_note=False) == DocumentStatus.OPEN
-    assert document_state.initial(None, is_note=False) == DocumentStatus.DRAFT
-    assert document_state.initial("weird", is_note=True) == DocumentStatus.ISSUED
+def test_a_new_document_in_a_status_new_to_us_starts_at_the_start() -> None:
+    invoice = OrderDocument(id="doc_1", kind="invoice", status=None)
+    note = OrderDocument(id="doc_2", kind="credit_note", status=None)
+    mirror_document_status(invoice, "scheduled")
+    mirror_document_status(note, "scheduled")
+    assert (invoice.status, note.status) == (DocumentStatus.DRAFT, DocumentStatus.ISSUED)
