@@ -12,9 +12,11 @@ from fastapi.routing import APIRoute
 
 from app.admin.adjustments import router as admin_adjustments_router
 from app.admin.audit import router as audit_router
+from app.admin.grants import router as admin_grants_router
 from app.admin.ledger import router as admin_ledger_router
 from app.admin.limits import router as admin_limits_router
 from app.admin.orders import router as admin_orders_router
+from app.admin.promo_codes import router as admin_promo_codes_router
 from app.admin.refunds import router as admin_refunds_router
 from app.admin.usage import router as admin_reports_router
 from app.admin.webhooks import router as admin_webhooks_router
@@ -39,6 +41,7 @@ from app.openapi import install_openapi
 from app.ops.router import router as ops_router
 from app.orders.router import router as orders_router
 from app.payment_methods.router import router as payment_methods_router
+from app.promotions.router import router as promotions_router
 from app.purchase.router import router as purchase_router
 from app.rate_limits import RateLimiter
 from app.refunds.router import router as refunds_router
@@ -67,6 +70,7 @@ TAG_DESCRIPTIONS = {
     "orders": "Order history, receipts, resume, cancel, sync.",
     "refunds": "Refund requests for paid orders.",
     "balance": "The user's balance and its transactions.",
+    "credits": "Credit lots: promo codes, and credit that expires.",
     "payment methods": "Cards saved while paying.",
     "auto top-up": "Charge a saved card when the balance runs low.",
     "alerts": "Low-balance alerts and email notifications.",
@@ -247,6 +251,9 @@ def create_app(settings: Settings | None = None) -> BillingApp:
     app.include_router(admin_limits_router, prefix=API_PREFIX)
     app.include_router(reports_router, prefix=API_PREFIX)
     app.include_router(admin_reports_router, prefix=API_PREFIX)
+    app.include_router(promotions_router, prefix=API_PREFIX)
+    app.include_router(admin_grants_router, prefix=API_PREFIX)
+    app.include_router(admin_promo_codes_router, prefix=API_PREFIX)
     install_openapi(app, extend=[_document_gateway])
     return app
 
