@@ -46,9 +46,7 @@ async def test_a_grant_credits_a_granted_lot_from_promotions_and_is_audited(
     gateway_headers: dict[str, str],
     session_maker: async_sessionmaker[AsyncSession],
 ) -> None:
-    response = await client.post(
-        URL, json=grant(expires_in_days=30), headers=admin_headers
-    )
+    response = await client.post(URL, json=grant(expires_in_days=30), headers=admin_headers)
     assert response.status_code == 201, response.text
     lot = response.json()
     assert lot["source"] == "grant"
@@ -152,8 +150,6 @@ async def test_the_same_key_answers_the_original_and_another_body_conflicts(
     assert len(audit.json()["data"]) == 1
 
 
-async def test_only_an_operator_grants(
-    client: httpx.AsyncClient, user_headers: Any
-) -> None:
+async def test_only_an_operator_grants(client: httpx.AsyncClient, user_headers: Any) -> None:
     response = await client.post(URL, json=grant(), headers=user_headers("alice"))
     assert response.status_code == 403
