@@ -28,6 +28,7 @@ from app.auto_topup.router import router as auto_topup_router
 from app.config import Settings, get_settings
 from app.db import after_commit_settled, create_engine, create_session_maker
 from app.errors import install_error_handlers
+from app.jobs.credit_notices import send_credit_notices
 from app.jobs.holds import expire_holds
 from app.jobs.reconcile import run_reconciler
 from app.jobs.runner import Job, JobRunner
@@ -111,6 +112,13 @@ def _jobs(app: FastAPI, settings: Settings) -> list[Job]:
             "auto_topup",
             settings.auto_topup_interval_seconds,
             lambda: charge_auto_topups(app.state.session_maker, app.state.stripe, settings),
+        )
+    )
+    jobs.append(
+        Job(
+            "credit_notices",
+            settings.credit_notice_interval_seconds,
+            lambda: send_credit_notices(app.state.session_maker, settings),
         )
     )
     jobs.append(

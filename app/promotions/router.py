@@ -27,4 +27,5 @@ async def redeem_promo_code(
     body: RedeemIn, user: CurrentUser, session: SessionDep, now: NowDep
 ) -> LotOut:
     """Credit the caller the code's granted credit (once per user and code)."""
-    return lot_out(await service.redeem(session, now, user_id=user.user_id, code=body.code))
+    lot = await service.redeem(session, now, user_id=user.user_id, code=body.code, email=user.email)
+    return lot_out(lot)

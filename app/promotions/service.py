@@ -30,6 +30,7 @@ from app.ledger.lots_repository import lot_by_reference
 from app.models.ledger import CreditLot, LotSource
 from app.models.promotions import PromoCode
 from app.money import parse_amount
+from app.notifications.service import remember_email
 from app.pagination import PageRequest, Slice, before_id, slice_by_id
 from app.promotions import repository
 from app.promotions.schemas import GrantIn, PromoCodeIn, normalize_code
@@ -164,10 +165,13 @@ async def list_promo_codes(session: AsyncSession, page: PageRequest) -> Slice[Pr
     return slice_by_id(rows, page.limit)
 
 
-async def redeem(session: AsyncSession, now: datetime, *, user_id: str, code: str) -> CreditLot:
+async def redeem(
+    session: AsyncSession, now: datetime, *, user_id: str, code: str, email: str | None = None
+) -> CreditLot:
     """Redeem `code` for the user: the granted lot it credits. 404 `promo_code_not_found` for
     a code the user may not redeem (unknown, past `redeemable_until`, used up, new users only),
-    409 `promo_code_already_redeemed` for the second time."""
+    409 `promo_code_already_redeemed` for the second time. `email` (the caller's token's) is
+    remembered as the address the credit's expiry notices go to."""
     promo = await repository.code_by_name(session, normalize_code(code))
     if promo is None:
         raise PromoCodeNotFound()
@@ -203,4 +207,5 @@ async def redeem(session: AsyncSession, now: datetime, *, user_id: str, code: st
         session, id=redemption_id, code_id=promo.id, user_id=user_id, lot_id=lot.id, created_at=now
     ):
         raise PromoCodeAlreadyRedeemed()
+    await remember_email(session, user_id, email)
     return lot
