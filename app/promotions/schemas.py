@@ -23,6 +23,7 @@ from app.schemas import (
 )
 
 _CODE = re.compile(PROMO_CODE_PATTERN)
+GRANT_DESCRIPTION = "Granted credit"
 
 ExpiryDays = Annotated[
     int,
@@ -42,7 +43,14 @@ class GrantIn(StrictModel):
     expires_in_days: ExpiryDays | None = Field(
         default=None, description="The credit expires this many days after the grant."
     )
-    reason: Annotated[CleanText, StringConstraints(min_length=3, max_length=500)]
+    reason: Annotated[CleanText, StringConstraints(min_length=3, max_length=500)] = Field(
+        description="Why (the audit log and the ledger keep it; the user is not shown it)."
+    )
+    description: Annotated[CleanText, StringConstraints(min_length=1, max_length=200)] = Field(
+        default=GRANT_DESCRIPTION,
+        description="What the user sees on the lot and in their transactions.",
+        examples=["Welcome credit"],
+    )
     idempotency_key: Annotated[CleanToken, StringConstraints(min_length=1, max_length=200)] = Field(
         description="Retries with the same key and body answer the original grant."
     )

@@ -69,6 +69,7 @@ async def grant_credit(
             "expires_at": body.expires_at.isoformat() if body.expires_at else None,
             "expires_in_days": body.expires_in_days,
             "reason": body.reason,
+            "description": body.description,
         }
     )
     expires_at = body.expires_at
@@ -92,7 +93,7 @@ async def grant_credit(
         kind="grant",
         account=ACCOUNT,
         expires_at=expires_at,
-        description=body.reason,
+        description=body.description,
         request_hash=request_hash,
         details={"reason": body.reason, "actor": actor},
     )

@@ -53,7 +53,7 @@ async def test_a_grant_credits_a_granted_lot_from_promotions_and_is_audited(
     assert (lot["amount"], lot["remaining"]) == ("25.000000", "25.000000")
     assert lot["expires_at"] == (NOW + timedelta(days=30)).isoformat().replace("+00:00", "Z")
     assert (lot["order_id"], lot["user_id"], lot["replayed"]) == (None, "alice", False)
-    assert lot["description"] == "trial credit"
+    assert lot["description"] == "Granted credit"
     assert (await gateway_balance(client, gateway_headers, "alice"))["balance_micros"] == 25_000_000
     assert await _promotions_balance(session_maker) == -25_000_000
     async with session_scope(session_maker) as session:
@@ -89,9 +89,12 @@ async def test_expiry_is_a_date_a_number_of_days_or_never(
     )
     assert dated.status_code == 201, dated.text
     assert dated.json()["expires_at"] == at.isoformat().replace("+00:00", "Z")
-    never = await client.post(URL, json=grant(key="b"), headers=admin_headers)
+    never = await client.post(
+        URL, json=grant(key="b", description="Welcome credit"), headers=admin_headers
+    )
     assert never.status_code == 201
     assert never.json()["expires_at"] is None
+    assert never.json()["description"] == "Welcome credit"
 
 
 @pytest.mark.parametrize(
@@ -135,6 +138,7 @@ async def test_the_same_key_answers_the_original_and_another_body_conflicts(
         grant(expires_in_days=8),
         grant(),
         grant(expires_in_days=7) | {"reason": "other reason"},
+        grant(expires_in_days=7) | {"description": "Welcome credit"},
     ):
         conflict = await client.post(URL, json=body, headers=admin_headers)
         assert conflict.status_code == 409, body
