@@ -50,13 +50,35 @@ _DUE_WARNINGS = text(
     """
 )
 
-# Nothing draws from a lot at or past its expiry, so until the sweep posts it out its remainder
-# is exactly what expired.
+SWEEP_REFERENCE = "lot_expiry:"
+"""The expiry sweep's ledger reference is this and the lot id (`app.ledger.lots.expire_lot`):
+what its wallet entry took out is what expired."""
+
+SWEPT_LOOKBACK_DAYS = 7
+"""A swept lot is told about for this long after it expired (a job down longer does not send
+week-old news, and each run's scan of swept lots stays short)."""
+
+# What expired unspent: before the sweep, the lot's remainder (nothing draws from a lot at or
+# past its expiry, so it is exact); after it, what the sweep's posting took from the wallet.
+# A lot with nothing to tell (it expired empty) is returned with 0 and recorded unsent.
 _DUE_EXPIRED = text(
-    """
-    SELECT l.id, l.user_id, l.source, l.remaining_micros, l.expires_at, 0
+    f"""
+    SELECT l.id, l.user_id, l.source,
+           CASE WHEN l.swept_at IS NULL THEN l.remaining_micros
+                ELSE coalesce((
+                    SELECT CAST(-sum(e.amount_micros) AS bigint)
+                    FROM ledger_transactions t
+                    JOIN ledger_entries e ON e.transaction_id = t.id
+                    JOIN accounts a ON a.id = e.account_id AND a.kind = 'wallet'
+                    WHERE t.reference = '{SWEEP_REFERENCE}' || l.id
+                ), 0)
+           END,
+           l.expires_at, 0
     FROM credit_lots l
-    WHERE l.remaining_micros > 0 AND l.swept_at IS NULL AND l.expires_at <= :now
+    WHERE l.expires_at <= :now
+      AND ((l.swept_at IS NULL AND l.remaining_micros > 0)
+           OR (l.swept_at IS NOT NULL
+               AND l.expires_at > :now - make_interval(days => {SWEPT_LOOKBACK_DAYS})))
       AND NOT EXISTS (
           SELECT 1 FROM credit_lot_notices n WHERE n.lot_id = l.id AND n.days_before = 0
       )
@@ -77,7 +99,8 @@ async def due_warnings(
 
 
 async def due_expired(session: AsyncSession, now: datetime, limit: int) -> list[DueNotice]:
-    """Up to `limit` lots expired by `now`, not swept, with no `credits.expired` yet."""
+    """Up to `limit` lots expired by `now` with no `credits.expired` yet: not swept and
+    holding credit, or swept in the last `SWEPT_LOOKBACK_DAYS` days; each with what expired."""
     rows = await session.execute(_DUE_EXPIRED, {"now": now, "limit": limit})
     return [DueNotice(*row) for row in rows]
 

@@ -5,10 +5,11 @@ transaction, so it exists iff it was queued; delivery is the `notifications` job
 several instances may overlap: the second claim of a notice waits for the first's commit and
 then finds it taken.
 
-`credits.expired` is sent here for a lot past its expiry that the expiry sweep has not posted
-out yet (its remainder is exactly what expired: nothing draws from it any more). The sweep
-should call `expired_in_sweep()` in its own transaction with the amount it posts out, so that
-a lot swept before this job saw it is told too (and one told here is not told twice).
+`credits.expired` is sent here for a lot past its expiry, with what expired unspent: before
+the expiry sweep posts it out, the lot's remainder (exact: nothing draws from an expired lot);
+after, what the sweep's posting took (`repository.SWEEP_REFERENCE`), so it does not matter
+which job runs first. The sweep may also call `expired_in_sweep()` in its own transaction to
+tell the user at once (once per lot either way).
 """
 
 from __future__ import annotations
@@ -32,7 +33,11 @@ BATCH_SIZE = 500
 
 
 async def _send(session: AsyncSession, notice: DueNotice, now: datetime) -> bool:
+    """Claim the notice and queue it; False when it was claimed already or (a lot that expired
+    empty) there is nothing to tell: then it is recorded unsent, and never looked at again."""
     if not await repository.claim(session, notice.lot_id, notice.days_before, now):
+        return False
+    if notice.remaining_micros <= 0:
         return False
     if notice.days_before == EXPIRED:
         notification_id = await enqueue(
@@ -107,9 +112,7 @@ async def expired_in_sweep(
     now: datetime,
 ) -> bool:
     """The expiry sweep's hook, in its transaction: tell the user the lot expired with
-    `expired_micros` unspent (once per lot; False when it was told already). Nothing is
-    sent for a lot that expired empty."""
-    if expired_micros <= 0:
-        return False
+    `expired_micros` unspent (once per lot; False when it was told already, or nothing
+    expired)."""
     notice = DueNotice(lot_id, user_id, source, expired_micros, expires_at, EXPIRED)
     return await _send(session, notice, now)

@@ -71,8 +71,7 @@ class PromoRedemption(Base):
 class LotNotice(Base):
     """An expiry notice of a credit lot, at most one per (lot, `days_before`): `credits.expiring`
     `days_before` days before the lot expires, `credits.expired` (`days_before` 0) when it has.
-    A notice superseded by a nearer one (the job was down, or the lot was granted for less
-    time) is recorded with no notification, so it is never sent late."""
+    Only the nearest due warning is sent: one with more days is never sent after it."""
 
     __tablename__ = "credit_lot_notices"
     __table_args__ = (CheckConstraint("days_before >= 0", name="days_before_not_negative"),)
@@ -80,5 +79,5 @@ class LotNotice(Base):
     lot_id: Mapped[str] = mapped_column(String(40), ForeignKey("credit_lots.id"), primary_key=True)
     days_before: Mapped[int] = mapped_column(primary_key=True)
     notification_id: Mapped[str | None] = mapped_column(String(40))
-    """The outbox row sent (`ntf_…`); NULL: superseded, not sent."""
+    """The outbox row queued (`ntf_…`); NULL: nothing to tell (the lot expired empty)."""
     created_at: Mapped[CreatedAt]
