@@ -8,8 +8,11 @@ Every error a client can see is a `BillingError` carrying its HTTP status and a 
     ├── Unauthorized (401) .................. unauthorized
     ├── Forbidden (403) ..................... forbidden
     ├── NotFound (404) ...................... not_found
+    │   └── PromoCodeNotFound ............... promo_code_not_found
     ├── Conflict (409) ...................... conflict
     │   ├── IdempotencyConflict ............. idempotency_conflict
+    │   ├── PromoCodeAlreadyRedeemed ........ promo_code_already_redeemed
+    │   ├── PromoCodeExists ................. promo_code_exists
     │   ├── OrderRefusal (an order's status refuses it, in its own words)
     │   │   ├── OrderNotResumable ........... order_not_resumable
     │   │   └── OrderNotCancelable .......... order_not_cancelable
@@ -131,8 +134,23 @@ class NotFound(BillingError, status=404, code="not_found", title="Not found"):
     """No such object (or not the caller's)."""
 
 
+class PromoCodeNotFound(NotFound, code="promo_code_not_found", title="Promo code not found"):
+    """No code the caller can redeem by that name: unknown, past its end, used up, or for new
+    users only. One answer for all, so that it does not say which."""
+
+
 class Conflict(BillingError, status=409, code="conflict", title="Conflict"):
     """The request conflicts with the object's current state."""
+
+
+class PromoCodeAlreadyRedeemed(
+    Conflict, code="promo_code_already_redeemed", title="Promo code already redeemed"
+):
+    """The caller redeemed this code before; each user redeems a code once."""
+
+
+class PromoCodeExists(Conflict, code="promo_code_exists", title="Promo code exists"):
+    """A code by that name (in any case) exists with other terms."""
 
 
 class IdempotencyConflict(

@@ -21,6 +21,8 @@ TransactionKind = Literal[
     "dispute",
     "dispute_reversal",
     "adjustment",
+    "grant",
+    "promo_code",
 ]
 """Kinds of ledger transaction a wallet can see."""
 

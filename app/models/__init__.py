@@ -8,6 +8,7 @@ from app.models.limits import SpendLimit
 from app.models.notifications import BalanceAlert, Notification, NotificationSettings
 from app.models.orders import Order, StripeCustomer, StripeEvent
 from app.models.payment_methods import AutoTopup, AutoTopupSettings, PaymentMethod
+from app.models.promotions import LotNotice, PromoCode, PromoRedemption
 from app.models.refunds import Dispute, RefundRequest, StripeRefund
 from app.models.service_tokens import ServiceToken
 from app.models.usage import UsageRecord
@@ -26,11 +27,14 @@ __all__ = [
     "Hold",
     "LedgerEntry",
     "LedgerTransaction",
+    "LotNotice",
     "Notification",
     "NotificationSettings",
     "Order",
     "OrderDocument",
     "PaymentMethod",
+    "PromoCode",
+    "PromoRedemption",
     "RefundRequest",
     "ServiceToken",
     "SpendLimit",
