@@ -17,9 +17,10 @@ a credit locks the wallet and inserts its lot.
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -39,6 +40,59 @@ class Credited:
     @property
     def replayed(self) -> bool:
         return self.posting.replayed
+
+
+class LotRow(NamedTuple):
+    """A tracked lot with a remainder, as a debit sees it once locked."""
+
+    id: str
+    user_id: str
+    kind: str
+    expires_at: datetime | None
+    created_at: datetime
+    remaining_micros: int
+
+
+def draw_order(lot: LotRow) -> tuple[bool, datetime, str, datetime, str]:
+    """`app.ledger.statements.LOT_ORDER`, in Python: soonest expiry first (never last), granted
+    before paid, oldest first."""
+    never = lot.expires_at is None
+    return (never, lot.expires_at or lot.created_at, lot.kind, lot.created_at, lot.id)
+
+
+class LiveLots:
+    """One wallet's tracked lots as of `now`, for a plan that draws from them debit by debit
+    (the gateway's batch): the live ones in draw order, and what the expired ones hold."""
+
+    def __init__(self, lots: Sequence[LotRow], now: datetime) -> None:
+        self.live = sorted(
+            (lot for lot in lots if lot.expires_at is None or lot.expires_at > now),
+            key=draw_order,
+        )
+        self.expired_micros = sum(
+            lot.remaining_micros
+            for lot in lots
+            if lot.expires_at is not None and lot.expires_at <= now
+        )
+
+    def draw(self, amount_micros: int, remaining: MutableMapping[str, int]) -> tuple[int, int]:
+        """Take up to `amount_micros` from the live lots in order, keeping each one's running
+        remainder in `remaining` (by lot id); what they gave, and how much was granted."""
+        left = amount_micros
+        drawn = granted = 0
+        for lot in self.live:
+            if left == 0:
+                break
+            current = remaining.get(lot.id, lot.remaining_micros)
+            take = min(current, left)
+            if take == 0:
+                continue
+            remaining[lot.id] = current - take
+            left -= take
+            drawn += take
+            if lot.kind == LotKind.GRANTED:
+                granted += take
+        return drawn, granted
 
 
 def paid_expiry(expiry_days: int | None, bought_at: datetime) -> datetime | None:

@@ -23,3 +23,82 @@ def covered_wallet_update(user: str, *, debit: str = "", hold: str = "", when: s
     return f"""UPDATE accounts SET {column} = {column} {sign} {amount}
     WHERE user_id = {user} AND balance_micros - held_micros >= {amount}{when}
     RETURNING {WALLET_RETURNING}"""
+
+
+LOT_ORDER = "expires_at ASC NULLS LAST, kind, created_at, id"
+"""The order credit is spent in (`app.ledger.lots`): soonest expiry first, never last; then
+granted before paid (`'granted' < 'paid'`); then oldest first. Never-expiring paid lots (not
+tracked) come after all of these, as the balance less the tracked remainders."""
+
+
+def locked_wallet(user: str, *, when: str = "") -> str:
+    """The `locked` CTE of a debit over lots: the wallet, locked FIRST (before its lots: every
+    writer of lots takes the wallet's lock, then the lots'), as it stands once locked (READ
+    COMMITTED re-reads a locked row, where an UPDATE's own conditions would read the statement's
+    snapshot)."""
+    return f"""SELECT id, balance_micros, held_micros, tracked_micros FROM accounts
+    WHERE user_id = {user}{when} FOR UPDATE"""
+
+
+def lot_draw_ctes(user: str, amount: str, now: str) -> str:
+    """The CTEs of a debit of `amount` from user `user`'s lots as of `now`, after the
+    statement's `locked` CTE locked the wallet (none there: none looked at):
+
+    - `lots`: the wallet's tracked lots with a remainder, locked in id order, each as it stands
+      once locked;
+    - `lot_totals`: their remainders (`tracked`: what the wallet's `tracked_micros` must say,
+      else a lot was credited after this statement's snapshot) and the part at or past its
+      `expires_at` (`expired`: out of the available balance, never drawn);
+    - `draws`: what the debit takes from each live lot, in `LOT_ORDER`;
+    - `drawn`: in total, and how much of it was granted credit (zeros without lots).
+
+    The wallet update (`drawn_wallet_update`) takes the rest from the never-expiring paid
+    credit."""
+    return f"""lots AS (
+    SELECT id, kind, expires_at, created_at, remaining_micros FROM credit_lots
+    WHERE user_id = {user} AND remaining_micros > 0 AND EXISTS (SELECT 1 FROM locked)
+    ORDER BY id FOR UPDATE
+), lot_totals AS (
+    SELECT coalesce(sum(remaining_micros), 0)::bigint AS tracked,
+           coalesce(sum(remaining_micros) FILTER (WHERE expires_at <= {now}), 0)::bigint
+               AS expired
+    FROM lots
+), draws AS (
+    SELECT id, kind, least(remaining_micros, greatest(0, {amount} - coalesce(sum(remaining_micros)
+               OVER (ORDER BY {LOT_ORDER} ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING),
+               0)))::bigint AS drawn
+    FROM lots WHERE expires_at IS NULL OR expires_at > {now}
+), drawn AS (
+    SELECT coalesce(sum(drawn), 0)::bigint AS total,
+           coalesce(sum(drawn) FILTER (WHERE kind = 'granted'), 0)::bigint AS granted
+    FROM draws
+)"""
+
+
+def drawn_wallet_update(amount: str) -> str:
+    """The covered debit over lots: the UPDATE of the `locked` wallet, `amount` off the balance
+    and what the lots gave (`lot_draw_ctes`) off `tracked_micros`, only if the available
+    balance less the expired lots covers it and the lots seen are all the wallet tracks (else
+    nothing is written: the caller reads the wallet again, and runs it again if covered). The
+    conditions read the locked row, not the UPDATE's snapshot of it."""
+    return f"""UPDATE accounts a SET balance_micros = a.balance_micros - {amount},
+        tracked_micros = a.tracked_micros - d.total
+    FROM locked l, lot_totals t, drawn d
+    WHERE a.id = l.id AND l.balance_micros - l.held_micros - t.expired >= {amount}
+      AND l.tracked_micros = t.tracked
+    RETURNING a.id, a.user_id, a.balance_micros, a.held_micros, a.watch_micros,
+              t.expired AS expired_micros"""
+
+
+LOT_DRAWS_UPDATE = """UPDATE credit_lots l SET remaining_micros = l.remaining_micros - d.drawn
+    FROM draws d WHERE l.id = d.id AND d.drawn > 0 AND EXISTS (SELECT 1 FROM wallet)"""
+"""The `lot_draws` CTE: the draws written, once the `wallet` CTE took the debit."""
+
+
+def expired_lots(user: str, now: str) -> str:
+    """What `user`'s lots at or past their expiry still hold (not yet swept), read without
+    locks: a reserve leaves it out of the available balance."""
+    return (
+        f"(SELECT coalesce(sum(remaining_micros), 0)::bigint FROM credit_lots"
+        f" WHERE user_id = {user} AND remaining_micros > 0 AND expires_at <= {now})"
+    )
