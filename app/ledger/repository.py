@@ -126,7 +126,7 @@ _COVERED_DEBIT = text(
     f"""WITH locked AS (
     {locked_wallet(":user_id")}
 ), {lot_draw_ctes(":user_id", ":amount", ":now")}, wallet AS (
-    {drawn_wallet_update(":amount")}
+    {drawn_wallet_update(":user_id", ":amount")}
 ), lot_draws AS (
     {LOT_DRAWS_UPDATE}
 )

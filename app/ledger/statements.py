@@ -32,62 +32,65 @@ tracked) come after all of these, as the balance less the tracked remainders."""
 
 
 def locked_wallet(user: str, *, when: str = "") -> str:
-    """The `locked` CTE of a debit over lots: the wallet, locked FIRST (before its lots: every
-    writer of lots takes the wallet's lock, then the lots'), as it stands once locked (READ
-    COMMITTED re-reads a locked row, where an UPDATE's own conditions would read the statement's
-    snapshot)."""
+    """The `locked` CTE of a debit over lots: the wallet, if it tracks lots, locked FIRST
+    (before its lots: every writer of lots takes the wallet's lock, then the lots'), as it
+    stands once locked (READ COMMITTED re-reads a locked row, where an UPDATE's own conditions
+    would read the statement's snapshot, older than the lots it locked)."""
     return f"""SELECT id, balance_micros, held_micros, tracked_micros FROM accounts
-    WHERE user_id = {user}{when} FOR UPDATE"""
+    WHERE user_id = {user} AND tracked_micros <> 0{when} FOR UPDATE"""
 
 
 def lot_draw_ctes(user: str, amount: str, now: str) -> str:
     """The CTEs of a debit of `amount` from user `user`'s lots as of `now`, after the
-    statement's `locked` CTE locked the wallet (none there: none looked at):
+    statement's `locked` CTE locked the wallet (nothing there: no lot looked at):
 
     - `lots`: the wallet's tracked lots with a remainder, locked in id order, each as it stands
       once locked;
-    - `lot_totals`: their remainders (`tracked`: what the wallet's `tracked_micros` must say,
-      else a lot was credited after this statement's snapshot) and the part at or past its
-      `expires_at` (`expired`: out of the available balance, never drawn);
-    - `draws`: what the debit takes from each live lot, in `LOT_ORDER`;
-    - `drawn`: in total, and how much of it was granted credit (zeros without lots).
+    - `draws`: what the debit takes from each live lot, in `LOT_ORDER` (none from a lot at or
+      past its `expires_at`);
+    - `drawn`, one row: the lots' remainders (`tracked`: what the wallet's `tracked_micros`
+      must say, else a lot was credited after this statement's snapshot), the part that has
+      expired (`expired`: out of the available balance), what the debit takes from them
+      (`total`) and how much of that is granted credit (`granted`); zeros without lots.
 
-    The wallet update (`drawn_wallet_update`) takes the rest from the never-expiring paid
-    credit."""
+    The wallet update takes the rest from the never-expiring paid credit."""
     return f"""lots AS (
     SELECT id, kind, expires_at, created_at, remaining_micros FROM credit_lots
     WHERE user_id = {user} AND remaining_micros > 0 AND EXISTS (SELECT 1 FROM locked)
     ORDER BY id FOR UPDATE
-), lot_totals AS (
-    SELECT coalesce(sum(remaining_micros), 0)::bigint AS tracked,
-           coalesce(sum(remaining_micros) FILTER (WHERE expires_at <= {now}), 0)::bigint
-               AS expired
-    FROM lots
 ), draws AS (
-    SELECT id, kind, least(remaining_micros, greatest(0, {amount} - coalesce(sum(remaining_micros)
-               OVER (ORDER BY {LOT_ORDER} ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING),
-               0)))::bigint AS drawn
-    FROM lots WHERE expires_at IS NULL OR expires_at > {now}
+    SELECT id, kind, remaining_micros, live,
+           CASE WHEN live THEN least(remaining_micros, greatest(0, {amount} - coalesce(
+               sum(remaining_micros) FILTER (WHERE live) OVER (ORDER BY {LOT_ORDER}
+                   ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)))
+           ELSE 0 END::bigint AS drawn
+    FROM (SELECT *, expires_at IS NULL OR expires_at > {now} AS live FROM lots) l
 ), drawn AS (
-    SELECT coalesce(sum(drawn), 0)::bigint AS total,
+    SELECT coalesce(sum(remaining_micros), 0)::bigint AS tracked,
+           coalesce(sum(remaining_micros) FILTER (WHERE NOT live), 0)::bigint AS expired,
+           coalesce(sum(drawn), 0)::bigint AS total,
            coalesce(sum(drawn) FILTER (WHERE kind = 'granted'), 0)::bigint AS granted
     FROM draws
 )"""
 
 
-def drawn_wallet_update(amount: str) -> str:
-    """The covered debit over lots: the UPDATE of the `locked` wallet, `amount` off the balance
-    and what the lots gave (`lot_draw_ctes`) off `tracked_micros`, only if the available
-    balance less the expired lots covers it and the lots seen are all the wallet tracks (else
-    nothing is written: the caller reads the wallet again, and runs it again if covered). The
-    conditions read the locked row, not the UPDATE's snapshot of it."""
+def drawn_wallet_update(user: str, amount: str, *, when: str = "") -> str:
+    """The covered debit over lots, one UPDATE for either kind of wallet: `amount` off the
+    balance and what the lots gave (`lot_draw_ctes`) off `tracked_micros`, only if the
+    available balance less the expired lots covers it and the lots seen are all the wallet
+    tracks (else nothing is written: the caller reads the wallet again, and runs it again if
+    covered). A wallet the `locked` CTE locked is judged as it stood once locked; any other
+    (tracking no lot: nothing to lock first) as the UPDATE reads it, like any covered
+    UPDATE."""
     return f"""UPDATE accounts a SET balance_micros = a.balance_micros - {amount},
         tracked_micros = a.tracked_micros - d.total
-    FROM locked l, lot_totals t, drawn d
-    WHERE a.id = l.id AND l.balance_micros - l.held_micros - t.expired >= {amount}
-      AND l.tracked_micros = t.tracked
+    FROM drawn d LEFT JOIN locked l ON true
+    WHERE a.user_id = {user}
+      AND coalesce(l.balance_micros, a.balance_micros) - coalesce(l.held_micros, a.held_micros)
+          - d.expired >= {amount}
+      AND coalesce(l.tracked_micros, a.tracked_micros) = d.tracked{when}
     RETURNING a.id, a.user_id, a.balance_micros, a.held_micros, a.watch_micros,
-              t.expired AS expired_micros"""
+              d.expired AS expired_micros"""
 
 
 LOT_DRAWS_UPDATE = """UPDATE credit_lots l SET remaining_micros = l.remaining_micros - d.drawn

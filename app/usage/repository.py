@@ -221,24 +221,16 @@ def _usage_entries(amount: str, now: str) -> str:
 
 
 _DEBIT_LOTS = lot_draw_ctes("$3", "$4", "$7")
-_TRACKS_NO_LOT = " AND tracked_micros = 0"
 
 
 def _debit_sql() -> str:
     return f"""
 WITH existing AS (
     SELECT id, request_hash FROM ledger_transactions WHERE reference = $1
-), {_limit_ctes("$3", "$8", "$4")}, wallet_plain AS (
-    -- A wallet that tracks no lot (never-expiring paid credit only): today's covered debit.
-    {covered_wallet_update("$3", debit="$4", when=_NEW_AND_ALLOWED + _TRACKS_NO_LOT)}
-    , 0::bigint AS expired_micros
-), locked AS (
-    -- A wallet that does (its snapshot says so: else the plain debit above took it).
-    {locked_wallet("$3", when=_NEW_AND_ALLOWED + " AND tracked_micros <> 0")}
-), {_DEBIT_LOTS}, wallet_lots AS (
-    {drawn_wallet_update("$4")}
-), wallet AS (
-    SELECT * FROM wallet_plain UNION ALL SELECT * FROM wallet_lots
+), {_limit_ctes("$3", "$8", "$4")}, locked AS (
+    {locked_wallet("$3", when=_NEW_AND_ALLOWED)}
+), {_DEBIT_LOTS}, wallet AS (
+    {drawn_wallet_update("$3", "$4", when=_NEW_AND_ALLOWED)}
 ), lot_draws AS (
     {LOT_DRAWS_UPDATE}
 ), spend AS (
