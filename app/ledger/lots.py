@@ -159,3 +159,49 @@ async def credit(
         created_at=posting.transaction.created_at,
     )
     return Credited(posting, lot)
+
+
+EXPIRY_ACCOUNTS = {LotKind.PAID: "breakage", LotKind.GRANTED: "promo_expired"}
+"""Where an expired lot's remainder goes: paid credit to breakage, granted to promo expired."""
+
+
+async def expire_lot(session: AsyncSession, lot_id: str, now: datetime) -> int:
+    """Post what is left of an expired lot out of its wallet, once: the remainder read under
+    the wallet's lock (then the lot's), to `EXPIRY_ACCOUNTS`, under reference
+    `lot_expiry:<lot id>`; the lot keeps 0 and its `swept_at`. Returns the amount (0: nothing
+    left, not due, or swept already)."""
+    lot = await repository.lot_by_id(session, lot_id)
+    if lot is None:
+        return 0
+    await repository.lock_wallet(session, lot.user_id)
+    lot = await repository.lock_lot(session, lot_id)
+    if (
+        lot is None
+        or lot.swept_at is not None
+        or lot.remaining_micros is None
+        or lot.expires_at is None
+        or lot.expires_at > now
+    ):
+        return 0
+    amount = lot.remaining_micros
+    if amount > 0:
+        await transfer(
+            session,
+            reference=f"lot_expiry:{lot.id}",
+            kind="credit_expiry",
+            user_id=lot.user_id,
+            amount_micros=-amount,
+            account=EXPIRY_ACCOUNTS[LotKind(lot.kind)],
+            require_available=False,
+            description="Credit expired",
+            details={"lot_id": lot.id, "expires_at": lot.expires_at.isoformat()},
+        )
+        await repository.untrack(session, lot.user_id, amount)
+    lot.remaining_micros = 0
+    lot.swept_at = now
+    return amount
+
+
+async def due_lots(session: AsyncSession, now: datetime, limit: int) -> list[str]:
+    """Lots at or past their expiry that still hold credit, soonest first."""
+    return await repository.due_lots(session, now, limit)
