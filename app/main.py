@@ -31,6 +31,7 @@ from app.db import after_commit_settled, create_engine, create_session_maker
 from app.errors import install_error_handlers
 from app.jobs.credit_notices import send_credit_notices
 from app.jobs.holds import expire_holds
+from app.jobs.lots import expire_lots
 from app.jobs.reconcile import run_reconciler
 from app.jobs.runner import Job, JobRunner
 from app.ledger.router import router as balance_router
@@ -99,6 +100,13 @@ def _jobs(app: FastAPI, settings: Settings) -> list[Job]:
             "expire_holds",
             settings.hold_expiry_interval_seconds,
             lambda: expire_holds(app.state.usage_store),
+        )
+    )
+    jobs.append(
+        Job(
+            "expire_lots",
+            settings.lot_expiry_interval_seconds,
+            lambda: expire_lots(app.state.session_maker),
         )
     )
     jobs.append(

@@ -17,14 +17,15 @@ a credit locks the wallet and inserts its lot.
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.ledger import lots_repository as repository
-from app.ledger.service import Leg, PostResult, post
+from app.ledger.service import Leg, PostResult, post, transfer
 from app.models.ledger import CreditLot, LotKind, LotSource, lot_kind
 
 
@@ -39,6 +40,59 @@ class Credited:
     @property
     def replayed(self) -> bool:
         return self.posting.replayed
+
+
+class LotRow(NamedTuple):
+    """A tracked lot with a remainder, as a debit sees it once locked."""
+
+    id: str
+    user_id: str
+    kind: str
+    expires_at: datetime | None
+    created_at: datetime
+    remaining_micros: int
+
+
+def draw_order(lot: LotRow) -> tuple[bool, datetime, str, datetime, str]:
+    """`app.ledger.statements.LOT_ORDER`, in Python: soonest expiry first (never last), granted
+    before paid, oldest first."""
+    never = lot.expires_at is None
+    return (never, lot.expires_at or lot.created_at, lot.kind, lot.created_at, lot.id)
+
+
+class LiveLots:
+    """One wallet's tracked lots as of `now`, for a plan that draws from them debit by debit
+    (the gateway's batch): the live ones in draw order, and what the expired ones hold."""
+
+    def __init__(self, lots: Sequence[LotRow], now: datetime) -> None:
+        self.live = sorted(
+            (lot for lot in lots if lot.expires_at is None or lot.expires_at > now),
+            key=draw_order,
+        )
+        self.expired_micros = sum(
+            lot.remaining_micros
+            for lot in lots
+            if lot.expires_at is not None and lot.expires_at <= now
+        )
+
+    def draw(self, amount_micros: int, remaining: MutableMapping[str, int]) -> tuple[int, int]:
+        """Take up to `amount_micros` from the live lots in order, keeping each one's running
+        remainder in `remaining` (by lot id); what they gave, and how much was granted."""
+        left = amount_micros
+        drawn = granted = 0
+        for lot in self.live:
+            if left == 0:
+                break
+            current = remaining.get(lot.id, lot.remaining_micros)
+            take = min(current, left)
+            if take == 0:
+                continue
+            remaining[lot.id] = current - take
+            left -= take
+            drawn += take
+            if lot.kind == LotKind.GRANTED:
+                granted += take
+        return drawn, granted
 
 
 def paid_expiry(expiry_days: int | None, bought_at: datetime) -> datetime | None:
@@ -111,3 +165,49 @@ async def credit(
         created_at=posting.transaction.created_at,
     )
     return Credited(posting, lot)
+
+
+EXPIRY_ACCOUNTS = {LotKind.PAID: "breakage", LotKind.GRANTED: "promo_expired"}
+"""Where an expired lot's remainder goes: paid credit to breakage, granted to promo expired."""
+
+
+async def expire_lot(session: AsyncSession, lot_id: str, now: datetime) -> int:
+    """Post what is left of an expired lot out of its wallet, once: the remainder read under
+    the wallet's lock (then the lot's), to `EXPIRY_ACCOUNTS`, under reference
+    `lot_expiry:<lot id>`; the lot keeps 0 and its `swept_at`. Returns the amount (0: nothing
+    left, not due, or swept already)."""
+    lot = await repository.lot_by_id(session, lot_id)
+    if lot is None:
+        return 0
+    await repository.lock_wallet(session, lot.user_id)
+    lot = await repository.lock_lot(session, lot_id)
+    if (
+        lot is None
+        or lot.swept_at is not None
+        or lot.remaining_micros is None
+        or lot.expires_at is None
+        or lot.expires_at > now
+    ):
+        return 0
+    amount = lot.remaining_micros
+    if amount > 0:
+        await transfer(
+            session,
+            reference=f"lot_expiry:{lot.id}",
+            kind="credit_expiry",
+            user_id=lot.user_id,
+            amount_micros=-amount,
+            account=EXPIRY_ACCOUNTS[LotKind(lot.kind)],
+            require_available=False,
+            description="Credit expired",
+            details={"lot_id": lot.id, "expires_at": lot.expires_at.isoformat()},
+        )
+        await repository.untrack(session, lot.user_id, amount)
+    lot.remaining_micros = 0
+    lot.swept_at = now
+    return amount
+
+
+async def due_lots(session: AsyncSession, now: datetime, limit: int) -> list[str]:
+    """Lots at or past their expiry that still hold credit, soonest first."""
+    return await repository.due_lots(session, now, limit)

@@ -23,6 +23,7 @@ TransactionKind = Literal[
     "adjustment",
     "grant",
     "promo_code",
+    "credit_expiry",
 ]
 """Kinds of ledger transaction a wallet can see."""
 
