@@ -5,11 +5,11 @@ from __future__ import annotations
 import ipaddress
 from decimal import Decimal
 from functools import lru_cache
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.money import MAX_AMOUNT_DIGITS, MAX_AMOUNT_MICROS, parse_amount
 
@@ -131,6 +131,14 @@ class Settings(BaseSettings):
     hold_default_ttl_seconds: int = Field(default=600, ge=1, le=3600)
     max_amount_micros: int = Field(default=MAX_AMOUNT_MICROS, ge=1, le=MAX_AMOUNT_MICROS)
     capture_max_hold_multiple: float = Field(default=2.0, ge=1.0, le=1000.0)
+    paid_credit_expiry_days: int | None = Field(default=None, ge=1, le=3650)
+    """Paid credit (a top-up, manual or auto) expires this many days after it is bought; unset:
+    never. Grants and promo codes carry their own expiry; adjustments never expire."""
+    credit_expiry_warning_days: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [30, 7, 1]
+    )
+    """`credits.expiring` goes out this many days before a lot with a remainder expires, once
+    per lot and number (`BILLING_CREDIT_EXPIRY_WARNING_DAYS=30,7,1`; empty: none)."""
     """A capture may charge at most this multiple of its hold's amount (422
     `capture_exceeds_hold` past it, nothing applied): a leaked service token cannot drive a
     wallet far below zero through captures of small holds."""
@@ -149,6 +157,8 @@ class Settings(BaseSettings):
     rate_limit_usage_report: str = "30/minute;300/hour"
     """The usage summary and CSV export (the user's and operators'), per user: each reads up to
     400 days of usage records."""
+    rate_limit_promo_redeem: str = "5/minute;20/day"
+    """Promo code redemptions, per user, whatever their outcome: codes cannot be guessed."""
     # Daily caps per user, counted in the database over the last 24 hours: orders (each makes
     # one Stripe object, whether it is later paid, canceled or not), and declined payment
     # attempts (card testing).
@@ -173,6 +183,11 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: float = Field(default=60.0, gt=0)
     reconcile_min_age_seconds: float = Field(default=180.0, ge=0)
     hold_expiry_interval_seconds: float = Field(default=15.0, gt=0)
+    lot_expiry_interval_seconds: float = Field(default=60.0, gt=0)
+    """How often the expiry job posts expired credit lots' remainders out of the balance (no
+    debit draws from an expired lot meanwhile: the job only settles the books)."""
+    credit_notice_interval_seconds: float = Field(default=300.0, gt=0)
+    """How often the credit-notices job sends due `credits.expiring` / `credits.expired`."""
     auto_topup_interval_seconds: float = Field(default=30.0, gt=0)
     """How often the auto top-up job charges recorded attempts (a debit that records one also
     starts a charge at once in the background; the job is the safety net)."""
@@ -230,6 +245,7 @@ class Settings(BaseSettings):
         "rate_limit_payment_result",
         "rate_limit_refund_request",
         "rate_limit_usage_report",
+        "rate_limit_promo_redeem",
     )
     @classmethod
     def _rate_limit(cls, value: str) -> str:
@@ -240,6 +256,21 @@ class Settings(BaseSettings):
         except ValueError as exc:
             raise ValueError(f"not a rate limit such as '10/minute;60/hour': {exc}") from exc
         return value
+
+    @field_validator("credit_expiry_warning_days", mode="before")
+    @classmethod
+    def _warning_days(cls, value: object) -> object:
+        # The environment says "30,7,1"; a list passes through.
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("credit_expiry_warning_days")
+    @classmethod
+    def _warning_days_range(cls, value: list[int]) -> list[int]:
+        if any(not 1 <= days <= 3650 for days in value):
+            raise ValueError("each number of days must be between 1 and 3650")
+        return sorted(set(value), reverse=True)
 
     @field_validator("database_url")
     @classmethod

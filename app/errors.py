@@ -8,10 +8,14 @@ Every error a client can see is a `BillingError` carrying its HTTP status and a 
     ├── Unauthorized (401) .................. unauthorized
     ├── Forbidden (403) ..................... forbidden
     ├── NotFound (404) ...................... not_found
+    │   └── PromoCodeNotFound ............... promo_code_not_found
     ├── Conflict (409) ...................... conflict
     │   ├── IdempotencyConflict ............. idempotency_conflict
-    │   ├── OrderNotResumable ............... order_not_resumable
-    │   ├── OrderNotCancelable .............. order_not_cancelable
+    │   ├── PromoCodeAlreadyRedeemed ........ promo_code_already_redeemed
+    │   ├── PromoCodeExists ................. promo_code_exists
+    │   ├── OrderRefusal (an order's status refuses it, in its own words)
+    │   │   ├── OrderNotResumable ........... order_not_resumable
+    │   │   └── OrderNotCancelable .......... order_not_cancelable
     │   ├── OrderNotReissuable .............. order_not_reissuable
     │   ├── RefundNotEligible ............... refund_not_eligible
     │   ├── InvalidStateTransition .......... invalid_state
@@ -46,7 +50,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from http import HTTPStatus
-from typing import Any, TypedDict, Unpack
+from typing import Any, ClassVar, TypedDict, Unpack
 
 import structlog
 from fastapi import FastAPI, Request, routing
@@ -130,8 +134,23 @@ class NotFound(BillingError, status=404, code="not_found", title="Not found"):
     """No such object (or not the caller's)."""
 
 
+class PromoCodeNotFound(NotFound, code="promo_code_not_found", title="Promo code not found"):
+    """No code the caller can redeem by that name: unknown, past its end, used up, or for new
+    users only. One answer for all, so that it does not say which."""
+
+
 class Conflict(BillingError, status=409, code="conflict", title="Conflict"):
     """The request conflicts with the object's current state."""
+
+
+class PromoCodeAlreadyRedeemed(
+    Conflict, code="promo_code_already_redeemed", title="Promo code already redeemed"
+):
+    """The caller redeemed this code before; each user redeems a code once."""
+
+
+class PromoCodeExists(Conflict, code="promo_code_exists", title="Promo code exists"):
+    """A code by that name (in any case) exists with other terms."""
 
 
 class IdempotencyConflict(
@@ -140,12 +159,31 @@ class IdempotencyConflict(
     """The idempotency key was used before with a different request."""
 
 
-class OrderNotResumable(Conflict, code="order_not_resumable", title="Order cannot be resumed"):
+class OrderRefusal(Conflict):
+    """What an order's status refuses, in words for a paid order, one being processed and any
+    other status (`{status}`), read by `app.purchase.service.status_refusal`."""
+
+    when_paid: ClassVar[str]
+    when_processing: ClassVar[str]
+    otherwise: ClassVar[str]
+
+
+class OrderNotResumable(OrderRefusal, code="order_not_resumable", title="Order cannot be resumed"):
     """The order can no longer be paid."""
 
+    when_paid = "The order is paid already."
+    when_processing = "The payment is being processed; it cannot be changed now."
+    otherwise = "The order is {status}; start a new top-up."
 
-class OrderNotCancelable(Conflict, code="order_not_cancelable", title="Order cannot be canceled"):
+
+class OrderNotCancelable(
+    OrderRefusal, code="order_not_cancelable", title="Order cannot be canceled"
+):
     """The order is past the point where it can be canceled."""
+
+    when_paid = "A paid order cannot be canceled; request a refund instead."
+    when_processing = "The payment is being processed; it cannot be canceled now."
+    otherwise = "The order is {status}."
 
 
 class OrderNotReissuable(

@@ -12,9 +12,11 @@ from fastapi.routing import APIRoute
 
 from app.admin.adjustments import router as admin_adjustments_router
 from app.admin.audit import router as audit_router
+from app.admin.grants import router as admin_grants_router
 from app.admin.ledger import router as admin_ledger_router
 from app.admin.limits import router as admin_limits_router
 from app.admin.orders import router as admin_orders_router
+from app.admin.promo_codes import router as admin_promo_codes_router
 from app.admin.refunds import router as admin_refunds_router
 from app.admin.usage import router as admin_reports_router
 from app.admin.webhooks import router as admin_webhooks_router
@@ -27,7 +29,9 @@ from app.billing.router import router as billing_router
 from app.config import Settings, get_settings
 from app.db import after_commit_settled, create_engine, create_session_maker
 from app.errors import install_error_handlers
+from app.jobs.credit_notices import send_credit_notices
 from app.jobs.holds import expire_holds
+from app.jobs.lots import expire_lots
 from app.jobs.reconcile import run_reconciler
 from app.jobs.runner import Job, JobRunner
 from app.ledger.router import router as balance_router
@@ -40,6 +44,7 @@ from app.openapi import install_openapi
 from app.ops.router import router as ops_router
 from app.orders.router import router as orders_router
 from app.payment_methods.router import router as payment_methods_router
+from app.promotions.router import router as promotions_router
 from app.purchase.router import router as purchase_router
 from app.rate_limits import RateLimiter
 from app.refunds.router import router as refunds_router
@@ -68,6 +73,7 @@ TAG_DESCRIPTIONS = {
     "orders": "Order history, receipts, resume, cancel, sync.",
     "refunds": "Refund requests for paid orders.",
     "balance": "The user's balance and its transactions.",
+    "credits": "Credit lots: promo codes, and credit that expires.",
     "payment methods": "Cards saved while paying.",
     "auto top-up": "Charge a saved card when the balance runs low.",
     "alerts": "Low-balance alerts and email notifications.",
@@ -98,6 +104,13 @@ def _jobs(app: FastAPI, settings: Settings) -> list[Job]:
     )
     jobs.append(
         Job(
+            "expire_lots",
+            settings.lot_expiry_interval_seconds,
+            lambda: expire_lots(app.state.session_maker),
+        )
+    )
+    jobs.append(
+        Job(
             "reconcile",
             settings.reconcile_interval_seconds,
             lambda: run_reconciler(app.state.session_maker, app.state.stripe, settings),
@@ -108,6 +121,13 @@ def _jobs(app: FastAPI, settings: Settings) -> list[Job]:
             "auto_topup",
             settings.auto_topup_interval_seconds,
             lambda: charge_auto_topups(app.state.session_maker, app.state.stripe, settings),
+        )
+    )
+    jobs.append(
+        Job(
+            "credit_notices",
+            settings.credit_notice_interval_seconds,
+            lambda: send_credit_notices(app.state.session_maker, settings),
         )
     )
     jobs.append(
@@ -249,6 +269,9 @@ def create_app(settings: Settings | None = None) -> BillingApp:
     app.include_router(admin_limits_router, prefix=API_PREFIX)
     app.include_router(reports_router, prefix=API_PREFIX)
     app.include_router(admin_reports_router, prefix=API_PREFIX)
+    app.include_router(promotions_router, prefix=API_PREFIX)
+    app.include_router(admin_grants_router, prefix=API_PREFIX)
+    app.include_router(admin_promo_codes_router, prefix=API_PREFIX)
     install_openapi(app, extend=[_document_gateway])
     return app
 

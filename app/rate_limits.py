@@ -1,7 +1,7 @@
 """Per-user rate limits on the portal's routes, built on the `limits` library.
 
 Each scope (`purchase`, `resume`, `cancel`, `sync`, `payment_result`, `refund_request`,
-`usage_report`) has one
+`usage_report`, `promo_redeem`) has one
 or more moving windows from the settings (`BILLING_RATE_LIMIT_<SCOPE>`, e.g. `10/minute;60/hour`),
 counted per user: a request over any of them is a 429 `rate_limited` with `Retry-After`. The
 windows live in `BILLING_RATE_LIMIT_STORAGE_URI`: process memory by default (right for one
@@ -32,7 +32,14 @@ from app.metrics import observe_rate_limited
 from app.openapi import mark_rate_limited
 
 Scope = Literal[
-    "purchase", "resume", "cancel", "sync", "payment_result", "refund_request", "usage_report"
+    "purchase",
+    "resume",
+    "cancel",
+    "sync",
+    "payment_result",
+    "refund_request",
+    "usage_report",
+    "promo_redeem",
 ]
 
 SCOPES: tuple[Scope, ...] = (
@@ -43,6 +50,7 @@ SCOPES: tuple[Scope, ...] = (
     "payment_result",
     "refund_request",
     "usage_report",
+    "promo_redeem",
 )
 
 _WHAT: dict[Scope, str] = {
@@ -53,6 +61,7 @@ _WHAT: dict[Scope, str] = {
     "payment_result": "payment result checks",
     "refund_request": "refund requests",
     "usage_report": "usage reports",
+    "promo_redeem": "promo code redemptions",
 }
 
 

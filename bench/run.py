@@ -135,15 +135,27 @@ def app_settings(url: str) -> Any:
     )
 
 
-async def prepare_service_database(url: str) -> str:
-    """Migrate, fund `user-0..user-999` through the ledger's own `post()`, and return a new
-    service token."""
+async def prepare_service_database(url: str, lots_per_wallet: int = 1) -> str:
+    """Migrate, fund `user-0..user-999` through the ledger's own `lots.credit()` (one
+    never-expiring paid lot each; `lots_per_wallet=3` adds a grant expiring in 30 days and a
+    top-up expiring in a year, which every debit then draws from), and return a new service
+    token."""
+    from datetime import timedelta
+
     from sqlalchemy import text
 
     from app.auth.service_tokens import create_service_token
     from app.db import create_engine, create_session_maker, session_scope
-    from app.ledger.service import Leg, post
+    from app.ledger import lots
     from app.migrate import upgrade_head
+    from app.models.base import utcnow
+    from app.models.ledger import LotSource
+
+    now = utcnow()
+    extra = [
+        (LotSource.GRANT, "grant", "promotions", now + timedelta(days=30)),
+        (LotSource.PURCHASE, "topup", "stripe", now + timedelta(days=365)),
+    ][: lots_per_wallet - 1]
 
     engine = create_engine(app_settings(url))
     try:
@@ -152,15 +164,18 @@ async def prepare_service_database(url: str) -> str:
         for start in range(0, WALLETS, 250):
             async with session_scope(maker) as session:
                 for i in range(start, min(start + 250, WALLETS)):
-                    await post(
-                        session,
-                        reference=f"adjustment:bench-{i}",
-                        kind="adjustment",
-                        legs=[
-                            Leg.wallet(f"user-{i}", FUNDS_MICROS),
-                            Leg.account("adjustments", -FUNDS_MICROS),
-                        ],
-                    )
+                    funding = [(LotSource.ADJUSTMENT, "adjustment", "adjustments", None), *extra]
+                    for source, kind, account, expires_at in funding:
+                        await lots.credit(
+                            session,
+                            user_id=f"user-{i}",
+                            amount_micros=FUNDS_MICROS,
+                            source=source,
+                            reference=f"{kind}:bench-{i}",
+                            kind=kind,
+                            account=account,
+                            expires_at=expires_at,
+                        )
         async with session_scope(maker) as session:
             # Every wallet's key `bench-key` has a monthly limit (never reached), for the
             # scenario "usage with a key limit"; requests without the key meet no limit.
@@ -991,6 +1006,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--webhook-orders", type=int, default=1000, help="distinct orders the webhooks pay"
     )
+    parser.add_argument(
+        "--lots",
+        type=int,
+        choices=(1, 3),
+        default=1,
+        help="credit lots per wallet: 1 (never-expiring paid) or 3 (and an expiring grant and "
+        "top-up, which every debit draws from)",
+    )
     args = parser.parse_args(argv)
     unknown = set(args.only) - set(GROUPS)
     if unknown:
@@ -1002,7 +1025,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"creating databases {database} and {database}_yardstick, funding {WALLETS} wallets ...")
     asyncio.run(create_databases(database))
     try:
-        token = asyncio.run(prepare_service_database(sqlalchemy_url(dsn(database))))
+        token = asyncio.run(prepare_service_database(sqlalchemy_url(dsn(database)), args.lots))
         with stripe_peer() as peer_url:
             bench = Bench(args, database, token, peer_url)
             run(args, bench)

@@ -11,8 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.config import Settings
 from app.db import session_scope
 from app.ids import new_id
-from app.ledger.service import Leg, post
+from app.ledger import lots
 from app.models.base import utcnow
+from app.models.ledger import LotSource
 from app.models.orders import Order
 from app.models.payment_methods import PaymentMethod
 from app.usage.repository import UsageStore
@@ -28,6 +29,7 @@ async def paid_order(
     created_at: datetime | None = None,
     status: str = "paid",
     mode: str = "elements",
+    expires_at: datetime | None = None,
     **fields: Any,
 ) -> Order:
     """A paid top-up as fulfillment leaves it: the order row and its `topup:` credit."""
@@ -52,11 +54,17 @@ async def paid_order(
         )
         session.add(order)
         await session.flush()
-        await post(
+        await lots.credit(
             session,
+            user_id=user_id,
+            amount_micros=amount_micros,
+            source=LotSource.PURCHASE,
             reference=f"topup:{payment_intent}",
             kind="topup",
-            legs=[Leg.wallet(user_id, amount_micros), Leg.account("stripe", -amount_micros)],
+            account="stripe",
+            expires_at=expires_at,
+            order_id=order_id,
+            description="Top-up",
             details={"order_id": order_id},
         )
     return order

@@ -185,6 +185,11 @@ BODIES: dict[str, dict[str, Any]] = {
         "reason": "matrix",
         "idempotency_key": "matrix",
     },
+    "POST /v1/admin/users/{user_id}/grants": {
+        "amount": "1.00",
+        "reason": "matrix",
+        "idempotency_key": "matrix",
+    },
     "POST /v1/internal/holds/{hold_id}/capture": {"amount_micros": 500_000},
     "PUT /v1/spend-limits/keys/{api_key_id}": {"limit": "5.00", "period": "day"},
     "PUT /v1/admin/users/{user_id}/spend-limits/account": {"limit": "5.00", "period": "day"},

@@ -267,3 +267,17 @@ def test_production_requires_the_jwt_issuer_and_audience(
         _settings(**values | {missing: "  "})
     assert _settings(**values | {"environment": "test"}).environment == "test"
     assert _settings(**{**PRODUCTION, **verification}).environment == "production"
+
+
+def test_credit_expiry_warning_days_read_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert _settings(**PRODUCTION).credit_expiry_warning_days == [30, 7, 1]
+    monkeypatch.setenv("BILLING_CREDIT_EXPIRY_WARNING_DAYS", "1, 14,7,14")
+    assert _settings(**PRODUCTION).credit_expiry_warning_days == [14, 7, 1]
+    monkeypatch.setenv("BILLING_CREDIT_EXPIRY_WARNING_DAYS", "")
+    assert _settings(**PRODUCTION).credit_expiry_warning_days == []
+    for bad in ("0", "7,x", "3651"):
+        monkeypatch.setenv("BILLING_CREDIT_EXPIRY_WARNING_DAYS", bad)
+        with pytest.raises(ValidationError, match="credit_expiry_warning_days"):
+            _settings(**PRODUCTION)

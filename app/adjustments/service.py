@@ -10,7 +10,11 @@ from app.audit.service import record_admin_action
 from app.config import Settings
 from app.errors import IdempotencyConflict, ValidationFailed
 from app.idempotency import hash_request
+from app.ledger import lots
 from app.ledger.service import PostResult, transfer
+from app.models.ledger import LotSource
+
+DESCRIPTION = "Balance adjustment"
 
 
 async def adjust_wallet(
@@ -36,17 +40,35 @@ async def adjust_wallet(
     request_hash = hash_request(
         {"user_id": user_id, "amount_micros": body.amount_micros, "reason": body.reason}
     )
-    result = await transfer(
-        session,
-        reference=f"adjustment:{body.idempotency_key}",
-        kind="adjustment",
-        user_id=user_id,
-        amount_micros=body.amount_micros,
-        account="adjustments",
-        description="Balance adjustment",
-        request_hash=request_hash,
-        details={"reason": body.reason, "actor": actor},
-    )
+    reference = f"adjustment:{body.idempotency_key}"
+    details = {"reason": body.reason, "actor": actor}
+    if body.amount_micros > 0:
+        # A positive adjustment is paid credit that never expires: a lot of its own.
+        credited = await lots.credit(
+            session,
+            user_id=user_id,
+            amount_micros=body.amount_micros,
+            source=LotSource.ADJUSTMENT,
+            reference=reference,
+            kind="adjustment",
+            account="adjustments",
+            description=DESCRIPTION,
+            request_hash=request_hash,
+            details=details,
+        )
+        result = credited.posting
+    else:
+        result = await transfer(
+            session,
+            reference=reference,
+            kind="adjustment",
+            user_id=user_id,
+            amount_micros=body.amount_micros,
+            account="adjustments",
+            description=DESCRIPTION,
+            request_hash=request_hash,
+            details=details,
+        )
     if result.replayed:
         if result.transaction.request_hash != request_hash:
             raise IdempotencyConflict(

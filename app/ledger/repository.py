@@ -19,7 +19,13 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.ids import new_id
-from app.ledger.statements import covered_wallet_update
+from app.ledger.statements import (
+    LOT_DRAWS_UPDATE,
+    drawn_wallet_update,
+    expired_lots,
+    locked_wallet,
+    lot_draw_ctes,
+)
 from app.models.base import utcnow
 from app.models.ledger import Account, LedgerEntry, LedgerTransaction
 
@@ -34,10 +40,13 @@ class WalletRow(NamedTuple):
     watch_micros: int | None = None
     """`Account.watch_micros` as the ORM's statements return it, for `balance_changed()`; the
     gateway's own statements apply the watch in SQL and leave it None."""
+    expired_micros: int = 0
+    """What lots at or past their expiry still hold until the expiry job sweeps them: in the
+    balance, not available (0 where the statement did not look)."""
 
     @property
     def available_micros(self) -> int:
-        return self.balance_micros - self.held_micros
+        return self.balance_micros - self.held_micros - self.expired_micros
 
 
 # The Core table: the ORM entity's bulk insert would split a transaction's rows by which of
@@ -113,19 +122,28 @@ async def get_transaction(session: AsyncSession, reference: str) -> LedgerTransa
     ).scalar_one_or_none()
 
 
-_COVERED_DEBIT = text(covered_wallet_update(":user_id", debit=":amount"))
+_COVERED_DEBIT = text(
+    f"""WITH locked AS (
+    {locked_wallet(":user_id")}
+), {lot_draw_ctes(":user_id", ":amount", ":now")}, wallet AS (
+    {drawn_wallet_update(":user_id", ":amount")}
+), lot_draws AS (
+    {LOT_DRAWS_UPDATE}
+)
+SELECT id, user_id, balance_micros, held_micros, watch_micros, expired_micros FROM wallet"""
+)
 
 
 async def debit_wallet_if_available(
-    session: AsyncSession, user_id: str, amount_micros: int
+    session: AsyncSession, user_id: str, amount_micros: int, now: datetime
 ) -> WalletRow | None:
-    """Take `amount_micros` (> 0) from the wallet only if its available balance covers it (the
-    rule of `app.ledger.statements`, as the gateway's debits apply it); None when it does not
-    (or there is no wallet)."""
-    row = (
-        await session.execute(_COVERED_DEBIT, {"user_id": user_id, "amount": amount_micros})
-    ).first()
-    return wallet_row(row) if row is not None else None
+    """Take `amount_micros` (> 0) from the wallet, drawn from its lots in order, only if its
+    available balance covers it (the rule of `app.ledger.statements`, as the gateway's debits
+    apply it); None when it does not, when there is no wallet, or when a lot was credited after
+    the statement's snapshot (the caller reads the wallet again)."""
+    params = {"user_id": user_id, "amount": amount_micros, "now": now}
+    row = (await session.execute(_COVERED_DEBIT, params)).first()
+    return WalletRow(*row) if row is not None else None
 
 
 async def apply_to_wallet(session: AsyncSession, user_id: str, delta_micros: int) -> WalletRow:
@@ -146,10 +164,21 @@ async def apply_to_wallet(session: AsyncSession, user_id: str, delta_micros: int
     return wallet_row((await session.execute(upsert)).one())
 
 
-async def get_wallet(session: AsyncSession, user_id: str) -> WalletRow | None:
-    """The wallet of a user, if it exists."""
-    row = (await session.execute(select(*WALLET_COLUMNS).where(Account.user_id == user_id))).first()
-    return wallet_row(row) if row is not None else None
+_WALLET = text(
+    f"""SELECT id, user_id, balance_micros, held_micros, watch_micros,
+       CASE WHEN tracked_micros = 0 THEN 0
+            ELSE {expired_lots(":user_id", ":now")} END AS expired_micros
+FROM accounts WHERE user_id = :user_id"""
+)
+
+
+async def get_wallet(
+    session: AsyncSession, user_id: str, now: datetime | None = None
+) -> WalletRow | None:
+    """The wallet of a user, if it exists, with what its expired lots hold as of `now`."""
+    params = {"user_id": user_id, "now": now or utcnow()}
+    row = (await session.execute(_WALLET, params)).first()
+    return WalletRow(*row) if row is not None else None
 
 
 async def insert_entries(session: AsyncSession, rows: list[dict[str, Any]]) -> None:

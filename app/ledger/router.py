@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query
 
 from app.auth import CurrentUser
 from app.db import SessionDep
+from app.deps import NowDep
 from app.ledger import service
 from app.ledger.schemas import (
     BalanceOut,
@@ -29,9 +30,9 @@ Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 
 
 @router.get("/balance", summary="Get my balance")
-async def get_my_balance(user: CurrentUser, session: SessionDep) -> BalanceOut:
+async def get_my_balance(user: CurrentUser, session: SessionDep, now: NowDep) -> BalanceOut:
     """The caller's balance, held amount and available amount."""
-    return balance_out(await service.wallet_balance(session, user.user_id))
+    return balance_out(await service.wallet_balance(session, user.user_id, now))
 
 
 @router.get("/balance/transactions", summary="List my balance transactions")

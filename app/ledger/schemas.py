@@ -21,6 +21,9 @@ TransactionKind = Literal[
     "dispute",
     "dispute_reversal",
     "adjustment",
+    "grant",
+    "promo_code",
+    "credit_expiry",
 ]
 """Kinds of ledger transaction a wallet can see."""
 

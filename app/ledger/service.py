@@ -10,6 +10,7 @@ legs only add an entry, since a hot system row would serialize every posting.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -137,7 +138,7 @@ async def post(
     # Wallets are touched in user-id order so two postings over the same wallets cannot deadlock.
     for leg in sorted(legs, key=lambda leg: (leg.user_id is None, leg.user_id or "")):
         if leg.user_id is not None:
-            wallet = await _apply_wallet_leg(session, leg)
+            wallet = await _apply_wallet_leg(session, leg, now)
             wallets[leg.user_id] = wallet
             entries.append(
                 {
@@ -201,15 +202,23 @@ async def _not_covered(
     return insufficient_balance(current.available_micros if current else 0, amount_micros)
 
 
-async def _apply_wallet_leg(session: AsyncSession, leg: Leg) -> WalletRow:
+_COVER_ATTEMPTS = 3
+
+
+async def _apply_wallet_leg(session: AsyncSession, leg: Leg, now: datetime) -> WalletRow:
     assert leg.user_id is not None
     if leg.amount_micros < 0 and leg.require_available:
-        wallet = await repository.debit_wallet_if_available(
-            session, leg.user_id, -leg.amount_micros
-        )
-        if wallet is None:
-            raise await _not_covered(session, leg.user_id, -leg.amount_micros)
-        return wallet
+        amount = -leg.amount_micros
+        for _ in range(_COVER_ATTEMPTS):
+            wallet = await repository.debit_wallet_if_available(session, leg.user_id, amount, now)
+            if wallet is not None:
+                return wallet
+            current = await repository.get_wallet(session, leg.user_id, now)
+            available = current.available_micros if current else 0
+            if available < amount:
+                raise insufficient_balance(available, amount)
+            # Covered after all: a lot was credited after the statement's snapshot.
+        raise insufficient_balance(available, amount)
     return await repository.apply_to_wallet(session, leg.user_id, leg.amount_micros)
 
 
@@ -231,9 +240,11 @@ async def _replay(
 # Reads for the portal.
 
 
-async def wallet_balance(session: AsyncSession, user_id: str) -> WalletRow:
-    """The user's wallet (zeros and no id before it exists)."""
-    return await repository.get_wallet(session, user_id) or WalletRow("", user_id, 0, 0)
+async def wallet_balance(
+    session: AsyncSession, user_id: str, now: datetime | None = None
+) -> WalletRow:
+    """The user's wallet as of `now` (zeros and no id before it exists)."""
+    return await repository.get_wallet(session, user_id, now) or WalletRow("", user_id, 0, 0)
 
 
 async def list_transactions(

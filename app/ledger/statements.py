@@ -23,3 +23,85 @@ def covered_wallet_update(user: str, *, debit: str = "", hold: str = "", when: s
     return f"""UPDATE accounts SET {column} = {column} {sign} {amount}
     WHERE user_id = {user} AND balance_micros - held_micros >= {amount}{when}
     RETURNING {WALLET_RETURNING}"""
+
+
+LOT_ORDER = "expires_at ASC NULLS LAST, kind, created_at, id"
+"""The order credit is spent in (`app.ledger.lots`): soonest expiry first, never last; then
+granted before paid (`'granted' < 'paid'`); then oldest first. Never-expiring paid lots (not
+tracked) come after all of these, as the balance less the tracked remainders."""
+
+
+def locked_wallet(user: str, *, when: str = "") -> str:
+    """The `locked` CTE of a debit over lots: the wallet, if it tracks lots, locked FIRST
+    (before its lots: every writer of lots takes the wallet's lock, then the lots'), as it
+    stands once locked (READ COMMITTED re-reads a locked row, where an UPDATE's own conditions
+    would read the statement's snapshot, older than the lots it locked)."""
+    return f"""SELECT id, balance_micros, held_micros, tracked_micros FROM accounts
+    WHERE user_id = {user} AND tracked_micros <> 0{when} FOR UPDATE"""
+
+
+def lot_draw_ctes(user: str, amount: str, now: str) -> str:
+    """The CTEs of a debit of `amount` from user `user`'s lots as of `now`, after the
+    statement's `locked` CTE locked the wallet (nothing there: no lot looked at):
+
+    - `lots`: the wallet's tracked lots with a remainder, locked in id order, each as it stands
+      once locked;
+    - `draws`: what the debit takes from each live lot, in `LOT_ORDER` (none from a lot at or
+      past its `expires_at`);
+    - `drawn`, one row: the lots' remainders (`tracked`: what the wallet's `tracked_micros`
+      must say, else a lot was credited after this statement's snapshot), the part that has
+      expired (`expired`: out of the available balance), what the debit takes from them
+      (`total`) and how much of that is granted credit (`granted`); zeros without lots.
+
+    The wallet update takes the rest from the never-expiring paid credit."""
+    return f"""lots AS (
+    SELECT id, kind, expires_at, created_at, remaining_micros FROM credit_lots
+    WHERE user_id = {user} AND remaining_micros > 0 AND EXISTS (SELECT 1 FROM locked)
+    ORDER BY id FOR UPDATE
+), draws AS (
+    SELECT id, kind, remaining_micros, live,
+           CASE WHEN live THEN least(remaining_micros, greatest(0, {amount} - coalesce(
+               sum(remaining_micros) FILTER (WHERE live) OVER (ORDER BY {LOT_ORDER}
+                   ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)))
+           ELSE 0 END::bigint AS drawn
+    FROM (SELECT *, expires_at IS NULL OR expires_at > {now} AS live FROM lots) l
+), drawn AS (
+    SELECT coalesce(sum(remaining_micros), 0)::bigint AS tracked,
+           coalesce(sum(remaining_micros) FILTER (WHERE NOT live), 0)::bigint AS expired,
+           coalesce(sum(drawn), 0)::bigint AS total,
+           coalesce(sum(drawn) FILTER (WHERE kind = 'granted'), 0)::bigint AS granted
+    FROM draws
+)"""
+
+
+def drawn_wallet_update(user: str, amount: str, *, when: str = "") -> str:
+    """The covered debit over lots, one UPDATE for either kind of wallet: `amount` off the
+    balance and what the lots gave (`lot_draw_ctes`) off `tracked_micros`, only if the
+    available balance less the expired lots covers it and the lots seen are all the wallet
+    tracks (else nothing is written: the caller reads the wallet again, and runs it again if
+    covered). A wallet the `locked` CTE locked is judged as it stood once locked; any other
+    (tracking no lot: nothing to lock first) as the UPDATE reads it, like any covered
+    UPDATE."""
+    return f"""UPDATE accounts a SET balance_micros = a.balance_micros - {amount},
+        tracked_micros = a.tracked_micros - d.total
+    FROM drawn d LEFT JOIN locked l ON true
+    WHERE a.user_id = {user}
+      AND coalesce(l.balance_micros, a.balance_micros) - coalesce(l.held_micros, a.held_micros)
+          - d.expired >= {amount}
+      AND coalesce(l.tracked_micros, a.tracked_micros) = d.tracked{when}
+    RETURNING a.id, a.user_id, a.balance_micros, a.held_micros, a.watch_micros,
+              d.expired AS expired_micros"""
+
+
+LOT_DRAWS_UPDATE = """UPDATE credit_lots l SET remaining_micros = l.remaining_micros - d.drawn
+    FROM draws d WHERE l.id = d.id AND d.drawn > 0 AND EXISTS (SELECT 1 FROM wallet)"""
+"""The `lot_draws` CTE: the draws written, once the `wallet` CTE took the debit."""
+
+
+def expired_lots(user: str, now: str) -> str:
+    """What `user`'s lots at or past their expiry still hold (not yet swept), read without
+    locks: a reserve leaves it out of the available balance."""
+    return (
+        f"(SELECT coalesce(sum(remaining_micros), 0)::bigint FROM credit_lots"
+        f" WHERE user_id = {user} AND remaining_micros > 0 AND expires_at <= {now})"
+    )

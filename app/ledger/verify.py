@@ -12,9 +12,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 # Debits that must happen even when the wallet cannot cover them (usage already served beyond
-# its hold, a dispute, a refund made in Stripe's dashboard): only these may leave a balance below
-# the held amount.
-FORCED_DEBIT_KINDS = ("hold_capture", "dispute", "external_refund")
+# its hold, a dispute, a refund made in Stripe's dashboard, credit that expired under a hold):
+# only these may leave a balance below the held amount.
+FORCED_DEBIT_KINDS = ("hold_capture", "dispute", "external_refund", "credit_expiry")
 
 
 @dataclass(frozen=True, slots=True)

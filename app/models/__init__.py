@@ -3,11 +3,12 @@
 from app.models.audit import AuditEntry
 from app.models.base import Base
 from app.models.billing import BillingProfile, BillingTaxId, OrderDocument
-from app.models.ledger import Account, Hold, LedgerEntry, LedgerTransaction
+from app.models.ledger import Account, CreditLot, Hold, LedgerEntry, LedgerTransaction
 from app.models.limits import SpendLimit
 from app.models.notifications import BalanceAlert, Notification, NotificationSettings
 from app.models.orders import Order, StripeCustomer, StripeEvent
 from app.models.payment_methods import AutoTopup, AutoTopupSettings, PaymentMethod
+from app.models.promotions import LotNotice, PromoCode, PromoRedemption
 from app.models.refunds import Dispute, RefundRequest, StripeRefund
 from app.models.service_tokens import ServiceToken
 from app.models.usage import UsageRecord
@@ -21,15 +22,19 @@ __all__ = [
     "Base",
     "BillingProfile",
     "BillingTaxId",
+    "CreditLot",
     "Dispute",
     "Hold",
     "LedgerEntry",
     "LedgerTransaction",
+    "LotNotice",
     "Notification",
     "NotificationSettings",
     "Order",
     "OrderDocument",
     "PaymentMethod",
+    "PromoCode",
+    "PromoRedemption",
     "RefundRequest",
     "ServiceToken",
     "SpendLimit",

@@ -15,11 +15,50 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, CheckConstraint, ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.models.base import Base, BigIntPK, CreatedAt, IdKey, UserId, one_of
+from app.models.base import Base, BigIntPK, CreatedAt, IdKey, UserId, one_of, partial_index
 
-SYSTEM_ACCOUNTS = ("stripe", "usage", "disputes", "adjustments", "tax_payable")
-"""System accounts, created by migration with the fixed ids `sys_<name>` (`tax_payable`: the
-sales tax / VAT collected on top of top-ups, owed to tax authorities; migration 0019)."""
+SYSTEM_ACCOUNTS = (
+    "stripe",
+    "usage",
+    "disputes",
+    "adjustments",
+    "promotions",
+    "promo_usage",
+    "promo_expired",
+    "breakage",
+    "tax_payable",
+)
+"""System accounts, created by migration with the fixed ids `sys_<name>`: `usage` earns paid
+credit spent (revenue), `promotions` issues granted credit (grants, promo codes), `promo_usage`
+takes granted credit spent (marketing cost), `promo_expired` granted credit that expired unspent
+and `breakage` paid credit that did; `tax_payable` the sales tax / VAT collected on top of
+top-ups, owed to tax authorities (migration 0019)."""
+
+
+class LotSource(StrEnum):
+    """Where a credit lot came from."""
+
+    PURCHASE = "purchase"
+    AUTO_TOPUP = "auto_topup"
+    GRANT = "grant"
+    PROMO_CODE = "promo_code"
+    ADJUSTMENT = "adjustment"
+
+
+class LotKind(StrEnum):
+    """Paid credit (bought, or an operator's correction of what was) or granted credit (given:
+    a grant, a promo code), which the ledger books apart when it is spent or expires."""
+
+    PAID = "paid"
+    GRANTED = "granted"
+
+
+GRANTED_SOURCES = (LotSource.GRANT, LotSource.PROMO_CODE)
+
+
+def lot_kind(source: LotSource) -> LotKind:
+    """The kind of credit a lot of `source` is."""
+    return LotKind.GRANTED if source in GRANTED_SOURCES else LotKind.PAID
 
 
 class HoldStatus(StrEnum):
@@ -68,6 +107,11 @@ class Account(Base):
     """Wallets only: the highest threshold a change of the available balance could cross (its
     low-balance alerts and an active auto top-up), NULL when there is none. The gateway's
     statements look the alerts and the auto top-up up only below it (`refresh_watch`)."""
+    tracked_micros: Mapped[int] = mapped_column(default=0, server_default="0")
+    """Wallets only: the sum of the remainders of its tracked lots (every credit lot but
+    never-expiring paid ones, `CreditLot.remaining_micros`), expired or not, until swept.
+    `balance - tracked` is what the never-expiring paid lots hold (negative: a debt). A debit
+    that finds 0 here touches no lot row."""
     created_at: Mapped[CreatedAt]
 
 
@@ -144,3 +188,63 @@ class Hold(Base):
     expires_at: Mapped[datetime]
     created_at: Mapped[CreatedAt]
     resolved_at: Mapped[datetime | None]
+
+
+class CreditLot(Base):
+    """One credit to a wallet, and what is left of it: spent soonest-expiring first (never
+    last), then granted before paid, then oldest first (`app/ledger/lots.py`).
+
+    A lot that expires, or is granted, is *tracked*: `remaining_micros` is kept by every debit
+    that draws from it. A never-expiring paid lot is last in every draw, so its remainder is
+    *derived* rather than written by each debit: the wallet's balance minus its tracked
+    remainders (`Account.tracked_micros`), allocated newest-first over those lots, each capped
+    by `amount - returned`."""
+
+    __tablename__ = "credit_lots"
+    __table_args__ = (
+        CheckConstraint("amount_micros > 0", name="amount_positive"),
+        CheckConstraint(
+            "returned_micros >= 0 AND returned_micros <= amount_micros", name="returned_in_amount"
+        ),
+        CheckConstraint(
+            "remaining_micros IS NULL OR (remaining_micros >= 0"
+            " AND remaining_micros <= amount_micros - returned_micros)",
+            name="remaining_in_amount",
+        ),
+        CheckConstraint(
+            "(remaining_micros IS NULL) = (kind = 'paid' AND expires_at IS NULL)",
+            name="tracked_shape",
+        ),
+        CheckConstraint(one_of("source", LotSource), name="source_known"),
+        CheckConstraint(one_of("kind", LotKind), name="kind_known"),
+        CheckConstraint(
+            f"(kind = 'granted') = ({one_of('source', GRANTED_SOURCES)})", name="kind_of_source"
+        ),
+        Index("ix_credit_lots_user_id_id", "user_id", "id"),
+        # The lots a debit may draw from (one probe; empty for a wallet of never-expiring paid
+        # credit only) and the ones the expiry sweep looks at.
+        partial_index("ix_credit_lots_drawable", "user_id", where="remaining_micros > 0"),
+        partial_index("ix_credit_lots_due", "expires_at", where="remaining_micros > 0"),
+    )
+
+    id: Mapped[IdKey]
+    user_id: Mapped[UserId]
+    source: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(8))
+    amount_micros: Mapped[int]
+    """What was credited, positive."""
+    remaining_micros: Mapped[int | None]
+    """Tracked lots: what is left to spend (0 once swept). NULL for a never-expiring paid lot,
+    whose remainder is derived (`app/ledger/lots.py`)."""
+    returned_micros: Mapped[int] = mapped_column(default=0, server_default="0")
+    """What refunds and disputes took back from this lot (a reversal gives it back)."""
+    expires_at: Mapped[datetime | None]
+    """From then on nothing draws from it; NULL: never."""
+    order_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    """Purchases and auto top-ups: the order paid for."""
+    description: Mapped[str | None] = mapped_column(String(500))
+    reference: Mapped[str] = mapped_column(String(255), unique=True)
+    """The reference of the ledger transaction that credited it (idempotency of the lot too)."""
+    swept_at: Mapped[datetime | None]
+    """When the expiry job posted its remainder out of the balance."""
+    created_at: Mapped[CreatedAt]

@@ -19,6 +19,8 @@ NotificationType = Literal[
     "auto_topup.paused",
     "auto_topup.skipped",
     "refund.succeeded",
+    "credits.expiring",
+    "credits.expired",
 ]
 """The event types (`app.notifications.events` says what each one's `data` holds). Here, with
 the table whose CHECK lists them, so that the models import no domain."""

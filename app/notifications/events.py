@@ -13,6 +13,10 @@ Money appears twice: decimal strings for people and the portal (`"amount": "20.0
     auto_topup.skipped     {reason: "monthly_limit", amount, monthly_limit, spent_this_month,
                             currency}
     refund.succeeded       {refund_request_id, order_id, amount, amount_micros, currency}
+    credits.expiring       {lot_id, source, amount, amount_micros, expires_at, days_before,
+                            currency} (`amount`: what is left of the lot, 6 decimals)
+    credits.expired        {lot_id, source, amount, amount_micros, expired_at, currency}
+                           (`amount`: what expired unspent, 6 decimals)
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 
 # Re-exported: the type lives with its table (`app.models` imports no domain).
 from app.models.notifications import NotificationType as NotificationType
-from app.money import CURRENCY, format_amount
+from app.money import CURRENCY, format_amount, format_balance
 
 
 def _money(name: str, micros: int, fmt: Callable[[int], str] = format_amount) -> dict[str, Any]:
@@ -98,4 +102,29 @@ def refund_succeeded(
     """`refund.succeeded`: Stripe confirmed a refund."""
     return _data(
         refund_request_id=refund_request_id, order_id=order_id, **_money("amount", amount_micros)
+    )
+
+
+def credits_expiring(
+    *, lot_id: str, source: str, remaining_micros: int, expires_at: datetime, days_before: int
+) -> dict[str, Any]:
+    """`credits.expiring`: a lot with a remainder expires in `days_before` days (or less)."""
+    return _data(
+        lot_id=lot_id,
+        source=source,
+        **_money("amount", remaining_micros, format_balance),
+        expires_at=expires_at.isoformat(),
+        days_before=days_before,
+    )
+
+
+def credits_expired(
+    *, lot_id: str, source: str, expired_micros: int, expired_at: datetime
+) -> dict[str, Any]:
+    """`credits.expired`: a lot expired with `expired_micros` unspent, out of the balance."""
+    return _data(
+        lot_id=lot_id,
+        source=source,
+        **_money("amount", expired_micros, format_balance),
+        expired_at=expired_at.isoformat(),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 
@@ -12,6 +13,21 @@ def _usd(value: Any) -> str:
         # Balances carry 6 decimals; a person reads cents.
         text = f"{whole}.{fraction[:2].ljust(2, '0')}"
     return f"${text}"
+
+
+def _when(value: Any) -> str:
+    """An ISO instant as a person reads it: `2027-03-31 12:00 UTC`."""
+    try:
+        return datetime.fromisoformat(str(value)).strftime("%Y-%m-%d %H:%M UTC")
+    except ValueError:
+        return str(value)
+
+
+def _credit(data: dict[str, Any]) -> str:
+    """Paid credit is just credit; granted credit says what it is."""
+    source = str(data.get("source"))
+    named = {"promo_code": "promo code credit", "grant": "granted credit"}
+    return named.get(source, "credit")
 
 
 def render_email(notification_type: str, data: dict[str, Any]) -> tuple[str, str]:
@@ -63,6 +79,22 @@ def render_email(notification_type: str, data: dict[str, Any]) -> tuple[str, str
     elif notification_type == "refund.succeeded":
         subject = f"Your refund of {_usd(data['amount'])} was processed"
         body = f"{_usd(data['amount'])} was refunded to your card."
+    elif notification_type == "credits.expiring":
+        days = data.get("days_before")
+        subject = f"{_usd(data['amount'])} of your ToRouter {_credit(data)} expires soon"
+        body = (
+            f"{_usd(data['amount'])} of your ToRouter {_credit(data)} expires on "
+            f"{_when(data['expires_at'])}"
+            + (f", in {days} day{'s' if days != 1 else ''}" if isinstance(days, int) else "")
+            + ". Credit that expires soonest is spent first; whatever is left then is removed "
+            "from your balance."
+        )
+    elif notification_type == "credits.expired":
+        subject = f"{_usd(data['amount'])} of your ToRouter {_credit(data)} expired"
+        body = (
+            f"{_usd(data['amount'])} of your ToRouter {_credit(data)} expired unspent on "
+            f"{_when(data['expired_at'])} and was removed from your balance."
+        )
     else:
         subject = f"ToRouter billing: {notification_type}"
         body = "Something changed on your ToRouter billing account."

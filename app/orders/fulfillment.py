@@ -26,7 +26,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.db import session_scope
-from app.ledger.service import Leg, PostResult, post, transfer
+from app.ledger import lots
+from app.models.base import utcnow
+from app.models.ledger import LotSource
 from app.models.orders import Order, OrderKind
 from app.money import cents_to_micros, micros_to_cents
 from app.notifications import events
@@ -173,7 +175,7 @@ async def apply_payment(
         order.tax_micros = cents_to_micros(payment.tax_cents)
 
     if payment.state == "paid":
-        return await _credit(session, order, payment, bound, source)
+        return await _credit(session, settings, order, payment, bound, source)
     if payment.state == "processing":
         if order.status == OrderStatus.PROCESSING:
             return "processing"
@@ -212,7 +214,12 @@ def _record_failure(order: Order, payment: StripePayment) -> None:
 
 
 async def _credit(
-    session: AsyncSession, order: Order, payment: StripePayment, bound: Any, source: str
+    session: AsyncSession,
+    settings: Settings,
+    order: Order,
+    payment: StripePayment,
+    bound: Any,
+    source: str,
 ) -> str:
     if payment.charge_id and order.stripe_charge_id is None:
         order.stripe_charge_id = payment.charge_id
@@ -225,7 +232,22 @@ async def _credit(
         order.flagged_reason = "paid at Stripe without a PaymentIntent"
         bound.error("order_flagged", reason=order.flagged_reason)
         return f"flagged: {order.flagged_reason}"
-    result = await _post_topup(session, order, f"topup:{pi_id}")
+    result = await lots.credit(
+        session,
+        user_id=order.user_id,
+        amount_micros=order.amount_micros,
+        source=LotSource.AUTO_TOPUP if order.kind == OrderKind.AUTO else LotSource.PURCHASE,
+        reference=f"topup:{pi_id}",
+        kind="topup",
+        account="stripe",
+        expires_at=lots.paid_expiry(settings.paid_credit_expiry_days, utcnow()),
+        order_id=order.id,
+        description="Top-up",
+        details={"order_id": order.id, "tax_micros": order.tax_micros}
+        if order.tax_micros
+        else {"order_id": order.id},
+        passed_on=("tax_payable", order.tax_micros) if order.tax_micros else None,
+    )
     # Stripe took the money after we had closed the order: credit it anyway (logged).
     closed = order.status in CLOSED_UNPAID_STATUSES
     moved = transition(order, OrderStatus.PAID, reason=PAID_AFTER_CLOSE if closed else source)
@@ -233,35 +255,6 @@ async def _credit(
     bound.info("order_paid", replayed=result.replayed, amount_micros=order.amount_micros)
     await _after_credit(session, order, payment)
     return "credited"
-
-
-async def _post_topup(session: AsyncSession, order: Order, reference: str) -> PostResult:
-    """The credit: the amount before tax into the wallet; the tax Stripe collected on top (if
-    any) is owed to tax authorities (`tax_payable`), never the user's."""
-    if not order.tax_micros:
-        return await transfer(
-            session,
-            reference=reference,
-            kind="topup",
-            user_id=order.user_id,
-            amount_micros=order.amount_micros,
-            account="stripe",
-            description="Top-up",
-            details={"order_id": order.id},
-        )
-    return await post(
-        session,
-        reference=reference,
-        kind="topup",
-        legs=[
-            Leg.wallet(order.user_id, order.amount_micros),
-            Leg.account("tax_payable", order.tax_micros),
-            Leg.account("stripe", -(order.amount_micros + order.tax_micros)),
-        ],
-        user_id=order.user_id,
-        description="Top-up",
-        details={"order_id": order.id, "tax_micros": order.tax_micros},
-    )
 
 
 OrderCredited = Callable[[AsyncSession, Order], Awaitable[bool]]

@@ -97,7 +97,7 @@ async def _cancel(
         order.kind == "auto" and order.stripe_payment_intent_id is None
     ):
         # An auto top-up's order is the charging job's: it is paid or closed by it.
-        raise _not_cancelable(order)
+        raise status_refusal(order, OrderNotCancelable)
     obj: StripeJSON | None = None
     if order.mode == "checkout" and order.stripe_checkout_session_id:
         obj = await stripe.expire_checkout_session(order.stripe_checkout_session_id)
@@ -124,7 +124,7 @@ async def _cancel(
                 await apply_payment(session, settings, locked, payment, source="cancel")
         status = locked.status
     if status not in CLOSED_UNPAID_STATUSES:
-        raise _not_cancelable(locked)
+        raise status_refusal(locked, OrderNotCancelable)
     log.info("order_canceled", order_id=order_id, status=status)
     return locked
 
@@ -164,16 +164,6 @@ async def _cancel_card_testing(
         await _cancel(maker, stripe, settings, order)
     except (PaymentProviderUnavailable, StripeRequestFailed, OrderNotCancelable):
         log.warning("card_testing_cancel_failed", order_id=order.id, exc_info=True)
-
-
-def _not_cancelable(order: Order) -> OrderNotCancelable:
-    return status_refusal(
-        order,
-        OrderNotCancelable,
-        paid="A paid order cannot be canceled; request a refund instead.",
-        processing="The payment is being processed; it cannot be canceled now.",
-        other="The order is {status}.",
-    )
 
 
 def _worth_asking(order: Order) -> bool:

@@ -26,10 +26,10 @@ from app.billing import repository as billing_repository
 from app.config import Settings
 from app.db import session_scope
 from app.errors import (
-    Conflict,
     IdempotencyConflict,
     NotFound,
     OrderNotResumable,
+    OrderRefusal,
     PaymentProviderUnavailable,
     PaymentsNotConfigured,
     RateLimited,
@@ -65,7 +65,7 @@ from app.stripe_gateway.payments import (
 
 log = structlog.get_logger(__name__)
 
-ConflictT = TypeVar("ConflictT", bound=Conflict)
+RefusalT = TypeVar("RefusalT", bound=OrderRefusal)
 
 CHECKOUT_EXPIRY_MARGIN = timedelta(minutes=2)
 """Stripe wants `expires_at` 30 minutes to 24 hours after it creates the session; the margin
@@ -328,30 +328,18 @@ async def load_order(
     return order
 
 
-def status_refusal(
-    order: Order, error: type[ConflictT], *, paid: str, processing: str, other: str
-) -> ConflictT:
-    """The 409 for an order whose status refuses what was asked (`other` may name the status
-    as `{status}`)."""
+def status_refusal(order: Order, error: type[RefusalT]) -> RefusalT:
+    """The 409 `error` for an order whose status refuses what was asked, in the error's words
+    (`app.errors.OrderRefusal`)."""
     if order.flagged_reason:
         detail = "The payment of this order is under review."
     elif order.status in PAID_STATUSES:
-        detail = paid
+        detail = error.when_paid
     elif order.status == OrderStatus.PROCESSING:
-        detail = processing
+        detail = error.when_processing
     else:
-        detail = other.format(status=order.status)
+        detail = error.otherwise.format(status=order.status)
     return error(detail, order_id=order.id, order_status=order.status)
-
-
-def not_resumable(order: Order) -> OrderNotResumable:
-    return status_refusal(
-        order,
-        OrderNotResumable,
-        paid="The order is paid already.",
-        processing="The payment is being processed; it cannot be changed now.",
-        other="The order is {status}; start a new top-up.",
-    )
 
 
 async def payable(
@@ -373,7 +361,7 @@ async def payable(
     ):
         # (An auto order is payable on-session only once its off-session charge asked for the
         # customer: `authentication_required` leaves its PaymentIntent to be paid here.)
-        raise not_resumable(order)
+        raise status_refusal(order, OrderNotResumable)
     if has_stripe_object(order):
         obj = await _read_object(stripe, order)
     else:
@@ -392,7 +380,7 @@ async def payable(
     if not payable:
         log.info("order_not_payable", order_id=order_id, outcome=outcome, status=locked.status)
         await close_at_stripe_quietly(stripe, locked)
-        raise not_resumable(locked)
+        raise status_refusal(locked, OrderNotResumable)
     if order.mode == "checkout":
         return Payable(locked, "checkout", checkout_url=str(obj["url"]))
     return Payable(

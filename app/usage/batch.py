@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import NamedTuple
 
 from app.errors import SpendLimitExceeded
+from app.ledger.lots import LiveLots, LotRow
 from app.ledger.repository import WalletRow
 from app.ledger.service import insufficient_balance
 from app.limits.rules import Counter, check, scopes, tightest_remaining
@@ -34,6 +36,8 @@ class PlannedDebit(NamedTuple):
     transaction_id: str
     account_id: str
     balance_after_micros: int
+    granted_micros: int = 0
+    """How much of it was granted credit (booked to promo usage; the rest to usage)."""
 
 
 @dataclass(slots=True)
@@ -46,6 +50,10 @@ class BatchPlan:
     """The amount to take from each wallet, by account id."""
     counters: dict[str, Counter] = field(default_factory=dict)
     """The spend-limit counters the batch moved, as they end up, by limit id."""
+    lots_drawn: dict[str, int] = field(default_factory=dict)
+    """What the batch took from each wallet's tracked lots, by account id."""
+    lot_remaining: dict[str, int] = field(default_factory=dict)
+    """The remainders of the lots the batch drew from, as they end up, by lot id."""
 
 
 def limit_scopes(debits: Iterable[UsageDebit]) -> list[tuple[str, str]]:
@@ -60,12 +68,21 @@ def plan_batch(
     existing: Mapping[str, ExistingDebit],
     new_transaction_id: Callable[[], str],
     counters: Iterable[tuple[str, Counter]] = (),
+    lots: Mapping[str, Sequence[LotRow]] | None = None,
+    now: datetime | None = None,
 ) -> BatchPlan:
     """Decide `debits` in order against `wallets` (by user id, locked by the caller), the
     spend-limit `counters` (with their user ids, locked by the caller, as of their current
-    windows; a scope may have several, all applying) and the references that `existing` holds
-    (by reference)."""
+    windows; a scope may have several, all applying), the wallets' tracked `lots` with a
+    remainder (by user id, locked by the caller; drawn in the order of `app.ledger.lots`, none
+    at or past its expiry as of `now`) and the references that `existing` holds (by
+    reference)."""
     plan = BatchPlan()
+    live = {
+        user_id: LiveLots(user_lots, now)
+        for user_id, user_lots in (lots or {}).items()
+        if user_lots and now is not None
+    }
     by_scope: dict[tuple[str, str], list[str]] = {}
     limits: dict[str, Counter] = {}
     for user_id, counter in counters:
@@ -93,22 +110,37 @@ def plan_batch(
             except SpendLimitExceeded as refused:
                 outcomes.append(refused)
                 continue
-        if wallet is None or wallet.balance_micros - wallet.held_micros < amount:
-            available = wallet.available_micros if wallet is not None else 0
+        user_lots = live.get(debit.user_id)
+        expired = user_lots.expired_micros if user_lots is not None else 0
+        if wallet is None or wallet.balance_micros - wallet.held_micros - expired < amount:
+            available = (
+                wallet.balance_micros - wallet.held_micros - expired if wallet is not None else 0
+            )
             outcomes.append(insufficient_balance(available, amount))
             continue
+        granted = 0
+        if user_lots is not None:
+            drawn, granted = user_lots.draw(amount, plan.lot_remaining)
+            if drawn:
+                plan.lots_drawn[wallet.id] = plan.lots_drawn.get(wallet.id, 0) + drawn
         remaining: list[int] = []
         for counter in applicable:
             moved = counter._replace(spent_micros=counter.spent_micros + amount)
             limits[counter.id] = plan.counters[counter.id] = moved
             remaining.append(moved.limit_micros - moved.spent_micros)
         wallet = WalletRow(
-            wallet.id, wallet.user_id, wallet.balance_micros - amount, wallet.held_micros
+            wallet.id,
+            wallet.user_id,
+            wallet.balance_micros - amount,
+            wallet.held_micros,
+            expired_micros=expired,
         )
         running[debit.user_id] = wallet
         transaction_id = new_transaction_id()
         written[reference] = ExistingDebit(transaction_id, debit.request_hash)
-        writes.append(PlannedDebit(debit, transaction_id, wallet.id, wallet.balance_micros))
+        writes.append(
+            PlannedDebit(debit, transaction_id, wallet.id, wallet.balance_micros, granted)
+        )
         totals[wallet.id] = totals.get(wallet.id, 0) + amount
         outcomes.append(
             Debited(

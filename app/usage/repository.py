@@ -46,9 +46,17 @@ from app.ledger import hold_state
 from app.ledger.balance_events import BALANCE_EVENTS, crossing_ctes
 from app.ledger.holds import HoldResult, capture_exceeds_hold
 from app.ledger.holds_repository import HoldCapture, HoldRequest, HoldRow
+from app.ledger.lots import LotRow
 from app.ledger.repository import WalletRow
 from app.ledger.service import insufficient_balance
-from app.ledger.statements import covered_wallet_update
+from app.ledger.statements import (
+    LOT_DRAWS_UPDATE,
+    covered_wallet_update,
+    drawn_wallet_update,
+    expired_lots,
+    locked_wallet,
+    lot_draw_ctes,
+)
 from app.limits.periods import Windows
 from app.limits.rules import Counter, Refusal
 from app.limits.rules import tightest_remaining as _tightest
@@ -66,6 +74,8 @@ from app.usage.store import (
 )
 
 USAGE_ACCOUNT = system_account_id("usage")
+PROMO_USAGE_ACCOUNT = system_account_id("promo_usage")
+_COVER_ATTEMPTS = 3
 _BATCH_ATTEMPTS = 5
 APPLICATION_NAME = "billing-gateway"
 """The pool's `application_name`, so operators (and tests) can tell its connections apart."""
@@ -115,8 +125,12 @@ def _outage_is_503(
     return guarded
 
 
-_WALLET_BY_USER = """
-SELECT id, user_id, balance_micros, held_micros FROM accounts WHERE user_id = $1
+# The wallet as the gateway shows it: `expired_micros`, what lots past their expiry still hold
+# until swept, is looked up only for a wallet that tracks lots at all.
+_WALLET_BY_USER = f"""
+SELECT id, user_id, balance_micros, held_micros,
+       CASE WHEN tracked_micros = 0 THEN 0 ELSE {expired_lots("$1", "$2")} END AS expired_micros
+FROM accounts WHERE user_id = $1
 """
 
 _SERVICE_TOKEN_BY_HASH = """
@@ -190,23 +204,35 @@ _USAGE_RECORD_COLUMNS = """
 
 
 def _usage_entries(amount: str, now: str) -> str:
-    """The `entries` of a usage header `txn`: `amount` out of the debited `wallet`, into the
-    usage account."""
+    """The `entries` of a usage header `txn`: `amount` out of the debited `wallet`; the granted
+    credit it drew (`drawn`, `app.ledger.statements.lot_draw_ctes`) into the promo-usage
+    account, the rest (paid credit) into the usage account."""
     return f"""entries AS (
     INSERT INTO ledger_entries
         (transaction_id, account_id, amount_micros, balance_after_micros, created_at)
     SELECT txn.id, wallet.id, -{amount}::bigint, wallet.balance_micros, {now} FROM txn, wallet
     UNION ALL
-    SELECT txn.id, '{USAGE_ACCOUNT}', {amount}, NULL, {now} FROM txn
+    SELECT txn.id, '{USAGE_ACCOUNT}', {amount} - drawn.granted, NULL, {now} FROM txn, drawn
+    WHERE {amount} - drawn.granted > 0
+    UNION ALL
+    SELECT txn.id, '{PROMO_USAGE_ACCOUNT}', drawn.granted, NULL, {now} FROM txn, drawn
+    WHERE drawn.granted > 0
 )"""
+
+
+_DEBIT_LOTS = lot_draw_ctes("$3", "$4", "$7")
 
 
 def _debit_sql() -> str:
     return f"""
 WITH existing AS (
     SELECT id, request_hash FROM ledger_transactions WHERE reference = $1
-), {_limit_ctes("$3", "$8", "$4")}, wallet AS (
-    {covered_wallet_update("$3", debit="$4", when=_NEW_AND_ALLOWED)}
+), {_limit_ctes("$3", "$8", "$4")}, locked AS (
+    {locked_wallet("$3", when=_NEW_AND_ALLOWED)}
+), {_DEBIT_LOTS}, wallet AS (
+    {drawn_wallet_update("$3", "$4", when=_NEW_AND_ALLOWED)}
+), lot_draws AS (
+    {LOT_DRAWS_UPDATE}
 ), spend AS (
     UPDATE spend_limits s SET window_start = c.window_start, spent_micros = c.spent_micros + $4
     FROM counters c, wallet WHERE s.id = c.id
@@ -236,6 +262,7 @@ SELECT CASE WHEN w.id IS NOT NULL THEN 'applied'
        coalesce(w.id, a.id) AS wallet_id, coalesce(w.user_id, a.user_id) AS wallet_user_id,
        coalesce(w.balance_micros, a.balance_micros) AS balance_micros,
        coalesce(w.held_micros, a.held_micros) AS held_micros,
+       coalesce(w.expired_micros, 0) AS expired_micros,
        e.id AS original_id, e.request_hash AS original_request_hash,
        (SELECT min(remaining) FROM spend) AS limit_remaining_micros,
        r.scope, r.period, r.limit_micros, r.spent_micros, r.window_start,
@@ -266,12 +293,19 @@ _HOLD_WALLET = "w.id AS wallet_id, w.user_id AS wallet_user_id, w.balance_micros
 """The columns of a hold statement's wallet `w`, as `HoldStatementRow` reads them."""
 
 
+_NOT_EXPIRED_COVERS_HOLD = f"""
+      AND balance_micros - held_micros
+          - CASE WHEN tracked_micros = 0 THEN 0 ELSE {expired_lots("$2", "$7")} END >= $3"""
+"""A reserve's cover leaves out what expired lots hold (looked up only for a wallet with tracked
+lots; read unlocked, which can only overstate it, refusing at worst)."""
+
+
 def _reserve_sql() -> str:
     return f"""
 WITH existing AS (
     SELECT {_HOLD_COLUMNS} FROM holds WHERE id = $1
 ), {_limit_ctes("$2", "$8", "$3")}, wallet AS (
-    {covered_wallet_update("$2", hold="$3", when=_NEW_AND_ALLOWED)}
+    {covered_wallet_update("$2", hold="$3", when=_NEW_AND_ALLOWED + _NOT_EXPIRED_COVERS_HOLD)}
 ), spend AS (
     -- An active hold counts in the window it is reserved in, until it is resolved.
     UPDATE spend_limits s SET window_start = c.window_start, spent_micros = c.spent_micros + $3
@@ -349,18 +383,31 @@ def _hold_limits(delta: str, day: str, week: str, month: str) -> str:
 _CAPTURED, _CAPTURABLE = hold_state.capture_sql()
 
 
+_CAPTURE_LOTS = lot_draw_ctes("(SELECT user_id FROM hold)", "$2", "$4")
+
+
 def _capture_sql() -> str:
     return f"""
 WITH hold AS (
     UPDATE holds SET {_CAPTURED}, captured_micros = $2, resolution_hash = $3, resolved_at = $4
     WHERE id = $1 AND {_CAPTURABLE} AND $2 <= amount_micros * $13::float8
     RETURNING account_id, api_key_id, {_HOLD_COLUMNS}
-), {_hold_limits("$2 - h.amount_micros", "$7", "$8", "$9")}, wallet AS (
+), {_hold_limits("$2 - h.amount_micros", "$7", "$8", "$9")}, locked AS (
+    SELECT a.id FROM accounts a, hold
+    WHERE a.id = hold.account_id AND a.tracked_micros <> 0
+      AND (SELECT count(*) FROM limits) >= 0  -- the limits are locked first
+    FOR UPDATE OF a
+), {_CAPTURE_LOTS}, wallet AS (
+    -- The usage was served: the capture draws from the live lots in order and takes the rest
+    -- from the never-expiring paid credit, even below zero.
     UPDATE accounts a SET balance_micros = a.balance_micros - $2,
-                          held_micros = a.held_micros - hold.amount_micros
-    FROM hold WHERE a.id = hold.account_id
+                          held_micros = a.held_micros - hold.amount_micros,
+                          tracked_micros = a.tracked_micros - d.total
+    FROM hold, drawn d WHERE a.id = hold.account_id
       AND (SELECT count(*) FROM limits) >= 0  -- the limits are locked first
     RETURNING a.id, a.user_id, a.balance_micros, a.held_micros, a.watch_micros
+), lot_draws AS (
+    {LOT_DRAWS_UPDATE}
 ), txn AS (
     INSERT INTO ledger_transactions
         (id, reference, kind, user_id, description, request_hash, details, created_at)
@@ -435,8 +482,15 @@ FROM holds h LEFT JOIN accounts a ON a.user_id = h.user_id WHERE h.id = $1
 # Wallets in user-id order (LockRows sits above the Sort), as every multi-wallet writer takes
 # them, so two batches cannot deadlock on wallet rows.
 _LOCK_WALLETS = """
-SELECT id, user_id, balance_micros, held_micros FROM accounts
+SELECT id, user_id, balance_micros, held_micros, tracked_micros FROM accounts
 WHERE user_id = ANY($1::text[]) ORDER BY user_id FOR UPDATE
+"""
+
+# The tracked lots with a remainder of the batch's wallets that track any, locked (in id order)
+# once the wallets are, as every writer of lots takes them.
+_LOCK_LOTS = """
+SELECT id, user_id, kind, expires_at, created_at, remaining_micros FROM credit_lots
+WHERE user_id = ANY($1::text[]) AND remaining_micros > 0 ORDER BY id FOR UPDATE
 """
 
 # The batch's spend limits, locked before its wallets (as every writer takes them), in
@@ -475,18 +529,30 @@ WITH txn AS (
         (transaction_id, account_id, amount_micros, balance_after_micros, created_at)
     SELECT legs.transaction_id, legs.account_id, legs.amount_micros, legs.balance_after, $8
     FROM (
-        SELECT d.ord * 2 AS position, d.id AS transaction_id, d.account_id,
+        SELECT d.ord * 3 AS position, d.id AS transaction_id, d.account_id,
                -d.amount AS amount_micros, d.balance_after
         FROM unnest($1::text[], $6::text[], $7::bigint[], $9::bigint[])
              WITH ORDINALITY AS d(id, account_id, amount, balance_after, ord)
         UNION ALL
-        SELECT d.ord * 2 + 1, d.id, '{USAGE_ACCOUNT}', d.amount, NULL
-        FROM unnest($1::text[], $7::bigint[]) WITH ORDINALITY AS d(id, amount, ord)
+        -- Paid credit used to usage revenue, granted credit used to promo usage.
+        SELECT d.ord * 3 + 1, d.id, '{USAGE_ACCOUNT}', d.amount - d.granted, NULL
+        FROM unnest($1::text[], $7::bigint[], $23::bigint[])
+             WITH ORDINALITY AS d(id, amount, granted, ord)
+        WHERE d.amount > d.granted
+        UNION ALL
+        SELECT d.ord * 3 + 2, d.id, '{PROMO_USAGE_ACCOUNT}', d.granted, NULL
+        FROM unnest($1::text[], $23::bigint[]) WITH ORDINALITY AS d(id, granted, ord)
+        WHERE d.granted > 0
     ) legs
     ORDER BY legs.position
+), lot_draws AS (
+    UPDATE credit_lots l SET remaining_micros = u.remaining
+    FROM unnest($20::text[], $21::bigint[]) AS u(id, remaining)
+    WHERE l.id = u.id
 ), wallets AS (
-    UPDATE accounts a SET balance_micros = a.balance_micros - w.total
-    FROM unnest($10::text[], $11::bigint[]) AS w(account_id, total)
+    UPDATE accounts a SET balance_micros = a.balance_micros - w.total,
+                          tracked_micros = a.tracked_micros - w.drawn
+    FROM unnest($10::text[], $11::bigint[], $22::bigint[]) AS w(account_id, total, drawn)
     WHERE a.id = w.account_id
     RETURNING a.user_id, a.balance_micros, a.held_micros, a.watch_micros, w.total
 ), crossing AS (
@@ -554,7 +620,18 @@ def _wallet(row: DebitRow | HoldStatementRow) -> WalletRow | None:
     assert row.wallet_user_id is not None
     assert row.balance_micros is not None
     assert row.held_micros is not None
-    return WalletRow(row.wallet_id, row.wallet_user_id, row.balance_micros, row.held_micros)
+    return WalletRow(
+        row.wallet_id,
+        row.wallet_user_id,
+        row.balance_micros,
+        row.held_micros,
+        expired_micros=row.expired_micros,
+    )
+
+
+class _StaleLots(Exception):
+    """A debit saw fewer lots than its wallet tracks (one credited after its snapshot) and
+    wrote nothing; it is run again."""
 
 
 class DebitRow(NamedTuple):
@@ -574,6 +651,8 @@ class DebitRow(NamedTuple):
     """What the tightest spend limit leaves after the debit; None when none applies."""
     after_commit: list[str]
     """The balance subscribers whose work this debit recorded (`BalanceEvents.jobs_for`)."""
+    expired_micros: int = 0
+    """What the wallet's expired, unswept lots hold (not available)."""
 
     @property
     def wallet(self) -> WalletRow | None:
@@ -599,6 +678,7 @@ class HoldStatementRow(NamedTuple):
     balance_micros: int | None
     held_micros: int | None
     limit_remaining_micros: int | None
+    expired_micros: int = 0
 
     @property
     def hold(self) -> HoldRow:
@@ -667,11 +747,20 @@ class UsageStore:
 
     @_outage_is_503
     async def wallet(self, user_id: str) -> WalletRow | None:
-        row = await self._pool.fetchrow(_WALLET_BY_USER, user_id)
+        row = await self._pool.fetchrow(_WALLET_BY_USER, user_id, self.clock())
         return _read(WalletRow, row) if row is not None else None
 
     @_outage_is_503
     async def debit(self, debit: UsageDebit) -> Debited:
+        for _ in range(_COVER_ATTEMPTS - 1):
+            try:
+                return await self._debit_once(debit)
+            except _StaleLots:
+                # A lot was credited after the statement's snapshot: run it again.
+                continue
+        return await self._debit_once(debit, last=True)
+
+    async def _debit_once(self, debit: UsageDebit, *, last: bool = False) -> Debited:
         reference = usage_reference(debit.request_id)
         txn_id = new_id("txn")
         now = self.clock()
@@ -714,18 +803,25 @@ class UsageStore:
             raise _read(Refusal, record).error()
         if row.wallet is None:
             raise insufficient_balance(0, debit.amount_micros)
-        raise await self._not_covered(debit.user_id, debit.amount_micros)
+        raise await self._not_covered(debit.user_id, debit.amount_micros, last=last)
 
-    async def _not_covered(self, user_id: str, amount_micros: int) -> InsufficientBalance:
+    async def _not_covered(
+        self, user_id: str, amount_micros: int, *, last: bool = True
+    ) -> InsufficientBalance | _StaleLots:
         # The statement's own read of the wallet is as of its start, before it waited for the
         # row lock; the refusal tells the balance the UPDATE actually saw, so read it again.
+        # Covered after all: a lot was credited after the statement's snapshot (its lots did
+        # not add up to the wallet's tracked sum), so the statement is to run again.
         current = await self.wallet(user_id)
-        return insufficient_balance(current.available_micros if current else 0, amount_micros)
+        available = current.available_micros if current else 0
+        if available >= amount_micros and not last:
+            return _StaleLots()
+        return insufficient_balance(available, amount_micros)
 
     async def _replay(self, reference: str, user_id: str) -> Debited:
         async with self._pool.acquire() as conn:
             original = await conn.fetchrow(_TRANSACTION_BY_REFERENCE, reference)
-            wallet_row = await conn.fetchrow(_WALLET_BY_USER, user_id)
+            wallet_row = await conn.fetchrow(_WALLET_BY_USER, user_id, self.clock())
         if original is None:  # pragma: no cover - the conflicting row is committed
             raise RuntimeError(f"reference {reference!r} conflicted but cannot be read")
         LEDGER_TRANSACTIONS.labels(USAGE_KIND, "replayed").inc()
@@ -741,6 +837,7 @@ class UsageStore:
                 asyncpg.DeadlockDetectedError,
                 asyncpg.SerializationError,
                 asyncpg.UniqueViolationError,
+                _StaleLots,
             ):
                 # A concurrent writer took one of our references first (or, in theory, a
                 # deadlock): the transaction rolled back whole; decide again on what is there.
@@ -762,15 +859,24 @@ class UsageStore:
                     _LOCK_LIMITS, [p[0] for p in pairs], [p[1] for p in pairs], *Windows.at(now)
                 )
             ]
-            wallets = {
-                row["user_id"]: _read(WalletRow, row)
-                for row in await conn.fetch(_LOCK_WALLETS, users)
-            }
+            locked = await conn.fetch(_LOCK_WALLETS, users)
+            wallets = {row["user_id"]: _read(WalletRow, row) for row in locked}
+            lots: dict[str, list[LotRow]] = {}
+            tracking = [row["user_id"] for row in locked if row["tracked_micros"]]
+            if tracking:
+                for row in await conn.fetch(_LOCK_LOTS, tracking):
+                    lots.setdefault(row["user_id"], []).append(_read(LotRow, row))
+            for row in locked:
+                user_lots = lots.get(row["user_id"], ())
+                if row["tracked_micros"] != sum(lot.remaining_micros for lot in user_lots):
+                    raise _StaleLots  # (the wallets are locked: no lot can be credited now)
             existing = {
                 row["reference"]: _read(ExistingDebit, row)
                 for row in await conn.fetch(_EXISTING_REFERENCES, references)
             }
-            plan = plan_batch(debits, wallets, existing, transaction_ids.__next__, counters)
+            plan = plan_batch(
+                debits, wallets, existing, transaction_ids.__next__, counters, lots, now
+            )
             if plan.writes:
                 writes = plan.writes
                 spent = plan.counters.values()
@@ -795,6 +901,10 @@ class UsageStore:
                     [w.debit.detail("model") for w in writes],
                     [w.debit.detail("input_tokens") for w in writes],
                     [w.debit.detail("output_tokens") for w in writes],
+                    list(plan.lot_remaining),
+                    list(plan.lot_remaining.values()),
+                    [plan.lots_drawn.get(account_id, 0) for account_id in plan.totals],
+                    [w.granted_micros for w in writes],
                 )
         applied = len(plan.writes)
         if applied:

@@ -4,7 +4,7 @@ issued for an order (`order_documents`: invoices and credit notes), and the syst
 `sys_tax_payable` that the tax collected on top of a top-up is posted to.
 
 Revision ID: 0019
-Revises: 0017 (the lead re-chains it after 0018 at merge)
+Revises: 0018
 """
 
 from collections.abc import Sequence
@@ -15,7 +15,7 @@ from alembic import op
 import app.models.base
 
 revision: str = "0019"
-down_revision: str | None = "0017"
+down_revision: str | None = "0018"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

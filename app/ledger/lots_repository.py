@@ -1,0 +1,96 @@
+"""All SQL of credit lots outside the gateway's statements: creating a lot with its credit,
+reading a wallet's lots, and the draws, take-backs and sweeps of `app.ledger.lots`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.ids import new_id
+from app.models.ledger import Account, CreditLot
+
+# Under the wallet's row lock (the credit's posting took it): a tracked lot's remainder is its
+# amount less the debt it repays first (`balance - tracked` below zero, the balance as the
+# credit left it), and the wallet's tracked sum grows by it.
+_TRACK_NEW_LOT = text(
+    """
+    WITH w AS (
+        SELECT id, greatest(0, least(:amount, balance_micros - tracked_micros)) AS remaining
+        FROM accounts WHERE user_id = :user_id AND kind = 'wallet'
+    )
+    UPDATE accounts a SET tracked_micros = a.tracked_micros + w.remaining
+    FROM w WHERE a.id = w.id
+    RETURNING w.remaining
+    """
+)
+
+
+async def track_new_lot(session: AsyncSession, user_id: str, amount_micros: int) -> int:
+    """Count a new tracked lot of `amount_micros` in its wallet (locked by the caller); the
+    lot's remainder: its amount less the debt it repays."""
+    return int(
+        (
+            await session.execute(_TRACK_NEW_LOT, {"amount": amount_micros, "user_id": user_id})
+        ).scalar_one()
+    )
+
+
+async def insert_lot(session: AsyncSession, **columns: Any) -> CreditLot:
+    """Insert a lot (a new id unless given)."""
+    lot = CreditLot(id=columns.pop("id", None) or new_id("lot"), **columns)
+    session.add(lot)
+    await session.flush()
+    return lot
+
+
+async def lot_by_reference(session: AsyncSession, reference: str) -> CreditLot | None:
+    return (
+        await session.execute(select(CreditLot).where(CreditLot.reference == reference))
+    ).scalar_one_or_none()
+
+
+async def lot_by_id(session: AsyncSession, lot_id: str) -> CreditLot | None:
+    return await session.get(CreditLot, lot_id)
+
+
+async def due_lots(session: AsyncSession, now: datetime, limit: int) -> list[str]:
+    """Up to `limit` lots at or past their expiry with a remainder, soonest first."""
+    rows = await session.execute(
+        select(CreditLot.id)
+        .where(CreditLot.remaining_micros > 0, CreditLot.expires_at <= now)
+        .order_by(CreditLot.expires_at, CreditLot.id)
+        .limit(limit)
+    )
+    return list(rows.scalars())
+
+
+_LOCK_WALLET = text("SELECT id FROM accounts WHERE user_id = :user_id FOR UPDATE")
+
+
+async def lock_wallet(session: AsyncSession, user_id: str) -> None:
+    """Lock the user's wallet row: every writer of lots takes it before the lots'."""
+    await session.execute(_LOCK_WALLET, {"user_id": user_id})
+
+
+async def lock_lot(session: AsyncSession, lot_id: str) -> CreditLot | None:
+    """The lot, locked, as it stands now (after the wallet's lock)."""
+    return (
+        await session.execute(
+            select(CreditLot)
+            .where(CreditLot.id == lot_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    ).scalar_one_or_none()
+
+
+async def untrack(session: AsyncSession, user_id: str, amount_micros: int) -> None:
+    """Take `amount_micros` off the wallet's tracked sum (a tracked lot's remainder that left)."""
+    await session.execute(
+        update(Account)
+        .where(Account.user_id == user_id)
+        .values(tracked_micros=Account.tracked_micros - amount_micros)
+    )

@@ -1,0 +1,185 @@
+"""Request and response shapes of grants, promo codes and the lots they credit."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, StringConstraints, field_validator, model_validator
+
+from app.ledger.lots import Credited
+from app.models.ledger import CreditLot, LotSource
+from app.models.promotions import PROMO_CODE_PATTERN, PromoCode
+from app.money import format_amount, format_balance
+from app.schemas import (
+    WHOLE_FLOATS,
+    CleanText,
+    CleanToken,
+    OneOf,
+    PositiveAmountText,
+    StrictModel,
+    UtcDatetime,
+)
+
+_CODE = re.compile(PROMO_CODE_PATTERN)
+GRANT_DESCRIPTION = "Granted credit"
+
+ExpiryDays = Annotated[
+    int,
+    Field(strict=True, ge=1, le=3650, examples=[30]),
+    WHOLE_FLOATS,
+]
+
+
+class GrantIn(StrictModel):
+    """Credit given to one user: it expires at `expires_at`, or `expires_in_days` after the
+    grant (at most one of the two; neither: never)."""
+
+    amount: PositiveAmountText = Field(description="USD, at most 2 decimals.")
+    expires_at: UtcDatetime | None = Field(
+        default=None, description="When the granted credit expires; must be in the future."
+    )
+    expires_in_days: ExpiryDays | None = Field(
+        default=None, description="The credit expires this many days after the grant."
+    )
+    reason: Annotated[CleanText, StringConstraints(min_length=3, max_length=500)] = Field(
+        description="Why (the audit log and the ledger keep it; the user is not shown it)."
+    )
+    description: Annotated[CleanText, StringConstraints(min_length=1, max_length=200)] = Field(
+        default=GRANT_DESCRIPTION,
+        description="What the user sees on the lot and in their transactions.",
+        examples=["Welcome credit"],
+    )
+    idempotency_key: Annotated[CleanToken, StringConstraints(min_length=1, max_length=200)] = Field(
+        description="Retries with the same key and body answer the original grant."
+    )
+
+    @model_validator(mode="after")
+    def _one_expiry(self) -> GrantIn:
+        if self.expires_at is not None and self.expires_in_days is not None:
+            raise ValueError("give expires_at or expires_in_days, not both")
+        return self
+
+
+def normalize_code(value: str) -> str:
+    """A code as stored: upper case (codes are case-insensitive)."""
+    return value.upper()
+
+
+class PromoCodeIn(StrictModel):
+    """A campaign code: each user redeems it once, for `amount` of granted credit."""
+
+    code: Annotated[CleanToken, StringConstraints(min_length=3, max_length=32)] = Field(
+        description="3 to 32 letters, digits, `-` or `_`, starting with a letter or digit; "
+        "case-insensitive (stored upper-case).",
+        examples=["WELCOME-2027"],
+    )
+    amount: PositiveAmountText = Field(description="USD each redemption grants.")
+    credit_expires_in_days: ExpiryDays | None = Field(
+        default=None, description="A redeemed credit expires this many days later; null: never."
+    )
+    max_redemptions: Annotated[
+        int, Field(strict=True, ge=1, le=10_000_000, examples=[1000]), WHOLE_FLOATS
+    ]
+    redeemable_until: UtcDatetime | None = Field(
+        default=None, description="No redemption from then on; null: no end."
+    )
+    new_users_only: bool = Field(
+        default=False, description="Only users with no credit yet (no lot, no paid order)."
+    )
+
+    @field_validator("code")
+    @classmethod
+    def _code(cls, value: str) -> str:
+        code = normalize_code(value)
+        if not _CODE.fullmatch(code):
+            raise ValueError(
+                "must be 3 to 32 letters, digits, '-' or '_', starting with a letter or digit"
+            )
+        return code
+
+
+class RedeemIn(StrictModel):
+    """A code the user was given (any case)."""
+
+    code: Annotated[CleanToken, StringConstraints(min_length=1, max_length=64)] = Field(
+        examples=["welcome-2027"]
+    )
+
+
+class LotOut(BaseModel):
+    """A credit lot: what was credited, what is left to spend, and until when."""
+
+    id: str
+    source: Annotated[str, OneOf(LotSource)]
+    amount: str = Field(examples=["25.000000"], description="What was credited.")
+    remaining: str = Field(examples=["25.000000"], description="What is left to spend.")
+    expires_at: datetime | None = Field(description="Nothing is drawn from then on; null: never.")
+    created_at: datetime
+    order_id: str | None = Field(description="Purchases: the order paid for.")
+    description: str | None
+    currency: Literal["usd"] = "usd"
+
+
+class GrantOut(LotOut):
+    """A grant: its lot, and the user it went to."""
+
+    user_id: str
+    replayed: bool = Field(description="True when this answers an earlier request with the key.")
+
+
+class PromoCodeOut(BaseModel):
+    """A promo code and how often it was redeemed."""
+
+    id: str
+    code: str
+    amount: str = Field(examples=["10.00"])
+    credit_expires_in_days: int | None
+    max_redemptions: int
+    redeemed: int = Field(description="Redemptions so far.")
+    redeemable_until: datetime | None
+    new_users_only: bool
+    created_by: str
+    created_at: datetime
+    currency: Literal["usd"] = "usd"
+
+
+def lot_out(lot: CreditLot) -> LotOut:
+    return LotOut(**_lot_fields(lot))
+
+
+def grant_out(credited: Credited, user_id: str) -> GrantOut:
+    assert credited.lot is not None, "a grant always has its lot"
+    return GrantOut(**_lot_fields(credited.lot), user_id=user_id, replayed=credited.replayed)
+
+
+def _lot_fields(lot: CreditLot) -> dict[str, object]:
+    remaining = lot.remaining_micros
+    return {
+        "id": lot.id,
+        "source": lot.source,
+        "amount": format_balance(lot.amount_micros),
+        # A granted lot is always tracked; an untracked one's remainder is derived by the
+        # ledger (`GET /v1/credits`), never shown as its amount here.
+        "remaining": format_balance(remaining if remaining is not None else 0),
+        "expires_at": lot.expires_at,
+        "created_at": lot.created_at,
+        "order_id": lot.order_id,
+        "description": lot.description,
+    }
+
+
+def promo_code_out(code: PromoCode) -> PromoCodeOut:
+    return PromoCodeOut(
+        id=code.id,
+        code=code.code,
+        amount=format_amount(code.amount_micros),
+        credit_expires_in_days=code.credit_expires_in_days,
+        max_redemptions=code.max_redemptions,
+        redeemed=code.redeemed_count,
+        redeemable_until=code.redeemable_until,
+        new_users_only=code.new_users_only,
+        created_by=code.created_by,
+        created_at=code.created_at,
+    )

@@ -1,0 +1,152 @@
+"""`python -m bench.statement_ab A.sql`: the usage debit statement of another version of the code
+(A, written to a file by that checkout: `_sql().debit` after `app.wiring.wire()`) against this
+one's (B), at the database only, interleaved in one run so the machine's drift hits both alike.
+
+One database migrated by this code; wallets `user-0..999` funded with one never-expiring paid
+lot (what the code before lots had: a balance), `lot3-0..999` with three live lots (a grant
+expiring in 30 days, a top-up expiring in a year, and the paid lot). Rounds of A (one-lot
+wallets), B (one-lot wallets) and B3 (three-lot wallets), each `--seconds` long with
+`--connections` connections debiting random wallets, in the order A B B3 B3 B A, repeated.
+A's statement runs unchanged on this schema (lots only add columns and tables). Prints each
+round and the ratios B÷A and B3÷A of the summed throughputs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import secrets
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+
+from bench.run import ADMIN_DSN, dsn, prepare_service_database, sqlalchemy_url
+
+
+async def _load(pool: asyncpg.Pool, sql: str, prefix: str, seconds: float, conns: int) -> int:
+    from app.limits.periods import Windows
+    from app.models.base import utcnow
+
+    done = 0
+    stop = time.monotonic() + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        async with pool.acquire() as conn:
+            while time.monotonic() < stop:
+                now = utcnow()
+                request_id = uuid.uuid4().hex
+                user = f"{prefix}{random.randrange(1000)}"
+                row = await conn.fetchrow(
+                    sql,
+                    f"usage:{request_id}",
+                    f"txn_{request_id[:26]}",
+                    user,
+                    7000,
+                    "h" * 64,
+                    None,
+                    now,
+                    None,
+                    *Windows.at(now),
+                    request_id,
+                    None,
+                    None,
+                    None,
+                )
+                if row is None or row["outcome"] != "applied":
+                    raise RuntimeError(f"debit not applied: {dict(row or {})}")
+                done += 1
+
+    await asyncio.gather(*(worker() for _ in range(conns)))
+    return done
+
+
+async def _fund_three(url: str) -> None:
+    from datetime import timedelta
+
+    from app.db import create_engine, create_session_maker, session_scope
+    from app.ledger import lots
+    from app.models.base import utcnow
+    from app.models.ledger import LotSource
+    from bench.run import FUNDS_MICROS, app_settings
+
+    engine = create_engine(app_settings(url))
+    now = utcnow()
+    funding = [
+        (LotSource.ADJUSTMENT, "adjustment", "adjustments", None),
+        (LotSource.GRANT, "grant", "promotions", now + timedelta(days=30)),
+        (LotSource.PURCHASE, "topup", "stripe", now + timedelta(days=365)),
+    ]
+    try:
+        maker = create_session_maker(engine)
+        for start in range(0, 1000, 250):
+            async with session_scope(maker) as session:
+                for i in range(start, start + 250):
+                    for source, kind, account, expires_at in funding:
+                        await lots.credit(
+                            session,
+                            user_id=f"lot3-{i}",
+                            amount_micros=FUNDS_MICROS,
+                            source=source,
+                            reference=f"{kind}:lot3-{i}",
+                            kind=kind,
+                            account=account,
+                            expires_at=expires_at,
+                        )
+    finally:
+        await engine.dispose()
+
+
+async def main(
+    a_sql: str, seconds: float, conns: int, repeats: int, settings: dict[str, str]
+) -> None:
+    from app.usage.repository import _sql
+    from app.wiring import wire
+
+    wire()
+    b_sql = _sql().debit
+    name = f"billing_stmt_ab_{secrets.token_hex(3)}"
+    admin = await asyncpg.connect(ADMIN_DSN)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        await prepare_service_database(sqlalchemy_url(dsn(name)))
+        await _fund_three(sqlalchemy_url(dsn(name)))
+        pool = await asyncpg.create_pool(
+            dsn(name), min_size=conns, max_size=conns, server_settings=settings
+        )
+        rounds = {"A": [a_sql, "user-"], "B": [b_sql, "user-"], "B3": [b_sql, "lot3-"]}
+        totals = {key: 0 for key in rounds}
+        await _load(pool, b_sql, "user-", 1, conns)  # warm-up (prepares, caches)
+        await _load(pool, a_sql, "user-", 1, conns)
+        for _ in range(repeats):
+            for key in ("A", "B", "B3", "B3", "B", "A"):
+                sql, prefix = rounds[key]
+                count = await _load(pool, sql, prefix, seconds, conns)
+                totals[key] += count
+                print(f"{key:>2}: {count / seconds:,.0f} debits/s", flush=True)
+        await pool.close()
+        print(
+            f"sum A {totals['A']:,}, B {totals['B']:,}, B3 {totals['B3']:,}:"
+            f" B/A {totals['B'] / totals['A']:.3f}, B3/A {totals['B3'] / totals['A']:.3f}"
+        )
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m bench.statement_ab")
+    parser.add_argument("a_sql", type=Path, help="the other version's debit statement")
+    parser.add_argument("--seconds", type=float, default=3)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--set", action="append", default=[], help="a server setting, name=value (repeatable)"
+    )
+    args = parser.parse_args()
+    settings = dict(item.split("=", 1) for item in args.set)
+    asyncio.run(
+        main(args.a_sql.read_text(), args.seconds, args.connections, args.repeats, settings)
+    )
