@@ -94,6 +94,11 @@ class Settings(BaseSettings):
     """Production refuses a test-mode Stripe secret key (`sk_test_…`, `rk_test_…`) unless this is
     true (a staging deploy, `make bench`)."""
     stripe_publishable_key: str | None = None
+    stripe_tax: bool = False
+    """Stripe Tax computes sales tax / VAT on every top-up (Checkout, Elements, auto top-up), on
+    top of the amount (prices are tax-exclusive): the credit is the amount before tax, the tax
+    goes to the ledger's `tax_payable`. Needs Stripe Tax enabled and registrations set up in
+    the Stripe Dashboard (README: Invoices and tax)."""
     stripe_webhook_secret: SecretStr | None = None
     stripe_api_base: str | None = None
     stripe_timeout_seconds: float = Field(default=10.0, gt=0, le=10.0)

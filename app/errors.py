@@ -16,6 +16,7 @@ Every error a client can see is a `BillingError` carrying its HTTP status and a 
     │   ├── OrderRefusal (an order's status refuses it, in its own words)
     │   │   ├── OrderNotResumable ........... order_not_resumable
     │   │   └── OrderNotCancelable .......... order_not_cancelable
+    │   ├── OrderNotReissuable .............. order_not_reissuable
     │   ├── RefundNotEligible ............... refund_not_eligible
     │   ├── InvalidStateTransition .......... invalid_state
     │   ├── SpendLimitSetByOperator ......... spend_limit_set_by_operator
@@ -183,6 +184,12 @@ class OrderNotCancelable(
     when_paid = "A paid order cannot be canceled; request a refund instead."
     when_processing = "The payment is being processed; it cannot be canceled now."
     otherwise = "The order is {status}."
+
+
+class OrderNotReissuable(
+    Conflict, code="order_not_reissuable", title="Order's invoice cannot be reissued"
+):
+    """Only a paid order with an invoice can have its invoice reissued."""
 
 
 class RefundNotEligible(Conflict, code="refund_not_eligible", title="Refund not eligible"):

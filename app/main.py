@@ -25,6 +25,7 @@ from app.auth.jwt import JwtVerifier
 from app.auth.service_tokens import ServiceTokenVerifier
 from app.auto_topup.charging import charge_auto_topups
 from app.auto_topup.router import router as auto_topup_router
+from app.billing.router import router as billing_router
 from app.config import Settings, get_settings
 from app.db import after_commit_settled, create_engine, create_session_maker
 from app.errors import install_error_handlers
@@ -251,6 +252,7 @@ def create_app(settings: Settings | None = None) -> BillingApp:
     app.include_router(admin_ledger_router, prefix=API_PREFIX)
     app.include_router(purchase_router, prefix=API_PREFIX)
     app.include_router(payment_methods_router, prefix=API_PREFIX)
+    app.include_router(billing_router, prefix=API_PREFIX)
     app.include_router(auto_topup_router, prefix=API_PREFIX)
     app.include_router(alerts_router, prefix=API_PREFIX)
     app.include_router(webhooks_router, prefix=API_PREFIX)

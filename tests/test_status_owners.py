@@ -30,6 +30,7 @@ STATE_MODULES = {
     APP / "auto_topup" / "state.py",
     APP / "ledger" / "hold_state.py",
     APP / "notifications" / "state.py",
+    APP / "orders" / "document_state.py",
 }
 
 STATUS_COLUMNS = frozenset(

@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.ledger import lots_repository as repository
-from app.ledger.service import PostResult, transfer
+from app.ledger.service import Leg, PostResult, post
 from app.models.ledger import CreditLot, LotKind, LotSource, lot_kind
 
 
@@ -66,20 +66,26 @@ async def credit(
     description: str | None = None,
     request_hash: str | None = None,
     details: dict[str, Any] | None = None,
+    passed_on: tuple[str, int] | None = None,
 ) -> Credited:
     """Post `amount_micros` (> 0) into the user's wallet from system `account` and create its
     lot, in the caller's transaction, once per `reference` (a repeat answers the original
     posting and lot). A tracked lot repays a debt (a negative balance) first: its remainder is
-    what is left of it after that."""
+    what is left of it after that. `passed_on` (system account, amount) is money `account`
+    received on top of the credit that is owed elsewhere (a top-up's tax: `tax_payable`); it
+    never reaches the wallet or the lot."""
     if amount_micros <= 0:
         raise ValueError("a lot is a credit: amount_micros > 0")
-    posting = await transfer(
+    owed_to, owed = passed_on or (account, 0)
+    legs = [Leg.wallet(user_id, amount_micros), Leg.account(account, -(amount_micros + owed))]
+    if owed:
+        legs.append(Leg.account(owed_to, owed))
+    posting = await post(
         session,
         reference=reference,
         kind=kind,
+        legs=legs,
         user_id=user_id,
-        amount_micros=amount_micros,
-        account=account,
         description=description,
         request_hash=request_hash,
         details=details,

@@ -2,6 +2,7 @@
 
 from app.models.audit import AuditEntry
 from app.models.base import Base
+from app.models.billing import BillingProfile, BillingTaxId, OrderDocument
 from app.models.ledger import Account, CreditLot, Hold, LedgerEntry, LedgerTransaction
 from app.models.limits import SpendLimit
 from app.models.notifications import BalanceAlert, Notification, NotificationSettings
@@ -19,6 +20,8 @@ __all__ = [
     "AutoTopupSettings",
     "BalanceAlert",
     "Base",
+    "BillingProfile",
+    "BillingTaxId",
     "CreditLot",
     "Dispute",
     "Hold",
@@ -28,6 +31,7 @@ __all__ = [
     "Notification",
     "NotificationSettings",
     "Order",
+    "OrderDocument",
     "PaymentMethod",
     "PromoCode",
     "PromoRedemption",

@@ -26,11 +26,13 @@ SYSTEM_ACCOUNTS = (
     "promo_usage",
     "promo_expired",
     "breakage",
+    "tax_payable",
 )
 """System accounts, created by migration with the fixed ids `sys_<name>`: `usage` earns paid
 credit spent (revenue), `promotions` issues granted credit (grants, promo codes), `promo_usage`
 takes granted credit spent (marketing cost), `promo_expired` granted credit that expired unspent
-and `breakage` paid credit that did."""
+and `breakage` paid credit that did; `tax_payable` the sales tax / VAT collected on top of
+top-ups, owed to tax authorities (migration 0019)."""
 
 
 class LotSource(StrEnum):

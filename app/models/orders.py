@@ -78,6 +78,7 @@ class Order(Base):
     __tablename__ = "orders"
     __table_args__ = (
         CheckConstraint("amount_micros > 0", name="amount_positive"),
+        CheckConstraint("tax_micros >= 0", name="tax_non_negative"),
         CheckConstraint(
             "refunded_micros >= 0 AND refunded_micros <= amount_micros",
             name="refunded_within_amount",
@@ -129,6 +130,17 @@ class Order(Base):
     flagged_reason: Mapped[str | None] = mapped_column(String(500))
     """Set when Stripe's answer did not match the order (amount, currency, livemode); such an
     order is never credited automatically."""
+    tax_micros: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    """Tax Stripe added on top of `amount_micros` (the credit, before tax): the customer pays
+    `amount_micros + tax_micros`; the tax goes to the ledger's `tax_payable`, not the wallet."""
+    stripe_tax: Mapped[bool] = mapped_column(default=False, server_default=text("false"))
+    """Stripe Tax computes the tax of this order (`BILLING_STRIPE_TAX` when it was made)."""
+    invoiced: Mapped[bool] = mapped_column(default=False, server_default=text("false"))
+    """An invoice is issued for this order (the billing profile's `invoices` when it was
+    made); its documents are `order_documents`."""
+    stripe_invoice_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    """The invoice the payment is made through (Elements and auto top-up: created and
+    finalized first) or that Checkout created (`invoice_creation`)."""
     created_at: Mapped[CreatedAt]
     updated_at: Mapped[UpdatedAt]
     paid_at: Mapped[datetime | None]

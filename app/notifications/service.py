@@ -16,7 +16,6 @@ from app.auth.jwt import Principal
 from app.emails import single_address
 from app.errors import ValidationFailed
 from app.ids import new_id
-from app.models.base import utcnow
 from app.models.notifications import Notification
 from app.notifications import repository
 from app.notifications.events import NotificationType
@@ -33,22 +32,13 @@ async def enqueue(
     """Add a notification to the outbox in the session's transaction; returns its event id
     (`ntf_…`). `data` comes from the builders in `app.notifications.events`; `email` is the
     address at hand (a JWT's), used when no later one is known."""
-    notification_id = new_id("ntf")
-    now = utcnow()
-    session.add(
-        Notification(
-            id=notification_id,
-            user_id=user_id,
-            type=type,
-            data=data,
-            email=email,
-            created_at=now,
-            email_next_attempt_at=now,
-            webhook_next_attempt_at=now,
-        )
+    # Created now and due now on both channels: the timestamp columns' defaults.
+    notification = Notification(
+        id=new_id("ntf"), user_id=user_id, type=type, data=data, email=email
     )
+    session.add(notification)
     await session.flush()
-    return notification_id
+    return notification.id
 
 
 async def remember_email(session: AsyncSession, user_id: str, email: str | None) -> None:

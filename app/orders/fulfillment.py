@@ -30,7 +30,7 @@ from app.ledger import lots
 from app.models.base import utcnow
 from app.models.ledger import LotSource
 from app.models.orders import Order, OrderKind
-from app.money import micros_to_cents
+from app.money import cents_to_micros, micros_to_cents
 from app.notifications import events
 from app.notifications.service import enqueue
 from app.orders import repository as orders_repository
@@ -119,14 +119,30 @@ def _mismatch(order: Order, payment: StripePayment, livemode: bool) -> str | Non
         and payment.checkout_session_id != order.stripe_checkout_session_id
     ):
         return f"Checkout Session {payment.checkout_session_id} is not the order's"
-    expected_cents = micros_to_cents(order.amount_micros)
-    if payment.amount_cents != expected_cents:
-        return f"amount {payment.amount_cents} cents at Stripe, {expected_cents} on the order"
+    mismatch = _amount_mismatch(order, payment)
+    if mismatch is not None:
+        return mismatch
     if (payment.currency or "").lower() != order.currency.lower():
         return f"currency {payment.currency} at Stripe, {order.currency} on the order"
     want_livemode = order.livemode if order.livemode is not None else livemode
     if payment.livemode is not want_livemode:
         return f"livemode {payment.livemode} at Stripe, {want_livemode} expected"
+    return None
+
+
+def _amount_mismatch(order: Order, payment: StripePayment) -> str | None:
+    """The amount before tax must be the order's (its credit); the tax is Stripe Tax's: read
+    from the object when it says (a Checkout Session), else the one the order's invoice
+    computed (`tax_micros`), so the PaymentIntent's amount is the total."""
+    expected_cents = micros_to_cents(order.amount_micros)
+    if payment.tax_cents is not None and payment.amount_cents is not None:
+        pre_tax = payment.amount_cents - payment.tax_cents
+        if pre_tax != expected_cents:
+            return f"amount {pre_tax} cents before tax at Stripe, {expected_cents} on the order"
+        return None
+    total_cents = micros_to_cents(order.amount_micros + order.tax_micros)
+    if payment.amount_cents != total_cents:
+        return f"amount {payment.amount_cents} cents at Stripe, {total_cents} on the order"
     return None
 
 
@@ -153,6 +169,10 @@ async def apply_payment(
         order.stripe_payment_intent_id = payment.payment_intent_id
     if payment.checkout_session_id and order.stripe_checkout_session_id is None:
         order.stripe_checkout_session_id = payment.checkout_session_id
+    if payment.invoice_id and order.stripe_invoice_id is None:
+        order.stripe_invoice_id = payment.invoice_id
+    if payment.tax_cents is not None and order.status not in PAID_STATUSES:
+        order.tax_micros = cents_to_micros(payment.tax_cents)
 
     if payment.state == "paid":
         return await _credit(session, settings, order, payment, bound, source)
@@ -223,7 +243,10 @@ async def _credit(
         expires_at=lots.paid_expiry(settings.paid_credit_expiry_days, utcnow()),
         order_id=order.id,
         description="Top-up",
-        details={"order_id": order.id},
+        details={"order_id": order.id, "tax_micros": order.tax_micros}
+        if order.tax_micros
+        else {"order_id": order.id},
+        passed_on=("tax_payable", order.tax_micros) if order.tax_micros else None,
     )
     # Stripe took the money after we had closed the order: credit it anyway (logged).
     closed = order.status in CLOSED_UNPAID_STATUSES

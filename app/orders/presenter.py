@@ -7,9 +7,11 @@ from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.billing import repository as billing_repository
 from app.config import Settings
 from app.ledger.repository import get_wallet
 from app.models.base import utcnow
+from app.models.billing import OrderDocument
 from app.models.orders import Order
 from app.orders import repository
 from app.orders.eligibility import refund_eligibility
@@ -28,6 +30,9 @@ async def present_orders(
     paid_ids = [o.id for o in paid]
     open_ids = await repository.orders_with_open_requests(session, paid_ids)
     disputed_ids = await repository.orders_with_open_disputes(session, paid_ids)
+    documents: dict[str, list[OrderDocument]] = {}
+    for doc in await billing_repository.documents_of(session, [o.id for o in orders]):
+        documents.setdefault(doc.order_id, []).append(doc)
     available: dict[str, int] = {}
     for user_id in sorted({o.user_id for o in paid}):
         wallet = await get_wallet(session, user_id)
@@ -44,6 +49,7 @@ async def present_orders(
                 now=now,
             ),
             now,
+            documents.get(order.id, ()),
         )
         for order in orders
     ]

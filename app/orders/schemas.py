@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import Query
 from pydantic import BaseModel, Field
 
+from app.models.billing import DocumentKind, DocumentStatus, OrderDocument
 from app.models.orders import Order, OrderKind, OrderMode, OrderStatus
 from app.money import CURRENCY, Currency, format_amount
 from app.orders.eligibility import REASONS, Eligibility
@@ -48,6 +49,36 @@ class RefundEligibilityOut(BaseModel):
     max_amount: str = Field(description="The most that can be requested now, 2 decimals.")
 
 
+class DocumentOut(BaseModel):
+    """An invoice or a credit note issued for the order (issued documents are never edited: a
+    correction is a credit note and a new invoice)."""
+
+    kind: DocumentKind
+    number: str | None = Field(examples=["TOR-0001"])
+    status: DocumentStatus = Field(
+        description="Stripe's: `open`, `paid`, `void`, `uncollectible` (invoice); `issued`, "
+        "`void` (credit note)."
+    )
+    hosted_invoice_url: str | None = Field(description="The invoice's page at Stripe.")
+    pdf_url: str | None
+    subtotal: str = Field(examples=["100.00"])
+    tax: str = Field(examples=["19.00"])
+    total: str = Field(examples=["119.00"])
+    reason: str | None = Field(
+        default=None, description="Why a credit note or a new invoice was issued (`reissue`)."
+    )
+    created_at: datetime
+
+
+class InvoiceOut(BaseModel):
+    """The order's current invoice."""
+
+    number: str | None
+    status: DocumentStatus
+    hosted_invoice_url: str | None
+    pdf_url: str | None
+
+
 class OrderOut(BaseModel):
     """A top-up order."""
 
@@ -70,6 +101,22 @@ class OrderOut(BaseModel):
         default=None, description="Until when a Checkout order can be resumed."
     )
     failure_message: str | None = None
+    subtotal: str = Field(
+        examples=["100.00"], description="What is credited to the balance: the amount before tax."
+    )
+    tax: str = Field(
+        examples=["19.00"],
+        description="Tax Stripe Tax added on top (0.00 without it; known once Checkout has the "
+        "buyer's address).",
+    )
+    total: str = Field(examples=["119.00"], description="What the buyer pays: subtotal + tax.")
+    invoice: InvoiceOut | None = Field(
+        default=None, description="The current invoice, when the order is invoiced."
+    )
+    documents: list[DocumentOut] = Field(
+        default_factory=list,
+        description="Every invoice and credit note issued for the order, oldest first.",
+    )
 
 
 def is_resumable(order: Order, now: datetime) -> bool:
@@ -81,8 +128,43 @@ def is_resumable(order: Order, now: datetime) -> bool:
     return order.stripe_payment_intent_id is not None
 
 
-def order_out(order: Order, eligibility: Eligibility, now: datetime) -> OrderOut:
-    """Render an order with its refund eligibility."""
+def document_out(doc: OrderDocument) -> DocumentOut:
+    return DocumentOut(
+        kind=DocumentKind(doc.kind),
+        number=doc.number,
+        status=DocumentStatus(doc.status),
+        hosted_invoice_url=doc.hosted_url,
+        pdf_url=doc.pdf_url,
+        subtotal=format_amount(doc.subtotal_micros),
+        tax=format_amount(doc.tax_micros),
+        total=format_amount(doc.total_micros),
+        reason=doc.reason,
+        created_at=doc.created_at,
+    )
+
+
+def current_invoice(docs: Sequence[OrderDocument]) -> InvoiceOut | None:
+    """The latest invoice no credit note cancelled."""
+    credited = {d.invoice_id for d in docs if d.kind == DocumentKind.CREDIT_NOTE}
+    invoices = [d for d in docs if d.kind == DocumentKind.INVOICE and d.stripe_id not in credited]
+    if not invoices:
+        return None
+    doc = invoices[-1]
+    return InvoiceOut(
+        number=doc.number,
+        status=DocumentStatus(doc.status),
+        hosted_invoice_url=doc.hosted_url,
+        pdf_url=doc.pdf_url,
+    )
+
+
+def order_out(
+    order: Order,
+    eligibility: Eligibility,
+    now: datetime,
+    documents: Sequence[OrderDocument] = (),
+) -> OrderOut:
+    """Render an order with its refund eligibility and its documents."""
     return OrderOut(
         id=order.id,
         user_id=order.user_id,
@@ -106,4 +188,9 @@ def order_out(order: Order, eligibility: Eligibility, now: datetime) -> OrderOut
         if order.mode == "checkout" and is_pending(order.status)
         else None,
         failure_message=order.failure_message,
+        subtotal=format_amount(order.amount_micros),
+        tax=format_amount(order.tax_micros),
+        total=format_amount(order.amount_micros + order.tax_micros),
+        invoice=current_invoice(documents),
+        documents=[document_out(d) for d in documents],
     )

@@ -6,10 +6,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import func, select, text, update
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models.base import utcnow
 from app.models.orders import Order, StripeCustomer, StripeEvent
 
 
@@ -39,27 +37,6 @@ async def failed_payments_since(
     )
     count, oldest = (await session.execute(stmt)).one()
     return int(count), oldest
-
-
-async def get_stripe_customer_id(session: AsyncSession, user_id: str) -> str | None:
-    """The user's Stripe Customer id, if one was created."""
-    stmt = select(StripeCustomer.customer_id).where(StripeCustomer.user_id == user_id)
-    return (await session.execute(stmt)).scalar_one_or_none()
-
-
-async def save_stripe_customer(
-    session: AsyncSession, user_id: str, customer_id: str, email: str | None
-) -> str:
-    """Remember the user's Stripe Customer (the first one stored wins) and return its id."""
-    stmt = (
-        insert(StripeCustomer)
-        .values(user_id=user_id, customer_id=customer_id, email=email, created_at=utcnow())
-        .on_conflict_do_nothing()
-    )
-    await session.execute(stmt)
-    stored = await get_stripe_customer_id(session, user_id)
-    assert stored is not None
-    return stored
 
 
 async def replace_stripe_customer(

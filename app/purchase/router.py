@@ -77,8 +77,10 @@ async def _payment_out(work: StripeWork, payment: service.Payable) -> PaymentOut
     )
 
 
-def _options_out(options: service.PurchaseOptions) -> PurchaseOptionsOut:
+def _options_out(options: service.PurchaseOptions, invoices: bool) -> PurchaseOptionsOut:
     return PurchaseOptionsOut(
+        tax_added=options.tax_added,
+        invoices=invoices,
         presets=[format_amount(p) for p in options.presets_micros],
         min=format_amount(options.min_micros),
         max=format_amount(options.max_micros),
@@ -92,10 +94,12 @@ def _options_out(options: service.PurchaseOptions) -> PurchaseOptionsOut:
 
 @router.get("/purchase/options", tags=["purchase"], summary="Get top-up options")
 async def get_purchase_options(
-    user: CurrentUser, settings: SettingsDep, stripe: StripeDep
+    user: CurrentUser, settings: SettingsDep, stripe: StripeDep, session: SessionDep
 ) -> PurchaseOptionsOut:
-    """Preset amounts, the custom amount bounds, payment modes and the publishable key."""
-    return _options_out(service.purchase_options(settings, stripe))
+    """Preset amounts, the custom amount bounds, payment modes and the publishable key;
+    whether tax is added on top and whether the caller's top-ups are invoiced."""
+    invoices = await service.invoices_on(session, user.user_id)
+    return _options_out(service.purchase_options(settings, stripe), invoices)
 
 
 @router.post(

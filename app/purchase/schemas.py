@@ -34,6 +34,15 @@ class PurchaseOptionsOut(BaseModel):
         "charged later without the user present (auto top-up), for what amount, and how to "
         "cancel."
     )
+    tax_added: bool = Field(
+        default=False,
+        description="Stripe Tax adds sales tax / VAT on top of the amount (prices are "
+        "tax-exclusive): the balance is credited the amount, the payment is amount + tax.",
+    )
+    invoices: bool = Field(
+        default=False,
+        description="Each top-up gets an invoice (the billing profile's `invoices`).",
+    )
 
 
 class PurchaseIn(StrictModel):

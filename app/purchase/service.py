@@ -22,6 +22,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth import Principal
+from app.billing import repository as billing_repository
 from app.config import Settings
 from app.db import session_scope
 from app.errors import (
@@ -42,6 +43,7 @@ from app.models.base import utcnow
 from app.models.orders import Order, OrderKind
 from app.money import format_amount, micros_to_cents, parse_amount, usd_to_micros
 from app.notifications.service import remember_email
+from app.orders import invoices
 from app.orders import repository as orders_repository
 from app.orders.fulfillment import apply_payment, expected_livemode
 from app.orders.state import CLOSED_UNPAID_STATUSES, PAID_STATUSES, OrderStatus, transition
@@ -94,6 +96,7 @@ class PurchaseOptions:
     max_pending_orders: int
     checkout_ttl_minutes: int
     save_card_consent: str
+    tax_added: bool
 
 
 def purchase_options(settings: Settings, stripe: StripeGateway) -> PurchaseOptions:
@@ -109,7 +112,14 @@ def purchase_options(settings: Settings, stripe: StripeGateway) -> PurchaseOptio
         max_pending_orders=settings.max_pending_orders,
         checkout_ttl_minutes=settings.checkout_ttl_minutes,
         save_card_consent=SAVE_CARD_CONSENT.format(min=format_amount(low), max=format_amount(high)),
+        tax_added=settings.stripe_tax,
     )
+
+
+async def invoices_on(session: AsyncSession, user_id: str) -> bool:
+    """Whether the user's top-ups are invoiced (their billing profile's `invoices`)."""
+    profile = await billing_repository.get_profile(session, user_id)
+    return bool(profile and profile.invoices)
 
 
 def parse_topup_amount(text: str, settings: Settings) -> int:
@@ -202,6 +212,7 @@ async def start_purchase(
                     max_pending_orders=settings.max_pending_orders,
                     pending_order_ids=[o.id for o in pending],
                 )
+            billing = await billing_terms(session, settings, user.user_id, body.mode)
             order = Order(
                 id=new_id("ord"),
                 user_id=user.user_id,
@@ -209,12 +220,16 @@ async def start_purchase(
                 status=OrderStatus.PENDING,
                 kind=OrderKind.MANUAL,
                 mode=body.mode,
+                invoiced=billing.invoiced,
+                stripe_tax=billing.stripe_tax,
                 save_card=body.save_card,
                 amount_micros=amount_micros,
                 currency="usd",
                 idempotency_key=idempotency_key,
                 request_hash=request_hash,
-                stripe_customer_id=await repository.get_stripe_customer_id(session, user.user_id),
+                stripe_customer_id=await billing_repository.get_stripe_customer_id(
+                    session, user.user_id
+                ),
                 livemode=expected_livemode(settings),
                 created_at=utcnow(),
             )
@@ -225,6 +240,30 @@ async def start_purchase(
             )
     payment = await payable(maker, stripe, settings, order.id, source="purchase")
     return PurchaseResult(payment=payment, replayed=replayed)
+
+
+@dataclass(frozen=True, slots=True)
+class BillingTerms:
+    """How a new order is billed: with an invoice (the billing profile's `invoices`), with
+    Stripe Tax on top (`BILLING_STRIPE_TAX`)."""
+
+    invoiced: bool
+    stripe_tax: bool
+
+
+async def billing_terms(
+    session: AsyncSession, settings: Settings, user_id: str, mode: str
+) -> BillingTerms:
+    """The terms of the user's next order; 422 when tax must be computed before the payment
+    (Elements, auto top-up) and no billing address is known (Checkout collects one)."""
+    profile = await billing_repository.get_profile(session, user_id)
+    if settings.stripe_tax and mode != "checkout" and profile is None:
+        raise ValidationFailed(
+            "Tax is added to top-ups: set your billing address first (PUT /v1/billing-profile)"
+            " or pay with Checkout, which asks for it.",
+            errors=[{"field": "mode", "message": "a billing address is needed for tax"}],
+        )
+    return BillingTerms(invoiced=bool(profile and profile.invoices), stripe_tax=settings.stripe_tax)
 
 
 DAY = timedelta(days=1)
@@ -368,10 +407,10 @@ async def _create_object(
     try:
         customer_id = order.stripe_customer_id or await _customer_for(maker, stripe, order)
         try:
-            return await _create_call(stripe, settings, order, customer_id)
+            return await _create_call(maker, stripe, settings, order, customer_id)
         except StripeCustomerMissing:
             customer_id = await _replace_customer(maker, stripe, order, customer_id)
-            return await _create_call(stripe, settings, order, customer_id)
+            return await _create_call(maker, stripe, settings, order, customer_id)
     except StripeOutcomeUnknown:
         log.warning("order_stripe_object_unknown", order_id=order.id)
         raise
@@ -400,14 +439,22 @@ def order_args(order: Order, customer_id: str) -> OrderArgs:
 
 
 async def _create_call(
-    stripe: StripeGateway, settings: Settings, order: Order, customer_id: str
+    maker: async_sessionmaker[AsyncSession],
+    stripe: StripeGateway,
+    settings: Settings,
+    order: Order,
+    customer_id: str,
 ) -> StripeJSON:
     args = order_args(order, customer_id)
     setup_future_usage = "off_session" if order.save_card else None
     if order.mode == "checkout":
         portal = settings.portal_url.rstrip("/")
+        po_number = await invoices.profile_po_number(maker, stripe, order.user_id)
         return await stripe.create_checkout_session(
             **args,
+            invoice=order.invoiced,
+            po_number=po_number,
+            automatic_tax=order.stripe_tax,
             customer_email=order.email,
             success_url=(
                 f"{portal}/payment/result?order_id={order.id}&session_id={{CHECKOUT_SESSION_ID}}"
@@ -416,6 +463,11 @@ async def _create_call(
             expires_at=int(checkout_expires_at(order, settings).timestamp()),
             setup_future_usage=setup_future_usage,
         )
+    if order.invoiced or order.stripe_tax:
+        # Paid through the invoice: its PaymentIntent is the order's (the portal confirms it
+        # with the client secret, as any other).
+        _, pi_id = await invoices.open_invoice(maker, stripe, order, customer_id)
+        return await stripe.retrieve_payment_intent(pi_id)
     return await stripe.create_payment_intent(
         **args, receipt_email=order.email, setup_future_usage=setup_future_usage
     )
@@ -457,11 +509,11 @@ async def _customer_for(
     """The user's Stripe Customer, created once (key `customer:<user_id>`), pinned on the
     order so that every retry of its Stripe call sends the same customer."""
     async with session_scope(maker) as session:
-        customer_id = await repository.get_stripe_customer_id(session, order.user_id)
+        customer_id = await billing_repository.get_stripe_customer_id(session, order.user_id)
     if customer_id is None:
         customer = await stripe.get_or_create_customer(order.user_id, order.email)
         async with session_scope(maker) as session:
-            customer_id = await repository.save_stripe_customer(
+            customer_id = await billing_repository.save_stripe_customer(
                 session, order.user_id, str(customer["id"]), order.email
             )
     async with session_scope(maker) as session:

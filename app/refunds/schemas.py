@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from app.models.refunds import RefundRequest, RefundRequestStatus
 from app.money import CURRENCY, Currency, format_amount, parse_amount
@@ -66,10 +66,15 @@ class DenyIn(StrictModel):
 class RefundRequestOut(BaseModel):
     """A refund request and where it stands."""
 
+    # Read from a `RefundRequest` row field by field (`amount` from `amount_micros`, formatted).
+    model_config = ConfigDict(from_attributes=True)
+
     id: str
     order_id: str
     status: RefundRequestStatus
-    amount: str = Field(examples=["5.00"])
+    amount: Annotated[str, BeforeValidator(format_amount)] = Field(
+        validation_alias="amount_micros", examples=["5.00"]
+    )
     currency: Currency = CURRENCY
     reason: str | None
     review_note: str | None
@@ -98,29 +103,9 @@ class AdminRefundRequestOut(RefundRequestOut):
 
 def refund_request_out(row: RefundRequest) -> RefundRequestOut:
     """Render a request for its owner."""
-    return RefundRequestOut(
-        id=row.id,
-        order_id=row.order_id,
-        status=row.status,
-        amount=format_amount(row.amount_micros),
-        reason=row.reason,
-        review_note=row.review_note,
-        auto_approved=row.auto_approved,
-        failure_reason=row.failure_reason,
-        created_at=row.created_at,
-        reviewed_at=row.reviewed_at,
-        completed_at=row.completed_at,
-    )
+    return RefundRequestOut.model_validate(row)
 
 
 def admin_refund_request_out(row: RefundRequest) -> AdminRefundRequestOut:
     """Render a request for operators."""
-    return AdminRefundRequestOut(
-        **refund_request_out(row).model_dump(),
-        user_id=row.user_id,
-        reviewed_by=row.reviewed_by,
-        stripe_refund_id=row.stripe_refund_id,
-        stripe_status=row.stripe_status,
-        attempts=row.attempts,
-        attention_reason=row.attention_reason,
-    )
+    return AdminRefundRequestOut.model_validate(row)

@@ -36,7 +36,13 @@ from stripe import RequestOptions
 from stripe._base_address import BaseAddresses
 from stripe._v1_services import V1Services
 from stripe.params import (
+    CreditNoteCreateParams,
     CustomerCreateParams,
+    CustomerTaxIdCreateParams,
+    CustomerUpdateParams,
+    InvoiceCreateParams,
+    InvoiceItemCreateParams,
+    InvoicePayParams,
     PaymentIntentCreateParams,
     RefundCreateParams,
     RefundListParams,
@@ -394,6 +400,9 @@ class StripeGateway:
         metadata: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
         setup_future_usage: str | None = None,
+        invoice: bool = False,
+        po_number: str | None = None,
+        automatic_tax: bool = False,
     ) -> StripeJSON:
         """A hosted Checkout Session (mode `payment`, one line item) for an order; its `url`
         is where the portal sends the user; `payment_intent` is None until the user pays.
@@ -403,7 +412,9 @@ class StripeGateway:
         `{CHECKOUT_SESSION_ID}`. The session and its PaymentIntent both carry `order_id` and
         `user_id` in `metadata`; `client_reference_id` is the order id. `customer_email` is
         used only without a customer (Stripe refuses both). `idempotency_key` overrides the
-        key (an order whose Customer was replaced)."""
+        key (an order whose Customer was replaced). `invoice`: Checkout issues an invoice
+        (`invoice_creation`, with `po_number`); `automatic_tax`: Stripe Tax adds tax on top;
+        either collects the billing address and tax ID and saves them on the Customer."""
         key = idempotency_key or f"order:{order_id}"
         tags = {**(metadata or {}), "order_id": order_id, "user_id": user_id}
         params: SessionCreateParams = {
@@ -430,6 +441,30 @@ class StripeGateway:
         }
         if setup_future_usage:
             params["payment_intent_data"]["setup_future_usage"] = setup_future_usage
+        if automatic_tax:
+            # Tax-exclusive prices: Stripe Tax adds the tax on the address Checkout collects.
+            params["automatic_tax"] = {"enabled": True}
+            params["line_items"][0]["price_data"]["tax_behavior"] = "exclusive"
+        if invoice and customer_id:
+            # An invoice for the payment (`invoice` on the completed session), with the PO
+            # number; what the buyer enters (name, address, tax ID) is saved on the Customer
+            # so that the invoice carries it.
+            params["invoice_creation"] = {
+                "enabled": True,
+                "invoice_data": {
+                    "metadata": tags,
+                    "description": f"{product_name} ({order_id})",
+                    **(
+                        {"custom_fields": [{"name": "PO number", "value": po_number}]}
+                        if po_number
+                        else {}
+                    ),
+                },
+            }
+        if (invoice or automatic_tax) and customer_id:
+            params["billing_address_collection"] = "required"
+            params["tax_id_collection"] = {"enabled": True}
+            params["customer_update"] = {"name": "auto", "address": "auto"}
         if customer_id:
             params["customer"] = customer_id
         elif customer_email:
@@ -609,6 +644,227 @@ class StripeGateway:
         """A Refund (`status`, `amount`, `charge`, `payment_intent`, `metadata`,
         `failure_reason`)."""
         return await self._call("refunds.retrieve", lambda v1: v1.refunds.retrieve_async(refund_id))
+
+    # -- billing details: the Customer's name, email, address and tax IDs ----------------------
+
+    async def update_customer_details(
+        self,
+        customer_id: str,
+        *,
+        name: str | None,
+        email: str | None,
+        address: Mapping[str, str | None],
+    ) -> StripeJSON:
+        """Set what invoices print about the buyer: `name` (the legal name), `email` (where
+        invoices go) and `address` (`line1`, `line2`, `city`, `postal_code`, `state`,
+        `country`; an unset part is cleared). Idempotency key: the customer and a digest of
+        what is sent, so a retry repeats the same update and a different one is its own."""
+        params: CustomerUpdateParams = {
+            "name": name or "",
+            "address": {
+                "line1": address.get("line1") or "",
+                "line2": address.get("line2") or "",
+                "city": address.get("city") or "",
+                "postal_code": address.get("postal_code") or "",
+                "state": address.get("state") or "",
+                "country": address.get("country") or "",
+            },
+        }
+        if email:
+            params["email"] = email
+        digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:32]
+        key = f"customer-details:{customer_id}:{digest}"
+        options = self._options(key)
+        return await self._call(
+            "customers.update",
+            lambda v1: v1.customers.update_async(customer_id, params, options),
+            key=key,
+        )
+
+    async def list_customer_tax_ids(self, customer_id: str) -> list[StripeJSON]:
+        """The Customer's tax IDs (`type`, `value`, `verification.status`), all of them (a
+        Customer has at most a few; one page of 100)."""
+        page = await self._call(
+            "customers.tax_ids.list",
+            lambda v1: v1.customers.tax_ids.list_async(customer_id, {"limit": 100}),
+        )
+        return list(page.get("data") or [])
+
+    async def create_customer_tax_id(
+        self, customer_id: str, *, tax_type: str, value: str, key: str
+    ) -> StripeJSON:
+        """Add a tax ID to the Customer; Stripe verifies it later (`verification.status`
+        `pending`, then `customer.tax_id.updated`). `key`: the idempotency key, from our row."""
+        params: CustomerTaxIdCreateParams = {"type": tax_type, "value": value}
+        options = self._options(key)
+        return await self._call(
+            "customers.tax_ids.create",
+            lambda v1: v1.customers.tax_ids.create_async(customer_id, params, options),
+            key=key,
+        )
+
+    async def delete_customer_tax_id(self, customer_id: str, tax_id: str) -> None:
+        """Remove a tax ID from the Customer; one already gone is fine."""
+        try:
+            await self._call(
+                "customers.tax_ids.delete",
+                lambda v1: v1.customers.tax_ids.delete_async(customer_id, tax_id),
+            )
+        except StripeObjectNotFound:
+            return
+
+    async def retrieve_customer_tax_id(self, customer_id: str, tax_id: str) -> StripeJSON:
+        """A tax ID of the Customer, as Stripe has it now."""
+        return await self._call(
+            "customers.tax_ids.retrieve",
+            lambda v1: v1.customers.tax_ids.retrieve_async(customer_id, tax_id),
+        )
+
+    # -- invoices and credit notes ---------------------------------------------------------------
+
+    async def create_order_invoice(
+        self,
+        args: OrderArgs,
+        *,
+        automatic_tax: bool,
+        po_number: str | None,
+        product_name: str = DEFAULT_PRODUCT_NAME,
+    ) -> StripeJSON:
+        """An order's invoice, finalized: a draft for the order's Customer (`metadata`
+        `order_id`, `user_id`; the PO number as a custom field; Stripe Tax on when
+        `automatic_tax`), one tax-exclusive line of the order's amount, then finalized — Stripe
+        copies the Customer's name, address and tax IDs onto it, computes the tax, numbers it
+        and creates the PaymentIntent it is paid through (`payments`, `confirmation_secret`,
+        both expanded here). Each step has its own idempotency key derived from the order's
+        (`<key>:invoice`, `:item`, `:finalize`), so a retry after an unknown outcome resumes
+        where the first attempt stopped."""
+        base = args["idempotency_key"] or f"order:{args['order_id']}"
+        tags = {"order_id": args["order_id"], "user_id": args["user_id"]}
+        params: InvoiceCreateParams = {
+            "customer": args["customer_id"],
+            "currency": args["currency"],
+            "collection_method": "charge_automatically",
+            "auto_advance": False,
+            "automatic_tax": {"enabled": automatic_tax},
+            "pending_invoice_items_behavior": "exclude",
+            "metadata": tags,
+            "description": f"{product_name} ({args['order_id']})",
+        }
+        if po_number:
+            params["custom_fields"] = [{"name": "PO number", "value": po_number}]
+        create_key = f"{base}:invoice"
+        create_options = self._options(create_key)
+        draft = await self._call(
+            "invoices.create",
+            lambda v1: v1.invoices.create_async(params, create_options),
+            key=create_key,
+        )
+        invoice_id = str(draft["id"])
+        item: InvoiceItemCreateParams = {
+            "customer": args["customer_id"],
+            "invoice": invoice_id,
+            "amount": args["amount_cents"],
+            "currency": args["currency"],
+            "description": product_name,
+            "tax_behavior": "exclusive",
+            "metadata": tags,
+        }
+        item_key = f"{base}:item"
+        item_options = self._options(item_key)
+        await self._call(
+            "invoiceitems.create",
+            lambda v1: v1.invoice_items.create_async(item, item_options),
+            key=item_key,
+        )
+        finalize_key = f"{base}:finalize"
+        finalize_options = self._options(finalize_key)
+        return await self._call(
+            "invoices.finalize_invoice",
+            lambda v1: v1.invoices.finalize_invoice_async(
+                invoice_id,
+                {"auto_advance": False, "expand": ["payments", "confirmation_secret"]},
+                finalize_options,
+            ),
+            key=finalize_key,
+        )
+
+    async def retrieve_invoice(self, invoice_id: str) -> StripeJSON:
+        """An invoice with its `payments` expanded (`payment.payment_intent`: the id of the
+        PaymentIntent it is paid through)."""
+        return await self._call(
+            "invoices.retrieve",
+            lambda v1: v1.invoices.retrieve_async(invoice_id, {"expand": ["payments"]}),
+        )
+
+    async def pay_invoice_off_session(
+        self, invoice_id: str, *, payment_method_id: str, key: str
+    ) -> StripeJSON:
+        """Pay a finalized invoice with a saved card, the customer away. A decline raises
+        StripeCardDeclined like an off-session PaymentIntent's."""
+        params: InvoicePayParams = {
+            "payment_method": payment_method_id,
+            "off_session": True,
+            "expand": ["payments"],
+        }
+        options = self._options(key)
+        return await self._call(
+            "invoices.pay",
+            lambda v1: v1.invoices.pay_async(invoice_id, params, options),
+            key=key,
+        )
+
+    async def issue_invoice_paid_out_of_band(
+        self,
+        args: OrderArgs,
+        *,
+        automatic_tax: bool,
+        po_number: str | None,
+        key: str,
+        paid_by: str,
+    ) -> StripeJSON:
+        """A new invoice for an order already paid (a reissue): created and finalized like
+        `create_order_invoice` under keys of its own (`key`), then marked paid out of band —
+        the money is the payment `paid_by` (its PaymentIntent), named in the metadata."""
+        finalized = await self.create_order_invoice(
+            {**args, "idempotency_key": key}, automatic_tax=automatic_tax, po_number=po_number
+        )
+        pay_key = f"{key}:pay"
+        options = self._options(pay_key)
+        params: InvoicePayParams = {"paid_out_of_band": True, "expand": ["payments"]}
+        try:
+            return await self._call(
+                "invoices.pay",
+                lambda v1: v1.invoices.pay_async(str(finalized["id"]), params, options),
+                key=pay_key,
+            )
+        except StripeRequestFailed as exc:
+            if exc.stripe_code != "invoice_already_paid":
+                raise
+            return await self.retrieve_invoice(str(finalized["id"]))
+
+    async def credit_whole_invoice(
+        self, invoice: StripeJSON, *, reason: str, memo: str, key: str
+    ) -> StripeJSON:
+        """A credit note for all of a paid invoice (every line, its tax with it), settled out
+        of band: it cancels the invoice's effect and moves no money (`reason`:
+        Stripe's, e.g. `order_change`)."""
+        lines = (invoice.get("lines") or {}).get("data") or []
+        params: CreditNoteCreateParams = {
+            "invoice": str(invoice["id"]),
+            "lines": [
+                {"type": "invoice_line_item", "invoice_line_item": str(line["id"]), "quantity": 1}
+                for line in lines
+            ],
+            "out_of_band_amount": int(invoice["total"]),
+            "reason": reason,
+            "memo": memo,
+        }
+        options = self._options(key)
+        return await self._call(
+            "credit_notes.create",
+            lambda v1: v1.credit_notes.create_async(params, options),
+            key=key,
+        )
 
     # -- webhooks --------------------------------------------------------------------------------
 

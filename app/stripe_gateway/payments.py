@@ -38,6 +38,12 @@ class StripePayment:
     receipt_url: str | None = None
     failure_code: str | None = None
     failure_message: str | None = None
+    tax_cents: int | None = None
+    """The tax Stripe Tax added on top (`total_details.amount_tax` of a Checkout Session with
+    automatic tax); None when the object does not say (a PaymentIntent: its amount is the
+    total, tax included)."""
+    invoice_id: str | None = None
+    """The invoice Checkout issued for the payment (`invoice_creation`), once it did."""
     payment_intent: StripeJSON | None = dataclasses.field(default=None, compare=False, repr=False)
     """The PaymentIntent as read (`latest_charge` expanded when it was), for what else it says
     (e.g. the card it saved); None when only its id was known."""
@@ -69,7 +75,17 @@ def _object_fields(object_type: str, obj: StripeJSON) -> _ObjectFields:
     }
 
 
-def _charge_fields(latest_charge: Any) -> dict[str, str | None]:
+class _ChargeFields(TypedDict, total=False):
+    charge_id: str | None
+    receipt_url: str | None
+
+
+class _FailureFields(TypedDict, total=False):
+    failure_code: str | None
+    failure_message: str | None
+
+
+def _charge_fields(latest_charge: Any) -> _ChargeFields:
     charge = expanded(latest_charge)
     receipt = None
     if charge is not None and charge.get("status") == "succeeded":
@@ -77,7 +93,7 @@ def _charge_fields(latest_charge: Any) -> dict[str, str | None]:
     return {"charge_id": expandable_id(latest_charge), "receipt_url": receipt}
 
 
-def _failure(payment_intent: StripeJSON | None) -> dict[str, str | None]:
+def _failure(payment_intent: StripeJSON | None) -> _FailureFields:
     error = (payment_intent or {}).get("last_payment_error") or {}
     return {
         "failure_code": string_or_none(error.get("decline_code"))
@@ -102,7 +118,7 @@ def payment_from_payment_intent(pi: StripeJSON) -> StripePayment:
         state = "canceled"
     else:  # requires_payment_method / _confirmation / _action: the customer can still pay
         state = "open"
-    failure = _failure(pi) if state == "open" else {}
+    failure = _failure(pi) if state == "open" else _FailureFields()
     return StripePayment(
         **_object_fields("payment_intent", pi),
         state=state,
@@ -131,8 +147,10 @@ def payment_from_checkout_session(cs: StripeJSON) -> StripePayment:
         state = "failed" if pi_status in ("requires_payment_method", "canceled") else "processing"
     else:
         state = "open"
-    failure = _failure(pi) if state in ("open", "failed") else {}
-    charge = _charge_fields(pi.get("latest_charge")) if pi else {}
+    failure = _failure(pi) if state in ("open", "failed") else _FailureFields()
+    charge = _charge_fields(pi.get("latest_charge")) if pi else _ChargeFields()
+    automatic_tax = cs.get("automatic_tax") or {}
+    tax = _int((cs.get("total_details") or {}).get("amount_tax"))
     return StripePayment(
         **_object_fields("checkout.session", cs),
         state=state,
@@ -140,6 +158,8 @@ def payment_from_checkout_session(cs: StripeJSON) -> StripePayment:
         order_id=string_or_none(cs.get("client_reference_id")) or metadata_order_id(cs),
         payment_intent_id=expandable_id(cs.get("payment_intent")),
         checkout_session_id=str(cs["id"]),
+        tax_cents=tax if automatic_tax.get("enabled") else None,
+        invoice_id=expandable_id(cs.get("invoice")),
         **charge,
         **failure,
         payment_intent=pi,

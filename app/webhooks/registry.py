@@ -64,6 +64,8 @@ HANDLER_MODULES = (
     "app.purchase.webhooks",
     "app.refunds.webhooks",
     "app.payment_methods.webhooks",
+    "app.billing.webhooks",
+    "app.orders.webhooks",
 )
 """Modules that register handlers."""
 

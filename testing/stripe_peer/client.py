@@ -134,8 +134,10 @@ class StripePeer:
         card: str = "visa",
         processing: bool = False,
         email: str | None = None,
+        address: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """The customer pays on the hosted Checkout page. Cards as in `pay_payment_intent`.
+        `address`: the billing address entered (default: the Customer's).
 
         Approved: the session becomes `complete`/`paid` (`processing=True`: `complete`/`unpaid`
         until `settle_checkout()`), events `payment_intent.created`, `charge.succeeded`,
@@ -149,7 +151,8 @@ class StripePeer:
         result: dict[str, Any] = await self._call(
             "POST",
             f"/_test/checkout/sessions/{session_id}/pay",
-            {"payment_method": card, "processing": processing, "email": email},
+            {"payment_method": card, "processing": processing, "email": email}
+            | ({"address": address} if address else {}),
         )
         return result
 
@@ -343,6 +346,23 @@ class StripePeer:
         if response.status_code >= 400:
             raise PeerError(response.status_code, payload)
         return payload
+
+    async def set_tax_id_verification(self, tax_id: str, status: str) -> dict[str, Any]:
+        """Stripe's verification of a tax ID ends with `status` (`customer.tax_id.updated`)."""
+        result: dict[str, Any] = await self._call(
+            "POST", f"/_test/tax_ids/{tax_id}/verification", {"status": status}
+        )
+        return result
+
+    async def customer(self, customer_id: str) -> dict[str, Any]:
+        """The Customer as Stripe has it, with its tax IDs (`tax_ids`: Stripe's list)."""
+        headers = {"Authorization": f"Bearer {self.api_key}"}
+        customer: dict[str, Any] = (
+            await self._http.get(f"/v1/customers/{customer_id}", headers=headers)
+        ).json()
+        tax_ids = await self._http.get(f"/v1/customers/{customer_id}/tax_ids", headers=headers)
+        customer["tax_ids"] = tax_ids.json()
+        return customer
 
     # -- webhooks delivered by the peer ----------------------------------------------------------
 

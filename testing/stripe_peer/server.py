@@ -26,6 +26,7 @@ from localstripe import resources as ls_resources
 from localstripe import server as ls_server
 from localstripe.errors import UserError
 
+from testing.stripe_peer import billing
 from testing.stripe_peer.state import (
     ApiError,
     Endpoint,
@@ -49,6 +50,9 @@ WORLD: web.AppKey[World] = web.AppKey("world", World)
 
 # Paths we implement ourselves; localstripe's routes for them are not mounted.
 _OWN_PREFIXES = (
+    "/v1/invoices",
+    "/v1/invoiceitems",
+    "/v1/credit_notes",
     "/v1/payment_intents",
     "/v1/charges",
     "/v1/refunds",
@@ -437,6 +441,30 @@ API_ROUTES: list[tuple[str, str, Callable[[World, web.Request, dict[str, Any]], 
         lambda w, r, p: w.attach_payment_method(_id(r), str(p.get("customer") or "")),
     ),
     ("POST", "/v1/payment_methods/{id}/detach", lambda w, r, p: w.detach_payment_method(_id(r))),
+    # localstripe's own routes for these are not mounted (the same method and path).
+    ("POST", "/v1/customers/{id}/tax_ids", lambda w, r, p: billing.create_tax_id(w, _id(r), p)),
+    ("GET", "/v1/customers/{id}/tax_ids", lambda w, r, p: billing.list_tax_ids(w, _id(r))),
+    (
+        "GET",
+        "/v1/customers/{id}/tax_ids/{tax_id}",
+        lambda w, r, p: billing.retrieve_tax_id(w, _id(r), r.match_info["tax_id"]),
+    ),
+    (
+        "DELETE",
+        "/v1/customers/{id}/tax_ids/{tax_id}",
+        lambda w, r, p: billing.delete_tax_id(w, _id(r), r.match_info["tax_id"]),
+    ),
+    ("POST", "/v1/invoices", lambda w, r, p: billing.create_invoice(w, p)),
+    ("GET", "/v1/invoices/{id}", _get("invoice", "invoice")),
+    (
+        "POST",
+        "/v1/invoices/{id}/finalize",
+        lambda w, r, p: billing.finalize_invoice(w, _id(r), p),
+    ),
+    ("POST", "/v1/invoices/{id}/pay", lambda w, r, p: billing.pay_invoice(w, _id(r), p)),
+    ("POST", "/v1/invoiceitems", lambda w, r, p: billing.create_invoice_item(w, p)),
+    ("POST", "/v1/credit_notes", lambda w, r, p: billing.create_credit_note(w, p)),
+    ("GET", "/v1/credit_notes/{id}", _get("credit_note", "credit_note")),
 ]
 
 
@@ -545,6 +573,7 @@ CONTROL_ROUTES: list[tuple[str, str, Callable[[World, web.Request, dict[str, Any
             payment_method=_pm(p),
             processing=bool(p.get("processing", False)),
             email=p.get("email"),
+            address=p.get("address"),
         ),
     ),
     (
@@ -607,6 +636,11 @@ CONTROL_ROUTES: list[tuple[str, str, Callable[[World, web.Request, dict[str, Any
         "POST",
         "/_test/payment_methods/{id}/automatically_update",
         lambda w, r, p: w.update_card_automatically(_id(r), p),
+    ),
+    (
+        "POST",
+        "/_test/tax_ids/{id}/verification",
+        lambda w, r, p: billing.set_verification(w, _id(r), str(p.get("status", ""))),
     ),
     ("POST", "/_test/clock", lambda w, r, p: w.advance_clock(float(p.get("advance", 0)))),
     ("POST", "/_test/faults", lambda w, r, p: w.add_fault(p).to_json()),
@@ -675,6 +709,25 @@ async def receipt_page(request: web.Request) -> web.StreamResponse:
     return web.Response(text=_PAGE.format(title="Receipt", body=body), content_type="text/html")
 
 
+async def document_page(request: web.Request) -> web.StreamResponse:
+    """A stand-in for an invoice's hosted page and PDF, and a credit note's PDF."""
+    world = request.app[WORLD]
+    doc = world.objects.get(_id(request))
+    if doc is None or doc.get("object") not in ("invoice", "credit_note"):
+        raise web.HTTPNotFound()
+    lines = [
+        f"{html.escape(str(doc['object']))} {html.escape(str(doc.get('number')))}",
+        f"subtotal {doc['subtotal'] / 100:.2f}, total {doc['total'] / 100:.2f} "
+        f"{str(doc['currency']).upper()}",
+    ]
+    if doc.get("object") == "invoice":
+        lines.append(f"to {html.escape(str(doc.get('customer_name')))}")
+        if doc.get("customer_tax_exempt") == "reverse":
+            lines.append("Reverse charge")
+    body = "".join(f"<p>{line}</p>" for line in lines)
+    return web.Response(text=_PAGE.format(title="Document", body=body), content_type="text/html")
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -700,6 +753,9 @@ def create_app(world: World | None = None) -> web.Application:
     app.router.add_route("GET", "/checkout/pay/{id}", checkout_page)
     app.router.add_route("POST", "/checkout/pay/{id}", checkout_page)
     app.router.add_route("GET", "/receipts/{id}", receipt_page)
+    app.router.add_route("GET", "/invoices/{id}", document_page)
+    app.router.add_route("GET", "/invoices/{id}/pdf", document_page)
+    app.router.add_route("GET", "/credit_notes/{id}/pdf", document_page)
     # Everything else (customers, payment methods, …) is localstripe's.
     own = {(method, path) for method, path, _ in API_ROUTES}
     for route in ls_server.app.router.routes():

@@ -321,6 +321,8 @@ class World:
         self.objects: dict[str, dict[str, Any]] = {}
         self.session_line_items: dict[str, list[dict[str, Any]]] = {}
         self.pi_session: dict[str, str] = {}
+        self.pi_invoice: dict[str, str] = {}
+        """PaymentIntent -> the invoice it pays (`billing.py`)."""
         self.session_pi_data: dict[str, dict[str, Any]] = {}
         self.events: list[EventRecord] = []
         self.requests: list[dict[str, Any]] = []
@@ -374,7 +376,8 @@ class World:
     def export(self, obj: dict[str, Any] | str, expand: list[str] | None = None) -> dict[str, Any]:
         """A deep copy of the object with the given dot-paths expanded (ids -> objects)."""
         source = self.objects[obj] if isinstance(obj, str) else obj
-        out = copy.deepcopy(source)
+        # Keys starting with `_` are the peer's own bookkeeping, never shown.
+        out = {k: copy.deepcopy(v) for k, v in source.items() if not k.startswith("_")}
         for path in expand or []:
             if path.count(".") > 3:
                 raise ApiError(400, "You cannot expand more than 4 levels of a property")
@@ -388,6 +391,10 @@ class World:
             mine = [copy.deepcopy(r) for r in refunds if r["charge"] == obj["id"]]
             mine.sort(key=lambda r: r["created"], reverse=True)
             return _list(mine, f"/v1/charges/{obj['id']}/refunds")
+        if obj.get("object") == "invoice":
+            from testing.stripe_peer import billing
+
+            return billing.invoice_virtual(self, self.objects[obj["id"]], key)
         if obj.get("object") == "checkout.session" and key == "line_items":
             items = copy.deepcopy(self.session_line_items.get(obj["id"], []))
             return _list(items, f"/v1/checkout/sessions/{obj['id']}/line_items")
@@ -1176,6 +1183,9 @@ class World:
             self.attach_payment_method(pi["payment_method"], pi["customer"])
         self.emit("charge.succeeded", charge)
         self.emit("payment_intent.succeeded", pi, previous)
+        from testing.stripe_peer import billing
+
+        billing.on_payment_succeeded(self, pi)
 
     def pay_payment_intent(
         self, pi_id: str, *, payment_method: str, processing: bool
@@ -1259,6 +1269,10 @@ class World:
             "allow_promotion_codes",
             "billing_address_collection",
             "customer_creation",
+            "invoice_creation",
+            "customer_update",
+            "tax_id_collection",
+            "automatic_tax",
             "expand",
         }
     )
@@ -1418,7 +1432,43 @@ class World:
         )
         self.session_line_items[session_id] = items
         self.session_pi_data[session_id] = pi_data
+        self._checkout_billing(session, params)
         return session
+
+    def _checkout_billing(self, session: dict[str, Any], params: dict[str, Any]) -> None:
+        """`invoice_creation`, `customer_update`, `billing_address_collection`,
+        `tax_id_collection` and `automatic_tax` (`billing.py`)."""
+        from testing.stripe_peer import billing
+
+        creation = _dict(params.get("invoice_creation"), "invoice_creation")
+        if creation and billing._flag(creation.get("enabled")):
+            if not session["customer"]:
+                raise ApiError(400, "invoice_creation needs a customer here.", param="customer")
+            session["_invoice_creation"] = creation
+            session["invoice_creation"] = {
+                "enabled": True,
+                "invoice_data": {
+                    "custom_fields": billing._custom_fields(
+                        (creation.get("invoice_data") or {}).get("custom_fields")
+                    ),
+                    "metadata": dict((creation.get("invoice_data") or {}).get("metadata") or {}),
+                },
+            }
+        else:
+            session["invoice_creation"] = {"enabled": False, "invoice_data": None}
+        update = _dict(params.get("customer_update"), "customer_update")
+        if update and not session["customer"]:
+            raise ApiError(400, "customer_update needs customer.", param="customer_update")
+        session["_customer_update"] = update
+        if params.get("billing_address_collection") not in (None, "", "auto", "required"):
+            raise ApiError(400, "Invalid billing_address_collection.")
+        session["billing_address_collection"] = params.get("billing_address_collection") or None
+        tax_ids = _dict(params.get("tax_id_collection"), "tax_id_collection")
+        session["tax_id_collection"] = {"enabled": billing._flag(tax_ids.get("enabled"))}
+        automatic = _dict(params.get("automatic_tax"), "automatic_tax")
+        if billing._flag(automatic.get("enabled")):
+            session["automatic_tax"] = {"enabled": True, "liability": None, "status": None}
+            billing.checkout_tax(self, session, None)
 
     def checkout_session(self, session_id: str) -> dict[str, Any]:
         session = self.get(session_id, "checkout.session", "checkout.session", "session")
@@ -1466,9 +1516,16 @@ class World:
         self.emit("checkout.session.expired", session)
 
     def pay_checkout_session(
-        self, session_id: str, *, payment_method: str, processing: bool, email: str | None = None
+        self,
+        session_id: str,
+        *,
+        payment_method: str,
+        processing: bool,
+        email: str | None = None,
+        address: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Control: what the hosted Checkout page does when the customer pays."""
+        """Control: what the hosted Checkout page does when the customer pays. `address`: the
+        billing address the customer enters (default: the Customer's, when it has one)."""
         session = self.checkout_session(session_id)
         if session["status"] != "open":
             raise ApiError(
@@ -1476,6 +1533,16 @@ class World:
                 f"This Checkout Session is {session['status']} and can no longer be paid.",
                 code="checkout_session_unexpected_state",
             )
+        from testing.stripe_peer import billing
+
+        collected = address or billing.customer_address(session["customer"])
+        if session["billing_address_collection"] == "required" and not collected:
+            raise ApiError(400, "The billing address is required.", param="address")
+        if collected and (session.get("_customer_update") or {}).get("address") == "auto":
+            customer = store.get("customer:" + session["customer"])
+            customer.address = dict(collected)
+        if not session["payment_intent"]:
+            billing.checkout_tax(self, session, collected)
         if session["payment_intent"]:
             pi = self.objects[session["payment_intent"]]
         else:
@@ -1505,15 +1572,17 @@ class World:
             )
             session["status"] = "complete"
             session["payment_status"] = "paid" if pi["status"] == "succeeded" else "unpaid"
+            tax_ids = billing.customer_tax_ids(self, session["customer"] or "")
             session["customer_details"] = {
-                "address": None,
+                "address": collected,
                 "email": customer_email,
                 "name": None,
                 "phone": None,
-                "tax_exempt": "none",
-                "tax_ids": [],
+                "tax_exempt": (session.get("_tax") or {}).get("exempt", "none"),
+                "tax_ids": [{"type": t["type"], "value": t["value"]} for t in tax_ids],
             }
             session["url"] = None
+            billing.checkout_invoice(self, session, pi)
             self.emit("checkout.session.completed", session)
             result["redirect_url"] = session["success_url"].replace(
                 "{CHECKOUT_SESSION_ID}", session_id

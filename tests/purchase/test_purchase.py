@@ -64,6 +64,8 @@ async def test_options_offer_presets_bounds_modes_and_the_publishable_key(
         "publishable_key": stripe_peer.publishable_key,
         "max_pending_orders": 2,  # this module's setting
         "checkout_ttl_minutes": 30,
+        "tax_added": False,
+        "invoices": False,
     }
 
 
