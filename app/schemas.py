@@ -121,6 +121,13 @@ def clean_pattern(
 _KIND_OF_PATTERN = {clean_pattern(kind): kind for kind in _ALLOWED}
 
 
+def stripped_pattern(core: str) -> str:
+    """The `pattern` of a body string that must match `core` (a regex without anchors, valid in
+    Python and ECMA-262) once stripped of surrounding whitespace, as `StrictModel` strips it."""
+    ws = f"[{_WHITESPACE}]*"
+    return f"^{ws}{core}{ws}$"
+
+
 @dataclass(frozen=True, slots=True)
 class CleanPattern:
     """Writes `clean_pattern(kind)` into a clean string's JSON schema (`StrictModel` rewrites

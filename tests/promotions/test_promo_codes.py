@@ -100,6 +100,7 @@ async def test_the_same_code_again_answers_it_and_other_terms_conflict(
         {"code": "-LEADING"},
         {"code": "with space"},
         {"code": "ÄPFEL"},
+        {"code": "straße"},
         {"code": "semi;colon"},
         {"amount": "0"},
         {"max_redemptions": 0},
