@@ -10,10 +10,13 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     Field,
+    GetJsonSchemaHandler,
     StringConstraints,
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from app.ledger.lots import Credited
 from app.models.ledger import CreditLot, LotSource
@@ -69,9 +72,19 @@ class GrantIn(StrictModel):
 
     @model_validator(mode="after")
     def _one_expiry(self) -> GrantIn:
-        if self.expires_at is not None and self.expires_in_days is not None:
+        # Both keys present is refused even when one is null: what the schema's `not` says.
+        if {"expires_at", "expires_in_days"} <= self.model_fields_set:
             raise ValueError("give expires_at or expires_in_days, not both")
         return self
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        json_schema = super().__get_pydantic_json_schema__(core_schema, handler)
+        target = handler.resolve_ref_schema(json_schema)
+        target["not"] = {"required": ["expires_at", "expires_in_days"]}
+        return json_schema
 
 
 def normalize_code(value: str) -> str | None:
