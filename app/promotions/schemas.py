@@ -6,11 +6,21 @@ import re
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    Field,
+    GetJsonSchemaHandler,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from app.ledger.lots import Credited
 from app.models.ledger import CreditLot, LotSource
-from app.models.promotions import PROMO_CODE_PATTERN, PromoCode
+from app.models.promotions import PromoCode
 from app.money import format_amount, format_balance
 from app.schemas import (
     WHOLE_FLOATS,
@@ -20,9 +30,14 @@ from app.schemas import (
     PositiveAmountText,
     StrictModel,
     UtcDatetime,
+    refuse_non_ascii_tokens,
+    stripped_pattern,
 )
 
-_CODE = re.compile(PROMO_CODE_PATTERN)
+_CODE_AS_TYPED = r"[A-Za-z0-9][A-Za-z0-9_-]{2,31}"
+"""A code as a user or operator types it: `PROMO_CODE_PATTERN` in any case (ASCII only, so
+that upper-casing cannot turn another letter into a code's)."""
+_CODE = re.compile(_CODE_AS_TYPED)
 GRANT_DESCRIPTION = "Granted credit"
 
 ExpiryDays = Annotated[
@@ -57,23 +72,35 @@ class GrantIn(StrictModel):
 
     @model_validator(mode="after")
     def _one_expiry(self) -> GrantIn:
-        if self.expires_at is not None and self.expires_in_days is not None:
+        # Both keys present is refused even when one is null: what the schema's `not` says.
+        if {"expires_at", "expires_in_days"} <= self.model_fields_set:
             raise ValueError("give expires_at or expires_in_days, not both")
         return self
 
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        json_schema = super().__get_pydantic_json_schema__(core_schema, handler)
+        target = handler.resolve_ref_schema(json_schema)
+        target["not"] = {"required": ["expires_at", "expires_in_days"]}
+        return json_schema
 
-def normalize_code(value: str) -> str:
-    """A code as stored: upper case (codes are case-insensitive)."""
-    return value.upper()
+
+def normalize_code(value: str) -> str | None:
+    """A code as stored (upper case: codes are case-insensitive); None when `value` cannot be
+    a code."""
+    return value.upper() if _CODE.fullmatch(value) else None
 
 
 class PromoCodeIn(StrictModel):
     """A campaign code: each user redeems it once, for `amount` of granted credit."""
 
-    code: Annotated[CleanToken, StringConstraints(min_length=3, max_length=32)] = Field(
-        description="3 to 32 letters, digits, `-` or `_`, starting with a letter or digit; "
+    code: Annotated[str, AfterValidator(refuse_non_ascii_tokens)] = Field(
+        description="3 to 32 ASCII letters, digits, `-` or `_`, starting with a letter or digit; "
         "case-insensitive (stored upper-case).",
         examples=["WELCOME-2027"],
+        json_schema_extra={"pattern": stripped_pattern(_CODE_AS_TYPED)},
     )
     amount: PositiveAmountText = Field(description="USD each redemption grants.")
     credit_expires_in_days: ExpiryDays | None = Field(
@@ -93,9 +120,9 @@ class PromoCodeIn(StrictModel):
     @classmethod
     def _code(cls, value: str) -> str:
         code = normalize_code(value)
-        if not _CODE.fullmatch(code):
+        if code is None:
             raise ValueError(
-                "must be 3 to 32 letters, digits, '-' or '_', starting with a letter or digit"
+                "must be 3 to 32 ASCII letters, digits, '-' or '_', starting with a letter or digit"
             )
         return code
 

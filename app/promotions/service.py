@@ -173,7 +173,8 @@ async def redeem(
     a code the user may not redeem (unknown, past `redeemable_until`, used up, new users only),
     409 `promo_code_already_redeemed` for the second time. `email` (the caller's token's) is
     remembered as the address the credit's expiry notices go to."""
-    promo = await repository.code_by_name(session, normalize_code(code))
+    name = normalize_code(code)
+    promo = await repository.code_by_name(session, name) if name is not None else None
     if promo is None:
         raise PromoCodeNotFound()
     if await repository.has_redeemed(session, promo.id, user_id):

@@ -101,6 +101,7 @@ async def test_expiry_is_a_date_a_number_of_days_or_never(
     "extra",
     [
         {"expires_at": "2027-04-01T00:00:00Z", "expires_in_days": 5},
+        {"expires_at": None, "expires_in_days": 5},
         {"expires_at": NOW.isoformat()},
         {"expires_at": "2026-01-01T00:00:00Z"},
         {"expires_in_days": 0},

@@ -4,6 +4,7 @@ every code the user may not redeem is one 404; exactly `max_redemptions` succeed
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import httpx
@@ -99,6 +100,7 @@ async def test_the_same_code_again_answers_it_and_other_terms_conflict(
         {"code": "-LEADING"},
         {"code": "with space"},
         {"code": "ÄPFEL"},
+        {"code": "straße"},
         {"code": "semi;colon"},
         {"amount": "0"},
         {"max_redemptions": 0},
@@ -243,3 +245,20 @@ async def test_one_user_redeeming_twice_at_once_is_credited_once(
         "promo_code_already_redeemed"
     }
     assert await _counts(session_maker) == (1, 1, 1, 1)
+
+
+async def test_two_new_user_codes_redeemed_at_once_credit_a_new_user_once(
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    user_headers: Any,
+    session_maker: async_sessionmaker[AsyncSession],
+) -> None:
+    codes = [f"NEW-{n}" for n in range(4)]
+    for code in codes:
+        await create(client, admin_headers, code=code, new_users_only=True)
+    headers = user_headers("alice")
+    answers = await together([partial(redeem, client, headers, c) for c in codes], workers=4)
+    assert sorted(a.status_code for a in answers) == [201, 404, 404, 404]
+    async with session_scope(session_maker) as session:
+        assert await session.scalar(select(func.count()).select_from(CreditLot)) == 1
+        assert await session.scalar(select(func.sum(PromoCode.redeemed_count))) == 1
