@@ -94,3 +94,56 @@ async def untrack(session: AsyncSession, user_id: str, amount_micros: int) -> No
         .where(Account.user_id == user_id)
         .values(tracked_micros=Account.tracked_micros - amount_micros)
     )
+
+
+async def lot_of_order(
+    session: AsyncSession, order_id: str, *, for_update: bool = False
+) -> CreditLot | None:
+    """The lot an order's payment credited (None for an order paid before lots existed)."""
+    stmt = select(CreditLot).where(CreditLot.order_id == order_id).order_by(CreditLot.id).limit(1)
+    if for_update:
+        stmt = stmt.with_for_update().execution_options(populate_existing=True)
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def lots_of_orders(session: AsyncSession, order_ids: list[str]) -> list[CreditLot]:
+    if not order_ids:
+        return []
+    rows = await session.execute(select(CreditLot).where(CreditLot.order_id.in_(order_ids)))
+    return list(rows.scalars())
+
+
+async def wallet_figures(session: AsyncSession, user_id: str) -> tuple[int, int] | None:
+    """The wallet's balance and tracked sum."""
+    row = (
+        await session.execute(
+            select(Account.balance_micros, Account.tracked_micros).where(Account.user_id == user_id)
+        )
+    ).first()
+    return (int(row[0]), int(row[1])) if row is not None else None
+
+
+async def untracked_lots(session: AsyncSession, user_id: str) -> list[tuple[str, int]]:
+    """The user's never-expiring paid lots, newest first, each with what refunds and disputes
+    left of it (`amount - returned`)."""
+    rows = await session.execute(
+        select(CreditLot.id, CreditLot.amount_micros - CreditLot.returned_micros)
+        .where(CreditLot.user_id == user_id, CreditLot.remaining_micros.is_(None))
+        .order_by(CreditLot.created_at.desc(), CreditLot.id.desc())
+    )
+    return [(lot_id, int(cap)) for lot_id, cap in rows.all()]
+
+
+_WALLET_AMOUNT = text(
+    """
+    SELECT e.amount_micros FROM ledger_entries e JOIN ledger_transactions t
+      ON t.id = e.transaction_id
+    WHERE t.reference = :reference AND e.balance_after_micros IS NOT NULL
+    """
+)
+
+
+async def wallet_amount(session: AsyncSession, reference: str) -> int | None:
+    """What the posting under `reference` moved on its wallet (signed), if it exists."""
+    value = (await session.execute(_WALLET_AMOUNT, {"reference": reference})).scalar()
+    return int(value) if value is not None else None
