@@ -29,6 +29,7 @@ from app.ledger.repository import get_wallet
 from app.ledger.service import PostResult, insufficient_balance, transfer
 from app.models.base import utcnow
 from app.models.ledger import CreditLot, LotKind, LotSource, lot_kind
+from app.pagination import PageRequest, Slice, before_id, encode_cursor
 
 
 @dataclass(slots=True)
@@ -375,3 +376,33 @@ async def give_back(
     if lot.remaining_micros is not None and lot.swept_at is None and restored:
         lot.remaining_micros += await repository.track_new_lot(session, user_id, restored)
     return result
+
+
+# The portal's views.
+
+EXPIRING_SOON = timedelta(days=30)
+"""`GET /v1/balance`'s `expiring_soon` counts what expires within this."""
+
+
+async def list_credits(
+    session: AsyncSession, user_id: str, status: str, page: PageRequest, now: datetime
+) -> Slice[repository.CreditLine]:
+    """A page of the user's lots of `status` (`repository.CREDIT_STATUSES`), newest first."""
+    lines = await repository.list_credits(
+        session,
+        user_id,
+        status=status,
+        now=now,
+        before=before_id(page.cursor),
+        limit=page.limit + 1,
+    )
+    items = lines[: page.limit]
+    more = len(lines) > page.limit
+    return Slice(items, encode_cursor(items[-1].id) if more else None)
+
+
+async def expiring(
+    session: AsyncSession, user_id: str, now: datetime
+) -> tuple[int, datetime | None]:
+    """What expires within `EXPIRING_SOON`, and when the next lot with credit left expires."""
+    return await repository.expiring(session, user_id, now, now + EXPIRING_SOON)
