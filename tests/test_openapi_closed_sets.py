@@ -24,6 +24,7 @@ CLOSED_PROPERTIES: dict[str, tuple[str, ...]] = {
     "AdminRefundRequestOut": ("status", "stripe_status", "currency"),
     "TransactionOut": ("kind", "currency"),
     "BalanceOut": ("currency",),
+    "CreditOut": ("source", "kind", "status", "currency"),
     "HoldOut": ("status",),
     "SpendLimitOut": ("period", "set_by", "currency"),
     "AlertsOut": ("currency",),

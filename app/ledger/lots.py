@@ -17,7 +17,7 @@ a credit locks the wallet and inserts its lot.
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
@@ -25,8 +25,11 @@ from typing import Any, NamedTuple
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.ledger import lots_repository as repository
-from app.ledger.service import Leg, PostResult, post, transfer
+from app.ledger.repository import get_wallet
+from app.ledger.service import Leg, PostResult, insufficient_balance, post, transfer
+from app.models.base import utcnow
 from app.models.ledger import CreditLot, LotKind, LotSource, lot_kind
+from app.pagination import PageRequest, Slice, before_id, encode_cursor
 
 
 @dataclass(slots=True)
@@ -211,3 +214,241 @@ async def expire_lot(session: AsyncSession, lot_id: str, now: datetime) -> int:
 async def due_lots(session: AsyncSession, now: datetime, limit: int) -> list[str]:
     """Lots at or past their expiry that still hold credit, soonest first."""
     return await repository.due_lots(session, now, limit)
+
+
+# Remainders of never-expiring paid lots, and refunds and disputes, which follow the lot.
+
+
+def allocate(pool_micros: int, caps: Sequence[tuple[str, int]]) -> dict[str, int]:
+    """The never-expiring paid lots' remainders: what the wallet holds beyond its tracked lots
+    (`pool_micros`; below zero: a debt, nothing left), allocated newest first (`caps`, newest
+    first: they are spent oldest first), each up to what refunds and disputes left of it."""
+    left = max(pool_micros, 0)
+    remainders = {}
+    for lot_id, cap in caps:
+        remainders[lot_id] = min(cap, left)
+        left -= remainders[lot_id]
+    return remainders
+
+
+async def derived_remainders(session: AsyncSession, user_id: str) -> dict[str, int]:
+    """The remainders of the user's never-expiring paid lots, by lot id (consistent under the
+    wallet's lock, or as one snapshot)."""
+    figures = await repository.wallet_figures(session, user_id)
+    if figures is None:
+        return {}
+    balance, tracked = figures
+    return allocate(balance - tracked, await repository.untracked_lots(session, user_id))
+
+
+async def remainder(session: AsyncSession, lot: CreditLot) -> int:
+    """What is left of a lot: tracked, its `remaining_micros`; else derived."""
+    if lot.remaining_micros is not None:
+        return lot.remaining_micros
+    return (await derived_remainders(session, lot.user_id)).get(lot.id, 0)
+
+
+async def refundable(session: AsyncSession, order_ids: list[str]) -> dict[str, int]:
+    """What is left, and not expired, of each of these orders' lots (an order with no lot, paid
+    before lots existed, is absent): the most a refund of it may take back."""
+    now = utcnow()
+    found: dict[str, int] = {}
+    derived: dict[str, dict[str, int]] = {}
+    for lot in await repository.lots_of_orders(session, order_ids):
+        assert lot.order_id is not None
+        if lot.remaining_micros is not None:
+            live = lot.expires_at is None or lot.expires_at > now
+            found[lot.order_id] = lot.remaining_micros if live else 0
+        else:
+            if lot.user_id not in derived:
+                derived[lot.user_id] = await derived_remainders(session, lot.user_id)
+            found[lot.order_id] = derived[lot.user_id].get(lot.id, 0)
+    return found
+
+
+TaxOf = Callable[[int], int]
+"""The tax that goes with a wallet amount of an order taxed on top (`app.orders.tax.tax_share`):
+it moves on `tax_payable` in the same posting, never through the wallet or the lot."""
+
+
+async def _move(
+    session: AsyncSession,
+    *,
+    reference: str,
+    kind: str,
+    user_id: str,
+    amount_micros: int,
+    account: str,
+    require_available: bool = False,
+    description: str | None,
+    details: dict[str, Any] | None,
+    tax_of: TaxOf | None,
+) -> PostResult:
+    """`amount_micros` into (negative: out of) the wallet from `account`, with the tax share of
+    an order taxed on top on `tax_payable` (same sign), `account` taking both."""
+    tax = (tax_of(abs(amount_micros)) if tax_of else 0) * (1 if amount_micros > 0 else -1)
+    return await post(
+        session,
+        reference=reference,
+        kind=kind,
+        legs=[
+            Leg.wallet(user_id, amount_micros, require_available=require_available),
+            Leg.account(account, -(amount_micros + tax)),
+            *([Leg.account("tax_payable", tax)] if tax else []),
+        ],
+        user_id=user_id,
+        description=description,
+        details={**(details or {}), "tax_micros": tax} if tax else details,
+    )
+
+
+async def take_back(
+    session: AsyncSession,
+    *,
+    order_id: str,
+    user_id: str,
+    amount_micros: int,
+    reference: str,
+    kind: str,
+    account: str,
+    require_available: bool,
+    description: str | None = None,
+    details: dict[str, Any] | None = None,
+    tax_of: TaxOf | None = None,
+) -> PostResult | None:
+    """Take `amount_micros` (> 0) back out of the wallet for a refund or dispute of an order,
+    once per `reference`, from that order's lot first:
+
+    - in all, never more than the lot's amount less what was taken back from it before (a
+      refund and a dispute of the same payment together never take back more than it paid);
+    - a refund (`require_available`) takes only what is left of the lot, and is available, or
+      nothing (402);
+    - a dispute or a refund made at Stripe takes the lot's remainder and the shortfall out of
+      the rest of the balance, even below zero (a debt the next credit repays first).
+
+    None when nothing is left to take back (the lot was returned in full)."""
+    if await repository.wallet_amount(session, reference) is not None:
+        return await _move(
+            session, reference=reference, kind=kind, user_id=user_id,
+            amount_micros=-amount_micros, account=account, description=description,
+            details=details, tax_of=tax_of,
+        )  # fmt: skip
+    await repository.lock_wallet(session, user_id)
+    lot = await repository.lot_of_order(session, order_id, for_update=True)
+    if lot is None:  # paid before lots: the balance is all there is to go by
+        return await _move(
+            session, reference=reference, kind=kind, user_id=user_id,
+            amount_micros=-amount_micros, account=account, require_available=require_available,
+            description=description, details=details, tax_of=tax_of,
+        )  # fmt: skip
+    left = await remainder(session, lot)
+    take = min(amount_micros, lot.amount_micros - lot.returned_micros)
+    if require_available:
+        wallet = await get_wallet(session, user_id)
+        available = wallet.available_micros if wallet else 0
+        if take < amount_micros or min(left, available) < amount_micros:
+            raise insufficient_balance(min(left, available), amount_micros)
+    if take <= 0:
+        return None
+    result = await _move(
+        session,
+        reference=reference,
+        kind=kind,
+        user_id=user_id,
+        amount_micros=-take,
+        account=account,
+        description=description,
+        details=details,
+        tax_of=tax_of,
+    )
+    if result.replayed:  # pragma: no cover - checked above, under the wallet's lock
+        return result
+    from_lot = min(take, left)
+    if lot.remaining_micros is not None and from_lot:
+        lot.remaining_micros -= from_lot
+        await repository.untrack(session, user_id, from_lot)
+    lot.returned_micros += take
+    return result
+
+
+async def give_back(
+    session: AsyncSession,
+    *,
+    order_id: str,
+    user_id: str,
+    amount_micros: int,
+    reverses: str,
+    reference: str,
+    kind: str,
+    account: str,
+    description: str | None = None,
+    details: dict[str, Any] | None = None,
+    tax_of: TaxOf | None = None,
+) -> PostResult | None:
+    """Reverse a take-back (`reverses`: its reference) of up to `amount_micros`, once per
+    `reference`: no more than it took, into the wallet, and to the order's lot as what was
+    taken back from it. A tracked lot gets its remainder back the way a credit does (a debt
+    first); a never-expiring paid lot by being owed less. None when the take-back moved
+    nothing."""
+
+    async def post(amount: int) -> PostResult:
+        return await _move(
+            session,
+            reference=reference,
+            kind=kind,
+            user_id=user_id,
+            amount_micros=amount,
+            account=account,
+            description=description,
+            details=details,
+            tax_of=tax_of,
+        )
+
+    if await repository.wallet_amount(session, reference) is not None:
+        return await post(amount_micros)  # a replay
+    await repository.lock_wallet(session, user_id)
+    lot = await repository.lot_of_order(session, order_id, for_update=True)
+    if lot is None:  # paid before lots: as the balance had it
+        return await post(amount_micros)
+    taken = await repository.wallet_amount(session, reverses)
+    if taken is None:
+        return None  # the take-back it reverses moved nothing
+    give = min(amount_micros, -taken)
+    result = await post(give)
+    if result.replayed:  # pragma: no cover - checked above, under the wallet's lock
+        return result
+    restored = min(give, lot.returned_micros)
+    lot.returned_micros -= restored
+    if lot.remaining_micros is not None and lot.swept_at is None and restored:
+        lot.remaining_micros += await repository.track_new_lot(session, user_id, restored)
+    return result
+
+
+# The portal's views.
+
+EXPIRING_SOON = timedelta(days=30)
+"""`GET /v1/balance`'s `expiring_soon` counts what expires within this."""
+
+
+async def list_credits(
+    session: AsyncSession, user_id: str, status: str, page: PageRequest, now: datetime
+) -> Slice[repository.CreditLine]:
+    """A page of the user's lots of `status` (`repository.CREDIT_STATUSES`), newest first."""
+    lines = await repository.list_credits(
+        session,
+        user_id,
+        status=status,
+        now=now,
+        before=before_id(page.cursor),
+        limit=page.limit + 1,
+    )
+    items = lines[: page.limit]
+    more = len(lines) > page.limit
+    return Slice(items, encode_cursor(items[-1].id) if more else None)
+
+
+async def expiring(
+    session: AsyncSession, user_id: str, now: datetime
+) -> tuple[int, datetime | None]:
+    """What expires within `EXPIRING_SOON`, and when the next lot with credit left expires."""
+    return await repository.expiring(session, user_id, now, now + EXPIRING_SOON)

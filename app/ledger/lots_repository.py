@@ -3,6 +3,7 @@ reading a wallet's lots, and the draws, take-backs and sweeps of `app.ledger.lot
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -94,3 +95,145 @@ async def untrack(session: AsyncSession, user_id: str, amount_micros: int) -> No
         .where(Account.user_id == user_id)
         .values(tracked_micros=Account.tracked_micros - amount_micros)
     )
+
+
+async def lot_of_order(
+    session: AsyncSession, order_id: str, *, for_update: bool = False
+) -> CreditLot | None:
+    """The lot an order's payment credited (None for an order paid before lots existed)."""
+    stmt = select(CreditLot).where(CreditLot.order_id == order_id).order_by(CreditLot.id).limit(1)
+    if for_update:
+        stmt = stmt.with_for_update().execution_options(populate_existing=True)
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def lots_of_orders(session: AsyncSession, order_ids: list[str]) -> list[CreditLot]:
+    if not order_ids:
+        return []
+    rows = await session.execute(select(CreditLot).where(CreditLot.order_id.in_(order_ids)))
+    return list(rows.scalars())
+
+
+async def wallet_figures(session: AsyncSession, user_id: str) -> tuple[int, int] | None:
+    """The wallet's balance and tracked sum."""
+    row = (
+        await session.execute(
+            select(Account.balance_micros, Account.tracked_micros).where(Account.user_id == user_id)
+        )
+    ).first()
+    return (int(row[0]), int(row[1])) if row is not None else None
+
+
+async def untracked_lots(session: AsyncSession, user_id: str) -> list[tuple[str, int]]:
+    """The user's never-expiring paid lots, newest first, each with what refunds and disputes
+    left of it (`amount - returned`)."""
+    rows = await session.execute(
+        select(CreditLot.id, CreditLot.amount_micros - CreditLot.returned_micros)
+        .where(CreditLot.user_id == user_id, CreditLot.remaining_micros.is_(None))
+        .order_by(CreditLot.created_at.desc(), CreditLot.id.desc())
+    )
+    return [(lot_id, int(cap)) for lot_id, cap in rows.all()]
+
+
+_WALLET_AMOUNT = text(
+    """
+    SELECT e.amount_micros FROM ledger_entries e JOIN ledger_transactions t
+      ON t.id = e.transaction_id
+    WHERE t.reference = :reference AND e.balance_after_micros IS NOT NULL
+    """
+)
+
+
+async def wallet_amount(session: AsyncSession, reference: str) -> int | None:
+    """What the posting under `reference` moved on its wallet (signed), if it exists."""
+    value = (await session.execute(_WALLET_AMOUNT, {"reference": reference})).scalar()
+    return int(value) if value is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class CreditLine:
+    """A lot as the user's credit list shows it, with what is left of it."""
+
+    id: str
+    source: str
+    kind: str
+    amount_micros: int
+    remaining_micros: int
+    expires_at: datetime | None
+    created_at: datetime
+    order_id: str | None
+    description: str | None
+
+
+# Every lot of the user with its remainder: a tracked lot's own; a never-expiring paid lot's
+# derived (the wallet's balance less its tracked remainders, allocated newest first, each up to
+# its amount less what was taken back: `app.ledger.lots.allocate`, in SQL).
+_CREDITS = """
+WITH pool AS (
+    SELECT greatest(balance_micros - tracked_micros, 0) AS pool FROM accounts
+    WHERE user_id = :user_id
+), lots AS (
+    SELECT c.id, c.source, c.kind, c.amount_micros, c.expires_at, c.created_at, c.order_id,
+           c.description,
+           CASE WHEN c.remaining_micros IS NOT NULL THEN c.remaining_micros
+                ELSE greatest(0, least(c.amount_micros - c.returned_micros,
+                    coalesce((SELECT pool FROM pool), 0) - coalesce(
+                        sum(c.amount_micros - c.returned_micros)
+                            FILTER (WHERE c.remaining_micros IS NULL)
+                            OVER (ORDER BY c.created_at DESC, c.id DESC
+                                  ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)))
+           END::bigint AS remaining_micros
+    FROM credit_lots c WHERE c.user_id = :user_id
+)
+SELECT id, source, kind, amount_micros, remaining_micros, expires_at, created_at, order_id,
+       description
+FROM lots
+WHERE {status} AND (CAST(:before AS text) IS NULL OR id < :before)
+ORDER BY id DESC LIMIT :limit
+"""
+
+CREDIT_STATUSES = {
+    "active": "(expires_at IS NULL OR expires_at > :now) AND remaining_micros > 0",
+    "expired": "expires_at <= :now",
+    "all": "true",
+}
+"""What each `status` of the credit list selects: credit that can still be spent, credit past
+its expiry (spent or not), every lot."""
+
+_CREDIT_QUERIES = {
+    status: text(_CREDITS.format(status=where)) for status, where in CREDIT_STATUSES.items()
+}
+
+
+async def list_credits(
+    session: AsyncSession,
+    user_id: str,
+    *,
+    status: str,
+    now: datetime,
+    before: str | None,
+    limit: int,
+) -> list[CreditLine]:
+    """The user's lots of `status`, newest first (ids below `before` only)."""
+    params = {"user_id": user_id, "now": now, "before": before, "limit": limit}
+    rows = await session.execute(_CREDIT_QUERIES[status], params)
+    return [CreditLine(*row) for row in rows.all()]
+
+
+_EXPIRING = text(
+    """
+    SELECT coalesce(sum(remaining_micros) FILTER (WHERE expires_at <= :soon), 0)::bigint,
+           min(expires_at)
+    FROM credit_lots
+    WHERE user_id = :user_id AND remaining_micros > 0 AND expires_at > :now
+    """
+)
+
+
+async def expiring(
+    session: AsyncSession, user_id: str, now: datetime, soon: datetime
+) -> tuple[int, datetime | None]:
+    """What the user's live lots hold that expires by `soon`, and the next expiry of one that
+    holds anything."""
+    row = (await session.execute(_EXPIRING, {"user_id": user_id, "now": now, "soon": soon})).one()
+    return int(row[0]), row[1]

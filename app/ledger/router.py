@@ -9,12 +9,15 @@ from fastapi import APIRouter, Query
 from app.auth import CurrentUser
 from app.db import SessionDep
 from app.deps import NowDep
-from app.ledger import service
+from app.ledger import lots, service
 from app.ledger.schemas import (
     BalanceOut,
+    CreditFilter,
+    CreditOut,
     TransactionKind,
     TransactionOut,
     balance_out,
+    credit_out,
     transaction_out,
 )
 from app.pagination import DEFAULT_LIMIT, MAX_LIMIT, PageRequest
@@ -31,8 +34,30 @@ Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 
 @router.get("/balance", summary="Get my balance")
 async def get_my_balance(user: CurrentUser, session: SessionDep, now: NowDep) -> BalanceOut:
-    """The caller's balance, held amount and available amount."""
-    return balance_out(await service.wallet_balance(session, user.user_id, now))
+    """The caller's balance, held amount and available amount (credit past its expiry is not
+    available), and what expires within 30 days."""
+    wallet = await service.wallet_balance(session, user.user_id, now)
+    soon, next_expiry_at = await lots.expiring(session, user.user_id, now)
+    return balance_out(wallet, soon, next_expiry_at)
+
+
+@router.get("/credits", summary="List my credits")
+async def list_my_credits(
+    user: CurrentUser,
+    session: SessionDep,
+    now: NowDep,
+    status: Annotated[
+        CreditFilter, Query(description="`active` (can be spent), `expired`, or `all`.")
+    ] = "active",
+    cursor: Cursor = None,
+    limit: Limit = DEFAULT_LIMIT,
+) -> Page[CreditOut]:
+    """The caller's credit lots, newest first: top-ups, grants, promo codes and adjustments,
+    with what is left of each and when it expires."""
+    page = PageRequest(cursor, limit)
+    credits = await lots.list_credits(session, user.user_id, status, page, now)
+    data, next_cursor = credits.render(lambda line: credit_out(line, now))
+    return Page[CreditOut](data=data, next_cursor=next_cursor)
 
 
 @router.get("/balance/transactions", summary="List my balance transactions")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Literal, cast
 
 from pydantic import BaseModel, Field
 
+from app.ledger.lots_repository import CreditLine
 from app.ledger.repository import WalletRow
 from app.ledger.statement_repository import StatementLine
 from app.money import format_balance
@@ -29,13 +30,47 @@ TransactionKind = Literal[
 
 
 class BalanceOut(BaseModel):
-    """The caller's balance: `available = balance - held`. A balance may be negative after a
-    dispute or usage beyond a hold; new usage is then refused until it is topped up."""
+    """The caller's balance: `available = balance - held - expired`. A balance may be negative
+    after a dispute or usage beyond a hold; new usage is then refused until it is topped up."""
 
     balance: str = Field(examples=["12.345678"])
     held: str = Field(examples=["0.000000"], description="Reserved by requests in flight.")
     available: str = Field(examples=["12.345678"])
+    expiring_soon: str = Field(
+        default="0.000000",
+        examples=["5.000000"],
+        description="Credit left in lots that expire within 30 days.",
+    )
+    next_expiry_at: datetime | None = Field(
+        default=None, description="When the next lot with credit left expires; null: none does."
+    )
     currency: Literal["usd"] = "usd"
+
+
+CreditSource = Literal["purchase", "auto_topup", "grant", "promo_code", "adjustment"]
+CreditKind = Literal["paid", "granted"]
+CreditStatus = Literal["active", "expired", "used"]
+CreditFilter = Literal["active", "expired", "all"]
+
+
+class CreditOut(BaseModel):
+    """One credit lot: what was credited, where from, and what is left of it. Credit is spent
+    soonest-expiring first (never-expiring last), then granted before paid, then oldest
+    first."""
+
+    id: str
+    source: CreditSource
+    kind: CreditKind = Field(description="`granted` (grants, promo codes) or `paid`.")
+    status: CreditStatus = Field(
+        description="`active`: can be spent; `used`: nothing left; `expired`: past expires_at."
+    )
+    amount: str = Field(examples=["20.000000"])
+    remaining: str = Field(examples=["12.500000"])
+    currency: Literal["usd"] = "usd"
+    expires_at: datetime | None = Field(description="Null: never expires.")
+    created_at: datetime
+    order_id: str | None = Field(description="Purchases and auto top-ups: the order.")
+    description: str | None
 
 
 class TransactionOut(BaseModel):
@@ -56,11 +91,35 @@ class TransactionOut(BaseModel):
     order_id: str | None = Field(default=None, description="Top-ups and refunds: the order.")
 
 
-def balance_out(wallet: WalletRow) -> BalanceOut:
+def balance_out(
+    wallet: WalletRow, expiring_soon_micros: int = 0, next_expiry_at: datetime | None = None
+) -> BalanceOut:
     return BalanceOut(
         balance=format_balance(wallet.balance_micros),
         held=format_balance(wallet.held_micros),
         available=format_balance(wallet.available_micros),
+        expiring_soon=format_balance(expiring_soon_micros),
+        next_expiry_at=next_expiry_at,
+    )
+
+
+def credit_out(line: CreditLine, now: datetime) -> CreditOut:
+    """A lot, with its status as of `now`."""
+    if line.expires_at is not None and line.expires_at <= now:
+        status: CreditStatus = "expired"
+    else:
+        status = "active" if line.remaining_micros > 0 else "used"
+    return CreditOut(
+        id=line.id,
+        source=cast(CreditSource, line.source),
+        kind=cast(CreditKind, line.kind),
+        status=status,
+        amount=format_balance(line.amount_micros),
+        remaining=format_balance(line.remaining_micros),
+        expires_at=line.expires_at,
+        created_at=line.created_at,
+        order_id=line.order_id,
+        description=line.description,
     )
 
 

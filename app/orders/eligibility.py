@@ -1,8 +1,10 @@
 """Whether a refund of an order can be requested now, and how much.
 
 The rules (DESIGN.md, Refunds): a paid order, within `BILLING_REFUND_WINDOW_DAYS` of payment,
-up to its unrefunded amount and no more than the wallet's available balance (spent credit is not
-refundable), one open request per order, none while disputed or while an inquiry is open.
+up to its unrefunded amount and no more than what is left of the order's own credit lot and
+available (`available_micros`, the caller's: spent credit, and credit that expired, is not
+refundable; `app.ledger.lots.refundable`), one open request per order, none while disputed or
+while an inquiry is open.
 """
 
 from __future__ import annotations

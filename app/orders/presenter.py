@@ -9,10 +9,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.billing import repository as billing_repository
 from app.config import Settings
+from app.ledger import lots
 from app.ledger.repository import get_wallet
 from app.models.base import utcnow
 from app.models.billing import OrderDocument
 from app.models.orders import Order
+from app.money import MAX_AMOUNT_MICROS
 from app.orders import repository
 from app.orders.eligibility import refund_eligibility
 from app.orders.schemas import OrderOut, order_out
@@ -37,12 +39,16 @@ async def present_orders(
     for user_id in sorted({o.user_id for o in paid}):
         wallet = await get_wallet(session, user_id)
         available[user_id] = wallet.available_micros if wallet else 0
+    # A refund takes back at most what is left of the order's own lot (spent is not refunded).
+    left = await lots.refundable(session, paid_ids)
     return [
         order_out(
             order,
             refund_eligibility(
                 order,
-                available_micros=available.get(order.user_id, 0),
+                available_micros=min(
+                    available.get(order.user_id, 0), left.get(order.id, MAX_AMOUNT_MICROS)
+                ),
                 has_open_request=order.id in open_ids,
                 has_open_dispute=order.id in disputed_ids,
                 window_days=settings.refund_window_days,

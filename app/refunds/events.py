@@ -12,8 +12,9 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auto_topup import service as auto_topup_service
+from app.ledger import lots
 from app.ledger import repository as ledger_repository
-from app.ledger.service import Leg, PostResult, post, transfer
+from app.ledger.service import PostResult
 from app.models.base import utcnow
 from app.models.orders import Order
 from app.models.refunds import Dispute, RefundRequest, RefundRequestStatus, StripeRefund
@@ -51,46 +52,53 @@ class OrderTransfer:
     require_available: bool = True
     """False for a debit Stripe has made already: it may take the balance negative."""
     prefix: str | None = None
+    reverses: str | None = None
+    """For a credit: the reference prefix of the debit it gives back (never more than it
+    took)."""
 
     async def post(
         self, session: AsyncSession, order: Order, object_id: str, amount_micros: int
-    ) -> PostResult:
-        """`amount_micros` is the wallet's side (before tax); on an order taxed on top, the
-        tax share moves too, on `tax_payable` (issue 23), and `account` takes both."""
+    ) -> PostResult | None:
+        """The transfer, through the order's credit lot (`app.ledger.lots`): a debit takes back
+        from it first, a credit gives back what its debit took. None when there was nothing
+        to move (the lot was taken back in full before)."""
         reference = f"{self.prefix or self.kind}:{object_id}"
+        description = self.description.format(order=order.id)
         details = {"order_id": order.id, self.id_key: object_id}
-        tax = tax_share(order, abs(amount_micros)) * (1 if amount_micros > 0 else -1)
-        if not tax:
-            return await transfer(
+        if amount_micros < 0:
+            return await lots.take_back(
                 session,
+                order_id=order.id,
+                user_id=order.user_id,
+                amount_micros=-amount_micros,
                 reference=reference,
                 kind=self.kind,
-                user_id=order.user_id,
-                amount_micros=amount_micros,
                 account=self.account,
                 require_available=self.require_available,
-                description=self.description.format(order=order.id),
+                description=description,
                 details=details,
+                tax_of=lambda micros: tax_share(order, micros),
             )
-        return await post(
+        assert self.reverses is not None, f"{self.kind} credits nothing back"
+        return await lots.give_back(
             session,
+            order_id=order.id,
+            user_id=order.user_id,
+            amount_micros=amount_micros,
+            reverses=f"{self.reverses}:{object_id}",
             reference=reference,
             kind=self.kind,
-            legs=[
-                Leg.wallet(order.user_id, amount_micros, require_available=self.require_available),
-                Leg.account("tax_payable", tax),
-                Leg.account(self.account, -(amount_micros + tax)),
-            ],
-            user_id=order.user_id,
-            description=self.description.format(order=order.id),
-            details={**details, "tax_micros": tax},
+            account=self.account,
+            description=description,
+            details=details,
+            tax_of=lambda micros: tax_share(order, micros),
         )
 
 
 REQUEST_ID, REFUND_ID, DISPUTE_ID = "refund_request_id", "stripe_refund_id", "dispute_id"
 REFUND = OrderTransfer("refund", "stripe", REQUEST_ID, "Refund of order {order}")
 REFUND_REVERSAL = OrderTransfer(
-    "refund_reversal", "stripe", REQUEST_ID, "Refund of order {order} failed"
+    "refund_reversal", "stripe", REQUEST_ID, "Refund of order {order} failed", reverses="refund"
 )
 EXTERNAL_REFUND = OrderTransfer(
     "external_refund", "stripe", REFUND_ID, "Refund of order {order} made at Stripe", False
@@ -101,6 +109,7 @@ EXTERNAL_REFUND_REVERSAL = OrderTransfer(
     REFUND_ID,
     "Refund of order {order} failed at Stripe",
     prefix="external_refund_reversal",
+    reverses="external_refund",
 )
 REFUND_AFTER_REVERSAL = OrderTransfer(
     "refund",
@@ -118,10 +127,11 @@ REFUND_AFTER_REVERSAL_REVERSAL = OrderTransfer(
     REFUND_ID,
     "Refund of order {order} failed at Stripe",
     prefix="refund_after_reversal_reversal",
+    reverses="refund_after_reversal",
 )
 DISPUTE = OrderTransfer("dispute", "disputes", DISPUTE_ID, "Dispute on order {order}", False)
 DISPUTE_REVERSAL = OrderTransfer(
-    "dispute_reversal", "disputes", DISPUTE_ID, "Dispute on order {order} won"
+    "dispute_reversal", "disputes", DISPUTE_ID, "Dispute on order {order} won", reverses="dispute"
 )
 
 
@@ -163,7 +173,7 @@ async def _live_after_reversal(
     left after all, so debit the wallet again, once by refund id, and flag it for an operator
     (the request stays `failed`: its own reversal cannot be repeated)."""
     posted = await REFUND_AFTER_REVERSAL.post(session, order, refund_id, -amount_micros)
-    if posted.replayed:
+    if posted is None or posted.replayed:
         return
     request.attention_reason = REFUND_AFTER_REVERSAL_ATTENTION.format(
         refund_id=refund_id, status=status
@@ -343,14 +353,16 @@ async def record_dispute(session: AsyncSession, dispute: dict[str, Any]) -> str:
     withdrawn, reinstated = _money_moved(dispute)
     done = []
     if withdrawn:
-        if not (await DISPUTE.post(session, order, dispute_id, -amount)).replayed:
+        debited = await DISPUTE.post(session, order, dispute_id, -amount)
+        if debited is not None and not debited.replayed:
             done.append("debited")
             # A chargeback: the card may be stolen, so no more off-session charges of the
             # user's saved card until they enable auto top-up again (once, with the debit).
             if await auto_topup_service.pause(session, order.user_id, "disputed"):
                 done.append("auto top-up paused")
     if reinstated:
-        if not (await DISPUTE_REVERSAL.post(session, order, dispute_id, amount)).replayed:
+        credited = await DISPUTE_REVERSAL.post(session, order, dispute_id, amount)
+        if credited is not None and not credited.replayed:
             done.append("credited back")
     if is_inquiry(status):
         pass  # the order's status is left alone; eligibility sees the open inquiry

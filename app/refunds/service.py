@@ -45,6 +45,7 @@ from app.errors import (
     ValidationFailed,
 )
 from app.ids import new_id
+from app.ledger import lots
 from app.ledger.repository import get_wallet
 from app.models.base import utcnow
 from app.models.orders import Order, OrderStatus
@@ -82,9 +83,11 @@ def _refuse(reason: str) -> RefundNotEligible:
 
 async def _eligibility(session: AsyncSession, settings: Settings, order: Order) -> Eligibility:
     wallet = await get_wallet(session, order.user_id)
+    left = (await lots.refundable(session, [order.id])).get(order.id)
+    available = wallet.available_micros if wallet else 0
     return refund_eligibility(
         order,
-        available_micros=wallet.available_micros if wallet else 0,
+        available_micros=available if left is None else min(available, left),
         has_open_request=await repository.has_open_request(session, order.id),
         has_open_dispute=bool(
             await orders_repository.orders_with_open_disputes(session, [order.id])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import httpx
 from sqlalchemy import func, select, text
@@ -157,3 +158,62 @@ async def test_usage_still_debits_a_wallet_of_paid_lots(
     await deposit(client, admin_headers, "fred", 1_000_000)
     response = await debit(client, gateway_headers, "fred", 400_000)
     assert response.status_code == 201, response.text
+
+
+async def test_my_credits_list_each_lot_with_what_is_left_newest_first(
+    app: Any,
+    client: httpx.AsyncClient,
+    gateway_headers: dict[str, str],
+    user_headers: Any,
+    session_maker: Maker,
+) -> None:
+    from testing.factories import paid_order
+    from testing.helpers.limits import Clock
+    from testing.helpers.lots import add_lot
+
+    now = utcnow()
+    app.state.clock = Clock(now)
+    order = await paid_order(session_maker, user_id="kim", amount_micros=10_000_000)
+    old_grant = await add_lot(session_maker, "kim", 1_000_000, expires_at=now - timedelta(1))
+    grant = await add_lot(session_maker, "kim", 2_000_000, expires_at=now + timedelta(days=10))
+    later = await add_lot(
+        session_maker, "kim", 4_000_000, source=LotSource.PURCHASE, expires_at=now + timedelta(60)
+    )
+    assert (await debit(client, gateway_headers, "kim", 2_500_000)).status_code == 201
+    kim = user_headers("kim")
+    active = (await client.get("/v1/credits", headers=kim)).json()
+    (bought,) = [lot for lot in await _lots(session_maker, "kim") if lot.order_id == order.id]
+    # The grant went first (2.00), then the top-up expiring in 60 days (0.50 of 4.00).
+    assert [(c["id"], c["remaining"], c["status"]) for c in active["data"]] == [
+        (later.id, "3.500000", "active"),
+        (bought.id, "10.000000", "active"),
+    ]
+    purchase = active["data"][1]
+    assert (purchase["source"], purchase["kind"], purchase["order_id"]) == (
+        "purchase",
+        "paid",
+        order.id,
+    )
+    expired = (await client.get("/v1/credits?status=expired", headers=kim)).json()
+    assert [(c["id"], c["remaining"], c["kind"]) for c in expired["data"]] == [
+        (old_grant.id, "1.000000", "granted")
+    ]
+    first = (await client.get("/v1/credits?status=all&limit=2", headers=kim)).json()
+    rest = await client.get(
+        f"/v1/credits?status=all&limit=2&cursor={first['next_cursor']}", headers=kim
+    )
+    listed = [c["id"] for c in first["data"] + rest.json()["data"]]
+    assert listed == [later.id, grant.id, old_grant.id, purchase["id"]]
+    assert rest.json()["data"][0]["status"] == "expired"
+    assert first["data"][1]["status"] == "used"
+    bad = await client.get("/v1/credits?status=spent", headers=kim)
+    assert bad.status_code == 422
+    balance = (await client.get("/v1/balance", headers=kim)).json()
+    assert balance["balance"] == "14.500000"
+    assert balance["available"] == "13.500000"  # the expired grant, not yet swept
+    assert balance["expiring_soon"] == "0.000000"  # the 10-day grant is spent
+    assert balance["next_expiry_at"] is not None
+    assert balance["next_expiry_at"].startswith((now + timedelta(60)).date().isoformat())
+    await add_lot(session_maker, "kim", 700_000, expires_at=now + timedelta(days=29))
+    balance = (await client.get("/v1/balance", headers=kim)).json()
+    assert balance["expiring_soon"] == "0.700000"
