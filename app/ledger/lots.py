@@ -26,7 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.ledger import lots_repository as repository
 from app.ledger.repository import get_wallet
-from app.ledger.service import Leg, PostResult, insufficient_balance, post, transfer
+from app.ledger.service import Leg, PostResult, insufficient_balance, transfer
+from app.ledger.service import post as post_accounts
 from app.models.base import utcnow
 from app.models.ledger import CreditLot, LotKind, LotSource, lot_kind
 from app.pagination import PageRequest, Slice, before_id, encode_cursor
@@ -137,7 +138,7 @@ async def credit(
     legs = [Leg.wallet(user_id, amount_micros), Leg.account(account, -(amount_micros + owed))]
     if owed:
         legs.append(Leg.account(owed_to, owed))
-    posting = await post(
+    posting = await post_accounts(
         session,
         reference=reference,
         kind=kind,
@@ -287,7 +288,7 @@ async def _move(
     """`amount_micros` into (negative: out of) the wallet from `account`, with the tax share of
     an order taxed on top on `tax_payable` (same sign), `account` taking both."""
     tax = (tax_of(abs(amount_micros)) if tax_of else 0) * (1 if amount_micros > 0 else -1)
-    return await post(
+    return await post_accounts(
         session,
         reference=reference,
         kind=kind,
@@ -414,12 +415,27 @@ async def give_back(
     if taken is None:
         return None  # the take-back it reverses moved nothing
     give = min(amount_micros, -taken)
+    if lot.swept_at is not None:
+        # The lot expired meanwhile: what comes back of it has expired too, and goes where
+        # the sweep sent the rest of it, not into the balance.
+        return await post_accounts(
+            session,
+            reference=reference,
+            kind=kind,
+            legs=[
+                Leg.account(account, -give),
+                Leg.account(EXPIRY_ACCOUNTS[LotKind(lot.kind)], give),
+            ],
+            user_id=user_id,
+            description=f"{description} (credit expired)" if description else None,
+            details=details,
+        )
     result = await post(give)
     if result.replayed:  # pragma: no cover - checked above, under the wallet's lock
         return result
     restored = min(give, lot.returned_micros)
     lot.returned_micros -= restored
-    if lot.remaining_micros is not None and lot.swept_at is None and restored:
+    if lot.remaining_micros is not None and restored:
         lot.remaining_micros += await repository.track_new_lot(session, user_id, restored)
     return result
 

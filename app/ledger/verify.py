@@ -111,6 +111,54 @@ _CHECKS: list[tuple[str, str, str]] = [
         "system account stores balance {balance} / held {held}; its balance is its entries",
     ),
     (
+        "wallet_tracked_matches_lots",
+        """
+        SELECT a.id AS subject, a.tracked_micros AS stored, coalesce(s.total, 0) AS summed
+        FROM accounts a
+        LEFT JOIN (SELECT user_id, sum(remaining_micros) AS total FROM credit_lots
+                   WHERE remaining_micros IS NOT NULL GROUP BY user_id) s
+          ON s.user_id = a.user_id
+        WHERE a.kind = 'wallet' AND a.tracked_micros <> coalesce(s.total, 0)
+        """,
+        "tracked {stored}, its tracked lots' remainders sum to {summed}",
+    ),
+    (
+        # With the tracked remainders above, the lots' remainders sum to the balance (a
+        # negative rest is a debt): what is left beyond the tracked lots fits in the
+        # never-expiring paid lots, whose remainders are that rest allocated over them.
+        "wallet_credit_in_lots",
+        """
+        SELECT a.id AS subject, a.balance_micros - a.tracked_micros AS untracked,
+               coalesce(s.caps, 0) AS caps
+        FROM accounts a
+        LEFT JOIN (SELECT user_id, sum(amount_micros - returned_micros) AS caps FROM credit_lots
+                   WHERE remaining_micros IS NULL GROUP BY user_id) s
+          ON s.user_id = a.user_id
+        WHERE a.kind = 'wallet' AND a.balance_micros - a.tracked_micros > coalesce(s.caps, 0)
+        """,
+        "balance less tracked lots {untracked} is more than its never-expiring paid lots hold"
+        " ({caps}): credit without a lot",
+    ),
+    (
+        "lot_remainder_in_bounds",
+        """
+        SELECT id AS subject, remaining_micros AS remaining, returned_micros AS returned,
+               amount_micros AS amount
+        FROM credit_lots
+        WHERE remaining_micros < 0 OR remaining_micros > amount_micros - returned_micros
+           OR returned_micros < 0 OR returned_micros > amount_micros
+        """,
+        "remaining {remaining}, returned {returned} outside its amount {amount}",
+    ),
+    (
+        "swept_lot_is_empty",
+        """
+        SELECT id AS subject, remaining_micros AS remaining FROM credit_lots
+        WHERE swept_at IS NOT NULL AND remaining_micros <> 0
+        """,
+        "swept at expiry yet holds {remaining}",
+    ),
+    (
         "ledger_sums_to_zero",
         """
         SELECT 'all accounts' AS subject, sum(amount_micros) AS total FROM ledger_entries

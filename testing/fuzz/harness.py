@@ -35,9 +35,10 @@ from app.auth.jwt import mint_token
 from app.auth.service_tokens import create_service_token
 from app.config import Settings
 from app.db import create_engine, create_session_maker, session_scope
-from app.ledger.service import Leg, post
+from app.ledger import lots
 from app.main import create_app
 from app.migrate import upgrade_head
+from app.models.ledger import LotSource
 from app.rate_limits import SCOPES
 from dev.postgres import server_for_tests
 from testing.stripe_peer import PEER_API_KEY, PEER_PUBLISHABLE_KEY, PeerProcess
@@ -176,12 +177,14 @@ async def _seed(settings: Settings) -> str:
     maker = create_session_maker(engine)
     async with session_scope(maker) as session:
         for user in ("fuzz-user-a", "fuzz-user-b"):
-            await post(
+            await lots.credit(
                 session,
+                user_id=user,
+                amount_micros=50_000_000,
+                source=LotSource.ADJUSTMENT,
                 reference=f"adjustment:seed-{user}",
                 kind="adjustment",
-                legs=[Leg.wallet(user, 50_000_000), Leg.account("adjustments", -50_000_000)],
-                user_id=user,
+                account="adjustments",
             )
         _, token = await create_service_token(session, "fuzz-gateway")
     await engine.dispose()

@@ -13,9 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db import session_scope
 from app.ids import new_id
+from app.ledger import lots
 from app.ledger.balance_events import balance_changed
 from app.ledger.repository import WalletRow
-from app.ledger.service import Leg, post
+from app.models.ledger import LotSource
 from app.models.notifications import BalanceAlert, Notification, NotificationSettings
 from testing.factories import gateway_debit, paid_order
 
@@ -47,14 +48,14 @@ async def _move(
         if amount_micros < 0:
             await gateway_debit(session, user_id, -amount_micros)
         else:
-            await post(
+            await lots.credit(
                 session,
+                user_id=user_id,
+                amount_micros=amount_micros,
+                source=LotSource.ADJUSTMENT,
                 reference=f"adjustment:{new_id('adj')}",
                 kind="adjustment",
-                legs=[
-                    Leg.wallet(user_id, amount_micros),
-                    Leg.account("adjustments", -amount_micros),
-                ],
+                account="adjustments",
             )
         # What this transaction enqueued (its own rows, not other debits').
         fired = await session.scalars(

@@ -17,6 +17,8 @@ async def test_a_new_user_has_a_zero_balance(client: httpx.AsyncClient, user_hea
         "balance": "0.000000",
         "held": "0.000000",
         "available": "0.000000",
+        "expiring_soon": "0.000000",
+        "next_expiry_at": None,
         "currency": "usd",
     }
     listing = await client.get("/v1/balance/transactions", headers=user_headers("alice"))
@@ -40,6 +42,8 @@ async def test_the_balance_shows_six_decimals_and_what_is_held(
         "balance": "12.345678",
         "held": "0.345678",
         "available": "12.000000",
+        "expiring_soon": "0.000000",
+        "next_expiry_at": None,
         "currency": "usd",
     }
 

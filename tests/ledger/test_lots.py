@@ -217,3 +217,47 @@ async def test_my_credits_list_each_lot_with_what_is_left_newest_first(
     await add_lot(session_maker, "kim", 700_000, expires_at=now + timedelta(days=29))
     balance = (await client.get("/v1/balance", headers=kim)).json()
     assert balance["expiring_soon"] == "0.700000"
+
+
+async def _rules(maker: Maker) -> list[str]:
+    from app.ledger.verify import verify_ledger
+
+    async with maker() as session:
+        return [v.rule for v in await verify_ledger(session)]
+
+
+async def _sql(maker: Maker, statement: str) -> None:
+    async with session_scope(maker) as session:
+        await session.execute(text(statement))
+
+
+async def test_ledger_verify_checks_the_lots_against_the_wallets(session_maker: Maker) -> None:
+    from app.ledger.service import Leg, post
+    from testing.helpers.lots import add_lot
+
+    lot = await add_lot(session_maker, "lia", 3_000, expires_at=utcnow() + timedelta(days=1))
+    await add_lot(session_maker, "lia", 1_000, source=LotSource.ADJUSTMENT)
+    assert await _rules(session_maker) == []
+    await _sql(session_maker, "UPDATE accounts SET tracked_micros = 2999 WHERE user_id = 'lia'")
+    # The tracked sum is off, and the 1 it lost now looks like credit without a lot.
+    assert await _rules(session_maker) == ["wallet_tracked_matches_lots", "wallet_credit_in_lots"]
+    await _sql(session_maker, "UPDATE accounts SET tracked_micros = 3000 WHERE user_id = 'lia'")
+    await _sql(session_maker, f"UPDATE credit_lots SET swept_at = now() WHERE id = '{lot.id}'")
+    assert await _rules(session_maker) == ["swept_lot_is_empty"]
+    await _sql(session_maker, f"UPDATE credit_lots SET swept_at = NULL WHERE id = '{lot.id}'")
+    async with session_scope(session_maker) as session:  # a credit that made no lot
+        await post(
+            session,
+            reference="adjustment:no-lot",
+            kind="adjustment",
+            legs=[Leg.wallet("lia", 5), Leg.account("adjustments", -5)],
+        )
+    assert await _rules(session_maker) == ["wallet_credit_in_lots"]
+    async with session_scope(session_maker) as session:
+        await post(
+            session,
+            reference="adjustment:no-lot-back",
+            kind="adjustment",
+            legs=[Leg.wallet("lia", -5, require_available=False), Leg.account("adjustments", 5)],
+        )
+    assert await _rules(session_maker) == []

@@ -16,12 +16,15 @@ from sqlalchemy.exc import DBAPIError
 
 from app.config import Settings
 from app.db import session_scope
+from app.ledger import lots
 from app.ledger.service import Leg, UnbalancedTransaction, post
 from app.ledger.verify import verify_ledger
+from app.models.ledger import LotSource
 from testing.fixtures.app import JWT_SECRET
 from testing.helpers.ledger import debit, deposit
 
 ROOT = Path(__file__).resolve().parents[2]
+_TOPUP: Any = {"source": LotSource.PURCHASE, "kind": "topup", "account": "stripe"}
 
 
 def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
@@ -115,11 +118,11 @@ async def test_an_unbalanced_posting_is_refused_before_it_reaches_the_database(
 
 
 async def test_a_repeated_reference_moves_money_once(session_maker: Any) -> None:
-    legs = [Leg.wallet("alice", 5_000), Leg.account("stripe", -5_000)]
+    credit: Any = {"user_id": "alice", "amount_micros": 5_000, "reference": "topup:pi_1"}
     async with session_scope(session_maker) as session:
-        first = await post(session, reference="topup:pi_1", kind="topup", legs=legs)
+        first = (await lots.credit(session, **credit, **_TOPUP)).posting
     async with session_scope(session_maker) as session:
-        second = await post(session, reference="topup:pi_1", kind="topup", legs=legs)
+        second = (await lots.credit(session, **credit, **_TOPUP)).posting
     assert not first.replayed
     assert second.replayed
     assert second.transaction.id == first.transaction.id

@@ -13,8 +13,9 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db import session_scope
-from app.ledger.service import Leg, post
+from app.ledger import lots
 from app.models.base import utcnow
+from app.models.ledger import LotSource
 from app.models.notifications import Notification
 from app.notifications import events, signing
 from app.notifications.delivery import backoff_seconds, deliver_notifications
@@ -43,11 +44,14 @@ async def _topup_with_notification(
 ) -> str:
     """A credit and its notification in one transaction, as a money path writes them."""
     async with session_scope(maker) as session:
-        await post(
+        await lots.credit(
             session,
+            user_id=user_id,
+            amount_micros=20_000_000,
+            source=LotSource.PURCHASE,
             reference=f"topup:pi_{user_id}_{time.monotonic_ns()}",
             kind="topup",
-            legs=[Leg.wallet(user_id, 20_000_000), Leg.account("stripe", -20_000_000)],
+            account="stripe",
         )
         return await enqueue(
             session,

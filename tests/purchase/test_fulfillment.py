@@ -53,6 +53,8 @@ async def test_the_result_page_credits_an_elements_payment_before_its_webhook(
         "balance": "20.000000",
         "held": "0.000000",
         "available": "20.000000",
+        "expiring_soon": "0.000000",
+        "next_expiry_at": None,
         "currency": "usd",
     }
     # The webhook arrives later and finds the work done.
