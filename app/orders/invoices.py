@@ -225,6 +225,7 @@ async def reissue(
         po_number=po,
         key=f"reissue:{order.id}:{generation}",
         paid_by=order.stripe_payment_intent_id or "",
+        replaces=old.stripe_id,
     )
     async with session_scope(maker) as session:
         locked = await orders_repository.find_order(session, order_id=order.id, for_update=True)

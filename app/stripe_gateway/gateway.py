@@ -745,6 +745,7 @@ class StripeGateway:
         automatic_tax: bool,
         po_number: str | None,
         product_name: str = DEFAULT_PRODUCT_NAME,
+        metadata: Mapping[str, str] | None = None,
     ) -> StripeJSON:
         """An order's invoice, finalized: a draft for the order's Customer (`metadata`
         `order_id`, `user_id`; the PO number as a custom field; Stripe Tax on when
@@ -755,7 +756,7 @@ class StripeGateway:
         (`<key>:invoice`, `:item`, `:finalize`), so a retry after an unknown outcome resumes
         where the first attempt stopped."""
         base = args["idempotency_key"] or f"order:{args['order_id']}"
-        tags = {"order_id": args["order_id"], "user_id": args["user_id"]}
+        tags = {**(metadata or {}), "order_id": args["order_id"], "user_id": args["user_id"]}
         params: InvoiceCreateParams = {
             "customer": args["customer_id"],
             "currency": args["currency"],
@@ -837,12 +838,17 @@ class StripeGateway:
         po_number: str | None,
         key: str,
         paid_by: str,
+        replaces: str,
     ) -> StripeJSON:
         """A new invoice for an order already paid (a reissue): created and finalized like
         `create_order_invoice` under keys of its own (`key`), then marked paid out of band —
-        the money is the payment `paid_by` (its PaymentIntent), named in the metadata."""
+        the money is the payment `paid_by` (its PaymentIntent), named in the metadata
+        (`payment_intent`) with the invoice it `replaces`."""
         finalized = await self.create_order_invoice(
-            {**args, "idempotency_key": key}, automatic_tax=automatic_tax, po_number=po_number
+            {**args, "idempotency_key": key},
+            automatic_tax=automatic_tax,
+            po_number=po_number,
+            metadata={"payment_intent": paid_by, "replaces": replaces},
         )
         pay_key = f"{key}:pay"
         options = self._options(pay_key)

@@ -291,3 +291,20 @@ async def test_canceling_an_invoiced_order_voids_its_invoice(
     shown = await shown_order(client, headers, order_id)
     assert [(d["kind"], d["status"]) for d in shown["documents"]] == [("invoice", "void")]
     assert await balance(client, headers) == "0.000000"
+
+
+async def test_a_us_buyer_pays_no_tax_where_the_seller_does_not_collect(
+    client: httpx.AsyncClient, user_headers: Headers, session_maker: Maker, stripe_peer: StripePeer
+) -> None:
+    headers = user_headers("user-1")
+    us = {"line1": "1 Main St", "city": "Austin", "state": "TX", "postal_code": "78701"}
+    await put_profile(client, headers, profile(address={**us, "country": "US"}))
+    order_id = await _buy_and_pay(client, headers, session_maker, stripe_peer)
+    shown = await shown_order(client, headers, order_id)
+    assert (shown["subtotal"], shown["tax"], shown["total"]) == ("100.00", "0.00", "100.00")
+    order = await order_row(session_maker, order_id)
+    invoice = await stripe_peer.retrieve(order.stripe_invoice_id or "")
+    assert invoice["total_taxes"][0]["taxability_reason"] == "not_collecting"
+    assert invoice["customer_address"]["state"] == "TX"
+    assert await balance(client, headers) == "100.000000"
+    assert await tax_payable(session_maker) == 0

@@ -71,6 +71,9 @@ async def test_a_reissue_after_a_name_change_credits_the_old_invoice_and_moves_n
     ]
     assert reissued["customer_name"] == "Beispiel Holding GmbH"
     assert reissued["metadata"]["order_id"] == order_id
+    # Linked to the same payment, and to the invoice it replaces.
+    assert reissued["metadata"]["payment_intent"] == order.stripe_payment_intent_id
+    assert reissued["metadata"]["replaces"] == order.stripe_invoice_id
     [credit_note] = await stripe_peer.objects("credit_note")
     assert credit_note["invoice"] == order.stripe_invoice_id
     assert credit_note["out_of_band_amount"] == 119_00
