@@ -131,6 +131,11 @@ class Settings(BaseSettings):
     hold_default_ttl_seconds: int = Field(default=600, ge=1, le=3600)
     max_amount_micros: int = Field(default=MAX_AMOUNT_MICROS, ge=1, le=MAX_AMOUNT_MICROS)
     capture_max_hold_multiple: float = Field(default=2.0, ge=1.0, le=1000.0)
+    """A capture may charge at most this multiple of its hold's amount (422
+    `capture_exceeds_hold` past it, nothing applied): a leaked service token cannot drive a
+    wallet far below zero through captures of small holds."""
+
+    # Credit lots.
     paid_credit_expiry_days: int | None = Field(default=None, ge=1, le=3650)
     """Paid credit (a top-up, manual or auto) expires this many days after it is bought; unset:
     never. Grants and promo codes carry their own expiry; adjustments never expire."""
@@ -139,9 +144,6 @@ class Settings(BaseSettings):
     )
     """`credits.expiring` goes out this many days before a lot with a remainder expires, once
     per lot and number (`BILLING_CREDIT_EXPIRY_WARNING_DAYS=30,7,1`; empty: none)."""
-    """A capture may charge at most this multiple of its hold's amount (422
-    `capture_exceeds_hold` past it, nothing applied): a leaked service token cannot drive a
-    wallet far below zero through captures of small holds."""
 
     # Per-user rate limits on the portal's routes (`limits` notation: "10/minute;60/hour"),
     # kept in process memory or, for several instances, in a shared storage such as

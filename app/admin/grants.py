@@ -43,4 +43,4 @@ async def create_grant(
     )
     if credited.replayed:
         response.status_code = status.HTTP_200_OK
-    return grant_out(credited, user_id)
+    return grant_out(credited, user_id, now)

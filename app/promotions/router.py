@@ -8,9 +8,10 @@ from app.auth import CurrentUser
 from app.db import SessionDep
 from app.deps import NowDep
 from app.errors import PromoCodeAlreadyRedeemed, PromoCodeNotFound, RateLimited
+from app.ledger.schemas import CreditOut
 from app.openapi import problem_responses
 from app.promotions import service
-from app.promotions.schemas import LotOut, RedeemIn, lot_out
+from app.promotions.schemas import RedeemIn, lot_out
 from app.rate_limits import rate_limited
 
 router = APIRouter(tags=["credits"])
@@ -25,7 +26,7 @@ router = APIRouter(tags=["credits"])
 )
 async def redeem_promo_code(
     body: RedeemIn, user: CurrentUser, session: SessionDep, now: NowDep
-) -> LotOut:
+) -> CreditOut:
     """Credit the caller the code's granted credit (once per user and code)."""
     lot = await service.redeem(session, now, user_id=user.user_id, code=body.code, email=user.email)
-    return lot_out(lot)
+    return lot_out(lot, now)

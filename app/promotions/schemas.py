@@ -19,14 +19,15 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
 from app.ledger.lots import Credited
-from app.models.ledger import CreditLot, LotSource
+from app.ledger.lots_repository import CreditLine
+from app.ledger.schemas import CreditOut, credit_out
+from app.models.ledger import CreditLot
 from app.models.promotions import PromoCode
-from app.money import format_amount, format_balance
+from app.money import format_amount
 from app.schemas import (
     WHOLE_FLOATS,
     CleanText,
     CleanToken,
-    OneOf,
     PositiveAmountText,
     StrictModel,
     UtcDatetime,
@@ -135,22 +136,8 @@ class RedeemIn(StrictModel):
     )
 
 
-class LotOut(BaseModel):
-    """A credit lot: what was credited, what is left to spend, and until when."""
-
-    id: str
-    source: Annotated[str, OneOf(LotSource)]
-    amount: str = Field(examples=["25.000000"], description="What was credited.")
-    remaining: str = Field(examples=["25.000000"], description="What is left to spend.")
-    expires_at: datetime | None = Field(description="Nothing is drawn from then on; null: never.")
-    created_at: datetime
-    order_id: str | None = Field(description="Purchases: the order paid for.")
-    description: str | None
-    currency: Literal["usd"] = "usd"
-
-
-class GrantOut(LotOut):
-    """A grant: its lot, and the user it went to."""
+class GrantOut(CreditOut):
+    """A grant: its lot (as `GET /v1/credits` shows it), and the user it went to."""
 
     user_id: str
     replayed: bool = Field(description="True when this answers an earlier request with the key.")
@@ -172,29 +159,28 @@ class PromoCodeOut(BaseModel):
     currency: Literal["usd"] = "usd"
 
 
-def lot_out(lot: CreditLot) -> LotOut:
-    return LotOut(**_lot_fields(lot))
+def lot_out(lot: CreditLot, now: datetime) -> CreditOut:
+    """A granted lot as the user's credit list shows it (`app.ledger.schemas.credit_out`)."""
+    # A granted lot is always tracked: its remainder is its own column.
+    assert lot.remaining_micros is not None, "a granted lot is tracked"
+    line = CreditLine(
+        id=lot.id,
+        source=lot.source,
+        kind=lot.kind,
+        amount_micros=lot.amount_micros,
+        remaining_micros=lot.remaining_micros,
+        expires_at=lot.expires_at,
+        created_at=lot.created_at,
+        order_id=lot.order_id,
+        description=lot.description,
+    )
+    return credit_out(line, now)
 
 
-def grant_out(credited: Credited, user_id: str) -> GrantOut:
+def grant_out(credited: Credited, user_id: str, now: datetime) -> GrantOut:
     assert credited.lot is not None, "a grant always has its lot"
-    return GrantOut(**_lot_fields(credited.lot), user_id=user_id, replayed=credited.replayed)
-
-
-def _lot_fields(lot: CreditLot) -> dict[str, object]:
-    remaining = lot.remaining_micros
-    return {
-        "id": lot.id,
-        "source": lot.source,
-        "amount": format_balance(lot.amount_micros),
-        # A granted lot is always tracked; an untracked one's remainder is derived by the
-        # ledger (`GET /v1/credits`), never shown as its amount here.
-        "remaining": format_balance(remaining if remaining is not None else 0),
-        "expires_at": lot.expires_at,
-        "created_at": lot.created_at,
-        "order_id": lot.order_id,
-        "description": lot.description,
-    }
+    lot = lot_out(credited.lot, now)
+    return GrantOut(**lot.model_dump(), user_id=user_id, replayed=credited.replayed)
 
 
 def promo_code_out(code: PromoCode) -> PromoCodeOut:

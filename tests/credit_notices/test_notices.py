@@ -10,14 +10,14 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.credit_notices.service import expired_in_sweep
 from app.db import session_scope
 from app.jobs.credit_notices import send_credit_notices
-from app.ledger.service import transfer
+from app.ledger import lots
 from app.models.base import utcnow
 from app.models.notifications import Notification
 from app.models.promotions import LotNotice
@@ -196,39 +196,11 @@ async def test_the_sweeps_hook_tells_the_expiry_once(
     assert [t for t, _ in await sent(session_maker)] == ["credits.expired"]
 
 
-async def sweep(
-    maker: async_sessionmaker[AsyncSession], lot_id: str, user_id: str, at: datetime
-) -> None:
-    """What the expiry sweep does to a lot (the lots branch's `app.ledger.lots.expire_lot`,
-    not on this branch yet): post its remainder out under `lot_expiry:<lot id>`, keep 0."""
+async def sweep(maker: async_sessionmaker[AsyncSession], lot_id: str, at: datetime) -> int:
+    """The expiry sweep of one lot (`app.ledger.lots.expire_lot`, which the `expire_lots`
+    job runs): its remainder out under `lot_expiry:<lot id>`, the lot left at 0."""
     async with session_scope(maker) as session:
-        remaining = int(
-            await session.scalar(
-                text("SELECT remaining_micros FROM credit_lots WHERE id = :id"), {"id": lot_id}
-            )
-            or 0
-        )
-        if remaining:
-            await transfer(
-                session,
-                reference=f"lot_expiry:{lot_id}",
-                kind="credit_expiry",
-                user_id=user_id,
-                amount_micros=-remaining,
-                account="promo_expired",
-                require_available=False,
-            )
-        await session.execute(
-            text(
-                "UPDATE accounts SET tracked_micros = tracked_micros - :r"
-                " WHERE user_id = :u AND kind = 'wallet'"
-            ),
-            {"r": remaining, "u": user_id},
-        )
-        await session.execute(
-            text("UPDATE credit_lots SET remaining_micros = 0, swept_at = :at WHERE id = :id"),
-            {"at": at, "id": lot_id},
-        )
+        return await lots.expire_lot(session, lot_id, at)
 
 
 async def test_a_lot_swept_before_the_job_ran_is_told_what_the_sweep_took(
@@ -240,8 +212,8 @@ async def test_a_lot_swept_before_the_job_ran_is_told_what_the_sweep_took(
     expires_at = utcnow() + 10 * DAY
     lot = await grant(client, admin_headers, expires_at, amount="12.34")
     old = await grant(client, admin_headers, expires_at - 9 * DAY, user="bob", key="g-2")
-    await sweep(session_maker, lot["id"], "alice", expires_at + SECOND)
-    await sweep(session_maker, old["id"], "bob", expires_at - 9 * DAY + SECOND)
+    assert await sweep(session_maker, lot["id"], expires_at + SECOND) == 12_340_000
+    assert await sweep(session_maker, old["id"], expires_at - 9 * DAY + SECOND) == 25_000_000
     # A week after its expiry a swept lot is not told any more: alice's 8 days late, not sent.
     assert await send_credit_notices(session_maker, settings, now=expires_at + 8 * DAY) == 0
     # Nor bob's, 10 days late, when alice's is sent.
@@ -258,33 +230,25 @@ async def test_a_lot_swept_before_the_job_ran_is_told_what_the_sweep_took(
 async def test_a_lot_that_expired_empty_is_recorded_and_not_told(
     client: httpx.AsyncClient,
     admin_headers: dict[str, str],
+    gateway_headers: dict[str, str],
     session_maker: async_sessionmaker[AsyncSession],
     settings: Settings,
 ) -> None:
     expires_at = utcnow() + 10 * DAY
     lot = await grant(client, admin_headers, expires_at)
-    async with session_scope(session_maker) as session:
-        # Spent to nothing, then swept with nothing to post (what a sweep sees racing a spend).
-        await transfer(
-            session,
-            reference="spend",
-            kind="adjustment",
-            user_id="alice",
-            amount_micros=-25_000_000,
-            account="adjustments",
-        )
-        await session.execute(
-            text("UPDATE accounts SET tracked_micros = 0 WHERE user_id = 'alice'")
-        )
-        await session.execute(
-            text("UPDATE credit_lots SET remaining_micros = 0 WHERE id = :id"), {"id": lot["id"]}
-        )
-    await sweep(session_maker, lot["id"], "alice", expires_at + SECOND)
+    spent = await client.post(
+        "/v1/internal/usage",
+        json={"user_id": "alice", "request_id": "all-of-it", "amount_micros": 25_000_000},
+        headers=gateway_headers,
+    )
+    assert spent.status_code == 201, spent.text
+    assert await sweep(session_maker, lot["id"], expires_at + SECOND) == 0
     assert await send_credit_notices(session_maker, settings, now=expires_at + DAY) == 0
     assert await sent(session_maker) == []
     async with session_scope(session_maker) as session:
-        [notice] = (await session.execute(select(LotNotice))).scalars().all()
-        assert (notice.days_before, notice.notification_id) == (0, None)
+        notices = (await session.execute(select(LotNotice))).scalars().all()
+        # Swept with nothing in it: recorded unsent, so no run looks at it again.
+        assert [(n.days_before, n.notification_id) for n in notices] == [(0, None)]
 
 
 def test_the_emails_say_the_amount_and_the_date() -> None:
