@@ -262,9 +262,11 @@ class Settings(BaseSettings):
     @field_validator("credit_expiry_warning_days", mode="before")
     @classmethod
     def _warning_days(cls, value: object) -> object:
-        # The environment says "30,7,1"; a list passes through.
+        # The environment says "30,7,1" (or, as pydantic-settings writes lists, "[30, 7, 1]");
+        # a list passes through.
         if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
+            text = value.strip().removeprefix("[").removesuffix("]")
+            return [part.strip() for part in text.split(",") if part.strip()]
         return value
 
     @field_validator("credit_expiry_warning_days")

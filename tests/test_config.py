@@ -275,6 +275,9 @@ def test_credit_expiry_warning_days_read_from_the_environment(
     assert _settings(**PRODUCTION).credit_expiry_warning_days == [30, 7, 1]
     monkeypatch.setenv("BILLING_CREDIT_EXPIRY_WARNING_DAYS", "1, 14,7,14")
     assert _settings(**PRODUCTION).credit_expiry_warning_days == [14, 7, 1]
+    # the JSON form pydantic-settings writes for a list (a child process's environment)
+    monkeypatch.setenv("BILLING_CREDIT_EXPIRY_WARNING_DAYS", "[30, 7, 1]")
+    assert _settings(**PRODUCTION).credit_expiry_warning_days == [30, 7, 1]
     monkeypatch.setenv("BILLING_CREDIT_EXPIRY_WARNING_DAYS", "")
     assert _settings(**PRODUCTION).credit_expiry_warning_days == []
     for bad in ("0", "7,x", "3651"):
