@@ -123,13 +123,19 @@ def commits_watched(connection: Any) -> Iterator[None]:
     """Listen on `connection` (a pooled one) for the block, then raise `UnreplicatedCommit` if a
     COMMIT in it might not have been replicated."""
     watch = getattr(connection, "watch_commits", None)
-    started = bool(watch()) if watch is not None else False
+    if watch is None:
+        yield
+        return
+    # Bound to the connection itself, not the pool's proxy: a connection closed under the block
+    # (a failover) detaches the proxy before the block ends.
+    unwatch, check = connection.unwatch_commits, connection.raise_if_unreplicated
+    started = watch()
     try:
         yield
     finally:
         if started:
-            connection.unwatch_commits()
-    raise_if_unreplicated(connection)
+            unwatch()
+    check()
 
 
 @dataclass(frozen=True)
@@ -167,6 +173,14 @@ def endpoints(database_url: str) -> tuple[list[Endpoint], bool]:
             name = f"{host}:{port_number}"
         found.append(Endpoint(name, single.render_as_string(hide_password=False)))
     return found, read_write
+
+
+_UNUSABLE = (
+    OSError,  # refused, reset, the per-host timeout (TimeoutError)
+    asyncpg.PostgresError,  # starting up, shutting down, too many connections
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,  # TargetServerAttributeNotMatched: a standby
+)
 
 
 class Primary:
@@ -210,7 +224,7 @@ class Primary:
                     target_session_attrs="read-write" if self.read_write else "any",
                     **kwargs,
                 )
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except _UNUSABLE as exc:
                 # Refused, frozen (the per-host timeout), a standby, still starting: the next.
                 error = exc
                 continue
@@ -243,12 +257,12 @@ class Primary:
             return
         try:
             connection = await self.connect()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except _UNUSABLE:
             return  # nothing writable now: keep what is open (the old primary may come back)
         try:
             async with asyncio.timeout(self.attempt_timeout):
                 await connection.fetchval("SELECT 1")
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except _UNUSABLE:
             pass
         finally:
             connection.terminate()
