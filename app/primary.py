@@ -60,6 +60,11 @@ class UnreplicatedCommit(ConnectionError):
     same id, which finds it, or writes it again, on the primary that survives)."""
 
 
+class NoPrimary(ConnectionError):
+    """No host of the URL took a connection as the primary (each refused, timed out or was a
+    standby): a database outage, answered 503."""
+
+
 class BillingConnection(asyncpg.Connection):  # type: ignore[misc]
     """An asyncpg connection that remembers the host it reached and, while it listens
     (`watch_commits()`), whether PostgreSQL warned that a COMMIT might not have been
@@ -235,7 +240,9 @@ class Primary:
             self._open.add(connection)
             return connection
         assert error is not None
-        raise error
+        # One type for "no primary now", whatever the last host said: raised raw through
+        # SQLAlchemy's pool (an engine's creator is not the DBAPI), so it has its own 503 handler.
+        raise NoPrimary(f"no host of the URL takes writes: {type(error).__name__}") from error
 
     def _arrived(self, name: str) -> None:
         previous, self.current = self.current, name

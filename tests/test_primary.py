@@ -280,3 +280,23 @@ async def test_a_cancelled_request_never_cancels_the_commit_it_is_waiting_for(
         await admin.execute("SELECT pg_reload_conf()")
         await admin.close()
         await store.close()
+
+
+async def test_a_portal_request_that_finds_no_primary_is_a_503(
+    app: Any, client: Any, make_token: Any
+) -> None:
+    url = app.state.settings.database_url.get_secret_value()
+    nowhere = _with_hosts(url, REFUSED, "127.0.0.1:7")  # no host takes a connection
+    engine = create_engine(Settings(environment="test", database_url=nowhere))
+    real = app.state.session_maker
+    app.state.session_maker = create_session_maker(engine)
+    try:
+        response = await client.get(
+            "/v1/orders", headers={"Authorization": f"Bearer {make_token('user-np')}"}
+        )
+    finally:
+        app.state.session_maker = real
+        await engine.dispose()
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert response.json()["code"] == "service_unavailable"
