@@ -81,6 +81,12 @@ MONITOR_SETTINGS = {
     # default: a primary that wrote alone would lose what it acknowledged meanwhile).
     "pgautofailover.promote_wal_log_threshold": "1",
 }
+_PROBE_ERRORS = (
+    OSError,  # refused, reset, timed out
+    asyncpg.PostgresError,  # starting up, shutting down
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,  # a node dying under the probe's statement
+)
 DEADLINE_SECONDS = 600.0
 """The whole run is bounded: past this, it stops and fails."""
 
@@ -213,7 +219,7 @@ class Formation:
     async def _checkpoints(self, node: Node) -> None:
         while True:
             await asyncio.sleep(2)
-            with contextlib.suppress(OSError, asyncpg.PostgresError, TimeoutError):
+            with contextlib.suppress(*_PROBE_ERRORS):
                 conn = await asyncpg.connect(node.dsn, timeout=2)
                 try:
                     await conn.execute("CHECKPOINT")
@@ -233,7 +239,7 @@ class Formation:
                 await conn.fetchval(sql)
                 await conn.close()
                 return
-            except (OSError, asyncpg.PostgresError, TimeoutError):
+            except _PROBE_ERRORS:
                 if time.monotonic() > ends:
                     raise
                 await asyncio.sleep(0.5)
@@ -254,7 +260,7 @@ class Formation:
         ends = time.monotonic() + timeout
         states: dict[str, str] = {}
         while time.monotonic() < ends:
-            with contextlib.suppress(OSError, asyncpg.PostgresError, TimeoutError):
+            with contextlib.suppress(*_PROBE_ERRORS):
                 states = await self.states()
                 if states and ok(states):
                     return states
@@ -266,7 +272,7 @@ class Formation:
         for node in self.nodes:
             try:
                 conn = await asyncpg.connect(node.dsn, timeout=0.5)
-            except (OSError, asyncpg.PostgresError, TimeoutError):
+            except _PROBE_ERRORS:
                 continue
             try:
                 async with asyncio.timeout(0.5):
@@ -277,7 +283,7 @@ class Formation:
                         " AND current_setting('transaction_read_only') = 'off'"
                     ):
                         return node
-            except (OSError, asyncpg.PostgresError, TimeoutError):
+            except _PROBE_ERRORS:
                 pass
             finally:
                 conn.terminate()
@@ -295,6 +301,11 @@ class Formation:
                     os.kill(postmaster, signal.SIGKILL)
 
     def restart(self, node: Node) -> None:
+        if node.proc is not None and node.proc.poll() is None:
+            # After `pg_autoctl stop` its runuser lingers: end its session before the next one.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.proc.pid, signal.SIGKILL)
+            node.proc.wait(5)
         self._spawn(node, "run", "--pgdata", str(node.pgdata))
 
     async def stop(self, node: Node) -> None:
@@ -305,7 +316,7 @@ class Formation:
         while time.monotonic() < ends:
             try:
                 conn = await asyncpg.connect(node.dsn, timeout=0.5)
-            except (OSError, asyncpg.PostgresError, TimeoutError):
+            except _PROBE_ERRORS:
                 return
             conn.terminate()
             await asyncio.sleep(0.3)
@@ -586,7 +597,7 @@ async def watch_failover(formation: Formation, load: Load, gap: Gap, old: Node) 
     while time.monotonic() < ends:
         now = time.monotonic()
         if gap.detected is None:
-            with contextlib.suppress(OSError, asyncpg.PostgresError, TimeoutError):
+            with contextlib.suppress(*_PROBE_ERRORS):
                 state = (await formation.states()).get(old.name, "")
                 if state.split(">")[-1] != "primary":
                     gap.detected = time.monotonic()
