@@ -65,7 +65,15 @@ class Settings(BaseSettings):
     environment: Environment = "production"
     database_url: SecretStr = SecretStr("postgresql+asyncpg://postgres@127.0.0.1:5432/billing")
     """PostgreSQL, the only engine (asyncpg; `postgresql://` is read as `postgresql+asyncpg://`).
-    Required in production; `make run` and the tests start an embedded server when unset."""
+    Required in production; `make run` and the tests start an embedded server when unset.
+    Several hosts (a primary and its standbys) are `?host=a:5432&host=b:5432&target_session_attrs=
+    read-write`: both pools follow the primary (`app/primary.py`)."""
+    database_connect_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    """How long one connection attempt to ONE host may take before the next host is tried (a
+    frozen primary accepts TCP and never answers)."""
+    database_probe_interval_seconds: float = Field(default=1.0, ge=0, le=60)
+    """With several hosts: how often the service checks that its primary still answers, and
+    moves its connections to the new primary after a failover. 0: only when a request connects."""
     database_pool_size: int = Field(default=10, ge=1, le=200)
     database_pool_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
     """How long a portal request waits for a pooled connection before it is answered 503

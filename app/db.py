@@ -29,9 +29,11 @@ Transaction policy
 blocks and in functions that hold a session.
 
 A database outage (the server restarting, our connections terminated, the pool exhausted past
-`database_pool_timeout_seconds`) is `is_database_outage()`; `app.errors` answers it 503
-`service_unavailable` with `Retry-After`, never a 500. Nothing partial is written: the request's
-one transaction dies with its connection, and the pool pings a connection before handing it out,
+`database_pool_timeout_seconds`, a write refused as read-only by a demoted primary, a COMMIT
+that might not have reached the synchronous standby: `app/primary.py`) is
+`is_database_outage()`; `app.errors` answers it 503 `service_unavailable` with `Retry-After`,
+never a 500. Nothing partial is acknowledged: the request's one transaction dies with its
+connection, and the pool pings a connection before handing it out,
 so the next request gets a live one.
 """
 
@@ -58,31 +60,74 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase, Session, SessionTransaction
 
 from app.config import Settings
+from app.primary import Primary, finish, raise_if_unreplicated
 
 log = structlog.get_logger(__name__)
 
 
-def create_engine(settings: Settings, *, statement_timeout_ms: int = 0) -> AsyncEngine:
-    """An async engine on PostgreSQL through asyncpg.
+def create_engine(
+    settings: Settings, *, statement_timeout_ms: int = 0, primary: Primary | None = None
+) -> AsyncEngine:
+    """An async engine on PostgreSQL through asyncpg, connecting through `primary` (the service
+    shares one with its gateway pool; `app/primary.py`), else one of its own for the URL.
 
     `statement_timeout_ms` (0: none) cancels any statement of its connections that runs longer:
     the service's engine passes `portal_statement_timeout_ms`, so a long report cannot hold a
     pooled connection for long; migrations and the CLI's commands pass none."""
-    url = make_url(settings.database_url.get_secret_value())
+    database_url = settings.database_url.get_secret_value()
+    primary = primary or Primary(
+        database_url, attempt_timeout=settings.database_connect_timeout_seconds
+    )
     server_settings = {"application_name": APPLICATION_NAME}
     if statement_timeout_ms > 0:
         server_settings["statement_timeout"] = str(statement_timeout_ms)
-    return create_async_engine(
-        url,
+
+    async def connect() -> Any:
+        connection = await primary.connect(server_settings=server_settings)
+        connection.watch_commits()  # for its whole life: `_refuse_unreplicated_commits`
+        return connection
+
+    engine = create_async_engine(
+        # The dialect reads the first host only for its name; `connect` reaches them all.
+        make_url(database_url),
         echo=settings.database_echo,
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_pool_size,
         # A connection the server dropped while it sat in the pool (a restart, a terminated
-        # backend) is replaced at checkout instead of failing the next request.
+        # backend, a failover) is replaced at checkout instead of failing the next request.
         pool_pre_ping=True,
         pool_timeout=settings.database_pool_timeout_seconds,
-        connect_args={"server_settings": server_settings},
+        async_creator=connect,
     )
+    _refuse_unreplicated_commits(engine)
+    event.listen(engine.sync_engine, "handle_error", _read_only_is_a_disconnect)
+    return engine
+
+
+def _refuse_unreplicated_commits(engine: AsyncEngine) -> None:
+    """Make a COMMIT that PostgreSQL said might not have reached the synchronous standby raise
+    `UnreplicatedCommit` (a 503) instead of returning: SQLAlchemy has no event after a commit
+    that can still fail it, so the dialect's `do_commit` of this engine is wrapped."""
+    dialect = engine.sync_engine.dialect
+    commit = dialect.do_commit
+
+    def do_commit(dbapi_connection: Any) -> None:
+        commit(dbapi_connection)
+        raise_if_unreplicated(dbapi_connection.driver_connection)
+
+    setattr(dialect, "do_commit", do_commit)  # noqa: B010 - an instance's method, on purpose
+
+
+def _read_only_is_a_disconnect(context: Any) -> None:
+    # SQLSTATE 25006: this connection reached a primary that has since been demoted (a standby
+    # now). Treated as a lost connection, SQLAlchemy discards it and every connection pooled
+    # before it; new ones go to the host that takes writes.
+    if describe_database_error(context.original_exception).get("sqlstate") == READ_ONLY:
+        context.is_disconnect = True
+
+
+READ_ONLY = "25006"
+"""SQLSTATE read_only_sql_transaction: a write sent to a standby."""
 
 
 APPLICATION_NAME = "billing-portal"
@@ -147,6 +192,8 @@ _ASYNCPG_OUTAGES = frozenset(
         "QueryCanceledError",  # 57014: past `portal_statement_timeout_ms` (or cancelled)
         "TooManyConnectionsError",
         "CannotConnectNowError",
+        "ReadOnlySQLTransactionError",  # 25006: the host was demoted to a standby (a failover)
+        "TargetServerAttributeNotMatched",  # no host of the URL takes writes (yet)
     }
 )
 
@@ -181,8 +228,12 @@ async def session_scope(
 ) -> AsyncIterator[AsyncSession]:
     """One transaction: commit on success, roll back on any exception."""
     async with maker() as session:
-        async with session.begin():
+        try:
             yield session
+        except BaseException:
+            await session.rollback()
+            raise
+        await finish(session.commit())
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -196,7 +247,8 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
             await session.rollback()
             raise
         else:
-            await session.commit()
+            # Shielded: see `app.primary.finish`.
+            await finish(session.commit())
 
 
 def after_commit(session: AsyncSession, job: Callable[..., object], *args: Any) -> None:

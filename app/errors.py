@@ -60,6 +60,7 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.db import describe_database_error, is_database_outage
+from app.primary import NoPrimary, UnreplicatedCommit
 from app.request_context import current_request_id
 
 log = structlog.get_logger(__name__)
@@ -476,5 +477,9 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_exception_handler)
     app.add_exception_handler(sa_exc.DBAPIError, _database_error_handler)
     app.add_exception_handler(sa_exc.TimeoutError, _database_error_handler)
+    # Raised unwrapped through SQLAlchemy: by the engine's commit itself
+    # (`app.db._refuse_unreplicated_commits`) and by its pool's connect (`app.primary`).
+    app.add_exception_handler(UnreplicatedCommit, _database_error_handler)
+    app.add_exception_handler(NoPrimary, _database_error_handler)
     # Unhandled exceptions are caught by `RequestContextMiddleware`, inside the request scope,
     # so the 500 still carries the request id.

@@ -44,6 +44,7 @@ from app.openapi import install_openapi
 from app.ops.router import router as ops_router
 from app.orders.router import router as orders_router
 from app.payment_methods.router import router as payment_methods_router
+from app.primary import Primary
 from app.promotions.router import router as promotions_router
 from app.purchase.router import router as purchase_router
 from app.rate_limits import RateLimiter
@@ -176,7 +177,18 @@ def create_app(settings: Settings | None = None) -> BillingApp:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(settings, statement_timeout_ms=settings.portal_statement_timeout_ms)
+        # One view of which host is the primary, for both pools (`app/primary.py`).
+        primary = Primary(
+            settings.database_url.get_secret_value(),
+            attempt_timeout=settings.database_connect_timeout_seconds,
+            probe_interval=settings.database_probe_interval_seconds,
+        )
+        app.state.primary = primary
+        engine = create_engine(
+            settings,
+            statement_timeout_ms=settings.portal_statement_timeout_ms,
+            primary=primary,
+        )
         maker = create_session_maker(engine)
         app.state.engine = engine
         app.state.session_maker = maker
@@ -187,8 +199,11 @@ def create_app(settings: Settings | None = None) -> BillingApp:
         app.state.notifier = Notifier(settings)
         # The gateway's statements run on a pool of their own (`app/usage/repository.py`).
         store = await UsageStore.open(
-            settings.database_url.get_secret_value(), max_size=settings.database_pool_size
+            settings.database_url.get_secret_value(),
+            max_size=settings.database_pool_size,
+            primary=primary,
         )
+        primary.watch()
         # The gateway's tokens are read on the gateway's own connections (its asyncpg pool), and
         # kept fresh in the background.
         tokens = ServiceTokenVerifier(
@@ -218,6 +233,7 @@ def create_app(settings: Settings | None = None) -> BillingApp:
             await tokens.stop()
             await app.state.stripe.close()
             await app.state.notifier.close()
+            await primary.stop()
             await store.close()
             await engine.dispose()
 

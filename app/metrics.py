@@ -18,6 +18,10 @@ so the metric names and labels live in this one file.
   `waiting` (callers queued for a connection), `max`.
 - `billing_rate_limited_total{limit}`: requests refused with 429 `rate_limited`.
 - `billing_job_runs_total{job, outcome}`, `billing_shutdown_in_flight`.
+- `billing_db_unreplicated_commits_total`: COMMITs PostgreSQL said might not have reached the
+  synchronous standby (each answered 503); `billing_db_primary_changes_total`: times this
+  process moved its connections to another host (`app/primary.py`);
+  `billing_db_synchronous_standby` (1/0, as `/readyz` last saw it).
 
 The pool gauges are read at scrape time (`observe_pools`, called by `/metrics`).
 """
@@ -48,6 +52,17 @@ LEDGER_MICROS = Counter(
 )
 STRIPE_EVENTS = Counter(
     "billing_stripe_events_total", "Stripe webhook events received", ["type", "outcome"]
+)
+DATABASE_UNREPLICATED_COMMITS = Counter(
+    "billing_db_unreplicated_commits_total",
+    "COMMITs that might not have reached the synchronous standby (answered 503)",
+)
+DATABASE_PRIMARY_CHANGES = Counter(
+    "billing_db_primary_changes_total", "Times the connections moved to another primary host"
+)
+DATABASE_SYNCHRONOUS_STANDBY = Gauge(
+    "billing_db_synchronous_standby",
+    "1 when the primary waits for a synchronous standby before a COMMIT returns (read by /readyz)",
 )
 JOB_RUNS = Counter("billing_job_runs_total", "Periodic job runs", ["job", "outcome"])
 RECONCILE_RUNS = Counter("billing_reconcile_runs_total", "Reconciler runs", ["outcome"])

@@ -14,16 +14,46 @@ from sqlalchemy import text
 from app.config import Settings
 from app.deps import EngineDep, SettingsDep, UsageStoreDep
 from app.errors import NotFound, ServiceUnavailable, Unauthorized
-from app.metrics import observe_pools
+from app.metrics import DATABASE_SYNCHRONOUS_STANDBY, observe_pools
 from app.openapi import problem_responses
 
 router = APIRouter(tags=["operations"])
 
 
 class Health(BaseModel):
-    """Liveness or readiness."""
+    """Liveness."""
 
-    status: Literal["ok", "ready"]
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    """Readiness, and the primary this instance writes to."""
+
+    status: Literal["ready"]
+    primary: str
+    """The host (`host:port`, or a socket folder) of the URL that the portal's connection
+    reached: the one taking writes."""
+    synchronous_standby: bool
+    """Whether that primary waits for a synchronous standby before a COMMIT returns
+    (`synchronous_standby_names` set and `synchronous_commit` on, remote_write or
+    remote_apply). False: writes are acknowledged with no copy elsewhere (a standby down, or
+    none configured); pg_auto_failover clears the names when no standby can keep up."""
+    synchronous_standbys_streaming: int | None
+    """Standbys streaming as synchronous (`pg_stat_replication`, sync or quorum); null when the
+    database role cannot see them (grant it `pg_monitor`)."""
+
+
+_READINESS = text(
+    """
+SELECT pg_is_in_recovery() AS in_recovery,
+       current_setting('synchronous_standby_names') <> ''
+         AND current_setting('synchronous_commit') IN ('on', 'remote_write', 'remote_apply')
+         AS synchronous,
+       (SELECT count(*) FILTER (WHERE sync_state IN ('sync', 'quorum'))
+               - count(*) FILTER (WHERE sync_state IS NULL)
+        FROM pg_stat_replication) AS streaming
+"""
+)
 
 
 @router.get("/healthz", operation_id="healthz", summary="Process is alive")
@@ -38,14 +68,27 @@ async def healthz() -> Health:
     summary="Ready to serve",
     responses=problem_responses(ServiceUnavailable),
 )
-async def readyz(engine: EngineDep) -> Health:
-    """503 when the database does not answer within 2 seconds."""
+async def readyz(engine: EngineDep) -> Readiness:
+    """503 when the database does not answer within 2 seconds or is not a primary; else which
+    host takes this instance's writes and whether a synchronous standby confirms them."""
     try:
         async with asyncio.timeout(2.0), engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
+            row = (await conn.execute(_READINESS)).one()
+            raw = await conn.get_raw_connection()
+            primary = str(getattr(raw.driver_connection, "endpoint", "") or "?")
     except Exception as exc:
         raise ServiceUnavailable("The database does not answer.") from exc
-    return Health(status="ready")
+    if row.in_recovery:
+        raise ServiceUnavailable("The database is a standby: it takes no writes.")
+    streaming = int(row.streaming)
+    DATABASE_SYNCHRONOUS_STANDBY.set(1 if row.synchronous else 0)
+    return Readiness(
+        status="ready",
+        primary=primary,
+        synchronous_standby=bool(row.synchronous),
+        # A row with a NULL sync_state is one this role may not read: the count is unknown.
+        synchronous_standbys_streaming=streaming if streaming >= 0 else None,
+    )
 
 
 def _check_metrics_access(request: Request, settings: Settings) -> None:

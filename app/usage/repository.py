@@ -21,16 +21,16 @@ another round trip.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import fields
 from datetime import datetime
-from typing import Any, Literal, NamedTuple, ParamSpec, TypeVar
+from typing import Any, Literal, NamedTuple, ParamSpec, TypeVar, cast
 
 import asyncpg
 import structlog
-from sqlalchemy.engine import make_url
 
 from app.auth.service_tokens import TokenRecord
 from app.db import describe_database_error, run_after_commit
@@ -63,7 +63,15 @@ from app.limits.rules import tightest_remaining as _tightest
 from app.metrics import LEDGER_MICROS, LEDGER_TRANSACTIONS
 from app.models.base import utcnow
 from app.models.ledger import HoldStatus, system_account_id
-from app.usage.batch import ExistingDebit, limit_scopes, plan_batch
+from app.primary import (
+    BillingConnection,
+    Primary,
+    UnreplicatedCommit,
+    commits_watched,
+    endpoints,
+    finish,
+)
+from app.usage.batch import BatchPlan, ExistingDebit, limit_scopes, plan_batch
 from app.usage.store import (
     USAGE_DESCRIPTION,
     USAGE_KIND,
@@ -89,8 +97,10 @@ _USAGE_MICROS = LEDGER_MICROS.labels(USAGE_KIND)
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
-# The database is gone, restarting, out of connections or not answering: nothing was applied
-# (each operation is one statement or one transaction), so the gateway may retry the same id.
+# The database is gone, restarting, out of connections, not answering, demoted to a standby,
+# or did not confirm the synchronous standby has the commit (`UnreplicatedCommit`, an OSError):
+# the outcome is not acknowledged (each operation is one statement or one transaction), so the
+# gateway retries the same id, which applies it or finds it on the primary that took over.
 _OUTAGES = (
     OSError,
     TimeoutError,
@@ -99,13 +109,16 @@ _OUTAGES = (
     asyncpg.InternalClientError,  # a connection broken in the middle of a statement
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.ReadOnlySQLTransactionError,  # 25006: a demoted primary
+    asyncpg.exceptions.TargetServerAttributeNotMatched,  # no host takes writes yet
 )
 
 
 def _outage_is_503(
     method: Callable[_P, Coroutine[Any, Any, _R]],
 ) -> Callable[_P, Coroutine[Any, Any, _R]]:
-    """Answer a database outage as 503 + `Retry-After` instead of a 500."""
+    """Answer a database outage as 503 + `Retry-After` instead of a 500, and drop the pool's
+    connections (they may all lead to a primary that is gone or demoted)."""
 
     @functools.wraps(method)
     async def guarded(*args: _P.args, **kwargs: _P.kwargs) -> _R:
@@ -117,8 +130,11 @@ def _outage_is_503(
                 operation=method.__name__,
                 **describe_database_error(exc),
             )
+            store = args[0] if args else None
+            if isinstance(store, UsageStore) and not isinstance(exc, UnreplicatedCommit):
+                await store.drop_connections()
             raise ServiceUnavailable(
-                "The database did not answer; nothing was applied. Retry with the same id.",
+                "The database did not confirm the operation. Retry with the same id.",
                 headers={"Retry-After": "1"},
             ) from exc
 
@@ -708,22 +724,45 @@ async def _reset(conn: asyncpg.Connection) -> None:
 
 
 def asyncpg_dsn(database_url: str) -> str:
-    """The libpq-style DSN asyncpg takes, from the service's SQLAlchemy URL."""
-    return make_url(database_url).set(drivername="postgresql").render_as_string(False)
+    """The DSN asyncpg takes for the URL's first host (tests, tools). The service's pools connect
+    through `app.primary.Primary`, which reaches every host of the URL."""
+    return endpoints(database_url)[0][0].dsn
+
+
+class _OneConnection:
+    """A single connection standing in for a pool (a store inside a test's transaction)."""
+
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self._connection = connection
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._connection, name)
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
+        yield self._connection
 
 
 class UsageStore:
     """The gateway's operations through an asyncpg pool of their own."""
 
-    def __init__(self, pool: asyncpg.Pool, clock: Callable[[], datetime] = utcnow) -> None:
-        self._pool = pool
+    def __init__(
+        self, pool: asyncpg.Pool | asyncpg.Connection, clock: Callable[[], datetime] = utcnow
+    ) -> None:
+        self._pool: Any = pool if isinstance(pool, asyncpg.Pool) else _OneConnection(pool)
         self.clock = clock
         """Now: what `created_at` and the spend limits' windows are read from (tests move it)."""
 
     @classmethod
-    async def open(cls, database_url: str, *, max_size: int) -> UsageStore:
+    async def open(
+        cls, database_url: str, *, max_size: int, primary: Primary | None = None
+    ) -> UsageStore:
+        """A store on its own pool, connecting through `primary` (the service shares one with
+        its ORM engine), else one of its own for the URL."""
+        primary = primary or Primary(database_url)
         pool = await asyncpg.create_pool(
-            asyncpg_dsn(database_url),
+            connect=primary.connect,
+            connection_class=BillingConnection,
             min_size=1,
             max_size=max_size,
             command_timeout=60,
@@ -734,7 +773,26 @@ class UsageStore:
 
     @property
     def pool(self) -> asyncpg.Pool:
-        return self._pool
+        return cast(asyncpg.Pool, self._pool)
+
+    async def drop_connections(self) -> None:
+        """Close every pooled connection as it is next released or acquired (after an outage or
+        a failover they may all lead to the old primary)."""
+        if isinstance(self._pool, asyncpg.Pool):
+            await self._pool.expire_connections()
+
+    async def _write(self, sql: str, *args: Any) -> Any:
+        """Run one autocommit write and return its row, only once the synchronous standby has
+        it: run to its end even if the request is cancelled meanwhile (a cancel would let the
+        COMMIT stop waiting for the standby), and `UnreplicatedCommit` if PostgreSQL warned
+        that it stopped waiting anyway (`app/primary.py`)."""
+        return await finish(self._write_on_a_connection(sql, args))
+
+    async def _write_on_a_connection(self, sql: str, args: Sequence[Any]) -> Any:
+        async with self._pool.acquire() as conn:
+            with commits_watched(conn):
+                record = await conn.fetchrow(sql, *args)
+        return record
 
     async def close(self) -> None:
         await self._pool.close()
@@ -766,7 +824,7 @@ class UsageStore:
         now = self.clock()
         windows = Windows.at(now)
         try:
-            record = await self._pool.fetchrow(
+            record = await self._write(
                 _sql().debit,
                 reference,
                 txn_id,
@@ -832,7 +890,7 @@ class UsageStore:
     async def debit_batch(self, debits: Sequence[UsageDebit]) -> list[BatchOutcome]:
         for attempt in range(_BATCH_ATTEMPTS):
             try:
-                return await self._debit_batch_once(debits)
+                return await finish(self._debit_batch_once(debits))
             except (
                 asyncpg.DeadlockDetectedError,
                 asyncpg.SerializationError,
@@ -846,66 +904,16 @@ class UsageStore:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _debit_batch_once(self, debits: Sequence[UsageDebit]) -> list[BatchOutcome]:
-        users = sorted({d.user_id for d in debits})
         references = [usage_reference(d.request_id) for d in debits]
         # Drawn before the wallets are locked: the locked stretch is only what needs the locks.
         transaction_ids = iter([new_id("txn") for _ in debits])
         now = self.clock()
-        async with self._pool.acquire() as conn, conn.transaction():
-            pairs = limit_scopes(debits)
-            counters = [
-                (row["user_id"], _read(Counter, row))
-                for row in await conn.fetch(
-                    _LOCK_LIMITS, [p[0] for p in pairs], [p[1] for p in pairs], *Windows.at(now)
-                )
-            ]
-            locked = await conn.fetch(_LOCK_WALLETS, users)
-            wallets = {row["user_id"]: _read(WalletRow, row) for row in locked}
-            lots: dict[str, list[LotRow]] = {}
-            tracking = [row["user_id"] for row in locked if row["tracked_micros"]]
-            if tracking:
-                for row in await conn.fetch(_LOCK_LOTS, tracking):
-                    lots.setdefault(row["user_id"], []).append(_read(LotRow, row))
-            for row in locked:
-                user_lots = lots.get(row["user_id"], ())
-                if row["tracked_micros"] != sum(lot.remaining_micros for lot in user_lots):
-                    raise _StaleLots  # (the wallets are locked: no lot can be credited now)
-            existing = {
-                row["reference"]: _read(ExistingDebit, row)
-                for row in await conn.fetch(_EXISTING_REFERENCES, references)
-            }
-            plan = plan_batch(
-                debits, wallets, existing, transaction_ids.__next__, counters, lots, now
-            )
-            if plan.writes:
-                writes = plan.writes
-                spent = plan.counters.values()
-                await conn.execute(
-                    _sql().write_batch,
-                    [w.transaction_id for w in writes],
-                    [usage_reference(w.debit.request_id) for w in writes],
-                    [w.debit.user_id for w in writes],
-                    [w.debit.request_hash for w in writes],
-                    [_json(w.debit.details) for w in writes],
-                    [w.account_id for w in writes],
-                    [w.debit.amount_micros for w in writes],
-                    now,
-                    [w.balance_after_micros for w in writes],
-                    list(plan.totals),
-                    list(plan.totals.values()),
-                    [c.id for c in spent],
-                    [c.window_start for c in spent],
-                    [c.spent_micros for c in spent],
-                    [w.debit.request_id for w in writes],
-                    [w.debit.api_key_id for w in writes],
-                    [w.debit.detail("model") for w in writes],
-                    [w.debit.detail("input_tokens") for w in writes],
-                    [w.debit.detail("output_tokens") for w in writes],
-                    list(plan.lot_remaining),
-                    list(plan.lot_remaining.values()),
-                    [plan.lots_drawn.get(account_id, 0) for account_id in plan.totals],
-                    [w.granted_micros for w in writes],
-                )
+        async with self._pool.acquire() as conn:
+            with commits_watched(conn):
+                async with conn.transaction():
+                    plan = await self._plan_and_write(
+                        conn, debits, references, transaction_ids, now
+                    )
         applied = len(plan.writes)
         if applied:
             _USAGE_POSTED.inc(applied)
@@ -915,11 +923,74 @@ class UsageStore:
             LEDGER_TRANSACTIONS.labels(USAGE_KIND, "replayed").inc(replayed)
         return plan.outcomes
 
+    async def _plan_and_write(
+        self,
+        conn: asyncpg.Connection,
+        debits: Sequence[UsageDebit],
+        references: list[str],
+        transaction_ids: Iterator[str],
+        now: datetime,
+    ) -> BatchPlan:
+        users = sorted({d.user_id for d in debits})
+        pairs = limit_scopes(debits)
+        counters = [
+            (row["user_id"], _read(Counter, row))
+            for row in await conn.fetch(
+                _LOCK_LIMITS, [p[0] for p in pairs], [p[1] for p in pairs], *Windows.at(now)
+            )
+        ]
+        locked = await conn.fetch(_LOCK_WALLETS, users)
+        wallets = {row["user_id"]: _read(WalletRow, row) for row in locked}
+        lots: dict[str, list[LotRow]] = {}
+        tracking = [row["user_id"] for row in locked if row["tracked_micros"]]
+        if tracking:
+            for row in await conn.fetch(_LOCK_LOTS, tracking):
+                lots.setdefault(row["user_id"], []).append(_read(LotRow, row))
+        for row in locked:
+            user_lots = lots.get(row["user_id"], ())
+            if row["tracked_micros"] != sum(lot.remaining_micros for lot in user_lots):
+                raise _StaleLots  # (the wallets are locked: no lot can be credited now)
+        existing = {
+            row["reference"]: _read(ExistingDebit, row)
+            for row in await conn.fetch(_EXISTING_REFERENCES, references)
+        }
+        plan = plan_batch(debits, wallets, existing, transaction_ids.__next__, counters, lots, now)
+        if plan.writes:
+            writes = plan.writes
+            spent = plan.counters.values()
+            await conn.execute(
+                _sql().write_batch,
+                [w.transaction_id for w in writes],
+                [usage_reference(w.debit.request_id) for w in writes],
+                [w.debit.user_id for w in writes],
+                [w.debit.request_hash for w in writes],
+                [_json(w.debit.details) for w in writes],
+                [w.account_id for w in writes],
+                [w.debit.amount_micros for w in writes],
+                now,
+                [w.balance_after_micros for w in writes],
+                list(plan.totals),
+                list(plan.totals.values()),
+                [c.id for c in spent],
+                [c.window_start for c in spent],
+                [c.spent_micros for c in spent],
+                [w.debit.request_id for w in writes],
+                [w.debit.api_key_id for w in writes],
+                [w.debit.detail("model") for w in writes],
+                [w.debit.detail("input_tokens") for w in writes],
+                [w.debit.detail("output_tokens") for w in writes],
+                list(plan.lot_remaining),
+                list(plan.lot_remaining.values()),
+                [plan.lots_drawn.get(account_id, 0) for account_id in plan.totals],
+                [w.granted_micros for w in writes],
+            )
+        return plan
+
     @_outage_is_503
     async def reserve(self, request: HoldRequest) -> HoldResult:
         now = self.clock()
         try:
-            record = await self._pool.fetchrow(
+            record = await self._write(
                 _sql().reserve,
                 request.hold_id,
                 request.user_id,
@@ -961,7 +1032,7 @@ class UsageStore:
         hold_id, amount_micros, resolution_hash, details, max_hold_multiple = capture
         now = self.clock()
         usage = details or {}
-        record = await self._pool.fetchrow(
+        record = await self._write(
             _sql().capture,
             hold_id,
             amount_micros,
@@ -986,7 +1057,7 @@ class UsageStore:
     @_outage_is_503
     async def release(self, *, hold_id: str, resolution_hash: str) -> HoldResult:
         now = self.clock()
-        record = await self._pool.fetchrow(
+        record = await self._write(
             _sql().release, hold_id, resolution_hash, now, *Windows.at(now), HoldStatus.RELEASED
         )
         if record is None:
@@ -1002,7 +1073,7 @@ class UsageStore:
     async def expire(self, hold_id: str, now: datetime) -> bool:
         """Release a due hold as expired (the release statement); False when it was resolved
         meanwhile (a capture, a release, another instance's expiry)."""
-        record = await self._pool.fetchrow(
+        record = await self._write(
             _sql().release, hold_id, None, now, *Windows.at(now), HoldStatus.EXPIRED
         )
         return record is not None
