@@ -8,7 +8,10 @@ checked:
 - every gateway request id is debited at most once, and exactly once when it was answered 2xx;
 - every hold captured with a 2xx is posted exactly once, none twice;
 - no refund request made two refunds at the peer, none is debited twice, and every refund the
-  peer made for a request is debited exactly once.
+  peer made for a request is debited exactly once;
+- credit lots: each user also has grants and an expiring top-up lot, expiring at random moments
+  during the chaos while the instances' sweep job runs every 2 s (and is killed mid-sweep);
+  ledger-verify's lot invariants hold, every lot past its expiry was swept, and swept once.
 
 It prints a progress line every few seconds and stops by itself (after `--kills` kills or
 `--seconds` of chaos, whichever comes first). Exit status 0 when every invariant holds.
@@ -340,6 +343,46 @@ async def fast_forward(dsn: str) -> None:
         await conn.close()
 
 
+async def grant_lots(dsn: str, seconds: float) -> int:
+    """Give every user expiring credit through the ledger's own `lots.credit()`: two grants and
+    a paid lot, each expiring at a random moment of the chaos (some never reached)."""
+    from app.db import create_engine, create_session_maker, session_scope
+    from app.ledger import lots
+    from app.models.base import utcnow
+    from app.models.ledger import LotSource
+
+    url = dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
+    engine = create_engine(
+        Settings(_env_file=None, environment="test", database_url=url, jwt_secret=JWT_SECRET)
+    )
+    kinds = [
+        (LotSource.GRANT, "grant", "promotions"),
+        (LotSource.GRANT, "grant", "promotions"),
+        (LotSource.PURCHASE, "topup", "stripe"),
+    ]
+    made = 0
+    try:
+        maker = create_session_maker(engine)
+        async with session_scope(maker) as session:
+            now = utcnow()
+            for user in USERS:
+                for n, (source, kind, account) in enumerate(kinds):
+                    await lots.credit(
+                        session,
+                        user_id=user,
+                        amount_micros=DEPOSIT_MICROS // 4,
+                        source=source,
+                        reference=f"{kind}:crash-{user}-{n}",
+                        kind=kind,
+                        account=account,
+                        expires_at=now + timedelta(seconds=random.uniform(2, seconds * 1.2)),
+                    )
+                    made += 1
+    finally:
+        await engine.dispose()
+    return made
+
+
 async def check(dsn: str, env: dict[str, str], peer: StripePeer, tally: Tally) -> list[str]:
     failures: list[str] = []
     verified = _cli(env, "ledger-verify")
@@ -407,6 +450,30 @@ async def check(dsn: str, env: dict[str, str], peer: StripePeer, tally: Tally) -
         failures.append(f"refunds made twice at the peer: {twice}; debited twice: {debited_twice}")
     if not_debited:
         failures.append(f"refunds made at the peer but not debited exactly once: {not_debited}")
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        lots = await conn.fetchrow(
+            "SELECT count(*) FILTER (WHERE expires_at <= now()) AS expired,"
+            " count(*) FILTER (WHERE swept_at IS NOT NULL) AS swept,"
+            " count(*) FILTER (WHERE expires_at <= now() - interval '5 seconds'"
+            " AND remaining_micros > 0) AS unswept"
+            " FROM credit_lots WHERE expires_at IS NOT NULL"
+        )
+        sweeps = await conn.fetchval(
+            "SELECT count(*) FROM ledger_transactions WHERE kind = 'credit_expiry'"
+        )
+    finally:
+        await conn.close()
+    say(
+        f"expiring lots past expiry: {lots['expired']}, swept: {lots['swept']} ({sweeps} "
+        f"postings), past expiry and not swept: {lots['unswept']}"
+    )
+    if lots["unswept"] or sweeps != lots["swept"]:
+        failures.append(
+            f"lots: {lots['unswept']} past expiry not swept; {sweeps} sweep postings for "
+            f"{lots['swept']} swept lots"
+        )
     return failures
 
 
@@ -444,6 +511,7 @@ async def run(args: argparse.Namespace) -> int:
                 "BILLING_JOBS_ENABLED": "true",
                 "BILLING_RECONCILE_INTERVAL_SECONDS": "5",
                 "BILLING_RECONCILE_MIN_AGE_SECONDS": "10",
+                "BILLING_LOT_EXPIRY_INTERVAL_SECONDS": "2",
                 "BILLING_REFUND_AUTO_APPROVE_MAX": "100.00",
                 "BILLING_MAX_PENDING_ORDERS": "100",
                 "BILLING_RATE_LIMIT_PURCHASE": "100000/minute",
@@ -489,6 +557,7 @@ async def run(args: argparse.Namespace) -> int:
                 )
                 assert deposited is not None
                 assert deposited.status_code == 201, deposited.text
+            say(f"credit lots granted: {await grant_lots(dsn, args.seconds)}")
 
             stop = asyncio.Event()
             started = time.monotonic()

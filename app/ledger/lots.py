@@ -344,7 +344,10 @@ async def take_back(
         )  # fmt: skip
     left = await remainder(session, lot)
     take = min(amount_micros, lot.amount_micros - lot.returned_micros)
+    expired = lot.expires_at is not None and lot.expires_at <= utcnow()
     if require_available:
+        # A refund asked for: credit that expired meanwhile is not refunded (it is breakage).
+        left = 0 if expired else left
         wallet = await get_wallet(session, user_id)
         available = wallet.available_micros if wallet else 0
         if take < amount_micros or min(left, available) < amount_micros:

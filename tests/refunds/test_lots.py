@@ -134,3 +134,18 @@ async def test_a_dispute_claws_back_the_lot_first_and_the_shortfall_is_a_debt_re
     assert await balance(client, alice) == "25.000000"
     lot, left = await _order_lot(session_maker, order.id)
     assert (lot.returned_micros, left) == (0, 20_000_000)
+
+
+async def test_credit_that_expired_is_not_refundable(
+    client: httpx.AsyncClient, session_maker: Maker, user_headers: Headers
+) -> None:
+    from testing.factories import paid_order
+
+    order = await paid_order(
+        session_maker,
+        user_id="alice",
+        amount_micros=10_000_000,
+        expires_at=utcnow() - timedelta(seconds=1),
+    )
+    shown = (await shown_order(client, user_headers("alice"), order.id))["refund_eligibility"]
+    assert (shown["eligible"], shown["reason"]) == (False, "balance_spent")
