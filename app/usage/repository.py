@@ -3,7 +3,9 @@
 The gateway calls these thousands of times a second, so each is a fixed SQL string that asyncpg
 prepares once per connection (its statement cache), never a statement built per request. Each
 single operation is ONE statement of data-modifying CTEs run in autocommit: one round trip, one
-implicit transaction, the wallet row locked only for the statement. The rules are those of the
+implicit transaction, the wallet row locked only for the statement (a debit of a wallet that
+tracks credit lots takes a second: `_debit_sql` refuses it, `_debit_lots_sql` draws the lots,
+so the debit of every other wallet plans no lot CTE). The rules are those of the
 ledger's `post()` (every other posting):
 
 - a usage debit writes its header, the wallet UPDATE and both entries only when the reference is
@@ -238,8 +240,75 @@ def _usage_entries(amount: str, now: str) -> str:
 
 _DEBIT_LOTS = lot_draw_ctes("$3", "$4", "$7")
 
+_DEBIT_OUTCOME = """CASE WHEN w.id IS NOT NULL THEN 'applied'
+            WHEN e.id IS NOT NULL THEN 'replayed'
+            WHEN r.scope IS NOT NULL THEN 'limited'"""
+
 
 def _debit_sql() -> str:
+    """The usage debit of a wallet that tracks no lot (nearly every wallet: a never-expiring
+    paid balance is derived, `tracked_micros = 0`), as it was before lots: no lot CTEs, whose
+    plan nodes asyncpg's per-call planning pays for even when no lot is touched. Its wallet
+    UPDATE also requires `tracked_micros = 0` (re-checked on the locked row); a wallet that
+    tracks lots is answered `lots` and nothing is written: the store then runs
+    `_debit_lots_sql` with the same arguments. A replay or a spend-limit refusal is answered
+    here whatever the wallet tracks (neither depends on lots). A wallet whose first lot was
+    credited after this statement's snapshot is answered `insufficient`; the store reads the
+    wallet again and, covered, runs the debit again (`_StaleLots`), which then sees the lot."""
+    return f"""
+WITH existing AS (
+    SELECT id, request_hash FROM ledger_transactions WHERE reference = $1
+), {_limit_ctes("$3", "$8", "$4")}, wallet AS (
+    {covered_wallet_update("$3", debit="$4", when=_NEW_AND_ALLOWED + " AND tracked_micros = 0")}
+), spend AS (
+    UPDATE spend_limits s SET window_start = c.window_start, spent_micros = c.spent_micros + $4
+    FROM counters c, wallet WHERE s.id = c.id
+    RETURNING s.limit_micros - s.spent_micros AS remaining
+), txn AS (
+    INSERT INTO ledger_transactions
+        (id, reference, kind, user_id, description, request_hash, details, created_at)
+    SELECT $2, $1, '{USAGE_KIND}', $3, '{USAGE_DESCRIPTION}', $5, $6::json, $7 FROM wallet
+    RETURNING id
+), entries AS (
+    -- No lot drawn: all of the (positive) amount is paid credit used, to the usage account.
+    INSERT INTO ledger_entries
+        (transaction_id, account_id, amount_micros, balance_after_micros, created_at)
+    SELECT txn.id, wallet.id, -$4::bigint, wallet.balance_micros, $7 FROM txn, wallet
+    UNION ALL
+    SELECT txn.id, '{USAGE_ACCOUNT}', $4, NULL, $7 FROM txn
+), record AS (
+    INSERT INTO usage_records{_USAGE_RECORD_COLUMNS}
+    SELECT $3, txn.id, $12, $8, $13, $14, $15, $4, wallet.balance_micros, $7 FROM txn, wallet
+), crossing AS (
+    SELECT user_id, balance_micros - held_micros + $4::bigint AS available_before,
+           balance_micros - held_micros AS available_after
+    FROM wallet
+    -- Only a wallet with an alert or an auto top-up (`watch_micros`, their highest threshold)
+    -- can cross one: every other debit skips the lookups below.
+    WHERE watch_micros IS NOT NULL AND balance_micros - held_micros < watch_micros
+), {crossing_ctes("crossing", now="$7", reference="$1")}
+-- One row whatever happened, as `_debit_lots_sql` answers (no expired lots: none tracked).
+SELECT {_DEBIT_OUTCOME}
+            WHEN a.tracked_micros <> 0 THEN 'lots'
+            ELSE 'insufficient' END AS outcome,
+       coalesce(w.id, a.id) AS wallet_id, coalesce(w.user_id, a.user_id) AS wallet_user_id,
+       coalesce(w.balance_micros, a.balance_micros) AS balance_micros,
+       coalesce(w.held_micros, a.held_micros) AS held_micros,
+       e.id AS original_id, e.request_hash AS original_request_hash,
+       (SELECT min(remaining) FROM spend) AS limit_remaining_micros,
+       r.scope, r.period, r.limit_micros, r.spent_micros, r.window_start,
+       {BALANCE_EVENTS.recorded_sql()} AS after_commit
+FROM (SELECT) one
+LEFT JOIN wallet w ON true
+LEFT JOIN existing e ON true
+LEFT JOIN refused r ON true
+LEFT JOIN accounts a ON a.user_id = $3
+"""
+
+
+def _debit_lots_sql() -> str:
+    """The usage debit of any wallet, drawing its tracked lots in order: what the store runs
+    when `_debit_sql` answered `lots`."""
     return f"""
 WITH existing AS (
     SELECT id, request_hash FROM ledger_transactions WHERE reference = $1
@@ -271,9 +340,7 @@ WITH existing AS (
 ), {crossing_ctes("crossing", now="$7", reference="$1")}
 -- One row whatever happened (`DebitRow`, `Refusal`): the wallet after the debit, or as the
 -- statement's snapshot saw it when nothing was debited (a replay, a refusal).
-SELECT CASE WHEN w.id IS NOT NULL THEN 'applied'
-            WHEN e.id IS NOT NULL THEN 'replayed'
-            WHEN r.scope IS NOT NULL THEN 'limited'
+SELECT {_DEBIT_OUTCOME}
             ELSE 'insufficient' END AS outcome,
        coalesce(w.id, a.id) AS wallet_id, coalesce(w.user_id, a.user_id) AS wallet_user_id,
        coalesce(w.balance_micros, a.balance_micros) AS balance_micros,
@@ -597,6 +664,7 @@ SELECT 1
 
 class _Statements(NamedTuple):
     debit: str
+    debit_lots: str
     reserve: str
     capture: str
     release: str
@@ -609,7 +677,12 @@ def _sql() -> _Statements:
     `app.wiring.wire()` subscribed them (asking before raises), so each is one fixed string for
     asyncpg's statement cache."""
     return _Statements(
-        _debit_sql(), _reserve_sql(), _capture_sql(), _release_sql(), _write_batch_sql()
+        _debit_sql(),
+        _debit_lots_sql(),
+        _reserve_sql(),
+        _capture_sql(),
+        _release_sql(),
+        _write_batch_sql(),
     )
 
 
@@ -653,7 +726,8 @@ class _StaleLots(Exception):
 class DebitRow(NamedTuple):
     """What `_DEBIT` answers (one row, whatever happened)."""
 
-    outcome: Literal["applied", "replayed", "limited", "insufficient"]
+    outcome: Literal["applied", "replayed", "limited", "lots", "insufficient"]
+    """`lots`: the wallet tracks lots, for `_debit_lots_sql` to debit (`_debit_sql` only)."""
     wallet_id: str | None
     """The wallet after the debit; for any other outcome as the statement saw it (None: the
     user has no wallet)."""
@@ -823,23 +897,26 @@ class UsageStore:
         txn_id = new_id("txn")
         now = self.clock()
         windows = Windows.at(now)
+        args = (
+            reference,
+            txn_id,
+            debit.user_id,
+            debit.amount_micros,
+            debit.request_hash,
+            _json(debit.details),
+            now,
+            debit.api_key_id,
+            *windows,
+            debit.request_id,
+            debit.detail("model"),
+            debit.detail("input_tokens"),
+            debit.detail("output_tokens"),
+        )
         try:
-            record = await self._write(
-                _sql().debit,
-                reference,
-                txn_id,
-                debit.user_id,
-                debit.amount_micros,
-                debit.request_hash,
-                _json(debit.details),
-                now,
-                debit.api_key_id,
-                *windows,
-                debit.request_id,
-                debit.detail("model"),
-                debit.detail("input_tokens"),
-                debit.detail("output_tokens"),
-            )
+            record = await self._write(_sql().debit, *args)
+            if record["outcome"] == "lots":
+                # The wallet tracks lots and nothing was written: the debit over its lots.
+                record = await self._write(_sql().debit_lots, *args)
         except asyncpg.UniqueViolationError:
             # A twin with the same request id committed first: answer from the original.
             return await self._replay(reference, debit.user_id)
