@@ -4,8 +4,9 @@ The gateway calls these thousands of times a second, so each is a fixed SQL stri
 prepares once per connection (its statement cache), never a statement built per request. Each
 single operation is ONE statement of data-modifying CTEs run in autocommit: one round trip, one
 implicit transaction, the wallet row locked only for the statement (a debit of a wallet that
-tracks credit lots takes a second: `_debit_sql` refuses it, `_debit_lots_sql` draws the lots,
-so the debit of every other wallet plans no lot CTE). The rules are those of the
+tracks credit lots takes a second the first time: `_debit_sql` refuses it, `_debit_lots_sql`
+draws the lots, and runs first for that wallet from then on; the debit of every other wallet
+plans no lot CTE). The rules are those of the
 ledger's `post()` (every other posting):
 
 - a usage debit writes its header, the wallet UPDATE and both entries only when the reference is
@@ -86,6 +87,7 @@ from app.usage.store import (
 USAGE_ACCOUNT = system_account_id("usage")
 PROMO_USAGE_ACCOUNT = system_account_id("promo_usage")
 _COVER_ATTEMPTS = 3
+_LOT_WALLETS_REMEMBERED = 100_000
 _BATCH_ATTEMPTS = 5
 APPLICATION_NAME = "billing-gateway"
 """The pool's `application_name`, so operators (and tests) can tell its connections apart."""
@@ -251,7 +253,8 @@ def _debit_sql() -> str:
     plan nodes asyncpg's per-call planning pays for even when no lot is touched. Its wallet
     UPDATE also requires `tracked_micros = 0` (re-checked on the locked row); a wallet that
     tracks lots is answered `lots` and nothing is written: the store then runs
-    `_debit_lots_sql` with the same arguments. A replay or a spend-limit refusal is answered
+    `_debit_lots_sql` with the same arguments (and that one first for the wallet's next
+    debits, `UsageStore._lot_wallets`). A replay or a spend-limit refusal is answered
     here whatever the wallet tracks (neither depends on lots). A wallet whose first lot was
     credited after this statement's snapshot is answered `insufficient`; the store reads the
     wallet again and, covered, runs the debit again (`_StaleLots`), which then sees the lot."""
@@ -308,7 +311,8 @@ LEFT JOIN accounts a ON a.user_id = $3
 
 def _debit_lots_sql() -> str:
     """The usage debit of any wallet, drawing its tracked lots in order: what the store runs
-    when `_debit_sql` answered `lots`."""
+    when `_debit_sql` answered `lots`, or first for a wallet it saw tracking lots before. Its
+    `tracks_lots` (as of the statement's snapshot) tells the store whether to keep doing so."""
     return f"""
 WITH existing AS (
     SELECT id, request_hash FROM ledger_transactions WHERE reference = $1
@@ -345,7 +349,7 @@ SELECT {_DEBIT_OUTCOME}
        coalesce(w.id, a.id) AS wallet_id, coalesce(w.user_id, a.user_id) AS wallet_user_id,
        coalesce(w.balance_micros, a.balance_micros) AS balance_micros,
        coalesce(w.held_micros, a.held_micros) AS held_micros,
-       coalesce(w.expired_micros, 0) AS expired_micros,
+       coalesce(w.expired_micros, 0) AS expired_micros, a.tracked_micros <> 0 AS tracks_lots,
        e.id AS original_id, e.request_hash AS original_request_hash,
        (SELECT min(remaining) FROM spend) AS limit_remaining_micros,
        r.scope, r.period, r.limit_micros, r.spent_micros, r.window_start,
@@ -826,6 +830,11 @@ class UsageStore:
         self._pool: Any = pool if isinstance(pool, asyncpg.Pool) else _OneConnection(pool)
         self.clock = clock
         """Now: what `created_at` and the spend limits' windows are read from (tests move it)."""
+        self._lot_wallets: set[str] = set()
+        """Users whose wallet this store last saw tracking lots: their debit runs the lots
+        statement first, sparing the other one's refusal. Only a hint: either statement is
+        right for any wallet (the first refuses a wallet tracking lots), so a stale entry costs
+        time, never a different outcome."""
 
     @classmethod
     async def open(
@@ -912,11 +921,22 @@ class UsageStore:
             debit.detail("input_tokens"),
             debit.detail("output_tokens"),
         )
+        statements = _sql()
+        user_id = debit.user_id
         try:
-            record = await self._write(_sql().debit, *args)
-            if record["outcome"] == "lots":
-                # The wallet tracks lots and nothing was written: the debit over its lots.
-                record = await self._write(_sql().debit_lots, *args)
+            record = None
+            if user_id not in self._lot_wallets:
+                record = await self._write(statements.debit, *args)
+                if record["outcome"] == "lots":
+                    # The wallet tracks lots and nothing was written: the debit over its lots.
+                    record = None
+                    if len(self._lot_wallets) >= _LOT_WALLETS_REMEMBERED:
+                        self._lot_wallets.clear()
+                    self._lot_wallets.add(user_id)
+            if record is None:
+                record = await self._write(statements.debit_lots, *args)
+                if not record["tracks_lots"]:
+                    self._lot_wallets.discard(user_id)
         except asyncpg.UniqueViolationError:
             # A twin with the same request id committed first: answer from the original.
             return await self._replay(reference, debit.user_id)

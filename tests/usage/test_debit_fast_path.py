@@ -65,7 +65,6 @@ async def test_a_wallet_tracking_no_lot_is_debited_by_one_statement_without_lot_
 async def test_a_wallet_tracking_lots_falls_through_to_the_debit_over_its_lots(
     app: Any,
     client: httpx.AsyncClient,
-    admin_headers: dict[str, str],
     gateway_headers: dict[str, str],
     session_maker: Maker,
 ) -> None:
@@ -73,21 +72,31 @@ async def test_a_wallet_tracking_lots_falls_through_to_the_debit_over_its_lots(
     await add_lot(session_maker, "tia", 10_000, source=LotSource.ADJUSTMENT)
     request_id = uuid.uuid4().hex
     async with _statements_sent(app) as sent:
-        response = await debit(client, gateway_headers, "tia", 3_000, request_id=request_id)
-    assert response.status_code == 201, response.text
-    assert sent == ["debit", "debit_lots"]
-    # The grant first (promo usage), then 1_000 of the paid credit (usage): written once.
-    assert await remaining(session_maker, grant.id) == [0]
-    assert await wallet(session_maker, "tia") == (9_000, 0)
+        first = await debit(client, gateway_headers, "tia", 1_000, request_id=request_id)
+        assert first.status_code == 201, first.text
+        assert sent == ["debit", "debit_lots"]
+        # Refused with nothing written, then written once: 1_000 of the grant.
+        assert await remaining(session_maker, grant.id) == [1_000]
+        assert await wallet(session_maker, "tia") == (11_000, 1_000)
+        # Known to track lots: straight to the lots statement, which drains the grant.
+        assert (await debit(client, gateway_headers, "tia", 3_000)).status_code == 201
+        assert sent[2:] == ["debit_lots"]
+        assert await wallet(session_maker, "tia") == (8_000, 0)
+        # That debit began with a lot tracked; this one sees none, so the next is the lean one.
+        assert (await debit(client, gateway_headers, "tia", 500)).status_code == 201
+        assert (await debit(client, gateway_headers, "tia", 500)).status_code == 201
+        assert sent[3:] == ["debit_lots", "debit"]
+    assert await wallet(session_maker, "tia") == (7_000, 0)
+    # The grant's 2_000 to promo usage, the rest (paid credit) to usage.
     assert (await booked(session_maker, "promo_usage"), await booked(session_maker, "usage")) == (
         2_000,
-        1_000,
+        3_000,
     )
     await add_lot(session_maker, "tia", 500, expires_at=utcnow() + timedelta(days=30))
     async with _statements_sent(app) as sent:
-        replayed = await debit(client, gateway_headers, "tia", 3_000, request_id=request_id)
+        replayed = await debit(client, gateway_headers, "tia", 1_000, request_id=request_id)
     # A replay is answered by the first statement, lots or not.
     assert replayed.status_code == 200, replayed.text
-    assert replayed.json()["transaction_id"] == response.json()["transaction_id"]
+    assert replayed.json()["transaction_id"] == first.json()["transaction_id"]
     assert sent == ["debit"]
-    assert await wallet(session_maker, "tia") == (9_500, 500)
+    assert await wallet(session_maker, "tia") == (7_500, 500)
