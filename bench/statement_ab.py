@@ -2,13 +2,19 @@
 (A, written to a file by that checkout: `_sql().debit` after `app.wiring.wire()`) against this
 one's (B), at the database only, interleaved in one run so the machine's drift hits both alike.
 
+B is what `UsageStore.debit` sends: `_sql().debit`, and when that answers `lots` (the wallet
+tracks credit lots; nothing written) `_sql().debit_lots` with the same arguments, which runs
+first for the wallets answered `lots` before (the store's hint; the first B3 round learns the
+three-lot wallets, as a gateway process does on each one's first debit). L is
+`_sql().debit_lots` alone, the debit as issue 21 left it (every wallet through the lot CTEs).
+
 One database migrated by this code; wallets `user-0..999` funded with one never-expiring paid
 lot (what the code before lots had: a balance), `lot3-0..999` with three live lots (a grant
 expiring in 30 days, a top-up expiring in a year, and the paid lot). Rounds of A (one-lot
-wallets), B (one-lot wallets) and B3 (three-lot wallets), each `--seconds` long with
-`--connections` connections debiting random wallets, in the order A B B3 B3 B A, repeated.
-A's statement runs unchanged on this schema (lots only add columns and tables). Prints each
-round and the ratios B÷A and B3÷A of the summed throughputs."""
+wallets), B (one-lot wallets), B3 (three-lot wallets) and L (one-lot wallets), each `--seconds`
+long with `--connections` connections debiting random wallets, in the order A B B3 L L B3 B A,
+repeated. A's statement runs unchanged on this schema (lots only add columns and tables).
+Prints each round and the ratios B÷A, B3÷A and L÷A of the summed throughputs."""
 
 from __future__ import annotations
 
@@ -25,7 +31,18 @@ import asyncpg
 from bench.run import ADMIN_DSN, dsn, prepare_service_database, sqlalchemy_url
 
 
-async def _load(pool: asyncpg.Pool, sql: str, prefix: str, seconds: float, conns: int) -> int:
+async def _load(
+    pool: asyncpg.Pool,
+    statements: list[str],
+    prefix: str,
+    seconds: float,
+    conns: int,
+    lot_wallets: set[str] | None = None,
+) -> int:
+    """Debits of random `prefix` wallets for `seconds`: each runs `statements` in turn while
+    the last one answered `lots`; with `lot_wallets`, as `UsageStore.debit` does, a user in it
+    starts at the second statement, and is added (answered `lots`) or removed (`tracks_lots`
+    false) as the store's hint is."""
     from app.limits.periods import Windows
     from app.models.base import utcnow
 
@@ -39,8 +56,7 @@ async def _load(pool: asyncpg.Pool, sql: str, prefix: str, seconds: float, conns
                 now = utcnow()
                 request_id = uuid.uuid4().hex
                 user = f"{prefix}{random.randrange(1000)}"
-                row = await conn.fetchrow(
-                    sql,
+                args = (
                     f"usage:{request_id}",
                     f"txn_{request_id[:26]}",
                     user,
@@ -55,6 +71,15 @@ async def _load(pool: asyncpg.Pool, sql: str, prefix: str, seconds: float, conns
                     None,
                     None,
                 )
+                first = 1 if lot_wallets is not None and user in lot_wallets else 0
+                for sql in statements[first:]:
+                    row = await conn.fetchrow(sql, *args)
+                    if row is None or row["outcome"] != "lots":
+                        break
+                    if lot_wallets is not None:
+                        lot_wallets.add(user)
+                if lot_wallets is not None and row is not None and row.get("tracks_lots") is False:
+                    lot_wallets.discard(user)
                 if row is None or row["outcome"] != "applied":
                     raise RuntimeError(f"debit not applied: {dict(row or {})}")
                 done += 1
@@ -106,7 +131,7 @@ async def main(
     from app.wiring import wire
 
     wire()
-    b_sql = _sql().debit
+    b_sql, lots_sql = _sql().debit, _sql().debit_lots
     name = f"billing_stmt_ab_{secrets.token_hex(3)}"
     admin = await asyncpg.connect(ADMIN_DSN)
     await admin.execute(f'CREATE DATABASE "{name}"')
@@ -116,20 +141,29 @@ async def main(
         pool = await asyncpg.create_pool(
             dsn(name), min_size=conns, max_size=conns, server_settings=settings
         )
-        rounds = {"A": [a_sql, "user-"], "B": [b_sql, "user-"], "B3": [b_sql, "lot3-"]}
+        rounds = {
+            "A": ([a_sql], "user-"),
+            "B": ([b_sql, lots_sql], "user-"),
+            "B3": ([b_sql, lots_sql], "lot3-"),
+            "L": ([lots_sql], "user-"),
+        }
         totals = {key: 0 for key in rounds}
-        await _load(pool, b_sql, "user-", 1, conns)  # warm-up (prepares, caches)
-        await _load(pool, a_sql, "user-", 1, conns)
+        lot_wallets: set[str] = set()  # the store's hint, as one gateway process keeps it
+        # Warm-up (prepares, caches).
+        await _load(pool, [b_sql, lots_sql], "lot3-", 1, conns)
+        await _load(pool, [a_sql], "user-", 1, conns)
         for _ in range(repeats):
-            for key in ("A", "B", "B3", "B3", "B", "A"):
-                sql, prefix = rounds[key]
-                count = await _load(pool, sql, prefix, seconds, conns)
+            for key in ("A", "B", "B3", "L", "L", "B3", "B", "A"):
+                statements, prefix = rounds[key]
+                hint = lot_wallets if key.startswith("B") else None
+                count = await _load(pool, statements, prefix, seconds, conns, hint)
                 totals[key] += count
                 print(f"{key:>2}: {count / seconds:,.0f} debits/s", flush=True)
         await pool.close()
         print(
-            f"sum A {totals['A']:,}, B {totals['B']:,}, B3 {totals['B3']:,}:"
-            f" B/A {totals['B'] / totals['A']:.3f}, B3/A {totals['B3'] / totals['A']:.3f}"
+            f"sum A {totals['A']:,}, B {totals['B']:,}, B3 {totals['B3']:,}, L {totals['L']:,}:"
+            f" B/A {totals['B'] / totals['A']:.3f}, B3/A {totals['B3'] / totals['A']:.3f},"
+            f" L/A {totals['L'] / totals['A']:.3f}"
         )
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -3,7 +3,10 @@
 The gateway calls these thousands of times a second, so each is a fixed SQL string that asyncpg
 prepares once per connection (its statement cache), never a statement built per request. Each
 single operation is ONE statement of data-modifying CTEs run in autocommit: one round trip, one
-implicit transaction, the wallet row locked only for the statement. The rules are those of the
+implicit transaction, the wallet row locked only for the statement (a debit of a wallet that
+tracks credit lots takes a second the first time: `_debit_sql` refuses it, `_debit_lots_sql`
+draws the lots, and runs first for that wallet from then on; the debit of every other wallet
+plans no lot CTE). The rules are those of the
 ledger's `post()` (every other posting):
 
 - a usage debit writes its header, the wallet UPDATE and both entries only when the reference is
@@ -84,6 +87,7 @@ from app.usage.store import (
 USAGE_ACCOUNT = system_account_id("usage")
 PROMO_USAGE_ACCOUNT = system_account_id("promo_usage")
 _COVER_ATTEMPTS = 3
+_LOT_WALLETS_REMEMBERED = 100_000
 _BATCH_ATTEMPTS = 5
 APPLICATION_NAME = "billing-gateway"
 """The pool's `application_name`, so operators (and tests) can tell its connections apart."""
@@ -238,8 +242,77 @@ def _usage_entries(amount: str, now: str) -> str:
 
 _DEBIT_LOTS = lot_draw_ctes("$3", "$4", "$7")
 
+_DEBIT_OUTCOME = """CASE WHEN w.id IS NOT NULL THEN 'applied'
+            WHEN e.id IS NOT NULL THEN 'replayed'
+            WHEN r.scope IS NOT NULL THEN 'limited'"""
+
 
 def _debit_sql() -> str:
+    """The usage debit of a wallet that tracks no lot (nearly every wallet: a never-expiring
+    paid balance is derived, `tracked_micros = 0`), as it was before lots: no lot CTEs, whose
+    plan nodes asyncpg's per-call planning pays for even when no lot is touched. Its wallet
+    UPDATE also requires `tracked_micros = 0` (re-checked on the locked row); a wallet that
+    tracks lots is answered `lots` and nothing is written: the store then runs
+    `_debit_lots_sql` with the same arguments (and that one first for the wallet's next
+    debits, `UsageStore._lot_wallets`). A replay or a spend-limit refusal is answered
+    here whatever the wallet tracks (neither depends on lots). A wallet whose first lot was
+    credited after this statement's snapshot is answered `insufficient`; the store reads the
+    wallet again and, covered, runs the debit again (`_StaleLots`), which then sees the lot."""
+    return f"""
+WITH existing AS (
+    SELECT id, request_hash FROM ledger_transactions WHERE reference = $1
+), {_limit_ctes("$3", "$8", "$4")}, wallet AS (
+    {covered_wallet_update("$3", debit="$4", when=_NEW_AND_ALLOWED + " AND tracked_micros = 0")}
+), spend AS (
+    UPDATE spend_limits s SET window_start = c.window_start, spent_micros = c.spent_micros + $4
+    FROM counters c, wallet WHERE s.id = c.id
+    RETURNING s.limit_micros - s.spent_micros AS remaining
+), txn AS (
+    INSERT INTO ledger_transactions
+        (id, reference, kind, user_id, description, request_hash, details, created_at)
+    SELECT $2, $1, '{USAGE_KIND}', $3, '{USAGE_DESCRIPTION}', $5, $6::json, $7 FROM wallet
+    RETURNING id
+), entries AS (
+    -- No lot drawn: all of the (positive) amount is paid credit used, to the usage account.
+    INSERT INTO ledger_entries
+        (transaction_id, account_id, amount_micros, balance_after_micros, created_at)
+    SELECT txn.id, wallet.id, -$4::bigint, wallet.balance_micros, $7 FROM txn, wallet
+    UNION ALL
+    SELECT txn.id, '{USAGE_ACCOUNT}', $4, NULL, $7 FROM txn
+), record AS (
+    INSERT INTO usage_records{_USAGE_RECORD_COLUMNS}
+    SELECT $3, txn.id, $12, $8, $13, $14, $15, $4, wallet.balance_micros, $7 FROM txn, wallet
+), crossing AS (
+    SELECT user_id, balance_micros - held_micros + $4::bigint AS available_before,
+           balance_micros - held_micros AS available_after
+    FROM wallet
+    -- Only a wallet with an alert or an auto top-up (`watch_micros`, their highest threshold)
+    -- can cross one: every other debit skips the lookups below.
+    WHERE watch_micros IS NOT NULL AND balance_micros - held_micros < watch_micros
+), {crossing_ctes("crossing", now="$7", reference="$1")}
+-- One row whatever happened, as `_debit_lots_sql` answers (no expired lots: none tracked).
+SELECT {_DEBIT_OUTCOME}
+            WHEN a.tracked_micros <> 0 THEN 'lots'
+            ELSE 'insufficient' END AS outcome,
+       coalesce(w.id, a.id) AS wallet_id, coalesce(w.user_id, a.user_id) AS wallet_user_id,
+       coalesce(w.balance_micros, a.balance_micros) AS balance_micros,
+       coalesce(w.held_micros, a.held_micros) AS held_micros,
+       e.id AS original_id, e.request_hash AS original_request_hash,
+       (SELECT min(remaining) FROM spend) AS limit_remaining_micros,
+       r.scope, r.period, r.limit_micros, r.spent_micros, r.window_start,
+       {BALANCE_EVENTS.recorded_sql()} AS after_commit
+FROM (SELECT) one
+LEFT JOIN wallet w ON true
+LEFT JOIN existing e ON true
+LEFT JOIN refused r ON true
+LEFT JOIN accounts a ON a.user_id = $3
+"""
+
+
+def _debit_lots_sql() -> str:
+    """The usage debit of any wallet, drawing its tracked lots in order: what the store runs
+    when `_debit_sql` answered `lots`, or first for a wallet it saw tracking lots before. Its
+    `tracks_lots` (as of the statement's snapshot) tells the store whether to keep doing so."""
     return f"""
 WITH existing AS (
     SELECT id, request_hash FROM ledger_transactions WHERE reference = $1
@@ -271,14 +344,12 @@ WITH existing AS (
 ), {crossing_ctes("crossing", now="$7", reference="$1")}
 -- One row whatever happened (`DebitRow`, `Refusal`): the wallet after the debit, or as the
 -- statement's snapshot saw it when nothing was debited (a replay, a refusal).
-SELECT CASE WHEN w.id IS NOT NULL THEN 'applied'
-            WHEN e.id IS NOT NULL THEN 'replayed'
-            WHEN r.scope IS NOT NULL THEN 'limited'
+SELECT {_DEBIT_OUTCOME}
             ELSE 'insufficient' END AS outcome,
        coalesce(w.id, a.id) AS wallet_id, coalesce(w.user_id, a.user_id) AS wallet_user_id,
        coalesce(w.balance_micros, a.balance_micros) AS balance_micros,
        coalesce(w.held_micros, a.held_micros) AS held_micros,
-       coalesce(w.expired_micros, 0) AS expired_micros,
+       coalesce(w.expired_micros, 0) AS expired_micros, a.tracked_micros <> 0 AS tracks_lots,
        e.id AS original_id, e.request_hash AS original_request_hash,
        (SELECT min(remaining) FROM spend) AS limit_remaining_micros,
        r.scope, r.period, r.limit_micros, r.spent_micros, r.window_start,
@@ -597,6 +668,7 @@ SELECT 1
 
 class _Statements(NamedTuple):
     debit: str
+    debit_lots: str
     reserve: str
     capture: str
     release: str
@@ -609,7 +681,12 @@ def _sql() -> _Statements:
     `app.wiring.wire()` subscribed them (asking before raises), so each is one fixed string for
     asyncpg's statement cache."""
     return _Statements(
-        _debit_sql(), _reserve_sql(), _capture_sql(), _release_sql(), _write_batch_sql()
+        _debit_sql(),
+        _debit_lots_sql(),
+        _reserve_sql(),
+        _capture_sql(),
+        _release_sql(),
+        _write_batch_sql(),
     )
 
 
@@ -653,7 +730,8 @@ class _StaleLots(Exception):
 class DebitRow(NamedTuple):
     """What `_DEBIT` answers (one row, whatever happened)."""
 
-    outcome: Literal["applied", "replayed", "limited", "insufficient"]
+    outcome: Literal["applied", "replayed", "limited", "lots", "insufficient"]
+    """`lots`: the wallet tracks lots, for `_debit_lots_sql` to debit (`_debit_sql` only)."""
     wallet_id: str | None
     """The wallet after the debit; for any other outcome as the statement saw it (None: the
     user has no wallet)."""
@@ -752,6 +830,11 @@ class UsageStore:
         self._pool: Any = pool if isinstance(pool, asyncpg.Pool) else _OneConnection(pool)
         self.clock = clock
         """Now: what `created_at` and the spend limits' windows are read from (tests move it)."""
+        self._lot_wallets: set[str] = set()
+        """Users whose wallet this store last saw tracking lots: their debit runs the lots
+        statement first, sparing the other one's refusal. Only a hint: either statement is
+        right for any wallet (the first refuses a wallet tracking lots), so a stale entry costs
+        time, never a different outcome."""
 
     @classmethod
     async def open(
@@ -823,23 +906,37 @@ class UsageStore:
         txn_id = new_id("txn")
         now = self.clock()
         windows = Windows.at(now)
+        args = (
+            reference,
+            txn_id,
+            debit.user_id,
+            debit.amount_micros,
+            debit.request_hash,
+            _json(debit.details),
+            now,
+            debit.api_key_id,
+            *windows,
+            debit.request_id,
+            debit.detail("model"),
+            debit.detail("input_tokens"),
+            debit.detail("output_tokens"),
+        )
+        statements = _sql()
+        user_id = debit.user_id
         try:
-            record = await self._write(
-                _sql().debit,
-                reference,
-                txn_id,
-                debit.user_id,
-                debit.amount_micros,
-                debit.request_hash,
-                _json(debit.details),
-                now,
-                debit.api_key_id,
-                *windows,
-                debit.request_id,
-                debit.detail("model"),
-                debit.detail("input_tokens"),
-                debit.detail("output_tokens"),
-            )
+            record = None
+            if user_id not in self._lot_wallets:
+                record = await self._write(statements.debit, *args)
+                if record["outcome"] == "lots":
+                    # The wallet tracks lots and nothing was written: the debit over its lots.
+                    record = None
+                    if len(self._lot_wallets) >= _LOT_WALLETS_REMEMBERED:
+                        self._lot_wallets.clear()
+                    self._lot_wallets.add(user_id)
+            if record is None:
+                record = await self._write(statements.debit_lots, *args)
+                if not record["tracks_lots"]:
+                    self._lot_wallets.discard(user_id)
         except asyncpg.UniqueViolationError:
             # A twin with the same request id committed first: answer from the original.
             return await self._replay(reference, debit.user_id)
