@@ -169,8 +169,12 @@ def endpoints(database_url: str) -> tuple[list[Endpoint], bool]:
     found = []
     for entry in listed:
         if entry.startswith("/"):  # a Unix socket folder: asyncpg takes it as `?host=`
-            single = url.set(host=None, port=None, query={**query, "host": entry})
-            name = entry
+            # `/folder:5433` in a multi-host URL (SQLAlchemy wants every host's port there)
+            folder, _, port = entry.rpartition(":") if ":" in entry else (entry, "", "")
+            if not port.isdigit():
+                folder, port = entry, str(query.get("port") or url.port or 5432)
+            single = url.set(host=None, port=None, query={**query, "host": folder, "port": port})
+            name = f"{folder}:{port}"
         else:
             host, _, port = entry.rpartition(":") if ":" in entry else (entry, "", "")
             port_number = int(port) if port else (url.port or 5432)

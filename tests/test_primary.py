@@ -69,9 +69,9 @@ class FreezableProxy:
         self.server.close()
 
     async def _open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        if self.upstream.startswith("/"):
-            return await asyncio.open_unix_connection(f"{self.upstream}/.s.PGSQL.5432")
         host, _, port = self.upstream.rpartition(":")
+        if host.startswith("/"):  # a socket folder (the embedded server), as `/folder:port`
+            return await asyncio.open_unix_connection(f"{host}/.s.PGSQL.{port}")
         return await asyncio.open_connection(host, int(port))
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
