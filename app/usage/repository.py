@@ -247,6 +247,22 @@ _DEBIT_OUTCOME = """CASE WHEN w.id IS NOT NULL THEN 'applied'
             WHEN r.scope IS NOT NULL THEN 'limited'"""
 
 
+def _record_and_crossing() -> str:
+    """The debit's usage record and the balance crossings it may cause, the same in both debit
+    statements (`txn` and `wallet` CTEs before it; `$3` user, `$4` amount, `$7` now)."""
+    return f"""record AS (
+    INSERT INTO usage_records{_USAGE_RECORD_COLUMNS}
+    SELECT $3, txn.id, $12, $8, $13, $14, $15, $4, wallet.balance_micros, $7 FROM txn, wallet
+), crossing AS (
+    SELECT user_id, balance_micros - held_micros + $4::bigint AS available_before,
+           balance_micros - held_micros AS available_after
+    FROM wallet
+    -- Only a wallet with an alert or an auto top-up (`watch_micros`, their highest threshold)
+    -- can cross one: every other debit skips the lookups below.
+    WHERE watch_micros IS NOT NULL AND balance_micros - held_micros < watch_micros
+), {crossing_ctes("crossing", now="$7", reference="$1")}"""
+
+
 def _debit_sql() -> str:
     """The usage debit of a wallet that tracks no lot (nearly every wallet: a never-expiring
     paid balance is derived, `tracked_micros = 0`), as it was before lots: no lot CTEs, whose
@@ -279,17 +295,7 @@ WITH existing AS (
     SELECT txn.id, wallet.id, -$4::bigint, wallet.balance_micros, $7 FROM txn, wallet
     UNION ALL
     SELECT txn.id, '{USAGE_ACCOUNT}', $4, NULL, $7 FROM txn
-), record AS (
-    INSERT INTO usage_records{_USAGE_RECORD_COLUMNS}
-    SELECT $3, txn.id, $12, $8, $13, $14, $15, $4, wallet.balance_micros, $7 FROM txn, wallet
-), crossing AS (
-    SELECT user_id, balance_micros - held_micros + $4::bigint AS available_before,
-           balance_micros - held_micros AS available_after
-    FROM wallet
-    -- Only a wallet with an alert or an auto top-up (`watch_micros`, their highest threshold)
-    -- can cross one: every other debit skips the lookups below.
-    WHERE watch_micros IS NOT NULL AND balance_micros - held_micros < watch_micros
-), {crossing_ctes("crossing", now="$7", reference="$1")}
+), {_record_and_crossing()}
 -- One row whatever happened, as `_debit_lots_sql` answers (no expired lots: none tracked).
 SELECT {_DEBIT_OUTCOME}
             WHEN a.tracked_micros <> 0 THEN 'lots'
@@ -331,17 +337,7 @@ WITH existing AS (
         (id, reference, kind, user_id, description, request_hash, details, created_at)
     SELECT $2, $1, '{USAGE_KIND}', $3, '{USAGE_DESCRIPTION}', $5, $6::json, $7 FROM wallet
     RETURNING id
-), {_usage_entries("$4", "$7")}, record AS (
-    INSERT INTO usage_records{_USAGE_RECORD_COLUMNS}
-    SELECT $3, txn.id, $12, $8, $13, $14, $15, $4, wallet.balance_micros, $7 FROM txn, wallet
-), crossing AS (
-    SELECT user_id, balance_micros - held_micros + $4::bigint AS available_before,
-           balance_micros - held_micros AS available_after
-    FROM wallet
-    -- Only a wallet with an alert or an auto top-up (`watch_micros`, their highest threshold)
-    -- can cross one: every other debit skips the lookups below.
-    WHERE watch_micros IS NOT NULL AND balance_micros - held_micros < watch_micros
-), {crossing_ctes("crossing", now="$7", reference="$1")}
+), {_usage_entries("$4", "$7")}, {_record_and_crossing()}
 -- One row whatever happened (`DebitRow`, `Refusal`): the wallet after the debit, or as the
 -- statement's snapshot saw it when nothing was debited (a replay, a refusal).
 SELECT {_DEBIT_OUTCOME}
