@@ -44,7 +44,7 @@ import functools
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, NamedTuple, TypeVar
 
 import structlog
 from fastapi import Depends, Request
@@ -260,8 +260,26 @@ def after_commit(session: AsyncSession, job: Callable[..., object], *args: Any) 
     a task of its own (the request does not wait for it; `after_commit_settled()` does). A
     job's error is logged, never raised into the request or job that committed. A job must
     not use the session: its transaction is over. The gateway's autocommit statements hand
-    their jobs to `run_after_commit()` once the statement answered (it committed)."""
-    session.info.setdefault(_AFTER_COMMIT, []).append((job, args))
+    their jobs to `run_after_commit()` once the statement answered (it committed). A job
+    queued inside a savepoint is dropped if that savepoint rolls back."""
+    queued = _Queued(job, args, session.sync_session.get_nested_transaction())
+    session.info.setdefault(_AFTER_COMMIT, []).append(queued)
+
+
+class _Queued(NamedTuple):
+    job: Callable[..., object]
+    args: tuple[Any, ...]
+    savepoint: SessionTransaction | None
+    """The innermost savepoint open when it was queued (None: the transaction itself)."""
+
+    def inside(self, savepoint: SessionTransaction) -> bool:
+        """Queued while `savepoint` (or a savepoint within it) was open."""
+        current = self.savepoint
+        while current is not None:
+            if current is savepoint:
+                return True
+            current = current.parent
+        return False
 
 
 _AFTER_COMMIT = "after_commit_jobs"
@@ -304,15 +322,17 @@ def _run_queued(session: Session) -> None:
     # The event fires for a savepoint's release too: only the outermost commit runs the queue.
     if session.in_nested_transaction():
         return
-    run_after_commit(session.info.pop(_AFTER_COMMIT, ()))
+    run_after_commit((queued.job, queued.args) for queued in session.info.pop(_AFTER_COMMIT, ()))
 
 
 @event.listens_for(Session, "after_soft_rollback")
 def _drop_queued(session: Session, previous_transaction: SessionTransaction) -> None:
-    # The outermost transaction rolled back: its work never happened. (A savepoint's rollback
-    # keeps the queue: its jobs are the enclosing transaction's to run or drop.)
+    # The outermost transaction rolled back: its work never happened, nor did the work of a
+    # savepoint that rolled back; the enclosing transaction's other jobs stay queued.
     if previous_transaction.parent is None:
         session.info.pop(_AFTER_COMMIT, None)
+    elif previous_transaction.nested and (queue := session.info.get(_AFTER_COMMIT)):
+        queue[:] = [queued for queued in queue if not queued.inside(previous_transaction)]
 
 
 # scope="function" runs the dependency's exit (the commit) right after the endpoint returns,
