@@ -48,7 +48,7 @@ from typing import Annotated, Any, Generic, NamedTuple, TypeVar
 
 import structlog
 from fastapi import Depends, Request
-from sqlalchemy import event, select
+from sqlalchemy import Select, event, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
@@ -206,6 +206,18 @@ def create_session_maker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession
 Row = TypeVar("Row", bound=DeclarativeBase)
 
 
+Selected = TypeVar("Selected")
+
+
+async def one_or_none(
+    session: AsyncSession, stmt: Select[Selected], *, for_update: bool = False
+) -> Selected | None:
+    """The one row (or value) `stmt` selects, or None; locked (FOR UPDATE) when asked."""
+    if for_update:
+        stmt = stmt.with_for_update()
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
 class RowById(Generic[Row]):
     """A repository's `get_x(session, x_id, *, for_update=False)` of one model: the row with this
     id, re-selected, locked (FOR UPDATE) when asked."""
@@ -217,9 +229,7 @@ class RowById(Generic[Row]):
         self, session: AsyncSession, row_id: str, *, for_update: bool = False
     ) -> Row | None:
         stmt = select(self.model).where(self.model.__table__.c.id == row_id)
-        if for_update:
-            stmt = stmt.with_for_update()
-        return (await session.execute(stmt)).scalar_one_or_none()
+        return await one_or_none(session, stmt, for_update=for_update)
 
 
 @asynccontextmanager
@@ -233,6 +243,7 @@ async def session_scope(
         except BaseException:
             await session.rollback()
             raise
+        # Shielded: see `app.primary.finish`.
         await finish(session.commit())
 
 
@@ -240,15 +251,8 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """The request's session: one transaction, committed when the endpoint returns and before
     the response is sent, so a failed commit can never become a 2xx."""
     maker: async_sessionmaker[AsyncSession] = request.app.state.session_maker
-    async with maker() as session:
-        try:
-            yield session
-        except BaseException:
-            await session.rollback()
-            raise
-        else:
-            # Shielded: see `app.primary.finish`.
-            await finish(session.commit())
+    async with session_scope(maker) as session:
+        yield session
 
 
 def after_commit(session: AsyncSession, job: Callable[..., object], *args: Any) -> None:
