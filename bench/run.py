@@ -733,6 +733,7 @@ class Bench:
                 write_deliveries(path, [payload for _, _, payload in part])
             common = ["--path", "/v1/webhooks/stripe", "--connections", str(self.args.connections)]
             self.loadgen(server, "replay", "--requests", str(files[0]), *common)
+            reads_since = asyncio.run(peer_requests_seq(self.peer_url))
             seconds = str(self.args.seconds * 3)
             load, rss = self.loadgen(
                 server, "replay", "--requests", str(files[1]), "--seconds", seconds, *common
@@ -752,6 +753,13 @@ class Bench:
         def verify() -> str:
             delivered = orders[: warm + load.taken]
             problems = asyncio.run(orders_paid_once(self.url, delivered))
+            credited = [pi_id for _, pi_id, _ in measured[: load.taken]]
+            reads = asyncio.run(stripe_reads(self.peer_url, set(credited), reads_since))
+            row.notes.append(
+                f"Stripe reads per credited order: {reads / max(1, len(credited)):.2f} "
+                f"({reads:,} reads of the {len(credited):,} delivered orders' PaymentIntents "
+                "at the Stripe peer, counted once they stopped)"
+            )
             self.failures.extend(problems)
             self.invariants_broken |= bool(problems)
             state = self.ledger_verify()
@@ -855,6 +863,38 @@ async def last_event_seq(peer: httpx.AsyncClient) -> int:
     response.raise_for_status()
     rows = response.json()["data"]
     return int(rows[-1]["seq"]) if rows else 0
+
+
+async def peer_requests_seq(peer_url: str) -> int:
+    """The Stripe peer's request log position (reads after it are the scenario's)."""
+    async with httpx.AsyncClient(base_url=peer_url, timeout=60) as peer:
+        response = await peer.get("/_test/requests", params={"method": "GET"})
+        response.raise_for_status()
+        rows = response.json()["data"]
+    return int(rows[-1]["seq"]) if rows else 0
+
+
+async def stripe_reads(peer_url: str, pi_ids: set[str], since: int) -> int:
+    """GETs of these PaymentIntents at the peer after `since`, once the count stops growing
+    (the receipts are read after the credits; 30 s at most)."""
+    counted, stable, deadline = -1, 0, time.monotonic() + 30
+    async with httpx.AsyncClient(base_url=peer_url, timeout=60) as peer:
+        while time.monotonic() < deadline:
+            response = await peer.get(
+                "/_test/requests", params={"method": "GET", "path": "/v1/payment_intents/"}
+            )
+            response.raise_for_status()
+            count = sum(
+                1
+                for r in response.json()["data"]
+                if r["seq"] > since and r["path"].rsplit("/", 1)[-1] in pi_ids
+            )
+            stable = stable + 1 if count == counted else 0
+            if stable >= 2:
+                break
+            counted = count
+            await asyncio.sleep(0.5)
+    return max(counted, 0)
 
 
 def write_deliveries(path: Path, payloads: list[str]) -> None:

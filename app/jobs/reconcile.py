@@ -1,6 +1,8 @@
-"""The reconciler job: pending orders Stripe may know more about (`app.orders.reconcile`), then
-refunds whose Stripe outcome was unknown (`app.refunds.service`). Runs in every instance (and as
-`torouter-billing reconcile` for cron); the orders' claims let instances share the work."""
+"""The reconciler job: pending orders Stripe may know more about (`app.orders.reconcile`), paid
+orders still owed their receipt and saved card (`app.orders.fulfillment.fill_missing_details`),
+then refunds whose Stripe outcome was unknown (`app.refunds.service`). Runs in every instance
+(and as `torouter-billing reconcile` for cron); the orders' claims let instances share the
+work."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.metrics import observe_reconcile
+from app.orders.fulfillment import fill_missing_details
 from app.orders.reconcile import ReconcileSummary, reconcile_orders
 from app.refunds.service import retry_unknown_refunds
 from app.stripe_gateway import StripeGateway
@@ -28,6 +31,7 @@ async def run_reconciler(
         maker, stripe, settings, min_age_seconds=min_age_seconds, progress=progress
     )
     if stripe.configured:
+        summary.details_asked, _ = await fill_missing_details(maker, stripe, settings)
         summary.refunds_retried = await retry_unknown_refunds(maker, stripe, settings)
     observe_reconcile({**summary.outcomes, "error": summary.errors}, summary.refunds_retried)
     return summary

@@ -6,7 +6,16 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, Index, String, Text, UniqueConstraint, text
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    Index,
+    SmallInteger,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, CreatedAt, IdKey, UpdatedAt, UserId, one_of, utcnow
@@ -90,6 +99,11 @@ class Order(Base):
         UniqueConstraint("user_id", "idempotency_key", name="uq_orders_user_id_idempotency_key"),
         Index("ix_orders_user_id_id", "user_id", "id"),
         Index("ix_orders_status_created_at", "status", "created_at"),
+        Index(
+            "ix_orders_details_due_at",
+            "details_due_at",
+            postgresql_where=text("details_due_at IS NOT NULL"),
+        ),
     )
 
     id: Mapped[IdKey]
@@ -149,6 +163,13 @@ class Order(Base):
     next_check_at: Mapped[datetime | None]
     """While pending: when the reconciler may next ask Stripe about it (a claim and a backoff,
     so instances share the work and an abandoned order is not asked about every minute)."""
+    details_due_at: Mapped[datetime | None]
+    """While a paid order still lacks what its signed event did not say (the receipt, the
+    charge, the saved card: credited from the event alone, `fulfillment.credit_from_event`):
+    when the reconciler may ask Stripe for them (again). The job queued after the credit's
+    commit usually answers first and clears it; NULL when nothing is owed or it gave up."""
+    details_attempts: Mapped[int] = mapped_column(SmallInteger, default=0, server_default=text("0"))
+    """How often the reconciler asked for the details (bounded by `DETAILS_MAX_ATTEMPTS`)."""
 
 
 class StripeEvent(Base):

@@ -17,7 +17,9 @@ always credits, even an order we had closed, because the money is the user's eit
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -25,11 +27,12 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
-from app.db import session_scope
+from app.db import after_commit, session_scope
+from app.errors import PaymentProviderUnavailable, StripeRequestFailed
 from app.ledger import lots
 from app.models.base import utcnow
 from app.models.ledger import LotSource
-from app.models.orders import Order, OrderKind
+from app.models.orders import Order, OrderKind, OrderMode
 from app.money import cents_to_micros, micros_to_cents
 from app.notifications import events
 from app.notifications.service import enqueue
@@ -48,6 +51,7 @@ from app.stripe_gateway import (
     StripeObjectNotFound,
     StripeOutcomeUnknown,
 )
+from app.stripe_gateway.deadline import stripe_budget, without_budget
 from app.stripe_gateway.payments import (
     StripePayment,
     metadata_order_id,
@@ -226,6 +230,9 @@ async def _credit(
     if payment.receipt_url and order.receipt_url is None:
         order.receipt_url = payment.receipt_url
     if order.status in PAID_STATUSES:
+        if order.details_due_at is not None and has_details(payment):
+            # A read (a sync, the result page) brought what the credit's event lacked.
+            await _record_details(session, order, payment)
         return "already paid"
     pi_id = payment.payment_intent_id
     if pi_id is None:
@@ -253,6 +260,10 @@ async def _credit(
     moved = transition(order, OrderStatus.PAID, reason=PAID_AFTER_CLOSE if closed else source)
     assert moved, f"{order.status} -> paid"
     bound.info("order_paid", replayed=result.replayed, amount_micros=order.amount_micros)
+    if not has_details(payment):
+        # Credited from a signed event alone: its receipt, charge and saved card are read after
+        # the commit (`fetch_details`, queued by the caller that can), else by the reconciler.
+        order.details_due_at = utcnow() + DETAILS_GRACE
     await _after_credit(session, order, payment)
     return "credited"
 
@@ -292,6 +303,214 @@ async def _after_credit(session: AsyncSession, order: Order, payment: StripePaym
         ),
         email=order.email,
     )
+
+
+# -- credits from the event alone, details after the commit ------------------------------------
+
+AT_ONCE_TYPES = frozenset({"payment_intent.succeeded", "checkout.session.completed"})
+"""The events whose payload can say all a credit needs (`credit_from_event`)."""
+
+DETAILS_GRACE = timedelta(minutes=2)
+"""After a credit from an event alone: when the reconciler may first ask for what the event
+lacked (the job queued after the commit normally has it long before)."""
+
+DETAILS_RETRY_DELAYS: tuple[float, ...] = (2.0,)
+"""The job's in-process retries after the first read (seconds before each); past them the
+reconciler asks, with a backoff, `DETAILS_MAX_ATTEMPTS` times at most."""
+
+DETAILS_MAX_ATTEMPTS = 10
+"""How often the reconciler asks for an order's details before it gives up (logged; the
+user's or an operator's sync can still fetch them)."""
+
+DETAILS_CONCURRENCY = 16
+"""Detail reads in flight at once per process: a burst of credits (a backlog after an outage)
+reads at a pace Stripe's per-account read limit tolerates, behind the credits, never before."""
+
+_GATE: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
+"""The running loop's gate of detail reads (made again for another loop: tests)."""
+
+
+def has_details(payment: StripePayment) -> bool:
+    """Whether Stripe's answer carries the charge (a read with `latest_charge` expanded), so
+    nothing is left to ask about a paid order; an event's payload does not."""
+    pi = payment.payment_intent
+    return pi is not None and isinstance(pi.get("latest_charge"), dict)
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _complete(event: StripeJSON, payment: StripePayment) -> bool:
+    """Whether a verified event's payload alone says a payment was received in full: a
+    terminal, paid state, the amount received, the currency, livemode, our order id and the
+    PaymentIntent (the credit's reference)."""
+    if event.get("type") not in AT_ONCE_TYPES or payment.state != "paid":
+        return False
+    if None in (payment.order_id, payment.payment_intent_id, payment.amount_cents):
+        return False
+    if payment.currency is None or payment.livemode is None:
+        return False
+    if payment.livemode is not bool(event.get("livemode", False)):
+        return False
+    if payment.object_type == "payment_intent":
+        obj = event["data"]["object"]
+        return _int(obj.get("amount_received")) == payment.amount_cents
+    return True
+
+
+async def credit_from_event(
+    session: AsyncSession,
+    maker: async_sessionmaker[AsyncSession],
+    stripe: StripeGateway,
+    settings: Settings,
+    event: StripeJSON,
+) -> str | None:
+    """A paid top-up's event applied from its signed payload alone, in the caller's transaction
+    (the webhook's claim): the order is locked and checked against the payload (amount — with
+    tax, the total —, currency, livemode, its Stripe ids), credited through `apply_payment`, and
+    the read of what the payload lacks is queued after the commit (`fetch_details`). No Stripe
+    call. None when the payload is not enough or not plain: not a paid, complete event; no such
+    order; a mismatch; an order flagged, processing (an asynchronous method) or closed — the
+    caller then re-reads Stripe as for any event."""
+    payment = payment_from_event(event)
+    if not _complete(event, payment):
+        return None
+    assert payment.order_id is not None
+    order = await orders_repository.find_order(session, order_id=payment.order_id, for_update=True)
+    if order is None or order.flagged_reason:
+        return None
+    if payment.object_type == "checkout.session" and order.mode != OrderMode.CHECKOUT:
+        return None
+    if _mismatch(order, payment, expected_livemode(settings)) is not None:
+        return None
+    if order.status not in PAID_STATUSES and order.status != OrderStatus.PENDING:
+        return None
+    source = f"webhook:{event['id']}"
+    outcome = await apply_payment(session, settings, order, payment, source=source)
+    if outcome == "credited" and order.details_due_at is not None:
+        after_commit(session, fetch_details, maker, stripe, settings, order)
+    return outcome
+
+
+def fetch_details(
+    maker: async_sessionmaker[AsyncSession],
+    stripe: StripeGateway,
+    settings: Settings,
+    order: Order,
+) -> asyncio.Task[bool]:
+    """The after-commit job of a credit from an event alone: read the order's payment from
+    Stripe (one read) and record its receipt, charge and saved card. Runs as a task outside
+    the delivering request's Stripe budget; retried in-process after `DETAILS_RETRY_DELAYS`
+    when Stripe is slow or down, then left to the reconciler (`details_due_at`)."""
+    return asyncio.create_task(
+        _fetch_details(maker, stripe, settings, order), context=without_budget()
+    )
+
+
+def _gate() -> asyncio.Semaphore:
+    global _GATE
+    loop = asyncio.get_running_loop()
+    if _GATE is None or _GATE[0] is not loop:
+        _GATE = (loop, asyncio.Semaphore(DETAILS_CONCURRENCY))
+    return _GATE[1]
+
+
+async def _fetch_details(
+    maker: async_sessionmaker[AsyncSession],
+    stripe: StripeGateway,
+    settings: Settings,
+    order: Order,
+) -> bool:
+    for delay in (0.0, *DETAILS_RETRY_DELAYS):
+        if delay:
+            await asyncio.sleep(delay)
+        if await read_details(maker, stripe, settings, order):
+            return True
+    log.warning("order_details_deferred", order_id=order.id)
+    return False
+
+
+async def read_details(
+    maker: async_sessionmaker[AsyncSession],
+    stripe: StripeGateway,
+    settings: Settings,
+    order: Order,
+) -> bool:
+    """One read of a paid order's payment and what it says recorded under the order's lock;
+    False when Stripe did not answer (asked again later). Idempotent: only empty fields are
+    filled, the saved card is recorded once."""
+    try:
+        async with _gate():
+            with stripe_budget(settings.stripe_deadline_seconds):
+                payment = await read_payment(stripe, order)
+    except (PaymentProviderUnavailable, StripeRequestFailed) as exc:
+        log.info("order_details_unavailable", order_id=order.id, error=type(exc).__name__)
+        return isinstance(exc, StripeObjectNotFound)  # nothing to read, ever
+    async with session_scope(maker) as session:
+        locked = await orders_repository.find_order(session, order_id=order.id, for_update=True)
+        if locked is None or payment is None:
+            return True
+        await _record_details(session, locked, payment)
+    return True
+
+
+async def _record_details(session: AsyncSession, order: Order, payment: StripePayment) -> None:
+    """What a read says beyond the credit, on a paid order (locked by the caller)."""
+    if payment.charge_id and order.stripe_charge_id is None:
+        order.stripe_charge_id = payment.charge_id
+    if payment.receipt_url and order.receipt_url is None:
+        order.receipt_url = payment.receipt_url
+    if payment.invoice_id and order.stripe_invoice_id is None:
+        order.stripe_invoice_id = payment.invoice_id
+    if order.details_due_at is not None and payment.payment_intent is not None:
+        saved = saved_card_of_payment_intent(payment.payment_intent)
+        if saved is not None:
+            await record_saved_card(session, order.user_id, saved)
+    order.details_due_at = None
+
+
+def details_retry_delay(attempts: int) -> timedelta:
+    """The reconciler's wait before asking again for an order's details: doubling from two
+    minutes, at most six hours."""
+    factor: int = 2 ** min(max(0, attempts - 1), 16)
+    return min(DETAILS_GRACE * factor, timedelta(hours=6))
+
+
+async def fill_missing_details(
+    maker: async_sessionmaker[AsyncSession],
+    stripe: StripeGateway,
+    settings: Settings,
+    *,
+    now: datetime | None = None,
+    batch_size: int = 50,
+) -> tuple[int, int]:
+    """The reconciler's pass over paid orders whose details are due (the job after the credit
+    died or Stripe stayed down): each claimed (FOR UPDATE SKIP LOCKED, `details_due_at` moved
+    past the backoff; one asked `DETAILS_MAX_ATTEMPTS` times is given up instead, logged), then
+    read. Returns (asked, answered)."""
+    asked = answered = 0
+    if not stripe.configured:
+        return asked, answered
+    started = now or utcnow()
+    while True:
+        async with session_scope(maker) as session:
+            batch, given_up = await orders_repository.claim_orders_missing_details(
+                session,
+                now=started,
+                max_attempts=DETAILS_MAX_ATTEMPTS,
+                backoff=details_retry_delay,
+                limit=batch_size,
+            )
+        for order_id in given_up:
+            log.warning("order_details_given_up", order_id=order_id)
+        for order in batch:
+            asked += 1
+            if await read_details(maker, stripe, settings, order):
+                answered += 1
+        if len(batch) + len(given_up) < batch_size:
+            break
+    return asked, answered
 
 
 # -- the four doors ------------------------------------------------------------------------------

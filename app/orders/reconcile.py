@@ -48,11 +48,15 @@ class ReconcileSummary:
     """Orders Stripe did not answer about (asked again later)."""
     refunds_retried: int = 0
     """Refunds whose unknown Stripe outcome the job retried after the orders."""
+    details_asked: int = 0
+    """Paid orders whose receipt and saved card the job asked Stripe for (their job after the
+    credit did not get them)."""
 
     def line(self) -> str:
         parts = [f"checked {self.checked} orders"]
         parts += [f"{count} {what}" for what, count in sorted(self.outcomes.items())]
         parts.append(f"{self.errors} Stripe errors")
+        parts.append(f"{self.details_asked} receipts asked for")
         parts.append(f"{self.refunds_retried} refunds retried")
         return ", ".join(parts)
 

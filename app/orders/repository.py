@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Callable
+from datetime import datetime, timedelta
 
 from sqlalchemy import Select, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -166,3 +167,36 @@ async def claim_orders_to_reconcile(
         order.next_check_at = lease_until
     await session.flush()
     return rows
+
+
+async def claim_orders_missing_details(
+    session: AsyncSession,
+    *,
+    now: datetime,
+    max_attempts: int,
+    backoff: Callable[[int], timedelta],
+    limit: int,
+) -> tuple[list[Order], list[str]]:
+    """Paid orders whose details (receipt, charge, saved card) are due, taken with FOR UPDATE
+    SKIP LOCKED and claimed by counting the attempt and moving `details_due_at` past its
+    backoff (so other instances skip them, and a crashed run's lapse); one asked
+    `max_attempts` times already is given up (`details_due_at` cleared) instead. Returns the
+    claimed orders and the ids of those given up."""
+    stmt = (
+        select(Order)
+        .where(Order.details_due_at.is_not(None), Order.details_due_at <= now)
+        .order_by(Order.details_due_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    claimed, given_up = [], []
+    for order in (await session.scalars(stmt)).all():
+        if order.details_attempts >= max_attempts:
+            order.details_due_at = None
+            given_up.append(order.id)
+            continue
+        order.details_attempts += 1
+        order.details_due_at = now + backoff(order.details_attempts)
+        claimed.append(order)
+    await session.flush()
+    return claimed, given_up

@@ -94,7 +94,11 @@ class OrderOut(BaseModel):
     currency: Currency = CURRENCY
     created_at: datetime
     paid_at: datetime | None
-    receipt_url: str | None
+    receipt_url: str | None = Field(
+        description="Stripe's receipt of the payment. Null until paid, and for a moment after "
+        "a credit made from Stripe's event alone: the receipt is read from Stripe after the "
+        "credit and shows here as soon as it arrives (retried while Stripe is slow or down)."
+    )
     refunded_amount: str = Field(examples=["0.00"])
     refund_eligibility: RefundEligibilityOut
     resumable: bool = Field(description="A pending order whose Stripe payment can still be made.")

@@ -1,14 +1,18 @@
 """Stripe events about top-up payments: each one triggers fulfillment of its order; a declined
-attempt also checks the user's failed payments today (`lifecycle.stop_card_testing`)."""
+attempt also checks the user's failed payments today (`lifecycle.stop_card_testing`). A paid
+top-up whose event says all the credit needs is credited in the claim's transaction
+(`on_paid_at_once`); every other event re-reads Stripe (`on_payment`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from app.orders.fulfillment import apply_event
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.orders.fulfillment import AT_ONCE_TYPES, apply_event, credit_from_event
 from app.purchase.lifecycle import stop_card_testing
 from app.stripe_gateway.payments import string_or_none
-from app.webhooks.registry import WebhookContext, handles
+from app.webhooks.registry import WebhookContext, handles, handles_at_once
 
 
 @handles(
@@ -29,3 +33,13 @@ async def on_payment(ctx: WebhookContext, event: dict[str, Any]) -> str:
         payment_intent_id = string_or_none(event["data"]["object"].get("id"))
         await stop_card_testing(ctx.maker, ctx.stripe, ctx.settings, payment_intent_id)
     return outcome
+
+
+@handles_at_once(*sorted(AT_ONCE_TYPES))
+async def on_paid_at_once(
+    session: AsyncSession, ctx: WebhookContext, event: dict[str, Any]
+) -> str | None:
+    """A PaymentIntent succeeded or a Checkout Session completed paid: credited from the signed
+    payload in the claim's transaction when it says everything (`credit_from_event`), else
+    None (then `on_payment` re-reads Stripe)."""
+    return await credit_from_event(session, ctx.maker, ctx.stripe, ctx.settings, event)

@@ -9,6 +9,12 @@ what it changes (`app/db.py`'s transaction policy); it returns a short text that
 turns into the stored `WebhookOutcome` and its detail: `ignored: <why>` (changed nothing on
 purpose), `flagged: <mismatch>` (the order was flagged), anything else what it did (`credited`,
 `refund recorded`, …). Types with no handler are acknowledged (200) and recorded as `unhandled`.
+
+A type may also have an *at-once* handler (`@handles_at_once(...)`): it runs inside the very
+transaction that claims the event, with no Stripe call, and either applies the event from its
+signed payload alone (returning its text: the claim, the change and the outcome commit
+together, one short transaction) or returns None when the payload does not say enough (the
+event then takes the regular handler: claim committed, Stripe asked, applied, outcome).
 """
 
 from __future__ import annotations
@@ -41,11 +47,19 @@ class WebhookContext:
 Handler = Callable[[WebhookContext, dict[str, Any]], Awaitable[str]]
 """`await handler(ctx, event)` where `event` is the verified event as a plain dict."""
 
+AtOnceHandler = Callable[[AsyncSession, WebhookContext, dict[str, Any]], Awaitable[str | None]]
+"""`await at_once(session, ctx, event)` in the claim's transaction: the outcome text, or None
+to leave the event to the regular handler. It must not call Stripe (work after the commit goes
+through `app.db.after_commit`)."""
+
 _HANDLERS: dict[str, Handler] = {}
 """What `@handles` registered so far (filled while `load_handlers()` imports the modules)."""
 
 _TABLE: Mapping[str, Handler] | None = None
 """The frozen handler table, built once by `load_handlers()`."""
+
+_AT_ONCE: dict[str, AtOnceHandler] = {}
+"""What `@handles_at_once` registered (frozen with the table: registering after is refused)."""
 
 _PREFIXED = (WebhookOutcome.IGNORED, WebhookOutcome.FLAGGED)
 
@@ -87,6 +101,23 @@ def handles(*event_types: str) -> Callable[[Handler], Handler]:
     return register
 
 
+def handles_at_once(*event_types: str) -> Callable[[AtOnceHandler], AtOnceHandler]:
+    """Register the decorated coroutine as the at-once handler of these event types (each must
+    also have a regular handler, for the events it leaves alone)."""
+
+    def register(func: AtOnceHandler) -> AtOnceHandler:
+        if _TABLE is not None:
+            raise RuntimeError(f"the webhook handler table is frozen; cannot register {func}")
+        for event_type in event_types:
+            existing = _AT_ONCE.get(event_type)
+            if existing is not None and existing is not func:
+                raise RuntimeError(f"two at-once handlers for {event_type}: {existing}, {func}")
+            _AT_ONCE[event_type] = func
+        return func
+
+    return register
+
+
 def load_handlers() -> Mapping[str, Handler]:
     """Import every handler module and freeze the table: called once at start-up (the
     lifespan); later calls return the same table without importing anything."""
@@ -94,6 +125,9 @@ def load_handlers() -> Mapping[str, Handler]:
     if _TABLE is None:
         for name in HANDLER_MODULES:
             importlib.import_module(name)
+        missing = set(_AT_ONCE) - set(_HANDLERS)
+        if missing:
+            raise RuntimeError(f"at-once handlers without a regular handler: {sorted(missing)}")
         _TABLE = MappingProxyType(dict(_HANDLERS))
     return _TABLE
 
@@ -103,3 +137,10 @@ def handler_for(event_type: str) -> Handler | None:
     the lifespan has not, e.g. a service called outside the app)."""
     table = _TABLE if _TABLE is not None else load_handlers()
     return table.get(event_type)
+
+
+def at_once_handler_for(event_type: str) -> AtOnceHandler | None:
+    """The at-once handler of an event type, if any (after the table is frozen)."""
+    if _TABLE is None:
+        load_handlers()
+    return _AT_ONCE.get(event_type)

@@ -13,6 +13,12 @@ Following the transaction policy (`app/db.py`):
    that only go forward), so a delivery that dies half-way is simply applied again;
 3. a short transaction records the outcome and ends the lease. 200 only after it.
 
+An event whose signed payload already says all its change needs (a paid top-up:
+`fulfillment.credit_from_event`) is applied by the type's at-once handler inside step 1's
+transaction instead: claim, order lock, credit and outcome commit together, Stripe is not asked
+before, and what the payload lacks (the receipt, the saved card) is read after the commit by a
+job. When the payload is not enough (the at-once handler returns None) steps 1 to 3 run as above.
+
 A handler that fails (Stripe unreachable past the deadline, the database down) leaves the event
 unapplied and its lease released: the answer is a 5xx and Stripe's retry applies it afresh.
 """
@@ -35,7 +41,12 @@ from app.models.base import utcnow
 from app.models.orders import StripeEvent, WebhookOutcome
 from app.stripe_gateway import StripeGateway
 from app.webhooks import repository
-from app.webhooks.registry import WebhookContext, handler_for, outcome_of
+from app.webhooks.registry import (
+    WebhookContext,
+    at_once_handler_for,
+    handler_for,
+    outcome_of,
+)
 from app.webhooks.repository import Claim
 
 log = structlog.get_logger(__name__)
@@ -120,9 +131,30 @@ async def receive_event(
         log.warning("stripe_event_invalid_signature", reason=exc.detail)
         raise
     event_id, event_type = str(event["id"]), str(event["type"])
+    applied: tuple[WebhookOutcome, str] | None = None
     async with session_scope(maker) as session:
         now = utcnow()
         claim = await repository.claim_event(session, event, now, now + lease_length(settings))
+        at_once = at_once_handler_for(event_type)
+        if at_once is not None and claim in (Claim.NEW, Claim.RETRY):
+            # The payload may say all it takes: applied in this transaction, with the claim and
+            # the outcome, and no Stripe call before the commit (what Stripe still has to say is
+            # read after it, by a job the handler queued).
+            ctx = WebhookContext(maker, settings, stripe, event_id)
+            try:
+                text = await at_once(session, ctx, event)
+            except Exception:
+                STRIPE_EVENTS.labels(event_type, "failed").inc()
+                log.warning(
+                    "stripe_event_failed", event_id=event_id, type=event_type, exc_info=True
+                )
+                raise
+            if text is not None:
+                applied = outcome_of(text)
+                await repository.set_outcome(session, event_id, *applied)
+    if applied is not None:
+        _applied(event_id, event_type, *applied)
+        return Receipt(event_id, event_type, False, *applied, _object_id(event))
     if claim is Claim.APPLIED:
         STRIPE_EVENTS.labels(event_type, "duplicate").inc()
         log.info("stripe_event_duplicate", event_id=event_id, type=event_type)
@@ -142,9 +174,12 @@ async def receive_event(
                 await repository.release_event(session, event_id)
         raise
     _applied(event_id, event_type, outcome, detail)
+    return Receipt(event_id, event_type, False, outcome, detail, _object_id(event))
+
+
+def _object_id(event: dict[str, Any]) -> str | None:
     obj = event["data"].get("object") or {}
-    object_id = obj.get("id") if isinstance(obj.get("id"), str) else None
-    return Receipt(event_id, event_type, False, outcome, detail, object_id)
+    return obj.get("id") if isinstance(obj.get("id"), str) else None
 
 
 async def replay_event(

@@ -419,6 +419,8 @@ class StripePeer:
         - `kind="drop"`: close the connection without an answer.
         - `kind="delay"`: wait `seconds`, then carry the request out and answer it as usual
           (see `slow_down()`).
+        - `kind="hold"`: hang until `clear_faults()` (or `seconds` at most), then carry the
+          request out and answer it as usual (see `hold()`).
 
         `times=None`: every matching request until `clear_faults()`.
 
@@ -454,6 +456,13 @@ class StripePeer:
             {"method": method, "path": path, "kind": "delay", "seconds": seconds, "times": times},
         )
         return result
+
+    async def hold(
+        self, *, path: str = "/v1/", method: str = "*", seconds: float = 60.0
+    ) -> dict[str, Any]:
+        """Stripe hangs: every API request matching `method` and the `path` prefix waits until
+        `clear_faults()` (`seconds` at most), then is carried out and answered as usual."""
+        return await self.inject_fault(method, path, kind="hold", seconds=seconds, times=None)
 
     async def lose_answer(
         self, method: str, path: str, *, how: str = "drop", times: int = 1

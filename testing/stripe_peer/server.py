@@ -188,7 +188,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 @web.middleware
 async def fault_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Injected faults (`POST /_test/faults`): an error status, a hang, or a dropped connection,
-    with or without carrying the request out first (`apply`)."""
+    with or without carrying the request out first (`apply`); a delay, or a hold until the
+    faults are cleared, before carrying it out."""
     if not request.path.startswith("/v1/"):
         return await handler(request)
     world = request.app[WORLD]
@@ -200,6 +201,12 @@ async def fault_middleware(request: web.Request, handler: Handler) -> web.Stream
     if fault.kind == "delay":
         # Stripe is slow: the request waits, then is carried out and answered as usual.
         await asyncio.sleep(fault.seconds)
+        return await handler(request)
+    if fault.kind == "hold":
+        # Stripe hangs until the test lets it go (`DELETE /_test/faults`), or `seconds` at
+        # most; then the request is carried out and answered as usual.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(fault.released.wait(), fault.seconds)
         return await handler(request)
     if fault.kind == "status":
         if fault.apply:

@@ -267,13 +267,15 @@ class Fault:
     id: str
     method: str
     path: str
-    kind: str  # status | hang | drop | delay
+    kind: str  # status | hang | drop | delay | hold
     times: int | None
     status: int = 500
     seconds: float = 0.0
     apply: bool = False
     error: dict[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+    """`hold`: set when the faults are cleared (the held requests are then carried out)."""
 
     def matches(self, method: str, path: str) -> bool:
         return (self.method in ("*", method)) and path.startswith(self.path)
@@ -328,6 +330,8 @@ class World:
         self.requests: list[dict[str, Any]] = []
         self.idempotency: dict[str, IdempotentResult] = {}
         self.in_flight: set[str] = set()
+        for fault in getattr(self, "faults", ()):
+            fault.released.set()  # requests a test held go on
         self.faults: list[Fault] = []
         self.refund_behavior: dict[str, Any] = {"status": "succeeded", "times": None}
         self.pm_behavior: dict[str, dict[str, Any]] = {}
@@ -1945,8 +1949,8 @@ class World:
 
     def add_fault(self, spec: dict[str, Any]) -> Fault:
         kind = spec.get("kind", "status")
-        if kind not in ("status", "hang", "drop", "delay"):
-            raise ApiError(400, "kind must be status, hang, drop or delay")
+        if kind not in ("status", "hang", "drop", "delay", "hold"):
+            raise ApiError(400, "kind must be status, hang, drop, delay or hold")
         fault = Fault(
             id=random_id("fault_", 8),
             method=str(spec.get("method", "*")).upper(),
@@ -1963,6 +1967,8 @@ class World:
         return fault
 
     def clear_faults(self) -> dict[str, Any]:
+        for fault in self.faults:
+            fault.released.set()  # held requests go on
         self.faults.clear()
         return {"deleted": True}
 

@@ -223,7 +223,10 @@ async def test_the_reconcile_command_prints_progress_and_a_summary(
     out, err = capsys.readouterr()
     assert "reconciling orders pending longer than 0 s ..." in err
     assert f"{order_id} (pending): paid" in err
-    summary = "reconcile done: checked 1 orders, 1 paid, 0 Stripe errors, 0 refunds retried"
+    summary = (
+        "reconcile done: checked 1 orders, 1 paid, 0 Stripe errors, 0 receipts asked for, "
+        "0 refunds retried"
+    )
     assert summary in out.splitlines()
     assert await balance(client, headers) == "20.000000"
 

@@ -196,8 +196,44 @@ async def test_a_database_failure_answers_5xx_and_stripes_redelivery_credits_onc
     async def database_gone(*args: Any, **kwargs: Any) -> None:
         raise OperationalError("UPDATE stripe_events", {}, ConnectionResetError("gone"))
 
-    # The credit is applied and committed (its own short transaction), then the database fails
+    # A paid event is credited in the claim's transaction (issue 22): the database failing
+    # before the outcome is recorded takes the claim and the credit with it.
+    monkeypatch.setattr(webhooks_repository, "set_outcome", database_gone)
+    failed = await stripe_peer.deliver(event, client)
+    assert failed.status_code in (500, 503), failed.text
+    assert await topups(session_maker) == 0
+    assert await _stored_events(session_maker) == 0
+    monkeypatch.undo()
+
+    # Stripe delivers it again: applied afresh, once.
+    redelivered = await stripe_peer.deliver(event, client, resign=True)
+    assert redelivered.status_code == 200, redelivered.text
+    assert _outcome(redelivered.json()) == ("processed", "credited")
+    assert await balance(client, headers) == "20.000000"
+    assert await topups(session_maker) == 1
+
+
+async def test_a_database_failure_after_a_re_read_credit_answers_5xx_and_credits_once(
+    client: httpx.AsyncClient,
+    user_headers: Headers,
+    session_maker: Maker,
+    stripe_peer: StripePeer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    headers = user_headers("alice")
+    _, event = await _paid_event(client, headers, session_maker, stripe_peer)
+
+    async def database_gone(*args: Any, **kwargs: Any) -> None:
+        raise OperationalError("UPDATE stripe_events", {}, ConnectionResetError("gone"))
+
+    async def not_enough(*args: Any, **kwargs: Any) -> None:
+        return None  # the payload does not say enough: the event takes the re-read
+
+    from app.purchase import webhooks as order_webhooks
+
+    # The re-read's credit is committed (its own short transaction), then the database fails
     # before the outcome is recorded: the event stays unapplied and its lease is given back.
+    monkeypatch.setattr(order_webhooks, "credit_from_event", not_enough)
     monkeypatch.setattr(webhooks_repository, "set_outcome", database_gone)
     failed = await stripe_peer.deliver(event, client)
     assert failed.status_code in (500, 503), failed.text
@@ -209,7 +245,7 @@ async def test_a_database_failure_answers_5xx_and_stripes_redelivery_credits_onc
         assert row.lease_until is None
     monkeypatch.undo()
 
-    # Stripe delivers it again: applied again, idempotently.
+    # Stripe delivers it again: applied again, idempotently (now from the payload, at once).
     redelivered = await stripe_peer.deliver(event, client, resign=True)
     assert redelivered.status_code == 200, redelivered.text
     assert _outcome(redelivered.json()) == ("processed", "already paid")
@@ -302,7 +338,11 @@ async def test_a_replay_applies_an_event_whose_order_is_known_only_now(
     # A handler bug made the first delivery a no-op; the fix is deployed, then replayed.
     from app.purchase import webhooks as order_webhooks
 
+    async def not_at_once(*args: Any, **kwargs: Any) -> None:
+        return None
+
     monkeypatch.setattr(order_webhooks, "apply_event", not_ours)
+    monkeypatch.setattr(order_webhooks, "credit_from_event", not_at_once)
     first = await stripe_peer.deliver(event, client)
     assert _outcome(first.json()) == ("ignored", "no matching order")
     monkeypatch.undo()
