@@ -420,7 +420,8 @@ SELECT CASE WHEN w.id IS NOT NULL THEN 'reserved'
        coalesce(w.balance_micros, a.balance_micros) AS balance_micros,
        coalesce(w.held_micros, a.held_micros) AS held_micros,
        (SELECT min(remaining) FROM spend) AS limit_remaining_micros,
-       r.scope, r.period, r.limit_micros, r.spent_micros, r.window_start
+       r.scope, r.period, r.limit_micros, r.spent_micros, r.window_start,
+       a.tracked_micros <> 0 AS tracks_lots
 FROM (SELECT) one
 LEFT JOIN found h ON true
 LEFT JOIN wallet w ON true
@@ -904,6 +905,9 @@ class UsageStore:
         statement first, sparing the other one's refusal. Only a hint: either statement is
         right for any wallet (the first refuses a wallet tracking lots), so a stale entry costs
         time, never a different outcome."""
+        self._lot_holds: set[str] = set()
+        """Holds this store reserved on a wallet it saw tracking lots: their capture runs the
+        lots statement first (a capture names no user), the same kind of hint."""
 
     @classmethod
     async def open(
@@ -1177,6 +1181,10 @@ class UsageStore:
             outcome = "existing"
         row = _read(HoldStatementRow, record)
         wallet = row.wallet
+        if outcome == "reserved" and record["tracks_lots"]:
+            if len(self._lot_holds) >= _LOT_WALLETS_REMEMBERED:
+                self._lot_holds.clear()
+            self._lot_holds.add(request.hold_id)
         if outcome == "insufficient":
             if wallet is None:  # no wallet, so nothing to hold (and no hold by that id)
                 raise insufficient_balance(0, request.amount_micros)
@@ -1212,13 +1220,17 @@ class UsageStore:
             max_hold_multiple,
         )
         statements = _sql()
-        try:
-            record = await self._write(statements.capture, *args)
-            lots = record["id"] is None and record["lots"]
-        except asyncpg.SerializationError:
-            # Its wallet's first lot was credited after the statement's snapshot: nothing was
-            # written; the lots statement captures it.
-            lots = True
+        lots = hold_id in self._lot_holds
+        if lots:
+            self._lot_holds.discard(hold_id)
+        else:
+            try:
+                record = await self._write(statements.capture, *args)
+                lots = record["id"] is None and record["lots"]
+            except asyncpg.SerializationError:
+                # Its wallet's first lot was credited after the statement's snapshot: nothing
+                # was written; the lots statement captures it.
+                lots = True
         if lots:
             record = await self._write(statements.capture_lots, *args)
         if record is None or record["id"] is None:

@@ -1,7 +1,8 @@
 """The capture's two statements, as the debit's: a hold whose wallet has no lot to draw is
 captured by the statement without lot CTEs alone (one round trip); one whose wallet tracks lots
-is answered `lots` by it, nothing written, and captured by the statement over the lots, as is a
-hold whose wallet got its first lot while the lean statement waited for the wallet's lock."""
+is answered `lots` by it, nothing written, and captured by the statement over the lots (at once
+when this store reserved the hold and saw the wallet track lots), as is a hold whose wallet got
+its first lot while the lean statement waited for the wallet's lock."""
 
 from __future__ import annotations
 
@@ -107,19 +108,27 @@ async def test_a_hold_of_a_wallet_tracking_lots_is_captured_over_its_lots(
 ) -> None:
     grant = await add_lot(session_maker, "tia", 5_000, expires_at=utcnow() + timedelta(days=30))
     await add_lot(session_maker, "tia", 10_000, source=LotSource.ADJUSTMENT)
+    # Reserved by another store (another worker): this one has no hint about these holds.
+    elsewhere = await _reserve(client, gateway_headers, "tia", 3_000)
+    released_elsewhere = await _reserve(client, gateway_headers, "tia", 1_000)
     async with _statements_sent(app) as sent:
-        hold_id = await _reserve(client, gateway_headers, "tia", 3_000)
-        captured = await _capture(client, gateway_headers, hold_id, 2_500)
+        captured = await _capture(client, gateway_headers, elsewhere, 2_500)
         assert captured.status_code == 200, captured.text
+        # Answered `lots` with nothing written, then captured over the lots: 2_500 of the grant.
+        assert sent == ["capture", "capture_lots"]
         assert await remaining(session_maker, grant.id) == [2_500]
-        # Capturing 0 draws no lot, whatever the wallet tracks: the lean statement's.
-        released = await _reserve(client, gateway_headers, "tia", 1_000)
-        assert (await _capture(client, gateway_headers, released, 0)).status_code == 200
-    assert sent == ["reserve", "capture", "capture_lots", "reserve", "capture"]
-    assert await remaining(session_maker, grant.id) == [2_500]
-    assert await wallet(session_maker, "tia") == (12_500, 2_500)
+        # Reserved by this store, which saw the wallet track lots: straight to the lots one.
+        here = await _reserve(client, gateway_headers, "tia", 1_000)
+        assert (await _capture(client, gateway_headers, here, 1_000)).status_code == 200
+        assert sent[2:] == ["reserve", "capture_lots"]
+        # Capturing 0 draws no lot, whatever the wallet tracks: the lean statement's alone.
+        released = await _capture(client, gateway_headers, released_elsewhere, 0)
+        assert released.status_code == 200, released.text
+        assert sent[4:] == ["capture"]
+    assert await remaining(session_maker, grant.id) == [1_500]
+    assert await wallet(session_maker, "tia") == (15_000 - 3_500, 1_500)
     assert (await booked(session_maker, "promo_usage"), await booked(session_maker, "usage")) == (
-        2_500,
+        3_500,
         0,
     )
 
