@@ -10,6 +10,10 @@ same capture or release (same body) answers the original result marked as a repl
 
 Reserve, capture and release (an expiry is a release by the `expire_holds` job) are the
 gateway's statements (`app/usage/repository.py`); here, their results and the capture's bound.
+What each writes: a reserve inserts the hold (its key and the index of active holds, no foreign
+key check) and adds to the wallet's `held_micros` (a heap-only update: no indexed column moves);
+a capture moves the hold out of `active` (its new row version enters the key alone) and posts
+like a debit, in one statement, without lot CTEs unless its wallet has lots to draw.
 """
 
 from __future__ import annotations

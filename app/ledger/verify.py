@@ -89,6 +89,17 @@ _CHECKS: list[tuple[str, str, str]] = [
         "held {stored} but active holds sum to {summed}",
     ),
     (
+        # Holds carry no foreign key (migration 0022): each names its user's wallet.
+        "hold_wallet_exists",
+        """
+        SELECT h.id AS subject FROM holds h
+        WHERE NOT EXISTS (SELECT 1 FROM accounts a
+                          WHERE a.id = h.account_id AND a.kind = 'wallet'
+                            AND a.user_id = h.user_id)
+        """,
+        "its account is not its user's wallet",
+    ),
+    (
         "held_within_balance",
         f"""
         SELECT a.id AS subject, a.balance_micros AS balance, a.held_micros AS held

@@ -12,7 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, CheckConstraint, ForeignKey, Index, String
+from sqlalchemy import JSON, BigInteger, CheckConstraint, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, BigIntPK, CreatedAt, IdKey, UserId, one_of, partial_index
@@ -167,13 +167,18 @@ class Hold(Base):
     __table_args__ = (
         CheckConstraint("amount_micros > 0", name="amount_positive"),
         CheckConstraint(one_of("status", HoldStatus), name="status_known"),
-        Index("ix_holds_status_expires_at", "status", "expires_at"),
+        # The only index but the key, of active holds only: a capture or release (the row
+        # leaves `active`) enters the key alone, and a reserve the key and this (migration 0022).
+        partial_index("ix_holds_active_expires_at", "expires_at", where="status = 'active'"),
     )
 
     id: Mapped[str] = mapped_column(String(255), primary_key=True)
     """The gateway's `hold_id`, which is also the idempotency key of the reservation."""
-    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="RESTRICT"))
-    user_id: Mapped[UserId] = mapped_column(index=True)
+    account_id: Mapped[str] = mapped_column(String(40))
+    """The wallet, as the reserve's own UPDATE of it returned it (no foreign key: its check cost
+    every reserve a query and a row lock; a wallet that ever held is never deleted, and
+    `ledger-verify` checks it exists)."""
+    user_id: Mapped[UserId]
     amount_micros: Mapped[int]
     """Reserved amount, positive."""
     api_key_id: Mapped[str | None] = mapped_column(String(200))

@@ -98,6 +98,8 @@ log = structlog.get_logger(__name__)
 # Bound once: `labels()` takes a lock and builds a key, too dear per debit on the hot path.
 _USAGE_POSTED = LEDGER_TRANSACTIONS.labels(USAGE_KIND, "posted")
 _USAGE_MICROS = LEDGER_MICROS.labels(USAGE_KIND)
+_CAPTURE_POSTED = LEDGER_TRANSACTIONS.labels("hold_capture", "posted")
+_CAPTURE_MICROS = LEDGER_MICROS.labels("hold_capture")
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -419,7 +421,8 @@ SELECT CASE WHEN w.id IS NOT NULL THEN 'reserved'
        coalesce(w.balance_micros, a.balance_micros) AS balance_micros,
        coalesce(w.held_micros, a.held_micros) AS held_micros,
        (SELECT min(remaining) FROM spend) AS limit_remaining_micros,
-       r.scope, r.period, r.limit_micros, r.spent_micros, r.window_start
+       r.scope, r.period, r.limit_micros, r.spent_micros, r.window_start,
+       a.tracked_micros <> 0 AS tracks_lots
 FROM (SELECT) one
 LEFT JOIN found h ON true
 LEFT JOIN wallet w ON true
@@ -466,17 +469,107 @@ def _hold_limits(delta: str, day: str, week: str, month: str) -> str:
 # only releases. A capture past its bound matches no hold and writes nothing.
 _CAPTURED, _CAPTURABLE = hold_state.capture_sql()
 
-
 _CAPTURE_LOTS = lot_draw_ctes("(SELECT user_id FROM hold)", "$2", "$4")
+
+_LOTS_TO_DRAW = "$2 > 0 AND {wallet}.tracked_micros <> 0"
+"""A capture that draws lots: of a positive amount, from a wallet tracking any (one of 0 draws
+nothing, whatever the wallet tracks)."""
+
+
+def _capture_hold(*, lean: bool) -> str:
+    """The `hold` CTE: the capturable hold, locked first and captured. The lean statement's
+    only if its wallet (as the snapshot saw it) has no lot to draw."""
+    no_lots = ""
+    if lean:
+        tracks = _LOTS_TO_DRAW.format(wallet="a")
+        no_lots = f"""
+      AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = holds.account_id AND {tracks})"""
+    return f"""hold AS (
+    UPDATE holds SET {_CAPTURED}, captured_micros = $2, resolution_hash = $3, resolved_at = $4
+    WHERE id = $1 AND {_CAPTURABLE} AND $2 <= amount_micros * $13::float8{no_lots}
+    RETURNING account_id, api_key_id, {_HOLD_COLUMNS}
+), {_hold_limits("$2 - h.amount_micros", "$7", "$8", "$9")}"""
+
+
+def _capture_rest(entries: str) -> str:
+    """What a capture writes after its `wallet` CTE, in both statements: the header (only for a
+    positive amount, and only once the wallet took it), its `entries`, the usage record and the
+    crossings."""
+    return f"""txn AS (
+    INSERT INTO ledger_transactions
+        (id, reference, kind, user_id, description, request_hash, details, created_at)
+    SELECT $5, 'hold:' || hold.id, 'hold_capture', hold.user_id, '{USAGE_DESCRIPTION}', $3,
+           (jsonb_build_object('hold_id', hold.id, 'reserved_micros', hold.amount_micros)
+            || coalesce($6::jsonb, '{{}}'::jsonb))::json,
+           $4
+    FROM hold, wallet WHERE $2 > 0
+    RETURNING id
+), {entries}, record AS (
+    INSERT INTO usage_records{_USAGE_RECORD_COLUMNS}
+    SELECT hold.user_id, txn.id, hold.id, hold.api_key_id, $10, $11, $12, $2,
+           wallet.balance_micros, $4
+    FROM txn, hold, wallet
+), crossing AS (
+    SELECT wallet.user_id,
+           wallet.balance_micros - wallet.held_micros + $2::bigint - hold.amount_micros
+               AS available_before,
+           wallet.balance_micros - wallet.held_micros AS available_after
+    FROM wallet, hold
+    WHERE wallet.watch_micros IS NOT NULL AND least(
+        wallet.balance_micros - wallet.held_micros + $2::bigint - hold.amount_micros,
+        wallet.balance_micros - wallet.held_micros
+    ) < wallet.watch_micros
+), {crossing_ctes("crossing", now="$4", reference="'hold:' || $1", rises=True)}"""
+
+
+_PAID_CAPTURE_ENTRIES = f"""entries AS (
+    -- No lot drawn: all of the amount is paid credit used, to the usage account.
+    INSERT INTO ledger_entries
+        (transaction_id, account_id, amount_micros, balance_after_micros, created_at)
+    SELECT txn.id, wallet.id, -$2::bigint, wallet.balance_micros, $4 FROM txn, wallet
+    UNION ALL
+    SELECT txn.id, '{USAGE_ACCOUNT}', $2, NULL, $4 FROM txn
+)"""
 
 
 def _capture_sql() -> str:
+    """The capture of a hold whose wallet has no lot to draw (nearly every wallet: a
+    never-expiring paid balance is derived, `tracked_micros = 0`; or a capture of 0): no lot
+    CTEs, whose plan nodes the per-call planning pays for even when no lot is touched, as in
+    the debit's `_debit_sql`. A hold whose wallet tracks lots is not captured here: the answer
+    has no hold and `lots` true, and the store runs `_capture_lots_sql`. A lot credited after
+    the snapshot, before the wallet's lock, leaves the wallet UPDATE (which re-checks
+    `tracked_micros` on the locked row) with no row: the statement then fails whole
+    (`hold_capture_needs_lots`, SQLSTATE 40001) and the store runs the lots statement too."""
     return f"""
-WITH hold AS (
-    UPDATE holds SET {_CAPTURED}, captured_micros = $2, resolution_hash = $3, resolved_at = $4
-    WHERE id = $1 AND {_CAPTURABLE} AND $2 <= amount_micros * $13::float8
-    RETURNING account_id, api_key_id, {_HOLD_COLUMNS}
-), {_hold_limits("$2 - h.amount_micros", "$7", "$8", "$9")}, locked AS (
+WITH {_capture_hold(lean=True)}, wallet AS (
+    -- All of it from the never-expiring paid credit, even below zero: the usage was served.
+    UPDATE accounts a SET balance_micros = a.balance_micros - $2,
+                          held_micros = a.held_micros - hold.amount_micros
+    FROM hold WHERE a.id = hold.account_id
+      AND NOT ({_LOTS_TO_DRAW.format(wallet="a")})
+      AND (SELECT count(*) FROM limits) >= 0  -- the limits are locked first
+    RETURNING a.id, a.user_id, a.balance_micros, a.held_micros, a.watch_micros
+), {_capture_rest(_PAID_CAPTURE_ENTRIES)}
+-- No hold captured: `lots` says whether it is the lots statement's to capture (else the hold
+-- is not capturable, or not there). A hold captured whose wallet was not updated fails it all.
+SELECT {_h("h")}, {_HOLD_WALLET}, (SELECT remaining FROM remaining) AS limit_remaining_micros,
+       CASE WHEN h.id IS NULL THEN EXISTS (
+           SELECT 1 FROM holds x JOIN accounts a ON a.id = x.account_id
+           WHERE x.id = $1 AND x.{_CAPTURABLE} AND $2 <= x.amount_micros * $13::float8
+             AND {_LOTS_TO_DRAW.format(wallet="a")})
+       END AS lots,
+       CASE WHEN h.id IS NOT NULL AND w.id IS NULL THEN hold_capture_needs_lots(h.id) END
+           AS raced
+FROM (SELECT) one LEFT JOIN hold h ON true LEFT JOIN wallet w ON true
+"""
+
+
+def _capture_lots_sql() -> str:
+    """The capture of any hold, drawing its wallet's live lots in order (`LOT_ORDER`): what
+    the store runs when `_capture_sql` answered `lots`."""
+    return f"""
+WITH {_capture_hold(lean=False)}, locked AS (
     SELECT a.id FROM accounts a, hold
     WHERE a.id = hold.account_id AND a.tracked_micros <> 0
       AND (SELECT count(*) FROM limits) >= 0  -- the limits are locked first
@@ -492,31 +585,7 @@ WITH hold AS (
     RETURNING a.id, a.user_id, a.balance_micros, a.held_micros, a.watch_micros
 ), lot_draws AS (
     {LOT_DRAWS_UPDATE}
-), txn AS (
-    INSERT INTO ledger_transactions
-        (id, reference, kind, user_id, description, request_hash, details, created_at)
-    SELECT $5, 'hold:' || hold.id, 'hold_capture', hold.user_id, '{USAGE_DESCRIPTION}', $3,
-           (jsonb_build_object('hold_id', hold.id, 'reserved_micros', hold.amount_micros)
-            || coalesce($6::jsonb, '{{}}'::jsonb))::json,
-           $4
-    FROM hold WHERE $2 > 0
-    RETURNING id
-), {_usage_entries("$2", "$4")}, record AS (
-    INSERT INTO usage_records{_USAGE_RECORD_COLUMNS}
-    SELECT hold.user_id, txn.id, hold.id, hold.api_key_id, $10, $11, $12, $2,
-           wallet.balance_micros, $4
-    FROM txn, hold, wallet
-), crossing AS (
-    SELECT wallet.user_id,
-           wallet.balance_micros - wallet.held_micros + $2::bigint - hold.amount_micros
-               AS available_before,
-           wallet.balance_micros - wallet.held_micros AS available_after
-    FROM wallet, hold
-    WHERE wallet.watch_micros IS NOT NULL AND least(
-        wallet.balance_micros - wallet.held_micros + $2::bigint - hold.amount_micros,
-        wallet.balance_micros - wallet.held_micros
-    ) < wallet.watch_micros
-), {crossing_ctes("crossing", now="$4", reference="'hold:' || $1", rises=True)}
+), {_capture_rest(_usage_entries("$2", "$4"))}
 SELECT {_h("h")}, {_HOLD_WALLET}, (SELECT remaining FROM remaining) AS limit_remaining_micros
 FROM hold h, wallet w
 """
@@ -668,6 +737,7 @@ class _Statements(NamedTuple):
     debit_lots: str
     reserve: str
     capture: str
+    capture_lots: str
     release: str
     write_batch: str
 
@@ -682,6 +752,7 @@ def _sql() -> _Statements:
         _debit_lots_sql(),
         _reserve_sql(),
         _capture_sql(),
+        _capture_lots_sql(),
         _release_sql(),
         _write_batch_sql(),
     )
@@ -750,6 +821,9 @@ class DebitRow(NamedTuple):
         return _wallet(self)
 
 
+_HOLD_ROW_FIELDS = tuple(f.name for f in fields(HoldRow))
+
+
 class HoldStatementRow(NamedTuple):
     """What a hold statement answers: the hold, its wallet, and what the tightest spend limit
     leaves (`_RESERVE` also answers its `outcome` and a `Refusal`)."""
@@ -774,7 +848,7 @@ class HoldStatementRow(NamedTuple):
     @property
     def hold(self) -> HoldRow:
         assert self.id is not None, "no hold in this row"
-        return HoldRow(**{f.name: getattr(self, f.name) for f in fields(HoldRow)})
+        return HoldRow(**{name: getattr(self, name) for name in _HOLD_ROW_FIELDS})
 
     @property
     def wallet(self) -> WalletRow | None:
@@ -837,6 +911,9 @@ class UsageStore:
         right for any wallet (the first refuses a wallet tracking lots), so a stale entry costs
         time, never a different outcome."""
         self._combiner = Combiner(self._debit_alone, self.debit_batch, combine=combine_debits)
+        self._lot_holds: set[str] = set()
+        """Holds this store reserved on a wallet it saw tracking lots: their capture runs the
+        lots statement first (a capture names no user), the same kind of hint."""
 
     @classmethod
     async def open(
@@ -1120,6 +1197,10 @@ class UsageStore:
             outcome = "existing"
         row = _read(HoldStatementRow, record)
         wallet = row.wallet
+        if outcome == "reserved" and record["tracks_lots"]:
+            if len(self._lot_holds) >= _LOT_WALLETS_REMEMBERED:
+                self._lot_holds.clear()
+            self._lot_holds.add(request.hold_id)
         if outcome == "insufficient":
             if wallet is None:  # no wallet, so nothing to hold (and no hold by that id)
                 raise insufficient_balance(0, request.amount_micros)
@@ -1141,8 +1222,7 @@ class UsageStore:
         hold_id, amount_micros, resolution_hash, details, max_hold_multiple = capture
         now = self.clock()
         usage = details or {}
-        record = await self._write(
-            _sql().capture,
+        args = (
             hold_id,
             amount_micros,
             resolution_hash,
@@ -1155,12 +1235,26 @@ class UsageStore:
             usage.get("output_tokens"),
             max_hold_multiple,
         )
-        if record is None:
+        statements = _sql()
+        lots = hold_id in self._lot_holds
+        if lots:
+            self._lot_holds.discard(hold_id)
+        else:
+            try:
+                record = await self._write(statements.capture, *args)
+                lots = record["id"] is None and record["lots"]
+            except asyncpg.SerializationError:
+                # Its wallet's first lot was credited after the statement's snapshot: nothing
+                # was written; the lots statement captures it.
+                lots = True
+        if lots:
+            record = await self._write(statements.capture_lots, *args)
+        if record is None or record["id"] is None:
             captured = HoldStatus.CAPTURED
             return await self._resolved_before(hold_id, captured, resolution_hash, capture)
         if amount_micros > 0:
-            LEDGER_TRANSACTIONS.labels("hold_capture", "posted").inc()
-            LEDGER_MICROS.labels("hold_capture").inc(amount_micros)
+            _CAPTURE_POSTED.inc()
+            _CAPTURE_MICROS.inc(amount_micros)
         return self._resolved(_read(HoldStatementRow, record))
 
     @_outage_is_503

@@ -102,6 +102,36 @@ async def test_the_admin_endpoint_reports_each_violation(
     assert broken["violations"][0]["detail"] == "held 5 but active holds sum to 0"
 
 
+@pytest.mark.usefixtures("spent_wallet")
+async def test_a_hold_whose_account_is_not_its_users_wallet_is_reported(
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    gateway_headers: dict[str, str],
+    session_maker: Any,
+) -> None:
+    # Holds carry no foreign key to their wallet (migration 0022): the verify checks it.
+    reserved = await client.post(
+        "/v1/internal/holds",
+        json={"user_id": "alice", "hold_id": "h-lost", "amount_micros": 5_000},
+        headers=gateway_headers,
+    )
+    assert reserved.status_code == 201, reserved.text
+    move = text("UPDATE holds SET account_id = :account WHERE id = 'h-lost'")
+    async with session_scope(session_maker) as session:
+        account = (
+            await session.execute(text("SELECT account_id FROM holds WHERE id = 'h-lost'"))
+        ).scalar_one()
+        await session.execute(move, {"account": "acc_gone"})
+    try:
+        broken = (await client.get("/v1/admin/ledger/verify", headers=admin_headers)).json()
+    finally:
+        async with session_scope(session_maker) as session:
+            await session.execute(move, {"account": account})
+    assert sorted((v["rule"], v["subject"]) for v in broken["violations"]) == sorted(
+        [("hold_wallet_exists", "h-lost"), ("held_matches_active_holds", account)]
+    )
+
+
 async def test_an_unbalanced_posting_is_refused_before_it_reaches_the_database(
     session_maker: Any,
 ) -> None:
