@@ -72,6 +72,7 @@ from app.usage.schemas import (
     UsageBatchResult,
     UsageIn,
     UsageOut,
+    read_usage_batch,
 )
 from app.usage.store import Debited
 
@@ -110,6 +111,9 @@ class Operation:
     notes: dict[int, str] = field(default_factory=dict)
     """Descriptions of error statuses worth more than the errors' titles."""
     body: type[BaseModel] | None = None
+    reader: Callable[[bytes], BaseModel] | None = None
+    """How the body is parsed, when not `body.model_validate_json` (raising its
+    `ValidationError` for a body it refuses)."""
     body_required: bool = True
     params: dict[str, Any] = field(default_factory=dict)
     name: str = field(init=False)
@@ -380,6 +384,7 @@ OPERATIONS = [
         ok={200: (UsageBatchOut, "One result per event, in the order sent.")},
         scope="usage",
         body=UsageBatchIn,
+        reader=read_usage_batch,
     ),
     _once_per_id(
         "/v1/internal/holds",
@@ -556,7 +561,8 @@ class GatewayApp:
                     errors.append({"type": "missing", "loc": ("body",), "msg": "Field required"})
             else:
                 try:
-                    body = op.body.model_validate_json(raw_body)
+                    read = op.reader or op.body.model_validate_json
+                    body = read(raw_body)
                 except ValidationError as exc:
                     errors += [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
         if errors:
