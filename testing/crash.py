@@ -228,6 +228,9 @@ async def batcher(
     """Batches of 1,000 events over every user (small amounts: the deposits cover them all),
     resent up to three times while unanswered, as the gateway would."""
     while not stop.is_set():
+        if not cluster.ready:  # a batch is made only when one can be sent
+            await asyncio.sleep(0.2)
+            continue
         prefix = f"crash-batch-{uuid.uuid4().hex}"
         ids = [f"{prefix}-{n}" for n in range(BATCH_EVENTS)]
         events: list[dict[str, Any]] = [

@@ -13,7 +13,7 @@ from app.errors import (
     IdempotencyConflict,
     ValidationFailed,
 )
-from app.idempotency import hash_request
+from app.idempotency import hash_flat_request, hash_request
 from app.ledger.holds import HoldResult
 from app.ledger.holds_repository import HoldCapture, HoldRequest
 from app.ledger.repository import WalletRow
@@ -74,7 +74,7 @@ def _usage_fingerprint(event: UsageIn) -> str:
     gives, hashed with sorted keys, without the dump's cost); with metadata, by pydantic's dump."""
     if event.metadata is not None:
         return hash_request(event.model_dump(mode="json", exclude_none=True))
-    body: dict[str, Any] = {
+    body: dict[str, str | int] = {
         "user_id": event.user_id,
         "request_id": event.request_id,
         "amount_micros": event.amount_micros,
@@ -83,7 +83,7 @@ def _usage_fingerprint(event: UsageIn) -> str:
         value = getattr(event, name)
         if value is not None:
             body[name] = value
-    return hash_request(body)
+    return hash_flat_request(body)
 
 
 def _usage_debit(settings: Settings, event: UsageIn) -> UsageDebit:
@@ -211,7 +211,7 @@ def plain_debit(raw: dict[str, Any], max_micros: int) -> UsageDebit | None:
         user_id=cast(str, user_id),
         request_id=cast(str, request_id),
         amount_micros=amount,
-        request_hash=hash_request(body),
+        request_hash=hash_flat_request(body),
         details=_usage_details(model, input_tokens, output_tokens, None, api_key_id),
         api_key_id=api_key_id,
     )
