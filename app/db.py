@@ -44,11 +44,11 @@ import functools
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, NamedTuple, TypeVar
 
 import structlog
 from fastapi import Depends, Request
-from sqlalchemy import event, select
+from sqlalchemy import Select, event, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
@@ -206,6 +206,18 @@ def create_session_maker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession
 Row = TypeVar("Row", bound=DeclarativeBase)
 
 
+Selected = TypeVar("Selected")
+
+
+async def one_or_none(
+    session: AsyncSession, stmt: Select[Selected], *, for_update: bool = False
+) -> Selected | None:
+    """The one row (or value) `stmt` selects, or None; locked (FOR UPDATE) when asked."""
+    if for_update:
+        stmt = stmt.with_for_update()
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
 class RowById(Generic[Row]):
     """A repository's `get_x(session, x_id, *, for_update=False)` of one model: the row with this
     id, re-selected, locked (FOR UPDATE) when asked."""
@@ -217,9 +229,7 @@ class RowById(Generic[Row]):
         self, session: AsyncSession, row_id: str, *, for_update: bool = False
     ) -> Row | None:
         stmt = select(self.model).where(self.model.__table__.c.id == row_id)
-        if for_update:
-            stmt = stmt.with_for_update()
-        return (await session.execute(stmt)).scalar_one_or_none()
+        return await one_or_none(session, stmt, for_update=for_update)
 
 
 @asynccontextmanager
@@ -233,6 +243,7 @@ async def session_scope(
         except BaseException:
             await session.rollback()
             raise
+        # Shielded: see `app.primary.finish`.
         await finish(session.commit())
 
 
@@ -240,15 +251,8 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """The request's session: one transaction, committed when the endpoint returns and before
     the response is sent, so a failed commit can never become a 2xx."""
     maker: async_sessionmaker[AsyncSession] = request.app.state.session_maker
-    async with maker() as session:
-        try:
-            yield session
-        except BaseException:
-            await session.rollback()
-            raise
-        else:
-            # Shielded: see `app.primary.finish`.
-            await finish(session.commit())
+    async with session_scope(maker) as session:
+        yield session
 
 
 def after_commit(session: AsyncSession, job: Callable[..., object], *args: Any) -> None:
@@ -260,8 +264,26 @@ def after_commit(session: AsyncSession, job: Callable[..., object], *args: Any) 
     a task of its own (the request does not wait for it; `after_commit_settled()` does). A
     job's error is logged, never raised into the request or job that committed. A job must
     not use the session: its transaction is over. The gateway's autocommit statements hand
-    their jobs to `run_after_commit()` once the statement answered (it committed)."""
-    session.info.setdefault(_AFTER_COMMIT, []).append((job, args))
+    their jobs to `run_after_commit()` once the statement answered (it committed). A job
+    queued inside a savepoint is dropped if that savepoint rolls back."""
+    queued = _Queued(job, args, session.sync_session.get_nested_transaction())
+    session.info.setdefault(_AFTER_COMMIT, []).append(queued)
+
+
+class _Queued(NamedTuple):
+    job: Callable[..., object]
+    args: tuple[Any, ...]
+    savepoint: SessionTransaction | None
+    """The innermost savepoint open when it was queued (None: the transaction itself)."""
+
+    def inside(self, savepoint: SessionTransaction) -> bool:
+        """Queued while `savepoint` (or a savepoint within it) was open."""
+        current = self.savepoint
+        while current is not None:
+            if current is savepoint:
+                return True
+            current = current.parent
+        return False
 
 
 _AFTER_COMMIT = "after_commit_jobs"
@@ -304,15 +326,17 @@ def _run_queued(session: Session) -> None:
     # The event fires for a savepoint's release too: only the outermost commit runs the queue.
     if session.in_nested_transaction():
         return
-    run_after_commit(session.info.pop(_AFTER_COMMIT, ()))
+    run_after_commit((queued.job, queued.args) for queued in session.info.pop(_AFTER_COMMIT, ()))
 
 
 @event.listens_for(Session, "after_soft_rollback")
 def _drop_queued(session: Session, previous_transaction: SessionTransaction) -> None:
-    # The outermost transaction rolled back: its work never happened. (A savepoint's rollback
-    # keeps the queue: its jobs are the enclosing transaction's to run or drop.)
+    # The outermost transaction rolled back: its work never happened, nor did the work of a
+    # savepoint that rolled back; the enclosing transaction's other jobs stay queued.
     if previous_transaction.parent is None:
         session.info.pop(_AFTER_COMMIT, None)
+    elif previous_transaction.nested and (queue := session.info.get(_AFTER_COMMIT)):
+        queue[:] = [queued for queued in queue if not queued.inside(previous_transaction)]
 
 
 # scope="function" runs the dependency's exit (the commit) right after the endpoint returns,

@@ -202,6 +202,7 @@ def create_app(settings: Settings | None = None) -> BillingApp:
             settings.database_url.get_secret_value(),
             max_size=settings.database_pool_size,
             primary=primary,
+            combine_debits=settings.gateway_combine_debits,
         )
         primary.watch()
         # The gateway's tokens are read on the gateway's own connections (its asyncpg pool), and

@@ -50,6 +50,11 @@ LEDGER_MICROS = Counter(
     "Money moved by ledger postings, in micro-USD (the sum of each transaction's positive legs)",
     ["kind"],
 )
+USAGE_DEBITS_COMBINED = Counter(
+    "billing_usage_debits_combined_total",
+    "Gateway debits that waited for another debit of their wallet and went with it in one batch"
+    " (app/usage/combining.py)",
+)
 STRIPE_EVENTS = Counter(
     "billing_stripe_events_total", "Stripe webhook events received", ["type", "outcome"]
 )

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from fastapi import Depends, Request
 from limits import RateLimitItem, parse_many
@@ -42,16 +42,7 @@ Scope = Literal[
     "promo_redeem",
 ]
 
-SCOPES: tuple[Scope, ...] = (
-    "purchase",
-    "resume",
-    "cancel",
-    "sync",
-    "payment_result",
-    "refund_request",
-    "usage_report",
-    "promo_redeem",
-)
+SCOPES: tuple[Scope, ...] = get_args(Scope)
 
 _WHAT: dict[Scope, str] = {
     "purchase": "purchases",

@@ -96,6 +96,36 @@ async def test_a_savepoint_does_not_run_the_queue(session_maker: Maker) -> None:
     assert ran == ["outer", "inside the savepoint"]
 
 
+async def test_a_rolled_back_savepoint_drops_its_jobs_only(session_maker: Maker) -> None:
+    ran: list[str] = []
+    async with session_scope(session_maker) as session:
+        after_commit(session, ran.append, "before")
+        undone = await session.begin_nested()
+        after_commit(session, ran.append, "in the undone savepoint")
+        async with session.begin_nested():
+            after_commit(session, ran.append, "in a savepoint inside it")
+        await undone.rollback()
+        async with session.begin_nested():
+            after_commit(session, ran.append, "in a kept savepoint")
+        after_commit(session, ran.append, "after")
+        assert ran == []
+    assert ran == ["before", "in a kept savepoint", "after"]
+
+
+async def test_an_inner_savepoint_rolled_back_keeps_its_parent_s_jobs(
+    session_maker: Maker,
+) -> None:
+    ran: list[str] = []
+    async with session_scope(session_maker) as session:
+        async with session.begin_nested():
+            after_commit(session, ran.append, "outer savepoint")
+            inner = await session.begin_nested()
+            after_commit(session, ran.append, "inner savepoint")
+            await inner.rollback()
+            after_commit(session, ran.append, "outer savepoint, later")
+    assert ran == ["outer savepoint", "outer savepoint, later"]
+
+
 async def test_each_job_runs_once(session_maker: Maker) -> None:
     ran: list[str] = []
     async with session_maker() as session:

@@ -6,10 +6,9 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.adjustments.schemas import AdjustmentIn
-from app.audit.service import record_admin_action
+from app.audit.service import OperatorPosting
 from app.config import Settings
-from app.errors import IdempotencyConflict, ValidationFailed
-from app.idempotency import hash_request
+from app.errors import ValidationFailed
 from app.ledger import lots
 from app.ledger.service import PostResult, transfer
 from app.models.ledger import LotSource
@@ -37,11 +36,10 @@ async def adjust_wallet(
                 }
             ],
         )
-    request_hash = hash_request(
-        {"user_id": user_id, "amount_micros": body.amount_micros, "reason": body.reason}
+    operator = OperatorPosting.of(
+        actor, user_id, body, {"amount_micros": body.amount_micros, "reason": body.reason}
     )
     reference = f"adjustment:{body.idempotency_key}"
-    details = {"reason": body.reason, "actor": actor}
     if body.amount_micros > 0:
         # A positive adjustment is paid credit that never expires: a lot of its own.
         credited = await lots.credit(
@@ -53,8 +51,8 @@ async def adjust_wallet(
             kind="adjustment",
             account="adjustments",
             description=DESCRIPTION,
-            request_hash=request_hash,
-            details=details,
+            request_hash=operator.request_hash,
+            details=operator.ledger_details,
         )
         result = credited.posting
     else:
@@ -66,22 +64,8 @@ async def adjust_wallet(
             amount_micros=body.amount_micros,
             account="adjustments",
             description=DESCRIPTION,
-            request_hash=request_hash,
-            details=details,
+            request_hash=operator.request_hash,
+            details=operator.ledger_details,
         )
-    if result.replayed:
-        if result.transaction.request_hash != request_hash:
-            raise IdempotencyConflict(
-                f"idempotency_key {body.idempotency_key!r} was used with a different request."
-            )
-    else:
-        await record_admin_action(
-            session,
-            actor=actor,
-            action="wallet_adjusted",
-            subject_type="wallet",
-            subject_id=user_id,
-            reason=body.reason,
-            details={"amount_micros": body.amount_micros, "transaction_id": result.transaction.id},
-        )
+    await operator.audit(session, result, "wallet_adjusted", {"amount_micros": body.amount_micros})
     return result

@@ -6,13 +6,12 @@ from fastapi import APIRouter, Response, status
 
 from app.adjustments.schemas import AdjustmentIn, AdjustmentOut
 from app.adjustments.service import adjust_wallet
-from app.admin.params import UserId
+from app.admin.params import UserId, create_route
 from app.auth import AdminUser
 from app.db import SessionDep
 from app.deps import SettingsDep
 from app.errors import IdempotencyConflict, InsufficientBalance
 from app.ledger.service import PostResult
-from app.openapi import problem_responses
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -33,17 +32,14 @@ def adjustment_out(result: PostResult, user_id: str, body: AdjustmentIn) -> Adju
     )
 
 
-@router.post(
+@create_route(
+    router,
     "/accounts/{user_id}/adjustments",
-    summary="Adjust a user's balance",
-    status_code=status.HTTP_201_CREATED,
-    responses={
-        200: {
-            "model": AdjustmentOut,
-            "description": "A replay of an earlier adjustment with the same key and body.",
-        },
-        **problem_responses(InsufficientBalance, IdempotencyConflict),
-    },
+    "Adjust a user's balance",
+    AdjustmentOut,
+    "A replay of an earlier adjustment with the same key and body.",
+    InsufficientBalance,
+    IdempotencyConflict,
 )
 async def create_adjustment(
     response: Response,

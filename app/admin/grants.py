@@ -4,29 +4,24 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
 
-from app.admin.params import UserId
+from app.admin.params import UserId, create_route
 from app.auth import AdminUser
 from app.db import SessionDep
 from app.deps import NowDep, SettingsDep
 from app.errors import IdempotencyConflict
-from app.openapi import problem_responses
 from app.promotions import service
 from app.promotions.schemas import GrantIn, GrantOut, grant_out
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
 
-@router.post(
+@create_route(
+    router,
     "/users/{user_id}/grants",
-    summary="Grant credit to a user",
-    status_code=status.HTTP_201_CREATED,
-    responses={
-        200: {
-            "model": GrantOut,
-            "description": "A replay of an earlier grant with the same key and body.",
-        },
-        **problem_responses(IdempotencyConflict),
-    },
+    "Grant credit to a user",
+    GrantOut,
+    "A replay of an earlier grant with the same key and body.",
+    IdempotencyConflict,
 )
 async def create_grant(
     response: Response,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
 
+from app.admin.params import create_route
 from app.auth import AdminUser
 from app.db import SessionDep
 from app.deps import SettingsDep
 from app.errors import PromoCodeExists
-from app.openapi import problem_responses
 from app.pagination import PageQuery
 from app.promotions import service
 from app.promotions.schemas import PromoCodeIn, PromoCodeOut, promo_code_out
@@ -17,14 +17,13 @@ from app.schemas import Page
 router = APIRouter(prefix="/admin", tags=["admin"])
 
 
-@router.post(
+@create_route(
+    router,
     "/promo-codes",
-    summary="Create a promo code",
-    status_code=status.HTTP_201_CREATED,
-    responses={
-        200: {"model": PromoCodeOut, "description": "The same code with the same terms exists."},
-        **problem_responses(PromoCodeExists),
-    },
+    "Create a promo code",
+    PromoCodeOut,
+    "The same code with the same terms exists.",
+    PromoCodeExists,
 )
 async def create_promo_code(
     response: Response,

@@ -51,7 +51,6 @@ from app.orders import repository as orders_repository
 from app.orders.fulfillment import apply_payment, expected_livemode, refresh_order
 from app.orders.state import OrderStatus, transition
 from app.payment_methods import repository as cards
-from app.purchase.service import order_args
 from app.stripe_gateway import (
     StripeCardDeclined,
     StripeGateway,
@@ -209,7 +208,7 @@ async def _charge(
             pi = await _pay_invoice(maker, stripe, order, attempt.payment_method_id)
         else:
             pi = await stripe.create_off_session_payment_intent(
-                **order_args(order, order.stripe_customer_id),
+                **invoices.order_args(order, order.stripe_customer_id),
                 payment_method_id=attempt.payment_method_id,
             )
     except StripeCardDeclined as exc:

@@ -8,6 +8,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db import one_or_none
 from app.models.base import utcnow
 from app.models.billing import BillingProfile, BillingTaxId, OrderDocument, TaxIdVerification
 from app.models.orders import Order, StripeCustomer
@@ -43,9 +44,7 @@ async def get_profile(
     session: AsyncSession, user_id: str, *, for_update: bool = False
 ) -> BillingProfile | None:
     stmt = select(BillingProfile).where(BillingProfile.user_id == user_id)
-    if for_update:
-        stmt = stmt.with_for_update()
-    return (await session.execute(stmt)).scalar_one_or_none()
+    return await one_or_none(session, stmt, for_update=for_update)
 
 
 async def tax_ids_of(session: AsyncSession, user_id: str) -> list[BillingTaxId]:
@@ -83,9 +82,7 @@ async def tax_id_by_stripe_id(
     session: AsyncSession, stripe_tax_id: str, *, for_update: bool = False
 ) -> BillingTaxId | None:
     stmt = select(BillingTaxId).where(BillingTaxId.stripe_tax_id == stripe_tax_id)
-    if for_update:
-        stmt = stmt.with_for_update()
-    return (await session.execute(stmt)).scalar_one_or_none()
+    return await one_or_none(session, stmt, for_update=for_update)
 
 
 async def tax_id_by_value(
@@ -125,9 +122,7 @@ async def order_of_invoice(
 ) -> Order | None:
     """The order an invoice is for: the one it pays, or one it was reissued for."""
     stmt = select(Order).where(Order.stripe_invoice_id == invoice_id)
-    if for_update:
-        stmt = stmt.with_for_update()
-    order = (await session.execute(stmt)).scalar_one_or_none()
+    order = await one_or_none(session, stmt, for_update=for_update)
     if order is not None:
         return order
     doc = await session.execute(
@@ -136,7 +131,6 @@ async def order_of_invoice(
     order_id = doc.scalar_one_or_none()
     if order_id is None:
         return None
-    stmt = select(Order).where(Order.id == order_id)
-    if for_update:
-        stmt = stmt.with_for_update()
-    return (await session.execute(stmt)).scalar_one_or_none()
+    return await one_or_none(
+        session, select(Order).where(Order.id == order_id), for_update=for_update
+    )

@@ -272,53 +272,49 @@ TaxOf = Callable[[int], int]
 it moves on `tax_payable` in the same posting, never through the wallet or the lot."""
 
 
+@dataclass(frozen=True, slots=True)
+class OrderMove:
+    """A refund's or dispute's posting for an order (`order_id`, its wallet `user_id`): money
+    between the wallet and `account`, once per `reference`, as `kind`, `description` and
+    `details` on the ledger transaction, with the tax share (`tax_of`) of an order taxed on
+    top. `take_back` and `give_back` post it."""
+
+    order_id: str
+    user_id: str
+    reference: str
+    kind: str
+    account: str
+    description: str | None = None
+    details: dict[str, Any] | None = None
+    tax_of: TaxOf | None = None
+
+
 async def _move(
-    session: AsyncSession,
-    *,
-    reference: str,
-    kind: str,
-    user_id: str,
-    amount_micros: int,
-    account: str,
-    require_available: bool = False,
-    description: str | None,
-    details: dict[str, Any] | None,
-    tax_of: TaxOf | None,
+    session: AsyncSession, move: OrderMove, amount_micros: int, *, require_available: bool = False
 ) -> PostResult:
-    """`amount_micros` into (negative: out of) the wallet from `account`, with the tax share of
-    an order taxed on top on `tax_payable` (same sign), `account` taking both."""
-    tax = (tax_of(abs(amount_micros)) if tax_of else 0) * (1 if amount_micros > 0 else -1)
+    """`amount_micros` into (negative: out of) the wallet from `move.account`, with the tax
+    share of an order taxed on top on `tax_payable` (same sign), the account taking both."""
+    tax = (move.tax_of(abs(amount_micros)) if move.tax_of else 0) * (1 if amount_micros > 0 else -1)
     return await post_accounts(
         session,
-        reference=reference,
-        kind=kind,
+        reference=move.reference,
+        kind=move.kind,
         legs=[
-            Leg.wallet(user_id, amount_micros, require_available=require_available),
-            Leg.account(account, -(amount_micros + tax)),
+            Leg.wallet(move.user_id, amount_micros, require_available=require_available),
+            Leg.account(move.account, -(amount_micros + tax)),
             *([Leg.account("tax_payable", tax)] if tax else []),
         ],
-        user_id=user_id,
-        description=description,
-        details={**(details or {}), "tax_micros": tax} if tax else details,
+        user_id=move.user_id,
+        description=move.description,
+        details={**(move.details or {}), "tax_micros": tax} if tax else move.details,
     )
 
 
 async def take_back(
-    session: AsyncSession,
-    *,
-    order_id: str,
-    user_id: str,
-    amount_micros: int,
-    reference: str,
-    kind: str,
-    account: str,
-    require_available: bool,
-    description: str | None = None,
-    details: dict[str, Any] | None = None,
-    tax_of: TaxOf | None = None,
+    session: AsyncSession, move: OrderMove, amount_micros: int, *, require_available: bool
 ) -> PostResult | None:
     """Take `amount_micros` (> 0) back out of the wallet for a refund or dispute of an order,
-    once per `reference`, from that order's lot first:
+    once per `move.reference`, from that order's lot first:
 
     - in all, never more than the lot's amount less what was taken back from it before (a
       refund and a dispute of the same payment together never take back more than it paid);
@@ -328,20 +324,13 @@ async def take_back(
       the rest of the balance, even below zero (a debt the next credit repays first).
 
     None when nothing is left to take back (the lot was returned in full)."""
-    if await repository.wallet_amount(session, reference) is not None:
-        return await _move(
-            session, reference=reference, kind=kind, user_id=user_id,
-            amount_micros=-amount_micros, account=account, description=description,
-            details=details, tax_of=tax_of,
-        )  # fmt: skip
+    if await repository.wallet_amount(session, move.reference) is not None:
+        return await _move(session, move, -amount_micros)
+    user_id = move.user_id
     await repository.lock_wallet(session, user_id)
-    lot = await repository.lot_of_order(session, order_id, for_update=True)
+    lot = await repository.lot_of_order(session, move.order_id, for_update=True)
     if lot is None:  # paid before lots: the balance is all there is to go by
-        return await _move(
-            session, reference=reference, kind=kind, user_id=user_id,
-            amount_micros=-amount_micros, account=account, require_available=require_available,
-            description=description, details=details, tax_of=tax_of,
-        )  # fmt: skip
+        return await _move(session, move, -amount_micros, require_available=require_available)
     left = await remainder(session, lot)
     take = min(amount_micros, lot.amount_micros - lot.returned_micros)
     expired = lot.expires_at is not None and lot.expires_at <= utcnow()
@@ -354,17 +343,7 @@ async def take_back(
             raise insufficient_balance(min(left, available), amount_micros)
     if take <= 0:
         return None
-    result = await _move(
-        session,
-        reference=reference,
-        kind=kind,
-        user_id=user_id,
-        amount_micros=-take,
-        account=account,
-        description=description,
-        details=details,
-        tax_of=tax_of,
-    )
+    result = await _move(session, move, -take)
     if result.replayed:  # pragma: no cover - checked above, under the wallet's lock
         return result
     from_lot = min(take, left)
@@ -376,44 +355,20 @@ async def take_back(
 
 
 async def give_back(
-    session: AsyncSession,
-    *,
-    order_id: str,
-    user_id: str,
-    amount_micros: int,
-    reverses: str,
-    reference: str,
-    kind: str,
-    account: str,
-    description: str | None = None,
-    details: dict[str, Any] | None = None,
-    tax_of: TaxOf | None = None,
+    session: AsyncSession, move: OrderMove, amount_micros: int, *, reverses: str
 ) -> PostResult | None:
     """Reverse a take-back (`reverses`: its reference) of up to `amount_micros`, once per
-    `reference`: no more than it took, into the wallet, and to the order's lot as what was
+    `move.reference`: no more than it took, into the wallet, and to the order's lot as what was
     taken back from it. A tracked lot gets its remainder back the way a credit does (a debt
     first); a never-expiring paid lot by being owed less. None when the take-back moved
     nothing."""
-
-    async def post(amount: int) -> PostResult:
-        return await _move(
-            session,
-            reference=reference,
-            kind=kind,
-            user_id=user_id,
-            amount_micros=amount,
-            account=account,
-            description=description,
-            details=details,
-            tax_of=tax_of,
-        )
-
-    if await repository.wallet_amount(session, reference) is not None:
-        return await post(amount_micros)  # a replay
+    if await repository.wallet_amount(session, move.reference) is not None:
+        return await _move(session, move, amount_micros)  # a replay
+    user_id = move.user_id
     await repository.lock_wallet(session, user_id)
-    lot = await repository.lot_of_order(session, order_id, for_update=True)
+    lot = await repository.lot_of_order(session, move.order_id, for_update=True)
     if lot is None:  # paid before lots: as the balance had it
-        return await post(amount_micros)
+        return await _move(session, move, amount_micros)
     taken = await repository.wallet_amount(session, reverses)
     if taken is None:
         return None  # the take-back it reverses moved nothing
@@ -423,17 +378,17 @@ async def give_back(
         # the sweep sent the rest of it, not into the balance.
         return await post_accounts(
             session,
-            reference=reference,
-            kind=kind,
+            reference=move.reference,
+            kind=move.kind,
             legs=[
-                Leg.account(account, -give),
+                Leg.account(move.account, -give),
                 Leg.account(EXPIRY_ACCOUNTS[LotKind(lot.kind)], give),
             ],
             user_id=user_id,
-            description=f"{description} (credit expired)" if description else None,
-            details=details,
+            description=f"{move.description} (credit expired)" if move.description else None,
+            details=move.details,
         )
-    result = await post(give)
+    result = await _move(session, move, give)
     if result.replayed:  # pragma: no cover - checked above, under the wallet's lock
         return result
     restored = min(give, lot.returned_micros)

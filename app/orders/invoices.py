@@ -95,7 +95,9 @@ async def store_document(
     return doc
 
 
-def _args(order: Order, customer_id: str) -> OrderArgs:
+def order_args(order: Order, customer_id: str) -> OrderArgs:
+    """What the order's Stripe payment object (a PaymentIntent, a Checkout Session, an
+    off-session charge, an invoice) is created with, the Customer pinned on it."""
     return {
         "order_id": order.id,
         "user_id": order.user_id,
@@ -130,7 +132,7 @@ async def open_invoice(
     id of the PaymentIntent it is paid through, both stored on the order."""
     po = await profile_po_number(maker, stripe, order.user_id)
     invoice = await stripe.create_order_invoice(
-        _args(order, customer_id), automatic_tax=order.stripe_tax, po_number=po
+        order_args(order, customer_id), automatic_tax=order.stripe_tax, po_number=po
     )
     pi_id = payment_intent_of(invoice)
     if pi_id is None:
@@ -220,7 +222,7 @@ async def reissue(
         key=f"reissue:{order.id}:{generation}:credit",
     )
     new_invoice = await stripe.issue_invoice_paid_out_of_band(
-        _args(order, order.stripe_customer_id),
+        order_args(order, order.stripe_customer_id),
         automatic_tax=order.stripe_tax,
         po_number=po,
         key=f"reissue:{order.id}:{generation}",

@@ -14,16 +14,14 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.audit.service import record_admin_action
+from app.audit.service import OperatorPosting, record_admin_action
 from app.config import Settings
 from app.errors import (
-    IdempotencyConflict,
     PromoCodeAlreadyRedeemed,
     PromoCodeExists,
     PromoCodeNotFound,
     ValidationFailed,
 )
-from app.idempotency import hash_request
 from app.ids import new_id
 from app.ledger import lots
 from app.ledger.lots_repository import lot_by_reference
@@ -62,15 +60,17 @@ async def grant_credit(
     only); for a replay of the same key and body, the original lot."""
     amount_micros = _amount_micros(settings, body.amount)
     reference = f"grant:{body.idempotency_key}"
-    request_hash = hash_request(
+    operator = OperatorPosting.of(
+        actor,
+        user_id,
+        body,
         {
-            "user_id": user_id,
             "amount_micros": amount_micros,
             "expires_at": body.expires_at.isoformat() if body.expires_at else None,
             "expires_in_days": body.expires_in_days,
             "reason": body.reason,
             "description": body.description,
-        }
+        },
     )
     expires_at = body.expires_at
     if body.expires_in_days is not None:
@@ -94,28 +94,17 @@ async def grant_credit(
         account=ACCOUNT,
         expires_at=expires_at,
         description=body.description,
-        request_hash=request_hash,
-        details={"reason": body.reason, "actor": actor},
+        request_hash=operator.request_hash,
+        details=operator.ledger_details,
     )
-    if credited.replayed:
-        if credited.posting.transaction.request_hash != request_hash:
-            raise IdempotencyConflict(
-                f"idempotency_key {body.idempotency_key!r} was used with a different request."
-            )
-        return credited
-    assert credited.lot is not None
-    await record_admin_action(
+    await operator.audit(
         session,
-        actor=actor,
-        action="credit_granted",
-        subject_type="wallet",
-        subject_id=user_id,
-        reason=body.reason,
-        details={
+        credited.posting,
+        "credit_granted",
+        {
             "amount_micros": amount_micros,
-            "lot_id": credited.lot.id,
+            "lot_id": credited.lot.id if credited.lot is not None else None,
             "expires_at": expires_at.isoformat() if expires_at else None,
-            "transaction_id": credited.posting.transaction.id,
         },
     )
     return credited

@@ -41,7 +41,7 @@ from app.ids import new_id
 from app.metrics import observe_rate_limited
 from app.models.base import utcnow
 from app.models.orders import Order, OrderKind
-from app.money import format_amount, micros_to_cents, parse_amount, usd_to_micros
+from app.money import format_amount, parse_amount, usd_to_micros
 from app.notifications.service import remember_email
 from app.orders import invoices
 from app.orders import repository as orders_repository
@@ -56,7 +56,6 @@ from app.stripe_gateway import (
     StripeOutcomeUnknown,
     StripeRequestFailed,
 )
-from app.stripe_gateway.gateway import OrderArgs
 from app.stripe_gateway.payments import (
     StripePayment,
     payment_from_checkout_session,
@@ -439,18 +438,6 @@ async def _create_object(
         raise
 
 
-def order_args(order: Order, customer_id: str) -> OrderArgs:
-    """What the order's Stripe payment object is created with (the Customer pinned on it)."""
-    return {
-        "order_id": order.id,
-        "user_id": order.user_id,
-        "amount_cents": micros_to_cents(order.amount_micros),
-        "currency": order.currency,
-        "customer_id": customer_id,
-        "idempotency_key": order.stripe_idempotency_key,
-    }
-
-
 async def _create_call(
     maker: async_sessionmaker[AsyncSession],
     stripe: StripeGateway,
@@ -458,7 +445,7 @@ async def _create_call(
     order: Order,
     customer_id: str,
 ) -> StripeJSON:
-    args = order_args(order, customer_id)
+    args = invoices.order_args(order, customer_id)
     setup_future_usage = "off_session" if order.save_card else None
     if order.mode == "checkout":
         portal = settings.portal_url.rstrip("/")

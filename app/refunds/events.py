@@ -62,36 +62,23 @@ class OrderTransfer:
         """The transfer, through the order's credit lot (`app.ledger.lots`): a debit takes back
         from it first, a credit gives back what its debit took. None when there was nothing
         to move (the lot was taken back in full before)."""
-        reference = f"{self.prefix or self.kind}:{object_id}"
-        description = self.description.format(order=order.id)
-        details = {"order_id": order.id, self.id_key: object_id}
+        move = lots.OrderMove(
+            order_id=order.id,
+            user_id=order.user_id,
+            reference=f"{self.prefix or self.kind}:{object_id}",
+            kind=self.kind,
+            account=self.account,
+            description=self.description.format(order=order.id),
+            details={"order_id": order.id, self.id_key: object_id},
+            tax_of=lambda micros: tax_share(order, micros),
+        )
         if amount_micros < 0:
             return await lots.take_back(
-                session,
-                order_id=order.id,
-                user_id=order.user_id,
-                amount_micros=-amount_micros,
-                reference=reference,
-                kind=self.kind,
-                account=self.account,
-                require_available=self.require_available,
-                description=description,
-                details=details,
-                tax_of=lambda micros: tax_share(order, micros),
+                session, move, -amount_micros, require_available=self.require_available
             )
         assert self.reverses is not None, f"{self.kind} credits nothing back"
         return await lots.give_back(
-            session,
-            order_id=order.id,
-            user_id=order.user_id,
-            amount_micros=amount_micros,
-            reverses=f"{self.reverses}:{object_id}",
-            reference=reference,
-            kind=self.kind,
-            account=self.account,
-            description=description,
-            details=details,
-            tax_of=lambda micros: tax_share(order, micros),
+            session, move, amount_micros, reverses=f"{self.reverses}:{object_id}"
         )
 
 

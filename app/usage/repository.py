@@ -80,6 +80,7 @@ from app.primary import (
     finish,
 )
 from app.usage.batch import BatchPlan, ExistingDebit, limit_scopes, plan_batch
+from app.usage.combining import Combiner
 from app.usage.store import (
     USAGE_DESCRIPTION,
     USAGE_KIND,
@@ -1010,7 +1011,11 @@ class UsageStore:
     """The gateway's operations through an asyncpg pool of their own."""
 
     def __init__(
-        self, pool: asyncpg.Pool | asyncpg.Connection, clock: Callable[[], datetime] = utcnow
+        self,
+        pool: asyncpg.Pool | asyncpg.Connection,
+        clock: Callable[[], datetime] = utcnow,
+        *,
+        combine_debits: bool = True,
     ) -> None:
         self._pool: Any = pool if isinstance(pool, asyncpg.Pool) else _OneConnection(pool)
         self.clock = clock
@@ -1020,10 +1025,16 @@ class UsageStore:
         statement first, sparing the other one's refusal. Only a hint: either statement is
         right for any wallet (the first refuses a wallet tracking lots), so a stale entry costs
         time, never a different outcome."""
+        self._combiner = Combiner(self._debit_alone, self.debit_batch, combine=combine_debits)
 
     @classmethod
     async def open(
-        cls, database_url: str, *, max_size: int, primary: Primary | None = None
+        cls,
+        database_url: str,
+        *,
+        max_size: int,
+        primary: Primary | None = None,
+        combine_debits: bool = True,
     ) -> UsageStore:
         """A store on its own pool, connecting through `primary` (the service shares one with
         its ORM engine), else one of its own for the URL."""
@@ -1037,7 +1048,7 @@ class UsageStore:
             reset=_reset,
             server_settings={"application_name": APPLICATION_NAME},
         )
-        return cls(pool)
+        return cls(pool, combine_debits=combine_debits)
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -1076,8 +1087,13 @@ class UsageStore:
         row = await self._pool.fetchrow(_WALLET_BY_USER, user_id, self.clock())
         return _read(WalletRow, row) if row is not None else None
 
-    @_outage_is_503
     async def debit(self, debit: UsageDebit) -> Debited:
+        """Apply `debit` once: alone, or combined with the debits of its wallet that arrived
+        while one of its debits was in flight (`app.usage.combining`)."""
+        return await self._combiner.debit(debit)
+
+    @_outage_is_503
+    async def _debit_alone(self, debit: UsageDebit) -> Debited:
         for _ in range(_COVER_ATTEMPTS - 1):
             try:
                 return await self._debit_once(debit)

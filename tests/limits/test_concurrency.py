@@ -24,7 +24,13 @@ USER = "racer"
 
 @pytest.fixture
 def settings_overrides() -> dict[str, Any]:
-    return {"database_pool_size": RACE_POOL_SIZE, "service_token_cache_seconds": 60}
+    # Each debit its own statement, racing on the counters' row locks as across processes (in
+    # one process, debits of one wallet are combined: tests/usage/test_combining.py).
+    return {
+        "database_pool_size": RACE_POOL_SIZE,
+        "service_token_cache_seconds": 60,
+        "gateway_combine_debits": False,
+    }
 
 
 @pytest.fixture

@@ -27,7 +27,13 @@ from testing.helpers.ledger import debit, deposit, gateway_balance
 
 @pytest.fixture
 def settings_overrides() -> dict[str, Any]:
-    return {"database_pool_size": RACE_POOL_SIZE, "service_token_cache_seconds": 60}
+    # Each debit its own statement: the debits of one wallet race on its row lock in
+    # PostgreSQL, as they do across processes (tests/usage/test_combining.py: within one).
+    return {
+        "database_pool_size": RACE_POOL_SIZE,
+        "service_token_cache_seconds": 60,
+        "gateway_combine_debits": False,
+    }
 
 
 def connections_opened(app: Any) -> int:

@@ -109,7 +109,12 @@ class TickingClock:
         return self.start + timedelta(milliseconds=next(self.ticks))
 
 
-@pytest.mark.parametrize("settings_overrides", [{"database_pool_size": RACE_POOL_SIZE}])
+@pytest.mark.parametrize(
+    "settings_overrides",
+    # Each debit its own statement, racing on the row locks (combined debits share one clock
+    # reading per batch: tests/usage/test_combining.py).
+    [{"database_pool_size": RACE_POOL_SIZE, "gateway_combine_debits": False}],
+)
 async def test_64_concurrent_debits_across_lots_with_one_expiring_mid_race_are_exact(
     app: Any,
     client: httpx.AsyncClient,

@@ -1,0 +1,211 @@
+"""Debits of one wallet combined in the process (`app/usage/combining.py`, on by default): the
+debits that arrive while one of the wallet's debits is in flight go together as one batch, with
+exactly the outcomes of applying them one by one in arrival order."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client import REGISTRY
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.errors import InsufficientBalance
+from app.ledger.service import insufficient_balance
+from app.models.base import utcnow
+from app.models.ledger import LotSource
+from app.usage.combining import Combiner
+from app.usage.store import BatchOutcome, Debited, UsageDebit
+from testing.fixtures.app import RACE_POOL_SIZE
+from testing.helpers.concurrency import together
+from testing.helpers.ledger import debit, deposit, gateway_balance
+from testing.helpers.lots import add_lot, booked, remaining, wallet
+
+Maker = async_sessionmaker[AsyncSession]
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    return {"database_pool_size": RACE_POOL_SIZE, "service_token_cache_seconds": 60}
+
+
+def combined() -> float:
+    return REGISTRY.get_sample_value("billing_usage_debits_combined_total") or 0.0
+
+
+async def test_400_debits_of_one_wallet_at_once_are_combined_and_exact(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], gateway_headers: dict[str, str]
+) -> None:
+    await deposit(client, admin_headers, "alice", 1_000_000)
+    await gateway_balance(client, gateway_headers, "alice")  # the token lookup is cached now
+    before = combined()
+    responses = await together(
+        [lambda: debit(client, gateway_headers, "alice", 7_000) for _ in range(400)]
+    )
+    assert combined() - before > 0, "no debit was combined"
+    statuses = Counter(r.status_code for r in responses)
+    assert statuses == {201: 142, 402: 258}
+    # Each refusal says what was available when its turn came: the last 0.006000.
+    assert {r.json()["available_micros"] for r in responses if r.status_code == 402} == {6_000}
+    # Every applied debit answers the balance right after it, each a different one.
+    balances = sorted(r.json()["balance_micros"] for r in responses if r.status_code == 201)
+    assert balances == [6_000 + 7_000 * i for i in range(142)]
+    assert len({r.json()["transaction_id"] for r in responses if r.status_code == 201}) == 142
+    assert (await gateway_balance(client, gateway_headers, "alice"))["balance_micros"] == 6_000
+
+
+async def test_combined_debits_draw_the_lots_in_order_and_book_them_exactly(
+    client: httpx.AsyncClient, gateway_headers: dict[str, str], session_maker: Maker
+) -> None:
+    now = utcnow()
+    grant = await add_lot(session_maker, "bo", 300_000, expires_at=now + timedelta(days=5))
+    paid = await add_lot(
+        session_maker, "bo", 500_000, source=LotSource.PURCHASE, expires_at=now + timedelta(30)
+    )
+    await add_lot(session_maker, "bo", 200_000, source=LotSource.ADJUSTMENT)  # never expires
+    await gateway_balance(client, gateway_headers, "bo")
+    before = combined()
+    responses = await together(
+        [lambda: debit(client, gateway_headers, "bo", 10_000) for _ in range(120)]
+    )
+    assert combined() - before > 0, "no debit was combined"
+    assert Counter(r.status_code for r in responses) == {201: 100, 402: 20}
+    assert await remaining(session_maker, grant.id, paid.id) == [0, 0]
+    assert await booked(session_maker, "promo_usage") == 300_000
+    assert await booked(session_maker, "usage") == 700_000
+    assert await wallet(session_maker, "bo") == (0, 0)
+
+
+async def test_repeats_of_one_request_id_combined_debit_once(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], gateway_headers: dict[str, str]
+) -> None:
+    await deposit(client, admin_headers, "cy", 1_000_000)
+    await gateway_balance(client, gateway_headers, "cy")
+    responses = await together(
+        [
+            lambda: debit(client, gateway_headers, "cy", 7_000, request_id="req-1", model="m")
+            for _ in range(40)
+        ]
+        + [
+            # The same id with another body: a conflict, never a second debit.
+            lambda: debit(client, gateway_headers, "cy", 9_000, request_id="req-1", model="m")
+            for _ in range(10)
+        ],
+        workers=50,
+    )
+    statuses = Counter(r.status_code for r in responses)
+    assert statuses[201] == 1
+    assert statuses[201] + statuses[200] + statuses[409] == 50
+    (applied,) = (r.json() for r in responses if r.status_code == 201)
+    assert {r.json()["transaction_id"] for r in responses if r.status_code == 200} <= {
+        applied["transaction_id"]
+    }
+    # Whichever body came first was applied, once; the other body's requests conflicted.
+    spent = 1_000_000 - applied["balance_micros"]
+    assert spent in (7_000, 9_000)
+    assert statuses[409] == (10 if spent == 7_000 else 40)
+    assert (await gateway_balance(client, gateway_headers, "cy"))["balance_micros"] == (
+        1_000_000 - spent
+    )
+
+
+# The coordination alone, with the store's two calls as plain functions.
+
+
+def _debit(user: str, request_id: str) -> UsageDebit:
+    return UsageDebit(user, request_id, 1, "h", None)
+
+
+class _Store:
+    """Records what went alone and in batches; the first debit is held until released."""
+
+    def __init__(self) -> None:
+        self.alone: list[str] = []
+        self.batches: list[list[str]] = []
+        self.release = asyncio.Event()
+        self.fail_batches = False
+
+    async def debit_alone(self, debit: UsageDebit) -> Debited:
+        self.alone.append(debit.request_id)
+        await self.release.wait()
+        return Debited(f"txn-{debit.request_id}", "h", False, None)
+
+    async def debit_batch(self, debits: Sequence[UsageDebit]) -> list[BatchOutcome]:
+        self.batches.append([d.request_id for d in debits])
+        if self.fail_batches:
+            raise ConnectionError("the database went away")
+        return [
+            Debited(f"txn-{d.request_id}", "h", False, None)
+            if not d.request_id.startswith("poor")
+            else insufficient_balance(0, 1)
+            for d in debits
+        ]
+
+
+async def test_what_waits_goes_as_one_batch_in_arrival_order_per_wallet() -> None:
+    store = _Store()
+    combiner = Combiner(store.debit_alone, store.debit_batch)
+    first = asyncio.ensure_future(combiner.debit(_debit("u", "a")))
+    other_wallet = asyncio.ensure_future(combiner.debit(_debit("v", "x")))
+    await asyncio.sleep(0)
+    waiting = [asyncio.ensure_future(combiner.debit(_debit("u", r))) for r in ("b", "c", "poor")]
+    await asyncio.sleep(0)
+    assert store.alone == ["a", "x"]
+    assert store.batches == []
+    store.release.set()
+    assert (await first).transaction_id == "txn-a"
+    assert (await other_wallet).transaction_id == "txn-x"
+    assert [(await w).transaction_id for w in waiting[:2]] == ["txn-b", "txn-c"]
+    with pytest.raises(InsufficientBalance):
+        await waiting[2]
+    assert store.batches == [["b", "c", "poor"]]
+    assert combiner.in_flight == 0
+
+
+async def test_an_outage_in_a_combined_batch_reaches_every_waiting_debit() -> None:
+    store = _Store()
+    store.fail_batches = True
+    combiner = Combiner(store.debit_alone, store.debit_batch)
+    first = asyncio.ensure_future(combiner.debit(_debit("u", "a")))
+    await asyncio.sleep(0)
+    waiting = [asyncio.ensure_future(combiner.debit(_debit("u", r))) for r in ("b", "c")]
+    await asyncio.sleep(0)
+    store.release.set()
+    await first
+    for future in waiting:
+        with pytest.raises(ConnectionError):
+            await future
+    assert combiner.in_flight == 0
+    # The wallet is free again: the next debit goes alone.
+    assert (await combiner.debit(_debit("u", "d"))).transaction_id == "txn-d"
+
+
+async def test_a_cancelled_waiting_request_neither_blocks_nor_drops_the_others() -> None:
+    store = _Store()
+    combiner = Combiner(store.debit_alone, store.debit_batch)
+    first = asyncio.ensure_future(combiner.debit(_debit("u", "a")))
+    await asyncio.sleep(0)
+    gone = asyncio.ensure_future(combiner.debit(_debit("u", "b")))
+    kept = asyncio.ensure_future(combiner.debit(_debit("u", "c")))
+    await asyncio.sleep(0)
+    gone.cancel()
+    store.release.set()
+    await first
+    assert (await kept).transaction_id == "txn-c"
+    # The cancelled request's debit was queued: it went with the batch, as a started one would.
+    assert store.batches == [["b", "c"]]
+    assert combiner.in_flight == 0
+
+
+async def test_off_every_debit_goes_alone() -> None:
+    store = _Store()
+    store.release.set()
+    combiner = Combiner(store.debit_alone, store.debit_batch, combine=False)
+    await asyncio.gather(*(combiner.debit(_debit("u", r)) for r in "abc"))
+    assert store.alone == ["a", "b", "c"]
+    assert store.batches == []
