@@ -6,6 +6,9 @@ checked:
 - `torouter-billing ledger-verify` is clean;
 - every PaymentIntent paid at the peer is credited exactly once (`topup:<pi>`);
 - every gateway request id is debited at most once, and exactly once when it was answered 2xx;
+- batches of 1,000 usage events (sent, and resent as the gateway would): every event answered
+  `applied` or `replayed` is debited exactly once, none twice, and a batch never answered is
+  applied whole or not at all;
 - every hold captured with a 2xx is posted exactly once, none twice;
 - no refund request made two refunds at the peer, none is debited twice, and every refund the
   peer made for a request is debited exactly once;
@@ -72,6 +75,11 @@ class Tally:
     paid_pis: dict[str, str] = field(default_factory=dict)  # pi -> order id
     usage_sent: set[str] = field(default_factory=set)
     usage_ok: set[str] = field(default_factory=set)
+    batches: list[list[str]] = field(default_factory=list)
+    """The request ids of each batch sent."""
+    batch_ok: set[str] = field(default_factory=set)
+    """Batch events answered `applied` or `replayed`."""
+    batches_unanswered: int = 0
     holds_sent: set[str] = field(default_factory=set)
     captured_ok: dict[str, int] = field(default_factory=dict)
     refund_requests: set[str] = field(default_factory=set)
@@ -211,6 +219,50 @@ async def debiter(
             await asyncio.sleep(0.1)
 
 
+BATCH_EVENTS = 1000
+
+
+async def batcher(
+    cluster: Cluster, tally: Tally, headers: dict[str, str], stop: asyncio.Event
+) -> None:
+    """Batches of 1,000 events over every user (small amounts: the deposits cover them all),
+    resent up to three times while unanswered, as the gateway would."""
+    while not stop.is_set():
+        if not cluster.ready:  # a batch is made only when one can be sent
+            await asyncio.sleep(0.2)
+            continue
+        prefix = f"crash-batch-{uuid.uuid4().hex}"
+        ids = [f"{prefix}-{n}" for n in range(BATCH_EVENTS)]
+        events: list[dict[str, Any]] = [
+            {
+                "user_id": random.choice(USERS),
+                "request_id": ids[n],
+                "amount_micros": random.randint(100, 1_000),
+                "model": "m",
+                "input_tokens": n,
+            }
+            for n in range(BATCH_EVENTS)
+        ]
+        tally.batches.append(ids)
+        tally.usage_sent.update(ids)
+        for _ in range(random.choice([1, 1, 3])):
+            response = await cluster.request(
+                tally,
+                "POST",
+                "/v1/internal/usage/batch",
+                json={"events": events},
+                headers=headers,
+            )
+            if response is not None and response.status_code == 200:
+                for result in response.json()["results"]:
+                    if result["status"] in ("applied", "replayed"):
+                        tally.batch_ok.add(result["request_id"])
+                break
+            await asyncio.sleep(0.1)
+        else:
+            tally.batches_unanswered += 1
+
+
 async def holder(
     cluster: Cluster, tally: Tally, headers: dict[str, str], stop: asyncio.Event
 ) -> None:
@@ -310,6 +362,7 @@ async def progress(tally: Tally, started: float, stop: asyncio.Event) -> None:
             f"t={time.monotonic() - started:5.0f}s kills={tally.kills} requests={tally.requests()} "
             f"purchases={tally.purchases} paid={len(tally.paid_pis)} "
             f"debits={len(tally.usage_ok)}/{len(tally.usage_sent)} "
+            f"batches={len(tally.batches)} "
             f"captures={len(tally.captured_ok)} refund_requests={len(tally.refund_requests)} "
             f"no_answer={tally.answers['no answer']} 5xx="
             f"{sum(v for k, v in tally.answers.items() if k.startswith('5'))}"
@@ -397,6 +450,18 @@ async def check(dsn: str, env: dict[str, str], peer: StripePeer, tally: Tally) -
             "SELECT reference, count(*) AS n FROM ledger_transactions GROUP BY reference"
         )
         count = {r["reference"]: r["n"] for r in rows}
+        # A usage debit is its usage record (a batch's events have no transaction of their
+        # own), or a usage transaction without one (none since migration 0023): both counted.
+        rows = await conn.fetch(
+            "SELECT reference, count(*) AS n FROM ("
+            " SELECT reference FROM usage_records WHERE reference IS NOT NULL"
+            " UNION ALL"
+            " SELECT t.reference FROM ledger_transactions t WHERE t.kind = 'usage'"
+            " AND t.reference LIKE 'usage:%' AND NOT EXISTS (SELECT 1 FROM usage_records u"
+            " WHERE u.transaction_id = t.id AND u.reference = t.reference)) d"
+            " GROUP BY reference"
+        )
+        count.update({r["reference"]: r["n"] for r in rows})
     finally:
         await conn.close()
 
@@ -419,6 +484,23 @@ async def check(dsn: str, env: dict[str, str], peer: StripePeer, tally: Tally) -
     )
     if doubled or lost:
         failures.append(f"usage debited twice: {doubled[:5]}; 2xx not debited once: {lost[:5]}")
+
+    batch_lost = [r for r in tally.batch_ok if count.get(f"usage:{r}", 0) != 1]
+    halves = []
+    for batch in tally.batches:
+        applied = sum(count.get(f"usage:{r}", 0) == 1 for r in batch)
+        if applied not in (0, len(batch)):
+            halves.append(f"{batch[0].rsplit('-', 1)[0]}: {applied} of {len(batch)}")
+    say(
+        f"batches: {len(tally.batches)} of {BATCH_EVENTS} events, never answered: "
+        f"{tally.batches_unanswered}; events answered applied/replayed: {len(tally.batch_ok)}, "
+        f"of them not debited once: {len(batch_lost)}; batches applied in part: {len(halves)}"
+    )
+    if batch_lost or halves:
+        failures.append(
+            f"batch events answered but not debited once: {batch_lost[:5]}; "
+            f"batches applied in part: {halves[:5]}"
+        )
 
     captures_twice = [h for h in tally.holds_sent if count.get(f"hold:{h}", 0) > 1]
     captures_lost = [
@@ -564,6 +646,7 @@ async def run(args: argparse.Namespace) -> int:
             drivers = [
                 *(purchaser(cluster, peer, tally, tokens, stop) for _ in range(3)),
                 *(debiter(cluster, tally, gateway, stop) for _ in range(4)),
+                *(batcher(cluster, tally, gateway, stop) for _ in range(2)),
                 *(holder(cluster, tally, gateway, stop) for _ in range(2)),
                 refunder(cluster, tally, tokens, stop),
                 progress(tally, started, stop),

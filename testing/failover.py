@@ -791,7 +791,19 @@ async def balances(dsn: str, load: Load, log: list[dict[str, Any]]) -> list[str]
             "SELECT user_id, balance_micros FROM accounts WHERE user_id = ANY($1::text[])", USERS
         )
         refs = await conn.fetch(
-            "SELECT reference, count(*) AS n FROM ledger_transactions GROUP BY reference"
+            "SELECT reference, count(*) AS n FROM ledger_transactions"
+            " WHERE reference NOT LIKE 'usage%' GROUP BY reference"
+        )
+        # A usage debit is its usage record (a batch's events have no transaction of their
+        # own), or a usage transaction without one (none since migration 0023).
+        refs += await conn.fetch(
+            "SELECT reference, count(*) AS n FROM ("
+            " SELECT reference FROM usage_records WHERE reference IS NOT NULL"
+            " UNION ALL"
+            " SELECT t.reference FROM ledger_transactions t WHERE t.kind = 'usage'"
+            " AND t.reference LIKE 'usage:%' AND NOT EXISTS (SELECT 1 FROM usage_records u"
+            " WHERE u.transaction_id = t.id AND u.reference = t.reference)) d"
+            " GROUP BY reference"
         )
     finally:
         await conn.close()

@@ -170,6 +170,26 @@ _CHECKS: list[tuple[str, str, str]] = [
         "swept at expiry yet holds {remaining}",
     ),
     (
+        # A usage record is a usage event (a debit, a capture): each transaction's records of a
+        # user add up to its leg of that user's wallet (a batch's transaction has a leg per
+        # user and a record per event), and no gateway wallet leg is without its records.
+        "usage_records_match_wallet_legs",
+        """
+        SELECT coalesce(r.transaction_id, w.transaction_id) AS subject,
+               coalesce(r.total, 0) AS recorded, coalesce(w.total, 0) AS posted
+        FROM (SELECT transaction_id, user_id, sum(amount_micros) AS total FROM usage_records
+              GROUP BY transaction_id, user_id) r
+        FULL JOIN (SELECT e.transaction_id, a.user_id, -e.amount_micros AS total
+                   FROM ledger_entries e
+                   JOIN ledger_transactions t ON t.id = e.transaction_id
+                   JOIN accounts a ON a.id = e.account_id
+                   WHERE t.kind IN ('usage', 'hold_capture') AND a.kind = 'wallet') w
+          ON w.transaction_id = r.transaction_id AND w.user_id = r.user_id
+        WHERE r.total IS DISTINCT FROM w.total
+        """,
+        "usage records sum to {recorded} where the wallet leg takes {posted}",
+    ),
+    (
         "ledger_sums_to_zero",
         """
         SELECT 'all accounts' AS subject, sum(amount_micros) AS total FROM ledger_entries

@@ -1,5 +1,7 @@
 """Usage records: one row per usage debit or hold capture, written with its ledger transaction,
-for the usage reports (sliced by day, model and API key) and the CSV export.
+for the usage reports (sliced by day, model and API key) and the CSV export. A batch's events
+share one ledger transaction (a wallet leg per user): each event is its record, which carries its
+idempotency key (`reference`) and request fingerprint.
 
 The ledger stays the book of record; a record carries what the reports group by as plain columns
 (the ledger keeps them in its `details` JSON), so a month of a million rows is one index range.
@@ -7,7 +9,9 @@ The ledger stays the book of record; a record carries what the reports group by 
 
 from __future__ import annotations
 
-from sqlalchemy import Index, String
+from typing import Any
+
+from sqlalchemy import JSON, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, BigIntPK, CreatedAt, UserId
@@ -25,6 +29,14 @@ class UsageRecord(Base):
     """The ledger transaction that moved the money."""
     request_id: Mapped[str] = mapped_column(String(255))
     """The gateway's `request_id` (a debit) or `hold_id` (a capture)."""
+    reference: Mapped[str | None] = mapped_column(String(255), unique=True)
+    """A usage debit's ledger reference (`usage:<request_id>`): its idempotency key, unique
+    here because a batch's events have no ledger transaction of their own (migration 0023).
+    NULL for a capture (its transaction's `hold:<id>` is its key)."""
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    """A usage debit's request fingerprint, to tell a replay from a reused id."""
+    event_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
+    """The debit's free-form `metadata`, as sent."""
     api_key_id: Mapped[str | None] = mapped_column(String(200))
     model: Mapped[str | None] = mapped_column(String(200))
     input_tokens: Mapped[int | None]

@@ -1,6 +1,8 @@
 """Deciding a batch of usage debits at once, exactly as if they were applied one by one.
 
-A set-based store locks the batch's spend limits and wallets, reads which references exist, and
+The store's batch statement applies every user it can decide whole in SQL (all of the user's
+events new, covered and within limits); the users it leaves (a replay, a refusal) come here. With
+their spend limits and wallets locked, the store reads which references exist, and
 asks `plan_batch` what applying the debits one by one, in the order given, would do: each debit
 against its limits' running counters and its wallet's running available balance, a reference
 already written (before, or earlier in the batch) answering a replay of the original. The store

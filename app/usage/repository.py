@@ -13,9 +13,13 @@ ledger's `post()` (every other posting):
   new and the available balance covers it; a concurrent twin fails on the unique reference and is
   answered from the committed original;
 - holds lock the hold row first, then the wallet, as everywhere;
-- a batch locks its wallets once, in user-id order, and writes every header, entry and wallet
-  update in one statement (see `app.usage.batch`). Concurrent batches cannot deadlock (wallets in
-  one order, headers inserted in reference order); a race on a reference is retried.
+- a batch is one database transaction: one statement (`_batch_sql`) locks its limits, then its
+  wallets in user-id order, then their lots, and applies every user it can decide whole; the
+  users it leaves are planned event by event (`app.usage.batch`) and written by one more
+  statement. A batch posts one ledger transaction (a wallet leg per user, the system legs once)
+  and a usage record per event, whose unique `reference` is the event's idempotency key.
+  Concurrent batches cannot deadlock (limits, then wallets, in one order); a race on a
+  reference is retried.
 
 Spend limits, low-balance alerts and the auto top-up trigger are more CTEs of the same statement,
 reading the wallet CTE's result (`crossing`: the available balance before and after), not
@@ -27,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import fields
 from datetime import datetime
 from typing import Any, Literal, NamedTuple, ParamSpec, TypeVar, cast
@@ -54,6 +58,7 @@ from app.ledger.repository import WalletRow
 from app.ledger.service import insufficient_balance
 from app.ledger.statements import (
     LOT_DRAWS_UPDATE,
+    LOT_ORDER,
     covered_wallet_update,
     drawn_wallet_update,
     expired_lots,
@@ -245,6 +250,20 @@ def _usage_entries(amount: str, now: str) -> str:
 
 _DEBIT_LOTS = lot_draw_ctes("$3", "$4", "$7")
 
+_EXISTING_DEBIT = """SELECT transaction_id AS id, request_hash FROM usage_records
+    WHERE reference = $1
+    UNION ALL
+    SELECT id, request_hash FROM ledger_transactions WHERE reference = $1
+    LIMIT 1"""
+"""A debit's reference applied before: in `usage_records`, where every usage debit since
+migration 0023 keeps it (a batch's events have no ledger transaction of their own), or, for a
+debit older than its record, only in the ledger."""
+
+_DEBIT_RECORD_COLUMNS = """
+        (user_id, transaction_id, reference, request_hash, metadata, request_id, api_key_id,
+         model, input_tokens, output_tokens, amount_micros, balance_after_micros, created_at)"""
+"""A usage debit's record: the usage columns and the debit's key, fingerprint and metadata."""
+
 _DEBIT_OUTCOME = """CASE WHEN w.id IS NOT NULL THEN 'applied'
             WHEN e.id IS NOT NULL THEN 'replayed'
             WHEN r.scope IS NOT NULL THEN 'limited'"""
@@ -254,8 +273,10 @@ def _record_and_crossing() -> str:
     """The debit's usage record and the balance crossings it may cause, the same in both debit
     statements (`txn` and `wallet` CTEs before it; `$3` user, `$4` amount, `$7` now)."""
     return f"""record AS (
-    INSERT INTO usage_records{_USAGE_RECORD_COLUMNS}
-    SELECT $3, txn.id, $12, $8, $13, $14, $15, $4, wallet.balance_micros, $7 FROM txn, wallet
+    INSERT INTO usage_records{_DEBIT_RECORD_COLUMNS}
+    SELECT $3, txn.id, $1, $5, ($6::jsonb -> 'metadata')::json, $12, $8, $13, $14, $15, $4,
+           wallet.balance_micros, $7
+    FROM txn, wallet
 ), crossing AS (
     SELECT user_id, balance_micros - held_micros + $4::bigint AS available_before,
            balance_micros - held_micros AS available_after
@@ -279,7 +300,7 @@ def _debit_sql() -> str:
     wallet again and, covered, runs the debit again (`_StaleLots`), which then sees the lot."""
     return f"""
 WITH existing AS (
-    SELECT id, request_hash FROM ledger_transactions WHERE reference = $1
+    {_EXISTING_DEBIT}
 ), {_limit_ctes("$3", "$8", "$4")}, wallet AS (
     {covered_wallet_update("$3", debit="$4", when=_NEW_AND_ALLOWED + " AND tracked_micros = 0")}
 ), spend AS (
@@ -324,7 +345,7 @@ def _debit_lots_sql() -> str:
     `tracks_lots` (as of the statement's snapshot) tells the store whether to keep doing so."""
     return f"""
 WITH existing AS (
-    SELECT id, request_hash FROM ledger_transactions WHERE reference = $1
+    {_EXISTING_DEBIT}
 ), {_limit_ctes("$3", "$8", "$4")}, locked AS (
     {locked_wallet("$3", when=_NEW_AND_ALLOWED)}
 ), {_DEBIT_LOTS}, wallet AS (
@@ -361,8 +382,8 @@ LEFT JOIN accounts a ON a.user_id = $3
 """
 
 
-_TRANSACTION_BY_REFERENCE = """
-SELECT id, request_hash FROM ledger_transactions WHERE reference = $1
+_TRANSACTION_BY_REFERENCE = f"""
+{_EXISTING_DEBIT}
 """
 
 _HOLD_COLUMNS = (
@@ -659,55 +680,47 @@ ORDER BY s.user_id, s.scope, s.set_by FOR UPDATE OF s
 """
 
 _EXISTING_REFERENCES = """
+SELECT reference, transaction_id, request_hash FROM usage_records
+WHERE reference = ANY($1::text[])
+UNION ALL
 SELECT reference, id AS transaction_id, request_hash FROM ledger_transactions
 WHERE reference = ANY($1::text[])
 """
 
 
-# Headers in reference order, so two batches sharing references wait on each other instead of
-# deadlocking; entries in the plan's order, so each wallet's entry ids follow its running
-# balance. Headers and entries go in one statement: the zero-sum trigger checks them together.
-def _write_batch_sql() -> str:
-    return f"""
-WITH txn AS (
+def _batch_ledger_ctes(now: str, transaction_id: str, reference: str, events: str) -> str:
+    """The ledger side of a batch, after its `wallets` CTE (the UPDATE of each user's wallet by
+    the user's `total`, `granted` of which was granted credit): ONE transaction `txn` (id
+    `transaction_id`, reference `reference`, `events` usage events) whose `entries` are a wallet
+    leg per user (in user-id order, the order the wallets were locked in: each entry's
+    `balance_after` is its wallet's running balance) and the system legs once (paid credit used
+    to usage revenue, granted credit used to promo usage). The events are the statement's usage
+    records, one per event, each carrying its `reference` (idempotency), its amount and its
+    wallet's balance right after it. Nothing when no wallet was debited."""
+    return f"""txn AS (
     INSERT INTO ledger_transactions
         (id, reference, kind, user_id, description, request_hash, details, created_at)
-    SELECT t.id, t.reference, '{USAGE_KIND}', t.user_id, '{USAGE_DESCRIPTION}', t.request_hash,
-           t.details::json, $8
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
-         AS t(id, reference, user_id, request_hash, details)
-    ORDER BY t.reference
+    SELECT {transaction_id}, {reference}, '{USAGE_KIND}',
+           CASE WHEN count(*) = 1 THEN min(user_id) END, '{USAGE_DESCRIPTION}', NULL,
+           json_build_object('events', {events}), {now}
+    FROM wallets HAVING count(*) > 0
+    RETURNING id
 ), entries AS (
     INSERT INTO ledger_entries
         (transaction_id, account_id, amount_micros, balance_after_micros, created_at)
-    SELECT legs.transaction_id, legs.account_id, legs.amount_micros, legs.balance_after, $8
-    FROM (
-        SELECT d.ord * 3 AS position, d.id AS transaction_id, d.account_id,
-               -d.amount AS amount_micros, d.balance_after
-        FROM unnest($1::text[], $6::text[], $7::bigint[], $9::bigint[])
-             WITH ORDINALITY AS d(id, account_id, amount, balance_after, ord)
+    SELECT txn.id, legs.account_id, legs.amount_micros, legs.balance_after, {now}
+    FROM txn, (
+        SELECT 0 AS leg, user_id, id AS account_id, -total AS amount_micros,
+               balance_micros AS balance_after
+        FROM wallets
         UNION ALL
-        -- Paid credit used to usage revenue, granted credit used to promo usage.
-        SELECT d.ord * 3 + 1, d.id, '{USAGE_ACCOUNT}', d.amount - d.granted, NULL
-        FROM unnest($1::text[], $7::bigint[], $23::bigint[])
-             WITH ORDINALITY AS d(id, amount, granted, ord)
-        WHERE d.amount > d.granted
+        SELECT 1, NULL, '{USAGE_ACCOUNT}', sum(total - granted), NULL FROM wallets
+        HAVING sum(total - granted) > 0
         UNION ALL
-        SELECT d.ord * 3 + 2, d.id, '{PROMO_USAGE_ACCOUNT}', d.granted, NULL
-        FROM unnest($1::text[], $23::bigint[]) WITH ORDINALITY AS d(id, granted, ord)
-        WHERE d.granted > 0
+        SELECT 2, NULL, '{PROMO_USAGE_ACCOUNT}', sum(granted), NULL FROM wallets
+        HAVING sum(granted) > 0
     ) legs
-    ORDER BY legs.position
-), lot_draws AS (
-    UPDATE credit_lots l SET remaining_micros = u.remaining
-    FROM unnest($20::text[], $21::bigint[]) AS u(id, remaining)
-    WHERE l.id = u.id
-), wallets AS (
-    UPDATE accounts a SET balance_micros = a.balance_micros - w.total,
-                          tracked_micros = a.tracked_micros - w.drawn
-    FROM unnest($10::text[], $11::bigint[], $22::bigint[]) AS w(account_id, total, drawn)
-    WHERE a.id = w.account_id
-    RETURNING a.user_id, a.balance_micros, a.held_micros, a.watch_micros, w.total
+    ORDER BY legs.leg, legs.user_id
 ), crossing AS (
     -- Per user: the available balance before the batch's first debit and after its last
     -- (debits only go down, so that is the crossing of each threshold, once).
@@ -715,18 +728,172 @@ WITH txn AS (
            balance_micros - held_micros AS available_after
     FROM wallets
     WHERE watch_micros IS NOT NULL AND balance_micros - held_micros < watch_micros
-), {crossing_ctes("crossing", now="$8", reference="NULL")}, spend AS (
+), {crossing_ctes("crossing", now=now, reference="NULL")}"""
+
+
+# The events of a batch as the store sends them (sorted by user id, stably): one array per column.
+_BATCH_EVENTS = """unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[],
+                  $7::text[], $8::bigint[], $9::bigint[], $10::text[])
+         WITH ORDINALITY AS e(user_id, reference, request_id, amount, request_hash, api_key_id,
+                              model, input_tokens, output_tokens, metadata, ord)"""
+
+_BATCH_RECORD = """user_id, txn.id, reference, request_hash, metadata::json, request_id,
+           api_key_id, model, input_tokens, output_tokens, amount, balance_after"""
+
+
+_APPLIED_EVENTS = "(SELECT sum(u.events) FROM users u JOIN wallets w ON w.user_id = u.user_id)"
+
+
+def _batch_sql() -> str:
+    """A batch, decided and written where the data is, in ONE statement (no lock held across
+    a round trip or Python work): its spend limits locked, then its wallets (user-id order, as
+    every writer), then their tracked lots, and every user whose events are all new (not
+    applied before, each reference once in the batch), whose available balance (less what
+    expired lots hold) covers the user's total and whose limits leave room for it is applied
+    whole, its total drawn from its live lots in `LOT_ORDER`: amounts are positive, so a
+    covered total means each of the user's events, one by one in order, is covered and within
+    its limits, and the lots drawn one event at a time give the same. One row per applied
+    event, in order: its wallet right after it and what its tightest limit leaves. A user left
+    out (a replay, a refusal, a lot credited meanwhile) is for the planned path
+    (`UsageStore._plan_and_write`, in the same transaction), which decides it event by
+    event."""
+    return f"""
+WITH ev AS MATERIALIZED (
+    SELECT * FROM {_BATCH_EVENTS}
+), users AS (
+    SELECT user_id, sum(amount)::bigint AS total, count(*) AS events FROM ev GROUP BY user_id
+), planned AS (
+    -- Users with an event already applied, or whose reference the batch repeats.
+    SELECT ev.user_id FROM ev
+    WHERE EXISTS (SELECT 1 FROM usage_records r WHERE r.reference = ev.reference)
+       OR EXISTS (SELECT 1 FROM ledger_transactions t WHERE t.reference = ev.reference)
+    UNION
+    SELECT ev.user_id FROM ev
+    WHERE ev.reference IN (SELECT reference FROM ev GROUP BY reference HAVING count(*) > 1)
+), limits AS (
+    SELECT s.id, s.user_id, s.scope, s.limit_micros, {_counter_now("s", "w.current_window")}
+    FROM spend_limits s,
+         LATERAL (SELECT {_current_window("s.period", "$12", "$13", "$14")} AS current_window) w
+    WHERE (s.user_id, s.scope) IN (
+        SELECT user_id, 'account' FROM users
+        UNION SELECT user_id, 'key:' || api_key_id FROM ev WHERE api_key_id IS NOT NULL)
+    ORDER BY s.user_id, s.scope, s.set_by FOR UPDATE OF s
+), locked AS (
+    SELECT id, user_id, balance_micros, held_micros, tracked_micros FROM accounts
+    WHERE user_id IN (SELECT user_id FROM users)
+      AND (SELECT count(*) FROM limits) >= 0  -- the limits are locked first
+    ORDER BY user_id FOR UPDATE
+), lots AS (
+    -- The tracked lots with a remainder of the wallets that track any, locked once their
+    -- wallets are (as every writer of lots), each as it stands once locked.
+    SELECT l.id, l.user_id, l.kind, l.expires_at, l.created_at, l.remaining_micros
+    FROM credit_lots l
+    WHERE l.user_id IN (SELECT user_id FROM locked WHERE tracked_micros <> 0)
+      AND l.remaining_micros > 0
+    ORDER BY l.id FOR UPDATE OF l
+), draws AS (
+    -- What each user's total takes from each live lot, in `LOT_ORDER` (none from a lot at or
+    -- past its expiry): drawing the events one by one in a fixed order draws the same.
+    SELECT l.id, l.user_id, l.kind, l.remaining_micros, l.live,
+           CASE WHEN l.live THEN least(l.remaining_micros, greatest(0, u.total - coalesce(
+               sum(l.remaining_micros) FILTER (WHERE l.live) OVER (
+                   PARTITION BY l.user_id ORDER BY {LOT_ORDER}
+                   ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)))
+           ELSE 0 END::bigint AS drawn
+    FROM (SELECT *, expires_at IS NULL OR expires_at > $11 AS live FROM lots) l
+    JOIN users u ON u.user_id = l.user_id
+), drawn AS (
+    SELECT user_id, sum(remaining_micros)::bigint AS tracked,
+           coalesce(sum(remaining_micros) FILTER (WHERE NOT live), 0)::bigint AS expired,
+           sum(drawn)::bigint AS total,
+           coalesce(sum(drawn) FILTER (WHERE kind = 'granted'), 0)::bigint AS granted
+    FROM draws GROUP BY user_id
+), counted AS (
+    -- Each event under each limit it is subject to: what the limit's window has spent once
+    -- the event is in.
+    SELECT ev.ord, l.id, l.user_id, l.window_start, l.limit_micros,
+           (l.spent_micros + sum(ev.amount) OVER (PARTITION BY l.id ORDER BY ev.ord))::bigint
+               AS spent
+    FROM ev JOIN limits l
+      ON l.user_id = ev.user_id AND (l.scope = 'account' OR l.scope = 'key:' || ev.api_key_id)
+), decided AS (
+    -- The lots seen must be all the wallet tracks (else one was credited after this
+    -- statement's snapshot: the planned path decides that user).
+    SELECT k.id, k.user_id, u.total, coalesce(d.total, 0) AS drawn,
+           coalesce(d.granted, 0) AS granted, coalesce(d.expired, 0) AS expired
+    FROM locked k JOIN users u ON u.user_id = k.user_id
+    LEFT JOIN drawn d ON d.user_id = k.user_id
+    WHERE k.tracked_micros = coalesce(d.tracked, 0)
+      AND k.balance_micros - k.held_micros - coalesce(d.expired, 0) >= u.total
+      AND k.user_id NOT IN (SELECT user_id FROM planned)
+      AND k.user_id NOT IN (SELECT user_id FROM counted WHERE spent > limit_micros)
+), wallets AS (
+    UPDATE accounts a SET balance_micros = a.balance_micros - d.total,
+                          tracked_micros = a.tracked_micros - d.drawn
+    FROM decided d WHERE a.id = d.id
+    RETURNING a.id, a.user_id, a.balance_micros, a.held_micros, a.watch_micros, d.total,
+              d.granted, d.expired
+), lot_draws AS (
+    UPDATE credit_lots l SET remaining_micros = l.remaining_micros - d.drawn
+    FROM draws d JOIN wallets w ON w.user_id = d.user_id
+    WHERE l.id = d.id AND d.drawn > 0
+), spend AS (
     UPDATE spend_limits s SET window_start = c.window_start, spent_micros = c.spent
-    FROM unnest($12::text[], $13::timestamptz[], $14::bigint[]) AS c(id, window_start, spent)
+    FROM (SELECT DISTINCT ON (id) id, user_id, window_start, spent FROM counted
+          ORDER BY id, ord DESC) c
+    JOIN wallets w ON w.user_id = c.user_id
     WHERE s.id = c.id
+), {_batch_ledger_ctes("$11", "$15", "$16", _APPLIED_EVENTS)}, applied AS (
+    SELECT ev.*, w.id AS wallet_id, w.held_micros, w.expired,
+           (w.balance_micros + w.total
+               - sum(ev.amount) OVER (PARTITION BY ev.user_id ORDER BY ev.ord))::bigint
+               AS balance_after
+    FROM ev JOIN wallets w ON w.user_id = ev.user_id
 ), records AS (
-    INSERT INTO usage_records{_USAGE_RECORD_COLUMNS}
-    SELECT r.user_id, r.id, r.request_id, r.api_key_id, r.model, r.input_tokens,
-           r.output_tokens, r.amount, r.balance_after, $8
-    FROM unnest($1::text[], $3::text[], $15::text[], $16::text[], $17::text[], $18::bigint[],
-                $19::bigint[], $7::bigint[], $9::bigint[])
-         AS r(id, user_id, request_id, api_key_id, model, input_tokens, output_tokens, amount,
-              balance_after)
+    INSERT INTO usage_records{_DEBIT_RECORD_COLUMNS}
+    SELECT {_BATCH_RECORD}, $11 FROM applied, txn ORDER BY ord
+)
+SELECT a.ord, a.wallet_id, a.user_id, a.balance_after, a.held_micros, a.expired,
+       CASE WHEN r.ord IS NOT NULL THEN greatest(0, r.remaining) END
+           AS limit_remaining_micros,
+       {BALANCE_EVENTS.recorded_sql()} AS after_commit
+FROM applied a
+LEFT JOIN (SELECT ord, min(limit_micros - spent) AS remaining FROM counted GROUP BY ord) r
+  ON r.ord = a.ord
+ORDER BY a.ord
+"""
+
+
+def _write_batch_sql() -> str:
+    """The planned path's write (`UsageStore._plan_and_write`, under the locks it took): each
+    user's wallet by the total the plan took, the lots it drew, the limits' counters as they
+    end up, one ledger transaction for the batch (`_batch_ledger_ctes`) and a usage record per
+    applied event with its wallet's balance right after it."""
+    return f"""
+WITH ev AS MATERIALIZED (
+    SELECT * FROM {_BATCH_EVENTS}
+), wallets AS (
+    UPDATE accounts a SET balance_micros = a.balance_micros - w.total,
+                          tracked_micros = a.tracked_micros - w.drawn
+    FROM unnest($14::text[], $15::bigint[], $16::bigint[], $17::bigint[])
+         AS w(account_id, total, drawn, granted)
+    WHERE a.id = w.account_id
+    RETURNING a.id, a.user_id, a.balance_micros, a.held_micros, a.watch_micros, w.total,
+              w.granted
+), lot_draws AS (
+    UPDATE credit_lots l SET remaining_micros = u.remaining
+    FROM unnest($18::text[], $19::bigint[]) AS u(id, remaining)
+    WHERE l.id = u.id
+), spend AS (
+    UPDATE spend_limits s SET window_start = c.window_start, spent_micros = c.spent
+    FROM unnest($20::text[], $21::timestamptz[], $22::bigint[]) AS c(id, window_start, spent)
+    WHERE s.id = c.id
+), {_batch_ledger_ctes("$11", "$12", "$13", "cardinality($1::text[])")}, applied AS (
+    SELECT ev.*, b.balance_after FROM ev
+    JOIN unnest($23::bigint[]) WITH ORDINALITY AS b(balance_after, ord) ON b.ord = ev.ord
+), records AS (
+    INSERT INTO usage_records{_DEBIT_RECORD_COLUMNS}
+    SELECT {_BATCH_RECORD}, $11 FROM applied, txn ORDER BY ord
 )
 SELECT 1
 """
@@ -739,6 +906,7 @@ class _Statements(NamedTuple):
     capture: str
     capture_lots: str
     release: str
+    batch: str
     write_batch: str
 
 
@@ -754,6 +922,7 @@ def _sql() -> _Statements:
         _capture_sql(),
         _capture_lots_sql(),
         _release_sql(),
+        _batch_sql(),
         _write_batch_sql(),
     )
 
@@ -787,6 +956,26 @@ def _wallet(row: DebitRow | HoldStatementRow) -> WalletRow | None:
         row.balance_micros,
         row.held_micros,
         expired_micros=row.expired_micros,
+    )
+
+
+def _event_columns(debits: Sequence[UsageDebit]) -> tuple[list[Any], ...]:
+    """The ten arrays of `_BATCH_EVENTS`, in the debits' order."""
+    metadata = [
+        _json(d.details["metadata"]) if d.details and "metadata" in d.details else None
+        for d in debits
+    ]
+    return (
+        [d.user_id for d in debits],
+        [usage_reference(d.request_id) for d in debits],
+        [d.request_id for d in debits],
+        [d.amount_micros for d in debits],
+        [d.request_hash for d in debits],
+        [d.api_key_id for d in debits],
+        [d.detail("model") for d in debits],
+        [d.detail("input_tokens") for d in debits],
+        [d.detail("output_tokens") for d in debits],
+        metadata,
     )
 
 
@@ -1074,6 +1263,11 @@ class UsageStore:
 
     @_outage_is_503
     async def debit_batch(self, debits: Sequence[UsageDebit]) -> list[BatchOutcome]:
+        """`debits` (sorted by user id, stably) decided as if applied one by one in that
+        order, in ONE database transaction (a batch is applied whole or not at all): first the
+        statement that decides and applies every user it can decide whole (`_batch_sql`),
+        then, only if it left some (replays, refusals, credit lots), the planned path for
+        those (`_plan_and_write`)."""
         for attempt in range(_BATCH_ATTEMPTS):
             try:
                 return await finish(self._debit_batch_once(debits))
@@ -1090,33 +1284,64 @@ class UsageStore:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _debit_batch_once(self, debits: Sequence[UsageDebit]) -> list[BatchOutcome]:
-        references = [usage_reference(d.request_id) for d in debits]
-        # Drawn before the wallets are locked: the locked stretch is only what needs the locks.
-        transaction_ids = iter([new_id("txn") for _ in debits])
+        transaction_id = new_id("txn")
         now = self.clock()
+        args = (
+            *_event_columns(debits),
+            now,
+            *Windows.at(now),
+            transaction_id,
+            f"usage-batch:{transaction_id}",
+        )
+        plan: BatchPlan | None = None
         async with self._pool.acquire() as conn:
             with commits_watched(conn):
                 async with conn.transaction():
-                    plan = await self._plan_and_write(
-                        conn, debits, references, transaction_ids, now
-                    )
-        applied = len(plan.writes)
+                    rows = await conn.fetch(_sql().batch, *args)
+                    if len(rows) < len(debits):
+                        decided = {row[0] - 1 for row in rows}
+                        rest = [i for i in range(len(debits)) if i not in decided]
+                        plan = await self._plan_and_write(
+                            conn, [debits[i] for i in rest], new_id("txn"), now
+                        )
+        outcomes: list[Any] = [None] * len(debits)
+        micros = 0
+        for ord_, wallet_id, user_id, balance, held, expired, remaining, _ in rows:
+            debit = debits[ord_ - 1]
+            micros += debit.amount_micros
+            wallet = WalletRow(wallet_id, user_id, balance, held, expired_micros=expired)
+            outcomes[ord_ - 1] = Debited(
+                transaction_id, debit.request_hash, False, wallet, remaining
+            )
+        applied = len(rows)
+        if rows and (after_commit := rows[0]["after_commit"]):
+            # Committed: the same queue as a session's commit.
+            users = {row["user_id"] for row in rows}
+            run_after_commit((job, (users,)) for job in BALANCE_EVENTS.jobs_for(after_commit))
+        if plan is not None:
+            for i, outcome in zip(rest, plan.outcomes, strict=True):
+                outcomes[i] = outcome
+            applied += len(plan.writes)
+            micros += sum(w.debit.amount_micros for w in plan.writes)
+            replayed = sum(isinstance(o, Debited) and o.replayed for o in plan.outcomes)
+            if replayed:
+                LEDGER_TRANSACTIONS.labels(USAGE_KIND, "replayed").inc(replayed)
         if applied:
             _USAGE_POSTED.inc(applied)
-            _USAGE_MICROS.inc(sum(w.debit.amount_micros for w in plan.writes))
-        replayed = sum(isinstance(o, Debited) and o.replayed for o in plan.outcomes)
-        if replayed:
-            LEDGER_TRANSACTIONS.labels(USAGE_KIND, "replayed").inc(replayed)
-        return plan.outcomes
+            _USAGE_MICROS.inc(micros)
+        return cast(list[BatchOutcome], outcomes)
 
     async def _plan_and_write(
         self,
         conn: asyncpg.Connection,
         debits: Sequence[UsageDebit],
-        references: list[str],
-        transaction_ids: Iterator[str],
+        transaction_id: str,
         now: datetime,
     ) -> BatchPlan:
+        """The users `_batch_sql` left, event by event, within its transaction (their limits
+        and wallets are locked already): the lots, the references applied before, the plan
+        (`app.usage.batch.plan_batch`), and its write (`_write_batch_sql`)."""
+        references = [usage_reference(d.request_id) for d in debits]
         users = sorted({d.user_id for d in debits})
         pairs = limit_scopes(debits)
         counters = [
@@ -1140,35 +1365,29 @@ class UsageStore:
             row["reference"]: _read(ExistingDebit, row)
             for row in await conn.fetch(_EXISTING_REFERENCES, references)
         }
-        plan = plan_batch(debits, wallets, existing, transaction_ids.__next__, counters, lots, now)
+        plan = plan_batch(debits, wallets, existing, lambda: transaction_id, counters, lots, now)
         if plan.writes:
             writes = plan.writes
             spent = plan.counters.values()
+            granted: dict[str, int] = {}
+            for w in writes:
+                granted[w.account_id] = granted.get(w.account_id, 0) + w.granted_micros
             await conn.execute(
                 _sql().write_batch,
-                [w.transaction_id for w in writes],
-                [usage_reference(w.debit.request_id) for w in writes],
-                [w.debit.user_id for w in writes],
-                [w.debit.request_hash for w in writes],
-                [_json(w.debit.details) for w in writes],
-                [w.account_id for w in writes],
-                [w.debit.amount_micros for w in writes],
+                *_event_columns([w.debit for w in writes]),
                 now,
-                [w.balance_after_micros for w in writes],
+                transaction_id,
+                f"usage-batch:{transaction_id}",
                 list(plan.totals),
                 list(plan.totals.values()),
+                [plan.lots_drawn.get(account_id, 0) for account_id in plan.totals],
+                [granted.get(account_id, 0) for account_id in plan.totals],
+                list(plan.lot_remaining),
+                list(plan.lot_remaining.values()),
                 [c.id for c in spent],
                 [c.window_start for c in spent],
                 [c.spent_micros for c in spent],
-                [w.debit.request_id for w in writes],
-                [w.debit.api_key_id for w in writes],
-                [w.debit.detail("model") for w in writes],
-                [w.debit.detail("input_tokens") for w in writes],
-                [w.debit.detail("output_tokens") for w in writes],
-                list(plan.lot_remaining),
-                list(plan.lot_remaining.values()),
-                [plan.lots_drawn.get(account_id, 0) for account_id in plan.totals],
-                [w.granted_micros for w in writes],
+                [w.balance_after_micros for w in writes],
             )
         return plan
 

@@ -69,9 +69,9 @@ from app.usage.schemas import (
     ReleaseIn,
     UsageBatchIn,
     UsageBatchOut,
-    UsageBatchResult,
     UsageIn,
     UsageOut,
+    read_usage_batch,
 )
 from app.usage.store import Debited
 
@@ -110,6 +110,9 @@ class Operation:
     notes: dict[int, str] = field(default_factory=dict)
     """Descriptions of error statuses worth more than the errors' titles."""
     body: type[BaseModel] | None = None
+    reader: Callable[[bytes], BaseModel] | None = None
+    """How the body is parsed, when not `body.model_validate_json` (raising its
+    `ValidationError` for a body it refuses)."""
     body_required: bool = True
     params: dict[str, Any] = field(default_factory=dict)
     name: str = field(init=False)
@@ -182,44 +185,29 @@ def balance_out(user_id: str, wallet: WalletRow) -> AccountBalanceOut:
     )
 
 
-_NOTHING_APPLIED = dict.fromkeys(
-    (
-        "transaction_id",
-        "balance_micros",
-        "held_micros",
-        "available_micros",
-        "limit_remaining_micros",
-        "scope",
-        "errors",
-    )
-)
-"""A refused event's result: no transaction and no wallet state, but what the refusal tells."""
-
-
 def _refused(
     index: int, request_id: str | None, status: BatchStatus, detail: str, **refusal: int | str
-) -> UsageBatchResult:
-    fields: dict[str, Any] = _NOTHING_APPLIED | refusal
-    return UsageBatchResult.model_construct(
-        index=index, request_id=request_id, status=status, detail=detail, **fields
-    )
+) -> dict[str, Any]:
+    """A refused event's result: no transaction and no wallet state, but what the refusal
+    tells."""
+    return {"index": index, "request_id": request_id, "status": status, "detail": detail} | refusal
 
 
-def _batch_result(index: int, item: service.BatchEvent) -> UsageBatchResult:
+def _batch_result(index: int, item: service.BatchEvent) -> dict[str, Any]:
+    """One event's result as the fields of a `UsageBatchResult` (the ones left out are null)."""
     request_id, outcome = item
     if isinstance(outcome, Debited):
         wallet = outcome.wallet or service.NO_WALLET
-        return UsageBatchResult.model_construct(
-            index=index,
-            request_id=request_id,
-            status="replayed" if outcome.replayed else "applied",
-            transaction_id=outcome.transaction_id,
-            **_wallet(wallet),
-            limit_remaining_micros=outcome.limit_remaining_micros,
-            scope=None,
-            detail=None,
-            errors=None,
-        )
+        return {
+            "index": index,
+            "request_id": request_id,
+            "status": "replayed" if outcome.replayed else "applied",
+            "transaction_id": outcome.transaction_id,
+            "balance_micros": wallet.balance_micros,
+            "held_micros": wallet.held_micros,
+            "available_micros": wallet.available_micros,
+            "limit_remaining_micros": outcome.limit_remaining_micros,
+        }
     if isinstance(outcome, InsufficientBalance):
         available = outcome.extra["available_micros"]
         return _refused(
@@ -237,23 +225,30 @@ def _batch_result(index: int, item: service.BatchEvent) -> UsageBatchResult:
         )
     if isinstance(outcome, IdempotencyConflict):
         return _refused(index, request_id, "conflict", outcome.detail)
-    # Unreadable: validated, like the request's own errors (rare, off the hot path).
-    return UsageBatchResult(
-        index=index,
-        request_id=request_id,
-        status="invalid",
-        detail=outcome.detail,
-        errors=outcome.errors,  # dicts, validated into FieldError
-    )
+    # Unreadable: its field errors are validated into `FieldError`s with the rest.
+    return {
+        "index": index,
+        "request_id": request_id,
+        "status": "invalid",
+        "detail": outcome.detail,
+        "errors": outcome.errors,
+    }
 
 
 def batch_out(items: list[service.BatchEvent]) -> UsageBatchOut:
+    """The batch's answer, validated whole from plain dicts: pydantic-core builds the thousand
+    result models in one call, in a fraction of what `model_construct` costs each."""
     results = [_batch_result(index, item) for index, item in enumerate(items)]
-    return UsageBatchOut.model_construct(
-        results=results,
-        applied=sum(r.status == "applied" for r in results),
-        replayed=sum(r.status == "replayed" for r in results),
-        failed=sum(r.status not in ("applied", "replayed") for r in results),
+    statuses = [r["status"] for r in results]
+    applied = statuses.count("applied")
+    replayed = statuses.count("replayed")
+    return UsageBatchOut.model_validate(
+        {
+            "results": results,
+            "applied": applied,
+            "replayed": replayed,
+            "failed": len(statuses) - applied - replayed,
+        }
     )
 
 
@@ -380,6 +375,7 @@ OPERATIONS = [
         ok={200: (UsageBatchOut, "One result per event, in the order sent.")},
         scope="usage",
         body=UsageBatchIn,
+        reader=read_usage_batch,
     ),
     _once_per_id(
         "/v1/internal/holds",
@@ -556,7 +552,8 @@ class GatewayApp:
                     errors.append({"type": "missing", "loc": ("body",), "msg": "Field required"})
             else:
                 try:
-                    body = op.body.model_validate_json(raw_body)
+                    read = op.reader or op.body.model_validate_json
+                    body = read(raw_body)
                 except ValidationError as exc:
                     errors += [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
         if errors:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints, WithJsonSchema
+from pydantic_core import from_json
 
 from app.money import MAX_AMOUNT_MICROS
 from app.schemas import (
     CLEAN_JSON_REF,
+    CONTROL_CHARACTERS,
     WHOLE_FLOATS,
     CleanStr,
     CleanText,
@@ -21,6 +24,7 @@ from app.schemas import (
 
 MAX_METADATA_BYTES = 4096
 MAX_BATCH_EVENTS = 1000
+MAX_TOKENS = 10**12
 
 
 def _small_json(value: dict[str, Any]) -> dict[str, Any]:
@@ -64,7 +68,7 @@ PositiveMicros = Annotated[
 NonNegativeMicros = Annotated[
     int, _MICROS, Field(ge=0, description=f"Micro-USD, >= 0 and {_AT_MOST}."), WHOLE_FLOATS
 ]
-TokenCount = Annotated[int | None, Field(strict=True, ge=0, le=10**12), WHOLE_FLOATS]
+TokenCount = Annotated[int | None, Field(strict=True, ge=0, le=MAX_TOKENS), WHOLE_FLOATS]
 ModelName = Annotated[CleanStr | None, Field(max_length=200, examples=["gpt-4o-mini"])]
 ApiKeyId = Annotated[
     CleanToken | None,
@@ -130,6 +134,55 @@ class UsageBatchIn(StrictModel):
     ] = Field(min_length=1, max_length=MAX_BATCH_EVENTS)
 
 
+def read_usage_batch(raw: bytes) -> UsageBatchIn:
+    """A batch body parsed once, by the parser `model_validate_json` uses: a well-formed
+    `{"events": [...]}` of 1 to 1000 JSON objects keeps each event as its object, for the
+    service to read (`service.plain_debit`) or validate as `UsageIn` one by one, which is what
+    the `UsageIn | dict` union would do after validating each event a first time; any other
+    body is validated whole (its 422)."""
+    try:
+        data = from_json(raw)
+    except ValueError:
+        data = None
+    events = data.get("events") if type(data) is dict and len(data) == 1 else None
+    if (
+        type(events) is list
+        and 1 <= len(events) <= MAX_BATCH_EVENTS
+        and all(type(event) is dict for event in events)
+    ):
+        return UsageBatchIn.model_construct(events=events)
+    return UsageBatchIn.model_validate_json(raw)
+
+
+def plain_token(value: Any, max_length: int) -> bool:
+    """`value` is a `CleanToken` of 1 to `max_length` characters that stripping leaves as it
+    is (no whitespace, no control character, no lone surrogate)."""
+    return (
+        type(value) is str
+        and 0 < len(value) <= max_length
+        and _WHITESPACE_OR_CONTROL.search(value) is None
+    )
+
+
+def plain_text(value: Any, max_length: int) -> bool:
+    """`value` is a `CleanStr` of at most `max_length` characters that stripping leaves as it
+    is."""
+    return (
+        type(value) is str
+        and len(value) <= max_length
+        and CONTROL_CHARACTERS.search(value) is None
+        and (not value or not (value[0].isspace() or value[-1].isspace()))
+    )
+
+
+def plain_count(value: Any) -> bool:
+    """`value` is a `TokenCount` as an int."""
+    return type(value) is int and 0 <= value <= MAX_TOKENS
+
+
+_WHITESPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
 BatchStatus = Literal[
     "applied", "replayed", "insufficient_balance", "spend_limit_exceeded", "conflict", "invalid"
 ]
@@ -148,7 +201,11 @@ class UsageBatchResult(BaseModel):
     index: int
     request_id: str | None
     status: BatchStatus
-    transaction_id: str | None = None
+    transaction_id: str | None = Field(
+        default=None,
+        description="The ledger transaction that moved the money: the events a batch applied "
+        "share one (a leg per user); a replay answers the original's.",
+    )
     balance_micros: int | None = None
     held_micros: int | None = None
     available_micros: int | None = None

@@ -4,7 +4,7 @@ same body answers the original result marked `replayed`, with a different body 4
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from pydantic import ValidationError
 
@@ -13,12 +13,20 @@ from app.errors import (
     IdempotencyConflict,
     ValidationFailed,
 )
-from app.idempotency import hash_request
+from app.idempotency import hash_flat_request, hash_request
 from app.ledger.holds import HoldResult
 from app.ledger.holds_repository import HoldCapture, HoldRequest
 from app.ledger.repository import WalletRow
 from app.usage.repository import UsageStore
-from app.usage.schemas import CaptureIn, HoldIn, ReleaseIn, UsageIn
+from app.usage.schemas import (
+    CaptureIn,
+    HoldIn,
+    ReleaseIn,
+    UsageIn,
+    plain_count,
+    plain_text,
+    plain_token,
+)
 from app.usage.store import BatchOutcome, Debited, UsageDebit
 
 
@@ -57,13 +65,34 @@ def _conflict(request_id: str) -> IdempotencyConflict:
     )
 
 
+_OPTIONAL_USAGE = ("api_key_id", "model", "input_tokens", "output_tokens")
+
+
+def _usage_fingerprint(event: UsageIn) -> str:
+    """The event's request hash: its JSON body, fields left out when null. Built from the
+    fields for the flat event (the same dict `model_dump(mode="json", exclude_none=True)`
+    gives, hashed with sorted keys, without the dump's cost); with metadata, by pydantic's dump."""
+    if event.metadata is not None:
+        return hash_request(event.model_dump(mode="json", exclude_none=True))
+    body: dict[str, str | int] = {
+        "user_id": event.user_id,
+        "request_id": event.request_id,
+        "amount_micros": event.amount_micros,
+    }
+    for name in _OPTIONAL_USAGE:
+        value = getattr(event, name)
+        if value is not None:
+            body[name] = value
+    return hash_flat_request(body)
+
+
 def _usage_debit(settings: Settings, event: UsageIn) -> UsageDebit:
     _check_amount(settings, event.amount_micros)
     return UsageDebit(
         user_id=event.user_id,
         request_id=event.request_id,
         amount_micros=event.amount_micros,
-        request_hash=hash_request(event.model_dump(mode="json", exclude_none=True)),
+        request_hash=_usage_fingerprint(event),
         details=_usage_details(
             event.model, event.input_tokens, event.output_tokens, event.metadata, event.api_key_id
         ),
@@ -105,29 +134,87 @@ async def record_batch(
     store: UsageStore, settings: Settings, events: list[UsageIn | dict[str, Any]]
 ) -> list[BatchEvent]:
     """Apply each event on its own, as if one by one in user-id order (stable, so each user's
-    events keep theirs): a refused event leaves the others applied. Results in input order."""
+    events keep theirs): a refused event leaves the others applied. Results in input order.
+    An event may come as the JSON object sent (`schemas.read_usage_batch`): a plain one
+    (`plain_debit`) becomes its debit at once, any other is validated as `UsageIn`."""
     results: list[BatchEvent | None] = [None] * len(events)
-    valid: list[tuple[int, UsageIn, UsageDebit]] = []
+    valid: list[tuple[int, str, UsageDebit]] = []
+    max_micros = settings.max_amount_micros
     for index, raw in enumerate(events):
+        if type(raw) is dict and (debit := plain_debit(raw, max_micros)) is not None:
+            valid.append((index, debit.request_id, debit))
+            continue
         checked = _checked_event(settings, raw)
         if isinstance(checked, BatchEvent):
             results[index] = checked
         else:
-            valid.append((index, *checked))
+            valid.append((index, checked[0].request_id, checked[1]))
     # Wallets are locked until the batch commits; taking them in user-id order means two
     # concurrent batches cannot deadlock.
-    valid.sort(key=lambda item: item[1].user_id)
+    valid.sort(key=lambda item: item[2].user_id)
     outcomes = await store.debit_batch([debit for _, _, debit in valid]) if valid else []
-    for (index, event, debit), outcome in zip(valid, outcomes, strict=True):
+    for (index, request_id, debit), outcome in zip(valid, outcomes, strict=True):
         conflicted = (
             isinstance(outcome, Debited)
             and outcome.replayed
             and outcome.request_hash != debit.request_hash
         )
-        results[index] = BatchEvent(
-            event.request_id, _conflict(event.request_id) if conflicted else outcome
-        )
+        results[index] = BatchEvent(request_id, _conflict(request_id) if conflicted else outcome)
     return [r for r in results if r is not None]
+
+
+_PLAIN_FIELDS = frozenset(
+    (
+        "user_id",
+        "request_id",
+        "amount_micros",
+        "api_key_id",
+        "model",
+        "input_tokens",
+        "output_tokens",
+    )
+)
+
+
+def plain_debit(raw: dict[str, Any], max_micros: int) -> UsageDebit | None:
+    """The debit of a batch event sent as `raw` (its JSON object) when validating it as
+    `UsageIn` would give it back unchanged, else None (it is then validated, and refused with
+    pydantic's own errors if it must be): no metadata, ids that are clean tokens within their
+    lengths, a model with no control character and no surrounding whitespace (nothing to
+    strip), integers that are ints within their bounds. Its request hash is that of `raw`
+    without nulls: what `UsageIn.model_dump(mode="json", exclude_none=True)` would give."""
+    if not raw.keys() <= _PLAIN_FIELDS:
+        return None
+    user_id = raw.get("user_id")
+    request_id = raw.get("request_id")
+    amount = raw.get("amount_micros")
+    if (
+        type(amount) is not int
+        or not 0 < amount <= max_micros
+        or not plain_token(user_id, 255)
+        or not plain_token(request_id, 200)
+    ):
+        return None
+    api_key_id = raw.get("api_key_id")
+    model = raw.get("model")
+    input_tokens = raw.get("input_tokens")
+    output_tokens = raw.get("output_tokens")
+    if (
+        (api_key_id is not None and not plain_token(api_key_id, 200))
+        or (model is not None and not plain_text(model, 200))
+        or (input_tokens is not None and not plain_count(input_tokens))
+        or (output_tokens is not None and not plain_count(output_tokens))
+    ):
+        return None
+    body = {k: v for k, v in raw.items() if v is not None}
+    return UsageDebit(
+        user_id=cast(str, user_id),
+        request_id=cast(str, request_id),
+        amount_micros=amount,
+        request_hash=hash_flat_request(body),
+        details=_usage_details(model, input_tokens, output_tokens, None, api_key_id),
+        api_key_id=api_key_id,
+    )
 
 
 def _checked_event(

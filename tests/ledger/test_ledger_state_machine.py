@@ -122,7 +122,13 @@ class Backend:
         assert self.engine is not None
         async with self.engine.begin() as conn:
             await conn.execute(text("SET LOCAL session_replication_role = replica"))
-            for table in ("ledger_entries", "ledger_transactions", "holds", "audit_log"):
+            for table in (
+                "ledger_entries",
+                "ledger_transactions",
+                "usage_records",
+                "holds",
+                "audit_log",
+            ):
                 await conn.execute(text(f"DELETE FROM {table}"))
             await conn.execute(text("DELETE FROM accounts WHERE kind = 'wallet'"))
 

@@ -132,6 +132,24 @@ async def test_a_hold_whose_account_is_not_its_users_wallet_is_reported(
     )
 
 
+@pytest.mark.usefixtures("spent_wallet")
+async def test_a_usage_record_that_the_wallet_leg_does_not_match_is_a_violation(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], session_maker: Any
+) -> None:
+    change = "UPDATE usage_records SET amount_micros = amount_micros + :d WHERE user_id = 'alice'"
+    async with session_scope(session_maker) as session:
+        await session.execute(text(change), {"d": 1})
+    try:
+        broken = (await client.get("/v1/admin/ledger/verify", headers=admin_headers)).json()
+    finally:
+        async with session_scope(session_maker) as session:
+            await session.execute(text(change), {"d": -1})
+    assert [v["rule"] for v in broken["violations"]] == ["usage_records_match_wallet_legs"]
+    assert broken["violations"][0]["detail"] == (
+        "usage records sum to 7001 where the wallet leg takes 7000"
+    )
+
+
 async def test_an_unbalanced_posting_is_refused_before_it_reaches_the_database(
     session_maker: Any,
 ) -> None:

@@ -118,3 +118,112 @@ async def test_a_full_batch_of_1000_applies_every_event(
         for u in ("u1", "u2", "u3")
     ]
     assert totals == [1_000_000 - 334_000, 1_000_000 - 333_000, 1_000_000 - 333_000]
+
+
+async def test_a_batch_is_one_ledger_transaction_and_a_record_per_event(
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    gateway_headers: dict[str, str],
+    user_headers: Any,
+    session_maker: Any,
+) -> None:
+    from sqlalchemy import text
+
+    for user in ("u1", "u2"):
+        await deposit(client, admin_headers, user, 1_000_000)
+    events = [
+        event(
+            f"e-{i}",
+            1_000 + i,
+            user=f"u{i % 2 + 1}",
+            api_key_id="k1",
+            model="m",
+            input_tokens=i,
+            output_tokens=2 * i,
+            metadata={"n": i},
+        )
+        for i in range(6)
+    ]
+    events.append(event("e-big", 2_000_000, user="u1"))  # refused: u1 goes the planned way
+    body = (await send(client, gateway_headers, events)).json()
+    assert [r["status"] for r in body["results"]] == ["applied"] * 6 + ["insufficient_balance"]
+    # Each user's events, one by one: the balance right after each.
+    assert [r["balance_micros"] for r in body["results"][:6]] == [
+        1_000_000 - 1_000,
+        1_000_000 - 1_001,
+        1_000_000 - 1_000 - 1_002,
+        1_000_000 - 1_001 - 1_003,
+        1_000_000 - 1_000 - 1_002 - 1_004,
+        1_000_000 - 1_001 - 1_003 - 1_005,
+    ]
+    async with session_maker() as session:
+        records = (
+            await session.execute(
+                text(
+                    "SELECT reference, request_id, api_key_id, model, input_tokens,"
+                    " output_tokens, amount_micros, balance_after_micros, transaction_id,"
+                    " request_hash IS NOT NULL AS hashed, metadata::text AS metadata"
+                    " FROM usage_records ORDER BY request_id"
+                )
+            )
+        ).all()
+        legs = (
+            await session.execute(
+                text(
+                    "SELECT t.id, t.reference, e.account_id, e.amount_micros"
+                    " FROM ledger_transactions t JOIN ledger_entries e ON e.transaction_id = t.id"
+                    " WHERE t.kind = 'usage' ORDER BY e.id"
+                )
+            )
+        ).all()
+    assert [r.request_id for r in records] == [f"e-{i}" for i in range(6)]
+    assert [r.reference for r in records] == [f"usage:e-{i}" for i in range(6)]
+    assert all(r.hashed and r.api_key_id == "k1" and r.model == "m" for r in records)
+    assert [(r.input_tokens, r.output_tokens, r.amount_micros) for r in records] == [
+        (i, 2 * i, 1_000 + i) for i in range(6)
+    ]
+    assert [r.balance_after_micros for r in records] == [
+        r["balance_micros"] for r in body["results"][:6]
+    ]
+    assert records[3].metadata == '{"n":3}'
+    # u2's events were decided in the batch statement, u1's (one refused) by the plan: each
+    # part is ONE ledger transaction, with a wallet leg per user and the usage leg once.
+    by_txn: dict[str, list[Any]] = {}
+    for leg in legs:
+        by_txn.setdefault(leg.id, []).append(leg)
+    assert len(by_txn) == 2
+    assert all(legs[0].reference.startswith("usage-batch:") for legs in by_txn.values())
+    assert {r.transaction_id for r in records} == set(by_txn)
+    assert sorted(sorted(leg.amount_micros for leg in legs) for legs in by_txn.values()) == [
+        [-(1_001 + 1_003 + 1_005), 1_001 + 1_003 + 1_005],
+        [-(1_000 + 1_002 + 1_004), 1_000 + 1_002 + 1_004],
+    ]
+    assert {r.transaction_id for r in records if r.request_id in ("e-1", "e-3", "e-5")} == {
+        body["results"][1]["transaction_id"]
+    }
+    # The export still lists every event with its request id, key, model and tokens.
+    exported = await client.get("/v1/usage/export", headers=user_headers("u2"))
+    assert exported.status_code == 200
+    lines = exported.text.strip().splitlines()
+    assert len(lines) == 1 + 3
+    for i in (1, 3, 5):
+        assert any(f"e-{i}" in line and "k1" in line and ",m," in line for line in lines[1:])
+
+
+async def test_a_batch_event_applied_before_is_replayed_alone(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], gateway_headers: dict[str, str]
+) -> None:
+    await deposit(client, admin_headers, "alice", 100_000)
+    first = (await send(client, gateway_headers, [event("y-1", 5_000)])).json()
+    assert first["results"][0]["status"] == "applied"
+    again = await client.post(
+        "/v1/internal/usage", json=event("y-1", 5_000), headers=gateway_headers
+    )
+    assert again.status_code == 200, again.text
+    assert again.json()["replayed"] is True
+    assert again.json()["transaction_id"] == first["results"][0]["transaction_id"]
+    other = await client.post(
+        "/v1/internal/usage", json=event("y-1", 6_000), headers=gateway_headers
+    )
+    assert other.status_code == 409
+    assert (await gateway_balance(client, gateway_headers, "alice"))["balance_micros"] == 95_000

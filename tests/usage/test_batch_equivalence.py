@@ -89,19 +89,21 @@ async def _one_by_one(runner: Runner, event: UsageIn) -> dict[str, Any]:
         return {"status": "conflict"}
     return {
         "status": "replayed" if out.replayed else "applied",
+        "request_id": event.request_id,
         "transaction_id": out.transaction_id,
         "balance_micros": out.wallet.balance_micros if out.wallet else 0,
         "held_micros": out.wallet.held_micros if out.wallet else 0,
     }
 
 
-def _comparable(result: dict[str, Any], origin: dict[str, int]) -> dict[str, Any]:
-    """A result with its transaction id replaced by the index of the event that made it."""
+def _comparable(result: dict[str, Any], origin: dict[tuple[str, str], int]) -> dict[str, Any]:
+    """A result with its transaction id replaced by the index of the event that made it (a
+    batch's events share their ledger transaction: the event is its id in that transaction)."""
     keep = {k: v for k, v in result.items() if k in ("status", "balance_micros", "held_micros")}
     if result["status"] == "insufficient_balance":
         keep = {"status": result["status"], "available_micros": result["available_micros"]}
     elif result["status"] in ("applied", "replayed"):
-        keep["made_by"] = origin.get(result["transaction_id"], -1)
+        keep["made_by"] = origin.get((result["transaction_id"], result["request_id"]), -1)
     else:
         keep = {"status": result["status"]}
     return keep
@@ -146,9 +148,15 @@ def check_equivalence(
 
         # Transaction ids differ between the worlds; compare which event made each one.
         origin_a = {
-            r["transaction_id"]: i for i, r in enumerate(batch_results) if r["status"] == "applied"
+            (r["transaction_id"], r["request_id"]): i
+            for i, r in enumerate(batch_results)
+            if r["status"] == "applied"
         }
-        origin_b = {r["transaction_id"]: i for i, r in single.items() if r["status"] == "applied"}
+        origin_b = {
+            (r["transaction_id"], r["request_id"]): i
+            for i, r in single.items()
+            if r["status"] == "applied"
+        }
         for i in range(len(batch)):
             got = _comparable(batch_results[i], origin_a)
             want = _comparable(single[i], origin_b)

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client import REGISTRY
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.errors import InsufficientBalance
@@ -39,7 +40,10 @@ def combined() -> float:
 
 
 async def test_400_debits_of_one_wallet_at_once_are_combined_and_exact(
-    client: httpx.AsyncClient, admin_headers: dict[str, str], gateway_headers: dict[str, str]
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    gateway_headers: dict[str, str],
+    session_maker: Maker,
 ) -> None:
     await deposit(client, admin_headers, "alice", 1_000_000)
     await gateway_balance(client, gateway_headers, "alice")  # the token lookup is cached now
@@ -55,7 +59,22 @@ async def test_400_debits_of_one_wallet_at_once_are_combined_and_exact(
     # Every applied debit answers the balance right after it, each a different one.
     balances = sorted(r.json()["balance_micros"] for r in responses if r.status_code == 201)
     assert balances == [6_000 + 7_000 * i for i in range(142)]
-    assert len({r.json()["transaction_id"] for r in responses if r.status_code == 201}) == 142
+    # A debit alone is its own ledger transaction; combined ones share their batch's (one
+    # wallet leg for the batch), each with its usage record.
+    applied = [r.json() for r in responses if r.status_code == 201]
+    async with session_maker() as session:
+        records: dict[str, str] = dict(
+            (
+                await session.execute(
+                    text(
+                        "SELECT request_id, transaction_id FROM usage_records"
+                        " WHERE user_id = 'alice'"
+                    )
+                )
+            ).all()
+        )
+    assert {r["request_id"]: r["transaction_id"] for r in applied} == records
+    assert len({r["transaction_id"] for r in applied}) < 142
     assert (await gateway_balance(client, gateway_headers, "alice"))["balance_micros"] == 6_000
 
 
