@@ -141,8 +141,9 @@ def _waiters(queue: Any) -> int:
 
 
 def observe_pools(engine: Any, usage_store: Any = None) -> None:
-    """Read the SQLAlchemy pool (`orm`) and the gateway's asyncpg pool (`gateway`) into the
-    `billing_db_pool_connections` gauges. Pools without these counters are skipped."""
+    """Read the SQLAlchemy pool (`orm`) and the gateway's asyncpg pools (`gateway` for its
+    writes, `gateway_reads`) into the `billing_db_pool_connections` gauges. Pools without
+    these counters are skipped."""
     pool = getattr(engine, "pool", None)
     checkedout = getattr(pool, "checkedout", None)
     if pool is not None and callable(checkedout) and hasattr(pool, "size"):
@@ -153,14 +154,15 @@ def observe_pools(engine: Any, usage_store: Any = None) -> None:
         waiting = _waiters(getattr(getattr(pool, "_pool", None), "_queue", None))
         maximum = int(pool.size()) + max(0, int(getattr(pool, "_max_overflow", 0)))
         _set_pool("orm", in_use, idle, waiting, maximum)
-    raw = getattr(usage_store, "pool", None)
-    if raw is not None and hasattr(raw, "get_size"):
-        size = int(raw.get_size())
-        idle = int(raw.get_idle_size())
-        _set_pool(
-            "gateway",
-            size - idle,
-            idle,
-            _waiters(getattr(raw, "_queue", None)),
-            int(raw.get_max_size()),
-        )
+    for name, attribute in (("gateway", "pool"), ("gateway_reads", "read_pool")):
+        raw = getattr(usage_store, attribute, None)
+        if raw is not None and hasattr(raw, "get_size"):
+            size = int(raw.get_size())
+            idle = int(raw.get_idle_size())
+            _set_pool(
+                name,
+                size - idle,
+                idle,
+                _waiters(getattr(raw, "_queue", None)),
+                int(raw.get_max_size()),
+            )

@@ -15,7 +15,14 @@ What it does, on a fresh clone:
    scenarios, bench/loadgen.py for the fixed rate and the webhook deliveries;
 4. runs `torouter-billing ledger-verify` after every scenario and checks every webhook order ended
    paid exactly once;
-5. prints one table and writes it to bench/RESULTS.md (full runs only).
+5. measures what PostgreSQL does per event (bench/pgstats.py): rows and index insertions per
+   debit, batch event, reserve + capture pair and credited webhook order, from its table
+   statistics around a counted number of operations (`Bench.count_writes`); the CPU time of
+   its backends over each scenario's measured window, per event; and the Stripe peer's reads
+   per credited order;
+6. reads the balance at a fixed rate alone, and again while usage debits run against the same
+   worker (`--balance-writers` wrk connections);
+7. prints one table and those figures, and writes them to bench/RESULTS.md (full runs only).
 
 Exits 1 when an invariant breaks or a scenario got an answer it should not have (a non-2xx, a
 batch event not applied, a hold not captured). Socket errors are reported, not fatal.
@@ -38,6 +45,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +55,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import httpx
 
+from bench.pgstats import BackendCpu, Writes, table_counters
 from bench.roundtrips import WireCounter
 from bench.server import (
     ROOT,
@@ -71,8 +80,9 @@ JWT_AUDIENCE = "torouter-billing-bench"
 WEBHOOK_SECRET = "whsec_" + secrets.token_hex(24)
 GROUPS = ("usage", "batch", "holds", "webhooks", "balance", "workers")
 
-# Targets from issue 8 (1 worker unless said).
-USAGE_TARGET = 1.0  # x yardstick
+# Targets from issues 8 and 22 (1 worker unless said).
+USAGE_TARGET = 1.2  # x yardstick, 1,000 wallets
+HOT_TARGET = 0.8  # x yardstick, one hot wallet
 BATCH_TARGET = 50_000  # events/s, batches of 1,000
 HOLDS_TARGET = 0.8  # x the usage debit rate
 LIMIT_COST_TARGET = 0.9  # x the usage debit rate: a key limit may cost at most 10%
@@ -216,6 +226,26 @@ async def drain(databases: list[str], give_up_after: float = 180) -> float:
     return time.monotonic() - started
 
 
+async def wait_for_no_backends(database: str, give_up_after: float = 60) -> None:
+    """Until no other session is connected to `database` (a stopped service's backends have
+    exited, publishing their statistics as they go)."""
+    started = time.monotonic()
+    conn = await asyncpg.connect(ADMIN_DSN)
+    try:
+        while time.monotonic() - started < give_up_after:
+            left = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 "
+                "AND pid <> pg_backend_pid()",
+                database,
+            )
+            if left == 0:
+                return
+            await asyncio.sleep(0.05)
+    finally:
+        await conn.close()
+    raise RuntimeError(f"sessions of {database} still open after {give_up_after:g} s")
+
+
 async def yardstick_consistent(yardstick_dsn: str) -> list[str]:
     """The yardstick's own invariant: what left the accounts is what its entries record."""
     conn = await asyncpg.connect(yardstick_dsn)
@@ -253,6 +283,16 @@ class Row:
     notes: list[str] = field(default_factory=list)
     per_request: float = 1.0
     """Scenario units per request: events per batch, 0.5 pair per hold request."""
+    pg_cpu: BackendCpu | None = None
+    """The CPU time of the PostgreSQL backends serving the scenario's database over its
+    measured window (`bench/pgstats.py`)."""
+
+    @property
+    def pg_cpu_per_unit_us(self) -> float | None:
+        """PostgreSQL CPU per scenario unit (debit, batch event, pair, webhook event)."""
+        if self.pg_cpu is None:
+            return None
+        return self.pg_cpu.per_event_us(self.throughput * self.load.seconds)
 
     @property
     def errors(self) -> str:
@@ -339,6 +379,12 @@ class Bench:
     step: int = 0
     invariants_broken: bool = False
     round_trips: str = ""
+    writes: list[tuple[str, Writes]] = field(default_factory=list)
+    """Rows and index insertions per event, by operation (`count_writes`)."""
+    stripe_reads: list[str] = field(default_factory=list)
+    """Stripe reads per credited order, by measurement."""
+    cpu: BackendCpu | None = None
+    """The PostgreSQL CPU of the last measured load, for the next `row()`."""
 
     @property
     def url(self) -> str:
@@ -484,6 +530,119 @@ class Bench:
         self.round_trips = ", ".join(found)
         log(f"round trips to PostgreSQL per operation: {self.round_trips}")
 
+    # -- rows and index insertions per event (bench/pgstats.py) --------------------------------
+
+    def count_writes(self, groups: set[str]) -> None:
+        """Rows written and index insertions per event, from PostgreSQL's table statistics
+        diffed around a counted number of operations: each operation's count runs in a service
+        started after the first snapshot and stopped (its backends gone, so their counters are
+        published) before the second."""
+        prefix = secrets.token_hex(4)
+        headers = {"Authorization": f"Bearer {self.token}"}
+
+        def debits(http: httpx.Client, n: int) -> int:
+            for i in range(n):
+                body = {"user_id": f"user-{i % WALLETS}", "request_id": f"w-{prefix}-{i}"}
+                answer = http.post("/v1/internal/usage", json=body | {"amount_micros": 7000})
+                answer.raise_for_status()
+            return n
+
+        def batches(http: httpx.Client, n: int) -> int:
+            size = 1000
+            for b in range(n):
+                events = [
+                    {
+                        "user_id": f"user-{(b * 7 + i) % WALLETS}",
+                        "request_id": f"wb-{prefix}-{b}-{i}",
+                        "amount_micros": 7000,
+                        "model": "gpt-4o-mini",
+                        "input_tokens": 1200,
+                        "output_tokens": 300,
+                    }
+                    for i in range(size)
+                ]
+                answer = http.post("/v1/internal/usage/batch", json={"events": events})
+                answer.raise_for_status()
+                if answer.json().get("failed") != 0:
+                    raise RuntimeError(f"a counted batch failed: {answer.text[:500]}")
+            return n * size
+
+        def pairs(http: httpx.Client, n: int) -> int:
+            for i in range(n):
+                hold_id = f"w-{prefix}-{i}"
+                body = {"user_id": f"user-{i % WALLETS}", "hold_id": hold_id}
+                answer = http.post("/v1/internal/holds", json=body | {"amount_micros": 10_000})
+                answer.raise_for_status()
+                answer = http.post(
+                    f"/v1/internal/holds/{hold_id}/capture", json={"amount_micros": 7000}
+                )
+                answer.raise_for_status()
+            return n
+
+        operations: list[tuple[str, str, Callable[[httpx.Client, int], int], int]] = []
+        if "usage" in groups:
+            operations.append(("usage debit", "debit", debits, 200))
+        if "batch" in groups:
+            operations.append(("batch of 1,000 events", "event", batches, 3))
+        if "holds" in groups:
+            operations.append(("reserve + capture", "pair", pairs, 200))
+        for name, unit, operation, n in operations:
+            before = self.quiet_counters()
+            with (
+                self.service(1) as server,
+                httpx.Client(base_url=server.url, headers=headers, timeout=300) as http,
+            ):
+                events = operation(http, n)
+            writes = Writes.between(before, self.quiet_counters(), events)
+            self.writes.append((f"{name} (per {unit}, {events:,} counted)", writes))
+            log(f"writes per {unit}, {name}: {writes.summary()}")
+        if "webhooks" in groups:
+            self.count_webhook_writes(40)
+
+    def count_webhook_writes(self, count: int) -> None:
+        """The same for `count` credited webhook orders (created and paid by one service, their
+        `payment_intent.succeeded` delivered one at a time to another), and the Stripe reads the
+        deliveries made."""
+        from testing.stripe_peer.client import sign_payload
+
+        with self.service(1) as server:
+            orders = asyncio.run(
+                create_paid_orders(server.url, self.peer_url, count, buyers="counted")
+            )
+        before = self.quiet_counters()
+        reads_before = asyncio.run(stripe_reads(self.peer_url))
+        with (
+            self.service(1) as server,
+            httpx.Client(base_url=server.url, timeout=60) as http,
+        ):
+            for _, _, payload in orders:
+                answer = http.post(
+                    "/v1/webhooks/stripe",
+                    content=payload.encode(),
+                    headers={
+                        "Content-Type": "application/json; charset=utf-8",
+                        "Stripe-Signature": sign_payload(payload.encode(), WEBHOOK_SECRET),
+                    },
+                )
+                answer.raise_for_status()
+        writes = Writes.between(before, self.quiet_counters(), len(orders))
+        reads = asyncio.run(stripe_reads(self.peer_url)) - reads_before
+        problems = asyncio.run(orders_paid_once(self.url, orders))
+        self.failures.extend(problems)
+        self.invariants_broken |= bool(problems)
+        self.writes.append((f"credited webhook order (per order, {len(orders)} counted)", writes))
+        self.stripe_reads.append(
+            f"{len(orders)} orders delivered one at a time: {reads} reads, "
+            f"{reads / len(orders):.2f} per credited order"
+        )
+        log(f"writes per credited webhook order: {writes.summary()}; Stripe reads {reads}")
+
+    def quiet_counters(self) -> dict[str, Any]:
+        """The table counters once no backend of the service's database is left (every
+        counter published)."""
+        asyncio.run(wait_for_no_backends(self.database))
+        return asyncio.run(table_counters(dsn(self.database)))
+
     # -- closed loop (wrk) ---------------------------------------------------------------------
 
     def wrk(
@@ -497,7 +656,10 @@ class Bench:
         connections: int | None = None,
         seconds: float | None = None,
         warmup: bool = True,
+        databases: list[str] | None = None,
     ) -> tuple[Load, RssSampler]:
+        """wrk with `script` against `server` (after a warm-up), the PostgreSQL CPU of
+        `databases` (the service's by default) measured over the measured run."""
         prefix = secrets.token_hex(4)
         script_args = [token or self.token, prefix, str(wallets)]
         connections = connections or self.args.connections
@@ -511,6 +673,8 @@ class Bench:
                     seconds=self.args.warmup,
                     **common,
                 )
+            cpu = BackendCpu(ADMIN_DSN, databases or [self.database])
+            asyncio.run(cpu.start())
             load = run_wrk(
                 server.url,
                 script,
@@ -518,10 +682,13 @@ class Bench:
                 seconds=seconds or self.args.seconds,
                 **common,
             )
+            asyncio.run(cpu.stop())
+        self.cpu = cpu
         return load, rss
 
     def row(self, name: str, workers: int, load: Load, rss: RssSampler, unit: str) -> Row:
         throughput = load.unit_rate if unit != "req/s" else load.rate
+        cpu, self.cpu = self.cpu, None
         return Row(
             name,
             workers,
@@ -530,6 +697,7 @@ class Bench:
             throughput,
             rss.peak_total_kib / 1024,
             rss.peak_worker_kib / 1024,
+            pg_cpu=cpu,
         )
 
     def run_yardstick(self, workers: int) -> None:
@@ -538,7 +706,13 @@ class Bench:
         with Uvicorn(
             "yardstick", yardstick_command("bench.yardstick:app_factory"), env, workers
         ) as server:
-            load, rss = self.wrk(server, "usage", extra=("/debit",), token="-")
+            load, rss = self.wrk(
+                server,
+                "usage",
+                extra=("/debit",),
+                token="-",
+                databases=[f"{self.database}_yardstick"],
+            )
             row = self.row(
                 "yardstick: raw asyncpg debit, 1,000 accounts", workers, load, rss, "req/s"
             )
@@ -564,8 +738,9 @@ class Bench:
         row.ratio = self.ratio(row.throughput, workers)
         if not hot:
             self.usage[workers] = row.throughput
-            if workers == 1 and row.ratio is not None:
-                row.target = f"≥ {USAGE_TARGET:.1f}{X} yardstick: {met(row.ratio >= USAGE_TARGET)}"
+        if workers == 1 and row.ratio is not None:
+            goal = HOT_TARGET if hot else USAGE_TARGET
+            row.target = f"≥ {goal:.1f}{X} yardstick: {met(row.ratio >= goal)}"
         self.record(row, server, self.ledger_verify)
 
     def run_key_limit_cost(self, server: Uvicorn, workers: int) -> None:
@@ -663,10 +838,18 @@ class Bench:
 
     # -- open loop (bench/loadgen.py) ----------------------------------------------------------
 
-    def loadgen(self, server: Uvicorn, mode: str, *args: str) -> tuple[Load, RssSampler]:
+    def loadgen(
+        self, server: Uvicorn, mode: str, *args: str, measure_cpu: bool = False
+    ) -> tuple[Load, RssSampler]:
         command = [sys.executable, "-m", "bench.loadgen", mode, "--port", str(server.port), *args]
+        cpu = BackendCpu(ADMIN_DSN, [self.database]) if measure_cpu else None
         with RssSampler(server.pid) as rss:
+            if cpu is not None:
+                asyncio.run(cpu.start())
             done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+            if cpu is not None:
+                asyncio.run(cpu.stop())
+        self.cpu = cpu
         if done.returncode != 0:
             raise LoadGeneratorError(f"loadgen exited {done.returncode}:\n{done.stderr}")
         if done.stderr.strip():
@@ -674,8 +857,24 @@ class Bench:
             log("loadgen said: " + " | ".join(done.stderr.strip().splitlines()[:5]))
         return Load.parse(done.stdout), rss
 
-    def run_balance(self, server: Uvicorn, workers: int) -> None:
+    def run_balance(self, server: Uvicorn, workers: int, *, writers: int = 0) -> None:
+        """The balance read at a fixed rate; with `writers`, while that many wrk connections
+        post usage debits to the same service (closed loop) for the whole warm-up and
+        measurement."""
         rate = BALANCE_RATE
+        debits: Future[Load] | None = None
+        pool = ThreadPoolExecutor(max_workers=1)
+        if writers:
+            debits = pool.submit(
+                run_wrk,
+                server.url,
+                "usage",
+                [self.token, secrets.token_hex(4), str(WALLETS)],
+                seconds=self.args.warmup + self.args.seconds + 2,
+                threads=min(self.args.threads, writers),
+                connections=writers,
+            )
+            time.sleep(0.5)
         load, rss = self.loadgen(
             server,
             "rate",
@@ -694,13 +893,20 @@ class Bench:
             "--wallets",
             str(WALLETS),
         )
-        row = self.row(
-            f"balance: `GET /v1/internal/accounts/{{id}}/balance` at {rate:,} req/s",
-            workers,
-            load,
-            rss,
-            "req/s",
-        )
+        debit_load = debits.result() if debits is not None else None
+        pool.shutdown()
+        name = f"balance: `GET /v1/internal/accounts/{{id}}/balance` at {rate:,} req/s"
+        if writers:
+            name += f", usage debits running (wrk -c{writers})"
+        row = self.row(name, workers, load, rss, "req/s")
+        if debit_load is not None:
+            row.notes.append(
+                f"meanwhile {debit_load.rate:,.0f} debits/s (p50 {debit_load.p50_ms:.1f} ms, "
+                f"p99 {debit_load.p99_ms:.1f} ms, errors {debit_load.socket_error_count} socket "
+                f"+ {debit_load.non2xx} non-2xx)"
+            )
+            if debit_load.non2xx or debit_load.bad:
+                self.failures.append(f"{name}: the debits got {debit_load.statuses}")
         kept_up = load.rate >= 0.95 * rate
         row.target = (
             f"p99 < {BALANCE_P99_MS:g} ms at {rate:,} req/s: "
@@ -735,9 +941,20 @@ class Bench:
             self.loadgen(server, "replay", "--requests", str(files[0]), *common)
             reads_since = asyncio.run(peer_requests_seq(self.peer_url))
             seconds = str(self.args.seconds * 3)
+            asyncio.run(drain([self.database]))
+            reads_before = asyncio.run(stripe_reads(self.peer_url))
             load, rss = self.loadgen(
-                server, "replay", "--requests", str(files[1]), "--seconds", seconds, *common
+                server,
+                "replay",
+                "--requests",
+                str(files[1]),
+                "--seconds",
+                seconds,
+                *common,
+                measure_cpu=True,
             )
+            asyncio.run(drain([self.database]))
+            reads = asyncio.run(stripe_reads(self.peer_url)) - reads_before
         row = self.row(
             "webhooks: signed `payment_intent.succeeded`, distinct orders",
             workers,
@@ -749,12 +966,18 @@ class Bench:
         row.target = f"≥ {WEBHOOKS_TARGET} events/s: {met(row.throughput >= WEBHOOKS_TARGET)}"
         if load.taken < len(measured):
             row.notes.append(f"delivered {load.taken} of {len(measured)} in the time allowed")
+        credited = load.requests - load.non2xx
+        self.stripe_reads.append(
+            f"webhook scenario ({workers} worker{'s' if workers > 1 else ''}, {credited:,} "
+            f"orders credited by {self.args.connections} concurrent deliveries): "
+            f"{reads:,} reads, {reads / credited if credited else 0:.2f} per credited order"
+        )
 
         def verify() -> str:
             delivered = orders[: warm + load.taken]
             problems = asyncio.run(orders_paid_once(self.url, delivered))
             credited = [pi_id for _, pi_id, _ in measured[: load.taken]]
-            reads = asyncio.run(stripe_reads(self.peer_url, set(credited), reads_since))
+            reads = asyncio.run(payment_intent_reads(self.peer_url, set(credited), reads_since))
             row.notes.append(
                 f"Stripe reads per credited order: {reads / max(1, len(credited)):.2f} "
                 f"({reads:,} reads of the {len(credited):,} delivered orders' PaymentIntents "
@@ -804,10 +1027,11 @@ PER_USER = 5  # BILLING_MAX_PENDING_ORDERS' default
 
 
 async def create_paid_orders(
-    service_url: str, peer_url: str, count: int
+    service_url: str, peer_url: str, count: int, buyers: str = "payer"
 ) -> list[tuple[str, str, str]]:
-    """`count` top-ups through `POST /v1/purchase` (elements), each paid at the peer; returns
-    `(order_id, payment_intent_id, event payload)` for their `payment_intent.succeeded`."""
+    """`count` top-ups through `POST /v1/purchase` (elements) by users `<buyers>-0…`, each
+    paid at the peer; returns `(order_id, payment_intent_id, event payload)` for their
+    `payment_intent.succeeded`."""
     from app.auth.jwt import mint_token
 
     settings = app_settings(sqlalchemy_url(ADMIN_DSN))  # only its JWT secret is used
@@ -821,7 +1045,7 @@ async def create_paid_orders(
         gate = asyncio.Semaphore(16)
 
         async def buyer(index: int) -> None:
-            user = f"payer-{index}"
+            user = f"{buyers}-{index}"
             headers = {
                 "Authorization": "Bearer "
                 + mint_token(settings, user, email=f"{user}@bench.invalid")
@@ -858,6 +1082,14 @@ async def create_paid_orders(
     return [(order_id, pi_id, payloads[pi_id]) for order_id, pi_id in paid]
 
 
+async def stripe_reads(peer_url: str) -> int:
+    """How many API reads (`GET /v1/...`) the Stripe peer has answered so far."""
+    async with httpx.AsyncClient(base_url=peer_url, timeout=60) as peer:
+        response = await peer.get("/_test/requests", params={"method": "GET", "path": "/v1/"})
+        response.raise_for_status()
+        return len(response.json()["data"])
+
+
 async def last_event_seq(peer: httpx.AsyncClient) -> int:
     response = await peer.get("/_test/events")
     response.raise_for_status()
@@ -874,7 +1106,7 @@ async def peer_requests_seq(peer_url: str) -> int:
     return int(rows[-1]["seq"]) if rows else 0
 
 
-async def stripe_reads(peer_url: str, pi_ids: set[str], since: int) -> int:
+async def payment_intent_reads(peer_url: str, pi_ids: set[str], since: int) -> int:
     """GETs of these PaymentIntents at the peer after `since`, once the count stops growing
     (the receipts are read after the credits; 30 s at most)."""
     counted, stable, deadline = -1, 0, time.monotonic() + 30
@@ -952,6 +1184,8 @@ def run(args: argparse.Namespace, bench: Bench) -> None:
     cores = os.cpu_count() or 1
     if "usage" in only:
         bench.count_round_trips()
+    if only & {"usage", "batch", "holds", "webhooks"}:
+        bench.count_writes(only)
     bench.run_yardstick(1)
     if only - {"workers"}:
         with bench.service(1) as server:
@@ -967,6 +1201,7 @@ def run(args: argparse.Namespace, bench: Bench) -> None:
                 bench.run_holds(server, 1)
             if "balance" in only:
                 bench.run_balance(server, 1)
+                bench.run_balance(server, 1, writers=args.balance_writers)
             if "webhooks" in only:
                 bench.run_webhooks(server, 1)
     if "workers" in only and cores > 1:
@@ -1015,6 +1250,52 @@ def report(args: argparse.Namespace, bench: Bench, elapsed: float) -> str:
             "`Sync` and simple `Query` messages; 1 worker, one request at a time, after a "
             f"warm-up): {bench.round_trips}.",
         ]
+    if bench.writes:
+        lines += [
+            "",
+            "Rows and index insertions per event (PostgreSQL's `pg_stat_user_tables` diffed "
+            "around a counted number of operations, one at a time, by a service started after "
+            "the first snapshot and stopped before the second; index insertions = (rows "
+            f"inserted + non-HOT updates) {X} the table's indexes):",
+            "",
+            *[f"- {name}: {writes.summary()}" for name, writes in bench.writes],
+        ]
+    cpu_rows = [row for row in bench.rows if row.pg_cpu_per_unit_us is not None]
+    if cpu_rows:
+        yardstick = {
+            row.workers: row.pg_cpu_per_unit_us for row in cpu_rows if "yardstick" in row.scenario
+        }
+        lines += [
+            "",
+            "PostgreSQL CPU per event (user + system time of the client backends serving the "
+            "scenario's database, from /proc/<pid>/stat, over its measured window, ÷ the events "
+            "it completed):",
+            "",
+        ]
+        for row in cpu_rows:
+            per = row.pg_cpu_per_unit_us or 0.0
+            unit = {"req/s": "request", "events/s": "event", "pairs/s": "pair"}.get(row.unit)
+            reference = yardstick.get(row.workers)
+            versus = (
+                f" ({per / reference:.2f}{X} the yardstick's per debit)"
+                if reference and "yardstick" not in row.scenario
+                else ""
+            )
+            assert row.pg_cpu is not None
+            lost = f", {row.pg_cpu.lost} exited meanwhile" if row.pg_cpu.lost else ""
+            lines.append(
+                f"- {row.scenario} ({row.workers} worker{'s' if row.workers > 1 else ''}): "
+                f"{per:,.0f} µs per {unit or 'unit'}{versus}; {row.pg_cpu.backends} "
+                f"backends{lost}"
+            )
+    if bench.stripe_reads:
+        lines += [
+            "",
+            "Stripe reads per credited order (`GET /v1/…` answered by the Stripe peer, "
+            "testing/stripe_peer, while the deliveries ran and their requests finished):",
+            "",
+            *[f"- {line}" for line in bench.stripe_reads],
+        ]
     notes = bench.notes + [
         f"{row.scenario} ({row.workers} worker{'s' if row.workers > 1 else ''}): {note}"
         for row in bench.rows
@@ -1045,6 +1326,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--webhook-orders", type=int, default=1000, help="distinct orders the webhooks pay"
+    )
+    parser.add_argument(
+        "--balance-writers",
+        type=int,
+        default=16,
+        help="wrk connections posting debits during the second balance scenario",
     )
     parser.add_argument(
         "--lots",

@@ -168,3 +168,7 @@ async def test_pool_gauges_show_connections_in_use_and_the_maximum(
     assert value(during, gauge, pool="gateway", state="max") == 3
     assert value(during, gauge, pool="gateway", state="in_use") == 0
     assert value(during, gauge, pool="gateway", state="idle") >= 1
+    # The gateway's reads (the balance read above) on a pool of their own, half as large.
+    assert value(during, gauge, pool="gateway_reads", state="max") == 2
+    assert value(during, gauge, pool="gateway_reads", state="in_use") == 0
+    assert value(during, gauge, pool="gateway_reads", state="idle") >= 1
