@@ -1101,7 +1101,7 @@ class UsageStore:
         clock: Callable[[], datetime] = utcnow,
         *,
         reads: asyncpg.Pool | None = None,
-        combine_debits: bool = True,
+        combine_debits: bool = False,
     ) -> None:
         self._pool: Any = pool if isinstance(pool, asyncpg.Pool) else _OneConnection(pool)
         self._reads: Any = reads if reads is not None else self._pool
@@ -1125,7 +1125,7 @@ class UsageStore:
         *,
         max_size: int,
         primary: Primary | None = None,
-        combine_debits: bool = True,
+        combine_debits: bool = False,
     ) -> UsageStore:
         """A store on pools of its own, `max_size` connections for the writes and
         `read_pool_size(max_size)` for the reads, connecting through `primary` (the service

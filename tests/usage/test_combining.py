@@ -32,7 +32,11 @@ Maker = async_sessionmaker[AsyncSession]
 
 @pytest.fixture
 def settings_overrides() -> dict[str, Any]:
-    return {"database_pool_size": RACE_POOL_SIZE, "service_token_cache_seconds": 60}
+    return {
+        "database_pool_size": RACE_POOL_SIZE,
+        "service_token_cache_seconds": 60,
+        "gateway_combine_debits": True,
+    }
 
 
 def combined() -> float:
