@@ -269,6 +269,21 @@ _DEBIT_OUTCOME = """CASE WHEN w.id IS NOT NULL THEN 'applied'
             WHEN r.scope IS NOT NULL THEN 'limited'"""
 
 
+def _spend_and_txn() -> str:
+    """The debit's spend-limit counters moved and its transaction header, the same in both debit
+    statements (after their `wallet` CTE)."""
+    return f"""spend AS (
+    UPDATE spend_limits s SET window_start = c.window_start, spent_micros = c.spent_micros + $4
+    FROM counters c, wallet WHERE s.id = c.id
+    RETURNING s.limit_micros - s.spent_micros AS remaining
+), txn AS (
+    INSERT INTO ledger_transactions
+        (id, reference, kind, user_id, description, request_hash, details, created_at)
+    SELECT $2, $1, '{USAGE_KIND}', $3, '{USAGE_DESCRIPTION}', $5, $6::json, $7 FROM wallet
+    RETURNING id
+)"""
+
+
 def _record_and_crossing() -> str:
     """The debit's usage record and the balance crossings it may cause, the same in both debit
     statements (`txn` and `wallet` CTEs before it; `$3` user, `$4` amount, `$7` now)."""
@@ -303,16 +318,7 @@ WITH existing AS (
     {_EXISTING_DEBIT}
 ), {_limit_ctes("$3", "$8", "$4")}, wallet AS (
     {covered_wallet_update("$3", debit="$4", when=_NEW_AND_ALLOWED + " AND tracked_micros = 0")}
-), spend AS (
-    UPDATE spend_limits s SET window_start = c.window_start, spent_micros = c.spent_micros + $4
-    FROM counters c, wallet WHERE s.id = c.id
-    RETURNING s.limit_micros - s.spent_micros AS remaining
-), txn AS (
-    INSERT INTO ledger_transactions
-        (id, reference, kind, user_id, description, request_hash, details, created_at)
-    SELECT $2, $1, '{USAGE_KIND}', $3, '{USAGE_DESCRIPTION}', $5, $6::json, $7 FROM wallet
-    RETURNING id
-), entries AS (
+), {_spend_and_txn()}, entries AS (
     -- No lot drawn: all of the (positive) amount is paid credit used, to the usage account.
     INSERT INTO ledger_entries
         (transaction_id, account_id, amount_micros, balance_after_micros, created_at)
@@ -352,16 +358,7 @@ WITH existing AS (
     {drawn_wallet_update("$3", "$4", when=_NEW_AND_ALLOWED)}
 ), lot_draws AS (
     {LOT_DRAWS_UPDATE}
-), spend AS (
-    UPDATE spend_limits s SET window_start = c.window_start, spent_micros = c.spent_micros + $4
-    FROM counters c, wallet WHERE s.id = c.id
-    RETURNING s.limit_micros - s.spent_micros AS remaining
-), txn AS (
-    INSERT INTO ledger_transactions
-        (id, reference, kind, user_id, description, request_hash, details, created_at)
-    SELECT $2, $1, '{USAGE_KIND}', $3, '{USAGE_DESCRIPTION}', $5, $6::json, $7 FROM wallet
-    RETURNING id
-), {_usage_entries("$4", "$7")}, {_record_and_crossing()}
+), {_spend_and_txn()}, {_usage_entries("$4", "$7")}, {_record_and_crossing()}
 -- One row whatever happened (`DebitRow`, `Refusal`): the wallet after the debit, or as the
 -- statement's snapshot saw it when nothing was debited (a replay, a refusal).
 SELECT {_DEBIT_OUTCOME}

@@ -84,18 +84,23 @@ HANDLER_MODULES = (
 """Modules that register handlers."""
 
 
+def _register(table: dict[str, Any], kind: str, func: Any, event_types: tuple[str, ...]) -> None:
+    """Put `func` in `table` for each event type, before the table is frozen; one per type."""
+    if _TABLE is not None:
+        raise RuntimeError(f"the webhook handler table is frozen; cannot register {func}")
+    for event_type in event_types:
+        existing = table.get(event_type)
+        if existing is not None and existing is not func:
+            raise RuntimeError(f"two {kind}s for {event_type}: {existing} and {func}")
+        table[event_type] = func
+
+
 def handles(*event_types: str) -> Callable[[Handler], Handler]:
     """Register the decorated coroutine as the handler of these event types (at import time of
     a module in HANDLER_MODULES, before the table is frozen)."""
 
     def register(func: Handler) -> Handler:
-        if _TABLE is not None:
-            raise RuntimeError(f"the webhook handler table is frozen; cannot register {func}")
-        for event_type in event_types:
-            existing = _HANDLERS.get(event_type)
-            if existing is not None and existing is not func:
-                raise RuntimeError(f"two handlers for {event_type}: {existing} and {func}")
-            _HANDLERS[event_type] = func
+        _register(_HANDLERS, "handler", func, event_types)
         return func
 
     return register
@@ -106,13 +111,7 @@ def handles_at_once(*event_types: str) -> Callable[[AtOnceHandler], AtOnceHandle
     also have a regular handler, for the events it leaves alone)."""
 
     def register(func: AtOnceHandler) -> AtOnceHandler:
-        if _TABLE is not None:
-            raise RuntimeError(f"the webhook handler table is frozen; cannot register {func}")
-        for event_type in event_types:
-            existing = _AT_ONCE.get(event_type)
-            if existing is not None and existing is not func:
-                raise RuntimeError(f"two at-once handlers for {event_type}: {existing}, {func}")
-            _AT_ONCE[event_type] = func
+        _register(_AT_ONCE, "at-once handler", func, event_types)
         return func
 
     return register
