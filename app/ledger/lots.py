@@ -249,21 +249,30 @@ async def remainder(session: AsyncSession, lot: CreditLot) -> int:
     return (await derived_remainders(session, lot.user_id)).get(lot.id, 0)
 
 
-async def refundable(session: AsyncSession, order_ids: list[str]) -> dict[str, int]:
+@dataclass(frozen=True, slots=True)
+class LotLeft:
+    """What a refund of an order may take back of its lot (`micros`), and whether the lot is
+    past its `expires_at` (then nothing: expired credit is not refundable)."""
+
+    micros: int
+    expired: bool = False
+
+
+async def refundable(session: AsyncSession, order_ids: list[str]) -> dict[str, LotLeft]:
     """What is left, and not expired, of each of these orders' lots (an order with no lot, paid
     before lots existed, is absent): the most a refund of it may take back."""
     now = utcnow()
-    found: dict[str, int] = {}
+    found: dict[str, LotLeft] = {}
     derived: dict[str, dict[str, int]] = {}
     for lot in await repository.lots_of_orders(session, order_ids):
         assert lot.order_id is not None
         if lot.remaining_micros is not None:
-            live = lot.expires_at is None or lot.expires_at > now
-            found[lot.order_id] = lot.remaining_micros if live else 0
+            expired = lot.expires_at is not None and lot.expires_at <= now
+            found[lot.order_id] = LotLeft(0 if expired else lot.remaining_micros, expired)
         else:
             if lot.user_id not in derived:
                 derived[lot.user_id] = await derived_remainders(session, lot.user_id)
-            found[lot.order_id] = derived[lot.user_id].get(lot.id, 0)
+            found[lot.order_id] = LotLeft(derived[lot.user_id].get(lot.id, 0))
     return found
 
 

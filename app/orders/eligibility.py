@@ -3,8 +3,8 @@
 The rules (DESIGN.md, Refunds): a paid order, within `BILLING_REFUND_WINDOW_DAYS` of payment,
 up to its unrefunded amount and no more than what is left of the order's own credit lot and
 available (`available_micros`, the caller's: spent credit, and credit that expired, is not
-refundable; `app.ledger.lots.refundable`), one open request per order, none while disputed or
-while an inquiry is open.
+refundable, and the refusal says which, `lot_expired`; `app.ledger.lots.refundable`), one open
+request per order, none while disputed or while an inquiry is open.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ REASONS = {
     "refund_window_closed": "The refund window for this order has closed.",
     "refund_request_open": "A refund request for this order is already open.",
     "balance_spent": "The credit from this order has been spent; spent credit is not refundable.",
+    "credit_expired": "The credit from this order has expired; expired credit is not refundable.",
     "flagged": "The payment is under review.",
     "exceeds_unrefunded": "The amount is more than the part of the order not yet refunded.",
     "exceeds_available_balance": "The amount is more than the available balance; spent credit is"
@@ -52,6 +53,7 @@ def refund_eligibility(
     window_days: int,
     now: datetime,
     has_open_dispute: bool = False,
+    lot_expired: bool = False,
 ) -> Eligibility:
     """Evaluate the rules in the order a user would want them explained."""
     if order.status not in ("paid", "partially_refunded", "disputed", "refunded"):
@@ -74,7 +76,9 @@ def refund_eligibility(
     # Stripe refunds whole cents: round the available balance down to a cent.
     refundable = min(unrefunded, max(available_micros, 0) // 10_000 * 10_000)
     if refundable <= 0:
-        return Eligibility(False, "balance_spent", 0)
+        # What was left of the order's lot when it expired went out of the balance: say so,
+        # not "spent" (a user who never used it would not recognise that).
+        return Eligibility(False, "credit_expired" if lot_expired else "balance_spent", 0)
     return Eligibility(True, None, refundable)
 
 

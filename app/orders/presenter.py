@@ -47,10 +47,12 @@ async def present_orders(
             refund_eligibility(
                 order,
                 available_micros=min(
-                    available.get(order.user_id, 0), left.get(order.id, MAX_AMOUNT_MICROS)
+                    available.get(order.user_id, 0),
+                    left[order.id].micros if order.id in left else MAX_AMOUNT_MICROS,
                 ),
                 has_open_request=order.id in open_ids,
                 has_open_dispute=order.id in disputed_ids,
+                lot_expired=order.id in left and left[order.id].expired,
                 window_days=settings.refund_window_days,
                 now=now,
             ),

@@ -87,13 +87,14 @@ async def _eligibility(session: AsyncSession, settings: Settings, order: Order) 
     available = wallet.available_micros if wallet else 0
     return refund_eligibility(
         order,
-        available_micros=available if left is None else min(available, left),
+        available_micros=available if left is None else min(available, left.micros),
         has_open_request=await repository.has_open_request(session, order.id),
         has_open_dispute=bool(
             await orders_repository.orders_with_open_disputes(session, [order.id])
         ),
         window_days=settings.refund_window_days,
         now=utcnow(),
+        lot_expired=left is not None and left.expired,
     )
 
 

@@ -148,4 +148,12 @@ async def test_credit_that_expired_is_not_refundable(
         expires_at=utcnow() - timedelta(seconds=1),
     )
     shown = (await shown_order(client, user_headers("alice"), order.id))["refund_eligibility"]
-    assert (shown["eligible"], shown["reason"]) == (False, "balance_spent")
+    assert (shown["eligible"], shown["reason"]) == (False, "credit_expired")
+    # Asked anyway, the refusal says the same: expired, not spent.
+    refused = await client.post(
+        f"/v1/orders/{order.id}/refund-requests",
+        json={"reason": "x"},
+        headers=user_headers("alice"),
+    )
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["reason"] == "credit_expired"
