@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -33,6 +34,18 @@ from app.metrics import SHUTDOWN_IN_FLIGHT
 log = structlog.get_logger(__name__)
 
 
+def freeze_startup_objects() -> int:
+    """Move what start-up built (modules, the app, its pools and prepared statements: ~160,000
+    objects the collector tracks, all living as long as the process) out of the collector's
+    generations, so that a full collection scans only what requests made since. Unfrozen, each
+    full collection walked them all: 30-130 ms with the event loop stopped (measured on this
+    machine), every request in flight waiting, which is what a latency percentile sees.
+    Returns how many objects are frozen."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
 class GracefulServer(uvicorn.Server):
     """uvicorn's server, stopping the app's jobs while it drains requests, and exiting 0."""
 
@@ -43,6 +56,10 @@ class GracefulServer(uvicorn.Server):
             # uvicorn re-raises the signal once it has shut down, so the process would die of
             # it (exit -15); a drained shutdown is a clean exit.
             self._captured_signals.clear()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        log.info("startup_objects_frozen", objects=freeze_startup_objects())
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         grace = self.config.timeout_graceful_shutdown or 0
