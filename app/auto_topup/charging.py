@@ -208,7 +208,7 @@ async def _charge(
             pi = await _pay_invoice(maker, stripe, order, attempt.payment_method_id)
         else:
             pi = await stripe.create_off_session_payment_intent(
-                **invoices.order_args(order, order.stripe_customer_id),
+                invoices.order_args(order, order.stripe_customer_id),
                 payment_method_id=attempt.payment_method_id,
             )
     except StripeCardDeclined as exc:

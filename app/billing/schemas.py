@@ -6,10 +6,18 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple, Union
 
 import pycountry
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    create_model,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 
 from app.emails import single_address
@@ -159,54 +167,61 @@ class AddressIn(StrictModel):
         return self
 
 
-class EuVatIn(StrictModel):
-    """An EU VAT number with its country prefix (`EL` for Greece), no spaces."""
-
-    type: Literal["eu_vat"]
-    value: Annotated[str, _clean(EU_VAT, "DE123456789"), AfterValidator(refuse_control_characters)]
-
-
-class GbVatIn(StrictModel):
-    type: Literal["gb_vat"]
-    value: Annotated[str, _clean(GB_VAT, "GB123456789"), AfterValidator(refuse_control_characters)]
+class _TaxIdShape(NamedTuple):
+    pattern: str
+    example: str
+    doc: str | None = None
 
 
-class ChVatIn(StrictModel):
-    type: Literal["ch_vat"]
-    value: Annotated[
-        str, _clean(CH_VAT, "CHE123456789MWST"), AfterValidator(refuse_control_characters)
+_TAX_ID_SHAPES = {
+    TaxIdType.EU_VAT: _TaxIdShape(
+        EU_VAT,
+        "DE123456789",
+        "An EU VAT number with its country prefix (`EL` for Greece), no spaces.",
+    ),
+    TaxIdType.GB_VAT: _TaxIdShape(GB_VAT, "GB123456789"),
+    TaxIdType.CH_VAT: _TaxIdShape(CH_VAT, "CHE123456789MWST"),
+    TaxIdType.NO_VAT: _TaxIdShape(NO_VAT, "123456789MVA"),
+    TaxIdType.US_EIN: _TaxIdShape(US_EIN, "12-3456789"),
+    TaxIdType.CA_BN: _TaxIdShape(CA_BN, "123456789"),
+    TaxIdType.AU_ABN: _TaxIdShape(AU_ABN, "12345678901"),
+    TaxIdType.NZ_GST: _TaxIdShape(NZ_GST, "123456789"),
+}
+"""Each kind of tax ID: the shape of its number (upper case, no spaces) and an example."""
+
+
+class _TaxIdIn(StrictModel):
+    """What every kind's model carries; `_tax_id_model` narrows `type` to its kind and `value`
+    to its shape."""
+
+    type: TaxIdType
+    value: str
+
+
+def _tax_id_model(kind: TaxIdType, shape: _TaxIdShape) -> type[_TaxIdIn]:
+    """The body model of one kind of tax ID, named after it (`eu_vat`: `EuVatIn`)."""
+    name = "".join(part.capitalize() for part in kind.split("_")) + "In"
+    tag: Any = Literal[kind.value]
+    value: Any = Annotated[
+        str, _clean(shape.pattern, shape.example), AfterValidator(refuse_control_characters)
     ]
+    return create_model(
+        name,
+        __base__=_TaxIdIn,
+        __doc__=shape.doc,
+        __module__=__name__,
+        type=(tag, ...),
+        value=(value, ...),
+    )
 
 
-class NoVatIn(StrictModel):
-    type: Literal["no_vat"]
-    value: Annotated[str, _clean(NO_VAT, "123456789MVA"), AfterValidator(refuse_control_characters)]
+_TAX_ID_MODELS = tuple(_tax_id_model(kind, shape) for kind, shape in _TAX_ID_SHAPES.items())
 
-
-class UsEinIn(StrictModel):
-    type: Literal["us_ein"]
-    value: Annotated[str, _clean(US_EIN, "12-3456789"), AfterValidator(refuse_control_characters)]
-
-
-class CaBnIn(StrictModel):
-    type: Literal["ca_bn"]
-    value: Annotated[str, _clean(CA_BN, "123456789"), AfterValidator(refuse_control_characters)]
-
-
-class AuAbnIn(StrictModel):
-    type: Literal["au_abn"]
-    value: Annotated[str, _clean(AU_ABN, "12345678901"), AfterValidator(refuse_control_characters)]
-
-
-class NzGstIn(StrictModel):
-    type: Literal["nz_gst"]
-    value: Annotated[str, _clean(NZ_GST, "123456789"), AfterValidator(refuse_control_characters)]
-
-
-TaxIdIn = Annotated[
-    EuVatIn | GbVatIn | ChVatIn | NoVatIn | UsEinIn | CaBnIn | AuAbnIn | NzGstIn,
-    Field(discriminator="type"),
-]
+if TYPE_CHECKING:
+    TaxIdIn = _TaxIdIn
+else:
+    # The kinds' models as one discriminated union (`Union[tuple]`: a union of a tuple's types).
+    TaxIdIn = Annotated[Union[_TAX_ID_MODELS], Field(discriminator="type")]  # noqa: UP007
 """A tax ID: its kind as Stripe names it (`type`) and its number as Stripe wants it (upper
 case, no spaces), each kind's shape its own (a malformed number is a 422)."""
 

@@ -24,7 +24,6 @@ from app.credit_notices import repository
 from app.credit_notices.repository import EXPIRED, DueNotice
 from app.db import session_scope
 from app.models.base import utcnow
-from app.models.notifications import NotificationType
 from app.notifications import events
 from app.notifications.service import enqueue
 
@@ -40,24 +39,13 @@ async def _send(session: AsyncSession, notice: DueNotice, now: datetime) -> bool
         return False
     if notice.remaining_micros <= 0:
         return False
-    type_: NotificationType
-    if notice.days_before == EXPIRED:
-        type_ = "credits.expired"
-        data = events.credits_expired(
-            lot_id=notice.lot_id,
-            source=notice.source,
-            expired_micros=notice.remaining_micros,
-            expired_at=notice.expires_at,
-        )
-    else:
-        type_ = "credits.expiring"
-        data = events.credits_expiring(
-            lot_id=notice.lot_id,
-            source=notice.source,
-            remaining_micros=notice.remaining_micros,
-            expires_at=notice.expires_at,
-            days_before=notice.days_before,
-        )
+    type_, data = events.credit_notice(
+        lot_id=notice.lot_id,
+        source=notice.source,
+        amount_micros=notice.remaining_micros,
+        expires_at=notice.expires_at,
+        days_before=None if notice.days_before == EXPIRED else notice.days_before,
+    )
     notification_id = await enqueue(session, user_id=notice.user_id, type=type_, data=data)
     await repository.set_notification(session, notice.lot_id, notice.days_before, notification_id)
     return True

@@ -105,26 +105,18 @@ def refund_succeeded(
     )
 
 
-def credits_expiring(
-    *, lot_id: str, source: str, remaining_micros: int, expires_at: datetime, days_before: int
-) -> dict[str, Any]:
-    """`credits.expiring`: a lot with a remainder expires in `days_before` days (or less)."""
-    return _data(
-        lot_id=lot_id,
-        source=source,
-        **_money("amount", remaining_micros, format_balance),
-        expires_at=expires_at.isoformat(),
-        days_before=days_before,
-    )
-
-
-def credits_expired(
-    *, lot_id: str, source: str, expired_micros: int, expired_at: datetime
-) -> dict[str, Any]:
-    """`credits.expired`: a lot expired with `expired_micros` unspent, out of the balance."""
-    return _data(
-        lot_id=lot_id,
-        source=source,
-        **_money("amount", expired_micros, format_balance),
-        expired_at=expired_at.isoformat(),
-    )
+def credit_notice(
+    *, lot_id: str, source: str, amount_micros: int, expires_at: datetime, days_before: int | None
+) -> tuple[NotificationType, dict[str, Any]]:
+    """A lot's expiry notice, its type with its `data`: `credits.expiring` when the lot expires
+    in `days_before` days (or less) with `amount_micros` left; `credits.expired` (`days_before`
+    None) when it expired with `amount_micros` unspent, out of the balance."""
+    type_: NotificationType
+    when: dict[str, Any]
+    if days_before is None:
+        type_, when = "credits.expired", {"expired_at": expires_at.isoformat()}
+    else:
+        type_ = "credits.expiring"
+        when = {"expires_at": expires_at.isoformat(), "days_before": days_before}
+    amount = _money("amount", amount_micros, format_balance)
+    return type_, _data(lot_id=lot_id, source=source, **amount, **when)

@@ -98,14 +98,14 @@ async def store_document(
 def order_args(order: Order, customer_id: str) -> OrderArgs:
     """What the order's Stripe payment object (a PaymentIntent, a Checkout Session, an
     off-session charge, an invoice) is created with, the Customer pinned on it."""
-    return {
-        "order_id": order.id,
-        "user_id": order.user_id,
-        "amount_cents": micros_to_cents(order.amount_micros),
-        "currency": order.currency,
-        "customer_id": customer_id,
-        "idempotency_key": order.stripe_idempotency_key,
-    }
+    return OrderArgs(
+        order_id=order.id,
+        user_id=order.user_id,
+        amount_cents=micros_to_cents(order.amount_micros),
+        customer_id=customer_id,
+        currency=order.currency,
+        idempotency_key=order.stripe_idempotency_key,
+    )
 
 
 async def profile_po_number(

@@ -451,7 +451,7 @@ async def _create_call(
         portal = settings.portal_url.rstrip("/")
         po_number = await invoices.profile_po_number(maker, stripe, order.user_id)
         return await stripe.create_checkout_session(
-            **args,
+            args,
             invoice=order.invoiced,
             po_number=po_number,
             automatic_tax=order.stripe_tax,
@@ -469,7 +469,7 @@ async def _create_call(
         _, pi_id = await invoices.open_invoice(maker, stripe, order, customer_id)
         return await stripe.retrieve_payment_intent(pi_id)
     return await stripe.create_payment_intent(
-        **args, receipt_email=order.email, setup_future_usage=setup_future_usage
+        args, receipt_email=order.email, setup_future_usage=setup_future_usage
     )
 
 

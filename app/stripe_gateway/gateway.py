@@ -28,7 +28,8 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, TypedDict
+from dataclasses import dataclass, replace
+from typing import Any
 
 import stripe
 import structlog
@@ -72,17 +73,37 @@ the method says it expands them; `expandable_id()` reads either form."""
 DEFAULT_PRODUCT_NAME = "ToRouter balance top-up"
 
 
-class OrderArgs(TypedDict):
+@dataclass(frozen=True)
+class OrderArgs:
     """The arguments every payment object for one of our orders is created with (a
-    PaymentIntent, a Checkout Session, an off-session charge), all from the order row, so that
-    a retry under the same idempotency key sends the same request."""
+    PaymentIntent, a Checkout Session, an off-session charge, an invoice), all from the order
+    row, so that a retry under the same idempotency key sends the same request.
+    `idempotency_key` overrides the key derived from the order id (an order whose Customer was
+    replaced)."""
 
     order_id: str
     user_id: str
     amount_cents: int
-    currency: str
-    customer_id: str
-    idempotency_key: str | None
+    customer_id: str | None
+    currency: str = "usd"
+    idempotency_key: str | None = None
+
+    def key(self, prefix: str = "order") -> str:
+        """The idempotency key: the order's own, else `<prefix>:<order_id>`."""
+        return self.idempotency_key or f"{prefix}:{self.order_id}"
+
+    def tags(self, metadata: Mapping[str, str] | None = None) -> dict[str, str]:
+        """What every payment object of the order carries in its `metadata`: `metadata` with
+        `order_id` and `user_id` (the webhooks and the reconciler find the order by them)."""
+        return {**(metadata or {}), "order_id": self.order_id, "user_id": self.user_id}
+
+    @property
+    def customer(self) -> str:
+        """The Customer, for what Stripe makes only for one (an invoice, an off-session
+        charge)."""
+        if self.customer_id is None:
+            raise ValueError(f"order {self.order_id}: a Customer is needed")
+        return self.customer_id
 
 
 def expandable_id(value: Any) -> str | None:
@@ -117,8 +138,12 @@ def customer_idempotency_key(user_id: str, *, replaces: str | None = None) -> st
 
 
 Send = Callable[[V1Services], Awaitable[stripe.StripeObject]]
-"""One SDK call, given the client's `v1` services: `lambda v1: v1.refunds.create_async(params,
-options)`, typed by the SDK (params as `stripe.params.…`), so mypy checks every name."""
+"""One SDK call, given the client's `v1` services: `lambda v1: v1.refunds.retrieve_async(id)`,
+typed by the SDK (params as `stripe.params.…`), so mypy checks every name."""
+
+Write = Callable[[V1Services, RequestOptions], Awaitable[stripe.StripeObject]]
+"""One SDK write, given the `v1` services and the request options that carry its idempotency
+key: `lambda v1, options: v1.refunds.create_async(params, options)`."""
 
 _EXPAND_LATEST_CHARGE: list[str] = ["latest_charge"]
 
@@ -141,21 +166,12 @@ def _invalid_request(exc: StripeRequestFailed) -> bool:
     return exc.stripe_type == "invalid_request_error"
 
 
-def _order_payment_intent(
-    *,
-    order_id: str,
-    user_id: str,
-    amount_cents: int,
-    currency: str,
-    metadata: Mapping[str, str] | None,
-    description: str,
-) -> PaymentIntentCreateParams:
-    """What every order's PaymentIntent carries: the amount, and `order_id` and `user_id` in
-    its metadata (the webhooks and the reconciler find the order by them)."""
+def _order_payment_intent(args: OrderArgs, description: str) -> PaymentIntentCreateParams:
+    """What every order's PaymentIntent carries: the amount, and the order's tags."""
     return {
-        "amount": amount_cents,
-        "currency": currency,
-        "metadata": {**(metadata or {}), "order_id": order_id, "user_id": user_id},
+        "amount": args.amount_cents,
+        "currency": args.currency,
+        "metadata": args.tags(),
         "description": description,
     }
 
@@ -210,7 +226,7 @@ class StripeGateway:
         """The one wrapper around every Stripe call: `send(v1)` inside the current Stripe
         budget (deadline), its errors mapped to ours, counted in `/metrics` as `operation`, the
         answer as plain JSON. `key` is the write's idempotency key, for the logs and errors
-        (`send` puts it in the request options, `_options(key)`)."""
+        (`_write` puts it in the request options too)."""
         started = time.monotonic()
         outcome = "ok"
         # A budget of its own, inside the request's or job run's (it can only be shorter).
@@ -258,34 +274,35 @@ class StripeGateway:
         )
         return _plain(result)
 
-    @staticmethod
-    def _options(key: str) -> RequestOptions:
-        return {"idempotency_key": key}
+    async def _write(self, operation: str, key: str, send: Write) -> StripeJSON:
+        """A write under idempotency key `key`: sent in its request options, named in the logs
+        and errors of the call."""
+        options: RequestOptions = {"idempotency_key": key}
+        return await self._call(operation, lambda v1: send(v1, options), key=key)
 
     async def _create_payment_intent(
         self, params: PaymentIntentCreateParams, key: str
     ) -> StripeJSON:
         """Create a PaymentIntent for an order (both kinds: on-session and off-session)."""
-        options = self._options(key)
-        return await self._call(
+        return await self._write(
             "payment_intents.create",
-            lambda v1: v1.payment_intents.create_async(params, options),
-            key=key,
+            key,
+            lambda v1, options: v1.payment_intents.create_async(params, options),
         )
 
     async def _end(
         self,
         operation: str,
-        send: Send,
-        *,
         key: str,
+        send: Write,
+        *,
         already: Callable[[StripeRequestFailed], bool],
     ) -> StripeJSON | None:
         """A write that ends an object (cancel, expire), harmless to repeat: None when Stripe
         refuses it because the object is past that point already (`already`); a missing
         object still raises StripeObjectNotFound."""
         try:
-            return await self._call(operation, send, key=key)
+            return await self._write(operation, key, send)
         except StripeObjectNotFound:
             raise
         except StripeRequestFailed as exc:
@@ -310,51 +327,35 @@ class StripeGateway:
         params: CustomerCreateParams = {"metadata": {"user_id": user_id}}
         if email:
             params["email"] = email
-        options = self._options(key)
-        return await self._call(
-            "customers.create", lambda v1: v1.customers.create_async(params, options), key=key
+        return await self._write(
+            "customers.create", key, lambda v1, options: v1.customers.create_async(params, options)
         )
 
     # -- payment intents (Elements mode) ---------------------------------------------------------
 
     async def create_payment_intent(
         self,
+        args: OrderArgs,
         *,
-        order_id: str,
-        user_id: str,
-        amount_cents: int,
-        customer_id: str | None,
         receipt_email: str | None = None,
-        currency: str = "usd",
-        description: str | None = None,
-        metadata: Mapping[str, str] | None = None,
-        idempotency_key: str | None = None,
         setup_future_usage: str | None = None,
     ) -> StripeJSON:
         """A PaymentIntent for an order (status `requires_payment_method`; the portal confirms
         it with Stripe.js using its `client_secret`). Idempotency key `order:<order_id>`:
         repeating the call with the same arguments returns the same PaymentIntent, so every
-        argument must come from the order row. `metadata` gets `order_id` and `user_id`.
-        `idempotency_key` overrides the key (an order whose Customer was replaced).
-        `setup_future_usage="off_session"` (needs `customer_id`) saves the card on the
+        argument must come from the order row. `metadata`: `order_id` and `user_id`.
+        `setup_future_usage="off_session"` (needs a Customer) saves the card on the
         customer when the payment succeeds (`payment_method` of the succeeded PaymentIntent)."""
-        params = _order_payment_intent(
-            order_id=order_id,
-            user_id=user_id,
-            amount_cents=amount_cents,
-            currency=currency,
-            metadata=metadata,
-            description=description or f"{DEFAULT_PRODUCT_NAME} ({order_id})",
-        )
+        params = _order_payment_intent(args, f"{DEFAULT_PRODUCT_NAME} ({args.order_id})")
         params["automatic_payment_methods"] = {"enabled": True}
         # Optional parameters are left out when unset (Stripe refuses an empty value).
-        if customer_id:
-            params["customer"] = customer_id
+        if args.customer_id:
+            params["customer"] = args.customer_id
         if receipt_email:
             params["receipt_email"] = receipt_email
         if setup_future_usage:
             params["setup_future_usage"] = setup_future_usage
-        return await self._create_payment_intent(params, idempotency_key or f"order:{order_id}")
+        return await self._create_payment_intent(params, args.key())
 
     async def retrieve_payment_intent(self, payment_intent_id: str) -> StripeJSON:
         """The PaymentIntent with `latest_charge` expanded (the charge object, with
@@ -371,13 +372,12 @@ class StripeGateway:
         because the PaymentIntent is already past cancelling (canceled, succeeded, processing),
         the PaymentIntent is returned as it is — check its `status`. `latest_charge` expanded.
         Idempotency key `cancel:<payment_intent_id>` (the id stored on our order row)."""
-        options = self._options(f"cancel:{payment_intent_id}")
         canceled = await self._end(
             "payment_intents.cancel",
-            lambda v1: v1.payment_intents.cancel_async(
+            f"cancel:{payment_intent_id}",
+            lambda v1, options: v1.payment_intents.cancel_async(
                 payment_intent_id, {"expand": _EXPAND_LATEST_CHARGE}, options
             ),
-            key=f"cancel:{payment_intent_id}",
             already=lambda exc: exc.stripe_code == "payment_intent_unexpected_state",
         )
         return canceled or await self.retrieve_payment_intent(payment_intent_id)
@@ -389,11 +389,10 @@ class StripeGateway:
         not open any more (void, or paid after all) is left as it is — check the
         PaymentIntent's `status`. Idempotency key `void:<invoice_id>`."""
         key = f"void:{invoice_id}"
-        options = self._options(key)
         await self._end(
             "invoices.void_invoice",
-            lambda v1: v1.invoices.void_invoice_async(invoice_id, None, options),
-            key=key,
+            key,
+            lambda v1, options: v1.invoices.void_invoice_async(invoice_id, None, options),
             already=_invalid_request,
         )
         return await self.retrieve_payment_intent(payment_intent_id)
@@ -402,19 +401,12 @@ class StripeGateway:
 
     async def create_checkout_session(
         self,
+        args: OrderArgs,
         *,
-        order_id: str,
-        user_id: str,
-        amount_cents: int,
-        customer_id: str | None,
         success_url: str,
         cancel_url: str,
         expires_at: int,
-        currency: str = "usd",
-        product_name: str = DEFAULT_PRODUCT_NAME,
         customer_email: str | None = None,
-        metadata: Mapping[str, str] | None = None,
-        idempotency_key: str | None = None,
         setup_future_usage: str | None = None,
         invoice: bool = False,
         po_number: str | None = None,
@@ -427,20 +419,20 @@ class StripeGateway:
         — or a retry is refused (StripeIdempotencyKeyReused). `success_url` may contain
         `{CHECKOUT_SESSION_ID}`. The session and its PaymentIntent both carry `order_id` and
         `user_id` in `metadata`; `client_reference_id` is the order id. `customer_email` is
-        used only without a customer (Stripe refuses both). `idempotency_key` overrides the
-        key (an order whose Customer was replaced). `invoice`: Checkout issues an invoice
+        used only without a customer (Stripe refuses both). `invoice`: Checkout issues an invoice
         (`invoice_creation`, with `po_number`); `automatic_tax`: Stripe Tax adds tax on top;
         either collects the billing address and tax ID and saves them on the Customer."""
-        key = idempotency_key or f"order:{order_id}"
-        tags = {**(metadata or {}), "order_id": order_id, "user_id": user_id}
+        key = args.key()
+        tags = args.tags()
+        description = f"{DEFAULT_PRODUCT_NAME} ({args.order_id})"
         params: SessionCreateParams = {
             "mode": "payment",
             "line_items": [
                 {
                     "price_data": {
-                        "currency": currency,
-                        "unit_amount": amount_cents,
-                        "product_data": {"name": product_name},
+                        "currency": args.currency,
+                        "unit_amount": args.amount_cents,
+                        "product_data": {"name": DEFAULT_PRODUCT_NAME},
                     },
                     "quantity": 1,
                 }
@@ -448,11 +440,11 @@ class StripeGateway:
             "success_url": success_url,
             "cancel_url": cancel_url,
             "expires_at": expires_at,
-            "client_reference_id": order_id,
+            "client_reference_id": args.order_id,
             "metadata": tags,
             "payment_intent_data": {
                 "metadata": tags,
-                "description": f"{product_name} ({order_id})",
+                "description": description,
             },
         }
         if setup_future_usage:
@@ -461,7 +453,7 @@ class StripeGateway:
             # Tax-exclusive prices: Stripe Tax adds the tax on the address Checkout collects.
             params["automatic_tax"] = {"enabled": True}
             params["line_items"][0]["price_data"]["tax_behavior"] = "exclusive"
-        if invoice and customer_id:
+        if invoice and args.customer_id:
             # An invoice for the payment (`invoice` on the completed session), with the PO
             # number; what the buyer enters (name, address, tax ID) is saved on the Customer
             # so that the invoice carries it.
@@ -469,7 +461,7 @@ class StripeGateway:
                 "enabled": True,
                 "invoice_data": {
                     "metadata": tags,
-                    "description": f"{product_name} ({order_id})",
+                    "description": description,
                     **(
                         {"custom_fields": [{"name": "PO number", "value": po_number}]}
                         if po_number
@@ -477,19 +469,18 @@ class StripeGateway:
                     ),
                 },
             }
-        if (invoice or automatic_tax) and customer_id:
+        if (invoice or automatic_tax) and args.customer_id:
             params["billing_address_collection"] = "required"
             params["tax_id_collection"] = {"enabled": True}
             params["customer_update"] = {"name": "auto", "address": "auto"}
-        if customer_id:
-            params["customer"] = customer_id
+        if args.customer_id:
+            params["customer"] = args.customer_id
         elif customer_email:
             params["customer_email"] = customer_email
-        options = self._options(key)
-        return await self._call(
+        return await self._write(
             "checkout.sessions.create",
-            lambda v1: v1.checkout.sessions.create_async(params, options),
-            key=key,
+            key,
+            lambda v1, options: v1.checkout.sessions.create_async(params, options),
         )
 
     async def retrieve_checkout_session(self, session_id: str) -> StripeJSON:
@@ -507,11 +498,10 @@ class StripeGateway:
         when Stripe refuses because the session is not open any more (expired, or complete =
         paid), the session is returned as it is — check its `status`. Returned like
         `retrieve_checkout_session` (expanded). Idempotency key `expire:<session_id>`."""
-        options = self._options(f"expire:{session_id}")
         await self._end(
             "checkout.sessions.expire",
-            lambda v1: v1.checkout.sessions.expire_async(session_id, None, options),
-            key=f"expire:{session_id}",
+            f"expire:{session_id}",
+            lambda v1, options: v1.checkout.sessions.expire_async(session_id, None, options),
             already=_invalid_request,
         )
         return await self.retrieve_checkout_session(session_id)
@@ -519,17 +509,7 @@ class StripeGateway:
     # -- saved cards and off-session payments -------------------------------------------------
 
     async def create_off_session_payment_intent(
-        self,
-        *,
-        order_id: str,
-        user_id: str,
-        amount_cents: int,
-        customer_id: str,
-        payment_method_id: str,
-        currency: str = "usd",
-        description: str | None = None,
-        metadata: Mapping[str, str] | None = None,
-        idempotency_key: str | None = None,
+        self, args: OrderArgs, *, payment_method_id: str
     ) -> StripeJSON:
         """Charge a saved card with the customer away: a PaymentIntent created with
         `customer`, `payment_method`, `off_session=true`, `confirm=true`, `latest_charge`
@@ -541,24 +521,17 @@ class StripeGateway:
         A decline raises StripeCardDeclined (`stripe_code` `card_declined`, `expired_card`, …
         and `decline_code`), or its subclass StripeAuthenticationRequired (the customer must
         pay on-session; `payment_intent_id` says which PaymentIntent)."""
-        params = _order_payment_intent(
-            order_id=order_id,
-            user_id=user_id,
-            amount_cents=amount_cents,
-            currency=currency,
-            metadata=metadata,
-            description=description or f"{DEFAULT_PRODUCT_NAME}, automatic ({order_id})",
-        )
+        params = _order_payment_intent(args, f"{DEFAULT_PRODUCT_NAME}, automatic ({args.order_id})")
         params.update(
             {
-                "customer": customer_id,
+                "customer": args.customer,
                 "payment_method": payment_method_id,
                 "off_session": True,
                 "confirm": True,
                 "expand": _EXPAND_LATEST_CHARGE,
             }
         )
-        return await self._create_payment_intent(params, idempotency_key or f"autotopup:{order_id}")
+        return await self._create_payment_intent(params, args.key("autotopup"))
 
     async def retrieve_payment_method(self, payment_method_id: str) -> StripeJSON:
         """A PaymentMethod (`customer`: the id it is attached to, or None; `card`: `brand`,
@@ -574,12 +547,13 @@ class StripeGateway:
         is returned as it is (`customer` None). Stripe sends `payment_method.detached`.
         Idempotency key `detach:<payment_method_id>`, like every write."""
         key = f"detach:{payment_method_id}"
-        options = self._options(key)
         try:
-            return await self._call(
+            return await self._write(
                 "payment_methods.detach",
-                lambda v1: v1.payment_methods.detach_async(payment_method_id, None, options),
-                key=key,
+                key,
+                lambda v1, options: v1.payment_methods.detach_async(
+                    payment_method_id, None, options
+                ),
             )
         except StripeRequestFailed as exc:
             if isinstance(exc, StripeObjectNotFound) or not _invalid_request(exc):
@@ -614,9 +588,8 @@ class StripeGateway:
         }
         if reason:
             params["reason"] = reason
-        options = self._options(key)
-        return await self._call(
-            "refunds.create", lambda v1: v1.refunds.create_async(params, options), key=key
+        return await self._write(
+            "refunds.create", key, lambda v1, options: v1.refunds.create_async(params, options)
         )
 
     async def list_refunds(self, *, payment_intent: str, page_size: int = 100) -> list[StripeJSON]:
@@ -690,11 +663,10 @@ class StripeGateway:
             params["email"] = email
         digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:32]
         key = f"customer-details:{customer_id}:{digest}"
-        options = self._options(key)
-        return await self._call(
+        return await self._write(
             "customers.update",
-            lambda v1: v1.customers.update_async(customer_id, params, options),
-            key=key,
+            key,
+            lambda v1, options: v1.customers.update_async(customer_id, params, options),
         )
 
     async def list_customer_tax_ids(self, customer_id: str) -> list[StripeJSON]:
@@ -712,11 +684,10 @@ class StripeGateway:
         """Add a tax ID to the Customer; Stripe verifies it later (`verification.status`
         `pending`, then `customer.tax_id.updated`). `key`: the idempotency key, from our row."""
         params: CustomerTaxIdCreateParams = {"type": tax_type, "value": value}
-        options = self._options(key)
-        return await self._call(
+        return await self._write(
             "customers.tax_ids.create",
-            lambda v1: v1.customers.tax_ids.create_async(customer_id, params, options),
-            key=key,
+            key,
+            lambda v1, options: v1.customers.tax_ids.create_async(customer_id, params, options),
         )
 
     async def delete_customer_tax_id(self, customer_id: str, tax_id: str) -> None:
@@ -744,7 +715,6 @@ class StripeGateway:
         *,
         automatic_tax: bool,
         po_number: str | None,
-        product_name: str = DEFAULT_PRODUCT_NAME,
         metadata: Mapping[str, str] | None = None,
     ) -> StripeJSON:
         """An order's invoice, finalized: a draft for the order's Customer (`metadata`
@@ -755,54 +725,51 @@ class StripeGateway:
         both expanded here). Each step has its own idempotency key derived from the order's
         (`<key>:invoice`, `:item`, `:finalize`), so a retry after an unknown outcome resumes
         where the first attempt stopped."""
-        base = args["idempotency_key"] or f"order:{args['order_id']}"
-        tags = {**(metadata or {}), "order_id": args["order_id"], "user_id": args["user_id"]}
+        base = args.key()
+        tags = args.tags(metadata)
         params: InvoiceCreateParams = {
-            "customer": args["customer_id"],
-            "currency": args["currency"],
+            "customer": args.customer,
+            "currency": args.currency,
             "collection_method": "charge_automatically",
             "auto_advance": False,
             "automatic_tax": {"enabled": automatic_tax},
             "pending_invoice_items_behavior": "exclude",
             "metadata": tags,
-            "description": f"{product_name} ({args['order_id']})",
+            "description": f"{DEFAULT_PRODUCT_NAME} ({args.order_id})",
         }
         if po_number:
             params["custom_fields"] = [{"name": "PO number", "value": po_number}]
         create_key = f"{base}:invoice"
-        create_options = self._options(create_key)
-        draft = await self._call(
+        draft = await self._write(
             "invoices.create",
-            lambda v1: v1.invoices.create_async(params, create_options),
-            key=create_key,
+            create_key,
+            lambda v1, options: v1.invoices.create_async(params, options),
         )
         invoice_id = str(draft["id"])
         item: InvoiceItemCreateParams = {
-            "customer": args["customer_id"],
+            "customer": args.customer,
             "invoice": invoice_id,
-            "amount": args["amount_cents"],
-            "currency": args["currency"],
-            "description": product_name,
+            "amount": args.amount_cents,
+            "currency": args.currency,
+            "description": DEFAULT_PRODUCT_NAME,
             "tax_behavior": "exclusive",
             "metadata": tags,
         }
         item_key = f"{base}:item"
-        item_options = self._options(item_key)
-        await self._call(
+        await self._write(
             "invoiceitems.create",
-            lambda v1: v1.invoice_items.create_async(item, item_options),
-            key=item_key,
+            item_key,
+            lambda v1, options: v1.invoice_items.create_async(item, options),
         )
         finalize_key = f"{base}:finalize"
-        finalize_options = self._options(finalize_key)
-        return await self._call(
+        return await self._write(
             "invoices.finalize_invoice",
-            lambda v1: v1.invoices.finalize_invoice_async(
+            finalize_key,
+            lambda v1, options: v1.invoices.finalize_invoice_async(
                 invoice_id,
                 {"auto_advance": False, "expand": ["payments", "confirmation_secret"]},
-                finalize_options,
+                options,
             ),
-            key=finalize_key,
         )
 
     async def retrieve_invoice(self, invoice_id: str) -> StripeJSON:
@@ -823,11 +790,10 @@ class StripeGateway:
             "off_session": True,
             "expand": ["payments"],
         }
-        options = self._options(key)
-        return await self._call(
+        return await self._write(
             "invoices.pay",
-            lambda v1: v1.invoices.pay_async(invoice_id, params, options),
-            key=key,
+            key,
+            lambda v1, options: v1.invoices.pay_async(invoice_id, params, options),
         )
 
     async def issue_invoice_paid_out_of_band(
@@ -845,19 +811,18 @@ class StripeGateway:
         the money is the payment `paid_by` (its PaymentIntent), named in the metadata
         (`payment_intent`) with the invoice it `replaces`."""
         finalized = await self.create_order_invoice(
-            {**args, "idempotency_key": key},
+            replace(args, idempotency_key=key),
             automatic_tax=automatic_tax,
             po_number=po_number,
             metadata={"payment_intent": paid_by, "replaces": replaces},
         )
         pay_key = f"{key}:pay"
-        options = self._options(pay_key)
         params: InvoicePayParams = {"paid_out_of_band": True, "expand": ["payments"]}
         try:
-            return await self._call(
+            return await self._write(
                 "invoices.pay",
-                lambda v1: v1.invoices.pay_async(str(finalized["id"]), params, options),
-                key=pay_key,
+                pay_key,
+                lambda v1, options: v1.invoices.pay_async(str(finalized["id"]), params, options),
             )
         except StripeRequestFailed as exc:
             if exc.stripe_code != "invoice_already_paid":
@@ -881,11 +846,10 @@ class StripeGateway:
             "reason": reason,
             "memo": memo,
         }
-        options = self._options(key)
-        return await self._call(
+        return await self._write(
             "credit_notes.create",
-            lambda v1: v1.credit_notes.create_async(params, options),
-            key=key,
+            key,
+            lambda v1, options: v1.credit_notes.create_async(params, options),
         )
 
     async def credit_refund(
@@ -913,11 +877,10 @@ class StripeGateway:
             "refunds": [{"refund": refund_id, "amount_refunded": refunded_cents}],
             "memo": "Refund",
         }
-        options = self._options(key)
-        return await self._call(
+        return await self._write(
             "credit_notes.create",
-            lambda v1: v1.credit_notes.create_async(params, options),
-            key=key,
+            key,
+            lambda v1, options: v1.credit_notes.create_async(params, options),
         )
 
     # -- webhooks --------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from typing import Any
 from app.db import session_scope
 from app.payment_methods.service import record_saved_card
 from app.stripe_gateway import StripeJSON
+from app.stripe_gateway.gateway import OrderArgs
 from testing.stripe_peer import StripePeer
 
 
@@ -19,10 +20,12 @@ async def save_card_at_peer(
     gateway = app.state.stripe
     customer = await gateway.get_or_create_customer(user_id, f"{user_id}@example.com")
     pi = await gateway.create_payment_intent(
-        order_id=f"ord_{time.monotonic_ns()}",
-        user_id=user_id,
-        amount_cents=2000,
-        customer_id=customer["id"],
+        OrderArgs(
+            order_id=f"ord_{time.monotonic_ns()}",
+            user_id=user_id,
+            amount_cents=2000,
+            customer_id=customer["id"],
+        ),
         setup_future_usage="off_session",
     )
     await peer.pay_payment_intent(pi["id"], card=card)

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.ids import new_id
 from app.models.orders import Order
 from app.stripe_gateway import StripeGateway, expandable_id
+from app.stripe_gateway.gateway import OrderArgs
 from testing.factories import paid_order
 from testing.stripe_peer.client import StripePeer
 
@@ -25,10 +26,12 @@ async def paid_order_at_stripe(
     gateway: StripeGateway = app.state.stripe
     customer = await gateway.get_or_create_customer(user_id, f"{user_id}@example.com")
     intent = await gateway.create_payment_intent(
-        order_id=new_id("ord"),
-        user_id=user_id,
-        amount_cents=amount_cents,
-        customer_id=customer["id"],
+        OrderArgs(
+            order_id=new_id("ord"),
+            user_id=user_id,
+            amount_cents=amount_cents,
+            customer_id=customer["id"],
+        )
     )
     paid = await peer.pay_payment_intent(intent["id"])
     assert paid["outcome"] == "succeeded"

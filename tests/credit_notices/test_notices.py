@@ -254,22 +254,24 @@ async def test_a_lot_that_expired_empty_is_recorded_and_not_told(
 def test_the_emails_say_the_amount_and_the_date() -> None:
     at = datetime.fromisoformat("2027-03-31T12:00:00+00:00")
     subject, body = render_email(
-        "credits.expiring",
-        events.credits_expiring(
+        *events.credit_notice(
             lot_id="lot_1",
             source="promo_code",
-            remaining_micros=7_500_000,
+            amount_micros=7_500_000,
             expires_at=at,
             days_before=7,
-        ),
+        )
     )
     assert subject == "$7.50 of your ToRouter promo code credit expires soon"
     assert "expires on 2027-03-31 12:00 UTC, in 7 days." in body
     subject, body = render_email(
-        "credits.expired",
-        events.credits_expired(
-            lot_id="lot_1", source="purchase", expired_micros=1_250_000, expired_at=at
-        ),
+        *events.credit_notice(
+            lot_id="lot_1",
+            source="purchase",
+            amount_micros=1_250_000,
+            expires_at=at,
+            days_before=None,
+        )
     )
     assert subject == "$1.25 of your ToRouter credit expired"
     assert "expired unspent on 2027-03-31 12:00 UTC" in body

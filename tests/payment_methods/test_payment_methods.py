@@ -17,6 +17,7 @@ from app.models.base import utcnow
 from app.models.notifications import Notification
 from app.models.payment_methods import AutoTopupSettings, PaymentMethod
 from app.payment_methods.service import record_saved_card
+from app.stripe_gateway.gateway import OrderArgs
 from testing.factories import saved_card
 from testing.helpers.payment_methods import save_card_at_peer
 from testing.stripe_peer import StripePeer
@@ -84,7 +85,7 @@ async def test_a_card_stripe_did_not_save_is_not_recorded(
 ) -> None:
     gateway = app.state.stripe
     pi = await gateway.create_payment_intent(
-        order_id="ord_unsaved", user_id="user-1", amount_cents=2000, customer_id=None
+        OrderArgs(order_id="ord_unsaved", user_id="user-1", amount_cents=2000, customer_id=None)
     )
     await stripe_peer.pay_payment_intent(pi["id"])
     paid = await gateway.retrieve_payment_intent(pi["id"])
@@ -242,20 +243,18 @@ async def test_fulfillment_can_record_the_saved_card_from_the_payment_intent_alo
     order_id = f"ord_{time.monotonic_ns()}"
     if mode == "elements":
         pi = await gateway.create_payment_intent(
-            order_id=order_id,
-            user_id="user-1",
-            amount_cents=2000,
-            customer_id=customer["id"],
+            OrderArgs(
+                order_id=order_id, user_id="user-1", amount_cents=2000, customer_id=customer["id"]
+            ),
             setup_future_usage="off_session",
         )
         await stripe_peer.pay_payment_intent(pi["id"], card="pm_card_amex")
         paid = await gateway.retrieve_payment_intent(pi["id"])
     else:
         session = await gateway.create_checkout_session(
-            order_id=order_id,
-            user_id="user-1",
-            amount_cents=2000,
-            customer_id=customer["id"],
+            OrderArgs(
+                order_id=order_id, user_id="user-1", amount_cents=2000, customer_id=customer["id"]
+            ),
             success_url="http://portal.test/ok",
             cancel_url="http://portal.test/no",
             expires_at=int(time.time()) + 1900,

@@ -9,13 +9,14 @@ import pytest
 
 from app.errors import InvalidSignature
 from app.stripe_gateway import StripeGateway
+from app.stripe_gateway.gateway import OrderArgs
 from testing.stripe_peer import PeerEvent, StripePeer, sign_payload
 
 
 @pytest.fixture
 async def event(gateway: StripeGateway, stripe_peer: StripePeer) -> PeerEvent:
     pi = await gateway.create_payment_intent(
-        order_id="ord_1", user_id="user-1", amount_cents=2000, customer_id=None
+        OrderArgs(order_id="ord_1", user_id="user-1", amount_cents=2000, customer_id=None)
     )
     await stripe_peer.pay_payment_intent(pi["id"])
     return await stripe_peer.event("payment_intent.succeeded")

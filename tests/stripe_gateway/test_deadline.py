@@ -23,6 +23,7 @@ from app.stripe_gateway import (
     stripe_budget,
 )
 from app.stripe_gateway.deadline import without_budget
+from app.stripe_gateway.gateway import OrderArgs
 from testing.fixtures.stripe_peer import paid_payment_intent
 from testing.stripe_peer import StripePeer
 
@@ -186,7 +187,9 @@ async def test_a_deleted_customer_is_its_own_error_and_a_replacement_gets_a_new_
 
     with pytest.raises(StripeCustomerMissing) as missing:
         await gateway.create_payment_intent(
-            order_id="ord_1", user_id="user-1", amount_cents=2000, customer_id=customer["id"]
+            OrderArgs(
+                order_id="ord_1", user_id="user-1", amount_cents=2000, customer_id=customer["id"]
+            )
         )
     # The usual key replays the deleted customer (Stripe keeps keys ~24 h) ...
     replayed = await gateway.get_or_create_customer("user-1", "user-1@example.com")
@@ -195,7 +198,7 @@ async def test_a_deleted_customer_is_its_own_error_and_a_replacement_gets_a_new_
         "user-1", "user-1@example.com", replaces=customer["id"]
     )
     pi = await gateway.create_payment_intent(
-        order_id="ord_1", user_id="user-1", amount_cents=2000, customer_id=fresh["id"]
+        OrderArgs(order_id="ord_1", user_id="user-1", amount_cents=2000, customer_id=fresh["id"])
     )
 
     assert missing.value.param == "customer"

@@ -10,6 +10,7 @@ import pytest
 
 from app.errors import PaymentProviderUnavailable
 from app.stripe_gateway import StripeGateway, StripeOutcomeUnknown, StripeRequestFailed
+from app.stripe_gateway.gateway import OrderArgs
 from testing.stripe_peer import StripePeer
 
 TIMEOUT = 0.5
@@ -27,7 +28,7 @@ def settings_overrides() -> dict[str, Any]:
 
 async def _create(gateway: StripeGateway, order_id: str = "ord_1") -> dict[str, Any]:
     return await gateway.create_payment_intent(
-        order_id=order_id, user_id="user-1", amount_cents=2000, customer_id=None
+        OrderArgs(order_id=order_id, user_id="user-1", amount_cents=2000, customer_id=None)
     )
 
 

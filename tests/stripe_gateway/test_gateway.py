@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 import pytest
@@ -14,12 +15,14 @@ from app.stripe_gateway import (
     StripeCardDeclined,
     StripeGateway,
     StripeIdempotencyKeyReused,
+    StripeJSON,
     StripeObjectNotFound,
     StripeRequestFailed,
     expandable_id,
     expanded,
 )
 from app.stripe_gateway.errors import map_stripe_error
+from app.stripe_gateway.gateway import OrderArgs
 from testing.stripe_peer import StripePeer
 
 SUCCESS_URL = "http://portal.test/payment/result?order_id=ord_1&session_id={CHECKOUT_SESSION_ID}"
@@ -31,7 +34,9 @@ async def _paid_payment_intent(
 ) -> dict[str, object]:
     customer = await gateway.get_or_create_customer("user-1", "user-1@example.com")
     pi = await gateway.create_payment_intent(
-        order_id=order_id, user_id="user-1", amount_cents=amount, customer_id=customer["id"]
+        OrderArgs(
+            order_id=order_id, user_id="user-1", amount_cents=amount, customer_id=customer["id"]
+        )
     )
     result = await peer.pay_payment_intent(pi["id"])
     assert result["outcome"] == "succeeded"
@@ -53,16 +58,16 @@ async def _confirm_declined(peer: StripePeer, payment_intent_id: str, payment_me
     return map_stripe_error(caught.value, operation="payment_intents.confirm")
 
 
-def _session_args(order_id: str = "ord_1", customer_id: str | None = None) -> dict[str, object]:
-    return {
-        "order_id": order_id,
-        "user_id": "user-1",
-        "amount_cents": 5000,
-        "customer_id": customer_id,
-        "success_url": SUCCESS_URL,
-        "cancel_url": CANCEL_URL,
-        "expires_at": int(time.time()) + 1800 + 60,
-    }
+def _create_session(
+    gateway: StripeGateway, customer_id: str | None = None, *, expires_at: int | None = None
+) -> Coroutine[Any, Any, StripeJSON]:
+    """Order `ord_1`'s Checkout Session ($50.00, half an hour and a minute ahead)."""
+    return gateway.create_checkout_session(
+        OrderArgs(order_id="ord_1", user_id="user-1", amount_cents=5000, customer_id=customer_id),
+        success_url=SUCCESS_URL,
+        cancel_url=CANCEL_URL,
+        expires_at=expires_at or int(time.time()) + 1800 + 60,
+    )
 
 
 async def test_a_user_gets_one_customer_however_often_it_is_asked_for(
@@ -106,10 +111,9 @@ async def test_a_payment_intent_carries_the_order_and_reads_back_with_its_receip
 ) -> None:
     customer = await gateway.get_or_create_customer("user-1", "user-1@example.com")
     pi = await gateway.create_payment_intent(
-        order_id="ord_1",
-        user_id="user-1",
-        amount_cents=2000,
-        customer_id=customer["id"],
+        OrderArgs(
+            order_id="ord_1", user_id="user-1", amount_cents=2000, customer_id=customer["id"]
+        ),
         receipt_email="user-1@example.com",
     )
     assert pi["status"] == "requires_payment_method"
@@ -139,9 +143,9 @@ async def test_a_payment_intent_carries_the_order_and_reads_back_with_its_receip
 async def test_creating_the_same_order_twice_makes_one_payment_intent(
     gateway: StripeGateway, stripe_peer: StripePeer
 ) -> None:
-    args = {"order_id": "ord_twice", "user_id": "user-1", "amount_cents": 1000, "customer_id": None}
-    first = await gateway.create_payment_intent(**args)  # type: ignore[arg-type]
-    second = await gateway.create_payment_intent(**args)  # type: ignore[arg-type]
+    args = OrderArgs(order_id="ord_twice", user_id="user-1", amount_cents=1000, customer_id=None)
+    first = await gateway.create_payment_intent(args)
+    second = await gateway.create_payment_intent(args)
 
     assert first["id"] == second["id"]
     assert [pi["id"] for pi in await stripe_peer.objects("payment_intent")] == [first["id"]]
@@ -156,11 +160,11 @@ async def test_the_same_order_with_other_arguments_is_refused_as_our_bug(
     gateway: StripeGateway, stripe_peer: StripePeer
 ) -> None:
     await gateway.create_payment_intent(
-        order_id="ord_1", user_id="user-1", amount_cents=1000, customer_id=None
+        OrderArgs(order_id="ord_1", user_id="user-1", amount_cents=1000, customer_id=None)
     )
     with pytest.raises(StripeIdempotencyKeyReused) as caught:
         await gateway.create_payment_intent(
-            order_id="ord_1", user_id="user-1", amount_cents=2000, customer_id=None
+            OrderArgs(order_id="ord_1", user_id="user-1", amount_cents=2000, customer_id=None)
         )
     assert caught.value.status == 500
     assert caught.value.idempotency_key == "order:ord_1"
@@ -171,7 +175,7 @@ async def test_canceling_a_payment_intent_is_harmless_to_repeat(
     gateway: StripeGateway, stripe_peer: StripePeer
 ) -> None:
     pi = await gateway.create_payment_intent(
-        order_id="ord_1", user_id="user-1", amount_cents=1000, customer_id=None
+        OrderArgs(order_id="ord_1", user_id="user-1", amount_cents=1000, customer_id=None)
     )
     canceled = await gateway.cancel_payment_intent(pi["id"])
     again = await gateway.cancel_payment_intent(pi["id"])
@@ -198,7 +202,7 @@ async def test_a_declined_card_is_payment_declined_with_stripes_message(
     gateway: StripeGateway, stripe_peer: StripePeer
 ) -> None:
     pi = await gateway.create_payment_intent(
-        order_id="ord_1", user_id="user-1", amount_cents=1000, customer_id=None
+        OrderArgs(order_id="ord_1", user_id="user-1", amount_cents=1000, customer_id=None)
     )
     declined = await _confirm_declined(stripe_peer, pi["id"], "pm_card_chargeCustomerFail")
 
@@ -220,7 +224,7 @@ async def test_insufficient_funds_keeps_its_decline_code(
     gateway: StripeGateway, stripe_peer: StripePeer
 ) -> None:
     pi = await gateway.create_payment_intent(
-        order_id="ord_1", user_id="user-1", amount_cents=1000, customer_id=None
+        OrderArgs(order_id="ord_1", user_id="user-1", amount_cents=1000, customer_id=None)
     )
     declined = await _confirm_declined(
         stripe_peer, pi["id"], "pm_card_visa_chargeDeclinedInsufficientFunds"
@@ -245,8 +249,8 @@ async def test_a_checkout_session_is_open_and_unpaid_until_the_customer_pays(
     gateway: StripeGateway, stripe_peer: StripePeer
 ) -> None:
     customer = await gateway.get_or_create_customer("user-1", "user-1@example.com")
-    args = _session_args(customer_id=customer["id"])
-    session = await gateway.create_checkout_session(**args)  # type: ignore[arg-type]
+    expires_at = int(time.time()) + 1800 + 60
+    session = await _create_session(gateway, customer["id"], expires_at=expires_at)
 
     assert session["status"] == "open"
     assert session["payment_status"] == "unpaid"
@@ -258,10 +262,11 @@ async def test_a_checkout_session_is_open_and_unpaid_until_the_customer_pays(
     assert session["customer"] == customer["id"]
     assert session["client_reference_id"] == "ord_1"
     assert session["metadata"] == {"order_id": "ord_1", "user_id": "user-1"}
-    assert session["expires_at"] == args["expires_at"]
+    assert session["expires_at"] == expires_at
     assert session["success_url"] == SUCCESS_URL
     assert session["url"].startswith(stripe_peer.url)
-    assert (await gateway.create_checkout_session(**args))["id"] == session["id"]  # type: ignore[arg-type]
+    again = await _create_session(gateway, customer["id"], expires_at=expires_at)
+    assert again["id"] == session["id"]
     assert len(await stripe_peer.objects("checkout.session")) == 1
 
     paid = await stripe_peer.pay_checkout(session["id"])
@@ -286,7 +291,7 @@ async def test_a_checkout_session_is_open_and_unpaid_until_the_customer_pays(
 async def test_a_declined_checkout_payment_leaves_the_session_open(
     gateway: StripeGateway, stripe_peer: StripePeer
 ) -> None:
-    session = await gateway.create_checkout_session(**_session_args())  # type: ignore[arg-type]
+    session = await _create_session(gateway)
 
     declined = await stripe_peer.pay_checkout(session["id"], card="declined")
     after = await gateway.retrieve_checkout_session(session["id"])
@@ -303,7 +308,7 @@ async def test_a_declined_checkout_payment_leaves_the_session_open(
 async def test_expiring_a_checkout_session_is_harmless_to_repeat(
     gateway: StripeGateway, stripe_peer: StripePeer
 ) -> None:
-    session = await gateway.create_checkout_session(**_session_args())  # type: ignore[arg-type]
+    session = await _create_session(gateway)
 
     expired = await gateway.expire_checkout_session(session["id"])
     again = await gateway.expire_checkout_session(session["id"])
@@ -319,7 +324,7 @@ async def test_expiring_a_checkout_session_is_harmless_to_repeat(
 async def test_expiring_a_paid_checkout_session_returns_it_complete(
     gateway: StripeGateway, stripe_peer: StripePeer
 ) -> None:
-    session = await gateway.create_checkout_session(**_session_args())  # type: ignore[arg-type]
+    session = await _create_session(gateway)
     await stripe_peer.pay_checkout(session["id"])
 
     after = await gateway.expire_checkout_session(session["id"])
@@ -417,11 +422,11 @@ async def test_without_a_secret_key_every_call_says_payments_are_not_configured(
     calls = [
         gateway.get_or_create_customer("user-1", None),
         gateway.create_payment_intent(
-            order_id="o", user_id="u", amount_cents=100, customer_id=None
+            OrderArgs(order_id="o", user_id="u", amount_cents=100, customer_id=None)
         ),
         gateway.retrieve_payment_intent("pi_1"),
         gateway.cancel_payment_intent("pi_1"),
-        gateway.create_checkout_session(**_session_args()),  # type: ignore[arg-type]
+        _create_session(gateway),
         gateway.retrieve_checkout_session("cs_1"),
         gateway.expire_checkout_session("cs_1"),
         gateway.create_refund(refund_request_id="r", payment_intent_id="pi_1", amount_cents=1),

@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from app.stripe_gateway import StripeGateway
+from app.stripe_gateway.gateway import OrderArgs
 from testing.stripe_peer import StripePeer
 
 
@@ -43,13 +44,11 @@ async def test_payment_intent_create_and_retrieve(
 ) -> None:
     customer = await gateway.get_or_create_customer("user-1", None)
     pi = await gateway.create_payment_intent(
-        order_id="ord_1",
-        user_id="user-1",
-        amount_cents=2000,
-        customer_id=customer["id"],
+        OrderArgs(
+            order_id="ord_1", user_id="user-1", amount_cents=2000, customer_id=customer["id"]
+        ),
         receipt_email="user-1@example.com",
         setup_future_usage="off_session",
-        metadata={"source": "portal"},
     )
     sent = await _last(stripe_peer, "POST", "/v1/payment_intents")
     assert sent["idempotency_key"] == "order:ord_1"
@@ -57,7 +56,6 @@ async def test_payment_intent_create_and_retrieve(
         "amount": "2000",
         "currency": "usd",
         "automatic_payment_methods[enabled]": "true",
-        "metadata[source]": "portal",
         "metadata[order_id]": "ord_1",
         "metadata[user_id]": "user-1",
         "description": "ToRouter balance top-up (ord_1)",
@@ -67,7 +65,7 @@ async def test_payment_intent_create_and_retrieve(
     }
 
     await gateway.create_payment_intent(
-        order_id="ord_2", user_id="user-1", amount_cents=500, customer_id=None
+        OrderArgs(order_id="ord_2", user_id="user-1", amount_cents=500, customer_id=None)
     )
     bare = await _last(stripe_peer, "POST", "/v1/payment_intents")
     assert set(_form(bare)) == {
@@ -95,10 +93,9 @@ async def test_checkout_session_create_and_expire(
     expires_at = int(time.time()) + 1900
     customer = await gateway.get_or_create_customer("user-1", None)
     session = await gateway.create_checkout_session(
-        order_id="ord_1",
-        user_id="user-1",
-        amount_cents=5000,
-        customer_id=customer["id"],
+        OrderArgs(
+            order_id="ord_1", user_id="user-1", amount_cents=5000, customer_id=customer["id"]
+        ),
         success_url="http://portal.test/ok?session_id={CHECKOUT_SESSION_ID}",
         cancel_url="http://portal.test/cancel",
         expires_at=expires_at,
@@ -127,10 +124,7 @@ async def test_checkout_session_create_and_expire(
     }
 
     await gateway.create_checkout_session(
-        order_id="ord_2",
-        user_id="user-2",
-        amount_cents=700,
-        customer_id=None,
+        OrderArgs(order_id="ord_2", user_id="user-2", amount_cents=700, customer_id=None),
         success_url="http://portal.test/ok",
         cancel_url="http://portal.test/cancel",
         expires_at=expires_at,
@@ -151,7 +145,7 @@ async def test_checkout_session_create_and_expire(
 
 async def test_refund_create_and_list(gateway: StripeGateway, stripe_peer: StripePeer) -> None:
     pi = await gateway.create_payment_intent(
-        order_id="ord_1", user_id="user-1", amount_cents=2000, customer_id=None
+        OrderArgs(order_id="ord_1", user_id="user-1", amount_cents=2000, customer_id=None)
     )
     await stripe_peer.pay_payment_intent(pi["id"])
 
@@ -183,20 +177,18 @@ async def test_refund_create_and_list(gateway: StripeGateway, stripe_peer: Strip
 async def test_off_session_charge(gateway: StripeGateway, stripe_peer: StripePeer) -> None:
     customer = await gateway.get_or_create_customer("user-1", None)
     first = await gateway.create_payment_intent(
-        order_id="ord_save",
-        user_id="user-1",
-        amount_cents=2000,
-        customer_id=customer["id"],
+        OrderArgs(
+            order_id="ord_save", user_id="user-1", amount_cents=2000, customer_id=customer["id"]
+        ),
         setup_future_usage="off_session",
     )
     await stripe_peer.pay_payment_intent(first["id"])
     card = (await gateway.retrieve_payment_intent(first["id"]))["payment_method"]
 
     pi = await gateway.create_off_session_payment_intent(
-        order_id="ord_auto_1",
-        user_id="user-1",
-        amount_cents=1500,
-        customer_id=customer["id"],
+        OrderArgs(
+            order_id="ord_auto_1", user_id="user-1", amount_cents=1500, customer_id=customer["id"]
+        ),
         payment_method_id=card,
     )
     assert pi["status"] == "succeeded"

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from app.stripe_gateway import StripeGateway, expanded, verify_webhook
+from app.stripe_gateway.gateway import OrderArgs
 from testing.helpers.receiver import Receiver
 from testing.stripe_peer import PeerError, StripePeer
 
@@ -17,10 +18,7 @@ SUCCESS_URL = "http://portal.test/payment/result?order_id=ord_1&session_id={CHEC
 
 async def _session(gateway: StripeGateway, order_id: str = "ord_1") -> dict[str, Any]:
     return await gateway.create_checkout_session(
-        order_id=order_id,
-        user_id="user-1",
-        amount_cents=2000,
-        customer_id=None,
+        OrderArgs(order_id=order_id, user_id="user-1", amount_cents=2000, customer_id=None),
         success_url=SUCCESS_URL,
         cancel_url="http://portal.test/purchase?order_id=ord_1",
         expires_at=int(time.time()) + 1800 + 60,
@@ -35,7 +33,7 @@ async def test_events_are_posted_signed_to_a_registered_url_and_retried_until_ac
             "receiver", secret="whsec_receiver", url=receiver.url, events=["refund.created"]
         )
         pi = await gateway.create_payment_intent(
-            order_id="ord_1", user_id="user-1", amount_cents=2000, customer_id=None
+            OrderArgs(order_id="ord_1", user_id="user-1", amount_cents=2000, customer_id=None)
         )
         await stripe_peer.pay_payment_intent(pi["id"])
         await stripe_peer.dashboard_refund(payment_intent=pi["id"])
@@ -56,7 +54,7 @@ async def test_reset_forgets_objects_events_and_extra_endpoints(
 ) -> None:
     await stripe_peer.register_endpoint("extra", secret="whsec_extra")
     await gateway.create_payment_intent(
-        order_id="ord_1", user_id="user-1", amount_cents=2000, customer_id=None
+        OrderArgs(order_id="ord_1", user_id="user-1", amount_cents=2000, customer_id=None)
     )
 
     await stripe_peer.reset()
@@ -64,8 +62,8 @@ async def test_reset_forgets_objects_events_and_extra_endpoints(
     assert await stripe_peer.objects("payment_intent") == []
     assert await stripe_peer.events() == []
     assert await stripe_peer.requests() == []
-    pi = await gateway.create_payment_intent(  # the idempotency key is free again
-        order_id="ord_1", user_id="user-1", amount_cents=3000, customer_id=None
+    pi = await gateway.create_payment_intent(
+        OrderArgs(order_id="ord_1", user_id="user-1", amount_cents=3000, customer_id=None)
     )
     [created] = await stripe_peer.events("payment_intent.created")
     assert created.object["id"] == pi["id"]
@@ -145,7 +143,7 @@ async def test_a_dispute_is_opened_and_closed_with_its_events(
     gateway: StripeGateway, stripe_peer: StripePeer
 ) -> None:
     pi = await gateway.create_payment_intent(
-        order_id="ord_1", user_id="user-1", amount_cents=2000, customer_id=None
+        OrderArgs(order_id="ord_1", user_id="user-1", amount_cents=2000, customer_id=None)
     )
     await stripe_peer.pay_payment_intent(pi["id"])
 
@@ -174,7 +172,7 @@ async def test_a_dashboard_refund_carries_no_request_and_no_metadata(
     gateway: StripeGateway, stripe_peer: StripePeer
 ) -> None:
     pi = await gateway.create_payment_intent(
-        order_id="ord_1", user_id="user-1", amount_cents=2000, customer_id=None
+        OrderArgs(order_id="ord_1", user_id="user-1", amount_cents=2000, customer_id=None)
     )
     await stripe_peer.pay_payment_intent(pi["id"])
 

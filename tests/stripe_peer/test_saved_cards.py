@@ -15,6 +15,7 @@ from app.stripe_gateway import (
     StripeGateway,
     StripeRequestFailed,
 )
+from app.stripe_gateway.gateway import OrderArgs
 from testing.stripe_peer import StripePeer
 
 
@@ -26,20 +27,24 @@ async def save_card(
     customer = await gateway.get_or_create_customer(f"user-{time.monotonic_ns()}", "a@b.test")
     if mode == "elements":
         pi = await gateway.create_payment_intent(
-            order_id=f"ord_{time.monotonic_ns()}",
-            user_id="user-1",
-            amount_cents=2000,
-            customer_id=customer["id"],
+            OrderArgs(
+                order_id=f"ord_{time.monotonic_ns()}",
+                user_id="user-1",
+                amount_cents=2000,
+                customer_id=customer["id"],
+            ),
             setup_future_usage="off_session",
         )
         assert pi["setup_future_usage"] == "off_session"
         await peer.pay_payment_intent(pi["id"], card=card)
         return customer["id"], await gateway.retrieve_payment_intent(pi["id"])
     session = await gateway.create_checkout_session(
-        order_id=f"ord_{time.monotonic_ns()}",
-        user_id="user-1",
-        amount_cents=2000,
-        customer_id=customer["id"],
+        OrderArgs(
+            order_id=f"ord_{time.monotonic_ns()}",
+            user_id="user-1",
+            amount_cents=2000,
+            customer_id=customer["id"],
+        ),
         success_url="http://portal.test/ok",
         cancel_url="http://portal.test/cancel",
         expires_at=int(time.time()) + 1900,
@@ -78,7 +83,9 @@ async def test_a_payment_without_setup_future_usage_saves_nothing(
 ) -> None:
     customer = await gateway.get_or_create_customer("user-nosave", None)
     pi = await gateway.create_payment_intent(
-        order_id="ord_nosave", user_id="user-1", amount_cents=2000, customer_id=customer["id"]
+        OrderArgs(
+            order_id="ord_nosave", user_id="user-1", amount_cents=2000, customer_id=customer["id"]
+        )
     )
     await stripe_peer.pay_payment_intent(pi["id"])
     paid = await gateway.retrieve_payment_intent(pi["id"])
@@ -91,10 +98,7 @@ async def test_a_saved_card_is_charged_off_session_under_the_attempts_key(
 ) -> None:
     customer, first = await save_card(gateway, stripe_peer)
     pi = await gateway.create_off_session_payment_intent(
-        order_id="ord_auto_1",
-        user_id="user-1",
-        amount_cents=1500,
-        customer_id=customer,
+        OrderArgs(order_id="ord_auto_1", user_id="user-1", amount_cents=1500, customer_id=customer),
         payment_method_id=first["payment_method"],
     )
     assert pi["status"] == "succeeded"
@@ -104,10 +108,7 @@ async def test_a_saved_card_is_charged_off_session_under_the_attempts_key(
     requests = await stripe_peer.requests(path="/v1/payment_intents", method="POST")
     assert requests[-1]["idempotency_key"] == "autotopup:ord_auto_1"
     again = await gateway.create_off_session_payment_intent(
-        order_id="ord_auto_1",
-        user_id="user-1",
-        amount_cents=1500,
-        customer_id=customer,
+        OrderArgs(order_id="ord_auto_1", user_id="user-1", amount_cents=1500, customer_id=customer),
         payment_method_id=first["payment_method"],
     )
     assert again["id"] == pi["id"]
@@ -119,10 +120,12 @@ async def test_a_card_not_attached_to_the_customer_cannot_be_charged_off_session
     customer = await gateway.get_or_create_customer("user-x", None)
     with pytest.raises(StripeRequestFailed) as caught:
         await gateway.create_off_session_payment_intent(
-            order_id="ord_auto_x",
-            user_id="user-x",
-            amount_cents=1500,
-            customer_id=customer["id"],
+            OrderArgs(
+                order_id="ord_auto_x",
+                user_id="user-x",
+                amount_cents=1500,
+                customer_id=customer["id"],
+            ),
             payment_method_id="pm_card_visa",
         )
     assert caught.value.param == "payment_method"
@@ -137,10 +140,9 @@ async def test_a_card_that_needs_authentication_fails_off_session_with_authentic
     await stripe_peer.set_card_behavior(pm_id, "authentication", pi_status=pi_status)
     with pytest.raises(StripeAuthenticationRequired) as caught:
         await gateway.create_off_session_payment_intent(
-            order_id="ord_auth",
-            user_id="user-1",
-            amount_cents=1500,
-            customer_id=customer,
+            OrderArgs(
+                order_id="ord_auth", user_id="user-1", amount_cents=1500, customer_id=customer
+            ),
             payment_method_id=pm_id,
         )
     error = caught.value
@@ -162,10 +164,9 @@ async def test_stripes_authentication_test_card_needs_authentication_only_off_se
     assert first["status"] == "succeeded"
     with pytest.raises(StripeAuthenticationRequired):
         await gateway.create_off_session_payment_intent(
-            order_id="ord_auth_card",
-            user_id="user-1",
-            amount_cents=1500,
-            customer_id=customer,
+            OrderArgs(
+                order_id="ord_auth_card", user_id="user-1", amount_cents=1500, customer_id=customer
+            ),
             payment_method_id=first["payment_method"],
         )
 
@@ -185,19 +186,15 @@ async def test_a_saved_card_that_starts_declining_declines_with_the_chosen_code(
     customer, first = await save_card(gateway, stripe_peer)
     pm_id = first["payment_method"]
     await gateway.create_off_session_payment_intent(
-        order_id="ord_ok",
-        user_id="u",
-        amount_cents=1000,
-        customer_id=customer,
+        OrderArgs(order_id="ord_ok", user_id="u", amount_cents=1000, customer_id=customer),
         payment_method_id=pm_id,
     )
     await stripe_peer.set_card_behavior(pm_id, "declined", decline_code=decline_code)
     with pytest.raises(StripeCardDeclined) as caught:
         await gateway.create_off_session_payment_intent(
-            order_id="ord_declined",
-            user_id="u",
-            amount_cents=1000,
-            customer_id=customer,
+            OrderArgs(
+                order_id="ord_declined", user_id="u", amount_cents=1000, customer_id=customer
+            ),
             payment_method_id=pm_id,
         )
     assert not isinstance(caught.value, StripeAuthenticationRequired)
@@ -207,10 +204,7 @@ async def test_a_saved_card_that_starts_declining_declines_with_the_chosen_code(
 
     await stripe_peer.set_card_behavior(pm_id, "succeeds")
     pi = await gateway.create_off_session_payment_intent(
-        order_id="ord_recovered",
-        user_id="u",
-        amount_cents=1000,
-        customer_id=customer,
+        OrderArgs(order_id="ord_recovered", user_id="u", amount_cents=1000, customer_id=customer),
         payment_method_id=pm_id,
     )
     assert pi["status"] == "succeeded"
@@ -233,10 +227,9 @@ async def test_detaching_emits_the_event_once_and_repeating_it_is_harmless(
     assert len(events) == 1
     with pytest.raises(StripeRequestFailed):
         await gateway.create_off_session_payment_intent(
-            order_id="ord_after_detach",
-            user_id="u",
-            amount_cents=1000,
-            customer_id=customer,
+            OrderArgs(
+                order_id="ord_after_detach", user_id="u", amount_cents=1000, customer_id=customer
+            ),
             payment_method_id=pm_id,
         )
 
