@@ -34,6 +34,7 @@ from pathlib import Path
 
 import asyncpg
 
+from bench.pgstats import BackendCpu
 from bench.run import (
     ADMIN_DSN,
     JWT_AUDIENCE,
@@ -67,6 +68,9 @@ class Scenario:
     path: str = "/v1/internal/usage"
     rates: list[float] = field(default_factory=list)
     errors: int = 0
+    requests: int = 0
+    pg_cpu_seconds: float = 0.0
+    """PostgreSQL CPU of the scenario's backends over its measured runs (bench/pgstats.py)."""
 
 
 def base_token(base: Path, url: str) -> str:
@@ -135,6 +139,8 @@ def measure(scenario: Scenario, args: argparse.Namespace, warmup: float) -> Load
             seconds=warmup,
             **common,
         )
+    cpu = BackendCpu(ADMIN_DSN, [scenario.database])
+    asyncio.run(cpu.start())
     load = run_wrk(
         scenario.server.url,
         "usage",
@@ -142,6 +148,9 @@ def measure(scenario: Scenario, args: argparse.Namespace, warmup: float) -> Load
         seconds=args.seconds,
         **common,
     )
+    asyncio.run(cpu.stop())
+    scenario.pg_cpu_seconds += cpu.seconds or 0.0
+    scenario.requests += load.requests
     asyncio.run(drain([scenario.database]))
     return load
 
@@ -241,11 +250,11 @@ def main(argv: list[str] | None = None) -> int:
                         load = measure(s, args, args.warmup if number < 2 else 0)
                         s.rates.append(load.rate)
                         s.errors += load.non2xx + load.bad + load.socket_error_count
-                    y = by["Y"].rates[-1]
+                    yard = by["Y"].rates[-1]
                     log(
                         f"pass {number + 1} ({' '.join(s.key for s in order)}): "
                         + ", ".join(
-                            f"{s.key} {s.rates[-1]:,.0f} req/s ({s.rates[-1] / y:.2f}x Y)"
+                            f"{s.key} {s.rates[-1]:,.0f} req/s ({s.rates[-1] / yard:.2f}x Y)"
                             for s in scenarios
                         )
                     )
@@ -287,6 +296,15 @@ def main(argv: list[str] | None = None) -> int:
             f"- {key} / A: {ratio:.3f}x (passes {spread(per_pass)}); target >= {goal}: "
             f"{'met' if ratio >= goal else 'NOT met'}"
         )
+    lines.append(
+        "- PostgreSQL CPU per request (its backends' user + system time over the measured "
+        "runs): "
+        + ", ".join(
+            f"{x.key} {x.pg_cpu_seconds / x.requests * 1e6:,.0f} µs"
+            for x in scenarios
+            if x.requests
+        )
+    )
     errors = {s.key: s.errors for s in scenarios if s.errors}
     if errors:
         lines.append(f"- errors (socket + non-2xx + bad): {errors}")
