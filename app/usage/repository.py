@@ -285,13 +285,13 @@ def _debit_answer(lots_outcome: str, lots_columns: str) -> str:
     """The one row both debit statements answer, whatever happened (`DebitRow`, `Refusal`): the
     wallet after the debit, or as the statement's snapshot saw it when nothing was debited.
 
-    A replay is looked up only then (as the wallet is: `OFFSET 0` keeps each lookup a
-    subquery gated by `w.id IS NULL`, which the planner would otherwise fold into the join):
-    a debit of a new request id (nearly all) spends no probe of the two reference indexes on
-    it. A replay whose wallet covers it and whose limits allow
-    it runs into those unique indexes instead (the statement fails, nothing is written, and the
-    store answers from the original, `UsageStore._replay`), as a concurrent twin does.
-    `lots_outcome` adds a `WHEN` to the outcome, `lots_columns` columns to the row."""
+    A replay is looked up only then, as the wallet is (`OFFSET 0` keeps each lookup a subquery
+    gated by `w.id IS NULL`, which the planner would otherwise fold into the join): a debit of
+    a new request id (nearly all) probes neither reference index nor the wallet again. A replay
+    whose wallet covers it and whose limits allow it runs into those unique indexes instead
+    (the statement fails, nothing is written, and the store answers from the original,
+    `UsageStore._replay`), as a concurrent twin does. `lots_outcome` adds a `WHEN` to the
+    outcome, `lots_columns` columns to the row."""
     return f"""SELECT CASE WHEN w.id IS NOT NULL THEN 'applied'
             WHEN e.id IS NOT NULL THEN 'replayed'
             WHEN r.scope IS NOT NULL THEN 'limited'{lots_outcome}
