@@ -11,6 +11,10 @@ indexes of the table.
   expired lot once, drained ones too (nothing posted), so the index holds only the lots whose
   expiry is still to come or to sweep.
 
+Wallet rows get room on each page too (fillfactor 80): every debit writes a new version of its
+wallet's row, HOT as long as its page has room, and under load 5-10% of them were not (each then
+three index entries).
+
 Revision ID: 0024
 Revises: 0023
 """
@@ -37,9 +41,11 @@ def upgrade() -> None:
         postgresql_where=sa.text("swept_at IS NULL AND expires_at IS NOT NULL"),
     )
     op.execute("ALTER TABLE credit_lots SET (fillfactor = 70)")
+    op.execute("ALTER TABLE accounts SET (fillfactor = 80)")
 
 
 def downgrade() -> None:
+    op.execute("ALTER TABLE accounts RESET (fillfactor)")
     op.execute("ALTER TABLE credit_lots RESET (fillfactor)")
     op.drop_index("ix_credit_lots_due", table_name="credit_lots")
     op.create_index(
