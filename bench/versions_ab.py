@@ -18,8 +18,8 @@ Each pass measures the four, in the order Y A B1 B3, the next pass in the revers
 pass's req/s with its ratio to that pass's yardstick, then each scenario's ratio to the
 yardstick and the ratios B1÷A and B3÷A (of the throughputs summed over the passes, and each
 pass's range). The four servers keep their pools open through the run (some 50 connections
-of the PostgreSQL server). Runs `ledger-verify` on B1's and B3's databases at the end; exits 1 when it
-fails or any request got a non-2xx."""
+of the PostgreSQL server). Runs `ledger-verify` on B1's and B3's databases at the end; exits 1
+when it fails or any request got a non-2xx."""
 
 from __future__ import annotations
 
