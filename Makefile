@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 BENCH_ARGS ?=
 
-.PHONY: install run sandbox-pay sandbox-card test test-fast check format migrate openapi fuzz bench verify verify-failover clean
+.PHONY: install run sandbox-pay sandbox-card test test-fast check format migrate openapi fuzz bench bench-ab verify verify-failover clean
 
 .tools/bin/uv:
 	$(PYTHON) -m venv .tools
@@ -81,6 +81,13 @@ fuzz: install
 # apt-get when missing and root). BENCH_ARGS="--only usage --seconds 5" runs a part.
 bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# `make bench-ab BASE=/path/to/other/checkout`: the usage debit of this checkout (wallets with one
+# lot and with three) against the other's (installed with its own `make install`), ABBA in one
+# run, as ratios to each other and to the yardstick of each pass (bench/versions_ab.py, ~5 min).
+BASE ?=
+bench-ab: install
+	$(BIN)/python -m bench.versions_ab --base $(BASE) $(BENCH_ARGS)
 
 # The crash test: two `torouter-billing serve` processes on a fresh database (of BILLING_VERIFY_PG,
 # else the server `make test` finds, the embedded one included) and the

@@ -141,9 +141,17 @@ class Uvicorn:
     """A server process on 127.0.0.1: `command` plus `--host`, `--port` and `--workers`."""
 
     def __init__(
-        self, name: str, command: list[str], env: dict[str, str], workers: int = 1
+        self,
+        name: str,
+        command: list[str],
+        env: dict[str, str],
+        workers: int = 1,
+        cwd: Path = ROOT,
     ) -> None:
+        """`cwd`: the checkout whose code `python -m …` runs (another one's for
+        bench/versions_ab.py)."""
         self.name = name
+        self.cwd = cwd
         self.command = command
         self.env = env
         self.workers = workers
@@ -167,7 +175,7 @@ class Uvicorn:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 command,
-                cwd=ROOT,
+                cwd=self.cwd,
                 env=os.environ | self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -213,7 +213,8 @@ async def expire_lot(session: AsyncSession, lot_id: str, now: datetime) -> int:
 
 
 async def due_lots(session: AsyncSession, now: datetime, limit: int) -> list[str]:
-    """Lots at or past their expiry that still hold credit, soonest first."""
+    """Lots at or past their expiry not swept yet (with a remainder, or drained: `expire_lot`
+    closes those posting nothing), soonest first."""
     return await repository.due_lots(session, now, limit)
 
 

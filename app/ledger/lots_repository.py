@@ -58,10 +58,12 @@ async def lot_by_id(session: AsyncSession, lot_id: str) -> CreditLot | None:
 
 
 async def due_lots(session: AsyncSession, now: datetime, limit: int) -> list[str]:
-    """Up to `limit` lots at or past their expiry with a remainder, soonest first."""
+    """Up to `limit` lots at or past their expiry not swept yet, soonest first: with a remainder
+    to post, or drained (the sweep closes them too, posting nothing, so that the index of lots
+    still due, `ix_credit_lots_due`, keeps only those)."""
     rows = await session.execute(
         select(CreditLot.id)
-        .where(CreditLot.remaining_micros > 0, CreditLot.expires_at <= now)
+        .where(CreditLot.swept_at.is_(None), CreditLot.expires_at <= now)
         .order_by(CreditLot.expires_at, CreditLot.id)
         .limit(limit)
     )

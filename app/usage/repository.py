@@ -198,17 +198,18 @@ def _window_of(period: str, moment: str) -> str:
     return f"CASE {period} WHEN 'total' THEN {_EPOCH} ELSE {truncated} END"
 
 
-def _limit_ctes(user: str, key: str, amount: str) -> str:
-    """The spend limits of a debit or reserve of `amount` by `user` through API key `key`, for a
-    statement whose `existing` CTE finds a replay (which locks and checks nothing): `limits`
-    (locked), `counters` (each one's current window, from the windows `$9`-`$11`) and
-    `refused` (the first limit `amount` would take past it)."""
+def _limit_ctes(user: str, key: str, amount: str, *, replay_first: bool = True) -> str:
+    """The spend limits of a debit or reserve of `amount` by `user` through API key `key`:
+    `limits` (locked), `counters` (each one's current window, from the windows `$9`-`$11`) and
+    `refused` (the first limit `amount` would take past it). With `replay_first`, for a
+    statement whose `existing` CTE finds a replay first, a replay locks and checks nothing;
+    without, the statement looks for a replay only once nothing was written (`_debit_answer`)."""
+    replay = "\n      AND NOT EXISTS (SELECT 1 FROM existing)" if replay_first else ""
     return f"""limits AS (
     -- The limits the amount is subject to (its account's, its key's; on each an operator's
     -- and the user's own); none for most users.
     SELECT id, scope, set_by, period, limit_micros, window_start, spent_micros FROM spend_limits
-    WHERE user_id = {user} AND scope IN ('account', 'key:' || {key})
-      AND NOT EXISTS (SELECT 1 FROM existing)
+    WHERE user_id = {user} AND scope IN ('account', 'key:' || {key}){replay}
     ORDER BY scope, set_by FOR UPDATE
 ), counters AS (
     -- Each limit's counter as of its current window.
@@ -223,8 +224,11 @@ def _limit_ctes(user: str, key: str, amount: str) -> str:
 )"""
 
 
-_NEW_AND_ALLOWED = " AND NOT EXISTS (SELECT 1 FROM existing) AND NOT EXISTS (SELECT 1 FROM refused)"
-"""A debit's or reserve's wallet condition: its id is new, and no spend limit refused it."""
+_ALLOWED = " AND NOT EXISTS (SELECT 1 FROM refused)"
+"""A debit's wallet condition: no spend limit refused it (its id being new is the unique
+indexes' to enforce, `_debit_answer`)."""
+_NEW_AND_ALLOWED = " AND NOT EXISTS (SELECT 1 FROM existing)" + _ALLOWED
+"""A reserve's wallet condition: its id is new, and no spend limit refused it."""
 
 _USAGE_RECORD_COLUMNS = """
         (user_id, transaction_id, request_id, api_key_id, model, input_tokens, output_tokens,
@@ -264,9 +268,47 @@ _DEBIT_RECORD_COLUMNS = """
          model, input_tokens, output_tokens, amount_micros, balance_after_micros, created_at)"""
 """A usage debit's record: the usage columns and the debit's key, fingerprint and metadata."""
 
-_DEBIT_OUTCOME = """CASE WHEN w.id IS NOT NULL THEN 'applied'
+
+_LOTS_OUTCOME = """
+            WHEN a.tracked_micros <> 0 THEN 'lots'"""
+"""`_debit_sql`'s answer to a wallet tracking lots: nothing written, run `_debit_lots_sql`."""
+_LOTS_COLUMNS = """
+       coalesce(w.expired_micros, 0) AS expired_micros,
+       CASE WHEN w.id IS NOT NULL THEN EXISTS (SELECT 1 FROM locked)
+            ELSE a.tracked_micros <> 0 END AS tracks_lots,"""
+"""What `_debit_lots_sql` answers besides: the expired lots' total, and whether the wallet
+tracks lots (as locked before the debit, else as the statement's snapshot saw it), the store's
+hint for its next debits."""
+
+
+def _debit_answer(lots_outcome: str, lots_columns: str) -> str:
+    """The one row both debit statements answer, whatever happened (`DebitRow`, `Refusal`): the
+    wallet after the debit, or as the statement's snapshot saw it when nothing was debited.
+
+    A replay is looked up only then, as the wallet is (`OFFSET 0` keeps each lookup a subquery
+    gated by `w.id IS NULL`, which the planner would otherwise fold into the join): a debit of
+    a new request id (nearly all) probes neither reference index nor the wallet again. A replay
+    whose wallet covers it and whose limits allow it runs into those unique indexes instead
+    (the statement fails, nothing is written, and the store answers from the original,
+    `UsageStore._replay`), as a concurrent twin does. `lots_outcome` adds a `WHEN` to the
+    outcome, `lots_columns` columns to the row."""
+    return f"""SELECT CASE WHEN w.id IS NOT NULL THEN 'applied'
             WHEN e.id IS NOT NULL THEN 'replayed'
-            WHEN r.scope IS NOT NULL THEN 'limited'"""
+            WHEN r.scope IS NOT NULL THEN 'limited'{lots_outcome}
+            ELSE 'insufficient' END AS outcome,
+       coalesce(w.id, a.id) AS wallet_id, coalesce(w.user_id, a.user_id) AS wallet_user_id,
+       coalesce(w.balance_micros, a.balance_micros) AS balance_micros,
+       coalesce(w.held_micros, a.held_micros) AS held_micros,{lots_columns}
+       e.id AS original_id, e.request_hash AS original_request_hash,
+       (SELECT min(remaining) FROM spend) AS limit_remaining_micros,
+       r.scope, r.period, r.limit_micros, r.spent_micros, r.window_start,
+       {BALANCE_EVENTS.recorded_sql()} AS after_commit
+FROM (SELECT) one
+LEFT JOIN wallet w ON true
+LEFT JOIN LATERAL (SELECT * FROM existing WHERE w.id IS NULL OFFSET 0) e ON true
+LEFT JOIN refused r ON true
+LEFT JOIN LATERAL (SELECT * FROM accounts WHERE user_id = $3 AND w.id IS NULL OFFSET 0) a ON true
+"""
 
 
 def _spend_and_txn() -> str:
@@ -316,8 +358,8 @@ def _debit_sql() -> str:
     return f"""
 WITH existing AS (
     {_EXISTING_DEBIT}
-), {_limit_ctes("$3", "$8", "$4")}, wallet AS (
-    {covered_wallet_update("$3", debit="$4", when=_NEW_AND_ALLOWED + " AND tracked_micros = 0")}
+), {_limit_ctes("$3", "$8", "$4", replay_first=False)}, wallet AS (
+    {covered_wallet_update("$3", debit="$4", when=_ALLOWED + " AND tracked_micros = 0")}
 ), {_spend_and_txn()}, entries AS (
     -- No lot drawn: all of the (positive) amount is paid credit used, to the usage account.
     INSERT INTO ledger_entries
@@ -327,22 +369,7 @@ WITH existing AS (
     SELECT txn.id, '{USAGE_ACCOUNT}', $4, NULL, $7 FROM txn
 ), {_record_and_crossing()}
 -- One row whatever happened, as `_debit_lots_sql` answers (no expired lots: none tracked).
-SELECT {_DEBIT_OUTCOME}
-            WHEN a.tracked_micros <> 0 THEN 'lots'
-            ELSE 'insufficient' END AS outcome,
-       coalesce(w.id, a.id) AS wallet_id, coalesce(w.user_id, a.user_id) AS wallet_user_id,
-       coalesce(w.balance_micros, a.balance_micros) AS balance_micros,
-       coalesce(w.held_micros, a.held_micros) AS held_micros,
-       e.id AS original_id, e.request_hash AS original_request_hash,
-       (SELECT min(remaining) FROM spend) AS limit_remaining_micros,
-       r.scope, r.period, r.limit_micros, r.spent_micros, r.window_start,
-       {BALANCE_EVENTS.recorded_sql()} AS after_commit
-FROM (SELECT) one
-LEFT JOIN wallet w ON true
-LEFT JOIN existing e ON true
-LEFT JOIN refused r ON true
-LEFT JOIN accounts a ON a.user_id = $3
-"""
+{_debit_answer(_LOTS_OUTCOME, "")}"""
 
 
 def _debit_lots_sql() -> str:
@@ -352,31 +379,14 @@ def _debit_lots_sql() -> str:
     return f"""
 WITH existing AS (
     {_EXISTING_DEBIT}
-), {_limit_ctes("$3", "$8", "$4")}, locked AS (
-    {locked_wallet("$3", when=_NEW_AND_ALLOWED)}
+), {_limit_ctes("$3", "$8", "$4", replay_first=False)}, locked AS (
+    {locked_wallet("$3", when=_ALLOWED)}
 ), {_DEBIT_LOTS}, wallet AS (
-    {drawn_wallet_update("$3", "$4", when=_NEW_AND_ALLOWED)}
+    {drawn_wallet_update("$3", "$4", when=_ALLOWED)}
 ), lot_draws AS (
     {LOT_DRAWS_UPDATE}
 ), {_spend_and_txn()}, {_usage_entries("$4", "$7")}, {_record_and_crossing()}
--- One row whatever happened (`DebitRow`, `Refusal`): the wallet after the debit, or as the
--- statement's snapshot saw it when nothing was debited (a replay, a refusal).
-SELECT {_DEBIT_OUTCOME}
-            ELSE 'insufficient' END AS outcome,
-       coalesce(w.id, a.id) AS wallet_id, coalesce(w.user_id, a.user_id) AS wallet_user_id,
-       coalesce(w.balance_micros, a.balance_micros) AS balance_micros,
-       coalesce(w.held_micros, a.held_micros) AS held_micros,
-       coalesce(w.expired_micros, 0) AS expired_micros, a.tracked_micros <> 0 AS tracks_lots,
-       e.id AS original_id, e.request_hash AS original_request_hash,
-       (SELECT min(remaining) FROM spend) AS limit_remaining_micros,
-       r.scope, r.period, r.limit_micros, r.spent_micros, r.window_start,
-       {BALANCE_EVENTS.recorded_sql()} AS after_commit
-FROM (SELECT) one
-LEFT JOIN wallet w ON true
-LEFT JOIN existing e ON true
-LEFT JOIN refused r ON true
-LEFT JOIN accounts a ON a.user_id = $3
-"""
+{_debit_answer("", _LOTS_COLUMNS)}"""
 
 
 _TRANSACTION_BY_REFERENCE = f"""

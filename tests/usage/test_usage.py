@@ -49,6 +49,24 @@ async def test_the_same_request_twice_debits_once_and_answers_the_original(
     assert (await gateway_balance(client, gateway_headers, "alice"))["balance_micros"] == 993_000
 
 
+async def test_a_replay_answers_the_original_whether_or_not_the_wallet_could_pay_it_again(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], gateway_headers: dict[str, str]
+) -> None:
+    # The debit statement looks for a replay only when it debited nothing (the wallet cannot
+    # pay it again); a replay the wallet could pay runs into the reference's unique index, and
+    # the store answers from the original.
+    await deposit(client, admin_headers, "alice", 10_000)
+    first = await debit(client, gateway_headers, "alice", 7_000, request_id="req-1", model="m")
+    assert first.status_code == 201
+    for _ in ("not covered", "covered"):
+        again = await debit(client, gateway_headers, "alice", 7_000, request_id="req-1", model="m")
+        assert again.status_code == 200, again.text
+        assert again.json()["replayed"] is True
+        assert again.json()["transaction_id"] == first.json()["transaction_id"]
+        await deposit(client, admin_headers, "alice", 10_000)
+    assert (await gateway_balance(client, gateway_headers, "alice"))["balance_micros"] == 23_000
+
+
 @pytest.mark.parametrize(
     "change",
     [{"amount_micros": 8_000}, {"model": "other"}, {"user_id": "bob"}, {"input_tokens": 1}],
