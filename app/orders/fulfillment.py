@@ -169,12 +169,7 @@ async def apply_payment(
         bound.error("order_flagged", reason=mismatch, state=payment.state)
         return f"flagged: {mismatch}"
 
-    if payment.payment_intent_id and order.stripe_payment_intent_id is None:
-        order.stripe_payment_intent_id = payment.payment_intent_id
-    if payment.checkout_session_id and order.stripe_checkout_session_id is None:
-        order.stripe_checkout_session_id = payment.checkout_session_id
-    if payment.invoice_id and order.stripe_invoice_id is None:
-        order.stripe_invoice_id = payment.invoice_id
+    _fill_empty(order, payment, _STRIPE_IDS)
     if payment.tax_cents is not None and order.status not in PAID_STATUSES:
         order.tax_micros = cents_to_micros(payment.tax_cents)
 
@@ -212,15 +207,32 @@ async def apply_payment(
     return f"ignored: {order.status} -> {payment.state} is backwards"
 
 
+_STRIPE_IDS = (
+    ("stripe_payment_intent_id", "payment_intent_id"),
+    ("stripe_checkout_session_id", "checkout_session_id"),
+    ("stripe_invoice_id", "invoice_id"),
+)
+"""(order column, answer field): the Stripe objects an answer ties to the order."""
+
+_DETAILS = (
+    ("stripe_charge_id", "charge_id"),
+    ("receipt_url", "receipt_url"),
+    ("stripe_invoice_id", "invoice_id"),
+)
+"""(order column, answer field): what a paid order shows of its payment."""
+
+
+def _fill_empty(order: Order, payment: StripePayment, fields: tuple[tuple[str, str], ...]) -> None:
+    """Stripe's answer on the order's empty fields only (what is recorded stays)."""
+    for column, field in fields:
+        value = getattr(payment, field)
+        if value and getattr(order, column) is None:
+            setattr(order, column, value)
+
+
 def _fill_from_stripe(order: Order, payment: StripePayment) -> None:
-    """The charge, receipt and invoice Stripe's answer names, on the order's empty fields only
-    (what is recorded stays)."""
-    if payment.charge_id and order.stripe_charge_id is None:
-        order.stripe_charge_id = payment.charge_id
-    if payment.receipt_url and order.receipt_url is None:
-        order.receipt_url = payment.receipt_url
-    if payment.invoice_id and order.stripe_invoice_id is None:
-        order.stripe_invoice_id = payment.invoice_id
+    """The charge, receipt and invoice Stripe's answer names, where the order has none."""
+    _fill_empty(order, payment, _DETAILS)
 
 
 def _record_failure(order: Order, payment: StripePayment) -> None:
@@ -239,8 +251,9 @@ async def _credit(
     if order.status in PAID_STATUSES:
         _fill_from_stripe(order, payment)
         if order.details_due_at is not None and has_details(payment):
-            # A read (a sync, the result page) brought what the credit's event lacked (the
-            # statement autoflushes the order first; the row is read back for the caller).
+            # A read (a sync, the result page) brought what the credit's event lacked: the
+            # order's changes written first, the row read back for the caller after.
+            await session.flush()
             await _record_details(session, order.id, payment)
             await session.refresh(order)
         return "already paid"
