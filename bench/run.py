@@ -930,7 +930,11 @@ class Bench:
         warm = max(20, count // 10)
         log(f"webhooks: creating {count + warm} orders through POST /v1/purchase, paying them ...")
         started = time.monotonic()
-        orders = asyncio.run(create_paid_orders(server.url, self.peer_url, count + warm))
+        # Buyers of their own per run: a run's undelivered orders stay pending (5 per user).
+        buyers = f"payer-w{workers}"
+        orders = asyncio.run(
+            create_paid_orders(server.url, self.peer_url, count + warm, buyers=buyers)
+        )
         log(f"webhooks: {len(orders)} orders ready in {time.monotonic() - started:.1f} s")
         warmup, measured = orders[:warm], orders[warm:]
         with tempfile.TemporaryDirectory(prefix="bench-webhooks-") as tmp:
