@@ -13,7 +13,6 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Text,
-    UniqueConstraint,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -81,6 +80,11 @@ class StripeCustomer(Base):
     created_at: Mapped[CreatedAt]
 
 
+def _unique_when_set(name: str, *columns: str) -> Index:
+    """A unique index leaving out the rows whose last column is NULL."""
+    return Index(name, *columns, unique=True, postgresql_where=text(f"{columns[-1]} IS NOT NULL"))
+
+
 class Order(Base):
     """A top-up: written before anything is created at Stripe, fulfilled at most once."""
 
@@ -96,7 +100,16 @@ class Order(Base):
         CheckConstraint(one_of("status", OrderStatus), name="status_known"),
         CheckConstraint(one_of("kind", OrderKind), name="kind_known"),
         CheckConstraint("kind = 'auto' OR mode != 'off_session'", name="off_session_is_auto"),
-        UniqueConstraint("user_id", "idempotency_key", name="uq_orders_user_id_idempotency_key"),
+        # Unique, or looked up, only when set: NULLs stay out of these (migration 0025).
+        _unique_when_set("uq_orders_user_id_idempotency_key", "user_id", "idempotency_key"),
+        _unique_when_set("uq_orders_stripe_payment_intent_id", "stripe_payment_intent_id"),
+        _unique_when_set("uq_orders_stripe_checkout_session_id", "stripe_checkout_session_id"),
+        _unique_when_set("uq_orders_stripe_invoice_id", "stripe_invoice_id"),
+        Index(
+            "ix_orders_stripe_charge_id",
+            "stripe_charge_id",
+            postgresql_where=text("stripe_charge_id IS NOT NULL"),
+        ),
         Index("ix_orders_user_id_id", "user_id", "id"),
         Index("ix_orders_status_created_at", "status", "created_at"),
         Index(
@@ -132,9 +145,9 @@ class Order(Base):
     stripe_idempotency_key: Mapped[str | None] = mapped_column(String(255))
     """The key its Stripe object is created under when it is not `order:<id>` (the user's
     Customer was deleted at Stripe and replaced: the first key would replay the refusal)."""
-    stripe_payment_intent_id: Mapped[str | None] = mapped_column(String(255), unique=True)
-    stripe_checkout_session_id: Mapped[str | None] = mapped_column(String(255), unique=True)
-    stripe_charge_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    stripe_payment_intent_id: Mapped[str | None] = mapped_column(String(255))
+    stripe_checkout_session_id: Mapped[str | None] = mapped_column(String(255))
+    stripe_charge_id: Mapped[str | None] = mapped_column(String(255))
     checkout_url: Mapped[str | None] = mapped_column(Text)
     checkout_expires_at: Mapped[datetime | None]
     receipt_url: Mapped[str | None] = mapped_column(Text)
@@ -152,7 +165,7 @@ class Order(Base):
     invoiced: Mapped[bool] = mapped_column(default=False, server_default=text("false"))
     """An invoice is issued for this order (the billing profile's `invoices` when it was
     made); its documents are `order_documents`."""
-    stripe_invoice_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    stripe_invoice_id: Mapped[str | None] = mapped_column(String(255))
     """The invoice the payment is made through (Elements and auto top-up: created and
     finalized first) or that Checkout created (`invoice_creation`)."""
     created_at: Mapped[CreatedAt]

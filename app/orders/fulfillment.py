@@ -169,12 +169,7 @@ async def apply_payment(
         bound.error("order_flagged", reason=mismatch, state=payment.state)
         return f"flagged: {mismatch}"
 
-    if payment.payment_intent_id and order.stripe_payment_intent_id is None:
-        order.stripe_payment_intent_id = payment.payment_intent_id
-    if payment.checkout_session_id and order.stripe_checkout_session_id is None:
-        order.stripe_checkout_session_id = payment.checkout_session_id
-    if payment.invoice_id and order.stripe_invoice_id is None:
-        order.stripe_invoice_id = payment.invoice_id
+    _fill_empty(order, payment, _STRIPE_IDS)
     if payment.tax_cents is not None and order.status not in PAID_STATUSES:
         order.tax_micros = cents_to_micros(payment.tax_cents)
 
@@ -212,6 +207,34 @@ async def apply_payment(
     return f"ignored: {order.status} -> {payment.state} is backwards"
 
 
+_STRIPE_IDS = (
+    ("stripe_payment_intent_id", "payment_intent_id"),
+    ("stripe_checkout_session_id", "checkout_session_id"),
+    ("stripe_invoice_id", "invoice_id"),
+)
+"""(order column, answer field): the Stripe objects an answer ties to the order."""
+
+_DETAILS = (
+    ("stripe_charge_id", "charge_id"),
+    ("receipt_url", "receipt_url"),
+    ("stripe_invoice_id", "invoice_id"),
+)
+"""(order column, answer field): what a paid order shows of its payment."""
+
+
+def _fill_empty(order: Order, payment: StripePayment, fields: tuple[tuple[str, str], ...]) -> None:
+    """Stripe's answer on the order's empty fields only (what is recorded stays)."""
+    for column, field in fields:
+        value = getattr(payment, field)
+        if value and getattr(order, column) is None:
+            setattr(order, column, value)
+
+
+def _fill_from_stripe(order: Order, payment: StripePayment) -> None:
+    """The charge, receipt and invoice Stripe's answer names, where the order has none."""
+    _fill_empty(order, payment, _DETAILS)
+
+
 def _record_failure(order: Order, payment: StripePayment) -> None:
     order.failure_code = (payment.failure_code or "")[:100] or None
     order.failure_message = (payment.failure_message or "The payment failed.")[:500]
@@ -225,14 +248,14 @@ async def _credit(
     bound: Any,
     source: str,
 ) -> str:
-    if payment.charge_id and order.stripe_charge_id is None:
-        order.stripe_charge_id = payment.charge_id
-    if payment.receipt_url and order.receipt_url is None:
-        order.receipt_url = payment.receipt_url
     if order.status in PAID_STATUSES:
+        _fill_from_stripe(order, payment)
         if order.details_due_at is not None and has_details(payment):
-            # A read (a sync, the result page) brought what the credit's event lacked.
-            await _record_details(session, order, payment)
+            # A read (a sync, the result page) brought what the credit's event lacked: the
+            # order's changes written first, the row read back for the caller after.
+            await session.flush()
+            await _record_details(session, order.id, payment)
+            await session.refresh(order)
         return "already paid"
     pi_id = payment.payment_intent_id
     if pi_id is None:
@@ -255,6 +278,9 @@ async def _credit(
         else {"order_id": order.id},
         passed_on=("tax_payable", order.tax_micros) if order.tax_micros else None,
     )
+    # Filled after the credit's inserts, so that the order's changes are one UPDATE (one row
+    # version) when the session flushes next.
+    _fill_from_stripe(order, payment)
     # Stripe took the money after we had closed the order: credit it anyway (logged).
     closed = order.status in CLOSED_UNPAID_STATUSES
     moved = transition(order, OrderStatus.PAID, reason=PAID_AFTER_CLOSE if closed else source)
@@ -447,27 +473,28 @@ async def read_details(
     except (PaymentProviderUnavailable, StripeRequestFailed) as exc:
         log.info("order_details_unavailable", order_id=order.id, error=type(exc).__name__)
         return isinstance(exc, StripeObjectNotFound)  # nothing to read, ever
+    if payment is None:
+        return True
     async with session_scope(maker) as session:
-        locked = await orders_repository.find_order(session, order_id=order.id, for_update=True)
-        if locked is None or payment is None:
-            return True
-        await _record_details(session, locked, payment)
+        await _record_details(session, order.id, payment)
     return True
 
 
-async def _record_details(session: AsyncSession, order: Order, payment: StripePayment) -> None:
-    """What a read says beyond the credit, on a paid order (locked by the caller)."""
-    if payment.charge_id and order.stripe_charge_id is None:
-        order.stripe_charge_id = payment.charge_id
-    if payment.receipt_url and order.receipt_url is None:
-        order.receipt_url = payment.receipt_url
-    if payment.invoice_id and order.stripe_invoice_id is None:
-        order.stripe_invoice_id = payment.invoice_id
-    if order.details_due_at is not None and payment.payment_intent is not None:
+async def _record_details(session: AsyncSession, order_id: str, payment: StripePayment) -> None:
+    """What a read says beyond the credit, on a paid order whose details are owed: its empty
+    charge, receipt and invoice filled and the wait ended in one statement (under the row's
+    lock), and the card the payment saved recorded, once."""
+    user_id = await orders_repository.record_details(
+        session,
+        order_id,
+        charge_id=payment.charge_id,
+        receipt_url=payment.receipt_url,
+        invoice_id=payment.invoice_id,
+    )
+    if user_id is not None and payment.payment_intent is not None:
         saved = saved_card_of_payment_intent(payment.payment_intent)
         if saved is not None:
-            await record_saved_card(session, order.user_id, saved)
-    order.details_due_at = None
+            await record_saved_card(session, user_id, saved)
 
 
 def details_retry_delay(attempts: int) -> timedelta:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models.orders import Order, OrderKind
@@ -200,3 +200,30 @@ async def claim_orders_missing_details(
         claimed.append(order)
     await session.flush()
     return claimed, given_up
+
+
+async def record_details(
+    session: AsyncSession,
+    order_id: str,
+    *,
+    charge_id: str | None,
+    receipt_url: str | None,
+    invoice_id: str | None,
+) -> str | None:
+    """Fill a paid order's empty charge, receipt and invoice from a Stripe read and end its wait
+    for them (`details_due_at`), in one statement that takes the row's lock: only while they
+    are still owed, so of two readers at once one records them. Returns the order's user when
+    it did (None: nothing was owed any more). An order loaded in the session is not refreshed."""
+    stmt = (
+        update(Order)
+        .where(Order.id == order_id, Order.details_due_at.is_not(None))
+        .values(
+            stripe_charge_id=func.coalesce(Order.stripe_charge_id, charge_id),
+            receipt_url=func.coalesce(Order.receipt_url, receipt_url),
+            stripe_invoice_id=func.coalesce(Order.stripe_invoice_id, invoice_id),
+            details_due_at=None,
+        )
+        .returning(Order.user_id)
+        .execution_options(synchronize_session=False)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
