@@ -5,7 +5,7 @@ out (a lookup `col = $1` implies `col IS NOT NULL`, generic plans included). Uni
 conflicted); the constraints become partial unique indexes under the same names.
 
 Revision ID: 0025
-Revises: 0023
+Revises: 0024
 """
 
 from collections.abc import Sequence
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0025"
-down_revision: str | None = "0023"
+down_revision: str | None = "0024"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
