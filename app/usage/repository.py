@@ -760,10 +760,14 @@ WITH ev AS MATERIALIZED (
 ), users AS (
     SELECT user_id, sum(amount)::bigint AS total, count(*) AS events FROM ev GROUP BY user_id
 ), planned AS (
-    -- Users with an event already applied, or whose reference the batch repeats.
+    -- Users with an event already applied, or whose reference the batch repeats. Each
+    -- reference is looked up in the unique indexes, one probe per event: a scalar subquery
+    -- with LIMIT is never hashed, so no plan reads either table whole, however stale its
+    -- statistics (an EXISTS was planned as a hashed seq scan of both tables per batch).
     SELECT ev.user_id FROM ev
-    WHERE EXISTS (SELECT 1 FROM usage_records r WHERE r.reference = ev.reference)
-       OR EXISTS (SELECT 1 FROM ledger_transactions t WHERE t.reference = ev.reference)
+    WHERE coalesce(
+        (SELECT true FROM usage_records r WHERE r.reference = ev.reference LIMIT 1),
+        (SELECT true FROM ledger_transactions t WHERE t.reference = ev.reference LIMIT 1))
     UNION
     SELECT ev.user_id FROM ev
     WHERE ev.reference IN (SELECT reference FROM ev GROUP BY reference HAVING count(*) > 1)
