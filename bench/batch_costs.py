@@ -2,10 +2,11 @@
 ANALYZE), its backend's CPU, the client's time (Python building the arguments, the round trip),
 rows written and index insertions per event. A probe, not a load test, against its own database.
 
-    python -m bench.batch_costs [--batches 20] [--explain]
+    python -m bench.batch_costs [--batches 20] [--explain] [--drop INDEX ...]
 
 Two shapes: 1,000 events over 1,000 wallets (the batch scenario) and 31 events of one wallet
-(what debit combining sends for a hot wallet).
+(what debit combining sends for a hot wallet). `--drop` drops indexes (or unique constraints)
+from the probe's database first, to measure what each costs a batch event.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from bench.hold_costs import _cpu_seconds, _delta, _stats
 from bench.run import ADMIN_DSN, WALLETS, dsn, prepare_service_database, sqlalchemy_url
 
 
-async def main(batches: int, explain: bool) -> None:
+async def main(batches: int, explain: bool, drop: list[str]) -> None:
     from app.usage import repository
     from app.usage.repository import UsageStore
     from app.usage.store import UsageDebit
@@ -37,6 +38,17 @@ async def main(batches: int, explain: bool) -> None:
     details = {"model": "gpt-4o-mini", "input_tokens": 1200, "output_tokens": 300}
     try:
         await prepare_service_database(sqlalchemy_url(url), 1)
+        if drop:
+            conn = await asyncpg.connect(url)
+            for index in drop:
+                table = await conn.fetchval(
+                    "SELECT conrelid::regclass::text FROM pg_constraint WHERE conname = $1", index
+                )
+                if table is not None:
+                    await conn.execute(f'ALTER TABLE {table} DROP CONSTRAINT "{index}"')
+                else:
+                    await conn.execute(f'DROP INDEX "{index}"')
+            await conn.close()
 
         def spread(b: int) -> list[UsageDebit]:
             events = [
@@ -114,5 +126,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--explain", action="store_true")
+    parser.add_argument("--drop", action="append", default=[], help="an index to drop first")
     args: Any = parser.parse_args()
-    asyncio.run(main(args.batches, args.explain))
+    asyncio.run(main(args.batches, args.explain, args.drop))
