@@ -873,7 +873,8 @@ def _write_batch_sql() -> str:
     """The planned path's write (`UsageStore._plan_and_write`, under the locks it took): each
     user's wallet by the total the plan took, the lots it drew, the limits' counters as they
     end up, one ledger transaction for the batch (`_batch_ledger_ctes`) and a usage record per
-    applied event with its wallet's balance right after it."""
+    applied event with its wallet's balance right after it; it answers the balance subscribers
+    that recorded something (`after_commit`)."""
     return f"""
 WITH ev AS MATERIALIZED (
     SELECT * FROM {_BATCH_EVENTS}
@@ -900,7 +901,7 @@ WITH ev AS MATERIALIZED (
     INSERT INTO usage_records{_DEBIT_RECORD_COLUMNS}
     SELECT {_BATCH_RECORD}, $11 FROM applied, txn ORDER BY ord
 )
-SELECT 1
+SELECT {BALANCE_EVENTS.recorded_sql()} AS after_commit
 """
 
 
@@ -1333,6 +1334,7 @@ class UsageStore:
             f"usage-batch:{transaction_id}",
         )
         plan: BatchPlan | None = None
+        planned_after: list[str] = []
         async with self._pool.acquire() as conn:
             with commits_watched(conn):
                 # Autocommit: the statement's locks end with it, not with a COMMIT this
@@ -1340,7 +1342,9 @@ class UsageStore:
                 rows = await conn.fetch(_sql().batch, *args)
                 if not rows:  # it wrote nothing (`transaction_id` is still free)
                     async with conn.transaction():
-                        plan = await self._plan_and_write(conn, debits, transaction_id, now)
+                        plan, planned_after = await self._plan_and_write(
+                            conn, debits, transaction_id, now
+                        )
         outcomes: list[Any] = [None] * len(debits)
         micros = 0
         for ord_, wallet_id, user_id, balance, held, expired, remaining, _ in rows:
@@ -1356,6 +1360,9 @@ class UsageStore:
             users = {row["user_id"] for row in rows}
             run_after_commit((job, (users,)) for job in BALANCE_EVENTS.jobs_for(after_commit))
         if plan is not None:
+            if planned_after:  # committed
+                users = {w.debit.user_id for w in plan.writes}
+                run_after_commit((job, (users,)) for job in BALANCE_EVENTS.jobs_for(planned_after))
             outcomes = list(plan.outcomes)
             applied += len(plan.writes)
             micros += sum(w.debit.amount_micros for w in plan.writes)
@@ -1373,11 +1380,12 @@ class UsageStore:
         debits: Sequence[UsageDebit],
         transaction_id: str,
         now: datetime,
-    ) -> BatchPlan:
+    ) -> tuple[BatchPlan, list[str]]:
         """A batch `_batch_sql` could not apply whole, event by event, in the caller's
         transaction: its limits, wallets and lots locked (in that order, as every writer), the
         references applied before, the plan (`app.usage.batch.plan_batch`), and its write
-        (`_write_batch_sql`)."""
+        (`_write_batch_sql`), with the balance subscribers it recorded for (to run after the
+        commit)."""
         references = [usage_reference(d.request_id) for d in debits]
         users = sorted({d.user_id for d in debits})
         pairs = limit_scopes(debits)
@@ -1403,13 +1411,14 @@ class UsageStore:
             for row in await conn.fetch(_EXISTING_REFERENCES, references)
         }
         plan = plan_batch(debits, wallets, existing, lambda: transaction_id, counters, lots, now)
+        after_commit: list[str] = []
         if plan.writes:
             writes = plan.writes
             spent = plan.counters.values()
             granted: dict[str, int] = {}
             for w in writes:
                 granted[w.account_id] = granted.get(w.account_id, 0) + w.granted_micros
-            await conn.execute(
+            after_commit = await conn.fetchval(
                 _sql().write_batch,
                 *_event_columns([w.debit for w in writes]),
                 now,
@@ -1426,7 +1435,7 @@ class UsageStore:
                 [c.spent_micros for c in spent],
                 [w.balance_after_micros for w in writes],
             )
-        return plan
+        return plan, after_commit
 
     @_outage_is_503
     async def reserve(self, request: HoldRequest) -> HoldResult:
