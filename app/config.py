@@ -78,13 +78,13 @@ class Settings(BaseSettings):
     database_pool_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
     """How long a portal request waits for a pooled connection before it is answered 503
     `service_unavailable` with `Retry-After`."""
-    gateway_combine_debits: bool = False
-    """On: debits of one wallet that arrive while one of its debits is in flight wait in the
-    process and go as one batch when it is done (`app/usage/combining.py`), so a hot wallet
-    takes its row lock and a WAL flush once per batch. Off (the default until the batch
-    statement's cost for one wallet's events is understood: measured slower than off since the
-    one-statement batch landed): each debit is its own statement, and debits of one wallet
-    queue on its row lock in PostgreSQL."""
+    gateway_combine_debits: bool = True
+    """On (the default): debits of one wallet that arrive while one of its debits is in flight
+    wait in the process and go as one batch when it is done (`app/usage/combining.py`), so a
+    hot wallet takes its row lock and a WAL flush once per batch (make bench's hot wallet: 57 µs
+    of PostgreSQL CPU per debit combined against 890 µs not combined, its debits spinning on
+    the row lock). Off: each debit is its own statement, and debits of one wallet queue on its
+    row lock in PostgreSQL."""
     database_echo: bool = False
     portal_statement_timeout_ms: int = Field(default=15_000, ge=0, le=3_600_000)
     """PostgreSQL's `statement_timeout` on the service's ORM connections (the portal, operators,

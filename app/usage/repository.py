@@ -13,13 +13,15 @@ ledger's `post()` (every other posting):
   new and the available balance covers it; a concurrent twin fails on the unique reference and is
   answered from the committed original;
 - holds lock the hold row first, then the wallet, as everywhere;
-- a batch is one database transaction: one statement (`_batch_sql`) locks its limits, then its
-  wallets in user-id order, then their lots, and applies every user it can decide whole; the
-  users it leaves are planned event by event (`app.usage.batch`) and written by one more
-  statement. A batch posts one ledger transaction (a wallet leg per user, the system legs once)
-  and a usage record per event, whose unique `reference` is the event's idempotency key.
-  Concurrent batches cannot deadlock (limits, then wallets, in one order); a race on a
-  reference is retried.
+- a batch is applied whole or not at all: one autocommit statement (`_batch_sql`) locks its
+  limits, then its wallets in user-id order, then their lots, and applies the batch when it can
+  decide every user whole (the usual case: no lock is held across a round trip or while the
+  event loop is busy); when it cannot (a replay, a refusal, a lot credited meanwhile) it writes
+  nothing, and the batch is planned event by event (`app.usage.batch`) in one transaction and
+  written by one more statement. A batch posts one ledger transaction (a wallet leg per user,
+  the system legs once) and a usage record per event, whose unique `reference` is the event's
+  idempotency key. Concurrent batches cannot deadlock (limits, then wallets, in one order); a
+  race on a reference is retried.
 
 Spend limits, low-balance alerts and the auto top-up trigger are more CTEs of the same statement,
 reading the wallet CTE's result (`crossing`: the available balance before and after), not
@@ -752,28 +754,32 @@ _APPLIED_EVENTS = "(SELECT sum(u.events) FROM users u JOIN wallets w ON w.user_i
 
 
 def _batch_sql() -> str:
-    """A batch, decided and written where the data is, in ONE statement (no lock held across
-    a round trip or Python work): its spend limits locked, then its wallets (user-id order, as
-    every writer), then their tracked lots, and every user whose events are all new (not
-    applied before, each reference once in the batch), whose available balance (less what
-    expired lots hold) covers the user's total and whose limits leave room for it is applied
-    whole, its total drawn from its live lots in `LOT_ORDER`: amounts are positive, so a
-    covered total means each of the user's events, one by one in order, is covered and within
-    its limits, and the lots drawn one event at a time give the same. One row per applied
-    event, in order: its wallet right after it and what its tightest limit leaves. A user left
-    out (a replay, a refusal, a lot credited meanwhile) is for the planned path
-    (`UsageStore._plan_and_write`, in the same transaction), which decides it event by
-    event."""
+    """A batch, decided and written where the data is, in ONE autocommit statement (no lock
+    held across a round trip or Python work): its spend limits locked, then its wallets
+    (user-id order, as every writer), then their tracked lots. A user is decided when all its
+    events are new (not applied before, each reference once in the batch), its available
+    balance (less what expired lots hold) covers the user's total and its limits leave room for
+    it: amounts are positive, so a covered total means each of the user's events, one by one in
+    order, is covered and within its limits, and its total drawn from its live lots in
+    `LOT_ORDER` draws what the events drawn one at a time would. When every user of the batch
+    is decided, the batch is applied: one row per event, in order, with its wallet right after
+    it and what its tightest limit leaves. Else (a replay, a refusal, a lot credited meanwhile)
+    it writes nothing and answers no row: the planned path (`UsageStore._plan_and_write`)
+    decides the batch event by event."""
     return f"""
 WITH ev AS MATERIALIZED (
     SELECT * FROM {_BATCH_EVENTS}
 ), users AS (
     SELECT user_id, sum(amount)::bigint AS total, count(*) AS events FROM ev GROUP BY user_id
 ), planned AS (
-    -- Users with an event already applied, or whose reference the batch repeats.
+    -- Users with an event already applied, or whose reference the batch repeats. Each
+    -- reference is looked up in the unique indexes, one probe per event: a scalar subquery
+    -- with LIMIT is never hashed, so no plan reads either table whole, however stale its
+    -- statistics (an EXISTS was planned as a hashed seq scan of both tables per batch).
     SELECT ev.user_id FROM ev
-    WHERE EXISTS (SELECT 1 FROM usage_records r WHERE r.reference = ev.reference)
-       OR EXISTS (SELECT 1 FROM ledger_transactions t WHERE t.reference = ev.reference)
+    WHERE coalesce(
+        (SELECT true FROM usage_records r WHERE r.reference = ev.reference LIMIT 1),
+        (SELECT true FROM ledger_transactions t WHERE t.reference = ev.reference LIMIT 1))
     UNION
     SELECT ev.user_id FROM ev
     WHERE ev.reference IN (SELECT reference FROM ev GROUP BY reference HAVING count(*) > 1)
@@ -838,6 +844,8 @@ WITH ev AS MATERIALIZED (
     UPDATE accounts a SET balance_micros = a.balance_micros - d.total,
                           tracked_micros = a.tracked_micros - d.drawn
     FROM decided d WHERE a.id = d.id
+      -- All or nothing: a user left undecided leaves the whole batch to the planned path.
+      AND (SELECT count(*) FROM decided) = (SELECT count(*) FROM users)
     RETURNING a.id, a.user_id, a.balance_micros, a.held_micros, a.watch_micros, d.total,
               d.granted, d.expired
 ), lot_draws AS (
@@ -875,7 +883,8 @@ def _write_batch_sql() -> str:
     """The planned path's write (`UsageStore._plan_and_write`, under the locks it took): each
     user's wallet by the total the plan took, the lots it drew, the limits' counters as they
     end up, one ledger transaction for the batch (`_batch_ledger_ctes`) and a usage record per
-    applied event with its wallet's balance right after it."""
+    applied event with its wallet's balance right after it; it answers the balance subscribers
+    that recorded something (`after_commit`)."""
     return f"""
 WITH ev AS MATERIALIZED (
     SELECT * FROM {_BATCH_EVENTS}
@@ -902,7 +911,7 @@ WITH ev AS MATERIALIZED (
     INSERT INTO usage_records{_DEBIT_RECORD_COLUMNS}
     SELECT {_BATCH_RECORD}, $11 FROM applied, txn ORDER BY ord
 )
-SELECT 1
+SELECT {BALANCE_EVENTS.recorded_sql()} AS after_commit
 """
 
 
@@ -1305,10 +1314,10 @@ class UsageStore:
     @_outage_is_503
     async def debit_batch(self, debits: Sequence[UsageDebit]) -> list[BatchOutcome]:
         """`debits` (sorted by user id, stably) decided as if applied one by one in that
-        order, in ONE database transaction (a batch is applied whole or not at all): first the
-        statement that decides and applies every user it can decide whole (`_batch_sql`),
-        then, only if it left some (replays, refusals, credit lots), the planned path for
-        those (`_plan_and_write`)."""
+        order, in ONE database transaction (a batch is applied whole or not at all): the
+        autocommit statement that applies the batch when it can decide every user whole
+        (`_batch_sql`), else, when it wrote nothing (replays, refusals, credit lots), the
+        planned path in a transaction of its own (`_plan_and_write`)."""
         for attempt in range(_BATCH_ATTEMPTS):
             try:
                 return await finish(self._debit_batch_once(debits))
@@ -1335,15 +1344,16 @@ class UsageStore:
             f"usage-batch:{transaction_id}",
         )
         plan: BatchPlan | None = None
+        planned_after: list[str] = []
         async with self._pool.acquire() as conn:
             with commits_watched(conn):
-                async with conn.transaction():
-                    rows = await conn.fetch(_sql().batch, *args)
-                    if len(rows) < len(debits):
-                        decided = {row[0] - 1 for row in rows}
-                        rest = [i for i in range(len(debits)) if i not in decided]
-                        plan = await self._plan_and_write(
-                            conn, [debits[i] for i in rest], new_id("txn"), now
+                # Autocommit: the statement's locks end with it, not with a COMMIT this
+                # process would send once its event loop gets to it.
+                rows = await conn.fetch(_sql().batch, *args)
+                if not rows:  # it wrote nothing (`transaction_id` is still free)
+                    async with conn.transaction():
+                        plan, planned_after = await self._plan_and_write(
+                            conn, debits, transaction_id, now
                         )
         outcomes: list[Any] = [None] * len(debits)
         micros = 0
@@ -1360,8 +1370,10 @@ class UsageStore:
             users = {row["user_id"] for row in rows}
             run_after_commit((job, (users,)) for job in BALANCE_EVENTS.jobs_for(after_commit))
         if plan is not None:
-            for i, outcome in zip(rest, plan.outcomes, strict=True):
-                outcomes[i] = outcome
+            if planned_after:  # committed
+                users = {w.debit.user_id for w in plan.writes}
+                run_after_commit((job, (users,)) for job in BALANCE_EVENTS.jobs_for(planned_after))
+            outcomes = list(plan.outcomes)
             applied += len(plan.writes)
             micros += sum(w.debit.amount_micros for w in plan.writes)
             replayed = sum(isinstance(o, Debited) and o.replayed for o in plan.outcomes)
@@ -1378,10 +1390,12 @@ class UsageStore:
         debits: Sequence[UsageDebit],
         transaction_id: str,
         now: datetime,
-    ) -> BatchPlan:
-        """The users `_batch_sql` left, event by event, within its transaction (their limits
-        and wallets are locked already): the lots, the references applied before, the plan
-        (`app.usage.batch.plan_batch`), and its write (`_write_batch_sql`)."""
+    ) -> tuple[BatchPlan, list[str]]:
+        """A batch `_batch_sql` could not apply whole, event by event, in the caller's
+        transaction: its limits, wallets and lots locked (in that order, as every writer), the
+        references applied before, the plan (`app.usage.batch.plan_batch`), and its write
+        (`_write_batch_sql`), with the balance subscribers it recorded for (to run after the
+        commit)."""
         references = [usage_reference(d.request_id) for d in debits]
         users = sorted({d.user_id for d in debits})
         pairs = limit_scopes(debits)
@@ -1407,13 +1421,14 @@ class UsageStore:
             for row in await conn.fetch(_EXISTING_REFERENCES, references)
         }
         plan = plan_batch(debits, wallets, existing, lambda: transaction_id, counters, lots, now)
+        after_commit: list[str] = []
         if plan.writes:
             writes = plan.writes
             spent = plan.counters.values()
             granted: dict[str, int] = {}
             for w in writes:
                 granted[w.account_id] = granted.get(w.account_id, 0) + w.granted_micros
-            await conn.execute(
+            after_commit = await conn.fetchval(
                 _sql().write_batch,
                 *_event_columns([w.debit for w in writes]),
                 now,
@@ -1430,7 +1445,7 @@ class UsageStore:
                 [c.spent_micros for c in spent],
                 [w.balance_after_micros for w in writes],
             )
-        return plan
+        return plan, after_commit
 
     @_outage_is_503
     async def reserve(self, request: HoldRequest) -> HoldResult:

@@ -156,6 +156,8 @@ class _Store:
     async def debit_alone(self, debit: UsageDebit) -> Debited:
         self.alone.append(debit.request_id)
         await self.release.wait()
+        if debit.request_id.startswith("poor"):
+            raise insufficient_balance(0, 1)
         return Debited(f"txn-{debit.request_id}", "h", False, None)
 
     async def debit_batch(self, debits: Sequence[UsageDebit]) -> list[BatchOutcome]:
@@ -187,6 +189,28 @@ async def test_what_waits_goes_as_one_batch_in_arrival_order_per_wallet() -> Non
     with pytest.raises(InsufficientBalance):
         await waiting[2]
     assert store.batches == [["b", "c", "poor"]]
+    assert combiner.in_flight == 0
+
+
+async def test_a_debit_that_waited_alone_goes_as_a_single_debit() -> None:
+    store = _Store()
+    combiner = Combiner(store.debit_alone, store.debit_batch)
+    first = asyncio.ensure_future(combiner.debit(_debit("u", "a")))
+    await asyncio.sleep(0)
+    second = asyncio.ensure_future(combiner.debit(_debit("u", "b")))
+    poor_first = asyncio.ensure_future(combiner.debit(_debit("v", "x")))
+    await asyncio.sleep(0)
+    poor = asyncio.ensure_future(combiner.debit(_debit("v", "poor")))
+    await asyncio.sleep(0)
+    assert store.alone == ["a", "x"]
+    store.release.set()
+    assert (await first).transaction_id == "txn-a"
+    assert (await second).transaction_id == "txn-b"
+    await poor_first
+    with pytest.raises(InsufficientBalance):
+        await poor
+    assert store.alone == ["a", "x", "b", "poor"]
+    assert store.batches == []
     assert combiner.in_flight == 0
 
 

@@ -1,0 +1,131 @@
+"""What a usage batch costs, one at a time on one connection: the statement's plan (EXPLAIN
+ANALYZE), its backend's CPU, the client's time (Python building the arguments, the round trip),
+rows written and index insertions per event. A probe, not a load test, against its own database.
+
+    python -m bench.batch_costs [--batches 20] [--explain] [--drop INDEX ...]
+
+Two shapes: 1,000 events over 1,000 wallets (the batch scenario) and 31 events of one wallet
+(what debit combining sends for a hot wallet). `--drop` drops indexes (or unique constraints)
+from the probe's database first, to measure what each costs a batch event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+import time
+from typing import Any
+
+import asyncpg
+
+from bench.hold_costs import _cpu_seconds, _delta, _stats
+from bench.run import ADMIN_DSN, WALLETS, dsn, prepare_service_database, sqlalchemy_url
+
+
+async def main(batches: int, explain: bool, drop: list[str]) -> None:
+    from app.usage import repository
+    from app.usage.repository import UsageStore
+    from app.usage.store import UsageDebit
+    from app.wiring import wire
+
+    wire()
+    name = f"billing_batchcost_{secrets.token_hex(3)}"
+    admin = await asyncpg.connect(ADMIN_DSN)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = dsn(name)
+    tag = secrets.token_hex(3)
+    details = {"model": "gpt-4o-mini", "input_tokens": 1200, "output_tokens": 300}
+    try:
+        await prepare_service_database(sqlalchemy_url(url), 1)
+        if drop:
+            conn = await asyncpg.connect(url)
+            for index in drop:
+                table = await conn.fetchval(
+                    "SELECT conrelid::regclass::text FROM pg_constraint WHERE conname = $1", index
+                )
+                if table is not None:
+                    await conn.execute(f'ALTER TABLE {table} DROP CONSTRAINT "{index}"')
+                else:
+                    await conn.execute(f'DROP INDEX "{index}"')
+            await conn.close()
+
+        def spread(b: int) -> list[UsageDebit]:
+            events = [
+                UsageDebit(f"user-{i}", f"s-{tag}-{b}-{i}", 7000, "d" * 64, details)
+                for i in range(WALLETS)
+            ]
+            return sorted(events, key=lambda d: d.user_id)
+
+        def hot(b: int) -> list[UsageDebit]:
+            return [
+                UsageDebit("user-7", f"h-{tag}-{b}-{i}", 7000, "d" * 64, details) for i in range(31)
+            ]
+
+        for label, make in (("1,000 events, 1,000 wallets", spread), ("31 events, 1 wallet", hot)):
+            pool = await asyncpg.create_pool(url, min_size=1, max_size=1)
+            store = UsageStore(pool)
+            for b in range(-6, 0):  # warm: statement cache, generic plans
+                await store.debit_batch(make(b))
+            if explain:
+                debits = make(10_000)
+                args = (
+                    *repository._event_columns(debits),
+                    store.clock(),
+                    *repository.Windows.at(store.clock()),
+                    "txn_explain",
+                    "usage-batch:txn_explain",
+                )
+                async with pool.acquire() as conn:
+                    # The plan the gateway's connections use after 5 runs: the generic one.
+                    await conn.execute("SET plan_cache_mode = force_generic_plan")
+                    tr = conn.transaction()
+                    await tr.start()
+                    plan = await conn.fetch(
+                        "EXPLAIN (ANALYZE, BUFFERS, TIMING) " + repository._sql().batch, *args
+                    )
+                    await tr.rollback()
+                    await conn.execute("RESET plan_cache_mode")
+                print(f"--- EXPLAIN ANALYZE, {label}")
+                print("\n".join(r[0] for r in plan))
+            await store.close()
+            before = await _stats(url)
+            pool = await asyncpg.create_pool(url, min_size=1, max_size=1)
+            store = UsageStore(pool)
+            async with pool.acquire() as conn:
+                backend = conn.get_server_pid()
+            events = 0
+            made = [make(b) for b in range(batches)]
+            cpu = _cpu_seconds(backend)
+            began = time.perf_counter()
+            for debits in made:
+                await store.debit_batch(debits)
+                events += len(debits)
+            took = time.perf_counter() - began
+            cpu = _cpu_seconds(backend) - cpu
+            # Python's share: the arguments alone, timed apart.
+            p0 = time.perf_counter()
+            for debits in made:
+                repository._event_columns(debits)
+            args_took = time.perf_counter() - p0
+            await store.close()
+            after = await _stats(url)
+            print(
+                f"{label}: per event {cpu / events * 1e6:.1f} µs backend CPU, "
+                f"{took / events * 1e6:.1f} µs wall, {args_took / events * 1e6:.2f} µs "
+                f"building arguments; per batch {took / batches * 1e3:.1f} ms wall, "
+                f"{cpu / batches * 1e3:.1f} ms backend CPU"
+            )
+            print(_delta(before, after, events))
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--explain", action="store_true")
+    parser.add_argument("--drop", action="append", default=[], help="an index to drop first")
+    args: Any = parser.parse_args()
+    asyncio.run(main(args.batches, args.explain, args.drop))
