@@ -89,9 +89,10 @@ class Account(Base):
             " AND balance_micros = 0 AND held_micros = 0)",
             name="kind_shape",
         ),
-        # Every debit writes a new version of its wallet's row: room on each page keeps those
-        # HOT updates (no index entry) under load too (migration 0024).
-        {"postgresql_with": {"fillfactor": "80"}},
+        # Every debit writes a new version of its wallet's row, a batch one of each of its
+        # wallets: room on each page keeps those HOT updates (no index entry) under load too
+        # (migration 0026: a batch's versions arrive before the last ones are pruned).
+        {"postgresql_with": {"fillfactor": "30"}},
     )
 
     id: Mapped[IdKey]
