@@ -20,7 +20,7 @@ from app.errors import InsufficientBalance
 from app.ledger.service import insufficient_balance
 from app.models.base import utcnow
 from app.models.ledger import LotSource
-from app.usage.combining import Combiner
+from app.usage.combining import MIN_COMBINED, Combiner
 from app.usage.store import BatchOutcome, Debited, UsageDebit
 from testing.fixtures.app import RACE_POOL_SIZE
 from testing.helpers.concurrency import together
@@ -174,7 +174,7 @@ class _Store:
 
 async def test_what_waits_goes_as_one_batch_in_arrival_order_per_wallet() -> None:
     store = _Store()
-    combiner = Combiner(store.debit_alone, store.debit_batch)
+    combiner = Combiner(store.debit_alone, store.debit_batch, min_batch=3)
     first = asyncio.ensure_future(combiner.debit(_debit("u", "a")))
     other_wallet = asyncio.ensure_future(combiner.debit(_debit("v", "x")))
     await asyncio.sleep(0)
@@ -192,12 +192,14 @@ async def test_what_waits_goes_as_one_batch_in_arrival_order_per_wallet() -> Non
     assert combiner.in_flight == 0
 
 
-async def test_a_debit_that_waited_alone_goes_as_a_single_debit() -> None:
+async def test_fewer_than_min_combined_waiting_go_as_single_debits_in_arrival_order() -> None:
+    assert MIN_COMBINED > 2
     store = _Store()
     combiner = Combiner(store.debit_alone, store.debit_batch)
     first = asyncio.ensure_future(combiner.debit(_debit("u", "a")))
     await asyncio.sleep(0)
     second = asyncio.ensure_future(combiner.debit(_debit("u", "b")))
+    third = asyncio.ensure_future(combiner.debit(_debit("u", "c")))
     poor_first = asyncio.ensure_future(combiner.debit(_debit("v", "x")))
     await asyncio.sleep(0)
     poor = asyncio.ensure_future(combiner.debit(_debit("v", "poor")))
@@ -206,10 +208,12 @@ async def test_a_debit_that_waited_alone_goes_as_a_single_debit() -> None:
     store.release.set()
     assert (await first).transaction_id == "txn-a"
     assert (await second).transaction_id == "txn-b"
+    assert (await third).transaction_id == "txn-c"
     await poor_first
     with pytest.raises(InsufficientBalance):
         await poor
-    assert store.alone == ["a", "x", "b", "poor"]
+    assert sorted(store.alone) == ["a", "b", "c", "poor", "x"]
+    assert store.alone.index("b") < store.alone.index("c")
     assert store.batches == []
     assert combiner.in_flight == 0
 
@@ -217,7 +221,7 @@ async def test_a_debit_that_waited_alone_goes_as_a_single_debit() -> None:
 async def test_an_outage_in_a_combined_batch_reaches_every_waiting_debit() -> None:
     store = _Store()
     store.fail_batches = True
-    combiner = Combiner(store.debit_alone, store.debit_batch)
+    combiner = Combiner(store.debit_alone, store.debit_batch, min_batch=2)
     first = asyncio.ensure_future(combiner.debit(_debit("u", "a")))
     await asyncio.sleep(0)
     waiting = [asyncio.ensure_future(combiner.debit(_debit("u", r))) for r in ("b", "c")]
@@ -234,7 +238,7 @@ async def test_an_outage_in_a_combined_batch_reaches_every_waiting_debit() -> No
 
 async def test_a_cancelled_waiting_request_neither_blocks_nor_drops_the_others() -> None:
     store = _Store()
-    combiner = Combiner(store.debit_alone, store.debit_batch)
+    combiner = Combiner(store.debit_alone, store.debit_batch, min_batch=2)
     first = asyncio.ensure_future(combiner.debit(_debit("u", "a")))
     await asyncio.sleep(0)
     gone = asyncio.ensure_future(combiner.debit(_debit("u", "b")))
