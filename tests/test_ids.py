@@ -31,3 +31,14 @@ def test_ids_are_prefixed_ulids_that_sort_by_creation_time() -> None:
     # The first 10 characters are the millisecond timestamp, so they never go backwards.
     stamps = [i[4:14] for i in ids]
     assert stamps == sorted(stamps)
+
+
+def test_ids_made_in_one_millisecond_still_sort_in_the_order_they_were_made() -> None:
+    """Two orders created in the same millisecond must list newest first, as created: a random
+    tail alone would order them by chance (`test_pages_follow_the_cursor_without_gaps_or_repeats`
+    failed so once)."""
+    ids = [new_id("ord") for _ in range(20_000)]
+    stamps = [i[4:14] for i in ids]
+    assert len(set(stamps)) < len(ids)  # many shared a millisecond
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
