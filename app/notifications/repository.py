@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -182,3 +182,26 @@ async def record_outcome(
         .values(values)
         .execution_options(synchronize_session=False)
     )
+
+
+_FILL_RECEIPT = text(
+    """
+    UPDATE notifications
+    SET data = CAST(CAST(data AS jsonb) || jsonb_build_object('receipt_url', CAST(:url AS text))
+                    AS json)
+    WHERE user_id = :user_id AND type IN ('topup.succeeded', 'auto_topup.succeeded')
+      AND data ->> 'order_id' = :order_id AND data ->> 'receipt_url' IS NULL
+      AND email_attempts = 0 AND webhook_attempts = 0
+      AND email_sent_at IS NULL AND webhook_sent_at IS NULL
+    """
+)
+
+
+async def fill_receipt_url(session: AsyncSession, user_id: str, order_id: str, url: str) -> int:
+    """Put an order's receipt link into its top-up notifications that no channel has tried to
+    deliver yet (their payload was written by the credit, before Stripe was asked for the
+    receipt). Returns how many it filled."""
+    result = await session.execute(
+        _FILL_RECEIPT, {"user_id": user_id, "order_id": order_id, "url": url}
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

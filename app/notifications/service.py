@@ -61,3 +61,9 @@ def refuse_unusable_email(user: Principal) -> None:
             "notifications cannot be emailed to it.",
             errors=[{"field": "token.email", "message": "not exactly one valid email address"}],
         )
+
+
+async def fill_receipt_url(session: AsyncSession, user_id: str, order_id: str, url: str) -> None:
+    """A paid order's receipt arrived after its credit (read from Stripe after the commit): the
+    `topup.succeeded` / `auto_topup.succeeded` notification not yet delivered carries it too."""
+    await repository.fill_receipt_url(session, user_id, order_id, url)

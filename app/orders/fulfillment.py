@@ -35,7 +35,7 @@ from app.models.ledger import LotSource
 from app.models.orders import Order, OrderKind, OrderMode
 from app.money import cents_to_micros, micros_to_cents
 from app.notifications import events
-from app.notifications.service import enqueue
+from app.notifications.service import enqueue, fill_receipt_url
 from app.orders import repository as orders_repository
 from app.orders.state import (
     CLOSED_UNPAID_STATUSES,
@@ -483,7 +483,8 @@ async def read_details(
 async def _record_details(session: AsyncSession, order_id: str, payment: StripePayment) -> None:
     """What a read says beyond the credit, on a paid order whose details are owed: its empty
     charge, receipt and invoice filled and the wait ended in one statement (under the row's
-    lock), and the card the payment saved recorded, once."""
+    lock), the receipt put into the credit's notification if it is not delivered yet, and the
+    card the payment saved recorded, once."""
     user_id = await orders_repository.record_details(
         session,
         order_id,
@@ -491,6 +492,9 @@ async def _record_details(session: AsyncSession, order_id: str, payment: StripeP
         receipt_url=payment.receipt_url,
         invoice_id=payment.invoice_id,
     )
+    if user_id is not None and payment.receipt_url:
+        # The credit's notification was written before the receipt was known.
+        await fill_receipt_url(session, user_id, order_id, payment.receipt_url)
     if user_id is not None and payment.payment_intent is not None:
         saved = saved_card_of_payment_intent(payment.payment_intent)
         if saved is not None:

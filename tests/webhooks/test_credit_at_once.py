@@ -407,3 +407,39 @@ async def test_a_burst_with_stripe_healthy_reads_each_order_once_after_its_credi
         assert paid_at is not None
         assert read["at"] >= paid_at.timestamp()
     assert all(o.receipt_url for o in rows.values())
+
+
+async def test_the_top_up_notification_gets_the_receipt_that_arrives_after_the_credit(
+    client: httpx.AsyncClient,
+    user_headers: Headers,
+    session_maker: Maker,
+    stripe_peer: StripePeer,
+) -> None:
+    """`topup.succeeded` is written by the credit, before Stripe is asked for the receipt: the
+    read after the commit puts the link into it while no channel has delivered it yet."""
+    from app.models.notifications import Notification
+
+    async def notice() -> Any:
+        async with session_scope(session_maker) as session:
+            rows = (
+                await session.scalars(
+                    select(Notification).where(Notification.type == "topup.succeeded")
+                )
+            ).all()
+        ((row,),) = [[r for r in rows if r.data["order_id"] == order_id]]
+        return row
+
+    headers = user_headers("alice")
+    order_id, event = await _paid(client, headers, session_maker, stripe_peer)
+    await stripe_peer.hold(method="GET")
+    response = await stripe_peer.deliver(event, client)
+    assert response.json()["outcome_detail"] == "credited", response.text
+    assert (await notice()).data["receipt_url"] is None  # Stripe has not answered
+
+    await stripe_peer.clear_faults()
+    await after_commit_settled()
+    receipt = (await order_row(session_maker, order_id)).receipt_url
+    assert receipt
+    row = await notice()
+    assert row.data["receipt_url"] == receipt
+    assert row.data["amount"] == "20.00"  # the rest of the payload as the credit wrote it
