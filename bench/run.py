@@ -361,6 +361,27 @@ def git_head() -> str:
 # The run
 
 
+def service_env(url: str, peer_url: str, environment: str = "production") -> dict[str, str]:
+    """The environment of a service the bench starts on `url` against the Stripe peer."""
+    from testing.stripe_peer.client import PEER_API_KEY, PEER_PUBLISHABLE_KEY
+
+    return {
+        "BILLING_ENVIRONMENT": environment,
+        "BILLING_DATABASE_URL": url,
+        "BILLING_JWT_SECRET": JWT_SECRET,
+        "BILLING_JWT_ISSUER": JWT_ISSUER,
+        "BILLING_JWT_AUDIENCE": JWT_AUDIENCE,
+        "BILLING_JOBS_ENABLED": "false",
+        # The peer's key is a test-mode key (`sk_test_…`), which production refuses
+        # unless told this deploy takes no real money.
+        "BILLING_ALLOW_TEST_KEYS": "true",
+        "BILLING_STRIPE_SECRET_KEY": PEER_API_KEY,
+        "BILLING_STRIPE_PUBLISHABLE_KEY": PEER_PUBLISHABLE_KEY,
+        "BILLING_STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "BILLING_STRIPE_API_BASE": peer_url,
+    }
+
+
 @dataclass
 class Bench:
     args: argparse.Namespace
@@ -392,23 +413,7 @@ class Bench:
         return sqlalchemy_url(dsn(self.database))
 
     def service_env(self) -> dict[str, str]:
-        from testing.stripe_peer.client import PEER_API_KEY, PEER_PUBLISHABLE_KEY
-
-        return {
-            "BILLING_ENVIRONMENT": self.environment,
-            "BILLING_DATABASE_URL": self.url,
-            "BILLING_JWT_SECRET": JWT_SECRET,
-            "BILLING_JWT_ISSUER": JWT_ISSUER,
-            "BILLING_JWT_AUDIENCE": JWT_AUDIENCE,
-            "BILLING_JOBS_ENABLED": "false",
-            # The peer's key is a test-mode key (`sk_test_…`), which production refuses
-            # unless told this deploy takes no real money.
-            "BILLING_ALLOW_TEST_KEYS": "true",
-            "BILLING_STRIPE_SECRET_KEY": PEER_API_KEY,
-            "BILLING_STRIPE_PUBLISHABLE_KEY": PEER_PUBLISHABLE_KEY,
-            "BILLING_STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
-            "BILLING_STRIPE_API_BASE": self.peer_url,
-        }
+        return service_env(self.url, self.peer_url, self.environment)
 
     def service(self, workers: int, **env: str) -> Uvicorn:
         """The service, in production mode if it starts so, else in `test` (said in the notes);

@@ -23,11 +23,11 @@ import asyncio
 import random
 import secrets
 import time
-import uuid
 from pathlib import Path
 
 import asyncpg
 
+from bench.explain_debit import debit_args
 from bench.run import ADMIN_DSN, dsn, prepare_service_database, sqlalchemy_url
 
 
@@ -43,8 +43,6 @@ async def _load(
     the last one answered `lots`; with `lot_wallets`, as `UsageStore.debit` does, a user in it
     starts at the second statement, and is added (answered `lots`) or removed (`tracks_lots`
     false) as the store's hint is."""
-    from app.limits.periods import Windows
-    from app.models.base import utcnow
 
     done = 0
     stop = time.monotonic() + seconds
@@ -53,24 +51,8 @@ async def _load(
         nonlocal done
         async with pool.acquire() as conn:
             while time.monotonic() < stop:
-                now = utcnow()
-                request_id = uuid.uuid4().hex
                 user = f"{prefix}{random.randrange(1000)}"
-                args = (
-                    f"usage:{request_id}",
-                    f"txn_{request_id[:26]}",
-                    user,
-                    7000,
-                    "h" * 64,
-                    None,
-                    now,
-                    None,
-                    *Windows.at(now),
-                    request_id,
-                    None,
-                    None,
-                    None,
-                )
+                args = debit_args(user)
                 first = 1 if lot_wallets is not None and user in lot_wallets else 0
                 for sql in statements[first:]:
                     row = await conn.fetchrow(sql, *args)

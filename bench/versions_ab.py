@@ -40,14 +40,11 @@ import asyncpg
 from bench.pgstats import BackendCpu
 from bench.run import (
     ADMIN_DSN,
-    JWT_AUDIENCE,
-    JWT_ISSUER,
-    JWT_SECRET,
     WALLETS,
-    WEBHOOK_SECRET,
     drain,
     dsn,
     prepare_service_database,
+    service_env,
     sqlalchemy_url,
     stripe_peer,
 )
@@ -91,24 +88,6 @@ def base_token(base: Path, url: str) -> str:
         check=True,
     )
     return next(x for x in done.stdout.splitlines() if x.startswith("TOKEN ")).split()[1]
-
-
-def service_env(url: str, peer_url: str) -> dict[str, str]:
-    from testing.stripe_peer.client import PEER_API_KEY, PEER_PUBLISHABLE_KEY
-
-    return {
-        "BILLING_ENVIRONMENT": "production",
-        "BILLING_DATABASE_URL": url,
-        "BILLING_JWT_SECRET": JWT_SECRET,
-        "BILLING_JWT_ISSUER": JWT_ISSUER,
-        "BILLING_JWT_AUDIENCE": JWT_AUDIENCE,
-        "BILLING_JOBS_ENABLED": "false",
-        "BILLING_ALLOW_TEST_KEYS": "true",
-        "BILLING_STRIPE_SECRET_KEY": PEER_API_KEY,
-        "BILLING_STRIPE_PUBLISHABLE_KEY": PEER_PUBLISHABLE_KEY,
-        "BILLING_STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
-        "BILLING_STRIPE_API_BASE": peer_url,
-    }
 
 
 async def create(names: list[str]) -> None:
