@@ -68,7 +68,8 @@ async def list_my_transactions(
     cursor: Cursor = None,
     limit: Limit = DEFAULT_LIMIT,
 ) -> Page[TransactionOut]:
-    """Every movement of the caller's balance, newest first; usage shows model and tokens."""
+    """Every movement of the caller's balance, newest first; usage shows model and tokens, each
+    event of a gateway batch (or of debits combined into one) a line of its own."""
     page = PageRequest(cursor, limit)
     lines = await service.list_transactions(session, user.user_id, list(kind or []), page)
     data, next_cursor = lines.render(transaction_out)

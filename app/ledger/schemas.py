@@ -76,7 +76,7 @@ class CreditOut(BaseModel):
 class TransactionOut(BaseModel):
     """One movement of the caller's balance."""
 
-    id: str = Field(description="The ledger transaction id.")
+    id: str = Field(description="The ledger transaction id (a usage batch's events share it).")
     kind: TransactionKind
     amount: str = Field(
         examples=["-0.007000"], description="Signed: positive added to the balance."
@@ -146,8 +146,8 @@ def transaction_out(line: StatementLine) -> TransactionOut:
         ),
         description=line.description,
         created_at=line.created_at,
-        model=_str("model"),
-        input_tokens=_int("input_tokens"),
-        output_tokens=_int("output_tokens"),
+        model=line.model if line.record_id else _str("model"),
+        input_tokens=line.input_tokens if line.record_id else _int("input_tokens"),
+        output_tokens=line.output_tokens if line.record_id else _int("output_tokens"),
         order_id=_str("order_id"),
     )

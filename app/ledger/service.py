@@ -251,15 +251,29 @@ async def list_transactions(
     session: AsyncSession, user_id: str, kinds: list[str] | None, page: PageRequest
 ) -> Slice[StatementLine]:
     """A page of the movements of the user's balance, newest first."""
-    before = decode_cursor(page.cursor, 1)[0] if page.cursor else None
-    if before is not None and (not isinstance(before, int) or isinstance(before, bool)):
+    lines = await statement_repository.list_wallet_entries(
+        session,
+        user_id,
+        kinds=kinds,
+        before=_statement_cursor(page.cursor) if page.cursor else None,
+        limit=page.limit + 1,
+    )
+    items = lines[: page.limit]
+    more = len(lines) > page.limit
+    last = items[-1] if more else None
+    return Slice(items, encode_cursor(last.entry_id, last.record_id) if last else None)
+
+
+def _statement_cursor(cursor: str) -> tuple[int, int]:
+    """The (entry id, record id) a transaction page resumes after (a cursor made before batch
+    events were lines of their own holds the entry id alone)."""
+    try:
+        key = decode_cursor(cursor, 2)
+    except ValidationFailed:
+        key = [*decode_cursor(cursor, 1), 0]
+    if not all(isinstance(part, int) and not isinstance(part, bool) for part in key):
         raise ValidationFailed(
             "The cursor is not valid.",
             errors=[{"field": "cursor", "message": "not a cursor returned by this API"}],
         )
-    lines = await statement_repository.list_wallet_entries(
-        session, user_id, kinds=kinds, before_entry_id=before, limit=page.limit + 1
-    )
-    items = lines[: page.limit]
-    more = len(lines) > page.limit
-    return Slice(items, encode_cursor(items[-1].entry_id) if more else None)
+    return key[0], key[1]

@@ -58,6 +58,7 @@ from app.ledger.holds_repository import HoldCapture, HoldRequest, HoldRow
 from app.ledger.lots import LotRow
 from app.ledger.repository import WalletRow
 from app.ledger.service import insufficient_balance
+from app.ledger.statement_repository import BATCH_REFERENCE_PREFIX
 from app.ledger.statements import (
     LOT_DRAWS_UPDATE,
     LOT_ORDER,
@@ -1341,7 +1342,7 @@ class UsageStore:
             now,
             *Windows.at(now),
             transaction_id,
-            f"usage-batch:{transaction_id}",
+            f"{BATCH_REFERENCE_PREFIX}{transaction_id}",
         )
         plan: BatchPlan | None = None
         planned_after: list[str] = []
@@ -1433,7 +1434,7 @@ class UsageStore:
                 *_event_columns([w.debit for w in writes]),
                 now,
                 transaction_id,
-                f"usage-batch:{transaction_id}",
+                f"{BATCH_REFERENCE_PREFIX}{transaction_id}",
                 list(plan.totals),
                 list(plan.totals.values()),
                 [plan.lots_drawn.get(account_id, 0) for account_id in plan.totals],

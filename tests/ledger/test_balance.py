@@ -6,6 +6,7 @@ from typing import Any
 
 import httpx
 
+from app.pagination import decode_cursor, encode_cursor
 from testing.factories import paid_order
 from testing.helpers.ledger import debit, deposit
 
@@ -146,3 +147,104 @@ async def test_the_balance_needs_a_portal_token(
     assert (await client.get("/v1/balance")).status_code == 401
     assert (await client.get("/v1/balance", headers=gateway_headers)).status_code == 403
     assert (await client.get("/v1/balance/transactions")).status_code == 401
+
+
+async def _all_transactions(
+    client: httpx.AsyncClient, headers: dict[str, str], limit: int
+) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": limit}
+        if cursor:
+            params["cursor"] = cursor
+        response = await client.get("/v1/balance/transactions", params=params, headers=headers)
+        assert response.status_code == 200, response.text
+        rows += response.json()["data"]
+        cursor = response.json()["next_cursor"]
+        if cursor is None:
+            return rows
+
+
+async def test_each_event_of_a_batch_is_its_own_line_with_its_model_and_tokens(
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    gateway_headers: dict[str, str],
+    user_headers: Any,
+) -> None:
+    """A batch posts one wallet leg per user, but the user's list shows every event."""
+    await deposit(client, admin_headers, "alice", 1_000_000)
+    await deposit(client, admin_headers, "bob", 1_000_000)
+    await debit(client, gateway_headers, "alice", 10, model="before", input_tokens=1)
+    events = [
+        {
+            "user_id": "alice",
+            "request_id": "b-1",
+            "amount_micros": 100,
+            "model": "m-1",
+            "input_tokens": 11,
+            "output_tokens": 12,
+        },
+        {"user_id": "bob", "request_id": "b-2", "amount_micros": 200, "model": "bob's"},
+        {
+            "user_id": "alice",
+            "request_id": "b-3",
+            "amount_micros": 300,
+            "model": "m-3",
+            "input_tokens": 31,
+            "output_tokens": 32,
+        },
+        {"user_id": "alice", "request_id": "b-4", "amount_micros": 400},
+    ]
+    response = await client.post(
+        "/v1/internal/usage/batch", json={"events": events}, headers=gateway_headers
+    )
+    assert response.status_code == 200, response.text
+    assert [r["status"] for r in response.json()["results"]] == ["applied"] * 4
+    await debit(client, gateway_headers, "alice", 20, model="after", output_tokens=2)
+
+    expected = [
+        ("-0.000020", "0.999170", "after", None, 2),
+        ("-0.000400", "0.999190", None, None, None),
+        ("-0.000300", "0.999590", "m-3", 31, 32),
+        ("-0.000100", "0.999890", "m-1", 11, 12),
+        ("-0.000010", "0.999990", "before", 1, None),
+        ("1.000000", "1.000000", None, None, None),
+    ]
+    for limit in (1, 2, 3, 100):
+        rows = await _all_transactions(client, user_headers("alice"), limit)
+        assert [
+            (r["amount"], r["balance_after"], r["model"], r["input_tokens"], r["output_tokens"])
+            for r in rows
+        ] == expected, limit
+        assert [r["kind"] for r in rows] == ["usage"] * 5 + ["adjustment"]
+    usage_only = await client.get(
+        "/v1/balance/transactions", params={"kind": "usage"}, headers=user_headers("alice")
+    )
+    assert len(usage_only.json()["data"]) == 5
+    bob = await _all_transactions(client, user_headers("bob"), 10)
+    assert [(r["amount"], r["model"]) for r in bob] == [
+        ("-0.000200", "bob's"),
+        ("1.000000", None),
+    ]
+
+
+async def test_a_cursor_made_before_batch_lines_still_resumes_after_its_entry(
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    gateway_headers: dict[str, str],
+    user_headers: Any,
+) -> None:
+    await deposit(client, admin_headers, "alice", 1_000_000)
+    for amount in (1, 2, 3):
+        assert (await debit(client, gateway_headers, "alice", amount)).status_code == 201
+    headers = user_headers("alice")
+    first = await client.get("/v1/balance/transactions", params={"limit": 1}, headers=headers)
+    entry_id, record_id = decode_cursor(first.json()["next_cursor"], 2)
+    assert record_id == 0
+    rest = await client.get(
+        "/v1/balance/transactions",
+        params={"cursor": encode_cursor(entry_id)},
+        headers=headers,
+    )
+    assert [r["amount"] for r in rest.json()["data"]] == ["-0.000002", "-0.000001", "1.000000"]
