@@ -3,9 +3,10 @@
 one's (B), at the database only, interleaved in one run so the machine's drift hits both alike.
 
 B is what `UsageStore.debit` sends: `_sql().debit`, and when that answers `lots` (the wallet
-tracks credit lots; nothing written) `_sql().debit_lots` with the same arguments, which runs
-first for the wallets answered `lots` before (the store's hint; the first B3 round learns the
-three-lot wallets, as a gateway process does on each one's first debit). L is
+tracks credit lots; nothing written) `_sql().debit_head` (the first live lot alone), and when
+that answers `lots` too `_sql().debit_lots` (over all lots), with the same arguments;
+`debit_head` runs first for the wallets answered `lots` before (the store's hint; the first B3
+round learns the three-lot wallets, as a gateway process does on each one's first debit). L is
 `_sql().debit_lots` alone, the debit as issue 21 left it (every wallet through the lot CTEs).
 
 One database migrated by this code; wallets `user-0..999` funded with one never-expiring paid
@@ -113,7 +114,7 @@ async def main(
     from app.wiring import wire
 
     wire()
-    b_sql, lots_sql = _sql().debit, _sql().debit_lots
+    b_sql, head_sql, lots_sql = _sql().debit, _sql().debit_head, _sql().debit_lots
     name = f"billing_stmt_ab_{secrets.token_hex(3)}"
     admin = await asyncpg.connect(ADMIN_DSN)
     await admin.execute(f'CREATE DATABASE "{name}"')
@@ -125,14 +126,14 @@ async def main(
         )
         rounds = {
             "A": ([a_sql], "user-"),
-            "B": ([b_sql, lots_sql], "user-"),
-            "B3": ([b_sql, lots_sql], "lot3-"),
+            "B": ([b_sql, head_sql, lots_sql], "user-"),
+            "B3": ([b_sql, head_sql, lots_sql], "lot3-"),
             "L": ([lots_sql], "user-"),
         }
         totals = {key: 0 for key in rounds}
         lot_wallets: set[str] = set()  # the store's hint, as one gateway process keeps it
         # Warm-up (prepares, caches).
-        await _load(pool, [b_sql, lots_sql], "lot3-", 1, conns)
+        await _load(pool, [b_sql, head_sql, lots_sql], "lot3-", 1, conns)
         await _load(pool, [a_sql], "user-", 1, conns)
         for _ in range(repeats):
             for key in ("A", "B", "B3", "L", "L", "B3", "B", "A"):

@@ -93,6 +93,58 @@ def drawn_wallet_update(user: str, amount: str, *, when: str = "") -> str:
               d.expired AS expired_micros"""
 
 
+def head_lot_ctes(user: str, amount: str, now: str) -> str:
+    """The CTEs of a debit of `amount` from user `user`'s first live lot alone, with no lock
+    taken before the wallet's UPDATE (`head_wallet_update`), for the debit that fits in it (a
+    wallet with a promotional grant: nearly every debit of it):
+
+    - `seen`: the wallet's row version (`xmin`) as of the statement's snapshot;
+    - `lots`: its tracked lots with a remainder as of that snapshot, read without locks;
+    - `head`: the first live one in `LOT_ORDER` (none at or past its `expires_at`);
+    - `drawn`, one row only if the head covers `amount`: what has expired (`expired`: out of the
+      available balance) and how much of `amount` is granted credit (`granted`).
+
+    Exact only if nothing changed the wallet's lots after the snapshot: every writer of lots
+    writes the wallet row in the same transaction (a credit, a draw, a sweep, a take-back), so
+    `head_wallet_update` debits only a wallet whose row version is still `seen`'s, re-checked on
+    the locked row. Else nothing is written, and the caller runs the debit over all the lots
+    (`lot_draw_ctes`), which locks them."""
+    return f"""seen AS (
+    SELECT xmin AS version FROM accounts WHERE user_id = {user}
+), lots AS (
+    SELECT id, kind, expires_at, created_at, remaining_micros,
+           expires_at IS NULL OR expires_at > {now} AS live
+    FROM credit_lots WHERE user_id = {user} AND remaining_micros > 0
+), head AS (
+    SELECT id, kind, remaining_micros FROM lots WHERE live ORDER BY {LOT_ORDER} LIMIT 1
+), drawn AS (
+    SELECT coalesce((SELECT sum(remaining_micros) FROM lots WHERE NOT live), 0)::bigint
+               AS expired,
+           CASE WHEN kind = 'granted' THEN {amount} ELSE 0 END::bigint AS granted
+    FROM head WHERE remaining_micros >= {amount}
+)"""
+
+
+def head_wallet_update(user: str, amount: str, *, when: str = "") -> str:
+    """The debit of `head_lot_ctes`: `amount` off the balance and off `tracked_micros`, only if
+    the head lot covers it, the wallet's row version is the one the lots were read with, and
+    its available balance less the expired lots covers it (both re-checked on the locked
+    row)."""
+    return f"""UPDATE accounts a SET balance_micros = a.balance_micros - {amount},
+        tracked_micros = a.tracked_micros - {amount}
+    FROM drawn d
+    WHERE a.user_id = {user} AND a.xmin = (SELECT version FROM seen)
+      AND a.balance_micros - a.held_micros - d.expired >= {amount}{when}
+    RETURNING a.id, a.user_id, a.balance_micros, a.held_micros, a.watch_micros,
+              d.expired AS expired_micros"""
+
+
+HEAD_DRAW_UPDATE = """UPDATE credit_lots l SET remaining_micros = l.remaining_micros - {amount}
+    FROM head h WHERE l.id = h.id AND EXISTS (SELECT 1 FROM wallet)"""
+"""The `lot_draws` CTE of `head_lot_ctes` (`.format(amount=…)`): the head lot drawn, once the
+`wallet` CTE took the debit."""
+
+
 LOT_DRAWS_UPDATE = """UPDATE credit_lots l SET remaining_micros = l.remaining_micros - d.drawn
     FROM draws d WHERE l.id = d.id AND d.drawn > 0 AND EXISTS (SELECT 1 FROM wallet)"""
 """The `lot_draws` CTE: the draws written, once the `wallet` CTE took the debit."""

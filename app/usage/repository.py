@@ -60,11 +60,14 @@ from app.ledger.repository import WalletRow
 from app.ledger.service import insufficient_balance
 from app.ledger.statement_repository import BATCH_REFERENCE_PREFIX
 from app.ledger.statements import (
+    HEAD_DRAW_UPDATE,
     LOT_DRAWS_UPDATE,
     LOT_ORDER,
     covered_wallet_update,
     drawn_wallet_update,
     expired_lots,
+    head_lot_ctes,
+    head_wallet_update,
     locked_wallet,
     lot_draw_ctes,
 )
@@ -390,6 +393,34 @@ WITH existing AS (
     {LOT_DRAWS_UPDATE}
 ), {_spend_and_txn()}, {_usage_entries("$4", "$7")}, {_record_and_crossing()}
 {_debit_answer("", _LOTS_COLUMNS)}"""
+
+
+_HEAD_OUTCOME = """
+            WHEN a.id IS NOT NULL THEN 'lots'"""
+"""`_debit_head_sql`'s answer when its head lot alone could not take the debit (or the wallet
+changed after its snapshot), whatever else: run `_debit_lots_sql`, which decides."""
+_HEAD_COLUMNS = """
+       coalesce(w.expired_micros, 0) AS expired_micros,"""
+
+
+def _debit_head_sql() -> str:
+    """The usage debit of a wallet tracking lots whose first live lot covers it (a wallet with a
+    promotional grant or expiring credit: nearly each of its debits): what the store runs first
+    for a wallet it saw tracking lots. It locks no lot and reads the lots once, as of its
+    snapshot (`app.ledger.statements.head_lot_ctes`); the wallet's UPDATE applies it only if the
+    wallet's row is the version those lots were read with. Else, or when the head lot is short,
+    nothing is written and it answers `lots`: the store runs `_debit_lots_sql`. A replay or a
+    spend-limit refusal is answered here, as by the others."""
+    return f"""
+WITH existing AS (
+    {_EXISTING_DEBIT}
+), {_limit_ctes("$3", "$8", "$4", replay_first=False)},
+{head_lot_ctes("$3", "$4", "$7")}, wallet AS (
+    {head_wallet_update("$3", "$4", when=_ALLOWED)}
+), lot_draws AS (
+    {HEAD_DRAW_UPDATE.format(amount="$4")}
+), {_spend_and_txn()}, {_usage_entries("$4", "$7")}, {_record_and_crossing()}
+{_debit_answer(_HEAD_OUTCOME, _HEAD_COLUMNS)}"""
 
 
 _TRANSACTION_BY_REFERENCE = f"""
@@ -918,6 +949,7 @@ SELECT {BALANCE_EVENTS.recorded_sql()} AS after_commit
 
 class _Statements(NamedTuple):
     debit: str
+    debit_head: str
     debit_lots: str
     reserve: str
     capture: str
@@ -934,6 +966,7 @@ def _sql() -> _Statements:
     asyncpg's statement cache."""
     return _Statements(
         _debit_sql(),
+        _debit_head_sql(),
         _debit_lots_sql(),
         _reserve_sql(),
         _capture_sql(),
@@ -1263,9 +1296,13 @@ class UsageStore:
                         self._lot_wallets.clear()
                     self._lot_wallets.add(user_id)
             if record is None:
-                record = await self._write(statements.debit_lots, *args)
-                if not record["tracks_lots"]:
-                    self._lot_wallets.discard(user_id)
+                # First from the head lot alone, which writes nothing unless it covers the debit
+                # and no lot changed after its snapshot; then over all the lots, which decides.
+                record = await self._write(statements.debit_head, *args)
+                if record["outcome"] == "lots":
+                    record = await self._write(statements.debit_lots, *args)
+                    if not record["tracks_lots"]:
+                        self._lot_wallets.discard(user_id)
         except asyncpg.UniqueViolationError:
             # A twin with the same request id committed first: answer from the original.
             return await self._replay(reference, debit.user_id)
