@@ -829,6 +829,14 @@ class StripeGateway:
                 raise
             return await self.retrieve_invoice(str(finalized["id"]))
 
+    async def _create_credit_note(self, params: CreditNoteCreateParams, key: str) -> StripeJSON:
+        """Issue a credit note (both kinds: a whole invoice's and a refund's)."""
+        return await self._write(
+            "credit_notes.create",
+            key,
+            lambda v1, options: v1.credit_notes.create_async(params, options),
+        )
+
     async def credit_whole_invoice(
         self, invoice: StripeJSON, *, reason: str, memo: str, key: str
     ) -> StripeJSON:
@@ -846,11 +854,7 @@ class StripeGateway:
             "reason": reason,
             "memo": memo,
         }
-        return await self._write(
-            "credit_notes.create",
-            key,
-            lambda v1, options: v1.credit_notes.create_async(params, options),
-        )
+        return await self._create_credit_note(params, key)
 
     async def credit_refund(
         self,
@@ -877,11 +881,7 @@ class StripeGateway:
             "refunds": [{"refund": refund_id, "amount_refunded": refunded_cents}],
             "memo": "Refund",
         }
-        return await self._write(
-            "credit_notes.create",
-            key,
-            lambda v1, options: v1.credit_notes.create_async(params, options),
-        )
+        return await self._create_credit_note(params, key)
 
     # -- webhooks --------------------------------------------------------------------------------
 
