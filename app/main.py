@@ -203,6 +203,7 @@ def create_app(settings: Settings | None = None) -> BillingApp:
             max_size=settings.database_pool_size,
             primary=primary,
             combine_debits=settings.gateway_combine_debits,
+            debits_in_flight=settings.gateway_debits_in_flight or None,
         )
         primary.watch()
         # The gateway's tokens are read on the gateway's own connections (its asyncpg pool), and

@@ -1152,6 +1152,7 @@ class UsageStore:
         *,
         reads: asyncpg.Pool | None = None,
         combine_debits: bool = False,
+        debits_in_flight: int | None = None,
     ) -> None:
         self._pool: Any = pool if isinstance(pool, asyncpg.Pool) else _OneConnection(pool)
         self._reads: Any = reads if reads is not None else self._pool
@@ -1163,7 +1164,9 @@ class UsageStore:
         statement first, sparing the other one's refusal. Only a hint: either statement is
         right for any wallet (the first refuses a wallet tracking lots), so a stale entry costs
         time, never a different outcome."""
-        self._combiner = Combiner(self._debit_alone, self.debit_batch, combine=combine_debits)
+        self._combiner = Combiner(
+            self._debit_alone, self.debit_batch, combine=combine_debits, bound=debits_in_flight
+        )
         self._lot_holds: set[str] = set()
         """Holds this store reserved on a wallet it saw tracking lots: their capture runs the
         lots statement first (a capture names no user), the same kind of hint."""
@@ -1176,6 +1179,7 @@ class UsageStore:
         max_size: int,
         primary: Primary | None = None,
         combine_debits: bool = False,
+        debits_in_flight: int | None = None,
     ) -> UsageStore:
         """A store on pools of its own, `max_size` connections for the writes and
         `read_pool_size(max_size)` for the reads, connecting through `primary` (the service
@@ -1199,7 +1203,9 @@ class UsageStore:
         except BaseException:
             await pool.close()
             raise
-        return cls(pool, reads=reads, combine_debits=combine_debits)
+        return cls(
+            pool, reads=reads, combine_debits=combine_debits, debits_in_flight=debits_in_flight
+        )
 
     @property
     def pool(self) -> asyncpg.Pool:

@@ -1,6 +1,7 @@
-"""Debits of one wallet combined in the process (`app/usage/combining.py`, on by default): the
-debits that arrive while one of the wallet's debits is in flight go together as one batch, with
-exactly the outcomes of applying them one by one in arrival order."""
+"""Debits combined in the process (`app/usage/combining.py`, on by default): the debits that
+arrive while one of the wallet's debits is in flight go together as one batch, and past the
+bound of statements in flight those of any wallets do, with exactly the outcomes of applying
+them one by one in arrival order."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.errors import InsufficientBalance
 from app.ledger.service import insufficient_balance
+from app.ledger.verify import verify_ledger
 from app.models.base import utcnow
 from app.models.ledger import LotSource
 from app.usage.combining import MIN_COMBINED, Combiner
@@ -135,6 +137,54 @@ async def test_repeats_of_one_request_id_combined_debit_once(
     assert (await gateway_balance(client, gateway_headers, "cy"))["balance_micros"] == (
         1_000_000 - spent
     )
+
+
+@pytest.mark.parametrize(
+    "settings_overrides",
+    [
+        {
+            "database_pool_size": RACE_POOL_SIZE,
+            "service_token_cache_seconds": 60,
+            "gateway_combine_debits": True,
+            "gateway_debits_in_flight": 2,
+        }
+    ],
+)
+async def test_debits_of_many_wallets_past_the_bound_go_as_batches_and_are_exact(
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    gateway_headers: dict[str, str],
+    session_maker: Maker,
+) -> None:
+    users = [f"many-{i}" for i in range(30)]
+    for i, user in enumerate(users):
+        # Every third wallet can pay for 4 of its 10 debits, the others for all of them.
+        await deposit(client, admin_headers, user, 28_000 if i % 3 == 0 else 100_000)
+    await gateway_balance(client, gateway_headers, users[0])
+    before = combined()
+    jobs = [
+        (lambda user=user: debit(client, gateway_headers, user, 7_000, model="m"))
+        for _ in range(10)
+        for user in users
+    ]
+    responses = await together(jobs, workers=60)
+    assert combined() - before > 0, "no debit was combined"
+    assert Counter(r.status_code for r in responses) == {201: 10 * 20 + 4 * 10, 402: 6 * 10}
+    for i, user in enumerate(users):
+        expected = 0 if i % 3 == 0 else 100_000 - 70_000
+        assert (await gateway_balance(client, gateway_headers, user))["balance_micros"] == expected
+    async with session_maker() as session:
+        shared = (
+            await session.execute(
+                text(
+                    "SELECT count(*) FROM (SELECT transaction_id FROM usage_records"
+                    " WHERE user_id LIKE 'many-%' GROUP BY transaction_id"
+                    " HAVING count(DISTINCT user_id) > 1) t"
+                )
+            )
+        ).scalar_one()
+        assert shared > 0, "no batch carried debits of several wallets"
+        assert await verify_ledger(session) == []
 
 
 # The coordination alone, with the store's two calls as plain functions.
@@ -258,5 +308,55 @@ async def test_off_every_debit_goes_alone() -> None:
     store.release.set()
     combiner = Combiner(store.debit_alone, store.debit_batch, combine=False)
     await asyncio.gather(*(combiner.debit(_debit("u", r)) for r in "abc"))
+    assert store.alone == ["a", "b", "c"]
+    assert store.batches == []
+
+
+async def test_past_the_bound_debits_of_any_wallets_wait_and_go_as_one_batch() -> None:
+    store = _Store()
+    combiner = Combiner(store.debit_alone, store.debit_batch, min_batch=3, bound=1)
+    first = asyncio.ensure_future(combiner.debit(_debit("u", "a")))
+    await asyncio.sleep(0)
+    queued = [
+        asyncio.ensure_future(combiner.debit(_debit(user, request_id)))
+        for user, request_id in (("w", "c"), ("v", "b"), ("w", "poor"), ("v", "d"))
+    ]
+    await asyncio.sleep(0)
+    assert store.alone == ["a"]
+    assert combiner.statements_in_flight == 1
+    store.release.set()
+    assert (await first).transaction_id == "txn-a"
+    assert (await queued[0]).transaction_id == "txn-c"
+    assert (await queued[1]).transaction_id == "txn-b"
+    with pytest.raises(InsufficientBalance):
+        await queued[2]
+    assert (await queued[3]).transaction_id == "txn-d"
+    # One batch, sorted by wallet, each wallet's debits in the order they arrived.
+    assert store.batches == [["b", "d", "c", "poor"]]
+    assert combiner.statements_in_flight == 0
+    assert combiner.in_flight == 0
+
+
+async def test_past_the_bound_fewer_than_min_combined_go_alone_in_arrival_order() -> None:
+    store = _Store()
+    combiner = Combiner(store.debit_alone, store.debit_batch, min_batch=3, bound=2)
+    running = [asyncio.ensure_future(combiner.debit(_debit(u, r))) for u, r in ("ua", "vb")]
+    await asyncio.sleep(0)
+    queued = [asyncio.ensure_future(combiner.debit(_debit(u, r))) for u, r in ("wc", "xd")]
+    await asyncio.sleep(0)
+    assert store.alone == ["a", "b"]
+    store.release.set()
+    await asyncio.gather(*running)
+    assert [(await q).transaction_id for q in queued] == ["txn-c", "txn-d"]
+    assert store.alone == ["a", "b", "c", "d"]
+    assert store.batches == []
+    assert combiner.statements_in_flight == 0
+
+
+async def test_below_the_bound_nothing_waits() -> None:
+    store = _Store()
+    store.release.set()
+    combiner = Combiner(store.debit_alone, store.debit_batch, min_batch=2, bound=3)
+    await asyncio.gather(*(combiner.debit(_debit(u, r)) for u, r in ("ua", "vb", "wc")))
     assert store.alone == ["a", "b", "c"]
     assert store.batches == []
