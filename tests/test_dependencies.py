@@ -4,6 +4,7 @@ webhook route's three getters of `app/deps.py` were a large share of its CPU und
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Iterator
 from typing import Any
@@ -41,3 +42,14 @@ def test_no_endpoint_or_dependency_runs_in_the_threadpool() -> None:
         if not _awaited(call)
     )
     assert threaded == []
+
+
+def test_httpcore_finds_sniffio_without_searching_the_disk() -> None:
+    # httpcore imports sniffio inside its calls, several per Stripe request: a missing module
+    # is searched for on sys.path each time (a lasting cost of the Stripe reads).
+    import sniffio
+
+    async def library() -> str:
+        return sniffio.current_async_library()
+
+    assert asyncio.run(library()) == "asyncio"
