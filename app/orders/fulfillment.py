@@ -487,6 +487,10 @@ async def _record_details(session: AsyncSession, payments: list[tuple[str, Strip
     wait ended in one statement (under the rows' locks), the receipts put into the credits'
     notifications not delivered yet (one statement), and the cards the payments saved
     recorded, once."""
+    unique: dict[str, StripePayment] = {}
+    for order_id, payment in payments:
+        unique.setdefault(order_id, payment)  # two reads of one order: the first is written
+    payments = list(unique.items())
     users = await orders_repository.record_details(
         session,
         [

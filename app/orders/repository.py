@@ -233,18 +233,17 @@ async def record_details(session: AsyncSession, details: Sequence[Details]) -> d
     """Fill paid orders' empty charge, receipt and invoice from Stripe reads and end their wait
     for them (`details_due_at`), all in one statement that takes the rows' locks: only while
     they are still owed, so of two readers at once one records them. Returns the user of each
-    order it recorded (an order missing owed nothing any more). One entry per order (the
-    first is kept). Orders loaded in the session are not refreshed."""
-    unique = list({d.order_id: d for d in reversed(details)}.values())
-    if not unique:
+    order it recorded (an order missing owed nothing any more); one entry per order. Orders
+    loaded in the session are not refreshed."""
+    if not details:
         return {}
     result = await session.execute(
         _RECORD_DETAILS,
         {
-            "ids": [d.order_id for d in unique],
-            "charges": [d.charge_id for d in unique],
-            "receipts": [d.receipt_url for d in unique],
-            "invoices": [d.invoice_id for d in unique],
+            "ids": [d.order_id for d in details],
+            "charges": [d.charge_id for d in details],
+            "receipts": [d.receipt_url for d in details],
+            "invoices": [d.invoice_id for d in details],
             "now": utcnow(),
         },
     )
