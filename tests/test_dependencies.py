@@ -1,6 +1,6 @@
 """Every endpoint and dependency of the app is a coroutine (or an async generator): FastAPI runs
 a plain `def` one in its threadpool, a thread hop per dependency per request (issue 22: the
-webhook route's three getters of `app/deps.py` were a large share of its CPU under load)."""
+webhook route had three, the getters of `app/deps.py`)."""
 
 from __future__ import annotations
 
