@@ -100,6 +100,7 @@ def create_engine(
         async_creator=connect,
     )
     _refuse_unreplicated_commits(engine)
+    _ping_in_one_round_trip(engine)
     event.listen(engine.sync_engine, "handle_error", _read_only_is_a_disconnect)
     return engine
 
@@ -116,6 +117,24 @@ def _refuse_unreplicated_commits(engine: AsyncEngine) -> None:
         raise_if_unreplicated(dbapi_connection.driver_connection)
 
     setattr(dialect, "do_commit", do_commit)  # noqa: B010 - an instance's method, on purpose
+
+
+def _ping_in_one_round_trip(engine: AsyncEngine) -> None:
+    """Make the pool's pre-ping one empty statement (`;`, one round trip) instead of the asyncpg
+    dialect's BEGIN, `;`, ROLLBACK (three): its transaction is there for pgbouncer's transaction
+    mode, which this service does not run behind, and every checkout pays for it. A failure is
+    translated as the dialect's own ping translates it, so a dead connection is still a
+    disconnect (replaced) and anything else still raises."""
+    dialect = engine.sync_engine.dialect
+
+    def do_ping(dbapi_connection: Any) -> bool:
+        try:
+            dbapi_connection.run_async(lambda connection: connection.fetchrow(";"))
+        except Exception as error:
+            dbapi_connection._handle_exception(error)  # raises the dialect's DBAPI error
+        return True
+
+    setattr(dialect, "do_ping", do_ping)  # noqa: B010 - an instance's method, on purpose
 
 
 def _read_only_is_a_disconnect(context: Any) -> None:

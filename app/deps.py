@@ -5,11 +5,15 @@ They are built once by the lifespan in `app.main.create_app` (settings when the 
 and kept on `app.state`; these getters are the one place routers reach them. The request's
 session is `app.db.SessionDep`, the caller `app.auth.CurrentUser`/`AdminUser`, and a route's rate
 limit `app.rate_limits.rate_limited(scope)`: those providers read their own piece of `app.state`.
+
+Every getter is `async def`, also those that only read an attribute: FastAPI runs a plain `def`
+dependency in its threadpool, a thread hop (and a wake-up of the event loop) per dependency per
+request (`tests/test_dependencies.py`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any, NamedTuple, Protocol
 
@@ -21,10 +25,10 @@ from app.rate_limits import RateLimiter
 from app.stripe_gateway import StripeGateway
 
 
-def _from_state(name: str, doc: str) -> Callable[[Request], Any]:
+def _from_state(name: str, doc: str) -> Callable[[Request], Awaitable[Any]]:
     """A dependency that hands out `app.state.<name>` (set once in the lifespan)."""
 
-    def get(request: Request) -> Any:
+    async def get(request: Request) -> Any:
         return getattr(request.app.state, name)
 
     get.__name__ = f"get_{name}"
@@ -47,7 +51,7 @@ get_clock = _from_state(
 )
 
 
-def get_now(clock: Annotated[Callable[[], datetime], Depends(get_clock)]) -> datetime:
+async def get_now(clock: Annotated[Callable[[], datetime], Depends(get_clock)]) -> datetime:
     """The app's clock read once for the request."""
     return clock()
 
@@ -61,7 +65,7 @@ class GatewayStore(Protocol):
     def pool(self) -> Any: ...
 
 
-def get_usage_store(request: Request) -> GatewayStore | None:
+async def get_usage_store(request: Request) -> GatewayStore | None:
     """The gateway's store; None before the lifespan has started it."""
     store: GatewayStore | None = getattr(request.app.state, "usage_store", None)
     return store
@@ -86,7 +90,9 @@ class StripeWork(NamedTuple):
     settings: Settings
 
 
-def _stripe_work(maker: SessionMakerDep, stripe: StripeDep, settings: SettingsDep) -> StripeWork:
+async def _stripe_work(
+    maker: SessionMakerDep, stripe: StripeDep, settings: SettingsDep
+) -> StripeWork:
     return StripeWork(maker, stripe, settings)
 
 

@@ -124,16 +124,17 @@ DescribedCursor = Annotated[
 ]
 
 
-def _page_query(cursor: Cursor = None, limit: Limit = DEFAULT_LIMIT) -> PageRequest:
+async def _page_query(cursor: Cursor = None, limit: Limit = DEFAULT_LIMIT) -> PageRequest:
     return PageRequest(cursor, limit)
 
 
-def _described_page_query(
+async def _described_page_query(
     cursor: DescribedCursor = None, limit: Limit = DEFAULT_LIMIT
 ) -> PageRequest:
     return PageRequest(cursor, limit)
 
 
+# `async def`, as every dependency here: a plain `def` one runs in FastAPI's threadpool.
 PageQuery = Annotated[PageRequest, Depends(_page_query)]
 """A list route's `cursor` and `limit` query parameters (after the route's own ones)."""
 DescribedPageQuery = Annotated[PageRequest, Depends(_described_page_query)]

@@ -9,7 +9,8 @@ import pytest
 from fastapi import APIRouter
 from sqlalchemy import func, select
 
-from app.db import SessionDep, session_scope
+from app.config import Settings
+from app.db import SessionDep, create_engine, session_scope
 from app.models import ServiceToken
 
 probe = APIRouter()
@@ -47,3 +48,19 @@ async def _count(session_maker: Any) -> int:
         return int(
             (await session.execute(select(func.count()).select_from(ServiceToken))).scalar_one()
         )
+
+
+async def test_the_pool_pings_a_connection_with_one_statement(settings: Settings) -> None:
+    engine = create_engine(settings)
+    try:
+        async with engine.connect() as connection:  # a new connection: not pinged
+            raw = await connection.get_raw_connection()
+            driver = raw.driver_connection
+        assert driver is not None
+        sent: list[str] = []
+        driver.add_query_logger(lambda logged: sent.append(logged.query))
+        async with engine.connect():  # the same one, from the pool: pinged at checkout
+            pass
+        assert sent == [";"]  # no BEGIN and ROLLBACK around it: one round trip, not three
+    finally:
+        await engine.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -184,24 +185,32 @@ async def record_outcome(
     )
 
 
-_FILL_RECEIPT = text(
+_FILL_RECEIPTS = text(
     """
     UPDATE notifications
-    SET data = CAST(CAST(data AS jsonb) || jsonb_build_object('receipt_url', CAST(:url AS text))
+    SET data = CAST(CAST(notifications.data AS jsonb) || jsonb_build_object('receipt_url', r.url)
                     AS json)
-    WHERE user_id = :user_id AND type IN ('topup.succeeded', 'auto_topup.succeeded')
-      AND data ->> 'order_id' = :order_id AND data ->> 'receipt_url' IS NULL
-      AND email_attempts = 0 AND webhook_attempts = 0
-      AND email_sent_at IS NULL AND webhook_sent_at IS NULL
+    FROM unnest(CAST(:user_ids AS text[]), CAST(:order_ids AS text[]), CAST(:urls AS text[]))
+         AS r(user_id, order_id, url)
+    WHERE notifications.user_id = r.user_id
+      AND notifications.type IN ('topup.succeeded', 'auto_topup.succeeded')
+      AND notifications.data ->> 'order_id' = r.order_id
+      AND notifications.data ->> 'receipt_url' IS NULL
+      AND notifications.email_attempts = 0 AND notifications.webhook_attempts = 0
+      AND notifications.email_sent_at IS NULL AND notifications.webhook_sent_at IS NULL
     """
 )
 
 
-async def fill_receipt_url(session: AsyncSession, user_id: str, order_id: str, url: str) -> int:
-    """Put an order's receipt link into its top-up notifications that no channel has tried to
-    deliver yet (their payload was written by the credit, before Stripe was asked for the
-    receipt). Returns how many it filled."""
+async def fill_receipt_urls(session: AsyncSession, receipts: Sequence[tuple[str, str, str]]) -> int:
+    """Put orders' receipt links (`(user_id, order_id, url)`, one per order) into their top-up
+    notifications that no channel has tried to deliver yet (their payload was written by the
+    credit, before Stripe was asked for the receipt), in one statement. Returns how many it
+    filled."""
+    if not receipts:
+        return 0
+    user_ids, order_ids, urls = (list(column) for column in zip(*receipts, strict=True))
     result = await session.execute(
-        _FILL_RECEIPT, {"user_id": user_id, "order_id": order_id, "url": url}
+        _FILL_RECEIPTS, {"user_ids": user_ids, "order_ids": order_ids, "urls": urls}
     )
     return int(getattr(result, "rowcount", 0) or 0)

@@ -8,6 +8,7 @@ mail server or webhook receiver never delays or fails a money movement.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -63,7 +64,10 @@ def refuse_unusable_email(user: Principal) -> None:
         )
 
 
-async def fill_receipt_url(session: AsyncSession, user_id: str, order_id: str, url: str) -> None:
-    """A paid order's receipt arrived after its credit (read from Stripe after the commit): the
-    `topup.succeeded` / `auto_topup.succeeded` notification not yet delivered carries it too."""
-    await repository.fill_receipt_url(session, user_id, order_id, url)
+async def fill_receipt_urls(
+    session: AsyncSession, receipts: Sequence[tuple[str, str, str]]
+) -> None:
+    """Paid orders' receipts (`(user_id, order_id, url)`) arrived after their credits (read
+    from Stripe after the commit): the `topup.succeeded` / `auto_topup.succeeded` notifications
+    not yet delivered carry them too."""
+    await repository.fill_receipt_urls(session, receipts)

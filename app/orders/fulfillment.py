@@ -18,6 +18,8 @@ always credits, even an order we had closed, because the money is the user's eit
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import weakref
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -35,7 +37,7 @@ from app.models.ledger import LotSource
 from app.models.orders import Order, OrderKind, OrderMode
 from app.money import cents_to_micros, micros_to_cents
 from app.notifications import events
-from app.notifications.service import enqueue, fill_receipt_url
+from app.notifications.service import enqueue, fill_receipt_urls
 from app.orders import repository as orders_repository
 from app.orders.state import (
     CLOSED_UNPAID_STATUSES,
@@ -254,7 +256,7 @@ async def _credit(
             # A read (a sync, the result page) brought what the credit's event lacked: the
             # order's changes written first, the row read back for the caller after.
             await session.flush()
-            await _record_details(session, order.id, payment)
+            await _record_details(session, [(order.id, payment)])
             await session.refresh(order)
         return "already paid"
     pi_id = payment.payment_intent_id
@@ -475,30 +477,95 @@ async def read_details(
         return isinstance(exc, StripeObjectNotFound)  # nothing to read, ever
     if payment is None:
         return True
-    async with session_scope(maker) as session:
-        await _record_details(session, order.id, payment)
+    await _writer(maker).record(order.id, payment)
     return True
 
 
-async def _record_details(session: AsyncSession, order_id: str, payment: StripePayment) -> None:
-    """What a read says beyond the credit, on a paid order whose details are owed: its empty
-    charge, receipt and invoice filled and the wait ended in one statement (under the row's
-    lock), the receipt put into the credit's notification if it is not delivered yet, and the
-    card the payment saved recorded, once."""
-    user_id = await orders_repository.record_details(
+async def _record_details(session: AsyncSession, payments: list[tuple[str, StripePayment]]) -> None:
+    """What reads say beyond the credit, on paid orders whose details are owed (order id and
+    Stripe's answer, one per order): their empty charges, receipts and invoices filled and the
+    wait ended in one statement (under the rows' locks), the receipts put into the credits'
+    notifications not delivered yet (one statement), and the cards the payments saved
+    recorded, once."""
+    unique: dict[str, StripePayment] = {}
+    for order_id, payment in payments:
+        unique.setdefault(order_id, payment)  # two reads of one order: the first is written
+    payments = list(unique.items())
+    users = await orders_repository.record_details(
         session,
-        order_id,
-        charge_id=payment.charge_id,
-        receipt_url=payment.receipt_url,
-        invoice_id=payment.invoice_id,
+        [
+            orders_repository.Details(order_id, p.charge_id, p.receipt_url, p.invoice_id)
+            for order_id, p in payments
+        ],
     )
-    if user_id is not None and payment.receipt_url:
-        # The credit's notification was written before the receipt was known.
-        await fill_receipt_url(session, user_id, order_id, payment.receipt_url)
-    if user_id is not None and payment.payment_intent is not None:
-        saved = saved_card_of_payment_intent(payment.payment_intent)
+    recorded = [(users[order_id], order_id, p) for order_id, p in payments if order_id in users]
+    # The credits' notifications were written before the receipts were known.
+    await fill_receipt_urls(
+        session,
+        [(user_id, order_id, p.receipt_url) for user_id, order_id, p in recorded if p.receipt_url],
+    )
+    for user_id, _, p in recorded:
+        saved = saved_card_of_payment_intent(p.payment_intent) if p.payment_intent else None
         if saved is not None:
             await record_saved_card(session, user_id, saved)
+
+
+class _DetailsWriter:
+    """Group commit of the detail reads of one process (per session maker): a read hands its
+    answer over and waits for the commit; answers that arrive while a write is in flight go
+    together in the next one, so a burst of credits writes its details in a few transactions
+    (one statement per table each) instead of one transaction per order, and a lone read waits
+    for nothing. A failed write fails every read it carried (each is asked again later, as a
+    read that failed alone would be)."""
+
+    def __init__(self, maker: async_sessionmaker[AsyncSession]) -> None:
+        self._maker = maker
+        self._pending: list[tuple[str, StripePayment, asyncio.Future[None]]] = []
+        self._writing: asyncio.Task[None] | None = None
+
+    async def record(self, order_id: str, payment: StripePayment) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((order_id, payment, done))
+        if self._writing is None:
+            # In a context of its own: the writes are no request's (nor its log context).
+            self._writing = asyncio.create_task(self._drain(), context=contextvars.Context())
+        await done
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    async with session_scope(self._maker) as session:
+                        await _record_details(session, [(o, p) for o, p, _ in batch])
+                except BaseException as exc:
+                    for *_, done in batch:
+                        if not done.done():
+                            done.set_exception(exc)
+                            done.exception()  # retrieved here, whether or not a read waits
+                    if not isinstance(exc, Exception):
+                        raise
+                else:
+                    for *_, done in batch:
+                        if not done.done():
+                            done.set_result(None)
+        finally:
+            self._writing = None
+
+
+_WRITERS: weakref.WeakKeyDictionary[
+    async_sessionmaker[AsyncSession], tuple[asyncio.AbstractEventLoop, _DetailsWriter]
+] = weakref.WeakKeyDictionary()
+"""The running loop's details writer of each session maker (made again for another loop:
+tests)."""
+
+
+def _writer(maker: async_sessionmaker[AsyncSession]) -> _DetailsWriter:
+    loop = asyncio.get_running_loop()
+    found = _WRITERS.get(maker)
+    if found is None or found[0] is not loop:
+        found = _WRITERS[maker] = (loop, _DetailsWriter(maker))
+    return found[1]
 
 
 def details_retry_delay(attempts: int) -> timedelta:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
-from sqlalchemy import Select, func, or_, select, update
+from sqlalchemy import Select, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.models.base import utcnow
 from app.models.orders import Order, OrderKind
 from app.models.refunds import OPEN_REFUND_REQUEST_STATUSES, Dispute, RefundRequest
 from app.orders.schemas import OrderFilter
@@ -202,28 +204,47 @@ async def claim_orders_missing_details(
     return claimed, given_up
 
 
-async def record_details(
-    session: AsyncSession,
-    order_id: str,
-    *,
-    charge_id: str | None,
-    receipt_url: str | None,
-    invoice_id: str | None,
-) -> str | None:
-    """Fill a paid order's empty charge, receipt and invoice from a Stripe read and end its wait
-    for them (`details_due_at`), in one statement that takes the row's lock: only while they
-    are still owed, so of two readers at once one records them. Returns the order's user when
-    it did (None: nothing was owed any more). An order loaded in the session is not refreshed."""
-    stmt = (
-        update(Order)
-        .where(Order.id == order_id, Order.details_due_at.is_not(None))
-        .values(
-            stripe_charge_id=func.coalesce(Order.stripe_charge_id, charge_id),
-            receipt_url=func.coalesce(Order.receipt_url, receipt_url),
-            stripe_invoice_id=func.coalesce(Order.stripe_invoice_id, invoice_id),
-            details_due_at=None,
-        )
-        .returning(Order.user_id)
-        .execution_options(synchronize_session=False)
+class Details(NamedTuple):
+    """What a Stripe read says of a paid order beyond its credit."""
+
+    order_id: str
+    charge_id: str | None
+    receipt_url: str | None
+    invoice_id: str | None
+
+
+_RECORD_DETAILS = text(
+    """
+    UPDATE orders
+    SET stripe_charge_id = coalesce(orders.stripe_charge_id, d.charge_id),
+        receipt_url = coalesce(orders.receipt_url, d.receipt_url),
+        stripe_invoice_id = coalesce(orders.stripe_invoice_id, d.invoice_id),
+        details_due_at = NULL,
+        updated_at = :now
+    FROM unnest(CAST(:ids AS text[]), CAST(:charges AS text[]), CAST(:receipts AS text[]),
+                CAST(:invoices AS text[])) AS d(id, charge_id, receipt_url, invoice_id)
+    WHERE orders.id = d.id AND orders.details_due_at IS NOT NULL
+    RETURNING orders.id, orders.user_id
+    """
+)
+
+
+async def record_details(session: AsyncSession, details: Sequence[Details]) -> dict[str, str]:
+    """Fill paid orders' empty charge, receipt and invoice from Stripe reads and end their wait
+    for them (`details_due_at`), all in one statement that takes the rows' locks: only while
+    they are still owed, so of two readers at once one records them. Returns the user of each
+    order it recorded (an order missing owed nothing any more); one entry per order. Orders
+    loaded in the session are not refreshed."""
+    if not details:
+        return {}
+    result = await session.execute(
+        _RECORD_DETAILS,
+        {
+            "ids": [d.order_id for d in details],
+            "charges": [d.charge_id for d in details],
+            "receipts": [d.receipt_url for d in details],
+            "invoices": [d.invoice_id for d in details],
+            "now": utcnow(),
+        },
     )
-    return (await session.execute(stmt)).scalar_one_or_none()
+    return {str(order_id): str(user_id) for order_id, user_id in result.all()}

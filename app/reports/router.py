@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
@@ -47,12 +48,17 @@ class UsageWindow:
     """A report's `[from, to)` query parameters (after the route's own ones) and the app's clock,
     which fills in what they leave out."""
 
-    now: Now
-    start: From = None
-    to: To = None
+    now: datetime
+    start: datetime | None = None
+    to: datetime | None = None
 
 
-Window = Annotated[UsageWindow, Depends()]
+async def _window(now: Now, start: From = None, to: To = None) -> UsageWindow:
+    # `async def`: FastAPI would run a class or plain `def` dependency in its threadpool.
+    return UsageWindow(now, start, to)
+
+
+Window = Annotated[UsageWindow, Depends(_window)]
 
 
 def usage_summary_out(groups: list[GroupRow]) -> UsageSummaryOut:

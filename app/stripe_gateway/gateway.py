@@ -5,7 +5,10 @@ with the async HTTPX transport; no global `stripe.api_key`. Each method takes ou
 idempotency key from them, calls the SDK's typed `*_async` method with its typed params
 (`stripe.params.…`, so mypy checks every parameter name and shape), and either returns the
 Stripe object as plain JSON (`StripeJSON`: the API's documented shape, the same shape a webhook
-event carries in `data.object`) or raises one of the errors in `app.stripe_gateway.errors`.
+event carries in `data.object`) or raises one of the errors in `app.stripe_gateway.errors`. The two
+reads every paid order makes (its PaymentIntent, its Checkout Session: `_read`) go through the
+SDK's raw request instead, whose parsed JSON is the answer as it is (the same retries, errors and
+metrics; no SDK objects built and turned back into JSON).
 
 The SDK retries connection errors, timeouts, 409 and 5xx answers `max_network_retries` times
 (with the same idempotency key, with backoff 0.5 s then 1 s); each attempt is bounded by
@@ -30,6 +33,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import quote_plus
 
 import stripe
 import structlog
@@ -137,7 +141,7 @@ def customer_idempotency_key(user_id: str, *, replaces: str | None = None) -> st
     return f"{prefix}-sha256:" + hashlib.sha256(user_id.encode()).hexdigest()
 
 
-Send = Callable[[V1Services], Awaitable[stripe.StripeObject]]
+Send = Callable[[V1Services], Awaitable[stripe.StripeObject | stripe.StripeResponse]]
 """One SDK call, given the client's `v1` services: `lambda v1: v1.refunds.retrieve_async(id)`,
 typed by the SDK (params as `stripe.params.…`), so mypy checks every name."""
 
@@ -176,7 +180,12 @@ def _order_payment_intent(args: OrderArgs, description: str) -> PaymentIntentCre
     }
 
 
-def _plain(obj: stripe.StripeObject) -> StripeJSON:
+def _plain(obj: stripe.StripeObject | stripe.StripeResponse) -> StripeJSON:
+    if isinstance(obj, stripe.StripeResponse):
+        data = obj.data  # the response's JSON as parsed (a raw request's)
+        if not isinstance(data, dict):
+            raise TypeError(f"Stripe answered {type(data).__name__}, not an object")
+        return data
     return obj.to_dict(recursive=True, for_json=True)
 
 
@@ -274,6 +283,20 @@ class StripeGateway:
         )
         return _plain(result)
 
+    async def _read(self, operation: str, path: str, expand: list[str]) -> StripeJSON:
+        """A GET of one object that the payment paths read on every credit (its PaymentIntent,
+        its Checkout Session), as `_call` makes any call (deadline, retries, errors, metrics),
+        through the SDK's raw request: its JSON is used as parsed, not built into SDK objects
+        and turned back into JSON (more CPU than the HTTP request itself)."""
+        return await self._call(operation, lambda _: self._get(path, expand))
+
+    async def _get(self, path: str, expand: list[str]) -> stripe.StripeResponse:
+        assert self._client is not None  # `_call` refuses first when Stripe is not configured
+        response: stripe.StripeResponse = await self._client.raw_request_async(
+            "get", path, expand=expand
+        )
+        return response
+
     async def _write(self, operation: str, key: str, send: Write) -> StripeJSON:
         """A write under idempotency key `key`: sent in its request options, named in the logs
         and errors of the call."""
@@ -360,11 +383,10 @@ class StripeGateway:
     async def retrieve_payment_intent(self, payment_intent_id: str) -> StripeJSON:
         """The PaymentIntent with `latest_charge` expanded (the charge object, with
         `receipt_url`, or None before any attempt)."""
-        return await self._call(
+        return await self._read(
             "payment_intents.retrieve",
-            lambda v1: v1.payment_intents.retrieve_async(
-                payment_intent_id, {"expand": _EXPAND_LATEST_CHARGE}
-            ),
+            f"/v1/payment_intents/{quote_plus(payment_intent_id)}",
+            _EXPAND_LATEST_CHARGE,
         )
 
     async def cancel_payment_intent(self, payment_intent_id: str) -> StripeJSON:
@@ -486,11 +508,10 @@ class StripeGateway:
     async def retrieve_checkout_session(self, session_id: str) -> StripeJSON:
         """The Checkout Session with `payment_intent` and its `latest_charge` expanded
         (`payment_intent` is None until the user paid or tried to)."""
-        return await self._call(
+        return await self._read(
             "checkout.sessions.retrieve",
-            lambda v1: v1.checkout.sessions.retrieve_async(
-                session_id, {"expand": ["payment_intent.latest_charge"]}
-            ),
+            f"/v1/checkout/sessions/{quote_plus(session_id)}",
+            ["payment_intent.latest_charge"],
         )
 
     async def expire_checkout_session(self, session_id: str) -> StripeJSON:
