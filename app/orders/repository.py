@@ -237,6 +237,9 @@ async def record_details(session: AsyncSession, details: Sequence[Details]) -> d
     loaded in the session are not refreshed."""
     if not details:
         return {}
+    # Sorted by id, so that two writers of overlapping orders (two processes' jobs, the
+    # reconciler) ask for the rows' locks in the same order and do not deadlock each other.
+    details = sorted(details, key=lambda d: d.order_id)
     result = await session.execute(
         _RECORD_DETAILS,
         {
