@@ -139,10 +139,11 @@ def head_wallet_update(user: str, amount: str, *, when: str = "") -> str:
               d.expired AS expired_micros"""
 
 
-HEAD_DRAW_UPDATE = """UPDATE credit_lots l SET remaining_micros = l.remaining_micros - {amount}
+def head_draw_update(amount: str) -> str:
+    """The `lot_draws` CTE of `head_lot_ctes`: `amount` off the head lot, once the `wallet` CTE
+    took the debit."""
+    return f"""UPDATE credit_lots l SET remaining_micros = l.remaining_micros - {amount}
     FROM head h WHERE l.id = h.id AND EXISTS (SELECT 1 FROM wallet)"""
-"""The `lot_draws` CTE of `head_lot_ctes` (`.format(amount=…)`): the head lot drawn, once the
-`wallet` CTE took the debit."""
 
 
 LOT_DRAWS_UPDATE = """UPDATE credit_lots l SET remaining_micros = l.remaining_micros - d.drawn

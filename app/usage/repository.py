@@ -60,12 +60,12 @@ from app.ledger.repository import WalletRow
 from app.ledger.service import insufficient_balance
 from app.ledger.statement_repository import BATCH_REFERENCE_PREFIX
 from app.ledger.statements import (
-    HEAD_DRAW_UPDATE,
     LOT_DRAWS_UPDATE,
     LOT_ORDER,
     covered_wallet_update,
     drawn_wallet_update,
     expired_lots,
+    head_draw_update,
     head_lot_ctes,
     head_wallet_update,
     locked_wallet,
@@ -418,7 +418,7 @@ WITH existing AS (
 {head_lot_ctes("$3", "$4", "$7")}, wallet AS (
     {head_wallet_update("$3", "$4", when=_ALLOWED)}
 ), lot_draws AS (
-    {HEAD_DRAW_UPDATE.format(amount="$4")}
+    {head_draw_update("$4")}
 ), {_spend_and_txn()}, {_usage_entries("$4", "$7")}, {_record_and_crossing()}
 {_debit_answer(_HEAD_OUTCOME, _HEAD_COLUMNS)}"""
 

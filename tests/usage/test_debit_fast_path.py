@@ -14,7 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db import session_scope
@@ -22,6 +21,7 @@ from app.ledger import lots
 from app.models.base import utcnow
 from app.models.ledger import LotSource
 from app.usage.repository import APPLICATION_NAME, UsageStore, _sql
+from testing.helpers.concurrency import lock_waited
 from testing.helpers.ledger import debit, deposit
 from testing.helpers.lots import add_lot, booked, remaining, wallet
 
@@ -142,18 +142,7 @@ async def test_the_head_lot_debit_writes_nothing_when_a_lot_changed_after_its_sn
             assert credited.lot is not None
             day_id = credited.lot.id
             racing = asyncio.create_task(debit(client, gateway_headers, "hal", 1_500))
-            for _ in range(500):
-                waiting = await session.execute(
-                    text(
-                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name"
-                        " AND datname = current_database() AND wait_event_type = 'Lock'"
-                    ),
-                    {"name": APPLICATION_NAME},
-                )
-                if waiting.scalar_one():
-                    break
-                await asyncio.sleep(0.01)
-            else:
+            if not await lock_waited(session, APPLICATION_NAME):
                 pytest.fail("the debit never waited for the wallet's lock")
         response = await racing
     assert response.status_code == 201, response.text

@@ -15,7 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db import session_scope
@@ -23,6 +22,7 @@ from app.ledger import lots
 from app.models.base import utcnow
 from app.models.ledger import LotSource
 from app.usage.repository import APPLICATION_NAME, UsageStore, _sql
+from testing.helpers.concurrency import lock_waited
 from testing.helpers.ledger import deposit
 from testing.helpers.lots import add_lot, booked, remaining, wallet
 
@@ -160,18 +160,7 @@ async def test_a_capture_that_waited_on_a_first_lots_credit_draws_that_lot(
             assert credited.lot is not None
             grant_id = credited.lot.id
             capture = asyncio.create_task(_capture(client, gateway_headers, hold_id, 2_500))
-            for _ in range(500):
-                waiting = await session.execute(
-                    text(
-                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name"
-                        " AND datname = current_database() AND wait_event_type = 'Lock'"
-                    ),
-                    {"name": APPLICATION_NAME},
-                )
-                if waiting.scalar_one():
-                    break
-                await asyncio.sleep(0.01)
-            else:
+            if not await lock_waited(session, APPLICATION_NAME):
                 pytest.fail("the capture never waited for the wallet's lock")
         captured = await capture
     assert captured.status_code == 200, captured.text
