@@ -10,6 +10,7 @@ wallets. A scope may carry two rows (an operator's and the user's); both apply.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import NamedTuple
 
 from sqlalchemy import delete, func, select, tuple_
 from sqlalchemy.dialects import postgresql
@@ -88,30 +89,26 @@ async def count_key_limits(session: AsyncSession, user_id: str, set_by: str) -> 
     ).scalar_one()
 
 
-async def add_limit(
-    session: AsyncSession,
-    *,
-    user_id: str,
-    scope: str,
-    set_by: str,
-    set_by_operator: str | None,
-    limit_micros: int,
-    period: str,
-    now: datetime,
-) -> bool:
+class NewLimit(NamedTuple):
+    """A limit to insert: who sets how much on which scope, per which period."""
+
+    user_id: str
+    scope: str
+    set_by: str
+    set_by_operator: str | None
+    limit_micros: int
+    period: str
+
+
+async def add_limit(session: AsyncSession, new: NewLimit, now: datetime) -> bool:
     """Insert a limit with an empty counter (the caller fills it from what was spent); False
     when a concurrent request inserted it first (the caller then changes that one)."""
     stmt = (
         postgresql.insert(SpendLimit)
         .values(
+            **new._asdict(),
             id=new_id("lim"),
-            user_id=user_id,
-            scope=scope,
-            set_by=set_by,
-            set_by_operator=set_by_operator,
-            limit_micros=limit_micros,
-            period=period,
-            window_start=window_start(period, now),
+            window_start=window_start(new.period, now),
             spent_micros=0,
             created_at=now,
             updated_at=now,

@@ -17,6 +17,7 @@ from app.audit.service import record_admin_action
 from app.errors import NotFound, SpendLimitSetByOperator, TooManySpendLimits, ValidationFailed
 from app.limits import repository
 from app.limits.periods import window_start
+from app.limits.repository import NewLimit
 from app.limits.schemas import SpendLimitIn
 from app.models.limits import KEY_SCOPE_PREFIX, SET_BY_OPERATOR, SET_BY_USER, SpendLimit
 from app.money import format_amount, parse_amount
@@ -105,16 +106,8 @@ async def _write_limit(
                     "one of them first.",
                     max_key_limits=max_key_limits,
                 )
-        created = await repository.add_limit(
-            session,
-            user_id=user_id,
-            scope=scope,
-            set_by=set_by,
-            set_by_operator=operator_id,
-            limit_micros=limit_micros,
-            period=body.period,
-            now=now,
-        )
+        new = NewLimit(user_id, scope, set_by, operator_id, limit_micros, body.period)
+        created = await repository.add_limit(session, new, now)
         row = _split(await repository.lock_limits(session, user_id, scope))[
             0 if operator_id is not None else 1
         ]
