@@ -3,7 +3,7 @@ reading a wallet's lots, and the draws, take-backs and sweeps of `app.ledger.lot
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -165,6 +165,13 @@ class CreditLine:
     created_at: datetime
     order_id: str | None
     description: str | None
+
+    @classmethod
+    def of_tracked(cls, lot: CreditLot) -> CreditLine:
+        """A tracked lot's line: its remainder is its own column (each field is the lot's column
+        of the same name)."""
+        assert lot.remaining_micros is not None, "a tracked lot has its remainder"
+        return cls(**{field.name: getattr(lot, field.name) for field in fields(cls)})
 
 
 # Every lot of the user with its remainder: a tracked lot's own; a never-expiring paid lot's

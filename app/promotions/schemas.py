@@ -161,20 +161,7 @@ class PromoCodeOut(BaseModel):
 
 def lot_out(lot: CreditLot, now: datetime) -> CreditOut:
     """A granted lot as the user's credit list shows it (`app.ledger.schemas.credit_out`)."""
-    # A granted lot is always tracked: its remainder is its own column.
-    assert lot.remaining_micros is not None, "a granted lot is tracked"
-    line = CreditLine(
-        id=lot.id,
-        source=lot.source,
-        kind=lot.kind,
-        amount_micros=lot.amount_micros,
-        remaining_micros=lot.remaining_micros,
-        expires_at=lot.expires_at,
-        created_at=lot.created_at,
-        order_id=lot.order_id,
-        description=lot.description,
-    )
-    return credit_out(line, now)
+    return credit_out(CreditLine.of_tracked(lot), now)
 
 
 def grant_out(credited: Credited, user_id: str, now: datetime) -> GrantOut:
