@@ -15,7 +15,11 @@ from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.errors import CaptureExceedsHold, IdempotencyConflict, InsufficientBalance, NotFound
+from app.ledger.holds import HoldResult
+from app.ledger.holds_repository import HoldCapture, HoldRequest
 from app.ledger.verify import verify_ledger
+from app.usage.repository import UsageStore
 from testing.fixtures.app import RACE_POOL_SIZE
 from testing.helpers.concurrency import together
 from testing.helpers.ledger import deposit, gateway_balance
@@ -145,4 +149,86 @@ async def test_reserves_and_captures_of_many_wallets_past_the_bound_are_batched_
             )
         ).scalar_one()
         assert spent == 8 * 7_000
+        assert await verify_ledger(session) == []
+
+
+def _request(user: str, hold_id: str, amount: int, request_hash: str = "h") -> HoldRequest:
+    return HoldRequest(user, hold_id, amount, 600, request_hash)
+
+
+async def test_a_batch_applies_the_wallets_it_can_decide_and_the_rest_go_alone_in_order(
+    app: Any,
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    session_maker: Maker,
+) -> None:
+    """One batch of each operation, called as the lane calls it, mixing every outcome: the
+    wallets decided whole are applied by the statement, the others one by one afterwards, in
+    arrival order, and each answer is the one it would have had alone."""
+    for user in ("ann", "bob", "cat", "dan"):
+        await deposit(client, admin_headers, user, 100_000)
+    store: UsageStore = app.state.usage_store
+    assert isinstance(await store.reserve(_request("bob", "bob-old", 10_000)), HoldResult)
+    reserves_before, captures_before = combined("reserve"), combined("capture")
+    outcomes = await store.reserve_batch(
+        [
+            _request("ann", "ann-1", 30_000),
+            _request("bob", "bob-1", 10_000),
+            _request("cat", "cat-1", 60_000),
+            _request("ann", "ann-2", 30_000),
+            _request("bob", "bob-old", 10_000),  # a replay: bob's reserves go alone
+            _request("cat", "cat-2", 60_000),  # past cat's balance: cat's go alone
+            _request("dan", "twice", 10_000),
+            _request("ann", "ann-3", 30_000),
+            _request("eve", "twice", 10_000, "other"),  # repeated: dan's and eve's go alone
+        ]
+    )
+    assert combined("reserve") - reserves_before == 3  # ann's three
+    held = [
+        (o.wallet.held_micros, o.replayed) if isinstance(o, HoldResult) else type(o)
+        for o in outcomes
+    ]
+    assert held == [
+        (30_000, False),
+        (20_000, False),
+        (60_000, False),
+        (60_000, False),
+        (20_000, True),
+        InsufficientBalance,
+        (10_000, False),
+        (90_000, False),
+        IdempotencyConflict,  # eve's reserve of the hold id dan has by then
+    ]
+
+    details = {"model": "m", "input_tokens": 1, "output_tokens": 1}
+    captured = await store.capture_batch(
+        [
+            HoldCapture("ann-1", 25_000, "c", details, 2.0),
+            HoldCapture("bob-1", 70_000, "c", details, 2.0),  # past 2x: bob's go alone
+            HoldCapture("ann-2", 0, "c", details, 2.0),
+            HoldCapture("bob-old", 5_000, "c", details, 2.0),
+            HoldCapture("nope", 1, "c", details, 2.0),  # no such hold: alone, 404
+            HoldCapture("cat-1", 60_000, "c", details, 2.0),
+            HoldCapture("cat-1", 60_000, "c", details, 2.0),  # repeated: cat's go alone
+            HoldCapture("ann-3", 31_000, "c", details, 2.0),
+        ]
+    )
+    assert combined("capture") - captures_before == 3  # ann's three
+    wallets = [
+        (o.wallet.balance_micros, o.wallet.held_micros, o.replayed)
+        if isinstance(o, HoldResult)
+        else type(o)
+        for o in captured
+    ]
+    assert wallets == [
+        (75_000, 60_000, False),
+        CaptureExceedsHold,
+        (75_000, 30_000, False),
+        (95_000, 10_000, False),
+        NotFound,
+        (40_000, 0, False),
+        (40_000, 0, True),
+        (44_000, 0, False),
+    ]
+    async with session_maker() as session:
         assert await verify_ledger(session) == []
