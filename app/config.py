@@ -86,10 +86,11 @@ class Settings(BaseSettings):
     the row lock). Off: each debit is its own statement, and debits of one wallet queue on its
     row lock in PostgreSQL."""
     gateway_debits_in_flight: int = Field(default=4, ge=0, le=200)
-    """With `gateway_combine_debits`: the most debit statements (debits alone, combined
-    batches) one process has in flight at once; debits of any wallets that arrive past it wait
-    and go together as one batch when a statement is done (`app/usage/combining.py`). 0: no
-    bound (only debits of one wallet are combined)."""
+    """With `gateway_combine_debits`: the most gateway write statements (debits, reserves and
+    captures, alone or combined) one process has in flight at once; debits, reserves and
+    captures of any wallets that arrive past it wait and go together, one statement per
+    operation, when a statement is done (`app/usage/combining.py`). 0: no bound (only debits
+    of one wallet are combined; holds go one by one)."""
     database_echo: bool = False
     portal_statement_timeout_ms: int = Field(default=15_000, ge=0, le=3_600_000)
     """PostgreSQL's `statement_timeout` on the service's ORM connections (the portal, operators,

@@ -17,6 +17,8 @@ so the metric names and labels live in this one file.
 - `billing_db_pool_connections{pool, state}`: `orm` and `gateway` pools, `in_use`, `idle`,
   `waiting` (callers queued for a connection), `max`.
 - `billing_rate_limited_total{limit}`: requests refused with 429 `rate_limited`.
+- `billing_usage_debits_combined_total`, `billing_gateway_holds_combined_total{operation}`
+  (reserve, capture): gateway writes that went together in one batch.
 - `billing_job_runs_total{job, outcome}`, `billing_shutdown_in_flight`.
 - `billing_db_unreplicated_commits_total`: COMMITs PostgreSQL said might not have reached the
   synchronous standby (each answered 503); `billing_db_primary_changes_total`: times this
@@ -54,6 +56,12 @@ USAGE_DEBITS_COMBINED = Counter(
     "billing_usage_debits_combined_total",
     "Gateway debits that waited for another debit of their wallet and went with it in one batch"
     " (app/usage/combining.py)",
+)
+HOLDS_COMBINED = Counter(
+    "billing_gateway_holds_combined_total",
+    "Gateway reserves and captures that waited past the bound of statements in flight and were"
+    " applied together by one statement (app/usage/combining.py)",
+    ["operation"],
 )
 STRIPE_EVENTS = Counter(
     "billing_stripe_events_total", "Stripe webhook events received", ["type", "outcome"]

@@ -3,7 +3,11 @@ connection: rows written, index insertions, heap-only (HOT) updates, and the mea
 statement as the client sees it (a round trip on loopback included). Not a load test: a probe
 to see where a hold pair's cost goes, run against its own database.
 
-    python -m bench.hold_costs [--operations 2000]
+    python -m bench.hold_costs [--operations 2000] [--batch 1]
+
+With `--batch N` (> 1), the operations go N at a time as the gateway sends those that wait past
+its bound of statements in flight (`debit_batch`, `reserve_batch`, `capture_batch`): the figures
+are still per operation.
 
 Index insertions are counted from the statistics and the catalog: each inserted row and each
 non-HOT update enters every index of its table (a partial index only when the new row satisfies
@@ -73,7 +77,7 @@ def _delta(before: dict[str, tuple[int, ...]], after: dict[str, tuple[int, ...]]
     return "\n".join(lines)
 
 
-async def main(operations: int, settings: dict[str, str]) -> None:
+async def main(operations: int, settings: dict[str, str], batch: int = 1) -> None:
     from app.ledger.holds_repository import HoldCapture, HoldRequest
     from app.usage.repository import UsageStore
     from app.usage.store import UsageDebit
@@ -110,12 +114,15 @@ async def main(operations: int, settings: dict[str, str]) -> None:
             )
 
         async def run(
-            label: str, op: Callable[[UsageStore, int], Awaitable[Any]], start: int
+            label: str,
+            op: Callable[[UsageStore, int], Awaitable[Any]],
+            start: int,
+            ops: Callable[[UsageStore, range], Awaitable[Any]],
         ) -> None:
             pool = await asyncpg.create_pool(url, min_size=1, max_size=1, server_settings=settings)
             store = UsageStore(pool)
-            for i in range(start - 200, start):  # warm: statement cache, generic plans
-                await op(store, i)
+            for i in range(start - 200, start, batch):  # warm: statement cache, generic plans
+                await (op(store, i) if batch == 1 else ops(store, range(i, i + batch)))
             await store.close()
             before = await _stats(url)
             pool = await asyncpg.create_pool(url, min_size=1, max_size=1, server_settings=settings)
@@ -124,23 +131,39 @@ async def main(operations: int, settings: dict[str, str]) -> None:
                 backend = conn.get_server_pid()
             cpu = _cpu_seconds(backend)
             began = time.perf_counter()
-            for i in range(start, start + operations):
-                await op(store, i)
+            for i in range(start, start + operations, batch):
+                await (op(store, i) if batch == 1 else ops(store, range(i, i + batch)))
             took = time.perf_counter() - began
             cpu = _cpu_seconds(backend) - cpu
             await store.close()
             after = await _stats(url)
+            each = "statement" if batch == 1 else f"operation (batches of {batch})"
             print(
-                f"{label}: {cpu / operations * 1e6:.0f} µs of its backend's CPU per statement,"
-                f" {took / operations * 1e6:.0f} µs per round trip"
+                f"{label}: {cpu / operations * 1e6:.0f} µs of its backend's CPU per {each},"
+                f" {took / operations * 1e6:.0f} µs per operation on the wire"
             )
             print(_delta(before, after, operations))
 
         for start in (1_000_000, 2_000_000):
-            await run("debit", lambda s, i: s.debit(debit(i)), start)
-            await run("reserve", lambda s, i: s.reserve(reserve(i)), start)
+            await run(
+                "debit",
+                lambda s, i: s.debit(debit(i)),
+                start,
+                lambda s, r: s.debit_batch(sorted((debit(i) for i in r), key=lambda d: d.user_id)),
+            )
+            await run(
+                "reserve",
+                lambda s, i: s.reserve(reserve(i)),
+                start,
+                lambda s, r: s.reserve_batch([reserve(i) for i in r]),
+            )
             # Its warm-up captures the holds the reserve's warm-up reserved.
-            await run("capture", lambda s, i: s.capture(capture(i)), start)
+            await run(
+                "capture",
+                lambda s, i: s.capture(capture(i)),
+                start,
+                lambda s, r: s.capture_batch([capture(i) for i in r]),
+            )
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
@@ -149,9 +172,10 @@ async def main(operations: int, settings: dict[str, str]) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--operations", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=1, help="operations per statement")
     parser.add_argument(
         "--generic", action="store_true", help="the connections plan_cache_mode=force_generic_plan"
     )
     args = parser.parse_args()
     generic = {"plan_cache_mode": "force_generic_plan"} if args.generic else {}
-    asyncio.run(main(args.operations, generic))
+    asyncio.run(main(args.operations, generic, args.batch))

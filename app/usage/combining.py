@@ -26,6 +26,12 @@ wallet; fewer one by one). Many wallets' traffic past what PostgreSQL serves one
 time then costs it one statement, one transaction and one WAL flush per batch, not per debit;
 below the bound nothing waits.
 
+Reserves and captures of holds go the same way past the bound (`Lane`s of one `Slots`: the
+bound counts every gateway write statement in flight, debits, reserves and captures alike),
+each operation's waiting items as one statement of their own (`reserve_batch`,
+`capture_batch`), whose outcomes are those of applying them one by one in arrival order; they
+have no per-wallet combining (a capture names no wallet).
+
 An answer is given only once the debit's transaction committed, as before. A request cancelled
 while its debit waits leaves the debit queued: it is applied (or refused) with the others, as a
 debit whose statement had started would be.
@@ -34,129 +40,170 @@ debit whose statement had started would be.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Sequence
+from typing import Any, Generic, TypeVar
 
 from app.metrics import USAGE_DEBITS_COMBINED
 from app.usage.store import BatchOutcome, Debited, UsageDebit
 
-Alone = Callable[[UsageDebit], Awaitable[Debited]]
-Batch = Callable[[Sequence[UsageDebit]], Awaitable[list[BatchOutcome]]]
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 MAX_COMBINED = 1000
-"""The most debits one combined batch carries (the batch API's own limit)."""
+"""The most items one combined batch carries (the batch API's own limit)."""
 
 MIN_COMBINED = 4
-"""The fewest waiting debits that go as one batch (fewer go one by one; see above)."""
+"""The fewest waiting items that go as one batch (fewer go one by one; see above)."""
 
 
-Waiting = list[tuple[UsageDebit, "asyncio.Future[BatchOutcome]"]]
+class Slots:
+    """The bound shared by the lanes of one process: at most `bound` statements in flight at
+    once, whichever lane sent them (None: no bound, no queue across wallets)."""
+
+    def __init__(self, bound: int | None) -> None:
+        if bound is not None and bound < 1:
+            raise ValueError("bound: at least one statement in flight")
+        self.bound = bound
+        self.busy = 0
+        """Statements in flight now: items alone, combined batches, of every lane."""
+        self._lanes: list[Lane[Any, Any]] = []
+
+    def join(self, lane: Lane[Any, Any]) -> None:
+        self._lanes.append(lane)
+
+    def full(self) -> bool:
+        return self.bound is not None and (
+            self.busy >= self.bound or any(lane.queued for lane in self._lanes)
+        )
+
+    def drain(self) -> None:
+        """A statement is done: send what waits in the lanes, while there is room (each lane's
+        four or more as one batch of up to `MAX_COMBINED`, else its first alone), the lane
+        whose first item waited longest first."""
+        while self.bound is not None and self.busy < self.bound:
+            waiting = [lane for lane in self._lanes if lane.queued]
+            if not waiting:
+                return
+            min(waiting, key=lambda lane: lane.queued[0][2]).send_queued()
 
 
-class Combiner:
-    """`debit()`: one debit, combined with the others of its wallet that wait, and past `bound`
-    statements in flight with any others that wait (see above)."""
+class Lane(Generic[Item, Result]):
+    """`submit()`: one item of one operation, applied alone, or past the `slots`' bound with the
+    others of its operation that wait, and (with `key`) combined with those of its key (its
+    wallet) that arrived while one of its key's was in flight (see above)."""
 
     def __init__(
         self,
-        alone: Alone,
-        batch: Batch,
+        alone: Callable[[Item], Awaitable[Result]],
+        batch: Callable[[Sequence[Item]], Awaitable[list[Result | Exception]]],
+        slots: Slots,
         *,
+        key: Callable[[Item], Hashable] | None = None,
         combine: bool = True,
         min_batch: int = MIN_COMBINED,
-        bound: int | None = None,
+        counted: Callable[[int], None] | None = None,
     ) -> None:
-        if bound is not None and bound < 1:
-            raise ValueError("bound: at least one statement in flight")
         self._alone = alone
+        self._batch = batch
+        self._slots = slots
+        slots.join(self)
+        self._key = key
+        """The item's wallet: items of one key wait for the one in flight, and a batch takes
+        its items sorted by key (stably). None: no per-key combining, batches in arrival
+        order."""
         self._min_batch = min_batch
         self.combine = combine
-        """False: every debit goes alone (concurrent debits of a wallet queue on its row lock in
+        """False: every item goes alone (concurrent debits of a wallet queue on its row lock in
         PostgreSQL, as they do across processes)."""
-        self._batch = batch
-        self._waiting: dict[str, list[tuple[UsageDebit, asyncio.Future[BatchOutcome]]]] = {}
-        """By user: the debits waiting for the one in flight. A user is a key exactly while a
-        debit (or a combined batch) of theirs is in flight."""
+        self._counted = counted
+        self._waiting: dict[Hashable, list[tuple[Item, asyncio.Future[Result | Exception]]]] = {}
+        """By key: the items waiting for the one in flight. A key is a key here exactly while
+        an item (or a combined batch) of it is in flight."""
         self._running: set[asyncio.Task[None]] = set()
-        self._bound = bound
-        """The most statements in flight at once (None: no bound, no queue across wallets)."""
-        self._busy = 0
-        """Statements in flight now: debits alone, combined batches."""
-        self._queued: Waiting = []
-        """Debits of any wallet waiting for a statement to be done (`bound` reached)."""
+        self.queued: list[tuple[Item, asyncio.Future[Result | Exception], int]] = []
+        """Items of any key waiting for a statement to be done (the bound reached), each with
+        its place in the process's arrival order."""
 
     @property
     def in_flight(self) -> int:
-        """Wallets with a debit in flight now."""
+        """Keys (wallets) with an item in flight now."""
         return len(self._waiting)
 
     @property
     def statements_in_flight(self) -> int:
-        return self._busy
+        return self._slots.busy
 
-    def _full(self) -> bool:
-        return self._bound is not None and (self._busy >= self._bound or bool(self._queued))
-
-    async def debit(self, debit: UsageDebit) -> Debited:
+    async def submit(self, item: Item) -> Result:
         if not self.combine:
-            return await self._alone(debit)
-        waiting = self._waiting.get(debit.user_id)
-        if waiting is not None:
-            future: asyncio.Future[BatchOutcome] = asyncio.get_running_loop().create_future()
-            waiting.append((debit, future))
-            return _answer(await future)
-        if self._full():
+            return await self._alone(item)
+        key = self._key(item) if self._key is not None else None
+        if key is not None:
+            waiting = self._waiting.get(key)
+            if waiting is not None:
+                future: asyncio.Future[Result | Exception] = (
+                    asyncio.get_running_loop().create_future()
+                )
+                waiting.append((item, future))
+                return _answer(await future)
+        if self._slots.full():
             future = asyncio.get_running_loop().create_future()
-            self._queued.append((debit, future))
+            self.queued.append((item, future, _arrival()))
             return _answer(await future)
-        self._waiting[debit.user_id] = []
-        self._busy += 1
+        if key is not None:
+            self._waiting[key] = []
+        self._slots.busy += 1
         try:
-            return await self._alone(debit)
+            return await self._alone(item)
         finally:
-            self._busy -= 1
-            self._next(debit.user_id)
-            self._drain()
+            self._slots.busy -= 1
+            if key is not None:
+                self._next(key)
+            self._slots.drain()
 
-    def _next(self, user_id: str) -> None:
-        """The debit or batch in flight for `user_id` is done: send what waited, if anything."""
-        waiting = self._waiting.pop(user_id)
+    def _next(self, key: Hashable) -> None:
+        """The item or batch in flight for `key` is done: send what waited, if anything."""
+        waiting = self._waiting.pop(key)
         if waiting:
-            self._waiting[user_id] = []
-            self._start(self._combined(user_id, waiting))
+            self._waiting[key] = []
+            self._start(self._combined(key, waiting))
 
-    def _drain(self) -> None:
-        """A statement is done: send what waits across wallets, while there is room (four or
-        more as one batch of up to `MAX_COMBINED`, else the first alone)."""
-        while self._queued and self._bound is not None and self._busy < self._bound:
-            if len(self._queued) >= self._min_batch:
-                sent, self._queued = self._queued[:MAX_COMBINED], self._queued[MAX_COMBINED:]
-            else:
-                sent = [self._queued.pop(0)]
-            self._start(self._queued_sent(sent))
+    def send_queued(self) -> None:
+        """Send what waits across keys (the slots have room): four or more as one batch of up
+        to `MAX_COMBINED`, else the first alone."""
+        if len(self.queued) >= self._min_batch:
+            sent, self.queued = self.queued[:MAX_COMBINED], self.queued[MAX_COMBINED:]
+        else:
+            sent = [self.queued.pop(0)]
+        self._start(self._queued_sent([(item, future) for item, future, _ in sent]))
 
     def _start(self, work: Coroutine[Any, Any, None]) -> None:
-        self._busy += 1
+        self._slots.busy += 1
         task = asyncio.ensure_future(work)
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
-    async def _combined(self, user_id: str, waiting: Waiting) -> None:
+    async def _combined(
+        self, key: Hashable, waiting: list[tuple[Item, asyncio.Future[Result | Exception]]]
+    ) -> None:
         try:
             await self._send_or_fail(waiting)
         finally:
-            self._busy -= 1
-            self._next(user_id)
-            self._drain()
+            self._slots.busy -= 1
+            self._next(key)
+            self._slots.drain()
 
-    async def _queued_sent(self, sent: Waiting) -> None:
+    async def _queued_sent(
+        self, sent: list[tuple[Item, asyncio.Future[Result | Exception]]]
+    ) -> None:
         try:
             await self._send_or_fail(sent)
         finally:
-            self._busy -= 1
-            self._drain()
+            self._slots.busy -= 1
+            self._slots.drain()
 
-    async def _send_or_fail(self, waiting: Waiting) -> None:
+    async def _send_or_fail(
+        self, waiting: list[tuple[Item, asyncio.Future[Result | Exception]]]
+    ) -> None:
         try:
             await self._send(waiting)
         except BaseException as exc:  # cancelled (the service stops): none may wait forever
@@ -165,11 +212,11 @@ class Combiner:
                     future.set_exception(exc)
             raise
 
-    async def _send(self, waiting: Waiting) -> None:
+    async def _send(self, waiting: list[tuple[Item, asyncio.Future[Result | Exception]]]) -> None:
         if len(waiting) < self._min_batch:
-            for debit, future in waiting:
+            for item, future in waiting:
                 try:
-                    done = await self._alone(debit)
+                    done = await self._alone(item)
                 except Exception as exc:  # a refusal, or an outage: its request answers it
                     if not future.done():  # (its request was cancelled meanwhile)
                         future.set_exception(exc)
@@ -177,13 +224,16 @@ class Combiner:
                 if not future.done():
                     future.set_result(done)
             return
-        # A batch takes its debits sorted by user id (stably: each wallet's in arrival order).
-        waiting = sorted(waiting, key=lambda item: item[0].user_id)
+        if self._key is not None:
+            # A batch takes its items sorted by key (stably: each wallet's in arrival order).
+            key = self._key
+            waiting = sorted(waiting, key=lambda entry: key(entry[0]))  # type: ignore[arg-type,return-value]
         for start in range(0, len(waiting), MAX_COMBINED):
             chunk = waiting[start : start + MAX_COMBINED]
-            USAGE_DEBITS_COMBINED.inc(len(chunk))
+            if self._counted is not None:
+                self._counted(len(chunk))
             try:
-                outcomes = await self._batch([debit for debit, _ in chunk])
+                outcomes = await self._batch([item for item, _ in chunk])
             except Exception as exc:  # an outage: each waiting request answers it
                 for _, future in chunk:
                     if not future.done():
@@ -194,7 +244,49 @@ class Combiner:
                     future.set_result(outcome)
 
 
-def _answer(outcome: BatchOutcome) -> Debited:
-    if isinstance(outcome, Debited):
-        return outcome
-    raise outcome
+_arrivals = 0
+
+
+def _arrival() -> int:
+    global _arrivals
+    _arrivals += 1
+    return _arrivals
+
+
+def _answer(outcome: Result | Exception) -> Result:
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+class Combiner(Lane[UsageDebit, Debited]):
+    """`debit()`: one debit, combined with the others of its wallet that wait, and past `bound`
+    statements in flight with any others that wait (see above). A lane of debits; its `slots`
+    (a bound of its own when none is given) may be shared with the holds' lanes."""
+
+    def __init__(
+        self,
+        alone: Callable[[UsageDebit], Awaitable[Debited]],
+        batch: Callable[[Sequence[UsageDebit]], Awaitable[list[BatchOutcome]]],
+        *,
+        combine: bool = True,
+        min_batch: int = MIN_COMBINED,
+        bound: int | None = None,
+        slots: Slots | None = None,
+    ) -> None:
+        super().__init__(
+            alone,
+            batch,  # type: ignore[arg-type]
+            slots if slots is not None else Slots(bound),
+            key=_user_of,
+            combine=combine,
+            min_batch=min_batch,
+            counted=USAGE_DEBITS_COMBINED.inc,
+        )
+
+    async def debit(self, debit: UsageDebit) -> Debited:
+        return await self.submit(debit)
+
+
+def _user_of(debit: UsageDebit) -> str:
+    return debit.user_id

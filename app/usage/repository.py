@@ -74,7 +74,7 @@ from app.ledger.statements import (
 from app.limits.periods import Windows
 from app.limits.rules import Counter, Refusal
 from app.limits.rules import tightest_remaining as _tightest
-from app.metrics import LEDGER_MICROS, LEDGER_TRANSACTIONS
+from app.metrics import HOLDS_COMBINED, LEDGER_MICROS, LEDGER_TRANSACTIONS
 from app.models.base import utcnow
 from app.models.ledger import HoldStatus, system_account_id
 from app.primary import (
@@ -86,7 +86,7 @@ from app.primary import (
     finish,
 )
 from app.usage.batch import BatchPlan, ExistingDebit, limit_scopes, plan_batch
-from app.usage.combining import Combiner
+from app.usage.combining import Combiner, Lane, Slots
 from app.usage.store import (
     USAGE_DESCRIPTION,
     USAGE_KIND,
@@ -111,8 +111,11 @@ _USAGE_POSTED = LEDGER_TRANSACTIONS.labels(USAGE_KIND, "posted")
 _USAGE_MICROS = LEDGER_MICROS.labels(USAGE_KIND)
 _CAPTURE_POSTED = LEDGER_TRANSACTIONS.labels("hold_capture", "posted")
 _CAPTURE_MICROS = LEDGER_MICROS.labels("hold_capture")
+_RESERVES_COMBINED = HOLDS_COMBINED.labels("reserve")
+_CAPTURES_COMBINED = HOLDS_COMBINED.labels("capture")
 
 _P = ParamSpec("_P")
+_Item = TypeVar("_Item")
 _R = TypeVar("_R")
 
 # The database is gone, restarting, out of connections, not answering, demoted to a standby,
@@ -683,6 +686,249 @@ FROM hold h, wallet w
 """
 
 
+# Reserves and captures of holds that waited past the bound go as one statement each
+# (`UsageStore.reserve_batch`, `capture_batch`), applied whole when every one of them would be
+# applied alone, in any order, exactly as it is here; else nothing is written and no row is
+# answered, and each goes alone, in arrival order (the statements above decide the rest).
+
+_RESERVE_REQUESTS = """unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
+                  $6::timestamptz[], $7::text[])
+         WITH ORDINALITY AS r(id, user_id, amount, request_hash, details, expires_at,
+                              api_key_id, ord)"""
+
+
+def _reserve_batch_sql() -> str:
+    """Reserves (`$8` now, `$9`-`$11` the limits' windows), in arrival order: their spend limits
+    locked, then their wallets (user-id order, as every writer), each user decided whole as the
+    debits' batch decides it (`_batch_sql`): every hold id of the user new and once in the
+    batch, the user's available balance (less what expired lots hold) covering the user's total
+    and its limits leaving room for it. Amounts are positive, so each of the user's reserves,
+    alone in any order, is then covered and within its limits. The decided users' reserves are
+    applied: one row each, in order, with its wallet right after it. The others' are left to go
+    alone, after the statement, in arrival order: a reserve touches only its user's wallet and
+    limits and its hold id (a repeated one leaves every user naming it undecided), so neither
+    set can change what the other's reserves do."""
+    return f"""
+WITH rq AS MATERIALIZED (
+    SELECT * FROM {_RESERVE_REQUESTS}
+), users AS (
+    SELECT user_id, sum(amount)::bigint AS total FROM rq GROUP BY user_id
+), planned AS (
+    -- Users with a hold id reserved before (one probe of the key each), or repeated in the
+    -- batch: each of their reserves goes alone.
+    SELECT user_id FROM rq WHERE (SELECT true FROM holds h WHERE h.id = rq.id LIMIT 1)
+    UNION
+    SELECT user_id FROM rq WHERE id IN (SELECT id FROM rq GROUP BY id HAVING count(*) > 1)
+), limits AS (
+    SELECT s.id, s.user_id, s.scope, s.limit_micros, {_counter_now("s", "w.current_window")}
+    FROM spend_limits s,
+         LATERAL (SELECT {_current_window("s.period", "$9", "$10", "$11")} AS current_window) w
+    -- Each table below is reached by its index through an array (`= ANY`), never by a join
+    -- the planner could make a hashed scan of the whole table.
+    WHERE s.user_id = ANY(ARRAY(SELECT user_id FROM users EXCEPT SELECT user_id FROM planned))
+      AND s.scope = ANY(ARRAY(SELECT 'account' UNION
+                              SELECT 'key:' || api_key_id FROM rq WHERE api_key_id IS NOT NULL))
+      AND (s.user_id, s.scope) IN (
+        SELECT user_id, 'account' FROM users
+        UNION SELECT user_id, 'key:' || api_key_id FROM rq WHERE api_key_id IS NOT NULL)
+    ORDER BY s.user_id, s.scope, s.set_by FOR UPDATE OF s
+), locked AS (
+    SELECT id, user_id, balance_micros, held_micros, tracked_micros FROM accounts
+    WHERE user_id = ANY(ARRAY(SELECT user_id FROM users EXCEPT SELECT user_id FROM planned))
+      AND (SELECT count(*) FROM limits) >= 0  -- the limits are locked first
+    ORDER BY user_id FOR UPDATE
+), counted AS (
+    -- Each reserve under each limit it is subject to: what the limit's window has spent once
+    -- the reserve is in.
+    SELECT rq.ord, l.id, l.user_id, l.window_start, l.limit_micros,
+           (l.spent_micros + sum(rq.amount) OVER (PARTITION BY l.id ORDER BY rq.ord))::bigint
+               AS spent
+    FROM rq JOIN limits l
+      ON l.user_id = rq.user_id AND (l.scope = 'account' OR l.scope = 'key:' || rq.api_key_id)
+), decided AS (
+    SELECT k.id, k.user_id, u.total FROM locked k JOIN users u ON u.user_id = k.user_id
+    WHERE k.balance_micros - k.held_micros - CASE WHEN k.tracked_micros = 0 THEN 0
+              ELSE {expired_lots("k.user_id", "$8")} END >= u.total
+      AND k.user_id NOT IN (SELECT user_id FROM counted WHERE spent > limit_micros)
+), wallets AS (
+    UPDATE accounts a SET held_micros = a.held_micros + d.total
+    FROM decided d WHERE a.id = d.id
+    RETURNING a.id, a.user_id, a.balance_micros, a.held_micros, a.watch_micros,
+              a.tracked_micros, d.total
+), spend AS (
+    UPDATE spend_limits s SET window_start = c.window_start, spent_micros = c.spent
+    FROM (SELECT DISTINCT ON (id) id, user_id, window_start, spent FROM counted
+          ORDER BY id, ord DESC) c
+    JOIN wallets w ON w.user_id = c.user_id
+    WHERE s.id = c.id
+), held AS (
+    INSERT INTO holds (id, account_id, user_id, amount_micros, status, request_hash, details,
+                       expires_at, created_at, api_key_id)
+    SELECT rq.id, w.id, rq.user_id, rq.amount, {hold_state.INITIAL}, rq.request_hash,
+           rq.details::json, rq.expires_at, $8, rq.api_key_id
+    FROM rq JOIN wallets w ON w.user_id = rq.user_id ORDER BY rq.ord
+), crossing AS (
+    -- Per user: the available balance before the first reserve and after the last (reserves
+    -- only lower it, so that is the crossing of each threshold, once).
+    SELECT user_id, balance_micros - held_micros + total AS available_before,
+           balance_micros - held_micros AS available_after
+    FROM wallets
+    WHERE watch_micros IS NOT NULL AND balance_micros - held_micros < watch_micros
+), {crossing_ctes("crossing", now="$8", reference="NULL")}
+SELECT rq.ord, rq.id, rq.user_id, rq.amount AS amount_micros,
+       {hold_state.INITIAL}::text AS status, NULL::bigint AS captured_micros, rq.request_hash,
+       NULL::text AS resolution_hash, rq.expires_at, $8::timestamptz AS created_at,
+       NULL::timestamptz AS resolved_at, w.id AS wallet_id, w.user_id AS wallet_user_id,
+       w.balance_micros,
+       (w.held_micros - w.total
+           + sum(rq.amount) OVER (PARTITION BY rq.user_id ORDER BY rq.ord))::bigint
+           AS held_micros,
+       r.remaining AS limit_remaining_micros, w.tracked_micros <> 0 AS tracks_lots
+FROM rq JOIN wallets w ON w.user_id = rq.user_id
+LEFT JOIN (SELECT ord, min(limit_micros - spent) AS remaining FROM counted GROUP BY ord) r
+  ON r.ord = rq.ord
+ORDER BY rq.ord
+"""
+
+
+_CAPTURE_REQUESTS = """unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[],
+                  $6::text[], $7::bigint[], $8::bigint[])
+         WITH ORDINALITY AS c(hold_id, amount, resolution_hash, txn_id, details, model,
+                              input_tokens, output_tokens, ord)"""
+
+
+def _capture_batch_sql() -> str:
+    """Captures (`$9` the bound's multiple, `$10` now, `$11`-`$13` the limits' windows), in
+    arrival order: their holds locked first (id order), then their limits, then their wallets
+    (user-id order). A wallet's captures are applied here when each of its holds is named once,
+    is capturable within its bound, and the wallet has no lot to draw and no watch (an alert or
+    auto top-up threshold: a capture may raise the available balance as well as lower it, so
+    only one by one would say which thresholds each crossed): each capture then does, in order,
+    what `_capture_sql` alone would, with its wallet's running balance (its ledger entry's
+    `balance_after`) and each limit's running counter; one row each, in order. The others go
+    alone, after the statement, in arrival order: a capture touches only its hold, its wallet
+    and its user's limits, so neither set can change what the other's captures do."""
+    return f"""
+WITH cq AS MATERIALIZED (
+    SELECT * FROM {_CAPTURE_REQUESTS}
+), found AS (
+    SELECT h.id, h.account_id, h.user_id, h.api_key_id, h.amount_micros, h.status,
+           h.request_hash, h.expires_at, h.created_at
+    -- Each table below is reached by its index through an array (`= ANY`), never by a join
+    -- the planner could make a hashed scan of the whole table.
+    FROM holds h
+    WHERE h.id = ANY($1::text[])
+    ORDER BY h.id FOR UPDATE
+), limits AS (
+    SELECT s.id, s.user_id, s.scope, s.period, s.limit_micros, s.window_start, s.spent_micros
+    FROM spend_limits s
+    WHERE s.user_id = ANY(ARRAY(SELECT user_id FROM found))
+      AND s.scope = ANY(ARRAY(SELECT 'account' UNION
+                              SELECT 'key:' || api_key_id FROM found WHERE api_key_id IS NOT NULL))
+      AND (s.user_id, s.scope) IN (
+        SELECT user_id, 'account' FROM found
+        UNION SELECT user_id, 'key:' || api_key_id FROM found WHERE api_key_id IS NOT NULL)
+    ORDER BY s.user_id, s.scope, s.set_by FOR UPDATE OF s
+), locked AS (
+    SELECT id, user_id, balance_micros, held_micros, tracked_micros, watch_micros
+    FROM accounts
+    WHERE id = ANY(ARRAY(SELECT account_id FROM found))
+      AND (SELECT count(*) FROM limits) >= 0  -- the limits are locked first
+    ORDER BY user_id FOR UPDATE
+), judged AS (
+    SELECT c.*, f.account_id, f.user_id, f.api_key_id, f.amount_micros AS reserved,
+           f.request_hash, f.expires_at, f.created_at,
+           f.{_CAPTURABLE} AND c.amount <= f.amount_micros * $9::float8
+               AND NOT ({_LOTS_TO_DRAW.replace("$2", "c.amount").format(wallet="k")})
+               AND k.watch_micros IS NULL
+               AND count(*) OVER (PARTITION BY c.hold_id) = 1 AS ok
+    FROM cq c LEFT JOIN found f ON f.id = c.hold_id LEFT JOIN locked k ON k.id = f.account_id
+), items AS (
+    -- The captures of the wallets all of whose captures here are `ok`.
+    SELECT * FROM judged
+    WHERE account_id NOT IN (SELECT account_id FROM judged
+                             WHERE ok IS NOT TRUE AND account_id IS NOT NULL)
+      AND ok
+), captured AS (
+    UPDATE holds h SET {_CAPTURED}, captured_micros = i.amount,
+                       resolution_hash = i.resolution_hash, resolved_at = $10
+    FROM items i WHERE h.id = i.hold_id
+), counted AS (
+    -- Each capture under each limit of its hold: the limit's counter once the capture settled
+    -- its difference there (only in the window the hold was reserved in).
+    SELECT i.ord, l.id, l.limit_micros, l.window_start,
+           {_current_window("l.period", "$11", "$12", "$13")} AS current_window,
+           (l.spent_micros + sum(CASE WHEN l.window_start = {_window_of("l.period", "i.created_at")}
+                                      THEN i.amount - i.reserved ELSE 0 END)
+               OVER (PARTITION BY l.id ORDER BY i.ord))::bigint AS spent,
+           bool_or(l.window_start = {_window_of("l.period", "i.created_at")})
+               OVER (PARTITION BY l.id) AS settles
+    FROM items i JOIN limits l
+      ON l.user_id = i.user_id AND (l.scope = 'account' OR l.scope = 'key:' || i.api_key_id)
+), settled AS (
+    UPDATE spend_limits s SET spent_micros = c.spent
+    FROM (SELECT DISTINCT ON (id) id, spent, settles FROM counted ORDER BY id, ord DESC) c
+    WHERE s.id = c.id AND c.settles
+), sums AS (
+    SELECT account_id, sum(amount)::bigint AS spent, sum(reserved)::bigint AS released
+    FROM items GROUP BY account_id
+), wallets AS (
+    -- All of it from the never-expiring paid credit, even below zero: the usage was served.
+    UPDATE accounts a SET balance_micros = a.balance_micros - s.spent,
+                          held_micros = a.held_micros - s.released
+    FROM sums s WHERE a.id = s.account_id
+    RETURNING a.id, a.user_id, a.balance_micros, a.held_micros, s.spent, s.released
+), applied AS (
+    SELECT i.*, w.user_id AS wallet_user_id,
+           (w.balance_micros + w.spent - sum(i.amount) OVER run)::bigint AS balance_after,
+           (w.held_micros + w.released - sum(i.reserved) OVER run)::bigint AS held_after
+    FROM items i JOIN wallets w ON w.id = i.account_id
+    WINDOW run AS (PARTITION BY i.account_id ORDER BY i.ord)
+), txn AS (
+    INSERT INTO ledger_transactions
+        (id, reference, kind, user_id, description, request_hash, details, created_at)
+    SELECT txn_id, 'hold:' || hold_id, 'hold_capture', user_id, '{USAGE_DESCRIPTION}',
+           resolution_hash,
+           (jsonb_build_object('hold_id', hold_id, 'reserved_micros', reserved)
+            || coalesce(details::jsonb, '{{}}'::jsonb))::json,
+           $10
+    FROM applied WHERE amount > 0 ORDER BY ord
+    RETURNING id
+), entries AS (
+    -- Each capture's wallet leg with its wallet's running balance, in arrival order.
+    INSERT INTO ledger_entries
+        (transaction_id, account_id, amount_micros, balance_after_micros, created_at)
+    SELECT legs.txn_id, legs.account_id, legs.amount_micros, legs.balance_after, $10
+    FROM (
+        SELECT a.ord, 0 AS leg, a.txn_id, a.account_id, -a.amount AS amount_micros,
+               a.balance_after
+        FROM applied a JOIN txn t ON t.id = a.txn_id
+        UNION ALL
+        SELECT a.ord, 1, a.txn_id, '{USAGE_ACCOUNT}', a.amount, NULL
+        FROM applied a JOIN txn t ON t.id = a.txn_id
+    ) legs
+    ORDER BY legs.ord, legs.leg
+), record AS (
+    INSERT INTO usage_records{_USAGE_RECORD_COLUMNS}
+    SELECT a.user_id, t.id, a.hold_id, a.api_key_id, a.model, a.input_tokens, a.output_tokens,
+           a.amount, a.balance_after, $10
+    FROM applied a JOIN txn t ON t.id = a.txn_id ORDER BY a.ord
+)
+SELECT a.ord, a.hold_id AS id, a.user_id, a.reserved AS amount_micros,
+       '{HoldStatus.CAPTURED}'::text AS status, a.amount AS captured_micros, a.request_hash,
+       a.resolution_hash, a.expires_at, a.created_at, $10::timestamptz AS resolved_at,
+       a.account_id AS wallet_id, a.wallet_user_id, a.balance_after AS balance_micros,
+       a.held_after AS held_micros, r.remaining AS limit_remaining_micros
+FROM applied a
+LEFT JOIN (
+    SELECT ord, min(limit_micros - CASE WHEN window_start >= current_window THEN spent ELSE 0
+                                        END) AS remaining
+    FROM counted GROUP BY ord
+) r ON r.ord = a.ord
+ORDER BY a.ord
+"""
+
+
 _DUE_HOLDS = f"""
 SELECT id FROM holds WHERE status = '{hold_state.HoldStatus.ACTIVE}' AND expires_at <= $1
 ORDER BY expires_at LIMIT $2
@@ -955,6 +1201,8 @@ class _Statements(NamedTuple):
     capture: str
     capture_lots: str
     release: str
+    reserve_batch: str
+    capture_batch: str
     batch: str
     write_batch: str
 
@@ -972,6 +1220,8 @@ def _sql() -> _Statements:
         _capture_sql(),
         _capture_lots_sql(),
         _release_sql(),
+        _reserve_batch_sql(),
+        _capture_batch_sql(),
         _batch_sql(),
         _write_batch_sql(),
     )
@@ -1140,6 +1390,16 @@ def read_pool_size(max_size: int) -> int:
     return (max_size + 1) // 2
 
 
+async def _outcome(
+    apply: Callable[[_Item], Coroutine[Any, Any, HoldResult]], item: _Item
+) -> HoldResult | Exception:
+    """One item of a batch applied alone: its result, or the refusal its request answers."""
+    try:
+        return await apply(item)
+    except Exception as exc:  # a refusal, or an outage (503): its request answers it
+        return exc
+
+
 class UsageStore:
     """The gateway's operations through asyncpg pools of their own: one for the writes, and a
     small one for the reads (the balance read, service tokens), so that a read never queues
@@ -1164,8 +1424,24 @@ class UsageStore:
         statement first, sparing the other one's refusal. Only a hint: either statement is
         right for any wallet (the first refuses a wallet tracking lots), so a stale entry costs
         time, never a different outcome."""
+        slots = Slots(debits_in_flight)
+        """One bound for the gateway's write statements in flight: debits, reserves, captures."""
         self._combiner = Combiner(
-            self._debit_alone, self.debit_batch, combine=combine_debits, bound=debits_in_flight
+            self._debit_alone, self.debit_batch, combine=combine_debits, slots=slots
+        )
+        # Holds wait only past the bound (no per-wallet combining: a capture names no wallet).
+        combine_holds = combine_debits and debits_in_flight is not None
+        self._reserves: Lane[HoldRequest, HoldResult] = Lane(
+            self._reserve_alone,
+            self.reserve_batch,
+            slots,
+            combine=combine_holds,
+        )
+        self._captures: Lane[HoldCapture, HoldResult] = Lane(
+            self._capture_alone,
+            self.capture_batch,
+            slots,
+            combine=combine_holds,
         )
         self._lot_holds: set[str] = set()
         """Holds this store reserved on a wallet it saw tracking lots: their capture runs the
@@ -1491,8 +1767,67 @@ class UsageStore:
             )
         return plan, after_commit
 
-    @_outage_is_503
     async def reserve(self, request: HoldRequest) -> HoldResult:
+        """Reserve once: alone, or past the bound of statements in flight with the reserves
+        that wait (`reserve_batch`)."""
+        return await self._reserves.submit(request)
+
+    @_outage_is_503
+    async def reserve_batch(self, requests: Sequence[HoldRequest]) -> list[HoldResult | Exception]:
+        """`requests` decided as if each went alone, one by one in this order: ONE statement
+        applies those of the users it can decide whole (`_reserve_batch_sql`), then the others
+        go alone, in order."""
+        now = self.clock()
+        args = (
+            [r.hold_id for r in requests],
+            [r.user_id for r in requests],
+            [r.amount_micros for r in requests],
+            [r.request_hash for r in requests],
+            [_json(r.details) for r in requests],
+            [r.expires_at(now) for r in requests],
+            [r.api_key_id for r in requests],
+            now,
+            *Windows.at(now),
+        )
+        try:
+            rows = await self._write_all(_sql().reserve_batch, args)
+        except asyncpg.UniqueViolationError:
+            rows = []  # a twin of one of them committed first: each alone answers it
+        results: list[HoldResult | Exception | None] = [None] * len(requests)
+        for record in rows:
+            request = requests[record["ord"] - 1]
+            row = _read(HoldStatementRow, record)
+            if record["tracks_lots"]:
+                self._remember_lot_hold(request.hold_id)
+            wallet = row.wallet
+            assert wallet is not None
+            results[record["ord"] - 1] = HoldResult(
+                row.hold, wallet, False, tightest(row.limit_remaining_micros)
+            )
+        _RESERVES_COMBINED.inc(len(rows))
+        # The users it left (a replay, a refusal, a repeated id): each reserve alone, in order.
+        return [
+            result if result is not None else await _outcome(self._reserve_alone, request)
+            for request, result in zip(requests, results, strict=True)
+        ]
+
+    def _remember_lot_hold(self, hold_id: str) -> None:
+        if len(self._lot_holds) >= _LOT_WALLETS_REMEMBERED:
+            self._lot_holds.clear()
+        self._lot_holds.add(hold_id)
+
+    async def _write_all(self, sql: str, args: Sequence[Any]) -> list[Any]:
+        """`_write` for a statement answering rows."""
+
+        async def rows() -> list[Any]:
+            async with self._pool.acquire() as conn:
+                with commits_watched(conn):
+                    return cast(list[Any], await conn.fetch(sql, *args))
+
+        return await finish(rows())
+
+    @_outage_is_503
+    async def _reserve_alone(self, request: HoldRequest) -> HoldResult:
         now = self.clock()
         try:
             record = await self._write(
@@ -1517,9 +1852,7 @@ class UsageStore:
         row = _read(HoldStatementRow, record)
         wallet = row.wallet
         if outcome == "reserved" and record["tracks_lots"]:
-            if len(self._lot_holds) >= _LOT_WALLETS_REMEMBERED:
-                self._lot_holds.clear()
-            self._lot_holds.add(request.hold_id)
+            self._remember_lot_hold(request.hold_id)
         if outcome == "insufficient":
             if wallet is None:  # no wallet, so nothing to hold (and no hold by that id)
                 raise insufficient_balance(0, request.amount_micros)
@@ -1536,8 +1869,56 @@ class UsageStore:
             )
         return HoldResult(hold, wallet, replayed=True)
 
-    @_outage_is_503
     async def capture(self, capture: HoldCapture) -> HoldResult:
+        """Capture once: alone, or past the bound of statements in flight with the captures
+        that wait (`capture_batch`)."""
+        return await self._captures.submit(capture)
+
+    @_outage_is_503
+    async def capture_batch(self, captures: Sequence[HoldCapture]) -> list[HoldResult | Exception]:
+        """`captures` decided as if each went alone, one by one in this order: ONE statement
+        applies those of the wallets it can decide whole (`_capture_batch_sql`), then the
+        others go alone, in order."""
+        now = self.clock()
+        multiples = {c.max_hold_multiple for c in captures}
+        rows: list[Any] = []
+        if len(multiples) == 1:
+            usage = [c.details or {} for c in captures]
+            args = (
+                [c.hold_id for c in captures],
+                [c.amount_micros for c in captures],
+                [c.resolution_hash for c in captures],
+                [new_id("txn") for _ in captures],
+                [_json(c.details) for c in captures],
+                [u.get("model") for u in usage],
+                [u.get("input_tokens") for u in usage],
+                [u.get("output_tokens") for u in usage],
+                multiples.pop(),
+                now,
+                *Windows.at(now),
+            )
+            rows = await self._write_all(_sql().capture_batch, args)
+        results: list[HoldResult | Exception | None] = [None] * len(captures)
+        posted = micros = 0
+        for record in rows:
+            capture = captures[record["ord"] - 1]
+            self._lot_holds.discard(capture.hold_id)
+            if capture.amount_micros > 0:
+                posted += 1
+                micros += capture.amount_micros
+            results[record["ord"] - 1] = self._resolved(_read(HoldStatementRow, record))
+        _CAPTURES_COMBINED.inc(len(rows))
+        if posted:
+            _CAPTURE_POSTED.inc(posted)
+            _CAPTURE_MICROS.inc(micros)
+        # The wallets it left (lots to draw, a watch, a replay, a refusal): each alone, in order.
+        return [
+            result if result is not None else await _outcome(self._capture_alone, capture)
+            for capture, result in zip(captures, results, strict=True)
+        ]
+
+    @_outage_is_503
+    async def _capture_alone(self, capture: HoldCapture) -> HoldResult:
         hold_id, amount_micros, resolution_hash, details, max_hold_multiple = capture
         now = self.clock()
         usage = details or {}

@@ -22,7 +22,7 @@ from app.ledger.service import insufficient_balance
 from app.ledger.verify import verify_ledger
 from app.models.base import utcnow
 from app.models.ledger import LotSource
-from app.usage.combining import MIN_COMBINED, Combiner
+from app.usage.combining import MIN_COMBINED, Combiner, Lane, Slots
 from app.usage.store import BatchOutcome, Debited, UsageDebit
 from testing.fixtures.app import RACE_POOL_SIZE
 from testing.helpers.concurrency import together
@@ -360,3 +360,32 @@ async def test_below_the_bound_nothing_waits() -> None:
     await asyncio.gather(*(combiner.debit(_debit(u, r)) for u, r in ("ua", "vb", "wc")))
     assert store.alone == ["a", "b", "c"]
     assert store.batches == []
+
+
+async def test_lanes_share_one_bound_and_each_sends_its_own_batch_in_arrival_order() -> None:
+    """A debit in flight fills a bound of one for the holds' lane too: reserves that arrive
+    wait, and go as one batch of their own (in arrival order: no per-wallet sorting)."""
+    store = _Store()
+    slots = Slots(1)
+    combiner = Combiner(store.debit_alone, store.debit_batch, min_batch=3, slots=slots)
+    reserved: list[list[str]] = []
+
+    async def reserve_alone(hold_id: str) -> str:
+        return f"alone-{hold_id}"
+
+    async def reserve_batch(hold_ids: Sequence[str]) -> list[str | Exception]:
+        reserved.append(list(hold_ids))
+        return [f"batched-{h}" for h in hold_ids]
+
+    reserves: Lane[str, str] = Lane(reserve_alone, reserve_batch, slots, min_batch=3)
+    first = asyncio.ensure_future(combiner.debit(_debit("u", "a")))
+    await asyncio.sleep(0)
+    queued = [asyncio.ensure_future(reserves.submit(h)) for h in ("z", "y", "x")]
+    await asyncio.sleep(0)
+    assert reserved == []
+    assert reserves.statements_in_flight == 1
+    store.release.set()
+    await first
+    assert [await q for q in queued] == ["batched-z", "batched-y", "batched-x"]
+    assert reserved == [["z", "y", "x"]]
+    assert slots.busy == 0

@@ -1,0 +1,144 @@
+"""`python -m bench.hold_ab`: reserve + capture pairs against usage debits at the store
+(`UsageStore`, no HTTP), with the gateway's write statements grouped past the bound
+(`grouped`: `gateway_combine_debits` on, `--bound` in flight, as the service runs) and without
+(`alone`: every debit, reserve and capture its own statement), interleaved in one process so the
+machine's drift hits each alike.
+
+Each round runs `--tasks` concurrent workers for `--seconds` over wallets `user-0..999` (funded
+as `make bench` funds them): debits of 7,000 µUSD, or pairs (reserve 10,000, then capture 7,000
+of it), in the order A B B A per variant and kind, repeated `--repeats` times. Prints each
+round, then per variant the pairs/s ÷ debits/s of its rounds (the issue's target: ≥ 0.8), with
+the spread of the per-round ratios, and the PostgreSQL backends' CPU per pair and per debit
+(`/proc`), which a machine busy with other work disturbs far less than the throughput.
+
+    python -m bench.hold_ab [--seconds 3] [--tasks 32] [--pool 10] [--bound 4] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import secrets
+import statistics
+import time
+import uuid
+from typing import Any
+
+import asyncpg
+import uvloop
+
+from bench.pgstats import BackendCpu
+from bench.run import ADMIN_DSN, dsn, prepare_service_database, sqlalchemy_url
+
+VARIANTS = ("alone", "grouped")
+KINDS = ("debits", "pairs")
+
+
+async def load(usage_store: Any, kind: str, seconds: float, tasks: int) -> int:
+    from app.ledger.holds_repository import HoldCapture, HoldRequest
+    from app.usage.store import UsageDebit
+
+    done = 0
+    stop = time.monotonic() + seconds
+    details = {"model": "gpt-4o-mini", "input_tokens": 1200, "output_tokens": 300}
+
+    async def worker() -> None:
+        nonlocal done
+        while time.monotonic() < stop:
+            user = f"user-{random.randrange(1000)}"
+            if kind == "debits":
+                await usage_store.debit(UsageDebit(user, uuid.uuid4().hex, 7000, "h" * 64, details))
+            else:
+                hold_id = uuid.uuid4().hex
+                await usage_store.reserve(HoldRequest(user, hold_id, 10_000, 600, "h" * 64))
+                await usage_store.capture(HoldCapture(hold_id, 7000, "r" * 64, details, 2.0))
+            done += 1
+
+    await asyncio.gather(*(worker() for _ in range(tasks)))
+    return done
+
+
+async def main(args: argparse.Namespace) -> None:
+    from app.primary import BillingConnection, Primary
+    from app.usage import repository
+    from app.wiring import wire
+
+    wire()
+    name = f"billing_hold_ab_{secrets.token_hex(3)}"
+    admin = await asyncpg.connect(ADMIN_DSN)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = sqlalchemy_url(dsn(name))
+        await prepare_service_database(url)
+        primary = Primary(url)
+
+        async def pool_of(size: int) -> asyncpg.Pool:
+            return await asyncpg.create_pool(
+                connect=primary.connect,
+                connection_class=BillingConnection,
+                min_size=size,
+                max_size=size,
+                command_timeout=60,
+                reset=repository._reset,
+                server_settings={"application_name": repository.APPLICATION_NAME},
+            )
+
+        pool = await pool_of(args.pool)
+        reads = await pool_of(repository.read_pool_size(args.pool))
+        try:
+            stores = {
+                "alone": repository.UsageStore(pool, reads=reads),
+                "grouped": repository.UsageStore(
+                    pool, reads=reads, combine_debits=True, debits_in_flight=args.bound
+                ),
+            }
+            for v in VARIANTS:  # warm-up: prepared statements, caches
+                for kind in KINDS:
+                    await load(stores[v], kind, 1, args.tasks)
+            rate: dict[tuple[str, str], list[float]] = {(v, k): [] for v in VARIANTS for k in KINDS}
+            cpu: dict[tuple[str, str], list[float]] = {(v, k): [] for v in VARIANTS for k in KINDS}
+            order = [(v, k) for v in VARIANTS for k in KINDS]
+            for _ in range(args.repeats):
+                for v, kind in [*order, *reversed(order)]:
+                    backends = BackendCpu(ADMIN_DSN, [name])
+                    await backends.start()
+                    count = await load(stores[v], kind, args.seconds, args.tasks)
+                    await backends.stop()
+                    pg = backends.per_event_us(count) or 0.0
+                    rate[v, kind].append(count / args.seconds)
+                    cpu[v, kind].append(pg)
+                    print(
+                        f"{v:>8} {kind:>6}: {count / args.seconds:,.0f}/s, "
+                        f"{pg:,.0f} µs PostgreSQL CPU each",
+                        flush=True,
+                    )
+            for v in VARIANTS:
+                pairs, debits = rate[v, "pairs"], rate[v, "debits"]
+                ratios = [p / d for p, d in zip(pairs, debits, strict=True)]
+                print(
+                    f"{v:>8}: {statistics.mean(pairs):,.0f} pairs/s, "
+                    f"{statistics.mean(debits):,.0f} debits/s: pairs ÷ debits "
+                    f"{sum(pairs) / sum(debits):.2f}x (per round {min(ratios):.2f}-"
+                    f"{max(ratios):.2f}); PostgreSQL CPU per pair median "
+                    f"{statistics.median(cpu[v, 'pairs']):,.0f} µs "
+                    f"({min(cpu[v, 'pairs']):,.0f}-{max(cpu[v, 'pairs']):,.0f}), per debit "
+                    f"{statistics.median(cpu[v, 'debits']):,.0f} µs "
+                    f"({min(cpu[v, 'debits']):,.0f}-{max(cpu[v, 'debits']):,.0f})"
+                )
+        finally:
+            await pool.close()
+            await reads.close()
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m bench.hold_ab")
+    parser.add_argument("--seconds", type=float, default=3)
+    parser.add_argument("--tasks", type=int, default=32)
+    parser.add_argument("--pool", type=int, default=10)
+    parser.add_argument("--bound", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=2)
+    uvloop.run(main(parser.parse_args()))
