@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Index, String
+from sqlalchemy import JSON, PrimaryKeyConstraint, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, BigIntPK, CreatedAt, UserId
@@ -21,9 +21,13 @@ class UsageRecord(Base):
     """A debited request: who, which key and model, tokens, the amount and the balance after."""
 
     __tablename__ = "usage_records"
-    __table_args__ = (Index("ix_usage_records_user_id_created_at", "user_id", "created_at"),)
+    # The key is (user_id, created_at, id), the order every read of records takes (a user's
+    # range of days, the export's keyset, a batch's events on a statement): one index serves
+    # them all, where a serial key and a (user_id, created_at) index made every record two
+    # insertions (migration 0027).
+    __table_args__ = (PrimaryKeyConstraint("user_id", "created_at", "id"),)
 
-    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigIntPK, autoincrement=True)
     user_id: Mapped[UserId]
     transaction_id: Mapped[str] = mapped_column(String(40))
     """The ledger transaction that moved the money."""

@@ -1,5 +1,5 @@
-"""All SQL of the usage reports: range reads of `usage_records` by (user, created_at), the index
-migration 0009 adds for them."""
+"""All SQL of the usage reports: range reads of `usage_records` by (user, created_at), the
+records' key (user_id, created_at, id) since migration 0027 (the export's keyset order too)."""
 
 from __future__ import annotations
 

@@ -17,11 +17,12 @@ ledger's `post()` (every other posting):
   limits, then its wallets in user-id order, then their lots, and applies the batch when it can
   decide every user whole (the usual case: no lock is held across a round trip or while the
   event loop is busy); when it cannot (a replay, a refusal, a lot credited meanwhile) it writes
-  nothing, and the batch is planned event by event (`app.usage.batch`) in one transaction and
-  written by one more statement. A batch posts one ledger transaction (a wallet leg per user,
-  the system legs once) and a usage record per event, whose unique `reference` is the event's
-  idempotency key. Concurrent batches cannot deadlock (limits, then wallets, in one order); a
-  race on a reference is retried.
+  nothing (a replay fails it on the records' unique reference: it probes none), and the batch
+  is planned event by event (`app.usage.batch`) in one transaction and written by one more
+  statement. A batch posts one ledger transaction (a wallet leg per user, the system legs
+  once) and a usage record per event, whose unique `reference` is the event's idempotency key.
+  Concurrent batches cannot deadlock (limits, then wallets, in one order); a race on a
+  reference is planned as a replay (retried if it races the planned write).
 
 Spend limits, low-balance alerts and the auto top-up trigger are more CTEs of the same statement,
 reading the wallet CTE's result (`crossing`: the available balance before and after), not
@@ -1041,26 +1042,24 @@ def _batch_sql() -> str:
     order, is covered and within its limits, and its total drawn from its live lots in
     `LOT_ORDER` draws what the events drawn one at a time would. When every user of the batch
     is decided, the batch is applied: one row per event, in order, with its wallet right after
-    it and what its tightest limit leaves. Else (a replay, a refusal, a lot credited meanwhile)
-    it writes nothing and answers no row: the planned path (`UsageStore._plan_and_write`)
-    decides the batch event by event."""
+    it and what its tightest limit leaves. Else (a refusal, a lot credited meanwhile) it writes
+    nothing and answers no row, and a replay (an event's reference already in `usage_records`,
+    or twice in the batch) fails it on that unique index, writing nothing either: the planned
+    path (`UsageStore._plan_and_write`) decides the batch event by event."""
     return f"""
 WITH ev AS MATERIALIZED (
     SELECT * FROM {_BATCH_EVENTS}
 ), users AS (
     SELECT user_id, sum(amount)::bigint AS total, count(*) AS events FROM ev GROUP BY user_id
 ), planned AS (
-    -- Users with an event already applied, or whose reference the batch repeats. Each
-    -- reference is looked up in the unique indexes, one probe per event: a scalar subquery
-    -- with LIMIT is never hashed, so no plan reads either table whole, however stale its
-    -- statistics (an EXISTS was planned as a hashed seq scan of both tables per batch).
+    -- Users with an event applied before that only the ledger knows (a debit older than its
+    -- usage record, `_EXISTING_DEBIT`), one probe per event: a scalar subquery with LIMIT is
+    -- never hashed, so no plan reads the table whole, however stale its statistics. Any other
+    -- event applied before, or a reference the batch repeats, is not looked up: the records'
+    -- unique `reference` refuses it, the statement fails whole (nothing written) and the store
+    -- plans the batch, as a single debit's replay runs into the same index.
     SELECT ev.user_id FROM ev
-    WHERE coalesce(
-        (SELECT true FROM usage_records r WHERE r.reference = ev.reference LIMIT 1),
-        (SELECT true FROM ledger_transactions t WHERE t.reference = ev.reference LIMIT 1))
-    UNION
-    SELECT ev.user_id FROM ev
-    WHERE ev.reference IN (SELECT reference FROM ev GROUP BY reference HAVING count(*) > 1)
+    WHERE (SELECT true FROM ledger_transactions t WHERE t.reference = ev.reference LIMIT 1)
 ), limits AS (
     SELECT s.id, s.user_id, s.scope, s.limit_micros, {_counter_now("s", "w.current_window")}
     FROM spend_limits s,
@@ -1669,7 +1668,12 @@ class UsageStore:
             with commits_watched(conn):
                 # Autocommit: the statement's locks end with it, not with a COMMIT this
                 # process would send once its event loop gets to it.
-                rows = await conn.fetch(_sql().batch, *args)
+                try:
+                    rows = await conn.fetch(_sql().batch, *args)
+                except asyncpg.UniqueViolationError:
+                    # A reference applied before (or twice in the batch): the statement
+                    # wrote nothing; the planned path tells replays from new events.
+                    rows = []
                 if not rows:  # it wrote nothing (`transaction_id` is still free)
                     async with conn.transaction():
                         plan, planned_after = await self._plan_and_write(
