@@ -12,7 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, CheckConstraint, Index, PrimaryKeyConstraint, String
+from sqlalchemy import JSON, BigInteger, CheckConstraint, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, BigIntPK, CreatedAt, IdKey, UserId, one_of, partial_index
@@ -149,16 +149,12 @@ class LedgerEntry(Base):
     two RI triggers per row, the largest cost of a batch's write."""
 
     __tablename__ = "ledger_entries"
-    # The key is (account_id, id), the order an account's entries are read in (statements,
-    # `ledger-verify`'s running balances): nothing reads an entry by its id alone, so a serial
-    # key beside an (account_id, id) index made every entry one index insertion too many
-    # (migration 0027).
     __table_args__ = (
         CheckConstraint("amount_micros <> 0", name="amount_non_zero"),
-        PrimaryKeyConstraint("account_id", "id"),
+        Index("ix_ledger_entries_account_id_id", "account_id", "id"),
     )
 
-    id: Mapped[int] = mapped_column(BigIntPK, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     transaction_id: Mapped[str] = mapped_column(String(40), index=True)
     account_id: Mapped[str] = mapped_column(String(40))
     amount_micros: Mapped[int]
