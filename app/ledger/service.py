@@ -129,6 +129,11 @@ async def post(
         transaction = LedgerTransaction(**header.columns(txn_id, now))
         return PostResult(transaction=transaction, replayed=False, wallets=wallets)
 
+    if session.new or session.dirty or session.deleted:
+        # The caller's pending ORM changes are written before the posting's statements (Core
+        # statements do not autoflush), as when its first statement was an ORM insert: the
+        # rows they lock are locked before the wallets, and its SQL sees them.
+        await session.flush()
     txn_id = await repository.insert_transaction(session, header, now)
     if txn_id is None:
         return await _replay(session, reference, kind, wallet_users)

@@ -136,3 +136,21 @@ async def test_a_notification_is_pending_and_due_on_both_channels(session_maker:
         assert before <= getattr(row, f"{channel}_next_attempt_at") <= utcnow()
         assert getattr(row, f"{channel}_sent_at") is None
     assert before <= row.created_at <= utcnow()
+
+
+async def test_a_posting_writes_the_callers_pending_changes_first(session_maker: Maker) -> None:
+    """Its statements are Core (no autoflush): what the caller changed through the ORM is
+    written before them, as when its first statement was an ORM insert."""
+    async with session_scope(session_maker) as session:
+        session.add(Notification(id="ntf_pending", user_id="erin", type="topup.succeeded", data={}))
+        await lots.credit(
+            session,
+            user_id="erin",
+            amount_micros=1_000_000,
+            source=LotSource.ADJUSTMENT,
+            reference="adjustment:erin",
+            kind="adjustment",
+            account="adjustments",
+        )
+        written = "SELECT count(*) FROM notifications WHERE id = 'ntf_pending'"
+        assert (await session.execute(text(written))).scalar_one() == 1
