@@ -49,3 +49,11 @@ def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
     logging.getLogger("uvicorn.access").disabled = True
     # Alembic says every plugin it loads and every step at INFO; `migrate` prints one line.
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # The Stripe SDK says every request and response at INFO (two lines per call, a logfmt
+    # string each, through the whole chain above: ~2% of the webhook path's CPU, issue 22);
+    # `StripeGateway._call` counts and times each call in /metrics (by operation and outcome)
+    # and logs it at DEBUG; a failure reaches its caller as our error. The SDK's own lines
+    # show at DEBUG.
+    logging.getLogger("stripe").setLevel(
+        logging.DEBUG if root.getEffectiveLevel() <= logging.DEBUG else logging.WARNING
+    )

@@ -8,9 +8,10 @@ from datetime import datetime
 from typing import Any, NamedTuple, cast
 
 from sqlalchemy import (
+    JSON,
     Table,
+    bindparam,
     func,
-    null,
     select,
     text,
     union_all,
@@ -26,8 +27,8 @@ from app.ledger.statements import (
     locked_wallet,
     lot_draw_ctes,
 )
-from app.models.base import utcnow
-from app.models.ledger import Account, LedgerEntry, LedgerTransaction
+from app.models.base import UTCDateTime, utcnow
+from app.models.ledger import Account, LedgerTransaction
 
 
 class WalletRow(NamedTuple):
@@ -48,10 +49,6 @@ class WalletRow(NamedTuple):
     def available_micros(self) -> int:
         return self.balance_micros - self.held_micros - self.expired_micros
 
-
-# The Core table: the ORM entity's bulk insert would split a transaction's rows by which of
-# their values are NULL (one statement per shape).
-_ENTRIES = cast(Table, LedgerEntry.__table__)
 
 WALLET_COLUMNS = (
     Account.id,
@@ -92,25 +89,36 @@ class Header:
         }
 
 
-def _insert_header(insert: Any, header: Header, created_at: datetime) -> Any:
-    """INSERT the header under a new id unless its reference exists (then no row comes back)."""
-    values = header.columns(new_id("txn"), created_at)
-    if header.details is None:
-        values["details"] = null()  # SQL NULL, not a JSON null
-    return (
-        insert(LedgerTransaction)
-        .values(values)
-        .on_conflict_do_nothing(index_elements=["reference"])
-        .returning(LedgerTransaction.id)
+_TRANSACTIONS = cast(Table, LedgerTransaction.__table__)
+_ACCOUNTS = cast(Table, Account.__table__)
+
+# Built once, run with each posting's values as parameters: a Core statement on the table, no
+# ORM bulk-DML layer, and no statement (nor its cache key) built again per posting (issue 22:
+# building `insert(Model).values(...)` anew cost more CPU than running it).
+_INSERT_HEADER = (
+    insert(_TRANSACTIONS)
+    .values(
+        {name: bindparam(name) for name in ("id", "reference", "kind", "user_id", "description")}
+        | {
+            "request_hash": bindparam("request_hash"),
+            # None is SQL NULL here, not a JSON null.
+            "details": bindparam("details", type_=JSON(none_as_null=True)),
+            "created_at": bindparam("created_at"),
+        }
     )
+    .on_conflict_do_nothing(index_elements=["reference"])
+    .returning(_TRANSACTIONS.c.id)
+)
 
 
 async def insert_transaction(
     session: AsyncSession, header: Header, created_at: datetime | None = None
 ) -> str | None:
-    """Insert the transaction header; None when the reference exists already (a replay)."""
-    stmt = _insert_header(insert, header, created_at or utcnow())
-    return (await session.execute(stmt)).scalar_one_or_none()
+    """Insert the transaction header under a new id; None when the reference exists already
+    (a replay)."""
+    values = header.columns(new_id("txn"), created_at or utcnow())
+    txn_id: str | None = (await session.execute(_INSERT_HEADER, values)).scalar_one_or_none()
+    return txn_id
 
 
 async def get_transaction(session: AsyncSession, reference: str) -> LedgerTransaction | None:
@@ -146,22 +154,26 @@ async def debit_wallet_if_available(
     return WalletRow(*row) if row is not None else None
 
 
+_NEW_WALLET = insert(_ACCOUNTS).values(
+    id=bindparam("id"),
+    kind="wallet",
+    user_id=bindparam("user_id"),
+    balance_micros=bindparam("delta"),
+    held_micros=0,
+    created_at=bindparam("now"),
+)
+_UPSERT_WALLET = _NEW_WALLET.on_conflict_do_update(
+    index_elements=["user_id"],
+    set_={"balance_micros": _ACCOUNTS.c.balance_micros + _NEW_WALLET.excluded.balance_micros},
+).returning(*(_ACCOUNTS.c[column.key] for column in WALLET_COLUMNS))
+"""`apply_to_wallet`'s upsert, built once (as `_INSERT_HEADER`)."""
+
+
 async def apply_to_wallet(session: AsyncSession, user_id: str, delta_micros: int) -> WalletRow:
     """Add `delta_micros` (either sign) to the wallet unconditionally, creating the wallet on
     first use, in one upsert."""
-    ins = insert(Account).values(
-        id=new_id("acc"),
-        kind="wallet",
-        user_id=user_id,
-        balance_micros=delta_micros,
-        held_micros=0,
-        created_at=utcnow(),
-    )
-    upsert = ins.on_conflict_do_update(
-        index_elements=["user_id"],
-        set_={"balance_micros": Account.balance_micros + ins.excluded.balance_micros},
-    ).returning(*WALLET_COLUMNS)
-    return wallet_row((await session.execute(upsert)).one())
+    params = {"id": new_id("acc"), "user_id": user_id, "delta": delta_micros, "now": utcnow()}
+    return wallet_row((await session.execute(_UPSERT_WALLET, params)).one())
 
 
 _WALLET = text(
@@ -181,10 +193,38 @@ async def get_wallet(
     return WalletRow(*row) if row is not None else None
 
 
-async def insert_entries(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
-    """Insert a transaction's entries in ONE statement (a multi-row VALUES): on PostgreSQL the
-    zero-sum trigger requires all of a transaction's entries to arrive together."""
-    await session.execute(insert(_ENTRIES).values(rows))
+_INSERT_ENTRIES = text(
+    """
+    INSERT INTO ledger_entries
+        (transaction_id, account_id, amount_micros, balance_after_micros, created_at)
+    SELECT e.transaction_id, e.account_id, e.amount_micros, e.balance_after_micros, :created_at
+    FROM unnest(CAST(:transaction_ids AS text[]), CAST(:account_ids AS text[]),
+                CAST(:amounts AS bigint[]), CAST(:balances_after AS bigint[]))
+         WITH ORDINALITY AS e(transaction_id, account_id, amount_micros, balance_after_micros, n)
+    ORDER BY e.n
+    """
+).bindparams(bindparam("created_at", type_=UTCDateTime()))
+"""A transaction's entries as arrays, in their order: one statement for any number of legs,
+built once (a multi-row VALUES is a statement, and a cache key, of its own per call)."""
+
+
+async def insert_entries(
+    session: AsyncSession,
+    transaction_id: str,
+    created_at: datetime,
+    legs: list[tuple[str, int, int | None]],
+) -> None:
+    """Insert a transaction's entries, `(account id, amount, balance after)` each, in ONE
+    statement: on PostgreSQL the zero-sum trigger requires all of a transaction's entries to
+    arrive together."""
+    params = {
+        "transaction_ids": [transaction_id] * len(legs),
+        "account_ids": [account_id for account_id, _, _ in legs],
+        "amounts": [amount for _, amount, _ in legs],
+        "balances_after": [balance for _, _, balance in legs],
+        "created_at": created_at,
+    }
+    await session.execute(_INSERT_ENTRIES, params)
 
 
 async def refresh_watch(session: AsyncSession, user_id: str) -> None:

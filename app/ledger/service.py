@@ -129,38 +129,27 @@ async def post(
         transaction = LedgerTransaction(**header.columns(txn_id, now))
         return PostResult(transaction=transaction, replayed=False, wallets=wallets)
 
+    if session.new or session.dirty or session.deleted:
+        # The caller's pending ORM changes are written before the posting's statements (Core
+        # statements do not autoflush), as when its first statement was an ORM insert: the
+        # rows they lock are locked before the wallets, and its SQL sees them.
+        await session.flush()
     txn_id = await repository.insert_transaction(session, header, now)
     if txn_id is None:
         return await _replay(session, reference, kind, wallet_users)
 
     wallets: dict[str, WalletRow] = {}
-    entries: list[dict[str, Any]] = []
+    entries: list[tuple[str, int, int | None]] = []  # (account id, amount, balance after)
     # Wallets are touched in user-id order so two postings over the same wallets cannot deadlock.
     for leg in sorted(legs, key=lambda leg: (leg.user_id is None, leg.user_id or "")):
         if leg.user_id is not None:
             wallet = await _apply_wallet_leg(session, leg, now)
             wallets[leg.user_id] = wallet
-            entries.append(
-                {
-                    "transaction_id": txn_id,
-                    "account_id": wallet.id,
-                    "amount_micros": leg.amount_micros,
-                    "balance_after_micros": wallet.balance_micros,
-                    "created_at": now,
-                }
-            )
+            entries.append((wallet.id, leg.amount_micros, wallet.balance_micros))
         else:
             assert leg.system is not None
-            entries.append(
-                {
-                    "transaction_id": txn_id,
-                    "account_id": system_account_id(leg.system),
-                    "amount_micros": leg.amount_micros,
-                    "balance_after_micros": None,
-                    "created_at": now,
-                }
-            )
-    await repository.insert_entries(session, entries)
+            entries.append((system_account_id(leg.system), leg.amount_micros, None))
+    await repository.insert_entries(session, txn_id, now, entries)
     return await posted(txn_id, wallets)
 
 

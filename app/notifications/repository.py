@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
-from sqlalchemy import and_, or_, select, text, update
+from sqlalchemy import Table, and_, bindparam, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -17,6 +17,31 @@ from app.notifications import state
 
 Channel = Literal["email", "webhook"]
 CHANNELS: tuple[Channel, ...] = ("email", "webhook")
+
+
+_NOTIFICATIONS = cast(Table, Notification.__table__)
+
+_INSERT_NOTIFICATION = insert(_NOTIFICATIONS).values(
+    {name: bindparam(name) for name in ("id", "user_id", "type", "data", "email")}
+)
+"""The outbox row of `enqueue()`, built once: the columns not given take their defaults
+(created and due now on both channels, pending, no attempt)."""
+
+
+async def insert_notification(
+    session: AsyncSession,
+    *,
+    id: str,
+    user_id: str,
+    type: str,
+    data: dict[str, Any],
+    email: str | None,
+) -> None:
+    """Write one notification into the outbox, in the caller's transaction."""
+    await session.execute(
+        _INSERT_NOTIFICATION,
+        {"id": id, "user_id": user_id, "type": type, "data": data, "email": email},
+    )
 
 
 def _columns(channel: Channel) -> tuple[Any, Any, Any, Any, Any]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from sqlalchemy import Select, func, or_, select, text
+from sqlalchemy import Select, bindparam, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models.base import utcnow
@@ -14,6 +14,25 @@ from app.models.orders import Order, OrderKind
 from app.models.refunds import OPEN_REFUND_REQUEST_STATUSES, Dispute, RefundRequest
 from app.orders.schemas import OrderFilter
 from app.orders.state import PENDING_STATUSES
+
+
+def _by(column: Any, *, for_update: bool) -> Select[Order]:
+    stmt = select(Order).where(column == bindparam("key")).execution_options(populate_existing=True)
+    return stmt.with_for_update() if for_update else stmt
+
+
+_FIND = {
+    (name, for_update): _by(column, for_update=for_update)
+    for name, column in (
+        ("order_id", Order.id),
+        ("payment_intent_id", Order.stripe_payment_intent_id),
+        ("checkout_session_id", Order.stripe_checkout_session_id),
+        ("charge_id", Order.stripe_charge_id),
+    )
+    for for_update in (False, True)
+}
+"""`find_order`'s statements, built once (its orders are read on every credit): the key is a
+parameter."""
 
 
 async def find_order(
@@ -27,20 +46,16 @@ async def find_order(
 ) -> Order | None:
     """The order with this id, PaymentIntent, Checkout Session or charge (the first one given),
     re-read from the database (not the identity map); `for_update` locks the row."""
-    if order_id:
-        stmt = select(Order).where(Order.id == order_id)
-    elif payment_intent_id:
-        stmt = select(Order).where(Order.stripe_payment_intent_id == payment_intent_id)
-    elif checkout_session_id:
-        stmt = select(Order).where(Order.stripe_checkout_session_id == checkout_session_id)
-    elif charge_id:
-        stmt = select(Order).where(Order.stripe_charge_id == charge_id)
-    else:
+    keys = (
+        ("order_id", order_id),
+        ("payment_intent_id", payment_intent_id),
+        ("checkout_session_id", checkout_session_id),
+        ("charge_id", charge_id),
+    )
+    name, key = next(((name, key) for name, key in keys if key), (None, None))
+    if name is None:
         return None
-    stmt = stmt.execution_options(populate_existing=True)
-    if for_update:
-        stmt = stmt.with_for_update()
-    return (await session.execute(stmt)).scalars().first()
+    return (await session.scalars(_FIND[name, for_update], {"key": key})).first()
 
 
 async def get_order(
