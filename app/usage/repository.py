@@ -692,6 +692,58 @@ FROM hold h, wallet w
 # applied alone, in any order, exactly as it is here; else nothing is written and no row is
 # answered, and each goes alone, in arrival order (the statements above decide the rest).
 
+
+def _batch_limits(items: str, users: str, windows: tuple[str, str, str]) -> str:
+    """The `limits` CTE of a batch: the spend limits of the users `users` (a query of user ids)
+    on the scopes the batch's `items` (rows with `user_id` and `api_key_id`) name, each as of
+    the window counting now (`windows`: the day's, week's and month's starts), locked in key
+    order before any wallet. Each table is reached by its index through an array (`= ANY`),
+    never by a join the planner could make a hashed scan of the whole table."""
+    day, week, month = windows
+    return f"""limits AS (
+    SELECT s.id, s.user_id, s.scope, s.limit_micros, {_counter_now("s", "w.current_window")}
+    FROM spend_limits s,
+         LATERAL (SELECT {_current_window("s.period", day, week, month)} AS current_window) w
+    WHERE s.user_id = ANY(ARRAY({users}))
+      AND s.scope = ANY(ARRAY(SELECT 'account' UNION
+                              SELECT 'key:' || api_key_id FROM {items}
+                              WHERE api_key_id IS NOT NULL))
+      AND (s.user_id, s.scope) IN (
+        SELECT user_id, 'account' FROM {items}
+        UNION SELECT user_id, 'key:' || api_key_id FROM {items} WHERE api_key_id IS NOT NULL)
+    ORDER BY s.user_id, s.scope, s.set_by FOR UPDATE OF s
+)"""
+
+
+def _batch_counters(items: str) -> str:
+    """The `counted` CTE of a batch: each item of `items` (in `ord` order, spending `amount`)
+    under each limit it is subject to, with what the limit's window has spent once the item is
+    in (`_BATCH_SPEND` writes each limit's last count, `_TIGHTEST_LIMIT` answers each item's)."""
+    return f"""counted AS (
+    SELECT i.ord, l.id, l.user_id, l.window_start, l.limit_micros,
+           (l.spent_micros + sum(i.amount) OVER (PARTITION BY l.id ORDER BY i.ord))::bigint
+               AS spent
+    FROM {items} i JOIN limits l
+      ON l.user_id = i.user_id AND (l.scope = 'account' OR l.scope = 'key:' || i.api_key_id)
+)"""
+
+
+_BATCH_SPEND = """spend AS (
+    UPDATE spend_limits s SET window_start = c.window_start, spent_micros = c.spent
+    FROM (SELECT DISTINCT ON (id) id, user_id, window_start, spent FROM counted
+          ORDER BY id, ord DESC) c
+    JOIN wallets w ON w.user_id = c.user_id
+    WHERE s.id = c.id
+)"""
+"""Each limit's last count (`counted`), written for the users whose wallets were applied."""
+
+_TIGHTEST_LIMIT = "(SELECT ord, min(limit_micros - spent) AS remaining FROM counted GROUP BY ord)"
+"""Per item (`ord`): what its tightest limit leaves once it is in."""
+
+
+_DECIDABLE_USERS = "SELECT user_id FROM users EXCEPT SELECT user_id FROM planned"
+"""The users of a hold batch the statement may decide (none of whose holds goes alone)."""
+
 _RESERVE_REQUESTS = """unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
                   $6::timestamptz[], $7::text[])
          WITH ORDINALITY AS r(id, user_id, amount, request_hash, details, expires_at,
@@ -720,33 +772,12 @@ WITH rq AS MATERIALIZED (
     SELECT user_id FROM rq WHERE (SELECT true FROM holds h WHERE h.id = rq.id LIMIT 1)
     UNION
     SELECT user_id FROM rq WHERE id IN (SELECT id FROM rq GROUP BY id HAVING count(*) > 1)
-), limits AS (
-    SELECT s.id, s.user_id, s.scope, s.limit_micros, {_counter_now("s", "w.current_window")}
-    FROM spend_limits s,
-         LATERAL (SELECT {_current_window("s.period", "$9", "$10", "$11")} AS current_window) w
-    -- Each table below is reached by its index through an array (`= ANY`), never by a join
-    -- the planner could make a hashed scan of the whole table.
-    WHERE s.user_id = ANY(ARRAY(SELECT user_id FROM users EXCEPT SELECT user_id FROM planned))
-      AND s.scope = ANY(ARRAY(SELECT 'account' UNION
-                              SELECT 'key:' || api_key_id FROM rq WHERE api_key_id IS NOT NULL))
-      AND (s.user_id, s.scope) IN (
-        SELECT user_id, 'account' FROM users
-        UNION SELECT user_id, 'key:' || api_key_id FROM rq WHERE api_key_id IS NOT NULL)
-    ORDER BY s.user_id, s.scope, s.set_by FOR UPDATE OF s
-), locked AS (
+), {_batch_limits("rq", _DECIDABLE_USERS, ("$9", "$10", "$11"))}, locked AS (
     SELECT id, user_id, balance_micros, held_micros, tracked_micros FROM accounts
-    WHERE user_id = ANY(ARRAY(SELECT user_id FROM users EXCEPT SELECT user_id FROM planned))
+    WHERE user_id = ANY(ARRAY({_DECIDABLE_USERS}))
       AND (SELECT count(*) FROM limits) >= 0  -- the limits are locked first
     ORDER BY user_id FOR UPDATE
-), counted AS (
-    -- Each reserve under each limit it is subject to: what the limit's window has spent once
-    -- the reserve is in.
-    SELECT rq.ord, l.id, l.user_id, l.window_start, l.limit_micros,
-           (l.spent_micros + sum(rq.amount) OVER (PARTITION BY l.id ORDER BY rq.ord))::bigint
-               AS spent
-    FROM rq JOIN limits l
-      ON l.user_id = rq.user_id AND (l.scope = 'account' OR l.scope = 'key:' || rq.api_key_id)
-), decided AS (
+), {_batch_counters("rq")}, decided AS (
     SELECT k.id, k.user_id, u.total FROM locked k JOIN users u ON u.user_id = k.user_id
     WHERE k.balance_micros - k.held_micros - CASE WHEN k.tracked_micros = 0 THEN 0
               ELSE {expired_lots("k.user_id", "$8")} END >= u.total
@@ -756,13 +787,7 @@ WITH rq AS MATERIALIZED (
     FROM decided d WHERE a.id = d.id
     RETURNING a.id, a.user_id, a.balance_micros, a.held_micros, a.watch_micros,
               a.tracked_micros, d.total
-), spend AS (
-    UPDATE spend_limits s SET window_start = c.window_start, spent_micros = c.spent
-    FROM (SELECT DISTINCT ON (id) id, user_id, window_start, spent FROM counted
-          ORDER BY id, ord DESC) c
-    JOIN wallets w ON w.user_id = c.user_id
-    WHERE s.id = c.id
-), held AS (
+), {_BATCH_SPEND}, held AS (
     INSERT INTO holds (id, account_id, user_id, amount_micros, status, request_hash, details,
                        expires_at, created_at, api_key_id)
     SELECT rq.id, w.id, rq.user_id, rq.amount, {hold_state.INITIAL}, rq.request_hash,
@@ -786,7 +811,7 @@ SELECT rq.ord, rq.id, rq.user_id, rq.amount AS amount_micros,
            AS held_micros,
        r.remaining AS limit_remaining_micros, w.tracked_micros <> 0 AS tracks_lots
 FROM rq JOIN wallets w ON w.user_id = rq.user_id
-LEFT JOIN (SELECT ord, min(limit_micros - spent) AS remaining FROM counted GROUP BY ord) r
+LEFT JOIN {_TIGHTEST_LIMIT} r
   ON r.ord = rq.ord
 ORDER BY rq.ord
 """
@@ -1060,15 +1085,7 @@ WITH ev AS MATERIALIZED (
     -- plans the batch, as a single debit's replay runs into the same index.
     SELECT ev.user_id FROM ev
     WHERE (SELECT true FROM ledger_transactions t WHERE t.reference = ev.reference LIMIT 1)
-), limits AS (
-    SELECT s.id, s.user_id, s.scope, s.limit_micros, {_counter_now("s", "w.current_window")}
-    FROM spend_limits s,
-         LATERAL (SELECT {_current_window("s.period", "$12", "$13", "$14")} AS current_window) w
-    WHERE (s.user_id, s.scope) IN (
-        SELECT user_id, 'account' FROM users
-        UNION SELECT user_id, 'key:' || api_key_id FROM ev WHERE api_key_id IS NOT NULL)
-    ORDER BY s.user_id, s.scope, s.set_by FOR UPDATE OF s
-), locked AS (
+), {_batch_limits("ev", "SELECT user_id FROM users", ("$12", "$13", "$14"))}, locked AS (
     SELECT id, user_id, balance_micros, held_micros, tracked_micros FROM accounts
     WHERE user_id IN (SELECT user_id FROM users)
       AND (SELECT count(*) FROM limits) >= 0  -- the limits are locked first
@@ -1098,15 +1115,7 @@ WITH ev AS MATERIALIZED (
            sum(drawn)::bigint AS total,
            coalesce(sum(drawn) FILTER (WHERE kind = 'granted'), 0)::bigint AS granted
     FROM draws GROUP BY user_id
-), counted AS (
-    -- Each event under each limit it is subject to: what the limit's window has spent once
-    -- the event is in.
-    SELECT ev.ord, l.id, l.user_id, l.window_start, l.limit_micros,
-           (l.spent_micros + sum(ev.amount) OVER (PARTITION BY l.id ORDER BY ev.ord))::bigint
-               AS spent
-    FROM ev JOIN limits l
-      ON l.user_id = ev.user_id AND (l.scope = 'account' OR l.scope = 'key:' || ev.api_key_id)
-), decided AS (
+), {_batch_counters("ev")}, decided AS (
     -- The lots seen must be all the wallet tracks (else one was credited after this
     -- statement's snapshot: the planned path decides that user).
     SELECT k.id, k.user_id, u.total, coalesce(d.total, 0) AS drawn,
@@ -1129,13 +1138,7 @@ WITH ev AS MATERIALIZED (
     UPDATE credit_lots l SET remaining_micros = l.remaining_micros - d.drawn
     FROM draws d JOIN wallets w ON w.user_id = d.user_id
     WHERE l.id = d.id AND d.drawn > 0
-), spend AS (
-    UPDATE spend_limits s SET window_start = c.window_start, spent_micros = c.spent
-    FROM (SELECT DISTINCT ON (id) id, user_id, window_start, spent FROM counted
-          ORDER BY id, ord DESC) c
-    JOIN wallets w ON w.user_id = c.user_id
-    WHERE s.id = c.id
-), {_batch_ledger_ctes("$11", "$15", "$16", _APPLIED_EVENTS)}, applied AS (
+), {_BATCH_SPEND}, {_batch_ledger_ctes("$11", "$15", "$16", _APPLIED_EVENTS)}, applied AS (
     SELECT ev.*, w.id AS wallet_id, w.held_micros, w.expired,
            (w.balance_micros + w.total
                - sum(ev.amount) OVER (PARTITION BY ev.user_id ORDER BY ev.ord))::bigint
@@ -1150,7 +1153,7 @@ SELECT a.ord, a.wallet_id, a.user_id, a.balance_after, a.held_micros, a.expired,
            AS limit_remaining_micros,
        {BALANCE_EVENTS.recorded_sql()} AS after_commit
 FROM applied a
-LEFT JOIN (SELECT ord, min(limit_micros - spent) AS remaining FROM counted GROUP BY ord) r
+LEFT JOIN {_TIGHTEST_LIMIT} r
   ON r.ord = a.ord
 ORDER BY a.ord
 """
