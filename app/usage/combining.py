@@ -165,7 +165,7 @@ class Lane(Generic[Item, Result]):
         waiting = self._waiting.pop(key)
         if waiting:
             self._waiting[key] = []
-            self._start(self._combined(key, waiting))
+            self._start(self._sent(waiting, key))
 
     def send_queued(self) -> None:
         """Send what waits across keys (the slots have room): four or more as one batch of up
@@ -174,7 +174,7 @@ class Lane(Generic[Item, Result]):
             sent, self.queued = self.queued[:MAX_COMBINED], self.queued[MAX_COMBINED:]
         else:
             sent = [self.queued.pop(0)]
-        self._start(self._queued_sent([(item, future) for item, future, _ in sent]))
+        self._start(self._sent([(item, future) for item, future, _ in sent]))
 
     def _start(self, work: Coroutine[Any, Any, None]) -> None:
         self._slots.busy += 1
@@ -182,23 +182,19 @@ class Lane(Generic[Item, Result]):
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
-    async def _combined(
-        self, key: Hashable, waiting: list[tuple[Item, asyncio.Future[Result | Exception]]]
+    async def _sent(
+        self,
+        waiting: list[tuple[Item, asyncio.Future[Result | Exception]]],
+        key: Hashable | None = None,
     ) -> None:
+        """Send `waiting` as one statement; then free its slot, let the next of `key` (the
+        wallet whose waiting items these were, if any) go, and send what the bound held back."""
         try:
             await self._send_or_fail(waiting)
         finally:
             self._slots.busy -= 1
-            self._next(key)
-            self._slots.drain()
-
-    async def _queued_sent(
-        self, sent: list[tuple[Item, asyncio.Future[Result | Exception]]]
-    ) -> None:
-        try:
-            await self._send_or_fail(sent)
-        finally:
-            self._slots.busy -= 1
+            if key is not None:
+                self._next(key)
             self._slots.drain()
 
     async def _send_or_fail(
