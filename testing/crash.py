@@ -45,6 +45,7 @@ from sqlalchemy.engine import make_url
 
 from app.auth.jwt import mint_token
 from app.config import Settings
+from app.models.ledger import Txn
 from dev.postgres import server_for_tests
 from testing.service_process import CLI, REPO_ROOT, ServiceProcess
 from testing.stripe_peer import PeerProcess, StripePeer
@@ -422,11 +423,10 @@ async def grant_lots(dsn: str, seconds: float) -> int:
                 for n, (source, kind, account) in enumerate(kinds):
                     await lots.credit(
                         session,
+                        Txn(f"{kind}:crash-{user}-{n}", kind),
                         user_id=user,
                         amount_micros=DEPOSIT_MICROS // 4,
                         source=source,
-                        reference=f"{kind}:crash-{user}-{n}",
-                        kind=kind,
                         account=account,
                         expires_at=now + timedelta(seconds=random.uniform(2, seconds * 1.2)),
                     )

@@ -13,7 +13,7 @@ from app.db import session_scope
 from app.ids import new_id
 from app.ledger import lots
 from app.models.base import utcnow
-from app.models.ledger import LotSource
+from app.models.ledger import LotSource, Txn
 from app.models.orders import Order
 from app.models.payment_methods import PaymentMethod
 from app.usage.repository import UsageStore
@@ -56,16 +56,13 @@ async def paid_order(
         await session.flush()
         await lots.credit(
             session,
+            Txn(f"topup:{payment_intent}", "topup", "Top-up", details={"order_id": order_id}),
             user_id=user_id,
             amount_micros=amount_micros,
             source=LotSource.PURCHASE,
-            reference=f"topup:{payment_intent}",
-            kind="topup",
             account="stripe",
             expires_at=expires_at,
             order_id=order_id,
-            description="Top-up",
-            details={"order_id": order_id},
         )
     return order
 

@@ -14,6 +14,8 @@ from app.ledger.service import PostResult, transfer
 from app.models.ledger import LotSource
 
 DESCRIPTION = "Balance adjustment"
+ACCOUNT = "adjustments"
+"""The system account adjustments move money from and to."""
 
 
 async def adjust_wallet(
@@ -39,33 +41,18 @@ async def adjust_wallet(
     operator = OperatorPosting.of(
         actor, user_id, body, {"amount_micros": body.amount_micros, "reason": body.reason}
     )
-    reference = f"adjustment:{body.idempotency_key}"
-    if body.amount_micros > 0:
+    txn = operator.txn(f"adjustment:{body.idempotency_key}", "adjustment", DESCRIPTION)
+    amount = body.amount_micros
+    if amount > 0:
         # A positive adjustment is paid credit that never expires: a lot of its own.
+        source = LotSource.ADJUSTMENT
         credited = await lots.credit(
-            session,
-            user_id=user_id,
-            amount_micros=body.amount_micros,
-            source=LotSource.ADJUSTMENT,
-            reference=reference,
-            kind="adjustment",
-            account="adjustments",
-            description=DESCRIPTION,
-            request_hash=operator.request_hash,
-            details=operator.ledger_details,
+            session, txn, user_id=user_id, amount_micros=amount, source=source, account=ACCOUNT
         )
         result = credited.posting
     else:
         result = await transfer(
-            session,
-            reference=reference,
-            kind="adjustment",
-            user_id=user_id,
-            amount_micros=body.amount_micros,
-            account="adjustments",
-            description=DESCRIPTION,
-            request_hash=operator.request_hash,
-            details=operator.ledger_details,
+            session, txn, user_id=user_id, amount_micros=amount, account=ACCOUNT
         )
     await operator.audit(session, result, "wallet_adjusted", {"amount_micros": body.amount_micros})
     return result

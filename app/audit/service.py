@@ -15,7 +15,7 @@ from app.errors import IdempotencyConflict
 from app.idempotency import hash_request
 from app.ids import new_id
 from app.models.audit import AuditEntry
-from app.models.ledger import LedgerTransaction
+from app.models.ledger import LedgerTransaction, Txn
 from app.pagination import PageRequest, Slice, before_id, slice_by_id
 from app.request_context import current_request_id
 
@@ -87,10 +87,11 @@ class OperatorPosting:
         request_hash = hash_request({"user_id": user_id, **fingerprint})
         return cls(actor, user_id, body.idempotency_key, body.reason, request_hash)
 
-    @property
-    def ledger_details(self) -> dict[str, Any]:
-        """What the ledger transaction keeps of it (its `details`)."""
-        return {"reason": self.reason, "actor": self.actor}
+    def txn(self, reference: str, kind: str, description: str | None) -> Txn:
+        """The posting's ledger transaction: its request's hash, and the reason and actor in
+        its `details`."""
+        details = {"reason": self.reason, "actor": self.actor}
+        return Txn(reference, kind, description, self.request_hash, details)
 
     async def audit(
         self, session: AsyncSession, posting: Posting, action: str, details: dict[str, Any]

@@ -29,7 +29,7 @@ from app.ledger.repository import get_wallet
 from app.ledger.service import Leg, PostResult, insufficient_balance, transfer
 from app.ledger.service import post as post_accounts
 from app.models.base import utcnow
-from app.models.ledger import CreditLot, LotKind, LotSource, lot_kind
+from app.models.ledger import CreditLot, LotKind, LotSource, Txn, lot_kind
 from app.pagination import PageRequest, Slice, before_id, encode_cursor
 
 
@@ -112,22 +112,18 @@ def is_tracked(kind: LotKind, expires_at: datetime | None) -> bool:
 
 async def credit(
     session: AsyncSession,
+    txn: Txn,
     *,
     user_id: str,
     amount_micros: int,
     source: LotSource,
-    reference: str,
-    kind: str,
     account: str,
     expires_at: datetime | None = None,
     order_id: str | None = None,
-    description: str | None = None,
-    request_hash: str | None = None,
-    details: dict[str, Any] | None = None,
     passed_on: tuple[str, int] | None = None,
 ) -> Credited:
     """Post `amount_micros` (> 0) into the user's wallet from system `account` and create its
-    lot, in the caller's transaction, once per `reference` (a repeat answers the original
+    lot, in the caller's transaction, once per `txn.reference` (a repeat answers the original
     posting and lot). A tracked lot repays a debt (a negative balance) first: its remainder is
     what is left of it after that. `passed_on` (system account, amount) is money `account`
     received on top of the credit that is owed elsewhere (a top-up's tax: `tax_payable`); it
@@ -138,18 +134,9 @@ async def credit(
     legs = [Leg.wallet(user_id, amount_micros), Leg.account(account, -(amount_micros + owed))]
     if owed:
         legs.append(Leg.account(owed_to, owed))
-    posting = await post_accounts(
-        session,
-        reference=reference,
-        kind=kind,
-        legs=legs,
-        user_id=user_id,
-        description=description,
-        request_hash=request_hash,
-        details=details,
-    )
+    posting = await post_accounts(session, txn, legs, user_id=user_id)
     if posting.replayed:
-        return Credited(posting, await repository.lot_by_reference(session, reference))
+        return Credited(posting, await repository.lot_by_reference(session, txn.reference))
     lot_kind_ = lot_kind(source)
     remaining = None
     if is_tracked(lot_kind_, expires_at):
@@ -164,8 +151,8 @@ async def credit(
         returned_micros=0,
         expires_at=expires_at,
         order_id=order_id,
-        description=description,
-        reference=reference,
+        description=txn.description,
+        reference=txn.reference,
         created_at=posting.transaction.created_at,
     )
     return Credited(posting, lot)
@@ -197,14 +184,16 @@ async def expire_lot(session: AsyncSession, lot_id: str, now: datetime) -> int:
     if amount > 0:
         await transfer(
             session,
-            reference=f"lot_expiry:{lot.id}",
-            kind="credit_expiry",
+            Txn(
+                f"lot_expiry:{lot.id}",
+                "credit_expiry",
+                "Credit expired",
+                details={"lot_id": lot.id, "expires_at": lot.expires_at.isoformat()},
+            ),
             user_id=lot.user_id,
             amount_micros=-amount,
             account=EXPIRY_ACCOUNTS[LotKind(lot.kind)],
             require_available=False,
-            description="Credit expired",
-            details={"lot_id": lot.id, "expires_at": lot.expires_at.isoformat()},
         )
         await repository.untrack(session, lot.user_id, amount)
     lot.remaining_micros = 0
@@ -305,19 +294,14 @@ async def _move(
     """`amount_micros` into (negative: out of) the wallet from `move.account`, with the tax
     share of an order taxed on top on `tax_payable` (same sign), the account taking both."""
     tax = (move.tax_of(abs(amount_micros)) if move.tax_of else 0) * (1 if amount_micros > 0 else -1)
-    return await post_accounts(
-        session,
-        reference=move.reference,
-        kind=move.kind,
-        legs=[
-            Leg.wallet(move.user_id, amount_micros, require_available=require_available),
-            Leg.account(move.account, -(amount_micros + tax)),
-            *([Leg.account("tax_payable", tax)] if tax else []),
-        ],
-        user_id=move.user_id,
-        description=move.description,
-        details={**(move.details or {}), "tax_micros": tax} if tax else move.details,
-    )
+    details = {**(move.details or {}), "tax_micros": tax} if tax else move.details
+    legs = [
+        Leg.wallet(move.user_id, amount_micros, require_available=require_available),
+        Leg.account(move.account, -(amount_micros + tax)),
+        *([Leg.account("tax_payable", tax)] if tax else []),
+    ]
+    txn = Txn(move.reference, move.kind, move.description, details=details)
+    return await post_accounts(session, txn, legs, user_id=move.user_id)
 
 
 async def take_back(
@@ -386,18 +370,13 @@ async def give_back(
     if lot.swept_at is not None:
         # The lot expired meanwhile: what comes back of it has expired too, and goes where
         # the sweep sent the rest of it, not into the balance.
-        return await post_accounts(
-            session,
-            reference=move.reference,
-            kind=move.kind,
-            legs=[
-                Leg.account(move.account, -give),
-                Leg.account(EXPIRY_ACCOUNTS[LotKind(lot.kind)], give),
-            ],
-            user_id=user_id,
-            description=f"{move.description} (credit expired)" if move.description else None,
-            details=move.details,
-        )
+        description = f"{move.description} (credit expired)" if move.description else None
+        legs = [
+            Leg.account(move.account, -give),
+            Leg.account(EXPIRY_ACCOUNTS[LotKind(lot.kind)], give),
+        ]
+        txn = Txn(move.reference, move.kind, description, details=move.details)
+        return await post_accounts(session, txn, legs, user_id=user_id)
     result = await _move(session, move, give)
     if result.replayed:  # pragma: no cover - checked above, under the wallet's lock
         return result

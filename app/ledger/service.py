@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -22,7 +21,7 @@ from app.ledger.repository import WalletRow
 from app.ledger.statement_repository import StatementLine
 from app.metrics import LEDGER_TRANSACTIONS, observe_posting
 from app.models.base import utcnow
-from app.models.ledger import LedgerTransaction, system_account_id
+from app.models.ledger import LedgerTransaction, Txn, system_account_id
 from app.money import format_balance
 from app.pagination import PageRequest, Slice, decode_cursor, encode_cursor
 
@@ -99,15 +98,7 @@ def _validate(legs: list[Leg]) -> None:
 
 
 async def post(
-    session: AsyncSession,
-    *,
-    reference: str,
-    kind: str,
-    legs: list[Leg],
-    user_id: str | None = None,
-    description: str | None = None,
-    request_hash: str | None = None,
-    details: dict[str, Any] | None = None,
+    session: AsyncSession, txn: Txn, legs: list[Leg], *, user_id: str | None = None
 ) -> PostResult:
     """Post a balanced transaction once. Raises `InsufficientBalance` (and leaves the session's
     transaction to be rolled back) when a wallet debit that requires it is not covered. A posting
@@ -116,7 +107,10 @@ async def post(
     _validate(legs)
     wallet_users = [leg.user_id for leg in legs if leg.user_id is not None]
     owner = user_id or (wallet_users[0] if wallet_users else None)
-    header = repository.Header(reference, kind, owner, description, request_hash, details)
+    reference, kind = txn.reference, txn.kind
+    header = repository.Header(
+        reference, kind, owner, txn.description, txn.request_hash, txn.details
+    )
     now = utcnow()
 
     async def posted(txn_id: str, wallets: dict[str, WalletRow]) -> PostResult:
@@ -155,33 +149,21 @@ async def post(
 
 async def transfer(
     session: AsyncSession,
+    txn: Txn,
     *,
-    reference: str,
-    kind: str,
     user_id: str,
     amount_micros: int,
     account: str,
     require_available: bool = True,
-    description: str | None = None,
-    request_hash: str | None = None,
-    details: dict[str, Any] | None = None,
 ) -> PostResult:
     """The two-leg posting almost every caller wants: `amount_micros` into the user's wallet
     from system `account` (negative: out of the wallet into it), once per `reference`.
     `require_available=False` lets a debit that must happen take the balance negative."""
-    return await post(
-        session,
-        reference=reference,
-        kind=kind,
-        legs=[
-            Leg.wallet(user_id, amount_micros, require_available=require_available),
-            Leg.account(account, -amount_micros),
-        ],
-        user_id=user_id,
-        description=description,
-        request_hash=request_hash,
-        details=details,
-    )
+    legs = [
+        Leg.wallet(user_id, amount_micros, require_available=require_available),
+        Leg.account(account, -amount_micros),
+    ]
+    return await post(session, txn, legs, user_id=user_id)
 
 
 async def _not_covered(

@@ -8,6 +8,7 @@ matching positive balance in wallets.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -117,6 +118,20 @@ class Account(Base):
     `balance - tracked` is what the never-expiring paid lots hold (negative: a debt). A debit
     that finds 0 here touches no lot row."""
     created_at: Mapped[CreatedAt]
+
+
+@dataclass(frozen=True, slots=True)
+class Txn:
+    """What a posting is called and says (its transaction header, less the owner): the unique
+    `reference` a repeat is known by, its `kind`, and what the statement and an audit show."""
+
+    reference: str
+    kind: str
+    description: str | None = None
+    request_hash: str | None = None
+    """The request's fingerprint, for an idempotency key's replay to tell its own request from
+    another."""
+    details: dict[str, Any] | None = None
 
 
 class LedgerTransaction(Base):

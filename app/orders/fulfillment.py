@@ -33,7 +33,7 @@ from app.db import after_commit, session_scope
 from app.errors import PaymentProviderUnavailable, StripeRequestFailed
 from app.ledger import lots
 from app.models.base import utcnow
-from app.models.ledger import LotSource
+from app.models.ledger import LotSource, Txn
 from app.models.orders import Order, OrderKind, OrderMode
 from app.money import cents_to_micros, micros_to_cents
 from app.notifications import events
@@ -264,20 +264,18 @@ async def _credit(
         order.flagged_reason = "paid at Stripe without a PaymentIntent"
         bound.error("order_flagged", reason=order.flagged_reason)
         return f"flagged: {order.flagged_reason}"
+    details: dict[str, Any] = {"order_id": order.id}
+    if order.tax_micros:
+        details["tax_micros"] = order.tax_micros
     result = await lots.credit(
         session,
+        Txn(f"topup:{pi_id}", "topup", "Top-up", details=details),
         user_id=order.user_id,
         amount_micros=order.amount_micros,
         source=LotSource.AUTO_TOPUP if order.kind == OrderKind.AUTO else LotSource.PURCHASE,
-        reference=f"topup:{pi_id}",
-        kind="topup",
         account="stripe",
         expires_at=lots.paid_expiry(settings.paid_credit_expiry_days, utcnow()),
         order_id=order.id,
-        description="Top-up",
-        details={"order_id": order.id, "tax_micros": order.tax_micros}
-        if order.tax_micros
-        else {"order_id": order.id},
         passed_on=("tax_payable", order.tax_micros) if order.tax_micros else None,
     )
     # Filled after the credit's inserts, so that the order's changes are one UPDATE (one row

@@ -25,7 +25,7 @@ from app.errors import (
 from app.ids import new_id
 from app.ledger import lots
 from app.ledger.lots_repository import lot_by_reference
-from app.models.ledger import CreditLot, LotSource
+from app.models.ledger import CreditLot, LotSource, Txn
 from app.models.promotions import PromoCode
 from app.money import parse_amount
 from app.notifications.service import remember_email
@@ -86,16 +86,12 @@ async def grant_credit(
         )
     credited = await lots.credit(
         session,
+        operator.txn(reference, "grant", body.description),
         user_id=user_id,
         amount_micros=amount_micros,
         source=LotSource.GRANT,
-        reference=reference,
-        kind="grant",
         account=ACCOUNT,
         expires_at=expires_at,
-        description=body.description,
-        request_hash=operator.request_hash,
-        details=operator.ledger_details,
     )
     await operator.audit(
         session,
@@ -178,15 +174,17 @@ async def redeem(
     )
     credited = await lots.credit(
         session,
+        Txn(
+            f"promo_redemption:{redemption_id}",
+            "promo_code",
+            f"Promo code {promo.code}",
+            details={"promo_code_id": promo.id, "code": promo.code},
+        ),
         user_id=user_id,
         amount_micros=promo.amount_micros,
         source=LotSource.PROMO_CODE,
-        reference=f"promo_redemption:{redemption_id}",
-        kind="promo_code",
         account=ACCOUNT,
         expires_at=expires_at,
-        description=f"Promo code {promo.code}",
-        details={"promo_code_id": promo.id, "code": promo.code},
     )
     lot = credited.lot
     assert lot is not None

@@ -38,7 +38,7 @@ from app.db import create_engine, create_session_maker, session_scope
 from app.ledger import lots
 from app.main import create_app
 from app.migrate import upgrade_head
-from app.models.ledger import LotSource
+from app.models.ledger import LotSource, Txn
 from app.rate_limits import SCOPES
 from dev.postgres import server_for_tests
 from testing.stripe_peer import PEER_API_KEY, PEER_PUBLISHABLE_KEY, PeerProcess
@@ -179,11 +179,10 @@ async def _seed(settings: Settings) -> str:
         for user in ("fuzz-user-a", "fuzz-user-b"):
             await lots.credit(
                 session,
+                Txn(f"adjustment:seed-{user}", "adjustment"),
                 user_id=user,
                 amount_micros=50_000_000,
                 source=LotSource.ADJUSTMENT,
-                reference=f"adjustment:seed-{user}",
-                kind="adjustment",
                 account="adjustments",
             )
         _, token = await create_service_token(session, "fuzz-gateway")

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db import session_scope
 from app.ledger import lots
-from app.models.ledger import Account, CreditLot, LotSource
+from app.models.ledger import Account, CreditLot, LotSource, Txn
 
 Maker = async_sessionmaker[AsyncSession]
 
@@ -40,15 +40,13 @@ async def add_lot(
     async with session_scope(maker) as session:
         credited = await lots.credit(
             session,
+            Txn(f"{kind}:{uuid.uuid4().hex}", kind, f"test {source}"),
             user_id=user_id,
             amount_micros=amount_micros,
             source=source,
-            reference=f"{kind}:{uuid.uuid4().hex}",
-            kind=kind,
             account=account,
             expires_at=expires_at,
             order_id=order_id,
-            description=f"test {source}",
         )
         assert credited.lot is not None
         if created_at is not None:

@@ -16,7 +16,7 @@ from app.ids import new_id
 from app.ledger import lots
 from app.ledger.balance_events import balance_changed
 from app.ledger.repository import WalletRow
-from app.models.ledger import LotSource
+from app.models.ledger import LotSource, Txn
 from app.models.notifications import BalanceAlert, Notification, NotificationSettings
 from testing.factories import gateway_debit, paid_order
 
@@ -50,11 +50,10 @@ async def _move(
         else:
             await lots.credit(
                 session,
+                Txn(f"adjustment:{new_id('adj')}", "adjustment"),
                 user_id=user_id,
                 amount_micros=amount_micros,
                 source=LotSource.ADJUSTMENT,
-                reference=f"adjustment:{new_id('adj')}",
-                kind="adjustment",
                 account="adjustments",
             )
         # What this transaction enqueued (its own rows, not other debits').

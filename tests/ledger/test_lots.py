@@ -13,7 +13,7 @@ from app.db import session_scope
 from app.ledger import lots
 from app.ledger.service import transfer
 from app.models.base import utcnow
-from app.models.ledger import Account, CreditLot, LedgerTransaction, LotSource
+from app.models.ledger import Account, CreditLot, LedgerTransaction, LotSource, Txn
 from testing.helpers.ledger import debit, deposit
 
 Maker = async_sessionmaker[AsyncSession]
@@ -25,14 +25,12 @@ async def _grant(
     async with session_scope(maker) as session:
         return await lots.credit(
             session,
+            Txn(reference, "grant", "Welcome credit"),
             user_id=user_id,
             amount_micros=amount,
             source=LotSource.GRANT,
-            reference=reference,
-            kind="grant",
             account="promotions",
             expires_at=utcnow() + expires_in if expires_in else None,
-            description="Welcome credit",
         )
 
 
@@ -120,8 +118,7 @@ async def test_a_tracked_lot_repays_a_negative_balance_first(
     async with session_scope(session_maker) as session:  # a debt of 3, as a dispute leaves
         await transfer(
             session,
-            reference="dispute:dp_1",
-            kind="dispute",
+            Txn("dispute:dp_1", "dispute"),
             user_id="dave",
             amount_micros=-3_000_000,
             account="disputes",
@@ -248,16 +245,14 @@ async def test_ledger_verify_checks_the_lots_against_the_wallets(session_maker: 
     async with session_scope(session_maker) as session:  # a credit that made no lot
         await post(
             session,
-            reference="adjustment:no-lot",
-            kind="adjustment",
-            legs=[Leg.wallet("lia", 5), Leg.account("adjustments", -5)],
+            Txn("adjustment:no-lot", "adjustment"),
+            [Leg.wallet("lia", 5), Leg.account("adjustments", -5)],
         )
     assert await _rules(session_maker) == ["wallet_credit_in_lots"]
     async with session_scope(session_maker) as session:
         await post(
             session,
-            reference="adjustment:no-lot-back",
-            kind="adjustment",
-            legs=[Leg.wallet("lia", -5, require_available=False), Leg.account("adjustments", 5)],
+            Txn("adjustment:no-lot-back", "adjustment"),
+            [Leg.wallet("lia", -5, require_available=False), Leg.account("adjustments", 5)],
         )
     assert await _rules(session_maker) == []

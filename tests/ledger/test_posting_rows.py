@@ -15,7 +15,7 @@ from app.db import session_scope
 from app.ledger import lots
 from app.ledger.lots_repository import insert_lot
 from app.models.base import utcnow
-from app.models.ledger import CreditLot, LotSource
+from app.models.ledger import CreditLot, LotSource, Txn
 from app.models.notifications import ChannelStatus, Notification
 from app.notifications import events
 from app.notifications.service import enqueue
@@ -29,16 +29,18 @@ async def _top_up(
     async with session_scope(maker) as session:
         return await lots.credit(
             session,
+            Txn(
+                reference,
+                "topup",
+                "Top-up",
+                details={"order_id": "ord_1", "tax_micros": tax} if details else None,
+            ),
             user_id=user_id,
             amount_micros=20_000_000,
             source=LotSource.PURCHASE,
-            reference=reference,
-            kind="topup",
             account="stripe",
             expires_at=utcnow() + timedelta(days=365),
             order_id="ord_1",
-            description="Top-up",
-            details={"order_id": "ord_1", "tax_micros": tax} if details else None,
             passed_on=("tax_payable", tax) if tax else None,
         )
 
@@ -145,11 +147,10 @@ async def test_a_posting_writes_the_callers_pending_changes_first(session_maker:
         session.add(Notification(id="ntf_pending", user_id="erin", type="topup.succeeded", data={}))
         await lots.credit(
             session,
+            Txn("adjustment:erin", "adjustment"),
             user_id="erin",
             amount_micros=1_000_000,
             source=LotSource.ADJUSTMENT,
-            reference="adjustment:erin",
-            kind="adjustment",
             account="adjustments",
         )
         written = "SELECT count(*) FROM notifications WHERE id = 'ntf_pending'"

@@ -19,12 +19,12 @@ from app.db import session_scope
 from app.ledger import lots
 from app.ledger.service import Leg, UnbalancedTransaction, post
 from app.ledger.verify import verify_ledger
-from app.models.ledger import LotSource
+from app.models.ledger import LotSource, Txn
 from testing.fixtures.app import JWT_SECRET
 from testing.helpers.ledger import debit, deposit
 
 ROOT = Path(__file__).resolve().parents[2]
-_TOPUP: Any = {"source": LotSource.PURCHASE, "kind": "topup", "account": "stripe"}
+_TOPUP: Any = {"source": LotSource.PURCHASE, "account": "stripe"}
 
 
 def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
@@ -160,17 +160,18 @@ async def test_an_unbalanced_posting_is_refused_before_it_reaches_the_database(
     ):
         async with session_maker() as session:
             with pytest.raises(UnbalancedTransaction):
-                await post(session, reference="x", kind="topup", legs=legs)
+                await post(session, Txn("x", "topup"), legs)
     with pytest.raises(ValueError, match="unknown system account"):
         Leg.account("bank", 5)
 
 
 async def test_a_repeated_reference_moves_money_once(session_maker: Any) -> None:
-    credit: Any = {"user_id": "alice", "amount_micros": 5_000, "reference": "topup:pi_1"}
+    credit: Any = {"user_id": "alice", "amount_micros": 5_000}
+    txn = Txn("topup:pi_1", "topup")
     async with session_scope(session_maker) as session:
-        first = (await lots.credit(session, **credit, **_TOPUP)).posting
+        first = (await lots.credit(session, txn, **credit, **_TOPUP)).posting
     async with session_scope(session_maker) as session:
-        second = (await lots.credit(session, **credit, **_TOPUP)).posting
+        second = (await lots.credit(session, txn, **credit, **_TOPUP)).posting
     assert not first.replayed
     assert second.replayed
     assert second.transaction.id == first.transaction.id

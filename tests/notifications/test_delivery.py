@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.db import session_scope
 from app.ledger import lots
 from app.models.base import utcnow
-from app.models.ledger import LotSource
+from app.models.ledger import LotSource, Txn
 from app.models.notifications import Notification
 from app.notifications import events, signing
 from app.notifications.delivery import backoff_seconds, deliver_notifications
@@ -46,11 +46,10 @@ async def _topup_with_notification(
     async with session_scope(maker) as session:
         await lots.credit(
             session,
+            Txn(f"topup:pi_{user_id}_{time.monotonic_ns()}", "topup"),
             user_id=user_id,
             amount_micros=20_000_000,
             source=LotSource.PURCHASE,
-            reference=f"topup:pi_{user_id}_{time.monotonic_ns()}",
-            kind="topup",
             account="stripe",
         )
         return await enqueue(

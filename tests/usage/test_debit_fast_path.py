@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.db import session_scope
 from app.ledger import lots
 from app.models.base import utcnow
-from app.models.ledger import LotSource
+from app.models.ledger import LotSource, Txn
 from app.usage.repository import APPLICATION_NAME, UsageStore, _sql
 from testing.helpers.concurrency import lock_waited
 from testing.helpers.ledger import debit, deposit
@@ -130,14 +130,12 @@ async def test_the_head_lot_debit_writes_nothing_when_a_lot_changed_after_its_sn
             # it, then its UPDATE waits for the wallet's lock.
             credited = await lots.credit(
                 session,
+                Txn(f"grant:{uuid.uuid4().hex}", "grant", "test grant"),
                 user_id="hal",
                 amount_micros=2_000,
                 source=LotSource.GRANT,
-                reference=f"grant:{uuid.uuid4().hex}",
-                kind="grant",
                 account="promotions",
                 expires_at=utcnow() + timedelta(days=1),
-                description="test grant",
             )
             assert credited.lot is not None
             day_id = credited.lot.id

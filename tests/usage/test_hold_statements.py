@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.db import session_scope
 from app.ledger import lots
 from app.models.base import utcnow
-from app.models.ledger import LotSource
+from app.models.ledger import LotSource, Txn
 from app.usage.repository import APPLICATION_NAME, UsageStore, _sql
 from testing.helpers.concurrency import lock_waited
 from testing.helpers.ledger import deposit
@@ -148,14 +148,12 @@ async def test_a_capture_that_waited_on_a_first_lots_credit_draws_that_lot(
             # yet: the capture's snapshot sees no lot, then waits for the wallet's lock.
             credited = await lots.credit(
                 session,
+                Txn(f"grant:{uuid.uuid4().hex}", "grant", "test grant"),
                 user_id="ivy",
                 amount_micros=2_000,
                 source=LotSource.GRANT,
-                reference=f"grant:{uuid.uuid4().hex}",
-                kind="grant",
                 account="promotions",
                 expires_at=utcnow() + timedelta(days=30),
-                description="test grant",
             )
             assert credited.lot is not None
             grant_id = credited.lot.id
