@@ -344,3 +344,19 @@ class Page(BaseModel, Generic[T]):
 
     data: list[T]
     next_cursor: str | None
+
+
+OutModel = TypeVar("OutModel", bound=BaseModel)
+
+
+def render(model: type[OutModel], source: object, **values: Any) -> OutModel:
+    """`model` (a response shape) from `source` (a row, a domain object): each of its fields
+    that `source` has an attribute of the same name for is copied from it, `values` give the
+    fields it renames or formats (they win), and a field in neither takes its default. So a
+    renderer spells out only what differs from the row; pydantic still validates every field."""
+    copied = {
+        name: getattr(source, name)
+        for name in model.model_fields
+        if name not in values and hasattr(source, name)
+    }
+    return model(**copied, **values)

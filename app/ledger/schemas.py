@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal, cast
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -11,6 +11,7 @@ from app.ledger.lots_repository import CreditLine
 from app.ledger.repository import WalletRow
 from app.ledger.statement_repository import StatementLine
 from app.money import format_balance
+from app.schemas import render
 
 TransactionKind = Literal[
     "topup",
@@ -109,17 +110,12 @@ def credit_out(line: CreditLine, now: datetime) -> CreditOut:
         status: CreditStatus = "expired"
     else:
         status = "active" if line.remaining_micros > 0 else "used"
-    return CreditOut(
-        id=line.id,
-        source=cast(CreditSource, line.source),
-        kind=cast(CreditKind, line.kind),
+    return render(
+        CreditOut,
+        line,
         status=status,
         amount=format_balance(line.amount_micros),
         remaining=format_balance(line.remaining_micros),
-        expires_at=line.expires_at,
-        created_at=line.created_at,
-        order_id=line.order_id,
-        description=line.description,
     )
 
 

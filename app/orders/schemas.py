@@ -16,7 +16,7 @@ from app.models.orders import Order, OrderKind, OrderMode, OrderStatus
 from app.money import CURRENCY, Currency, format_amount
 from app.orders.eligibility import REASONS, Eligibility
 from app.orders.state import is_pending
-from app.schemas import OneOf
+from app.schemas import OneOf, render
 
 IneligibleReason = Annotated[str, OneOf(REASONS)]
 """Why a refund cannot be requested now: a key of `app.orders.eligibility.REASONS`."""
@@ -169,17 +169,10 @@ def order_out(
     documents: Sequence[OrderDocument] = (),
 ) -> OrderOut:
     """Render an order with its refund eligibility and its documents."""
-    return OrderOut(
-        id=order.id,
-        user_id=order.user_id,
-        status=order.status,
-        kind=order.kind,
-        mode=order.mode,
+    return render(
+        OrderOut,
+        order,
         amount=format_amount(order.amount_micros),
-        currency=order.currency,
-        created_at=order.created_at,
-        paid_at=order.paid_at,
-        receipt_url=order.receipt_url,
         refunded_amount=format_amount(order.refunded_micros),
         refund_eligibility=RefundEligibilityOut(
             eligible=eligibility.eligible,
@@ -191,7 +184,6 @@ def order_out(
         resume_expires_at=order.checkout_expires_at
         if order.mode == "checkout" and is_pending(order.status)
         else None,
-        failure_message=order.failure_message,
         subtotal=format_amount(order.amount_micros),
         tax=format_amount(order.tax_micros),
         total=format_amount(order.amount_micros + order.tax_micros),

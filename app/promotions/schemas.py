@@ -32,6 +32,7 @@ from app.schemas import (
     StrictModel,
     UtcDatetime,
     refuse_non_ascii_tokens,
+    render,
     stripped_pattern,
 )
 
@@ -171,15 +172,6 @@ def grant_out(credited: Credited, user_id: str, now: datetime) -> GrantOut:
 
 
 def promo_code_out(code: PromoCode) -> PromoCodeOut:
-    return PromoCodeOut(
-        id=code.id,
-        code=code.code,
-        amount=format_amount(code.amount_micros),
-        credit_expires_in_days=code.credit_expires_in_days,
-        max_redemptions=code.max_redemptions,
-        redeemed=code.redeemed_count,
-        redeemable_until=code.redeemable_until,
-        new_users_only=code.new_users_only,
-        created_by=code.created_by,
-        created_at=code.created_at,
+    return render(
+        PromoCodeOut, code, amount=format_amount(code.amount_micros), redeemed=code.redeemed_count
     )

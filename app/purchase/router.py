@@ -39,7 +39,7 @@ from app.purchase.schemas import (
     PurchaseOptionsOut,
 )
 from app.rate_limits import Scope, rate_limited
-from app.schemas import AsciiToken, CleanStr, Page
+from app.schemas import AsciiToken, CleanStr, Page, render
 from app.stripe_gateway import StripeRequestFailed
 
 router = APIRouter()
@@ -78,17 +78,13 @@ async def _payment_out(work: StripeWork, payment: service.Payable) -> PaymentOut
 
 
 def _options_out(options: service.PurchaseOptions, invoices: bool) -> PurchaseOptionsOut:
-    return PurchaseOptionsOut(
-        tax_added=options.tax_added,
+    return render(
+        PurchaseOptionsOut,
+        options,
         invoices=invoices,
         presets=[format_amount(p) for p in options.presets_micros],
         min=format_amount(options.min_micros),
         max=format_amount(options.max_micros),
-        modes=options.modes,
-        publishable_key=options.publishable_key,
-        max_pending_orders=options.max_pending_orders,
-        checkout_ttl_minutes=options.checkout_ttl_minutes,
-        save_card_consent=options.save_card_consent,
     )
 
 
