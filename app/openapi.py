@@ -31,7 +31,6 @@ from typing import Any
 
 from fastapi import FastAPI, routing
 from fastapi.dependencies.models import Dependant
-from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -347,16 +346,8 @@ def build_openapi(app: FastAPI, extend: Iterable[DocumentHook] = ()) -> dict[str
     operations FastAPI does not know of (a lean ASGI route documenting itself from a table, with
     `problem_responses(*AUTH_ERRORS, ...)` for its errors) before the whole document's errors
     become problems."""
-    doc = get_openapi(
-        title=app.title,
-        version=app.version,
-        openapi_version=app.openapi_version,
-        summary=app.summary,
-        description=app.description,
-        routes=app.routes,
-        tags=app.openapi_tags,
-        servers=app.servers,
-    )
+    app.openapi_schema = None  # FastAPI's own document of its routes, built afresh
+    doc = FastAPI.openapi(app)
     for route in api_routes(app):
         if not route.include_in_schema:
             continue
