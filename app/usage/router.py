@@ -149,21 +149,33 @@ def _wallet(wallet: WalletRow) -> _WalletFields:
     }
 
 
+class _AppliedFields(_WalletFields):
+    replayed: bool
+    limit_remaining_micros: int | None
+
+
+def _applied(result: Debited | HoldResult) -> _AppliedFields:
+    """What every gateway write answers besides its own fields: whether it is a replay, the
+    wallet's figures after it, and what the tightest spend limit leaves."""
+    return {
+        "replayed": result.replayed,
+        **_wallet(result.wallet or service.NO_WALLET),
+        "limit_remaining_micros": result.limit_remaining_micros,
+    }
+
+
 def usage_out(event: UsageIn, done: Debited) -> UsageOut:
-    wallet = done.wallet or service.NO_WALLET
     return UsageOut.model_construct(
         request_id=event.request_id,
         user_id=event.user_id,
         amount_micros=event.amount_micros,
         transaction_id=done.transaction_id,
-        replayed=done.replayed,
-        **_wallet(wallet),
-        limit_remaining_micros=done.limit_remaining_micros,
+        **_applied(done),
     )
 
 
 def hold_out(result: HoldResult) -> HoldOut:
-    hold, wallet = result.hold, result.wallet
+    hold = result.hold
     return HoldOut.model_construct(
         hold_id=hold.id,
         user_id=hold.user_id,
@@ -172,9 +184,7 @@ def hold_out(result: HoldResult) -> HoldOut:
         captured_micros=hold.captured_micros,
         expires_at=hold.expires_at,
         resolved_at=hold.resolved_at,
-        replayed=result.replayed,
-        **_wallet(wallet),
-        limit_remaining_micros=result.limit_remaining_micros,
+        **_applied(result),
     )
 
 
