@@ -160,7 +160,7 @@ async def prepare_service_database(url: str, lots_per_wallet: int = 1) -> str:
     from app.ledger import lots
     from app.migrate import upgrade_head
     from app.models.base import utcnow
-    from app.models.ledger import LotSource
+    from app.models.ledger import LotSource, Txn
 
     now = utcnow()
     extra = [
@@ -179,11 +179,10 @@ async def prepare_service_database(url: str, lots_per_wallet: int = 1) -> str:
                     for source, kind, account, expires_at in funding:
                         await lots.credit(
                             session,
+                            Txn(f"{kind}:bench-{i}", kind),
                             user_id=f"user-{i}",
                             amount_micros=FUNDS_MICROS,
                             source=source,
-                            reference=f"{kind}:bench-{i}",
-                            kind=kind,
                             account=account,
                             expires_at=expires_at,
                         )

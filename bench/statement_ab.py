@@ -77,7 +77,7 @@ async def _fund_three(url: str) -> None:
     from app.db import create_engine, create_session_maker, session_scope
     from app.ledger import lots
     from app.models.base import utcnow
-    from app.models.ledger import LotSource
+    from app.models.ledger import LotSource, Txn
     from bench.run import FUNDS_MICROS, app_settings
 
     engine = create_engine(app_settings(url))
@@ -95,11 +95,10 @@ async def _fund_three(url: str) -> None:
                     for source, kind, account, expires_at in funding:
                         await lots.credit(
                             session,
+                            Txn(f"{kind}:lot3-{i}", kind),
                             user_id=f"lot3-{i}",
                             amount_micros=FUNDS_MICROS,
                             source=source,
-                            reference=f"{kind}:lot3-{i}",
-                            kind=kind,
                             account=account,
                             expires_at=expires_at,
                         )
