@@ -697,21 +697,25 @@ def _batch_limits(items: str, users: str, windows: tuple[str, str, str]) -> str:
     """The `limits` CTE of a batch: the spend limits of the users `users` (a query of user ids)
     on the scopes the batch's `items` (rows with `user_id` and `api_key_id`) name, each as of
     the window counting now (`windows`: the day's, week's and month's starts), locked in key
-    order before any wallet. Each table is reached by its index through an array (`= ANY`),
-    never by a join the planner could make a hashed scan of the whole table."""
+    order before any wallet. Each (user, scope) pair is probed by the table's unique index
+    (a subquery with LIMIT is never flattened into a join, so no plan hashes or scans the
+    whole table), the pairs in key order and each pair's rows (at most one per `set_by`) in
+    `set_by` order: the rows are locked in (user, scope, set_by) order, as every writer takes
+    them. (Not `user_id = ANY(array)`: on a seq scan that compares each row with every user
+    of the batch, a thousand by a thousand.)"""
     day, week, month = windows
     return f"""limits AS (
     SELECT s.id, s.user_id, s.scope, s.limit_micros, {_counter_now("s", "w.current_window")}
-    FROM spend_limits s,
+    FROM (SELECT user_id, scope
+          FROM (SELECT user_id, 'account'::text AS scope FROM {items}
+                UNION SELECT user_id, 'key:' || api_key_id FROM {items}
+                WHERE api_key_id IS NOT NULL) pairs
+          WHERE user_id IN ({users})
+          ORDER BY user_id, scope) p,
+         LATERAL (SELECT s.* FROM spend_limits s
+                  WHERE s.user_id = p.user_id AND s.scope = p.scope
+                  ORDER BY s.set_by LIMIT 2 FOR UPDATE) s,
          LATERAL (SELECT {_current_window("s.period", day, week, month)} AS current_window) w
-    WHERE s.user_id = ANY(ARRAY({users}))
-      AND s.scope = ANY(ARRAY(SELECT 'account' UNION
-                              SELECT 'key:' || api_key_id FROM {items}
-                              WHERE api_key_id IS NOT NULL))
-      AND (s.user_id, s.scope) IN (
-        SELECT user_id, 'account' FROM {items}
-        UNION SELECT user_id, 'key:' || api_key_id FROM {items} WHERE api_key_id IS NOT NULL)
-    ORDER BY s.user_id, s.scope, s.set_by FOR UPDATE OF s
 )"""
 
 
