@@ -45,15 +45,15 @@ async def test_the_gateway_keeps_answering_while_reports_hold_every_portal_conne
         assert report.status_code == 503, report.text
         assert report.json()["code"] == "service_unavailable"
         # The gateway, whose token is looked up on every call here (no cache in the tests),
-        # keeps debiting and reading balances meanwhile.
+        # keeps debiting and reading balances meanwhile: on its own pools, since a request
+        # that needed the portal's pool would wait out its timeout and answer 503 (no
+        # connection is given back while these run).
         for n in range(5):
-            started = time.monotonic()
             debited = await debit(client, gateway_headers, USER, 1_000)
             assert debited.status_code == 201, debited.text
             assert (await gateway_balance(client, gateway_headers, USER))["balance_micros"] == (
                 1_000_000 - 1_000 * (n + 1)
             )
-            assert time.monotonic() - started < 0.4
     finally:
         for conn in held:
             await conn.close()
