@@ -24,6 +24,7 @@ from bench.run import ADMIN_DSN, WALLETS, dsn, prepare_service_database, sqlalch
 
 
 async def main(batches: int, explain: bool, drop: list[str]) -> None:
+    from app.limits.periods import Windows
     from app.usage import repository
     from app.usage.repository import UsageStore
     from app.usage.store import UsageDebit
@@ -72,7 +73,7 @@ async def main(batches: int, explain: bool, drop: list[str]) -> None:
                 args = (
                     *repository._event_columns(debits),
                     store.clock(),
-                    *repository.Windows.at(store.clock()),
+                    *Windows.at(store.clock()),
                     "txn_explain",
                     "usage-batch:txn_explain",
                 )

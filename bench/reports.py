@@ -50,7 +50,7 @@ async def prepare(database: str, rows: int) -> None:
             environment="test",
             database_url=sqlalchemy_url(dsn(database)),
             jwt_secret=JWT_SECRET,
-        )  # type: ignore[call-arg]
+        )
     )
     try:
         await upgrade_head(engine)
@@ -99,7 +99,7 @@ async def time_summary(database: str, runs: int) -> dict[str, float]:
             environment="test",
             database_url=sqlalchemy_url(dsn(database)),
             jwt_secret=JWT_SECRET,
-        )  # type: ignore[call-arg]
+        )
     )
     maker = create_session_maker(engine)
     medians = {}
@@ -114,9 +114,9 @@ async def time_summary(database: str, runs: int) -> dict[str, float]:
                     )
                     times.append(time.perf_counter() - began)
             medians[group_by] = statistics.median(times[1:])  # the first warms the caches
-            requests = sum(g.requests for g in out.data)
+            requests = sum(g.requests for g in out)
             log(
-                f"summary group_by={group_by}: {len(out.data)} groups, {requests:,} requests, "
+                f"summary group_by={group_by}: {len(out)} groups, {requests:,} requests, "
                 f"median {medians[group_by] * 1000:.0f} ms of {runs} (all: "
                 + ", ".join(f"{t * 1000:.0f}" for t in times[1:])
                 + " ms)"
@@ -153,7 +153,7 @@ def stream_export(database: str) -> tuple[int, int, int, float]:
         "BILLING_JWT_AUDIENCE": JWT_AUDIENCE,
         "BILLING_JOBS_ENABLED": "false",
     }
-    settings = Settings(  # type: ignore[call-arg]
+    settings = Settings(
         _env_file=None,
         environment="test",
         jwt_secret=JWT_SECRET,

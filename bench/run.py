@@ -136,7 +136,7 @@ def app_settings(url: str) -> Any:
     """Settings for the harness's own use of the app's code (migrate, fund, mint tokens)."""
     from app.config import Settings
 
-    return Settings(  # type: ignore[call-arg]
+    return Settings(
         _env_file=None,
         environment="test",
         database_url=url,
@@ -502,8 +502,8 @@ class Bench:
                     answer.raise_for_status()
 
                 def limited_debit(i: int) -> None:
-                    body = {"user_id": f"user-{i % WALLETS}", "request_id": f"rtk-{prefix}-{i}"}
-                    body |= {"amount_micros": 7000, "api_key_id": LIMITED_KEY}
+                    body: dict[str, Any] = {"user_id": f"user-{i % WALLETS}", "amount_micros": 7000}
+                    body |= {"request_id": f"rtk-{prefix}-{i}", "api_key_id": LIMITED_KEY}
                     http.post("/v1/internal/usage", json=body).raise_for_status()
 
                 def pair(i: int) -> None:

@@ -67,12 +67,13 @@ def variant(name: str, usage_store: Any) -> Iterator[None]:
     """The repository's module and the store as the variant wants them, for the block."""
     from app.usage import repository
 
-    saved = repository.finish, repository.commits_watched
+    # The names the repository module imported from app.primary, swapped for the block.
+    saved = {name: getattr(repository, name) for name in ("finish", "commits_watched")}
     reads = getattr(usage_store, "_reads", None)
     if name == "no-finish":
-        repository.finish = _direct  # type: ignore[assignment]
+        setattr(repository, "finish", _direct)  # noqa: B010
     elif name == "no-watch":
-        repository.commits_watched = _unwatched  # type: ignore[assignment]
+        setattr(repository, "commits_watched", _unwatched)  # noqa: B010
     elif name == "shared-reads":
         if reads is None:
             raise SystemExit("this code has no read pool")
@@ -80,7 +81,8 @@ def variant(name: str, usage_store: Any) -> Iterator[None]:
     try:
         yield
     finally:
-        repository.finish, repository.commits_watched = saved
+        for saved_name, value in saved.items():
+            setattr(repository, saved_name, value)
         if reads is not None:
             usage_store._reads = reads
 
