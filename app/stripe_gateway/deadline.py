@@ -5,7 +5,7 @@ A *budget* is opened once per unit of work: `RequestContextMiddleware` opens one
 starts at the first Stripe call made inside it, so time spent waiting for the database does not
 count. Every `StripeGateway` call then
 
-- caps each HTTP attempt's timeout by what remains (`DeadlineHTTPXClient`),
+- caps each HTTP attempt's timeout by what remains (`DeadlineAIOHTTPClient`),
 - stops the SDK's retries (and shortens its backoff) when too little remains,
 - refuses to start once nothing remains,
 
@@ -27,6 +27,7 @@ from contextvars import Context, ContextVar, copy_context
 from dataclasses import dataclass
 from datetime import timedelta
 
+import aiohttp
 import stripe
 
 from app.config import Settings
@@ -88,23 +89,39 @@ MIN_ATTEMPT_SECONDS = 0.05
 """An attempt with less time than this left is not started (it could not get an answer)."""
 
 
-class DeadlineHTTPXClient(stripe.HTTPXClient):
-    """The SDK's async HTTPX transport, bounded by the current budget: each attempt's timeout is
-    at most what remains, a retry (and its backoff sleep) happens only if time remains after
-    the sleep, and a sleep never outlasts the deadline."""
+class DeadlineAIOHTTPClient(stripe.AIOHTTPClient):
+    """The SDK's async aiohttp transport, bounded by the current budget: each attempt's timeout
+    is at most what remains, a retry (and its backoff sleep) happens only if time remains after
+    the sleep, and a sleep never outlasts the deadline. aiohttp rather than the SDK's default
+    HTTPX: a GET of a PaymentIntent costs ~4x less client CPU (~1,040 -> ~270 µs per request and
+    answer, measured in one process on loopback), and every credit from an event reads one
+    after its commit (issue 22)."""
 
     def _get_request_args_kwargs(  # type: ignore[no-untyped-def]
         self, method: str, url: str, headers, post_data
     ):
         args, kwargs = super()._get_request_args_kwargs(method, url, headers, post_data)
+        configured = kwargs.get("timeout")
+        seconds = float(configured) if isinstance(configured, int | float) else None
         budget = _BUDGET.get()
         if budget is not None:
             left = max(MIN_ATTEMPT_SECONDS, budget.remaining())
-            configured = kwargs.get("timeout")
-            kwargs["timeout"] = (
-                min(float(configured), left) if isinstance(configured, int | float) else left
-            )
+            seconds = left if seconds is None else min(seconds, left)
+        # aiohttp takes a ClientTimeout, never a number; `total` covers the answer's body too.
+        kwargs["timeout"] = aiohttp.ClientTimeout(total=seconds)
         return args, kwargs
+
+    async def request_async(  # type: ignore[no-untyped-def]
+        self, method: str, url: str, headers, post_data=None
+    ):
+        content, status, response_headers = await self.request_stream_async(
+            method, url, headers, post_data=post_data
+        )
+        try:
+            body = await content.read()
+        except Exception as exc:  # cut off or dropped while the answer was read
+            self._handle_request_error(exc)  # the SDK's connection error (retried)
+        return body, status, response_headers
 
     def _should_retry(  # type: ignore[no-untyped-def]
         self, response, api_connection_error, num_retries, max_network_retries

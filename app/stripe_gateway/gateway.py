@@ -1,14 +1,14 @@
 """`StripeGateway`: every call this service makes to Stripe, and webhook verification.
 
 One instance per process, built in the lifespan (`app.state.stripe`) over a `stripe.StripeClient`
-with the async HTTPX transport; no global `stripe.api_key`. Each method takes our ids, derives the
-idempotency key from them, calls the SDK's typed `*_async` method with its typed params
-(`stripe.params.…`, so mypy checks every parameter name and shape), and either returns the
-Stripe object as plain JSON (`StripeJSON`: the API's documented shape, the same shape a webhook
-event carries in `data.object`) or raises one of the errors in `app.stripe_gateway.errors`. The two
-reads every paid order makes (its PaymentIntent, its Checkout Session: `_read`) go through the
-SDK's raw request instead, whose parsed JSON is the answer as it is (the same retries, errors and
-metrics; no SDK objects built and turned back into JSON).
+with the async aiohttp transport (`DeadlineAIOHTTPClient`); no global `stripe.api_key`. Each method
+takes our ids, derives the idempotency key from them, calls the SDK's typed `*_async` method with
+its typed params (`stripe.params.…`, so mypy checks every parameter name and shape), and either
+returns the Stripe object as plain JSON (`StripeJSON`: the API's documented shape, the same shape a
+webhook event carries in `data.object`) or raises one of the errors in `app.stripe_gateway.errors`.
+The two reads every paid order makes (its PaymentIntent, its Checkout Session: `_read`) go through
+the SDK's raw request instead, whose parsed JSON is the answer as it is (the same retries, errors
+and metrics; no SDK objects built and turned back into JSON).
 
 The SDK retries connection errors, timeouts, 409 and 5xx answers `max_network_retries` times
 (with the same idempotency key, with backoff 0.5 s then 1 s); each attempt is bounded by
@@ -57,7 +57,7 @@ from stripe.params.checkout import SessionCreateParams
 from app.config import Settings
 from app.errors import BillingError, InvalidSignature, PaymentsNotConfigured
 from app.metrics import STRIPE_CALLS, STRIPE_LATENCY
-from app.stripe_gateway.deadline import DeadlineHTTPXClient, stripe_budget
+from app.stripe_gateway.deadline import DeadlineAIOHTTPClient, stripe_budget
 from app.stripe_gateway.errors import (
     StripeDeadlineExceeded,
     StripeObjectNotFound,
@@ -203,7 +203,9 @@ class StripeGateway:
         self._http: stripe.HTTPClient | None = None
         self._client: stripe.StripeClient | None = None
         if settings.stripe_secret_key is not None and settings.stripe_secret_key.get_secret_value():
-            self._http = http_client or DeadlineHTTPXClient(timeout=settings.stripe_timeout_seconds)
+            self._http = http_client or DeadlineAIOHTTPClient(
+                timeout=settings.stripe_timeout_seconds
+            )
             base: BaseAddresses = {}
             if settings.stripe_api_base:
                 base["api"] = settings.stripe_api_base.rstrip("/")

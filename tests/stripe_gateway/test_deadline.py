@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 
@@ -22,7 +23,11 @@ from app.stripe_gateway import (
     current_budget,
     stripe_budget,
 )
-from app.stripe_gateway.deadline import without_budget
+from app.stripe_gateway.deadline import (
+    MIN_ATTEMPT_SECONDS,
+    DeadlineAIOHTTPClient,
+    without_budget,
+)
 from app.stripe_gateway.gateway import OrderArgs
 from testing.fixtures.stripe_peer import paid_payment_intent
 from testing.stripe_peer import StripePeer
@@ -229,3 +234,21 @@ async def test_list_refunds_reads_every_page_with_metadata(
     assert {r["payment_intent"] for r in refunds} == {pi}
     tagged = sorted(r["metadata"].get("refund_request_id", "-") for r in refunds)
     assert tagged == ["-", "rr_0", "rr_1", "rr_2", "rr_3", "rr_4"]
+
+
+def test_each_attempt_of_the_transport_is_cut_to_the_budget() -> None:
+    http = DeadlineAIOHTTPClient(timeout=10.0)
+
+    def attempt_timeout() -> float | None:
+        _, kwargs = http._get_request_args_kwargs("get", "https://api.invalid/v1/x", {}, None)
+        timeout = kwargs["timeout"]
+        assert isinstance(timeout, aiohttp.ClientTimeout)  # aiohttp takes no plain number
+        return timeout.total
+
+    assert attempt_timeout() == 10.0  # no budget open: the configured attempt timeout
+    with stripe_budget(1.0):
+        left = attempt_timeout()
+        assert left is not None
+        assert 0 < left <= 1.0
+    with stripe_budget(0.0):
+        assert attempt_timeout() == MIN_ATTEMPT_SECONDS
