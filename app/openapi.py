@@ -346,8 +346,9 @@ def build_openapi(app: FastAPI, extend: Iterable[DocumentHook] = ()) -> dict[str
     operations FastAPI does not know of (a lean ASGI route documenting itself from a table, with
     `problem_responses(*AUTH_ERRORS, ...)` for its errors) before the whole document's errors
     become problems."""
-    app.openapi_schema = None  # FastAPI's own document of its routes, built afresh
+    app.openapi_schema = None  # FastAPI's own document of its routes, built afresh ...
     doc = FastAPI.openapi(app)
+    app.openapi_schema = None  # ... and not kept by it: what to serve is install_openapi's
     for route in api_routes(app):
         if not route.include_in_schema:
             continue
