@@ -236,7 +236,12 @@ class BillingProfileIn(StrictModel):
     email: Email | None = Field(default=None, description="Where invoices are sent.")
     address: AddressIn
     tax_ids: list[TaxIdIn] = Field(
-        default_factory=list, max_length=MAX_TAX_IDS, json_schema_extra={"uniqueItems": True}
+        default_factory=list,
+        max_length=MAX_TAX_IDS,
+        json_schema_extra={"uniqueItems": True},
+        description="Each tax ID once: two of one `type` whose values are equal once the "
+        "whitespace around them is stripped are the same tax ID (422; `uniqueItems` compares "
+        "the values as sent).",
     )
     po_number: CleanStr | None = Field(default=None, min_length=1, max_length=64)
     invoices: StrictBool = Field(
