@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 
 from bench.hold_costs import _cpu_seconds, _delta, _stats
-from bench.run import ADMIN_DSN, WALLETS, dsn, prepare_service_database, sqlalchemy_url
+from bench.run import WALLETS, dsn, prepare_service_database, scratch_database, sqlalchemy_url
 
 
 async def main(batches: int, explain: bool, drop: list[str]) -> None:
@@ -32,12 +32,10 @@ async def main(batches: int, explain: bool, drop: list[str]) -> None:
 
     wire()
     name = f"billing_batchcost_{secrets.token_hex(3)}"
-    admin = await asyncpg.connect(ADMIN_DSN)
-    await admin.execute(f'CREATE DATABASE "{name}"')
     url = dsn(name)
     tag = secrets.token_hex(3)
     details = {"model": "gpt-4o-mini", "input_tokens": 1200, "output_tokens": 300}
-    try:
+    async with scratch_database(name):
         await prepare_service_database(sqlalchemy_url(url), 1)
         if drop:
             conn = await asyncpg.connect(url)
@@ -118,9 +116,6 @@ async def main(batches: int, explain: bool, drop: list[str]) -> None:
                 f"{cpu / batches * 1e3:.1f} ms backend CPU"
             )
             print(_delta(before, after, events))
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from typing import Any
 import asyncpg
 
 from bench.pgstats import TICK, backend_ticks
-from bench.run import ADMIN_DSN, dsn, prepare_service_database, sqlalchemy_url
+from bench.run import dsn, prepare_service_database, scratch_database, sqlalchemy_url
 
 
 def debit_args(user: str) -> tuple[Any, ...]:
@@ -71,9 +71,7 @@ async def run(args: argparse.Namespace) -> None:
     wire()
     sql = _sql().debit
     name = f"billing_explain_{secrets.token_hex(3)}"
-    admin = await asyncpg.connect(ADMIN_DSN)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
+    async with scratch_database(name):
         await prepare_service_database(sqlalchemy_url(dsn(name)))
         conn = await asyncpg.connect(dsn(name))
         try:
@@ -126,9 +124,6 @@ async def run(args: argparse.Namespace) -> None:
                 )
         finally:
             await conn.close()
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import asyncpg
 import uvloop
 
 from bench.pgstats import BackendCpu
-from bench.run import ADMIN_DSN, dsn, prepare_service_database, sqlalchemy_url
+from bench.run import ADMIN_DSN, dsn, prepare_service_database, scratch_database, sqlalchemy_url
 
 VARIANTS = ("alone", "grouped")
 KINDS = ("debits", "pairs")
@@ -66,9 +66,7 @@ async def main(args: argparse.Namespace) -> None:
 
     wire()
     name = f"billing_hold_ab_{secrets.token_hex(3)}"
-    admin = await asyncpg.connect(ADMIN_DSN)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
+    async with scratch_database(name):
         url = sqlalchemy_url(dsn(name))
         await prepare_service_database(url)
         primary = Primary(url)
@@ -129,9 +127,6 @@ async def main(args: argparse.Namespace) -> None:
         finally:
             await pool.close()
             await reads.close()
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from typing import Any
 
 import asyncpg
 
-from bench.run import ADMIN_DSN, WALLETS, dsn, prepare_service_database, sqlalchemy_url
+from bench.run import WALLETS, dsn, prepare_service_database, scratch_database, sqlalchemy_url
 
 _STATS = """
 SELECT relname, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del,
@@ -85,10 +85,8 @@ async def main(operations: int, settings: dict[str, str], batch: int = 1) -> Non
 
     wire()
     name = f"billing_holdcost_{secrets.token_hex(3)}"
-    admin = await asyncpg.connect(ADMIN_DSN)
-    await admin.execute(f'CREATE DATABASE "{name}"')
     url = dsn(name)
-    try:
+    async with scratch_database(name):
         await prepare_service_database(sqlalchemy_url(url), 1)
         tag = secrets.token_hex(3)
 
@@ -164,9 +162,6 @@ async def main(operations: int, settings: dict[str, str], batch: int = 1) -> Non
                 start,
                 lambda s, r: s.capture_batch([capture(i) for i in r]),
             )
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -109,6 +109,21 @@ def sqlalchemy_url(plain_dsn: str) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Databases
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(name: str) -> AsyncIterator[None]:
+    """An empty database `name` on the bench's server for the block, dropped after it (its
+    connections closed): the A/B and cost tools' own database."""
+    admin = await asyncpg.connect(ADMIN_DSN)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield
+        finally:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
 
 
 async def create_databases(name: str) -> None:

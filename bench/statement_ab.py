@@ -29,7 +29,7 @@ from pathlib import Path
 import asyncpg
 
 from bench.explain_debit import debit_args
-from bench.run import ADMIN_DSN, dsn, prepare_service_database, sqlalchemy_url
+from bench.run import dsn, prepare_service_database, scratch_database, sqlalchemy_url
 
 
 async def _load(
@@ -115,9 +115,7 @@ async def main(
     wire()
     b_sql, head_sql, lots_sql = _sql().debit, _sql().debit_head, _sql().debit_lots
     name = f"billing_stmt_ab_{secrets.token_hex(3)}"
-    admin = await asyncpg.connect(ADMIN_DSN)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
+    async with scratch_database(name):
         await prepare_service_database(sqlalchemy_url(dsn(name)))
         await _fund_three(sqlalchemy_url(dsn(name)))
         pool = await asyncpg.create_pool(
@@ -147,9 +145,6 @@ async def main(
             f" B/A {totals['B'] / totals['A']:.3f}, B3/A {totals['B3'] / totals['A']:.3f},"
             f" L/A {totals['L'] / totals['A']:.3f}"
         )
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 if __name__ == "__main__":
