@@ -87,7 +87,7 @@ from app.primary import (
     finish,
 )
 from app.usage.batch import BatchPlan, ExistingDebit, limit_scopes, plan_batch
-from app.usage.combining import Combiner, Lane, Slots
+from app.usage.combining import BatchGroups, Combiner, Lane, Slots
 from app.usage.store import (
     USAGE_DESCRIPTION,
     USAGE_KIND,
@@ -1048,7 +1048,8 @@ def _batch_ledger_ctes(now: str, transaction_id: str, reference: str, events: st
 ), {crossing_ctes("crossing", now=now, reference="NULL")}"""
 
 
-# The events of a batch as the store sends them (sorted by user id, stably): one array per column.
+# The events of a batch in the order they are decided (`UsageStore.debit_batch`): one array per
+# column.
 _BATCH_EVENTS = """unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[],
                   $7::text[], $8::bigint[], $9::bigint[], $10::text[])
          WITH ORDINALITY AS e(user_id, reference, request_id, amount, request_hash, api_key_id,
@@ -1449,6 +1450,7 @@ class UsageStore:
             slots,
             combine=combine_holds,
         )
+        self._batches = BatchGroups(self.debit_batch, combine=combine_debits)
         self._lot_holds: set[str] = set()
         """Holds this store reserved on a wallet it saw tracking lots: their capture runs the
         lots statement first (a capture names no user), the same kind of hint."""
@@ -1637,10 +1639,18 @@ class UsageStore:
         wallet = _read(WalletRow, wallet_row) if wallet_row is not None else None
         return Debited(original["id"], original["request_hash"], True, wallet)
 
+    async def apply_batch(self, debits: Sequence[UsageDebit]) -> list[BatchOutcome]:
+        """A batch request's `debits` (sorted by user id, stably) decided as if applied one by
+        one in that order: as ONE batch with those of the batch requests that arrived while
+        one was in flight, one request after the other in arrival order (group commit,
+        `app.usage.combining.BatchGroups`), each answered with its own debits' outcomes."""
+        return await self._batches.submit(debits)
+
     @_outage_is_503
     async def debit_batch(self, debits: Sequence[UsageDebit]) -> list[BatchOutcome]:
-        """`debits` (sorted by user id, stably) decided as if applied one by one in that
-        order, in ONE database transaction (a batch is applied whole or not at all): the
+        """`debits` decided as if applied one by one in their order (each batch request's
+        sorted by user id, stably; a group's one request after the other), in ONE database
+        transaction (a batch is applied whole or not at all): the
         autocommit statement that applies the batch when it can decide every user whole
         (`_batch_sql`), else, when it wrote nothing (replays, refusals, credit lots), the
         planned path in a transaction of its own (`_plan_and_write`)."""

@@ -152,7 +152,7 @@ async def record_batch(
     # Wallets are locked until the batch commits; taking them in user-id order means two
     # concurrent batches cannot deadlock.
     valid.sort(key=lambda item: item[2].user_id)
-    outcomes = await store.debit_batch([debit for _, _, debit in valid]) if valid else []
+    outcomes = await store.apply_batch([debit for _, _, debit in valid]) if valid else []
     for (index, request_id, debit), outcome in zip(valid, outcomes, strict=True):
         conflicted = (
             isinstance(outcome, Debited)
