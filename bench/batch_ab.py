@@ -57,6 +57,8 @@ class Side:
     python_us: list[float] = field(default_factory=list)
     pg_us: list[float] = field(default_factory=list)
     rates: list[float] = field(default_factory=list)
+    loaded_python_us: list[float] = field(default_factory=list)
+    loaded_pg_us: list[float] = field(default_factory=list)
     bad: int = 0
 
 
@@ -105,6 +107,10 @@ def alone(side: Side, batches: int, size: int) -> None:
 
 def loaded(side: Side, seconds: float, connections: int, size: int) -> None:
     assert side.server is not None
+    assert side.server.proc is not None
+    cpu = BackendCpu(ADMIN_DSN, [side.database])
+    admin(cpu.start)
+    ticks = cpu_ticks(side.server.proc.pid)
     load = run_wrk(
         side.server.url,
         "batch",
@@ -114,6 +120,13 @@ def loaded(side: Side, seconds: float, connections: int, size: int) -> None:
         connections=connections,
         timeout_seconds=60,
     )
+    ticks = cpu_ticks(side.server.proc.pid) - ticks
+    admin(cpu.stop)
+    # Per event applied: the work of batches still in flight when wrk stops counts too (an
+    # overestimate by at most `connections` batches).
+    events = max(load.units, 1)
+    side.loaded_python_us.append(ticks * TICK / events * 1e6)
+    side.loaded_pg_us.append((cpu.seconds or 0.0) / events * 1e6)
     side.rates.append(load.units / load.seconds if load.seconds else 0.0)
     side.bad += load.non2xx + load.bad + load.socket_error_count
 
@@ -172,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
                         f"pass {number + 1} ({' '.join(s.key for s in order)}): "
                         + "; ".join(
                             f"{s.key} {s.rates[-1]:,.0f} events/s, alone {s.python_us[-1]:.1f} "
-                            f"µs Python + {s.pg_us[-1]:.1f} µs PostgreSQL per event"
+                            f"µs Python + {s.pg_us[-1]:.1f} µs PostgreSQL per event, under "
+                            f"load {s.loaded_python_us[-1]:.1f} + {s.loaded_pg_us[-1]:.1f} µs"
                             for s in sides
                         )
                     )
@@ -195,13 +209,18 @@ def main(argv: list[str] | None = None) -> int:
             f"- {s.key}: {sum(s.rates) / len(s.rates):,.0f} events/s (passes {spread(s.rates)}); "
             f"alone per event: Python {sum(s.python_us) / len(s.python_us):.1f} µs "
             f"({spread(s.python_us)}), PostgreSQL {sum(s.pg_us) / len(s.pg_us):.1f} µs "
-            f"({spread(s.pg_us)})"
+            f"({spread(s.pg_us)}); under load per event: Python "
+            f"{sum(s.loaded_python_us) / len(s.loaded_python_us):.1f} µs "
+            f"({spread(s.loaded_python_us)}), PostgreSQL "
+            f"{sum(s.loaded_pg_us) / len(s.loaded_pg_us):.1f} µs ({spread(s.loaded_pg_us)})"
         )
     per_pass = [x / y for x, y in zip(b.rates, a.rates, strict=True) if y]
     lines.append(
         f"- B / A: throughput {sum(b.rates) / sum(a.rates):.3f}x (passes {spread(per_pass)}), "
         f"Python per event {sum(b.python_us) / sum(a.python_us):.3f}x, PostgreSQL per event "
-        f"{sum(b.pg_us) / sum(a.pg_us):.3f}x"
+        f"{sum(b.pg_us) / sum(a.pg_us):.3f}x; under load Python "
+        f"{sum(b.loaded_python_us) / sum(a.loaded_python_us):.3f}x, PostgreSQL "
+        f"{sum(b.loaded_pg_us) / sum(a.loaded_pg_us):.3f}x"
     )
     if a.bad or b.bad:
         lines.append(f"- batches not wholly applied or failed: A {a.bad}, B {b.bad}")

@@ -2,11 +2,13 @@
 ANALYZE), its backend's CPU, the client's time (Python building the arguments, the round trip),
 rows written and index insertions per event. A probe, not a load test, against its own database.
 
-    python -m bench.batch_costs [--batches 20] [--explain] [--drop INDEX ...]
+    python -m bench.batch_costs [--batches 20] [--group 8] [--explain] [--drop INDEX ...]
 
-Two shapes: 1,000 events over 1,000 wallets (the batch scenario) and 31 events of one wallet
-(what debit combining sends for a hot wallet). `--drop` drops indexes (or unique constraints)
-from the probe's database first, to measure what each costs a batch event.
+Three shapes: 1,000 events over 1,000 wallets (the batch scenario), `--group` such batches of
+1,000 as ONE batch (what group commit sends when that many batch requests arrived while one was
+in flight) and 31 events of one wallet (what debit combining sends for a hot wallet). `--drop`
+drops indexes (or unique constraints) from the probe's database first, to measure what each
+costs a batch event.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from bench.hold_costs import _cpu_seconds, _delta, _stats
 from bench.run import WALLETS, dsn, prepare_service_database, scratch_database, sqlalchemy_url
 
 
-async def main(batches: int, explain: bool, drop: list[str]) -> None:
+async def main(batches: int, explain: bool, drop: list[str], group: int, jit: bool) -> None:
     from app.limits.periods import Windows
     from app.usage import repository
     from app.usage.repository import UsageStore
@@ -31,6 +33,8 @@ async def main(batches: int, explain: bool, drop: list[str]) -> None:
     from app.wiring import wire
 
     wire()
+    # The gateway's connection settings (JIT off), or with `--jit` the server's own.
+    settings = {k: v for k, v in repository.SERVER_SETTINGS.items() if not (jit and k == "jit")}
     name = f"billing_batchcost_{secrets.token_hex(3)}"
     url = dsn(name)
     tag = secrets.token_hex(3)
@@ -56,13 +60,20 @@ async def main(batches: int, explain: bool, drop: list[str]) -> None:
             ]
             return sorted(events, key=lambda d: d.user_id)
 
+        def grouped(b: int) -> list[UsageDebit]:
+            return [d for g in range(group) for d in spread(b * group + g)]
+
         def hot(b: int) -> list[UsageDebit]:
             return [
                 UsageDebit("user-7", f"h-{tag}-{b}-{i}", 7000, "d" * 64, details) for i in range(31)
             ]
 
-        for label, make in (("1,000 events, 1,000 wallets", spread), ("31 events, 1 wallet", hot)):
-            pool = await asyncpg.create_pool(url, min_size=1, max_size=1)
+        shapes = [("1,000 events, 1,000 wallets", spread)]
+        if group > 1:
+            shapes.append((f"{group} x 1,000 events grouped, 1,000 wallets", grouped))
+        shapes.append(("31 events, 1 wallet", hot))
+        for label, make in shapes:
+            pool = await asyncpg.create_pool(url, min_size=1, max_size=1, server_settings=settings)
             store = UsageStore(pool)
             for b in range(-6, 0):  # warm: statement cache, generic plans
                 await store.debit_batch(make(b))
@@ -89,7 +100,7 @@ async def main(batches: int, explain: bool, drop: list[str]) -> None:
                 print("\n".join(r[0] for r in plan))
             await store.close()
             before = await _stats(url)
-            pool = await asyncpg.create_pool(url, min_size=1, max_size=1)
+            pool = await asyncpg.create_pool(url, min_size=1, max_size=1, server_settings=settings)
             store = UsageStore(pool)
             async with pool.acquire() as conn:
                 backend = conn.get_server_pid()
@@ -121,7 +132,9 @@ async def main(batches: int, explain: bool, drop: list[str]) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--group", type=int, default=8, help="batches of 1,000 in a group")
     parser.add_argument("--explain", action="store_true")
+    parser.add_argument("--jit", action="store_true", help="JIT as the server has it")
     parser.add_argument("--drop", action="append", default=[], help="an index to drop first")
     args: Any = parser.parse_args()
-    asyncio.run(main(args.batches, args.explain, args.drop))
+    asyncio.run(main(args.batches, args.explain, args.drop, args.group, args.jit))

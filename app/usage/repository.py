@@ -87,7 +87,7 @@ from app.primary import (
     finish,
 )
 from app.usage.batch import BatchPlan, ExistingDebit, limit_scopes, plan_batch
-from app.usage.combining import Combiner, Lane, Slots
+from app.usage.combining import BatchGroups, Combiner, Lane, Slots
 from app.usage.store import (
     USAGE_DESCRIPTION,
     USAGE_KIND,
@@ -103,6 +103,11 @@ _COVER_ATTEMPTS = 3
 _LOT_WALLETS_REMEMBERED = 100_000
 _BATCH_ATTEMPTS = 5
 APPLICATION_NAME = "billing-gateway"
+SERVER_SETTINGS = {"application_name": APPLICATION_NAME, "jit": "off"}
+"""The gateway's connections' settings. JIT off: a batch of thousands of events (group commit)
+is estimated past `jit_above_cost` on its custom plans (each connection's first five runs of a
+statement), and compiling it took 380 ms of a 680 ms statement of 8 x 1,000 events
+(`bench.batch_costs --explain`); none of the gateway's statements runs long enough to gain."""
 """The pool's `application_name`, so operators (and tests) can tell its connections apart."""
 
 log = structlog.get_logger(__name__)
@@ -1048,7 +1053,8 @@ def _batch_ledger_ctes(now: str, transaction_id: str, reference: str, events: st
 ), {crossing_ctes("crossing", now=now, reference="NULL")}"""
 
 
-# The events of a batch as the store sends them (sorted by user id, stably): one array per column.
+# The events of a batch in the order they are decided (`UsageStore.debit_batch`): one array per
+# column.
 _BATCH_EVENTS = """unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[],
                   $7::text[], $8::bigint[], $9::bigint[], $10::text[])
          WITH ORDINALITY AS e(user_id, reference, request_id, amount, request_hash, api_key_id,
@@ -1267,10 +1273,10 @@ def _wallet(row: DebitRow | HoldStatementRow) -> WalletRow | None:
 
 def _event_columns(debits: Sequence[UsageDebit]) -> tuple[list[Any], ...]:
     """The ten arrays of `_BATCH_EVENTS`, in the debits' order."""
-    metadata = [
-        _json(d.details["metadata"]) if d.details and "metadata" in d.details else None
-        for d in debits
-    ]
+    # Each debit's details read as a dict (`_NO_DETAILS` for none), not through
+    # `UsageDebit.detail`: three method calls per event of a batch of thousands.
+    details = [d.details or _NO_DETAILS for d in debits]
+    metadata = [_json(x["metadata"]) if "metadata" in x else None for x in details]
     return (
         [d.user_id for d in debits],
         [usage_reference(d.request_id) for d in debits],
@@ -1278,11 +1284,14 @@ def _event_columns(debits: Sequence[UsageDebit]) -> tuple[list[Any], ...]:
         [d.amount_micros for d in debits],
         [d.request_hash for d in debits],
         [d.api_key_id for d in debits],
-        [d.detail("model") for d in debits],
-        [d.detail("input_tokens") for d in debits],
-        [d.detail("output_tokens") for d in debits],
+        [x.get("model") for x in details],
+        [x.get("input_tokens") for x in details],
+        [x.get("output_tokens") for x in details],
         metadata,
     )
+
+
+_NO_DETAILS: dict[str, Any] = {}
 
 
 class _StaleLots(Exception):
@@ -1449,6 +1458,7 @@ class UsageStore:
             slots,
             combine=combine_holds,
         )
+        self._batches = BatchGroups(self.debit_batch, combine=combine_debits)
         self._lot_holds: set[str] = set()
         """Holds this store reserved on a wallet it saw tracking lots: their capture runs the
         lots statement first (a capture names no user), the same kind of hint."""
@@ -1476,7 +1486,7 @@ class UsageStore:
                 max_size=size,
                 command_timeout=60,
                 reset=_reset,
-                server_settings={"application_name": APPLICATION_NAME},
+                server_settings=SERVER_SETTINGS,
             )
 
         pool = await pool_of(max_size)
@@ -1637,10 +1647,18 @@ class UsageStore:
         wallet = _read(WalletRow, wallet_row) if wallet_row is not None else None
         return Debited(original["id"], original["request_hash"], True, wallet)
 
+    async def apply_batch(self, debits: Sequence[UsageDebit]) -> list[BatchOutcome]:
+        """A batch request's `debits` (sorted by user id, stably) decided as if applied one by
+        one in that order: as ONE batch with those of the batch requests that arrived while
+        one was in flight, one request after the other in arrival order (group commit,
+        `app.usage.combining.BatchGroups`), each answered with its own debits' outcomes."""
+        return await self._batches.submit(debits)
+
     @_outage_is_503
     async def debit_batch(self, debits: Sequence[UsageDebit]) -> list[BatchOutcome]:
-        """`debits` (sorted by user id, stably) decided as if applied one by one in that
-        order, in ONE database transaction (a batch is applied whole or not at all): the
+        """`debits` decided as if applied one by one in their order (each batch request's
+        sorted by user id, stably; a group's one request after the other), in ONE database
+        transaction (a batch is applied whole or not at all): the
         autocommit statement that applies the batch when it can decide every user whole
         (`_batch_sql`), else, when it wrote nothing (replays, refusals, credit lots), the
         planned path in a transaction of its own (`_plan_and_write`)."""

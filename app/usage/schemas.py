@@ -204,7 +204,8 @@ class UsageBatchResult(BaseModel):
     transaction_id: str | None = Field(
         default=None,
         description="The ledger transaction that moved the money: the events a batch applied "
-        "share one (a leg per user); a replay answers the original's.",
+        "share one (a leg per user), and so may those of batches sent together (applied as one "
+        "once the one in flight was done); a replay answers the original's.",
     )
     balance_micros: int | None = None
     held_micros: int | None = None
