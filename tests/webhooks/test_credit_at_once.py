@@ -443,3 +443,53 @@ async def test_the_top_up_notification_gets_the_receipt_that_arrives_after_the_c
     row = await notice()
     assert row.data["receipt_url"] == receipt
     assert row.data["amount"] == "20.00"  # the rest of the payload as the credit wrote it
+
+
+async def test_concurrent_credits_commit_together_and_one_that_fails_fails_alone(
+    client: httpx.AsyncClient,
+    user_headers: Headers,
+    session_maker: Maker,
+    stripe_peer: StripePeer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Deliveries that arrive together share claim transactions (`service._ClaimGroups`): a
+    delivery whose handler fails gets a 5xx and changes nothing, the others of its group are
+    credited all the same, and Stripe's next delivery of the failed one credits it."""
+    from app.purchase import webhooks as purchase_webhooks
+
+    mark = await stripe_peer.last_event_seq()
+    for u in range(3):
+        headers = user_headers(f"group-{u}")
+        for _ in range(4):
+            order_id = (await bought(client, headers, amount="10.00"))["order"]["id"]
+            await pay(stripe_peer, session_maker, order_id)
+    events = await stripe_peer.events("payment_intent.succeeded", since=mark)
+    assert len(events) == 12
+    bad = events[5]
+    bad_order = bad.event["data"]["object"]["metadata"]["order_id"]
+    real = fulfillment.credit_from_event
+
+    async def failing(session: Any, maker: Any, stripe: Any, settings: Any, event: Any) -> Any:
+        outcome = await real(session, maker, stripe, settings, event)
+        if event["data"]["object"]["metadata"]["order_id"] == bad_order:
+            raise RuntimeError("this one fails after its credit's statements")
+        return outcome
+
+    monkeypatch.setattr(purchase_webhooks, "credit_from_event", failing)
+    answers = await asyncio.gather(*(stripe_peer.deliver(e, client) for e in events))
+    by_event = dict(zip((e.id for e in events), answers, strict=True))
+    assert by_event[bad.id].status_code >= 500
+    assert [a.json()["outcome_detail"] for e, a in by_event.items() if e != bad.id] == [
+        "credited"
+    ] * 11
+    assert (await order_row(session_maker, bad_order)).status == "pending"
+    assert await topups(session_maker) == 11
+
+    monkeypatch.setattr(purchase_webhooks, "credit_from_event", real)
+    again = await stripe_peer.deliver(bad, client)  # Stripe's retry
+    assert again.status_code == 200, again.text
+    assert again.json()["outcome_detail"] == "credited"
+    assert await topups(session_maker) == 12
+    for u in range(3):
+        shown = await client.get("/v1/balance", headers=user_headers(f"group-{u}"))
+        assert shown.json()["balance"] == "40.000000"
