@@ -1423,6 +1423,7 @@ class UsageStore:
         reads: asyncpg.Pool | None = None,
         combine_debits: bool = False,
         debits_in_flight: int | None = None,
+        holds_in_flight: int | None = None,
     ) -> None:
         self._pool: Any = pool if isinstance(pool, asyncpg.Pool) else _OneConnection(pool)
         self._reads: Any = reads if reads is not None else self._pool
@@ -1446,12 +1447,14 @@ class UsageStore:
             self.reserve_batch,
             slots,
             combine=combine_holds,
+            bound=holds_in_flight,
         )
         self._captures: Lane[HoldCapture, HoldResult] = Lane(
             self._capture_alone,
             self.capture_batch,
             slots,
             combine=combine_holds,
+            bound=holds_in_flight,
         )
         self._lot_holds: set[str] = set()
         """Holds this store reserved on a wallet it saw tracking lots: their capture runs the
@@ -1466,6 +1469,7 @@ class UsageStore:
         primary: Primary | None = None,
         combine_debits: bool = False,
         debits_in_flight: int | None = None,
+        holds_in_flight: int | None = None,
     ) -> UsageStore:
         """A store on pools of its own, `max_size` connections for the writes and
         `read_pool_size(max_size)` for the reads, connecting through `primary` (the service
@@ -1490,7 +1494,11 @@ class UsageStore:
             await pool.close()
             raise
         return cls(
-            pool, reads=reads, combine_debits=combine_debits, debits_in_flight=debits_in_flight
+            pool,
+            reads=reads,
+            combine_debits=combine_debits,
+            debits_in_flight=debits_in_flight,
+            holds_in_flight=holds_in_flight,
         )
 
     @property
