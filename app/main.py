@@ -204,6 +204,7 @@ def create_app(settings: Settings | None = None) -> BillingApp:
             primary=primary,
             combine_debits=settings.gateway_combine_debits,
             debits_in_flight=settings.gateway_debits_in_flight or None,
+            holds_in_flight=settings.gateway_holds_in_flight,
         )
         primary.watch()
         # The gateway's tokens are read on the gateway's own connections (its asyncpg pool), and

@@ -1,6 +1,7 @@
 """`python -m bench.hold_ab`: reserve + capture pairs against usage debits at the store
 (`UsageStore`, no HTTP), with the gateway's write statements grouped past the bound
-(`grouped`: `gateway_combine_debits` on, `--bound` in flight, as the service runs) and without
+(`grouped`: `gateway_combine_debits` on, `--bound` in flight and `--holds-bound` for reserves and
+captures, as the service runs) and without
 (`alone`: every debit, reserve and capture its own statement), interleaved in one process so the
 machine's drift hits each alike.
 
@@ -11,7 +12,8 @@ round, then per variant the pairs/s ÷ debits/s of its rounds (the issue's targe
 the spread of the per-round ratios, and the PostgreSQL backends' CPU per pair and per debit
 (`/proc`), which a machine busy with other work disturbs far less than the throughput.
 
-    python -m bench.hold_ab [--seconds 3] [--tasks 32] [--pool 10] [--bound 4] [--repeats 2]
+    python -m bench.hold_ab [--seconds 3] [--tasks 32] [--pool 10] [--bound 4] [--holds-bound 2]
+        [--repeats 2]
 """
 
 from __future__ import annotations
@@ -88,7 +90,11 @@ async def main(args: argparse.Namespace) -> None:
             stores = {
                 "alone": repository.UsageStore(pool, reads=reads),
                 "grouped": repository.UsageStore(
-                    pool, reads=reads, combine_debits=True, debits_in_flight=args.bound
+                    pool,
+                    reads=reads,
+                    combine_debits=True,
+                    debits_in_flight=args.bound,
+                    holds_in_flight=args.holds_bound or None,
                 ),
             }
             for v in VARIANTS:  # warm-up: prepared statements, caches
@@ -135,5 +141,8 @@ if __name__ == "__main__":
     parser.add_argument("--tasks", type=int, default=32)
     parser.add_argument("--pool", type=int, default=10)
     parser.add_argument("--bound", type=int, default=4)
+    parser.add_argument(
+        "--holds-bound", type=int, default=2, help="reserves' and captures' own bound (0: none)"
+    )
     parser.add_argument("--repeats", type=int, default=2)
     uvloop.run(main(parser.parse_args()))

@@ -301,6 +301,16 @@ class Row:
     pg_cpu: BackendCpu | None = None
     """The CPU time of the PostgreSQL backends serving the scenario's database over its
     measured window (`bench/pgstats.py`)."""
+    service_ticks: int | None = None
+    """The CPU ticks (user + system) of the service's processes over the same window."""
+
+    @property
+    def service_cpu_per_unit_us(self) -> float | None:
+        """The service's CPU per scenario unit, over the measured window."""
+        units = self.throughput * self.load.seconds
+        if self.service_ticks is None or not units:
+            return None
+        return self.service_ticks * TICK * 1e6 / units
 
     @property
     def pg_cpu_per_unit_us(self) -> float | None:
@@ -421,6 +431,8 @@ class Bench:
     """Stripe reads per credited order, by measurement."""
     cpu: BackendCpu | None = None
     """The PostgreSQL CPU of the last measured load, for the next `row()`."""
+    service_ticks: int | None = None
+    """The service's CPU ticks over the last measured load, for the next `row()`."""
 
     @property
     def url(self) -> str:
@@ -695,6 +707,7 @@ class Bench:
                 )
             cpu = BackendCpu(ADMIN_DSN, databases or [self.database])
             asyncio.run(cpu.start())
+            service_ticks = process_tree_ticks(server.pid)
             load = run_wrk(
                 server.url,
                 script,
@@ -702,13 +715,16 @@ class Bench:
                 seconds=seconds or self.args.seconds,
                 **common,
             )
+            service_ticks = process_tree_ticks(server.pid) - service_ticks
             asyncio.run(cpu.stop())
         self.cpu = cpu
+        self.service_ticks = service_ticks
         return load, rss
 
     def row(self, name: str, workers: int, load: Load, rss: RssSampler, unit: str) -> Row:
         throughput = load.unit_rate if unit != "req/s" else load.rate
         cpu, self.cpu = self.cpu, None
+        service_ticks, self.service_ticks = self.service_ticks, None
         return Row(
             name,
             workers,
@@ -718,6 +734,7 @@ class Bench:
             rss.peak_total_kib / 1024,
             rss.peak_worker_kib / 1024,
             pg_cpu=cpu,
+            service_ticks=service_ticks,
         )
 
     def run_yardstick(self, workers: int) -> None:
@@ -1324,10 +1341,12 @@ def report(args: argparse.Namespace, bench: Bench, elapsed: float) -> str:
             )
             assert row.pg_cpu is not None
             lost = f", {row.pg_cpu.lost} exited meanwhile" if row.pg_cpu.lost else ""
+            service = row.service_cpu_per_unit_us
+            own = f"; the service's own CPU {service:,.0f} µs" if service is not None else ""
             lines.append(
                 f"- {row.scenario} ({row.workers} worker{'s' if row.workers > 1 else ''}): "
                 f"{per:,.0f} µs per {unit or 'unit'}{versus}; {row.pg_cpu.backends} "
-                f"backends{lost}"
+                f"backends{lost}{own}"
             )
     if bench.stripe_reads:
         lines += [

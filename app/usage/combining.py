@@ -26,8 +26,10 @@ wallet; fewer one by one). Many wallets' traffic past what PostgreSQL serves one
 time then costs it one statement, one transaction and one WAL flush per batch, not per debit;
 below the bound nothing waits.
 
-Reserves and captures of holds go the same way past the bound (`Lane`s of one `Slots`: the
-bound counts every gateway write statement in flight, debits, reserves and captures alike),
+Reserves and captures of holds go the same way past a lower bound of their own (`Lane`s of one
+`Slots`, `gateway_holds_in_flight`: the bound counts every gateway write statement in flight,
+debits, reserves and captures alike; alone, a reserve or a capture costs PostgreSQL several
+times its share of a batch, so they wait sooner),
 each operation's waiting items as one statement of their own (`reserve_batch`,
 `capture_batch`), whose outcomes are those of applying them one by one in arrival order; they
 have no per-wallet combining (a capture names no wallet).
@@ -71,17 +73,26 @@ class Slots:
     def join(self, lane: Lane[Any, Any]) -> None:
         self._lanes.append(lane)
 
-    def full(self) -> bool:
-        return self.bound is not None and (
-            self.busy >= self.bound or any(lane.queued for lane in self._lanes)
-        )
+    def full(self, bound: int | None = None) -> bool:
+        """Whether an item must wait: the bound (or a lane's own, lower, `bound`) reached, or
+        items already waiting."""
+        if self.bound is None:
+            return False
+        return self.busy >= self._of(bound) or any(lane.queued for lane in self._lanes)
+
+    def _of(self, bound: int | None) -> int:
+        assert self.bound is not None
+        return self.bound if bound is None else min(bound, self.bound)
 
     def drain(self) -> None:
         """A statement is done: send what waits in the lanes, while there is room (each lane's
-        four or more as one batch of up to `MAX_COMBINED`, else its first alone), the lane
-        whose first item waited longest first."""
+        four or more as one batch of up to `MAX_COMBINED`, else its first alone; a lane with
+        a bound of its own only while fewer than it are in flight), the lane whose first item
+        waited longest first."""
         while self.bound is not None and self.busy < self.bound:
-            waiting = [lane for lane in self._lanes if lane.queued]
+            waiting = [
+                lane for lane in self._lanes if lane.queued and self.busy < self._of(lane.bound)
+            ]
             if not waiting:
                 return
             min(waiting, key=lambda lane: lane.queued[0][2]).send_queued()
@@ -102,8 +113,12 @@ class Lane(Generic[Item, Result]):
         combine: bool = True,
         min_batch: int = MIN_COMBINED,
         counted: Callable[[int], None] | None = None,
+        bound: int | None = None,
     ) -> None:
         self._alone = alone
+        self.bound = bound
+        """The lane's own bound, below the slots': its items wait once that many statements
+        (of any lane) are in flight (None: the slots' bound)."""
         self._batch = batch
         self._slots = slots
         slots.join(self)
@@ -145,7 +160,7 @@ class Lane(Generic[Item, Result]):
                 )
                 waiting.append((item, future))
                 return _answer(await future)
-        if self._slots.full():
+        if self._slots.full(self.bound):
             future = asyncio.get_running_loop().create_future()
             self.queued.append((item, future, _arrival()))
             return _answer(await future)

@@ -847,24 +847,28 @@ def _capture_batch_sql() -> str:
 WITH cq AS MATERIALIZED (
     SELECT * FROM {_CAPTURE_REQUESTS}
 ), found AS (
+    -- Each hold probed by its key, in id order (a subquery with LIMIT is never flattened into
+    -- a join: no plan scans or hashes the whole table, however small the table was when the
+    -- connection planned the statement; `id = ANY(array)` was planned as a seq scan of holds
+    -- on a table a few pages long, and kept as it grew); each is locked as it is probed.
     SELECT h.id, h.account_id, h.user_id, h.api_key_id, h.amount_micros, h.status,
            h.request_hash, h.expires_at, h.created_at
-    -- Each table below is reached by its index through an array (`= ANY`), never by a join
-    -- the planner could make a hashed scan of the whole table.
-    FROM holds h
-    WHERE h.id = ANY($1::text[])
-    ORDER BY h.id FOR UPDATE
+    FROM (SELECT DISTINCT hold_id FROM cq ORDER BY hold_id) q,
+         LATERAL (SELECT * FROM holds h WHERE h.id = q.hold_id LIMIT 1 FOR UPDATE) h
 ), limits AS (
+    -- Each (user, scope) of the holds probed by the limits' unique index, as a batch's
+    -- (`_batch_limits`): locked in (user, scope, set_by) order.
     SELECT s.id, s.user_id, s.scope, s.period, s.limit_micros, s.window_start, s.spent_micros
-    FROM spend_limits s
-    WHERE s.user_id = ANY(ARRAY(SELECT user_id FROM found))
-      AND s.scope = ANY(ARRAY(SELECT 'account' UNION
-                              SELECT 'key:' || api_key_id FROM found WHERE api_key_id IS NOT NULL))
-      AND (s.user_id, s.scope) IN (
-        SELECT user_id, 'account' FROM found
-        UNION SELECT user_id, 'key:' || api_key_id FROM found WHERE api_key_id IS NOT NULL)
-    ORDER BY s.user_id, s.scope, s.set_by FOR UPDATE OF s
+    FROM (SELECT user_id, scope
+          FROM (SELECT user_id, 'account'::text AS scope FROM found
+                UNION SELECT user_id, 'key:' || api_key_id FROM found
+                WHERE api_key_id IS NOT NULL) pairs
+          ORDER BY user_id, scope) p,
+         LATERAL (SELECT s.* FROM spend_limits s
+                  WHERE s.user_id = p.user_id AND s.scope = p.scope
+                  ORDER BY s.set_by LIMIT 2 FOR UPDATE) s
 ), locked AS (
+    -- The wallets by their key through an array (`= ANY`).
     SELECT id, user_id, balance_micros, held_micros, tracked_micros, watch_micros
     FROM accounts
     WHERE id = ANY(ARRAY(SELECT account_id FROM found))
@@ -1428,6 +1432,7 @@ class UsageStore:
         reads: asyncpg.Pool | None = None,
         combine_debits: bool = False,
         debits_in_flight: int | None = None,
+        holds_in_flight: int | None = None,
     ) -> None:
         self._pool: Any = pool if isinstance(pool, asyncpg.Pool) else _OneConnection(pool)
         self._reads: Any = reads if reads is not None else self._pool
@@ -1451,12 +1456,14 @@ class UsageStore:
             self.reserve_batch,
             slots,
             combine=combine_holds,
+            bound=holds_in_flight,
         )
         self._captures: Lane[HoldCapture, HoldResult] = Lane(
             self._capture_alone,
             self.capture_batch,
             slots,
             combine=combine_holds,
+            bound=holds_in_flight,
         )
         self._batches = BatchGroups(self.debit_batch, combine=combine_debits)
         self._lot_holds: set[str] = set()
@@ -1472,6 +1479,7 @@ class UsageStore:
         primary: Primary | None = None,
         combine_debits: bool = False,
         debits_in_flight: int | None = None,
+        holds_in_flight: int | None = None,
     ) -> UsageStore:
         """A store on pools of its own, `max_size` connections for the writes and
         `read_pool_size(max_size)` for the reads, connecting through `primary` (the service
@@ -1496,7 +1504,11 @@ class UsageStore:
             await pool.close()
             raise
         return cls(
-            pool, reads=reads, combine_debits=combine_debits, debits_in_flight=debits_in_flight
+            pool,
+            reads=reads,
+            combine_debits=combine_debits,
+            debits_in_flight=debits_in_flight,
+            holds_in_flight=holds_in_flight,
         )
 
     @property

@@ -389,3 +389,34 @@ async def test_lanes_share_one_bound_and_each_sends_its_own_batch_in_arrival_ord
     assert [await q for q in queued] == ["batched-z", "batched-y", "batched-x"]
     assert reserved == [["z", "y", "x"]]
     assert slots.busy == 0
+
+
+async def test_a_lane_with_a_bound_of_its_own_waits_from_it_while_the_others_do_not() -> None:
+    """The holds' lanes wait from a bound of their own (1 statement in flight here), below the
+    shared one (2): one debit in flight makes reserves wait, and go as one batch once it is
+    done."""
+    store = _Store()
+    slots = Slots(2)
+    combiner = Combiner(store.debit_alone, store.debit_batch, min_batch=3, slots=slots)
+    reserved: list[list[str]] = []
+
+    async def reserve_alone(hold_id: str) -> str:
+        return f"alone-{hold_id}"
+
+    async def reserve_batch(hold_ids: Sequence[str]) -> list[str | Exception]:
+        reserved.append(list(hold_ids))
+        return [f"batched-{h}" for h in hold_ids]
+
+    reserves: Lane[str, str] = Lane(reserve_alone, reserve_batch, slots, min_batch=2, bound=1)
+    first = asyncio.ensure_future(combiner.debit(_debit("u", "a")))
+    await asyncio.sleep(0)
+    queued = [asyncio.ensure_future(reserves.submit(h)) for h in ("z", "y")]
+    await asyncio.sleep(0)
+    assert reserved == []
+    assert len(reserves.queued) == 2
+    store.release.set()
+    assert [await q for q in queued] == ["batched-z", "batched-y"]
+    await first
+    assert reserved == [["z", "y"]]
+    assert store.alone == ["a"]
+    assert slots.busy == 0
