@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import weakref
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -62,6 +61,7 @@ from app.stripe_gateway.payments import (
     payment_from_payment_intent,
     string_or_none,
 )
+from app.waiting import PerLoop, answer_waiting, fail_waiting
 
 log = structlog.get_logger(__name__)
 
@@ -537,33 +537,17 @@ class _DetailsWriter:
                     async with session_scope(self._maker) as session:
                         await _record_details(session, [(o, p) for o, p, _ in batch])
                 except BaseException as exc:
-                    for *_, done in batch:
-                        if not done.done():
-                            done.set_exception(exc)
-                            done.exception()  # retrieved here, whether or not a read waits
+                    fail_waiting((done for *_, done in batch), exc)
                     if not isinstance(exc, Exception):
                         raise
                 else:
-                    for *_, done in batch:
-                        if not done.done():
-                            done.set_result(None)
+                    answer_waiting((done, None) for *_, done in batch)
         finally:
             self._writing = None
 
 
-_WRITERS: weakref.WeakKeyDictionary[
-    async_sessionmaker[AsyncSession], tuple[asyncio.AbstractEventLoop, _DetailsWriter]
-] = weakref.WeakKeyDictionary()
-"""The running loop's details writer of each session maker (made again for another loop:
-tests)."""
-
-
-def _writer(maker: async_sessionmaker[AsyncSession]) -> _DetailsWriter:
-    loop = asyncio.get_running_loop()
-    found = _WRITERS.get(maker)
-    if found is None or found[0] is not loop:
-        found = _WRITERS[maker] = (loop, _DetailsWriter(maker))
-    return found[1]
+_writer: PerLoop[async_sessionmaker[AsyncSession], _DetailsWriter] = PerLoop(_DetailsWriter)
+"""The running loop's details writer of each session maker."""
 
 
 def details_retry_delay(attempts: int) -> timedelta:

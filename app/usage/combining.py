@@ -42,11 +42,13 @@ debit whose statement had started would be.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Sequence
 from typing import Any, Generic, TypeVar
 
 from app.metrics import USAGE_DEBITS_COMBINED
 from app.usage.store import BatchOutcome, Debited, UsageDebit
+from app.waiting import answer_waiting, fail_waiting
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -218,9 +220,7 @@ class Lane(Generic[Item, Result]):
         try:
             await self._send(waiting)
         except BaseException as exc:  # cancelled (the service stops): none may wait forever
-            for _, future in waiting:
-                if not future.done():
-                    future.set_exception(exc)
+            fail_waiting((future for _, future in waiting), exc)
             raise
 
     async def _send(self, waiting: list[tuple[Item, asyncio.Future[Result | Exception]]]) -> None:
@@ -246,13 +246,11 @@ class Lane(Generic[Item, Result]):
             try:
                 outcomes = await self._batch([item for item, _ in chunk])
             except Exception as exc:  # an outage: each waiting request answers it
-                for _, future in chunk:
-                    if not future.done():
-                        future.set_exception(exc)
+                fail_waiting((future for _, future in chunk), exc)
                 continue
-            for (_, future), outcome in zip(chunk, outcomes, strict=True):
-                if not future.done():  # (its request was cancelled meanwhile)
-                    future.set_result(outcome)
+            answer_waiting(
+                (future, outcome) for (_, future), outcome in zip(chunk, outcomes, strict=True)
+            )
 
 
 _arrivals = 0
@@ -365,9 +363,7 @@ class BatchGroups:
                     group.append(self._queued.pop(0))
                 await self._send(group)
         except BaseException as exc:  # cancelled (the service stops): none may wait forever
-            for _, future in self._queued:
-                if not future.done():
-                    future.set_exception(exc)
+            fail_waiting((future for _, future in self._queued), exc)
             self._queued.clear()
             raise
         finally:
@@ -380,19 +376,13 @@ class BatchGroups:
         debits = [debit for request, _ in group for debit in request]
         try:
             outcomes = await self._batch(debits)
-        except Exception as exc:  # an outage: each waiting request answers it
-            for _, future in group:
-                if not future.done():
-                    future.set_exception(exc)
+        except BaseException as exc:  # an outage (each waiting request answers it), or cancelled
+            fail_waiting((future for _, future in group), exc)
+            if not isinstance(exc, Exception):
+                raise
             return
-        except BaseException as exc:
-            for _, future in group:
-                if not future.done():
-                    future.set_exception(exc)
-            raise
-        start = 0
-        for request, future in group:
-            end = start + len(request)
-            if not future.done():  # (its request was cancelled meanwhile)
-                future.set_result(outcomes[start:end])
-            start = end
+        ends = list(itertools.accumulate(len(request) for request, _ in group))
+        answer_waiting(
+            (future, outcomes[end - len(request) : end])
+            for (request, future), end in zip(group, ends, strict=True)
+        )

@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import weakref
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -49,6 +48,7 @@ from app.metrics import STRIPE_EVENTS
 from app.models.base import utcnow
 from app.models.orders import StripeEvent, WebhookOutcome
 from app.stripe_gateway import StripeGateway
+from app.waiting import PerLoop, answer_waiting, fail_waiting
 from app.webhooks import repository
 from app.webhooks.registry import (
     WebhookContext,
@@ -246,16 +246,11 @@ class _ClaimGroups:
             results = await self._commit(batch)
         except BaseException as exc:
             if last_try or not isinstance(exc, Exception):
-                for *_, done in batch:
-                    if not done.done():
-                        done.set_exception(exc)
-                        done.exception()  # retrieved here, whether or not a delivery waits
+                fail_waiting((done for *_, done in batch), exc)
             if not isinstance(exc, Exception):
                 raise
             return last_try
-        for (*_, done), result in zip(batch, results, strict=True):
-            if not done.done():
-                done.set_result(result)
+        answer_waiting((done, result) for (*_, done), result in zip(batch, results, strict=True))
         return True
 
     async def _commit(self, batch: list[_Delivery]) -> list[Claimed]:
@@ -269,18 +264,8 @@ class _ClaimGroups:
         return results
 
 
-_GROUPS: weakref.WeakKeyDictionary[
-    async_sessionmaker[AsyncSession], tuple[asyncio.AbstractEventLoop, _ClaimGroups]
-] = weakref.WeakKeyDictionary()
-"""The running loop's claim groups of each session maker (made again for another loop: tests)."""
-
-
-def _claims(maker: async_sessionmaker[AsyncSession]) -> _ClaimGroups:
-    loop = asyncio.get_running_loop()
-    found = _GROUPS.get(maker)
-    if found is None or found[0] is not loop:
-        found = _GROUPS[maker] = (loop, _ClaimGroups(maker))
-    return found[1]
+_claims: PerLoop[async_sessionmaker[AsyncSession], _ClaimGroups] = PerLoop(_ClaimGroups)
+"""The running loop's claim groups of each session maker."""
 
 
 async def receive_event(
