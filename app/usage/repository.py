@@ -1450,20 +1450,17 @@ class UsageStore:
             self._debit_alone, self.debit_batch, combine=combine_debits, slots=slots
         )
         # Holds wait only past the bound (no per-wallet combining: a capture names no wallet).
-        combine_holds = combine_debits and debits_in_flight is not None
-        self._reserves: Lane[HoldRequest, HoldResult] = Lane(
-            self._reserve_alone,
-            self.reserve_batch,
-            slots,
-            combine=combine_holds,
+        hold_lane = functools.partial(
+            Lane,
+            slots=slots,
+            combine=combine_debits and debits_in_flight is not None,
             bound=holds_in_flight,
         )
-        self._captures: Lane[HoldCapture, HoldResult] = Lane(
-            self._capture_alone,
-            self.capture_batch,
-            slots,
-            combine=combine_holds,
-            bound=holds_in_flight,
+        self._reserves: Lane[HoldRequest, HoldResult] = hold_lane(
+            self._reserve_alone, self.reserve_batch
+        )
+        self._captures: Lane[HoldCapture, HoldResult] = hold_lane(
+            self._capture_alone, self.capture_batch
         )
         self._batches = BatchGroups(self.debit_batch, combine=combine_debits)
         self._lot_holds: set[str] = set()
