@@ -103,12 +103,12 @@ _COVER_ATTEMPTS = 3
 _LOT_WALLETS_REMEMBERED = 100_000
 _BATCH_ATTEMPTS = 5
 APPLICATION_NAME = "billing-gateway"
+"""The pool's `application_name`, so operators (and tests) can tell its connections apart."""
 SERVER_SETTINGS = {"application_name": APPLICATION_NAME, "jit": "off"}
 """The gateway's connections' settings. JIT off: a batch of thousands of events (group commit)
 is estimated past `jit_above_cost` on its custom plans (each connection's first five runs of a
 statement), and compiling it took 380 ms of a 680 ms statement of 8 x 1,000 events
 (`bench.batch_costs --explain`); none of the gateway's statements runs long enough to gain."""
-"""The pool's `application_name`, so operators (and tests) can tell its connections apart."""
 
 log = structlog.get_logger(__name__)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -362,13 +362,12 @@ async def test_below_the_bound_nothing_waits() -> None:
     assert store.batches == []
 
 
-async def test_lanes_share_one_bound_and_each_sends_its_own_batch_in_arrival_order() -> None:
-    """A debit in flight fills a bound of one for the holds' lane too: reserves that arrive
-    wait, and go as one batch of their own (in arrival order: no per-wallet sorting)."""
-    store = _Store()
-    slots = Slots(1)
-    combiner = Combiner(store.debit_alone, store.debit_batch, min_batch=3, slots=slots)
-    reserved: list[list[str]] = []
+def _reserves(
+    reserved: list[list[str]],
+) -> tuple[
+    Callable[[str], Awaitable[str]], Callable[[Sequence[str]], Awaitable[list[str | Exception]]]
+]:
+    """A holds lane's two operations: alone, and batched (each batch recorded in `reserved`)."""
 
     async def reserve_alone(hold_id: str) -> str:
         return f"alone-{hold_id}"
@@ -377,6 +376,17 @@ async def test_lanes_share_one_bound_and_each_sends_its_own_batch_in_arrival_ord
         reserved.append(list(hold_ids))
         return [f"batched-{h}" for h in hold_ids]
 
+    return reserve_alone, reserve_batch
+
+
+async def test_lanes_share_one_bound_and_each_sends_its_own_batch_in_arrival_order() -> None:
+    """A debit in flight fills a bound of one for the holds' lane too: reserves that arrive
+    wait, and go as one batch of their own (in arrival order: no per-wallet sorting)."""
+    store = _Store()
+    slots = Slots(1)
+    combiner = Combiner(store.debit_alone, store.debit_batch, min_batch=3, slots=slots)
+    reserved: list[list[str]] = []
+    reserve_alone, reserve_batch = _reserves(reserved)
     reserves: Lane[str, str] = Lane(reserve_alone, reserve_batch, slots, min_batch=3)
     first = asyncio.ensure_future(combiner.debit(_debit("u", "a")))
     await asyncio.sleep(0)
@@ -399,14 +409,7 @@ async def test_a_lane_with_a_bound_of_its_own_waits_from_it_while_the_others_do_
     slots = Slots(2)
     combiner = Combiner(store.debit_alone, store.debit_batch, min_batch=3, slots=slots)
     reserved: list[list[str]] = []
-
-    async def reserve_alone(hold_id: str) -> str:
-        return f"alone-{hold_id}"
-
-    async def reserve_batch(hold_ids: Sequence[str]) -> list[str | Exception]:
-        reserved.append(list(hold_ids))
-        return [f"batched-{h}" for h in hold_ids]
-
+    reserve_alone, reserve_batch = _reserves(reserved)
     reserves: Lane[str, str] = Lane(reserve_alone, reserve_batch, slots, min_batch=2, bound=1)
     first = asyncio.ensure_future(combiner.debit(_debit("u", "a")))
     await asyncio.sleep(0)

@@ -6,7 +6,6 @@ as the table grew (~485 pages read per batch of 14 under `make bench`'s holds)."
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
@@ -14,10 +13,7 @@ import pytest
 from app.limits.periods import Windows
 from app.models.base import utcnow
 from app.usage import repository
-
-
-def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    return [plan, *(n for child in plan.get("Plans", ()) for n in _nodes(child))]
+from testing.helpers.plans import generic_plan_scans
 
 
 @pytest.mark.parametrize("holds", [0, 300])
@@ -53,17 +49,10 @@ async def test_a_capture_batch_probes_its_holds_and_limits_by_index(app: Any, ho
             "SELECT 'lim_' || i, 'user-' || i, 'account', 10, 'month', now(), "
             "0, now(), now() FROM generate_series(0, 999) i"
         )
-        # The plan the gateway's connections use once the statement has run five times.
-        await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-        plan = await conn.fetchval(
-            "EXPLAIN (FORMAT JSON) " + repository._sql().capture_batch, *args, column=0
+        scans = await generic_plan_scans(
+            conn, repository._sql().capture_batch, *args, tables=("holds", "spend_limits")
         )
         await rolled_back.rollback()
-    scans = {
-        (n["Node Type"], n.get("Relation Name"), n.get("Index Name"))
-        for n in _nodes(json.loads(plan)[0]["Plan"])
-        if n.get("Relation Name") in ("holds", "spend_limits") and n["Node Type"] != "ModifyTable"
-    }
     assert ("Index Scan", "holds", "pk_holds") in scans
     assert ("Index Scan", "spend_limits", "uq_spend_limits_user_id") in scans
     assert {kind for kind, _, _ in scans} == {"Index Scan"}, scans
