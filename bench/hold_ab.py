@@ -81,7 +81,7 @@ async def main(args: argparse.Namespace) -> None:
                 max_size=size,
                 command_timeout=60,
                 reset=repository._reset,
-                server_settings={"application_name": repository.APPLICATION_NAME},
+                server_settings=repository.SERVER_SETTINGS,  # as the service's (JIT off)
             )
 
         pool = await pool_of(args.pool)

@@ -172,5 +172,8 @@ if __name__ == "__main__":
         "--generic", action="store_true", help="the connections plan_cache_mode=force_generic_plan"
     )
     args = parser.parse_args()
+    from app.usage.repository import SERVER_SETTINGS
+
+    # The gateway's own connections' settings (JIT off), as the service runs its statements.
     generic = {"plan_cache_mode": "force_generic_plan"} if args.generic else {}
-    asyncio.run(main(args.operations, generic, args.batch))
+    asyncio.run(main(args.operations, SERVER_SETTINGS | generic, args.batch))

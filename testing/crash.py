@@ -452,13 +452,18 @@ async def check(dsn: str, env: dict[str, str], peer: StripePeer, tally: Tally) -
         count = {r["reference"]: r["n"] for r in rows}
         # A usage debit is its usage record (a batch's events have no transaction of their
         # own), or a usage transaction without one (none since migration 0023): both counted.
+        # A capture is its transaction `hold:<id>` (alone) or its record `hold:<id>` (captures
+        # applied together share a transaction): both counted, so one applied both ways counts 2.
         rows = await conn.fetch(
             "SELECT reference, count(*) AS n FROM ("
             " SELECT reference FROM usage_records WHERE reference IS NOT NULL"
             " UNION ALL"
             " SELECT t.reference FROM ledger_transactions t WHERE t.kind = 'usage'"
             " AND t.reference LIKE 'usage:%' AND NOT EXISTS (SELECT 1 FROM usage_records u"
-            " WHERE u.transaction_id = t.id AND u.reference = t.reference)) d"
+            " WHERE u.transaction_id = t.id AND u.reference = t.reference)"
+            " UNION ALL"
+            " SELECT t.reference FROM ledger_transactions t WHERE t.kind = 'hold_capture'"
+            " AND t.reference LIKE 'hold:%') d"
             " GROUP BY reference"
         )
         count.update({r["reference"]: r["n"] for r in rows})

@@ -807,7 +807,11 @@ async def balances(dsn: str, load: Load, log: list[dict[str, Any]]) -> list[str]
         )
     finally:
         await conn.close()
-    count = {r["reference"]: r["n"] for r in refs}
+    # Summed: a capture is its transaction `hold:<id>` alone or its record in a batch's
+    # transaction, and one applied both ways would be applied twice.
+    count: Counter[str] = Counter()
+    for r in refs:
+        count[r["reference"]] += r["n"]
     actual = {r["user_id"]: r["balance_micros"] for r in rows}
     wrong = {u: (actual.get(u), e) for u, e in expected.items() if actual.get(u) != e}
     prefix = {"debit": "usage:", "capture": "hold:", "topup": "topup:"}

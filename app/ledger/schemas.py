@@ -77,7 +77,10 @@ class CreditOut(BaseModel):
 class TransactionOut(BaseModel):
     """One movement of the caller's balance."""
 
-    id: str = Field(description="The ledger transaction id (a usage batch's events share it).")
+    id: str = Field(
+        description="The ledger transaction id (a usage batch's events share it, and so do captures"
+        " of holds applied together)."
+    )
     kind: TransactionKind
     amount: str = Field(
         examples=["-0.007000"], description="Signed: positive added to the balance."

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, literal, select, tuple_
+from sqlalchemy import and_, func, literal, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models.ledger import Account, LedgerEntry, LedgerTransaction
@@ -16,6 +16,10 @@ from app.models.usage import UsageRecord
 BATCH_REFERENCE_PREFIX = "usage-batch:"
 """The reference of a batch's ledger transaction (`usage-batch:<transaction id>`): one wallet leg
 per user for many usage events, each of which is a usage record of that transaction."""
+HOLD_BATCH_REFERENCE_PREFIX = "hold-batch:"
+"""The reference of the ledger transaction of captures applied together
+(`hold-batch:<transaction id>`, kind `hold_capture`): a wallet leg per user, each capture a
+usage record of that transaction (keyed `hold:<hold id>`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +56,10 @@ async def list_wallet_entries(
     `before`: the (entry id, record id) of the last line of the previous page (record id 0 for
     a line that is a whole entry)."""
     batch_event = and_(
-        LedgerTransaction.reference.startswith(BATCH_REFERENCE_PREFIX, autoescape=True),
+        or_(
+            LedgerTransaction.reference.startswith(BATCH_REFERENCE_PREFIX, autoescape=True),
+            LedgerTransaction.reference.startswith(HOLD_BATCH_REFERENCE_PREFIX, autoescape=True),
+        ),
         # (user, created_at) is the records' index; a batch writes its entries and records at
         # one instant.
         UsageRecord.user_id == user_id,

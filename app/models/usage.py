@@ -36,7 +36,9 @@ class UsageRecord(Base):
     reference: Mapped[str | None] = mapped_column(String(255), unique=True)
     """A usage debit's ledger reference (`usage:<request_id>`): its idempotency key, unique
     here because a batch's events have no ledger transaction of their own (migration 0023).
-    NULL for a capture (its transaction's `hold:<id>` is its key)."""
+    A capture applied with others (`hold:<hold id>`: they share one ledger transaction, the
+    captures' batch statement); NULL for a capture alone (its transaction's `hold:<id>` is its
+    key)."""
     request_hash: Mapped[str | None] = mapped_column(String(64))
     """A usage debit's request fingerprint, to tell a replay from a reused id."""
     event_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)

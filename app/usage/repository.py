@@ -59,7 +59,7 @@ from app.ledger.holds_repository import HoldCapture, HoldRequest, HoldRow
 from app.ledger.lots import LotRow
 from app.ledger.repository import WalletRow
 from app.ledger.service import insufficient_balance
-from app.ledger.statement_repository import BATCH_REFERENCE_PREFIX
+from app.ledger.statement_repository import BATCH_REFERENCE_PREFIX, HOLD_BATCH_REFERENCE_PREFIX
 from app.ledger.statements import (
     LOT_DRAWS_UPDATE,
     LOT_ORDER,
@@ -826,9 +826,9 @@ ORDER BY rq.ord
 """
 
 
-_CAPTURE_REQUESTS = """unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[],
+_CAPTURE_REQUESTS = """unnest($1::text[], $2::bigint[], $3::text[], $5::text[],
                   $6::text[], $7::bigint[], $8::bigint[])
-         WITH ORDINALITY AS c(hold_id, amount, resolution_hash, txn_id, details, model,
+         WITH ORDINALITY AS c(hold_id, amount, resolution_hash, details, model,
                               input_tokens, output_tokens, ord)"""
 
 
@@ -840,7 +840,9 @@ def _capture_batch_sql() -> str:
     auto top-up threshold: a capture may raise the available balance as well as lower it, so
     only one by one would say which thresholds each crossed): each capture then does, in order,
     what `_capture_sql` alone would, with its wallet's running balance (its ledger entry's
-    `balance_after`) and each limit's running counter; one row each, in order. The others go
+    `balance_after`) and each limit's running counter; one row each, in order. The captures
+    applied post ONE ledger transaction (`hold-batch:<txn>` = `$4`), as a batch of debits does:
+    each capture is its usage record, keyed `hold:<hold id>`. The others go
     alone, after the statement, in arrival order: a capture touches only its hold, its wallet
     and its user's limits, so neither set can change what the other's captures do."""
     return f"""
@@ -924,34 +926,39 @@ WITH cq AS MATERIALIZED (
     FROM items i JOIN wallets w ON w.id = i.account_id
     WINDOW run AS (PARTITION BY i.account_id ORDER BY i.ord)
 ), txn AS (
+    -- ONE ledger transaction for the statement's captures of a positive amount, as a batch of
+    -- debits posts: a wallet leg per wallet (in user-id order, the order the wallets were
+    -- locked in; its balance after the wallet's last capture) and the usage leg once.
     INSERT INTO ledger_transactions
         (id, reference, kind, user_id, description, request_hash, details, created_at)
-    SELECT txn_id, 'hold:' || hold_id, 'hold_capture', user_id, '{USAGE_DESCRIPTION}',
-           resolution_hash,
-           (jsonb_build_object('hold_id', hold_id, 'reserved_micros', reserved)
-            || coalesce(details::jsonb, '{{}}'::jsonb))::json,
-           $10
-    FROM applied WHERE amount > 0 ORDER BY ord
+    SELECT $4::text, '{HOLD_BATCH_REFERENCE_PREFIX}' || $4::text, 'hold_capture',
+           CASE WHEN count(DISTINCT user_id) = 1 THEN min(user_id) END, '{USAGE_DESCRIPTION}',
+           NULL, json_build_object('captures', count(*)), $10
+    FROM applied WHERE amount > 0 HAVING count(*) > 0
     RETURNING id
 ), entries AS (
-    -- Each capture's wallet leg with its wallet's running balance, in arrival order.
     INSERT INTO ledger_entries
         (transaction_id, account_id, amount_micros, balance_after_micros, created_at)
-    SELECT legs.txn_id, legs.account_id, legs.amount_micros, legs.balance_after, $10
-    FROM (
-        SELECT a.ord, 0 AS leg, a.txn_id, a.account_id, -a.amount AS amount_micros,
-               a.balance_after
-        FROM applied a JOIN txn t ON t.id = a.txn_id
+    SELECT txn.id, legs.account_id, legs.amount_micros, legs.balance_after, $10
+    FROM txn, (
+        SELECT 0 AS leg, user_id, id AS account_id, -spent AS amount_micros,
+               balance_micros AS balance_after
+        FROM wallets WHERE spent > 0
         UNION ALL
-        SELECT a.ord, 1, a.txn_id, '{USAGE_ACCOUNT}', a.amount, NULL
-        FROM applied a JOIN txn t ON t.id = a.txn_id
+        SELECT 1, NULL, '{USAGE_ACCOUNT}', sum(spent), NULL FROM wallets HAVING sum(spent) > 0
     ) legs
-    ORDER BY legs.ord, legs.leg
+    ORDER BY legs.leg, legs.user_id
 ), record AS (
-    INSERT INTO usage_records{_USAGE_RECORD_COLUMNS}
-    SELECT a.user_id, t.id, a.hold_id, a.api_key_id, a.model, a.input_tokens, a.output_tokens,
-           a.amount, a.balance_after, $10
-    FROM applied a JOIN txn t ON t.id = a.txn_id ORDER BY a.ord
+    -- Each capture of a positive amount is its usage record, keyed `hold:<hold id>` (unique
+    -- there, as a debit's `usage:<request id>`), carrying what its own transaction's details
+    -- would: the hold, what it reserved, the usage it paid for.
+    INSERT INTO usage_records{_DEBIT_RECORD_COLUMNS}
+    SELECT a.user_id, txn.id, 'hold:' || a.hold_id, a.resolution_hash,
+           (jsonb_build_object('hold_id', a.hold_id, 'reserved_micros', a.reserved)
+            || coalesce(a.details::jsonb, '{{}}'::jsonb))::json,
+           a.hold_id, a.api_key_id, a.model, a.input_tokens, a.output_tokens, a.amount,
+           a.balance_after, $10
+    FROM applied a, txn WHERE a.amount > 0 ORDER BY a.ord
 )
 SELECT a.ord, a.hold_id AS id, a.user_id, a.reserved AS amount_micros,
        '{HoldStatus.CAPTURED}'::text AS status, a.amount AS captured_micros, a.request_hash,
@@ -1926,7 +1933,7 @@ class UsageStore:
                 [c.hold_id for c in captures],
                 [c.amount_micros for c in captures],
                 [c.resolution_hash for c in captures],
-                [new_id("txn") for _ in captures],
+                new_id("txn"),
                 [_json(c.details) for c in captures],
                 [u.get("model") for u in usage],
                 [u.get("input_tokens") for u in usage],

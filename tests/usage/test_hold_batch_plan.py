@@ -24,7 +24,7 @@ async def test_a_capture_batch_probes_its_holds_and_limits_by_index(app: Any, ho
         ids,
         [7_000] * 5,
         ["c" * 64] * 5,
-        [f"txn_{i}" for i in range(5)],
+        "txn_0",
         [None] * 5,
         [None] * 5,
         [None] * 5,

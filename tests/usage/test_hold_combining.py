@@ -124,22 +124,38 @@ async def test_reserves_and_captures_of_many_wallets_past_the_bound_are_batched_
     limited = sorted(d["limit_remaining_micros"] for d in done if d["user_id"] == "holder-1")
     assert limited == [3_000 * (n + 1) for n in range(8)]
 
+    # A wallet's transaction list shows each capture, batched or not, as its own line.
+    listing = await client.get(
+        "/v1/balance/transactions",
+        params={"kind": "hold_capture"},
+        headers=user_headers("holder-2"),
+    )
+    lines = listing.json()["data"]
+    assert [(x["kind"], x["amount"], x["model"]) for x in lines] == [
+        ("hold_capture", "-0.007000", "m")
+    ] * 8
+    after = [f"{(100_000 - 7_000 * n) / 1e6:.6f}" for n in range(8, 0, -1)]
+    assert [x["balance_after"] for x in lines] == after
+
     again = await _capture(client, gateway_headers, hold_ids[0], 7_000)
     assert again.status_code == 200
     assert again.json()["replayed"] is True
     async with session_maker() as session:
-        counts: Any = (
+        records = (
             await session.execute(
                 text(
-                    "SELECT count(DISTINCT t.id), count(e.id), count(DISTINCT r.id)"
-                    " FROM ledger_transactions t JOIN ledger_entries e ON e.transaction_id = t.id"
-                    " JOIN usage_records r ON r.transaction_id = t.id"
-                    " WHERE t.kind = 'hold_capture' AND t.user_id LIKE 'holder-%'"
+                    "SELECT r.request_id, coalesce(r.reference, t.reference), t.id"
+                    " FROM usage_records r JOIN ledger_transactions t ON t.id = r.transaction_id"
+                    " WHERE t.kind = 'hold_capture' AND r.user_id LIKE 'holder-%'"
                 )
             )
-        ).one()
-        # Each capture is its own ledger transaction (`hold:<id>`), two legs, one record.
-        assert tuple(counts) == (len(hold_ids), 2 * len(hold_ids), len(hold_ids))
+        ).all()
+        # Each capture posted once: one usage record per hold, keyed by its hold id (its own
+        # transaction's reference when it went alone, its record's in a batch's transaction).
+        assert sorted(r[0] for r in records) == sorted(hold_ids)
+        assert all(key == f"hold:{hold_id}" for hold_id, key, _ in records)
+        # The captures applied together share one transaction (a wallet leg per user).
+        assert len({r[2] for r in records}) < len(hold_ids)
         spent = (
             await session.execute(
                 text(
