@@ -197,8 +197,9 @@ async def test_a_database_failure_answers_5xx_and_stripes_redelivery_credits_onc
         raise OperationalError("UPDATE stripe_events", {}, ConnectionResetError("gone"))
 
     # A paid event is credited in the claim's transaction (issue 22): the database failing
-    # before the outcome is recorded takes the claim and the credit with it.
-    monkeypatch.setattr(webhooks_repository, "set_outcome", database_gone)
+    # before the outcome is recorded takes the claim and the credit with it (the claim
+    # transaction records its outcomes with `set_outcomes`).
+    monkeypatch.setattr(webhooks_repository, "set_outcomes", database_gone)
     failed = await stripe_peer.deliver(event, client)
     assert failed.status_code in (500, 503), failed.text
     assert await topups(session_maker) == 0
