@@ -55,6 +55,7 @@ from app.usage.repository import UsageStore
 from app.usage.router import PREFIX as GATEWAY_PREFIX
 from app.usage.router import GatewayApp, openapi_paths
 from app.webhooks.registry import load_handlers as load_webhook_handlers
+from app.webhooks.router import STRIPE_WEBHOOK_PATH, answer_stripe_event
 from app.webhooks.router import router as webhooks_router
 from app.wiring import unwire_jobs, wire, wire_jobs
 
@@ -147,12 +148,39 @@ class BillingApp(FastAPI):
     and documented in the same OpenAPI document (`_document_gateway`)."""
 
     gateway: GatewayApp
+    stripe_door: Any
+    """`POST /v1/webhooks/stripe` inside the request middleware, without FastAPI's routing
+    (`webhooks.router.answer_stripe_event`); a browser's request (with an `Origin`, which
+    CORS answers) and every other method take FastAPI's route."""
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(GATEWAY_PREFIX):
-            await self.gateway(scope, receive, send)
-            return
+        if scope["type"] == "http":
+            path = scope["path"]
+            if path.startswith(GATEWAY_PREFIX):
+                await self.gateway(scope, receive, send)
+                return
+            if (
+                path == STRIPE_WEBHOOK_PATH
+                and scope["method"] == "POST"
+                and not any(name == b"origin" for name, _ in scope["headers"])
+            ):
+                await self.stripe_door(scope, receive, send)
+                return
         await super().__call__(scope, receive, send)
+
+    async def _answer_stripe_event(self, scope: Any, receive: Any, send: Any) -> None:
+        # The objects read at each delivery, as the route's dependencies read them (tests
+        # replace some).
+        state = self.state
+        await answer_stripe_event(
+            state.session_maker,
+            state.settings,
+            state.stripe,
+            self.exception_handlers,
+            scope,
+            receive,
+            send,
+        )
 
 
 def _document_gateway(doc: dict[str, Any]) -> None:
@@ -266,6 +294,14 @@ def create_app(settings: Settings | None = None) -> BillingApp:
         RequestContextMiddleware,
         max_body_bytes=settings.max_body_bytes,
         stripe_deadline_seconds=settings.stripe_deadline_seconds,
+    )
+    # Every delivery answered 2xx logs its own line (`stripe_event_applied`, `…_duplicate`,
+    # with the request id): the access line only for the others.
+    app.stripe_door = RequestContextMiddleware(
+        app._answer_stripe_event,
+        max_body_bytes=settings.max_body_bytes,
+        stripe_deadline_seconds=settings.stripe_deadline_seconds,
+        log_successes=False,
     )
 
     app.include_router(ops_router)

@@ -60,10 +60,14 @@ class RequestContextMiddleware:
         *,
         max_body_bytes: int,
         stripe_deadline_seconds: float = DEFAULT_DEADLINE_SECONDS,
+        log_successes: bool = True,
     ) -> None:
+        """`log_successes=False`: the access line only for an answer that is not a 2xx (for
+        an endpoint whose every success logs a line of its own, with the request id)."""
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.stripe_deadline_seconds = stripe_deadline_seconds
+        self.log_successes = log_successes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -131,12 +135,14 @@ class RequestContextMiddleware:
             method = scope.get("method", "")
             HTTP_REQUESTS.labels(method, template, str(status_holder["status"] or 500)).inc()
             HTTP_LATENCY.labels(method, template).observe(elapsed)
-            log.info(
-                "request",
-                method=scope.get("method"),
-                path=scope.get("path"),
-                status=status_holder["status"],
-                duration_ms=round(elapsed * 1000, 2),
-            )
+            status = status_holder["status"]
+            if self.log_successes or status is None or not 200 <= status < 300:
+                log.info(
+                    "request",
+                    method=scope.get("method"),
+                    path=scope.get("path"),
+                    status=status,
+                    duration_ms=round(elapsed * 1000, 2),
+                )
             structlog.contextvars.unbind_contextvars("request_id")
             reset_request_id(token)

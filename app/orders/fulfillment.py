@@ -283,9 +283,16 @@ async def _credit(
     _fill_from_stripe(order, payment)
     # Stripe took the money after we had closed the order: credit it anyway (logged).
     closed = order.status in CLOSED_UNPAID_STATUSES
-    moved = transition(order, OrderStatus.PAID, reason=PAID_AFTER_CLOSE if closed else source)
+    old = order.status
+    # One line for the credit and the move it makes (not `order_transition` besides).
+    moved = transition(
+        order,
+        OrderStatus.PAID,
+        reason=PAID_AFTER_CLOSE if closed else source,
+        logged_by_caller=True,
+    )
     assert moved, f"{order.status} -> paid"
-    bound.info("order_paid", replayed=result.replayed, amount_micros=order.amount_micros)
+    bound.info("order_paid", old=old, replayed=result.replayed, amount_micros=order.amount_micros)
     if not has_details(payment):
         # Credited from a signed event alone: its receipt, charge and saved card are read after
         # the commit (`fetch_details`, queued by the caller that can), else by the reconciler.

@@ -85,11 +85,15 @@ class TransitionReason(StrEnum):
 PAID_AFTER_CLOSE = TransitionReason.PAID_AFTER_CLOSE
 
 
-def transition(order: Order, new: OrderStatus, *, reason: str) -> bool:
+def transition(
+    order: Order, new: OrderStatus, *, reason: str, logged_by_caller: bool = False
+) -> bool:
     """Move `order` to `new` and keep the timestamps that go with each status; False (and no
     change) when the diagram does not allow the move. `reason` says who moved it (a webhook id,
-    `cancel`, `reconciler`, `refund failed`, …) and is logged; `PAID_AFTER_CLOSE` is the one
-    reason that lets a closed order become paid."""
+    `cancel`, `reconciler`, `refund failed`, …) and is logged (`order_transition`), unless
+    `logged_by_caller`: the caller's own line says the move, its old status and reason (a
+    credit's `order_paid`); `PAID_AFTER_CLOSE` is the one reason that lets a closed order
+    become paid (always logged, as a warning)."""
     current = OrderStatus(order.status)
     exceptional = (
         reason == PAID_AFTER_CLOSE and current in CLOSED_UNPAID_STATUSES and new == _S.PAID
@@ -109,7 +113,7 @@ def transition(order: Order, new: OrderStatus, *, reason: str) -> bool:
         order.next_check_at = None
     if exceptional:
         log.warning("order_paid_after_close", order_id=order.id, previous_status=current.value)
-    else:
+    elif not logged_by_caller:
         log.info(
             "order_transition", order_id=order.id, old=current.value, new=new.value, reason=reason
         )

@@ -6,9 +6,10 @@ takes our ids, derives the idempotency key from them, calls the SDK's typed `*_a
 its typed params (`stripe.params.…`, so mypy checks every parameter name and shape), and either
 returns the Stripe object as plain JSON (`StripeJSON`: the API's documented shape, the same shape a
 webhook event carries in `data.object`) or raises one of the errors in `app.stripe_gateway.errors`.
-The two reads every paid order makes (its PaymentIntent, its Checkout Session: `_read`) go through
-the SDK's raw request instead, whose parsed JSON is the answer as it is (the same retries, errors
-and metrics; no SDK objects built and turned back into JSON).
+The two reads every paid order makes (its PaymentIntent, its Checkout Session: `_read`) are sent
+by the SDK's HTTP client as the SDK's raw request sends them instead, their parsed JSON the answer
+as it is (the same retries, errors and metrics; no SDK objects built and turned back into JSON, no
+per-call header building or logfmt lines).
 
 The SDK retries connection errors, timeouts, 409 and 5xx answers `max_network_retries` times
 (with the same idempotency key, with backoff 0.5 s then 1 s); each attempt is bounded by
@@ -215,6 +216,18 @@ class StripeGateway:
                 max_network_retries=settings.stripe_max_network_retries,
                 base_addresses=base,
             )
+            self._api_base = base.get("api") or stripe.DEFAULT_API_BASE
+            # The headers of a GET (key, pinned API version, client) as the SDK's requestor
+            # builds them for every call, built once for the reads (`_get`).
+            requestor = self._client._requestor
+            self._read_headers: dict[str, str] = requestor.request_headers(
+                "get",
+                "V1",
+                {
+                    "api_key": settings.stripe_secret_key.get_secret_value(),
+                    "stripe_version": requestor._options.stripe_version,
+                },
+            )
 
     @property
     def configured(self) -> bool:
@@ -288,14 +301,35 @@ class StripeGateway:
     async def _read(self, operation: str, path: str, expand: list[str]) -> StripeJSON:
         """A GET of one object that the payment paths read on every credit (its PaymentIntent,
         its Checkout Session), as `_call` makes any call (deadline, retries, errors, metrics),
-        through the SDK's raw request: its JSON is used as parsed, not built into SDK objects
-        and turned back into JSON (more CPU than the HTTP request itself)."""
+        sent by the SDK's HTTP client itself (`_get`): its JSON is used as parsed, not built
+        into SDK objects and turned back into JSON (more CPU than the HTTP request itself)."""
         return await self._call(operation, lambda _: self._get(path, expand))
 
     async def _get(self, path: str, expand: list[str]) -> stripe.StripeResponse:
+        """The GET as the SDK's raw request sends it (the same URL, API version, key and
+        client headers; the HTTP client's retries), without what the SDK's requestor does
+        around it per call: the headers built again (the client's platform string among
+        them), and the request and the whole answer formatted as logfmt lines whatever the
+        log level (~40% of a read's client CPU, issue 22). A 2xx answer is its JSON as
+        parsed (`_plain` refuses one that is not an object); any other is turned into the
+        SDK's own error by the SDK's requestor, as its raw request does."""
         assert self._client is not None  # `_call` refuses first when Stripe is not configured
-        response: stripe.StripeResponse = await self._client.raw_request_async(
-            "get", path, expand=expand
+        assert self._http is not None
+        query = "&".join(f"expand[{i}]={quote_plus(e)}" for i, e in enumerate(expand))
+        url = f"{self._api_base}{path}?{query}" if query else f"{self._api_base}{path}"
+        body, status, headers = await self._http.request_with_retries_async(
+            "get",
+            url,
+            self._read_headers,
+            max_network_retries=self._settings.stripe_max_network_retries,
+        )
+        if 200 <= status < 300:
+            try:
+                return stripe.StripeResponse(body.decode("utf-8"), status, headers)
+            except ValueError:
+                pass  # not JSON: the SDK's error for it
+        response: stripe.StripeResponse = self._client._requestor._interpret_response(
+            body, status, headers, "V1"
         )
         return response
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from datetime import datetime
 from enum import Enum
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, or_, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import Table, bindparam, or_, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import RowById
+from app.models.base import UTCDateTime
 from app.models.orders import StripeEvent, WebhookOutcome
 
 _EVENTS = cast(Table, StripeEvent.__table__)
@@ -31,19 +33,21 @@ class Claim(Enum):
     """Another delivery holds its lease right now."""
 
 
-_CLAIM_NEW = (
-    insert(_EVENTS)
-    .values(
-        {
-            name: bindparam(name)
-            for name in ("id", "type", "livemode", "object_id", "payload", "lease_until")
-        }
-        | {"outcome": None, "received_at": bindparam("now")}
-    )
-    .on_conflict_do_nothing(index_elements=["id"])
-    .returning(_EVENTS.c.id)
-)
-"""The claim of a new event, built once and run with each event's values."""
+_CLAIM_NEW = text(
+    """
+    INSERT INTO stripe_events
+        (id, type, livemode, object_id, payload, outcome, lease_until, received_at)
+    SELECT e.id, e.type, e.livemode, e.object_id, e.payload, NULL, :lease_until, :now
+    FROM unnest(CAST(:ids AS text[]), CAST(:types AS text[]), CAST(:livemodes AS boolean[]),
+                CAST(:object_ids AS text[]), CAST(:payloads AS json[]))
+         AS e(id, type, livemode, object_id, payload)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING stripe_events.id
+    """
+).bindparams(bindparam("lease_until", type_=UTCDateTime()), bindparam("now", type_=UTCDateTime()))
+"""The claims of new events, as arrays: one statement for a group of any size, built once
+(the
+payloads as JSON text, as the column's type writes it)."""
 
 _CLAIM_AGAIN = (
     update(_EVENTS)
@@ -58,27 +62,40 @@ _CLAIM_AGAIN = (
 """The claim of a stored event never applied whose lease lapsed (or was given back)."""
 
 
-async def claim_event(
-    session: AsyncSession, event: dict[str, Any], now: datetime, lease_until: datetime
-) -> Claim:
-    """Store a verified event and take its lease, in the caller's short transaction."""
-    obj = event["data"].get("object") or {}
-    values = {
-        "id": event["id"],
-        "type": event["type"],
-        "livemode": bool(event.get("livemode", False)),
-        "object_id": obj.get("id") if isinstance(obj.get("id"), str) else None,
-        "payload": event,
+async def claim_events(
+    session: AsyncSession, events: Sequence[dict[str, Any]], now: datetime, lease_until: datetime
+) -> list[Claim]:
+    """Store verified events (distinct ids) and take their leases, in the caller's short
+    transaction: one INSERT for the group, then, for each event stored before, whether it may
+    be applied again (its lease lapsed) or was applied, or is held."""
+    params = {
+        "ids": [str(e["id"]) for e in events],
+        "types": [str(e["type"]) for e in events],
+        "livemodes": [bool(e.get("livemode", False)) for e in events],
+        "object_ids": [_object_id(e) for e in events],
+        "payloads": [json.dumps(e) for e in events],
         "lease_until": lease_until,
         "now": now,
     }
-    if (await session.execute(_CLAIM_NEW, values)).scalar_one_or_none() is not None:
-        return Claim.NEW
-    params = {"event_id": event["id"], "now": now, "lease_until": lease_until}
-    if (await session.execute(_CLAIM_AGAIN, params)).scalar_one_or_none() is not None:
-        return Claim.RETRY
-    row = await get_event(session, event["id"])
-    return Claim.APPLIED if row is not None and row.outcome is not None else Claim.BUSY
+    new = set((await session.execute(_CLAIM_NEW, params)).scalars())
+    claims = []
+    for event in events:
+        if event["id"] in new:
+            claims.append(Claim.NEW)
+            continue
+        again = {"event_id": event["id"], "now": now, "lease_until": lease_until}
+        if (await session.execute(_CLAIM_AGAIN, again)).scalar_one_or_none() is not None:
+            claims.append(Claim.RETRY)
+            continue
+        row = await get_event(session, event["id"])
+        claims.append(Claim.APPLIED if row is not None and row.outcome is not None else Claim.BUSY)
+    return claims
+
+
+def _object_id(event: dict[str, Any]) -> str | None:
+    obj = event["data"].get("object") or {}
+    object_id = obj.get("id")
+    return object_id if isinstance(object_id, str) else None
 
 
 async def release_event(session: AsyncSession, event_id: str) -> None:
@@ -90,19 +107,37 @@ async def release_event(session: AsyncSession, event_id: str) -> None:
     )
 
 
-_SET_OUTCOME = (
-    update(_EVENTS)
-    .where(_EVENTS.c.id == bindparam("event_id"))
-    .values(outcome=bindparam("outcome"), outcome_detail=bindparam("detail"), lease_until=None)
+_SET_OUTCOMES = text(
+    """
+    UPDATE stripe_events
+    SET outcome = o.outcome, outcome_detail = o.detail, lease_until = NULL
+    FROM unnest(CAST(:ids AS text[]), CAST(:outcomes AS text[]), CAST(:details AS text[]))
+         AS o(id, outcome, detail)
+    WHERE stripe_events.id = o.id
+    """
 )
+"""The outcomes of events, as arrays: one statement for a group of any size, built once."""
+
+
+async def set_outcomes(
+    session: AsyncSession, outcomes: Sequence[tuple[str, WebhookOutcome, str | None]]
+) -> None:
+    """Record what applying each event (id, outcome, detail) did, and end their leases."""
+    if not outcomes:
+        return
+    params = {
+        "ids": [event_id for event_id, _, _ in outcomes],
+        "outcomes": [outcome.value for _, outcome, _ in outcomes],
+        "details": [detail[:500] if detail else None for _, _, detail in outcomes],
+    }
+    await session.execute(_SET_OUTCOMES, params)
 
 
 async def set_outcome(
     session: AsyncSession, event_id: str, outcome: WebhookOutcome, detail: str | None
 ) -> None:
     """Record what applying the event did, and end its lease."""
-    params = {"event_id": event_id, "outcome": outcome, "detail": detail[:500] if detail else None}
-    await session.execute(_SET_OUTCOME, params)
+    await set_outcomes(session, [(event_id, outcome, detail)])
 
 
 get_event = RowById(StripeEvent)

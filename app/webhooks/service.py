@@ -130,21 +130,20 @@ Claimed = tuple[Claim, tuple[WebhookOutcome, str] | None]
 applied the event there (None: not applied in it)."""
 
 
-async def _claim_in(
+async def _apply_at_once(
     session: AsyncSession,
     maker: async_sessionmaker[AsyncSession],
     settings: Settings,
     stripe: StripeGateway,
     event: dict[str, Any],
-) -> Claimed:
-    """Step 1 for one delivery, in the given transaction: claim the event id and, when the type
-    has an at-once handler and the event is ours to apply, apply it there with its outcome."""
+    claim: Claim,
+) -> tuple[WebhookOutcome, str] | None:
+    """Step 1 for one claimed delivery, in the claim's transaction: when the type has an at-once
+    handler and the event is ours to apply, apply it there; its outcome, or None."""
     event_id, event_type = str(event["id"]), str(event["type"])
-    now = utcnow()
-    claim = await repository.claim_event(session, event, now, now + lease_length(settings))
     at_once = at_once_handler_for(event_type)
     if at_once is None or claim not in (Claim.NEW, Claim.RETRY):
-        return claim, None
+        return None
     # The payload may say all it takes: applied in this transaction, with the claim and the
     # outcome, and no Stripe call before the commit (what Stripe still has to say is read after
     # it, by a job the handler queued).
@@ -152,9 +151,7 @@ async def _claim_in(
     try:
         text = await at_once(session, ctx, event)
         if text is None:
-            return claim, None
-        applied = outcome_of(text)
-        await repository.set_outcome(session, event_id, *applied)
+            return None
         # Written now: the next delivery of the group re-reads what it locks (an order
         # two events are about) from the database, which must see this one's changes.
         await session.flush()
@@ -162,7 +159,7 @@ async def _claim_in(
         STRIPE_EVENTS.labels(event_type, "failed").inc()
         log.warning("stripe_event_failed", event_id=event_id, type=event_type, exc_info=True)
         raise
-    return claim, applied
+    return outcome_of(text)
 
 
 _Delivery = tuple[
@@ -199,13 +196,14 @@ def _lock_order(delivery: _Delivery) -> tuple[str, str, str]:
 class _ClaimGroups:
     """Group commit of the claim transactions of one process (per session maker): a delivery
     hands its verified event over and waits for the commit; deliveries that arrive while a
-    claim transaction is in flight go together in the next one (`_claim_in` for each, in
-    `_lock_order`, then one COMMIT), so a burst of paid top-ups pays one BEGIN, COMMIT and
-    connection checkout per group instead of per event, and a lone delivery waits for nothing
-    (a group of one). Each delivery answers only after the commit that holds its claim (and
-    credit). A group that fails is tried again one delivery at a time, so that one bad event
-    fails alone (its 5xx makes Stripe deliver it again); a failure of a group of one fails
-    that delivery, as before."""
+    claim transaction is in flight go together in the next one (`_commit`: one claim
+    statement, each applied at once in `_lock_order`, one outcome statement, one COMMIT), so a
+    burst of paid top-ups pays one BEGIN, COMMIT, connection checkout, claim and outcome per
+    group instead of per event, and a lone delivery waits for nothing (a group of one). Each
+    delivery answers only after the commit that holds its claim (and credit). A group that
+    fails is tried again one delivery at a time, so that one bad event fails alone (its 5xx
+    makes Stripe deliver it again); a failure of a group of one fails that delivery, as
+    before."""
 
     def __init__(self, maker: async_sessionmaker[AsyncSession]) -> None:
         self._maker = maker
@@ -254,14 +252,38 @@ class _ClaimGroups:
         return True
 
     async def _commit(self, batch: list[_Delivery]) -> list[Claimed]:
-        results: list[Claimed] = []
+        """Step 1 for the batch in one transaction: every event claimed by one statement
+        (`repository.claim_events`), each claimed one applied at once when it can be (one
+        after the other on the one session, each in its request's context: its request id in
+        the log lines, its Stripe budget), their outcomes recorded by one statement; a second
+        copy of an event in the batch is claimed after that, as it would be after the first's
+        transaction (a duplicate when the first was applied, else busy)."""
+        firsts: dict[str, int] = {}
+        for index, (*_, event, _context, _done) in enumerate(batch):
+            firsts.setdefault(str(event["id"]), index)
+        settings = batch[0][0]
+        now = utcnow()
+        lease_until = now + lease_length(settings)
+        results: list[Claimed | None] = [None] * len(batch)
         async with session_scope(self._maker) as session:
-            for settings, stripe, event, context, _ in batch:
-                # One after the other on the one session, each in its request's context (its
-                # request id in the log lines, its Stripe budget).
-                part = _claim_in(session, self._maker, settings, stripe, event)
-                results.append(await asyncio.create_task(part, context=context))
-        return results
+            claims = await repository.claim_events(
+                session, [batch[i][2] for i in firsts.values()], now, lease_until
+            )
+            outcomes: list[tuple[str, WebhookOutcome, str | None]] = []
+            for index, claim in zip(firsts.values(), claims, strict=True):
+                settings, stripe, event, context, _ = batch[index]
+                part = _apply_at_once(session, self._maker, settings, stripe, event, claim)
+                applied = await asyncio.create_task(part, context=context)
+                results[index] = (claim, applied)
+                if applied is not None:
+                    outcomes.append((str(event["id"]), *applied))
+            if outcomes:
+                await repository.set_outcomes(session, outcomes)
+            for index, (_, _, event, _, _) in enumerate(batch):
+                if results[index] is None:
+                    (again,) = await repository.claim_events(session, [event], now, lease_until)
+                    results[index] = (again, None)
+        return [result for result in results if result is not None]
 
 
 _claims: PerLoop[async_sessionmaker[AsyncSession], _ClaimGroups] = PerLoop(_ClaimGroups)

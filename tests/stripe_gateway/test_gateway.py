@@ -455,3 +455,53 @@ async def test_the_payment_reads_use_stripes_json_as_parsed(
     paid = await gateway.retrieve_payment_intent(str(pi["id"]))
     assert paid["status"] == "succeeded"
     assert expanded(paid["latest_charge"]) is not None
+
+
+async def test_a_payment_read_is_the_sdks_raw_request_without_its_per_call_work(
+    settings: Settings, stripe_peer: StripePeer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reads every credit makes are sent by the SDK's HTTP client itself: the same URL and
+    headers as the SDK's raw request (key, API version, client), its retries, its errors; but
+    neither the headers built again nor the request and answer formatted as logfmt lines."""
+    from app.stripe_gateway.deadline import DeadlineAIOHTTPClient
+
+    sent: list[tuple[str, str, dict[str, str]]] = []
+
+    class Recording(DeadlineAIOHTTPClient):
+        async def request_with_retries_async(  # type: ignore[no-untyped-def]
+            self, method, url, headers, post_data=None, max_network_retries=None, **kwargs
+        ):
+            sent.append((method, url, dict(headers)))
+            return await super().request_with_retries_async(
+                method, url, headers, post_data, max_network_retries, **kwargs
+            )
+
+    gateway = StripeGateway(settings, http_client=Recording())
+    try:
+        pi = await _paid_payment_intent(gateway, stripe_peer)
+        path = f"/v1/payment_intents/{pi['id']}"
+        # What the SDK's raw request sends for the same read.
+        assert gateway._client is not None
+        await gateway._client.raw_request_async("get", path, expand=["latest_charge"])
+        sdk = sent[-1]
+
+        def refuse(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("the SDK's requestor formatted a log line")
+
+        monkeypatch.setattr(stripe._api_requestor, "log_info", refuse)
+        monkeypatch.setattr(stripe._api_requestor, "log_debug", refuse)
+        paid = await gateway.retrieve_payment_intent(str(pi["id"]))
+        ours = sent[-1]
+        assert paid["status"] == "succeeded"
+        assert expanded(paid["latest_charge"]) is not None
+        assert ours[:2] == sdk[:2]
+        assert ours[2].keys() == sdk[2].keys()
+        for name in ("Authorization", "Stripe-Version", "User-Agent", "X-Stripe-Client-User-Agent"):
+            assert ours[2][name] == sdk[2][name], name
+        # A refusal is the SDK's error (which logs it), mapped as every call's.
+        monkeypatch.undo()
+        with pytest.raises(StripeObjectNotFound):
+            await gateway.retrieve_payment_intent("pi_does_not_exist")
+        assert sent[-1][1].endswith("/v1/payment_intents/pi_does_not_exist?expand[0]=latest_charge")
+    finally:
+        await gateway.close()

@@ -197,8 +197,9 @@ async def test_a_database_failure_answers_5xx_and_stripes_redelivery_credits_onc
         raise OperationalError("UPDATE stripe_events", {}, ConnectionResetError("gone"))
 
     # A paid event is credited in the claim's transaction (issue 22): the database failing
-    # before the outcome is recorded takes the claim and the credit with it.
-    monkeypatch.setattr(webhooks_repository, "set_outcome", database_gone)
+    # before the outcome is recorded takes the claim and the credit with it (the claim
+    # transaction records its outcomes with `set_outcomes`).
+    monkeypatch.setattr(webhooks_repository, "set_outcomes", database_gone)
     failed = await stripe_peer.deliver(event, client)
     assert failed.status_code in (500, 503), failed.text
     assert await topups(session_maker) == 0
@@ -352,3 +353,70 @@ async def test_a_replay_applies_an_event_whose_order_is_known_only_now(
     )
     assert _outcome(replayed.json()) == ("processed", "replayed: credited")
     assert await balance(client, headers) == "20.000000"
+
+
+async def test_both_doors_of_the_endpoint_answer_alike(
+    client: httpx.AsyncClient,
+    user_headers: Headers,
+    session_maker: Maker,
+    stripe_peer: StripePeer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A delivery is served by `BillingApp`'s own door (`webhooks.router.answer_stripe_event`,
+    no FastAPI routing); a request with an `Origin` takes FastAPI's route. Both answer the
+    same bytes, problems alike, with the request id, through the same exception handlers."""
+    from app.webhooks import router as webhooks_router
+
+    doors: list[str] = []
+    real = webhooks_router.acknowledge
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        doors.append("any")
+        return await real(*args, **kwargs)
+
+    import app.main
+
+    lean_door = app.main.answer_stripe_event  # type: ignore[attr-defined]
+
+    async def through_the_door(*args: Any) -> None:
+        doors.append("lean")
+        await lean_door(*args)
+
+    monkeypatch.setattr(webhooks_router, "acknowledge", counted)
+    monkeypatch.setattr(app.main, "answer_stripe_event", through_the_door)
+    _, event = await _paid_event(client, user_headers("alice"), session_maker, stripe_peer)
+    first = await stripe_peer.deliver(event, client)
+    assert first.status_code == 200, first.text
+    assert first.headers["content-type"] == "application/json"
+    assert first.headers["x-request-id"]
+
+    async def deliver(origin: bool, **kwargs: Any) -> httpx.Response:
+        headers = {
+            "Stripe-Signature": kwargs.pop("signature", None) or stripe_peer.sign(event.payload),
+            "X-Request-ID": "both-doors",  # problems carry it
+        }
+        if origin:
+            headers["Origin"] = "https://evil.example"
+        return await client.post(
+            "/v1/webhooks/stripe", content=kwargs.pop("body", event.payload), headers=headers
+        )
+
+    for case in ({}, {"signature": "t=1,v1=00"}, {"body": event.payload + b" "}):
+        lean, routed = await deliver(False, **dict(case)), await deliver(True, **dict(case))
+        assert (lean.status_code, lean.content) == (routed.status_code, routed.content), case
+        assert lean.headers["content-type"] == routed.headers["content-type"], case
+        assert lean.headers["x-request-id"] == routed.headers["x-request-id"] == "both-doors"
+    assert lean.status_code == 400  # the tampered body's problem
+    # Each delivery without an Origin went through the lean door; each reached `acknowledge`.
+    assert doors == ["lean", "any"] + ["lean", "any", "any"] * 3
+    assert await topups(session_maker) == 1
+
+    async def database_gone(*args: Any, **kwargs: Any) -> Any:
+        raise OperationalError("INSERT INTO stripe_events", {}, ConnectionResetError("gone"))
+
+    # A database outage is the application's 503 problem at both doors.
+    monkeypatch.setattr(webhooks_repository, "claim_events", database_gone)
+    lean, routed = await deliver(False), await deliver(True)
+    assert lean.status_code == routed.status_code == 503, lean.text
+    assert lean.content == routed.content
+    assert lean.headers["content-type"] == "application/problem+json"
