@@ -230,6 +230,13 @@ class _ClaimGroups:
                 if not await self._settle(batch, last_try=len(batch) == 1):
                     for delivery in batch:
                         await self._settle([delivery], last_try=True)
+        except BaseException as exc:  # cancelled (the service stops), or a failure outside a group
+            # The deliveries queued behind the group would otherwise wait for a later arrival
+            # to start a writer: with no other writer left, they get the same end.
+            if not self._writers - {asyncio.current_task()}:
+                queued, self._pending = self._pending, []
+                fail_waiting((done for *_, done in queued), exc)
+            raise
         finally:
             # Out of the set as soon as it stops taking deliveries (no await in between): a
             # delivery queued after this always finds a writer or starts one.
