@@ -1177,7 +1177,8 @@ WITH ev AS MATERIALIZED (
 SELECT a.ord, a.wallet_id, a.user_id, a.balance_after, a.held_micros, a.expired,
        CASE WHEN r.ord IS NOT NULL THEN greatest(0, r.remaining) END
            AS limit_remaining_micros,
-       {BALANCE_EVENTS.recorded_sql()} AS after_commit
+       -- Once, in the first row (the store reads it there): not an array per event to decode.
+       CASE WHEN a.ord = 1 THEN {BALANCE_EVENTS.recorded_sql()} END AS after_commit
 FROM applied a
 LEFT JOIN {_TIGHTEST_LIMIT} r
   ON r.ord = a.ord
@@ -1763,7 +1764,7 @@ class UsageStore:
         for ord_, wallet_id, user_id, balance, held, expired, remaining, _ in rows:
             debit = debits[ord_ - 1]
             micros += debit.amount_micros
-            wallet = WalletRow(wallet_id, user_id, balance, held, expired_micros=expired)
+            wallet = WalletRow(wallet_id, user_id, balance, held, None, expired)  # positional
             outcomes[ord_ - 1] = Debited(
                 transaction_id, debit.request_hash, False, wallet, remaining
             )
