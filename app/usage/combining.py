@@ -365,6 +365,8 @@ class BatchGroups:
         """The events of each group in flight."""
         self._starting: asyncio.Task[None] | None = None
         """The task that takes the next group once the requests ready to run have queued."""
+        self._tasks: set[asyncio.Task[None]] = set()
+        """The tasks of the groups in flight (the event loop keeps only weak references)."""
 
     async def submit(self, debits: Sequence[UsageDebit]) -> list[BatchOutcome]:
         if not self.combine:
@@ -389,7 +391,9 @@ class BatchGroups:
         """Start the next group when it may go. It is taken by a task of its own, which runs
         once the callbacks already ready have (requests read meanwhile join it)."""
         if self._starting is None and self._may_go():
-            self._starting = asyncio.ensure_future(self._go())
+            self._starting = task = asyncio.ensure_future(self._go())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _go(self) -> None:
         self._starting = None
