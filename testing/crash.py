@@ -651,7 +651,9 @@ async def run(args: argparse.Namespace) -> int:
             drivers = [
                 *(purchaser(cluster, peer, tally, tokens, stop) for _ in range(3)),
                 *(debiter(cluster, tally, gateway, stop) for _ in range(4)),
-                *(batcher(cluster, tally, gateway, stop) for _ in range(2)),
+                # Three per instance on average: one's group in flight, two more grouped as the
+                # second in flight (`BatchGroups`), as a busy gateway's flushes are.
+                *(batcher(cluster, tally, gateway, stop) for _ in range(6)),
                 *(holder(cluster, tally, gateway, stop) for _ in range(2)),
                 refunder(cluster, tally, tokens, stop),
                 progress(tally, started, stop),

@@ -42,6 +42,7 @@ debit whose statement had started would be.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Sequence
 from typing import Any, Generic, TypeVar
@@ -302,28 +303,44 @@ def _user_of(debit: UsageDebit) -> str:
 
 
 MAX_GROUPED_EVENTS = 10_000
-"""The most events one group of batch requests carries (a request is never split: one larger
-than this, up to the batch API's 1,000, still goes whole, alone)."""
+"""The most events one group of batch requests carries (a request is never split)."""
+
+GROUPS_IN_FLIGHT = 2
+"""The most group statements of a process in flight at once: two make a pipeline, PostgreSQL
+applying one group while this process answers the one before and reads the next."""
+
+MIN_SECOND_GROUP_EVENTS = 2_000
+"""The fewest events a group goes with while another is in flight (and never fewer than that
+one's): a group statement costs PostgreSQL a fixed part per wallet it names, so small groups
+chasing a large one would cost it more per event than they save."""
 
 
 class BatchGroups:
     """`submit()`: one batch request's debits (in the order they are to be decided), applied
     with those of the batch requests that arrive while a batch statement of this process is in
     flight: group commit. The first request goes at once; the requests that arrive while it
-    is in flight wait here and, once it is done, go together as ONE batch (`batch`: one
-    transaction, each wallet locked and written once, one WAL flush), up to
-    `MAX_GROUPED_EVENTS` events, their debits one request after the other in arrival order.
-    Deciding that batch as if its debits went one by one in that order decides each request
-    exactly as if the requests went one after another in arrival order (as they do when they
-    queue on the same wallets' row locks in PostgreSQL), so each request is answered with its
-    own debits' outcomes as it would have been alone after the requests before it. An answer
-    is given only once the group's transaction committed; a group is applied whole or not at
-    all. A request cancelled while it waits leaves its debits queued (applied with the others,
-    as a batch whose statement had started would be).
+    is in flight wait here and go together as ONE batch (`batch`: one transaction, each wallet
+    locked and written once, one WAL flush), up to `MAX_GROUPED_EVENTS` events, their debits
+    one request after the other in arrival order: once the group in flight is done or, as a
+    second group in flight (`GROUPS_IN_FLIGHT`), as soon as they hold as many events as the
+    one in flight and at least `MIN_SECOND_GROUP_EVENTS`. Deciding a group as if its debits
+    went one by one in that order decides each request exactly as if the requests of the group
+    went one after another in arrival order; a second group in flight locks the wallets the
+    first holds only once that one committed (every writer locks limits, then wallets in
+    user-id order, then lots, so the two cannot deadlock), as concurrent requests of two
+    processes would: each wallet's events are decided one by one against its balance as it
+    stands, in some order of the requests in flight (not necessarily the same on every wallet,
+    as between processes). An answer is given only once the group's transaction committed; a
+    group is applied whole or not at all. A request cancelled while it waits leaves its debits
+    queued (applied with the others, as a batch whose statement had started would be).
 
     Without it, concurrent batch requests over the same wallets (a gateway flushing its usage
     from several connections) each lock every wallet they name and queue on each other's row
-    locks, one WAL flush and one wallet row version per request."""
+    locks, one WAL flush and one wallet row version per request. With one group in flight at
+    a time, a closed loop of clients (each waits for its answer before it sends again)
+    alternates: PostgreSQL applies a group while this process waits, then this process answers
+    the group and reads the next requests while PostgreSQL waits; the second group overlaps
+    the two."""
 
     def __init__(
         self,
@@ -331,16 +348,25 @@ class BatchGroups:
         *,
         combine: bool = True,
         max_events: int = MAX_GROUPED_EVENTS,
+        in_flight: int = GROUPS_IN_FLIGHT,
+        min_second: int = MIN_SECOND_GROUP_EVENTS,
     ) -> None:
         self._batch = batch
         self.combine = combine
         """False: every request goes alone (concurrent ones queue on row locks in PostgreSQL)."""
         self._max_events = max_events
-        self._queued: list[
+        self._in_flight = in_flight
+        self._min_second = min_second
+        self._queued: collections.deque[
             tuple[Sequence[UsageDebit], asyncio.Future[list[BatchOutcome] | Exception]]
-        ] = []
-        self._sender: asyncio.Task[None] | None = None
-        """The task sending the groups, while there is one in flight."""
+        ] = collections.deque()
+        self._queued_events = 0
+        self._flying: list[int] = []
+        """The events of each group in flight."""
+        self._starting: asyncio.Task[None] | None = None
+        """The task that takes the next group once the requests ready to run have queued."""
+        self._tasks: set[asyncio.Task[None]] = set()
+        """The tasks of the groups in flight (the event loop keeps only weak references)."""
 
     async def submit(self, debits: Sequence[UsageDebit]) -> list[BatchOutcome]:
         if not self.combine:
@@ -349,25 +375,48 @@ class BatchGroups:
             asyncio.get_running_loop().create_future()
         )
         self._queued.append((debits, future))
-        if self._sender is None:
-            self._sender = asyncio.ensure_future(self._send_all())
+        self._queued_events += len(debits)
+        self._next()
         return _answer(await future)
 
-    async def _send_all(self) -> None:
+    def _may_go(self) -> bool:
+        """Whether what is queued may go as a group now."""
+        if not self._queued or len(self._flying) >= self._in_flight:
+            return False
+        if not self._flying:
+            return True
+        return self._queued_events >= max(self._min_second, sum(self._flying))
+
+    def _next(self) -> None:
+        """Start the next group when it may go. It is taken by a task of its own, which runs
+        once the callbacks already ready have (requests read meanwhile join it)."""
+        if self._starting is None and self._may_go():
+            self._starting = task = asyncio.ensure_future(self._go())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _go(self) -> None:
+        self._starting = None
+        if not self._may_go():
+            return
+        group = [self._queued.popleft()]
+        events = len(group[0][0])
+        while self._queued and events + len(self._queued[0][0]) <= self._max_events:
+            events += len(self._queued[0][0])
+            group.append(self._queued.popleft())
+        self._queued_events -= events
+        self._flying.append(events)
         try:
-            while self._queued:
-                group = [self._queued.pop(0)]
-                events = len(group[0][0])
-                while self._queued and events + len(self._queued[0][0]) <= self._max_events:
-                    events += len(self._queued[0][0])
-                    group.append(self._queued.pop(0))
-                await self._send(group)
+            await self._send(group)
         except BaseException as exc:  # cancelled (the service stops): none may wait forever
             fail_waiting((future for _, future in self._queued), exc)
             self._queued.clear()
+            self._queued_events = 0
             raise
         finally:
-            self._sender = None
+            self._flying.remove(events)
+            if self._queued:
+                self._next()
 
     async def _send(
         self,

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.ledger.verify import verify_ledger
 from app.usage.combining import BatchGroups
+from app.usage.repository import UsageStore
 from app.usage.store import BatchOutcome, Debited, UsageDebit
 from testing.fixtures.app import RACE_POOL_SIZE
 from testing.helpers.concurrency import together
@@ -128,6 +129,69 @@ async def test_a_request_id_repeated_across_grouped_batches_applies_once(
     left_a = (await gateway_balance(client, gateway_headers, "rep-a"))["balance_micros"]
     left_b = (await gateway_balance(client, gateway_headers, "rep-b"))["balance_micros"]
     assert 2_000_000 - left_a - left_b == 7_000 + 8 * 1_000
+
+
+async def test_two_groups_in_flight_over_the_same_wallets_are_exact(
+    app: Any,
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    gateway_headers: dict[str, str],
+    session_maker: Maker,
+) -> None:
+    """A second group in flight (here from any size on) over the wallets the first holds waits
+    for its locks and applies every event once, each wallet's events one by one: refusals where
+    the balance runs out, a request id sent twice applied once."""
+    users = [f"two-{i:02d}" for i in range(20)]
+    for i, user in enumerate(users):
+        await deposit(client, admin_headers, user, 35_000 if i % 4 == 0 else 100_000)
+    store = await UsageStore.open(app.state.settings.database_url.get_secret_value(), max_size=4)
+    flying = most = 0
+
+    async def batch(debits: Sequence[UsageDebit]) -> list[BatchOutcome]:
+        nonlocal flying, most
+        flying += 1
+        most = max(most, flying)
+        try:
+            return await store.debit_batch(debits)
+        finally:
+            flying -= 1
+
+    groups = BatchGroups(batch, min_second=1)
+    requests = [
+        [UsageDebit(user, f"two-{r}-{user}", 7_000, f"h-{r}-{user}", None) for user in users]
+        for r in range(12)
+    ]
+    requests.append([UsageDebit(users[1], "two-0-two-01", 7_000, "h-0-two-01", None)])
+    try:
+        sent = []
+        for debits in requests:  # one after the other, each while the ones before are on their way
+            sent.append(asyncio.ensure_future(groups.submit(debits)))
+            await _settle()
+        answers = await asyncio.gather(*sent)
+    finally:
+        await store.close()
+    assert most == 2, "never two groups in flight"
+    outcomes = [o for answer in answers[:-1] for o in answer]
+    assert sum(isinstance(o, Debited) for o in outcomes) == 15 * 12 + 5 * 5
+    (again,) = answers[-1]
+    assert isinstance(again, Debited)
+    assert again.replayed
+    for i, user in enumerate(users):
+        after = sorted(
+            (
+                o.wallet.balance_micros
+                for answer in answers[:-1]
+                for d, o in zip(users, answer, strict=True)
+                if d == user and isinstance(o, Debited) and o.wallet is not None
+            ),
+            reverse=True,
+        )
+        start = 35_000 if i % 4 == 0 else 100_000
+        assert after == [start - 7_000 * (n + 1) for n in range(len(after))]
+        balance = (await gateway_balance(client, gateway_headers, user))["balance_micros"]
+        assert balance == (0 if i % 4 == 0 else 100_000 - 12 * 7_000)
+    async with session_maker() as session:
+        assert await verify_ledger(session) == []
 
 
 # The coordination alone, with the store's batch as a plain function.
@@ -241,3 +305,43 @@ async def test_not_combining_each_request_goes_alone() -> None:
     results = await asyncio.gather(*(groups.submit([_debit(r)]) for r in ("a", "b", "c")))
     assert [_ids(r) for r in results] == [["txn-a"], ["txn-b"], ["txn-c"]]
     assert store.batches == [["a"], ["b"], ["c"]]
+
+
+async def test_a_second_group_goes_in_flight_once_it_is_as_large_as_the_first() -> None:
+    store = _Store()
+    groups = BatchGroups(store.debit_batch, min_second=2)
+    first = asyncio.ensure_future(groups.submit([_debit("a1"), _debit("a2")]))
+    await _settle()
+    second = asyncio.ensure_future(groups.submit([_debit("b1")]))
+    await _settle()
+    assert store.batches == [["a1", "a2"]]  # fewer events than the group in flight
+    third = asyncio.ensure_future(groups.submit([_debit("c1")]))
+    await _settle()
+    assert store.batches == [["a1", "a2"], ["b1", "c1"]]  # as many: the second in flight
+    fourth = asyncio.ensure_future(groups.submit([_debit(f"d{i}") for i in range(5)]))
+    await _settle()
+    assert len(store.batches) == 2  # two in flight at most
+    store.release.set()
+    assert [_ids(await f) for f in (first, second, third)] == [
+        ["txn-a1", "txn-a2"],
+        ["txn-b1"],
+        ["txn-c1"],
+    ]
+    assert len(await fourth) == 5
+    assert store.batches[2] == [f"d{i}" for i in range(5)]
+
+
+async def test_a_second_group_waits_for_at_least_min_second_events() -> None:
+    store = _Store()
+    groups = BatchGroups(store.debit_batch, min_second=3)
+    first = asyncio.ensure_future(groups.submit([_debit("a")]))
+    await _settle()
+    waiting = [asyncio.ensure_future(groups.submit([_debit(r)])) for r in ("b", "c")]
+    await _settle()
+    assert store.batches == [["a"]]
+    waiting.append(asyncio.ensure_future(groups.submit([_debit("d")])))
+    await _settle()
+    assert store.batches == [["a"], ["b", "c", "d"]]
+    store.release.set()
+    await first
+    assert [_ids(await w) for w in waiting] == [["txn-b"], ["txn-c"], ["txn-d"]]
