@@ -45,8 +45,7 @@ _CLAIM_NEW = text(
     RETURNING stripe_events.id
     """
 ).bindparams(bindparam("lease_until", type_=UTCDateTime()), bindparam("now", type_=UTCDateTime()))
-"""The claims of new events, as arrays: one statement for a group of any size, built once
-(the
+"""The claims of new events, as arrays: one statement for a group of any size, built once (the
 payloads as JSON text, as the column's type writes it)."""
 
 _CLAIM_AGAIN = (
