@@ -84,8 +84,9 @@ class Settings(BaseSettings):
     hot wallet takes its row lock and a WAL flush once per batch (make bench's hot wallet: 57 µs
     of PostgreSQL CPU per debit combined against 890 µs not combined, its debits spinning on
     the row lock), and batch requests that arrive while one is in flight go together as one
-    batch once it is done (group commit). Off: each debit and each batch request is its own
-    statement, and those of one wallet queue on its row lock in PostgreSQL."""
+    batch (group commit; a second group may go while one is in flight, `BatchGroups`). Off:
+    each debit and each batch request is its own statement, and those of one wallet queue on
+    its row lock in PostgreSQL."""
     gateway_debits_in_flight: int = Field(default=4, ge=0, le=200)
     """With `gateway_combine_debits`: the most gateway write statements (debits, reserves and
     captures, alone or combined) one process has in flight at once; debits, reserves and
