@@ -31,6 +31,7 @@ CLOSED_PROPERTIES: dict[str, tuple[str, ...]] = {
     "AutoTopupOut": ("status", "currency"),
     "PurchaseOptionsOut": ("currency",),
     "UsageBatchResult": ("status",),
+    "HoldCaptureBatchResult": ("status", "hold_status"),
     "Problem": ("hold_status", "order_status"),
     "Health": ("status",),
     "WebhookAckOut": ("outcome",),

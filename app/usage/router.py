@@ -64,6 +64,8 @@ from app.usage.schemas import (
     AccountBalanceOut,
     BatchStatus,
     CaptureIn,
+    HoldCaptureBatchIn,
+    HoldCaptureBatchOut,
     HoldIn,
     HoldOut,
     HoldStatus,
@@ -72,6 +74,7 @@ from app.usage.schemas import (
     UsageBatchOut,
     UsageIn,
     UsageOut,
+    read_capture_batch,
     read_usage_batch,
 )
 from app.usage.store import Debited
@@ -284,6 +287,74 @@ def batch_json(items: list[service.BatchEvent]) -> bytes:
     return out.__pydantic_serializer__.to_json(out)
 
 
+def _hold_fields(result: HoldResult) -> dict[str, Any]:
+    """`hold_out(result)` as a dict of every field of `HoldOut`, in its order."""
+    hold, wallet = result.hold, result.wallet or service.NO_WALLET
+    return {
+        "balance_micros": wallet.balance_micros,
+        "held_micros": wallet.held_micros,
+        "available_micros": wallet.available_micros,
+        "hold_id": hold.id,
+        "user_id": hold.user_id,
+        "status": hold.status,
+        "amount_micros": hold.amount_micros,
+        "captured_micros": hold.captured_micros,
+        "expires_at": hold.expires_at,
+        "resolved_at": hold.resolved_at,
+        "replayed": result.replayed,
+        "limit_remaining_micros": result.limit_remaining_micros,
+    }
+
+
+def _capture_result(index: int, item: service.CaptureItem) -> dict[str, Any]:
+    """One capture's result as the fields of a `HoldCaptureBatchResult`: for a capture, every
+    field in its order (`capture_batch_json` writes it as it is)."""
+    hold_id, outcome = item
+    if isinstance(outcome, HoldResult):
+        return {
+            "index": index,
+            "hold_id": hold_id,
+            "status": "replayed" if outcome.replayed else "captured",
+            "hold": _hold_fields(outcome),
+            "hold_status": None,
+            "hold_amount_micros": None,
+            "max_capture_micros": None,
+            "detail": None,
+            "errors": None,
+        }
+    result: dict[str, Any] = {"index": index, "hold_id": hold_id, "detail": outcome.detail}
+    if isinstance(outcome, service.Invalid):
+        return result | {"status": "invalid", "errors": outcome.errors}
+    extra = outcome.extra
+    if isinstance(outcome, CaptureExceedsHold):
+        result["hold_amount_micros"] = extra["hold_amount_micros"]
+        result["max_capture_micros"] = extra["max_capture_micros"]
+        result["errors"] = extra.get("errors")
+    elif isinstance(outcome, InvalidStateTransition):
+        result["hold_status"] = extra["hold_status"]
+    return result | {"status": outcome.code}
+
+
+def capture_batch_json(items: list[service.CaptureItem]) -> bytes:
+    """The capture batch's answer as JSON, what `HoldCaptureBatchOut` serializes to: written as
+    it is when every capture was captured or replayed (each result every field in its order,
+    values validation would leave as they are), else validated first (`batch_json`'s way)."""
+    results = [_capture_result(index, item) for index, item in enumerate(items)]
+    statuses = [r["status"] for r in results]
+    captured = statuses.count("captured")
+    replayed = statuses.count("replayed")
+    answer = {
+        "results": results,
+        "captured": captured,
+        "replayed": replayed,
+        "failed": len(statuses) - captured - replayed,
+    }
+    if answer["failed"] == 0:
+        return to_json(answer)
+    out = HoldCaptureBatchOut.model_validate(answer)
+    return out.__pydantic_serializer__.to_json(out)
+
+
 async def _record_usage(app: GatewayApp, call: Call) -> tuple[int, BaseModel]:
     """Debit `amount_micros` from the user's available balance, once per `request_id`."""
     done = await service.record_usage(app.store, app.settings, call.body)
@@ -309,6 +380,21 @@ async def _capture_hold(app: GatewayApp, call: Call) -> tuple[int, BaseModel]:
     the reservation; a repeat with the same body answers the original, `replayed`."""
     hold_id = call.params["hold_id"]
     return 200, hold_out(await service.capture_hold(app.store, app.settings, hold_id, call.body))
+
+
+async def _capture_holds(app: GatewayApp, call: Call) -> tuple[int, bytes]:
+    """Up to 1000 captures, each decided exactly as its single capture
+    (`POST /v1/internal/holds/{hold_id}/capture`) would be, one after the other in the order
+    sent: `captured` (with the hold as the single capture answers it), `replayed`, or the
+    single capture's error code (`not_found`, `idempotency_conflict`, `invalid_state`,
+    `capture_exceeds_hold`, `invalid`) per capture, in the order sent. For a gateway that needs
+    no capture's answer before going on (the usage was served): it sends its captures every
+    50-200 ms or every N captures, and most of a batch is one statement posting one ledger
+    transaction (`hold-batch:<txn>`) with each capture's usage record. A database outage is a
+    503 for the whole batch; send it again (what was captured answers `replayed`)."""
+    return 200, capture_batch_json(
+        await service.capture_holds(app.store, app.settings, call.body.captures)
+    )
 
 
 async def _release_hold(app: GatewayApp, call: Call) -> tuple[int, BaseModel]:
@@ -426,6 +512,16 @@ OPERATIONS = [
         "Captured (now, or `replayed`).",
         errors=(CaptureExceedsHold,),
         notes=_CAPTURE_NOTES,
+    ),
+    Operation(
+        "POST",
+        "/v1/internal/holds/captures",
+        "Capture a batch of holds",
+        _capture_holds,
+        ok={200: (HoldCaptureBatchOut, "One result per capture, in the order sent.")},
+        scope="holds",
+        body=HoldCaptureBatchIn,
+        reader=read_capture_batch,
     ),
     _hold_resolution(
         "release",

@@ -258,6 +258,50 @@ class CaptureIn(StrictModel):
     metadata: Metadata = None
 
 
+class HoldCaptureItem(CaptureIn):
+    """One capture of a batch: the single capture's body (`CaptureIn`) and the hold it
+    captures."""
+
+    hold_id: Annotated[
+        CleanToken,
+        StringConstraints(min_length=1, max_length=200),
+        Field(description="The hold to capture (its `hold_id` at reserve)."),
+    ]
+
+
+class HoldCaptureBatchIn(StrictModel):
+    """Up to 1000 captures, each decided as if sent alone, one after the other in this order."""
+
+    captures: list[
+        Annotated[
+            HoldCaptureItem | dict[str, Any],
+            Field(
+                union_mode="left_to_right",
+                description="A capture; one that does not validate is reported `invalid`.",
+            ),
+        ]
+    ] = Field(min_length=1, max_length=MAX_BATCH_EVENTS)
+
+
+def read_capture_batch(raw: bytes) -> HoldCaptureBatchIn:
+    """A capture batch's body parsed once, as `read_usage_batch` parses a usage batch's: a
+    well-formed `{"captures": [...]}` of 1 to 1000 JSON objects keeps each capture as its
+    object (`service.plain_capture` reads it, or it is validated as `HoldCaptureItem`); any
+    other body is validated whole (its 422)."""
+    try:
+        data = from_json(raw)
+    except ValueError:
+        data = None
+    captures = data.get("captures") if type(data) is dict and len(data) == 1 else None
+    if (
+        type(captures) is list
+        and 1 <= len(captures) <= MAX_BATCH_EVENTS
+        and all(type(capture) is dict for capture in captures)
+    ):
+        return HoldCaptureBatchIn.model_construct(captures=captures)
+    return HoldCaptureBatchIn.model_validate_json(raw)
+
+
 class ReleaseIn(StrictModel):
     """Give the reservation back (the request was not served)."""
 
@@ -285,3 +329,44 @@ class AccountBalanceOut(WalletState):
     """A user's wallet (zero before their first top-up)."""
 
     user_id: str
+
+
+CaptureBatchStatus = Literal[
+    "captured",
+    "replayed",
+    "not_found",
+    "idempotency_conflict",
+    "invalid_state",
+    "capture_exceeds_hold",
+    "invalid",
+]
+
+
+class HoldCaptureBatchResult(BaseModel):
+    """What happened to one capture of a batch, in the order they were sent: what
+    `POST /v1/internal/holds/{hold_id}/capture` would have answered for it, sent then."""
+
+    index: int
+    hold_id: str | None
+    status: CaptureBatchStatus = Field(
+        description="`captured` now or `replayed` (the hold as the single capture answers it in "
+        "`hold`); else the single capture's error code: `not_found`, `idempotency_conflict` "
+        "(captured before with another body), `invalid_state` (released, expired; "
+        "`hold_status`), `capture_exceeds_hold` (`hold_amount_micros`, `max_capture_micros`; "
+        "the hold is still active), `invalid` (`errors`)."
+    )
+    hold: HoldOut | None = None
+    hold_status: HoldStatus | None = None
+    hold_amount_micros: int | None = None
+    max_capture_micros: int | None = None
+    detail: str | None = None
+    errors: list[FieldError] | None = None
+
+
+class HoldCaptureBatchOut(BaseModel):
+    """One result per capture, and how many were captured now, replayed and refused."""
+
+    results: list[HoldCaptureBatchResult]
+    captured: int
+    replayed: int
+    failed: int

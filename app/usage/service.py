@@ -10,7 +10,11 @@ from pydantic import ValidationError
 
 from app.config import Settings
 from app.errors import (
+    BillingError,
+    CaptureExceedsHold,
     IdempotencyConflict,
+    InvalidStateTransition,
+    NotFound,
     ValidationFailed,
 )
 from app.idempotency import hash_flat_request, hash_request
@@ -20,6 +24,7 @@ from app.ledger.repository import WalletRow
 from app.usage.repository import UsageStore
 from app.usage.schemas import (
     CaptureIn,
+    HoldCaptureItem,
     HoldIn,
     ReleaseIn,
     UsageIn,
@@ -222,6 +227,21 @@ def plain_debit(raw: dict[str, Any], max_micros: int) -> UsageDebit | None:
     )
 
 
+def _field_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    """A batch item's validation errors, a field and a message each."""
+    return [
+        {
+            "field": ".".join(str(p) for p in e["loc"]) or "event",
+            "message": (
+                "unknown field"
+                if e["type"] == "extra_forbidden"
+                else e["msg"].removeprefix("Value error, ")
+            ),
+        }
+        for e in exc.errors()
+    ]
+
+
 def _checked_event(
     settings: Settings, raw: UsageIn | dict[str, Any]
 ) -> tuple[UsageIn, UsageDebit] | BatchEvent:
@@ -231,18 +251,7 @@ def _checked_event(
         event = raw if isinstance(raw, UsageIn) else UsageIn.model_validate(raw)
         debit = _usage_debit(settings, event)
     except ValidationError as exc:
-        errors: list[dict[str, Any]] = [
-            {
-                "field": ".".join(str(p) for p in e["loc"]) or "event",
-                "message": (
-                    "unknown field"
-                    if e["type"] == "extra_forbidden"
-                    else e["msg"].removeprefix("Value error, ")
-                ),
-            }
-            for e in exc.errors()
-        ]
-        return BatchEvent(request_id, Invalid(None, errors))
+        return BatchEvent(request_id, Invalid(None, _field_errors(exc)))
     except ValidationFailed as exc:
         return BatchEvent(request_id, Invalid(exc.detail, exc.extra.get("errors")))
     return event, debit
@@ -280,15 +289,118 @@ async def capture_hold(
     store: UsageStore, settings: Settings, hold_id: str, body: CaptureIn
 ) -> HoldResult:
     """Charge the actual cost of a held request and release the rest of the reservation."""
+    return await store.capture(_capture_of(settings, hold_id, body))
+
+
+class CaptureItem(NamedTuple):
+    """One capture of a batch: its `hold_id` (None when it had no readable one) and what
+    happened to it: the hold captured or replayed, the refusal its single capture would answer
+    (`NotFound`, `IdempotencyConflict`, `InvalidStateTransition`, `CaptureExceedsHold`), or
+    unreadable."""
+
+    hold_id: str | None
+    outcome: HoldResult | BillingError | Invalid
+
+
+_REFUSALS = (NotFound, IdempotencyConflict, InvalidStateTransition, CaptureExceedsHold)
+"""What a capture alone may answer besides the hold: a batch reports it as the capture's
+result. Anything else (an outage's 503) fails the whole request, as it would the single one:
+the captures applied before it are replays when the gateway sends the batch again."""
+
+
+async def capture_holds(
+    store: UsageStore, settings: Settings, captures: list[HoldCaptureItem | dict[str, Any]]
+) -> list[CaptureItem]:
+    """Each capture decided as its `capture_hold` alone would be, one after the other in the
+    order sent (a hold named twice: the second is a replay of the first, or a conflict), by the
+    store's capture batch (`UsageStore.capture_batch`: one statement for the wallets it can
+    decide whole, the others alone). A capture may come as the JSON object sent
+    (`schemas.read_capture_batch`): a plain one (`plain_capture`) becomes its `HoldCapture` at
+    once, any other is validated as `HoldCaptureItem`. Results in the order sent."""
+    results: list[CaptureItem | None] = [None] * len(captures)
+    valid: list[tuple[int, HoldCapture]] = []
+    max_micros = settings.max_amount_micros
+    multiple = settings.capture_max_hold_multiple
+    for index, raw in enumerate(captures):
+        if type(raw) is dict and (capture := plain_capture(raw, max_micros, multiple)):
+            valid.append((index, capture))
+            continue
+        checked = _checked_capture(settings, raw)
+        if isinstance(checked, CaptureItem):
+            results[index] = checked
+        else:
+            valid.append((index, checked))
+    outcomes = await store.capture_batch([c for _, c in valid]) if valid else []
+    for (index, capture), outcome in zip(valid, outcomes, strict=True):
+        if isinstance(outcome, Exception) and not isinstance(outcome, _REFUSALS):
+            raise outcome
+        results[index] = CaptureItem(capture.hold_id, cast(HoldResult | BillingError, outcome))
+    return [r for r in results if r is not None]
+
+
+_PLAIN_CAPTURE_FIELDS = frozenset(
+    ("hold_id", "amount_micros", "model", "input_tokens", "output_tokens")
+)
+
+
+def plain_capture(raw: dict[str, Any], max_micros: int, multiple: float) -> HoldCapture | None:
+    """The `HoldCapture` of a batch's capture sent as `raw` (its JSON object) when validating it
+    as `HoldCaptureItem` would give it back unchanged (no metadata, a clean `hold_id`, a model
+    with nothing to strip, ints within their bounds), else None (it is then validated). Its
+    resolution hash is the single capture's: of `raw` without `hold_id` and nulls."""
+    if not raw.keys() <= _PLAIN_CAPTURE_FIELDS:
+        return None
+    hold_id = raw.get("hold_id")
+    amount = raw.get("amount_micros")
+    model = raw.get("model")
+    input_tokens = raw.get("input_tokens")
+    output_tokens = raw.get("output_tokens")
+    if (
+        type(amount) is not int
+        or not 0 <= amount <= max_micros
+        or not plain_token(hold_id, 200)
+        or (model is not None and not plain_text(model, 200))
+        or (input_tokens is not None and not plain_count(input_tokens))
+        or (output_tokens is not None and not plain_count(output_tokens))
+    ):
+        return None
+    body = {k: v for k, v in raw.items() if v is not None and k != "hold_id"}
+    return HoldCapture(
+        cast(str, hold_id),
+        amount,
+        hash_request({"capture": body}),
+        _usage_details(model, input_tokens, output_tokens, None),
+        multiple,
+    )
+
+
+def _capture_of(settings: Settings, hold_id: str, body: CaptureIn) -> HoldCapture:
+    """The store's capture of `body` (the single capture's, or a batch item's), its resolution
+    hash that of the single capture's body."""
     _check_amount(settings, body.amount_micros)
-    capture = HoldCapture(
+    return HoldCapture(
         hold_id=hold_id,
         amount_micros=body.amount_micros,
-        resolution_hash=hash_request({"capture": body.model_dump(mode="json", exclude_none=True)}),
+        resolution_hash=hash_request(
+            {"capture": body.model_dump(mode="json", exclude_none=True, exclude={"hold_id"})}
+        ),
         details=_usage_details(body.model, body.input_tokens, body.output_tokens, body.metadata),
         max_hold_multiple=settings.capture_max_hold_multiple,
     )
-    return await store.capture(capture)
+
+
+def _checked_capture(
+    settings: Settings, raw: HoldCaptureItem | dict[str, Any]
+) -> HoldCapture | CaptureItem:
+    raw_id = raw.hold_id if isinstance(raw, HoldCaptureItem) else raw.get("hold_id")
+    hold_id = raw_id if isinstance(raw_id, str) else None
+    try:
+        item = raw if isinstance(raw, HoldCaptureItem) else HoldCaptureItem.model_validate(raw)
+        return _capture_of(settings, item.hold_id, item)
+    except ValidationError as exc:
+        return CaptureItem(hold_id, Invalid(None, _field_errors(exc)))
+    except ValidationFailed as exc:
+        return CaptureItem(hold_id, Invalid(exc.detail, exc.extra.get("errors")))
 
 
 async def release_hold(store: UsageStore, hold_id: str, body: ReleaseIn | None) -> HoldResult:
