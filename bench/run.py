@@ -86,6 +86,7 @@ USAGE_TARGET = 1.2  # x yardstick, 1,000 wallets
 HOT_TARGET = 0.8  # x yardstick, one hot wallet
 BATCH_TARGET = 50_000  # events/s, batches of 1,000
 HOLDS_TARGET = 0.8  # x the usage debit rate
+HOLD_CAPTURE_BATCH = 50  # holds a wrk thread has reserved before it captures them in one batch
 LIMIT_COST_TARGET = 0.9  # x the usage debit rate: a key limit may cost at most 10%
 LIMITED_KEY = "bench-key"
 WEBHOOKS_TARGET = 500  # events/s
@@ -611,6 +612,25 @@ class Bench:
                 answer.raise_for_status()
             return n
 
+        def batched_pairs(http: httpx.Client, n: int) -> int:
+            hold_ids = []
+            for i in range(n):
+                hold_id = f"wc-{prefix}-{i}"
+                body = {"user_id": f"user-{i % WALLETS}", "hold_id": hold_id}
+                answer = http.post("/v1/internal/holds", json=body | {"amount_micros": 10_000})
+                answer.raise_for_status()
+                hold_ids.append(hold_id)
+            for start in range(0, n, HOLD_CAPTURE_BATCH):
+                items = [
+                    {"hold_id": hold_id, "amount_micros": 7000}
+                    for hold_id in hold_ids[start : start + HOLD_CAPTURE_BATCH]
+                ]
+                answer = http.post("/v1/internal/holds/captures", json={"captures": items})
+                answer.raise_for_status()
+                if answer.json().get("failed") != 0:
+                    raise RuntimeError(f"a counted capture batch failed: {answer.text[:500]}")
+            return n
+
         operations: list[tuple[str, str, Callable[[httpx.Client, int], int], int]] = []
         if "usage" in groups:
             operations.append(("usage debit", "debit", debits, 200))
@@ -618,6 +638,14 @@ class Bench:
             operations.append(("batch of 1,000 events", "event", batches, 3))
         if "holds" in groups:
             operations.append(("reserve + capture", "pair", pairs, 200))
+            operations.append(
+                (
+                    f"reserve + batched captures ({HOLD_CAPTURE_BATCH} a batch)",
+                    "pair",
+                    batched_pairs,
+                    200,
+                )
+            )
         for name, unit, operation, n in operations:
             before = self.quiet_counters()
             with (
@@ -866,6 +894,26 @@ class Bench:
         load, rss = self.wrk(server, "holds")
         row = self.row("holds: reserve + capture pairs", workers, load, rss, "pairs/s")
         row.per_request = 0.5
+        row.ratio = self.ratio(row.throughput, workers)
+        debit = self.usage.get(workers)
+        if debit:
+            share = row.throughput / debit
+            row.target = f"≥ {HOLDS_TARGET}{X} usage: {share:.2f}{X}, {met(share >= HOLDS_TARGET)}"
+        self.record(row, server, self.ledger_verify)
+
+    def run_holds_batched(self, server: Uvicorn, workers: int) -> None:
+        """Reserves one by one, captures in batches (`POST /v1/internal/holds/captures`) of the
+        `HOLD_CAPTURE_BATCH` or more holds a wrk thread has reserved: a gateway that needs no
+        capture's answer before going on batches them as it batches usage."""
+        load, rss = self.wrk(server, "holds_batched", extra=(str(HOLD_CAPTURE_BATCH),))
+        row = self.row(
+            f"holds: reserve + batched captures (≥ {HOLD_CAPTURE_BATCH} per batch)",
+            workers,
+            load,
+            rss,
+            "pairs/s",
+        )
+        row.per_request = load.units / load.requests if load.requests else 1.0
         row.ratio = self.ratio(row.throughput, workers)
         debit = self.usage.get(workers)
         if debit:
@@ -1255,6 +1303,7 @@ def run(args: argparse.Namespace, bench: Bench) -> None:
                 bench.run_batch(server, 1, 1000)
             if "holds" in only:
                 bench.run_holds(server, 1)
+                bench.run_holds_batched(server, 1)
             if "balance" in only:
                 bench.run_balance(server, 1)
                 bench.run_balance(server, 1, writers=args.balance_writers)
@@ -1266,6 +1315,7 @@ def run(args: argparse.Namespace, bench: Bench) -> None:
             bench.run_usage(server, cores)
             bench.run_batch(server, cores, 1000)
             bench.run_holds(server, cores)
+            bench.run_holds_batched(server, cores)
             bench.run_balance(server, cores)
             if "webhooks" in only:
                 bench.run_webhooks(server, cores)
