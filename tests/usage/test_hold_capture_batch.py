@@ -295,6 +295,33 @@ async def test_a_bad_batch_is_a_422_problem_and_applies_nothing(
     assert (wallet["balance_micros"], wallet["held_micros"]) == (1_000_000, 100_000)
 
 
+async def test_a_capture_with_a_control_character_is_invalid_and_applies_nothing(
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    gateway_headers: dict[str, str],
+) -> None:
+    await deposit(client, admin_headers, "alice", 1_000_000)
+    await reserve(client, gateway_headers, "alice", "h-1", 100_000)
+    response = await captures(
+        client,
+        gateway_headers,
+        [
+            usage("h-1\x00", 1),
+            usage("h-1", 1, model="gpt\x07"),
+            usage("h-1", 1, metadata={"note": "a\x00b"}),
+            usage(" h-1", 1),
+        ],
+    )
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["status"] for r in results[:3]] == ["invalid"] * 3
+    assert [r["errors"][0]["field"] for r in results[:3]] == ["hold_id", "model", "metadata"]
+    # Surrounding whitespace is stripped, as from the single capture's path parameter.
+    assert (results[3]["status"], results[3]["hold_id"]) == ("captured", "h-1")
+    wallet = await gateway_balance(client, gateway_headers, "alice")
+    assert (wallet["balance_micros"], wallet["held_micros"]) == (999_999, 0)
+
+
 async def test_a_batch_needs_the_holds_scope(
     client: httpx.AsyncClient, session_maker: Maker
 ) -> None:
