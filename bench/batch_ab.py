@@ -12,12 +12,14 @@ Each pass, for each of the two (the order reversed every other pass: ABBA), meas
   bench`'s batch row drives it.
 
 Before the first pass each side takes `--fill` seconds of the same load, unmeasured: a batch
-costs PostgreSQL more once the tables hold more than a few events per wallet (each event's usage
-record and wallet leg then go to an index leaf of their own user's, ~1,000 distinct leaves per
-batch instead of a few hundred shared ones: ~21 against ~26 µs per event after half a million
-events, by backend CPU). Without it the first pass ran on near-empty tables, up to twice as fast
-as the next ones (55,704 against 26,523 events/s on one run), and lifted the mean above what
-`make bench`'s batch row (which runs after the batch of 100) measures on the same code.
+costs PostgreSQL more once the tables hold more than a few events per wallet, each event's
+usage record and wallet leg then going to an index leaf of its own user's (`pk_usage_records`,
+`ix_ledger_entries_account_id_id`: ~2,000 distinct leaves per batch of 1,000 instead of a few
+hundred shared ones). Measured alternately on a fresh database and one holding 480,000 events:
+25.2 against 30.2 µs of backend CPU per event (six rounds, the grown one dearer in each), the
+gap gone with either index dropped. Without the fill the first pass ran on near-empty tables
+(one run: 55,704 and 54,253 events/s in pass 1, 26,523 and 29,616 in pass 2) and lifted the
+mean above what `make bench`'s batch row (after the batch of 100) measures on the same code.
 
 Prints each pass and the sums' ratios (this ÷ base), then runs `ledger-verify` on both databases;
 exits 1 when it fails or a batch did not apply every event."""
