@@ -431,3 +431,50 @@ async def test_0028_gives_each_usage_debit_only_the_ledger_knew_its_record_and_r
             await conn_.close()
         async with AsyncSession(engine) as session:
             assert await verify_ledger(session) == []
+
+
+async def test_0028_stops_on_a_usage_debit_it_cannot_give_a_record(database: Database) -> None:
+    """Two records of one debit, neither carrying its reference: nothing any gateway wrote, and
+    no record to choose; the migration stops (rolled back) rather than leave the reference to
+    the ledger alone, where no batch would look any more."""
+    t0 = datetime(2025, 3, 1, 10, tzinfo=UTC)
+    async with _scratch_engine(database, "billing_0028_stop") as engine:
+        await _at_revision(engine, "0027")
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO accounts (id, kind, name, balance_micros, held_micros, "
+                    "created_at) VALUES ('sys_usage', 'system', 'usage', 0, 0, :t) "
+                    "ON CONFLICT DO NOTHING"
+                ),
+                {"t": t0},
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO accounts (id, kind, user_id, balance_micros, held_micros, "
+                    "created_at) VALUES ('acc_ann', 'wallet', 'ann', 0, 0, :t)"
+                ),
+                {"t": t0},
+            )
+            values = {
+                "id": "txn_two",
+                "reference": "usage:req-two",
+                "user": "ann",
+                "hash": "hash-two",
+                "details": None,
+                "amount": 4000,
+                "t": t0,
+                "request_id": "req-two",
+            }
+            await conn.execute(text(_LEGACY_DEBIT), values)
+            for _ in range(2):
+                await conn.execute(
+                    text(_RECORD), values | {"reference": None, "hash": None, "amount": 2000}
+                )
+        with pytest.raises(RuntimeError, match=r"txn_two \(usage:req-two\)"):
+            await _at_revision(engine, "head")
+        async with engine.connect() as conn:
+            version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
+            references = (await conn.execute(text("SELECT reference FROM usage_records"))).all()
+        assert version == "0027"
+        assert [r[0] for r in references] == [None, None]
