@@ -39,45 +39,71 @@ _UNRECORDED = """
     WHERE t.kind = 'usage' AND t.reference LIKE 'usage:%'
       AND NOT EXISTS (SELECT 1 FROM usage_records r WHERE r.reference = t.reference)
 """
-"""The usage debits whose reference no record carries."""
+"""The usage debits whose reference no record carries (one probe of the records' unique index per
+usage transaction)."""
 
 
 def upgrade() -> None:
-    op.execute(
-        f"""
-        UPDATE usage_records r
-        SET reference = t.reference, request_hash = t.request_hash,
-            metadata = (t.details::jsonb -> 'metadata')::json
-        FROM ({_UNRECORDED}) u
-        JOIN ledger_transactions t ON t.id = u.id
-        WHERE r.transaction_id = t.id AND r.reference IS NULL
-          AND (SELECT count(*) FROM usage_records o WHERE o.transaction_id = t.id) = 1
-        """
+    bind = op.get_bind()
+    # The debits to mend (usually none) with how many records each has: `usage_records` has no
+    # index on `transaction_id`, so it is read once here, not once per debit.
+    bind.execute(
+        text(
+            f"""
+            CREATE TEMPORARY TABLE unrecorded_0028 AS
+            SELECT u.id, u.reference, count(r.transaction_id) AS records
+            FROM ({_UNRECORDED}) u
+            LEFT JOIN usage_records r ON r.transaction_id = u.id
+            GROUP BY u.id, u.reference
+            """
+        )
     )
-    op.execute(
-        f"""
-        INSERT INTO usage_records
-            (user_id, transaction_id, reference, request_hash, metadata, request_id, api_key_id,
-             model, input_tokens, output_tokens, amount_micros, balance_after_micros,
-             created_at)
-        SELECT a.user_id, t.id, t.reference, t.request_hash,
-               (t.details::jsonb -> 'metadata')::json, substr(t.reference, length('usage:') + 1),
-               t.details::jsonb ->> 'api_key_id', t.details::jsonb ->> 'model',
-               (t.details::jsonb ->> 'input_tokens')::bigint,
-               (t.details::jsonb ->> 'output_tokens')::bigint,
-               -e.amount_micros, e.balance_after_micros, e.created_at
-        FROM ({_UNRECORDED}) u
-        JOIN ledger_transactions t ON t.id = u.id
-        JOIN ledger_entries e ON e.transaction_id = t.id
-        JOIN accounts a ON a.id = e.account_id AND a.kind = 'wallet'
-        WHERE NOT EXISTS (SELECT 1 FROM usage_records o WHERE o.transaction_id = t.id)
-          AND (SELECT count(*) FROM ledger_entries w JOIN accounts wa ON wa.id = w.account_id
-               WHERE w.transaction_id = t.id AND wa.kind = 'wallet') = 1
-          AND e.amount_micros < 0 AND e.balance_after_micros IS NOT NULL
-        ORDER BY e.created_at, t.id
-        """
+    bind.execute(
+        text(
+            """
+            UPDATE usage_records r
+            SET reference = t.reference, request_hash = t.request_hash,
+                metadata = (t.details::jsonb -> 'metadata')::json
+            FROM unrecorded_0028 u
+            JOIN ledger_transactions t ON t.id = u.id
+            WHERE u.records = 1 AND r.transaction_id = u.id AND r.reference IS NULL
+            """
+        )
     )
-    left = op.get_bind().execute(text(_UNRECORDED + " ORDER BY t.id LIMIT 20")).all()
+    bind.execute(
+        text(
+            """
+            INSERT INTO usage_records
+                (user_id, transaction_id, reference, request_hash, metadata, request_id,
+                 api_key_id, model, input_tokens, output_tokens, amount_micros,
+                 balance_after_micros, created_at)
+            SELECT a.user_id, t.id, t.reference, t.request_hash,
+                   (t.details::jsonb -> 'metadata')::json,
+                   substr(t.reference, length('usage:') + 1),
+                   t.details::jsonb ->> 'api_key_id', t.details::jsonb ->> 'model',
+                   (t.details::jsonb ->> 'input_tokens')::bigint,
+                   (t.details::jsonb ->> 'output_tokens')::bigint,
+                   -e.amount_micros, e.balance_after_micros, e.created_at
+            FROM unrecorded_0028 u
+            JOIN ledger_transactions t ON t.id = u.id
+            JOIN ledger_entries e ON e.transaction_id = t.id
+            JOIN accounts a ON a.id = e.account_id AND a.kind = 'wallet'
+            WHERE u.records = 0
+              AND (SELECT count(*) FROM ledger_entries w JOIN accounts wa ON wa.id = w.account_id
+                   WHERE w.transaction_id = t.id AND wa.kind = 'wallet') = 1
+              AND e.amount_micros < 0 AND e.balance_after_micros IS NOT NULL
+            ORDER BY e.created_at, t.id
+            """
+        )
+    )
+    left = bind.execute(
+        text(
+            "SELECT u.id, u.reference FROM unrecorded_0028 u WHERE NOT EXISTS "
+            "(SELECT 1 FROM usage_records r WHERE r.reference = u.reference) "
+            "ORDER BY u.id LIMIT 20"
+        )
+    ).all()
+    bind.execute(text("DROP TABLE unrecorded_0028"))
     if left:
         raise RuntimeError(
             "usage debits whose reference no usage record carries and that cannot be given one "
