@@ -8,13 +8,14 @@ import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
+import asyncpg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.config import Settings
 from app.db import create_engine
@@ -236,3 +237,244 @@ async def test_0017_splits_each_webhook_outcome_into_the_enum_and_its_detail_and
         async with engine.connect() as conn:
             rows = (await conn.execute(text("SELECT id, outcome FROM stripe_events"))).all()
         assert dict(tuple(r) for r in rows) == texts
+
+
+_LEGACY_DEBIT = """
+WITH t AS (
+    INSERT INTO ledger_transactions
+        (id, reference, kind, user_id, description, request_hash, details, created_at)
+    VALUES (:id, :reference, 'usage', :user, 'usage', :hash, CAST(:details AS json), :t)
+    RETURNING id
+), w AS (
+    UPDATE accounts SET balance_micros = balance_micros - :amount WHERE user_id = :user
+    RETURNING id, balance_micros
+)
+INSERT INTO ledger_entries (transaction_id, account_id, amount_micros, balance_after_micros,
+                            created_at)
+SELECT t.id, w.id, -CAST(:amount AS bigint), w.balance_micros, :t FROM t, w
+UNION ALL
+SELECT t.id, 'sys_usage', :amount, NULL, :t FROM t
+"""
+
+_RECORD = """
+INSERT INTO usage_records (user_id, transaction_id, reference, request_hash, request_id,
+                           amount_micros, balance_after_micros, created_at)
+VALUES (:user, :id, :reference, :hash, :request_id, :amount, 0, :t)
+"""
+
+
+async def test_0028_gives_each_usage_debit_only_the_ledger_knew_its_record_and_replays_answer_the_original(  # noqa: E501
+    database: Database,
+) -> None:
+    """Debits older than their usage record (before 0009) or whose record has no reference:
+    after 0028 every `usage:` reference is in `usage_records` (with the wallet leg's amount
+    and balance, the details' key, model, tokens and metadata), which is where the gateway
+    now looks a replay up, alone and in batches; a reused id with another body is a conflict."""
+    from app.ledger.verify import verify_ledger
+    from app.usage.repository import UsageStore
+    from app.usage.store import Debited, UsageDebit
+
+    t0 = datetime(2025, 3, 1, 10, tzinfo=UTC)
+    async with _scratch_engine(database, "billing_0028") as engine:
+        await _at_revision(engine, "0027")
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO accounts (id, kind, name, balance_micros, held_micros, "
+                    "created_at) VALUES ('sys_usage', 'system', 'usage', 0, 0, :t), "
+                    "('sys_adjustments', 'system', 'adjustments', 0, 0, :t) "
+                    "ON CONFLICT DO NOTHING"
+                ),
+                {"t": t0},
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO accounts (id, kind, user_id, balance_micros, held_micros, "
+                    "created_at) VALUES ('acc_ann', 'wallet', 'ann', 0, 0, :t), "
+                    "('acc_bob', 'wallet', 'bob', 0, 0, :t)"
+                ),
+                {"t": t0},
+            )
+            await conn.execute(
+                text(
+                    "WITH t AS (INSERT INTO ledger_transactions (id, reference, kind, created_at) "
+                    "VALUES ('txn_fund', 'adjustment:fund', 'adjustment', :t) RETURNING id), "
+                    "w AS (UPDATE accounts SET balance_micros = 1000000 "
+                    "WHERE kind = 'wallet' RETURNING id) "
+                    "INSERT INTO ledger_entries (transaction_id, account_id, amount_micros, "
+                    "balance_after_micros, created_at) "
+                    "SELECT t.id, w.id, 1000000, 1000000, :t FROM t, w "
+                    "UNION ALL SELECT t.id, 'sys_adjustments', -2000000, NULL, :t FROM t"
+                ),
+                {"t": t0},
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO credit_lots (id, user_id, source, kind, amount_micros, "
+                    "reference, created_at) SELECT 'lot_' || user_id, user_id, 'adjustment', "
+                    "'paid', 1000000, 'fund:' || user_id, :t FROM accounts WHERE kind = 'wallet'"
+                ),
+                {"t": t0},
+            )
+            details = {
+                "api_key_id": "key_1",
+                "model": "gpt-4o-mini",
+                "input_tokens": 1200,
+                "output_tokens": 300,
+                "metadata": {"trace": "abc"},
+            }
+            for id_, user, request_id, amount, detail in [
+                ("txn_old", "ann", "req-old", 7000, details),  # before usage records
+                ("txn_bare", "bob", "req-bare", 5000, None),  # no details at all
+                ("txn_unref", "ann", "req-unref", 3000, None),  # a record with no reference
+                ("txn_new", "bob", "req-new", 2000, None),  # a record with its reference
+            ]:
+                values = {
+                    "id": id_,
+                    "reference": f"usage:{request_id}",
+                    "user": user,
+                    "hash": f"hash-{request_id}",
+                    "details": json.dumps(detail) if detail else None,
+                    "amount": amount,
+                    "t": t0,
+                    "request_id": request_id,
+                }
+                await conn.execute(text(_LEGACY_DEBIT), values)
+                if id_ == "txn_unref":
+                    await conn.execute(text(_RECORD), values | {"reference": None, "hash": None})
+                elif id_ == "txn_new":
+                    await conn.execute(text(_RECORD), values)
+        await _at_revision(engine, "head")
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT reference, transaction_id, user_id, request_id, request_hash, "
+                        "api_key_id, model, input_tokens, output_tokens, "
+                        "metadata::text AS metadata, amount_micros, balance_after_micros, "
+                        "created_at FROM usage_records ORDER BY reference"
+                    )
+                )
+            ).all()
+            none = (None, None, None, None, None)
+            assert [tuple(r) for r in rows] == [
+                (
+                    "usage:req-bare",
+                    "txn_bare",
+                    "bob",
+                    "req-bare",
+                    "hash-req-bare",
+                    *none,
+                    5000,
+                    995000,
+                    t0,
+                ),
+                ("usage:req-new", "txn_new", "bob", "req-new", "hash-req-new", *none, 2000, 0, t0),
+                (
+                    "usage:req-old",
+                    "txn_old",
+                    "ann",
+                    "req-old",
+                    "hash-req-old",
+                    "key_1",
+                    "gpt-4o-mini",
+                    1200,
+                    300,
+                    '{"trace": "abc"}',
+                    7000,
+                    993000,
+                    t0,
+                ),
+                (
+                    "usage:req-unref",
+                    "txn_unref",
+                    "ann",
+                    "req-unref",
+                    "hash-req-unref",
+                    *none,
+                    3000,
+                    0,
+                    t0,
+                ),
+            ]
+        # Replays of the debits only the ledger knew answer the original, alone and in a batch
+        # (nothing applied twice); the same id with another body is told apart by its hash.
+        url = engine.url.render_as_string(hide_password=False).replace("+asyncpg", "")
+        conn_ = await asyncpg.connect(url)
+        try:
+            store = UsageStore(conn_)
+            again = await store.debit(UsageDebit("ann", "req-old", 7000, "hash-req-old", None))
+            assert again == Debited("txn_old", "hash-req-old", True, again.wallet)
+            outcomes = await store.debit_batch(
+                [
+                    UsageDebit("ann", "req-old", 7000, "hash-req-old", None),
+                    UsageDebit("ann", "req-fresh", 1000, "hash-req-fresh", None),
+                    UsageDebit("bob", "req-bare", 5000, "another-body", None),
+                ]
+            )
+            assert all(isinstance(o, Debited) for o in outcomes)
+            assert [
+                (o.transaction_id, o.request_hash, o.replayed)
+                for o in cast(list[Debited], outcomes)
+            ] == [
+                ("txn_old", "hash-req-old", True),
+                (cast(Debited, outcomes[1]).transaction_id, "hash-req-fresh", False),
+                ("txn_bare", "hash-req-bare", True),
+            ]
+            balances = dict(
+                await conn_.fetch(
+                    "SELECT user_id, balance_micros FROM accounts WHERE user_id IS NOT NULL"
+                )
+            )
+            assert balances == {"ann": 1000000 - 7000 - 3000 - 1000, "bob": 1000000 - 5000 - 2000}
+        finally:
+            await conn_.close()
+        async with AsyncSession(engine) as session:
+            assert await verify_ledger(session) == []
+
+
+async def test_0028_stops_on_a_usage_debit_it_cannot_give_a_record(database: Database) -> None:
+    """Two records of one debit, neither carrying its reference: nothing any gateway wrote, and
+    no record to choose; the migration stops (rolled back) rather than leave the reference to
+    the ledger alone, where no batch would look any more."""
+    t0 = datetime(2025, 3, 1, 10, tzinfo=UTC)
+    async with _scratch_engine(database, "billing_0028_stop") as engine:
+        await _at_revision(engine, "0027")
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO accounts (id, kind, name, balance_micros, held_micros, "
+                    "created_at) VALUES ('sys_usage', 'system', 'usage', 0, 0, :t) "
+                    "ON CONFLICT DO NOTHING"
+                ),
+                {"t": t0},
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO accounts (id, kind, user_id, balance_micros, held_micros, "
+                    "created_at) VALUES ('acc_ann', 'wallet', 'ann', 0, 0, :t)"
+                ),
+                {"t": t0},
+            )
+            values = {
+                "id": "txn_two",
+                "reference": "usage:req-two",
+                "user": "ann",
+                "hash": "hash-two",
+                "details": None,
+                "amount": 4000,
+                "t": t0,
+                "request_id": "req-two",
+            }
+            await conn.execute(text(_LEGACY_DEBIT), values)
+            for _ in range(2):
+                await conn.execute(
+                    text(_RECORD), values | {"reference": None, "hash": None, "amount": 2000}
+                )
+        with pytest.raises(RuntimeError, match=r"txn_two \(usage:req-two\)"):
+            await _at_revision(engine, "head")
+        async with engine.connect() as conn:
+            version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
+            references = (await conn.execute(text("SELECT reference FROM usage_records"))).all()
+        assert version == "0027"
+        assert [r[0] for r in references] == [None, None]

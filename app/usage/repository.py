@@ -270,13 +270,10 @@ def _usage_entries(amount: str, now: str) -> str:
 _DEBIT_LOTS = lot_draw_ctes("$3", "$4", "$7")
 
 _EXISTING_DEBIT = """SELECT transaction_id AS id, request_hash FROM usage_records
-    WHERE reference = $1
-    UNION ALL
-    SELECT id, request_hash FROM ledger_transactions WHERE reference = $1
-    LIMIT 1"""
-"""A debit's reference applied before: in `usage_records`, where every usage debit since
-migration 0023 keeps it (a batch's events have no ledger transaction of their own), or, for a
-debit older than its record, only in the ledger."""
+    WHERE reference = $1"""
+"""A debit's reference applied before: in `usage_records`, where every usage debit keeps it
+(a batch's events have no ledger transaction of their own; migration 0028 gave the debits older
+than their records one)."""
 
 _DEBIT_RECORD_COLUMNS = """
         (user_id, transaction_id, reference, request_hash, metadata, request_id, api_key_id,
@@ -1015,9 +1012,6 @@ ORDER BY s.user_id, s.scope, s.set_by FOR UPDATE OF s
 _EXISTING_REFERENCES = """
 SELECT reference, transaction_id, request_hash FROM usage_records
 WHERE reference = ANY($1::text[])
-UNION ALL
-SELECT reference, id AS transaction_id, request_hash FROM ledger_transactions
-WHERE reference = ANY($1::text[])
 """
 
 
@@ -1109,15 +1103,6 @@ WITH ev AS MATERIALIZED (
     SELECT * FROM {_BATCH_EVENTS}
 ), users AS (
     SELECT user_id, sum(amount)::bigint AS total, count(*) AS events FROM ev GROUP BY user_id
-), planned AS (
-    -- Users with an event applied before that only the ledger knows (a debit older than its
-    -- usage record, `_EXISTING_DEBIT`), one probe per event: a scalar subquery with LIMIT is
-    -- never hashed, so no plan reads the table whole, however stale its statistics. Any other
-    -- event applied before, or a reference the batch repeats, is not looked up: the records'
-    -- unique `reference` refuses it, the statement fails whole (nothing written) and the store
-    -- plans the batch, as a single debit's replay runs into the same index.
-    SELECT ev.user_id FROM ev
-    WHERE (SELECT true FROM ledger_transactions t WHERE t.reference = ev.reference LIMIT 1)
 ), {_batch_limits("ev", "SELECT user_id FROM users", ("$12", "$13", "$14"))}, locked AS (
     SELECT id, user_id, balance_micros, held_micros, tracked_micros FROM accounts
     WHERE user_id IN (SELECT user_id FROM users)
@@ -1157,7 +1142,6 @@ WITH ev AS MATERIALIZED (
     LEFT JOIN drawn d ON d.user_id = k.user_id
     WHERE k.tracked_micros = coalesce(d.tracked, 0)
       AND k.balance_micros - k.held_micros - coalesce(d.expired, 0) >= u.total
-      AND k.user_id NOT IN (SELECT user_id FROM planned)
       AND k.user_id NOT IN (SELECT user_id FROM counted WHERE spent > limit_micros)
 ), wallets AS (
     UPDATE accounts a SET balance_micros = a.balance_micros - d.total,
