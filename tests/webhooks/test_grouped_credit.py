@@ -20,7 +20,7 @@ from app.db import after_commit_settled, session_scope
 from app.errors import EventInProgress
 from app.models.ledger import Account, LedgerEntry
 from app.models.notifications import Notification
-from app.models.orders import Order
+from app.models.orders import Order, WebhookOutcome
 from app.orders import fulfillment
 from app.webhooks import service
 from testing.helpers.purchase import Maker, balance, bought, order_row, pay, topups
@@ -246,3 +246,40 @@ async def test_a_group_that_fails_commits_nothing_and_its_deliveries_apply_alone
     for headers in users:
         assert await balance(client, headers) == "20.000000"
     assert not any(isinstance(r, EventInProgress) for r in receipts)
+
+
+async def test_two_processes_groups_over_the_same_wallets_do_not_deadlock(
+    app: Any,
+    client: httpx.AsyncClient,
+    user_headers: Headers,
+    session_maker: Maker,
+    stripe_peer: StripePeer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two claim groups in flight at once (as two workers' are) credit orders of the same users,
+    their events in opposite orders: each takes its orders' locks by id and its wallets' by user
+    id in one statement each, so neither waits on the other in a cycle (a deadlock would fail a
+    group, and its deliveries would be tried again alone)."""
+    users = [f"grp-both-{n}" for n in range(4)]
+    paid = [
+        await _paid_order(client, user_headers(u), session_maker, stripe_peer)
+        for _ in range(3)
+        for u in users
+    ]
+    sizes = _recording_groups(monkeypatch)
+    settings, stripe = app.state.settings, app.state.stripe
+    first, second = service._ClaimGroups(session_maker), service._ClaimGroups(session_maker)
+    halves = [(first, paid[0::2]), (second, list(reversed(paid[1::2])))]
+
+    claimed = await asyncio.gather(
+        *(groups.claim(settings, stripe, e.event) for groups, half in halves for _, e in half)
+    )
+
+    assert sorted(sizes) == [6, 6]
+    assert [outcome for _, outcome in claimed] == [(WebhookOutcome.PROCESSED, "credited")] * len(
+        paid
+    )
+    await after_commit_settled()
+    for u in users:
+        assert await topups(session_maker, u) == 3
+        assert await balance(client, user_headers(u)) == "30.000000"
