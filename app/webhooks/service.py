@@ -147,7 +147,7 @@ async def _apply_at_once(
     # after it, by a job the handler queued).
     parts = [
         (WebhookContext(maker, settings, stripe, str(event["id"])), event)
-        for settings, stripe, event, _, _ in deliveries
+        for settings, stripe, event, _ in deliveries
     ]
     try:
         texts = await at_once(session, parts)
@@ -163,18 +163,15 @@ async def _apply_at_once(
         else:  # tried again one delivery at a time, where the one that fails is counted
             log.warning(
                 "stripe_event_group_failed",
-                event_ids=[str(event["id"]) for _, _, event, _, _ in deliveries],
+                event_ids=[str(event["id"]) for _, _, event, _ in deliveries],
                 exc_info=True,
             )
         raise
     return [outcome_of(text) if text is not None else None for text in texts]
 
 
-_Delivery = tuple[
-    Settings, StripeGateway, dict[str, Any], contextvars.Context, "asyncio.Future[Claimed]"
-]
-"""A delivery waiting for its claim: settings, gateway, event, its request's context, its
-answer."""
+_Delivery = tuple[Settings, StripeGateway, dict[str, Any], "asyncio.Future[Claimed]"]
+"""A delivery waiting for its claim: settings, gateway, event, its answer."""
 
 
 GROUP_WRITERS = 1
@@ -224,11 +221,10 @@ class _ClaimGroups:
         self, settings: Settings, stripe: StripeGateway, event: dict[str, Any]
     ) -> Claimed:
         done: asyncio.Future[Claimed] = asyncio.get_running_loop().create_future()
-        context = contextvars.copy_context()
-        self._pending.append((settings, stripe, event, context, done))
+        self._pending.append((settings, stripe, event, done))
         if len(self._writers) < GROUP_WRITERS:
-            # In a context of its own: the transaction is no request's (each delivery's part
-            # of it runs in its request's context, `_commit`).
+            # In a context of its own: the transaction is no request's (its log lines name
+            # the events and orders it applies).
             writer = asyncio.create_task(self._drain(), context=contextvars.Context())
             self._writers.add(writer)
         return await done
@@ -276,7 +272,7 @@ class _ClaimGroups:
         copy of an event in the batch is claimed after that, as it would be after the first's
         transaction (a duplicate when the first was applied, else busy)."""
         firsts: dict[str, int] = {}
-        for index, (*_, event, _context, _done) in enumerate(batch):
+        for index, (_, _, event, _done) in enumerate(batch):
             firsts.setdefault(str(event["id"]), index)
         settings = batch[0][0]
         now = utcnow()
@@ -304,7 +300,7 @@ class _ClaimGroups:
                         outcomes.append((str(batch[index][2]["id"]), *outcome))
             if outcomes:
                 await repository.set_outcomes(session, outcomes)
-            for index, (_, _, event, _, _) in enumerate(batch):
+            for index, (_, _, event, _) in enumerate(batch):
                 if results[index] is None:
                     (again,) = await repository.claim_events(session, [event], now, lease_until)
                     results[index] = (again, None)
