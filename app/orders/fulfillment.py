@@ -475,6 +475,7 @@ async def credit_from_events(
     as for any event. Two events of one order go in turn (the second sees the first's
     change)."""
     outcomes: list[str | None] = [None] * len(events)
+    owed: list[Order] = []  # credited: their details read after the commit, together
     candidates: list[tuple[int, StripePayment]] = []
     for index, event in enumerate(events):
         payment = payment_from_event(event)
@@ -507,7 +508,9 @@ async def credit_from_events(
         for (index, order, _, _), outcome in zip(items, applied, strict=True):
             outcomes[index] = outcome
             if outcome == "credited" and order.details_due_at is not None:
-                after_commit(session, fetch_details, maker, stripe, settings, order)
+                owed.append(order)
+    if owed:
+        after_commit(session, fetch_details, maker, stripe, settings, owed)
     return outcomes
 
 
@@ -527,14 +530,15 @@ def fetch_details(
     maker: async_sessionmaker[AsyncSession],
     stripe: StripeGateway,
     settings: Settings,
-    order: Order,
+    orders: Sequence[Order],
 ) -> asyncio.Task[bool]:
-    """The after-commit job of a credit from an event alone: read the order's payment from
-    Stripe (one read) and record its receipt, charge and saved card. Runs as a task outside
-    the delivering request's Stripe budget; retried in-process after `DETAILS_RETRY_DELAYS`
-    when Stripe is slow or down, then left to the reconciler (`details_due_at`)."""
+    """The after-commit job of credits from events alone (a claim group's): read each order's
+    payment from Stripe (one read each, at once behind `DETAILS_CONCURRENCY`) and record their
+    receipts, charges and saved cards in one write once they answered. Runs as a task outside
+    the delivering requests' Stripe budget; what did not answer is asked again in-process
+    after `DETAILS_RETRY_DELAYS`, then left to the reconciler (`details_due_at`)."""
     return asyncio.create_task(
-        _fetch_details(maker, stripe, settings, order), context=without_budget()
+        _fetch_details(maker, stripe, settings, list(orders)), context=without_budget()
     )
 
 
@@ -550,15 +554,36 @@ async def _fetch_details(
     maker: async_sessionmaker[AsyncSession],
     stripe: StripeGateway,
     settings: Settings,
-    order: Order,
+    orders: list[Order],
 ) -> bool:
     for delay in (0.0, *DETAILS_RETRY_DELAYS):
         if delay:
             await asyncio.sleep(delay)
-        if await read_details(maker, stripe, settings, order):
+        answers = await asyncio.gather(*(_read(stripe, settings, order) for order in orders))
+        read = [(o.id, payment) for o, (_, payment) in zip(orders, answers, strict=True) if payment]
+        if read:
+            await _writer(maker).record(read)
+        orders = [o for o, (answered, _) in zip(orders, answers, strict=True) if not answered]
+        if not orders:
             return True
-    log.warning("order_details_deferred", order_id=order.id)
+    for order in orders:
+        log.warning("order_details_deferred", order_id=order.id)
     return False
+
+
+async def _read(
+    stripe: StripeGateway, settings: Settings, order: Order
+) -> tuple[bool, StripePayment | None]:
+    """One read of a paid order's payment: whether Stripe answered (or never will: the object
+    does not exist), and its answer (None: none, or nothing to read)."""
+    try:
+        async with _gate():
+            with stripe_budget(settings.stripe_deadline_seconds):
+                payment = await read_payment(stripe, order)
+    except (PaymentProviderUnavailable, StripeRequestFailed) as exc:
+        log.info("order_details_unavailable", order_id=order.id, error=type(exc).__name__)
+        return isinstance(exc, StripeObjectNotFound), None  # nothing to read, ever
+    return True, payment
 
 
 async def read_details(
@@ -570,17 +595,10 @@ async def read_details(
     """One read of a paid order's payment and what it says recorded under the order's lock;
     False when Stripe did not answer (asked again later). Idempotent: only empty fields are
     filled, the saved card is recorded once."""
-    try:
-        async with _gate():
-            with stripe_budget(settings.stripe_deadline_seconds):
-                payment = await read_payment(stripe, order)
-    except (PaymentProviderUnavailable, StripeRequestFailed) as exc:
-        log.info("order_details_unavailable", order_id=order.id, error=type(exc).__name__)
-        return isinstance(exc, StripeObjectNotFound)  # nothing to read, ever
-    if payment is None:
-        return True
-    await _writer(maker).record(order.id, payment)
-    return True
+    answered, payment = await _read(stripe, settings, order)
+    if payment is not None:
+        await _writer(maker).record([(order.id, payment)])
+    return answered
 
 
 async def _record_details(session: AsyncSession, payments: list[tuple[str, StripePayment]]) -> None:
@@ -613,8 +631,9 @@ async def _record_details(session: AsyncSession, payments: list[tuple[str, Strip
 
 
 class _DetailsWriter:
-    """Group commit of the detail reads of one process (per session maker): a read hands its
-    answer over and waits for the commit; answers that arrive while a write is in flight go
+    """Group commit of the detail reads of one process (per session maker): a read (or a claim
+    group's reads, once all answered: `_fetch_details`) hands its answers over and waits for
+    the commit; answers that arrive while a write is in flight go
     together in the next one, so a burst of credits writes its details in a few transactions
     (one statement per table each) instead of one transaction per order, and a lone read waits
     for nothing. A failed write fails every read it carried (each is asked again later, as a
@@ -622,12 +641,13 @@ class _DetailsWriter:
 
     def __init__(self, maker: async_sessionmaker[AsyncSession]) -> None:
         self._maker = maker
-        self._pending: list[tuple[str, StripePayment, asyncio.Future[None]]] = []
+        self._pending: list[tuple[list[tuple[str, StripePayment]], asyncio.Future[None]]] = []
         self._writing: asyncio.Task[None] | None = None
 
-    async def record(self, order_id: str, payment: StripePayment) -> None:
+    async def record(self, payments: list[tuple[str, StripePayment]]) -> None:
+        """Write what reads said (order id and answer each) and wait for the commit."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((order_id, payment, done))
+        self._pending.append((payments, done))
         if self._writing is None:
             # In a context of its own: the writes are no request's (nor its log context).
             self._writing = asyncio.create_task(self._drain(), context=contextvars.Context())
@@ -639,7 +659,7 @@ class _DetailsWriter:
                 batch, self._pending = self._pending, []
                 try:
                     async with session_scope(self._maker) as session:
-                        await _record_details(session, [(o, p) for o, p, _ in batch])
+                        await _record_details(session, [r for read, _ in batch for r in read])
                 except BaseException as exc:
                     fail_waiting((done for *_, done in batch), exc)
                     if not isinstance(exc, Exception):
