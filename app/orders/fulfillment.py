@@ -559,7 +559,15 @@ async def _fetch_details(
     for delay in (0.0, *DETAILS_RETRY_DELAYS):
         if delay:
             await asyncio.sleep(delay)
-        answers = await asyncio.gather(*(_read(stripe, settings, order) for order in orders))
+        reads = [_read(stripe, settings, order) for order in orders]
+        answers: list[tuple[bool, StripePayment | None]] = []
+        for order, answer in zip(
+            orders, await asyncio.gather(*reads, return_exceptions=True), strict=True
+        ):
+            if isinstance(answer, BaseException):  # one order's bug is not the group's
+                log.error("order_details_failed", order_id=order.id, exc_info=answer)
+                answer = (False, None)
+            answers.append(answer)
         read = [(o.id, payment) for o, (_, payment) in zip(orders, answers, strict=True) if payment]
         if read:
             await _writer(maker).record(read)
