@@ -26,8 +26,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.ledger import lots_repository as repository
 from app.ledger.repository import get_wallet
-from app.ledger.service import Leg, PostResult, insufficient_balance, transfer
+from app.ledger.service import Leg, Posting, PostResult, insufficient_balance, transfer
 from app.ledger.service import post as post_accounts
+from app.ledger.service import post_many as post_accounts_many
 from app.models.base import utcnow
 from app.models.ledger import CreditLot, LotKind, LotSource, Txn, lot_kind
 from app.pagination import PageRequest, Slice, before_id, encode_cursor
@@ -110,6 +111,34 @@ def is_tracked(kind: LotKind, expires_at: datetime | None) -> bool:
     return kind == LotKind.GRANTED or expires_at is not None
 
 
+@dataclass(frozen=True, slots=True)
+class LotCredit:
+    """One credit of `credit_many` (the arguments of `credit`)."""
+
+    txn: Txn
+    user_id: str
+    amount_micros: int
+    source: LotSource
+    account: str
+    expires_at: datetime | None = None
+    order_id: str | None = None
+    passed_on: tuple[str, int] | None = None
+
+    def posting(self) -> Posting:
+        """The ledger posting of the credit: into the wallet from `account`, and what is passed
+        on (`passed_on`) to its account."""
+        if self.amount_micros <= 0:
+            raise ValueError("a lot is a credit: amount_micros > 0")
+        owed_to, owed = self.passed_on or (self.account, 0)
+        legs = [
+            Leg.wallet(self.user_id, self.amount_micros),
+            Leg.account(self.account, -(self.amount_micros + owed)),
+        ]
+        if owed:
+            legs.append(Leg.account(owed_to, owed))
+        return Posting(self.txn, legs, self.user_id)
+
+
 async def credit(
     session: AsyncSession,
     txn: Txn,
@@ -127,35 +156,47 @@ async def credit(
     posting and lot). A tracked lot repays a debt (a negative balance) first: its remainder is
     what is left of it after that. `passed_on` (system account, amount) is money `account`
     received on top of the credit that is owed elsewhere (a top-up's tax: `tax_payable`); it
-    never reaches the wallet or the lot."""
-    if amount_micros <= 0:
-        raise ValueError("a lot is a credit: amount_micros > 0")
-    owed_to, owed = passed_on or (account, 0)
-    legs = [Leg.wallet(user_id, amount_micros), Leg.account(account, -(amount_micros + owed))]
-    if owed:
-        legs.append(Leg.account(owed_to, owed))
-    posting = await post_accounts(session, txn, legs, user_id=user_id)
-    if posting.replayed:
-        return Credited(posting, await repository.lot_by_reference(session, txn.reference))
-    lot_kind_ = lot_kind(source)
-    remaining = None
-    if is_tracked(lot_kind_, expires_at):
-        remaining = await repository.track_new_lot(session, user_id, amount_micros)
-    lot = await repository.insert_lot(
+    never reaches the wallet or the lot. A credit of one: `credit_many`."""
+    (credited,) = await credit_many(
         session,
-        user_id=user_id,
-        source=source,
-        kind=lot_kind_,
-        amount_micros=amount_micros,
-        remaining_micros=remaining,
-        returned_micros=0,
-        expires_at=expires_at,
-        order_id=order_id,
-        description=txn.description,
-        reference=txn.reference,
-        created_at=posting.transaction.created_at,
+        [LotCredit(txn, user_id, amount_micros, source, account, expires_at, order_id, passed_on)],
     )
-    return Credited(posting, lot)
+    return credited
+
+
+async def credit_many(session: AsyncSession, credits: Sequence[LotCredit]) -> list[Credited]:
+    """`credit` for several credits (distinct references) in their order: their postings in one
+    `post_many` (one statement per table, wallets locked in user-id order) and their lots in one
+    statement; each tracked lot counted in its wallet (and repaying its debt) in turn."""
+    postings = [c.posting() for c in credits]
+    results = await post_accounts_many(session, postings)
+    lots: list[CreditLot | None] = []
+    new_lots: list[dict[str, Any]] = []
+    for c, posting in zip(credits, results, strict=True):
+        if posting.replayed:
+            lots.append(await repository.lot_by_reference(session, c.txn.reference))
+            continue
+        lot_kind_ = lot_kind(c.source)
+        remaining = None
+        if is_tracked(lot_kind_, c.expires_at):
+            remaining = await repository.track_new_lot(session, c.user_id, c.amount_micros)
+        columns = repository.new_lot_columns(
+            user_id=c.user_id,
+            source=c.source,
+            kind=lot_kind_,
+            amount_micros=c.amount_micros,
+            remaining_micros=remaining,
+            returned_micros=0,
+            expires_at=c.expires_at,
+            order_id=c.order_id,
+            description=c.txn.description,
+            reference=c.txn.reference,
+            created_at=posting.transaction.created_at,
+        )
+        new_lots.append(columns)
+        lots.append(CreditLot(**columns))
+    await repository.insert_lots(session, new_lots)
+    return [Credited(p, lot) for p, lot in zip(results, lots, strict=True)]
 
 
 EXPIRY_ACCOUNTS = {LotKind.PAID: "breakage", LotKind.GRANTED: "promo_expired"}

@@ -62,9 +62,8 @@ _INSERT_LOT = insert(_LOTS).values({name: bindparam(name) for name in _LOT_COLUM
 ORM object (issue 22: the flush cost more CPU than the INSERT)."""
 
 
-async def insert_lot(session: AsyncSession, **columns: Any) -> CreditLot:
-    """Insert a lot (a new id unless given); returns it as an object not attached to the
-    session (what was inserted: read it again to see later changes)."""
+def new_lot_columns(**columns: Any) -> dict[str, Any]:
+    """A new lot's row (a new id unless given, nothing returned, created now unless given)."""
     unknown = set(columns) - set(_LOT_COLUMNS)
     if unknown:
         raise TypeError(f"not a column a new lot is given: {sorted(unknown)}")
@@ -74,8 +73,22 @@ async def insert_lot(session: AsyncSession, **columns: Any) -> CreditLot:
         values["returned_micros"] = 0
     if values["created_at"] is None:
         values["created_at"] = utcnow()
-    await session.execute(_INSERT_LOT, values)
+    return values
+
+
+async def insert_lot(session: AsyncSession, **columns: Any) -> CreditLot:
+    """Insert a lot (a new id unless given); returns it as an object not attached to the
+    session (what was inserted: read it again to see later changes)."""
+    values = new_lot_columns(**columns)
+    await insert_lots(session, [values])
     return CreditLot(**values)
+
+
+async def insert_lots(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """Insert new lots (`new_lot_columns` each) in one statement (one execution of the prepared
+    insert for all of them); none: nothing."""
+    if rows:
+        await session.execute(_INSERT_LOT, rows[0] if len(rows) == 1 else rows)
 
 
 async def lot_by_reference(session: AsyncSession, reference: str) -> CreditLot | None:

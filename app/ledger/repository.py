@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple, cast
@@ -121,6 +122,48 @@ async def insert_transaction(
     return txn_id
 
 
+_INSERT_HEADERS = text(
+    """
+    INSERT INTO ledger_transactions
+        (id, reference, kind, user_id, description, request_hash, details, created_at)
+    SELECT h.id, h.reference, h.kind, h.user_id, h.description, h.request_hash, h.details,
+           :created_at
+    FROM unnest(CAST(:ids AS text[]), CAST(:references AS text[]), CAST(:kinds AS text[]),
+                CAST(:user_ids AS text[]), CAST(:descriptions AS text[]),
+                CAST(:request_hashes AS text[]), CAST(:details AS json[]))
+         WITH ORDINALITY AS h(id, reference, kind, user_id, description, request_hash, details, n)
+    ORDER BY h.n
+    ON CONFLICT (reference) DO NOTHING
+    RETURNING ledger_transactions.id
+    """
+).bindparams(bindparam("created_at", type_=UTCDateTime()))
+"""The headers of several postings as arrays, in their order: one statement for a group of
+any size, built once (`details` as JSON text, as the column's type writes it)."""
+
+
+async def insert_transactions(
+    session: AsyncSession, headers: list[Header], created_at: datetime
+) -> list[str | None]:
+    """Insert the postings' headers (distinct references, or a later one is a replay of the
+    earlier) under new ids in ONE statement; each one's id, None where its reference exists
+    already (a replay). One header goes through `insert_transaction`'s statement."""
+    if len(headers) == 1:
+        return [await insert_transaction(session, headers[0], created_at)]
+    ids = [new_id("txn") for _ in headers]
+    params = {
+        "ids": ids,
+        "references": [h.reference for h in headers],
+        "kinds": [h.kind for h in headers],
+        "user_ids": [h.user_id for h in headers],
+        "descriptions": [h.description for h in headers],
+        "request_hashes": [h.request_hash for h in headers],
+        "details": [json.dumps(h.details) if h.details is not None else None for h in headers],
+        "created_at": created_at,
+    }
+    inserted = set((await session.execute(_INSERT_HEADERS, params)).scalars())
+    return [txn_id if txn_id in inserted else None for txn_id in ids]
+
+
 async def get_transaction(session: AsyncSession, reference: str) -> LedgerTransaction | None:
     """The transaction with this reference."""
     return (
@@ -176,6 +219,42 @@ async def apply_to_wallet(session: AsyncSession, user_id: str, delta_micros: int
     return wallet_row((await session.execute(_UPSERT_WALLET, params)).one())
 
 
+_UPSERT_WALLETS = text(
+    """
+    INSERT INTO accounts (id, kind, user_id, balance_micros, held_micros, tracked_micros,
+                          created_at)
+    SELECT w.id, 'wallet', w.user_id, w.delta, 0, 0, :now
+    FROM unnest(CAST(:ids AS text[]), CAST(:user_ids AS text[]), CAST(:deltas AS bigint[]))
+         AS w(id, user_id, delta)
+    ORDER BY w.user_id
+    ON CONFLICT (user_id) DO UPDATE
+        SET balance_micros = accounts.balance_micros + excluded.balance_micros
+    RETURNING accounts.id, accounts.user_id, accounts.balance_micros, accounts.held_micros,
+              accounts.watch_micros
+    """
+).bindparams(bindparam("now", type_=UTCDateTime()))
+"""`apply_to_wallet` for several wallets at once, as arrays, locked in user-id order (as every
+posting takes them): one statement for a group of any size, built once."""
+
+
+async def apply_to_wallets(session: AsyncSession, deltas: dict[str, int]) -> dict[str, WalletRow]:
+    """Add each user's delta (either sign) to their wallet unconditionally, creating wallets on
+    first use, in ONE upsert taking the rows' locks in user-id order; the wallets after it, by
+    user id. One wallet goes through `apply_to_wallet`'s statement."""
+    if len(deltas) == 1:
+        ((user_id, delta),) = deltas.items()
+        return {user_id: await apply_to_wallet(session, user_id, delta)}
+    users = sorted(deltas)
+    params = {
+        "ids": [new_id("acc") for _ in users],
+        "user_ids": users,
+        "deltas": [deltas[user_id] for user_id in users],
+        "now": utcnow(),
+    }
+    rows = (await session.execute(_UPSERT_WALLETS, params)).all()
+    return {row[1]: wallet_row(row) for row in rows}
+
+
 _WALLET = text(
     f"""SELECT id, user_id, balance_micros, held_micros, watch_micros,
        CASE WHEN tracked_micros = 0 THEN 0
@@ -217,11 +296,22 @@ async def insert_entries(
     """Insert a transaction's entries, `(account id, amount, balance after)` each, in ONE
     statement: on PostgreSQL the zero-sum trigger requires all of a transaction's entries to
     arrive together."""
+    await insert_entries_of(session, created_at, [(transaction_id, *leg) for leg in legs])
+
+
+async def insert_entries_of(
+    session: AsyncSession,
+    created_at: datetime,
+    entries: list[tuple[str, str, int, int | None]],
+) -> None:
+    """Insert the entries of one or more transactions, `(transaction id, account id, amount,
+    balance after)` each, in ONE statement (each transaction's entries all in it, as the
+    zero-sum trigger requires)."""
     params = {
-        "transaction_ids": [transaction_id] * len(legs),
-        "account_ids": [account_id for account_id, _, _ in legs],
-        "amounts": [amount for _, amount, _ in legs],
-        "balances_after": [balance for _, _, balance in legs],
+        "transaction_ids": [txn_id for txn_id, _, _, _ in entries],
+        "account_ids": [account_id for _, account_id, _, _ in entries],
+        "amounts": [amount for _, _, amount, _ in entries],
+        "balances_after": [balance for _, _, _, balance in entries],
         "created_at": created_at,
     }
     await session.execute(_INSERT_ENTRIES, params)

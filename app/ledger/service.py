@@ -97,54 +97,128 @@ def _validate(legs: list[Leg]) -> None:
             raise UnbalancedTransaction("amounts are int micros")
 
 
+@dataclass(frozen=True, slots=True)
+class Posting:
+    """One posting of `post_many`: its transaction, its legs and the wallet owner it concerns
+    (None: its first wallet leg's)."""
+
+    txn: Txn
+    legs: list[Leg]
+    user_id: str | None = None
+
+
 async def post(
     session: AsyncSession, txn: Txn, legs: list[Leg], *, user_id: str | None = None
 ) -> PostResult:
     """Post a balanced transaction once. Raises `InsufficientBalance` (and leaves the session's
     transaction to be rolled back) when a wallet debit that requires it is not covered. A posting
     is never spending (the gateway's statements are): it runs the alerts, never the auto top-up
-    trigger (`app.ledger.balance_events`)."""
-    _validate(legs)
-    wallet_users = [leg.user_id for leg in legs if leg.user_id is not None]
-    owner = user_id or (wallet_users[0] if wallet_users else None)
-    reference, kind = txn.reference, txn.kind
-    header = repository.Header(
-        reference, kind, owner, txn.description, txn.request_hash, txn.details
+    trigger (`app.ledger.balance_events`). A posting of one: `post_many`."""
+    (result,) = await post_many(session, [Posting(txn, legs, user_id)])
+    return result
+
+
+async def post_many(session: AsyncSession, postings: list[Posting]) -> list[PostResult]:
+    """Post balanced transactions, each once (distinct references), in their order: ONE header
+    statement, ONE wallet statement (every wallet locked in user-id order, each leg's balance
+    after it as if the postings ran one after the other) and ONE entries statement for all of
+    them. A wallet debit that requires the available balance is checked and refused as in
+    `post` (`InsufficientBalance`), and only in a posting alone (its lot draws and covering
+    rule are one wallet's statement)."""
+    for posting in postings:
+        _validate(posting.legs)
+    conditional = any(
+        leg.user_id is not None and leg.amount_micros < 0 and leg.require_available
+        for posting in postings
+        for leg in posting.legs
     )
+    if conditional and len(postings) > 1:
+        raise ValueError("a debit that requires the available balance is posted alone")
+    headers = []
+    for posting in postings:
+        txn = posting.txn
+        owner = posting.user_id or next(
+            (leg.user_id for leg in posting.legs if leg.user_id is not None), None
+        )
+        headers.append(
+            repository.Header(
+                txn.reference, txn.kind, owner, txn.description, txn.request_hash, txn.details
+            )
+        )
     now = utcnow()
-
-    async def posted(txn_id: str, wallets: dict[str, WalletRow]) -> PostResult:
-        observe_posting(kind, (leg.amount_micros for leg in legs))
-        for leg in legs:
-            if leg.user_id is not None and leg.user_id in wallets:
-                wallet = wallets[leg.user_id]
-                before = wallet.available_micros - leg.amount_micros
-                await balance_changed(session, wallet, before)
-        transaction = LedgerTransaction(**header.columns(txn_id, now))
-        return PostResult(transaction=transaction, replayed=False, wallets=wallets)
-
     if session.new or session.dirty or session.deleted:
         # The caller's pending ORM changes are written before the posting's statements (Core
         # statements do not autoflush), as when its first statement was an ORM insert: the
         # rows they lock are locked before the wallets, and its SQL sees them.
         await session.flush()
-    txn_id = await repository.insert_transaction(session, header, now)
-    if txn_id is None:
-        return await _replay(session, reference, kind, wallet_users)
-
-    wallets: dict[str, WalletRow] = {}
-    entries: list[tuple[str, int, int | None]] = []  # (account id, amount, balance after)
+    txn_ids = await repository.insert_transactions(session, headers, now)
+    fresh: list[tuple[Posting, repository.Header, str]] = [
+        (posting, header, txn_id)
+        for posting, header, txn_id in zip(postings, headers, txn_ids, strict=True)
+        if txn_id is not None
+    ]
     # Wallets are touched in user-id order so two postings over the same wallets cannot deadlock.
-    for leg in sorted(legs, key=lambda leg: (leg.user_id is None, leg.user_id or "")):
-        if leg.user_id is not None:
-            wallet = await _apply_wallet_leg(session, leg, now)
-            wallets[leg.user_id] = wallet
-            entries.append((wallet.id, leg.amount_micros, wallet.balance_micros))
+    wallets_after: dict[str, WalletRow] = {}
+    if conditional:  # a posting alone (or a replay): each wallet leg in turn, as always
+        for posting, _, _ in fresh:
+            for leg in sorted(posting.legs, key=lambda leg: leg.user_id or ""):
+                if leg.user_id is not None:
+                    wallets_after[leg.user_id] = await _apply_wallet_leg(session, leg, now)
+    else:
+        deltas: dict[str, int] = {}
+        for posting, _, _ in fresh:
+            for leg in posting.legs:
+                if leg.user_id is not None:
+                    deltas[leg.user_id] = deltas.get(leg.user_id, 0) + leg.amount_micros
+        if deltas:
+            wallets_after = await repository.apply_to_wallets(session, deltas)
+    # Each leg's balance after it, the postings taken in their order: from what each wallet
+    # held before the group (its balance after it less the group's legs).
+    running = {
+        user_id: wallet.balance_micros
+        - sum(
+            leg.amount_micros
+            for posting, _, _ in fresh
+            for leg in posting.legs
+            if leg.user_id == user_id
+        )
+        for user_id, wallet in wallets_after.items()
+    }
+    entries: list[tuple[str, str, int, int | None]] = []
+    steps: list[tuple[Leg, WalletRow]] = []
+    results: dict[str, PostResult] = {}
+    for posting, header, fresh_id in fresh:
+        wallets: dict[str, WalletRow] = {}
+        for leg in sorted(posting.legs, key=lambda leg: (leg.user_id is None, leg.user_id or "")):
+            if leg.user_id is not None:
+                running[leg.user_id] += leg.amount_micros
+                wallet = wallets_after[leg.user_id]
+                if running[leg.user_id] != wallet.balance_micros:
+                    wallet = wallet._replace(balance_micros=running[leg.user_id])
+                wallets[leg.user_id] = wallet
+                steps.append((leg, wallet))
+                entries.append((fresh_id, wallet.id, leg.amount_micros, wallet.balance_micros))
+            else:
+                assert leg.system is not None
+                entries.append((fresh_id, system_account_id(leg.system), leg.amount_micros, None))
+        transaction = LedgerTransaction(**header.columns(fresh_id, now))
+        results[header.reference] = PostResult(transaction, replayed=False, wallets=wallets)
+    if entries:
+        await repository.insert_entries_of(session, now, entries)
+    for posting, _, _ in fresh:
+        observe_posting(posting.txn.kind, (leg.amount_micros for leg in posting.legs))
+    for leg, wallet in steps:
+        await balance_changed(session, wallet, wallet.available_micros - leg.amount_micros)
+    answers = []
+    for posting, txn_id in zip(postings, txn_ids, strict=True):
+        if txn_id is not None:
+            answers.append(results[posting.txn.reference])
         else:
-            assert leg.system is not None
-            entries.append((system_account_id(leg.system), leg.amount_micros, None))
-    await repository.insert_entries(session, txn_id, now, entries)
-    return await posted(txn_id, wallets)
+            wallet_users = [leg.user_id for leg in posting.legs if leg.user_id is not None]
+            answers.append(
+                await _replay(session, posting.txn.reference, posting.txn.kind, wallet_users)
+            )
+    return answers
 
 
 async def transfer(

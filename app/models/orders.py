@@ -178,7 +178,7 @@ class Order(Base):
     so instances share the work and an abandoned order is not asked about every minute)."""
     details_due_at: Mapped[datetime | None]
     """While a paid order still lacks what its signed event did not say (the receipt, the
-    charge, the saved card: credited from the event alone, `fulfillment.credit_from_event`):
+    charge, the saved card: credited from the event alone, `fulfillment.credit_from_events`):
     when the reconciler may ask Stripe for them (again). The job queued after the credit's
     commit usually answers first and clears it; NULL when nothing is owed or it gave up."""
     details_attempts: Mapped[int] = mapped_column(SmallInteger, default=0, server_default=text("0"))

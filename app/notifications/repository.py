@@ -38,10 +38,16 @@ async def insert_notification(
     email: str | None,
 ) -> None:
     """Write one notification into the outbox, in the caller's transaction."""
-    await session.execute(
-        _INSERT_NOTIFICATION,
-        {"id": id, "user_id": user_id, "type": type, "data": data, "email": email},
+    await insert_notifications(
+        session, [{"id": id, "user_id": user_id, "type": type, "data": data, "email": email}]
     )
+
+
+async def insert_notifications(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    """Write notifications (`id`, `user_id`, `type`, `data`, `email` each) into the outbox in
+    one statement (one execution of the prepared insert for all), in the caller's transaction."""
+    if rows:
+        await session.execute(_INSERT_NOTIFICATION, rows[0] if len(rows) == 1 else list(rows))
 
 
 def _columns(channel: Channel) -> tuple[Any, Any, Any, Any, Any]:

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -36,7 +37,7 @@ from app.models.ledger import LotSource, Txn
 from app.models.orders import Order, OrderKind, OrderMode
 from app.money import cents_to_micros, micros_to_cents
 from app.notifications import events
-from app.notifications.service import enqueue, fill_receipt_urls
+from app.notifications.service import Outgoing, enqueue_many, fill_receipt_urls
 from app.orders import repository as orders_repository
 from app.orders.state import (
     CLOSED_UNPAID_STATUSES,
@@ -161,7 +162,40 @@ async def apply_payment(
     source: str,
 ) -> str:
     """Apply Stripe's answer to the order (locked by the caller); returns what it did, e.g.
-    `credited`, `already paid`, `ignored: paid -> processing is backwards`, `flagged: …`."""
+    `credited`, `already paid`, `ignored: paid -> processing is backwards`, `flagged: …`. An
+    order alone: `apply_payments`."""
+    (outcome,) = await apply_payments(session, settings, [(order, payment, source)])
+    return outcome
+
+
+async def apply_payments(
+    session: AsyncSession,
+    settings: Settings,
+    items: Sequence[tuple[Order, StripePayment, str]],
+) -> list[str]:
+    """`apply_payment` for several distinct orders (each locked by the caller), each with
+    Stripe's answer and its source, in their order: what each did. The credits among them are
+    posted together (`_credit_all`: one statement per table for all of them)."""
+    if len({order.id for order, _, _ in items}) != len(items):
+        raise ValueError("apply_payments takes each order once")
+    outcomes: list[str | None] = []
+    credits: list[_Credit] = []
+    for order, payment, source in items:
+        outcome = await _apply(session, settings, order, payment, source)
+        if isinstance(outcome, _Credit):
+            credits.append(outcome)
+            outcomes.append(None)
+        else:
+            outcomes.append(outcome)
+    if credits:
+        await _credit_all(session, credits)
+    return [outcome or "credited" for outcome in outcomes]
+
+
+async def _apply(
+    session: AsyncSession, settings: Settings, order: Order, payment: StripePayment, source: str
+) -> str | _Credit:
+    """One order's part of `apply_payments`: what it did, or the credit it is owed."""
     bound = log.bind(order_id=order.id, source=source, stripe_object=payment.object_id)
     if order.flagged_reason:
         return "ignored: order flagged for review"
@@ -242,6 +276,17 @@ def _record_failure(order: Order, payment: StripePayment) -> None:
     order.failure_message = (payment.failure_message or "The payment failed.")[:500]
 
 
+@dataclass(slots=True)
+class _Credit:
+    """An order owed its credit (`apply_payments` posts them together)."""
+
+    order: Order
+    payment: StripePayment
+    bound: Any
+    source: str
+    lot: lots.LotCredit
+
+
 async def _credit(
     session: AsyncSession,
     settings: Settings,
@@ -249,7 +294,7 @@ async def _credit(
     payment: StripePayment,
     bound: Any,
     source: str,
-) -> str:
+) -> str | _Credit:
     if order.status in PAID_STATUSES:
         _fill_from_stripe(order, payment)
         if order.details_due_at is not None and has_details(payment):
@@ -267,38 +312,57 @@ async def _credit(
     details: dict[str, Any] = {"order_id": order.id}
     if order.tax_micros:
         details["tax_micros"] = order.tax_micros
-    result = await lots.credit(
-        session,
-        Txn(f"topup:{pi_id}", "topup", "Top-up", details=details),
-        user_id=order.user_id,
-        amount_micros=order.amount_micros,
-        source=LotSource.AUTO_TOPUP if order.kind == OrderKind.AUTO else LotSource.PURCHASE,
-        account="stripe",
-        expires_at=lots.paid_expiry(settings.paid_credit_expiry_days, utcnow()),
-        order_id=order.id,
-        passed_on=("tax_payable", order.tax_micros) if order.tax_micros else None,
-    )
-    # Filled after the credit's inserts, so that the order's changes are one UPDATE (one row
-    # version) when the session flushes next.
-    _fill_from_stripe(order, payment)
-    # Stripe took the money after we had closed the order: credit it anyway (logged).
-    closed = order.status in CLOSED_UNPAID_STATUSES
-    old = order.status
-    # One line for the credit and the move it makes (not `order_transition` besides).
-    moved = transition(
+    return _Credit(
         order,
-        OrderStatus.PAID,
-        reason=PAID_AFTER_CLOSE if closed else source,
-        logged_by_caller=True,
+        payment,
+        bound,
+        source,
+        lots.LotCredit(
+            Txn(f"topup:{pi_id}", "topup", "Top-up", details=details),
+            user_id=order.user_id,
+            amount_micros=order.amount_micros,
+            source=LotSource.AUTO_TOPUP if order.kind == OrderKind.AUTO else LotSource.PURCHASE,
+            account="stripe",
+            expires_at=lots.paid_expiry(settings.paid_credit_expiry_days, utcnow()),
+            order_id=order.id,
+            passed_on=("tax_payable", order.tax_micros) if order.tax_micros else None,
+        ),
     )
-    assert moved, f"{order.status} -> paid"
-    bound.info("order_paid", old=old, replayed=result.replayed, amount_micros=order.amount_micros)
-    if not has_details(payment):
-        # Credited from a signed event alone: its receipt, charge and saved card are read after
-        # the commit (`fetch_details`, queued by the caller that can), else by the reconciler.
-        order.details_due_at = utcnow() + DETAILS_GRACE
-    await _after_credit(session, order, payment)
-    return "credited"
+
+
+async def _credit_all(session: AsyncSession, credits: list[_Credit]) -> None:
+    """Post the credits (`lots.credit_many`: one statement per table), then move each order to
+    paid and tell its user (the notifications in one statement)."""
+    results = await lots.credit_many(session, [credit.lot for credit in credits])
+    notices: list[Outgoing] = []
+    for credit, result in zip(credits, results, strict=True):
+        order, payment, bound, source = credit.order, credit.payment, credit.bound, credit.source
+        # Filled after the credit's inserts, so that the order's changes are one UPDATE (one
+        # row version) when the session flushes next.
+        _fill_from_stripe(order, payment)
+        # Stripe took the money after we had closed the order: credit it anyway (logged).
+        closed = order.status in CLOSED_UNPAID_STATUSES
+        old = order.status
+        # One line for the credit and the move it makes (not `order_transition` besides).
+        moved = transition(
+            order,
+            OrderStatus.PAID,
+            reason=PAID_AFTER_CLOSE if closed else source,
+            logged_by_caller=True,
+        )
+        assert moved, f"{order.status} -> paid"
+        bound.info(
+            "order_paid", old=old, replayed=result.replayed, amount_micros=order.amount_micros
+        )
+        if not has_details(payment):
+            # Credited from a signed event alone: its receipt, charge and saved card are read
+            # after the commit (`fetch_details`, queued by the caller that can), else by the
+            # reconciler.
+            order.details_due_at = utcnow() + DETAILS_GRACE
+        notice = await _after_credit(session, order, payment)
+        if notice is not None:
+            notices.append(notice)
+    await enqueue_many(session, notices)
 
 
 OrderCredited = Callable[[AsyncSession, Order], Awaitable[bool]]
@@ -316,32 +380,33 @@ def on_credited(kind: OrderKind, hook: OrderCredited) -> None:
         raise RuntimeError(f"two hooks for {kind} orders: {existing} and {hook}")
 
 
-async def _after_credit(session: AsyncSession, order: Order, payment: StripePayment) -> None:
+async def _after_credit(
+    session: AsyncSession, order: Order, payment: StripePayment
+) -> Outgoing | None:
     """In the crediting transaction (once: the order just became paid): record the card the
     payment saved (read from the PaymentIntent already at hand, no Stripe call), and tell the
-    user — `topup.succeeded`, or for an auto top-up's order the attempt's success
-    (`auto_topup.succeeded`, which also ends its backoff)."""
+    user — the `topup.succeeded` returned (the caller enqueues it), or for an auto top-up's
+    order the attempt's success (`auto_topup.succeeded`, which also ends its backoff)."""
     saved = saved_card_of_payment_intent(payment.payment_intent) if payment.payment_intent else None
     if saved is not None:
         await record_saved_card(session, order.user_id, saved)
     credited = _ON_CREDITED.get(OrderKind(order.kind))
     if credited is not None and await credited(session, order):
-        return
-    await enqueue(
-        session,
-        user_id=order.user_id,
-        type="topup.succeeded",
-        data=events.topup_succeeded(
+        return None
+    return Outgoing(
+        order.user_id,
+        "topup.succeeded",
+        events.topup_succeeded(
             order_id=order.id, amount_micros=order.amount_micros, receipt_url=order.receipt_url
         ),
-        email=order.email,
+        order.email,
     )
 
 
 # -- credits from the event alone, details after the commit ------------------------------------
 
 AT_ONCE_TYPES = frozenset({"payment_intent.succeeded", "checkout.session.completed"})
-"""The events whose payload can say all a credit needs (`credit_from_event`)."""
+"""The events whose payload can say all a credit needs (`credit_from_events`)."""
 
 DETAILS_GRACE = timedelta(minutes=2)
 """After a credit from an event alone: when the reconciler may first ask for what the event
@@ -392,52 +457,88 @@ def _complete(event: StripeJSON, payment: StripePayment) -> bool:
     return True
 
 
-async def credit_from_event(
+async def credit_from_events(
     session: AsyncSession,
     maker: async_sessionmaker[AsyncSession],
     stripe: StripeGateway,
     settings: Settings,
-    event: StripeJSON,
-) -> str | None:
-    """A paid top-up's event applied from its signed payload alone, in the caller's transaction
-    (the webhook's claim): the order is locked and checked against the payload (amount — with
-    tax, the total —, currency, livemode, its Stripe ids), credited through `apply_payment`, and
-    the read of what the payload lacks is queued after the commit (`fetch_details`). No Stripe
-    call. None when the payload is not enough or not plain: not a paid, complete event; no such
-    order; a mismatch; an order flagged, processing (an asynchronous method) or closed — the
-    caller then re-reads Stripe as for any event."""
-    payment = payment_from_event(event)
-    if not _complete(event, payment):
-        return None
-    assert payment.order_id is not None
-    order = await orders_repository.find_order(session, order_id=payment.order_id, for_update=True)
-    if order is None or order.flagged_reason:
-        return None
+    events: Sequence[StripeJSON],
+) -> list[str | None]:
+    """Paid top-ups' events applied from their signed payloads alone, in the caller's
+    transaction (the webhook's claim group), in their order: their orders locked by one
+    statement (id order) and each checked against its payload (amount — with tax, the total —,
+    currency, livemode, its Stripe ids), credited through `apply_payments` (one statement per
+    table for the group), and the read of what a payload lacks queued after the commit
+    (`fetch_details`). No Stripe call. For each event its outcome, or None when its payload is
+    not enough or not plain: not a paid, complete event; no such order; a mismatch; an order
+    flagged, processing (an asynchronous method) or closed — the caller then re-reads Stripe
+    as for any event. Two events of one order go in turn (the second sees the first's
+    change)."""
+    outcomes: list[str | None] = [None] * len(events)
+    owed: list[Order] = []  # credited: their details read after the commit, together
+    candidates: list[tuple[int, StripePayment]] = []
+    for index, event in enumerate(events):
+        payment = payment_from_event(event)
+        if _complete(event, payment):
+            candidates.append((index, payment))
+    while candidates:
+        # A round takes each order once; a later event of an order waits for the next round.
+        round_: list[tuple[int, StripePayment]] = []
+        later: list[tuple[int, StripePayment]] = []
+        taken: set[str | None] = set()
+        for index, payment in candidates:
+            (later if payment.order_id in taken else round_).append((index, payment))
+            taken.add(payment.order_id)
+        candidates = later
+        if session.dirty:
+            # The last round's changes written first: its orders are re-read (and locked) from
+            # the database, which must see them.
+            await session.flush()
+        orders = await orders_repository.lock_orders(
+            session, [p.order_id for _, p in round_ if p.order_id is not None]
+        )
+        items: list[tuple[int, Order, StripePayment, str]] = []
+        for index, payment in round_:
+            assert payment.order_id is not None
+            order = orders.get(payment.order_id)
+            if order is None or not _plain(settings, order, payment):
+                continue
+            items.append((index, order, payment, f"webhook:{events[index]['id']}"))
+        applied = await apply_payments(session, settings, [(o, p, src) for _, o, p, src in items])
+        for (index, order, _, _), outcome in zip(items, applied, strict=True):
+            outcomes[index] = outcome
+            if outcome == "credited" and order.details_due_at is not None:
+                owed.append(order)
+    if owed:
+        after_commit(session, fetch_details, maker, stripe, settings, owed)
+    return outcomes
+
+
+def _plain(settings: Settings, order: Order, payment: StripePayment) -> bool:
+    """Whether a complete event's payment may be applied to its (locked) order from the
+    payload alone: not flagged, of the order's mode, matching it, and pending or paid."""
+    if order.flagged_reason:
+        return False
     if payment.object_type == "checkout.session" and order.mode != OrderMode.CHECKOUT:
-        return None
+        return False
     if _mismatch(order, payment, expected_livemode(settings)) is not None:
-        return None
-    if order.status not in PAID_STATUSES and order.status != OrderStatus.PENDING:
-        return None
-    source = f"webhook:{event['id']}"
-    outcome = await apply_payment(session, settings, order, payment, source=source)
-    if outcome == "credited" and order.details_due_at is not None:
-        after_commit(session, fetch_details, maker, stripe, settings, order)
-    return outcome
+        return False
+    return order.status in PAID_STATUSES or order.status == OrderStatus.PENDING
 
 
 def fetch_details(
     maker: async_sessionmaker[AsyncSession],
     stripe: StripeGateway,
     settings: Settings,
-    order: Order,
+    orders: Sequence[Order],
 ) -> asyncio.Task[bool]:
-    """The after-commit job of a credit from an event alone: read the order's payment from
-    Stripe (one read) and record its receipt, charge and saved card. Runs as a task outside
-    the delivering request's Stripe budget; retried in-process after `DETAILS_RETRY_DELAYS`
-    when Stripe is slow or down, then left to the reconciler (`details_due_at`)."""
+    """The after-commit job of credits from events alone (a claim group's): read each order's
+    payment from Stripe (one read each, at once behind `DETAILS_CONCURRENCY`) and record their
+    receipts, charges and saved cards in one write once they answered. Runs as a task outside
+    the delivering requests' Stripe budget; what did not answer is asked again in-process
+    after `DETAILS_RETRY_DELAYS`, then left to the reconciler (`details_due_at`)."""
     return asyncio.create_task(
-        _fetch_details(maker, stripe, settings, order), context=without_budget()
+        _fetch_details(maker, stripe, settings, list(orders)), context=without_budget()
     )
 
 
@@ -453,15 +554,44 @@ async def _fetch_details(
     maker: async_sessionmaker[AsyncSession],
     stripe: StripeGateway,
     settings: Settings,
-    order: Order,
+    orders: list[Order],
 ) -> bool:
     for delay in (0.0, *DETAILS_RETRY_DELAYS):
         if delay:
             await asyncio.sleep(delay)
-        if await read_details(maker, stripe, settings, order):
+        reads = [_read(stripe, settings, order) for order in orders]
+        answers: list[tuple[bool, StripePayment | None]] = []
+        for order, answer in zip(
+            orders, await asyncio.gather(*reads, return_exceptions=True), strict=True
+        ):
+            if isinstance(answer, BaseException):  # one order's bug is not the group's
+                log.error("order_details_failed", order_id=order.id, exc_info=answer)
+                answer = (False, None)
+            answers.append(answer)
+        read = [(o.id, payment) for o, (_, payment) in zip(orders, answers, strict=True) if payment]
+        if read:
+            await _writer(maker).record(read)
+        orders = [o for o, (answered, _) in zip(orders, answers, strict=True) if not answered]
+        if not orders:
             return True
-    log.warning("order_details_deferred", order_id=order.id)
+    for order in orders:
+        log.warning("order_details_deferred", order_id=order.id)
     return False
+
+
+async def _read(
+    stripe: StripeGateway, settings: Settings, order: Order
+) -> tuple[bool, StripePayment | None]:
+    """One read of a paid order's payment: whether Stripe answered (or never will: the object
+    does not exist), and its answer (None: none, or nothing to read)."""
+    try:
+        async with _gate():
+            with stripe_budget(settings.stripe_deadline_seconds):
+                payment = await read_payment(stripe, order)
+    except (PaymentProviderUnavailable, StripeRequestFailed) as exc:
+        log.info("order_details_unavailable", order_id=order.id, error=type(exc).__name__)
+        return isinstance(exc, StripeObjectNotFound), None  # nothing to read, ever
+    return True, payment
 
 
 async def read_details(
@@ -473,17 +603,10 @@ async def read_details(
     """One read of a paid order's payment and what it says recorded under the order's lock;
     False when Stripe did not answer (asked again later). Idempotent: only empty fields are
     filled, the saved card is recorded once."""
-    try:
-        async with _gate():
-            with stripe_budget(settings.stripe_deadline_seconds):
-                payment = await read_payment(stripe, order)
-    except (PaymentProviderUnavailable, StripeRequestFailed) as exc:
-        log.info("order_details_unavailable", order_id=order.id, error=type(exc).__name__)
-        return isinstance(exc, StripeObjectNotFound)  # nothing to read, ever
-    if payment is None:
-        return True
-    await _writer(maker).record(order.id, payment)
-    return True
+    answered, payment = await _read(stripe, settings, order)
+    if payment is not None:
+        await _writer(maker).record([(order.id, payment)])
+    return answered
 
 
 async def _record_details(session: AsyncSession, payments: list[tuple[str, StripePayment]]) -> None:
@@ -516,8 +639,9 @@ async def _record_details(session: AsyncSession, payments: list[tuple[str, Strip
 
 
 class _DetailsWriter:
-    """Group commit of the detail reads of one process (per session maker): a read hands its
-    answer over and waits for the commit; answers that arrive while a write is in flight go
+    """Group commit of the detail reads of one process (per session maker): a read (or a claim
+    group's reads, once all answered: `_fetch_details`) hands its answers over and waits for
+    the commit; answers that arrive while a write is in flight go
     together in the next one, so a burst of credits writes its details in a few transactions
     (one statement per table each) instead of one transaction per order, and a lone read waits
     for nothing. A failed write fails every read it carried (each is asked again later, as a
@@ -525,12 +649,13 @@ class _DetailsWriter:
 
     def __init__(self, maker: async_sessionmaker[AsyncSession]) -> None:
         self._maker = maker
-        self._pending: list[tuple[str, StripePayment, asyncio.Future[None]]] = []
+        self._pending: list[tuple[list[tuple[str, StripePayment]], asyncio.Future[None]]] = []
         self._writing: asyncio.Task[None] | None = None
 
-    async def record(self, order_id: str, payment: StripePayment) -> None:
+    async def record(self, payments: list[tuple[str, StripePayment]]) -> None:
+        """Write what reads said (order id and answer each) and wait for the commit."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((order_id, payment, done))
+        self._pending.append((payments, done))
         if self._writing is None:
             # In a context of its own: the writes are no request's (nor its log context).
             self._writing = asyncio.create_task(self._drain(), context=contextvars.Context())
@@ -542,7 +667,7 @@ class _DetailsWriter:
                 batch, self._pending = self._pending, []
                 try:
                     async with session_scope(self._maker) as session:
-                        await _record_details(session, [(o, p) for o, p, _ in batch])
+                        await _record_details(session, [r for read, _ in batch for r in read])
                 except BaseException as exc:
                     fail_waiting((done for *_, done in batch), exc)
                     if not isinstance(exc, Exception):

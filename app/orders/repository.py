@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import Select, bindparam, func, or_, select, text
+from sqlalchemy import ARRAY, Select, String, bindparam, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models.base import utcnow
@@ -56,6 +56,25 @@ async def find_order(
     if name is None:
         return None
     return (await session.scalars(_FIND[name, for_update], {"key": key})).first()
+
+
+_LOCK_ORDERS = (
+    select(Order)
+    .where(Order.id == func.any(bindparam("ids", type_=ARRAY(String))))
+    .order_by(Order.id)
+    .with_for_update()
+    .execution_options(populate_existing=True)
+)
+"""`lock_orders`' statement, built once: the ids are one array parameter."""
+
+
+async def lock_orders(session: AsyncSession, order_ids: Sequence[str]) -> dict[str, Order]:
+    """The orders with these ids (those that exist), re-read and locked in id order by ONE
+    statement, by id: a group of credits locks its orders together, before its wallets."""
+    if not order_ids:
+        return {}
+    orders = (await session.scalars(_LOCK_ORDERS, {"ids": sorted(set(order_ids))})).all()
+    return {order.id: order for order in orders}
 
 
 async def get_order(

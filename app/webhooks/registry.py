@@ -20,7 +20,7 @@ event then takes the regular handler: claim committed, Stripe asked, applied, ou
 from __future__ import annotations
 
 import importlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -47,10 +47,15 @@ class WebhookContext:
 Handler = Callable[[WebhookContext, dict[str, Any]], Awaitable[str]]
 """`await handler(ctx, event)` where `event` is the verified event as a plain dict."""
 
-AtOnceHandler = Callable[[AsyncSession, WebhookContext, dict[str, Any]], Awaitable[str | None]]
-"""`await at_once(session, ctx, event)` in the claim's transaction: the outcome text, or None
-to leave the event to the regular handler. It must not call Stripe (work after the commit goes
-through `app.db.after_commit`)."""
+AtOnceHandler = Callable[
+    [AsyncSession, Sequence[tuple[WebhookContext, dict[str, Any]]]], Awaitable[list[str | None]]
+]
+"""`await at_once(session, deliveries)` in the claim's transaction, for the claim group's
+deliveries of its types (each a context and an event, in the group's lock order; a lone
+delivery is a group of one): for each, in order, the outcome text, or None to leave that event
+to the regular handler. It must not call Stripe (work after the commit goes through
+`app.db.after_commit`); when it raises, nothing of the group is kept (the group is tried again
+one delivery at a time)."""
 
 _HANDLERS: dict[str, Handler] = {}
 """What `@handles` registered so far (filled while `load_handlers()` imports the modules)."""

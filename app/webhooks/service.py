@@ -14,14 +14,16 @@ Following the transaction policy (`app/db.py`):
 3. a short transaction records the outcome and ends the lease. 200 only after it.
 
 An event whose signed payload already says all its change needs (a paid top-up:
-`fulfillment.credit_from_event`) is applied by the type's at-once handler inside step 1's
+`fulfillment.credit_from_events`) is applied by the type's at-once handler inside step 1's
 transaction instead: claim, order lock, credit and outcome commit together, Stripe is not asked
 before, and what the payload lacks (the receipt, the saved card) is read after the commit by a
 job. When the payload is not enough (the at-once handler returns None) steps 1 to 3 run as above.
 
 Step 1's transaction is shared: deliveries that arrive while a claim transaction is in flight
 are claimed (and applied at once) together in the next one, one COMMIT for the group
-(`_ClaimGroups`; a lone delivery is a group of one, through the same code). Each answers only
+(`_ClaimGroups`; a lone delivery is a group of one, through the same code); an at-once handler
+is called once with all of the group's deliveries of its types, so a burst of paid top-ups is
+credited by one statement per table. Each answers only
 after the commit that holds its claim; a group that fails is tried again one delivery at a time,
 so only the delivery that fails gets the 5xx.
 
@@ -51,6 +53,7 @@ from app.stripe_gateway import StripeGateway
 from app.waiting import PerLoop, answer_waiting, fail_waiting
 from app.webhooks import repository
 from app.webhooks.registry import (
+    AtOnceHandler,
     WebhookContext,
     at_once_handler_for,
     handler_for,
@@ -133,40 +136,42 @@ applied the event there (None: not applied in it)."""
 async def _apply_at_once(
     session: AsyncSession,
     maker: async_sessionmaker[AsyncSession],
-    settings: Settings,
-    stripe: StripeGateway,
-    event: dict[str, Any],
-    claim: Claim,
-) -> tuple[WebhookOutcome, str] | None:
-    """Step 1 for one claimed delivery, in the claim's transaction: when the type has an at-once
-    handler and the event is ours to apply, apply it there; its outcome, or None."""
-    event_id, event_type = str(event["id"]), str(event["type"])
-    at_once = at_once_handler_for(event_type)
-    if at_once is None or claim not in (Claim.NEW, Claim.RETRY):
-        return None
-    # The payload may say all it takes: applied in this transaction, with the claim and the
-    # outcome, and no Stripe call before the commit (what Stripe still has to say is read after
-    # it, by a job the handler queued).
-    ctx = WebhookContext(maker, settings, stripe, event_id)
+    at_once: AtOnceHandler,
+    deliveries: list[_Delivery],
+) -> list[tuple[WebhookOutcome, str] | None]:
+    """Step 1 for claimed deliveries of one at-once handler's types (ours to apply), in the
+    claim's transaction, together: applied there when the payloads say all it takes; each
+    one's outcome, or None (not applied in it)."""
+    # The payloads may say all it takes: applied in this transaction, with the claims and the
+    # outcomes, and no Stripe call before the commit (what Stripe still has to say is read
+    # after it, by a job the handler queued).
+    parts = [
+        (WebhookContext(maker, settings, stripe, str(event["id"])), event)
+        for settings, stripe, event, _ in deliveries
+    ]
     try:
-        text = await at_once(session, ctx, event)
-        if text is None:
-            return None
-        # Written now: the next delivery of the group re-reads what it locks (an order
-        # two events are about) from the database, which must see this one's changes.
+        texts = await at_once(session, parts)
+        # Written now, so that a failure is this group's (not the outcome statement's).
         await session.flush()
     except Exception:
-        STRIPE_EVENTS.labels(event_type, "failed").inc()
-        log.warning("stripe_event_failed", event_id=event_id, type=event_type, exc_info=True)
+        if len(deliveries) == 1:
+            event = deliveries[0][2]
+            STRIPE_EVENTS.labels(str(event["type"]), "failed").inc()
+            log.warning(
+                "stripe_event_failed", event_id=event["id"], type=event["type"], exc_info=True
+            )
+        else:  # tried again one delivery at a time, where the one that fails is counted
+            log.warning(
+                "stripe_event_group_failed",
+                event_ids=[str(event["id"]) for _, _, event, _ in deliveries],
+                exc_info=True,
+            )
         raise
-    return outcome_of(text)
+    return [outcome_of(text) if text is not None else None for text in texts]
 
 
-_Delivery = tuple[
-    Settings, StripeGateway, dict[str, Any], contextvars.Context, "asyncio.Future[Claimed]"
-]
-"""A delivery waiting for its claim: settings, gateway, event, its request's context, its
-answer."""
+_Delivery = tuple[Settings, StripeGateway, dict[str, Any], "asyncio.Future[Claimed]"]
+"""A delivery waiting for its claim: settings, gateway, event, its answer."""
 
 
 GROUP_WRITERS = 1
@@ -178,9 +183,10 @@ PostgreSQL) and wallet-lock waits between the groups (p99 0.9-1.8 s), for no mor
 
 def _lock_order(delivery: _Delivery) -> tuple[str, str, str]:
     """The order a group applies its deliveries in: by the user and order its object names (its
-    metadata, ours), then event id, so that groups in flight at once take wallet and order
-    locks in the same order (no deadlock between them: the workers of a multi-process
-    service each have theirs); one that names none goes first."""
+    metadata, ours), then event id; one that names none goes first. (The locks themselves are
+    taken by the credit's statements in one order whatever the group: orders by id, then
+    wallets by user id, so groups in flight at once — the workers of a multi-process service
+    each have theirs — cannot deadlock.)"""
     obj = delivery[2]["data"].get("object") or {}
     metadata = obj.get("metadata")
     if not isinstance(metadata, dict):
@@ -197,8 +203,9 @@ class _ClaimGroups:
     """Group commit of the claim transactions of one process (per session maker): a delivery
     hands its verified event over and waits for the commit; deliveries that arrive while a
     claim transaction is in flight go together in the next one (`_commit`: one claim
-    statement, each applied at once in `_lock_order`, one outcome statement, one COMMIT), so a
-    burst of paid top-ups pays one BEGIN, COMMIT, connection checkout, claim and outcome per
+    statement, the claimed ones applied at once by one call of their at-once handler, in
+    `_lock_order`, one outcome statement, one COMMIT), so a burst of paid top-ups pays one
+    BEGIN, COMMIT, connection checkout, claim, credit statement per table and outcome per
     group instead of per event, and a lone delivery waits for nothing (a group of one). Each
     delivery answers only after the commit that holds its claim (and credit). A group that
     fails is tried again one delivery at a time, so that one bad event fails alone (its 5xx
@@ -214,11 +221,10 @@ class _ClaimGroups:
         self, settings: Settings, stripe: StripeGateway, event: dict[str, Any]
     ) -> Claimed:
         done: asyncio.Future[Claimed] = asyncio.get_running_loop().create_future()
-        context = contextvars.copy_context()
-        self._pending.append((settings, stripe, event, context, done))
+        self._pending.append((settings, stripe, event, done))
         if len(self._writers) < GROUP_WRITERS:
-            # In a context of its own: the transaction is no request's (each delivery's part
-            # of it runs in its request's context, `_commit`).
+            # In a context of its own: the transaction is no request's (its log lines name
+            # the events and orders it applies).
             writer = asyncio.create_task(self._drain(), context=contextvars.Context())
             self._writers.add(writer)
         return await done
@@ -260,13 +266,13 @@ class _ClaimGroups:
 
     async def _commit(self, batch: list[_Delivery]) -> list[Claimed]:
         """Step 1 for the batch in one transaction: every event claimed by one statement
-        (`repository.claim_events`), each claimed one applied at once when it can be (one
-        after the other on the one session, each in its request's context: its request id in
-        the log lines, its Stripe budget), their outcomes recorded by one statement; a second
+        (`repository.claim_events`), the claimed ones applied at once when they can be (each
+        at-once handler called once with its deliveries, in lock order: one statement per
+        table for the group's credits), their outcomes recorded by one statement; a second
         copy of an event in the batch is claimed after that, as it would be after the first's
         transaction (a duplicate when the first was applied, else busy)."""
         firsts: dict[str, int] = {}
-        for index, (*_, event, _context, _done) in enumerate(batch):
+        for index, (_, _, event, _done) in enumerate(batch):
             firsts.setdefault(str(event["id"]), index)
         settings = batch[0][0]
         now = utcnow()
@@ -276,17 +282,25 @@ class _ClaimGroups:
             claims = await repository.claim_events(
                 session, [batch[i][2] for i in firsts.values()], now, lease_until
             )
-            outcomes: list[tuple[str, WebhookOutcome, str | None]] = []
+            handlers: dict[AtOnceHandler, list[int]] = {}
             for index, claim in zip(firsts.values(), claims, strict=True):
-                settings, stripe, event, context, _ = batch[index]
-                part = _apply_at_once(session, self._maker, settings, stripe, event, claim)
-                applied = await asyncio.create_task(part, context=context)
-                results[index] = (claim, applied)
-                if applied is not None:
-                    outcomes.append((str(event["id"]), *applied))
+                results[index] = (claim, None)
+                at_once = at_once_handler_for(str(batch[index][2]["type"]))
+                if at_once is not None and claim in (Claim.NEW, Claim.RETRY):
+                    handlers.setdefault(at_once, []).append(index)
+            outcomes: list[tuple[str, WebhookOutcome, str | None]] = []
+            for at_once, indexes in handlers.items():
+                deliveries = [batch[index] for index in indexes]
+                applied = await _apply_at_once(session, self._maker, at_once, deliveries)
+                for index, outcome in zip(indexes, applied, strict=True):
+                    if outcome is not None:
+                        claimed = results[index]
+                        assert claimed is not None
+                        results[index] = (claimed[0], outcome)
+                        outcomes.append((str(batch[index][2]["id"]), *outcome))
             if outcomes:
                 await repository.set_outcomes(session, outcomes)
-            for index, (_, _, event, _, _) in enumerate(batch):
+            for index, (_, _, event, _) in enumerate(batch):
                 if results[index] is None:
                     (again,) = await repository.claim_events(session, [event], now, lease_until)
                     results[index] = (again, None)

@@ -467,15 +467,15 @@ async def test_concurrent_credits_commit_together_and_one_that_fails_fails_alone
     assert len(events) == 12
     bad = events[5]
     bad_order = bad.event["data"]["object"]["metadata"]["order_id"]
-    real = fulfillment.credit_from_event
+    real = fulfillment.credit_from_events
 
-    async def failing(session: Any, maker: Any, stripe: Any, settings: Any, event: Any) -> Any:
-        outcome = await real(session, maker, stripe, settings, event)
-        if event["data"]["object"]["metadata"]["order_id"] == bad_order:
+    async def failing(session: Any, maker: Any, stripe: Any, settings: Any, events: Any) -> Any:
+        outcomes = await real(session, maker, stripe, settings, events)
+        if any(e["data"]["object"]["metadata"]["order_id"] == bad_order for e in events):
             raise RuntimeError("this one fails after its credit's statements")
-        return outcome
+        return outcomes
 
-    monkeypatch.setattr(purchase_webhooks, "credit_from_event", failing)
+    monkeypatch.setattr(purchase_webhooks, "credit_from_events", failing)
     answers = await asyncio.gather(*(stripe_peer.deliver(e, client) for e in events))
     by_event = dict(zip((e.id for e in events), answers, strict=True))
     assert by_event[bad.id].status_code >= 500
@@ -485,7 +485,7 @@ async def test_concurrent_credits_commit_together_and_one_that_fails_fails_alone
     assert (await order_row(session_maker, bad_order)).status == "pending"
     assert await topups(session_maker) == 11
 
-    monkeypatch.setattr(purchase_webhooks, "credit_from_event", real)
+    monkeypatch.setattr(purchase_webhooks, "credit_from_events", real)
     again = await stripe_peer.deliver(bad, client)  # Stripe's retry
     assert again.status_code == 200, again.text
     assert again.json()["outcome_detail"] == "credited"

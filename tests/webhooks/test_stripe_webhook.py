@@ -227,14 +227,14 @@ async def test_a_database_failure_after_a_re_read_credit_answers_5xx_and_credits
     async def database_gone(*args: Any, **kwargs: Any) -> None:
         raise OperationalError("UPDATE stripe_events", {}, ConnectionResetError("gone"))
 
-    async def not_enough(*args: Any, **kwargs: Any) -> None:
-        return None  # the payload does not say enough: the event takes the re-read
+    async def not_enough(*args: Any) -> list[None]:
+        return [None] * len(args[-1])  # the payloads do not say enough: the events take the re-read
 
     from app.purchase import webhooks as order_webhooks
 
     # The re-read's credit is committed (its own short transaction), then the database fails
     # before the outcome is recorded: the event stays unapplied and its lease is given back.
-    monkeypatch.setattr(order_webhooks, "credit_from_event", not_enough)
+    monkeypatch.setattr(order_webhooks, "credit_from_events", not_enough)
     monkeypatch.setattr(webhooks_repository, "set_outcome", database_gone)
     failed = await stripe_peer.deliver(event, client)
     assert failed.status_code in (500, 503), failed.text
@@ -340,11 +340,11 @@ async def test_a_replay_applies_an_event_whose_order_is_known_only_now(
     # A handler bug made the first delivery a no-op; the fix is deployed, then replayed.
     from app.purchase import webhooks as order_webhooks
 
-    async def not_at_once(*args: Any, **kwargs: Any) -> None:
-        return None
+    async def not_at_once(*args: Any) -> list[None]:
+        return [None] * len(args[-1])
 
     monkeypatch.setattr(order_webhooks, "apply_event", not_ours)
-    monkeypatch.setattr(order_webhooks, "credit_from_event", not_at_once)
+    monkeypatch.setattr(order_webhooks, "credit_from_events", not_at_once)
     first = await stripe_peer.deliver(event, client)
     assert _outcome(first.json()) == ("ignored", "no matching order")
     monkeypatch.undo()
