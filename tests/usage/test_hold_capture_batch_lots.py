@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import random
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -266,5 +267,78 @@ async def test_a_batched_capture_that_waited_on_a_first_lots_credit_draws_that_l
         await booked(session_maker, "promo_usage") - promo,
         await booked(session_maker, "usage") - paid,
     ) == (2_000, 500 + 1_000)
+    async with session_maker() as session:
+        assert await verify_ledger(session) == []
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+async def test_random_lots_and_captures_end_the_same_batched_as_one_by_one(
+    seed: int,
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    gateway_headers: dict[str, str],
+    session_maker: Maker,
+) -> None:
+    """Random lots (grants and paid lots, some expiring on the same day),
+    random holds and captures (0 to twice the hold): captured one by one on one wallet and in
+    one batch on its twin, each capture answers the same balance, every lot ends with the same
+    remainder, and the journal took the same into usage and promo usage."""
+    rng = random.Random(seed)
+    day = utcnow() + timedelta(days=3)
+    lots_plan = [
+        (
+            rng.choice([LotSource.GRANT, LotSource.PURCHASE]),
+            rng.randrange(1, 5_000),
+            day + timedelta(days=rng.choice([0, 0, 1, 7])),
+        )
+        for _ in range(rng.randrange(1, 5))
+    ]
+    holds = [rng.randrange(1, 1_500) for _ in range(rng.randrange(2, 9))]
+    # Never-expiring paid credit, at least what the holds need beyond the lots.
+    tracked = sum(amount for _, amount, _ in lots_plan)
+    untracked = max(rng.choice([0, 2_000, 10_000]), sum(holds) - tracked)
+    amounts = [rng.choice([0, rng.randrange(1, 2 * held + 1)]) for held in holds]
+    lot_ids: dict[str, list[str]] = {}
+    for user in (f"solo{seed}", f"batched{seed}"):
+        if untracked:
+            await deposit(client, admin_headers, user, untracked)
+        lot_ids[user] = [
+            (await add_lot(session_maker, user, amount, source=source, expires_at=expires)).id
+            for source, amount, expires in lots_plan
+        ]
+        for n, held in enumerate(holds):
+            await reserve(client, gateway_headers, user, f"{user}-{n}", held)
+
+    async def journal() -> tuple[int, int]:
+        return await booked(session_maker, "usage"), await booked(session_maker, "promo_usage")
+
+    start = await journal()
+    solo = []
+    for n, amount in enumerate(amounts):
+        single = await client.post(
+            f"/v1/internal/holds/solo{seed}-{n}/capture",
+            json={"amount_micros": amount},
+            headers=gateway_headers,
+        )
+        assert single.status_code == 200, single.text
+        solo.append(single.json()["balance_micros"])
+    middle = await journal()
+    counted = combined()
+    response = await captures(
+        client,
+        gateway_headers,
+        [{"hold_id": f"batched{seed}-{n}", "amount_micros": a} for n, a in enumerate(amounts)],
+    )
+    assert response.status_code == 200, response.text
+    assert combined() - counted == len(amounts)
+    assert [r["hold"]["balance_micros"] for r in response.json()["results"]] == solo
+    end = await journal()
+    assert (end[0] - middle[0], end[1] - middle[1]) == (middle[0] - start[0], middle[1] - start[1])
+    assert await remaining(session_maker, *lot_ids[f"batched{seed}"]) == await remaining(
+        session_maker, *lot_ids[f"solo{seed}"]
+    )
+    assert await wallet(session_maker, f"batched{seed}") == await wallet(
+        session_maker, f"solo{seed}"
+    )
     async with session_maker() as session:
         assert await verify_ledger(session) == []
