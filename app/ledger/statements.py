@@ -40,6 +40,27 @@ def locked_wallet(user: str, *, when: str = "") -> str:
     WHERE user_id = {user} AND tracked_micros <> 0{when} FOR UPDATE"""
 
 
+def lot_live(now: str) -> str:
+    """Whether a lot (its columns unqualified) can still be drawn at `now`: not at or past its
+    `expires_at`."""
+    return f"(expires_at IS NULL OR expires_at > {now})"
+
+
+def lot_draw(amount: str, *, per: str = "") -> str:
+    """THE lot-draw rule, as a column of rows of lots (`id`, `kind`, `expires_at`, `created_at`,
+    `remaining_micros`, `live` unqualified): what a draw of `amount` takes from each lot,
+    filling the live lots in `LOT_ORDER` (none from a lot that is not live); `per` partitions
+    the lots (by wallet: `amount` is then that wallet's, as a column). Drawing amounts one by
+    one in that order takes from each lot what drawing their sum at once does (the order of the
+    live lots does not change as they are drawn), so a batch's total drawn per wallet is its
+    events' drawn one at a time."""
+    partition = f"PARTITION BY {per} " if per else ""
+    return f"""CASE WHEN live THEN least(remaining_micros, greatest(0, {amount} - coalesce(
+               sum(remaining_micros) FILTER (WHERE live) OVER ({partition}ORDER BY {LOT_ORDER}
+                   ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)))
+           ELSE 0 END::bigint"""
+
+
 def lot_draw_ctes(user: str, amount: str, now: str) -> str:
     """The CTEs of a debit of `amount` from user `user`'s lots as of `now`, after the
     statement's `locked` CTE locked the wallet (nothing there: no lot looked at):
@@ -59,12 +80,8 @@ def lot_draw_ctes(user: str, amount: str, now: str) -> str:
     WHERE user_id = {user} AND remaining_micros > 0 AND EXISTS (SELECT 1 FROM locked)
     ORDER BY id FOR UPDATE
 ), draws AS (
-    SELECT id, kind, remaining_micros, live,
-           CASE WHEN live THEN least(remaining_micros, greatest(0, {amount} - coalesce(
-               sum(remaining_micros) FILTER (WHERE live) OVER (ORDER BY {LOT_ORDER}
-                   ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)))
-           ELSE 0 END::bigint AS drawn
-    FROM (SELECT *, expires_at IS NULL OR expires_at > {now} AS live FROM lots) l
+    SELECT id, kind, remaining_micros, live, {lot_draw(amount)} AS drawn
+    FROM (SELECT *, {lot_live(now)} AS live FROM lots) l
 ), drawn AS (
     SELECT coalesce(sum(remaining_micros), 0)::bigint AS tracked,
            coalesce(sum(remaining_micros) FILTER (WHERE NOT live), 0)::bigint AS expired,

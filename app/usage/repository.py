@@ -70,7 +70,9 @@ from app.ledger.statements import (
     head_lot_ctes,
     head_wallet_update,
     locked_wallet,
+    lot_draw,
     lot_draw_ctes,
+    lot_live,
 )
 from app.limits.periods import Windows
 from app.limits.rules import Counter, Refusal
@@ -832,14 +834,20 @@ _CAPTURE_REQUESTS = """unnest($1::text[], $2::bigint[], $3::text[], $5::text[],
 def _capture_batch_sql() -> str:
     """Captures (`$9` the bound's multiple, `$10` now, `$11`-`$13` the limits' windows), in
     arrival order: their holds locked first (id order), then their limits, then their wallets
-    (user-id order). A wallet's captures are applied here when each of its holds is named once,
-    is capturable within its bound, and the wallet has no lot to draw and no watch (an alert or
-    auto top-up threshold: a capture may raise the available balance as well as lower it, so
-    only one by one would say which thresholds each crossed): each capture then does, in order,
-    what `_capture_sql` alone would, with its wallet's running balance (its ledger entry's
-    `balance_after`) and each limit's running counter; one row each, in order. The captures
-    applied post ONE ledger transaction (`hold-batch:<txn>` = `$4`), as a batch of debits does:
-    each capture is its usage record, keyed `hold:<hold id>`. The others go
+    (user-id order), then the tracked lots of those that track any (id order, as every writer of
+    lots). A wallet's captures are applied here when each of its holds is named once, is
+    capturable within its bound, the lots seen are all the wallet tracks (else one was credited
+    after the statement's snapshot) and the wallet has no watch (an alert or auto top-up
+    threshold: a capture may raise the available balance as well as lower it, so only one by
+    one would say which thresholds each crossed): each capture then does, in order, what
+    `_capture_sql` or `_capture_lots_sql` alone would, with its wallet's running balance (its
+    ledger entry's `balance_after`) and each limit's running counter; one row each, in order.
+    A wallet's captures draw its live lots in `LOT_ORDER` and take the rest from the
+    never-expiring paid credit, even below zero: their total drawn at once (`lot_draw`) takes
+    from each lot what they take one by one. The captures applied post ONE ledger transaction
+    (`hold-batch:<txn>` = `$4`), as a batch of debits does: each capture is its usage record,
+    keyed `hold:<hold id>`; the granted credit drawn goes to promo usage, the rest to usage, as
+    alone. The others go
     alone, after the statement, in arrival order: a capture touches only its hold, its wallet
     and its user's limits, so neither set can change what the other's captures do."""
     return f"""
@@ -873,14 +881,26 @@ WITH cq AS MATERIALIZED (
     WHERE id = ANY(ARRAY(SELECT account_id FROM found))
       AND (SELECT count(*) FROM limits) >= 0  -- the limits are locked first
     ORDER BY user_id FOR UPDATE
+), lots AS (
+    -- The tracked lots with a remainder of the wallets that track any, locked once their
+    -- wallets are (as every writer of lots), each as it stands once locked.
+    SELECT l.id, l.user_id, l.kind, l.expires_at, l.created_at, l.remaining_micros,
+           {lot_live("$10")} AS live
+    FROM credit_lots l
+    WHERE l.user_id IN (SELECT user_id FROM locked WHERE tracked_micros <> 0)
+      AND l.remaining_micros > 0
+    ORDER BY l.id FOR UPDATE OF l
+), tracked AS (
+    SELECT user_id, sum(remaining_micros)::bigint AS tracked FROM lots GROUP BY user_id
 ), judged AS (
     SELECT c.*, f.account_id, f.user_id, f.api_key_id, f.amount_micros AS reserved,
            f.request_hash, f.expires_at, f.created_at,
            f.{_CAPTURABLE} AND c.amount <= f.amount_micros * $9::float8
-               AND NOT ({_LOTS_TO_DRAW.replace("$2", "c.amount").format(wallet="k")})
+               AND k.tracked_micros = coalesce(t.tracked, 0)
                AND k.watch_micros IS NULL
                AND count(*) OVER (PARTITION BY c.hold_id) = 1 AS ok
     FROM cq c LEFT JOIN found f ON f.id = c.hold_id LEFT JOIN locked k ON k.id = f.account_id
+    LEFT JOIN tracked t ON t.user_id = k.user_id
 ), items AS (
     -- The captures of the wallets all of whose captures here are `ok`.
     SELECT * FROM judged
@@ -908,14 +928,28 @@ WITH cq AS MATERIALIZED (
     FROM (SELECT DISTINCT ON (id) id, spent, settles FROM counted ORDER BY id, ord DESC) c
     WHERE s.id = c.id AND c.settles
 ), sums AS (
-    SELECT account_id, sum(amount)::bigint AS spent, sum(reserved)::bigint AS released
-    FROM items GROUP BY account_id
+    SELECT account_id, user_id, sum(amount)::bigint AS spent, sum(reserved)::bigint AS released
+    FROM items GROUP BY account_id, user_id
+), draws AS (
+    -- What each wallet's captures take from each of its live lots, in `LOT_ORDER`.
+    SELECT l.id, l.user_id, l.kind, {lot_draw("s.spent", per="l.user_id")} AS drawn
+    FROM lots l JOIN sums s ON s.user_id = l.user_id
+), drawn AS (
+    SELECT user_id, sum(drawn)::bigint AS total,
+           coalesce(sum(drawn) FILTER (WHERE kind = 'granted'), 0)::bigint AS granted
+    FROM draws GROUP BY user_id
 ), wallets AS (
-    -- All of it from the never-expiring paid credit, even below zero: the usage was served.
+    -- The usage was served: what the lots did not give comes from the never-expiring paid
+    -- credit, even below zero.
     UPDATE accounts a SET balance_micros = a.balance_micros - s.spent,
-                          held_micros = a.held_micros - s.released
-    FROM sums s WHERE a.id = s.account_id
-    RETURNING a.id, a.user_id, a.balance_micros, a.held_micros, s.spent, s.released
+                          held_micros = a.held_micros - s.released,
+                          tracked_micros = a.tracked_micros - coalesce(d.total, 0)
+    FROM sums s LEFT JOIN drawn d ON d.user_id = s.user_id WHERE a.id = s.account_id
+    RETURNING a.id, a.user_id, a.balance_micros, a.held_micros, s.spent, s.released,
+              coalesce(d.granted, 0) AS granted
+), lot_draws AS (
+    UPDATE credit_lots l SET remaining_micros = l.remaining_micros - d.drawn
+    FROM draws d WHERE l.id = d.id AND d.drawn > 0
 ), applied AS (
     SELECT i.*, w.user_id AS wallet_user_id,
            (w.balance_micros + w.spent - sum(i.amount) OVER run)::bigint AS balance_after,
@@ -925,7 +959,8 @@ WITH cq AS MATERIALIZED (
 ), txn AS (
     -- ONE ledger transaction for the statement's captures of a positive amount, as a batch of
     -- debits posts: a wallet leg per wallet (in user-id order, the order the wallets were
-    -- locked in; its balance after the wallet's last capture) and the usage leg once.
+    -- locked in; its balance after the wallet's last capture), then the paid credit used to
+    -- usage and the granted credit used to promo usage, once each.
     INSERT INTO ledger_transactions
         (id, reference, kind, user_id, description, request_hash, details, created_at)
     SELECT $4::text, '{HOLD_BATCH_REFERENCE_PREFIX}' || $4::text, 'hold_capture',
@@ -942,7 +977,11 @@ WITH cq AS MATERIALIZED (
                balance_micros AS balance_after
         FROM wallets WHERE spent > 0
         UNION ALL
-        SELECT 1, NULL, '{USAGE_ACCOUNT}', sum(spent), NULL FROM wallets HAVING sum(spent) > 0
+        SELECT 1, NULL, '{USAGE_ACCOUNT}', sum(spent - granted), NULL FROM wallets
+        HAVING sum(spent - granted) > 0
+        UNION ALL
+        SELECT 2, NULL, '{PROMO_USAGE_ACCOUNT}', sum(granted), NULL FROM wallets
+        HAVING sum(granted) > 0
     ) legs
     ORDER BY legs.leg, legs.user_id
 ), record AS (
@@ -1986,7 +2025,8 @@ class UsageStore:
         if posted:
             _CAPTURE_POSTED.inc(posted)
             _CAPTURE_MICROS.inc(micros)
-        # The wallets it left (lots to draw, a watch, a replay, a refusal): each alone, in order.
+        # The wallets it left (a watch, a lot credited meanwhile, a replay, a refusal): each
+        # alone, in order.
         return [
             result if result is not None else await _outcome(self._capture_alone, capture)
             for capture, result in zip(captures, results, strict=True)

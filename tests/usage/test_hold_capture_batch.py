@@ -15,47 +15,17 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.ledger.verify import verify_ledger
 from app.usage.schemas import HoldCaptureBatchOut
 from testing.fixtures.app import RACE_POOL_SIZE
+from testing.helpers.captures import URL, captures, combined, reserve, usage
 from testing.helpers.concurrency import together
 from testing.helpers.ledger import debit, deposit, gateway_balance
 
 Maker = async_sessionmaker[AsyncSession]
-URL = "/v1/internal/holds/captures"
-
-
-def combined() -> float:
-    sample = {"operation": "capture"}
-    return REGISTRY.get_sample_value("billing_gateway_holds_combined_total", sample) or 0.0
-
-
-async def reserve(
-    client: httpx.AsyncClient, headers: dict[str, str], user: str, hold_id: str, amount: int
-) -> None:
-    body = {"user_id": user, "hold_id": hold_id, "amount_micros": amount}
-    response = await client.post("/v1/internal/holds", json=body, headers=headers)
-    assert response.status_code == 201, response.text
-
-
-async def captures(
-    client: httpx.AsyncClient, headers: dict[str, str], items: list[Any]
-) -> httpx.Response:
-    return await client.post(URL, json={"captures": items}, headers=headers)
-
-
-def usage(hold_id: str, amount: int, **extra: Any) -> dict[str, Any]:
-    return {
-        "hold_id": hold_id,
-        "amount_micros": amount,
-        "model": "gpt-4o",
-        "input_tokens": 10,
-        "output_tokens": 5,
-    } | extra
 
 
 async def test_a_mixed_batch_answers_each_capture_as_its_single_capture_would_in_order(
