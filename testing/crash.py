@@ -9,7 +9,8 @@ checked:
 - batches of 1,000 usage events (sent, and resent as the gateway would): every event answered
   `applied` or `replayed` is debited exactly once, none twice, and a batch never answered is
   applied whole or not at all;
-- every hold captured with a 2xx is posted exactly once, none twice;
+- every hold captured with a 2xx (alone, or `captured`/`replayed` in a capture batch) is posted
+  exactly once, none twice;
 - no refund request made two refunds at the peer, none is debited twice, and every refund the
   peer made for a request is debited exactly once;
 - credit lots: each user also has grants and an expiring top-up lot, expiring at random moments
@@ -300,6 +301,46 @@ async def holder(
             )
             if captured is not None and captured.status_code in (200, 201):
                 tally.captured_ok[hold_id] = amount
+                break
+            await asyncio.sleep(0.1)
+
+
+async def batch_capturer(
+    cluster: Cluster, tally: Tally, headers: dict[str, str], stop: asyncio.Event
+) -> None:
+    """Reserves a few holds one by one, then captures them with ONE
+    `POST /v1/internal/holds/captures` (the capture batch statement, one `hold-batch:`
+    transaction), as a gateway flushing its captures does; a capture answered `captured` or
+    `replayed` must be posted exactly once."""
+    while not stop.is_set():
+        amounts: dict[str, int] = {}
+        for _ in range(random.randint(2, 20)):
+            hold_id = f"crash-hold-{uuid.uuid4().hex}"
+            tally.holds_sent.add(hold_id)
+            reserved = await cluster.request(
+                tally,
+                "POST",
+                "/v1/internal/holds",
+                json={
+                    "user_id": random.choice(USERS),
+                    "hold_id": hold_id,
+                    "amount_micros": 100_000,
+                },
+                headers=headers,
+            )
+            if reserved is not None and reserved.status_code in (200, 201):
+                amounts[hold_id] = random.randint(0, 150_000)
+        if not amounts:
+            continue
+        body = {"captures": [{"hold_id": h, "amount_micros": a} for h, a in amounts.items()]}
+        for _ in range(3):
+            answer = await cluster.request(
+                tally, "POST", "/v1/internal/holds/captures", json=body, headers=headers
+            )
+            if answer is not None and answer.status_code == 200:
+                for result in answer.json()["results"]:
+                    if result["status"] in ("captured", "replayed"):
+                        tally.captured_ok[result["hold_id"]] = amounts[result["hold_id"]]
                 break
             await asyncio.sleep(0.1)
 
@@ -655,6 +696,7 @@ async def run(args: argparse.Namespace) -> int:
                 # second in flight (`BatchGroups`), as a busy gateway's flushes are.
                 *(batcher(cluster, tally, gateway, stop) for _ in range(6)),
                 *(holder(cluster, tally, gateway, stop) for _ in range(2)),
+                batch_capturer(cluster, tally, gateway, stop),
                 refunder(cluster, tally, tokens, stop),
                 progress(tally, started, stop),
             ]
