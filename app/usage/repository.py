@@ -831,6 +831,25 @@ _CAPTURE_REQUESTS = """unnest($1::text[], $2::bigint[], $3::text[], $5::text[],
                               input_tokens, output_tokens, ord)"""
 
 
+def _batch_legs(amount: str, wallets_where: str = "") -> str:
+    """THE legs of a batch's ONE ledger transaction (debits or captures), from its `wallets`
+    CTE (`id`, `user_id`, `balance_micros` after, `granted` and the `amount` column each
+    wallet gave): a wallet leg per user (those `wallets_where` keeps) with its balance after,
+    then the paid credit used into the usage account and the granted credit used into the
+    promo-usage account, once each; `legs.leg` orders them."""
+    return f"""(
+        SELECT 0 AS leg, user_id, id AS account_id, -{amount} AS amount_micros,
+               balance_micros AS balance_after
+        FROM wallets {wallets_where}
+        UNION ALL
+        SELECT 1, NULL, '{USAGE_ACCOUNT}', sum({amount} - granted), NULL FROM wallets
+        HAVING sum({amount} - granted) > 0
+        UNION ALL
+        SELECT 2, NULL, '{PROMO_USAGE_ACCOUNT}', sum(granted), NULL FROM wallets
+        HAVING sum(granted) > 0
+    ) legs"""
+
+
 def _capture_batch_sql() -> str:
     """Captures (`$9` the bound's multiple, `$10` now, `$11`-`$13` the limits' windows), in
     arrival order: their holds locked first (id order), then their limits, then their wallets
@@ -972,17 +991,7 @@ WITH cq AS MATERIALIZED (
     INSERT INTO ledger_entries
         (transaction_id, account_id, amount_micros, balance_after_micros, created_at)
     SELECT txn.id, legs.account_id, legs.amount_micros, legs.balance_after, $10
-    FROM txn, (
-        SELECT 0 AS leg, user_id, id AS account_id, -spent AS amount_micros,
-               balance_micros AS balance_after
-        FROM wallets WHERE spent > 0
-        UNION ALL
-        SELECT 1, NULL, '{USAGE_ACCOUNT}', sum(spent - granted), NULL FROM wallets
-        HAVING sum(spent - granted) > 0
-        UNION ALL
-        SELECT 2, NULL, '{PROMO_USAGE_ACCOUNT}', sum(granted), NULL FROM wallets
-        HAVING sum(granted) > 0
-    ) legs
+    FROM txn, {_batch_legs("spent", "WHERE spent > 0")}
     ORDER BY legs.leg, legs.user_id
 ), record AS (
     -- Each capture of a positive amount is its usage record, keyed `hold:<hold id>` (unique
@@ -1075,17 +1084,7 @@ def _batch_ledger_ctes(now: str, transaction_id: str, reference: str, events: st
     INSERT INTO ledger_entries
         (transaction_id, account_id, amount_micros, balance_after_micros, created_at)
     SELECT txn.id, legs.account_id, legs.amount_micros, legs.balance_after, {now}
-    FROM txn, (
-        SELECT 0 AS leg, user_id, id AS account_id, -total AS amount_micros,
-               balance_micros AS balance_after
-        FROM wallets
-        UNION ALL
-        SELECT 1, NULL, '{USAGE_ACCOUNT}', sum(total - granted), NULL FROM wallets
-        HAVING sum(total - granted) > 0
-        UNION ALL
-        SELECT 2, NULL, '{PROMO_USAGE_ACCOUNT}', sum(granted), NULL FROM wallets
-        HAVING sum(granted) > 0
-    ) legs
+    FROM txn, {_batch_legs("total")}
     ORDER BY legs.leg, legs.user_id
 ), crossing AS (
     -- Per user: the available balance before the batch's first debit and after its last
