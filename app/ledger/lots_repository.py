@@ -76,14 +76,6 @@ def new_lot_columns(**columns: Any) -> dict[str, Any]:
     return values
 
 
-async def insert_lot(session: AsyncSession, **columns: Any) -> CreditLot:
-    """Insert a lot (a new id unless given); returns it as an object not attached to the
-    session (what was inserted: read it again to see later changes)."""
-    values = new_lot_columns(**columns)
-    await insert_lots(session, [values])
-    return CreditLot(**values)
-
-
 async def insert_lots(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
     """Insert new lots (`new_lot_columns` each) in one statement (one execution of the prepared
     insert for all of them); none: nothing."""

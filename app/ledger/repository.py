@@ -287,18 +287,6 @@ _INSERT_ENTRIES = text(
 built once (a multi-row VALUES is a statement, and a cache key, of its own per call)."""
 
 
-async def insert_entries(
-    session: AsyncSession,
-    transaction_id: str,
-    created_at: datetime,
-    legs: list[tuple[str, int, int | None]],
-) -> None:
-    """Insert a transaction's entries, `(account id, amount, balance after)` each, in ONE
-    statement: on PostgreSQL the zero-sum trigger requires all of a transaction's entries to
-    arrive together."""
-    await insert_entries_of(session, created_at, [(transaction_id, *leg) for leg in legs])
-
-
 async def insert_entries_of(
     session: AsyncSession,
     created_at: datetime,

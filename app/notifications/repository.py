@@ -28,21 +28,6 @@ _INSERT_NOTIFICATION = insert(_NOTIFICATIONS).values(
 (created and due now on both channels, pending, no attempt)."""
 
 
-async def insert_notification(
-    session: AsyncSession,
-    *,
-    id: str,
-    user_id: str,
-    type: str,
-    data: dict[str, Any],
-    email: str | None,
-) -> None:
-    """Write one notification into the outbox, in the caller's transaction."""
-    await insert_notifications(
-        session, [{"id": id, "user_id": user_id, "type": type, "data": data, "email": email}]
-    )
-
-
 async def insert_notifications(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
     """Write notifications (`id`, `user_id`, `type`, `data`, `email` each) into the outbox in
     one statement (one execution of the prepared insert for all), in the caller's transaction."""
