@@ -43,7 +43,11 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType]:
     assert done.returncode == 0, done.stdout + done.stderr
     sys.path.insert(0, str(root))
     try:
-        yield importlib.import_module(PACKAGE)
+        package = importlib.import_module(PACKAGE)
+        # The package's __init__ does not import its `models`; a test that reads
+        # `generated.models` before any `api` module imported them would find no attribute.
+        importlib.import_module(f"{PACKAGE}.models")
+        yield package
     finally:
         sys.path.remove(str(root))
         for name in [m for m in sys.modules if m.split(".")[0] == PACKAGE]:
