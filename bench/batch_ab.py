@@ -176,6 +176,13 @@ def main(argv: list[str] | None = None) -> int:
         default=10,
         help="seconds of unmeasured load per side before the first pass (0: none)",
     )
+    parser.add_argument(
+        "--lots",
+        type=int,
+        default=1,
+        choices=(1, 3),
+        help="credit lots per wallet (bench.run.prepare_service_database)",
+    )
     args = parser.parse_args(argv)
     base = args.base.resolve()
     if not (base / ".venv" / "bin" / "python").exists():
@@ -189,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     asyncio.run(create([s.database for s in sides]))
     try:
         log("preparing the databases ...")
-        a.token = base_token(base, sqlalchemy_url(dsn(a.database)))
-        b.token = asyncio.run(prepare_service_database(sqlalchemy_url(dsn(b.database)), 1))
+        a.token = base_token(base, sqlalchemy_url(dsn(a.database)), args.lots)
+        b.token = asyncio.run(prepare_service_database(sqlalchemy_url(dsn(b.database)), args.lots))
         with stripe_peer() as peer_url:
             base_command = production_command(base / "Dockerfile")
             base_command[0] = str(base / ".venv" / "bin" / "python")
@@ -236,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"batch_ab: base {base} ({git_head(base)}) = A vs this checkout ({git_head(ROOT)}) = B; "
         f"{args.passes} passes ABBA after {args.fill:g} s of fill each; batches of {args.size:,}, "
+        f"{args.lots} lot(s) per wallet, "
         f"{args.batches} alone and wrk -c{args.connections} {args.seconds:g} s per pass; "
         f"{(time.monotonic() - started) / 60:.1f} min",
     ]

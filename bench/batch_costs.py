@@ -3,6 +3,7 @@ ANALYZE), its backend's CPU, the client's time (Python building the arguments, t
 rows written and index insertions per event. A probe, not a load test, against its own database.
 
     python -m bench.batch_costs [--batches 20] [--group 8] [--explain] [--drop INDEX ...]
+        [--lots 3]
 
 Three shapes: 1,000 events over 1,000 wallets (the batch scenario), `--group` such batches of
 1,000 as ONE batch (what group commit sends when that many batch requests arrived while one was
@@ -25,7 +26,9 @@ from bench.hold_costs import _cpu_seconds, _delta, _stats
 from bench.run import WALLETS, dsn, prepare_service_database, scratch_database, sqlalchemy_url
 
 
-async def main(batches: int, explain: bool, drop: list[str], group: int, jit: bool) -> None:
+async def main(
+    batches: int, explain: bool, drop: list[str], group: int, jit: bool, lots: int
+) -> None:
     from app.limits.periods import Windows
     from app.usage import repository
     from app.usage.repository import UsageStore
@@ -40,7 +43,7 @@ async def main(batches: int, explain: bool, drop: list[str], group: int, jit: bo
     tag = secrets.token_hex(3)
     details = {"model": "gpt-4o-mini", "input_tokens": 1200, "output_tokens": 300}
     async with scratch_database(name):
-        await prepare_service_database(sqlalchemy_url(url), 1)
+        await prepare_service_database(sqlalchemy_url(url), lots)
         if drop:
             conn = await asyncpg.connect(url)
             for index in drop:
@@ -136,5 +139,8 @@ if __name__ == "__main__":
     parser.add_argument("--explain", action="store_true")
     parser.add_argument("--jit", action="store_true", help="JIT as the server has it")
     parser.add_argument("--drop", action="append", default=[], help="an index to drop first")
+    parser.add_argument(
+        "--lots", type=int, default=1, choices=(1, 3), help="credit lots per wallet (bench.run)"
+    )
     args: Any = parser.parse_args()
-    asyncio.run(main(args.batches, args.explain, args.drop, args.group, args.jit))
+    asyncio.run(main(args.batches, args.explain, args.drop, args.group, args.jit, args.lots))

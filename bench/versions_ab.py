@@ -73,15 +73,16 @@ class Scenario:
     """PostgreSQL CPU of the scenario's backends over its measured runs (bench/pgstats.py)."""
 
 
-def base_token(base: Path, url: str) -> str:
-    """Migrate and fund the base's database with the base's own code; its service token."""
+def base_token(base: Path, url: str, lots: int = 1) -> str:
+    """Migrate and fund the base's database with the base's own code (`lots` credit lots per
+    wallet); its service token."""
     program = (
         "import asyncio, sys\n"
         "from bench.run import prepare_service_database\n"
-        "print('TOKEN', asyncio.run(prepare_service_database(sys.argv[1])))\n"
+        "print('TOKEN', asyncio.run(prepare_service_database(sys.argv[1], int(sys.argv[2]))))\n"
     )
     done = subprocess.run(
-        [str(base / ".venv" / "bin" / "python"), "-c", program, url],
+        [str(base / ".venv" / "bin" / "python"), "-c", program, url, str(lots)],
         cwd=base,
         capture_output=True,
         text=True,

@@ -163,9 +163,15 @@ def head_draw_update(amount: str) -> str:
     FROM head h WHERE l.id = h.id AND EXISTS (SELECT 1 FROM wallet)"""
 
 
-LOT_DRAWS_UPDATE = """UPDATE credit_lots l SET remaining_micros = l.remaining_micros - d.drawn
-    FROM draws d WHERE l.id = d.id AND d.drawn > 0 AND EXISTS (SELECT 1 FROM wallet)"""
-"""The `lot_draws` CTE: the draws written, once the `wallet` CTE took the debit."""
+def lot_draws_update(wallet: str = "wallet") -> str:
+    """The `lot_draws` CTE: the draws (`draws`, each lot's `drawn`) written, once the `wallet`
+    CTE took the debit (a batch's `wallets`, when it applies every wallet or none): each lot
+    by its key."""
+    return f"""UPDATE credit_lots l SET remaining_micros = l.remaining_micros - d.drawn
+    FROM draws d WHERE l.id = d.id AND d.drawn > 0 AND EXISTS (SELECT 1 FROM {wallet})"""
+
+
+LOT_DRAWS_UPDATE = lot_draws_update()
 
 
 def expired_lots(user: str, now: str) -> str:

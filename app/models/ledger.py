@@ -248,11 +248,12 @@ class CreditLot(Base):
         Index("ix_credit_lots_user_id_id", "user_id", "id"),
         # The lots whose expiry is still to come or to sweep (the sweep closes each expired lot
         # once). No index mentions `remaining_micros`, so that a debit's draw is a HOT update
-        # (migration 0024), with room kept on each page for it.
+        # (migration 0024), with room kept on each page for it: for two batches' versions
+        # (migration 0029).
         partial_index(
             "ix_credit_lots_due", "expires_at", where="swept_at IS NULL AND expires_at IS NOT NULL"
         ),
-        {"postgresql_with": {"fillfactor": "70"}},
+        {"postgresql_with": {"fillfactor": "30"}},
     )
 
     id: Mapped[IdKey]

@@ -62,7 +62,6 @@ from app.ledger.service import insufficient_balance
 from app.ledger.statement_repository import BATCH_REFERENCE_PREFIX, HOLD_BATCH_REFERENCE_PREFIX
 from app.ledger.statements import (
     LOT_DRAWS_UPDATE,
-    LOT_ORDER,
     covered_wallet_update,
     drawn_wallet_update,
     expired_lots,
@@ -72,6 +71,7 @@ from app.ledger.statements import (
     locked_wallet,
     lot_draw,
     lot_draw_ctes,
+    lot_draws_update,
     lot_live,
 )
 from app.limits.periods import Windows
@@ -1149,22 +1149,18 @@ WITH ev AS MATERIALIZED (
 ), lots AS (
     -- The tracked lots with a remainder of the wallets that track any, locked once their
     -- wallets are (as every writer of lots), each as it stands once locked.
-    SELECT l.id, l.user_id, l.kind, l.expires_at, l.created_at, l.remaining_micros
+    SELECT l.id, l.user_id, l.kind, l.expires_at, l.created_at, l.remaining_micros,
+           {lot_live("$11")} AS live
     FROM credit_lots l
     WHERE l.user_id IN (SELECT user_id FROM locked WHERE tracked_micros <> 0)
       AND l.remaining_micros > 0
     ORDER BY l.id FOR UPDATE OF l
 ), draws AS (
-    -- What each user's total takes from each live lot, in `LOT_ORDER` (none from a lot at or
-    -- past its expiry): drawing the events one by one in a fixed order draws the same.
+    -- What each user's total takes from each of its live lots, in `LOT_ORDER`: drawing the
+    -- events one by one in a fixed order draws the same (`lot_draw`).
     SELECT l.id, l.user_id, l.kind, l.remaining_micros, l.live,
-           CASE WHEN l.live THEN least(l.remaining_micros, greatest(0, u.total - coalesce(
-               sum(l.remaining_micros) FILTER (WHERE l.live) OVER (
-                   PARTITION BY l.user_id ORDER BY {LOT_ORDER}
-                   ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)))
-           ELSE 0 END::bigint AS drawn
-    FROM (SELECT *, expires_at IS NULL OR expires_at > $11 AS live FROM lots) l
-    JOIN users u ON u.user_id = l.user_id
+           {lot_draw("u.total", per="l.user_id")} AS drawn
+    FROM lots l JOIN users u ON u.user_id = l.user_id
 ), drawn AS (
     SELECT user_id, sum(remaining_micros)::bigint AS tracked,
            coalesce(sum(remaining_micros) FILTER (WHERE NOT live), 0)::bigint AS expired,
@@ -1190,9 +1186,10 @@ WITH ev AS MATERIALIZED (
     RETURNING a.id, a.user_id, a.balance_micros, a.held_micros, a.watch_micros, d.total,
               d.granted, d.expired
 ), lot_draws AS (
-    UPDATE credit_lots l SET remaining_micros = l.remaining_micros - d.drawn
-    FROM draws d JOIN wallets w ON w.user_id = d.user_id
-    WHERE l.id = d.id AND d.drawn > 0
+    -- Every user's wallet or none (all or nothing): each lot by its key, no join with the
+    -- wallets (estimated at one row in the generic plan, planned as a nested loop over every
+    -- draw for each wallet).
+    {lot_draws_update("wallets")}
 ), {_BATCH_SPEND}, {_batch_ledger_ctes("$11", "$15", "$16", _APPLIED_EVENTS)}, applied AS (
     SELECT ev.*, w.id AS wallet_id, w.held_micros, w.expired,
            (w.balance_micros + w.total

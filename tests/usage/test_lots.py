@@ -5,6 +5,7 @@ past its expiry, and books granted credit used to promo usage, paid credit to us
 from __future__ import annotations
 
 import itertools
+import random
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
@@ -14,8 +15,11 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.db import session_scope
+from app.ledger.verify import verify_ledger
 from app.models.base import utcnow
 from app.models.ledger import LotSource
+from app.usage.repository import UsageStore
 from testing.fixtures.app import RACE_POOL_SIZE
 from testing.helpers.concurrency import together
 from testing.helpers.ledger import debit, deposit
@@ -188,6 +192,111 @@ async def test_a_batch_draws_exactly_as_its_debits_one_by_one(
     assert await remaining(session_maker, *batched) == await remaining(session_maker, *singles)
     assert await wallet(session_maker, "eve") == await wallet(session_maker, "dee")
     assert await booked(session_maker, "promo_usage") == 2 * promo_singles
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5, 6])
+async def test_random_lots_and_events_end_the_same_batched_as_one_by_one(
+    seed: int,
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    gateway_headers: dict[str, str],
+    session_maker: Maker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Random lots for a few users (grants and paid lots, expiring on the same day or later or
+    never, sometimes one past its expiry and not yet swept) and random events spread over them:
+    debited one by one on one set of wallets and sent as one batch on its twin set, which the
+    batch statement applies whole (the planned path is never asked), each event answers the
+    same balance, every lot ends with the same remainder, the wallets agree and the journal
+    took the same into usage and promo usage."""
+    rng = random.Random(seed)
+    day = utcnow() + timedelta(days=3)
+    users = [f"u{n}" for n in range(rng.randrange(1, 5))]
+    lots_plan = {
+        user: [
+            (
+                rng.choice([LotSource.GRANT, LotSource.PURCHASE]),
+                rng.randrange(1, 5_000),
+                rng.choice([None, day, day, day + timedelta(days=1), day + timedelta(days=7)]),
+            )
+            for _ in range(rng.randrange(0, 5))
+        ]
+        for user in users
+    }
+    expired = {user: rng.random() < 0.3 for user in users}
+    events = [(user, rng.randrange(1, 3_000)) for user in users for _ in range(rng.randrange(1, 6))]
+    rng.shuffle(events)
+    # Never-expiring paid credit, at least what the user's events need beyond the live lots.
+    untracked = {
+        user: max(
+            rng.choice([0, 2_000, 10_000]),
+            sum(amount for u, amount in events if u == user)
+            - sum(amount for _, amount, _ in lots_plan[user]),
+        )
+        for user in users
+    }
+    lot_ids: dict[str, list[str]] = {}
+    for world in ("solo", "batched"):
+        for user in users:
+            owner = f"{world}{seed}-{user}"
+            if untracked[user]:
+                await deposit(client, admin_headers, owner, untracked[user])
+            ids = [
+                (await add_lot(session_maker, owner, amount, source=s, expires_at=e)).id
+                for s, amount, e in lots_plan[user]
+            ]
+            if expired[user]:
+                gone = await add_lot(session_maker, owner, 1_500, expires_at=day)
+                async with session_scope(session_maker) as session:
+                    await session.execute(
+                        text(
+                            "UPDATE credit_lots SET expires_at = now() - interval '1 minute'"
+                            " WHERE id = :i"
+                        ),
+                        {"i": gone.id},
+                    )
+                ids.append(gone.id)
+            lot_ids[owner] = ids
+
+    async def journal() -> tuple[int, int]:
+        return await booked(session_maker, "usage"), await booked(session_maker, "promo_usage")
+
+    start = await journal()
+    # One by one in the order the batch promises: by user id, each user's events in order.
+    order = sorted(range(len(events)), key=lambda i: events[i][0])
+    solo: dict[int, int] = {}
+    for i in order:
+        user, amount = events[i]
+        single = await debit(client, gateway_headers, f"solo{seed}-{user}", amount)
+        assert single.status_code == 201, single.text
+        solo[i] = single.json()["balance_micros"]
+    middle = await journal()
+
+    async def never(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the batch statement left the batch to the planned path")
+
+    monkeypatch.setattr(UsageStore, "_plan_and_write", never)
+    body = [
+        {"user_id": f"batched{seed}-{user}", "request_id": uuid.uuid4().hex, "amount_micros": a}
+        for user, a in events
+    ]
+    response = await client.post(
+        "/v1/internal/usage/batch", json={"events": body}, headers=gateway_headers
+    )
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == ["applied"] * len(events)
+    assert [r["balance_micros"] for r in results] == [solo[i] for i in range(len(events))]
+    end = await journal()
+    assert (end[0] - middle[0], end[1] - middle[1]) == (middle[0] - start[0], middle[1] - start[1])
+    for user in users:
+        solo_user, batched_user = f"solo{seed}-{user}", f"batched{seed}-{user}"
+        assert await remaining(session_maker, *lot_ids[batched_user]) == await remaining(
+            session_maker, *lot_ids[solo_user]
+        )
+        assert await wallet(session_maker, batched_user) == await wallet(session_maker, solo_user)
+    async with session_maker() as session:
+        assert await verify_ledger(session) == []
 
 
 async def test_a_capture_draws_the_lots_in_order_and_books_granted_use_apart(
