@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, String, UniqueConstraint
+from sqlalchemy import String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, CreatedAt, IdKey, UserId, utcnow
@@ -47,12 +47,10 @@ class SpendLimit(Base):
     __tablename__ = "spend_limits"
     __table_args__ = (
         UniqueConstraint("user_id", "scope", "set_by"),
-        CheckConstraint("limit_micros > 0", name="limit_positive"),
-        CheckConstraint("period IN ('day', 'week', 'month', 'total')", name="period_known"),
-        CheckConstraint("set_by IN ('operator', 'user')", name="set_by_known"),
-        CheckConstraint(
-            "(set_by = 'operator') = (set_by_operator IS NOT NULL)", name="operator_named"
-        ),
+        # Its rules (`limit_micros > 0`, `period` one of PERIODS, `set_by` one of SETTERS, an
+        # operator's limit names the operator) are checked by the trigger `spend_limits_rules`
+        # when a row is inserted or those columns are set (migration 0030), not as CHECK
+        # constraints, which PostgreSQL compiles and runs on every counter write.
         # A debit writes a new version of each limit it counts in: HOT with room (0026).
         {"postgresql_with": {"fillfactor": "30"}},
     )
