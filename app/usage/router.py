@@ -135,7 +135,8 @@ class Operation:
 
 
 # The answers are built with `model_construct` (no validation: every field comes from the
-# service's tuples, typed), one model per operation on the hot path.
+# service's tuples, typed), one model per operation on the hot path; a hold's (reserve, capture,
+# release: a pair of requests pays it twice) is written as JSON from its fields, `hold_json`.
 
 
 class _WalletFields(TypedDict):
