@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Annotated, Any, TypedDict, cast
+from typing import Annotated, Any, TypedDict
 
 import structlog
 from pydantic import BaseModel, StringConstraints, TypeAdapter, ValidationError
@@ -68,7 +68,6 @@ from app.usage.schemas import (
     HoldCaptureBatchOut,
     HoldIn,
     HoldOut,
-    HoldStatus,
     ReleaseIn,
     UsageBatchIn,
     UsageBatchOut,
@@ -136,7 +135,8 @@ class Operation:
 
 
 # The answers are built with `model_construct` (no validation: every field comes from the
-# service's tuples, typed), one model per operation on the hot path.
+# service's tuples, typed), one model per operation on the hot path; a hold's (reserve, capture,
+# release: a pair of requests pays it twice) is written as JSON from its fields, `hold_json`.
 
 
 class _WalletFields(TypedDict):
@@ -176,20 +176,6 @@ def usage_out(event: UsageIn, done: Debited) -> UsageOut:
         amount_micros=event.amount_micros,
         transaction_id=done.transaction_id,
         **_applied(done),
-    )
-
-
-def hold_out(result: HoldResult) -> HoldOut:
-    hold = result.hold
-    return HoldOut.model_construct(
-        hold_id=hold.id,
-        user_id=hold.user_id,
-        status=cast(HoldStatus, hold.status),
-        amount_micros=hold.amount_micros,
-        captured_micros=hold.captured_micros,
-        expires_at=hold.expires_at,
-        resolved_at=hold.resolved_at,
-        **_applied(result),
     )
 
 
@@ -288,7 +274,8 @@ def batch_json(items: list[service.BatchEvent]) -> bytes:
 
 
 def _hold_fields(result: HoldResult) -> dict[str, Any]:
-    """`hold_out(result)` as a dict of every field of `HoldOut`, in its order."""
+    """A hold's answer (`HoldOut`) as a dict of every field of it, in its order: all ints,
+    strings, UTC datetimes, bools or nulls, which validation would leave as they are."""
     hold, wallet = result.hold, result.wallet or service.NO_WALLET
     return {
         "balance_micros": wallet.balance_micros,
@@ -304,6 +291,13 @@ def _hold_fields(result: HoldResult) -> dict[str, Any]:
         "replayed": result.replayed,
         "limit_remaining_micros": result.limit_remaining_micros,
     }
+
+
+def hold_json(result: HoldResult) -> bytes:
+    """The answer of a reserve, a capture or a release: what `HoldOut` serializes to, written
+    from its fields as they are (`_hold_fields`), sparing the model's construction and
+    serializer (a pair of requests pays it twice: issue 22)."""
+    return to_json(_hold_fields(result))
 
 
 def _capture_result(index: int, item: service.CaptureItem) -> dict[str, Any]:
@@ -368,18 +362,18 @@ async def _record_usage_batch(app: GatewayApp, call: Call) -> tuple[int, bytes]:
     return 200, batch_json(await service.record_batch(app.store, app.settings, call.body.events))
 
 
-async def _reserve_hold(app: GatewayApp, call: Call) -> tuple[int, BaseModel]:
+async def _reserve_hold(app: GatewayApp, call: Call) -> tuple[int, bytes]:
     """Hold `amount_micros` of the available balance until capture, release or the TTL."""
     result = await service.reserve_hold(app.store, app.settings, call.body)
-    return (200 if result.replayed else 201), hold_out(result)
+    return (200 if result.replayed else 201), hold_json(result)
 
 
-async def _capture_hold(app: GatewayApp, call: Call) -> tuple[int, BaseModel]:
+async def _capture_hold(app: GatewayApp, call: Call) -> tuple[int, bytes]:
     """Charge the actual amount (0, less or more than held, up to
     `BILLING_CAPTURE_MAX_HOLD_MULTIPLE` times the hold: the balance may go negative) and release
     the reservation; a repeat with the same body answers the original, `replayed`."""
     hold_id = call.params["hold_id"]
-    return 200, hold_out(await service.capture_hold(app.store, app.settings, hold_id, call.body))
+    return 200, hold_json(await service.capture_hold(app.store, app.settings, hold_id, call.body))
 
 
 async def _capture_holds(app: GatewayApp, call: Call) -> tuple[int, bytes]:
@@ -397,9 +391,9 @@ async def _capture_holds(app: GatewayApp, call: Call) -> tuple[int, bytes]:
     )
 
 
-async def _release_hold(app: GatewayApp, call: Call) -> tuple[int, BaseModel]:
+async def _release_hold(app: GatewayApp, call: Call) -> tuple[int, bytes]:
     """Give the reservation back without charging; a repeat answers the original, `replayed`."""
-    return 200, hold_out(await service.release_hold(app.store, call.params["hold_id"], call.body))
+    return 200, hold_json(await service.release_hold(app.store, call.params["hold_id"], call.body))
 
 
 async def _get_account_balance(app: GatewayApp, call: Call) -> tuple[int, BaseModel]:

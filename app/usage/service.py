@@ -257,6 +257,41 @@ def _checked_event(
     return event, debit
 
 
+def _reserve_fingerprint(body: HoldIn, ttl: int) -> str:
+    """The reserve's request hash: its JSON body without nulls, with the effective TTL (so a
+    retry that omits the default still matches). Built from the fields for a reserve without
+    metadata (the dict `model_dump(mode="json", exclude_none=True)` gives, as the usage
+    event's `_usage_fingerprint`); with metadata, by pydantic's dump."""
+    if body.metadata is not None:
+        return hash_request(body.model_dump(mode="json", exclude_none=True) | {"ttl_seconds": ttl})
+    flat: dict[str, str | int] = {
+        "user_id": body.user_id,
+        "hold_id": body.hold_id,
+        "amount_micros": body.amount_micros,
+        "ttl_seconds": ttl,
+    }
+    if body.api_key_id is not None:
+        flat["api_key_id"] = body.api_key_id
+    return hash_flat_request(flat)
+
+
+def _capture_fingerprint(body: CaptureIn) -> str:
+    """A capture's resolution hash: `{"capture": body}`, the body's JSON without nulls (and
+    without a batch item's `hold_id`), built from the fields as `_reserve_fingerprint`'s."""
+    if body.metadata is not None:
+        dumped = body.model_dump(mode="json", exclude_none=True, exclude={"hold_id"})
+        return hash_request({"capture": dumped})
+    flat: dict[str, str | int] = {"amount_micros": body.amount_micros}
+    for name in _OPTIONAL_CAPTURE:
+        value = getattr(body, name)
+        if value is not None:
+            flat[name] = value
+    return hash_flat_request(flat, within="capture")
+
+
+_OPTIONAL_CAPTURE = ("model", "input_tokens", "output_tokens")
+
+
 async def reserve_hold(store: UsageStore, settings: Settings, body: HoldIn) -> HoldResult:
     """Reserve part of the available balance, once per `hold_id`."""
     _check_amount(settings, body.amount_micros)
@@ -271,14 +306,12 @@ async def reserve_hold(store: UsageStore, settings: Settings, body: HoldIn) -> H
                 }
             ],
         )
-    # The effective TTL is part of the request, so a retry that omits the default still matches.
-    canonical = body.model_dump(mode="json", exclude_none=True) | {"ttl_seconds": ttl}
     request = HoldRequest(
         user_id=body.user_id,
         hold_id=body.hold_id,
         amount_micros=body.amount_micros,
         ttl_seconds=ttl,
-        request_hash=hash_request(canonical),
+        request_hash=_reserve_fingerprint(body, ttl),
         details={"metadata": body.metadata} if body.metadata is not None else None,
         api_key_id=body.api_key_id,
     )
@@ -381,9 +414,7 @@ def _capture_of(settings: Settings, hold_id: str, body: CaptureIn) -> HoldCaptur
     return HoldCapture(
         hold_id=hold_id,
         amount_micros=body.amount_micros,
-        resolution_hash=hash_request(
-            {"capture": body.model_dump(mode="json", exclude_none=True, exclude={"hold_id"})}
-        ),
+        resolution_hash=_capture_fingerprint(body),
         details=_usage_details(body.model, body.input_tokens, body.output_tokens, body.metadata),
         max_hold_multiple=settings.capture_max_hold_multiple,
     )

@@ -11,8 +11,14 @@ from hypothesis import strategies as st
 
 from app.config import Settings
 from app.idempotency import hash_flat_request, hash_request
-from app.usage.schemas import UsageIn
-from app.usage.service import _usage_debit, _usage_fingerprint, plain_debit
+from app.usage.schemas import CaptureIn, HoldCaptureItem, HoldIn, UsageIn
+from app.usage.service import (
+    _capture_fingerprint,
+    _reserve_fingerprint,
+    _usage_debit,
+    _usage_fingerprint,
+    plain_debit,
+)
 
 
 @pytest.mark.parametrize(
@@ -53,6 +59,54 @@ def test_a_flat_body_hashes_as_its_canonical_json(body: dict[str, str | int]) ->
             hash_flat_request(body)
         return
     assert hash_flat_request(body) == want
+
+
+@given(
+    st.dictionaries(st.text(max_size=8), st.one_of(st.text(), st.integers()), max_size=4),
+    st.text(max_size=8),
+)
+def test_a_flat_body_within_a_key_hashes_as_its_canonical_json(
+    body: dict[str, str | int], key: str
+) -> None:
+    try:
+        want = hash_request({key: body})
+    except UnicodeEncodeError:  # a lone surrogate: neither can hash it
+        return
+    assert hash_flat_request(body, within=key) == want
+
+
+@pytest.mark.parametrize(
+    ("body", "ttl"),
+    [
+        ({"user_id": "u", "hold_id": "h", "amount_micros": 10_000}, 600),
+        ({"user_id": "ü", "hold_id": "h", "amount_micros": 5, "ttl_seconds": 30.0}, 30),
+        ({"user_id": "u", "hold_id": "h", "amount_micros": 1, "api_key_id": "k"}, 60),
+        ({"user_id": "u", "hold_id": "h", "amount_micros": 1, "metadata": {"b": [1, 2.5]}}, 60),
+    ],
+)
+def test_a_reserve_fingerprint_is_the_hash_of_the_validated_body(
+    body: dict[str, Any], ttl: int
+) -> None:
+    hold = HoldIn.model_validate(body)
+    want = hash_request(hold.model_dump(mode="json", exclude_none=True) | {"ttl_seconds": ttl})
+    assert _reserve_fingerprint(hold, ttl) == want
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"amount_micros": 0},
+        {"amount_micros": 7000, "model": " gpt-4o ", "input_tokens": 1200, "output_tokens": 3.0},
+        {"amount_micros": 7000, "model": None, "output_tokens": 0},
+        {"amount_micros": 7000, "model": "m", "metadata": {"trace": "ü"}},
+    ],
+)
+def test_a_capture_fingerprint_is_the_hash_of_the_validated_body(body: dict[str, Any]) -> None:
+    capture = CaptureIn.model_validate(body)
+    want = hash_request({"capture": capture.model_dump(mode="json", exclude_none=True)})
+    assert _capture_fingerprint(capture) == want
+    item = HoldCaptureItem.model_validate(body | {"hold_id": "h-1"})
+    assert _capture_fingerprint(item) == want
 
 
 _TEXT = st.one_of(
