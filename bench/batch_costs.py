@@ -3,7 +3,7 @@ ANALYZE), its backend's CPU, the client's time (Python building the arguments, t
 rows written and index insertions per event. A probe, not a load test, against its own database.
 
     python -m bench.batch_costs [--batches 20] [--group 8] [--explain] [--drop INDEX ...]
-        [--lots 3]
+        [--lots 3] [--key]
 
 Three shapes: 1,000 events over 1,000 wallets (the batch scenario), `--group` such batches of
 1,000 as ONE batch (what group commit sends when that many batch requests arrived while one was
@@ -23,11 +23,18 @@ from typing import Any
 import asyncpg
 
 from bench.hold_costs import _cpu_seconds, _delta, _stats
-from bench.run import WALLETS, dsn, prepare_service_database, scratch_database, sqlalchemy_url
+from bench.run import (
+    LIMITED_KEY,
+    WALLETS,
+    dsn,
+    prepare_service_database,
+    scratch_database,
+    sqlalchemy_url,
+)
 
 
 async def main(
-    batches: int, explain: bool, drop: list[str], group: int, jit: bool, lots: int
+    batches: int, explain: bool, drop: list[str], group: int, jit: bool, lots: int, key: bool
 ) -> None:
     from app.limits.periods import Windows
     from app.usage import repository
@@ -42,6 +49,7 @@ async def main(
     url = dsn(name)
     tag = secrets.token_hex(3)
     details = {"model": "gpt-4o-mini", "input_tokens": 1200, "output_tokens": 300}
+    api_key = LIMITED_KEY if key else None  # every wallet has a limit on it
     async with scratch_database(name):
         await prepare_service_database(sqlalchemy_url(url), lots)
         if drop:
@@ -58,7 +66,7 @@ async def main(
 
         def spread(b: int) -> list[UsageDebit]:
             events = [
-                UsageDebit(f"user-{i}", f"s-{tag}-{b}-{i}", 7000, "d" * 64, details)
+                UsageDebit(f"user-{i}", f"s-{tag}-{b}-{i}", 7000, "d" * 64, details, api_key)
                 for i in range(WALLETS)
             ]
             return sorted(events, key=lambda d: d.user_id)
@@ -68,7 +76,8 @@ async def main(
 
         def hot(b: int) -> list[UsageDebit]:
             return [
-                UsageDebit("user-7", f"h-{tag}-{b}-{i}", 7000, "d" * 64, details) for i in range(31)
+                UsageDebit("user-7", f"h-{tag}-{b}-{i}", 7000, "d" * 64, details, api_key)
+                for i in range(31)
             ]
 
         shapes = [("1,000 events, 1,000 wallets", spread)]
@@ -142,5 +151,10 @@ if __name__ == "__main__":
     parser.add_argument(
         "--lots", type=int, default=1, choices=(1, 3), help="credit lots per wallet (bench.run)"
     )
+    parser.add_argument(
+        "--key", action="store_true", help="every event carries bench-key (a limit on every wallet)"
+    )
     args: Any = parser.parse_args()
-    asyncio.run(main(args.batches, args.explain, args.drop, args.group, args.jit, args.lots))
+    asyncio.run(
+        main(args.batches, args.explain, args.drop, args.group, args.jit, args.lots, args.key)
+    )
