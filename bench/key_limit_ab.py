@@ -22,7 +22,6 @@ import os
 import re
 import secrets
 import statistics
-import subprocess
 import sys
 import time
 import urllib.request
@@ -43,7 +42,7 @@ from bench.run import (
     stripe_peer,
 )
 from bench.server import ROOT, Uvicorn, production_command
-from bench.versions_ab import admin, create, drop, git_head, ledger_verify
+from bench.versions_ab import admin, base_token, create, drop, git_head, ledger_verify
 from bench.wrk import ensure_wrk, run_wrk
 
 METRICS_TOKEN = "key-limit-ab-metrics"
@@ -78,23 +77,6 @@ class Scenario:
     @property
     def name(self) -> str:
         return self.side.key + ("k" if self.keyed else "p")
-
-
-def base_token(base: Path, url: str, lots: int) -> str:
-    """Migrate and fund the base's database with the base's own code; its service token."""
-    program = (
-        "import asyncio, sys\n"
-        "from bench.run import prepare_service_database\n"
-        "print('TOKEN', asyncio.run(prepare_service_database(sys.argv[1], int(sys.argv[2]))))\n"
-    )
-    done = subprocess.run(
-        [str(base / ".venv" / "bin" / "python"), "-c", program, url, str(lots)],
-        cwd=base,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return next(x for x in done.stdout.splitlines() if x.startswith("TOKEN ")).split()[1]
 
 
 def combined_so_far(server: Uvicorn) -> float:

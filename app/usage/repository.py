@@ -861,6 +861,19 @@ _CAPTURE_REQUESTS = """unnest($1::text[], $2::bigint[], $3::text[], $5::text[],
                               input_tokens, output_tokens, ord)"""
 
 
+def _locked_lots(now: str) -> str:
+    """A batch's `lots` CTE: the tracked lots with a remainder of the wallets (`locked`) that
+    track any, locked once their wallets are (as every writer of lots), each as it stands once
+    locked, and whether it is live at `now`. The debit batch and the capture batch lock them so."""
+    return f"""lots AS (
+    SELECT l.id, l.user_id, l.kind, l.expires_at, l.created_at, l.remaining_micros,
+           {lot_live(now)} AS live
+    FROM credit_lots l
+    WHERE l.user_id IN (SELECT user_id FROM locked WHERE tracked_micros <> 0)
+      AND l.remaining_micros > 0
+    ORDER BY l.id FOR UPDATE OF l"""
+
+
 def _batch_legs(amount: str, wallets_where: str = "") -> str:
     """THE legs of a batch's ONE ledger transaction (debits or captures), from its `wallets`
     CTE (`id`, `user_id`, `balance_micros` after, `granted` and the `amount` column each
@@ -930,15 +943,7 @@ WITH cq AS MATERIALIZED (
     WHERE id = ANY(ARRAY(SELECT account_id FROM found))
       AND (SELECT count(*) FROM limits) >= 0  -- the limits are locked first
     ORDER BY user_id FOR UPDATE
-), lots AS (
-    -- The tracked lots with a remainder of the wallets that track any, locked once their
-    -- wallets are (as every writer of lots), each as it stands once locked.
-    SELECT l.id, l.user_id, l.kind, l.expires_at, l.created_at, l.remaining_micros,
-           {lot_live("$10")} AS live
-    FROM credit_lots l
-    WHERE l.user_id IN (SELECT user_id FROM locked WHERE tracked_micros <> 0)
-      AND l.remaining_micros > 0
-    ORDER BY l.id FOR UPDATE OF l
+), {_locked_lots("$10")}
 ), tracked AS (
     SELECT user_id, sum(remaining_micros)::bigint AS tracked FROM lots GROUP BY user_id
 ), judged AS (
@@ -1176,15 +1181,7 @@ WITH ev AS MATERIALIZED (
     WHERE user_id IN (SELECT user_id FROM users)
       AND (SELECT count(*) FROM limits) >= 0  -- the limits are locked first
     ORDER BY user_id FOR UPDATE
-), lots AS (
-    -- The tracked lots with a remainder of the wallets that track any, locked once their
-    -- wallets are (as every writer of lots), each as it stands once locked.
-    SELECT l.id, l.user_id, l.kind, l.expires_at, l.created_at, l.remaining_micros,
-           {lot_live("$11")} AS live
-    FROM credit_lots l
-    WHERE l.user_id IN (SELECT user_id FROM locked WHERE tracked_micros <> 0)
-      AND l.remaining_micros > 0
-    ORDER BY l.id FOR UPDATE OF l
+), {_locked_lots("$11")}
 ), draws AS (
     -- What each user's total takes from each of its live lots, in `LOT_ORDER`: drawing the
     -- events one by one in a fixed order draws the same (`lot_draw`).
